@@ -1,0 +1,30 @@
+# erc_ros — the two commands of the Quick start are `make demo` and `make test`.
+# Both set up first (idempotent: seconds when nothing changed).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast demo soak train-default lint clean help
+
+help:
+	@echo "make setup   create .venv (ROS 2 wheels, torch CPU, deps) and build the interfaces"
+	@echo "make test    set up, then run the whole test suite"
+	@echo "make demo    set up, then replay the sample bag through the nodes"
+	@echo "make soak    long soak / memory tests (kept out of make test)"
+	@echo "make clean   remove build outputs (keeps .venv)"
+
+setup:
+	@bash tools/setup.sh
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m erc_ros demo
+
+soak: setup
+	$(PY) -m pytest -m soak -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	rm -rf build .pytest_cache

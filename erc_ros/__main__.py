@@ -1,0 +1,3 @@
+from erc_ros.cli import main
+
+raise SystemExit(main())

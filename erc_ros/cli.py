@@ -1,0 +1,50 @@
+"""`python -m erc_ros <command>` (also installed as `erc-ros`).
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) ->
+int``; it is imported only when chosen, so `--help` stays fast and a command's heavy
+dependencies (torch, rclpy) load only for the commands that need them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Keep sorted by the workflow: data, train, deploy, run.
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def register(name: str, module: str, help: str) -> None:
+    COMMANDS[name] = (module, help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m erc_ros",
+        description="Emotion recognition in conversation for social robots.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        # Arguments are added lazily (see main) so that `--help` does not import torch.
+        p.set_defaults(_name=name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    sub = argparse.ArgumentParser(prog=f"python -m erc_ros {name}",
+                                  description=COMMANDS[name][1])
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+# The commands. Each module documents its own arguments.
+register("info", "erc_ros.tools.info", "print versions, interfaces and the models found")

@@ -1,0 +1,1 @@
+"""ROS 2 layer: the only modules of erc_ros that import rclpy."""

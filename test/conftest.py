@@ -1,0 +1,34 @@
+"""Test-suite set-up shared by every test.
+
+ROS isolation: several test runs (and developers) may share a machine, so each pytest run
+gets its own ROS_DOMAIN_ID, discovery limited to localhost, and ROS_HOME/ROS_LOG_DIR in a
+temporary directory. This runs before any test imports rclpy; child processes inherit it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_ros_tmp = tempfile.mkdtemp(prefix="erc_ros_test_")
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 101)))
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ["ROS_HOME"] = _ros_tmp
+os.environ["ROS_LOG_DIR"] = os.path.join(_ros_tmp, "log")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_report_header(config):
+    return f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} ROS_HOME={_ros_tmp}"
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_ros_tmp, ignore_errors=True)

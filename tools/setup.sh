@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Set up erc_ros for development on a plain machine: no ROS install needed.
+#
+#   1. system tools the tests and the demo use (espeak-ng, sox), via apt-get when root;
+#   2. .venv with the ROS 2 wheels, torch==2.13.0 (CPU) and the Python requirements;
+#   3. the CMake path fix the ROS wheels need to generate interfaces;
+#   4. the development-only audio_common_msgs / hri_msgs interface packages, only when the
+#      ROS environment does not already provide them;
+#   5. erc_ros's own interfaces, generated and installed into .venv.
+#
+# Idempotent: each step is skipped while the files it depends on are unchanged (a sha256
+# stamp in .venv/.erc_stamps), so a second run takes seconds.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PYTHON_BOOT=${PYTHON:-python3}
+VENV="$ROOT/.venv"
+STAMPS="$VENV/.erc_stamps"
+PY="$VENV/bin/python"
+log() { printf '[setup] %s\n' "$*"; }
+t0=$(date +%s)
+
+digest() { cat "$@" 2>/dev/null | sha256sum | cut -c1-64; }
+fresh() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
+stamp() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
+
+# 1. System tools -----------------------------------------------------------------------
+missing=()
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+command -v sox >/dev/null || missing+=(sox)
+command -v cmake >/dev/null || missing+=(cmake)
+command -v g++ >/dev/null || missing+=(g++)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    log "WARNING: missing system packages: ${missing[*]} (install them, e.g. sudo apt-get install ${missing[*]})"
+  fi
+fi
+
+# 2. Virtual environment ----------------------------------------------------------------
+if [ ! -x "$PY" ]; then
+  log "creating $VENV"
+  "$PYTHON_BOOT" -m venv "$VENV"
+fi
+ros_from_system=0
+if [ -n "${AMENT_PREFIX_PATH:-}" ] && [ -z "${ERC_ROS_FORCE_WHEELS:-}" ]; then
+  # A sourced ROS 2 install provides rclpy, the messages and the tool chain.
+  ros_from_system=1
+  log "using the sourced ROS 2 environment (AMENT_PREFIX_PATH is set); no ROS wheels"
+fi
+req_files=(requirements.txt requirements-dev.txt)
+[ $ros_from_system = 0 ] && req_files+=(requirements-ros.txt)
+req_digest=$(digest "${req_files[@]}" setup.py)
+if ! fresh requirements "$req_digest"; then
+  log "installing Python requirements (${req_files[*]})"
+  args=()
+  for f in "${req_files[@]}"; do args+=(-r "$f"); done
+  "$PY" -m pip install --disable-pip-version-check -q "${args[@]}" 2>&1 \
+    | grep -v -E "is ignored: it is neither a file nor a directory" || true
+  "$PY" -c "import torch, transformers, onnxruntime" >/dev/null
+  # 3. The ROS wheels' CMake files hard-code the Python include dirs of the machine that
+  #    built them; point them at ours.
+  if [ $ros_from_system = 0 ]; then
+    PYINC=$("$PY" -c "import sysconfig;print(sysconfig.get_paths()['include'])")
+    NPINC=$("$PY" -c "import numpy;print(numpy.get_include())")
+    grep -rl /opt/python/ "$VENV/share" --include='*.cmake' 2>/dev/null | xargs -r sed -i -E \
+      "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$PYINC#g; s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$NPINC#g"
+  fi
+  # The work tree comes first on sys.path, so `import erc_ros` is always the checkout;
+  # erc_ros/__init__.py extends its __path__ to the generated erc_ros.msg in site-packages.
+  SITE=$("$PY" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
+  echo "import sys; sys.path.insert(0, '$ROOT') if '$ROOT' not in sys.path else None" > "$SITE/erc_ros_worktree.pth"
+  stamp requirements "$req_digest"
+  # Interfaces depend on the tool chain: rebuild them after a requirements change.
+  rm -f "$STAMPS"/interfaces-*
+fi
+
+# 4./5. Interfaces ------------------------------------------------------------------------
+build_interfaces() {  # $1: name, $2: source dir, $3...: extra cmake args
+  local name=$1 src=$2; shift 2
+  local d
+  d=$(cd "$src" && digest package.xml CMakeLists.txt msg/*.msg)
+  if fresh "interfaces-$name" "$d"; then return 0; fi
+  log "generating interfaces: $name"
+  local bdir="$ROOT/build/$name"
+  rm -rf "$bdir"; mkdir -p "$ROOT/build"
+  if [ $ros_from_system = 1 ]; then
+    cmake -S "$src" -B "$bdir" -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$PY" \
+      -DBUILD_TESTING=OFF "$@" >"$bdir.log" 2>&1 || { cat "$bdir.log"; exit 1; }
+  else
+    AMENT_PREFIX_PATH="$VENV" cmake -S "$src" -B "$bdir" -DCMAKE_PREFIX_PATH="$VENV" \
+      -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF "$@" \
+      >"$bdir.log" 2>&1 || { cat "$bdir.log"; exit 1; }
+  fi
+  { cmake --build "$bdir" -j"$(nproc)" && cmake --install "$bdir"; } >>"$bdir.log" 2>&1 \
+    || { tail -50 "$bdir.log"; exit 1; }
+  stamp "interfaces-$name" "$d"
+}
+
+have_pkg() {  # is the interface package importable from the venv (or the sourced ROS)?
+  "$PY" -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('$1.msg') else 1)" 2>/dev/null
+}
+
+for pkg in audio_common_msgs hri_msgs; do
+  if [ -f "$STAMPS/interfaces-$pkg" ] || ! have_pkg "$pkg"; then
+    build_interfaces "$pkg" "test/interfaces/$pkg"
+  fi
+done
+build_interfaces erc_ros . -DERC_ROS_INSTALL_PYTHON=OFF
+
+"$PY" -c "import rclpy, erc_ros.msg, audio_common_msgs.msg, hri_msgs.msg" \
+  || { log "ERROR: the interfaces do not import; see build/*.log"; exit 1; }
+log "ready in $(( $(date +%s) - t0 )) s: $VENV"
