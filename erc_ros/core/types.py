@@ -104,6 +104,9 @@ class Utterance:
     text_confidence: float = float("nan")
     locale: str = ""
     final_stamp: Optional[float] = None  # when the final ASR result (or VAD end) arrived
+    # Features the core computed while the person spoke, reused downstream so nothing is
+    # computed twice on the latency path: e.g. "speaker_embedding" (the diarization d-vector).
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def has_text(self) -> bool:
