@@ -1,0 +1,1 @@
+"""Per-modality encoders: each maps one utterance's inputs to one vector."""

@@ -1,0 +1,90 @@
+"""Text encoder over a transformers ``AutoModel`` (masked-LM or sentence encoder).
+
+Input: the prompt built by :class:`erc_ros.models.preprocessing.Preprocessor` (context with
+speaker tags, current utterance, "Now <speaker> feels <mask>"). Output: the hidden state at
+the mask token (``pooling="mask"``, for masked-LM style prompting), the masked mean
+(``"mean"``, sentence encoders) or the first token (``"cls"``). The dimension is read from the
+backbone config, never hard-coded.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TextEncoderConfig:
+    pretrained: Optional[str] = None  # local directory (or HF id) of the backbone weights
+    backbone: dict = field(default_factory=dict)  # backbone config dict (AutoConfig.for_model)
+    pooling: str = "mask"  # "mask" | "mean" | "cls"
+    mask_token_id: int = 103
+    freeze_word_embeddings: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_backbone(pretrained: Optional[str], backbone: dict) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    if pretrained:
+        model = AutoModel.from_pretrained(pretrained, add_pooling_layer=False) \
+            if _is_bert_like(pretrained) else AutoModel.from_pretrained(pretrained)
+    else:
+        cfg = dict(backbone)
+        cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        try:
+            model = AutoModel.from_config(cfg, add_pooling_layer=False)
+        except TypeError:
+            model = AutoModel.from_config(cfg)
+    return model
+
+
+def _is_bert_like(path: str) -> bool:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path).model_type in ("bert", "roberta", "xlm-roberta")
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = build_backbone(config.pretrained, config.backbone)
+        if not config.backbone:
+            d = self.backbone.config.to_dict()
+            config.backbone = {k: d[k] for k in _BACKBONE_KEYS if k in d}
+        self.backbone.config.attn_implementation = "eager"
+        if config.freeze_word_embeddings:
+            self.backbone.get_input_embeddings().weight.requires_grad_(False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``input_ids``/``attention_mask`` [B, L] -> [B, D_t]."""
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooling = self.config.pooling
+        if pooling == "mask":
+            # First mask position per row (argmax over a 0/1 tensor exports to ONNX).
+            is_mask = (input_ids == self.config.mask_token_id).to(torch.int64)
+            pos = is_mask.argmax(dim=1)
+            return h[torch.arange(h.shape[0], device=h.device), pos]
+        if pooling == "mean":
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return h[:, 0]
+
+
+# Keys kept from the backbone config so a model directory can rebuild it without the original
+# checkpoint (the weights come from the directory's own safetensors).
+_BACKBONE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
+                  "num_attention_heads", "intermediate_size", "hidden_act",
+                  "hidden_dropout_prob", "attention_probs_dropout_prob",
+                  "max_position_embeddings", "type_vocab_size", "initializer_range",
+                  "layer_norm_eps", "pad_token_id", "position_embedding_type",
+                  "bos_token_id", "eos_token_id")

@@ -1,0 +1,178 @@
+"""The emotion-recognition-in-conversation model, decomposed in stages.
+
+The runtime runs each stage on any backend and caches per conversation::
+
+    model.preprocessor                 numpy/tokenizers only: prompt ids, audio features, faces
+    model.text_encoder(ids, mask)      -> [B, D_t]   (hidden state at the prompt's mask token)
+    model.audio_encoder(**audio)       -> [B, D_a]   (optional: None when the model has none)
+    model.video_encoder(**video)       -> [B, D_v]   (optional)
+    model.fusion(text[B,T,Dt], audio[B,T,Da], video[B,T,Dv], modality_mask[B,T,3] bool,
+                 speaker_ids[B,T] long, padding_mask[B,T] bool (True = padded))
+                                       -> (logits[B,T,C], modality_weights[B,T,3])
+
+A missing optional encoder is fed zeros of its width with the modality masked off.
+``model.label_names`` and ``model.valence_arousal`` ([C, 2] in [-1, 1]) describe the classes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from erc_ros.core.types import Utterance
+from erc_ros.models.encoders.audio import AudioEncoderConfig, build_audio_encoder
+from erc_ros.models.encoders.text import TextEncoder, TextEncoderConfig
+from erc_ros.models.encoders.video import VideoEncoderConfig, build_video_encoder
+from erc_ros.models.fusion import build_fusion
+from erc_ros.models.preprocessing import Preprocessor, PreprocessorConfig
+
+MELD_LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
+
+#: Per-class (valence, arousal) in [-1, 1], after the NRC VAD lexicon values of the label
+#: words (rescaled from [0, 1]); used to publish a continuous estimate next to the class.
+DEFAULT_VALENCE_AROUSAL = {
+    "neutral": (0.0, 0.0), "surprise": (0.4, 0.7), "fear": (-0.8, 0.6),
+    "sadness": (-0.8, -0.4), "joy": (0.9, 0.5), "disgust": (-0.8, 0.3),
+    "anger": (-0.7, 0.8),
+    # EmoryNLP / IEMOCAP names
+    "joyful": (0.9, 0.5), "mad": (-0.7, 0.8), "peaceful": (0.6, -0.6),
+    "sad": (-0.8, -0.4), "powerful": (0.6, 0.5), "scared": (-0.8, 0.6),
+    "happy": (0.9, 0.5), "excited": (0.7, 0.8), "frustrated": (-0.6, 0.5),
+}
+
+
+@dataclass
+class ErcModelConfig:
+    model_id: str = "erc-model"
+    label_names: tuple = MELD_LABELS
+    valence_arousal: dict = field(default_factory=dict)  # label -> (v, a); defaults filled in
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    audio: Optional[AudioEncoderConfig] = None
+    video: Optional[VideoEncoderConfig] = None
+    fusion_head: str = "concat"
+    fusion: dict = field(default_factory=dict)  # head config (dims filled in from encoders)
+    preprocessing: PreprocessorConfig = field(default_factory=PreprocessorConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["label_names"] = list(self.label_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ErcModelConfig":
+        d = dict(d)
+        return cls(model_id=d.get("model_id", "erc-model"),
+                   label_names=tuple(d["label_names"]),
+                   valence_arousal={k: tuple(v) for k, v in d.get("valence_arousal", {}).items()},
+                   text=TextEncoderConfig(**d["text"]),
+                   audio=AudioEncoderConfig(**d["audio"]) if d.get("audio") else None,
+                   video=VideoEncoderConfig(**d["video"]) if d.get("video") else None,
+                   fusion_head=d.get("fusion_head", "concat"), fusion=dict(d.get("fusion", {})),
+                   preprocessing=PreprocessorConfig.from_dict(d.get("preprocessing", {})))
+
+
+def tiny_text_config(vocab_size: int = 30522) -> TextEncoderConfig:
+    """A tiny random BERT (hidden 16, 2 layers) for tests, with the MiniLM vocabulary."""
+    return TextEncoderConfig(backbone=dict(
+        model_type="bert", vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32, max_position_embeddings=512))
+
+
+class ErcModel(nn.Module):
+    def __init__(self, config: ErcModelConfig, tokenizer_file: str | Path):
+        super().__init__()
+        self.config = config
+        self.preprocessor = Preprocessor(config.preprocessing, tokenizer_file)
+        config.text.mask_token_id = self.preprocessor.mask_id
+        self.text_encoder = TextEncoder(config.text)
+        self.audio_encoder = build_audio_encoder(config.audio) if config.audio else None
+        self.video_encoder = build_video_encoder(config.video) if config.video else None
+        if config.audio is not None and config.audio.kind == "prosody":
+            config.audio.in_dim = self.preprocessor.audio_feature_dim
+        fcfg = dict(config.fusion)
+        fcfg.update(text_dim=self.text_encoder.dim,
+                    audio_dim=self.audio_encoder.dim if self.audio_encoder else 1,
+                    video_dim=self.video_encoder.dim if self.video_encoder else 1,
+                    num_classes=len(config.label_names),
+                    max_speakers=config.preprocessing.max_speakers)
+        config.fusion = fcfg
+        self.fusion = build_fusion(config.fusion_head, fcfg)
+        for k in config.label_names:
+            config.valence_arousal.setdefault(k, DEFAULT_VALENCE_AROUSAL.get(k.lower(), (0.0, 0.0)))
+
+    # -- descriptions --------------------------------------------------------------------
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.config.label_names)
+
+    @property
+    def valence_arousal(self) -> np.ndarray:
+        return np.asarray([self.config.valence_arousal[k] for k in self.label_names], np.float32)
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        f = self.config.fusion
+        return f["text_dim"], f["audio_dim"], f["video_dim"]
+
+    # -- convenience for training and offline scoring (the runtime calls the stages) --------
+    def encode(self, utterances: Sequence[Utterance], contexts: Sequence[Sequence[Utterance]],
+               futures: Optional[Sequence[Sequence[Utterance]]] = None,
+               device: torch.device | str = "cpu"):
+        """Encode utterances (each with its own context) -> text [N,Dt], audio [N,Da],
+        video [N,Dv], modality mask [N,3] (all torch)."""
+        pre = self.preprocessor
+        futures = futures or [()] * len(utterances)
+        ids = [pre.text_ids(u, c, f) for u, c, f in zip(utterances, contexts, futures)]
+        t = pre.pad_text(ids)
+        text = self.text_encoder(torch.as_tensor(t["input_ids"], device=device),
+                                 torch.as_tensor(t["attention_mask"], device=device))
+        n = len(utterances)
+        _, da, dv = self.dims
+        mask = torch.tensor([[u.has_text, u.has_audio and self.audio_encoder is not None,
+                              u.has_video and self.video_encoder is not None]
+                             for u in utterances], dtype=torch.bool, device=device)
+        audio = torch.zeros(n, da, device=device)
+        video = torch.zeros(n, dv, device=device)
+        if self.audio_encoder is not None and bool(mask[:, 1].any()):
+            rows = [i for i in range(n) if mask[i, 1]]
+            feats = [pre.audio_inputs(utterances[i]) for i in rows]
+            audio[rows] = torch.cat([self.audio_encoder(**_batch(f, device)) for f in feats])
+        if self.video_encoder is not None and bool(mask[:, 2].any()):
+            rows = [i for i in range(n) if mask[i, 2]]
+            feats = [pre.video_inputs(utterances[i]) for i in rows]
+            video[rows] = torch.cat([self.video_encoder(**_batch(f, device)) for f in feats])
+        return text, audio, video, mask
+
+    @torch.no_grad()
+    def predict_dialogue(self, utterances: Sequence[Utterance], future_context: bool = False,
+                         batch_size: int = 32) -> np.ndarray:
+        """Class probabilities [T, C] for every utterance of one dialogue (past context
+        only unless ``future_context``), exactly as the stages run live."""
+        self.eval()
+        k = self.config.preprocessing.prompt.past_context
+        parts = []
+        for s in range(0, len(utterances), batch_size):
+            idx = range(s, min(s + batch_size, len(utterances)))
+            ctx = [utterances[max(0, i - k):i] for i in idx]
+            fut = [utterances[i + 1:] if future_context else () for i in idx]
+            parts.append(self.encode([utterances[i] for i in idx], ctx, fut))
+        text, audio, video, mask = (torch.cat(x) for x in zip(*parts))
+        spk = torch.as_tensor(self.preprocessor.speaker_ids(utterances))[None]
+        pad = torch.zeros(1, len(utterances), dtype=torch.bool)
+        logits, _ = self.fusion(text[None], audio[None], video[None], mask[None], spk, pad)
+        return torch.softmax(logits[0], -1).numpy()
+
+
+def _batch(inputs: dict, device) -> dict:
+    return {k: torch.as_tensor(v, device=device) for k, v in inputs.items()}
+
+
+def build_model(config: ErcModelConfig, tokenizer_file: str | Path | None = None) -> ErcModel:
+    """Build a model; the tokenizer defaults to the packaged MiniLM's."""
+    from erc_ros.models.preprocessing import packaged_minilm_dir
+
+    return ErcModel(config, tokenizer_file or packaged_minilm_dir() / "tokenizer.json")
