@@ -1,0 +1,119 @@
+"""/diagnostics for the erc_ros nodes: counters, queue depths, latency, refused input.
+
+:class:`NodeHealth` is thread-safe bookkeeping (callbacks count refused input, the worker
+records latencies) and :func:`to_status` turns it, plus a stats dict from the core or the
+pipeline, into a ``diagnostic_msgs/DiagnosticStatus`` (OK / WARN / ERROR).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from typing import Any, Mapping
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+
+class NodeHealth:
+    """Counters and recent latencies of one node (safe to call from any thread)."""
+
+    def __init__(self, latency_window: int = 500):
+        self._lock = threading.Lock()
+        self.counts: Counter = Counter()
+        self.refused: Counter = Counter()  # reason -> count
+        self.last_refusal = ""
+        self.latencies: dict[str, deque] = {}
+        self._window = latency_window
+        self.error = ""
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
+
+    def refuse(self, reason: str, message: str) -> None:
+        with self._lock:
+            self.refused[reason] += 1
+            self.last_refusal = f"{reason}: {message}"[:300]
+
+    def latency(self, key: str, ms: float) -> None:
+        with self._lock:
+            self.latencies.setdefault(key, deque(maxlen=self._window)).append(float(ms))
+
+    def latency_stats(self, key: str) -> dict[str, float]:
+        with self._lock:
+            vals = np.asarray(self.latencies.get(key, ()), float)
+        vals = vals[np.isfinite(vals)]
+        if not vals.size:
+            return {}
+        return {"p50_ms": float(np.percentile(vals, 50)),
+                "p95_ms": float(np.percentile(vals, 95)), "max_ms": float(vals.max())}
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"counts": dict(self.counts), "refused": dict(self.refused),
+                    "last_refusal": self.last_refusal, "error": self.error}
+
+
+def _flatten(prefix: str, value: Any, out: list[KeyValue]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(value, float):
+        out.append(KeyValue(key=prefix, value=f"{value:.3f}"))
+    elif isinstance(value, (list, tuple)) and len(value) > 8:
+        out.append(KeyValue(key=prefix, value=f"[{len(value)} items]"))
+    else:
+        out.append(KeyValue(key=prefix, value=str(value)))
+
+
+def to_status(name: str, hardware_id: str, health: NodeHealth,
+              extra: Mapping[str, Any] | None = None,
+              queue_depths: Mapping[str, tuple[int, int]] | None = None) -> DiagnosticStatus:
+    """One DiagnosticStatus: ERROR when the node has an error (e.g. no model), WARN when it
+    dropped work or refused input since start or a queue is over 80% full, else OK."""
+    snap = health.snapshot()
+    values: list[KeyValue] = []
+    _flatten("", snap["counts"], values)
+    for reason, n in sorted(snap["refused"].items()):
+        values.append(KeyValue(key=f"refused.{reason}", value=str(n)))
+    if snap["last_refusal"]:
+        values.append(KeyValue(key="last_refusal", value=snap["last_refusal"]))
+    for key in sorted(health.latencies):
+        _flatten(f"latency.{key}", health.latency_stats(key), values)
+    full = []
+    for q, (depth, cap) in (queue_depths or {}).items():
+        values.append(KeyValue(key=f"queue.{q}", value=f"{depth}/{cap}"))
+        if cap and depth >= 0.8 * cap:
+            full.append(q)
+    if extra:
+        _flatten("", dict(extra), values)
+    drops = sum(v for k, v in snap["counts"].items() if k.startswith("dropped"))
+    refused = sum(snap["refused"].values())
+    if snap["error"]:
+        level, message = DiagnosticStatus.ERROR, snap["error"]
+    elif drops or refused or full:
+        level = DiagnosticStatus.WARN
+        parts = []
+        if drops:
+            parts.append(f"{drops} dropped")
+        if refused:
+            parts.append(f"{refused} refused input ({snap['last_refusal']})")
+        if full:
+            parts.append("queue nearly full: " + ", ".join(full))
+        message = "; ".join(parts)
+    else:
+        level, message = DiagnosticStatus.OK, "ok"
+    return DiagnosticStatus(level=level, name=name, message=message[:500],
+                            hardware_id=hardware_id, values=values)
+
+
+def diagnostic_array(stamp, statuses: list[DiagnosticStatus]) -> DiagnosticArray:
+    arr = DiagnosticArray()
+    arr.header.stamp = stamp
+    arr.status = statuses
+    return arr
+
+
+def now_ms() -> float:
+    return time.perf_counter() * 1000.0

@@ -1,0 +1,93 @@
+"""Feed ROS messages into a PerceptionCore: THE input path of the nodes and of eval-bag.
+
+The utterance node's worker and the bag replay both call :meth:`Ingest.feed` with a
+deserialized message and its kind, so a bag evaluation scores exactly what the robot runs.
+Refused input (undecodable images, mp3-coded audio, reversed stamps, ...) raises inside the
+converters or the core; :meth:`Ingest.feed` counts it by reason and never lets it escape.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+from erc_ros.core.types import AudioFormat
+from erc_ros.ros import convert
+from erc_ros.ros.diagnostics import NodeHealth
+
+#: Input kinds and the ROS type each expects.
+KINDS = {
+    "image": "sensor_msgs/msg/Image",
+    "compressed": "sensor_msgs/msg/CompressedImage",
+    "audio_stamped": "audio_common_msgs/msg/AudioDataStamped",
+    "audio": "audio_common_msgs/msg/AudioData",
+    "audio_info": "audio_common_msgs/msg/AudioInfo",
+    "transcript": "erc_ros/msg/Transcript",
+    "live_speech": "hri_msgs/msg/LiveSpeech",
+    "string": "std_msgs/msg/String",
+}
+KIND_OF_TYPE = {v: k for k, v in KINDS.items()}
+
+_VOICE_RE = re.compile(r"/humans/voices/([^/]+)/")
+
+
+def voice_id_of(topic: str) -> str:
+    """ROS4HRI per-voice topic (``/humans/voices/<id>/speech``) -> ``<id>`` (else '')."""
+    m = _VOICE_RE.search(topic + "/")
+    return m.group(1) if m else ""
+
+
+class Ingest:
+    """Converts messages and pushes them into ``core`` (a PerceptionCore)."""
+
+    def __init__(self, core: Any, health: Optional[NodeHealth] = None,
+                 audio_format: AudioFormat = AudioFormat()):
+        self.core = core
+        self.health = health or NodeHealth()
+        self.audio_format = audio_format  # until an AudioInfo says otherwise
+        self.audio_format_error: Optional[convert.ConversionError] = None
+        self.last_input_time = float("-inf")
+
+    def feed(self, kind: str, msg: Any, receipt: float, topic: str = "") -> bool:
+        """Push one message; ``receipt`` is the node-clock time it arrived (used for inputs
+        without a stamp). Returns False when the input was refused (counted by reason)."""
+        try:
+            self._feed(kind, msg, receipt, topic)
+        except ValueError as err:  # InputError / ConversionError are ValueErrors
+            reason = getattr(err, "reason", None) or type(err).__name__
+            self.health.refuse(reason, str(err))
+            return False
+        self.health.count(f"in.{kind}")
+        self.last_input_time = max(self.last_input_time, receipt)
+        return True
+
+    def _feed(self, kind: str, msg: Any, receipt: float, topic: str) -> None:
+        if kind in ("image", "compressed"):
+            self.core.push_frame(convert.image_to_frame(msg))
+        elif kind == "audio_info":
+            try:
+                self.audio_format = convert.audio_info_to_format(msg)
+                self.audio_format_error = None
+            except convert.ConversionError as err:
+                self.audio_format_error = err
+                raise
+        elif kind in ("audio_stamped", "audio"):
+            if self.audio_format_error is not None:  # e.g. mp3 announced: refuse its data
+                raise self.audio_format_error
+            if kind == "audio":
+                dur = convert.chunk_duration(len(msg.data), self.audio_format)
+                chunk = convert.audio_to_chunk(msg, self.audio_format, stamp=receipt - dur,
+                                               source=topic)
+            else:
+                chunk = convert.audio_to_chunk(msg, self.audio_format, source=topic)
+            self.core.push_audio(chunk)
+        elif kind == "transcript":
+            self.core.push_transcript(convert.transcript_to_event(msg))
+        elif kind == "live_speech":
+            ev = convert.live_speech_to_event(msg, receipt, voice_id_of(topic))
+            if ev is None:
+                raise convert.ConversionError("empty_transcript", "LiveSpeech without text")
+            self.core.push_transcript(ev)
+        elif kind == "string":
+            self.core.push_transcript(convert.string_to_event(msg, receipt))
+        else:
+            raise convert.ConversionError("unknown_input", f"unknown input kind {kind!r}")

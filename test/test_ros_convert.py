@@ -1,0 +1,177 @@
+"""Message conversion (erc_ros.ros.convert): images in every encoding we accept, audio,
+transcripts, utterances, estimates, Expression, and exact time conversion."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import CompressedImage, Image
+from rclpy.serialization import deserialize_message, serialize_message
+
+from erc_ros.core.errors import InputError
+from erc_ros.core.types import AudioFormat, Estimate, TranscriptEvent, Utterance
+from erc_ros.ros import convert
+
+
+def _face_like(h=48, w=64):
+    """A real image (a smooth colour gradient with a disc), not noise, so JPEG keeps it."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 90)], -1).astype(np.uint8)
+    cv2.circle(img, (w // 2, h // 2), min(h, w) // 4, (250, 220, 180), -1)
+    return img
+
+
+def test_time_roundtrip_is_exact_for_sim_time_and_close_for_epoch():
+    for sec, ns in [(0, 0), (0, 1), (12, 999_999_999), (3600 * 24 * 40, 123_456_789)]:
+        t = Time(sec=sec, nanosec=ns)
+        back = convert.float_to_time(convert.time_to_float(t))
+        assert (back.sec, back.nanosec) == (sec, ns)
+    t = Time(sec=1_700_000_000, nanosec=123_456_789)
+    ns = convert.float_to_ns(convert.time_to_float(t))
+    assert abs(ns - convert.time_to_ns(t)) <= 120  # float64 resolution at epoch times
+    with pytest.raises(InputError):
+        convert.float_to_time(float("nan"))
+    assert convert.float_to_time(2.9999999999).sec in (2, 3)  # nanosec never reaches 1e9
+    assert convert.float_to_time(2.9999999999).nanosec < 1_000_000_000
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8"])
+def test_image_roundtrip(encoding):
+    rgb = _face_like()
+    msg = convert.rgb_to_image(rgb, 1.5, "cam", encoding=encoding)
+    msg = deserialize_message(serialize_message(msg), Image)
+    frame = convert.image_to_frame(msg)
+    assert frame.stamp == 1.5 and frame.frame_id == "cam"
+    assert frame.image.shape == (48, 64, 3) and frame.image.dtype == np.uint8
+    if encoding == "mono8":
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        assert np.array_equal(frame.image[..., 0], grey)
+    else:
+        assert np.array_equal(frame.image, rgb)
+
+
+def test_image_with_row_padding_and_16bit_and_rgba():
+    rgb = _face_like(10, 7)
+    padded = np.zeros((10, 7 * 3 + 5), np.uint8)
+    padded[:, :21] = rgb.reshape(10, 21)
+    msg = Image(height=10, width=7, encoding="rgb8", step=26, data=padded.tobytes())
+    assert np.array_equal(convert.image_to_rgb(msg), rgb)
+    mono16 = (rgb[..., 0].astype(np.uint16) << 8)
+    msg = Image(height=10, width=7, encoding="mono16", step=14, data=mono16.tobytes())
+    assert np.array_equal(convert.image_to_rgb(msg)[..., 1], rgb[..., 0])
+    rgba = np.concatenate([rgb, np.full((10, 7, 1), 255, np.uint8)], -1)
+    msg = Image(height=10, width=7, encoding="rgba8", step=28, data=rgba.tobytes())
+    assert np.array_equal(convert.image_to_rgb(msg), rgb)
+
+
+def test_compressed_jpeg_and_png():
+    rgb = _face_like()
+    png = convert.compressed_to_rgb(convert.rgb_to_compressed(rgb, fmt="png"))
+    assert np.array_equal(png, rgb)
+    jpg = convert.compressed_to_rgb(convert.rgb_to_compressed(rgb, fmt="jpeg", quality=95))
+    assert np.abs(jpg.astype(int) - rgb.astype(int)).mean() < 4
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda: Image(height=48, width=64, encoding="rgb8", step=192, data=b"\x00" * 100),
+     "image_decode"),
+    (lambda: Image(height=2, width=2, encoding="32FC1", step=8, data=b"\x00" * 16),
+     "image_encoding"),
+    (lambda: Image(height=0, width=0, encoding="rgb8"), "image_decode"),
+    (lambda: CompressedImage(format="jpeg", data=b"not a jpeg at all"), "image_decode"),
+])
+def test_bad_images_are_refused_with_a_reason(make, reason):
+    with pytest.raises(InputError) as err:
+        convert.image_to_frame(make())
+    assert err.value.reason == reason
+
+
+def test_audio_messages():
+    from audio_common_msgs.msg import AudioData, AudioInfo
+    pcm = (np.sin(np.arange(1600) / 5) * 8000).astype(np.int16)
+    msg = convert.pcm16_to_audio_msg(pcm, 2.25, "mic")
+    chunk = convert.audio_to_chunk(msg, AudioFormat())
+    assert chunk.stamp == 2.25 and chunk.source == "mic"
+    assert np.array_equal(np.frombuffer(chunk.data, "<i2"), pcm)
+    raw = AudioData(data=pcm.tobytes())
+    assert convert.audio_to_chunk(raw, AudioFormat(), stamp=1.0).stamp == 1.0
+    with pytest.raises(InputError):
+        convert.audio_to_chunk(raw, AudioFormat())
+    assert convert.chunk_duration(3200, AudioFormat()) == pytest.approx(0.1)
+    fmt = convert.audio_info_to_format(convert.audio_info_msg(AudioFormat(44100, 2)))
+    assert (fmt.sample_rate, fmt.channels, fmt.sample_format) == (44100, 2, "S16LE")
+    with pytest.raises(InputError) as err:
+        convert.audio_info_to_format(AudioInfo(channels=1, sample_rate=16000,
+                                               sample_format="S16LE", coding_format="MP3"))
+    assert err.value.reason == "audio_coding"
+
+
+def test_transcripts():
+    from hri_msgs.msg import LiveSpeech
+    from std_msgs.msg import String
+    ev = TranscriptEvent(stamp=5.5, text="Hello there!", is_final=True, start=3.25, end=5.0,
+                         confidence=0.75, speaker_hint="v1", locale="en_US", segment_id="s1")
+    back = convert.transcript_to_event(convert.event_to_transcript(ev))
+    assert back == ev
+    untimed = convert.transcript_to_event(convert.event_to_transcript(
+        TranscriptEvent(stamp=1.0, text="hi")))
+    assert not untimed.timed
+    bad = convert.event_to_transcript(ev)
+    bad.start, bad.end = convert.float_to_time(5.0), convert.float_to_time(3.0)
+    with pytest.raises(InputError) as err:
+        convert.transcript_to_event(bad)
+    assert err.value.reason == "stamp"
+    ls = convert.live_speech_to_event(LiveSpeech(final="Yes.", confidence=0.5), 7.0, "anna")
+    assert (ls.stamp, ls.text, ls.is_final, ls.speaker_hint) == (7.0, "Yes.", True, "anna")
+    part = convert.live_speech_to_event(LiveSpeech(incremental="Ye"), 7.0)
+    assert not part.is_final
+    assert convert.live_speech_to_event(LiveSpeech(), 7.0) is None
+    s = convert.string_to_event(String(data="ok then"), 9.0)
+    assert (s.stamp, s.text, s.timed) == (9.0, "ok then", False)
+
+
+def test_utterance_roundtrip_through_the_wire():
+    from erc_ros.msg import Utterance as UtteranceMsg
+    t = np.arange(16000) / 16000
+    audio = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    utt = Utterance(utterance_id="u1", conversation_id="c1", speaker_id="spk0", start=1.0,
+                    end=2.0, text="I'm fine.", audio=audio, faces=[_face_like(32, 32)],
+                    speaker_source="cluster", speaker_confidence=0.5, text_confidence=0.875,
+                    locale="en_US", features={"speaker_embedding": np.ones(4, np.float32)})
+    msg = deserialize_message(serialize_message(convert.utterance_to_msg(utt)), UtteranceMsg)
+    assert convert.time_to_float(msg.header.stamp) == 2.0
+    assert (msg.has_text, msg.has_audio, msg.has_video) == (True, True, True)
+    back = convert.msg_to_utterance(msg)
+    assert (back.utterance_id, back.speaker_id, back.start, back.end, back.text) == (
+        "u1", "spk0", 1.0, 2.0, "I'm fine.")
+    assert np.abs(back.audio - audio).max() < 1 / 32767 + 1e-6
+    assert np.array_equal(back.faces[0], utt.faces[0])
+    assert np.array_equal(back.features["speaker_embedding"], np.ones(4, np.float32))
+    assert back.speaker_source == "cluster" and back.text_confidence == 0.875
+
+
+def test_estimate_and_expression():
+    from erc_ros.msg import EmotionEstimate
+    est = Estimate(utterance_id="u1", conversation_id="c1", speaker_id="anna", start=1.0,
+                   end=2.5, label="joy", class_names=["neutral", "joy", "anger"],
+                   probabilities=[0.25, 0.625, 0.125], valence=0.5, arousal=0.25,
+                   modalities=["text", "audio"], modality_weights=[0.75, 0.25],
+                   model_id="m", backend="torch", latency_ms=3.5, text="Yay")
+    msg = deserialize_message(serialize_message(convert.estimate_to_msg(est, 12.0)),
+                              EmotionEstimate)
+    assert msg.label == "joy" and msg.confidence == 0.625
+    assert convert.time_to_float(msg.header.stamp) == 2.5  # the utterance end, not now
+    assert msg.end_to_end_latency_ms == 12.0
+    back = convert.msg_to_estimate(msg)
+    assert back.probabilities == [0.25, 0.625, 0.125] and back.modalities == ["text", "audio"]
+    expr = convert.estimate_to_expression(est)
+    assert expr.expression == "happy" and expr.confidence == 0.625
+    assert (expr.valence, expr.arousal) == (0.5, 0.25)
+    assert convert.time_to_float(expr.header.stamp) == 2.5
+    est.label = "Mad"
+    assert convert.estimate_to_expression(est).expression == "angry"
+    est.probabilities = []
+    assert not math.isnan(convert.estimate_to_expression(est).confidence)
