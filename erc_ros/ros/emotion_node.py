@@ -1,0 +1,236 @@
+"""The emotion node: ``erc_ros/Utterance`` -> ``erc_ros/EmotionEstimate`` (+ hri Expression).
+
+``on_configure`` loads the model directory through ``EmotionPipeline.from_model_dir`` (the
+one inference path; FAILURE with a clear log if the directory is missing or tampered);
+``on_activate`` subscribes. The subscription callback only enqueues (bounded, drops counted);
+one worker thread runs the pipeline, which keeps each conversation's context itself.
+Composed with the utterance node (:mod:`erc_ros.ros.composed`), :meth:`submit` takes
+utterances in memory instead of over DDS.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from erc_ros.ros import convert
+from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
+from erc_ros.ros.utterance_node import autostart, declare_documented
+from erc_ros.ros.worker import Worker
+
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "autostart": (True, "configure and activate on start (there is no launch manager here)"),
+    "model_dir": ("", "model directory (manifest.json + weights); empty: the package's "
+                      "models/default"),
+    "backend": ("auto", "runtime backend: auto, torch, onnxruntime, tensorrt"),
+    "precision": ("auto", "auto, fp32, fp16, int8 (what the backend and model dir offer)"),
+    "threads": (2, "CPU threads for inference"),
+    "utterance_topic": ("/erc_ros/utterances", "input topic (erc_ros/Utterance)"),
+    "subscribe_utterances": (True, "subscribe to utterance_topic (composed mode hands "
+                                   "utterances over in memory instead)"),
+    "estimate_topic": ("/erc_ros/emotion", "output topic (erc_ros/EmotionEstimate)"),
+    "publish_expression": (True, "also publish hri_msgs/Expression for ROS4HRI users"),
+    "expression_namespace": ("voices", "'voices' -> /humans/voices/<speaker_id>/expression, "
+                                       "'faces' -> /humans/faces/<speaker_id>/expression"),
+    "queue_size": (64, "bound of the utterance queue; overflow is dropped and counted"),
+    "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+}
+
+
+def default_model_dir() -> str:
+    """models/default in the work tree, else share/erc_ros/models/default of an install."""
+    here = Path(__file__).resolve().parents[2] / "models" / "default"
+    if here.is_dir():
+        return str(here)
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        cand = Path(prefix) / "share" / "erc_ros" / "models" / "default"
+        if cand.is_dir():
+            return str(cand)
+    return str(here)
+
+
+class EmotionNode(LifecycleNode):
+    """Utterance -> EmotionEstimate through the runtime pipeline."""
+
+    def __init__(self, name: str = "emotion_node", **kwargs):
+        super().__init__(name, **kwargs)
+        declare_documented(self, PARAMETERS)
+        self.health = NodeHealth()
+        self.pipeline = None
+        self.worker: Optional[Worker] = None
+        self._sub = None
+        self._pub = None
+        self._expr_pubs: dict[str, Any] = {}
+        self._diag_pub = None
+        self._diag_timer = None
+        self._group = MutuallyExclusiveCallbackGroup()
+        self.published = 0
+        self.on_estimate = None  # optional in-process hook: f(utterance, estimate, e2e_ms)
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = {n: self.get_parameter(n).value for n in PARAMETERS}
+        self.p = p
+        model_dir = p["model_dir"] or default_model_dir()
+        from diagnostic_msgs.msg import DiagnosticArray
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(p["diagnostics_period"], self.publish_diagnostics,
+                                             callback_group=self._group)
+        try:
+            from erc_ros.runtime.pipeline import EmotionPipeline
+            self.pipeline = EmotionPipeline.from_model_dir(
+                model_dir, backend=p["backend"], precision=p["precision"],
+                threads=p["threads"])
+        except Exception as err:
+            msg = f"cannot load the model from {model_dir!r}: {err}"
+            self.get_logger().error(msg)
+            self.health.error = msg
+            self.publish_diagnostics()
+            return TransitionCallbackReturn.FAILURE
+        self.health.error = ""
+        self.worker = Worker("utterances", p["queue_size"], self._process, self.health,
+                             period=0.5,
+                             on_error=lambda e: self.get_logger().error(f"worker: {e!r}"))
+        from erc_ros.msg import EmotionEstimate
+        self._pub = self.create_lifecycle_publisher(EmotionEstimate, p["estimate_topic"], 50)
+        self.get_logger().info(f"configured: model {self.pipeline.model_id} on "
+                               f"{self.pipeline.backend_name}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.p["subscribe_utterances"]:
+            from erc_ros.msg import Utterance
+            qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
+                             reliability=ReliabilityPolicy.RELIABLE)
+            self._sub = self.create_subscription(Utterance, self.p["utterance_topic"],
+                                                 self._on_utterance_msg, qos)
+        self.worker.start()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._sub is not None:
+            self.destroy_subscription(self._sub)
+            self._sub = None
+        if self.worker:
+            self.worker.stop()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.worker:
+            self.worker.stop()
+        if self._pub is not None:
+            self.destroy_lifecycle_publisher(self._pub)
+            self._pub = None
+        for pub in self._expr_pubs.values():
+            self.destroy_publisher(pub)
+        self._expr_pubs = {}
+        self.pipeline = None  # frees the model
+        self.worker = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.worker:
+            self.worker.stop()
+        return TransitionCallbackReturn.SUCCESS
+
+    # -- input -------------------------------------------------------------------------------
+    def _on_utterance_msg(self, msg) -> None:
+        self.worker.put((msg, None))  # converted on the worker, not here
+
+    def submit(self, utterance, final_arrival: Optional[float] = None) -> bool:
+        """In-process hand-off (composed mode): no DDS copy of audio and faces."""
+        if self.worker is None:
+            self.health.count("dropped.inactive")
+            return False
+        return self.worker.put((utterance, final_arrival))
+
+    # -- worker ------------------------------------------------------------------------------
+    def _process(self, items: list) -> None:
+        for item, arrival in items:
+            if not hasattr(item, "features"):  # an erc_ros/Utterance message
+                try:
+                    item = convert.msg_to_utterance(item)
+                except ValueError as err:
+                    self.health.refuse(getattr(err, "reason", "utterance"), str(err))
+                    continue
+            self._predict(item, arrival)
+
+    def _predict(self, utt, arrival: Optional[float]) -> None:
+        t0 = time.perf_counter()
+        est = self.pipeline.predict(utt)
+        proc_ms = (time.perf_counter() - t0) * 1e3
+        e2e = float("nan")
+        msg = convert.estimate_to_msg(est)
+        if arrival is not None:
+            e2e = (time.perf_counter() - arrival) * 1e3
+            msg.end_to_end_latency_ms = float(e2e)
+        self._pub.publish(msg)
+        self.published += 1
+        self.health.count("estimates")
+        self.health.latency("processing", proc_ms)
+        if math.isfinite(e2e):
+            self.health.latency("end_to_end", e2e)
+        if self.p["publish_expression"] and est.speaker_id:
+            self._expression_pub(est.speaker_id).publish(convert.estimate_to_expression(est))
+        if self.on_estimate is not None:
+            self.on_estimate(utt, est, e2e)
+
+    def _expression_pub(self, speaker_id: str):
+        pub = self._expr_pubs.get(speaker_id)
+        if pub is None:
+            from hri_msgs.msg import Expression
+            ns = "faces" if self.p["expression_namespace"] == "faces" else "voices"
+            safe = "".join(c if c.isalnum() or c == "_" else "_" for c in speaker_id)
+            if not safe or safe[0].isdigit():
+                safe = "id_" + safe
+            pub = self.create_publisher(Expression, f"/humans/{ns}/{safe}/expression", 10)
+            self._expr_pubs[speaker_id] = pub
+        return pub
+
+    def publish_diagnostics(self) -> None:
+        if self._diag_pub is None:
+            return
+        extra: dict[str, Any] = {}
+        if self.pipeline is not None:
+            extra["model"] = self.pipeline.model_id
+            extra["backend"] = self.pipeline.backend_name
+            try:
+                extra["pipeline"] = self.pipeline.stats()
+            except Exception:
+                pass
+        depth = ({"utterances": (self.worker.depth(), self.worker.capacity)}
+                 if self.worker else {})
+        st = to_status(f"{self.get_name()}: emotion", "erc_ros", self.health, extra, depth)
+        self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [st]))
+
+
+def main(argv=None) -> int:
+    from rclpy.executors import MultiThreadedExecutor
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = EmotionNode()
+    ok = autostart(node)
+    if not ok:
+        node.get_logger().error("failed to start (see the log above)")
+    ex = MultiThreadedExecutor(num_threads=2)
+    ex.add_node(node)
+    try:
+        ex.spin()
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        if node.worker:
+            node.worker.stop()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

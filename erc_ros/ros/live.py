@@ -1,0 +1,195 @@
+"""Live replay: a bag played into the running nodes (composed, this process) with /clock.
+
+Used by ``eval-bag --live``, ``make demo``, the soak test and the node tests. A player node
+publishes ``/clock`` and every bag record (its raw CDR bytes: no re-serialization) at
+``rate`` x real time; the nodes run with ``use_sim_time`` and their topics set from the
+bag's connections; estimates are collected from the published ``EmotionEstimate`` topic.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from erc_ros.ros import convert
+from erc_ros.ros.replay import GROUND_TRUTH_TOPIC, ReplayResult, bag_span, message_class, read_bag
+
+RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                      reliability=ReliabilityPolicy.RELIABLE)
+
+
+def bag_connections(path: str | Path) -> dict[str, str]:
+    from rosbags.highlevel import AnyReader
+    with AnyReader([Path(path)]) as reader:
+        return {c.topic: c.msgtype for c in reader.connections}
+
+
+def node_params_for_bag(conns: dict[str, str]) -> list[Parameter]:
+    """utterance_node parameters that subscribe to what the bag holds."""
+    params = [Parameter("sensor_reliability", value="reliable")]
+    for topic, typ in conns.items():
+        if typ == "sensor_msgs/msg/CompressedImage":
+            base = topic[:-len("/compressed")] if topic.endswith("/compressed") else topic
+            params += [Parameter("image_transport", value="compressed"),
+                       Parameter("image_topic", value=base)]
+        elif typ == "sensor_msgs/msg/Image":
+            params += [Parameter("image_transport", value="raw"),
+                       Parameter("image_topic", value=topic)]
+        elif typ == "audio_common_msgs/msg/AudioDataStamped":
+            params += [Parameter("audio_msg", value="stamped"),
+                       Parameter("audio_topic", value=topic)]
+        elif typ == "audio_common_msgs/msg/AudioInfo":
+            params += [Parameter("audio_info_topic", value=topic)]
+        elif typ == "erc_ros/msg/Transcript":
+            params += [Parameter("asr_type", value="transcript"),
+                       Parameter("asr_topic", value=topic)]
+    return params
+
+
+class BagPlayer:
+    """Publishes /clock and a bag's records from its own node."""
+
+    def __init__(self, node, conns: dict[str, str]):
+        from rosgraph_msgs.msg import Clock
+        self.node = node
+        self.clock_pub = node.create_publisher(Clock, "/clock", 10)
+        self.pubs = {t: node.create_publisher(message_class(ty), t, RELIABLE)
+                     for t, ty in conns.items() if t != GROUND_TRUTH_TOPIC}
+
+    def clock(self, t: float) -> None:
+        from rosgraph_msgs.msg import Clock
+        self.clock_pub.publish(Clock(clock=convert.float_to_time(t)))
+
+    def play(self, path, rate: float = 1.0, progress=None, ground_truth: Optional[list] = None,
+             stop: Optional[threading.Event] = None, clock_period: float = 0.01) -> int:
+        """Publish every record at its time / rate; returns the message count."""
+        import json
+
+        from rclpy.serialization import deserialize_message
+        from std_msgs.msg import String
+        start, _ = bag_span(path)
+        wall0 = time.perf_counter()
+        last_clock = float("-inf")
+        n = 0
+        for topic, _typ, t_ns, raw in read_bag(path):
+            if stop is not None and stop.is_set():
+                break
+            t = t_ns / 1e9
+            if rate > 0:
+                delay = (t - start) / rate - (time.perf_counter() - wall0)
+                if delay > 0:
+                    time.sleep(delay)
+            if t - last_clock >= clock_period:
+                self.clock(t)
+                last_clock = t
+            if topic == GROUND_TRUTH_TOPIC:
+                if ground_truth is not None:
+                    ground_truth.append(json.loads(deserialize_message(raw, String).data))
+                continue
+            self.pubs[topic].publish(raw)
+            n += 1
+            if progress and n % 50 == 0:
+                progress(t - start)
+        return n
+
+
+class LiveSession:
+    """Composed nodes + a bag player + an estimate collector, spinning in a thread."""
+
+    def __init__(self, bag: str | Path, config: Optional[str | Path] = None,
+                 model_dir: str = "", backend: str = "auto", precision: str = "auto",
+                 threads: int = 2, extra_utterance_params: Optional[list] = None,
+                 on_estimate: Optional[Callable[[Any, Any], None]] = None):
+        from erc_ros.msg import EmotionEstimate
+        from erc_ros.ros.composed import ComposedPipeline
+
+        self.bag = Path(bag)
+        conns = bag_connections(bag)
+        sim = Parameter("use_sim_time", value=True)
+        u_params = [sim, *node_params_for_bag(conns), *(extra_utterance_params or [])]
+        e_params = [sim, Parameter("model_dir", value=model_dir),
+                    Parameter("backend", value=backend), Parameter("precision", value=precision),
+                    Parameter("threads", value=threads)]
+        if config:
+            from erc_ros.ros.launch_config import load_config
+            cfg = load_config(config)
+            perc = [Parameter(k, value=v) for k, v in cfg.get("utterance_node", {}).items()
+                    if k.startswith("perception.")]
+            u_params = perc + u_params
+        self.comp = ComposedPipeline(u_params, e_params)
+        self.player_node = rclpy.create_node("erc_bag_player")
+        self.player = BagPlayer(self.player_node, conns)
+        self.estimates: list = []
+        self.on_estimate = on_estimate
+        self._lock = threading.Lock()
+        self.player_node.create_subscription(EmotionEstimate, "/erc_ros/emotion",
+                                             self._on_estimate, RELIABLE)
+        self.executor = MultiThreadedExecutor(num_threads=3)
+        for n in [*self.comp.nodes, self.player_node]:
+            self.executor.add_node(n)
+        self._spin = threading.Thread(target=self.executor.spin, daemon=True)
+
+    def _on_estimate(self, msg) -> None:
+        est = convert.msg_to_estimate(msg)
+        with self._lock:
+            self.estimates.append(est)
+        if self.on_estimate:
+            self.on_estimate(None, est)
+
+    def start(self, first_clock: float) -> bool:
+        self._spin.start()
+        self.player.clock(first_clock)
+        ok = self.comp.start()
+        time.sleep(0.3)  # discovery between the player and the nodes (same process, loopback)
+        return ok
+
+    def finish(self, end_clock: float, timeout: float = 30.0) -> None:
+        """After the last record: advance /clock, flush the core, wait for the estimates."""
+        utt = self.comp.utterance
+        deadline = time.monotonic() + timeout
+        self.player.clock(end_clock + 5.0)
+        time.sleep(0.1)
+        utt.request_flush()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if (utt.worker.idle_now() and utt.flushed and self.comp.emotion.worker.idle_now()
+                    and self.comp.emotion.published <= len(self.estimates)):
+                break
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.comp.destroy()
+        self.player_node.destroy_node()
+
+
+def live_replay(bag: str | Path, config=None, model_dir: str = "", backend: str = "auto",
+                precision: str = "auto", threads: int = 2, rate: float = 1.0,
+                on_estimate=None, progress=None) -> ReplayResult:
+    """Replay one bag through the live composed nodes; returns like ``replay_bag``."""
+    own_context = not rclpy.ok()
+    if own_context:
+        rclpy.init()
+    try:
+        start, end = bag_span(bag)
+        sess = LiveSession(bag, config, model_dir, backend, precision, threads,
+                           on_estimate=on_estimate)
+        res = ReplayResult(duration_s=end - start)
+        t0 = time.perf_counter()
+        if not sess.start(start):
+            raise RuntimeError("the nodes failed to start (see the log)")
+        res.messages = sess.player.play(bag, rate, progress, res.ground_truth)
+        sess.finish(end)
+        res.wall_s = time.perf_counter() - t0
+        res.estimates = sorted(sess.estimates, key=lambda e: e.end)
+        res.refused = dict(sess.comp.utterance.health.refused)
+        sess.close()
+        return res
+    finally:
+        if own_context:
+            rclpy.try_shutdown()
