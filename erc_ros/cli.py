@@ -48,3 +48,14 @@ def main(argv: list[str] | None = None) -> int:
 
 # The commands. Each module documents its own arguments.
 register("info", "erc_ros.tools.info", "print versions, interfaces and the models found")
+register("export", "erc_ros.runtime.export", "export a model directory's stages to ONNX, checked against PyTorch")
+register("quantize", "erc_ros.runtime.quantize", "make INT8 / weight-only INT8 / FP16 ONNX variants, registered in the manifest")
+register("build-engines", "erc_ros.runtime.engines", "build TensorRT engines on this device (bucketed profiles, cached)")
+register("bench", "erc_ros.runtime.bench", "latency per stage, size and MELD dev accuracy of each backend/precision")
+register("train", "erc_ros.training.train_cli", "train a model directory from a recipe (default: models/default)")
+register("evaluate", "erc_ros.training.evaluate", "score a model directory on a MELD-format CSV (JSON + confusion PNG)")
+register("make-bag", "erc_ros.tools.make_bag", "generate a labelled conversation rosbag2 (speech, faces, ASR, labels)")
+register("eval-bag", "erc_ros.tools.eval_bag", "score rosbag2 recordings through the node pipeline (CSV, metrics, confusion PNG)")
+register("bench-e2e", "erc_ros.tools.bench_e2e", "end-to-end latency through the live nodes: final ASR result -> EmotionEstimate")
+register("demo", "erc_ros.tools.demo", "replay the sample bag through the composed nodes, one line per estimate")
+register("record", "erc_ros.tools.record", "record the topics erc_ros uses into a rosbag2 (a labelled session)")

@@ -1,0 +1,229 @@
+"""Conversation datasets as lists of :class:`Dialogue` (core ``Utterance`` objects + labels).
+
+Models never know which corpus they see: MELD, EmoryNLP, IEMOCAP (and bag ground truth)
+all become dialogues of ``Utterance`` with an integer label per utterance (-1 = unlabelled).
+
+- MELD: the release CSV (``Sr No., Utterance, Speaker, Emotion, ..., Dialogue_ID,
+  Utterance_ID, ..., StartTime, EndTime``); optional clip folder (MELD.Raw layout
+  ``dia{D}_utt{U}.mp4``, with an optional ``dia{D}_utt{U}.wav`` beside it for the audio).
+- EmoryNLP: ``emorynlp_*_final.csv`` (``Speaker`` is a list literal; ``Scene_ID``).
+- IEMOCAP: the standard release layout by path
+  (``Session{1..5}/dialog/transcriptions/*.txt`` and ``dialog/EmoEvaluation/*.txt``, audio in
+  ``sentences/wav/<dialog>/<utt>.wav``), 4/6-class label maps.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from erc_ros.core.types import SAMPLE_RATE, Utterance
+
+MELD_LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
+EMORYNLP_LABELS = ("Neutral", "Joyful", "Peaceful", "Powerful", "Scared", "Mad", "Sad")
+IEMOCAP6_LABELS = ("neutral", "happy", "sad", "angry", "excited", "frustrated")
+IEMOCAP4_LABELS = ("neutral", "happy", "sad", "angry")  # excited merged into happy
+
+
+@dataclass
+class Dialogue:
+    conversation_id: str
+    utterances: list[Utterance]
+    labels: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+
+def data_root() -> Path:
+    """``$ERC_ROS_DATA`` or ``<repo>/../shared/data``."""
+    env = os.environ.get("ERC_ROS_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _clock(s: str) -> float:
+    """MELD "00:16:16,059" -> seconds."""
+    m = re.match(r"(\d+):(\d+):(\d+)[,.](\d+)", s or "")
+    if not m:
+        return 0.0
+    h, mi, se, ms = (int(x) for x in m.groups())
+    return h * 3600 + mi * 60 + se + ms / 1000
+
+
+def _clean(text: str) -> str:
+    # MELD's CSV carries a few mis-decoded characters (cp1252 read as latin-1).
+    for a, b in (("\x92", "'"), ("\x93", '"'), ("\x94", '"'), ("\x97", "-"), ("\x85", "...")):
+        text = text.replace(a, b)
+    return " ".join(text.split())
+
+
+def load_meld(csv_path: str | Path, clips_dir: str | Path | None = None,
+              labels: Sequence[str] = MELD_LABELS, split: str = "") -> list[Dialogue]:
+    """MELD-format CSV -> dialogues (ordered by Dialogue_ID then Utterance_ID)."""
+    csv_path = Path(csv_path)
+    split = split or csv_path.stem
+    index = {k.lower(): i for i, k in enumerate(labels)}
+    rows: dict[int, list[dict]] = {}
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            rows.setdefault(int(r["Dialogue_ID"]), []).append(r)
+    out = []
+    for d in sorted(rows):
+        utts, labs = [], []
+        cid = f"meld-{split}-{d}"
+        for r in sorted(rows[d], key=lambda r: int(r["Utterance_ID"])):
+            u = Utterance(utterance_id=f"{cid}-{r['Utterance_ID']}", conversation_id=cid,
+                          speaker_id=r["Speaker"].strip(), start=_clock(r.get("StartTime", "")),
+                          end=_clock(r.get("EndTime", "")), text=_clean(r["Utterance"]))
+            if clips_dir is not None:
+                _attach_clip(u, Path(clips_dir) / f"dia{d}_utt{r['Utterance_ID']}")
+            utts.append(u)
+            labs.append(index.get(r.get("Emotion", "").strip().lower(), -1))
+        out.append(Dialogue(cid, utts, labs))
+    return out
+
+
+def _attach_clip(u: Utterance, stem: Path, num_frames: int = 4) -> None:
+    """Audio from ``stem.wav`` (16 kHz mono after resampling) and evenly spaced frames of
+    ``stem.mp4`` (whole frames; the core's face detector crops live input)."""
+    wav = stem.with_suffix(".wav")
+    if wav.is_file():
+        u.audio = read_wav_16k(wav)
+    mp4 = stem.with_suffix(".mp4")
+    if mp4.is_file():
+        import cv2
+
+        cap = cv2.VideoCapture(str(mp4))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        for i in np.linspace(0, max(n - 1, 0), num_frames).astype(int):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
+            ok, img = cap.read()
+            if ok:
+                u.faces.append(cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (112, 112)))
+        cap.release()
+
+
+def read_wav_16k(path: str | Path) -> np.ndarray:
+    """A WAV file -> mono float32 at 16 kHz (polyphase resampling)."""
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    sr, x = wavfile.read(str(path))
+    if x.dtype.kind == "i":
+        x = x.astype(np.float32) / np.iinfo(x.dtype).max
+    elif x.dtype.kind == "u":
+        x = (x.astype(np.float32) - 128) / 128
+    x = x.astype(np.float32)
+    if x.ndim == 2:
+        x = x.mean(1)
+    if sr != SAMPLE_RATE:
+        from math import gcd
+
+        g = gcd(sr, SAMPLE_RATE)
+        x = resample_poly(x, SAMPLE_RATE // g, sr // g).astype(np.float32)
+    return x
+
+
+def load_emorynlp(csv_path: str | Path, labels: Sequence[str] = EMORYNLP_LABELS,
+                  split: str = "") -> list[Dialogue]:
+    csv_path = Path(csv_path)
+    split = split or csv_path.stem
+    index = {k.lower(): i for i, k in enumerate(labels)}
+    rows: dict[str, list[dict]] = {}
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            key = f"s{r['Season']}e{r['Episode']}c{r['Scene_ID']}"
+            rows.setdefault(key, []).append(r)
+    out = []
+    for key in rows:
+        cid = f"emorynlp-{split}-{key}"
+        utts, labs = [], []
+        for r in sorted(rows[key], key=lambda r: int(r["Utterance_ID"])):
+            try:
+                spk = ast.literal_eval(r["Speaker"])
+                spk = ", ".join(spk) if isinstance(spk, (list, tuple)) else str(spk)
+            except (ValueError, SyntaxError):
+                spk = r["Speaker"]
+            utts.append(Utterance(f"{cid}-{r['Utterance_ID']}", cid, spk.strip(), 0.0, 0.0,
+                                  text=_clean(r["Utterance"])))
+            labs.append(index.get(r["Emotion"].strip().lower(), -1))
+        out.append(Dialogue(cid, utts, labs))
+    return out
+
+
+_IEMO_MAP = {"neu": "neutral", "hap": "happy", "sad": "sad", "ang": "angry",
+             "exc": "excited", "fru": "frustrated"}
+
+
+def load_iemocap(root: str | Path, sessions: Sequence[int] = (1, 2, 3, 4, 5),
+                 labels: Sequence[str] = IEMOCAP6_LABELS, with_audio: bool = False
+                 ) -> list[Dialogue]:
+    """IEMOCAP_full_release layout by path. Utterances whose label is outside ``labels``
+    (xxx, oth, fear, ...) keep their place in the dialogue with label -1 (context only)."""
+    root = Path(root)
+    index = {k: i for i, k in enumerate(labels)}
+    four = tuple(labels) == IEMOCAP4_LABELS
+    out = []
+    for s in sessions:
+        sess = root / f"Session{s}" / "dialog"
+        for tr in sorted((sess / "transcriptions").glob("*.txt")):
+            emo = {}
+            ev = sess / "EmoEvaluation" / tr.name
+            if ev.is_file():
+                for line in ev.read_text(errors="replace").splitlines():
+                    m = re.match(r"\[(\S+) - (\S+)\]\s+(\S+)\s+(\w+)", line)
+                    if m:
+                        emo[m.group(3)] = m.group(4)
+            utts, labs = [], []
+            cid = f"iemocap-{tr.stem}"
+            for line in tr.read_text(errors="replace").splitlines():
+                m = re.match(r"(\S+) \[(\d+\.\d+)-(\d+\.\d+)\]:\s*(.*)", line)
+                if not m or m.group(1) not in emo:
+                    continue
+                uid, a, b, text = m.groups()
+                spk = uid.split("_")[-1][0]  # F / M
+                u = Utterance(uid, cid, spk, float(a), float(b), text=_clean(text))
+                if with_audio:
+                    wav = root / f"Session{s}" / "sentences" / "wav" / tr.stem / f"{uid}.wav"
+                    if wav.is_file():
+                        u.audio = read_wav_16k(wav)
+                name = _IEMO_MAP.get(emo[uid], "")
+                if four and name == "excited":
+                    name = "happy"
+                utts.append(u)
+                labs.append(index.get(name, -1))
+            if utts:
+                out.append(Dialogue(cid, sorted(utts, key=lambda u: u.start),
+                                    [l for _, l in sorted(zip([u.start for u in utts], labs))]))
+    return out
+
+
+def class_counts(dialogues: Sequence[Dialogue], num_classes: int) -> np.ndarray:
+    c = Counter(l for d in dialogues for l in d.labels if l >= 0)
+    return np.asarray([c.get(i, 0) for i in range(num_classes)], np.int64)
+
+
+def class_weights(counts: np.ndarray, power: float) -> np.ndarray:
+    """Inverse-frequency weights ``(n / n_c) ** power`` normalised to mean 1 over the
+    training samples (power 0 = unweighted, 1 = fully balanced)."""
+    counts = np.maximum(np.asarray(counts, np.float64), 1)
+    w = (counts.sum() / counts) ** power
+    return (w / (w * counts).sum() * counts.sum()).astype(np.float32)

@@ -1,0 +1,224 @@
+"""Stage 1 for text: fine-tune the prompt text encoder (+ the concat head) end to end.
+
+Each training sample is one utterance with its past context rendered by the model's own
+prompt builder (so inference preprocessing is identical). Batches are length-bucketed with
+dynamic padding (the context prompts vary from ~15 to ``max_length`` tokens), AdamW with
+linear warm-up/decay, class-weighted CE, optional EMA self-distillation, and an EMA copy of
+the weights that is evaluated next to the raw weights after every epoch; the best of them on
+dev (weighted F1) is kept. Runs unchanged under ``torchrun`` (DDP, gradients averaged).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from erc_ros.models.erc_model import ErcModel
+from erc_ros.models.losses import EmaTeacher, self_distillation, weighted_cross_entropy
+from erc_ros.training.data import Dialogue, class_counts, class_weights
+from erc_ros.training.metrics import scores
+
+
+@dataclass
+class TextStageConfig:
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 4e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    class_weight_power: float = 0.0
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # 0 = no EMA weights
+    self_distill: float = 0.0  # weight of the EMA-teacher KD term (needs ema_decay > 0)
+    self_distill_tau: float = 2.0
+    grad_clip: float = 1.0
+    seed: int = 13
+    max_steps: int = 0  # 0 = all (tests use a few)
+    eval_every_epoch: bool = True
+    threads: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_samples(model: ErcModel, dialogues: Sequence[Dialogue], future: bool = False):
+    """(token ids, label) per labelled utterance, prompts built by the model's preprocessor."""
+    pre = model.preprocessor
+    k = pre.config.prompt.past_context
+    out = []
+    for d in dialogues:
+        for i, (u, y) in enumerate(zip(d.utterances, d.labels)):
+            if y < 0:
+                continue
+            ids = pre.text_ids(u, d.utterances[max(0, i - k):i] if k else [],
+                               d.utterances[i + 1:] if future else [])
+            out.append((ids, int(y)))
+    return out
+
+
+def bucketed_batches(samples, batch_size: int, rng: random.Random, shuffle: bool = True):
+    """Index batches of similar length: shuffle, sort within chunks of 50 batches, shuffle the
+    batches (dynamic padding then wastes little)."""
+    idx = list(range(len(samples)))
+    if not shuffle:
+        idx.sort(key=lambda i: len(samples[i][0]))
+        return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    rng.shuffle(idx)
+    chunk = batch_size * 50
+    batches = []
+    for s in range(0, len(idx), chunk):
+        part = sorted(idx[s:s + chunk], key=lambda i: len(samples[i][0]))
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class TextClassifier(nn.Module):
+    """text encoder -> fusion head with T = 1 and only the text modality present."""
+
+    def __init__(self, model: ErcModel):
+        super().__init__()
+        self.text_encoder = model.text_encoder
+        self.fusion = model.fusion
+        _, self.da, self.dv = model.dims
+
+    def forward(self, input_ids, attention_mask):
+        t = self.text_encoder(input_ids, attention_mask)[:, None]
+        b = t.shape[0]
+        z = t.new_zeros
+        mask = torch.zeros(b, 1, 3, dtype=torch.bool, device=t.device)
+        mask[..., 0] = True
+        logits, _ = self.fusion(t, z(b, 1, self.da), z(b, 1, self.dv), mask,
+                                torch.zeros(b, 1, dtype=torch.long, device=t.device),
+                                torch.zeros(b, 1, dtype=torch.bool, device=t.device))
+        return logits[:, 0]
+
+
+def _tensors(model: ErcModel, samples, batch):
+    t = model.preprocessor.pad_text([samples[i][0] for i in batch])
+    y = torch.tensor([samples[i][1] for i in batch])
+    return torch.as_tensor(t["input_ids"]), torch.as_tensor(t["attention_mask"]), y
+
+
+@torch.no_grad()
+def predict_samples(net: nn.Module, model: ErcModel, samples, batch_size: int = 64,
+                    progress: bool = False) -> np.ndarray:
+    from tqdm import tqdm
+
+    net.eval()
+    batches = bucketed_batches(samples, batch_size, random.Random(0), shuffle=False)
+    out = np.zeros((len(samples), len(model.label_names)), np.float32)
+    for b in tqdm(batches, desc="eval", leave=False, disable=not progress):
+        ids, mask, _ = _tensors(model, samples, b)
+        out[b] = torch.softmax(net(ids, mask), -1).numpy()
+    return out
+
+
+def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[Dialogue],
+                     cfg: TextStageConfig, log=print, progress: bool = True) -> dict:
+    """Fine-tune in place; returns a summary with the per-epoch dev metrics. The model ends
+    holding the best weights (raw or EMA) by dev weighted F1."""
+    from tqdm import tqdm
+
+    from erc_ros.training.distributed import DistContext
+
+    dist = DistContext.from_env()
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    net = TextClassifier(model)
+    tr = build_samples(model, train)
+    dv = build_samples(model, dev) if dev else []
+    counts = class_counts(train, len(model.label_names))
+    cw = torch.as_tensor(class_weights(counts, cfg.class_weight_power))
+    log(f"text stage: {len(tr)} train / {len(dv)} dev samples, class weights "
+        f"{np.round(cw.numpy(), 2).tolist()}, world size {dist.world_size}")
+
+    head = [p for n, p in net.named_parameters() if n.startswith("fusion") and p.requires_grad]
+    enc = [p for n, p in net.named_parameters() if n.startswith("text_encoder") and p.requires_grad]
+    no_decay = lambda p: p.ndim < 2  # noqa: E731 - biases and LayerNorm weights
+    groups = [
+        {"params": [p for p in enc if not no_decay(p)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": [p for p in enc if no_decay(p)], "lr": cfg.lr, "weight_decay": 0.0},
+        {"params": head, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+    ]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]])
+    rng = random.Random(cfg.seed)
+    per_epoch = math.ceil(len(bucketed_batches(tr, cfg.batch_size, random.Random(0))) / dist.world_size)
+    total = per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, per_epoch * cfg.epochs)
+    warm = max(1, int(cfg.warmup * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    ddp_net = dist.wrap(net)
+    ema = EmaTeacher(net, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    history, best = [], {"weighted_f1": -1.0}
+    best_state = None
+    step = 0
+    t0 = time.time()
+    for epoch in range(cfg.epochs):
+        net.train()
+        batches = bucketed_batches(tr, cfg.batch_size, rng)
+        batches = batches[dist.rank::dist.world_size][:per_epoch]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or dist.rank)
+        run_loss = 0.0
+        for b in bar:
+            ids, mask, y = _tensors(model, tr, b)
+            logits = ddp_net(ids, mask)
+            loss = weighted_cross_entropy(logits, y, cw, cfg.label_smoothing)
+            if ema is not None and cfg.self_distill > 0:
+                with torch.no_grad():
+                    t_logits = ema(ids, mask)
+                ramp = min(1.0, step / max(1, per_epoch))  # teacher is poor early on
+                loss = loss + ramp * cfg.self_distill * self_distillation(
+                    logits, t_logits, cfg.self_distill_tau)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            if ema is not None:
+                # Early on the average would be dominated by the initial weights.
+                ema.update(net, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            run_loss = 0.98 * run_loss + 0.02 * loss.item() if step > 1 else loss.item()
+            bar.set_postfix(loss=f"{run_loss:.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        if dv and cfg.eval_every_epoch:  # every rank, so all keep the same best
+            candidates = [("raw", net)] + ([("ema", ema.module)] if ema is not None else [])
+            for name, m in candidates:
+                probs = predict_samples(m, model, dv, progress=progress)
+                s = scores([y for _, y in dv], probs.argmax(1), model.label_names)
+                rec = {"epoch": epoch + 1, "weights": name, "weighted_f1": s["weighted_f1"],
+                       "accuracy": s["accuracy"], "minutes": round((time.time() - t0) / 60, 1)}
+                history.append(rec)
+                if dist.rank == 0:
+                    log(f"dev {rec}")
+                if s["weighted_f1"] > best["weighted_f1"]:
+                    best = dict(rec, scores=s)
+                    best_state = copy.deepcopy({k: v.detach().clone() for k, v in m.state_dict().items()})
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    elif ema is not None:
+        net.load_state_dict(ema.module.state_dict())
+    dist.barrier()
+    return {"history": history, "best": {k: v for k, v in best.items() if k != "scores"},
+            "best_scores": best.get("scores"), "steps": step,
+            "minutes": round((time.time() - t0) / 60, 1), "config": cfg.to_dict()}

@@ -1,0 +1,165 @@
+"""`python -m erc_ros train`: train a model directory from a recipe.
+
+    python -m erc_ros train --recipe default --out models/default
+
+Recipes (``RECIPES``) fix every choice; command-line flags override a few for ablations
+(``--past-context``, ``--class-weight-power``, ``--epochs``, ``--head``, ...). Stage 1
+fine-tunes the prompt text encoder with the concat head (:mod:`text_stage`); with
+``--fusion-head`` other than concat, stage 2 trains that head over cached utterance vectors
+(:mod:`fusion_stage`). The output directory is self-describing (see
+:mod:`erc_ros.models.artefact`), with dev metrics and the data sha256s in its provenance, a
+``train_log.json`` and a dev confusion-matrix PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+RECIPES = {
+    # The shipped model: packaged MiniLM-L6, fine-tuned on the context prompt.
+    "default": dict(
+        encoder="minilm", pooling="mask", past_context=6, max_length=160,
+        epochs=4, batch_size=16, lr=5e-5, head_lr=1e-3, warmup=0.06,
+        class_weight_power=0.25, label_smoothing=0.0, ema_decay=0.999, self_distill=0.0,
+        freeze_word_embeddings=True, audio=True, video=True, seed=13),
+    # The reference "plain recipe" of the issue (previous 4 utterances, 3 epochs, no extras).
+    "plain": dict(
+        encoder="minilm", pooling="mask", past_context=4, max_length=128,
+        epochs=3, batch_size=16, lr=4e-5, head_lr=4e-5, warmup=0.0,
+        class_weight_power=0.0, label_smoothing=0.0, ema_decay=0.0, self_distill=0.0,
+        freeze_word_embeddings=False, audio=False, video=False, seed=13),
+    # Tests: a tiny random BERT over the MiniLM vocabulary.
+    "tiny": dict(
+        encoder="tiny", pooling="mask", past_context=2, max_length=48,
+        epochs=1, batch_size=8, lr=1e-3, head_lr=1e-3, warmup=0.1,
+        class_weight_power=0.0, label_smoothing=0.0, ema_decay=0.9, self_distill=0.5,
+        freeze_word_embeddings=False, audio=True, video=True, seed=13),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--format", default="meld", choices=["meld", "emorynlp", "iemocap"])
+    p.add_argument("--train", help="training CSV (default: $ERC_ROS_DATA/meld/train_sent_emo.csv)")
+    p.add_argument("--dev", help="dev CSV for selection (default: MELD dev)")
+    p.add_argument("--iemocap-root", help="IEMOCAP_full_release folder (--format iemocap)")
+    p.add_argument("--encoder", help="'minilm' (packaged), 'tiny', or a local checkpoint dir")
+    p.add_argument("--past-context", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--class-weight-power", type=float)
+    p.add_argument("--self-distill", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke runs)")
+    p.add_argument("--limit-dialogues", type=int, default=0, help="use only N dialogues")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model-id", default="")
+    p.add_argument("--fp32", action="store_true", help="store float32 weights (default fp16)")
+
+
+def _datasets(args, recipe):
+    from erc_ros.training import data
+
+    root = data.data_root()
+    if args.format == "meld":
+        tr = Path(args.train or root / "meld" / "train_sent_emo.csv")
+        dv = Path(args.dev or root / "meld" / "dev_sent_emo.csv")
+        return data.load_meld(tr), data.load_meld(dv), data.MELD_LABELS, [tr, dv]
+    if args.format == "emorynlp":
+        tr = Path(args.train or root / "emorynlp" / "emorynlp_train_final.csv")
+        dv = Path(args.dev or root / "emorynlp" / "emorynlp_dev_final.csv")
+        return data.load_emorynlp(tr), data.load_emorynlp(dv), data.EMORYNLP_LABELS, [tr, dv]
+    if not args.iemocap_root:
+        raise SystemExit("--format iemocap needs --iemocap-root")
+    d = data.load_iemocap(args.iemocap_root)
+    return ([x for x in d if not x.conversation_id.startswith("iemocap-Ses05")],
+            [x for x in d if x.conversation_id.startswith("iemocap-Ses05")],
+            data.IEMOCAP6_LABELS, [])
+
+
+def build_from_recipe(r: dict, label_names, model_id: str):
+    from erc_ros.models.encoders.audio import AudioEncoderConfig
+    from erc_ros.models.encoders.text import TextEncoderConfig
+    from erc_ros.models.encoders.video import VideoEncoderConfig
+    from erc_ros.models.erc_model import ErcModelConfig, build_model, tiny_text_config
+    from erc_ros.models.preprocessing import PreprocessorConfig, PromptConfig, packaged_minilm_dir
+
+    enc = r["encoder"]
+    if enc == "tiny":
+        text = tiny_text_config()
+        tok = packaged_minilm_dir() / "tokenizer.json"
+    else:
+        path = packaged_minilm_dir() if enc == "minilm" else Path(enc)
+        text = TextEncoderConfig(pretrained=str(path))
+        tok = path / "tokenizer.json"
+    text.pooling = r["pooling"]
+    text.freeze_word_embeddings = r["freeze_word_embeddings"]
+    small = enc == "tiny"
+    cfg = ErcModelConfig(
+        model_id=model_id, label_names=tuple(label_names), text=text,
+        audio=AudioEncoderConfig(dim=8 if small else 64) if r["audio"] else None,
+        video=VideoEncoderConfig(dim=8 if small else 64) if r["video"] else None,
+        fusion_head="concat", fusion={"dropout": 0.1},
+        preprocessing=PreprocessorConfig(prompt=PromptConfig(
+            max_length=r["max_length"], past_context=r["past_context"])))
+    model = build_model(cfg, tok)
+    model.config.text.pretrained = None  # weights travel in the model directory
+    return model
+
+
+def run(args) -> int:
+    import torch
+
+    from erc_ros.models.artefact import add_artefact, save_model_dir
+    from erc_ros.training.data import sha256_of
+    from erc_ros.training.distributed import DistContext
+    from erc_ros.training.metrics import plot_confusion
+    from erc_ros.training.text_stage import TextStageConfig, train_text_stage
+
+    r = dict(RECIPES[args.recipe])
+    for k in ("encoder", "past_context", "max_length", "epochs", "lr", "class_weight_power",
+              "self_distill", "seed"):
+        v = getattr(args, k)
+        if v is not None:
+            r[k] = v
+    torch.set_num_threads(args.threads)
+    train, dev, labels, files = _datasets(args, r)
+    if args.limit_dialogues:
+        train, dev = train[: args.limit_dialogues], dev[: max(1, args.limit_dialogues // 4)]
+    from erc_ros.training.text_stage import seed_everything
+
+    seed_everything(r["seed"])
+    model_id = args.model_id or f"erc-{args.recipe}-{time.strftime('%Y%m%d')}"
+    model = build_from_recipe(r, labels, model_id)
+    cfg = TextStageConfig(**{k: r[k] for k in TextStageConfig.__dataclass_fields__ if k in r},
+                          max_steps=args.max_steps, threads=args.threads)
+    t0 = time.time()
+    summary = train_text_stage(model, train, dev, cfg)
+    summary["recipe"] = {"name": args.recipe, **r}
+    summary["wall_minutes"] = round((time.time() - t0) / 60, 1)
+    if DistContext.from_env().rank != 0:
+        return 0
+    out = Path(args.out)
+    external = bool(r["freeze_word_embeddings"]) and r["encoder"] == "minilm"
+    prov = {"recipe": summary["recipe"], "data": {str(f.name): sha256_of(f) for f in files},
+            "dev_metrics": summary["best"], "train_minutes": summary["wall_minutes"]}
+    save_model_dir(model, out, provenance=prov, dtype="float32" if args.fp32 else "float16",
+                   external_word_embeddings=external)
+    log = {k: v for k, v in summary.items() if k != "best_scores"}
+    (out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    add_artefact(out, "train_log.json", "report")
+    if summary.get("best_scores"):
+        s = summary["best_scores"]
+        plot_confusion(s["confusion"], s["label_names"], out / "dev_confusion.png",
+                       f"{model_id} dev: wF1 {s['weighted_f1']} acc {s['accuracy']}")
+        add_artefact(out, "dev_confusion.png", "report")
+    b = summary["best"]
+    print(f"\nsaved {out}  best dev: weighted F1 {b.get('weighted_f1')}  accuracy "
+          f"{b.get('accuracy')}  (epoch {b.get('epoch')}, {b.get('weights')} weights)  "
+          f"in {summary['wall_minutes']} min", file=sys.stderr)
+    return 0
