@@ -1,0 +1,394 @@
+"""`EmotionPipeline`: THE inference path (nodes, eval-bag, demo and every benchmark).
+
+``predict(utterance) -> Estimate`` keeps each conversation's context itself: the past
+utterances (for the text prompt) and the encoded vectors of each (for the fusion head), so a
+call encodes only the new utterance, then runs the fusion head over the cached conversation
+window. Stages (preprocess, text/audio/video encoders, fusion, postprocess) each run on a
+:class:`~erc_ros.runtime.backends.Backend` chosen from the model directory's artefacts; the
+audio and video encoders run concurrently with the text encoder when present.
+
+    pipe = EmotionPipeline.from_model_dir("models/default", backend="auto")
+    est = pipe.predict(utterance)      # erc_ros.core.types.Estimate
+    pipe.reset(utterance.conversation_id)
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from erc_ros.core.types import MODALITIES, Estimate, Utterance
+
+from .backends import (Backend, BackendUnavailable, OrtBackend, TorchBackend, default_threads,
+                       resolve_backend, tensorrt_available)
+
+log = logging.getLogger("erc_ros.runtime")
+
+ENCODERS = ("text_encoder", "audio_encoder", "video_encoder")
+STAGE_IO = {
+    "text_encoder": (["input_ids", "attention_mask"], ["text_vec"]),
+    "fusion": (["text", "audio", "video", "modality_mask", "speaker_ids", "padding_mask"],
+               ["logits", "modality_weights"]),
+}
+TIMED = ("preprocess", "text_encoder", "audio_encoder", "video_encoder", "fusion",
+         "postprocess", "total")
+
+
+@dataclass
+class _Conversation:
+    """Bounded window of one conversation: utterances and their cached encodings."""
+
+    window: int
+    utterances: deque = field(default_factory=deque)
+    vectors: deque = field(default_factory=deque)  # (text, audio, video, mask[3], speaker)
+    speakers: dict = field(default_factory=dict)  # speaker name -> order of appearance
+
+    def add(self, utt: Utterance, vec: tuple) -> None:
+        self.utterances.append(utt)
+        self.vectors.append(vec)
+        while len(self.utterances) > self.window:
+            self.utterances.popleft()
+            self.vectors.popleft()
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _torch_int8(module):
+    """PyTorch dynamic INT8 of the nn.Linear layers (the torch side of the INT8 comparison)."""
+    import torch
+
+    return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class EmotionPipeline:
+    """Per-utterance emotion estimates over a conversation, on any backend.
+
+    Build it with :meth:`from_model_dir` (or :meth:`from_model` for an in-memory model on
+    the torch backend). Thread-safe: calls are serialised by a lock.
+    """
+
+    def __init__(self, model, stages: dict[str, Backend], *, model_id: str,
+                 backend_name: str, precision: str, max_context: int = 64,
+                 why: str = "", threads: int = 2):
+        self.model = model
+        self.preprocessor = model.preprocessor
+        self.stages = stages
+        self.model_id = model_id
+        self.backend_name = backend_name
+        self.precision = precision
+        self.class_names = list(model.label_names)
+        self.valence_arousal = np.asarray(model.valence_arousal, np.float32)
+        self.dims = tuple(int(d) for d in model.dims)
+        self.has_audio_encoder = "audio_encoder" in stages
+        self.has_video_encoder = "video_encoder" in stages
+        self.max_context = int(max_context)
+        self.past_context = int(self.preprocessor.config.prompt.past_context)
+        self.max_speakers = int(self.preprocessor.config.max_speakers)
+        self._conversations: dict[str, _Conversation] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="erc-encoder") \
+            if (self.has_audio_encoder or self.has_video_encoder) else None
+        self._times = {k: deque(maxlen=512) for k in TIMED}
+        self._count = 0
+        self._errors = 0
+        self.last_timings: dict[str, float] = {}
+        self.where = ", ".join(f"{s}: {b.describe()}" for s, b in stages.items())
+        log.info("erc_ros pipeline %s: %s (%s)", model_id, self.where, why or "configured")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_model(cls, model, backend: str = "torch", precision: str = "fp32",
+                   threads: int | None = None, max_context: int = 64) -> "EmotionPipeline":
+        """Run an in-memory :class:`ErcModel` on the torch backend (fp32, or int8 dynamic)."""
+        if backend != "torch":
+            raise ValueError("from_model runs torch only; use from_model_dir for ONNX/TensorRT")
+        threads = default_threads() if threads is None else threads
+        model.eval()
+        return cls(model, _torch_stages(model, precision, threads),
+                   model_id=getattr(model.config, "model_id", "model"), backend_name="torch",
+                   precision=precision, max_context=max_context, why="in-memory model",
+                   threads=threads)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, backend: str = "auto",
+                       precision: str = "auto", threads: int | None = None,
+                       max_context: int = 64, providers: Optional[list[str]] = None,
+                       auto_export: bool = True) -> "EmotionPipeline":
+        """Load a model directory (every listed file's sha256 verified) and pick backends.
+
+        ``backend``: ``auto`` (tensorrt -> onnxruntime -> torch, the first that can run with
+        the artefacts present), ``tensorrt``, ``onnxruntime`` or ``torch``. ``precision``:
+        ``auto`` (int8 on CPU, fp16 on GPU where the artefacts exist, else fp32), ``fp32``,
+        ``int8``, ``woq8``, ``fp16``, ``qdq``. An explicit ``onnxruntime`` with missing ONNX
+        files exports them first when ``auto_export`` (cached and registered in the model
+        directory).
+        """
+        from .manifest import find_stage_files, load_model
+
+        threads = default_threads() if threads is None else threads
+        model_dir = Path(model_dir)
+        model = load_model(model_dir)  # verifies every listed file (weights, ONNX, engines)
+        model.eval()
+        model_id = model.manifest.get("model_id", model.config.model_id)
+        needed = _needed_stages(model)
+        onnx_fp32 = find_stage_files(model_dir, "onnx", "fp32")
+        if backend == "onnxruntime" and auto_export and not needed <= set(onnx_fp32):
+            from .quantize import ensure_variants
+
+            ensure_variants(model_dir, model, [] if precision in ("auto", "fp32") else [precision])
+            model = load_model(model_dir)
+            onnx_fp32 = find_stage_files(model_dir, "onnx", "fp32")
+        engines = _current_engines(model_dir) if tensorrt_available() else {}
+        name, why = resolve_backend(backend, have_onnx=needed <= set(onnx_fp32),
+                                    have_engine="text_encoder" in engines)
+        if name == "torch":
+            prec = "fp32" if precision == "auto" else precision
+            stages = _torch_stages(model, prec, threads)
+        elif name == "onnxruntime":
+            prec, stages = _ort_stages(model_dir, needed, precision, threads, providers)
+        else:
+            prec, stages = _trt_stages(model_dir, model, needed, engines, precision, threads)
+        return cls(model, stages, model_id=model_id, backend_name=name, precision=prec,
+                   max_context=max_context, why=why, threads=threads)
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, utterance: Utterance) -> Estimate:
+        """Estimate the emotion of ``utterance`` given its conversation so far, then add it to
+        that conversation's context."""
+        with self._lock:
+            try:
+                return self._predict(utterance)
+            except Exception:
+                self._errors += 1
+                raise
+
+    def _predict(self, u: Utterance) -> Estimate:
+        t0 = time.perf_counter()
+        timings = {}
+        conv = self._conversations.get(u.conversation_id)
+        if conv is None:
+            conv = self._conversations[u.conversation_id] = _Conversation(self.max_context)
+        pre = self.preprocessor
+        context = list(conv.utterances)[-self.past_context:] if self.past_context > 0 else []
+        text_in = pre.text_inputs(u, context)
+        use_audio = self.has_audio_encoder and u.has_audio
+        use_video = self.has_video_encoder and u.has_video
+        t1 = time.perf_counter()
+        timings["preprocess"] = (t1 - t0) * 1e3
+
+        def timed(stage, make_inputs):
+            s = time.perf_counter()
+            inputs = make_inputs()
+            out = self.stages[stage].run(inputs)
+            return next(iter(out.values()))[0], (time.perf_counter() - s) * 1e3
+
+        futures = {}
+        if use_audio:
+            futures["audio_encoder"] = self._submit(timed, "audio_encoder",
+                                                    lambda: pre.audio_inputs(u))
+        if use_video:
+            futures["video_encoder"] = self._submit(timed, "video_encoder",
+                                                    lambda: pre.video_inputs(u))
+        text_vec, timings["text_encoder"] = timed("text_encoder", lambda: text_in)
+        _, da, dv = self.dims
+        audio_vec = np.zeros(da, np.float32)
+        video_vec = np.zeros(dv, np.float32)
+        if "audio_encoder" in futures:
+            audio_vec, timings["audio_encoder"] = futures["audio_encoder"].result()
+        if "video_encoder" in futures:
+            video_vec, timings["video_encoder"] = futures["video_encoder"].result()
+        mask = np.array([u.has_text, use_audio, use_video], bool)
+        spk_name = u.speaker_id.strip() or pre.config.prompt.unknown_speaker
+        spk = conv.speakers.setdefault(spk_name, len(conv.speakers)) % self.max_speakers
+        conv.add(u, (text_vec.astype(np.float32), audio_vec.astype(np.float32),
+                     video_vec.astype(np.float32), mask, spk))
+
+        t2 = time.perf_counter()
+        vecs = list(conv.vectors)
+        feeds = {"text": np.stack([v[0] for v in vecs])[None],
+                 "audio": np.stack([v[1] for v in vecs])[None],
+                 "video": np.stack([v[2] for v in vecs])[None],
+                 "modality_mask": np.stack([v[3] for v in vecs])[None],
+                 "speaker_ids": np.asarray([v[4] for v in vecs], np.int64)[None],
+                 "padding_mask": np.zeros((1, len(vecs)), bool)}
+        out = self.stages["fusion"].run(feeds)
+        t3 = time.perf_counter()
+        timings["fusion"] = (t3 - t2) * 1e3
+
+        logits = out["logits"][0, -1].astype(np.float64)
+        probs = _softmax(logits)
+        k = int(probs.argmax())
+        valence, arousal = (probs @ self.valence_arousal).tolist()
+        used = [m for m, on in zip(MODALITIES, mask) if on]
+        weights = out.get("modality_weights")
+        if weights is not None and used:
+            w = np.asarray(weights[0, -1], np.float64)[mask]
+            w = w / w.sum() if w.sum() > 0 else np.full(len(used), 1.0 / len(used))
+        else:
+            w = np.full(len(used), 1.0 / max(len(used), 1))
+        t4 = time.perf_counter()
+        timings["postprocess"] = (t4 - t3) * 1e3
+        timings["total"] = (t4 - t0) * 1e3
+        for name, ms in timings.items():
+            self._times[name].append(ms)
+        self.last_timings = timings
+        self._count += 1
+        return Estimate(utterance_id=u.utterance_id, conversation_id=u.conversation_id,
+                        speaker_id=u.speaker_id, start=u.start, end=u.end,
+                        label=self.class_names[k], class_names=list(self.class_names),
+                        probabilities=probs.astype(np.float32).tolist(), valence=float(valence),
+                        arousal=float(arousal), modalities=used,
+                        modality_weights=[float(x) for x in w], model_id=self.model_id,
+                        backend=f"{self.backend_name}/{self.precision}",
+                        latency_ms=timings["total"], text=u.text)
+
+    def _submit(self, fn, *args):
+        return self._pool.submit(fn, *args)
+
+    # ------------------------------------------------------------------ state
+    def reset(self, conversation_id: str | None = None) -> None:
+        """Forget one conversation's context (or all of them)."""
+        with self._lock:
+            if conversation_id is None:
+                self._conversations.clear()
+            else:
+                self._conversations.pop(conversation_id, None)
+
+    def context_length(self, conversation_id: str) -> int:
+        conv = self._conversations.get(conversation_id)
+        return len(conv.utterances) if conv else 0
+
+    def stats(self) -> dict:
+        """Counters and per-stage latency (ms, over the last 512 calls) for /diagnostics."""
+        out = {"model_id": self.model_id, "backend": self.backend_name,
+               "precision": self.precision, "where": self.where, "predictions": self._count,
+               "errors": self._errors, "conversations": len(self._conversations),
+               "cached_utterances": sum(len(c.utterances) for c in self._conversations.values())}
+        for name, vals in self._times.items():
+            if vals:
+                a = np.asarray(vals)
+                out[f"{name}_ms_p50"] = float(np.percentile(a, 50))
+                out[f"{name}_ms_p95"] = float(np.percentile(a, 95))
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for b in self.stages.values():
+            b.close()
+
+
+# ---------------------------------------------------------------------- stage building
+
+def _needed_stages(model) -> set[str]:
+    s = {"text_encoder", "fusion"}
+    if model.audio_encoder is not None:
+        s.add("audio_encoder")
+    if model.video_encoder is not None:
+        s.add("video_encoder")
+    return s
+
+
+def _stage_io(model, stage):
+    from .export import _positional_names
+
+    if stage in STAGE_IO:
+        return STAGE_IO[stage]
+    mod = getattr(model, stage)
+    return _positional_names(mod), ["audio_vec" if stage == "audio_encoder" else "video_vec"]
+
+
+def _torch_stages(model, precision: str, threads: int) -> dict[str, Backend]:
+    if precision not in ("fp32", "int8"):
+        raise BackendUnavailable(f"torch runs fp32 or int8 (dynamic), not {precision!r}")
+    stages = {}
+    for stage in sorted(_needed_stages(model), key=("text_encoder", "audio_encoder",
+                                                    "video_encoder", "fusion").index):
+        mod = getattr(model, stage)
+        if precision == "int8" and stage == "text_encoder":
+            mod = _torch_int8(mod)
+        ins, outs = _stage_io(model, stage)
+        stages[stage] = TorchBackend(mod, ins, outs, precision=precision, threads=threads)
+    return stages
+
+
+def _ort_stages(model_dir, needed, precision, threads, providers):
+    from .manifest import find_stage_files, verify_files
+
+    if precision == "auto":
+        precision = "int8"
+    files = find_stage_files(model_dir, "onnx", precision)
+    fp32 = find_stage_files(model_dir, "onnx", "fp32")
+    stages = {}
+    for stage in ("text_encoder", "audio_encoder", "video_encoder", "fusion"):
+        if stage not in needed:
+            continue
+        rel, prec = files.get(stage), precision
+        if rel is None:
+            rel, prec = fp32[stage], "fp32"
+            log.info("no %s ONNX of %s: running its fp32 export", precision, stage)
+        verify_files(model_dir, [rel])
+        stages[stage] = OrtBackend(Path(model_dir) / rel, providers=providers, threads=threads,
+                                   precision=prec)
+    if not any(b.precision == precision for b in stages.values()):
+        precision = "fp32"
+    return precision, stages
+
+
+def _current_engines(model_dir) -> dict[str, dict[str, str]]:
+    """``stage -> {precision: relpath}`` of engines built for this device and TensorRT."""
+    from .engines import current_device
+    from .manifest import runtime_artefacts
+
+    try:
+        import tensorrt as trt
+
+        device, sm = current_device()
+    except Exception:  # noqa: BLE001 - no TensorRT here: no engines usable
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for rel, e in runtime_artefacts(model_dir, "engine").items():
+        if e.get("device") == device and list(e.get("sm", [])) == list(sm) and \
+                e.get("trt_version") == trt.__version__:
+            out.setdefault(e["stage"], {})[e["precision"]] = rel
+    return out
+
+
+def _trt_stages(model_dir, model, needed, engines, precision, threads):
+    from .engines import DEFAULT_BUCKETS, TensorRTBackend
+    from .manifest import find_stage_files, read_manifest, verify_files
+
+    if precision == "auto":
+        precision = "int8" if any("int8" in v for v in engines.values()) else "fp16"
+    arts = read_manifest(model_dir)["artefacts"]
+    fp32 = find_stage_files(model_dir, "onnx", "fp32")
+    stages = {}
+    for stage in ("text_encoder", "audio_encoder", "video_encoder", "fusion"):
+        if stage not in needed:
+            continue
+        rel = engines.get(stage, {}).get(precision) or engines.get(stage, {}).get("fp16")
+        if rel is not None:
+            verify_files(model_dir, [rel])
+            meta = arts[rel]
+            buckets = meta.get("buckets") if stage == "text_encoder" else None
+            stages[stage] = TensorRTBackend(
+                Path(model_dir) / rel, precision=meta["precision"],
+                sequence_buckets=buckets or (DEFAULT_BUCKETS if stage == "text_encoder" else None),
+                pad_values={"input_ids": int(model.preprocessor.pad_id)})
+        elif stage in fp32:  # no engine for this stage: ONNX Runtime on the GPU providers
+            verify_files(model_dir, [fp32[stage]])
+            stages[stage] = OrtBackend(Path(model_dir) / fp32[stage], threads=threads)
+        else:
+            ins, outs = _stage_io(model, stage)
+            stages[stage] = TorchBackend(getattr(model, stage), ins, outs, threads=threads)
+    return precision, stages
