@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -333,3 +334,98 @@ class TensorRTBackend(Backend):
         self._buffers.clear()
         self.context = None
         self.engine = None
+
+
+def stage_profiles(inputs: Sequence[Mapping], buckets: Sequence[int] = DEFAULT_BUCKETS,
+                   max_batch: int = 8, max_turns: int = 64, opt_turns: int = 16,
+                   max_samples: int = 16000 * 8) -> list[ProfileShapes]:
+    """Optimization profiles of a stage from its input specs in the manifest
+    (``[{"name", "dtype", "shape"}]`` where dynamic axes are named: ``batch``, ``seq``,
+    ``turns``, ``samples``). A ``seq`` axis gets one profile per bucket (fixed length);
+    every other dynamic axis one range."""
+    def dims(spec, seq_len=None, which="min"):
+        out = []
+        for d in spec["shape"]:
+            if isinstance(d, int):
+                out.append(d)
+            elif d == "batch":
+                out.append({"min": 1, "opt": 1, "max": max_batch}[which])
+            elif d == "seq":
+                out.append(seq_len)
+            elif d == "turns":
+                out.append({"min": 1, "opt": opt_turns, "max": max_turns}[which])
+            elif d == "samples":
+                out.append({"min": 1600, "opt": 16000 * 3, "max": max_samples}[which])
+            else:
+                raise ValueError(f"unknown dynamic axis {d!r} of {spec['name']}")
+        return tuple(out)
+
+    has_seq = any("seq" in s["shape"] for s in inputs)
+    lengths = sorted(buckets) if has_seq else [None]
+    return [ProfileShapes(tuple((s["name"], dims(s, n, "min"), dims(s, n, "opt"),
+                                 dims(s, n, "max")) for s in inputs)) for n in lengths]
+
+
+def build_model_engines(model_dir: str | Path, precisions: Sequence[str] = ("fp16", "int8"),
+                        buckets: Sequence[int] = DEFAULT_BUCKETS, max_batch: int = 8,
+                        force: bool = False, progress: bool = True) -> list[dict]:
+    """Build (or reuse) an engine per stage and precision on this device; register each in
+    the manifest (kind ``engine``). INT8 engines are built from the explicit Q/DQ ONNX."""
+    from tqdm import tqdm
+
+    from .manifest import find_stage_files, read_manifest, register_artefact
+    from .quantize import ensure_variants
+
+    model_dir = Path(model_dir)
+    _trt()
+    current_device()  # refuse early, before making any variant, where engines cannot build
+    ensure_variants(model_dir, precisions=["qdq"] if "int8" in precisions else [])
+    arts = read_manifest(model_dir)["artefacts"]
+    fp32 = find_stage_files(model_dir, "onnx", "fp32")
+    qdq = find_stage_files(model_dir, "onnx", "qdq")
+    cache = EngineCache(model_dir / "engines")
+    out = []
+    jobs = [(s, p) for s in fp32 for p in precisions]
+    for stage, precision in tqdm(jobs, desc="build-engines", unit="engine",
+                                 disable=not progress):
+        src_rel = qdq.get(stage) if precision == "int8" else fp32[stage]
+        if src_rel is None:
+            log.warning("no Q/DQ ONNX of %s: skipping its int8 engine", stage)
+            continue
+        profiles = stage_profiles(arts[fp32[stage]]["inputs"], buckets, max_batch)
+        t0 = time.perf_counter()
+        path, meta, built = build_cached(model_dir / src_rel, stage, precision, profiles, cache,
+                                         force=force)
+        meta.update(buckets=list(buckets) if any(
+            "seq" in s["shape"] for s in arts[fp32[stage]]["inputs"]) else None,
+            build_seconds=round(time.perf_counter() - t0, 1), reused=not built)
+        register_artefact(model_dir, path, kind="engine", **{k: v for k, v in meta.items()
+                                                            if k != "reused"})
+        out.append(meta)
+    return out
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="model directory (exported first if needed)")
+    p.add_argument("--precisions", default="fp16,int8", help="fp32, fp16, int8 (explicit Q/DQ)")
+    p.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)),
+                   help="text encoder sequence buckets (one profile each)")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        built = build_model_engines(args.model, [p for p in args.precisions.split(",") if p],
+                                    [int(b) for b in args.buckets.split(",") if b],
+                                    args.max_batch, args.force)
+    except BackendUnavailable as e:
+        print(f"build-engines: {e}. Engines are device-specific: run this on the target "
+              "(Jetson / CUDA machine with the tensorrt package).")
+        return 2
+    for m in built:
+        print(f"{m['stage']:<15} {m['precision']:<5} {m['device']} TRT {m['trt_version']} "
+              f"key {m['cache_key']} {'reused' if m['reused'] else 'built'} "
+              f"({m['build_seconds']} s)")
+    return 0
