@@ -194,21 +194,31 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
     word_key = "text_encoder.backbone.embeddings.word_embeddings.weight"
     manifest = read_manifest(model_dir)
     if external_word_embeddings:
+        # Every frozen backbone tensor identical to the packaged MiniLM's is referenced, not
+        # stored (at least the 11.7M-parameter word-embedding matrix).
         ext = dict(MINILM_EXTERNAL)
         f = external_path(ext)
-        from safetensors import safe_open
-
-        with safe_open(str(f), "pt") as src:
-            packaged = src.get_tensor("embeddings.word_embeddings.weight")
-        if not torch.equal(packaged, state[word_key].to(packaged.dtype)):
-            raise ArtefactError("word embeddings differ from the packaged MiniLM: "
-                                "they cannot be stored as external")
         from importlib.metadata import version
 
-        ext.update(sha256=sha256_file(f), version=version(ext["package"]),
-                   tensor="embeddings.word_embeddings.weight", key=word_key)
-        manifest["external"]["text_word_embeddings"] = ext
-        del state[word_key]
+        from safetensors import safe_open
+
+        prefix = "text_encoder.backbone."
+        frozen = {prefix + n for n, p in model.text_encoder.backbone.named_parameters()
+                  if not p.requires_grad}
+        keys = {}
+        with safe_open(str(f), "pt") as src:
+            names = set(src.keys())
+            for k in sorted(frozen | {word_key}):
+                pk = k[len(prefix):]
+                if pk in names and torch.equal(src.get_tensor(pk), state[k].to(torch.float32)):
+                    keys[k] = pk
+        if word_key not in keys:
+            raise ArtefactError("word embeddings differ from the packaged MiniLM: "
+                                "they cannot be stored as external")
+        ext.update(sha256=sha256_file(f), version=version(ext["package"]), keys=keys)
+        manifest["external"]["text_backbone"] = ext
+        for k in keys:
+            del state[k]
     write_manifest(model_dir, manifest)
 
     tdtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
@@ -253,7 +263,8 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu"):
             state.update(load_file(str(model_dir / rel)))
     for name, e in m.get("external", {}).items():
         with safe_open(str(external_path(e)), "pt") as src:
-            state[e["key"]] = src.get_tensor(e["tensor"])
+            for ours, theirs in e["keys"].items():
+                state[ours] = src.get_tensor(theirs)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -42,6 +42,7 @@ class TextStageConfig:
     grad_clip: float = 1.0
     seed: int = 13
     max_steps: int = 0  # 0 = all (tests use a few)
+    max_minutes: float = 0.0  # stop early (then evaluate and keep the best) after this long
     eval_every_epoch: bool = True
     threads: int = 2
 
@@ -168,6 +169,7 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
     history, best = [], {"weighted_f1": -1.0}
     best_state = None
     step = 0
+    stopped = False
     t0 = time.time()
     for epoch in range(cfg.epochs):
         net.train()
@@ -197,7 +199,9 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
             step += 1
             run_loss = 0.98 * run_loss + 0.02 * loss.item() if step > 1 else loss.item()
             bar.set_postfix(loss=f"{run_loss:.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
-            if cfg.max_steps and step >= cfg.max_steps:
+            if (cfg.max_steps and step >= cfg.max_steps) or \
+                    (cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes):
+                stopped = True
                 break
         if dv and cfg.eval_every_epoch:  # every rank, so all keep the same best
             candidates = [("raw", net)] + ([("ema", ema.module)] if ema is not None else [])
@@ -212,7 +216,7 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
                 if s["weighted_f1"] > best["weighted_f1"]:
                     best = dict(rec, scores=s)
                     best_state = copy.deepcopy({k: v.detach().clone() for k, v in m.state_dict().items()})
-        if cfg.max_steps and step >= cfg.max_steps:
+        if stopped:
             break
     if best_state is not None:
         net.load_state_dict(best_state)

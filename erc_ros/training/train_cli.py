@@ -21,22 +21,22 @@ from pathlib import Path
 RECIPES = {
     # The shipped model: packaged MiniLM-L6, fine-tuned on the context prompt.
     "default": dict(
-        encoder="minilm", pooling="mask", past_context=6, max_length=160,
-        epochs=4, batch_size=16, lr=5e-5, head_lr=1e-3, warmup=0.06,
+        encoder="minilm", pooling="mask", past_context=4, max_length=128,
+        epochs=2, batch_size=16, lr=6e-5, head_lr=1e-3, warmup=0.06,
         class_weight_power=0.25, label_smoothing=0.0, ema_decay=0.999, self_distill=0.0,
-        freeze_word_embeddings=True, audio=True, video=True, seed=13),
+        freeze_word_embeddings=True, freeze_layers=2, audio=True, video=True, seed=13),
     # The reference "plain recipe" of the issue (previous 4 utterances, 3 epochs, no extras).
     "plain": dict(
         encoder="minilm", pooling="mask", past_context=4, max_length=128,
         epochs=3, batch_size=16, lr=4e-5, head_lr=4e-5, warmup=0.0,
         class_weight_power=0.0, label_smoothing=0.0, ema_decay=0.0, self_distill=0.0,
-        freeze_word_embeddings=False, audio=False, video=False, seed=13),
+        freeze_word_embeddings=False, freeze_layers=0, audio=False, video=False, seed=13),
     # Tests: a tiny random BERT over the MiniLM vocabulary.
     "tiny": dict(
         encoder="tiny", pooling="mask", past_context=2, max_length=48,
         epochs=1, batch_size=8, lr=1e-3, head_lr=1e-3, warmup=0.1,
         class_weight_power=0.0, label_smoothing=0.0, ema_decay=0.9, self_distill=0.5,
-        freeze_word_embeddings=False, audio=True, video=True, seed=13),
+        freeze_word_embeddings=False, freeze_layers=0, audio=True, video=True, seed=13),
 }
 
 
@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--self-distill", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke runs)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop training after this long, evaluate and keep the best")
     p.add_argument("--limit-dialogues", type=int, default=0, help="use only N dialogues")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model-id", default="")
@@ -99,6 +101,7 @@ def build_from_recipe(r: dict, label_names, model_id: str):
         tok = path / "tokenizer.json"
     text.pooling = r["pooling"]
     text.freeze_word_embeddings = r["freeze_word_embeddings"]
+    text.freeze_layers = r.get("freeze_layers", 0)
     small = enc == "tiny"
     cfg = ErcModelConfig(
         model_id=model_id, label_names=tuple(label_names), text=text,
@@ -137,7 +140,8 @@ def run(args) -> int:
     model_id = args.model_id or f"erc-{args.recipe}-{time.strftime('%Y%m%d')}"
     model = build_from_recipe(r, labels, model_id)
     cfg = TextStageConfig(**{k: r[k] for k in TextStageConfig.__dataclass_fields__ if k in r},
-                          max_steps=args.max_steps, threads=args.threads)
+                          max_steps=args.max_steps, max_minutes=args.max_minutes,
+                          threads=args.threads)
     t0 = time.time()
     summary = train_text_stage(model, train, dev, cfg)
     summary["recipe"] = {"name": args.recipe, **r}
@@ -145,7 +149,7 @@ def run(args) -> int:
     if DistContext.from_env().rank != 0:
         return 0
     out = Path(args.out)
-    external = bool(r["freeze_word_embeddings"]) and r["encoder"] == "minilm"
+    external = bool(r["freeze_word_embeddings"] or r.get("freeze_layers")) and r["encoder"] == "minilm"
     prov = {"recipe": summary["recipe"], "data": {str(f.name): sha256_of(f) for f in files},
             "dev_metrics": summary["best"], "train_minutes": summary["wall_minutes"]}
     save_model_dir(model, out, provenance=prov, dtype="float32" if args.fp32 else "float16",

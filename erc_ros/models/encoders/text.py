@@ -22,6 +22,7 @@ class TextEncoderConfig:
     pooling: str = "mask"  # "mask" | "mean" | "cls"
     mask_token_id: int = 103
     freeze_word_embeddings: bool = False
+    freeze_layers: int = 0  # freeze all embeddings and the first N transformer layers
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +61,12 @@ class TextEncoder(nn.Module):
         self.backbone.config.attn_implementation = "eager"
         if config.freeze_word_embeddings:
             self.backbone.get_input_embeddings().weight.requires_grad_(False)
+        if config.freeze_layers > 0:
+            # Training cost and the stored size both shrink; the frozen part can be taken
+            # from the packaged checkpoint at load time (see artefact.save_model_dir).
+            self.backbone.embeddings.requires_grad_(False)
+            for layer in self.backbone.encoder.layer[: config.freeze_layers]:
+                layer.requires_grad_(False)
 
     @property
     def dim(self) -> int:

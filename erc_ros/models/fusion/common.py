@@ -113,3 +113,50 @@ class ContextEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, src_mask=mask)
         return x
+
+
+def sinusoidal_positions(t: int, d: int, device=None) -> torch.Tensor:
+    """MAGTKD eqs. 15-16: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...)."""
+    pos = torch.arange(t, device=device, dtype=torch.float32)[:, None]
+    i = torch.arange(0, d, 2, device=device, dtype=torch.float32)
+    angle = pos / torch.pow(torch.tensor(10000.0, device=device), i / d)
+    pe = torch.zeros(t, d, device=device)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle)[:, : d // 2]
+    return pe
+
+
+class CrossBlock(nn.Module):
+    """Transformer(Q, K, V): pre-norm multi-head attention of queries over keys/values with
+    the conversation mask, then a feed-forward block; residual connections on the query."""
+
+    def __init__(self, cfg: FusionConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.norm_q = nn.LayerNorm(cfg.d_model)
+        self.norm_kv = nn.LayerNorm(cfg.d_model)
+        self.attn = nn.MultiheadAttention(cfg.d_model, cfg.num_heads, dropout=cfg.dropout,
+                                          batch_first=True)
+        self.ff = nn.Sequential(nn.LayerNorm(cfg.d_model), nn.Linear(cfg.d_model, 2 * cfg.d_model),
+                                nn.GELU(), nn.Dropout(cfg.dropout),
+                                nn.Linear(2 * cfg.d_model, cfg.d_model))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, q, kv, mask):
+        """``mask`` [B, T, T] bool, True = blocked (see :func:`attention_mask`)."""
+        m = mask.repeat_interleave(self.num_heads, dim=0)
+        kvn = self.norm_kv(kv)
+        a, _ = self.attn(self.norm_q(q), kvn, kvn, attn_mask=m, need_weights=False)
+        x = q + self.drop(a)
+        return x + self.drop(self.ff(x))
+
+
+class UnimodalHeads(nn.Module):
+    """Per-modality classifiers used only in training (unimodal self-distillation)."""
+
+    def __init__(self, d: int, num_classes: int):
+        super().__init__()
+        self.heads = nn.ModuleList([nn.Linear(d, num_classes) for _ in range(3)])
+
+    def forward(self, streams):
+        return {name: h(x) for name, h, x in zip(("text", "audio", "video"), self.heads, streams)}

@@ -1,0 +1,207 @@
+"""Stage 2: train a fusion head over cached utterance vectors (the encoders stay frozen).
+
+Stage 1 (unimodal encoders: :mod:`text_stage` for text) produces per-utterance vectors; they
+are computed once per dialogue and cached (safetensors, keyed by model + data sha256), so
+trying heads does not re-run the encoders. The head then sees whole dialogues (padded
+batches) with speaker ids and modality masks, and learns with class-weighted CE, modality
+dropout (a random present modality is hidden, never all of them), unimodal
+self-distillation (each modality's auxiliary head learns from the fused prediction), and,
+where audio/video are present, the text->audio/video Pearson response KD and relational
+feature KD of MAGTKD.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from erc_ros.models.erc_model import ErcModel
+from erc_ros.models.losses import (pearson_kd, relational_kd, unimodal_self_distillation,
+                                   weighted_cross_entropy)
+from erc_ros.training.data import Dialogue, class_counts, class_weights
+from erc_ros.training.metrics import scores
+
+
+@dataclass
+class FusionStageConfig:
+    epochs: int = 20
+    batch_size: int = 8  # dialogues
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    class_weight_power: float = 0.0
+    modality_dropout: float = 0.3
+    unimodal_self_distill: float = 0.5
+    pearson_kd: float = 0.0
+    relational_kd: float = 0.0
+    tau: float = 2.0
+    seed: int = 13
+    threads: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CachedDialogue:
+    text: torch.Tensor  # [T, Dt]
+    audio: torch.Tensor  # [T, Da]
+    video: torch.Tensor  # [T, Dv]
+    modality: torch.Tensor  # [T, 3] bool
+    speakers: torch.Tensor  # [T] long
+    labels: torch.Tensor  # [T] long (-1 = unlabelled)
+
+
+@torch.no_grad()
+def encode_dialogues(model: ErcModel, dialogues: Sequence[Dialogue],
+                     cache_file: Optional[str | Path] = None, progress: bool = True
+                     ) -> list[CachedDialogue]:
+    """Encode every utterance once (past context only, as live) and cache the vectors."""
+    from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
+
+    if cache_file is not None and Path(cache_file).is_file():
+        flat = load_file(str(cache_file))
+        n = int(flat["count"].item())
+        return [CachedDialogue(*(flat[f"{i}.{k}"] for k in
+                                 ("text", "audio", "video", "modality", "speakers", "labels")))
+                for i in range(n)]
+    model.eval()
+    k = model.config.preprocessing.prompt.past_context
+    out = []
+    for d in tqdm(dialogues, desc="encoding dialogues", disable=not progress):
+        u = d.utterances
+        text, audio, video, mask = model.encode(u, [u[max(0, i - k):i] for i in range(len(u))])
+        out.append(CachedDialogue(text, audio, video, mask,
+                                  torch.as_tensor(model.preprocessor.speaker_ids(u)),
+                                  torch.as_tensor(d.labels, dtype=torch.long)))
+    if cache_file is not None:
+        flat = {"count": torch.tensor(len(out))}
+        for i, c in enumerate(out):
+            for key, v in asdict(c).items():
+                flat[f"{i}.{key}"] = v.contiguous()
+        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+        save_file(flat, str(cache_file))
+    return out
+
+
+def cache_key(model: ErcModel, dialogues: Sequence[Dialogue]) -> str:
+    h = hashlib.sha256()
+    for v in model.state_dict().values():
+        h.update(v.detach().cpu().numpy().tobytes()[:4096])
+    for d in dialogues:
+        for u in d.utterances:
+            h.update(u.utterance_id.encode())
+            h.update(u.text.encode())
+    return h.hexdigest()[:16]
+
+
+def collate(batch: Sequence[CachedDialogue]):
+    t = max(len(c.labels) for c in batch)
+    b = len(batch)
+
+    def pad(x, fill=0):
+        shape = (b, t) + tuple(x[0].shape[1:])
+        out = torch.full(shape, fill, dtype=x[0].dtype)
+        for i, v in enumerate(x):
+            out[i, : len(v)] = v
+        return out
+
+    padding = torch.ones(b, t, dtype=torch.bool)
+    for i, c in enumerate(batch):
+        padding[i, : len(c.labels)] = False
+    return (pad([c.text for c in batch]), pad([c.audio for c in batch]),
+            pad([c.video for c in batch]), pad([c.modality for c in batch], False),
+            pad([c.speakers for c in batch]), padding, pad([c.labels for c in batch], -1))
+
+
+def modality_dropout(mask: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Hide each present modality with probability p, keeping at least one per utterance."""
+    if p <= 0:
+        return mask
+    drop = (torch.rand(mask.shape, generator=gen) < p) & mask
+    kept = mask & ~drop
+    none_left = ~kept.any(-1, keepdim=True) & mask.any(-1, keepdim=True)
+    # Where everything was dropped, restore the first present modality.
+    first = torch.zeros_like(mask)
+    idx = mask.to(torch.int64).argmax(-1, keepdim=True)
+    first.scatter_(-1, idx, True)
+    return torch.where(none_left, first & mask, kept)
+
+
+@torch.no_grad()
+def predict_cached(head: nn.Module, data: Sequence[CachedDialogue], batch_size: int = 16):
+    head.eval()
+    y_true, y_pred = [], []
+    for s in range(0, len(data), batch_size):
+        text, audio, video, mm, spk, pad, y = collate(data[s:s + batch_size])
+        logits, _ = head(text, audio, video, mm, spk, pad)
+        keep = y >= 0
+        y_true += y[keep].tolist()
+        y_pred += logits.argmax(-1)[keep].tolist()
+    return y_true, y_pred
+
+
+def train_fusion_stage(head: nn.Module, train: Sequence[CachedDialogue],
+                       dev: Sequence[CachedDialogue], label_names: Sequence[str],
+                       cfg: FusionStageConfig, log=print, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    counts = np.bincount(torch.cat([c.labels[c.labels >= 0] for c in train]).numpy(),
+                         minlength=len(label_names))
+    cw = torch.as_tensor(class_weights(counts, cfg.class_weight_power))
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best, best_state, history = {"weighted_f1": -1.0}, None, []
+    t0 = time.time()
+    for epoch in range(cfg.epochs):
+        head.train()
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        for s in tqdm(range(0, len(order), cfg.batch_size), desc=f"fusion epoch {epoch + 1}",
+                      disable=not progress, leave=False):
+            text, audio, video, mm, spk, pad, y = collate([train[i] for i in order[s:s + cfg.batch_size]])
+            mm = modality_dropout(mm, cfg.modality_dropout, gen)
+            logits, _ = head(text, audio, video, mm, spk, pad)
+            loss = weighted_cross_entropy(logits, y, cw)
+            aux = getattr(head, "aux_logits", None)
+            if aux and cfg.unimodal_self_distill > 0:
+                loss = loss + cfg.unimodal_self_distill * unimodal_self_distillation(
+                    aux, logits, mm & ~pad[..., None], cfg.tau)
+            if aux and (cfg.pearson_kd > 0 or cfg.relational_kd > 0):
+                for i, name in ((1, "audio"), (2, "video")):
+                    rows = (mm[..., i] & mm[..., 0] & ~pad).reshape(-1)
+                    if rows.sum() < 2:
+                        continue
+                    st = aux[name].reshape(-1, aux[name].shape[-1])[rows]
+                    te = aux["text"].reshape(-1, aux["text"].shape[-1])[rows]
+                    if cfg.pearson_kd > 0:
+                        loss = loss + cfg.pearson_kd * pearson_kd(st, te, cfg.tau)
+                    if cfg.relational_kd > 0:
+                        loss = loss + cfg.relational_kd * relational_kd(st, te, cfg.tau, "kl+jsd")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+            opt.step()
+        if dev:
+            yt, yp = predict_cached(head, dev)
+            sc = scores(yt, yp, label_names)
+            rec = {"epoch": epoch + 1, "weighted_f1": sc["weighted_f1"], "accuracy": sc["accuracy"]}
+            history.append(rec)
+            if sc["weighted_f1"] > best["weighted_f1"]:
+                best = dict(rec)
+                best_state = copy.deepcopy(head.state_dict())
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    log(f"fusion stage best {best} in {(time.time() - t0) / 60:.1f} min")
+    return {"best": best, "history": history, "config": cfg.to_dict()}
