@@ -170,15 +170,16 @@ class LiveSession:
 
 def live_replay(bag: str | Path, config=None, model_dir: str = "", backend: str = "auto",
                 precision: str = "auto", threads: int = 2, rate: float = 1.0,
-                on_estimate=None, progress=None) -> ReplayResult:
+                on_estimate=None, progress=None, sets: Optional[dict] = None) -> ReplayResult:
     """Replay one bag through the live composed nodes; returns like ``replay_bag``."""
     own_context = not rclpy.ok()
     if own_context:
         rclpy.init()
     try:
         start, end = bag_span(bag)
+        extra = [Parameter(k, value=v) for k, v in (sets or {}).items()]
         sess = LiveSession(bag, config, model_dir, backend, precision, threads,
-                           on_estimate=on_estimate)
+                           extra_utterance_params=extra, on_estimate=on_estimate)
         res = ReplayResult(duration_s=end - start)
         t0 = time.perf_counter()
         if not sess.start(start):

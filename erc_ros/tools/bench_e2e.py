@@ -1,0 +1,222 @@
+"""`python -m erc_ros bench-e2e [--json OUT]`: end-to-end latency through the live nodes.
+
+The nodes run as a robot runs them: the composed process (``erc_ros.ros.composed``) started
+as a separate process with ``use_sim_time``. This process plays a conversation bag into it
+in real time (``/clock``, audio, camera, ASR) and measures, per utterance, the wall time from
+publishing the *final* ASR result to receiving the ``erc_ros/EmotionEstimate`` for it (both
+DDS hops included). Everything the core can do while the person speaks happens before that
+final result arrives, so this is the latency a robot would see.
+
+Output: p50/p95/max ms, utterances, lost (final results that never got an estimate), a
+latency histogram PNG next to ``--json``; JSON keys ``p50_ms``, ``p95_ms``, ``utterances``,
+``lost``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bag", default=str(REPO / "test" / "data" / "demo_bag"),
+                   help="conversation bag to play (default: the sample bag)")
+    p.add_argument("--model-dir", default="", help="model directory (default models/default)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed (1 = real time)")
+    p.add_argument("--repeat", type=int, default=1, help="play the bag this many times")
+    p.add_argument("--json", default=None, help="write the results JSON here")
+    p.add_argument("--startup-timeout", type=float, default=120.0)
+
+
+def _node_command(bag: Path, model_dir: str, backend: str, precision: str) -> list[str]:
+    from erc_ros.ros.live import bag_connections, node_params_for_bag
+    params = ["use_sim_time:=true", f"backend:={backend}", f"precision:={precision}",
+              "diagnostics_period:=5.0"]
+    if model_dir:
+        params.append(f"model_dir:={model_dir}")
+    for p in node_params_for_bag(bag_connections(bag)):
+        params.append(f"{p.name}:={p.value}")
+    cmd = [sys.executable, "-m", "erc_ros.ros.composed", "--ros-args"]
+    for p in params:
+        cmd += ["-p", p]
+    return cmd
+
+
+def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision: str = "auto",
+          rate: float = 1.0, repeat: int = 1, startup_timeout: float = 120.0,
+          log=print) -> dict:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.serialization import deserialize_message
+
+    from erc_ros.msg import EmotionEstimate, Transcript
+    from erc_ros.ros import convert
+    from erc_ros.ros.live import RELIABLE, BagPlayer, bag_connections
+    from erc_ros.ros.replay import bag_span
+
+    bag = Path(bag)
+    proc = subprocess.Popen(_node_command(bag, model_dir, backend, precision),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ.copy())
+    lines: list[str] = []
+    threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()
+    own = not rclpy.ok()
+    if own:
+        rclpy.init()
+    node = rclpy.create_node("erc_bench_e2e")
+    player = BagPlayer(node, bag_connections(bag))
+    finals: list[dict] = []  # published final results: span + publish time
+    received: list[tuple[float, object]] = []
+    lock = threading.Lock()
+
+    def on_est(msg):
+        t = time.perf_counter()
+        with lock:
+            received.append((t, convert.msg_to_estimate(msg)))
+
+    node.create_subscription(EmotionEstimate, "/erc_ros/emotion", on_est, RELIABLE)
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    try:
+        start, end = bag_span(bag)
+        # Wait until the nodes are up: the composed process subscribes to the ASR topic.
+        asr_topic = next((t for t, ty in bag_connections(bag).items()
+                          if ty == "erc_ros/msg/Transcript"), "/erc_ros/transcript")
+        t_wait = time.monotonic()
+        while node.count_subscribers(asr_topic) == 0 or node.count_publishers(
+                "/erc_ros/emotion") == 0:
+            if proc.poll() is not None or time.monotonic() - t_wait > startup_timeout:
+                raise RuntimeError("the composed node did not start:\n" + "".join(lines[-30:]))
+            player.clock(start)
+            time.sleep(0.1)
+        time.sleep(0.5)
+        offset = 0.0
+        for rep in range(repeat):
+            _play(player, bag, rate, offset, finals, start, deserialize_message, Transcript)
+            offset += (end - start) + 5.0
+        # Let the last utterances through: advance the clock past the end, wait a little.
+        player.clock(end + offset + 2.0)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            with lock:
+                if len(received) >= len(finals):
+                    break
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        ex.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        if own:
+            rclpy.try_shutdown()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return _score(finals, received, lines)
+
+
+def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcript):
+    """Play one pass; bag times shifted by ``offset`` (repeat passes continue the clock)."""
+    from erc_ros.ros import convert
+    from erc_ros.ros.replay import GROUND_TRUTH_TOPIC, read_bag
+
+    wall0 = time.perf_counter()
+    last_clock = float("-inf")
+    for topic, typ, t_ns, raw in read_bag(bag):
+        t = t_ns / 1e9
+        delay = (t - start) / rate - (time.perf_counter() - wall0)
+        if delay > 0:
+            time.sleep(delay)
+        if topic == GROUND_TRUTH_TOPIC:
+            continue
+        if offset or typ == "erc_ros/msg/Transcript":
+            msg = deserialize_message(raw, player.pubs[topic].msg_type)
+            if offset:
+                _shift(msg, offset)
+        else:
+            msg = raw
+        if t + offset - last_clock >= 0.01:
+            player.clock(t + offset)
+            last_clock = t + offset
+        if typ == "erc_ros/msg/Transcript" and msg.is_final:
+            finals.append({"start": convert.time_to_float(msg.start),
+                           "end": convert.time_to_float(msg.end), "text": msg.text,
+                           "t": time.perf_counter()})
+        player.pubs[topic].publish(msg)
+
+
+def _shift(msg, offset: float) -> None:
+    from erc_ros.ros import convert
+    for name in ("start", "end"):
+        if hasattr(msg, name):
+            setattr(msg, name, convert.float_to_time(convert.time_to_float(getattr(msg, name))
+                                                     + offset))
+    if hasattr(msg, "header"):
+        msg.header.stamp = convert.float_to_time(convert.time_to_float(msg.header.stamp)
+                                                 + offset)
+
+
+def _score(finals: list[dict], received: list, lines: list[str]) -> dict:
+    lat = []
+    used: set[int] = set()
+    for f in finals:
+        best, ov_best = None, 0.0
+        for i, (_t, est) in enumerate(received):
+            if i in used:
+                continue
+            ov = min(est.end, f["end"]) - max(est.start, f["start"])
+            if ov > ov_best:
+                best, ov_best = i, ov
+        if best is not None:
+            used.add(best)
+            lat.append((received[best][0] - f["t"]) * 1e3)
+    v = np.asarray(lat, float)
+    res = {"utterances": len(finals), "estimates": len(received), "lost": len(finals) - len(lat),
+           "p50_ms": float(np.percentile(v, 50)) if v.size else float("nan"),
+           "p95_ms": float(np.percentile(v, 95)) if v.size else float("nan"),
+           "max_ms": float(v.max()) if v.size else float("nan"),
+           "mean_ms": float(v.mean()) if v.size else float("nan"),
+           "latencies_ms": [round(x, 3) for x in lat]}
+    return res
+
+
+def run(args) -> int:
+    bag = Path(args.bag)
+    if not bag.exists():
+        print(f"bench-e2e: no bag {bag}", file=sys.stderr)
+        return 2
+    r = bench(bag, args.model_dir, args.backend, args.precision, args.rate, args.repeat,
+              args.startup_timeout)
+    print(f"bench-e2e: {r['utterances']} utterances, {r['lost']} lost; final ASR result -> "
+          f"EmotionEstimate p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
+          f"max {r['max_ms']:.1f} ms")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(r, indent=2))
+        if r["latencies_ms"]:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            fig, ax = plt.subplots(figsize=(5, 3))
+            ax.hist(r["latencies_ms"], bins=30)
+            ax.axvline(r["p95_ms"], color="r", ls="--", label=f"p95 {r['p95_ms']:.1f} ms")
+            ax.set_xlabel("final ASR result -> EmotionEstimate (ms)")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(out.with_suffix(".png"), dpi=110)
+    return 0

@@ -1,0 +1,341 @@
+"""`python -m erc_ros eval-bag BAG... [--labels CSV] [--json OUT]`: score recorded sessions.
+
+Offline (default): each bag goes through :func:`erc_ros.ros.replay.replay_bag` — the same
+Ingest -> PerceptionCore -> EmotionPipeline the nodes run, configured from the same
+``config/emotion.yaml`` — deterministic and as fast as the machine allows. ``--live``:
+through the running nodes (composed, in this process) with ``/clock`` from the bag.
+
+Labels: ``--labels CSV`` (utterance_id,start,end[,speaker,text],label), else the
+``labels.csv`` inside each bag folder, else the bag's ``/erc_ros/ground_truth`` topic.
+Each labelled turn is matched to the estimate whose span overlaps it most (ids are used
+when they agree); a labelled turn without an estimate is *lost*.
+
+Writes into ``--out`` (default ``runs/eval_bag/<time>``): ``utterances.csv``, ``summary.md``,
+``confusion.png``, ``latency.png`` and ``metrics.json`` (also ``--json OUT``: keys
+``realtime_factor``, ``utterances``, ``estimates``, ``lost``, ``accuracy``, ``weighted_f1``,
+``per_class_f1``, ``latency_ms``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "emotion.yaml"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("bags", nargs="+", help="rosbag2 folders (MCAP or sqlite3)")
+    p.add_argument("--labels", default=None, help="labels CSV for all bags (else per bag)")
+    p.add_argument("--json", default=None, help="write the metrics JSON here too")
+    p.add_argument("--out", default=None, help="output folder (default runs/eval_bag/<time>)")
+    p.add_argument("--model-dir", default="", help="model directory (default models/default)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG),
+                   help="node parameter YAML (the perception.* of utterance_node are used)")
+    p.add_argument("--live", action="store_true",
+                   help="replay through the live nodes with /clock instead of offline")
+    p.add_argument("--rate", type=float, default=1.0, help="--live replay rate")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a utterance_node parameter of --config, e.g. "
+                        "perception.diarization.enabled=false (what the node would get)")
+    p.add_argument("--quiet", action="store_true", help="no per-estimate lines")
+
+
+# --- shared set-up ---------------------------------------------------------------------------
+
+def perception_overrides(config: str | Path, sets: tuple = ()) -> tuple[dict, str]:
+    """The perception.* parameters and perception_config file of the utterance node."""
+    from erc_ros.ros.launch_config import load_config
+    params = dict(load_config(config).get("utterance_node", {}) if config else {})
+    params.update(parse_sets(sets))
+    over = {k[len("perception."):]: v for k, v in params.items() if k.startswith("perception.")}
+    return over, params.get("perception_config", "") or ""
+
+
+def parse_sets(sets) -> dict:
+    import yaml
+    out = {}
+    for item in sets or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def make_core(config: str | Path = DEFAULT_CONFIG, sets: tuple = ()):
+    from erc_ros.ros.utterance_node import build_core
+    over, file = perception_overrides(config, sets)
+    return build_core(over, file)
+
+
+def make_pipeline(model_dir: str = "", backend: str = "auto", precision: str = "auto",
+                  threads: int = 2):
+    from erc_ros.ros.emotion_node import default_model_dir
+    from erc_ros.runtime.pipeline import EmotionPipeline
+    return EmotionPipeline.from_model_dir(model_dir or default_model_dir(), backend=backend,
+                                          precision=precision, threads=threads)
+
+
+# --- labels and matching ---------------------------------------------------------------------
+
+def read_labels(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        out.append({"utterance_id": r.get("utterance_id", ""), "start": float(r["start"]),
+                    "end": float(r["end"]), "speaker": r.get("speaker", ""),
+                    "text": r.get("text", ""), "label": r.get("label", r.get("emotion", ""))})
+    return out
+
+
+def labels_for(bag: Path, labels: Optional[str], ground_truth: list[dict]) -> list[dict]:
+    if labels:
+        return read_labels(labels)
+    if (bag / "labels.csv").is_file():
+        return read_labels(bag / "labels.csv")
+    return [{k: g.get(k, "") for k in ("utterance_id", "start", "end", "speaker", "text",
+                                       "label")} for g in ground_truth]
+
+
+def match(labels: list[dict], estimates: list) -> list[tuple[dict, Any]]:
+    """Each labelled turn -> the estimate overlapping it most (one estimate per turn)."""
+    by_id = {e.utterance_id: e for e in estimates}
+    used: set[int] = set()
+    out = []
+    starts = np.asarray([e.start for e in estimates]) if estimates else np.zeros(0)
+    ends = np.asarray([e.end for e in estimates]) if estimates else np.zeros(0)
+    for lab in labels:
+        est = by_id.get(lab["utterance_id"]) if lab["utterance_id"] else None
+        if est is None and len(starts):
+            ov = np.minimum(ends, lab["end"]) - np.maximum(starts, lab["start"])
+            ov[list(used)] = -np.inf
+            i = int(np.argmax(ov))
+            if ov[i] > 0:
+                est = estimates[i]
+                used.add(i)
+        out.append((lab, est))
+    return out
+
+
+def metrics(pairs: list[tuple[dict, Any]], class_names: list[str]) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    got = [(lab["label"].lower(), est.label.lower()) for lab, est in pairs
+           if est is not None and lab["label"]]
+    if not got:
+        return {}
+    y, p = zip(*got)
+    names = [c.lower() for c in class_names]
+    extra = sorted(set(y) - set(names))
+    labels = names + extra
+    f1s = f1_score(y, p, labels=labels, average=None, zero_division=0)
+    return {"accuracy": float(accuracy_score(y, p)),
+            "weighted_f1": float(f1_score(y, p, labels=labels, average="weighted",
+                                          zero_division=0)),
+            "macro_f1": float(f1_score(y, p, labels=labels, average="macro", zero_division=0)),
+            "per_class_f1": {c: float(f) for c, f in zip(labels, f1s)},
+            "support": {c: int(sum(1 for t in y if t == c)) for c in labels},
+            "confusion": confusion_matrix(y, p, labels=labels).tolist(),
+            "confusion_labels": labels}
+
+
+def plot_confusion(m: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cm = np.asarray(m["confusion"], float)
+    labels = m["confusion_labels"]
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(labels), 0.8 + 0.6 * len(labels)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_latency(lat: np.ndarray, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(lat, bins=40)
+    ax.axvline(np.percentile(lat, 50), color="k", ls="--", label="p50")
+    ax.axvline(np.percentile(lat, 95), color="r", ls="--", label="p95")
+    ax.set_xlabel("pipeline latency per utterance (ms)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def latency_stats(values) -> dict:
+    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    if not v.size:
+        return {}
+    return {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)),
+            "mean": float(v.mean()), "max": float(v.max())}
+
+
+def format_line(utt_or_est: Any, est: Any) -> str:
+    return (f"[{est.end:9.2f}s] {est.speaker_id or '?':>8}  {est.label:<9} "
+            f"{est.confidence:4.2f}  {est.text[:70]!r}")
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
+             backend: str = "auto", precision: str = "auto", threads: int = 2,
+             config: str | Path = DEFAULT_CONFIG, live: bool = False, rate: float = 1.0,
+             out: Optional[Path] = None, quiet: bool = True, on_estimate=None,
+             sets: tuple = ()) -> dict:
+    from tqdm import tqdm
+
+    from erc_ros.ros.replay import bag_span, replay_bag
+    pipeline = make_pipeline(model_dir, backend, precision, threads)
+    rows: list[dict] = []
+    all_pairs: list = []
+    total_dur = total_wall = 0.0
+    n_est = n_utt = 0
+    lat: list[float] = []
+    refused: dict[str, int] = {}
+    per_bag = []
+    spans = {b: bag_span(b) for b in bags}
+    bar = tqdm(total=sum(e - s for s, e in spans.values()), unit="bag-s", desc="eval-bag",
+               mininterval=1.0, disable=None)
+    for bag in bags:
+        bag = Path(bag)
+        pipeline.reset()
+        done = [0.0]
+
+        def progress(sec, done=done):
+            bar.update(sec - done[0])
+            done[0] = sec
+
+        def on_est(utt, est):
+            if on_estimate is not None:
+                on_estimate(utt, est)
+            elif not quiet:
+                tqdm.write(format_line(utt, est))
+
+        if live:
+            from erc_ros.ros.live import live_replay
+            res = live_replay(bag, config=config, model_dir=model_dir, backend=backend,
+                              precision=precision, threads=threads, rate=rate,
+                              on_estimate=on_est, progress=progress, sets=parse_sets(sets))
+        else:
+            res = replay_bag(bag, make_core(config, sets), pipeline, on_estimate=on_est,
+                             progress=progress)
+        labs = labels_for(bag, labels, res.ground_truth)
+        pairs = match(labs, res.estimates)
+        all_pairs += pairs
+        matched = {id(e) for _, e in pairs if e is not None}
+        for lab, est in pairs:
+            rows.append({"bag": bag.name, "utterance_id": lab["utterance_id"],
+                         "start": lab["start"], "end": lab["end"], "speaker": lab["speaker"],
+                         "text": lab["text"], "label": lab["label"],
+                         "predicted": est.label if est else "",
+                         "confidence": f"{est.confidence:.4f}" if est else "",
+                         "est_speaker": est.speaker_id if est else "",
+                         "est_start": f"{est.start:.3f}" if est else "",
+                         "est_end": f"{est.end:.3f}" if est else "",
+                         "latency_ms": f"{est.latency_ms:.2f}" if est else "", "lost": est is None})
+        for est in res.estimates:
+            if id(est) not in matched:
+                rows.append({"bag": bag.name, "utterance_id": est.utterance_id, "start": "",
+                             "end": "", "speaker": "", "text": est.text, "label": "",
+                             "predicted": est.label, "confidence": f"{est.confidence:.4f}",
+                             "est_speaker": est.speaker_id, "est_start": f"{est.start:.3f}",
+                             "est_end": f"{est.end:.3f}", "latency_ms": f"{est.latency_ms:.2f}",
+                             "lost": False})
+        lat += [e.latency_ms for e in res.estimates]
+        for k, v in res.refused.items():
+            refused[k] = refused.get(k, 0) + v
+        total_dur += res.duration_s
+        total_wall += res.wall_s
+        n_est += len(res.estimates)
+        n_utt += len(labs)
+        per_bag.append({"bag": str(bag), "duration_s": res.duration_s, "wall_s": res.wall_s,
+                        "estimates": len(res.estimates), "labelled": len(labs),
+                        "lost": sum(1 for _, e in pairs if e is None)})
+    bar.close()
+    lost = sum(1 for _, e in all_pairs if e is None)
+    result = {"bags": per_bag, "mode": "live" if live else "offline",
+              "overrides": parse_sets(sets),
+              "model_id": pipeline.model_id, "backend": pipeline.backend_name,
+              "duration_s": total_dur, "wall_s": total_wall,
+              "realtime_factor": total_dur / total_wall if total_wall else float("inf"),
+              "utterances": n_utt if n_utt else n_est, "estimates": n_est, "lost": lost,
+              "refused": refused, "latency_ms": latency_stats(lat)}
+    m = metrics(all_pairs, list(pipeline.class_names))
+    result.update(m)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "utterances.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, list(rows[0]) if rows else ["bag"])
+            w.writeheader()
+            w.writerows(rows)
+        if m:
+            plot_confusion(m, out / "confusion.png",
+                           f"{pipeline.model_id}: weighted F1 {m['weighted_f1']:.3f}")
+        if lat and np.isfinite(lat).any():
+            plot_latency(np.asarray([x for x in lat if np.isfinite(x)]), out / "latency.png")
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        (out / "summary.md").write_text(summary_markdown(result))
+    return result
+
+
+def summary_markdown(r: dict) -> str:
+    lines = [f"# eval-bag ({r['mode']})", "",
+             f"- model `{r['model_id']}` on `{r['backend']}`",
+             f"- {len(r['bags'])} bag(s), {r['duration_s'] / 60:.1f} min of conversation in "
+             f"{r['wall_s']:.1f} s: **{r['realtime_factor']:.1f}x real time**",
+             f"- {r['utterances']} labelled utterances, {r['estimates']} estimates, "
+             f"**{r['lost']} lost**"]
+    if r.get("latency_ms"):
+        L = r["latency_ms"]
+        lines.append(f"- pipeline latency per utterance: p50 {L['p50']:.1f} ms, "
+                     f"p95 {L['p95']:.1f} ms")
+    if r.get("refused"):
+        lines.append(f"- refused input: {r['refused']}")
+    if "weighted_f1" in r:
+        lines += [f"- accuracy {r['accuracy']:.3f}, **weighted F1 {r['weighted_f1']:.3f}**, "
+                  f"macro F1 {r['macro_f1']:.3f}", "", "| class | F1 | support |",
+                  "|---|---|---|"]
+        lines += [f"| {c} | {f:.3f} | {r['support'][c]} |" for c, f in r["per_class_f1"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> int:
+    out = Path(args.out) if args.out else Path("runs") / "eval_bag" / time.strftime(
+        "%Y%m%d-%H%M%S")
+    for b in args.bags:
+        if not Path(b).exists():
+            print(f"eval-bag: no such bag {b}", file=sys.stderr)
+            return 2
+    r = evaluate(args.bags, args.labels, args.model_dir, args.backend, args.precision,
+                 args.threads, args.config, args.live, args.rate, out, quiet=args.quiet,
+                 sets=tuple(args.set))
+    print(summary_markdown(r))
+    print(f"wrote {out}/ (utterances.csv, summary.md, metrics.json, confusion.png)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(r, indent=2))
+    return 0

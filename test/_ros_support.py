@@ -1,0 +1,73 @@
+"""Shared helpers of the ROS-layer and tools tests (test_ros_*.py, test_tools_*.py).
+
+Real parts only: a tiny random-weight model built and saved through the models API (hidden
+16, the packaged MiniLM tokenizer) until ``models/default`` is what a test needs; speech from
+espeak-ng through the conversation generator; bags written by ``make-bag``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+SCRIPT = """\
+Alice [joy]: Good morning, I had a wonderful dream about the sea.
+Bob [anger]: I told you the meeting was cancelled and nobody listened!
+Alice [sadness]: I am sorry, I missed the message completely.
+Bob [neutral]: Then let us go for a walk in the park near the river.
+"""
+
+# Faster start for tests: no embedder warm-up run (the first utterance pays for it instead).
+FAST_PERCEPTION = {"perception.diarization.warmup": False}
+
+
+def tiny_model_dir(path: Path) -> Path:
+    from erc_ros.models.artefact import save_model_dir
+    from erc_ros.models.erc_model import ErcModelConfig, build_model, tiny_text_config
+    save_model_dir(build_model(ErcModelConfig(model_id="tiny-test", text=tiny_text_config())),
+                   path)
+    return path
+
+
+def make_bag(out: Path, script: str = SCRIPT, fps: float = 2.0, storage: str = "mcap") -> Path:
+    from erc_ros.tools import make_bag as mb
+    script_file = out.parent / f"{out.name}.txt"
+    script_file.write_text(script)
+    rc = mb.run(_Args(out=str(out), minutes=None, script=str(script_file), meld_csv=None,
+                      seed=0, fps=fps, storage=storage, jpeg_quality=60))
+    assert rc == 0
+    return out
+
+
+class _Args:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def wait_for(cond, timeout: float, period: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(period)
+    return bool(cond())
+
+
+class Collector:
+    """Thread-safe list of received messages."""
+
+    def __init__(self):
+        self.items: list = []
+        self._lock = threading.Lock()
+
+    def __call__(self, msg) -> None:
+        with self._lock:
+            self.items.append(msg)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.items)
+
+    def snapshot(self) -> list:
+        with self._lock:
+            return list(self.items)
