@@ -59,3 +59,9 @@ register("eval-bag", "erc_ros.tools.eval_bag", "score rosbag2 recordings through
 register("bench-e2e", "erc_ros.tools.bench_e2e", "end-to-end latency through the live nodes: final ASR result -> EmotionEstimate")
 register("demo", "erc_ros.tools.demo", "replay the sample bag through the composed nodes, one line per estimate")
 register("record", "erc_ros.tools.record", "record the topics erc_ros uses into a rosbag2 (a labelled session)")
+register("gen-conversation", "erc_ros.tools.conversation_gen",
+         "synthesize a multi-speaker conversation (WAV + JSON + faces) from a script or MELD CSV")
+register("bench-core", "erc_ros.tools.bench_core",
+         "perception core: DER (synthetic + real speech) and real-time factor, per stage")
+register("soak-core", "erc_ros.tools.soak_core",
+         "perception core: stream a long synthetic conversation, check memory stays flat")

@@ -1,0 +1,410 @@
+"""The audio buffer: whatever the microphone delivers, as 16 kHz mono float32 on a time axis.
+
+Three parts:
+
+- :func:`decode_chunk` reads one :class:`~erc_ros.core.types.AudioChunk` (raw PCM bytes or an
+  array, any of int16/int32/float32/float64/uint8/int8, either endianness, interleaved
+  channels) into mono float32 at its own rate, and refuses coded audio (mp3, opus, a WAV
+  or Ogg file...) with an :class:`~erc_ros.core.errors.AudioCodingError`.
+- :class:`StreamResampler` resamples a stream chunk by chunk with ``scipy.signal.
+  resample_poly`` and exact rational factors (22050 -> 16000 is 320/441). It holds back the
+  few input samples its filter still needs, so the concatenated output equals
+  ``resample_poly`` over the whole stream: chunk boundaries leave no clicks.
+- :class:`AudioBuffer` is a bounded ring of 16 kHz samples indexed by time. Stamps place
+  chunks on the axis: small jitter is ignored, gaps are filled with silence, overlaps are
+  trimmed, audio older than the buffer end is refused, and a large jump (bag loop, clock
+  reset) starts a new *epoch* (the owner is told first through ``on_discontinuity``). It
+  also checks that stamps advance as fast as the declared sample rate says.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from .errors import (AudioCodingError, AudioFormatError, AudioSizeError, SampleRateError,
+                     StampError)
+from .types import SAMPLE_RATE, AudioChunk, AudioFormat
+
+#: ``coding_format`` values that mean raw PCM samples.
+PCM_CODINGS = {"", "wave", "wav", "pcm", "raw", "lpcm", "s16le", "pcm_s16le"}
+
+# GStreamer sample-format name -> numpy dtype (explicit byte order).
+_SAMPLE_FORMATS = {
+    "S8": np.dtype("i1"), "U8": np.dtype("u1"),
+    "S16LE": np.dtype("<i2"), "S16BE": np.dtype(">i2"),
+    "S32LE": np.dtype("<i4"), "S32BE": np.dtype(">i4"),
+    "F32LE": np.dtype("<f4"), "F32BE": np.dtype(">f4"),
+    "F64LE": np.dtype("<f8"), "F64BE": np.dtype(">f8"),
+}
+
+# Magic numbers of containers/codecs that are sometimes sent on a "PCM" topic.
+_MAGIC = ((b"ID3", "an MP3 file (ID3 tag)"), (b"RIFF", "a WAV/RIFF file"),
+          (b"OggS", "an Ogg (Opus/Vorbis) stream"), (b"fLaC", "a FLAC file"),
+          (b"\xff\xfb", "MPEG audio (MP3 frame sync)"), (b"\xff\xf3", "MPEG audio (MP3 frame sync)"),
+          (b"\xff\xf2", "MPEG audio (MP3 frame sync)"))
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+    """Samples of any supported dtype to float32 in [-1, 1]."""
+    if x.dtype.kind == "f":
+        y = x.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(y)):
+            raise AudioFormatError("float audio contains NaN or infinite samples")
+        return np.clip(y, -1.0, 1.0)
+    if x.dtype.kind == "u":  # unsigned PCM is offset binary
+        half = float(2 ** (8 * x.dtype.itemsize - 1))
+        return ((x.astype(np.float32) - half) / half).astype(np.float32)
+    if x.dtype.kind == "i":
+        return (x.astype(np.float32) / float(2 ** (8 * x.dtype.itemsize - 1))).astype(np.float32)
+    raise AudioFormatError(f"unsupported sample dtype {x.dtype}")
+
+
+def check_format(fmt: AudioFormat) -> None:
+    """Raise if ``fmt`` does not describe raw PCM this buffer can read."""
+    coding = (fmt.coding_format or "").strip().lower()
+    if coding not in PCM_CODINGS:
+        raise AudioCodingError(
+            f"audio coding '{fmt.coding_format}' is not raw PCM; erc_ros needs uncompressed "
+            f"samples (audio_common: set the capture node's coding format to 'wave')")
+    if fmt.sample_format.upper() not in _SAMPLE_FORMATS:
+        raise AudioFormatError(
+            f"unknown sample format '{fmt.sample_format}' (known: "
+            f"{', '.join(sorted(_SAMPLE_FORMATS))})")
+    if not (1 <= int(fmt.channels) <= 64):
+        raise AudioFormatError(f"channel count {fmt.channels} out of range 1..64")
+    if not (4000 <= int(fmt.sample_rate) <= 384000):
+        raise AudioFormatError(f"sample rate {fmt.sample_rate} Hz out of range 4000..384000")
+
+
+def decode_chunk(chunk: AudioChunk) -> np.ndarray:
+    """Mono float32 samples of ``chunk`` at its declared rate. Raises InputError subclasses."""
+    fmt = chunk.fmt
+    check_format(fmt)
+    ch = int(fmt.channels)
+    data = chunk.data
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+        for magic, what in _MAGIC:
+            if raw.startswith(magic):
+                raise AudioCodingError(
+                    f"declared raw PCM but the bytes look like {what}; send uncompressed "
+                    f"PCM (coding 'wave')")
+        dtype = _SAMPLE_FORMATS[fmt.sample_format.upper()]
+        frame = dtype.itemsize * ch
+        if len(raw) % frame:
+            raise AudioFormatError(
+                f"{len(raw)} bytes is not a whole number of {ch}-channel {fmt.sample_format} "
+                f"frames ({frame} bytes each)")
+        x = np.frombuffer(raw, dtype=dtype)
+    elif isinstance(data, np.ndarray):
+        x = data
+        if x.ndim == 2:
+            if x.shape[1] != ch:
+                raise AudioFormatError(f"array of shape {x.shape} but {ch} channels declared")
+            x = x.reshape(-1)
+        elif x.ndim != 1:
+            raise AudioFormatError(f"audio array must be 1-D (interleaved) or 2-D, got {x.shape}")
+        if x.dtype.kind not in "iuf":
+            raise AudioFormatError(f"unsupported sample dtype {x.dtype}")
+        if x.size % ch:
+            raise AudioFormatError(f"{x.size} samples is not a multiple of {ch} channels")
+    else:
+        raise AudioFormatError(f"audio data must be bytes or a numpy array, got {type(data).__name__}")
+    y = _to_float(x)
+    if ch > 1:
+        y = y.reshape(-1, ch).mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+class StreamResampler:
+    """Chunk-by-chunk ``resample_poly`` whose concatenated output equals the offline one.
+
+    Output sample ``n`` needs input up to ``n * down / up + half``; it is emitted once that
+    input has arrived (``half`` is the filter's half length: a millisecond or two of
+    latency). Each push re-filters only the new input plus the filter's context, starting
+    on an input index that is a multiple of ``down`` so the output grid stays aligned.
+    """
+
+    def __init__(self, rate_in: int, rate_out: int = SAMPLE_RATE):
+        g = math.gcd(int(rate_in), int(rate_out))
+        self.up, self.down = int(rate_out) // g, int(rate_in) // g
+        # resample_poly designs a filter of half length 10*max(up, down) in the upsampled
+        # domain; in input samples that is 10*max/up (+2 for rounding).
+        self.half = int(math.ceil(10 * max(self.up, self.down) / self.up)) + 2
+        self._x = np.zeros(0, np.float32)  # kept input, starting at absolute index _x0
+        self._x0 = 0
+        self.n_in = 0
+        self.n_out = 0
+
+    @property
+    def passthrough(self) -> bool:
+        return self.up == 1 and self.down == 1
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        if self.passthrough:
+            self.n_in += x.size
+            self.n_out += x.size
+            return x
+        self._x = np.concatenate([self._x, x]) if self._x.size else x.copy()
+        self.n_in += x.size
+        n_final = (self.n_in - self.half) * self.up // self.down
+        return self._emit(max(n_final, 0))
+
+    def flush(self) -> np.ndarray:
+        """All remaining output (the end of the stream: zero padding after it, as offline)."""
+        if self.passthrough:
+            return np.zeros(0, np.float32)
+        return self._emit(-(-self.n_in * self.up // self.down))
+
+    def _emit(self, n_end: int) -> np.ndarray:
+        if n_end <= self.n_out:
+            return np.zeros(0, np.float32)
+        d, u = self.down, self.up
+        s = max(0, ((self.n_out * d // u) - self.half) // d * d)
+        s = max(s, self._x0)  # _x0 is a multiple of `down` too
+        seg = self._x[s - self._x0:]
+        y = resample_poly(seg, u, d).astype(np.float32, copy=False)
+        base = s * u // d
+        out = y[self.n_out - base:n_end - base]
+        self.n_out += out.size
+        # Keep only what the next outputs can need, from an index aligned on `down`.
+        keep = max(0, ((self.n_out * d // u) - self.half) // d * d)
+        if keep > self._x0:
+            self._x = self._x[keep - self._x0:]
+            self._x0 = keep
+        return out
+
+
+@dataclass
+class PushResult:
+    """What one push did (for counters)."""
+
+    samples: int = 0  # 16 kHz samples appended (including gap fill)
+    gap_filled: float = 0.0  # seconds of silence inserted for a gap
+    trimmed: float = 0.0  # seconds of overlapping input dropped
+    discontinuity: str = ""  # "" or "clock_jump" / "clock_reset"
+
+
+class AudioBuffer:
+    """Bounded ring of 16 kHz mono float32 samples on the stamps' time axis.
+
+    Time of absolute sample ``i`` of the current epoch: ``epoch_t0 + i / 16000``. Only the
+    last ``capacity_s`` seconds are kept; :meth:`read` returns zeros for what is not.
+    """
+
+    def __init__(self, capacity_s: float = 60.0, stamp_tolerance_s: float = 0.1,
+                 max_gap_fill_s: float = 5.0, clock_reset_s: float = 1.0,
+                 max_chunk_s: float = 30.0, check_sample_rate: bool = True,
+                 rate_check_window: int = 20, rate_check_min_span_s: float = 1.0,
+                 rate_tolerance: float = 0.15,
+                 on_discontinuity: Optional[Callable[[str], None]] = None):
+        self.capacity = int(round(capacity_s * SAMPLE_RATE))
+        self.stamp_tolerance_s = stamp_tolerance_s
+        self.max_gap_fill_s = max_gap_fill_s
+        self.clock_reset_s = clock_reset_s
+        self.max_chunk_s = max_chunk_s
+        self.check_sample_rate = check_sample_rate
+        self.rate_check_min_span_s = rate_check_min_span_s
+        self.rate_tolerance = rate_tolerance
+        self.on_discontinuity = on_discontinuity
+        self._ring = np.zeros(self.capacity, np.float32)
+        self._rate_hist: deque = deque(maxlen=rate_check_window)  # (stamp, declared duration)
+        self.epoch = -1
+        self.epoch_t0 = 0.0
+        self.n_end = 0  # absolute index after the last sample of this epoch
+        self._fmt: Optional[AudioFormat] = None
+        self._rs: Optional[StreamResampler] = None
+        self._rs_t0 = 0.0  # time of the resampler's first input sample
+        self.counters = {"chunks": 0, "empty_chunks": 0, "gaps": 0, "gap_fill_s": 0.0,
+                         "overlaps": 0, "overlap_trimmed_s": 0.0, "clock_jumps": 0,
+                         "clock_resets": 0, "format_changes": 0, "seconds_in": 0.0}
+
+    # -- time axis ---------------------------------------------------------------------
+    @property
+    def n_start(self) -> int:
+        return max(0, self.n_end - self.capacity)
+
+    @property
+    def t_end(self) -> float:
+        return self.epoch_t0 + self.n_end / SAMPLE_RATE
+
+    @property
+    def t_start(self) -> float:
+        return self.epoch_t0 + self.n_start / SAMPLE_RATE
+
+    def index_of(self, t: float) -> int:
+        return int(round((t - self.epoch_t0) * SAMPLE_RATE))
+
+    def time_of(self, i: int) -> float:
+        return self.epoch_t0 + i / SAMPLE_RATE
+
+    @property
+    def input_end_time(self) -> float:
+        """Time just after the last input sample pushed (ahead of t_end by the filter delay)."""
+        if self._rs is None:
+            return self.t_end
+        return self._rs_t0 + self._rs.n_in / self._fmt.sample_rate
+
+    # -- reading -----------------------------------------------------------------------
+    def read_index(self, i0: int, i1: int) -> np.ndarray:
+        out = np.zeros(max(0, i1 - i0), np.float32)
+        a, b = max(i0, self.n_start), min(i1, self.n_end)
+        if b > a:
+            ra, rb = a % self.capacity, (b - 1) % self.capacity + 1
+            if ra < rb:
+                out[a - i0:b - i0] = self._ring[ra:rb]
+            else:
+                k = self.capacity - ra
+                out[a - i0:a - i0 + k] = self._ring[ra:]
+                out[a - i0 + k:b - i0] = self._ring[:rb]
+        return out
+
+    def read(self, t0: float, t1: float) -> np.ndarray:
+        """Samples in [t0, t1) of the current epoch (zeros where nothing is buffered)."""
+        return self.read_index(self.index_of(t0), self.index_of(t1))
+
+    # -- writing -----------------------------------------------------------------------
+    def _append(self, y: np.ndarray) -> None:
+        n = y.size
+        if n == 0:
+            return
+        if n >= self.capacity:
+            y, self.n_end = y[-self.capacity:], self.n_end + n - self.capacity
+            n = y.size
+        r = self.n_end % self.capacity
+        k = min(n, self.capacity - r)
+        self._ring[r:r + k] = y[:k]
+        if k < n:
+            self._ring[:n - k] = y[k:]
+        self.n_end += n
+
+    def _flush_resampler(self) -> None:
+        if self._rs is not None:
+            self._append(self._rs.flush())
+            self._rs = None
+
+    def _start_segment(self, stamp: float, fmt: AudioFormat) -> None:
+        """A new resampler whose first input sample lands on the 16 kHz grid at ``stamp``."""
+        self._fmt = fmt
+        self._rs = StreamResampler(fmt.sample_rate)
+        self._rs_t0 = self.t_end if self.epoch >= 0 else stamp
+
+    def _new_epoch(self, stamp: float, fmt: AudioFormat, kind: str) -> None:
+        if self.epoch >= 0:
+            self._flush_resampler()
+            self.counters[kind + "s"] += 1
+            if self.on_discontinuity is not None:
+                self.on_discontinuity(kind)
+        self.epoch += 1
+        self.epoch_t0 = stamp
+        self.n_end = 0
+        self._rate_hist.clear()
+        self._rs = None
+        self._start_segment(stamp, fmt)
+
+    def _check_rate(self, stamp: float, dur: float, fmt: AudioFormat) -> None:
+        """Refuse chunks while stamps advance at a pace the declared rate cannot explain."""
+        if not self.check_sample_rate:
+            return
+        hist = list(self._rate_hist) + [(stamp, dur)]
+        adv = total = 0.0
+        for (s0, d0), (s1, _) in zip(hist, hist[1:]):
+            diff = s1 - s0
+            if 0.0 <= diff <= 0.5 + 8 * d0:  # skip gaps and clock jumps
+                adv += diff
+                total += d0
+        if adv < self.rate_check_min_span_s or total <= 0 or len(hist) < 8:
+            return
+        ratio = adv / total
+        if abs(math.log(ratio)) > math.log1p(self.rate_tolerance):
+            self._rate_hist.popleft()  # let a corrected stream recover
+            raise SampleRateError(
+                f"declared sample rate {fmt.sample_rate} Hz, but the stamps advance {ratio:.2f}x "
+                f"as fast as the audio: the real rate looks like ~{fmt.sample_rate / ratio:.0f} "
+                f"Hz (or the stamps are wrong); chunk refused")
+
+    def push(self, chunk: AudioChunk) -> PushResult:
+        """Decode, check and append one chunk. Raises an InputError and changes nothing if
+        the chunk is refused."""
+        x = decode_chunk(chunk)
+        fmt = chunk.fmt
+        stamp = float(chunk.stamp)
+        if not math.isfinite(stamp):
+            raise StampError(f"audio stamp {chunk.stamp!r} is not a finite time")
+        res = PushResult()
+        if x.size == 0:
+            self.counters["empty_chunks"] += 1
+            return res
+        dur = x.size / fmt.sample_rate
+        if dur > self.max_chunk_s:
+            raise AudioSizeError(
+                f"audio chunk of {dur:.1f} s exceeds audio.max_chunk_seconds="
+                f"{self.max_chunk_s:g}; send it in smaller chunks")
+        fmt_key = (fmt.sample_rate, fmt.channels, fmt.sample_format.upper())
+        if self._fmt is not None and fmt_key != (self._fmt.sample_rate, self._fmt.channels,
+                                                 self._fmt.sample_format.upper()):
+            self._rate_hist.clear()
+        self._check_rate(stamp, dur, fmt)
+
+        if self.epoch < 0:
+            self._new_epoch(stamp, fmt, "start")
+        else:
+            delta = stamp - self.input_end_time
+            if delta < -self.clock_reset_s:
+                self._new_epoch(stamp, fmt, "clock_reset")
+                res.discontinuity = "clock_reset"
+            elif delta > self.max_gap_fill_s:
+                self._new_epoch(stamp, fmt, "clock_jump")
+                res.discontinuity = "clock_jump"
+            elif delta < -self.stamp_tolerance_s:
+                if stamp + dur <= self.input_end_time + self.stamp_tolerance_s:
+                    raise StampError(
+                        f"audio chunk [{stamp:.3f}, {stamp + dur:.3f}] s is older than the "
+                        f"buffered audio (ends at {self.input_end_time:.3f} s): out-of-order "
+                        f"or repeated chunk dropped")
+                drop = int(round(-delta * fmt.sample_rate))
+                x = x[drop:]
+                res.trimmed = drop / fmt.sample_rate
+                self.counters["overlaps"] += 1
+                self.counters["overlap_trimmed_s"] += res.trimmed
+            elif delta > self.stamp_tolerance_s:
+                self._flush_resampler()
+                gap = int(round((stamp - self.t_end) * SAMPLE_RATE))
+                if gap > 0:
+                    self._append(np.zeros(gap, np.float32))
+                    res.gap_filled = gap / SAMPLE_RATE
+                    res.samples += gap
+                    self.counters["gaps"] += 1
+                    self.counters["gap_fill_s"] += res.gap_filled
+                self._start_segment(stamp, fmt)
+            if self._fmt is not None and fmt_key != (self._fmt.sample_rate, self._fmt.channels,
+                                                     self._fmt.sample_format.upper()):
+                self._flush_resampler()
+                self.counters["format_changes"] += 1
+                self._start_segment(stamp, fmt)
+        self._rate_hist.append((stamp, dur))
+        y = self._rs.push(x)
+        self._append(y)
+        res.samples += y.size
+        self.counters["chunks"] += 1
+        self.counters["seconds_in"] += dur
+        return res
+
+    def flush(self) -> None:
+        """End of stream: emit the resampler's held-back tail."""
+        if self._rs is not None and self._fmt is not None:
+            fmt, t = self._fmt, self.input_end_time
+            self._flush_resampler()
+            self._start_segment(t, fmt)
+
+    def reset(self) -> None:
+        """Forget everything (a new stream)."""
+        self.__init__(self.capacity / SAMPLE_RATE, self.stamp_tolerance_s, self.max_gap_fill_s,
+                      self.clock_reset_s, self.max_chunk_s, self.check_sample_rate,
+                      self._rate_hist.maxlen, self.rate_check_min_span_s, self.rate_tolerance,
+                      self.on_discontinuity)

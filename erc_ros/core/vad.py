@@ -1,0 +1,186 @@
+"""Streaming voice activity: silero-vad run incrementally, and a hysteresis segmenter.
+
+:class:`SileroVad` runs the packaged silero-vad ONNX model directly with onnxruntime (no
+torch), one 512-sample window (32 ms at 16 kHz) at a time, carrying the model's recurrent
+state and 64-sample context exactly as silero's own ``OnnxWrapper`` does. Each window is
+processed once, as audio arrives: nothing is re-run over the buffer.
+
+:class:`VadSegmenter` turns the per-window probabilities into speech segments with a start
+threshold, a lower end threshold, a silence hang-over, a minimum length and a maximum
+length (a longer run of speech is cut there).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .types import SAMPLE_RATE
+
+WINDOW = 512  # samples per silero window at 16 kHz
+CONTEXT = 64
+
+
+def silero_model_path() -> str:
+    """Path of silero-vad's ONNX model inside its package (found without importing it,
+    since the package's ``__init__`` imports torch)."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("silero-vad is not installed (pip install -r requirements.txt)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "silero_vad.onnx")
+    if not os.path.exists(path):
+        raise RuntimeError(f"silero-vad model not found at {path}")
+    return path
+
+
+class SileroVad:
+    """silero-vad v5+ on 16 kHz audio, one 512-sample window per call."""
+
+    def __init__(self, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(silero_model_path(), opts,
+                                             providers=["CPUExecutionProvider"])
+        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = np.zeros((2, 1, 128), np.float32)
+        self._context = np.zeros(CONTEXT, np.float32)
+
+    def __call__(self, window: np.ndarray) -> float:
+        x = np.concatenate([self._context, window.astype(np.float32, copy=False)])[None, :]
+        out, self._state = self._session.run(
+            None, {"input": x, "state": self._state, "sr": self._sr})
+        self._context = x[0, -CONTEXT:]
+        return float(out[0, 0])
+
+
+@dataclass
+class SpeechSegment:
+    start: float
+    end: float
+    forced_cut: bool = False  # ended by max length, not by silence
+
+
+class VadSegmenter:
+    """Hysteresis over window probabilities -> speech segments (times in seconds).
+
+    Feed ``(t_window_start, prob)`` in time order. A segment starts when ``prob >=
+    threshold`` and ends after ``min_silence_s`` of ``prob < neg_threshold``; it is padded by
+    ``pad_s`` on both sides, dropped if shorter than ``min_speech_s`` and cut at
+    ``max_speech_s``.
+    """
+
+    def __init__(self, threshold: float = 0.5, neg_threshold: float = 0.35,
+                 min_silence_s: float = 0.4, min_speech_s: float = 0.25,
+                 max_speech_s: float = 15.0, pad_s: float = 0.05):
+        self.threshold = threshold
+        self.neg_threshold = neg_threshold
+        self.min_silence_s = min_silence_s
+        self.min_speech_s = min_speech_s
+        self.max_speech_s = max_speech_s
+        self.pad_s = pad_s
+        self.reset()
+
+    def reset(self) -> None:
+        self.open_start: Optional[float] = None  # start of the segment in progress
+        self._silence_start: Optional[float] = None
+        self._last_t = None
+
+    @property
+    def in_speech(self) -> bool:
+        return self.open_start is not None
+
+    def update(self, t: float, prob: float) -> list[SpeechSegment]:
+        """One window starting at ``t``; returns segments that closed."""
+        dt = WINDOW / SAMPLE_RATE
+        self._last_t = t + dt
+        out: list[SpeechSegment] = []
+        if self.open_start is None:
+            if prob >= self.threshold:
+                self.open_start = t - self.pad_s
+                self._silence_start = None
+            return out
+        if prob >= self.threshold or (self._silence_start is None and prob >= self.neg_threshold):
+            self._silence_start = None
+        elif self._silence_start is None:
+            self._silence_start = t
+        if self._silence_start is not None and t + dt - self._silence_start >= self.min_silence_s:
+            seg = SpeechSegment(self.open_start, self._silence_start + self.pad_s)
+            self.open_start = None
+            self._silence_start = None
+            if seg.end - seg.start >= self.min_speech_s:
+                out.append(seg)
+        elif t + dt - self.open_start >= self.max_speech_s:
+            out.append(SpeechSegment(self.open_start, t + dt, forced_cut=True))
+            self.open_start = t + dt
+            self._silence_start = None
+        return out
+
+    def close(self) -> list[SpeechSegment]:
+        """End of stream: close the open segment at the last window."""
+        if self.open_start is None or self._last_t is None:
+            self.reset()
+            return []
+        end = self._silence_start + self.pad_s if self._silence_start is not None else self._last_t
+        seg = SpeechSegment(self.open_start, end)
+        self.reset()
+        return [seg] if seg.end - seg.start >= self.min_speech_s else []
+
+
+class StreamingVad:
+    """Runs :class:`SileroVad` over an :class:`~erc_ros.core.audio_buffer.AudioBuffer` as it
+    fills, keeping a bounded history of window probabilities for later queries."""
+
+    def __init__(self, segmenter: VadSegmenter, history_s: float = 120.0, threads: int = 1):
+        self.model = SileroVad(threads=threads)
+        self.segmenter = segmenter
+        self.next_index = 0  # absolute 16 kHz index of the next window to run
+        self.probs: deque = deque(maxlen=int(history_s * SAMPLE_RATE / WINDOW))  # (t, prob)
+        self.windows = 0
+
+    def reset(self, next_index: int = 0) -> None:
+        self.model.reset()
+        self.segmenter.reset()
+        self.next_index = next_index
+        self.probs.clear()
+
+    def process(self, buffer) -> list[SpeechSegment]:
+        """Run every complete window the buffer holds beyond what was already run."""
+        out: list[SpeechSegment] = []
+        if self.next_index < buffer.n_start:  # fell behind the ring: skip what is gone
+            self.next_index = buffer.n_start
+        while self.next_index + WINDOW <= buffer.n_end:
+            w = buffer.read_index(self.next_index, self.next_index + WINDOW)
+            t = buffer.time_of(self.next_index)
+            p = self.model(w)
+            self.windows += 1
+            self.probs.append((t, p))
+            out.extend(self.segmenter.update(t, p))
+            self.next_index += WINDOW
+        return out
+
+    def speech_ratio(self, t0: float, t1: float) -> float:
+        """Fraction of windows in [t0, t1) above the segmenter's threshold."""
+        vals = [p for t, p in self.probs if t0 <= t < t1]
+        if not vals:
+            return 0.0
+        return float(np.mean(np.asarray(vals) >= self.segmenter.threshold))
+
+    def activity(self, times: np.ndarray) -> np.ndarray:
+        """Speech probability at each of ``times`` (nearest window; 0 outside history)."""
+        if not self.probs:
+            return np.zeros(len(times))
+        ts = np.fromiter((t for t, _ in self.probs), float, len(self.probs))
+        ps = np.fromiter((p for _, p in self.probs), float, len(self.probs))
+        idx = np.clip(np.searchsorted(ts, times) - 1, 0, len(ts) - 1)
+        inside = (times >= ts[0]) & (times < ts[-1] + WINDOW / SAMPLE_RATE)
+        return np.where(inside, ps[idx], 0.0)
