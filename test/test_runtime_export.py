@@ -174,3 +174,17 @@ def test_check_stage_reports_diffs(exported):
     spec = next(s for s in stage_specs(model) if s.name == "text_encoder")
     res = check_stage(spec, onnx_path(d, "text_encoder"))
     assert res.passed and res.samples == len(spec.samples) >= 3
+
+
+def test_context_is_bounded(exported, dialogue):
+    """Constant memory: max_context utterances per conversation, max_conversations in all."""
+    from dataclasses import replace
+
+    model, _, _, _ = exported
+    pipe = EmotionPipeline.from_model(model, max_context=3, max_conversations=4)
+    for k in range(10):
+        for u in dialogue[:5]:
+            pipe.predict(replace(u, conversation_id=f"c{k}", audio=u.audio[:0], faces=[]))
+    s = pipe.stats()
+    assert s["conversations"] == 4 and s["cached_utterances"] == 12
+    assert pipe.context_length("c9") == 3 and pipe.context_length("c0") == 0

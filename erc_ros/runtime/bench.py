@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import logging
 import random
 import time
@@ -29,7 +30,8 @@ from .pipeline import TIMED, EmotionPipeline
 
 log = logging.getLogger("erc_ros.runtime")
 
-DEFAULT_VARIANTS = ("torch/fp32", "onnxruntime/fp32", "onnxruntime/int8", "onnxruntime/woq8")
+DEFAULT_VARIANTS = ("torch/fp32", "torch/int8", "onnxruntime/fp32", "onnxruntime/int8",
+                    "onnxruntime/woq8")
 #: This machine kind, 2 threads (performance.md): FP32 GEMM ~320 GFLOP/s, INT8 VNNI ~1.3 TOP/s.
 FP32_FLOPS = 3.2e11
 INT8_OPS = 1.3e12
@@ -89,8 +91,16 @@ def _variant_bytes(model_dir: Path, backend: str, precision: str, pipe) -> int:
     from .manifest import read_manifest
 
     arts = read_manifest(model_dir)["artefacts"]
-    if backend == "torch":
+    if backend == "torch" and precision == "fp32":
         return sum(e["bytes"] for e in arts.values() if e["kind"] == "weights")
+    if backend == "torch":  # dynamic INT8 modules exist only in memory: measure them
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save({k: b.module.state_dict() for k, b in pipe.stages.items()}, buf)
+        return buf.tell()
     kind = "onnx" if backend == "onnxruntime" else "engine"
     total = 0
     for stage, be in pipe.stages.items():
@@ -148,6 +158,8 @@ def run_bench(model_dir, variants=DEFAULT_VARIANTS, iterations: int = 200, warmu
                     times[v][k].append(ms)
 
     results: dict = {"model_dir": str(model_dir), "model_id": first.model_id,
+                     # Other processes share these cores: the load says how noisy it was.
+                     "load_average_1min_at_end": os.getloadavg()[0],
                      "tokens_requested": tokens,
                      "tokens_mean": float(np.mean(probe_tokens)), "iterations": iterations,
                      "probes": len(probes), "threads": threads,
@@ -219,7 +231,8 @@ def run_bench(model_dir, variants=DEFAULT_VARIANTS, iterations: int = 200, warmu
 
 def print_table(r: dict) -> None:
     print(f"\nmodel {r['model_id']}  prompt tokens {r['tokens_mean']:.0f}  "
-          f"{r['iterations']} interleaved rounds  {r['threads']} threads  ({r['data']})")
+          f"{r['iterations']} interleaved rounds  {r['threads']} threads  ({r['data']})  "
+          f"load average {r['load_average_1min_at_end']:.1f}")
     head = f"{'variant':<20} {'stage':<14} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
     print(head)
     print("-" * len(head))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +79,7 @@ class EmotionPipeline:
 
     def __init__(self, model, stages: dict[str, Backend], *, model_id: str,
                  backend_name: str, precision: str, max_context: int = 64,
-                 why: str = "", threads: int = 2):
+                 why: str = "", threads: int = 2, max_conversations: int = 16):
         self.model = model
         self.preprocessor = model.preprocessor
         self.stages = stages
@@ -94,7 +94,10 @@ class EmotionPipeline:
         self.max_context = int(max_context)
         self.past_context = int(self.preprocessor.config.prompt.past_context)
         self.max_speakers = int(self.preprocessor.config.max_speakers)
-        self._conversations: dict[str, _Conversation] = {}
+        # Bounded twice (constant memory on a robot running for days): max_context
+        # utterances per conversation, max_conversations in all (least recently used dropped).
+        self.max_conversations = max(1, int(max_conversations))
+        self._conversations: "OrderedDict[str, _Conversation]" = OrderedDict()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="erc-encoder") \
             if (self.has_audio_encoder or self.has_video_encoder) else None
@@ -108,7 +111,8 @@ class EmotionPipeline:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_model(cls, model, backend: str = "torch", precision: str = "fp32",
-                   threads: int | None = None, max_context: int = 64) -> "EmotionPipeline":
+                   threads: int | None = None, max_context: int = 64,
+                   max_conversations: int = 16) -> "EmotionPipeline":
         """Run an in-memory :class:`ErcModel` on the torch backend (fp32, or int8 dynamic)."""
         if backend != "torch":
             raise ValueError("from_model runs torch only; use from_model_dir for ONNX/TensorRT")
@@ -117,13 +121,14 @@ class EmotionPipeline:
         return cls(model, _torch_stages(model, precision, threads),
                    model_id=getattr(model.config, "model_id", "model"), backend_name="torch",
                    precision=precision, max_context=max_context, why="in-memory model",
-                   threads=threads)
+                   threads=threads, max_conversations=max_conversations)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, backend: str = "auto",
                        precision: str = "auto", threads: int | None = None,
                        max_context: int = 64, providers: Optional[list[str]] = None,
-                       auto_export: bool = True) -> "EmotionPipeline":
+                       auto_export: bool = True,
+                       max_conversations: int = 16) -> "EmotionPipeline":
         """Load a model directory (every listed file's sha256 verified) and pick backends.
 
         ``backend``: ``auto`` (tensorrt -> onnxruntime -> torch, the first that can run with
@@ -159,7 +164,8 @@ class EmotionPipeline:
         else:
             prec, stages = _trt_stages(model_dir, model, needed, engines, precision, threads)
         return cls(model, stages, model_id=model_id, backend_name=name, precision=prec,
-                   max_context=max_context, why=why, threads=threads)
+                   max_context=max_context, why=why, threads=threads,
+                   max_conversations=max_conversations)
 
     # ------------------------------------------------------------------ inference
     def predict(self, utterance: Utterance) -> Estimate:
@@ -178,6 +184,10 @@ class EmotionPipeline:
         conv = self._conversations.get(u.conversation_id)
         if conv is None:
             conv = self._conversations[u.conversation_id] = _Conversation(self.max_context)
+            while len(self._conversations) > self.max_conversations:
+                self._conversations.popitem(last=False)
+        else:
+            self._conversations.move_to_end(u.conversation_id)
         pre = self.preprocessor
         context = list(conv.utterances)[-self.past_context:] if self.past_context > 0 else []
         text_in = pre.text_inputs(u, context)
