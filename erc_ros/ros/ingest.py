@@ -36,6 +36,15 @@ def voice_id_of(topic: str) -> str:
     return m.group(1) if m else ""
 
 
+def _check_text(ev):
+    """An empty final result without times says nothing and spans nothing: refused (a timed
+    one still marks an utterance whose audio may carry the emotion)."""
+    if ev.is_final and not ev.text.strip() and not ev.timed:
+        raise convert.ConversionError("empty_transcript",
+                                      "final ASR result with no text and no times")
+    return ev
+
+
 class Ingest:
     """Converts messages and pushes them into ``core`` (a PerceptionCore)."""
 
@@ -46,6 +55,7 @@ class Ingest:
         self.audio_format = audio_format  # until an AudioInfo says otherwise
         self.audio_format_error: Optional[convert.ConversionError] = None
         self.last_input_time = float("-inf")
+        self._raw_next: Optional[float] = None  # continuation stamp of unstamped audio
 
     def feed(self, kind: str, msg: Any, receipt: float, topic: str = "") -> bool:
         """Push one message; ``receipt`` is the node-clock time it arrived (used for inputs
@@ -74,20 +84,30 @@ class Ingest:
             if self.audio_format_error is not None:  # e.g. mp3 announced: refuse its data
                 raise self.audio_format_error
             if kind == "audio":
+                # Unstamped audio: receipt time minus the chunk's duration, smoothed into a
+                # continuous timeline (receipt jitter would otherwise read as a wrong sample
+                # rate); a jump beyond the tolerance starts a new timeline.
                 dur = convert.chunk_duration(len(msg.data), self.audio_format)
-                chunk = convert.audio_to_chunk(msg, self.audio_format, stamp=receipt - dur,
+                stamp = receipt - dur
+                nxt = self._raw_next
+                if nxt is not None and abs(stamp - nxt) <= max(0.25, 2 * dur):
+                    stamp = nxt
+                chunk = convert.audio_to_chunk(msg, self.audio_format, stamp=stamp,
                                                source=topic)
+                self.core.push_audio(chunk)
+                self._raw_next = stamp + dur
+                return
             else:
                 chunk = convert.audio_to_chunk(msg, self.audio_format, source=topic)
             self.core.push_audio(chunk)
         elif kind == "transcript":
-            self.core.push_transcript(convert.transcript_to_event(msg))
+            self.core.push_transcript(_check_text(convert.transcript_to_event(msg)))
         elif kind == "live_speech":
             ev = convert.live_speech_to_event(msg, receipt, voice_id_of(topic))
             if ev is None:
                 raise convert.ConversionError("empty_transcript", "LiveSpeech without text")
-            self.core.push_transcript(ev)
+            self.core.push_transcript(_check_text(ev))
         elif kind == "string":
-            self.core.push_transcript(convert.string_to_event(msg, receipt))
+            self.core.push_transcript(_check_text(convert.string_to_event(msg, receipt)))
         else:
             raise convert.ConversionError("unknown_input", f"unknown input kind {kind!r}")

@@ -88,6 +88,19 @@ def perception_parameters() -> list[tuple[str, Any, str]]:
             if isinstance(v, (bool, int, float, str))]
 
 
+def segmentation_for_asr(overrides: dict[str, Any], asr_type: str) -> dict[str, Any]:
+    """Resolve ``segmentation.mode: auto`` from the ASR the node is configured for: untimed
+    producers (LiveSpeech, String) -> ``asr_untimed`` (speech always waits for its text, even
+    before the first result is seen); no ASR -> ``vad``; our timed Transcript keeps ``auto``."""
+    out = dict(overrides)
+    if out.get("segmentation.mode", "auto") == "auto":
+        mode = {"live_speech": "asr_untimed", "hri_voices": "asr_untimed",
+                "string": "asr_untimed", "none": "vad"}.get(asr_type)
+        if mode:
+            out["segmentation.mode"] = mode
+    return out
+
+
 def build_core(overrides: dict[str, Any], config_file: str = ""):
     """PerceptionCore from a YAML file (optional) with flattened overrides."""
     from erc_ros.core.perception import PerceptionConfig, PerceptionCore
@@ -144,6 +157,7 @@ class UtteranceNode(LifecycleNode):
         try:
             overrides = {k: self.get_parameter(f"perception.{k}").value
                          for k in self._perception_keys}
+            overrides = segmentation_for_asr(overrides, p["asr_type"])
             self.core = build_core(overrides, p["perception_config"])
         except Exception as err:
             self.get_logger().error(f"cannot build the perception core: {err}")

@@ -1,0 +1,268 @@
+"""The nodes over real rclpy, in process, driven through /clock with use_sim_time.
+
+- bad input to the running nodes (malformed / unknown-encoding images, mp3-coded audio,
+  reversed stamps, empty transcripts, a 50 Hz flood of transcripts): the nodes stay up,
+  /diagnostics names the refused input and its reason, and every valid utterance still gets
+  exactly one estimate;
+- ROS4HRI input (IdsList + per-voice LiveSpeech, unstamped AudioData + AudioInfo): the voice
+  id becomes the speaker, and an hri_msgs/Expression is published in its namespace with the
+  utterance end as stamp;
+- the lifecycle: a missing or tampered model directory makes configure fail with a clear log
+  and an ERROR on /diagnostics.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from _ros_support import Collector, tiny_model_dir, wait_for
+from erc_ros.ros import convert
+from erc_ros.ros.composed import ComposedPipeline
+from erc_ros.ros.emotion_node import EmotionNode
+
+pytestmark = pytest.mark.ros
+RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=500,
+                      reliability=ReliabilityPolicy.RELIABLE)
+NO_DIARIZATION = [Parameter("perception.diarization.enabled", value=False),
+                  Parameter("perception.diarization.warmup", value=False)]
+
+
+@pytest.fixture(scope="module")
+def ros():
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def conversation():
+    from erc_ros.tools import conversation_gen as gen
+    lines = gen.parse_script("A [joy]: What a lovely surprise to see you here today!\n"
+                             "B [anger]: I have waited for almost an hour in the cold rain.\n")
+    return gen.build(lines, seed=1)
+
+
+class Rig:
+    """Composed nodes + a driver node on one executor spinning in a thread."""
+
+    def __init__(self, model, utterance_params, pubs):
+        sim = Parameter("use_sim_time", value=True)
+        self.comp = ComposedPipeline([sim, *NO_DIARIZATION, *utterance_params],
+                                     [sim, Parameter("model_dir", value=str(model)),
+                                      Parameter("diagnostics_period", value=0.2)])
+        self.node = rclpy.create_node("test_driver")
+        from diagnostic_msgs.msg import DiagnosticArray
+        from erc_ros.msg import EmotionEstimate
+        from rosgraph_msgs.msg import Clock
+        self.clock_pub = self.node.create_publisher(Clock, "/clock", 10)
+        self.pubs = {topic: self.node.create_publisher(cls, topic, RELIABLE)
+                     for topic, cls in pubs.items()}
+        self.estimates, self.diags = Collector(), Collector()
+        self.node.create_subscription(EmotionEstimate, "/erc_ros/emotion", self.estimates,
+                                      RELIABLE)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diags, 50)
+        self.ex = MultiThreadedExecutor(num_threads=3)
+        for n in [*self.comp.nodes, self.node]:
+            self.ex.add_node(n)
+        self.thread = threading.Thread(target=self.ex.spin, daemon=True)
+        self.thread.start()
+        self.clock(50.0)
+        assert self.comp.start()
+        for topic in set(pubs) - {"/erc_ros/ground_truth"}:  # discovery
+            assert wait_for(lambda t=topic: self.pubs[t].get_subscription_count() > 0, 10), \
+                topic
+
+    def clock(self, t: float) -> None:
+        from rosgraph_msgs.msg import Clock
+        self.clock_pub.publish(Clock(clock=convert.float_to_time(t)))
+
+    def publish(self, topic, msg, t=None) -> None:
+        if t is not None:
+            self.clock(t)
+        self.pubs[topic].publish(msg)
+        time.sleep(0.002)
+
+    def diag_values(self, name_part: str) -> dict:
+        for arr in reversed(self.diags.snapshot()):
+            for st in arr.status:
+                if name_part in st.name:
+                    return {"level": st.level, "message": st.message,
+                            **{kv.key: kv.value for kv in st.values}}
+        return {}
+
+    def close(self) -> None:
+        self.ex.shutdown(timeout_sec=2.0)
+        self.comp.destroy()
+        self.node.destroy_node()
+
+
+def _conversation_messages(conv, t0: float):
+    from erc_ros.tools.make_bag import bag_messages
+    return list(bag_messages(conv, fps=2.0, t0=t0))
+
+
+def test_bad_input_is_refused_reported_and_valid_utterances_get_one_estimate(
+        ros, model, conversation):
+    from audio_common_msgs.msg import AudioDataStamped, AudioInfo
+    from erc_ros.msg import Transcript
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import String
+    rig = Rig(model, [Parameter("image_transport", value="compressed"),
+                      Parameter("sensor_reliability", value="reliable")],
+              {"/audio": AudioDataStamped, "/audio_info": AudioInfo,
+               "/camera/image_raw/compressed": CompressedImage,
+               "/erc_ros/transcript": Transcript, "/erc_ros/ground_truth": String})
+    try:
+        t0 = 100.0
+        # 1. Garbage before the conversation: an undecodable jpeg, mp3-coded audio.
+        rig.publish("/camera/image_raw/compressed",
+                    CompressedImage(format="jpeg", data=b"\xff\xd8 not really a jpeg"), t0 - 5)
+        rig.publish("/audio_info", AudioInfo(channels=1, sample_rate=16000,
+                                             sample_format="S16LE", coding_format="mp3"))
+        time.sleep(0.2)
+        rig.publish("/audio", convert.pcm16_to_audio_msg(
+            np.frombuffer(b"ID3\x03\x00" * 640, np.int16), t0 - 4.9))
+        # Empty and reversed-stamp transcripts, and a 50 Hz flood of partials + empty finals.
+        bad = convert.event_to_transcript(
+            __import__("erc_ros.core.types", fromlist=["x"]).TranscriptEvent(
+                stamp=t0 - 4, text="backwards", start=t0 - 4.0, end=t0 - 4.5))
+        bad.start, bad.end = convert.float_to_time(t0 - 4.0), convert.float_to_time(t0 - 4.5)
+        rig.publish("/erc_ros/transcript", bad)
+        from erc_ros.core.types import TranscriptEvent
+        for k in range(100):  # 2 s at 50 Hz
+            t = t0 - 3.5 + k * 0.02
+            rig.publish("/erc_ros/transcript", convert.event_to_transcript(TranscriptEvent(
+                stamp=t, text="" if k % 10 == 0 else f"um {k}", is_final=k % 10 == 0)), t)
+        # 2. The real conversation, audio format now correct.
+        rig.publish("/audio_info", convert.audio_info_msg(), t0 - 1.0)
+        msgs = _conversation_messages(conversation, t0)
+        n_img = 0
+        for topic, t, msg in msgs:
+            if topic == "/camera/image_raw/compressed":
+                n_img += 1
+                if n_img == 3:  # one more malformed image mid-conversation
+                    rig.publish(topic, CompressedImage(format="png", data=b"\x89PNG trunc"), t)
+                    continue
+            rig.publish(topic, msg, t)
+        rig.clock(msgs[-1][1] + 5.0)
+        assert wait_for(lambda: len(rig.estimates) >= 2, 60), len(rig.estimates)
+        time.sleep(1.0)
+        ests = rig.estimates.snapshot()
+        texts = [e.text for e in ests]
+        assert texts == [t.text for t in conversation.turns], texts  # exactly one each
+        for est, turn in zip(ests, conversation.turns):
+            assert abs(convert.time_to_float(est.header.stamp) - (t0 + turn.end)) < 0.5
+        # The nodes are up and say what they refused, and why.
+        assert wait_for(lambda: "refused.audio_coding" in rig.diag_values("utterances"), 5)
+        d = rig.diag_values("utterances")
+        for reason in ("image_decode", "audio_coding"):
+            assert int(d.get(f"refused.{reason}", 0)) >= 1, d
+        assert any(k.startswith("refused.") and k not in ("refused.image_decode",
+                                                          "refused.audio_coding")
+                   for k in d), d  # the reversed stamps
+        assert d["level"] == b"\x01"  # WARN
+        e = rig.diag_values("emotion")
+        assert e["model"] == "tiny-test" and e["backend"] == "torch" and "queue.utterances" in e
+        assert "latency.processing.p95_ms" in e
+    finally:
+        rig.close()
+
+
+def test_ros4hri_voices_and_expression(ros, model, conversation):
+    from audio_common_msgs.msg import AudioData, AudioInfo
+    from hri_msgs.msg import Expression, IdsList, LiveSpeech
+    rig = Rig(model, [Parameter("image_transport", value="none"),
+                      Parameter("audio_msg", value="raw"),
+                      Parameter("asr_type", value="hri_voices")],
+              {"/audio": AudioData, "/audio_info": AudioInfo,
+               "/humans/voices/tracked": IdsList})
+    exprs = Collector()
+    rig.node.create_subscription(Expression, "/humans/voices/anna/expression", exprs, 10)
+    speech = rig.node.create_publisher(LiveSpeech, "/humans/voices/anna/speech", RELIABLE)
+    try:
+        t0 = 200.0
+        rig.publish("/audio_info", convert.audio_info_msg(), t0)
+        rig.publish("/humans/voices/tracked", IdsList(ids=["anna"]))
+        assert wait_for(lambda: speech.get_subscription_count() > 0, 10)
+        pcm = np.clip(np.rint(conversation.audio * 32767), -32768, 32767).astype("<i2")
+        turn = conversation.turns[0]
+        n = 1600
+        for i in range(0, int((turn.end + 0.3) * 16000), n):
+            t = t0 + (i + n) / 16000  # raw AudioData is stamped at receipt (clock time)
+            rig.publish("/audio", AudioData(data=pcm[i:i + n].tobytes()), t)
+        end_i = i + n
+        speech.publish(LiveSpeech(final=turn.text, confidence=0.9, locale="en_US"))
+        silence = np.zeros(n, "<i2").tobytes()
+        for k in range(30):  # the microphone goes on (silence) after the final result
+            end_i += n
+            rig.publish("/audio", AudioData(data=silence), t0 + end_i / 16000)
+            time.sleep(0.01)
+        assert wait_for(lambda: len(rig.estimates) >= 1 and len(exprs) >= 1, 30), (
+            rig.comp.utterance.health.snapshot(), rig.comp.utterance.core.stats())
+        est = rig.estimates.snapshot()[0]
+        assert est.speaker_id == "anna", (est, rig.comp.utterance.core.stats()) and est.text == turn.text
+        expr = exprs.snapshot()[0]
+        assert expr.header.stamp == est.header.stamp  # the utterance end, not publish time
+        assert abs(expr.valence - est.valence) < 1e-6 and abs(expr.confidence -
+                                                                 est.confidence) < 1e-6
+        assert len(rig.estimates) == 1
+    finally:
+        rig.close()
+
+
+def test_lifecycle_refuses_missing_and_tampered_models(ros, model, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    diags = Collector()
+    watcher = rclpy.create_node("diag_watcher")
+    watcher.create_subscription(DiagnosticArray, "/diagnostics", diags, 10)
+    ex = MultiThreadedExecutor(num_threads=2)
+    ex.add_node(watcher)
+    threading.Thread(target=ex.spin, daemon=True).start()
+    try:
+        node = EmotionNode(parameter_overrides=[
+            Parameter("model_dir", value=str(tmp_path / "nope")),
+            Parameter("autostart", value=False)])
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "nope" in node.health.error
+        node.destroy_node()
+        bad = tmp_path / "tampered"
+        shutil.copytree(model, bad)
+        weights = sorted(bad.glob("*.safetensors"))[0]
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+        node = EmotionNode(parameter_overrides=[Parameter("model_dir", value=str(bad))])
+        ex.add_node(node)
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert weights.name in node.health.error
+        assert wait_for(lambda: any(st.level == DiagnosticStatus.ERROR and
+                                    weights.name in st.message
+                                    for a in diags.snapshot() for st in a.status), 10)
+        # a good model configures and activates; cleanup frees it
+        node2 = EmotionNode(name="emotion_ok",
+                            parameter_overrides=[Parameter("model_dir", value=str(model))])
+        assert node2.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node2.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node2.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node2.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node2.pipeline is None
+        node2.destroy_node()
+        ex.remove_node(node)
+        node.destroy_node()
+    finally:
+        ex.shutdown(timeout_sec=1.0)
+        watcher.destroy_node()
