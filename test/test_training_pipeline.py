@@ -1,0 +1,123 @@
+"""Training side: datasets, train/evaluate commands, feature caching, fusion stage."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from erc_ros import cli
+from erc_ros.training import data
+from erc_ros.training.fusion_stage import (FusionStageConfig, encode_dialogues,
+                                           modality_dropout, train_fusion_stage)
+
+MELD_DEV = data.data_root() / "meld" / "dev_sent_emo.csv"
+MELD_TRAIN = data.data_root() / "meld" / "train_sent_emo.csv"
+
+
+def test_meld_dialogues_and_labels():
+    dev = data.load_meld(MELD_DEV)
+    assert sum(len(d) for d in dev) == 1109
+    d0 = dev[0]
+    assert d0.conversation_id == "meld-dev_sent_emo-0"
+    assert [u.utterance_id.rsplit("-", 1)[1] for u in d0.utterances] == \
+        [str(i) for i in range(len(d0))]
+    counts = data.class_counts(dev, 7)
+    assert counts.sum() == 1109 and counts.argmax() == 0  # neutral dominates
+    w = data.class_weights(counts, 1.0)
+    assert abs(float((w * counts).sum() / counts.sum()) - 1) < 1e-5 and w[0] < w[2]
+    assert np.allclose(data.class_weights(counts, 0.0), 1)
+    assert all(u.end >= u.start for u in d0.utterances)
+
+
+def test_emorynlp_dialogues():
+    dev = data.load_emorynlp(data.data_root() / "emorynlp" / "emorynlp_dev_final.csv")
+    assert len(dev) > 50 and all(l >= 0 for d in dev for l in d.labels)
+    assert all(u.speaker_id and "[" not in u.speaker_id for d in dev for u in d.utterances)
+
+
+def test_iemocap_standard_layout(tmp_path):
+    root = tmp_path / "IEMOCAP_full_release"
+    s = root / "Session1" / "dialog"
+    (s / "transcriptions").mkdir(parents=True)
+    (s / "EmoEvaluation").mkdir(parents=True)
+    (s / "transcriptions" / "Ses01F_impro01.txt").write_text(
+        "Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me.\n"
+        "Ses01F_impro01_M000 [007.5712-010.4750]: Do you have your forms?\n"
+        "Ses01F_impro01_F001 [010.0100-011.4397]: Yeah.\n"
+        "M: unrelated line\n")
+    (s / "EmoEvaluation" / "Ses01F_impro01.txt").write_text(
+        "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+        "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]\n"
+        "C-E2:\tNeutral;\t()\n"
+        "[7.5712 - 10.4750]\tSes01F_impro01_M000\tfru\t[2.5000, 2.5000, 2.5000]\n"
+        "[10.0100 - 11.4397]\tSes01F_impro01_F001\txxx\t[2.5000, 3.5000, 2.0000]\n")
+    wavdir = root / "Session1" / "sentences" / "wav" / "Ses01F_impro01"
+    wavdir.mkdir(parents=True)
+    if shutil.which("espeak-ng"):
+        subprocess.run(["espeak-ng", "-w", str(wavdir / "Ses01F_impro01_F000.wav"), "Excuse me."],
+                       check=True, capture_output=True)
+    (d,) = data.load_iemocap(root, sessions=(1,), with_audio=True)
+    assert [u.speaker_id for u in d.utterances] == ["F", "M", "F"]
+    assert d.labels == [0, 5, -1]  # neutral, frustrated, xxx kept as context only
+    assert d.utterances[1].text == "Do you have your forms?"
+    if shutil.which("espeak-ng"):
+        assert d.utterances[0].has_audio and d.utterances[0].sample_rate == 16000
+    (d4,) = data.load_iemocap(root, sessions=(1,), labels=data.IEMOCAP4_LABELS)
+    assert d4.labels == [0, -1, -1]
+
+
+def test_train_then_evaluate_commands(tmp_path):
+    out = tmp_path / "tiny"
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(out), "--limit-dialogues", "24",
+                     "--epochs", "2"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["provenance"]["recipe"]["name"] == "tiny"
+    assert set(man["provenance"]["data"]) == {"train_sent_emo.csv", "dev_sent_emo.csv"}
+    assert (out / "dev_confusion.png").stat().st_size > 1000
+    log = json.loads((out / "train_log.json").read_text())
+    assert {r["weights"] for r in log["history"]} == {"raw", "ema"}
+    js = tmp_path / "eval.json"
+    assert cli.main(["evaluate", "--format", "meld", "--csv", str(MELD_DEV), "--model", str(out),
+                     "--json", str(js), "--limit-dialogues", "6"]) == 0
+    r = json.loads(js.read_text())
+    assert {"accuracy", "weighted_f1", "per_class_f1", "confusion"} <= set(r)
+    n = sum(len(d) for d in data.load_meld(MELD_DEV)[:6])
+    assert r["n"] == n == int(np.sum(r["confusion"]))
+    assert 0 <= r["weighted_f1"] <= 100 and set(r["per_class_f1"]) == set(man["label_names"])
+    assert js.with_suffix(".png").is_file()
+
+
+def test_feature_cache_and_fusion_stage(tmp_path):
+    from erc_ros.models.fusion import build_fusion
+    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+
+    torch.manual_seed(0)
+    model = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "t")
+    dialogues = data.load_meld(MELD_DEV)[:12]
+    rng = np.random.default_rng(0)
+    for d in dialogues[:4]:  # some utterances with audio, so the mask varies
+        d.utterances[0].audio = rng.normal(0, 0.1, 8000).astype(np.float32)
+    cache = tmp_path / "feats.safetensors"
+    feats = encode_dialogues(model, dialogues, cache, progress=False)
+    again = encode_dialogues(model, dialogues, cache, progress=False)
+    assert len(again) == 12 and torch.equal(again[3].text, feats[3].text)
+    assert bool(feats[0].modality[0, 1]) and not bool(feats[0].modality[1, 1])
+    head = build_fusion("magt", dict(text_dim=16, audio_dim=8, video_dim=8, num_classes=7,
+                                     d_model=16, num_heads=2))
+    summary = train_fusion_stage(head, feats[:8], feats[8:], data.MELD_LABELS,
+                                 FusionStageConfig(epochs=3, batch_size=4, pearson_kd=0.5,
+                                                   relational_kd=0.5), progress=False)
+    assert len(summary["history"]) == 3 and summary["best"]["weighted_f1"] >= 0
+
+
+def test_modality_dropout_never_hides_everything():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(64, 10, 3, generator=g) > 0.3
+    out = modality_dropout(mask, 0.9, g)
+    assert not (out & ~mask).any()  # never invents a modality
+    assert (out.any(-1) == mask.any(-1)).all()  # something stays wherever something was
+    assert out.sum() < mask.sum()
