@@ -27,10 +27,13 @@ def add_arguments(p) -> None:
     p.add_argument("--topics", nargs="*", default=DEFAULT_TOPICS)
     p.add_argument("--duration", type=float, default=0.0, help="seconds (0: until Ctrl-C)")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    p.add_argument("--use-sim-time", action="store_true",
+                   help="record times from /clock (recording a replay) instead of wall time")
 
 
 def record(out: Path, topics: list[str], duration: float = 0.0, storage: str = "mcap",
-           stop: threading.Event | None = None, discovery_s: float = 1.0) -> dict[str, int]:
+           stop: threading.Event | None = None, discovery_s: float = 1.0,
+           use_sim_time: bool = False) -> dict[str, int]:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -42,7 +45,9 @@ def record(out: Path, topics: list[str], duration: float = 0.0, storage: str = "
     own = not rclpy.ok()
     if own:
         rclpy.init()
-    node = rclpy.create_node("erc_record")
+    from rclpy.parameter import Parameter
+    node = rclpy.create_node("erc_record", parameter_overrides=[
+        Parameter("use_sim_time", value=use_sim_time)])
     store = make_typestore()
     writer = Writer(out, version=9, storage_plugin={"mcap": StoragePlugin.MCAP,
                                                     "sqlite3": StoragePlugin.SQLITE3}[storage])
@@ -88,6 +93,7 @@ def record(out: Path, topics: list[str], duration: float = 0.0, storage: str = "
 def run(args) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    counts = record(Path(args.out), args.topics, args.duration, args.storage, stop)
+    counts = record(Path(args.out), args.topics, args.duration, args.storage, stop,
+                    use_sim_time=args.use_sim_time)
     print(f"record: {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0

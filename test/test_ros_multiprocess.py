@@ -1,0 +1,94 @@
+"""The two nodes as separate processes (split mode: utterances cross DDS as erc_ros/Utterance),
+fed by a bag player in this process with /clock; every labelled turn gets exactly one
+estimate, and the Utterance messages on the wire carry the audio and the span."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+
+from _ros_support import Collector, make_bag, tiny_model_dir, wait_for
+from erc_ros.ros import convert
+from erc_ros.ros.live import RELIABLE, BagPlayer, bag_connections, node_params_for_bag
+from erc_ros.ros.replay import bag_span
+from erc_ros.tools import eval_bag
+
+pytestmark = pytest.mark.ros
+
+
+def _spawn(module: str, params: dict) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", module, "--ros-args"]
+    for k, v in params.items():
+        cmd += ["-p", f"{k}:={v}"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ.copy())
+
+
+def test_split_nodes_across_processes(tmp_path):
+    bag = make_bag(tmp_path / "conv")
+    model = tiny_model_dir(tmp_path / "tiny")
+    uparams = {p.name: str(p.value).lower() if isinstance(p.value, bool) else p.value
+               for p in node_params_for_bag(bag_connections(bag))}
+    uparams.update({"use_sim_time": "true", "perception.diarization.enabled": "false",
+                    "perception.diarization.warmup": "false"})
+    procs = [_spawn("erc_ros.ros.utterance_node", uparams),
+             _spawn("erc_ros.ros.emotion_node", {"use_sim_time": "true",
+                                                 "model_dir": str(model)})]
+    rclpy.init()
+    node = rclpy.create_node("mp_driver")
+    ex = SingleThreadedExecutor()
+    try:
+        from erc_ros.msg import EmotionEstimate, Utterance
+        player = BagPlayer(node, bag_connections(bag))
+        ests, utts = Collector(), Collector()
+        node.create_subscription(EmotionEstimate, "/erc_ros/emotion", ests, RELIABLE)
+        node.create_subscription(Utterance, "/erc_ros/utterances", utts, RELIABLE)
+        ex.add_node(node)
+        threading.Thread(target=ex.spin, daemon=True).start()
+        start, end = bag_span(bag)
+        up = wait_for(lambda: node.count_subscribers("/erc_ros/transcript") > 0 and
+                      node.count_publishers("/erc_ros/emotion") > 0 and
+                      node.count_subscribers("/erc_ros/utterances") > 0, 90, 0.2)
+        assert up, [p.poll() for p in procs]
+        player.clock(start)
+        time.sleep(0.5)
+        truth: list = []
+        player.play(bag, rate=3.0, ground_truth=truth)
+        for k in range(30):  # time goes on after the bag
+            player.clock(end + 0.2 * k)
+            time.sleep(0.05)
+        assert wait_for(lambda: len(ests) >= len(truth), 60), (len(ests), len(truth))
+        time.sleep(1.0)
+        labels = eval_bag.labels_for(bag, None, truth)
+        got = [convert.msg_to_estimate(m) for m in ests.snapshot()]
+        pairs = eval_bag.match(labels, got)
+        assert all(e is not None for _, e in pairs)
+        assert len(got) == len(labels) == 4
+        wire = utts.snapshot()
+        assert len(wire) == 4
+        for msg, lab in zip(wire, labels):
+            assert msg.text == lab["text"] and msg.has_audio and msg.sample_rate == 16000
+            dur = convert.time_to_float(msg.end) - convert.time_to_float(msg.start)
+            assert abs(len(msg.audio) / 16000 - dur) < 0.05
+            assert msg.header.stamp == msg.end
+    finally:
+        ex.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for p in procs:
+            rc = p.returncode
+            out = p.stdout.read() if p.stdout else ""
+            assert rc in (0, -15), out[-2000:]

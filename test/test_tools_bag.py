@@ -1,0 +1,145 @@
+"""The bag tools end to end through the CLI: make-bag (MCAP and sqlite3), eval-bag on many
+bags (CSV, metrics JSON keys, confusion PNG, markdown summary, --labels), demo, bench-e2e
+(nodes in a separate process) and record (a recorded session evaluates like the original)."""
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+
+import pytest
+
+from _ros_support import SCRIPT, tiny_model_dir
+from erc_ros.cli import main as cli
+
+pytestmark = pytest.mark.ros
+FAST = ["--set", "perception.diarization.warmup=false"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bags")
+    (d / "script.txt").write_text(SCRIPT)
+    out = {}
+    for storage in ("mcap", "sqlite3"):
+        out[storage] = d / storage
+        assert cli(["make-bag", "--script", str(d / "script.txt"), "--out", str(out[storage]),
+                    "--storage", storage, "--fps", "2"]) == 0
+    return out
+
+
+def test_make_bag_contents(bags):
+    from erc_ros.ros.live import bag_connections
+    assert (bags["sqlite3"] / "sqlite3.db3").is_file() or list(bags["sqlite3"].glob("*.db3"))
+    assert list(bags["mcap"].glob("*.mcap"))
+    conns = bag_connections(bags["mcap"])
+    assert conns == {"/audio": "audio_common_msgs/msg/AudioDataStamped",
+                     "/audio_info": "audio_common_msgs/msg/AudioInfo",
+                     "/camera/image_raw/compressed": "sensor_msgs/msg/CompressedImage",
+                     "/erc_ros/transcript": "erc_ros/msg/Transcript",
+                     "/erc_ros/ground_truth": "std_msgs/msg/String"}
+    rows = list(csv.DictReader(open(bags["mcap"] / "labels.csv")))
+    assert [r["label"] for r in rows] == ["joy", "anger", "sadness", "neutral"]
+    assert cli(["make-bag", "--script", "x", "--out", str(bags["mcap"])]) == 2  # exists
+
+
+def test_eval_bag_many_bags(bags, model, tmp_path):
+    out, js = tmp_path / "ev", tmp_path / "m.json"
+    rc = cli(["eval-bag", str(bags["mcap"]), str(bags["sqlite3"]), "--model-dir", str(model),
+              "--out", str(out), "--json", str(js), "--quiet", *FAST])
+    assert rc == 0
+    m = json.loads(js.read_text())
+    for key in ("realtime_factor", "utterances", "estimates", "weighted_f1", "accuracy",
+                "per_class_f1", "lost", "latency_ms"):
+        assert key in m, key
+    assert m["utterances"] == 8 and m["estimates"] == 8 and m["lost"] == 0
+    assert 0.0 <= m["weighted_f1"] <= 1.0 and m["realtime_factor"] > 0
+    assert len(m["bags"]) == 2
+    rows = list(csv.DictReader(open(out / "utterances.csv")))
+    assert len(rows) == 8 and all(r["predicted"] for r in rows)
+    assert (out / "confusion.png").stat().st_size > 1000
+    assert "weighted F1" in (out / "summary.md").read_text()
+    # the same bag, stored twice, scores the same (deterministic, storage-independent)
+    a = [r["predicted"] for r in rows if r["bag"] == "mcap"]
+    b = [r["predicted"] for r in rows if r["bag"] == "sqlite3"]
+    assert a == b
+
+
+def test_eval_bag_with_labels_csv(bags, model, tmp_path):
+    rows = list(csv.DictReader(open(bags["mcap"] / "labels.csv")))
+    for r in rows:
+        r["label"] = "neutral"
+    path = tmp_path / "labels.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    js = tmp_path / "m.json"
+    assert cli(["eval-bag", str(bags["mcap"]), "--labels", str(path), "--model-dir", str(model),
+                "--out", str(tmp_path / "ev"), "--json", str(js), "--quiet", *FAST]) == 0
+    m = json.loads(js.read_text())
+    assert m["support"]["neutral"] == 4 and sum(m["support"].values()) == 4
+
+
+def test_demo_prints_one_line_per_estimate(bags, model, capsys):
+    assert cli(["demo", "--bag", str(bags["mcap"]), "--model-dir", str(model),
+                "--rate", "4"]) == 0
+    out = capsys.readouterr().out
+    lines = [x for x in out.splitlines() if x.strip().endswith(("sea.", "listened!",
+                                                                "completely.", "river."))]
+    assert len(lines) == 4, out
+    assert "0 lost" in out and "weighted F1" in out
+
+
+def test_bench_e2e(bags, model, tmp_path):
+    js = tmp_path / "e2e.json"
+    assert cli(["bench-e2e", "--bag", str(bags["mcap"]), "--model-dir", str(model),
+                "--rate", "2", "--json", str(js)]) == 0
+    r = json.loads(js.read_text())
+    assert r["utterances"] == 4 and r["lost"] == 0
+    assert 0 < r["p50_ms"] <= r["p95_ms"] < 10_000
+    assert js.with_suffix(".png").is_file()
+
+
+def test_record_captures_a_replayable_session(bags, model, tmp_path):
+    import rclpy
+
+    from erc_ros.ros.live import BagPlayer, bag_connections
+    from erc_ros.tools.record import record
+    rec = tmp_path / "rec"
+    stop = threading.Event()
+    rclpy.init()
+    try:
+        counts = {}
+        th = threading.Thread(target=lambda: counts.update(record(
+            rec, ["/audio", "/audio_info", "/erc_ros/transcript"], stop=stop,
+            use_sim_time=True)))
+        th.start()
+        node = rclpy.create_node("rec_player")
+        player = BagPlayer(node, bag_connections(bags["mcap"]))
+        deadline = time.monotonic() + 10
+        while any(node.count_subscribers(t) == 0 for t in ("/audio", "/erc_ros/transcript")) \
+                and time.monotonic() < deadline:
+            player.clock(1.0)
+            time.sleep(0.1)
+        time.sleep(0.5)
+        player.play(bags["mcap"], rate=4.0)
+        time.sleep(1.0)
+        stop.set()
+        th.join(10)
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    assert counts["/erc_ros/transcript"] == 8 and counts["/audio"] > 100
+    (rec / "labels.csv").write_bytes((bags["mcap"] / "labels.csv").read_bytes())
+    js = tmp_path / "m.json"
+    assert cli(["eval-bag", str(rec), "--model-dir", str(model), "--out", str(tmp_path / "e"),
+                "--json", str(js), "--quiet", *FAST]) == 0
+    m = json.loads(js.read_text())
+    assert m["estimates"] == 4 and m["lost"] == 0
