@@ -6,7 +6,7 @@ with speech, faces, ASR transcripts and labels) into them with ``/clock``, print
 per published estimate and a summary scored against the bag's labels.
 
 Regenerate the sample bag: ``python -m erc_ros make-bag --script test/data/demo_script.txt
---out test/data/demo_bag --fps 4 --jpeg-quality 70``.
+--out test/data/demo_bag --fps 3 --jpeg-quality 60``.
 """
 from __future__ import annotations
 
