@@ -200,7 +200,7 @@ class AudioBuffer:
     def __init__(self, capacity_s: float = 60.0, stamp_tolerance_s: float = 0.1,
                  max_gap_fill_s: float = 5.0, clock_reset_s: float = 1.0,
                  max_chunk_s: float = 30.0, check_sample_rate: bool = True,
-                 rate_check_window: int = 20, rate_check_min_span_s: float = 1.0,
+                 rate_check_window: int = 20, rate_check_min_span_s: float = 0.5,
                  rate_tolerance: float = 0.15,
                  on_discontinuity: Optional[Callable[[str], None]] = None):
         self.capacity = int(round(capacity_s * SAMPLE_RATE))
@@ -318,11 +318,11 @@ class AudioBuffer:
             if 0.0 <= diff <= 0.5 + 8 * d0:  # skip gaps and clock jumps
                 adv += diff
                 total += d0
-        if adv < self.rate_check_min_span_s or total <= 0 or len(hist) < 8:
+        if adv < self.rate_check_min_span_s or total <= 0 or len(hist) < 6:
             return
         ratio = adv / total
         if abs(math.log(ratio)) > math.log1p(self.rate_tolerance):
-            self._rate_hist.popleft()  # let a corrected stream recover
+            self._rate_hist.append((stamp, dur))  # the window rolls on: a fixed stream recovers
             raise SampleRateError(
                 f"declared sample rate {fmt.sample_rate} Hz, but the stamps advance {ratio:.2f}x "
                 f"as fast as the audio: the real rate looks like ~{fmt.sample_rate / ratio:.0f} "
@@ -350,6 +350,9 @@ class AudioBuffer:
                                                  self._fmt.sample_format.upper()):
             self._rate_hist.clear()
         self._check_rate(stamp, dur, fmt)
+        # Pace history counts every chunk that passed the rate check, even one refused below
+        # for its stamp: it is about the stamps, not about what gets buffered.
+        self._rate_hist.append((stamp, dur))
 
         if self.epoch < 0:
             self._new_epoch(stamp, fmt, "start")
@@ -387,7 +390,6 @@ class AudioBuffer:
                 self._flush_resampler()
                 self.counters["format_changes"] += 1
                 self._start_segment(stamp, fmt)
-        self._rate_hist.append((stamp, dur))
         y = self._rs.push(x)
         self._append(y)
         res.samples += y.size

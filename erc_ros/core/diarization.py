@@ -12,7 +12,9 @@ an upstream hint (ROS4HRI voice id) wins; then enrolled people (name -> voice sa
 ``enroll_threshold``; then the nearest running centroid above ``threshold``; otherwise a
 new cluster, but only for utterances long enough to trust (``min_new_speaker_s``) and while
 fewer than ``max_speakers`` exist — short or overflow utterances go to the nearest cluster
-with a low confidence. Clusters are never merged or renamed, so ids stay stable.
+with a low confidence. Ids stay stable: published ids never change; when two clusters'
+centroids converge (above ``merge_threshold``: one person split in two by an atypical
+first utterance), the younger id is retired and later utterances get the older one.
 """
 from __future__ import annotations
 
@@ -211,10 +213,12 @@ class SpeakerDecision:
 class OnlineDiarizer:
     """Online clustering of utterance embeddings into stable speaker ids."""
 
-    def __init__(self, threshold: float = 0.75, enroll_threshold: float = 0.75,
+    def __init__(self, threshold: float = 0.80, enroll_threshold: float = 0.75,
                  min_new_speaker_s: float = 1.0, min_update_s: float = 0.8,
-                 max_speakers: int = 20, prefix: str = "speaker_"):
+                 max_speakers: int = 20, prefix: str = "speaker_",
+                 merge_threshold: float = 0.85):
         self.threshold = threshold
+        self.merge_threshold = merge_threshold
         self.enroll_threshold = enroll_threshold
         self.min_new_speaker_s = min_new_speaker_s
         self.min_update_s = min_update_s
@@ -230,6 +234,7 @@ class OnlineDiarizer:
         self._counts: list[int] = []
         self._next = 0
         self.overflow = 0
+        self.merged: dict[str, str] = {}  # retired id -> the id that continues
 
     @property
     def n_clusters(self) -> int:
@@ -237,6 +242,25 @@ class OnlineDiarizer:
 
     def enroll(self, name: str, embedding: np.ndarray) -> None:
         self.enrolled[name] = _unit(np.asarray(embedding, np.float32))
+
+    def _merge_into_older(self, k: int) -> None:
+        """When two speakers' centroids have become near-identical (one person split in
+        two early on, e.g. by an atypical first utterance), later utterances go to the
+        older id only. Published ids are never changed; the younger id is retired."""
+        if len(self._ids) < 2:
+            return
+        c = self._centroids()
+        sims = c @ c[k]
+        sims[k] = -1
+        j = int(np.argmax(sims))
+        if sims[j] < self.merge_threshold:
+            return
+        old, young = (j, k) if j < k else (k, j)  # lists are in creation order
+        self.merged[self._ids[young]] = self._ids[old]
+        self._sums[old] = self._sums[old] + self._sums[young]
+        self._counts[old] += self._counts[young]
+        for lst in (self._ids, self._sums, self._counts):
+            del lst[young]
 
     def _centroids(self) -> np.ndarray:
         return np.stack([_unit(s) for s in self._sums]) if self._sums else np.zeros((0, 1))
@@ -263,10 +287,12 @@ class OnlineDiarizer:
             k, best = -1, -1.0
         trusted = duration >= self.min_new_speaker_s
         if k >= 0 and best >= self.threshold:
+            sid = self._ids[k]
             if duration >= self.min_update_s:
                 self._sums[k] = self._sums[k] + e
                 self._counts[k] += 1
-            return SpeakerDecision(self._ids[k], "cluster", _conf(best, self.threshold), best)
+                self._merge_into_older(k)
+            return SpeakerDecision(sid, "cluster", _conf(best, self.threshold), best)
         if k < 0 or (trusted and len(self._ids) < self.max_speakers):
             sid = f"{self.prefix}{self._next}"
             self._next += 1

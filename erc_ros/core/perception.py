@@ -107,7 +107,9 @@ class DiarizationConfig:
     window_seconds: float = _f(1.6, "speaker-embedding window (resemblyzer partial = 1.6 s)")
     step_seconds: float = _f(0.8, "hop between windows embedded while the person speaks")
     min_voiced: float = _f(0.5, "a window is embedded if this fraction of it is speech")
-    threshold: float = _f(0.75, "cosine similarity to a speaker centroid to join it")
+    threshold: float = _f(0.80, "cosine similarity to a speaker centroid to join it")
+    merge_threshold: float = _f(0.85, "two speakers whose centroids reach this similarity "
+                                "continue as the older id (past ids never change)")
     enroll_threshold: float = _f(0.75, "cosine similarity to an enrolled voice to take its name")
     min_new_speaker_seconds: float = _f(1.0, "shorter utterances never found a new speaker")
     max_speakers: int = _f(20, "cap on speakers per conversation; beyond, nearest speaker")
@@ -303,7 +305,8 @@ class PerceptionCore:
             self.embedder.load(warmup=dz.warmup)
             self._timer.add("load_embedder", time.perf_counter() - t)
         self.diarizer = OnlineDiarizer(dz.threshold, dz.enroll_threshold,
-                                       dz.min_new_speaker_seconds, max_speakers=dz.max_speakers)
+                                       dz.min_new_speaker_seconds, max_speakers=dz.max_speakers,
+                                       merge_threshold=dz.merge_threshold)
         fc = cfg.faces
         self.frames = FrameBuffer(fc.buffer_seconds, fc.store_fps, fc.store_max_width,
                                   a.clock_reset_seconds) if fc.enabled else None

@@ -401,6 +401,7 @@ def fetch_asterisk(cache: Optional[Path] = None) -> dict[str, Path]:
                 debs = list(dl.glob(f"{pkg}_*.deb"))
                 if not debs:
                     raise RuntimeError(f"apt-get download {pkg} failed: {r.stderr.strip()[-300:]}")
+                root.mkdir(parents=True, exist_ok=True)  # dpkg-deb creates one level only
                 subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], check=True,
                                capture_output=True)
             finally:

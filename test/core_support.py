@@ -1,0 +1,74 @@
+"""Shared, cached test material for the perception-core tests (test_core_*.py).
+
+Speech is synthesized once per test session (espeak-ng output cached in a temporary
+folder, or under $ERC_ROS_CACHE when set) and the Debian asterisk recordings are fetched
+once with ``apt-get download`` (CI machines reach apt; set-up installs espeak-ng).
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from erc_ros.tools import conversation_gen as cg
+
+
+@functools.lru_cache(maxsize=None)
+def cache_root() -> Path:
+    if os.environ.get("ERC_ROS_CACHE"):
+        p = Path(os.environ["ERC_ROS_CACHE"])
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+    p = Path(tempfile.mkdtemp(prefix="erc_ros_core_test_"))
+    atexit.register(shutil.rmtree, p, ignore_errors=True)
+    return p
+
+
+def espeak_cache() -> Path:
+    return cache_root() / "espeak"
+
+
+@functools.lru_cache(maxsize=None)
+def script_conversation() -> cg.GeneratedConversation:
+    """The default 3-speaker script once through (~45 s, 12 turns)."""
+    lines = [cg.ScriptLine(s, t, e, f"l{i}") for i, (s, e, t) in enumerate(cg.DEFAULT_SCRIPT)]
+    return cg.build(lines, seed=3, cache=espeak_cache(), name="script")
+
+
+@functools.lru_cache(maxsize=None)
+def real_conversation() -> cg.GeneratedConversation:
+    """Two real speakers (Debian asterisk prompts, en and fr voices), 16 turns."""
+    return cg.real_two_speaker(16, seed=1, cache=cache_root() / "asterisk")
+
+
+@functools.lru_cache(maxsize=None)
+def core_config(**overrides):
+    from erc_ros.core.perception import PerceptionConfig
+
+    d = {"diarization.warmup": False}
+    d.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return PerceptionConfig.from_dict(d)
+
+
+def run_core(conv, asr: str = "timed", video: bool = False, t0: float = 0.0,
+             sample_rate: int = 16000, **overrides):
+    """Stream ``conv`` through a fresh core; returns (utterances, core)."""
+    from erc_ros.core.perception import PerceptionCore
+    from erc_ros.tools.bench_core import stream
+
+    core = PerceptionCore(core_config(**overrides))
+    utts, _ = stream(core, conv, asr=asr, video=video, t0=t0, sample_rate=sample_rate)
+    return utts, core
+
+
+def best_turn(conv, u, t0: float = 0.0):
+    """The ground-truth turn overlapping utterance ``u`` most (and the overlap)."""
+    best, ov = None, 0.0
+    for tr in conv.turns:
+        o = min(u.end - t0, tr.end) - max(u.start - t0, tr.start)
+        if o > ov:
+            best, ov = tr, o
+    return best, ov

@@ -1,0 +1,134 @@
+"""Segmentation on real speech: timed ASR, untimed ASR, voice activity alone, resets."""
+from __future__ import annotations
+
+import numpy as np
+
+from erc_ros.core.perception import PerceptionCore
+from erc_ros.core.types import AudioChunk, AudioFormat, TranscriptEvent
+from erc_ros.tools.bench_core import boundary_errors, score, stream
+
+from core_support import best_turn, core_config, real_conversation, run_core, script_conversation
+
+
+def _each_turn_once(conv, utts, t0=0.0, min_overlap=0.6):
+    """Every ground-truth turn is covered by exactly one utterance (>= min_overlap of it)."""
+    hits = {id(t): 0 for t in conv.turns}
+    for u in utts:
+        tr, ov = best_turn(conv, u, t0)
+        assert tr is not None, f"utterance {u.start - t0:.2f}-{u.end - t0:.2f} s matches no turn"
+        if ov >= min_overlap * (tr.end - tr.start):
+            hits[id(tr)] += 1
+    missing = [t.text for t in conv.turns if hits[id(t)] == 0]
+    doubled = [t.text for t in conv.turns if hits[id(t)] > 1]
+    assert not missing and not doubled, (missing, doubled)
+
+
+def test_timed_asr_cuts_exactly_once_within_150ms_with_speakers_and_faces():
+    conv = script_conversation()
+    utts, core = run_core(conv, asr="timed", video=True, t0=1000.0)
+    assert len(utts) == len(conv.turns)
+    _each_turn_once(conv, utts, t0=1000.0)
+    b = boundary_errors(conv, utts, t0=1000.0)
+    assert b["start_ms_max"] <= 150 and b["end_ms_max"] <= 150 and b["missing"] == 0
+    for u in utts:
+        tr, _ = best_turn(conv, u, 1000.0)
+        assert u.text == tr.text
+        assert u.audio.dtype == np.float32 and u.sample_rate == 16000
+        assert abs(u.audio.size - round((u.end - u.start) * 16000)) <= 1
+        assert u.features["speaker_embedding"].shape == (256,)
+        assert u.speaker_source == "cluster" and 0 <= u.speaker_confidence <= 1
+        assert len(u.faces) == 8 and all(f.shape == (112, 112, 3) for f in u.faces)
+        assert u.modality_mask == (True, True, True)
+        assert u.final_stamp is not None and u.final_stamp >= u.end
+    assert score(conv, utts, t0=1000.0)["der"] <= 0.10
+    # No duplicate from voice activity: the speech segments were claimed by the ASR spans.
+    st = core.stats()
+    assert st["counters"]["utterances_vad"] == 0
+    assert st["queues"]["pending_utterances"] == 0
+
+
+def test_untimed_asr_aligns_text_to_its_speech():
+    conv = script_conversation()
+    utts, core = run_core(conv, asr="untimed")
+    assert len(utts) == len(conv.turns)
+    _each_turn_once(conv, utts)
+    for u in utts:
+        tr, ov = best_turn(conv, u)
+        assert u.text == tr.text, "text aligned to the wrong speech"
+        assert ov >= 0.9 * (tr.end - tr.start)
+        assert abs(u.start - tr.start) < 0.3 and abs(u.end - tr.end) < 0.6
+    assert core.stats()["counters"]["untimed_estimated_span"] == 0
+
+
+def test_voice_activity_alone_gives_one_utterance_per_turn():
+    conv = script_conversation()
+    utts, _ = run_core(conv, asr="none")
+    assert len(utts) == len(conv.turns)
+    _each_turn_once(conv, utts)
+    assert all(u.text == "" and u.has_audio for u in utts)
+    assert score(conv, utts)["der"] <= 0.15
+
+
+def test_incremental_results_do_not_duplicate_and_48k_stereo_input_works():
+    conv = script_conversation()
+    core = PerceptionCore(core_config(faces__enabled=False))
+    pcm = np.round(np.repeat(conv.audio, 3)[:, None].repeat(2, axis=1) * 32767).astype("<i2")
+    fmt = AudioFormat(48000, 2, "S16LE")  # 48 kHz stereo (naive x3 upsampling is fine here)
+    n, utts, turn_i = 4800, [], 0
+    turns = conv.turns
+    for i in range(0, pcm.shape[0], n):
+        ts = i / 48000
+        core.push_audio(AudioChunk(ts, pcm[i:i + n].reshape(-1).tobytes(), fmt))
+        now = ts + 0.1
+        if turn_i < len(turns):
+            tr = turns[turn_i]
+            if tr.start + 0.5 <= now < tr.end:  # partial results while speaking
+                core.push_transcript(TranscriptEvent(now, tr.text[:10], False, tr.start, now,
+                                                     segment_id=f"s{turn_i}"))
+            if tr.end + 0.3 <= now:
+                core.push_transcript(TranscriptEvent(now, tr.text, True, tr.start, tr.end,
+                                                     segment_id=f"s{turn_i}"))
+                turn_i += 1
+        utts += core.poll(now)
+    utts += core.flush()
+    assert len(utts) == len(turns)
+    assert boundary_errors(conv, utts)["start_ms_max"] <= 150
+    assert core.stats()["counters"]["partials"] > 0
+
+
+def test_real_recordings_two_speakers():
+    """Real speech (Debian asterisk prompts, two people): exact turns and low DER."""
+    conv = real_conversation()
+    utts, _ = run_core(conv, asr="timed")
+    _each_turn_once(conv, utts)
+    b = boundary_errors(conv, utts)
+    assert b["start_ms_max"] <= 150 and b["end_ms_max"] <= 150
+    assert score(conv, utts)["der"] <= 0.20
+    vad_utts, _ = run_core(conv, asr="none")
+    assert score(conv, vad_utts)["der"] <= 0.30
+
+
+def test_bag_loop_clock_reset_starts_a_new_conversation():
+    """The same conversation replayed twice with stamps restarting (rosbag --loop)."""
+    conv = script_conversation()
+    core = PerceptionCore(core_config(faces__enabled=False))
+    first, _ = stream(core, conv, asr="timed", video=False, t0=10.0)
+    second, _ = stream(core, conv, asr="timed", video=False, t0=10.0)
+    assert len(first) == len(second) == len(conv.turns)
+    assert {u.conversation_id for u in first}.isdisjoint({u.conversation_id for u in second})
+    assert core.stats()["audio"]["clock_resets"] == 1
+    ids = [u.utterance_id for u in first + second]
+    assert len(set(ids)) == len(ids)
+
+
+def test_new_conversation_after_silence_and_on_request():
+    conv = script_conversation()
+    core = PerceptionCore(core_config(faces__enabled=False,
+                                      conversation__new_conversation_gap_seconds=5.0))
+    a, _ = stream(core, conv, asr="timed", video=False, t0=0.0)
+    b, _ = stream(core, conv, asr="timed", video=False, t0=conv.duration + 4.0)  # gap filled
+    assert len({u.conversation_id for u in a}) == 1
+    assert b[0].conversation_id != a[-1].conversation_id  # > 5 s without speech
+    cid = core.new_conversation()
+    assert cid != b[-1].conversation_id and core.conversation_id == cid
+    assert len(core.history.context(a[0].conversation_id)) == len(a)
