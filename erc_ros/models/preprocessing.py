@@ -128,11 +128,13 @@ class Preprocessor:
         """Token ids of the prompt for ``utterance`` given its past ``context`` (oldest first)
         and, for offline scoring only, ``future`` utterances (the config caps both)."""
         p = self.config.prompt
-        prompt = self._pieces(p.template.format(speaker=self._speaker(utterance),
-                                                mask=self.mask_token))
-        if self.mask_id not in prompt:
-            prompt = prompt + [self.mask_id]
-        budget = p.max_length - 3 - len(prompt)  # [CLS] current [SEP] prompt [SEP]
+        prompt: list[int] = []
+        if p.template:  # "" = no prompt (sentence encoders with mean pooling)
+            prompt = self._pieces(p.template.format(speaker=self._speaker(utterance),
+                                                    mask=self.mask_token))
+            if self.mask_id not in prompt:
+                prompt = prompt + [self.mask_id]
+        budget = p.max_length - 2 - (len(prompt) + 1 if prompt else 0)  # [CLS] cur [SEP] prompt [SEP]
         current = self._line(utterance)
         if len(current) > budget:
             current = current[len(current) - max(budget, 0):]
@@ -152,7 +154,8 @@ class Preprocessor:
                 break
             past = piece + past
             budget -= len(piece)
-        return [self.cls_id] + past + current + [self.sep_id] + fut + prompt + [self.sep_id]
+        tail = prompt + [self.sep_id] if prompt else []
+        return [self.cls_id] + past + current + [self.sep_id] + fut + tail
 
     def text_inputs(self, utterance: Utterance, context: Sequence[Utterance] = (),
                     future: Sequence[Utterance] = ()) -> dict[str, np.ndarray]:

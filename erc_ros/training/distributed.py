@@ -42,6 +42,15 @@ class DistContext:
 
         return DDP(module)  # broadcasts rank 0's parameters and buffers at construction
 
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Make every parameter and buffer equal to rank 0's (also the parts a stage does
+        not train, e.g. the audio/video encoders during the text stage)."""
+        if not self.active:
+            return
+        with torch.no_grad():
+            for t in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(t.data, src=0)
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

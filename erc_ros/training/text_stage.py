@@ -140,6 +140,7 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
     dist = DistContext.from_env()
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
+    dist.broadcast_module(model)
     net = TextClassifier(model)
     tr = build_samples(model, train)
     dv = build_samples(model, dev) if dev else []
