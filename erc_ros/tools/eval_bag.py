@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -219,7 +220,7 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
     per_bag = []
     spans = {b: bag_span(b) for b in bags}
     bar = tqdm(total=sum(e - s for s, e in spans.values()), unit="bag-s", desc="eval-bag",
-               mininterval=1.0, disable=None)
+               mininterval=2.0)
     for bag in bags:
         bag = Path(bag)
         pipeline.reset()
@@ -283,7 +284,9 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
               "duration_s": total_dur, "wall_s": total_wall,
               "realtime_factor": total_dur / total_wall if total_wall else float("inf"),
               "utterances": n_utt if n_utt else n_est, "estimates": n_est, "lost": lost,
-              "refused": refused, "latency_ms": latency_stats(lat)}
+              "refused": refused, "latency_ms": latency_stats(lat),
+              # the machine is shared: the load during the run says how to read the speed
+              "load_average_1m_after": os.getloadavg()[0], "cpus": os.cpu_count()}
     m = metrics(all_pairs, list(pipeline.class_names))
     result.update(m)
     if out is not None:
@@ -306,7 +309,8 @@ def summary_markdown(r: dict) -> str:
     lines = [f"# eval-bag ({r['mode']})", "",
              f"- model `{r['model_id']}` on `{r['backend']}`",
              f"- {len(r['bags'])} bag(s), {r['duration_s'] / 60:.1f} min of conversation in "
-             f"{r['wall_s']:.1f} s: **{r['realtime_factor']:.1f}x real time**",
+             f"{r['wall_s']:.1f} s: **{r['realtime_factor']:.1f}x real time** (load average "
+             f"{r.get('load_average_1m_after', float('nan')):.1f} on {r.get('cpus')} CPUs)",
              f"- {r['utterances']} labelled utterances, {r['estimates']} estimates, "
              f"**{r['lost']} lost**"]
     if r.get("latency_ms"):
