@@ -57,7 +57,9 @@ def test_decode_interleaved_stereo_to_mono_and_arrays():
     (AudioFormat(16000, 1, "S16LE", "mp3"), b"\xff\xfb\x90\x00" * 100, AudioCodingError),
     (AudioFormat(16000, 1, "S16LE", "opus"), b"\x00" * 100, AudioCodingError),
     (AudioFormat(16000, 1, "S16LE", "wave"), b"ID3\x04\x00" + b"\x00" * 99, AudioCodingError),
-    (AudioFormat(16000, 1, "S16LE", "wave"), b"RIFF" + b"\x00" * 100, AudioCodingError),
+    (AudioFormat(16000, 1, "S16LE", "wave"), b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 92,
+     AudioCodingError),
+    (AudioFormat(16000, 1, "S16LE", "wave"), b"OggS" + b"\x00" * 100, AudioCodingError),
     (AudioFormat(16000, 1, "S24_32LE", "wave"), b"\x00" * 100, AudioFormatError),
     (AudioFormat(16000, 2, "S16LE", "wave"), b"\x00" * 6, AudioFormatError),
     (AudioFormat(16000, 1, "S16LE", "wave"), b"\x00" * 7, AudioFormatError),
@@ -112,6 +114,12 @@ def test_real_speech_22k_through_buffer_matches_offline(speech22k):
     got = buf.read(t0, t0 + ref.size / 16000)
     assert abs(buf.t_end - (t0 + x.size / 22050)) < 1e-3
     assert np.abs(got - ref).max() < 1e-4
+
+
+def test_pcm_that_starts_like_an_mpeg_frame_sync_is_still_pcm():
+    pcm = np.array([-1025, 0, 1000, -5], "<i2").tobytes()  # bytes FF FB ...
+    assert pcm[:2] == b"\xff\xfb"
+    assert np.allclose(decode_chunk(AudioChunk(0.0, pcm)) * 32768, [-1025, 0, 1000, -5])
 
 
 def _chunks(buf, t, n, value=0.1, rate=16000):

@@ -42,11 +42,18 @@ _SAMPLE_FORMATS = {
     "F64LE": np.dtype("<f8"), "F64BE": np.dtype(">f8"),
 }
 
-# Magic numbers of containers/codecs that are sometimes sent on a "PCM" topic.
-_MAGIC = ((b"ID3", "an MP3 file (ID3 tag)"), (b"RIFF", "a WAV/RIFF file"),
-          (b"OggS", "an Ogg (Opus/Vorbis) stream"), (b"fLaC", "a FLAC file"),
-          (b"\xff\xfb", "MPEG audio (MP3 frame sync)"), (b"\xff\xf3", "MPEG audio (MP3 frame sync)"),
-          (b"\xff\xf2", "MPEG audio (MP3 frame sync)"))
+# Signatures of coded audio files sometimes sent on a "PCM" topic. Only long, specific
+# signatures: a bare MPEG frame sync (0xFFFB) is also a perfectly good int16 sample.
+def _sniff(raw: bytes) -> str:
+    if raw[:3] == b"ID3" and len(raw) > 3 and raw[3] in (2, 3, 4):
+        return "an MP3 file (ID3 tag)"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WAVE":
+        return "a WAV file (RIFF header)"
+    if raw[:4] == b"OggS":
+        return "an Ogg (Opus/Vorbis) stream"
+    if raw[:4] == b"fLaC":
+        return "a FLAC file"
+    return ""
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:
@@ -89,11 +96,10 @@ def decode_chunk(chunk: AudioChunk) -> np.ndarray:
     data = chunk.data
     if isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data)
-        for magic, what in _MAGIC:
-            if raw.startswith(magic):
-                raise AudioCodingError(
-                    f"declared raw PCM but the bytes look like {what}; send uncompressed "
-                    f"PCM (coding 'wave')")
+        what = _sniff(raw)
+        if what:
+            raise AudioCodingError(f"declared raw PCM but the bytes look like {what}; send "
+                                   f"uncompressed PCM (coding 'wave')")
         dtype = _SAMPLE_FORMATS[fmt.sample_format.upper()]
         frame = dtype.itemsize * ch
         if len(raw) % frame:

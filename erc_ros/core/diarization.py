@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import scipy.fft
 
 from .types import SAMPLE_RATE
 
@@ -65,15 +66,17 @@ class MelFrames:
         import librosa
         from scipy.signal import get_window
 
-        self.fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=400, n_mels=40).astype(np.float32)
+        fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=400, n_mels=40)
+        self.fb_t = np.ascontiguousarray(fb.T, dtype=np.float32)
         self.win = get_window("hann", 400, fftbins=True).astype(np.float32)
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         x = np.pad(np.asarray(wav, np.float32), 200)
         n = 1 + (x.size - 400) // 160
         frames = np.lib.stride_tricks.sliding_window_view(x, 400)[::160][:n] * self.win
-        spec = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-        return (spec.astype(np.float32) @ self.fb.T).astype(np.float32)
+        spec = scipy.fft.rfft(frames, axis=1, workers=1)
+        power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+        return power @ self.fb_t
 
 
 class SpeakerEmbedder:

@@ -242,6 +242,7 @@ class FaceSelection:
     n_faces: int  # distinct face tracks seen
     scores: list[float]  # per track, best first
     reason: str  # "av_activity", "largest_central", "single", "none"
+    boxes: list = field(default_factory=list)  # the (x, y, w, h) each crop was cut from
 
 
 def select_speaker(frames: list[StoredFrame], detector: FaceDetector, size: int, count: int,
@@ -309,8 +310,10 @@ def select_speaker(frames: list[StoredFrame], detector: FaceDetector, size: int,
     idx = sorted(best.boxes)
     crops = [crop(frames[i].image, best.boxes[i], size, margin) for i in idx]
     cstamps = [frames[i].stamp for i in idx]
+    boxes = [best.boxes[i] for i in idx]
     if crops and len(crops) < count:  # fixed count: repeat the nearest frames in time
         pos = np.linspace(0, len(crops) - 1, count).round().astype(int)
         crops, cstamps = [crops[p] for p in pos], [cstamps[p] for p in pos]
+        boxes = [boxes[p] for p in pos]
     return FaceSelection(crops[:count], cstamps[:count], len(tracks),
-                         [float(scores[k]) for k in order], reason)
+                         [float(scores[k]) for k in order], reason, boxes[:count])

@@ -28,6 +28,7 @@ Every parameter is a documented dataclass field of :class:`PerceptionConfig`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import threading
@@ -284,6 +285,12 @@ class PerceptionCore:
 
         self._lock = threading.RLock()
         self._timer = _Timer()
+        # The core's numpy maths is many small matrix products (mel filterbanks, cosine
+        # similarities): OpenBLAS's thread pool makes those ~100x slower on a busy 2-core
+        # machine (spinning threads). The core runs them single-threaded, scoped to its calls.
+        from threadpoolctl import ThreadpoolController
+
+        self._blas = ThreadpoolController()
         a = cfg.audio
         self.buffer = AudioBuffer(a.capacity_seconds, a.stamp_tolerance_seconds,
                                   a.max_gap_fill_seconds, a.clock_reset_seconds,
@@ -302,7 +309,8 @@ class PerceptionCore:
             self.embedder = SpeakerEmbedder(dz.window_seconds, dz.step_seconds, dz.min_voiced,
                                             history_s=a.capacity_seconds, threads=dz.threads)
             t = time.perf_counter()
-            self.embedder.load(warmup=dz.warmup)
+            with self._blas.limit(limits=1, user_api="blas"):
+                self.embedder.load(warmup=dz.warmup)
             self._timer.add("load_embedder", time.perf_counter() - t)
         self.diarizer = OnlineDiarizer(dz.threshold, dz.enroll_threshold,
                                        dz.min_new_speaker_seconds, max_speakers=dz.max_speakers,
@@ -332,6 +340,11 @@ class PerceptionCore:
                          "conversations": 1, "discontinuities": 0}
         self._close_ms: deque = deque(maxlen=200)
 
+    @contextlib.contextmanager
+    def _work(self):
+        with self._lock, self._blas.limit(limits=1, user_api="blas"):
+            yield
+
     # -- ids ---------------------------------------------------------------------------
     def _make_conv_id(self) -> str:
         return f"conv{self._conv_index:04d}"
@@ -360,7 +373,7 @@ class PerceptionCore:
 
     def push_audio(self, chunk: AudioChunk) -> None:
         """Buffer one audio chunk (decoded, resampled to 16 kHz). Raises InputError."""
-        with self._lock:
+        with self._work():  # a clock reset inside push finishes the old epoch's work
             t = time.perf_counter()
             try:
                 self.buffer.push(chunk)
@@ -433,7 +446,7 @@ class PerceptionCore:
         if a.size < SAMPLE_RATE:
             raise InputError(f"enrolment sample for '{name}' is {a.size / SAMPLE_RATE:.2f} s; "
                              f"give at least 1 s of speech", reason="enroll")
-        with self._lock:
+        with self._work():
             self.diarizer.enroll(name, self.embedder.embed_audio(a))
 
     # -- work --------------------------------------------------------------------------
@@ -638,7 +651,7 @@ class PerceptionCore:
 
     def poll(self, now: float) -> list[Utterance]:
         """Do the pending work; return the utterances complete at input-clock time ``now``."""
-        with self._lock:
+        with self._work():
             t = time.perf_counter()
             self._advance()
             out = self._collect(float(now), final=False)
@@ -647,7 +660,7 @@ class PerceptionCore:
 
     def flush(self) -> list[Utterance]:
         """End of stream: close everything open and return the remaining utterances."""
-        with self._lock:
+        with self._work():
             t = time.perf_counter()
             self.buffer.flush()
             self._advance()

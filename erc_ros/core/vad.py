@@ -25,20 +25,26 @@ WINDOW = 512  # samples per silero window at 16 kHz
 CONTEXT = 64
 
 
-def silero_model_path() -> str:
-    """Path of silero-vad's ONNX model inside its package (found without importing it,
+def silero_model_path(name: str = "silero_vad_16k_sequence.onnx") -> str:
+    """Path of a silero-vad ONNX model inside its package (found without importing it,
     since the package's ``__init__`` imports torch)."""
     spec = importlib.util.find_spec("silero_vad")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("silero-vad is not installed (pip install -r requirements.txt)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "silero_vad.onnx")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", name)
     if not os.path.exists(path):
         raise RuntimeError(f"silero-vad model not found at {path}")
     return path
 
 
 class SileroVad:
-    """silero-vad v5+ on 16 kHz audio, one 512-sample window per call."""
+    """silero-vad on 16 kHz audio, streaming, many 512-sample windows per ONNX call.
+
+    Uses the package's "sequence" export (silero-vad PR 784): the same network as the
+    one-window model, bit-exact per window, but one call runs a block of windows with the
+    LSTM state carried inside the graph, so a poll costs one call instead of one per 32 ms.
+    Recurrent state and the 64-sample context are carried between calls.
+    """
 
     def __init__(self, threads: int = 1):
         import onnxruntime as ort
@@ -46,21 +52,32 @@ class SileroVad:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # the export has unused initialisers ORT warns about
         self._session = ort.InferenceSession(silero_model_path(), opts,
                                              providers=["CPUExecutionProvider"])
-        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
         self.reset()
 
     def reset(self) -> None:
-        self._state = np.zeros((2, 1, 128), np.float32)
+        self._h = np.zeros((1, 1, 128), np.float32)
+        self._c = np.zeros((1, 1, 128), np.float32)
         self._context = np.zeros(CONTEXT, np.float32)
 
+    def run(self, windows: np.ndarray) -> np.ndarray:
+        """Speech probability of each row of ``windows`` (n, 512), in stream order."""
+        windows = np.asarray(windows, np.float32).reshape(-1, WINDOW)
+        if windows.shape[0] == 0:
+            return np.zeros(0, np.float32)
+        ctx = np.empty((windows.shape[0], CONTEXT), np.float32)
+        ctx[0] = self._context
+        ctx[1:] = windows[:-1, -CONTEXT:]
+        probs, self._h, self._c = self._session.run(
+            ["speech_probs", "hn", "cn"],
+            {"input": np.concatenate([ctx, windows], axis=1), "h": self._h, "c": self._c})
+        self._context = windows[-1, -CONTEXT:].copy()
+        return np.asarray(probs, np.float32).reshape(-1)
+
     def __call__(self, window: np.ndarray) -> float:
-        x = np.concatenate([self._context, window.astype(np.float32, copy=False)])[None, :]
-        out, self._state = self._session.run(
-            None, {"input": x, "state": self._state, "sr": self._sr})
-        self._context = x[0, -CONTEXT:]
-        return float(out[0, 0])
+        return float(self.run(window[None, :])[0])
 
 
 @dataclass
@@ -158,14 +175,17 @@ class StreamingVad:
         out: list[SpeechSegment] = []
         if self.next_index < buffer.n_start:  # fell behind the ring: skip what is gone
             self.next_index = buffer.n_start
-        while self.next_index + WINDOW <= buffer.n_end:
-            w = buffer.read_index(self.next_index, self.next_index + WINDOW)
-            t = buffer.time_of(self.next_index)
-            p = self.model(w)
-            self.windows += 1
-            self.probs.append((t, p))
-            out.extend(self.segmenter.update(t, p))
-            self.next_index += WINDOW
+        n = (buffer.n_end - self.next_index) // WINDOW
+        for k0 in range(0, n, 512):  # blocks of at most ~16 s per ONNX call
+            k = min(512, n - k0)
+            audio = buffer.read_index(self.next_index, self.next_index + k * WINDOW)
+            probs = self.model.run(audio.reshape(k, WINDOW))
+            for j, p in enumerate(probs):
+                t = buffer.time_of(self.next_index + j * WINDOW)
+                self.probs.append((t, float(p)))
+                out.extend(self.segmenter.update(t, float(p)))
+            self.next_index += k * WINDOW
+            self.windows += k
         return out
 
     def speech_ratio(self, t0: float, t1: float) -> float:

@@ -1,0 +1,141 @@
+"""Faces: detection on real faces, the speaker among several, no face, corrupt images."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from erc_ros.core.errors import ImageDecodeError, InputError, StampError
+from erc_ros.core.faces import FaceDetector, FrameBuffer, as_rgb_image, select_speaker
+from erc_ros.core.perception import PerceptionCore
+from erc_ros.core.types import AudioChunk, Frame
+from erc_ros.tools.bench_core import stream
+
+from core_support import core_config, script_conversation
+
+
+def _fill(buf, conv, t0, t1, fps=15.0):
+    t = t0
+    while t <= t1:
+        buf.push(Frame(t, conv.frame_at(t)))
+        t += 1.0 / fps
+
+
+def _slot(conv, box):
+    """Which speaker's face position the box centre falls in."""
+    cx = box[0] + box[2] / 2
+    for s, (x, y, size) in conv._layout().items():
+        if x <= cx <= x + size:
+            return s
+    return None
+
+
+def test_haar_finds_the_real_faces_of_the_generated_frames_and_the_astronaut():
+    from skimage import data
+
+    det = FaceDetector()
+    conv = script_conversation()
+    boxes = det.detect(conv.frame_at(5.0))
+    assert sorted(_slot(conv, b) for b in boxes) == sorted(conv.speakers)
+    astro = det.detect(data.astronaut())
+    assert len(astro) == 1
+    x, y, w, h = astro[0]
+    assert 150 < x + w / 2 < 300 and 60 < y + h / 2 < 200  # her face, not the flag
+
+
+def test_speaker_is_picked_by_mouth_motion_not_size_or_centre():
+    conv = script_conversation()
+    det = FaceDetector()
+    right = 0
+    for tr in conv.turns:
+        buf = FrameBuffer(buffer_s=30, store_fps=8)
+        _fill(buf, conv, tr.start, tr.end)
+        frames = buf.select(tr.start, tr.end, 8)
+        sel = select_speaker(frames, det, 96, 8)
+        assert len(sel.crops) == 8 and sel.crops[0].shape == (96, 96, 3)
+        assert sel.n_faces >= 2 and sel.reason == "av_activity"
+        right += _slot(conv, sel.boxes[0]) == tr.speaker
+        # Without audio-visual activity the most central face wins every time.
+        plain = select_speaker(frames, det, 96, 8, use_motion=False)
+        assert _slot(conv, plain.boxes[0]) == conv.speakers[1]
+    assert right >= len(conv.turns) - 1, f"speaker's face picked {right}/{len(conv.turns)}"
+
+
+def test_no_face_in_view_gives_an_utterance_without_video():
+    conv = script_conversation()
+    core = PerceptionCore(core_config(diarization__enabled=False))
+    blank = np.full((480, 640, 3), 120, np.uint8)
+    utts = []
+    pcm = (conv.audio[:int(12 * 16000)] * 32767).astype("<i2")
+    for i in range(0, pcm.size, 1600):
+        ts = i / 16000
+        core.push_audio(AudioChunk(ts, pcm[i:i + 1600].tobytes()))
+        core.push_frame(Frame(ts, blank))
+        utts += core.poll(ts + 0.1)
+    utts += core.flush()
+    assert utts and all(not u.has_video and u.faces == [] for u in utts)
+    assert all(u.has_audio for u in utts)
+    assert core.stats()["counters"]["utterances_no_face"] == len(utts)
+
+
+@pytest.mark.parametrize("image", [
+    b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,  # a PNG header and garbage
+    b"",
+    np.zeros((480, 640, 5), np.uint8),
+    np.zeros((4, 4, 3), np.uint8),
+    np.full((48, 64, 3), np.nan, np.float32),
+    np.zeros((48, 64, 3), np.int64),
+    "not an image",
+])
+def test_corrupt_images_are_refused(image):
+    buf = FrameBuffer()
+    buf.push(Frame(0.0, np.zeros((48, 64, 3), np.uint8)))
+    with pytest.raises(ImageDecodeError) as ei:
+        buf.push(Frame(1.0, image))
+    assert isinstance(ei.value, InputError) and ei.value.reason == "image_decode"
+    assert len(buf.frames) == 1 and buf.counters["frames_refused"] == 1
+
+
+def test_truncated_jpeg_refused_valid_jpeg_and_grey_accepted():
+    conv = script_conversation()
+    img = conv.frame_at(3.0)
+    ok, jpg = cv2.imencode(".jpg", img[:, :, ::-1])
+    assert ok
+    decoded = as_rgb_image(jpg.tobytes())
+    assert decoded.shape == img.shape and np.abs(decoded.astype(int) - img).mean() < 8
+    with pytest.raises(ImageDecodeError):
+        as_rgb_image(jpg.tobytes()[:200])
+    assert as_rgb_image(img[:, :, 0]).shape == img.shape  # mono camera
+    with pytest.raises(StampError):
+        FrameBuffer().push(Frame(float("inf"), img))
+
+
+def test_frame_buffer_is_bounded_thinned_and_survives_a_clock_reset():
+    buf = FrameBuffer(buffer_s=5.0, store_fps=8.0, max_width=320)
+    img = np.zeros((480, 640, 3), np.uint8)
+    for k in range(30 * 20):  # 20 s at 30 fps
+        buf.push(Frame(100.0 + k / 30, img))
+    assert len(buf.frames) <= 5 * 8 + 2
+    assert buf.frames[0].image.shape == (240, 320, 3)
+    assert buf.counters["frames_thinned"] > 300
+    buf.push(Frame(2.0, img))  # bag loop
+    assert len(buf.frames) == 1 and buf.counters["frame_clock_resets"] == 1
+    sel = buf.select(0.0, 10.0, 8)
+    assert len(sel) == 1
+
+
+def test_utterance_faces_through_the_core_are_the_speakers():
+    """End to end: crops of each utterance come from the speaking person's position."""
+    conv = script_conversation()
+    core = PerceptionCore(core_config(diarization__enabled=False))
+    utts, _ = stream(core, conv, asr="timed", video=True)
+    assert len(utts) == len(conv.turns)
+    faces = {s: cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for s, f in conv.faces.items()}
+    right = 0
+    for u, tr in zip(sorted(utts, key=lambda u: u.start), conv.turns):
+        g = cv2.cvtColor(u.faces[0], cv2.COLOR_RGB2GRAY)
+        inner = cv2.resize(g[16:96, 16:96], (64, 64)).astype(np.float32)  # inside the margin
+        corr = {s: np.corrcoef(inner.ravel(), cv2.resize(f, (64, 64)).astype(np.float32).ravel())[0, 1]
+                for s, f in faces.items()}
+        right += max(corr, key=corr.get) == tr.speaker
+    assert right >= len(conv.turns) - 1
