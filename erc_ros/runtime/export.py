@@ -68,10 +68,12 @@ class CheckResult:
     label_agreement: float | None
     passed: bool
     message: str = ""
+    exporter: str = ""
 
     def as_dict(self) -> dict:
         return {"samples": self.samples, "max_abs_diff": self.max_abs_diff,
-                "label_agreement": self.label_agreement, "passed": self.passed}
+                "label_agreement": self.label_agreement, "passed": self.passed,
+                "exporter": self.exporter}
 
 
 def onnx_path(model_dir: str | Path, stage: str, precision: str = "fp32") -> Path:
@@ -111,9 +113,15 @@ def eager_attention(module):
                 cfg._attn_implementation = old
 
 
-def export_stage(spec: StageSpec, path: str | Path, opset: int = OPSET) -> Path:
-    """Export one stage to ONNX (TorchScript exporter: it gives the graph patterns the ORT
-    transformer optimizer and TensorRT's parser know)."""
+def export_stage(spec: StageSpec, path: str | Path, opset: int = OPSET,
+                 exporter: str = "torchscript") -> Path:
+    """Export one stage to ONNX.
+
+    ``torchscript`` (the default) gives the graph patterns the ORT transformer optimizer and
+    TensorRT's parser know best. ``dynamo`` (torch.export) is the fallback for graphs the
+    tracer freezes: torch 2.13's traced ``nn.MultiheadAttention`` bakes the query length
+    into a Reshape, which the check catches (see :func:`export_and_check`).
+    """
     import torch
 
     path = Path(path)
@@ -121,15 +129,94 @@ def export_stage(spec: StageSpec, path: str | Path, opset: int = OPSET) -> Path:
     module = spec.module
     was_training = module.training
     module.eval()
-    sample = spec.samples[0]
-    args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in spec.input_names)
-    with eager_attention(module), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=spec.input_names,
-                          output_names=spec.output_names, dynamic_axes=spec.dynamic_axes,
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
-    module.train(was_training)
+    try:
+        with eager_attention(module), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "torchscript":
+                sample = spec.samples[0]
+                args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n]))
+                             for n in spec.input_names)
+                torch.onnx.export(module, args, str(path), input_names=spec.input_names,
+                                  output_names=spec.output_names,
+                                  dynamic_axes=spec.dynamic_axes, opset_version=opset,
+                                  do_constant_folding=True, dynamo=False)
+            elif exporter == "dynamo":
+                _export_dynamo(spec, path)
+            else:
+                raise ValueError(f"unknown exporter {exporter!r}")
+    finally:
+        module.train(was_training)
+    patch_ort_gaps(path)
     return path
+
+
+def _export_dynamo(spec: StageSpec, path: Path) -> None:
+    """torch.export-based export with named dynamic dims. Traced on the sample with the
+    largest shapes: torch.export specialises dimensions that are 1 in the example."""
+    import logging as _logging
+
+    import torch
+
+    sample = max(spec.samples, key=lambda s: sum(a.size for a in s.values()))
+    args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in spec.input_names)
+    dims: dict[str, object] = {}
+    shapes = {}
+    for n in spec.input_names:
+        axes = spec.dynamic_axes.get(n, {})
+        shapes[n] = {i: dims.setdefault(name, torch.export.Dim(name, min=1, max=4096))
+                     for i, name in axes.items()} or None
+    level = _logging.getLogger("torch.onnx").level
+    _logging.getLogger("torch.onnx").setLevel(_logging.WARNING)
+    try:
+        torch.onnx.export(spec.module, args, str(path), input_names=spec.input_names,
+                          output_names=spec.output_names, dynamic_shapes=shapes, dynamo=True,
+                          opset_version=max(OPSET, 18), external_data=False, verbose=False)
+    finally:
+        _logging.getLogger("torch.onnx").setLevel(level)
+
+
+def patch_ort_gaps(path: str | Path) -> int:
+    """Rewrite ops ONNX Runtime's CPU provider lacks into equivalents it has; returns the
+    number of nodes rewritten. A bool ``EyeLike`` (``torch.eye(dtype=bool)``, used by
+    attention masks) becomes ``Cast`` to float, a float ``EyeLike``, ``Cast`` to bool."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    for node in model.graph.node:  # ConstantOfShape: its value fixes the type
+        if node.op_type == "ConstantOfShape":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            types[node.output[0]] = value.data_type if value is not None else TensorProto.FLOAT
+    changed = 0
+    nodes = []
+    for node in model.graph.node:
+        dtype = next((a for a in node.attribute if a.name == "dtype"), None)
+        out_type = dtype.i if dtype is not None else types.get(node.input[0] if node.input else "")
+        if node.op_type == "EyeLike" and out_type == TensorProto.BOOL:
+            if dtype is None:
+                node.attribute.append(helper.make_attribute("dtype", TensorProto.FLOAT))
+            else:
+                dtype.i = TensorProto.FLOAT
+            # ORT registers EyeLike by input type too (no bool): cast in and out.
+            out, src = node.output[0], node.input[0]
+            name = node.name or "EyeLike"
+            node.input[0] = src + "_float_in"
+            node.output[0] = out + "_float"
+            nodes += [helper.make_node("Cast", [src], [src + "_float_in"], to=TensorProto.FLOAT,
+                                       name=name + "_in_float"),
+                      node, helper.make_node("Cast", [out + "_float"], [out], to=TensorProto.BOOL,
+                                             name=name + "_to_bool")]
+            changed += 1
+        else:
+            nodes.append(node)
+    if changed:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.save(model, str(path))
+    return changed
 
 
 def check_stage(spec: StageSpec, path: str | Path, atol: float = 1e-3,
@@ -172,15 +259,29 @@ def check_stage(spec: StageSpec, path: str | Path, atol: float = 1e-3,
                        "; ".join(sorted(set(failures))))
 
 
-def export_and_check(spec: StageSpec, path: str | Path, **check_kw) -> CheckResult:
-    """Export then check; a failed check deletes the file and raises ExportMismatch."""
-    export_stage(spec, path)
-    result = check_stage(spec, path, **check_kw)
-    if not result.passed:
-        Path(path).unlink(missing_ok=True)
-        raise ExportMismatch(f"ONNX export of {spec.name} disagrees with PyTorch: "
-                             f"{result.message}")
-    return result
+def export_and_check(spec: StageSpec, path: str | Path, exporter: str = "auto",
+                     **check_kw) -> CheckResult:
+    """Export then check against PyTorch. ``auto``: TorchScript first, torch.export when
+    the TorchScript graph fails the check. A failed check deletes the file and raises
+    :class:`ExportMismatch`."""
+    tried = []
+    for ex in (("torchscript", "dynamo") if exporter == "auto" else (exporter,)):
+        try:
+            export_stage(spec, path, exporter=ex)
+            result = check_stage(spec, path, **check_kw)
+        except ExportMismatch:
+            raise
+        except Exception as e:  # noqa: BLE001 - a graph ORT cannot run is a failed export
+            result = CheckResult(spec.name, len(spec.samples), {}, None, False,
+                                 f"{type(e).__name__}: {str(e)[:300]}")
+        if result.passed:
+            result.exporter = ex
+            return result
+        tried.append(f"{ex}: {result.message}")
+        log.info("%s export of %s failed its check (%s)", ex, spec.name, result.message)
+    Path(path).unlink(missing_ok=True)
+    raise ExportMismatch(f"ONNX export of {spec.name} disagrees with PyTorch: "
+                         + " | ".join(tried))
 
 
 # ------------------------------------------------------------------ ErcModel stages
