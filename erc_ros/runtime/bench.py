@@ -16,7 +16,6 @@ model's FLOPs. Printed as a table, saved as JSON and as a PNG of the latency dis
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import logging
@@ -73,16 +72,10 @@ class _Probe:
         pipe.reset(cid)
         for c in self.ctx:
             pipe.predict(c)
-        self.snapshots[name] = copy.deepcopy(pipe._conversations.get(cid))
+        self.snapshots[name] = pipe.snapshot(cid)
 
     def run(self, name: str, pipe: EmotionPipeline):
-        cid = self.utt.conversation_id
-        snap = self.snapshots[name]
-        with pipe._lock:
-            if snap is None:
-                pipe._conversations.pop(cid, None)
-            else:
-                pipe._conversations[cid] = copy.deepcopy(snap)
+        pipe.restore(self.utt.conversation_id, self.snapshots[name])
         pipe.predict(self.utt)
         return dict(pipe.last_timings)
 

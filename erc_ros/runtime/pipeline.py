@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+import copy
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 
+from erc_ros.core.conversation import ConversationHistory
 from erc_ros.core.types import MODALITIES, Estimate, Utterance
 
 from .backends import (Backend, BackendUnavailable, OrtBackend, TorchBackend, default_threads,
@@ -42,19 +44,17 @@ TIMED = ("preprocess", "text_encoder", "audio_encoder", "video_encoder", "fusion
 
 
 @dataclass
-class _Conversation:
-    """Bounded window of one conversation: utterances and their cached encodings."""
+class _Encoded:
+    """The cached encodings of one conversation's window, aligned with the utterances its
+    :class:`ConversationHistory` holds (same bound)."""
 
     window: int
-    utterances: deque = field(default_factory=deque)
     vectors: deque = field(default_factory=deque)  # (text, audio, video, mask[3], speaker)
     speakers: dict = field(default_factory=dict)  # speaker name -> order of appearance
 
-    def add(self, utt: Utterance, vec: tuple) -> None:
-        self.utterances.append(utt)
+    def add(self, vec: tuple) -> None:
         self.vectors.append(vec)
-        while len(self.utterances) > self.window:
-            self.utterances.popleft()
+        while len(self.vectors) > self.window:
             self.vectors.popleft()
 
 
@@ -91,13 +91,14 @@ class EmotionPipeline:
         self.dims = tuple(int(d) for d in model.dims)
         self.has_audio_encoder = "audio_encoder" in stages
         self.has_video_encoder = "video_encoder" in stages
-        self.max_context = int(max_context)
+        self.max_context = max(1, int(max_context))
         self.past_context = int(self.preprocessor.config.prompt.past_context)
         self.max_speakers = int(self.preprocessor.config.max_speakers)
         # Bounded twice (constant memory on a robot running for days): max_context
         # utterances per conversation, max_conversations in all (least recently used dropped).
         self.max_conversations = max(1, int(max_conversations))
-        self._conversations: "OrderedDict[str, _Conversation]" = OrderedDict()
+        self.history = ConversationHistory(self.max_context, self.max_conversations)
+        self._encoded: dict[str, _Encoded] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="erc-encoder") \
             if (self.has_audio_encoder or self.has_video_encoder) else None
@@ -181,15 +182,13 @@ class EmotionPipeline:
     def _predict(self, u: Utterance) -> Estimate:
         t0 = time.perf_counter()
         timings = {}
-        conv = self._conversations.get(u.conversation_id)
-        if conv is None:
-            conv = self._conversations[u.conversation_id] = _Conversation(self.max_context)
-            while len(self._conversations) > self.max_conversations:
-                self._conversations.popitem(last=False)
-        else:
-            self._conversations.move_to_end(u.conversation_id)
+        cid = u.conversation_id
+        past = self.history.context(cid)
+        conv = self._encoded.get(cid)
+        if conv is None or not past:  # new, or forgotten by the history (LRU)
+            conv = self._encoded[cid] = _Encoded(self.max_context)
         pre = self.preprocessor
-        context = list(conv.utterances)[-self.past_context:] if self.past_context > 0 else []
+        context = past[-self.past_context:] if self.past_context > 0 else []
         text_in = pre.text_inputs(u, context)
         use_audio = self.has_audio_encoder and u.has_audio
         use_video = self.has_video_encoder and u.has_video
@@ -220,8 +219,13 @@ class EmotionPipeline:
         mask = np.array([u.has_text, use_audio, use_video], bool)
         spk_name = u.speaker_id.strip() or pre.config.prompt.unknown_speaker
         spk = conv.speakers.setdefault(spk_name, len(conv.speakers)) % self.max_speakers
-        conv.add(u, (text_vec.astype(np.float32), audio_vec.astype(np.float32),
-                     video_vec.astype(np.float32), mask, spk))
+        conv.add((text_vec.astype(np.float32), audio_vec.astype(np.float32),
+                  video_vec.astype(np.float32), mask, spk))
+        self.history.add(u)
+        if len(self._encoded) > self.max_conversations:  # follow the history's LRU
+            alive = set(self.history.conversation_ids)
+            for k in [k for k in self._encoded if k not in alive]:
+                del self._encoded[k]
 
         t2 = time.perf_counter()
         vecs = list(conv.vectors)
@@ -269,21 +273,38 @@ class EmotionPipeline:
     def reset(self, conversation_id: str | None = None) -> None:
         """Forget one conversation's context (or all of them)."""
         with self._lock:
+            self.history.reset(conversation_id)
             if conversation_id is None:
-                self._conversations.clear()
+                self._encoded.clear()
             else:
-                self._conversations.pop(conversation_id, None)
+                self._encoded.pop(conversation_id, None)
 
     def context_length(self, conversation_id: str) -> int:
-        conv = self._conversations.get(conversation_id)
-        return len(conv.utterances) if conv else 0
+        return len(self.history.context(conversation_id))
+
+    def snapshot(self, conversation_id: str):
+        """A copy of one conversation's state (context + cached encodings)."""
+        with self._lock:
+            return (self.history.context(conversation_id),
+                    copy.deepcopy(self._encoded.get(conversation_id)))
+
+    def restore(self, conversation_id: str, snap) -> None:
+        """Put back a :meth:`snapshot` (benchmarks time the same step repeatedly)."""
+        utts, enc = snap
+        with self._lock:
+            self.history.reset(conversation_id)
+            self._encoded.pop(conversation_id, None)
+            for u in utts:
+                self.history.add(u)
+            if enc is not None:
+                self._encoded[conversation_id] = copy.deepcopy(enc)
 
     def stats(self) -> dict:
         """Counters and per-stage latency (ms, over the last 512 calls) for /diagnostics."""
         out = {"model_id": self.model_id, "backend": self.backend_name,
                "precision": self.precision, "where": self.where, "predictions": self._count,
-               "errors": self._errors, "conversations": len(self._conversations),
-               "cached_utterances": sum(len(c.utterances) for c in self._conversations.values())}
+               "errors": self._errors, "conversations": len(self.history.conversation_ids),
+               "cached_utterances": len(self.history)}
         for name, vals in self._times.items():
             if vals:
                 a = np.asarray(vals)
