@@ -132,3 +132,13 @@ def test_new_conversation_after_silence_and_on_request():
     cid = core.new_conversation()
     assert cid != b[-1].conversation_id and core.conversation_id == cid
     assert len(core.history.context(a[0].conversation_id)) == len(a)
+
+
+def test_slow_asr_in_auto_mode_gives_no_textless_duplicate():
+    """Final results 1.5 s after each turn (after the VAD hang-over closed the speech): the
+    speech waits for its text instead of being emitted twice."""
+    conv = script_conversation()
+    core = PerceptionCore(core_config(faces__enabled=False))
+    utts, _ = stream(core, conv, asr="timed", video=False, asr_delay=1.5)
+    assert len(utts) == len(conv.turns) and all(u.has_text for u in utts)
+    _each_turn_once(conv, utts)

@@ -328,7 +328,8 @@ class AudioBuffer:
             return
         ratio = adv / total
         if abs(math.log(ratio)) > math.log1p(self.rate_tolerance):
-            self._rate_hist.append((stamp, dur))  # the window rolls on: a fixed stream recovers
+            if stamp >= hist[-2][0]:
+                self._rate_hist.append((stamp, dur))  # the window rolls on: a fixed stream recovers
             raise SampleRateError(
                 f"declared sample rate {fmt.sample_rate} Hz, but the stamps advance {ratio:.2f}x "
                 f"as fast as the audio: the real rate looks like ~{fmt.sample_rate / ratio:.0f} "
@@ -356,9 +357,11 @@ class AudioBuffer:
                                                  self._fmt.sample_format.upper()):
             self._rate_hist.clear()
         self._check_rate(stamp, dur, fmt)
-        # Pace history counts every chunk that passed the rate check, even one refused below
-        # for its stamp: it is about the stamps, not about what gets buffered.
-        self._rate_hist.append((stamp, dur))
+        # Pace history: every chunk in stamp order, even one refused below for overlapping
+        # (with a wrong declared rate, chunks overlap): it is about the stamps, not about what
+        # gets buffered. A chunk stamped before the last one (late, reordered) says nothing.
+        if not self._rate_hist or stamp >= self._rate_hist[-1][0]:
+            self._rate_hist.append((stamp, dur))
 
         if self.epoch < 0:
             self._new_epoch(stamp, fmt, "start")

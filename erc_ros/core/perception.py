@@ -83,8 +83,10 @@ class VadConfig:
 class SegmentationConfig:
     mode: str = _f("auto", "auto | asr_timed | asr_untimed | vad. auto: timed ASR results "
                    "cut by their times, untimed ones are aligned to voice activity, and "
-                   "voice activity alone makes utterances while no ASR result has been seen "
-                   "for asr_presence_seconds", choices=("auto", "asr_timed", "asr_untimed", "vad"))
+                   "speech no result claims within asr_wait_seconds becomes a text-less "
+                   "utterance while no ASR result has been seen for asr_presence_seconds. "
+                   "vad: voice activity alone, emitted at once",
+                   choices=("auto", "asr_timed", "asr_untimed", "vad"))
     max_utterance_seconds: float = _f(15.0, "longer speech is cut; longer ASR spans keep "
                                       "their first max_utterance_seconds of audio")
     min_utterance_seconds: float = _f(0.2, "shorter utterances are dropped (ASR ones "
@@ -93,7 +95,7 @@ class SegmentationConfig:
         3.0, "how long to wait for audio to cover a timed result, for an untimed final to "
         "arrive after its speech, or (auto/ASR modes) for text to claim a speech segment")
     asr_presence_seconds: float = _f(60.0, "auto mode: an ASR result within this long means "
-                                     "ASR is present (speech waits for text)")
+                                     "ASR is present (unclaimed speech is dropped, not emitted)")
     emit_untranscribed: bool = _f(False, "with ASR present, emit speech no ASR result claimed "
                                   "(empty text) instead of dropping it")
     merge_gap_seconds: float = _f(1.0, "untimed ASR: merge unclaimed speech segments closer "
@@ -113,7 +115,8 @@ class DiarizationConfig:
                                 "continue as the older id (past ids never change)")
     enroll_threshold: float = _f(0.75, "cosine similarity to an enrolled voice to take its name")
     min_new_speaker_seconds: float = _f(1.0, "shorter utterances never found a new speaker")
-    max_speakers: int = _f(20, "cap on speakers per conversation; beyond, nearest speaker")
+    max_speakers: int = _f(20, "cap on speaker clusters (kept across conversations unless "
+                           "reset_on_new_conversation); beyond it, the nearest speaker")
     reset_on_new_conversation: bool = _f(False, "forget speakers when a conversation starts")
     warmup: bool = _f(True, "run the embedder once at start so the first utterance is fast")
     threads: int = _f(1, "torch threads for the speaker embedder (more than one thread on a "
@@ -511,21 +514,22 @@ class PerceptionCore:
                 break
             self._untimed.popleft()
             self._pending.append(self._align_untimed(ev))
-        asr = self._asr_present(now)
+        # Voice activity not claimed by an ASR result. In "vad" mode it is the utterance at
+        # once; otherwise it waits asr_wait_seconds for its text, then is emitted without
+        # text if no ASR is around (auto mode, none seen for asr_presence_seconds) or
+        # emit_untranscribed, else dropped (counted): waiting avoids a text-less duplicate
+        # of speech whose transcript is on its way.
         for s in self._segs:
             if s.claimed or s.emitted:
                 continue
-            if not asr:
-                s.emitted = True
-                self._pending.append(_Pending(s.start, s.end, final_stamp=s.end))
+            if sc.mode != "vad" and not (final or now - s.end >= sc.asr_wait_seconds):
+                continue
+            s.emitted = True
+            if sc.mode == "vad" or sc.emit_untranscribed or not self._asr_present(now):
+                self._pending.append(_Pending(s.start, s.end, final_stamp=max(s.end, now)))
                 self.counters["utterances_vad"] += 1
-            elif final or now - s.end >= sc.asr_wait_seconds:
-                s.emitted = True
-                if sc.emit_untranscribed:
-                    self._pending.append(_Pending(s.start, s.end, final_stamp=s.end))
-                    self.counters["utterances_vad"] += 1
-                else:
-                    self.counters["speech_dropped_untranscribed"] += 1
+            else:
+                self.counters["speech_dropped_untranscribed"] += 1
 
     def _align_untimed(self, ev: TranscriptEvent) -> _Pending:
         sc = self.config.segmentation
