@@ -56,7 +56,7 @@ def test_eval_bag_many_bags(bags, model, tmp_path):
     assert rc == 0
     m = json.loads(js.read_text())
     for key in ("realtime_factor", "utterances", "estimates", "weighted_f1", "accuracy",
-                "per_class_f1", "lost", "latency_ms"):
+                "per_class_f1", "lost", "latency_ms", "realtime_factor_per_cpu"):
         assert key in m, key
     assert m["utterances"] == 8 and m["estimates"] == 8 and m["lost"] == 0
     assert 0.0 <= m["weighted_f1"] <= 1.0 and m["realtime_factor"] > 0

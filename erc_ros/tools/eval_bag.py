@@ -219,6 +219,7 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
     refused: dict[str, int] = {}
     per_bag = []
     spans = {b: bag_span(b) for b in bags}
+    cpu0 = time.process_time()
     bar = tqdm(total=sum(e - s for s, e in spans.values()), unit="bag-s", desc="eval-bag",
                mininterval=2.0)
     for bag in bags:
@@ -277,12 +278,16 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
                         "estimates": len(res.estimates), "labelled": len(labs),
                         "lost": sum(1 for _, e in pairs if e is None)})
     bar.close()
+    cpu_s = time.process_time() - cpu0  # all threads of this process (not --live's nodes)
     lost = sum(1 for _, e in all_pairs if e is None)
     result = {"bags": per_bag, "mode": "live" if live else "offline",
               "overrides": parse_sets(sets),
               "model_id": pipeline.model_id, "backend": pipeline.backend_name,
               "duration_s": total_dur, "wall_s": total_wall,
               "realtime_factor": total_dur / total_wall if total_wall else float("inf"),
+              # conversation seconds per CPU second: the speed on an idle machine if the
+              # work parallelised perfectly over the CPUs it used
+              "cpu_s": cpu_s, "realtime_factor_per_cpu": total_dur / cpu_s if cpu_s else 0.0,
               "utterances": n_utt if n_utt else n_est, "estimates": n_est, "lost": lost,
               "refused": refused, "latency_ms": latency_stats(lat),
               # the machine is shared: the load during the run says how to read the speed
@@ -310,7 +315,8 @@ def summary_markdown(r: dict) -> str:
              f"- model `{r['model_id']}` on `{r['backend']}`",
              f"- {len(r['bags'])} bag(s), {r['duration_s'] / 60:.1f} min of conversation in "
              f"{r['wall_s']:.1f} s: **{r['realtime_factor']:.1f}x real time** (load average "
-             f"{r.get('load_average_1m_after', float('nan')):.1f} on {r.get('cpus')} CPUs)",
+             f"{r.get('load_average_1m_after', float('nan')):.1f} on {r.get('cpus')} CPUs; "
+             f"{r.get('realtime_factor_per_cpu', 0):.1f}x per CPU-second)",
              f"- {r['utterances']} labelled utterances, {r['estimates']} estimates, "
              f"**{r['lost']} lost**"]
     if r.get("latency_ms"):
