@@ -124,17 +124,26 @@ class FrameBuffer:
         return True
 
     def select(self, t0: float, t1: float, count: int) -> list[StoredFrame]:
-        """Up to ``count`` distinct frames spread evenly over [t0, t1] (nearest to each
-        target time, only frames inside the span)."""
+        """Up to ``count`` distinct frames spread evenly over [t0, t1]: for each target time
+        the nearest frame, preferring one whose faces were already detected (while the
+        person spoke) if it is within half a spacing, so little detection is left to do."""
         stamps = [f.stamp for f in self.frames]
         a, b = bisect.bisect_left(stamps, t0), bisect.bisect_right(stamps, t1)
         inside = self.frames[a:b]
         if len(inside) <= count:
             return list(inside)
-        targets = t0 + (np.arange(count) + 0.5) * (t1 - t0) / count
+        spacing = (t1 - t0) / count
+        targets = t0 + (np.arange(count) + 0.5) * spacing
         ts = np.array([f.stamp for f in inside])
-        picked = sorted({int(np.argmin(np.abs(ts - t))) for t in targets})
-        return [inside[i] for i in picked]
+        detected = np.array([f.boxes is not None for f in inside])
+        picked = set()
+        for t in targets:
+            d = np.abs(ts - t)
+            near_detected = np.where(detected & (d <= spacing / 2), d, np.inf)
+            i = int(np.argmin(near_detected)) if np.isfinite(near_detected).any() else \
+                int(np.argmin(d))
+            picked.add(i)
+        return [inside[i] for i in sorted(picked)]
 
 
 class FaceDetector:
