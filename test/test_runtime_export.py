@@ -188,3 +188,39 @@ def test_context_is_bounded(exported, dialogue):
     s = pipe.stats()
     assert s["conversations"] == 4 and s["cached_utterances"] == 12
     assert pipe.context_length("c9") == 3 and pipe.context_length("c0") == 0
+
+
+def test_versioned_model_dir_stays_untouched(exported, tmp_path, monkeypatch):
+    """A model committed in git gets its on-demand ONNX files in a cache overlay, so its
+    committed manifest never lists files that are not committed."""
+    import shutil
+    import subprocess
+
+    model, d, _, _ = exported
+    repo = tmp_path / "repo"
+    mdir = repo / "models" / "m"
+    mdir.mkdir(parents=True)
+    for f in d.iterdir():  # the model as trained: weights, tokenizer, manifest (no ONNX)
+        if f.is_file() and f.name != "manifest.json":
+            shutil.copy(f, mdir / f.name)
+    import json
+
+    m = json.loads((d / "manifest.json").read_text())
+    m["artefacts"] = {k: v for k, v in m["artefacts"].items() if v["kind"] != "onnx"}
+    (mdir / "manifest.json").write_text(json.dumps(m))
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "model"], check=True)
+    monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path / "cache"))
+    pipe = EmotionPipeline.from_model_dir(mdir, backend="onnxruntime", precision="fp32")
+    assert pipe.backend_name == "onnxruntime"
+    status = subprocess.run(git + ["status", "--porcelain", "--ignored"], capture_output=True,
+                            text=True, check=True).stdout
+    assert status == "", status
+    (overlay,) = (tmp_path / "cache").iterdir()
+    assert (overlay / "onnx" / "text_encoder.fp32.onnx").is_file()
+    # The second load reuses the overlay (no new export) and still verifies it.
+    again = EmotionPipeline.from_model_dir(mdir, backend="auto")
+    assert again.backend_name == "onnxruntime" and again.precision == "fp32"
+    assert list((tmp_path / "cache").iterdir()) == [overlay]

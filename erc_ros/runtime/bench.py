@@ -118,11 +118,18 @@ def run_bench(model_dir, variants=DEFAULT_VARIANTS, iterations: int = 200, warmu
     from .evaluation import builtin_dialogues, load_meld, meld_dir, run_dialogues, weighted_f1
     from .quantize import ensure_variants
 
+    from .manifest import load_model, runtime_dir
+    from .pipeline import _needed_stages
+
     model_dir = Path(model_dir)
     variants = [v for v in variants]
     ort_precisions = sorted({v.split("/")[1] for v in variants if v.startswith("onnxruntime/")})
     if ort_precisions:
-        ensure_variants(model_dir, precisions=ort_precisions)
+        # Exported/quantized once, into the model directory if it already holds ONNX files,
+        # else into its overlay in the cache (a committed model directory stays untouched).
+        model = load_model(model_dir)
+        model_dir = runtime_dir(model_dir, _needed_stages(model), "fp32", create=True)
+        ensure_variants(model_dir, model, precisions=ort_precisions, progress=progress)
     pipes = {}
     for v in variants:
         backend, precision = v.split("/")

@@ -379,7 +379,8 @@ def build_model_engines(model_dir: str | Path, precisions: Sequence[str] = ("fp1
     model_dir = Path(model_dir)
     _trt()
     current_device()  # refuse early, before making any variant, where engines cannot build
-    ensure_variants(model_dir, precisions=["qdq"] if "int8" in precisions else [])
+    ensure_variants(model_dir, precisions=["qdq"] if "int8" in precisions else [],
+                    progress=progress)
     arts = read_manifest(model_dir)["artefacts"]
     fp32 = find_stage_files(model_dir, "onnx", "fp32")
     qdq = find_stage_files(model_dir, "onnx", "qdq")
@@ -412,12 +413,19 @@ def add_arguments(p) -> None:
                    help="text encoder sequence buckets (one profile each)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.add_argument("--in-place", action="store_true",
+                   help="write into DIR even if it is versioned in git (default: its overlay)")
 
 
 def run(args) -> int:
+    from .manifest import writable_dir
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        built = build_model_engines(args.model, [p for p in args.precisions.split(",") if p],
+        _trt()
+        current_device()
+        out_dir = writable_dir(args.model, args.in_place)
+        built = build_model_engines(out_dir, [p for p in args.precisions.split(",") if p],
                                     [int(b) for b in args.buckets.split(",") if b],
                                     args.max_batch, args.force)
     except BackendUnavailable as e:

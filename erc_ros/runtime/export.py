@@ -432,18 +432,21 @@ def add_arguments(p) -> None:
                         "(label agreement, max abs diff of probabilities)")
     p.add_argument("--limit", type=int, default=0, help="with --check-dev: first N dialogues")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--in-place", action="store_true",
+                   help="write into DIR even if it is versioned in git (default: its overlay)")
 
 
 def run(args) -> int:
     import torch
 
-    from .manifest import load_model
+    from .manifest import load_model, writable_dir
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = load_model(args.model)
     stages = [s for s in args.stages.split(",") if s] or None
-    report = export_model(model, args.model, stages=stages)
+    out_dir = writable_dir(args.model, args.in_place)
+    report = export_model(model, out_dir, stages=stages)
     print(f"{'stage':<15} {'max abs diff':>14} {'labels agree':>13}  file")
     for name, r in report.items():
         c = r["check"]
@@ -453,7 +456,7 @@ def run(args) -> int:
     if args.check_dev:
         from .evaluation import compare_backends
 
-        res = compare_backends(args.model, ("torch", "fp32"), ("onnxruntime", "fp32"),
+        res = compare_backends(out_dir, ("torch", "fp32"), ("onnxruntime", "fp32"),
                                limit=args.limit, threads=args.threads)
         print(f"MELD dev ONNX vs PyTorch: {res['n']} utterances, label agreement "
               f"{100 * res['label_agreement']:.2f}%, max abs diff of probabilities "

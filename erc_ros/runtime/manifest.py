@@ -51,3 +51,91 @@ def verify_files(model_dir: str | Path, relpaths) -> None:
 def load_model(model_dir: str | Path):
     """The :class:`ErcModel` of a directory (every listed file verified first)."""
     return load_model_dir(model_dir)
+
+
+def cache_root() -> Path:
+    """Where on-demand ONNX files of versioned models go: ``$ERC_ROS_CACHE`` or
+    ``~/.cache/erc_ros``."""
+    import os
+
+    return Path(os.environ.get("ERC_ROS_CACHE", Path.home() / ".cache" / "erc_ros"))
+
+
+def overlay_dir(model_dir: str | Path, create: bool = True) -> Path | None:
+    """A writable overlay of ``model_dir`` for artefacts made on demand.
+
+    A model shipped in the repository (``models/default``) must stay as committed: its
+    manifest may only list files that are committed. So the runtime's implicit exports go
+    to ``<cache>/<model_id>-<manifest sha256[:16]>/``: a copy of the manifest plus links to
+    the listed files, in which the ONNX files are then registered and verified like any
+    other. The key changes whenever the model does, so a stale overlay is never used.
+    """
+    import hashlib
+    import shutil
+
+    model_dir = Path(model_dir).resolve()
+    raw = (model_dir / "manifest.json").read_bytes()
+    m = read_manifest(model_dir)
+    d = cache_root() / f"{m.get('model_id', 'model')}-{hashlib.sha256(raw).hexdigest()[:16]}"
+    if (d / "manifest.json").is_file():
+        return d
+    if not create:
+        return None
+    tmp = d.with_name(d.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for rel in m.get("artefacts", {}):
+        dst = tmp / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(model_dir / rel)
+    (tmp / "manifest.json").write_bytes(raw)
+    (tmp / "SOURCE").write_text(str(model_dir) + "\n")
+    try:
+        tmp.rename(d)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return d
+
+
+def runtime_dir(model_dir: str | Path, stages: set[str], precision: str = "fp32",
+                create: bool = False) -> Path | None:
+    """The directory holding ``stages`` as ONNX of ``precision``: the model directory itself,
+    else its overlay; with ``create``, where to make them (the directory itself unless it is
+    versioned or read-only, else its overlay). ``None`` when nothing is there to use."""
+    import os
+
+    if stages <= set(find_stage_files(model_dir, "onnx", precision)):
+        return Path(model_dir)
+    ov = overlay_dir(model_dir, create=False)
+    if ov is not None and stages <= set(find_stage_files(ov, "onnx", precision)):
+        return ov
+    if create and os.access(model_dir, os.W_OK) and not is_versioned(model_dir):
+        return Path(model_dir)  # a scratch directory: keep everything in it
+    ov = overlay_dir(model_dir, create=create)
+    if ov is not None and (create or stages <= set(find_stage_files(ov, "onnx", precision))):
+        return ov
+    return None
+
+
+def is_versioned(model_dir: str | Path) -> bool:
+    """True when the directory's manifest is tracked by git (a shipped model)."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "-C", str(model_dir), "ls-files", "--error-unmatch",
+                            "manifest.json"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def writable_dir(model_dir: str | Path, in_place: bool = False) -> Path:
+    """Where the export/quantize/build-engines commands write: the model directory itself,
+    unless it is versioned in git (then its cache overlay, so the committed manifest never
+    lists files that are not committed) — ``in_place`` forces the directory itself."""
+    if in_place or not is_versioned(model_dir):
+        return Path(model_dir)
+    d = overlay_dir(model_dir)
+    print(f"{model_dir} is versioned: writing its runtime artefacts to {d} "
+          "(use --in-place to write into it)")
+    return d

@@ -136,10 +136,11 @@ class EmotionPipeline:
         the artefacts present), ``tensorrt``, ``onnxruntime`` or ``torch``. ``precision``:
         ``auto`` (int8 on CPU, fp16 on GPU where the artefacts exist, else fp32), ``fp32``,
         ``int8``, ``woq8``, ``fp16``, ``qdq``. An explicit ``onnxruntime`` with missing ONNX
-        files exports them first when ``auto_export`` (cached and registered in the model
-        directory).
+        files exports them first when ``auto_export``: into the model directory's overlay in
+        the cache (``manifest.overlay_dir``: a versioned model directory stays as committed),
+        registered and verified like every artefact.
         """
-        from .manifest import find_stage_files, load_model
+        from .manifest import find_stage_files, load_model, runtime_dir
 
         threads = default_threads() if threads is None else threads
         model_dir = Path(model_dir)
@@ -147,13 +148,19 @@ class EmotionPipeline:
         model.eval()
         model_id = model.manifest.get("model_id", model.config.model_id)
         needed = _needed_stages(model)
-        onnx_fp32 = find_stage_files(model_dir, "onnx", "fp32")
-        if backend == "onnxruntime" and auto_export and not needed <= set(onnx_fp32):
+        variants = [] if precision in ("auto", "fp32") else [precision]
+        rdir = runtime_dir(model_dir, needed, "fp32")
+        if backend == "onnxruntime" and auto_export and (rdir is None or any(
+                not needed <= set(find_stage_files(rdir, "onnx", p)) for p in variants)):
             from .quantize import ensure_variants
 
-            ensure_variants(model_dir, model, [] if precision in ("auto", "fp32") else [precision])
-            model = load_model(model_dir)
-            onnx_fp32 = find_stage_files(model_dir, "onnx", "fp32")
+            rdir = rdir or runtime_dir(model_dir, needed, "fp32", create=True)
+            ensure_variants(rdir, model, variants)
+        if rdir is not None and rdir != model_dir:
+            log.info("runtime artefacts of %s from %s", model_dir, rdir)
+            load_model(rdir)  # the overlay's manifest: every listed file verified again
+        model_dir = rdir or model_dir
+        onnx_fp32 = find_stage_files(model_dir, "onnx", "fp32")
         engines = _current_engines(model_dir) if tensorrt_available() else {}
         name, why = resolve_backend(backend, have_onnx=needed <= set(onnx_fp32),
                                     have_engine="text_encoder" in engines)

@@ -273,7 +273,8 @@ def quantize_model_dir(model_dir: str | Path, precisions: Sequence[str] = ("int8
     return report
 
 
-def ensure_variants(model_dir: str | Path, model=None, precisions: Sequence[str] = ()) -> None:
+def ensure_variants(model_dir: str | Path, model=None, precisions: Sequence[str] = (),
+                    progress: bool = False) -> None:
     """Export (if the FP32 ONNX files are missing) and make any missing variants; cached in
     the model directory and registered in its manifest."""
     from .export import export_model
@@ -284,11 +285,11 @@ def ensure_variants(model_dir: str | Path, model=None, precisions: Sequence[str]
 
     if not _needed_stages(model) <= set(find_stage_files(model_dir, "onnx", "fp32")):
         log.info("exporting %s to ONNX (first use)", model_dir)
-        export_model(model, model_dir, progress=False)
+        export_model(model, model_dir, progress=progress)
     missing = [p for p in precisions if p != "fp32" and
                not _needed_stages(model) <= set(find_stage_files(model_dir, "onnx", p))]
     if missing:
-        quantize_model_dir(model_dir, missing, model=model, progress=False)
+        quantize_model_dir(model_dir, missing, model=model, progress=progress)
 
 
 def add_arguments(p) -> None:
@@ -296,28 +297,31 @@ def add_arguments(p) -> None:
     p.add_argument("--precisions", default="int8,woq8,fp16",
                    help="variants to make: " + ",".join(VARIANTS))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--in-place", action="store_true",
+                   help="write into DIR even if it is versioned in git (default: its overlay)")
 
 
 def run(args) -> int:
     import torch
 
-    from .manifest import find_stage_files, load_model, read_manifest
+    from .manifest import find_stage_files, load_model, read_manifest, writable_dir
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = load_model(args.model)
     precisions = [p for p in args.precisions.split(",") if p]
-    ensure_variants(args.model, model)  # the FP32 export first, if not done yet
-    report = quantize_model_dir(args.model, precisions, model=model)
-    arts = read_manifest(args.model)["artefacts"]
-    fp32 = find_stage_files(args.model, "onnx", "fp32")
+    out_dir = writable_dir(args.model, args.in_place)
+    ensure_variants(out_dir, model, progress=True)  # the FP32 export first, if not done yet
+    report = quantize_model_dir(out_dir, precisions, model=model)
+    arts = read_manifest(out_dir)["artefacts"]
+    fp32 = find_stage_files(out_dir, "onnx", "fp32")
     print(f"{'stage':<15} {'variant':<8} {'MB':>8} {'x fp32':>7} {'max abs diff':>13} "
           f"{'labels':>7}  method")
     for stage, variants in report.items():
         base = arts[fp32[stage]]["bytes"]
         print(f"{stage:<15} {'fp32':<8} {base / 1e6:>8.2f} {1.0:>7.2f}")
         for prec, meta in variants.items():
-            rel = find_stage_files(args.model, "onnx", prec)[stage]
+            rel = find_stage_files(out_dir, "onnx", prec)[stage]
             size = arts[rel]["bytes"]
             chk = meta["check_vs_fp32"]
             la = "-" if chk["label_agreement"] is None else f"{100 * chk['label_agreement']:.0f}%"
