@@ -219,9 +219,10 @@ class OnlineDiarizer:
     def __init__(self, threshold: float = 0.80, enroll_threshold: float = 0.75,
                  min_new_speaker_s: float = 1.0, min_update_s: float = 0.8,
                  max_speakers: int = 20, prefix: str = "speaker_",
-                 merge_threshold: float = 0.85):
+                 merge_threshold: float = 0.85, merge_max_members: int = 3):
         self.threshold = threshold
         self.merge_threshold = merge_threshold
+        self.merge_max_members = merge_max_members
         self.enroll_threshold = enroll_threshold
         self.min_new_speaker_s = min_new_speaker_s
         self.min_update_s = min_update_s
@@ -255,6 +256,11 @@ class OnlineDiarizer:
         c = self._centroids()
         sims = c @ c[k]
         sims[k] = -1
+        # Only a small cluster is folded into another: the centroids of two well-populated
+        # speakers converge too (averaging keeps what all voices share: channel, language).
+        small = np.array([min(self._counts[k], n) <= self.merge_max_members
+                          for n in self._counts])
+        sims[~small] = -1
         j = int(np.argmax(sims))
         if sims[j] < self.merge_threshold:
             return

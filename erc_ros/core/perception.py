@@ -113,6 +113,8 @@ class DiarizationConfig:
     threshold: float = _f(0.80, "cosine similarity to a speaker centroid to join it")
     merge_threshold: float = _f(0.85, "two speakers whose centroids reach this similarity "
                                 "continue as the older id (past ids never change)")
+    merge_max_members: int = _f(3, "only a speaker with at most this many utterances is "
+                                "folded into another (big clusters' centroids converge)")
     enroll_threshold: float = _f(0.75, "cosine similarity to an enrolled voice to take its name")
     min_new_speaker_seconds: float = _f(1.0, "shorter utterances never found a new speaker")
     max_speakers: int = _f(20, "cap on speaker clusters (kept across conversations unless "
@@ -317,7 +319,8 @@ class PerceptionCore:
             self._timer.add("load_embedder", time.perf_counter() - t)
         self.diarizer = OnlineDiarizer(dz.threshold, dz.enroll_threshold,
                                        dz.min_new_speaker_seconds, max_speakers=dz.max_speakers,
-                                       merge_threshold=dz.merge_threshold)
+                                       merge_threshold=dz.merge_threshold,
+                                       merge_max_members=dz.merge_max_members)
         fc = cfg.faces
         self.frames = FrameBuffer(fc.buffer_seconds, fc.store_fps, fc.store_max_width,
                                   a.clock_reset_seconds) if fc.enabled else None

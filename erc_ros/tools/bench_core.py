@@ -8,8 +8,9 @@ against the exact ground truth:
 - ``der_synthetic``: a generated 3-speaker espeak conversation (>= 2 minutes), timed ASR
   segmentation (our ``Transcript``), DER without collar; ``der_synthetic_vad`` the same
   with voice activity alone (no ASR);
-- ``der_real``: a 2-speaker conversation of real recordings (Debian asterisk prompts,
-  en/fr voices), same two variants;
+- ``der_real``: 2-speaker conversations of real recordings (Debian asterisk prompts,
+  en/fr voices; one per ``--real-seeds`` seed, errors pooled; each in
+  ``der_real_per_conversation``), same two variants;
 - ``realtime_factor``: stream seconds / seconds spent inside the core's calls (buffering,
   resampling, VAD, speaker embeddings, clustering, frame buffering and faces) on the
   3-speaker run with video, and the per-stage breakdown (``stages``) from ``core.stats()``;
@@ -141,7 +142,10 @@ def add_arguments(p) -> None:
     p.add_argument("--minutes", type=float, default=2.0,
                    help="length of the synthetic 3-speaker conversation")
     p.add_argument("--real-turns", type=int, default=30,
-                   help="turns of the real 2-speaker conversation")
+                   help="turns of each real 2-speaker conversation")
+    p.add_argument("--real-seeds", default="0,1,2",
+                   help="one real conversation per seed (different prompts and order); "
+                        "der_real pools their errors")
     p.add_argument("--no-real", action="store_true",
                    help="skip the real recordings (they need apt-get download once)")
     p.add_argument("--cache", help="cache folder for espeak output and the Debian sounds")
@@ -176,14 +180,17 @@ def run(args) -> int:
                            cache=cache / "espeak" if cache else None)
     res["synthetic_seconds"] = round(syn.duration, 2)
     runs = [("synthetic", syn, "timed", True), ("synthetic_vad", syn, "none", False)]
-    real = None
+    real = []
     if not args.no_real:
-        print("building the real 2-speaker conversation (Debian asterisk prompts) ...",
+        print("building the real 2-speaker conversations (Debian asterisk prompts) ...",
               flush=True)
-        real = cg.real_two_speaker(args.real_turns, seed=args.seed,
-                                   cache=cache / "asterisk" if cache else None)
-        res["real_seconds"] = round(real.duration, 2)
-        runs += [("real", real, "timed", False), ("real_vad", real, "none", False)]
+        for seed in [int(x) for x in args.real_seeds.split(",") if x.strip()]:
+            conv = cg.real_two_speaker(args.real_turns, seed=seed,
+                                       cache=cache / "asterisk" if cache else None)
+            real.append(conv)
+            runs += [(f"real_s{seed}", conv, "timed", False),
+                     (f"real_vad_s{seed}", conv, "none", False)]
+        res["real_seconds"] = round(sum(c.duration for c in real), 2)
     keep = {}
     for name, conv, asr, video in runs:
         core = PerceptionCore(cfg)
@@ -208,13 +215,21 @@ def run(args) -> int:
             res["utterances"] = len(utts)
             res["load_average"] = os.getloadavg()[0]  # shared machine: context for the RTF
         keep[name] = (conv, utts)
+    for kind in ("real", "real_vad"):  # pooled over the real conversations
+        parts = [res[k] for k in res if k.startswith(f"der_{kind}_s") and k.endswith("_detail")]
+        if parts:
+            err = sum(p["missed"] + p["false_alarm"] + p["confusion"] for p in parts)
+            res[f"der_{kind}"] = round(err / sum(p["total"] for p in parts), 4)
+            res[f"der_{kind}_per_conversation"] = [p["der"] for p in parts]
     print()
     print(f"DER synthetic 3-speaker ({res['synthetic_seconds']:.0f} s, timed ASR): "
           f"{100 * res['der_synthetic']:.1f}%   voice activity only: "
           f"{100 * res['der_synthetic_vad']:.1f}%")
-    if real is not None:
-        print(f"DER real 2-speaker ({res['real_seconds']:.0f} s, timed ASR): "
-              f"{100 * res['der_real']:.1f}%   voice activity only: {100 * res['der_real_vad']:.1f}%")
+    if real:
+        print(f"DER real 2-speaker ({len(real)} conversations, {res['real_seconds']:.0f} s, timed "
+              f"ASR): {100 * res['der_real']:.1f}% (each: "
+              f"{', '.join(f'{100 * d:.1f}%' for d in res['der_real_per_conversation'])})   "
+              f"voice activity only: {100 * res['der_real_vad']:.1f}%")
     b = res["boundaries_synthetic"]
     print(f"timed-ASR boundaries: start err median {b['start_ms_median']:.0f} ms max "
           f"{b['start_ms_max']:.0f} ms, end err median {b['end_ms_median']:.0f} ms max "
