@@ -119,7 +119,7 @@ def test_bad_input_is_refused_reported_and_valid_utterances_get_one_estimate(
         ros, model, conversation):
     from audio_common_msgs.msg import AudioDataStamped, AudioInfo
     from erc_ros.msg import Transcript
-    from sensor_msgs.msg import CompressedImage, Image
+    from sensor_msgs.msg import CompressedImage
     from std_msgs.msg import String
     rig = Rig(model, [Parameter("image_transport", value="compressed"),
                       Parameter("sensor_reliability", value="reliable")],

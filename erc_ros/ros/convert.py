@@ -14,7 +14,7 @@ from __future__ import annotations
 import array
 import math
 from fractions import Fraction
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np

@@ -20,7 +20,7 @@ from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile
 
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
-from erc_ros.ros.ingest import Ingest, voice_id_of
+from erc_ros.ros.ingest import Ingest
 from erc_ros.ros.worker import Worker
 
 #: name -> (default, description). Every parameter of the node, documented.

@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -36,10 +35,14 @@ def add_arguments(p) -> None:
     p.add_argument("--rate", type=float, default=1.0, help="playback speed (1 = real time)")
     p.add_argument("--repeat", type=int, default=1, help="play the bag this many times")
     p.add_argument("--json", default=None, help="write the results JSON here")
+    p.add_argument("--split", action="store_true",
+                   help="run utterance_node and emotion_node as two processes (utterances "
+                        "over DDS) instead of the composed process")
     p.add_argument("--startup-timeout", type=float, default=120.0)
 
 
-def _node_command(bag: Path, model_dir: str, backend: str, precision: str) -> list[str]:
+def _node_command(bag: Path, model_dir: str, backend: str, precision: str,
+                  module: str = "erc_ros.ros.composed") -> list[str]:
     from erc_ros.ros.live import bag_connections, node_params_for_bag
     params = ["use_sim_time:=true", f"backend:={backend}", f"precision:={precision}",
               "diagnostics_period:=5.0"]
@@ -47,7 +50,7 @@ def _node_command(bag: Path, model_dir: str, backend: str, precision: str) -> li
         params.append(f"model_dir:={model_dir}")
     for p in node_params_for_bag(bag_connections(bag)):
         params.append(f"{p.name}:={p.value}")
-    cmd = [sys.executable, "-m", "erc_ros.ros.composed", "--ros-args"]
+    cmd = [sys.executable, "-m", module, "--ros-args"]
     for p in params:
         cmd += ["-p", p]
     return cmd
@@ -55,7 +58,7 @@ def _node_command(bag: Path, model_dir: str, backend: str, precision: str) -> li
 
 def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision: str = "auto",
           rate: float = 1.0, repeat: int = 1, startup_timeout: float = 120.0,
-          log=print) -> dict:
+          split: bool = False) -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.serialization import deserialize_message
@@ -66,11 +69,15 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     from erc_ros.ros.replay import bag_span
 
     bag = Path(bag)
-    proc = subprocess.Popen(_node_command(bag, model_dir, backend, precision),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=os.environ.copy())
+    modules = (["erc_ros.ros.utterance_node", "erc_ros.ros.emotion_node"] if split
+               else ["erc_ros.ros.composed"])
+    procs = [subprocess.Popen(_node_command(bag, model_dir, backend, precision, m),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=os.environ.copy()) for m in modules]
     lines: list[str] = []
-    threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()
+    for proc in procs:
+        threading.Thread(target=lambda p=proc: [lines.append(x) for x in p.stdout],
+                         daemon=True).start()
     own = not rclpy.ok()
     if own:
         rclpy.init()
@@ -98,7 +105,8 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
         t_wait = time.monotonic()
         while node.count_subscribers(asr_topic) == 0 or node.count_publishers(
                 "/erc_ros/emotion") == 0:
-            if proc.poll() is not None or time.monotonic() - t_wait > startup_timeout:
+            if any(p.poll() is not None for p in procs) or \
+                    time.monotonic() - t_wait > startup_timeout:
                 raise RuntimeError("the composed node did not start:\n" + "".join(lines[-30:]))
             player.clock(start)
             time.sleep(0.1)
@@ -121,12 +129,16 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
         node.destroy_node()
         if own:
             rclpy.try_shutdown()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return _score(finals, received, lines)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    res = _score(finals, received, lines)
+    res["mode"] = "split" if split else "composed"
+    return res
 
 
 def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcript):
@@ -200,8 +212,9 @@ def run(args) -> int:
         print(f"bench-e2e: no bag {bag}", file=sys.stderr)
         return 2
     r = bench(bag, args.model_dir, args.backend, args.precision, args.rate, args.repeat,
-              args.startup_timeout)
-    print(f"bench-e2e: {r['utterances']} utterances, {r['lost']} lost; final ASR result -> "
+              args.startup_timeout, args.split)
+    r["load_average_1m_after"] = os.getloadavg()[0]
+    print(f"bench-e2e ({r['mode']}): {r['utterances']} utterances, {r['lost']} lost; final ASR result -> "
           f"EmotionEstimate p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
           f"max {r['max_ms']:.1f} ms")
     if args.json:

@@ -190,20 +190,33 @@ def generate(minutes: Optional[float] = None, script: Optional[str] = None,
     csv_path = Path(meld_csv) if meld_csv else data_dir() / "meld" / "dev_sent_emo.csv"
     dialogues = gen.read_meld(csv_path)
     target = None if minutes is None else minutes * 60
+
+    def dialogue(i: int) -> list:
+        # Past the end of the CSV (long soaks), dialogues come round again, ids suffixed.
+        d = dialogues[i % len(dialogues)]
+        k = i // len(dialogues)
+        return d if k == 0 else [gen.ScriptLine(x.speaker, x.text, x.emotion,
+                                                f"{x.utterance_id}_r{k}") for x in d]
+
+    def seconds(d) -> float:
+        return sum(0.32 * len(x.text.split()) + 0.85 for x in d)
+
     lines: list = []
     used = 0
     est = 0.0
-    while used < len(dialogues) and (target is None or est < target):
-        lines += dialogues[used]
-        est += sum(0.32 * len(x.text.split()) + 0.85 for x in dialogues[used])
+    while (target is None and used < len(dialogues)) or (target is not None and est < target):
+        d = dialogue(used)
+        lines += d
+        est += seconds(d)
         used += 1
     conv = gen.build(lines, seed=seed, name=csv_path.stem)
     # The estimate is rough; add dialogues until long enough (espeak output is cached).
-    while target is not None and conv.duration < 0.97 * target and used < len(dialogues):
+    while target is not None and conv.duration < 0.97 * target:
         short = target - conv.duration
-        while short > 0 and used < len(dialogues):
-            lines += dialogues[used]
-            short -= sum(0.32 * len(x.text.split()) + 0.85 for x in dialogues[used])
+        while short > 0:
+            d = dialogue(used)
+            lines += d
+            short -= seconds(d)
             used += 1
         conv = gen.build(lines, seed=seed, name=csv_path.stem)
     return conv
