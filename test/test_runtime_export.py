@@ -224,3 +224,40 @@ def test_versioned_model_dir_stays_untouched(exported, tmp_path, monkeypatch):
     again = EmotionPipeline.from_model_dir(mdir, backend="auto")
     assert again.backend_name == "onnxruntime" and again.precision == "fp32"
     assert list((tmp_path / "cache").iterdir()) == [overlay]
+
+
+def test_ssl_audio_and_vit_video_encoders_round_trip(tmp_path, dialogue):
+    """The checkpoint-backed encoder families (wav2vec2-style audio on raw 16 kHz speech,
+    ViT faces), tiny configs: export with a dynamic sample axis, check, MatMul-only INT8."""
+    import onnx
+
+    from erc_ros.models.encoders.audio import AudioEncoderConfig
+    from erc_ros.models.encoders.video import VideoEncoderConfig
+    from erc_ros.models.erc_model import ErcModelConfig, build_model, tiny_text_config
+    from erc_ros.models.preprocessing import AudioFeatureConfig, PreprocessorConfig
+    from erc_ros.runtime.quantize import make_variant
+
+    torch.manual_seed(0)
+    cfg = ErcModelConfig(
+        model_id="tiny-ssl", text=tiny_text_config(),
+        audio=AudioEncoderConfig(kind="ssl", backbone=dict(
+            model_type="wav2vec2", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=32, conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8),
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+            feat_extract_norm="layer", do_stable_layer_norm=True)),
+        video=VideoEncoderConfig(kind="vit", backbone=dict(
+            model_type="vit", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=32, image_size=48, patch_size=16, num_channels=1)),
+        preprocessing=PreprocessorConfig(audio=AudioFeatureConfig(kind="waveform",
+                                                                  max_seconds=6.0)))
+    model = build_model(cfg).eval()
+    specs = {s.name: s for s in stage_specs(model, [dialogue])}
+    audio = specs["audio_encoder"]
+    assert len({s["input_values"].shape[1] for s in audio.samples}) > 1  # lengths vary
+    for name in ("audio_encoder", "video_encoder"):
+        res = export_and_check(specs[name], tmp_path / f"{name}.onnx")
+        assert res.passed and max(res.max_abs_diff.values()) < 1e-4, name
+    make_variant("int8", tmp_path / "audio_encoder.onnx", tmp_path / "audio.int8.onnx",
+                 matmul_only=True)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "audio.int8.onnx")).graph.node}
+    assert "MatMulInteger" in ops and "ConvInteger" not in ops

@@ -322,10 +322,14 @@ def stage_specs(model, dialogues=None, max_samples: int = 8) -> list[StageSpec]:
               "hidden_size": int(model.text_encoder.dim), "transformer": True,
               "pad_id": int(pre.pad_id)}))
 
-    media = [with_synthetic_media(u, seed=i) for i, (u, _) in enumerate(picked)]
+    # Real speech and faces where the dialogues carry them, synthetic stand-ins otherwise.
+    with_audio = [u if u.has_audio else with_synthetic_media(u, seed=i)
+                  for i, (u, _) in enumerate(picked)]
+    with_faces = [u if u.has_video else with_synthetic_media(u, seed=i)
+                  for i, (u, _) in enumerate(picked)]
     if model.audio_encoder is not None:
         names = _positional_names(model.audio_encoder)
-        samples = [pre.audio_inputs(u) for u in media]
+        samples = [pre.audio_inputs(u) for u in with_audio]
         dyn = {n: {0: "batch"} for n in names}
         if "input_values" in names:  # raw waveform: the sample axis is dynamic too
             dyn = {n: {0: "batch", 1: "samples"} for n in names}
@@ -336,7 +340,7 @@ def stage_specs(model, dialogues=None, max_samples: int = 8) -> list[StageSpec]:
                                               "matmul_only": True}))
     if model.video_encoder is not None:
         names = _positional_names(model.video_encoder)
-        samples = [pre.video_inputs(u) for u in media]
+        samples = [pre.video_inputs(u) for u in with_faces]
         dyn = {n: {0: "batch"} for n in names}
         dyn["video_vec"] = {0: "batch"}
         specs.append(StageSpec("video_encoder", model.video_encoder, names, ["video_vec"], dyn,
