@@ -266,6 +266,8 @@ class OnlineDiarizer:
             return
         old, young = (j, k) if j < k else (k, j)  # lists are in creation order
         self.merged[self._ids[young]] = self._ids[old]
+        while len(self.merged) > 256:  # a record for diagnostics, bounded
+            self.merged.pop(next(iter(self.merged)))
         self._sums[old] = self._sums[old] + self._sums[young]
         self._counts[old] += self._counts[young]
         for lst in (self._ids, self._sums, self._counts):

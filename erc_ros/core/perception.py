@@ -419,6 +419,8 @@ class PerceptionCore:
             if not ev.is_final:
                 self.counters["partials"] += 1
                 self._open_partials.setdefault(key, ev.start if timed else ev.stamp)
+                while len(self._open_partials) > 32:  # partials whose final never came
+                    self._open_partials.pop(next(iter(self._open_partials)))
                 return
             self.counters["transcripts"] += 1
             self._open_partials.pop(key, None)
