@@ -115,7 +115,8 @@ def run_bench(model_dir, variants=DEFAULT_VARIANTS, iterations: int = 200, warmu
               n_probes: int = 16, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from .evaluation import builtin_dialogues, load_meld, meld_dir, run_dialogues, weighted_f1
+    from .evaluation import (builtin_dialogues, load_meld, load_meld_dialogues, meld_dir,
+                             run_dialogues, weighted_f1)
     from .quantize import ensure_variants
 
     from .manifest import load_model, runtime_dir
@@ -139,7 +140,10 @@ def run_bench(model_dir, variants=DEFAULT_VARIANTS, iterations: int = 200, warmu
     have_meld = meld_dir() is not None
     data = load_meld("dev", dev_limit) if have_meld else []
     dialogues = [u for u, _ in data] if data else builtin_dialogues()
-    probes = [_Probe(ctx, u) for _, ctx, u in pick_probes(first, dialogues, tokens, n_probes)]
+    # Timed inputs come from all of dev (prompts that fill the token budget are rare in a
+    # few dialogues); --dev-limit only shortens the accuracy pass.
+    pool = load_meld_dialogues("dev") if have_meld else dialogues
+    probes = [_Probe(ctx, u) for _, ctx, u in pick_probes(first, pool, tokens, n_probes)]
     probe_tokens = [len(first.preprocessor.text_ids(p.utt, p.ctx)) for p in probes]
     for p in probes:
         for v, pipe in pipes.items():
