@@ -77,8 +77,9 @@ def stream(core, conv, chunk_s: float = 0.1, fps: float = 15.0, asr: str = "time
             call(core.push_transcript, ev)
             ti += 1
         out += call(core.poll, t0 + now)
-        if progress is not None:
-            progress.update(min(n, pcm.size - i) / sample_rate)
+        if progress is not None:  # never past total (tqdm would drop it, breaking its format)
+            progress.update(max(0.0, min(min(n, pcm.size - i) / sample_rate,
+                                         progress.total - progress.n)))
     out += call(core.flush)
     inside = spent[0]
     stream.last_cpu = spent[1]

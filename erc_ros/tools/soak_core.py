@@ -72,7 +72,8 @@ def run(args) -> int:
                                                      off + tr.start, off + tr.end))
                 ti += 1
             utts += len(core.poll(now))
-            bar.update(chunk / 16000)
+            # n must never pass total: tqdm then drops the total and its format fails
+            bar.update(max(0.0, min(pcm[i:i + chunk].size / 16000, total - bar.n)))
             if now >= next_mark:
                 gc.collect()
                 rss = proc.memory_info().rss / 2 ** 20
