@@ -364,7 +364,12 @@ def _ort_stages(model_dir, needed, precision, threads, providers):
     from .manifest import find_stage_files, verify_files
 
     if precision == "auto":
-        precision = "int8"
+        # Dynamic INT8 is a CPU technique (on a GPU it recomputes scales on the host: seed
+        # 004 measured 616 ms on Orin); GPUs get FP16.
+        from .backends import choose_ort_providers
+
+        gpu = choose_ort_providers(providers)[0] != "CPUExecutionProvider"
+        precision = "fp16" if gpu else "int8"
     files = find_stage_files(model_dir, "onnx", precision)
     fp32 = find_stage_files(model_dir, "onnx", "fp32")
     stages = {}
