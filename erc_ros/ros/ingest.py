@@ -36,6 +36,17 @@ def voice_id_of(topic: str) -> str:
     return m.group(1) if m else ""
 
 
+def convert_ahead(kind: str, msg: Any) -> Any:
+    """The conversion of an image message done before :meth:`Ingest.feed` (on another
+    thread): a Frame, the ConversionError it raised, or None for other kinds."""
+    if kind not in ("image", "compressed"):
+        return None
+    try:
+        return convert.image_to_frame(msg)
+    except ValueError as err:
+        return err
+
+
 def _check_text(ev):
     """An empty final result without times says nothing and spans nothing: refused (a timed
     one still marks an utterance whose audio may carry the emotion)."""
@@ -57,11 +68,19 @@ class Ingest:
         self.last_input_time = float("-inf")
         self._raw_next: Optional[float] = None  # continuation stamp of unstamped audio
 
-    def feed(self, kind: str, msg: Any, receipt: float, topic: str = "") -> bool:
+    def feed(self, kind: str, msg: Any, receipt: float, topic: str = "",
+             converted: Any = None) -> bool:
         """Push one message; ``receipt`` is the node-clock time it arrived (used for inputs
-        without a stamp). Returns False when the input was refused (counted by reason)."""
+        without a stamp). ``converted``: the result of :func:`convert_ahead` for this
+        message, computed on another thread (offline replay decodes images ahead).
+        Returns False when the input was refused (counted by reason)."""
         try:
-            self._feed(kind, msg, receipt, topic)
+            if converted is not None:
+                if isinstance(converted, BaseException):
+                    raise converted
+                self.core.push_frame(converted)
+            else:
+                self._feed(kind, msg, receipt, topic)
         except ValueError as err:  # InputError / ConversionError are ValueErrors
             reason = getattr(err, "reason", None) or type(err).__name__
             self.health.refuse(reason, str(err))

@@ -45,6 +45,63 @@ def bag_span(path: str | Path) -> tuple[float, float]:
         return reader.start_time / 1e9, reader.end_time / 1e9
 
 
+def _prefetch(path, ingest: Ingest, depth: int = 256):
+    """Read, deserialize and decode images on a second thread, in bag order (cv2 and the
+    rclpy deserializer release the GIL): the same conversions, overlapped with the core."""
+    import queue
+    import threading
+
+    from std_msgs.msg import String
+
+    from erc_ros.ros.ingest import convert_ahead
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def reader():
+        classes: dict[str, Any] = {}
+        try:
+            for topic, typename, t_ns, raw in read_bag(path):
+                if stop.is_set():
+                    return
+                if topic == GROUND_TRUTH_TOPIC:
+                    q.put((topic, typename, t_ns, None, deserialize_message(raw, String), None))
+                    continue
+                kind = KIND_OF_TYPE.get(typename)
+                if kind is None:
+                    continue
+                cls = classes.get(typename) or classes.setdefault(typename,
+                                                                  message_class(typename))
+                try:
+                    msg = deserialize_message(raw, cls)
+                except Exception as err:  # a corrupt record: counted like refused input
+                    ingest.health.refuse("deserialize", f"{topic}: {err}")
+                    continue
+                q.put((topic, typename, t_ns, kind, msg, convert_ahead(kind, msg)))
+        except BaseException as err:  # re-raised in the consumer
+            q.put(err)
+        finally:
+            q.put(done)
+
+    th = threading.Thread(target=reader, name="erc_bag_reader", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while th.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                q.get_nowait()
+            except Exception:
+                th.join(0.05)
+
+
 @dataclass
 class ReplayResult:
     estimates: list = field(default_factory=list)  # Estimate
@@ -70,7 +127,6 @@ def replay_bag(path: str | Path, core: Any, pipeline: Any,
     t0 = time.perf_counter()
     start, end = bag_span(path)
     res.duration_s = end - start
-    classes: dict[str, Any] = {}
     last_poll = float("-inf")
     last_progress = start
 
@@ -84,23 +140,13 @@ def replay_bag(path: str | Path, core: Any, pipeline: Any,
             if on_estimate:
                 on_estimate(utt, est)
 
-    for topic, typename, t_ns, raw in read_bag(path):
+    for topic, typename, t_ns, kind, msg, ahead in _prefetch(path, ingest):
         now = t_ns / 1e9
         if topic == GROUND_TRUTH_TOPIC:
-            from std_msgs.msg import String
-            res.ground_truth.append(json.loads(deserialize_message(raw, String).data))
-            continue
-        kind = KIND_OF_TYPE.get(typename)
-        if kind is None:
-            continue
-        cls = classes.get(typename) or classes.setdefault(typename, message_class(typename))
-        try:
-            msg = deserialize_message(raw, cls)
-        except Exception as err:  # a corrupt record: count it like any refused input
-            ingest.health.refuse("deserialize", f"{topic}: {err}")
+            res.ground_truth.append(json.loads(msg.data))
             continue
         res.messages += 1
-        ingest.feed(kind, msg, now, topic)
+        ingest.feed(kind, msg, now, topic, converted=ahead)
         if now - last_poll >= poll_period or kind in ("transcript", "live_speech", "string"):
             handle(core.poll(now))
             last_poll = now
