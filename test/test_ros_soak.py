@@ -32,6 +32,7 @@ OUT = Path(os.environ.get("ERC_ROS_SOAK_OUT", "runs/soak"))
 
 @pytest.mark.soak
 @pytest.mark.ros
+@pytest.mark.timeout(int(MINUTES * 60 * 1.5 + 900))  # real-time playback + generation
 def test_one_hour_soak(tmp_path):
     from erc_ros.tools import make_bag as mb
     from tqdm import tqdm
