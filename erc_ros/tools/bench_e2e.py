@@ -45,7 +45,7 @@ def _node_command(bag: Path, model_dir: str, backend: str, precision: str,
                   module: str = "erc_ros.ros.composed") -> list[str]:
     from erc_ros.ros.live import bag_connections, node_params_for_bag
     params = ["use_sim_time:=true", f"backend:={backend}", f"precision:={precision}",
-              "diagnostics_period:=5.0"]
+              "diagnostics_period:=2.0"]
     if model_dir:
         params.append(f"model_dir:={model_dir}")
     for p in node_params_for_bag(bag_connections(bag)):
@@ -93,6 +93,17 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
             received.append((t, convert.msg_to_estimate(msg)))
 
     node.create_subscription(EmotionEstimate, "/erc_ros/emotion", on_est, RELIABLE)
+    from diagnostic_msgs.msg import DiagnosticArray
+    diag: dict[str, dict] = {}  # last status of each node: where the time goes
+
+    def on_diag(arr):
+        for st in arr.status:
+            diag[st.name] = {kv.key: kv.value for kv in st.values
+                             if kv.key.startswith(("latency.", "dropped", "refused", "queue",
+                                                   "core.close_ms", "pipeline.total_ms",
+                                                   "backend", "model"))}
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     ex = SingleThreadedExecutor()
     ex.add_node(node)
     spin = threading.Thread(target=ex.spin, daemon=True)
@@ -138,6 +149,7 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
                 proc.kill()
     res = _score(finals, received, lines)
     res["mode"] = "split" if split else "composed"
+    res["node_diagnostics"] = diag
     return res
 
 
