@@ -185,11 +185,13 @@ def test_bad_input_is_refused_reported_and_valid_utterances_get_one_estimate(
 def test_ros4hri_voices_and_expression(ros, model, conversation):
     from audio_common_msgs.msg import AudioData, AudioInfo
     from hri_msgs.msg import Expression, IdsList, LiveSpeech
-    rig = Rig(model, [Parameter("image_transport", value="none"),
+    from sensor_msgs.msg import Image
+    rig = Rig(model, [Parameter("image_transport", value="raw"),
+                      Parameter("sensor_reliability", value="reliable"),
                       Parameter("audio_msg", value="raw"),
                       Parameter("asr_type", value="hri_voices")],
               {"/audio": AudioData, "/audio_info": AudioInfo,
-               "/humans/voices/tracked": IdsList})
+               "/humans/voices/tracked": IdsList, "/camera/image_raw": Image})
     exprs = Collector()
     rig.node.create_subscription(Expression, "/humans/voices/anna/expression", exprs, 10)
     speech = rig.node.create_publisher(LiveSpeech, "/humans/voices/anna/speech", RELIABLE)
@@ -197,6 +199,11 @@ def test_ros4hri_voices_and_expression(ros, model, conversation):
         t0 = 200.0
         rig.publish("/audio_info", convert.audio_info_msg(), t0)
         rig.publish("/humans/voices/tracked", IdsList(ids=["anna"]))
+        # raw camera frames in an encoding nobody handles, and one with too few bytes
+        rig.publish("/camera/image_raw", Image(height=4, width=4, encoding="32FC1", step=16,
+                                               data=b"\x00" * 64))
+        rig.publish("/camera/image_raw", Image(height=480, width=640, encoding="bgr8",
+                                               step=1920, data=b"\x00" * 1000))
         assert wait_for(lambda: speech.get_subscription_count() > 0, 10)
         pcm = np.clip(np.rint(conversation.audio * 32767), -32768, 32767).astype("<i2")
         turn = conversation.turns[0]
@@ -204,6 +211,7 @@ def test_ros4hri_voices_and_expression(ros, model, conversation):
         for i in range(0, int((turn.end + 0.3) * 16000), n):
             t = t0 + (i + n) / 16000  # raw AudioData is stamped at receipt (clock time)
             rig.publish("/audio", AudioData(data=pcm[i:i + n].tobytes()), t)
+            time.sleep(0.01)  # a microphone's pace (5x real time), not a burst
         end_i = i + n
         speech.publish(LiveSpeech(final=turn.text, confidence=0.9, locale="en_US"))
         silence = np.zeros(n, "<i2").tobytes()
@@ -220,6 +228,10 @@ def test_ros4hri_voices_and_expression(ros, model, conversation):
         assert abs(expr.valence - est.valence) < 1e-6 and abs(expr.confidence -
                                                                  est.confidence) < 1e-6
         assert len(rig.estimates) == 1
+        assert wait_for(lambda: "refused.image_encoding" in rig.diag_values("utterances"), 5)
+        d = rig.diag_values("utterances")
+        assert d["refused.image_encoding"] == "1" and d["refused.image_decode"] == "1", d
+        assert "refused.audio_rate" not in d and "refused.stamp" not in d, d
     finally:
         rig.close()
 

@@ -27,6 +27,9 @@ KINDS = {
 }
 KIND_OF_TYPE = {v: k for k, v in KINDS.items()}
 
+#: Unstamped audio arriving this much later than its continuation is a gap, not jitter.
+RAW_AUDIO_GAP_S = 2.0
+
 _VOICE_RE = re.compile(r"/humans/voices/([^/]+)/")
 
 
@@ -104,12 +107,14 @@ class Ingest:
                 raise self.audio_format_error
             if kind == "audio":
                 # Unstamped audio: receipt time minus the chunk's duration, smoothed into a
-                # continuous timeline (receipt jitter would otherwise read as a wrong sample
-                # rate); a jump beyond the tolerance starts a new timeline.
+                # continuous timeline (receipt jitter and bursts of late delivery would
+                # otherwise read as a wrong sample rate). A new timeline starts when the
+                # clock went back, or on a real gap (receipt well past the continuation).
                 dur = convert.chunk_duration(len(msg.data), self.audio_format)
                 stamp = receipt - dur
                 nxt = self._raw_next
-                if nxt is not None and abs(stamp - nxt) <= max(0.25, 2 * dur):
+                if nxt is not None and nxt - max(0.25, 2 * dur) <= stamp <= nxt + \
+                        RAW_AUDIO_GAP_S:
                     stamp = nxt
                 chunk = convert.audio_to_chunk(msg, self.audio_format, stamp=stamp,
                                                source=topic)
