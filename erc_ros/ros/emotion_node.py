@@ -160,7 +160,11 @@ class EmotionNode(LifecycleNode):
                 except ValueError as err:
                     self.health.refuse(getattr(err, "reason", "utterance"), str(err))
                     continue
-            self._predict(item, arrival)
+            try:
+                self._predict(item, arrival)
+            except Exception as err:  # one bad utterance must not take the batch with it
+                self.health.count("errors.predict")
+                self.get_logger().error(f"prediction failed for {item.utterance_id}: {err!r}")
 
     def _predict(self, utt, arrival: Optional[float]) -> None:
         t0 = time.perf_counter()

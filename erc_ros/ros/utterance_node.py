@@ -272,7 +272,12 @@ class UtteranceNode(LifecycleNode):
                 self.flush()
                 self.flushed = True
                 continue
-            ok = self.ingest.feed(kind, msg, receipt, topic)
+            try:
+                ok = self.ingest.feed(kind, msg, receipt, topic)
+            except Exception as err:  # not a refusal: a bug; count it, keep the batch
+                self.health.count("errors.ingest")
+                self.get_logger().error(f"{kind} input failed: {err!r}")
+                continue
             if ok and kind in ("transcript", "live_speech", "string"):
                 stamp = self._event_stamp(kind, msg, receipt)
                 if stamp is not None:
