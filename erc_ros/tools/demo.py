@@ -52,7 +52,8 @@ def run(args) -> int:
               f"{est.confidence:4.2f}  {truth_of(est):<9} {est.text[:60]}", flush=True)
 
     r = evaluate([str(bag)], None, args.model_dir, args.backend, live=not args.offline,
-                 rate=args.rate, out=Path(args.out) if args.out else None, on_estimate=line)
+                 rate=args.rate, out=Path(args.out) if args.out else None, on_estimate=line,
+                 progress_bar=False)  # the per-estimate lines are the progress
     print()
     print(summary_markdown(r))
     return 0 if r["lost"] == 0 else 1

@@ -206,7 +206,7 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
              backend: str = "auto", precision: str = "auto", threads: int = 2,
              config: str | Path = DEFAULT_CONFIG, live: bool = False, rate: float = 1.0,
              out: Optional[Path] = None, quiet: bool = True, on_estimate=None,
-             sets: tuple = ()) -> dict:
+             sets: tuple = (), progress_bar: bool = True) -> dict:
     from tqdm import tqdm
 
     from erc_ros.ros.replay import bag_span, replay_bag
@@ -221,7 +221,7 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
     spans = {b: bag_span(b) for b in bags}
     cpu0 = time.process_time()
     bar = tqdm(total=sum(e - s for s, e in spans.values()), unit="bag-s", desc="eval-bag",
-               mininterval=2.0)
+               mininterval=2.0, disable=not progress_bar)
     for bag in bags:
         bag = Path(bag)
         pipeline.reset()
