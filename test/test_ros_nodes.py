@@ -278,3 +278,21 @@ def test_lifecycle_refuses_missing_and_tampered_models(ros, model, tmp_path):
     finally:
         ex.shutdown(timeout_sec=1.0)
         watcher.destroy_node()
+
+
+def test_every_parameter_is_declared_with_a_description(ros):
+    from erc_ros.core.perception import PerceptionConfig
+    from erc_ros.ros.utterance_node import PARAMETERS, UtteranceNode
+    node = UtteranceNode(name="params_check", parameter_overrides=[
+        Parameter("autostart", value=False),
+        Parameter("perception.vad.threshold", value=0.6)])
+    try:
+        names = list(PARAMETERS) + [f"perception.{k}" for k, v, _ in PerceptionConfig.describe()
+                                    if isinstance(v, (bool, int, float, str))]
+        descs = node.describe_parameters(names)
+        assert all(d.description for d in descs), [d.name for d in descs if not d.description]
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.core.config.vad.threshold == 0.6  # the override reached the core
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.destroy_node()
