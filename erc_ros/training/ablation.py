@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", default="concat,magt,lpg,residual")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--limit-train", type=int, default=0, help="use the first N train dialogues")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -41,6 +42,8 @@ def main(argv=None) -> int:
     root = data.data_root() / "meld"
     train = data.load_meld(root / "train_sent_emo.csv")
     dev = data.load_meld(root / "dev_sent_emo.csv")
+    if args.limit_train:
+        train = train[: args.limit_train]
     if args.model:
         from erc_ros.models.artefact import load_model_dir
 
@@ -54,7 +57,7 @@ def main(argv=None) -> int:
         model = build_model(cfg, d / "tokenizer.json").eval()
         tag = "minilm-frozen-mean"
     t0 = time.time()
-    ftr = encode_dialogues(model, train, out / f"{tag}-train.safetensors")
+    ftr = encode_dialogues(model, train, out / f"{tag}-train{args.limit_train or ''}.safetensors")
     fdv = encode_dialogues(model, dev, out / f"{tag}-dev.safetensors")
     dt = model.text_encoder.dim
     rows = []
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
                                    FusionStageConfig(epochs=args.epochs, class_weight_power=cw,
                                                      modality_dropout=0.0, lr=5e-4,
                                                      threads=args.threads), progress=False)
-            rows.append({"features": tag, "head": head, "class_weight_power": cw,
+            rows.append({"features": tag, "train_dialogues": len(ftr), "head": head, "class_weight_power": cw,
                          **{k: s["best"][k] for k in ("weighted_f1", "accuracy", "epoch")}})
             print(rows[-1], file=sys.stderr, flush=True)
     (out / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
