@@ -100,3 +100,11 @@ def test_ema_teacher_update():
     ema.update(m)
     torch.testing.assert_close(ema.module.weight, torch.full((1, 2), 0.9))
     assert not any(p.requires_grad for p in ema.parameters())
+    # A frozen tensor is copied, never averaged: it stays bit-identical to the source
+    # (model directories reference frozen packaged tensors by sha256).
+    m.bias.requires_grad_(False)
+    with torch.no_grad():
+        m.bias.fill_(0.1234567)
+    for _ in range(5):
+        ema.update(m)
+    assert torch.equal(ema.module.bias, m.bias)

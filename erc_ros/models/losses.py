@@ -109,7 +109,10 @@ class EmaTeacher(nn.Module):
     def update(self, model: nn.Module, decay: Optional[float] = None) -> None:
         d = self.decay if decay is None else decay
         for e, p in zip(self.module.parameters(), model.parameters()):
-            e.mul_(d).add_(p.detach(), alpha=1 - d)
+            if p.requires_grad:  # frozen tensors stay bit-identical (they may be referenced)
+                e.mul_(d).add_(p.detach(), alpha=1 - d)
+            else:
+                e.copy_(p.detach())
         for e, b in zip(self.module.buffers(), model.buffers()):
             e.copy_(b)
 

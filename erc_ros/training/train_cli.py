@@ -123,7 +123,7 @@ def build_from_recipe(r: dict, label_names, model_id: str):
 def run(args) -> int:
     import torch
 
-    from erc_ros.models.artefact import add_artefact, save_model_dir
+    from erc_ros.models.artefact import ArtefactError, add_artefact, save_model_dir
     from erc_ros.training.data import sha256_of
     from erc_ros.training.distributed import DistContext
     from erc_ros.training.metrics import plot_confusion
@@ -179,8 +179,12 @@ def run(args) -> int:
     external = bool(r["freeze_word_embeddings"] or r.get("freeze_layers")) and r["encoder"] == "minilm"
     prov = {"recipe": summary["recipe"], "data": {str(f.name): sha256_of(f) for f in files},
             "dev_metrics": summary["best"], "train_minutes": summary["wall_minutes"]}
-    save_model_dir(model, out, provenance=prov, dtype="float32" if args.fp32 else "float16",
-                   external_word_embeddings=external)
+    try:
+        save_model_dir(model, out, provenance=prov, dtype="float32" if args.fp32 else "float16",
+                       external_word_embeddings=external)
+    except ArtefactError as e:  # never lose a trained model to the storage optimisation
+        print(f"warning: {e}; storing every tensor", file=sys.stderr)
+        save_model_dir(model, out, provenance=prov, dtype="float32" if args.fp32 else "float16")
     log = {k: v for k, v in summary.items() if k != "best_scores"}
     (out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
     add_artefact(out, "train_log.json", "report")
