@@ -14,6 +14,8 @@ Variants (file suffix -> what):
 """
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import shutil
 import tempfile
@@ -174,7 +176,10 @@ def quantize_qdq_int8(src: str | Path, dst: str | Path,
         try:
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            quant_pre_process(str(src), str(pre), skip_optimization=False)
+            # On incomplete symbolic shape inference ORT dumps sym_shape_infer_temp.onnx
+            # (+ external data) into the working directory: keep that in our temp dir.
+            with contextlib.chdir(tmp):
+                quant_pre_process(str(Path(src).resolve()), str(pre), skip_optimization=False)
         except Exception as e:  # pre-processing is an optimisation, not a requirement
             log.info("quant_pre_process skipped (%s)", e)
             shutil.copy(src, pre)
