@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from erc_ros.models.encoders.backbone import load_backbone
+
 
 @dataclass
 class AudioEncoderConfig:
@@ -46,17 +48,11 @@ class ProsodyAudioEncoder(nn.Module):
 class SslAudioEncoder(nn.Module):
     def __init__(self, config: AudioEncoderConfig):
         super().__init__()
-        from transformers import AutoConfig, AutoModel
-
         self.config = config
+        self.backbone = load_backbone(config.pretrained, config.backbone,
+                                      freeze=config.freeze_backbone)
         if config.pretrained:
-            self.backbone = AutoModel.from_pretrained(config.pretrained)
             config.backbone = self.backbone.config.to_dict()
-        else:
-            cfg = dict(config.backbone)
-            self.backbone = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
-        if config.freeze_backbone:
-            self.backbone.requires_grad_(False)
 
     @property
     def dim(self) -> int:

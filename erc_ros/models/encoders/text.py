@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from erc_ros.models.encoders.backbone import load_backbone
+
 
 @dataclass
 class TextEncoderConfig:
@@ -29,19 +31,13 @@ class TextEncoderConfig:
 
 
 def build_backbone(pretrained: Optional[str], backbone: dict) -> nn.Module:
-    from transformers import AutoConfig, AutoModel
-
-    if pretrained:
-        model = AutoModel.from_pretrained(pretrained, add_pooling_layer=False) \
-            if _is_bert_like(pretrained) else AutoModel.from_pretrained(pretrained)
-    else:
-        cfg = dict(backbone)
-        cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-        try:
-            model = AutoModel.from_config(cfg, add_pooling_layer=False)
-        except TypeError:
-            model = AutoModel.from_config(cfg)
-    return model
+    # the prompt encoder reads hidden states only: no pooler where the architecture has one
+    if pretrained and not _is_bert_like(pretrained):
+        return load_backbone(pretrained, backbone)
+    try:
+        return load_backbone(pretrained, backbone, add_pooling_layer=False)
+    except TypeError:
+        return load_backbone(pretrained, backbone)
 
 
 def _is_bert_like(path: str) -> bool:
