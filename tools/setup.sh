@@ -68,7 +68,8 @@ if ! fresh requirements "$req_digest"; then
     PYINC=$("$PY" -c "import sysconfig;print(sysconfig.get_paths()['include'])")
     NPINC=$("$PY" -c "import numpy;print(numpy.get_include())")
     grep -rl /opt/python/ "$VENV/share" --include='*.cmake' 2>/dev/null | xargs -r sed -i -E \
-      "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$PYINC#g; s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$NPINC#g"
+      "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$PYINC#g; s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$NPINC#g" \
+      || true  # nothing left to rewrite (already fixed) is fine
   fi
   # The work tree comes first on sys.path, so `import erc_ros` is always the checkout;
   # erc_ros/__init__.py extends its __path__ to the generated erc_ros.msg in site-packages.
