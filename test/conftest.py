@@ -22,6 +22,8 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1,
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_HOME"] = _ros_tmp
 os.environ["ROS_LOG_DIR"] = os.path.join(_ros_tmp, "log")
+# Exported ONNX files and downloaded test sounds go to this run's temp dir, not ~/.cache.
+os.environ.setdefault("ERC_ROS_CACHE", os.path.join(_ros_tmp, "cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -176,7 +176,9 @@ def test_bad_input_is_refused_reported_and_valid_utterances_get_one_estimate(
                    for k in d), d  # the reversed stamps
         assert d["level"] == b"\x01"  # WARN
         e = rig.diag_values("emotion")
-        assert e["model"] == "tiny-test" and e["backend"] == "torch" and "queue.utterances" in e
+        # backend auto on a CPU machine with onnxruntime: the model was exported on configure
+        assert e["model"] == "tiny-test" and e["backend"] == "onnxruntime"
+        assert "queue.utterances" in e
         assert "latency.processing.p95_ms" in e
     finally:
         rig.close()

@@ -221,7 +221,7 @@ def test_versioned_model_dir_stays_untouched(exported, tmp_path, monkeypatch):
     (overlay,) = (tmp_path / "cache").iterdir()
     assert (overlay / "onnx" / "text_encoder.fp32.onnx").is_file()
     # The second load reuses the overlay (no new export) and still verifies it.
-    again = EmotionPipeline.from_model_dir(mdir, backend="auto")
+    again = EmotionPipeline.from_model_dir(mdir, backend="auto", precision="fp32")
     assert again.backend_name == "onnxruntime" and again.precision == "fp32"
     assert list((tmp_path / "cache").iterdir()) == [overlay]
 
