@@ -42,6 +42,7 @@ import numpy as np
 from .audio_buffer import AudioBuffer
 from .conversation import ConversationHistory
 from .errors import InputError, TranscriptError
+from .params import flatten
 from .types import SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent, Utterance
 
 
@@ -173,7 +174,7 @@ class PerceptionConfig:
         """From nested dicts ``{"vad": {"threshold": 0.6}}`` and/or flat keys
         ``{"vad.threshold": 0.6}``. Unknown keys and wrongly typed values raise ValueError."""
         cfg = cls()
-        for key, value in _flatten(d or {}).items():
+        for key, value in flatten(d or {}).items():
             section, _, name = key.partition(".")
             sub = getattr(cfg, section, None) if section in _SECTIONS else None
             fields = {f.name: f for f in dataclasses.fields(sub)} if sub is not None else {}
@@ -185,7 +186,7 @@ class PerceptionConfig:
 
     def to_dict(self, flat: bool = False) -> dict:
         d = dataclasses.asdict(self)
-        return _flatten(d) if flat else d
+        return flatten(d) if flat else d
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
@@ -208,17 +209,6 @@ class PerceptionConfig:
                              "max_utterance_seconds + asr_wait_seconds")
         if not (0 < self.vad.neg_threshold <= self.vad.threshold < 1):
             raise ValueError("need 0 < vad.neg_threshold <= vad.threshold < 1")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _coerce(key: str, value, f: dataclasses.Field):

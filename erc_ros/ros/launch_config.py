@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import yaml
 
+from erc_ros.core.params import flatten
+
 PACKAGE = "erc_ros"
 
 #: Launch arguments: name -> (default, description). The launch file declares exactly these.
@@ -74,17 +76,7 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for node, body in data.items():
         params = (body or {}).get("ros__parameters", {})
-        out[node.strip("/").split("/")[-1]] = _flatten(params)
-    return out
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+        out[node.strip("/").split("/")[-1]] = flatten(params)
     return out
 
 

@@ -18,6 +18,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
 
+from erc_ros.core.params import unflatten
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.ingest import Ingest
@@ -58,28 +59,6 @@ def declare_documented(node, params: dict[str, tuple[Any, str]]) -> None:
         node.declare_parameter(name, default, ParameterDescriptor(description=desc))
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _unflatten(flat: dict[str, Any]) -> dict:
-    out: dict = {}
-    for key, v in flat.items():
-        cur = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = v
-    return out
-
-
 def perception_parameters() -> list[tuple[str, Any, str]]:
     """(flat name, default, description) of every PerceptionConfig field usable as a ROS
     parameter (scalars)."""
@@ -110,7 +89,7 @@ def build_core(overrides: dict[str, Any], config_file: str = ""):
         with open(config_file) as f:
             loaded = yaml.safe_load(f) or {}
         base = _merge(base, loaded)
-    base = _merge(base, _unflatten(overrides))
+    base = _merge(base, unflatten(overrides))
     return PerceptionCore(PerceptionConfig.from_dict(base))
 
 
