@@ -12,11 +12,11 @@ import sys
 from typing import Optional
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
 from erc_ros.ros.emotion_node import EmotionNode
-from erc_ros.ros.utterance_node import UtteranceNode, autostart
+from erc_ros.ros.lifecycle import autostart, spin
+from erc_ros.ros.utterance_node import UtteranceNode
 
 
 class ComposedPipeline:
@@ -58,17 +58,7 @@ def main(argv=None) -> int:
     ok = comp.start()
     if not ok:
         comp.emotion.get_logger().error("failed to start (see the log above)")
-    ex = MultiThreadedExecutor(num_threads=3)
-    for node in comp.nodes:
-        ex.add_node(node)
-    try:
-        ex.spin()
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        comp.destroy()
-        rclpy.try_shutdown()
-    return 0 if ok else 1
+    return spin(comp.nodes, ok, comp.destroy, threads=3)
 
 
 if __name__ == "__main__":

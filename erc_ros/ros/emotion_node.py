@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
-from erc_ros.ros.utterance_node import autostart, declare_documented
+from erc_ros.ros.lifecycle import declare_documented, run_node
 from erc_ros.ros.worker import Worker
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -216,24 +215,7 @@ class EmotionNode(LifecycleNode):
 
 
 def main(argv=None) -> int:
-    from rclpy.executors import MultiThreadedExecutor
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = EmotionNode()
-    ok = autostart(node)
-    if not ok:
-        node.get_logger().error("failed to start (see the log above)")
-    ex = MultiThreadedExecutor(num_threads=2)
-    ex.add_node(node)
-    try:
-        ex.spin()
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        if node.worker:
-            node.worker.stop()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0 if ok else 1
+    return run_node(EmotionNode, argv)
 
 
 if __name__ == "__main__":

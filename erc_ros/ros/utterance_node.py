@@ -12,7 +12,6 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -22,6 +21,7 @@ from erc_ros.core.params import unflatten
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.ingest import Ingest
+from erc_ros.ros.lifecycle import declare_documented, run_node
 from erc_ros.ros.worker import Worker
 
 #: name -> (default, description). Every parameter of the node, documented.
@@ -52,11 +52,6 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "perception_config": ("", "optional YAML file with a PerceptionConfig tree; the "
                               "perception.* parameters override it"),
 }
-
-
-def declare_documented(node, params: dict[str, tuple[Any, str]]) -> None:
-    for name, (default, desc) in params.items():
-        node.declare_parameter(name, default, ParameterDescriptor(description=desc))
 
 
 def perception_parameters() -> list[tuple[str, Any, str]]:
@@ -325,34 +320,8 @@ class UtteranceNode(LifecycleNode):
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [st]))
 
 
-def autostart(node) -> bool:
-    """Configure and activate when the ``autostart`` parameter says so."""
-    if not node.get_parameter("autostart").value:
-        return True
-    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-        return False
-    return node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-
-
 def main(argv=None) -> int:
-    from rclpy.executors import MultiThreadedExecutor
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = UtteranceNode()
-    ok = autostart(node)
-    if not ok:
-        node.get_logger().error("failed to start (see the log above)")
-    ex = MultiThreadedExecutor(num_threads=2)
-    ex.add_node(node)
-    try:
-        ex.spin()
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        if node.worker:
-            node.worker.stop()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0 if ok else 1
+    return run_node(UtteranceNode, argv)
 
 
 if __name__ == "__main__":
