@@ -441,15 +441,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import torch
+    from .manifest import open_for_cli
 
-    from .manifest import load_model, writable_dir
-
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = load_model(args.model)
+    model, out_dir = open_for_cli(args)
     stages = [s for s in args.stages.split(",") if s] or None
-    out_dir = writable_dir(args.model, args.in_place)
     report = export_model(model, out_dir, stages=stages)
     print(f"{'stage':<15} {'max abs diff':>14} {'labels agree':>13}  file")
     for name, r in report.items():

@@ -139,3 +139,15 @@ def writable_dir(model_dir: str | Path, in_place: bool = False) -> Path:
     print(f"{model_dir} is versioned: writing its runtime artefacts to {d} "
           "(use --in-place to write into it)")
     return d
+
+
+def open_for_cli(args):
+    """The shared start of the `export` / `quantize` commands: threads, logging, the model
+    (every file verified) and where its runtime artefacts may be written."""
+    import logging
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return load_model(args.model), writable_dir(args.model, args.in_place)

@@ -307,15 +307,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import torch
+    from .manifest import find_stage_files, open_for_cli, read_manifest
 
-    from .manifest import find_stage_files, load_model, read_manifest, writable_dir
-
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = load_model(args.model)
+    model, out_dir = open_for_cli(args)
     precisions = [p for p in args.precisions.split(",") if p]
-    out_dir = writable_dir(args.model, args.in_place)
     ensure_variants(out_dir, model, progress=True)  # the FP32 export first, if not done yet
     report = quantize_model_dir(out_dir, precisions, model=model)
     arts = read_manifest(out_dir)["artefacts"]

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from erc_ros.models.encoders.backbone import load_backbone
+from erc_ros.models.encoders.backbone import BackboneEncoder
 
 
 @dataclass
@@ -45,19 +45,7 @@ class ProsodyAudioEncoder(nn.Module):
         return self.net(self.norm(features))
 
 
-class SslAudioEncoder(nn.Module):
-    def __init__(self, config: AudioEncoderConfig):
-        super().__init__()
-        self.config = config
-        self.backbone = load_backbone(config.pretrained, config.backbone,
-                                      freeze=config.freeze_backbone)
-        if config.pretrained:
-            config.backbone = self.backbone.config.to_dict()
-
-    @property
-    def dim(self) -> int:
-        return int(self.backbone.config.hidden_size)
-
+class SslAudioEncoder(BackboneEncoder):
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``input_values``/``attention_mask`` [B, N] (16 kHz) -> [B, D_a], masked mean."""
         h = self.backbone(input_values, attention_mask=attention_mask).last_hidden_state

@@ -24,3 +24,20 @@ def load_backbone(pretrained: Optional[str], backbone: dict, freeze: bool = Fals
     if freeze:
         model.requires_grad_(False)
     return model
+
+
+class BackboneEncoder(nn.Module):
+    """Base of the checkpoint-backed encoders (SSL audio, ViT video): holds the backbone,
+    records its config when loaded from a checkpoint, and reads its width from it."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.backbone = load_backbone(config.pretrained, config.backbone,
+                                      freeze=config.freeze_backbone)
+        if config.pretrained:
+            config.backbone = self.backbone.config.to_dict()
+
+    @property
+    def dim(self) -> int:
+        return int(self.backbone.config.hidden_size)

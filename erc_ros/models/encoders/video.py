@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from erc_ros.models.encoders.backbone import load_backbone
+from erc_ros.models.encoders.backbone import BackboneEncoder
 
 
 @dataclass
@@ -68,19 +68,7 @@ class CnnVideoEncoder(nn.Module):
         return _masked_mean(x, frame_mask)
 
 
-class VitVideoEncoder(nn.Module):
-    def __init__(self, config: VideoEncoderConfig):
-        super().__init__()
-        self.config = config
-        self.backbone = load_backbone(config.pretrained, config.backbone,
-                                      freeze=config.freeze_backbone)
-        if config.pretrained:
-            config.backbone = self.backbone.config.to_dict()
-
-    @property
-    def dim(self) -> int:
-        return int(self.backbone.config.hidden_size)
-
+class VitVideoEncoder(BackboneEncoder):
     def forward(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         b, f = pixel_values.shape[:2]
         h = self.backbone(pixel_values=pixel_values.flatten(0, 1)).last_hidden_state[:, 0]
