@@ -56,10 +56,17 @@ class ErcModelConfig:
     fusion_head: str = "concat"
     fusion: dict = field(default_factory=dict)  # head config (dims filled in from encoders)
     preprocessing: PreprocessorConfig = field(default_factory=PreprocessorConfig)
+    # Modalities the fusion head was trained on (None: every modality with an encoder). An
+    # encoder whose modality the head never saw is not run and counts as absent: its
+    # projection is untrained (zero-initialised), so running it only costs time and swaps
+    # the head's learned "missing" vector for an untrained one.
+    trained_modalities: Optional[tuple] = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["label_names"] = list(self.label_names)
+        if self.trained_modalities is not None:
+            d["trained_modalities"] = list(self.trained_modalities)
         return d
 
     @classmethod
@@ -72,7 +79,9 @@ class ErcModelConfig:
                    audio=AudioEncoderConfig(**d["audio"]) if d.get("audio") else None,
                    video=VideoEncoderConfig(**d["video"]) if d.get("video") else None,
                    fusion_head=d.get("fusion_head", "concat"), fusion=dict(d.get("fusion", {})),
-                   preprocessing=PreprocessorConfig.from_dict(d.get("preprocessing", {})))
+                   preprocessing=PreprocessorConfig.from_dict(d.get("preprocessing", {})),
+                   trained_modalities=(tuple(d["trained_modalities"])
+                                       if d.get("trained_modalities") is not None else None))
 
 
 def tiny_text_config(vocab_size: int = 30522) -> TextEncoderConfig:
@@ -113,6 +122,14 @@ class ErcModel(nn.Module):
     def valence_arousal(self) -> np.ndarray:
         return np.asarray([self.config.valence_arousal[k] for k in self.label_names], np.float32)
 
+    def uses(self, modality: str) -> bool:
+        """Whether predictions use ``modality`` ("text", "audio" or "video"): it has an
+        encoder and the fusion head was trained with it (``config.trained_modalities``)."""
+        if modality != "text" and getattr(self, f"{modality}_encoder") is None:
+            return False
+        trained = self.config.trained_modalities
+        return trained is None or modality in trained
+
     @property
     def dims(self) -> tuple[int, int, int]:
         f = self.config.fusion
@@ -132,16 +149,16 @@ class ErcModel(nn.Module):
                                  torch.as_tensor(t["attention_mask"], device=device))
         n = len(utterances)
         _, da, dv = self.dims
-        mask = torch.tensor([[u.has_text, u.has_audio and self.audio_encoder is not None,
-                              u.has_video and self.video_encoder is not None]
+        mask = torch.tensor([[u.has_text, u.has_audio and self.uses("audio"),
+                              u.has_video and self.uses("video")]
                              for u in utterances], dtype=torch.bool, device=device)
         audio = torch.zeros(n, da, device=device)
         video = torch.zeros(n, dv, device=device)
-        if self.audio_encoder is not None and bool(mask[:, 1].any()):
+        if bool(mask[:, 1].any()):
             rows = [i for i in range(n) if mask[i, 1]]
             feats = [pre.audio_inputs(utterances[i]) for i in rows]
             audio[rows] = torch.cat([self.audio_encoder(**_batch(f, device)) for f in feats])
-        if self.video_encoder is not None and bool(mask[:, 2].any()):
+        if bool(mask[:, 2].any()):
             rows = [i for i in range(n) if mask[i, 2]]
             feats = [pre.video_inputs(utterances[i]) for i in rows]
             video[rows] = torch.cat([self.video_encoder(**_batch(f, device)) for f in feats])

@@ -327,7 +327,8 @@ def stage_specs(model, dialogues=None, max_samples: int = 8) -> list[StageSpec]:
                   for i, (u, _) in enumerate(picked)]
     with_faces = [u if u.has_video else with_synthetic_media(u, seed=i)
                   for i, (u, _) in enumerate(picked)]
-    if model.audio_encoder is not None:
+    # Encoders of modalities the head was not trained on are not run, so not exported.
+    if model.uses("audio"):
         names = _positional_names(model.audio_encoder)
         samples = [pre.audio_inputs(u) for u in with_audio]
         dyn = {n: {0: "batch"} for n in names}
@@ -338,7 +339,7 @@ def stage_specs(model, dialogues=None, max_samples: int = 8) -> list[StageSpec]:
                                samples, meta={"encoder_kind": model.config.audio.kind,
                                               "transformer": model.config.audio.kind == "ssl",
                                               "matmul_only": True}))
-    if model.video_encoder is not None:
+    if model.uses("video"):
         names = _positional_names(model.video_encoder)
         samples = [pre.video_inputs(u) for u in with_faces]
         dyn = {n: {0: "batch"} for n in names}

@@ -337,12 +337,9 @@ class EmotionPipeline:
 # ---------------------------------------------------------------------- stage building
 
 def _needed_stages(model) -> set[str]:
-    s = {"text_encoder", "fusion"}
-    if model.audio_encoder is not None:
-        s.add("audio_encoder")
-    if model.video_encoder is not None:
-        s.add("video_encoder")
-    return s
+    """The stages predictions use (an encoder of an untrained modality is not run)."""
+    return {"text_encoder", "fusion"} | {f"{m}_encoder" for m in ("audio", "video")
+                                         if model.uses(m)}
 
 
 def _stage_io(model, stage):

@@ -3,12 +3,13 @@
     python -m erc_ros train --recipe default --out models/default
 
 Recipes (``RECIPES``) fix every choice; command-line flags override a few for ablations
-(``--past-context``, ``--class-weight-power``, ``--epochs``, ``--head``, ...). Stage 1
-fine-tunes the prompt text encoder with the concat head (:mod:`text_stage`); with
-``--fusion-head`` other than concat, stage 2 trains that head over cached utterance vectors
-(:mod:`fusion_stage`). The output directory is self-describing (see
-:mod:`erc_ros.models.artefact`), with dev metrics and the data sha256s in its provenance, a
-``train_log.json`` and a dev confusion-matrix PNG.
+(``--past-context``, ``--class-weight-power``, ``--self-distill``, ``--epochs``, ...). It
+runs stage 1: the prompt text encoder fine-tuned end to end with the concat head
+(:mod:`text_stage`); the saved model uses text only (``trained_modalities``) until a fusion
+stage (:mod:`fusion_stage`, over cached utterance vectors) trains a head with audio/video.
+The output directory is self-describing (see :mod:`erc_ros.models.artefact`), with dev
+metrics and the data sha256s in its provenance, a ``train_log.json`` and a dev
+confusion-matrix PNG.
 """
 from __future__ import annotations
 
@@ -169,6 +170,9 @@ def run(args) -> int:
             best_scores = s["best_scores"]
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
+    # Stage 1 trains the head on text alone: audio/video stay unused until a fusion stage
+    # trains the head with them (their projections are zero until then).
+    model.config.trained_modalities = ("text",)
     summary = {"history": history, "best": best, "best_scores": best_scores,
                "config": cfg.to_dict()}
     summary["recipe"] = {"name": args.recipe, **r, "init": args.init or "", "cycle": args.cycle}
