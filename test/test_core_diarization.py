@@ -44,6 +44,24 @@ def test_ids_are_stable_and_each_speaker_keeps_one_id():
     assert [u.speaker_id for u in hist] == [u.speaker_id for u in utts]
 
 
+def test_speech_end_is_embedded_before_the_asr_result_arrives():
+    """The window over an utterance's end is embedded when the speech goes quiet, so an ASR
+    result arriving during the VAD hang-over (here 0.15 s after the turn) closes the
+    utterance without running the speaker embedder; speakers stay right."""
+    from erc_ros.tools.bench_core import stream
+
+    conv = script_conversation()
+    core = PerceptionCore(core_config(faces__enabled=False))
+    utts, _ = stream(core, conv, asr="timed", asr_delay=0.15, video=False)
+    assert len(utts) == len(conv.turns)
+    assert core.embedder.pause_windows >= len(conv.turns) // 2
+    assert core.counters["close_embeddings"] <= 2, core.counters
+    ref = [tr.speaker for tr in conv.turns]
+    hyp = [u.speaker_id for u in sorted(utts, key=lambda u: u.start)]
+    mapping = {r: max(set(h for rr, h in zip(ref, hyp) if rr == r), key=hyp.count) for r in ref}
+    assert sum(mapping[r] == h for r, h in zip(ref, hyp)) >= len(ref) - 1
+
+
 def test_enrolled_people_are_named_and_hints_win():
     conv = script_conversation()
     core = PerceptionCore(core_config(faces__enabled=False))

@@ -51,12 +51,13 @@ def test_speaker_is_picked_by_mouth_motion_not_size_or_centre():
         buf = FrameBuffer(buffer_s=30, store_fps=8)
         _fill(buf, conv, tr.start, tr.end)
         frames = buf.select(tr.start, tr.end, 8)
-        sel = select_speaker(frames, det, 96, 8)
+        # No detections were made while speaking here: three key frames at selection.
+        sel = select_speaker(frames, det, 96, 8, detect_frames=3)
         assert len(sel.crops) == 8 and sel.crops[0].shape == (96, 96, 3)
         assert sel.n_faces >= 2 and sel.reason == "av_activity"
         right += _slot(conv, sel.boxes[0]) == tr.speaker
         # Without audio-visual activity the most central face wins every time.
-        plain = select_speaker(frames, det, 96, 8, use_motion=False)
+        plain = select_speaker(frames, det, 96, 8, use_motion=False, detect_frames=3)
         assert _slot(conv, plain.boxes[0]) == conv.speakers[1]
     assert right >= len(conv.turns) - 1, f"speaker's face picked {right}/{len(conv.turns)}"
 

@@ -3,9 +3,11 @@
 :class:`SpeakerEmbedder` embeds speech *while the person speaks*: every ``step_s`` it takes
 the last ``window_s`` (1.6 s, resemblyzer's partial length) of voiced audio and runs
 resemblyzer's d-vector LSTM on it, keeping ``(t0, t1, embedding)`` in a bounded history.
-When an utterance closes, its embedding is the length-weighted mean of the windows inside
-its span plus, at most, one more window over the uncovered tail: the cost after the final
-ASR result is one 1.6 s partial (~10-20 ms here), not a pass over the whole utterance.
+When the speech goes quiet (the VAD's hang-over starts) it also embeds the window ending
+there if the regular windows left more than ``min_tail_s`` of it uncovered. When an utterance
+closes, its embedding is the weighted mean of the windows inside its span plus, only if a
+tail is still uncovered, one more window: an ASR result that arrives during the hang-over
+(the usual case) costs no embedding at all, otherwise one 1.6 s partial (~5-10 ms here).
 
 :class:`OnlineDiarizer` turns embeddings into speaker ids that never change once given:
 an upstream hint (ROS4HRI voice id) wins; then enrolled people (name -> voice sample) above
@@ -85,15 +87,20 @@ class SpeakerEmbedder:
     dim = 256
 
     def __init__(self, window_s: float = 1.6, step_s: float = 0.8, min_voiced: float = 0.5,
-                 history_s: float = 120.0, threads: int = 1, batch: int = 4):
+                 history_s: float = 120.0, threads: int = 1, batch: int = 4,
+                 min_tail_s: float = 0.4):
         self.window = int(round(window_s * SAMPLE_RATE))
         self.step = int(round(step_s * SAMPLE_RATE))
+        self.min_tail = min_tail_s
         self.min_voiced = min_voiced
         self.batch = batch
         self.threads = threads
-        self.history: deque = deque(maxlen=max(8, int(history_s / step_s)))  # (t0, t1, emb)
+        # (t0, t1, embedding, weight): regular windows weigh 1, a tail window its new share
+        self.history: deque = deque(maxlen=max(8, int(history_s / step_s)))
         self.next_index = 0
         self.windows = 0
+        self.pause_windows = 0
+        self._pause_done: Optional[float] = None
         self._enc = None
 
     # -- model -------------------------------------------------------------------------
@@ -151,6 +158,7 @@ class SpeakerEmbedder:
     def reset(self, next_index: int = 0) -> None:
         self.history.clear()
         self.next_index = next_index
+        self._pause_done = None
 
     def process(self, buffer, vad) -> int:
         """Embed every complete, mostly voiced window the VAD has already seen. Windows start
@@ -175,28 +183,56 @@ class SpeakerEmbedder:
             part = pending[k:k + self.batch]
             embs = self.embed_windows([w for _, w in part])
             for (i0, _), e in zip(part, embs):
-                self.history.append((buffer.time_of(i0), buffer.time_of(i0 + self.window), e))
+                self.history.append((buffer.time_of(i0), buffer.time_of(i0 + self.window), e, 1.0))
         self.windows += len(pending)
-        return len(pending)
+        return len(pending) + self._embed_pause(buffer, vad)
+
+    def _embed_pause(self, buffer, vad) -> int:
+        """The speech in progress went quiet: embed its uncovered end now, while the VAD's
+        hang-over runs, rather than when the utterance closes (after the final ASR result)."""
+        seg = vad.segmenter
+        t1 = seg.pause_start
+        if t1 is None or t1 == self._pause_done or seg.open_start is None:
+            return 0
+        self._pause_done = t1
+        t0 = seg.open_start
+        covered_to = max((b for a, b, _, _ in self.history if a >= t0 - 0.15 and b <= t1 + 0.15),
+                         default=t0)
+        computed = self._tail_window(t0, t1, covered_to, buffer)
+        if computed is None:
+            return 0
+        self.history.append(computed)
+        self.pause_windows += 1
+        return 1
+
+    def _tail_window(self, t0: float, t1: float, covered_to: float, buffer):
+        """(a, t1, embedding, weight) of the window ending at ``t1`` when more than
+        ``min_tail`` of [t0, t1] after ``covered_to`` is uncovered (or nothing is), else None;
+        its weight is the share of new audio it brings."""
+        tail = t1 - covered_to
+        if covered_to > t0 and tail <= self.min_tail:
+            return None
+        a = max(t0, t1 - self.window / SAMPLE_RATE)
+        wav = buffer.read(a, t1)
+        if wav.size < int(0.3 * SAMPLE_RATE) or np.abs(wav).max() <= 1e-4:
+            return None
+        weight = min(1.0, max(tail, 0.3) / (self.window / SAMPLE_RATE))
+        return a, t1, self.embed_windows([wav])[0], weight
 
     def utterance_embedding(self, t0: float, t1: float, buffer, tol: float = 0.15
                             ) -> tuple[Optional[np.ndarray], int]:
         """Embedding of [t0, t1] from the stored windows inside it, plus one new window over
         the tail they do not cover. Returns (embedding or None, windows computed now)."""
-        inside = [(a, b, e) for a, b, e in self.history if a >= t0 - tol and b <= t1 + tol]
-        covered_to = max((b for _, b, _ in inside), default=t0)
-        vecs, weights, computed = [e for _, _, e in inside], [1.0] * len(inside), 0
-        tail = t1 - covered_to
-        if not inside or tail > 0.4:
-            a = max(t0, t1 - self.window / SAMPLE_RATE)
-            wav = buffer.read(a, t1)
-            if wav.size >= int(0.3 * SAMPLE_RATE) and np.abs(wav).max() > 1e-4:
-                vecs.append(self.embed_windows([wav])[0])
-                weights.append(min(1.0, max(tail, 0.3) / (self.window / SAMPLE_RATE)))
-                computed = 1
+        inside = [(a, b, e, w) for a, b, e, w in self.history if a >= t0 - tol and b <= t1 + tol]
+        covered_to = max((b for _, b, _, _ in inside), default=t0)
+        vecs, weights = [e for _, _, e, _ in inside], [w for _, _, _, w in inside]
+        tail = self._tail_window(t0, t1, covered_to, buffer)
+        if tail is not None:
+            vecs.append(tail[2])
+            weights.append(tail[3])
         if not vecs:
-            return None, computed
-        return _unit(np.average(np.stack(vecs), axis=0, weights=weights)), computed
+            return None, int(tail is not None)
+        return _unit(np.average(np.stack(vecs), axis=0, weights=weights)), int(tail is not None)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -258,12 +258,12 @@ def select_speaker(frames: list[StoredFrame], detector: FaceDetector, size: int,
                    activity: Optional[np.ndarray] = None, use_motion: bool = True,
                    motion_weight: float = 1.0, size_weight: float = 0.3,
                    center_weight: float = 0.2, margin: float = 0.2,
-                   detect_frames: int = 3) -> FaceSelection:
+                   detect_frames: int = 1) -> FaceSelection:
     """The speaking person's face crops over ``frames`` (see module doc).
 
-    Detection runs on at most ``detect_frames`` key frames (frames detected earlier, e.g.
-    while the person was speaking, count too); the other frames reuse the boxes of the
-    nearest key frame, which is enough for people who talk rather than run.
+    Detection runs until ``detect_frames`` key frames have boxes (frames detected earlier,
+    while the person was speaking, count); the other frames reuse the boxes of the nearest
+    key frame, which is enough for people who talk rather than run.
     """
     if not frames:
         return FaceSelection([], [], 0, [], "none")

@@ -136,8 +136,10 @@ class FaceConfig:
     store_fps: float = _f(8.0, "frames kept per second (others are dropped on arrival)")
     store_max_width: int = _f(640, "frames wider than this are downscaled when stored")
     detect_width: int = _f(256, "face detection runs on a copy this wide")
-    detect_frames: int = _f(3, "frames per utterance the detector runs on (the others reuse "
-                            "the nearest detection)")
+    detect_frames: int = _f(1, "key frames (frames with a face detection) an utterance needs: "
+                            "those detected while the person spoke count, the rest are "
+                            "detected when it closes, on the latency path; other frames "
+                            "reuse the nearest key frame's boxes")
     detect_fps: float = _f(1.0, "while someone speaks, detect on stored frames at this rate "
                            "so little detection is left for when the utterance closes")
     min_face_fraction: float = _f(0.1, "smallest face detected, as a fraction of the width")
@@ -331,6 +333,7 @@ class PerceptionCore:
         self._last_claimed_end = -math.inf
         self.counters = {"utterances": 0, "utterances_vad": 0, "utterances_timed": 0,
                          "utterances_untimed": 0, "untimed_estimated_span": 0,
+                         "close_embeddings": 0,
                          "speech_dropped_untranscribed": 0, "utterances_no_face": 0,
                          "refused": {}, "transcripts": 0, "partials": 0, "frames": 0,
                          "conversations": 1, "discontinuities": 0}
@@ -603,6 +606,7 @@ class PerceptionCore:
             t = time.perf_counter()
             emb, n = self.embedder.utterance_embedding(start, audio_end, self.buffer)
             self._timer.add("embed_close", time.perf_counter() - t)
+            self.counters["close_embeddings"] += n
         elif self.embedder is not None and p.hint and audio.size:
             emb, _ = self.embedder.utterance_embedding(start, audio_end, self.buffer)
         if emb is not None:

@@ -116,6 +116,11 @@ class VadSegmenter:
     def in_speech(self) -> bool:
         return self.open_start is not None
 
+    @property
+    def pause_start(self) -> Optional[float]:
+        """Where the speech in progress went quiet (its hang-over is running), else None."""
+        return self._silence_start if self.open_start is not None else None
+
     def update(self, t: float, prob: float) -> list[SpeechSegment]:
         """One window starting at ``t``; returns segments that closed."""
         dt = WINDOW / SAMPLE_RATE

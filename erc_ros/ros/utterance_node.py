@@ -296,6 +296,8 @@ class UtteranceNode(LifecycleNode):
         arrival = None
         if utt.final_stamp is not None:
             arrival = self._final_arrivals.pop(round(utt.final_stamp, 6), None)
+        if arrival is not None:  # final ASR result received -> utterance ready
+            self.health.latency("final_to_utterance", (time.perf_counter() - arrival) * 1e3)
         self.health.count("utterances")
         if self.on_utterance is not None:
             self.on_utterance(utt, arrival)
