@@ -91,6 +91,42 @@ def test_train_then_evaluate_commands(tmp_path):
     assert js.with_suffix(".png").is_file()
 
 
+def test_distillation_from_teachers(tmp_path):
+    """KD toward teacher logits moves the student to the teacher, against the labels; the
+    command records the teachers by id and hash (never by path)."""
+    from erc_ros.training.text_stage import (TextClassifier, TextStageConfig, build_samples,
+                                             predict_samples, teacher_logits, train_text_stage)
+    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+
+    train = data.load_meld(MELD_TRAIN)[:12]
+    torch.manual_seed(0)
+    student = build_from_recipe(RECIPES["tiny"], data.MELD_LABELS, "student")
+    n = len(build_samples(student, train))
+    fear = np.full((n, 7), -9.0, np.float32)
+    fear[:, 2] = 0.0  # the teacher says "fear" for everything
+    cfg = TextStageConfig(epochs=3, batch_size=8, lr=3e-3, head_lr=3e-3, distill=1.0,
+                          distill_tau=1.0, threads=1)
+    with pytest.raises(ValueError):
+        train_text_stage(student, train, [], cfg, teacher=fear[:-1], progress=False)
+    train_text_stage(student, train, [], cfg, teacher=fear, progress=False)
+    pred = predict_samples(TextClassifier(student), student, build_samples(student, train))
+    assert (pred.argmax(1) == 2).mean() > 0.9  # labels are mostly neutral, never mostly fear
+
+    logits = teacher_logits([student, student], train, progress=False)
+    assert logits.shape == (n, 7)
+    np.testing.assert_allclose(np.exp(logits), pred, atol=1e-5)
+
+    teacher_dir, out = tmp_path / "teacher", tmp_path / "student"
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(teacher_dir),
+                     "--limit-dialogues", "8", "--max-steps", "2"]) == 0
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(out), "--limit-dialogues", "8",
+                     "--max-steps", "2", "--teacher", str(teacher_dir)]) == 0
+    rec = json.loads((out / "manifest.json").read_text())["provenance"]["recipe"]
+    assert rec["distill"] == 0.5 and len(rec["teachers"]) == 1
+    assert str(tmp_path) not in json.dumps(rec["teachers"])
+    assert len(rec["teachers"][0]["manifest_sha256"]) == 64
+
+
 def test_feature_cache_and_fusion_stage(tmp_path):
     from erc_ros.models.fusion import build_fusion
     from erc_ros.training.train_cli import RECIPES, build_from_recipe

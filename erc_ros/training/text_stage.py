@@ -39,6 +39,8 @@ class TextStageConfig:
     ema_decay: float = 0.0  # 0 = no EMA weights
     self_distill: float = 0.0  # weight of the EMA-teacher KD term (needs ema_decay > 0)
     self_distill_tau: float = 2.0
+    distill: float = 0.0  # weight of the KD term toward teacher_logits (trained teachers)
+    distill_tau: float = 2.0
     grad_clip: float = 1.0
     seed: int = 13
     max_steps: int = 0  # 0 = all (tests use a few)
@@ -129,10 +131,28 @@ def predict_samples(net: nn.Module, model: ErcModel, samples, batch_size: int = 
     return out
 
 
+def teacher_logits(teachers: Sequence[ErcModel], dialogues: Sequence[Dialogue],
+                   progress: bool = True) -> np.ndarray:
+    """Log of the teachers' mean class probabilities for every labelled utterance of
+    ``dialogues``, in :func:`build_samples` order (each teacher builds its own prompts)."""
+    probs, labels = [], None
+    for t in teachers:
+        samples = build_samples(t, dialogues)
+        y = [l for _, l in samples]
+        if labels is not None and y != labels:
+            raise ValueError("teachers disagree on the labelled utterances (label maps differ?)")
+        labels = y
+        probs.append(predict_samples(TextClassifier(t), t, samples, progress=progress))
+    return np.log(np.mean(probs, axis=0) + 1e-8).astype(np.float32)
+
+
 def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[Dialogue],
-                     cfg: TextStageConfig, log=print, progress: bool = True) -> dict:
+                     cfg: TextStageConfig, log=print, progress: bool = True,
+                     teacher: Optional[np.ndarray] = None) -> dict:
     """Fine-tune in place; returns a summary with the per-epoch dev metrics. The model ends
-    holding the best weights (raw or EMA) by dev weighted F1."""
+    holding the best weights (raw or EMA) by dev weighted F1. ``teacher``: logits of
+    trained teachers for the train samples (:func:`teacher_logits`); with ``cfg.distill``
+    the loss is (1 - distill) * CE + distill * KL(teacher || student) at ``distill_tau``."""
     from tqdm import tqdm
 
     from erc_ros.training.distributed import DistContext
@@ -144,6 +164,8 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
     net = TextClassifier(model)
     tr = build_samples(model, train)
     dv = build_samples(model, dev) if dev else []
+    if teacher is not None and len(teacher) != len(tr):
+        raise ValueError(f"{len(teacher)} teacher rows for {len(tr)} training samples")
     counts = class_counts(train, len(model.label_names))
     cw = torch.as_tensor(class_weights(counts, cfg.class_weight_power))
     log(f"text stage: {len(tr)} train / {len(dv)} dev samples, class weights "
@@ -182,6 +204,9 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
             ids, mask, y = _tensors(model, tr, b)
             logits = ddp_net(ids, mask)
             loss = weighted_cross_entropy(logits, y, cw, cfg.label_smoothing)
+            if teacher is not None and cfg.distill > 0:
+                loss = (1 - cfg.distill) * loss + cfg.distill * self_distillation(
+                    logits, torch.from_numpy(teacher[b]), cfg.distill_tau)
             if ema is not None and cfg.self_distill > 0:
                 with torch.no_grad():
                     t_logits = ema(ids, mask)

@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--class-weight-power", type=float)
     p.add_argument("--self-distill", type=float)
+    p.add_argument("--distill", type=float,
+                   help="weight of KD toward --teacher models' mean prediction (0-1)")
+    p.add_argument("--teacher", action="append", default=[],
+                   help="trained model directory to distill from (repeat for an ensemble)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke runs)")
     p.add_argument("--max-minutes", type=float, default=0.0,
@@ -68,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help="start from this model directory's weights (resume)")
     p.add_argument("--cycle", type=int, default=1,
                    help="first training cycle to run (2 = only the recipe's second cycle)")
+    p.add_argument("--cycles", type=int, default=0,
+                   help="run at most this many of the recipe's cycles (0 = all; ablations "
+                        "compare single cycles)")
 
 
 def _datasets(args, recipe):
@@ -132,7 +139,7 @@ def run(args) -> int:
 
     r = dict(RECIPES[args.recipe])
     for k in ("encoder", "past_context", "max_length", "epochs", "lr", "class_weight_power",
-              "self_distill", "seed"):
+              "self_distill", "distill", "seed"):
         v = getattr(args, k)
         if v is not None:
             r[k] = v
@@ -153,17 +160,32 @@ def run(args) -> int:
     else:
         model = build_from_recipe(r, labels, model_id)
         prior = {}
+    teacher = None
+    if args.teacher:
+        from erc_ros.models.artefact import load_model_dir
+        from erc_ros.training.text_stage import teacher_logits
+
+        teachers = [load_model_dir(d).eval() for d in args.teacher]
+        teacher = teacher_logits(teachers, train)
+        r.setdefault("distill", 0.5)
+        # Model ids and weight hashes, not paths (provenance travels with the model).
+        r["teachers"] = [{"model_id": t.config.model_id,
+                          "dev_metrics": t.manifest["provenance"].get("dev_metrics", {}),
+                          "manifest_sha256": sha256_of(Path(d) / "manifest.json")}
+                         for t, d in zip(teachers, args.teacher)]
+        del teachers
     cycles = [{}] + ([r["then"]] if r.get("then") else [])
     t0 = time.time()
     best, best_state, best_scores, history = dict(prior), None, None, []
     if prior:
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for ci in range(max(1, args.cycle) - 1, len(cycles)):
+    last = len(cycles) if not args.cycles else min(len(cycles), max(1, args.cycle) - 1 + args.cycles)
+    for ci in range(max(1, args.cycle) - 1, last):
         rc = dict(r, **cycles[ci])
         cfg = TextStageConfig(**{k: rc[k] for k in TextStageConfig.__dataclass_fields__ if k in rc},
                               max_steps=args.max_steps, max_minutes=args.max_minutes,
                               threads=args.threads)
-        s = train_text_stage(model, train, dev, cfg)
+        s = train_text_stage(model, train, dev, cfg, teacher=teacher)
         history += [dict(h, cycle=ci + 1) for h in s["history"]]
         if s["best"].get("weighted_f1", -1) > best.get("weighted_f1", -1) or best_state is None:
             best = dict(s["best"], cycle=ci + 1)
