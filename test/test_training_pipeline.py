@@ -125,6 +125,12 @@ def test_distillation_from_teachers(tmp_path):
     assert rec["distill"] == 0.5 and len(rec["teachers"]) == 1
     assert str(tmp_path) not in json.dumps(rec["teachers"])
     assert len(rec["teachers"][0]["manifest_sha256"]) == 64
+    # Continuing from a model directory with a longer context: the prompt changes with it.
+    longer = tmp_path / "longer"
+    assert cli.main(["train", "--recipe", "tiny", "--init", str(out), "--out", str(longer),
+                     "--limit-dialogues", "8", "--max-steps", "2", "--past-context", "5"]) == 0
+    man = json.loads((longer / "manifest.json").read_text())
+    assert man["preprocessing"]["prompt"]["past_context"] == 5
 
 
 def test_feature_cache_and_fusion_stage(tmp_path):

@@ -157,6 +157,13 @@ def run(args) -> int:
         model = load_model_dir(args.init).train()
         model.config.model_id = model_id
         prior = read_manifest(args.init)["provenance"].get("dev_metrics", {})
+        prompt = model.preprocessor.config.prompt
+        changed = {k: getattr(args, k) for k in ("past_context", "max_length")
+                   if getattr(args, k) is not None and getattr(args, k) != getattr(prompt, k)}
+        for k, v in changed.items():  # continue training on another prompt
+            setattr(prompt, k, v)
+        if changed:  # the init's dev figures were measured with the old prompt
+            prior = {}
     else:
         model = build_from_recipe(r, labels, model_id)
         prior = {}
