@@ -91,7 +91,7 @@ def test_train_then_evaluate_commands(tmp_path):
     assert js.with_suffix(".png").is_file()
 
 
-def test_distillation_from_teachers(tmp_path):
+def test_distillation_from_teachers(tmp_path, monkeypatch):
     """KD toward teacher logits moves the student to the teacher, against the labels; the
     command records the teachers by id and hash (never by path)."""
     from erc_ros.training.text_stage import (TextClassifier, TextStageConfig, build_samples,
@@ -125,6 +125,16 @@ def test_distillation_from_teachers(tmp_path):
     assert rec["distill"] == 0.5 and len(rec["teachers"]) == 1
     assert str(tmp_path) not in json.dumps(rec["teachers"])
     assert len(rec["teachers"][0]["manifest_sha256"]) == 64
+    # A recipe cycle distilled from the model as the previous cycle left it.
+    from erc_ros.training import train_cli
+
+    recipe = dict(train_cli.RECIPES["tiny"], then=[dict(epochs=1, distill=0.5, teacher="previous")])
+    monkeypatch.setitem(train_cli.RECIPES, "tiny", recipe)
+    cycled = tmp_path / "cycled"
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(cycled), "--limit-dialogues", "8",
+                     "--max-steps", "2"]) == 0
+    log = json.loads((cycled / "train_log.json").read_text())
+    assert {h["cycle"] for h in log["history"]} == {1, 2}
     # Continuing from a model directory with a longer context: the prompt changes with it.
     longer = tmp_path / "longer"
     assert cli.main(["train", "--recipe", "tiny", "--init", str(out), "--out", str(longer),

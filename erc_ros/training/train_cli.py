@@ -26,8 +26,10 @@ RECIPES = {
         epochs=2, batch_size=16, lr=6e-5, head_lr=1e-3, warmup=0.06,
         class_weight_power=0.25, label_smoothing=0.0, ema_decay=0.999, self_distill=0.0,
         freeze_word_embeddings=True, freeze_layers=2, audio=True, video=True, seed=13,
-        # A second, short cycle (warm restart at a lower rate, kept only if dev improves).
-        then=dict(epochs=1, lr=2e-5, warmup=0.0)),
+        # Then short cycles (warm restarts at a lower rate; a cycle's weights are kept only
+        # if dev improves): a plain one, then one distilled from the model as it stands.
+        then=[dict(epochs=1, lr=2e-5, warmup=0.0),
+              dict(epochs=1, lr=2e-5, warmup=0.0, seed=7, distill=0.5, teacher="previous")]),
     # The reference "plain recipe" of the issue (previous 4 utterances, 3 epochs, no extras).
     "plain": dict(
         encoder="minilm", pooling="mask", past_context=4, max_length=128,
@@ -181,7 +183,8 @@ def run(args) -> int:
                           "manifest_sha256": sha256_of(Path(d) / "manifest.json")}
                          for t, d in zip(teachers, args.teacher)]
         del teachers
-    cycles = [{}] + ([r["then"]] if r.get("then") else [])
+    then = r.get("then") or []
+    cycles = [{}] + (list(then) if isinstance(then, (list, tuple)) else [then])
     t0 = time.time()
     best, best_state, best_scores, history = dict(prior), None, None, []
     if prior:
@@ -192,7 +195,15 @@ def run(args) -> int:
         cfg = TextStageConfig(**{k: rc[k] for k in TextStageConfig.__dataclass_fields__ if k in rc},
                               max_steps=args.max_steps, max_minutes=args.max_minutes,
                               threads=args.threads)
-        s = train_text_stage(model, train, dev, cfg, teacher=teacher)
+        cycle_teacher = teacher
+        if cycles[ci].get("teacher") == "previous":
+            # Self-distillation across cycles: the model as the previous cycle left it
+            # teaches this one (born-again networks; seed 004's EMA teacher, one level up).
+            from erc_ros.training.text_stage import teacher_logits
+
+            cycle_teacher = teacher_logits([model.eval()], train)
+            model.train()
+        s = train_text_stage(model, train, dev, cfg, teacher=cycle_teacher)
         history += [dict(h, cycle=ci + 1) for h in s["history"]]
         if s["best"].get("weighted_f1", -1) > best.get("weighted_f1", -1) or best_state is None:
             best = dict(s["best"], cycle=ci + 1)
