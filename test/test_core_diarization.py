@@ -45,13 +45,13 @@ def test_ids_are_stable_and_each_speaker_keeps_one_id():
 
 
 def test_speech_end_is_embedded_before_the_asr_result_arrives():
-    """The window over an utterance's end is embedded when the speech goes quiet, so an ASR
-    result arriving during the VAD hang-over (here 0.15 s after the turn) closes the
-    utterance without running the speaker embedder; speakers stay right."""
+    """With embed_on_pause, the window over an utterance's end is embedded when the speech
+    goes quiet, so an ASR result arriving during the VAD hang-over (here 0.15 s after the
+    turn) closes the utterance without running the speaker embedder; speakers stay right."""
     from erc_ros.tools.bench_core import stream
 
     conv = script_conversation()
-    core = PerceptionCore(core_config(faces__enabled=False))
+    core = PerceptionCore(core_config(faces__enabled=False, diarization__embed_on_pause=True))
     utts, _ = stream(core, conv, asr="timed", asr_delay=0.15, video=False)
     assert len(utts) == len(conv.turns)
     assert core.embedder.pause_windows >= len(conv.turns) // 2

@@ -128,13 +128,21 @@ def test_distillation_from_teachers(tmp_path, monkeypatch):
     # A recipe cycle distilled from the model as the previous cycle left it.
     from erc_ros.training import train_cli
 
-    recipe = dict(train_cli.RECIPES["tiny"], then=[dict(epochs=1, distill=0.5, teacher="previous")])
+    recipe = dict(train_cli.RECIPES["tiny"], then=[dict(epochs=1, distill=0.5, teacher="previous")],
+                  fusion_stage=dict(head="magt", class_weight_power=0.5, epochs=2))
     monkeypatch.setitem(train_cli.RECIPES, "tiny", recipe)
     cycled = tmp_path / "cycled"
     assert cli.main(["train", "--recipe", "tiny", "--out", str(cycled), "--limit-dialogues", "8",
                      "--max-steps", "2"]) == 0
     log = json.loads((cycled / "train_log.json").read_text())
-    assert {h["cycle"] for h in log["history"]} == {1, 2}
+    assert {h.get("cycle") for h in log["history"]} == {1, 2, None}
+    assert [h["head"] for h in log["history"] if h.get("stage") == 2] == ["magt", "magt"]
+    man = json.loads((cycled / "manifest.json").read_text())
+    if man["provenance"]["dev_metrics"].get("stage") == 2:  # stage 2 won: its head is saved
+        assert man["config"]["fusion_head"] == "magt"
+        from erc_ros.models.artefact import load_model_dir
+
+        assert type(load_model_dir(cycled).fusion).__name__.lower().startswith("magt")
     # Continuing from a model directory with a longer context: the prompt changes with it.
     longer = tmp_path / "longer"
     assert cli.main(["train", "--recipe", "tiny", "--init", str(out), "--out", str(longer),
@@ -158,6 +166,12 @@ def test_feature_cache_and_fusion_stage(tmp_path):
     again = encode_dialogues(model, dialogues, cache, progress=False)
     assert len(again) == 12 and torch.equal(again[3].text, feats[3].text)
     assert bool(feats[0].modality[0, 1]) and not bool(feats[0].modality[1, 1])
+    # Another model (or other dialogues) never gets the cached vectors of the first.
+    torch.manual_seed(1)
+    other = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "t")
+    fresh = encode_dialogues(other, dialogues, cache, progress=False)
+    assert not torch.equal(fresh[3].text, feats[3].text)
+    assert len(encode_dialogues(other, dialogues[:5], cache, progress=False)) == 5
     head = build_fusion("magt", dict(text_dim=16, audio_dim=8, video_dim=8, num_classes=7,
                                      d_model=16, num_heads=2))
     summary = train_fusion_stage(head, feats[:8], feats[8:], data.MELD_LABELS,

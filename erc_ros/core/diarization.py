@@ -2,12 +2,13 @@
 
 :class:`SpeakerEmbedder` embeds speech *while the person speaks*: every ``step_s`` it takes
 the last ``window_s`` (1.6 s, resemblyzer's partial length) of voiced audio and runs
-resemblyzer's d-vector LSTM on it, keeping ``(t0, t1, embedding)`` in a bounded history.
-When the speech goes quiet (the VAD's hang-over starts) it also embeds the window ending
-there if the regular windows left more than ``min_tail_s`` of it uncovered. When an utterance
-closes, its embedding is the weighted mean of the windows inside its span plus, only if a
-tail is still uncovered, one more window: an ASR result that arrives during the hang-over
-(the usual case) costs no embedding at all, otherwise one 1.6 s partial (~5-10 ms here).
+resemblyzer's d-vector LSTM on it, keeping ``(t0, t1, embedding, weight)`` in a bounded
+history. When an utterance closes, its embedding is the weighted mean of the windows inside
+its span plus, if a tail of more than ``min_tail_s`` is still uncovered, one more window over
+it: the cost after the final ASR result is at most one 1.6 s partial (~5-10 ms here), not a
+pass over the whole utterance. With ``embed_on_pause`` that tail is embedded as soon as the
+speech goes quiet (the VAD's hang-over starts), so an ASR result arriving during the
+hang-over costs no embedding at all.
 
 :class:`OnlineDiarizer` turns embeddings into speaker ids that never change once given:
 an upstream hint (ROS4HRI voice id) wins; then enrolled people (name -> voice sample) above
@@ -88,10 +89,11 @@ class SpeakerEmbedder:
 
     def __init__(self, window_s: float = 1.6, step_s: float = 0.8, min_voiced: float = 0.5,
                  history_s: float = 120.0, threads: int = 1, batch: int = 4,
-                 min_tail_s: float = 0.4):
+                 min_tail_s: float = 0.4, embed_on_pause: bool = False):
         self.window = int(round(window_s * SAMPLE_RATE))
         self.step = int(round(step_s * SAMPLE_RATE))
         self.min_tail = min_tail_s
+        self.embed_on_pause = embed_on_pause
         self.min_voiced = min_voiced
         self.batch = batch
         self.threads = threads
@@ -185,7 +187,7 @@ class SpeakerEmbedder:
             for (i0, _), e in zip(part, embs):
                 self.history.append((buffer.time_of(i0), buffer.time_of(i0 + self.window), e, 1.0))
         self.windows += len(pending)
-        return len(pending) + self._embed_pause(buffer, vad)
+        return len(pending) + (self._embed_pause(buffer, vad) if self.embed_on_pause else 0)
 
     def _embed_pause(self, buffer, vad) -> int:
         """The speech in progress went quiet: embed its uncovered end now, while the VAD's

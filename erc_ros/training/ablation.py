@@ -23,10 +23,9 @@ def main(argv=None) -> int:
 
     from erc_ros.models.encoders.text import TextEncoderConfig
     from erc_ros.models.erc_model import ErcModelConfig, build_model
-    from erc_ros.models.fusion import build_fusion
     from erc_ros.models.preprocessing import PreprocessorConfig, PromptConfig, packaged_minilm_dir
     from erc_ros.training import data
-    from erc_ros.training.fusion_stage import FusionStageConfig, encode_dialogues, train_fusion_stage
+    from erc_ros.training.fusion_stage import FusionStageConfig, encode_dialogues, fit_head
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -59,18 +58,13 @@ def main(argv=None) -> int:
     t0 = time.time()
     ftr = encode_dialogues(model, train, out / f"{tag}-train{args.limit_train or ''}.safetensors")
     fdv = encode_dialogues(model, dev, out / f"{tag}-dev.safetensors")
-    dt = model.text_encoder.dim
     rows = []
     for head in args.heads.split(","):
         for cw in (0.0, 0.5):
-            torch.manual_seed(13)
-            h = build_fusion(head, dict(text_dim=dt, audio_dim=1, video_dim=1, num_classes=7,
-                                        d_model=128, num_heads=4, num_layers=1, causal=True,
-                                        dropout=0.2, zero_init_av=True))
-            s = train_fusion_stage(h, ftr, fdv, data.MELD_LABELS,
-                                   FusionStageConfig(epochs=args.epochs, class_weight_power=cw,
-                                                     modality_dropout=0.0, lr=5e-4,
-                                                     threads=args.threads), progress=False)
+            _, _, s = fit_head(model, head, ftr, fdv,
+                               FusionStageConfig(epochs=args.epochs, class_weight_power=cw,
+                                                 modality_dropout=0.0, lr=5e-4,
+                                                 threads=args.threads))
             rows.append({"features": tag, "train_dialogues": len(ftr), "head": head, "class_weight_power": cw,
                          **{k: s["best"][k] for k in ("weighted_f1", "accuracy", "epoch")}})
             print(rows[-1], file=sys.stderr, flush=True)

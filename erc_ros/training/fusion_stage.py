@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,16 +64,24 @@ class CachedDialogue:
 def encode_dialogues(model: ErcModel, dialogues: Sequence[Dialogue],
                      cache_file: Optional[str | Path] = None, progress: bool = True
                      ) -> list[CachedDialogue]:
-    """Encode every utterance once (past context only, as live) and cache the vectors."""
+    """Encode every utterance once (past context only, as live) and cache the vectors. The
+    cache is keyed by the model's weights and config and the dialogues (:func:`cache_key`):
+    a cache made from another model or other data is recomputed, never reused."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
+    key = cache_key(model, dialogues) if cache_file is not None else ""
     if cache_file is not None and Path(cache_file).is_file():
-        flat = load_file(str(cache_file))
-        n = int(flat["count"].item())
-        return [CachedDialogue(*(flat[f"{i}.{k}"] for k in
-                                 ("text", "audio", "video", "modality", "speakers", "labels")))
-                for i in range(n)]
+        with safe_open(str(cache_file), "pt") as f:
+            stored = (f.metadata() or {}).get("key")
+        if stored == key:
+            flat = load_file(str(cache_file))
+            n = int(flat["count"].item())
+            return [CachedDialogue(*(flat[f"{i}.{k}"] for k in
+                                     ("text", "audio", "video", "modality", "speakers", "labels")))
+                    for i in range(n)]
+        print(f"{cache_file}: made from another model or data; encoding again", file=sys.stderr)
     model.eval()
     k = model.config.preprocessing.prompt.past_context
     out = []
@@ -88,8 +97,24 @@ def encode_dialogues(model: ErcModel, dialogues: Sequence[Dialogue],
             for key, v in asdict(c).items():
                 flat[f"{i}.{key}"] = v.contiguous()
         Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-        save_file(flat, str(cache_file))
+        save_file(flat, str(cache_file), metadata={"key": key})
     return out
+
+
+def cache_key(model: ErcModel, dialogues: Sequence[Dialogue]) -> str:
+    """sha256 of the model (config and every tensor) and of the dialogues (ids, texts,
+    speakers, labels): what the cached vectors depend on."""
+    import json
+
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for d in dialogues:
+        h.update(d.conversation_id.encode())
+        for u, y in zip(d.utterances, d.labels):
+            h.update(f"{u.speaker_id}\x00{u.text}\x00{y}\x01".encode())
+    return h.hexdigest()
 
 
 def cache_key(model: ErcModel, dialogues: Sequence[Dialogue]) -> str:
@@ -205,3 +230,33 @@ def train_fusion_stage(head: nn.Module, train: Sequence[CachedDialogue],
         head.load_state_dict(best_state)
     log(f"fusion stage best {best} in {(time.time() - t0) / 60:.1f} min")
     return {"best": best, "history": history, "config": cfg.to_dict()}
+
+
+#: The head settings of stage 2 over cached text vectors (ablation and the default recipe).
+HEAD_DEFAULTS = dict(d_model=128, num_heads=4, num_layers=1, causal=True, dropout=0.2,
+                     zero_init_av=True)
+
+
+def fit_head(model: ErcModel, name: str, train: Sequence[CachedDialogue],
+             dev: Sequence[CachedDialogue], cfg: FusionStageConfig, seed: int = 13,
+             progress: bool = False, **head_config) -> tuple[nn.Module, dict, dict]:
+    """Train a fresh ``name`` head over ``model``'s cached vectors; returns (head, its config
+    with the model's dims, the stage summary). Text-only features: no modality dropout."""
+    from erc_ros.models.fusion import build_fusion
+
+    dt, da, dv = model.dims
+    hcfg = dict(HEAD_DEFAULTS, **head_config, text_dim=dt, audio_dim=da, video_dim=dv,
+                num_classes=len(model.label_names),
+                max_speakers=model.config.preprocessing.max_speakers)
+    torch.manual_seed(seed)
+    head = build_fusion(name, hcfg)
+    summary = train_fusion_stage(head, train, dev, model.label_names, cfg, progress=progress)
+    return head, hcfg, summary
+
+
+def use_head(model: ErcModel, name: str, head: nn.Module, head_config: dict) -> None:
+    """Make ``head`` the model's fusion head (saved and exported with it from now on)."""
+    model.fusion = head
+    model.config.fusion_head = name
+    model.config.fusion = dict(head_config)
+

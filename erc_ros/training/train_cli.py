@@ -130,6 +130,42 @@ def build_from_recipe(r: dict, label_names, model_id: str):
     return model
 
 
+def model_reference(model_dir: str | Path) -> dict:
+    """A trained model named by id, dev metrics and manifest sha256, not by path: provenance
+    travels with the model, a path on the training machine means nothing elsewhere."""
+    from erc_ros.models.artefact import read_manifest
+    from erc_ros.training.data import sha256_of
+
+    m = read_manifest(model_dir)
+    return {"model_id": m.get("model_id", ""),
+            "dev_metrics": m.get("provenance", {}).get("dev_metrics", {}),
+            "manifest_sha256": sha256_of(Path(model_dir) / "manifest.json")}
+
+
+def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads: int):
+    """Stage 2: a fresh head over the fine-tuned encoder's cached vectors (encoder frozen);
+    it replaces the stage-1 head only if dev improves. Returns (best, dev scores or None)."""
+    from erc_ros.training.fusion_stage import (FusionStageConfig, encode_dialogues, fit_head,
+                                               predict_cached, use_head)
+    from erc_ros.training.metrics import scores
+
+    fs = r["fusion_stage"]
+    model.eval()
+    ftr, fdv = encode_dialogues(model, train), encode_dialogues(model, dev)
+    cfg = FusionStageConfig(epochs=fs["epochs"], class_weight_power=fs["class_weight_power"],
+                            lr=fs.get("lr", 5e-4), modality_dropout=0.0, threads=threads,
+                            seed=r["seed"])
+    head, hcfg, s2 = fit_head(model, fs["head"], ftr, fdv, cfg, seed=r["seed"], progress=True)
+    history += [dict(h, stage=2, head=fs["head"]) for h in s2["history"]]
+    if s2["best"].get("weighted_f1", -1) <= best.get("weighted_f1", -1):
+        print(f"stage 2 ({fs['head']}) did not beat stage 1 on dev; keeping the stage-1 head",
+              file=sys.stderr)
+        return best, None
+    use_head(model, fs["head"], head, hcfg)
+    yt, yp = predict_cached(head, fdv)
+    return dict(s2["best"], stage=2, head=fs["head"]), scores(yt, yp, model.label_names)
+
+
 def run(args) -> int:
     import torch
 
@@ -177,11 +213,7 @@ def run(args) -> int:
         teachers = [load_model_dir(d).eval() for d in args.teacher]
         teacher = teacher_logits(teachers, train)
         r.setdefault("distill", 0.5)
-        # Model ids and weight hashes, not paths (provenance travels with the model).
-        r["teachers"] = [{"model_id": t.config.model_id,
-                          "dev_metrics": t.manifest["provenance"].get("dev_metrics", {}),
-                          "manifest_sha256": sha256_of(Path(d) / "manifest.json")}
-                         for t, d in zip(teachers, args.teacher)]
+        r["teachers"] = [model_reference(d) for d in args.teacher]
         del teachers
     then = r.get("then") or []
     cycles = [{}] + (list(then) if isinstance(then, (list, tuple)) else [then])
@@ -210,12 +242,16 @@ def run(args) -> int:
             best_scores = s["best_scores"]
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
+    if r.get("fusion_stage") and dev:
+        best, s2_scores = _fusion_stage(model, r, train, dev, best, history, args.threads)
+        best_scores = s2_scores or best_scores
     # Stage 1 trains the head on text alone: audio/video stay unused until a fusion stage
     # trains the head with them (their projections are zero until then).
     model.config.trained_modalities = ("text",)
     summary = {"history": history, "best": best, "best_scores": best_scores,
                "config": cfg.to_dict()}
-    summary["recipe"] = {"name": args.recipe, **r, "init": args.init or "", "cycle": args.cycle}
+    summary["recipe"] = {"name": args.recipe, **r, "cycle": args.cycle,
+                         "init": model_reference(args.init) if args.init else ""}
     summary["wall_minutes"] = round((time.time() - t0) / 60, 1)
     if DistContext.from_env().rank != 0:
         return 0
