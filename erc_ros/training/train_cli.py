@@ -29,7 +29,10 @@ RECIPES = {
         # Then short cycles (warm restarts at a lower rate; a cycle's weights are kept only
         # if dev improves): a plain one, then one distilled from the model as it stands.
         then=[dict(epochs=1, lr=2e-5, warmup=0.0),
-              dict(epochs=1, lr=2e-5, warmup=0.0, seed=7, distill=0.5, teacher="previous")]),
+              dict(epochs=1, lr=2e-5, warmup=0.0, seed=7, distill=0.5, teacher="previous")],
+        # Stage 2: a fresh concat head over the fine-tuned encoder's cached [MASK] vectors,
+        # class weights (n/n_c)^0.5 (the heads ablation in the README picked it).
+        fusion_stage=dict(head="concat", class_weight_power=0.5, epochs=12)),
     # The reference "plain recipe" of the issue (previous 4 utterances, 3 epochs, no extras).
     "plain": dict(
         encoder="minilm", pooling="mask", past_context=4, max_length=128,
@@ -221,6 +224,7 @@ def run(args) -> int:
     best, best_state, best_scores, history = dict(prior), None, None, []
     if prior:
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    cfg = None
     last = len(cycles) if not args.cycles else min(len(cycles), max(1, args.cycle) - 1 + args.cycles)
     for ci in range(max(1, args.cycle) - 1, last):
         rc = dict(r, **cycles[ci])
@@ -249,7 +253,7 @@ def run(args) -> int:
     # trains the head with them (their projections are zero until then).
     model.config.trained_modalities = ("text",)
     summary = {"history": history, "best": best, "best_scores": best_scores,
-               "config": cfg.to_dict()}
+               "config": cfg.to_dict() if cfg is not None else {}}
     summary["recipe"] = {"name": args.recipe, **r, "cycle": args.cycle,
                          "init": model_reference(args.init) if args.init else ""}
     summary["wall_minutes"] = round((time.time() - t0) / 60, 1)
@@ -275,6 +279,7 @@ def run(args) -> int:
         add_artefact(out, "dev_confusion.png", "report")
     b = summary["best"]
     print(f"\nsaved {out}  best dev: weighted F1 {b.get('weighted_f1')}  accuracy "
-          f"{b.get('accuracy')}  (epoch {b.get('epoch')}, {b.get('weights')} weights)  "
+          f"{b.get('accuracy')}  (epoch {b.get('epoch')}, "
+          f"{'stage-2 ' + b['head'] + ' head' if b.get('stage') == 2 else str(b.get('weights')) + ' weights'})  "
           f"in {summary['wall_minutes']} min", file=sys.stderr)
     return 0
