@@ -298,3 +298,24 @@ def test_every_parameter_is_declared_with_a_description(ros):
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     finally:
         node.destroy_node()
+
+
+def test_composed_skips_face_crops_nobody_uses(ros, tmp_path):
+    """A text-only model in the composed process, utterances not published: the utterance
+    node makes no face crops (latency path); publishing utterances keeps them."""
+    from erc_ros.models.artefact import save_model_dir
+    from erc_ros.models.erc_model import ErcModelConfig, build_model, tiny_text_config
+
+    text_only = build_model(ErcModelConfig(model_id="tiny-text", text=tiny_text_config(),
+                                           trained_modalities=("text",)))
+    save_model_dir(text_only, tmp_path / "text")
+    for publish, faces in ((False, False), (True, True)):
+        comp = ComposedPipeline([*NO_DIARIZATION, Parameter("publish_utterances", value=publish)],
+                                [Parameter("model_dir", value=str(tmp_path / "text")),
+                                 Parameter("backend", value="torch")])
+        try:
+            assert comp.start()
+            assert comp.utterance.core.config.faces.enabled is faces
+            assert (comp.utterance.core.frames is not None) is faces
+        finally:
+            comp.destroy()

@@ -39,10 +39,12 @@ def add_arguments(p) -> None:
                    help="run utterance_node and emotion_node as two processes (utterances "
                         "over DDS) instead of the composed process")
     p.add_argument("--startup-timeout", type=float, default=120.0)
+    p.add_argument("--set", action="append", default=[], metavar="NAME:=VALUE",
+                   help="extra node parameter, e.g. perception.faces.enabled:=false")
 
 
 def _node_command(bag: Path, model_dir: str, backend: str, precision: str,
-                  module: str = "erc_ros.ros.composed") -> list[str]:
+                  module: str = "erc_ros.ros.composed", extra: tuple = ()) -> list[str]:
     from erc_ros.ros.live import bag_connections, node_params_for_bag
     params = ["use_sim_time:=true", f"backend:={backend}", f"precision:={precision}",
               "diagnostics_period:=2.0"]
@@ -50,6 +52,7 @@ def _node_command(bag: Path, model_dir: str, backend: str, precision: str,
         params.append(f"model_dir:={model_dir}")
     for p in node_params_for_bag(bag_connections(bag)):
         params.append(f"{p.name}:={p.value}")
+    params += list(extra)
     cmd = [sys.executable, "-m", module, "--ros-args"]
     for p in params:
         cmd += ["-p", p]
@@ -58,7 +61,7 @@ def _node_command(bag: Path, model_dir: str, backend: str, precision: str,
 
 def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision: str = "auto",
           rate: float = 1.0, repeat: int = 1, startup_timeout: float = 120.0,
-          split: bool = False) -> dict:
+          split: bool = False, extra: tuple = ()) -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.serialization import deserialize_message
@@ -71,7 +74,7 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     bag = Path(bag)
     modules = (["erc_ros.ros.utterance_node", "erc_ros.ros.emotion_node"] if split
                else ["erc_ros.ros.composed"])
-    procs = [subprocess.Popen(_node_command(bag, model_dir, backend, precision, m),
+    procs = [subprocess.Popen(_node_command(bag, model_dir, backend, precision, m, extra),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=os.environ.copy()) for m in modules]
     lines: list[str] = []
@@ -106,6 +109,9 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     ex = SingleThreadedExecutor()
     ex.add_node(node)
+    from erc_ros.ros.lifecycle import quiet_gc
+
+    quiet_gc()  # the measuring process's own collector pauses are not the nodes' latency
     spin = threading.Thread(target=ex.spin, daemon=True)
     spin.start()
     try:
@@ -224,7 +230,7 @@ def run(args) -> int:
         print(f"bench-e2e: no bag {bag}", file=sys.stderr)
         return 2
     r = bench(bag, args.model_dir, args.backend, args.precision, args.rate, args.repeat,
-              args.startup_timeout, args.split)
+              args.startup_timeout, args.split, tuple(args.set))
     r["load_average_1m_after"] = os.getloadavg()[0]
     print(f"bench-e2e ({r['mode']}): {r['utterances']} utterances, {r['lost']} lost; final ASR result -> "
           f"EmotionEstimate p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
