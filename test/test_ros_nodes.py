@@ -319,3 +319,9 @@ def test_composed_skips_face_crops_nobody_uses(ros, tmp_path):
             assert (comp.utterance.core.frames is not None) is faces
         finally:
             comp.destroy()
+    # eval-bag's offline core follows the same rule (an explicit setting wins).
+    from erc_ros.tools.eval_bag import make_core, make_pipeline
+
+    pipe = make_pipeline(str(tmp_path / "text"), backend="torch")
+    assert make_core(pipeline=pipe).config.faces.enabled is False
+    assert make_core(sets=("perception.faces.enabled=true",), pipeline=pipe).config.faces.enabled

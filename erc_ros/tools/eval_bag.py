@@ -72,9 +72,13 @@ def parse_sets(sets) -> dict:
     return out
 
 
-def make_core(config: str | Path = DEFAULT_CONFIG, sets: tuple = ()):
+def make_core(config: str | Path = DEFAULT_CONFIG, sets: tuple = (), pipeline=None):
+    """The utterance node's perception core. With ``pipeline``: as in the composed node,
+    no face crops when its model does not use video (unless faces.enabled is set)."""
     from erc_ros.ros.utterance_node import build_core
     over, file = perception_overrides(config, sets)
+    if pipeline is not None and not pipeline.model.uses("video"):
+        over.setdefault("faces.enabled", False)
     return build_core(over, file)
 
 
@@ -243,7 +247,7 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
                               precision=precision, threads=threads, rate=rate,
                               on_estimate=on_est, progress=progress, sets=parse_sets(sets))
         else:
-            res = replay_bag(bag, make_core(config, sets), pipeline, on_estimate=on_est,
+            res = replay_bag(bag, make_core(config, sets, pipeline), pipeline, on_estimate=on_est,
                              progress=progress)
         labs = labels_for(bag, labels, res.ground_truth)
         pairs = match(labs, res.estimates)
