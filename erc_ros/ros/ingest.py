@@ -29,6 +29,9 @@ KIND_OF_TYPE = {v: k for k, v in KINDS.items()}
 
 #: Unstamped audio arriving this much later than its continuation is a gap, not jitter.
 RAW_AUDIO_GAP_S = 2.0
+#: ... and this much earlier is receipt jitter (e.g. a /clock update handled after the audio
+#: on a loaded machine), not a clock that went back: the chunk continues the timeline.
+RAW_AUDIO_EARLY_S = 1.0
 
 _VOICE_RE = re.compile(r"/humans/voices/([^/]+)/")
 
@@ -113,7 +116,7 @@ class Ingest:
                 dur = convert.chunk_duration(len(msg.data), self.audio_format)
                 stamp = receipt - dur
                 nxt = self._raw_next
-                if nxt is not None and nxt - max(0.25, 2 * dur) <= stamp <= nxt + \
+                if nxt is not None and nxt - max(RAW_AUDIO_EARLY_S, 2 * dur) <= stamp <= nxt + \
                         RAW_AUDIO_GAP_S:
                     stamp = nxt
                 chunk = convert.audio_to_chunk(msg, self.audio_format, stamp=stamp,
