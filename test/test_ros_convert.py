@@ -175,3 +175,24 @@ def test_estimate_and_expression():
     assert convert.estimate_to_expression(est).expression == "angry"
     est.probabilities = []
     assert not math.isnan(convert.estimate_to_expression(est).confidence)
+
+
+def test_unstamped_audio_is_one_timeline_despite_receipt_jitter():
+    """Raw AudioData is stamped at receipt: a receipt up to 1 s early (a /clock update handled
+    after the audio under sim time) or late continues the timeline; a clock that went back
+    further starts a new one."""
+    from audio_common_msgs.msg import AudioData
+
+    from erc_ros.core.perception import PerceptionConfig, PerceptionCore
+    from erc_ros.ros.ingest import Ingest
+
+    core = PerceptionCore(PerceptionConfig.from_dict(
+        {"diarization.enabled": False, "faces.enabled": False}))
+    ingest = Ingest(core)
+    chunk = AudioData(data=np.zeros(1600, "<i2").tobytes())  # 0.1 s at 16 kHz
+    for k, jitter in enumerate([0.0, 0.0, -0.3, -0.6, 0.05, 0.4, -0.2, 0.0]):
+        assert ingest.feed("audio", chunk, 100.0 + 0.1 * (k + 1) + jitter, "/audio")
+    assert not ingest.health.refused
+    assert abs(core.buffer.t_end - 100.8) < 1e-6 and core.buffer.epoch == 0
+    assert ingest.feed("audio", chunk, 50.0, "/audio")  # the clock went back 50 s
+    assert core.buffer.epoch == 1
