@@ -34,6 +34,7 @@ import scipy.fft
 from .types import SAMPLE_RATE
 
 PARTIAL_SAMPLES = 25600  # resemblyzer partial: 160 mel frames of 10 ms
+SPAN_TOLERANCE_S = 0.15  # a stored window belongs to a span it overhangs by at most this
 
 
 def _import_resemblyzer():
@@ -198,7 +199,8 @@ class SpeakerEmbedder:
             return 0
         self._pause_done = t1
         t0 = seg.open_start
-        covered_to = max((b for a, b, _, _ in self.history if a >= t0 - 0.15 and b <= t1 + 0.15),
+        tol = SPAN_TOLERANCE_S
+        covered_to = max((b for a, b, _, _ in self.history if a >= t0 - tol and b <= t1 + tol),
                          default=t0)
         computed = self._tail_window(t0, t1, covered_to, buffer)
         if computed is None:
@@ -221,7 +223,7 @@ class SpeakerEmbedder:
         weight = min(1.0, max(tail, 0.3) / (self.window / SAMPLE_RATE))
         return a, t1, self.embed_windows([wav])[0], weight
 
-    def utterance_embedding(self, t0: float, t1: float, buffer, tol: float = 0.15
+    def utterance_embedding(self, t0: float, t1: float, buffer, tol: float = SPAN_TOLERANCE_S
                             ) -> tuple[Optional[np.ndarray], int]:
         """Embedding of [t0, t1] from the stored windows inside it, plus one new window over
         the tail they do not cover. Returns (embedding or None, windows computed now)."""
@@ -232,9 +234,8 @@ class SpeakerEmbedder:
         if tail is not None:
             vecs.append(tail[2])
             weights.append(tail[3])
-        if not vecs:
-            return None, int(tail is not None)
-        return _unit(np.average(np.stack(vecs), axis=0, weights=weights)), int(tail is not None)
+        emb = _unit(np.average(np.stack(vecs), axis=0, weights=weights)) if vecs else None
+        return emb, int(tail is not None)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -261,9 +261,6 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu"):
     m = verify_model_dir(model_dir)
     cfg = ErcModelConfig.from_dict(m["config"])
     cfg.text.pretrained = None  # the directory carries the weights
-    if cfg.trained_modalities is None and m.get("provenance", {}).get("modalities_trained"):
-        # Directories written before the config field carried it in their provenance.
-        cfg.trained_modalities = tuple(m["provenance"]["modalities_trained"])
     tok = [r for r, e in m["artefacts"].items() if e["kind"] == "tokenizer"]
     if not tok:
         raise ArtefactError(f"{model_dir}: no tokenizer listed in the manifest")

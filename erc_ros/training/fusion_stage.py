@@ -117,17 +117,6 @@ def cache_key(model: ErcModel, dialogues: Sequence[Dialogue]) -> str:
     return h.hexdigest()
 
 
-def cache_key(model: ErcModel, dialogues: Sequence[Dialogue]) -> str:
-    h = hashlib.sha256()
-    for v in model.state_dict().values():
-        h.update(v.detach().cpu().numpy().tobytes()[:4096])
-    for d in dialogues:
-        for u in d.utterances:
-            h.update(u.utterance_id.encode())
-            h.update(u.text.encode())
-    return h.hexdigest()[:16]
-
-
 def collate(batch: Sequence[CachedDialogue]):
     t = max(len(c.labels) for c in batch)
     b = len(batch)

@@ -3,10 +3,12 @@
     python -m erc_ros train --recipe default --out models/default
 
 Recipes (``RECIPES``) fix every choice; command-line flags override a few for ablations
-(``--past-context``, ``--class-weight-power``, ``--self-distill``, ``--epochs``, ...). It
-runs stage 1: the prompt text encoder fine-tuned end to end with the concat head
-(:mod:`text_stage`); the saved model uses text only (``trained_modalities``) until a fusion
-stage (:mod:`fusion_stage`, over cached utterance vectors) trains a head with audio/video.
+(``--past-context``, ``--class-weight-power``, ``--self-distill``, ``--epochs``, ...). Stage 1
+fine-tunes the prompt text encoder end to end with the concat head (:mod:`text_stage`), in
+cycles (warm restarts, optionally distilled from ``--teacher`` models or the previous
+cycle); a recipe's ``fusion_stage`` then fits a fresh head over the encoder's cached vectors
+(:mod:`fusion_stage`). The saved model uses text only (``trained_modalities``): MELD here has
+no audio/video to train those branches.
 The output directory is self-describing (see :mod:`erc_ros.models.artefact`), with dev
 metrics and the data sha256s in its provenance, a ``train_log.json`` and a dev
 confusion-matrix PNG.
@@ -176,7 +178,7 @@ def run(args) -> int:
     from erc_ros.training.data import sha256_of
     from erc_ros.training.distributed import DistContext
     from erc_ros.training.metrics import plot_confusion
-    from erc_ros.training.text_stage import TextStageConfig, train_text_stage
+    from erc_ros.training.text_stage import TextStageConfig, teacher_logits, train_text_stage
 
     r = dict(RECIPES[args.recipe])
     for k in ("encoder", "past_context", "max_length", "epochs", "lr", "class_weight_power",
@@ -211,15 +213,11 @@ def run(args) -> int:
     teacher = None
     if args.teacher:
         from erc_ros.models.artefact import load_model_dir
-        from erc_ros.training.text_stage import teacher_logits
 
-        teachers = [load_model_dir(d).eval() for d in args.teacher]
-        teacher = teacher_logits(teachers, train)
+        teacher = teacher_logits([load_model_dir(d).eval() for d in args.teacher], train)
         r.setdefault("distill", 0.5)
         r["teachers"] = [model_reference(d) for d in args.teacher]
-        del teachers
-    then = r.get("then") or []
-    cycles = [{}] + (list(then) if isinstance(then, (list, tuple)) else [then])
+    cycles = [{}, *r.get("then", [])]
     t0 = time.time()
     best, best_state, best_scores, history = dict(prior), None, None, []
     if prior:
@@ -235,8 +233,6 @@ def run(args) -> int:
         if cycles[ci].get("teacher") == "previous":
             # Self-distillation across cycles: the model as the previous cycle left it
             # teaches this one (born-again networks; seed 004's EMA teacher, one level up).
-            from erc_ros.training.text_stage import teacher_logits
-
             cycle_teacher = teacher_logits([model.eval()], train)
             model.train()
         s = train_text_stage(model, train, dev, cfg, teacher=cycle_teacher)
@@ -249,8 +245,8 @@ def run(args) -> int:
     if r.get("fusion_stage") and dev:
         best, s2_scores = _fusion_stage(model, r, train, dev, best, history, args.threads)
         best_scores = s2_scores or best_scores
-    # Stage 1 trains the head on text alone: audio/video stay unused until a fusion stage
-    # trains the head with them (their projections are zero until then).
+    # Both stages train the head on text alone: audio/video stay unused until a fusion stage
+    # trains it with them (their projections are zero until then).
     model.config.trained_modalities = ("text",)
     summary = {"history": history, "best": best, "best_scores": best_scores,
                "config": cfg.to_dict() if cfg is not None else {}}
