@@ -1,4 +1,6 @@
-"""Launch erc_ros: `ros2 launch erc_ros emotion.launch.py [composed:=true] [model_dir:=...]`.
+"""Launch erc_ros: `ros2 launch erc_ros emotion.launch.py [composed:=true] [model_dir:=...]`,
+e.g. `namespace:=robot1 image_transport:=compressed audio_reliability:=best_effort`
+(`ros2 launch erc_ros emotion.launch.py --show-args` lists every argument).
 
 Thin on purpose: which nodes, parameters and remappings are decided by
 erc_ros.ros.launch_config.plan (tested in test/test_ros_launch.py); this file only declares

@@ -3,6 +3,11 @@
 `ros2 launch` is not installable here (no launch/launch_ros wheels): the decisions live in
 launch_config.plan, checked below against the config file the package installs; the launch
 file itself is compiled and checked to call the helper for every argument.
+
+Namespaces (``namespace:=robot1``) are checked for real where it matters: the node classes
+are built with ``--ros-args --params-file`` in namespace robot1, as the launch system starts
+them, and must read the values of the config file; rcl's section-matching rule is compared
+with launch_config.load_config on keys of every form.
 """
 from __future__ import annotations
 
@@ -73,8 +78,8 @@ def test_split_plan_with_arguments(tmp_path):
     assert utt["asr_topic"] == "/asr/result" and utt["use_sim_time"] is True
     assert emo["model_dir"] == "/models/x" and emo["backend"] == "onnxruntime"
     assert emo["estimate_topic"] == "/emotions"
-    assert utt["image_topic"] == "/camera/image_raw"  # untouched
-    assert ("/erc_ros/transcript", "/asr/result") in specs[0].remappings
+    assert utt["image_topic"] == "camera/image_raw"  # untouched, relative: /robot1/camera/...
+    assert ("erc_ros/transcript", "/asr/result") in specs[0].remappings
 
 
 def test_plan_refuses_bad_arguments(tmp_path):
@@ -92,10 +97,165 @@ def test_plan_refuses_bad_arguments(tmp_path):
 
 def test_custom_config_values_reach_the_nodes(tmp_path):
     cfg = yaml.safe_load(CONFIG.read_text())
-    cfg["emotion_node"]["ros__parameters"]["threads"] = 1
-    cfg["utterance_node"]["ros__parameters"]["asr_type"] = "hri_voices"
+    cfg["/**/emotion_node"]["ros__parameters"]["threads"] = 1
+    cfg["/**/utterance_node"]["ros__parameters"]["asr_type"] = "hri_voices"
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(cfg))
     (spec,) = launch_config.plan({"config": str(path)})
     assert launch_config.node_parameters(spec, "emotion_node")["threads"] == 1
     assert launch_config.node_parameters(spec, "utterance_node")["asr_type"] == "hri_voices"
+
+
+# -- namespaces ---------------------------------------------------------------------------
+
+def test_installed_config_uses_wildcard_keys():
+    """Plain ``utterance_node:`` keys match the root namespace only: under namespace:=robot1
+    the user's settings would be dropped without a word."""
+    assert set(yaml.safe_load(CONFIG.read_text())) == {"/**/utterance_node", "/**/emotion_node"}
+
+
+def _changed_config(tmp_path) -> Path:
+    """The installed config with one non-default value per node."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["/**/emotion_node"]["ros__parameters"]["threads"] = 1
+    cfg["/**/utterance_node"]["ros__parameters"]["queue_size"] = 17
+    cfg["/**/utterance_node"]["ros__parameters"]["image_transport"] = "compressed"
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("composed", ["true", "false"])
+def test_namespaced_plan_gives_each_node_the_yaml_values(tmp_path, composed):
+    specs = launch_config.plan({"config": str(_changed_config(tmp_path)),
+                                "namespace": "robot1", "composed": composed})
+    assert all(s.namespace == "robot1" for s in specs)
+    by_node = {"utterance_node": specs[0], "emotion_node": specs[-1]}
+    assert launch_config.node_parameters(by_node["emotion_node"], "emotion_node")["threads"] == 1
+    utt = launch_config.node_parameters(by_node["utterance_node"], "utterance_node")
+    assert utt["queue_size"] == 17 and utt["image_transport"] == "compressed"
+    assert utt["audio_topic"] == "audio"  # relative: it lands under /robot1
+
+
+def test_old_style_keys_under_a_namespace_are_refused_not_dropped(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"utterance_node": {"ros__parameters": {"queue_size": 5}},
+                                   "emotion_node": {"ros__parameters": {"threads": 1}}}))
+    (spec,) = launch_config.plan({"config": str(old)})  # root namespace: they apply
+    assert launch_config.node_parameters(spec, "utterance_node")["queue_size"] == 5
+    with pytest.raises(ValueError, match=r"/\*\*/utterance_node"):
+        launch_config.plan({"config": str(old), "namespace": "robot1"})
+
+
+def test_load_config_applies_what_rcl_applies(ros, tmp_path):
+    """Every key form, merged in file order, compared with what rclpy itself gives a node of
+    that name in the root namespace, in robot1 and in a/b."""
+    from rclpy.node import Node
+    sections = {"/**": {"a": 1, "b": 1},
+                "/**/utterance_node": {"b": 2, "c": 2},
+                "/*/utterance_node": {"d": 3},
+                "utterance_node": {"e": 4},
+                "/robot1/utterance_node": {"f": 5, "a": 6},
+                "/robot1/emotion_node": {"g": 7}}
+    path = tmp_path / "forms.yaml"
+    path.write_text(yaml.safe_dump({k: {"ros__parameters": v} for k, v in sections.items()},
+                                   sort_keys=False))
+    for ns in ("", "robot1", "/a/b"):
+        ours = launch_config.load_config(path, ns)
+        for name in ("utterance_node", "emotion_node"):
+            node = Node(name, namespace=ns, cli_args=["--ros-args", "--params-file", str(path)],
+                        allow_undeclared_parameters=True,
+                        automatically_declare_parameters_from_overrides=True)
+            try:
+                got = {k: node.get_parameter(k).value for k in "abcdefg"
+                       if node.has_parameter(k)}
+            finally:
+                node.destroy_node()
+            assert ours.get(name, {}) == got, (ns, name)
+    assert launch_config.load_config(path, "robot1")["utterance_node"] == \
+        {"a": 6, "b": 2, "c": 2, "d": 3, "f": 5}
+
+
+@pytest.fixture(scope="module")
+def ros():
+    import rclpy
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+def _override_file(tmp_path, over: dict) -> Path:
+    """What launch_ros does with a dict in ``parameters``: a params file keyed '/**'."""
+    path = tmp_path / "launch_params.yaml"
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": over}}))
+    return path
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("composed", ["true", "false"])
+def test_namespaced_nodes_read_the_config_for_real(ros, tmp_path, composed):
+    """The node classes, built in namespace robot1 with the planned parameter files as
+    ``--params-file`` arguments (what ``ros2 launch`` passes), read the changed YAML values,
+    the launch overrides, and resolve their relative topics under /robot1/."""
+    from erc_ros.ros.emotion_node import EmotionNode
+    from erc_ros.ros.utterance_node import UtteranceNode
+    specs = launch_config.plan({"config": str(_changed_config(tmp_path)), "namespace": "robot1",
+                                "composed": composed, "asr_type": "string",
+                                "estimate_topic": "emotions"})
+    by_node = {"utterance_node": specs[0], "emotion_node": specs[-1]}
+    for name, cls in (("utterance_node", UtteranceNode), ("emotion_node", EmotionNode)):
+        spec = by_node[name]
+        args = ["--ros-args"]
+        for p in spec.parameters:
+            path = _override_file(tmp_path, p) if isinstance(p, dict) else p
+            args += ["--params-file", str(path)]
+        node = cls(namespace=spec.namespace, cli_args=args)
+        try:
+            assert node.get_fully_qualified_name() == f"/robot1/{name}"
+            planned = launch_config.node_parameters(spec, name)
+            for key, value in planned.items():
+                if node.has_parameter(key):
+                    assert node.get_parameter(key).value == value, (name, key)
+            topics = [k for k in ("image_topic", "audio_topic", "audio_info_topic", "asr_topic",
+                                  "utterance_topic", "estimate_topic") if node.has_parameter(k)]
+            for key in topics:
+                resolved = node.resolve_topic_name(node.get_parameter(key).value)
+                assert resolved.startswith("/robot1/"), (name, key, resolved)
+        finally:
+            node.destroy_node()
+        if name == "utterance_node":
+            assert planned["queue_size"] == 17 and planned["asr_type"] == "string"
+            assert planned["image_transport"] == "compressed"
+        else:
+            assert planned["threads"] == 1 and planned["estimate_topic"] == "emotions"
+
+
+# -- launch arguments ---------------------------------------------------------------------
+
+def test_enumerated_launch_arguments_reach_the_nodes_and_typos_are_refused():
+    choices = {"image_transport": "compressed", "audio_msg": "raw", "asr_type": "live_speech",
+               "image_reliability": "reliable", "audio_reliability": "best_effort",
+               "asr_reliability": "best_effort", "backend": "torch"}
+    assert set(choices) <= set(launch_config.ARGUMENTS)
+    (spec,) = launch_config.plan(choices)
+    for name, value in choices.items():
+        assert launch_config.node_parameters(spec, "utterance_node")[name] == value
+        with pytest.raises(ValueError, match=name):
+            launch_config.plan({name: value + "x"})
+    # empty = as the config file says
+    (spec,) = launch_config.plan({"image_transport": ""})
+    assert launch_config.node_parameters(spec, "utterance_node")["image_transport"] == "raw"
+
+
+def test_remap_arguments_take_relative_names_and_refuse_malformed_ones():
+    specs = launch_config.plan({"composed": "false", "namespace": "robot1",
+                                "image_topic": "head_camera/image", "audio_topic": "~/mic"})
+    assert ("camera/image_raw", "head_camera/image") in specs[0].remappings
+    assert ("audio", "~/mic") in specs[0].remappings
+    assert launch_config.node_parameters(specs[0], "utterance_node")["image_topic"] == \
+        "head_camera/image"
+    for bad in ("head camera", "/a//b", "a/", "1cam", "a/{node}"):
+        with pytest.raises(ValueError, match="image_topic"):
+            launch_config.plan({"image_topic": bad})
+    with pytest.raises(ValueError, match="namespace"):
+        launch_config.plan({"namespace": "robot 1"})

@@ -4,16 +4,25 @@
 namespace, parameters, remappings). The launch file only declares the arguments and maps
 each NodeSpec onto ``launch_ros.actions.Node`` (CI has no ``launch`` here, see
 docs/ros2-from-pypi notes): everything that can be wrong is in this module and tested.
+
+Namespaces: the config file is a ROS 2 params file, whose section keys are matched against
+each node's fully qualified name the way rcl does it (:func:`section_applies`). The package's
+config/emotion.yaml uses ``/**/utterance_node:`` / ``/**/emotion_node:`` so its values reach
+the nodes in any namespace (``namespace:=robot1``); :func:`load_config` computes, for a given
+namespace, what each node gets. The nodes' default topic names are relative (they land under
+the namespace); /diagnostics, /clock and ROS4HRI's /humans/... stay absolute (REP-155).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+import re
 from typing import Any, Optional
 
 import yaml
 
 from erc_ros.core.params import flatten
+from erc_ros.ros.choices import check_choice
 
 PACKAGE = "erc_ros"
 
@@ -24,6 +33,18 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
     "model_dir": ("", "model directory (default: the package's models/default)"),
     "backend": ("", "runtime backend: auto, torch, onnxruntime, tensorrt (default: from "
                     "the config file)"),
+    "image_transport": ("", "camera input: raw, compressed (CompressedImage on "
+                            "<image_topic>/compressed) or none (default: from the config file)"),
+    "audio_msg": ("", "microphone input: stamped (AudioDataStamped), raw (AudioData) or none "
+                      "(default: from the config file)"),
+    "asr_type": ("", "ASR input: transcript, live_speech, hri_voices, string or none "
+                     "(default: from the config file)"),
+    "image_reliability": ("", "QoS reliability of the camera subscription: reliable or "
+                              "best_effort (default: from the config file)"),
+    "audio_reliability": ("", "QoS reliability of the microphone subscription: reliable or "
+                              "best_effort (default: from the config file)"),
+    "asr_reliability": ("", "QoS reliability of the ASR subscription: reliable or "
+                            "best_effort (default: from the config file)"),
     "composed": ("true", "run both nodes in one process with an in-process hand-off "
                          "(faster: no DDS copy of audio and images)"),
     "use_sim_time": ("false", "use /clock (bag replay)"),
@@ -38,9 +59,25 @@ EXEC_UTTERANCE = "utterance_node"
 EXEC_EMOTION = "emotion_node"
 EXEC_COMPOSED = "emotion_pipeline"
 
-# Topic defaults of the nodes (their parameters), which the remap arguments replace.
-_TOPIC_DEFAULTS = {"image_topic": "/camera/image_raw", "audio_topic": "/audio",
-                   "asr_topic": "/erc_ros/transcript", "estimate_topic": "/erc_ros/emotion"}
+#: The node names (the executables name their nodes so; the composed process too).
+NODE_NAMES = ("utterance_node", "emotion_node")
+
+# Topic defaults of the nodes (their parameters), which the remap arguments replace. Relative:
+# under namespace:=robot1 they resolve to /robot1/camera/image_raw etc.
+_TOPIC_DEFAULTS = {"image_topic": "camera/image_raw", "audio_topic": "audio",
+                   "asr_topic": "erc_ros/transcript", "estimate_topic": "erc_ros/emotion"}
+
+#: Launch arguments that set an enumerated node parameter of the same name (allowed values:
+#: erc_ros.ros.choices); empty means "as the config file says".
+_CHOICE_ARGUMENTS = ("backend", "image_transport", "audio_msg", "asr_type",
+                     "image_reliability", "audio_reliability", "asr_reliability")
+
+# A topic name a remap argument may give: ROS 2 name tokens ([A-Za-z0-9_], not starting with
+# a digit) separated by '/', optionally absolute ('/') or private ('~/'); no '//', no
+# trailing '/'. Substitutions ({node}) are not accepted here.
+_TOKENS = r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*"
+_TOPIC_NAME = re.compile(r"(~/|/)?" + _TOKENS, re.ASCII)
+_NAMESPACE = re.compile(r"/?" + _TOKENS + r"/?", re.ASCII)
 
 
 @dataclass
@@ -70,23 +107,75 @@ def default_config() -> Path:
     return package_share() / "config" / "emotion.yaml"
 
 
-def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
-    """``config/emotion.yaml`` (ROS 2 params file format) -> {node name: {param: value}}."""
+def normalize_namespace(namespace: str) -> str:
+    """``""`` -> ``"/"``, ``"robot1"`` / ``"/robot1/"`` -> ``"/robot1"`` (what rcl makes of a
+    node namespace given at the top level of a launch)."""
+    return "/" + namespace.strip().strip("/")
+
+
+def node_fqn(name: str, namespace: str = "") -> str:
+    """The fully qualified name of node ``name`` in ``namespace``."""
+    ns = normalize_namespace(namespace)
+    return ns.rstrip("/") + "/" + name
+
+
+def section_applies(key: str, fqn: str) -> bool:
+    """Whether the params-file section ``key`` applies to the node ``fqn`` -- rcl's rule
+    (rclpy / rclcpp ``parameter_map_from``): a leading '/' is implied, then ``/**`` stands for
+    any number of namespace tokens (none included) and ``/*`` for exactly one, and the whole
+    name must match. So ``utterance_node`` means the node of that name in the ROOT namespace
+    only, ``/**/utterance_node`` that node in any namespace, ``/**`` every node."""
+    name = key if key.startswith("/") else "/" + key
+    pattern = re.escape(name).replace(r"/\*\*", r"(/\w+)*").replace(r"/\*", r"(/\w+)")
+    return re.fullmatch(pattern, fqn, re.ASCII) is not None
+
+
+def _sections(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a ROS 2 params file (a mapping of node sections)")
+    out = []
+    for key, body in data.items():
+        body = {} if body is None else body
+        params = (body.get("ros__parameters") or {}) if isinstance(body, dict) else None
+        if not isinstance(params, dict):
+            raise ValueError(f"{path}: section {key!r} has no 'ros__parameters' mapping")
+        out.append((str(key), flatten(params)))
+    return out
+
+
+def load_config(path: str | Path, namespace: str = "") -> dict[str, dict[str, Any]]:
+    """``config/emotion.yaml`` (ROS 2 params file format) -> {node name: {param: value}}: what
+    rcl applies to the node of that name in ``namespace`` (sections that match its fully
+    qualified name, merged in file order, later ones winning).
+
+    Node names: erc_ros's own (:data:`NODE_NAMES`) and the last token of every literal
+    section key. A node appears only if at least one section applies to it."""
+    sections = _sections(path)
+    names = list(NODE_NAMES)
+    for key, _ in sections:
+        last = key.rstrip("/").split("/")[-1]
+        if last and "*" not in last and last not in names:
+            names.append(last)
     out: dict[str, dict[str, Any]] = {}
-    for node, body in data.items():
-        params = (body or {}).get("ros__parameters", {})
-        out[node.strip("/").split("/")[-1]] = flatten(params)
+    for name in names:
+        fqn = node_fqn(name, namespace)
+        for key, params in sections:
+            if section_applies(key, fqn):
+                out.setdefault(name, {}).update(params)
     return out
 
 
 def plan(args: Optional[dict[str, str]] = None) -> list[NodeSpec]:
     """Launch arguments (strings, as launch gives them) -> the nodes to start.
 
-    Each node gets the YAML file (its section, ``utterance_node:`` / ``emotion_node:``) and
-    then a dict of the overrides the arguments ask for. Parameter names of the two nodes
-    never clash in meaning, so the same override dict serves both nodes of the composed
-    process (rclpy ignores parameters a node does not declare).
+    Each node gets the YAML file (the sections rcl applies to it in the namespace, e.g.
+    ``/**/utterance_node:``) and then a dict of the overrides the arguments ask for.
+    Enumerated arguments are checked against erc_ros.ros.choices and remap arguments must be
+    ROS topic names (relative ones land under the namespace): ValueError with the reason
+    otherwise. Parameter names of the two nodes never clash in meaning, so the same override
+    dict serves both nodes of the composed process (rclpy ignores parameters a node does not
+    declare).
     """
     a = {k: d for k, (d, _) in ARGUMENTS.items()}
     unknown = set(args or {}) - set(a)
@@ -96,26 +185,36 @@ def plan(args: Optional[dict[str, str]] = None) -> list[NodeSpec]:
     cfg_path = Path(a["config"]) if a["config"] else default_config()
     if not cfg_path.is_file():
         raise FileNotFoundError(f"config file not found: {cfg_path}")
-    cfg = load_config(cfg_path)
-    missing = {"utterance_node", "emotion_node"} - set(cfg)
+    ns = a["namespace"].strip()
+    if ns and not _NAMESPACE.fullmatch(ns):
+        raise ValueError(f"namespace: {ns!r} is not a valid ROS namespace")
+    cfg = load_config(cfg_path, ns)
+    missing = [n for n in NODE_NAMES if n not in cfg]
     if missing:
-        raise ValueError(f"{cfg_path} has no section for {sorted(missing)}")
+        raise ValueError(
+            f"{cfg_path} has no section for {missing} in namespace {normalize_namespace(ns)} "
+            f"(a key 'utterance_node:' matches the root namespace only; use "
+            f"'/**/utterance_node:' for any namespace)")
     over: dict[str, Any] = {"use_sim_time": _truthy(a["use_sim_time"])}
     if a["model_dir"]:
         over["model_dir"] = a["model_dir"]
-    if a["backend"]:
-        if a["backend"] not in ("auto", "torch", "onnxruntime", "tensorrt"):
-            raise ValueError(f"unknown backend {a['backend']!r}")
-        over["backend"] = a["backend"]
+    for key in _CHOICE_ARGUMENTS:
+        if a[key]:
+            reason = check_choice(key, a[key])
+            if reason:
+                raise ValueError(f"launch argument {reason}")
+            over[key] = a[key]
     # Topics are node parameters (so one mechanism works composed or not); a remap argument
     # overrides the parameter, and is listed as a remapping of the configured name too.
     remaps: list[tuple[str, str]] = []
     for key, node in (("image_topic", "utterance_node"), ("audio_topic", "utterance_node"),
                       ("asr_topic", "utterance_node"), ("estimate_topic", "emotion_node")):
         if a[key]:
+            if not _TOPIC_NAME.fullmatch(a[key]):
+                raise ValueError(f"launch argument {key}: {a[key]!r} is not a valid ROS topic "
+                                 f"name")
             remaps.append((cfg[node].get(key, _TOPIC_DEFAULTS[key]), a[key]))
             over[key] = a[key]
-    ns = a["namespace"]
     params: list = [str(cfg_path), over]
     if _truthy(a["composed"]):
         # No node-name remap: in one process it would rename both nodes.
@@ -126,11 +225,12 @@ def plan(args: Optional[dict[str, str]] = None) -> list[NodeSpec]:
 
 def node_parameters(spec: NodeSpec, node_name: str) -> dict[str, Any]:
     """The parameter values ``node_name`` ends up with from ``spec`` (YAML section, then the
-    override dicts): what rclpy would compute, for tests and for `--dry-run` printing."""
+    override dicts): what rclpy would compute for that node in ``spec.namespace``, for tests
+    and for `--dry-run` printing."""
     out: dict[str, Any] = {}
     for p in spec.parameters:
         if isinstance(p, dict):
             out.update(p)
         else:
-            out.update(load_config(p).get(node_name, {}))
+            out.update(load_config(p, spec.namespace).get(node_name, {}))
     return out
