@@ -66,3 +66,23 @@ def test_status_levels_and_values():
     assert {v.key: v.value for v in st.values}["refused.audio_coding"] == "1"
     h.error = "cannot load the model from 'x'"
     assert to_status("n", "erc_ros", h).level == DiagnosticStatus.ERROR
+
+
+def test_internal_errors_raise_the_level_to_warn_with_their_counts():
+    h = NodeHealth()
+    h.count("in.image", 5)
+    h.count("errors.predict", 0)  # a zero counter is not an error
+    assert to_status("n", "erc_ros", h).level == DiagnosticStatus.OK
+    h.count("errors.ingest", 2)
+    h.count("errors.predict")
+    st = to_status("n", "erc_ros", h)
+    assert st.level == DiagnosticStatus.WARN
+    assert st.message == "3 internal errors (ingest: 2, predict: 1)"
+    assert {v.key: v.value for v in st.values}["errors.ingest"] == "2"
+    h.refuse("image_too_large", "png image 20000x20000")
+    st = to_status("n", "erc_ros", h)
+    assert st.level == DiagnosticStatus.WARN
+    assert st.message.startswith("3 internal errors (ingest: 2, predict: 1); 1 refused input")
+    h.error = "cannot load the model from 'x'"  # a hard error stays ERROR, its own message
+    st = to_status("n", "erc_ros", h)
+    assert st.level == DiagnosticStatus.ERROR and st.message == h.error

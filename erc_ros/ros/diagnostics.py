@@ -71,7 +71,9 @@ def to_status(name: str, hardware_id: str, health: NodeHealth,
               extra: Mapping[str, Any] | None = None,
               queue_depths: Mapping[str, tuple[int, int]] | None = None) -> DiagnosticStatus:
     """One DiagnosticStatus: ERROR when the node has an error (e.g. no model), WARN when it
-    dropped work or refused input since start or a queue is over 80% full, else OK."""
+    counted internal errors (``errors.<where>`` counters: an exception that was not a
+    refusal), dropped work or refused input since start or a queue is over 80% full, else OK.
+    The message names each cause, internal errors first, with their counts."""
     snap = health.snapshot()
     values: list[KeyValue] = []
     _flatten("", snap["counts"], values)
@@ -90,11 +92,17 @@ def to_status(name: str, hardware_id: str, health: NodeHealth,
         _flatten("", dict(extra), values)
     drops = sum(v for k, v in snap["counts"].items() if k.startswith("dropped"))
     refused = sum(snap["refused"].values())
+    errors = {k[len("errors."):]: v for k, v in sorted(snap["counts"].items())
+              if k.startswith("errors.") and v}
     if snap["error"]:
         level, message = DiagnosticStatus.ERROR, snap["error"]
-    elif drops or refused or full:
+    elif errors or drops or refused or full:
         level = DiagnosticStatus.WARN
         parts = []
+        if errors:
+            n = sum(errors.values())
+            parts.append(f"{n} internal error{'s' if n != 1 else ''} ("
+                         + ", ".join(f"{k}: {v}" for k, v in errors.items()) + ")")
         if drops:
             parts.append(f"{drops} dropped")
         if refused:
