@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import math
+import struct
 from fractions import Fraction
 from typing import Optional
 
@@ -74,6 +75,19 @@ def ns_to_time(ns: int) -> Time:
 
 # --- images -------------------------------------------------------------------------------
 
+#: Default largest image accepted, in pixels (width * height), raw or compressed: 4096 x 4096
+#: = 16.8 Mpx. It admits every camera a conversational robot uses (4K UHD 3840x2160 is
+#: 8.3 Mpx, DCI 4K 4096x2160, a 12 Mpx 4032x3024 sensor) and bounds what one frame costs
+#: to convert: 50 MB of RGB output, ~134 MB of libjpeg coefficients for a 4-component
+#: progressive JPEG. Faces are found in frames far smaller; larger frames are refused with
+#: reason ``image_too_large`` before anything image-sized is allocated.
+MAX_IMAGE_PIXELS = 4096 * 4096
+#: Default largest compressed payload (CompressedImage.data), in bytes: 64 MiB. A JPEG of a
+#: 16.8 Mpx camera frame is a few MB and a PNG of one stays under its 50 MB of raw RGB, so
+#: only a payload no camera sends is refused (reason ``image_too_large``); it bounds the
+#: decoder's work on data whose header passed the pixel check.
+MAX_IMAGE_BYTES = 64 << 20
+
 # encoding -> (channels, dtype, conversion code to RGB or None)
 _ENCODINGS = {
     "rgb8": (3, np.uint8, None),
@@ -92,59 +106,204 @@ _BAYER = {
     "bayer_rggb8": cv2.COLOR_BayerRG2RGB, "bayer_bggr8": cv2.COLOR_BayerBG2RGB,
     "bayer_gbrg8": cv2.COLOR_BayerGB2RGB, "bayer_grbg8": cv2.COLOR_BayerGR2RGB,
 }
+# YUV 4:2:2 packs two pixels in four bytes: OpenCV (and the format) needs an even width.
 _YUV = {"yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY,
         "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2, "yuyv": cv2.COLOR_YUV2RGB_YUY2}
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image -> HxWx3 uint8 RGB. Raises ConversionError on anything malformed."""
+def _check_pixels(kind: str, w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ConversionError(
+            "image_too_large",
+            f"{kind} image {w}x{h} ({w * h} px) is larger than max_image_pixels={max_pixels}")
+
+
+def _cvt(arr: np.ndarray, code: int, what: str) -> np.ndarray:
+    """cv2.cvtColor; an OpenCV failure on input is a refusal, never an escaping cv2.error."""
+    try:
+        return cv2.cvtColor(arr, code)
+    except cv2.error as err:
+        raise ConversionError("image_decode",
+                              f"OpenCV cannot convert {what}: {_cv2_message(err)}") from None
+
+
+def _cv2_message(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:200]
+
+
+def _rows(buf: np.ndarray, enc: str, w: int, h: int, step: int, row: int) -> np.ndarray:
+    """The h rows of ``row`` bytes of a raw image, as one contiguous (h, row) uint8 array.
+
+    ``step`` (bytes per row, padding included; 0 is read as unpadded) must hold a row, and the
+    data must hold h rows: the last one may omit its padding, but nothing may follow them.
+    Checked before anything is copied."""
+    step = step or row
+    if step < row:
+        raise ConversionError("image_decode",
+                              f"{enc} image {w}x{h}: step {step} is shorter than a row of "
+                              f"{w} px ({row} bytes)")
+    need = step * (h - 1) + row
+    if buf.size < need:
+        raise ConversionError("image_decode",
+                              f"{enc} image {w}x{h} needs {need} bytes, got {buf.size}")
+    if buf.size > step * h:
+        raise ConversionError("image_decode",
+                              f"{enc} image {w}x{h}: data of {buf.size} bytes is longer than "
+                              f"step * height = {step * h}")
+    return np.ascontiguousarray(np.lib.stride_tricks.as_strided(buf, (h, row), (step, 1)))
+
+
+def image_to_rgb(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """sensor_msgs/Image -> HxWx3 uint8 RGB. Raises ConversionError on anything malformed
+    (``image_decode``), an unsupported encoding (``image_encoding``) or more than
+    ``max_pixels`` pixels (``image_too_large``); all checked before any image-sized copy."""
     h, w, enc = int(msg.height), int(msg.width), msg.encoding
     if h <= 0 or w <= 0:
         raise ConversionError("image_decode", f"image has size {w}x{h}")
+    _check_pixels(enc or "raw", w, h, max_pixels)
     buf = np.frombuffer(msg.data, np.uint8)
     step = int(msg.step)
     if enc in _ENCODINGS:
         ch, dtype, code = _ENCODINGS[enc]
         itemsize = np.dtype(dtype).itemsize
-        row = w * ch * itemsize
-        step = step or row
-        if step < row or buf.size < step * (h - 1) + row:
-            raise ConversionError(
-                "image_decode",
-                f"{enc} image {w}x{h} needs {step * (h - 1) + row} bytes, got {buf.size}")
-        rows = np.lib.stride_tricks.as_strided(buf, (h, row), (step, 1))
-        arr = np.ascontiguousarray(rows).view(dtype)
+        arr = _rows(buf, enc, w, h, step, w * ch * itemsize).view(dtype)
         if itemsize > 1:
             if bool(msg.is_bigendian) != (np.little_endian is False):
                 arr = arr.byteswap()
             arr = (arr >> 8).astype(np.uint8)
         arr = arr.reshape(h, w, ch) if ch > 1 else arr.reshape(h, w)
-        return np.ascontiguousarray(arr) if code is None else cv2.cvtColor(arr, code)
+        return np.ascontiguousarray(arr) if code is None else _cvt(arr, code, f"{enc} {w}x{h}")
     if enc in _BAYER or enc in _YUV:
+        if enc in _YUV and w % 2:
+            raise ConversionError("image_decode",
+                                  f"{enc} image {w}x{h}: YUV 4:2:2 needs an even width")
         ch = 1 if enc in _BAYER else 2
-        row = w * ch
-        step = step or row
-        if step < row or buf.size < step * (h - 1) + row:
-            raise ConversionError("image_decode", f"{enc} image {w}x{h}: short data")
-        rows = np.ascontiguousarray(np.lib.stride_tricks.as_strided(buf, (h, row), (step, 1)))
+        rows = _rows(buf, enc, w, h, step, w * ch)
         arr = rows.reshape(h, w) if ch == 1 else rows.reshape(h, w, 2)
-        return cv2.cvtColor(arr, _BAYER.get(enc, _YUV.get(enc)))
+        return _cvt(arr, _BAYER.get(enc, _YUV.get(enc)), f"{enc} {w}x{h}")
     raise ConversionError("image_encoding", f"unsupported image encoding {enc!r}")
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg/png/...) -> HxWx3 uint8 RGB."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG frame headers (SOFn): every marker C0-CF but DHT (C4), JPG (C8) and DAC (CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers without a length field: TEM and RST0-7.
+_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
+# Other formats cv2.imdecode would read, named in the refusal.
+_OTHER_FORMATS = ((b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "BigTIFF"),
+                  (b"MM\x00+", "BigTIFF"), (b"BM", "BMP"), (b"GIF8", "GIF"),
+                  (b"RIFF", "WebP"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+                  (b"\xff\x4f\xff\x51", "JPEG 2000"), (b"#?RADIANCE", "Radiance HDR"),
+                  (b"v/1\x01", "OpenEXR"), (b"P1", "PNM"), (b"P2", "PNM"), (b"P3", "PNM"),
+                  (b"P4", "PNM"), (b"P5", "PNM"), (b"P6", "PNM"), (b"P7", "PAM"),
+                  (b"PF", "PFM"), (b"Pf", "PFM"))
+
+
+def _png_size(data: memoryview) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR, which the format requires to be the first chunk."""
+    if len(data) < 33 or bytes(data[12:16]) != b"IHDR" or \
+            struct.unpack_from(">I", data, 8)[0] != 13:
+        raise ConversionError("image_decode", "PNG without a complete IHDR chunk first")
+    w, h = struct.unpack_from(">II", data, 16)
+    if not (0 < w < 1 << 31 and 0 < h < 1 << 31):
+        raise ConversionError("image_decode", f"PNG header gives an invalid size {w}x{h}")
+    return w, h
+
+
+def _jpeg_size(data: memoryview) -> tuple[int, int]:
+    """(width, height) from a JPEG's first frame header (the one libjpeg decodes), walking the
+    marker segments from SOI; strict: bytes between segments, a scan before the frame header,
+    a zero height (DNL) or a component count OpenCV cannot read are refused."""
+    n, i = len(data), 2
+    while True:
+        if i >= n or data[i] != 0xFF:
+            raise ConversionError("image_decode",
+                                  f"JPEG without a frame header (stray or missing bytes at {i})")
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            raise ConversionError("image_decode", "JPEG truncated before its frame header")
+        marker = data[i]
+        i += 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0xD8, 0xD9, 0xDA, 0x00):  # SOI, EOI, SOS or stuffing before any frame
+            raise ConversionError("image_decode",
+                                  f"JPEG marker 0x{marker:02X} before its frame header")
+        if i + 2 > n:
+            raise ConversionError("image_decode", "JPEG truncated before its frame header")
+        length = struct.unpack_from(">H", data, i)[0]
+        if length < 2 or i + length > n:
+            raise ConversionError("image_decode", "JPEG truncated before its frame header")
+        if marker in _JPEG_SOF:
+            if length < 8:
+                raise ConversionError("image_decode", "JPEG frame header too short")
+            h, w = struct.unpack_from(">HH", data, i + 3)
+            components = data[i + 7]
+            if w == 0 or h == 0:
+                raise ConversionError("image_decode", f"JPEG frame header gives size {w}x{h}")
+            if components not in (1, 3, 4):
+                raise ConversionError("image_decode", f"JPEG with {components} components")
+            return w, h
+        i += length
+
+
+def compressed_to_rgb(msg: CompressedImage, max_pixels: int = MAX_IMAGE_PIXELS,
+                      max_bytes: int = MAX_IMAGE_BYTES) -> np.ndarray:
+    """sensor_msgs/CompressedImage (JPEG or PNG) -> HxWx3 uint8 RGB.
+
+    The format is read from the data's signature (``msg.format`` is advisory). The payload
+    size and the dimensions in the header (PNG IHDR, JPEG SOFn) are checked against
+    ``max_bytes`` and ``max_pixels`` before decoding, so a small file that claims a huge
+    image costs nothing (``image_too_large``). Other formats cv2.imdecode reads (TIFF, whose
+    strips or tiles can make a small image allocate large decode buffers; BMP, WebP, ...) and
+    compressedDepth payloads are refused (``image_encoding``): cameras send JPEG or PNG.
+    Anything the decoder cannot read is ``image_decode``."""
+    n = len(msg.data)
+    if n > max_bytes:
+        raise ConversionError("image_too_large",
+                              f"compressed image of {n} bytes is larger than "
+                              f"max_image_bytes={max_bytes}")
     buf = np.frombuffer(msg.data, np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    data = memoryview(buf)
+    head = bytes(data[:16])
+    if head.startswith(_PNG_SIGNATURE):
+        kind, (w, h) = "PNG", _png_size(data)
+    elif head.startswith(b"\xff\xd8\xff"):
+        kind, (w, h) = "JPEG", _jpeg_size(data)
+    else:
+        other = next((name for sig, name in _OTHER_FORMATS if head.startswith(sig)), None)
+        if "compresseddepth" in msg.format.lower():
+            other = "compressedDepth"
+        if other is not None:
+            raise ConversionError("image_encoding",
+                                  f"compressed image is {other} (format {msg.format!r}); "
+                                  "erc_ros reads JPEG and PNG camera images only")
+        raise ConversionError("image_decode",
+                              f"compressed image is neither JPEG nor PNG (format "
+                              f"{msg.format!r}, {n} bytes)")
+    _check_pixels(kind, w, h, max_pixels)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as err:
+        raise ConversionError("image_decode", f"OpenCV cannot decode the {kind} image "
+                                              f"{w}x{h}: {_cv2_message(err)}") from None
     if img is None:
         raise ConversionError("image_decode",
-                              f"cannot decode compressed image (format {msg.format!r}, "
-                              f"{buf.size} bytes)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+                              f"cannot decode the {kind} image {w}x{h} (format "
+                              f"{msg.format!r}, {n} bytes): corrupt or truncated")
+    return _cvt(img, cv2.COLOR_BGR2RGB, f"{kind} {w}x{h}")
 
 
-def image_to_frame(msg: Image | CompressedImage) -> Frame:
-    img = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+def image_to_frame(msg: Image | CompressedImage, max_pixels: int = MAX_IMAGE_PIXELS,
+                   max_bytes: int = MAX_IMAGE_BYTES) -> Frame:
+    """A camera message -> Frame. ``max_pixels`` bounds both kinds, ``max_bytes`` the
+    compressed payload (a raw image is bounded by its pixels and its encoding)."""
+    if isinstance(msg, CompressedImage):
+        img = compressed_to_rgb(msg, max_pixels, max_bytes)
+    else:
+        img = image_to_rgb(msg, max_pixels)
     return Frame(stamp=time_to_float(msg.header.stamp), image=img,
                  frame_id=msg.header.frame_id)
 

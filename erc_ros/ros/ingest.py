@@ -42,13 +42,16 @@ def voice_id_of(topic: str) -> str:
     return m.group(1) if m else ""
 
 
-def convert_ahead(kind: str, msg: Any) -> Any:
+def convert_ahead(kind: str, msg: Any, max_image_pixels: int = convert.MAX_IMAGE_PIXELS,
+                  max_image_bytes: int = convert.MAX_IMAGE_BYTES) -> Any:
     """The conversion of an image message done before :meth:`Ingest.feed` (on another
-    thread): a Frame, the ConversionError it raised, or None for other kinds."""
+    thread): a Frame, the ConversionError it raised, or None for other kinds. Prefer
+    :meth:`Ingest.convert_ahead`, which applies that Ingest's image limits."""
     if kind not in ("image", "compressed"):
         return None
     try:
-        return convert.image_to_frame(msg)
+        return convert.image_to_frame(msg, max_pixels=max_image_pixels,
+                                      max_bytes=max_image_bytes)
     except ValueError as err:
         return err
 
@@ -63,10 +66,24 @@ def _check_text(ev):
 
 
 class Ingest:
-    """Converts messages and pushes them into ``core`` (a PerceptionCore)."""
+    """Converts messages and pushes them into ``core`` (a PerceptionCore).
+
+    ``max_image_pixels`` (width * height, raw or compressed) and ``max_image_bytes`` (a
+    compressed payload) bound what one camera frame may cost: larger frames are refused with
+    reason ``image_too_large`` before they are decoded (defaults
+    :data:`erc_ros.ros.convert.MAX_IMAGE_PIXELS` and :data:`~erc_ros.ros.convert.MAX_IMAGE_BYTES`,
+    documented there)."""
 
     def __init__(self, core: Any, health: Optional[NodeHealth] = None,
-                 audio_format: AudioFormat = AudioFormat()):
+                 audio_format: AudioFormat = AudioFormat(),
+                 max_image_pixels: int = convert.MAX_IMAGE_PIXELS,
+                 max_image_bytes: int = convert.MAX_IMAGE_BYTES):
+        for name, value in (("max_image_pixels", max_image_pixels),
+                            ("max_image_bytes", max_image_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.max_image_pixels = max_image_pixels
+        self.max_image_bytes = max_image_bytes
         self.core = core
         self.health = health or NodeHealth()
         self.audio_format = audio_format  # until an AudioInfo says otherwise
@@ -74,10 +91,14 @@ class Ingest:
         self.last_input_time = float("-inf")
         self._raw_next: Optional[float] = None  # continuation stamp of unstamped audio
 
+    def convert_ahead(self, kind: str, msg: Any) -> Any:
+        """:func:`convert_ahead` with this Ingest's image limits."""
+        return convert_ahead(kind, msg, self.max_image_pixels, self.max_image_bytes)
+
     def feed(self, kind: str, msg: Any, receipt: float, topic: str = "",
              converted: Any = None) -> bool:
         """Push one message; ``receipt`` is the node-clock time it arrived (used for inputs
-        without a stamp). ``converted``: the result of :func:`convert_ahead` for this
+        without a stamp). ``converted``: the result of :meth:`convert_ahead` for this
         message, computed on another thread (offline replay decodes images ahead).
         Returns False when the input was refused (counted by reason)."""
         try:
@@ -97,7 +118,8 @@ class Ingest:
 
     def _feed(self, kind: str, msg: Any, receipt: float, topic: str) -> None:
         if kind in ("image", "compressed"):
-            self.core.push_frame(convert.image_to_frame(msg))
+            self.core.push_frame(convert.image_to_frame(msg, max_pixels=self.max_image_pixels,
+                                                        max_bytes=self.max_image_bytes))
         elif kind == "audio_info":
             try:
                 self.audio_format = convert.audio_info_to_format(msg)
