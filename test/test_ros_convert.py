@@ -143,10 +143,11 @@ def test_utterance_roundtrip_through_the_wire():
                     locale="en_US", features={"speaker_embedding": np.ones(4, np.float32)})
     msg = deserialize_message(serialize_message(convert.utterance_to_msg(utt)), UtteranceMsg)
     assert convert.time_to_float(msg.header.stamp) == 2.0
+    assert msg.header.frame_id == ""  # a coordinate frame, not the conversation id
     assert (msg.has_text, msg.has_audio, msg.has_video) == (True, True, True)
     back = convert.msg_to_utterance(msg)
-    assert (back.utterance_id, back.speaker_id, back.start, back.end, back.text) == (
-        "u1", "spk0", 1.0, 2.0, "I'm fine.")
+    assert (back.utterance_id, back.conversation_id, back.speaker_id, back.start, back.end,
+            back.text) == ("u1", "c1", "spk0", 1.0, 2.0, "I'm fine.")
     assert np.abs(back.audio - audio).max() < 1 / 32767 + 1e-6
     assert np.array_equal(back.faces[0], utt.faces[0])
     assert np.array_equal(back.features["speaker_embedding"], np.ones(4, np.float32))
@@ -165,12 +166,15 @@ def test_estimate_and_expression():
     assert msg.label == "joy" and msg.confidence == 0.625
     assert convert.time_to_float(msg.header.stamp) == 2.5  # the utterance end, not now
     assert msg.end_to_end_latency_ms == 12.0
+    assert msg.header.frame_id == ""  # a coordinate frame, not the conversation id
     back = convert.msg_to_estimate(msg)
+    assert (back.utterance_id, back.conversation_id, back.speaker_id) == ("u1", "c1", "anna")
     assert back.probabilities == [0.25, 0.625, 0.125] and back.modalities == ["text", "audio"]
     expr = convert.estimate_to_expression(est)
     assert expr.expression == "happy" and expr.confidence == 0.625
     assert (expr.valence, expr.arousal) == (0.5, 0.25)
     assert convert.time_to_float(expr.header.stamp) == 2.5
+    assert expr.header.frame_id == ""  # the speaker is in the topic name, not a frame
     est.label = "Mad"
     assert convert.estimate_to_expression(est).expression == "angry"
     est.probabilities = []

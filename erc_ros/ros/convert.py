@@ -464,7 +464,9 @@ def utterance_to_msg(utt: Utterance):
     from erc_ros.msg import Utterance as UtteranceMsg
     msg = UtteranceMsg()
     msg.header.stamp = float_to_time(utt.end)
-    msg.header.frame_id = utt.conversation_id
+    # header.frame_id is a coordinate frame; the ids have their own fields. An Utterance keeps
+    # no sensor frame (its audio and faces come from several inputs), so it stays empty.
+    msg.header.frame_id = ""
     msg.utterance_id, msg.conversation_id = utt.utterance_id, utt.conversation_id
     msg.speaker_id, msg.speaker_source = utt.speaker_id, utt.speaker_source
     msg.speaker_confidence = float(utt.speaker_confidence)
@@ -505,7 +507,7 @@ def estimate_to_msg(est: Estimate, end_to_end_ms: float = float("nan")):
     from erc_ros.msg import EmotionEstimate
     msg = EmotionEstimate()
     msg.header.stamp = float_to_time(est.end)  # the time the estimate describes
-    msg.header.frame_id = est.conversation_id
+    msg.header.frame_id = ""  # a coordinate frame, none here: the ids have their own fields
     msg.utterance_id, msg.conversation_id, msg.speaker_id = (
         est.utterance_id, est.conversation_id, est.speaker_id)
     msg.start, msg.end = float_to_time(est.start), float_to_time(est.end)
@@ -552,7 +554,7 @@ def estimate_to_expression(est: Estimate):
     from hri_msgs.msg import Expression
     msg = Expression()
     msg.header.stamp = float_to_time(est.end)
-    msg.header.frame_id = est.speaker_id
+    msg.header.frame_id = ""  # a coordinate frame, none here: the speaker is in the topic name
     msg.expression = EXPRESSION_OF.get(str(est.label).lower(), "")
     msg.valence = float(np.clip(est.valence, -1.0, 1.0))
     msg.arousal = float(np.clip(est.arousal, -1.0, 1.0))
