@@ -84,6 +84,30 @@ def test_the_helpers_make_real_images():
     assert len(big) < 1 << 20  # the bomb: kilobytes that decode to 400 Mpx
 
 
+def _with_fill_bytes(jpeg: bytes) -> bytes:
+    """The same JPEG with two 0xFF fill bytes before its quantisation table (allowed)."""
+    i = jpeg.index(b"\xff\xdb")
+    return jpeg[:i] + b"\xff\xff" + jpeg[i:]
+
+
+@pytest.mark.parametrize("ext, params, post", [
+    (".jpg", [], None), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], None),
+    (".jpg", [cv2.IMWRITE_JPEG_RST_INTERVAL, 2], None), (".jpg", [], _with_fill_bytes),
+    (".jpg", [], "grey"), (".png", [], "16bit"), (".png", [], "rgba"), (".png", [], "grey"),
+])
+def test_header_parsers_read_the_jpeg_and_png_variants_cameras_send(ext, params, post):
+    rgb = np.random.default_rng(3).integers(0, 255, (37, 53, 3), np.uint8)
+    img = {"grey": rgb[..., 0], "16bit": rgb.astype(np.uint16) * 257,
+           "rgba": np.dstack([rgb, rgb[..., :1]])}.get(post, rgb)
+    data = cv2.imencode(ext, img, params)[1].tobytes()
+    if callable(post):
+        data = post(data)
+    expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                            cv2.COLOR_BGR2RGB)
+    out = convert.image_to_frame(CompressedImage(format="", data=data), max_pixels=37 * 53)
+    assert np.array_equal(out.image, expected)
+
+
 def test_png_bomb_is_refused_from_its_header_without_decoding():
     msg = CompressedImage(format="png", data=_black_png(20000, 20000))
     err, peak = _refusal(convert.image_to_frame, msg)
