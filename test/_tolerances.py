@@ -30,3 +30,13 @@ def two_paths_bound(n_ops: float, magnitude: float, eps: float = EPS32) -> float
     """Worst-case difference of two evaluations of the same formula in other orders: each is
     within :func:`rounding_bound` of the exact value."""
     return 2.0 * rounding_bound(n_ops, magnitude, eps)
+
+
+def network_bound(depth: int, width: int, magnitude: float, eps: float = EPS32) -> float:
+    """Worst-case difference of two evaluations of a small network on the same values (a
+    padded batch vs a lone row, other kernels): ``depth`` sequential layers, each a dot product
+    of at most ``width`` terms plus at most 4 element-wise roundings (bias, normalisation,
+    activation, residual), so n = depth * (width + 4). ``magnitude``: the largest |value| of
+    the compared output; the tiny test networks are normalised or close to isometric (random
+    init), so an error made inside reaches the output with a gain of about 1."""
+    return two_paths_bound(depth * (width + 4), magnitude, eps)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from _tolerances import network_bound
 from erc_ros.core.types import Utterance
 from erc_ros.models.encoders.audio import AudioEncoderConfig, build_audio_encoder
 from erc_ros.models.encoders.video import VideoEncoderConfig, build_video_encoder
@@ -72,7 +73,12 @@ def test_ssl_audio_encoder_attention_mask(tmp_path):
         both = enc(torch.as_tensor(vals), torch.as_tensor(mask))
         alone = enc(torch.as_tensor(short["input_values"]), torch.as_tensor(short["attention_mask"]))
     assert both.shape == (2, enc.dim) == (2, 16)
-    torch.testing.assert_close(both[1], alone[0], atol=1e-4, rtol=1e-3)
+    # Rounding only: 2 feature convolutions (10 and 3 x 16 terms), the feature projection,
+    # the positional convolution (16 taps x 8 channels per group = 128 terms) and 2 layers of
+    # 7 dot-product steps (the softmax-weighted sum runs over the frames).
+    frames = n // (5 * 2)  # conv strides 5 and 2
+    bound = network_bound(2 + 1 + 1 + 2 * 7, max(128, frames), alone.abs().max().item())
+    assert (both[1] - alone[0]).abs().max().item() <= bound
 
 
 def _face():

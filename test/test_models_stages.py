@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from _tolerances import network_bound, rounding_bound
 from erc_ros.core.types import Utterance
 from erc_ros.models.artefact import (ArtefactError, add_artefact, load_model_dir,
                                      save_model_dir, verify_model_dir)
@@ -82,13 +83,19 @@ def test_text_encoder_reads_the_mask_position():
     b = m.preprocessor.pad_text([m.preprocessor.text_ids(d[3], d[:3]), m.preprocessor.text_ids(d[5], d[:5])])
     with torch.no_grad():
         vb = m.text_encoder(torch.as_tensor(b["input_ids"]), torch.as_tensor(b["attention_mask"]))
-    torch.testing.assert_close(vb[0], v[0], atol=1e-5, rtol=1e-4)
+    # Rounding only (other lengths, other summation orders): the tiny BERT is 2 layers of 7
+    # dot-product steps (q/k/v, scores, softmax-weighted sum over the tokens, output, norm,
+    # 2-layer feed-forward) after the embedding norm, none wider than max(intermediate 32,
+    # the padded length) terms.
+    bound = network_bound(2 * 7 + 1, max(32, b["input_ids"].shape[1]), v.abs().max().item())
+    assert (vb[0] - v[0]).abs().max().item() <= bound
 
 
 def test_predict_dialogue_probabilities_and_labels():
     m = _model()
     p = m.predict_dialogue(_dialogue())
-    assert p.shape == (6, 7) and np.allclose(p.sum(1), 1, atol=1e-5)
+    # A float32 softmax over 7 classes sums to 1 within its 7 + 4 roundings of values <= 1.
+    assert p.shape == (6, 7) and np.abs(p.sum(1) - 1).max() <= rounding_bound(7 + 4, 1.0)
     assert m.label_names[0] == "neutral" and m.valence_arousal.shape == (7, 2)
     assert np.all(np.abs(m.valence_arousal) <= 1)
 
