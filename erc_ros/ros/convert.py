@@ -7,7 +7,9 @@ the nodes feed it.
 
 Refused input raises :class:`erc_ros.core.errors.InputError`-compatible errors
 (:class:`ConversionError`, a ``ValueError`` with a machine-readable ``reason``) that the nodes
-count and report on ``/diagnostics``.
+count and report on ``/diagnostics``. Camera frames are bounded (:data:`MAX_IMAGE_PIXELS`,
+:data:`MAX_IMAGE_BYTES`, overridable per call) and checked from their headers and layout
+before anything image-sized is decoded or copied; an OpenCV failure on input is a refusal.
 """
 from __future__ import annotations
 
