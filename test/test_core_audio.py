@@ -1,11 +1,15 @@
 """Audio buffer: decoding, resampling, stamps, gaps, overlaps, clock resets, bad input."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from erc_ros.core.audio_buffer import AudioBuffer, StreamResampler, decode_chunk
+from erc_ros.core import audio_buffer
+from erc_ros.core.audio_buffer import (MAX_FILTER_TAPS, AudioBuffer, StreamResampler,
+                                       decode_chunk, resample_ratio)
 from erc_ros.core.errors import (AudioCodingError, AudioFormatError, AudioSizeError, InputError,
                                  SampleRateError, StampError)
 from erc_ros.core.types import AudioChunk, AudioFormat
@@ -217,3 +221,120 @@ def test_wrong_declared_sample_rate_is_detected(speech22k):
     for k, i in enumerate(range(0, pcm.size - n, n)):
         ok.push(AudioChunk(7.0 + k * 0.1, pcm[i:i + n].tobytes(), AudioFormat(22050)))
     assert ok.counters["chunks"] == len(range(0, pcm.size - n, n))
+
+
+@pytest.fixture
+def designed_taps(monkeypatch):
+    """Every FIR filter designed (its tap count), by the resampler or by resample_poly (which
+    designs one per call): a spy around the real scipy firwin."""
+    import scipy.signal._signaltools as signaltools
+
+    taps = []
+
+    def spying(real):
+        def firwin(numtaps, *args, **kwargs):
+            taps.append(int(numtaps))
+            return real(numtaps, *args, **kwargs)
+        return firwin
+
+    monkeypatch.setattr(signaltools, "firwin", spying(signaltools.firwin))
+    if hasattr(audio_buffer, "firwin"):
+        monkeypatch.setattr(audio_buffer, "firwin", spying(audio_buffer.firwin))
+    cache = getattr(audio_buffer, "polyphase_filter", None)
+    if cache is not None:
+        cache.cache_clear()
+    return taps
+
+
+@pytest.mark.parametrize("rate", [383999, 16001, 44100, 11025])
+def test_resampling_filter_designed_once_per_format_and_bounded(rate, designed_taps):
+    """383999 Hz asked resample_poly for a 7.7-million-tap filter on every chunk (732 ms per
+    100 ms chunk), 16001 Hz for 320,021 taps. Now: at most one design per format, never
+    longer than MAX_FILTER_TAPS, so the per-chunk cost is bounded whatever the rate."""
+    fmt = AudioFormat(rate, 1, "F32LE")
+    n = rate // 10
+    for stream in range(2):  # a second stream of the same format designs nothing
+        buf = AudioBuffer()
+        for k in range(3):
+            buf.push(AudioChunk(50.0 + k * n / rate, np.zeros(n, np.float32), fmt))
+        buf.flush()
+        assert len(designed_taps) <= 1, designed_taps
+    assert sum(designed_taps) <= MAX_FILTER_TAPS
+    assert StreamResampler(rate).taps <= MAX_FILTER_TAPS
+
+
+def test_every_accepted_rate_has_a_bounded_filter_and_ratio_error():
+    """Over the accepted rates (4000..384000 Hz): the filter never exceeds MAX_FILTER_TAPS,
+    a 16 kHz sample never costs more than 481 multiply-adds (20 * 24 + 1: the ratio is at
+    least 1/24), the standard rates are exact and the others off by < 0.081 %."""
+    rng = np.random.default_rng(0)
+    standard = [4000, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200,
+                96000, 176400, 192000, 352800, 384000]
+    rates = standard + [16001, 15999, 383999, 44101, 4001] + \
+        [int(r) for r in rng.integers(4000, 384001, 3000)]
+    for rate in rates:
+        ratio = resample_ratio(rate)
+        taps = 20 * max(ratio.numerator, ratio.denominator) + 1
+        assert taps <= MAX_FILTER_TAPS, rate
+        assert taps / ratio.numerator <= 20 * 24 + 1, rate
+        assert abs(float(ratio) * rate / 16000 - 1) < 0.00081, rate
+        if rate in standard:
+            assert ratio == Fraction(16000, rate), rate
+
+
+@pytest.mark.parametrize("rate", [44100, 16001, 383999])
+def test_sine_resampled_to_16k_keeps_frequency_length_and_time(rate):
+    """10 s of a 440 Hz sine through the buffer in 100 ms chunks, stamped by the declared
+    rate: 16 kHz output of the right length, sample j equal to the sine at its true time
+    t0 + j / 16000 (an approximate ratio that drifted, e.g. 16001 Hz read as 16000 Hz,
+    would be 0.6 ms = 1.7 rad of 440 Hz off by the end)."""
+    f, amp, dur, t0 = 440.0, 0.5, 10.0, 30.0
+    n = int(rate * dur)
+    x = (amp * np.sin(2 * np.pi * f * np.arange(n) / rate)).astype(np.float32)
+    buf = AudioBuffer()
+    fmt, c = AudioFormat(rate, 1, "F32LE"), rate // 10
+    for i in range(0, n, c):
+        buf.push(AudioChunk(t0 + i / rate, x[i:i + c], fmt))
+    buf.flush()
+    n16 = -(-n * 16000 // rate)  # ceil: what offline resample_poly gives
+    assert buf.n_end == n16 and buf.t_end == pytest.approx(t0 + n16 / 16000, abs=1e-9)
+    y = buf.read(t0, buf.t_end)
+    ideal = amp * np.sin(2 * np.pi * f * np.arange(n16) / 16000)
+    # Tolerance: a sample at most half a 16 kHz sample from its true time (the nearest
+    # sample of an approximate ratio; 0 for an exact one) is at most amp * pi * f / 16000
+    # off, the Kaiser (beta 5, ~54 dB) filter's passband ripple at most 0.2 %, float32
+    # rounding ~1e-6. The first and last 0.1 s (the filter's ramp in and out, <= 10
+    # samples) are left out.
+    half_sample = 0.0 if StreamResampler(rate).exact else np.pi * f / 16000
+    tol = amp * (half_sample * 1.001 + 0.002) + 1e-5
+    err = np.abs(y - ideal)[1600:-1600]
+    assert err.max() <= tol, (err.max(), tol)
+    assert buf.counters["approx_resample_segments"] == (0 if StreamResampler(rate).exact
+                                                          else 1)
+
+
+@pytest.mark.parametrize("rate", [16001, 15999])
+def test_approximate_ratio_time_error_is_bounded_and_does_not_grow(rate):
+    """16001 Hz runs through the ratio 1/1 with a sample skipped or repeated now and then.
+    With a ramp as input each output names the input sample it came from: over 5 minutes
+    in random chunk sizes every output is within half an output sample of its true time,
+    and the count follows the declared rate while streaming and after flush."""
+    n = rate * 300
+    x = np.arange(n, dtype=np.float32)  # exact in float32 below 2**24
+    r = StreamResampler(rate)
+    assert not r.exact and r.up == r.down == 1 and r.taps == 0
+    rng = np.random.default_rng(rate)
+    parts, i = [], 0
+    while i < n:
+        k = int(rng.integers(1, 8000))
+        parts.append(r.push(x[i:i + k]))
+        i += k
+        expected = (r.n_in - r.half) * 16000 / rate  # outputs whose input has arrived
+        assert expected - 2 <= r.n_out <= expected + 2
+    parts.append(r.flush())
+    y = np.concatenate(parts)
+    assert y.size == r.n_out == -(-n * 16000 // rate)
+    j = np.arange(y.size)
+    time_err = y.astype(np.float64) / rate - j / 16000  # time of the input used - output time
+    last = y.size - 2  # the final output may fall past the input end (zero padding)
+    assert np.abs(time_err[:last]).max() <= 0.5 / rate + 1e-12

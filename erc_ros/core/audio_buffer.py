@@ -6,10 +6,25 @@ Three parts:
   array, any of int16/int32/float32/float64/uint8/int8, either endianness, interleaved
   channels) into mono float32 at its own rate, and refuses coded audio (mp3, opus, a WAV
   or Ogg file...) with an :class:`~erc_ros.core.errors.AudioCodingError`.
-- :class:`StreamResampler` resamples a stream chunk by chunk with ``scipy.signal.
-  resample_poly`` and exact rational factors (22050 -> 16000 is 320/441). It holds back the
-  few input samples its filter still needs, so the concatenated output equals
+- :class:`StreamResampler` resamples a stream chunk by chunk with ``resample_poly``'s
+  polyphase filter and exact rational factors (22050 -> 16000 is 320/441). It holds back
+  the few input samples its filter still needs, so the concatenated output equals
   ``resample_poly`` over the whole stream: chunk boundaries leave no clicks.
+- Bounded cost for any declared rate. ``resample_poly`` designs a filter of
+  ``20 * max(up, down) + 1`` taps on every call: 383999 Hz (ratio 16000/383999) would be a
+  7.7-million-tap filter per chunk. Here the filter is designed once per ratio
+  (:func:`polyphase_filter`, cached) and the chunks go through ``upfirdn``. Ratios whose
+  terms exceed :data:`MAX_RATIO_TERM` (640, the largest any standard rate needs: 11025 Hz is
+  640/441) are not refused but approximated: the nearest fraction with terms <= 640 (16001
+  Hz -> 1/1, 383999 Hz -> 1/24), so no filter exceeds :data:`MAX_FILTER_TAPS` (12801) taps
+  and no 16 kHz sample costs more than 481 multiply-adds. Every standard rate (8000, 11025,
+  16000, 22050, 32000, 44100, 48000, 88200, 96000, 192000, 384000 Hz...) stays exact. An
+  approximate ratio alone would drift (16001 Hz read as 16000 Hz: 225 ms an hour); the
+  resampler instead delivers, for each 16 kHz sample, the approximate stream's sample
+  nearest to that sample's true time (``j / 16000`` s after the first input sample, from
+  the declared rate). A sample is repeated or skipped now and then (16001 Hz: one a
+  second), the time axis never drifts, and no sample is further than half an output sample
+  (31 us) from its true time. The buffer counts such segments (``approx_resample_segments``).
 - :class:`AudioBuffer` is a bounded ring of 16 kHz samples indexed by time. Stamps place
   chunks on the axis: small jitter is ignored, gaps are filled with silence, overlaps are
   trimmed, audio older than the buffer end is refused, and a large jump (bag loop, clock
@@ -18,13 +33,15 @@ Three parts:
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable, Optional
 
 import numpy as np
-from scipy.signal import resample_poly
+from scipy.signal import firwin, upfirdn
 
 from .errors import (AudioCodingError, AudioFormatError, AudioSizeError, SampleRateError,
                      StampError)
@@ -127,8 +144,46 @@ def decode_chunk(chunk: AudioChunk) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
-class StreamResampler:
-    """Chunk-by-chunk ``resample_poly`` whose concatenated output equals the offline one.
+#: Largest term of an up/down resampling ratio used as is. ``resample_poly``'s filter has
+#: ``20 * max(up, down) + 1`` taps; every standard rate fits (11025 Hz needs 640/441).
+#: A ratio with a larger term is replaced by the nearest one within it (module docs).
+MAX_RATIO_TERM = 640
+#: The longest resampling filter ever designed (20 * MAX_RATIO_TERM + 1 taps).
+MAX_FILTER_TAPS = 20 * MAX_RATIO_TERM + 1
+
+
+def resample_ratio(rate_in: int, rate_out: int = SAMPLE_RATE,
+                   max_term: int = MAX_RATIO_TERM) -> Fraction:
+    """``rate_out / rate_in``, or the nearest fraction whose terms are <= ``max_term``."""
+    exact = Fraction(int(rate_out), int(rate_in))
+    if max(exact.numerator, exact.denominator) <= max_term:
+        return exact
+    # Bound the denominator of the ratio below 1 (its numerator is then smaller still).
+    approx = exact.limit_denominator(max_term) if exact <= 1 else \
+        1 / (1 / exact).limit_denominator(max_term)
+    if approx <= 0:
+        raise ValueError(f"cannot resample {rate_in} Hz to {rate_out} Hz")
+    return approx
+
+
+@functools.lru_cache(maxsize=16)
+def polyphase_filter(up: int, down: int) -> tuple[np.ndarray, int]:
+    """``resample_poly``'s default filter for ``up/down`` (Kaiser-windowed sinc, float32,
+    scaled by ``up``), zero-padded in front as ``resample_poly`` pads it, and the number of
+    leading outputs of ``upfirdn`` to discard. Designed once per ratio and shared."""
+    max_rate = max(up, down)
+    half_len = 10 * max_rate
+    h = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)
+    h *= up
+    n_pre_pad = down - half_len % down
+    h = np.concatenate([np.zeros(n_pre_pad, np.float32), h])
+    h.setflags(write=False)
+    return h, (half_len + n_pre_pad) // down
+
+
+class _PolyStream:
+    """``resample_poly(x, up, down)`` chunk by chunk; the concatenated output is the offline
+    output (the filter from :func:`polyphase_filter`, applied with ``upfirdn``).
 
     Output sample ``n`` needs input up to ``n * down / up + half``; it is emitted once that
     input has arrived (``half`` is the filter's half length: a millisecond or two of
@@ -136,12 +191,12 @@ class StreamResampler:
     on an input index that is a multiple of ``down`` so the output grid stays aligned.
     """
 
-    def __init__(self, rate_in: int, rate_out: int = SAMPLE_RATE):
-        g = math.gcd(int(rate_in), int(rate_out))
-        self.up, self.down = int(rate_out) // g, int(rate_in) // g
-        # resample_poly designs a filter of half length 10*max(up, down) in the upsampled
-        # domain; in input samples that is 10*max/up (+2 for rounding).
-        self.half = int(math.ceil(10 * max(self.up, self.down) / self.up)) + 2
+    def __init__(self, up: int, down: int):
+        self.up, self.down = up, down
+        # The filter's half length is 10*max(up, down) in the upsampled domain; in input
+        # samples that is 10*max/up (+2 for rounding). No filter, no latency.
+        self.half = 0 if self.passthrough else int(math.ceil(10 * max(up, down) / up)) + 2
+        self.taps = 0 if self.passthrough else 20 * max(up, down) + 1
         self._x = np.zeros(0, np.float32)  # kept input, starting at absolute index _x0
         self._x0 = 0
         self.n_in = 0
@@ -162,7 +217,6 @@ class StreamResampler:
         return self._emit(max(n_final, 0))
 
     def flush(self) -> np.ndarray:
-        """All remaining output (the end of the stream: zero padding after it, as offline)."""
         if self.passthrough:
             return np.zeros(0, np.float32)
         return self._emit(-(-self.n_in * self.up // self.down))
@@ -174,15 +228,96 @@ class StreamResampler:
         s = max(0, ((self.n_out * d // u) - self.half) // d * d)
         s = max(s, self._x0)  # _x0 is a multiple of `down` too
         seg = self._x[s - self._x0:]
-        y = resample_poly(seg, u, d).astype(np.float32, copy=False)
-        base = s * u // d
-        out = y[self.n_out - base:n_end - base]
+        h, n_pre_remove = polyphase_filter(u, d)
+        # = resample_poly(seg, u, d), from index n_pre_remove on; upfirdn's output runs
+        # half a filter past the input, enough for every output the offline call keeps.
+        y = upfirdn(h, seg, u, d)
+        base = s * u // d - n_pre_remove
+        out = y[self.n_out - base:n_end - base].astype(np.float32, copy=False)
         self.n_out += out.size
         # Keep only what the next outputs can need, from an index aligned on `down`.
         keep = max(0, ((self.n_out * d // u) - self.half) // d * d)
         if keep > self._x0:
             self._x = self._x[keep - self._x0:]
             self._x0 = keep
+        return out
+
+
+class StreamResampler:
+    """Chunk-by-chunk resampling to ``rate_out`` at a bounded cost (see the module docs).
+
+    With an exact ratio (every standard rate) the concatenated output equals
+    ``resample_poly`` over the whole stream. Otherwise (``exact`` False) output sample ``j``
+    is the sample of the approximately resampled stream nearest to ``j / rate_out`` s
+    after the first input sample: at most half an output sample off, never drifting.
+    ``n_out`` always follows the declared rate: ``~(n_in - half) * rate_out / rate_in``
+    while streaming, ``ceil(n_in * rate_out / rate_in)`` after :meth:`flush`.
+    """
+
+    def __init__(self, rate_in: int, rate_out: int = SAMPLE_RATE,
+                 max_ratio_term: int = MAX_RATIO_TERM):
+        self.rate_in, self.rate_out = int(rate_in), int(rate_out)
+        ratio = resample_ratio(self.rate_in, self.rate_out, max_ratio_term)
+        self.up, self.down = ratio.numerator, ratio.denominator
+        self.exact = ratio == Fraction(self.rate_out, self.rate_in)
+        self._poly = _PolyStream(self.up, self.down)
+        self.half = self._poly.half
+        #: Taps of the filter this stream runs (0: none needed).
+        self.taps = self._poly.taps
+        self.n_in = 0
+        self.n_out = 0
+        # Approximate ratio: approximate-stream sample k sits at input position k*down/up,
+        # i.e. output j (input position j*rate_in/rate_out) is its sample j*_A/_B.
+        self._A = self.rate_in * self.up
+        self._B = self.rate_out * self.down
+        self._a = np.zeros(0, np.float32)  # approximate-stream samples from index _a0 on
+        self._a0 = 0
+
+    @property
+    def passthrough(self) -> bool:
+        return self.exact and self._poly.passthrough
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        self.n_in += x.size
+        y = self._poly.push(x)
+        if self.exact:
+            self.n_out += y.size
+            return y
+        n_a = self._poly.n_out
+        n_end = -(-(self._B * (2 * n_a - 1)) // (2 * self._A)) if n_a else 0
+        return self._slip(y, n_end)
+
+    def flush(self) -> np.ndarray:
+        """All remaining output (the end of the stream: zero padding after it, as offline)."""
+        y = self._poly.flush()
+        if self.exact:
+            self.n_out += y.size
+            return y
+        return self._slip(y, -(-self.n_in * self.rate_out // self.rate_in))
+
+    def _nearest(self, j0: int, m: np.ndarray) -> np.ndarray:
+        """Approximate-stream index nearest to output ``j0 + m``: floor((j*A + B/2) / B)
+        (the big-integer part in Python, the per-sample part in int64)."""
+        q0, r0 = divmod(2 * j0 * self._A + self._B, 2 * self._B)
+        return q0 + (r0 + 2 * self._A * m) // (2 * self._B)
+
+    def _slip(self, y: np.ndarray, n_end: int) -> np.ndarray:
+        """Outputs up to ``n_end``, each the nearest sample of the approximate stream."""
+        self._a = np.concatenate([self._a, y]) if self._a.size else \
+            np.asarray(y, np.float32).copy()
+        if n_end <= self.n_out:
+            return np.zeros(0, np.float32)
+        idx = self._nearest(self.n_out, np.arange(n_end - self.n_out, dtype=np.int64)) - self._a0
+        # Past the end of the stream (flush only), zeros: the offline zero padding.
+        out = np.zeros(idx.size, np.float32)
+        ok = idx < self._a.size
+        out[ok] = self._a[idx[ok]]
+        self.n_out = n_end
+        first = int(self._nearest(n_end, np.zeros(1, np.int64))[0])  # next output's sample
+        drop = min(first - self._a0, self._a.size)
+        if drop > 0:
+            self._a = self._a[drop:]
+            self._a0 += drop
         return out
 
 
@@ -228,7 +363,8 @@ class AudioBuffer:
         self._rs_t0 = 0.0  # time of the resampler's first input sample
         self.counters = {"chunks": 0, "empty_chunks": 0, "gaps": 0, "gap_fill_s": 0.0,
                          "overlaps": 0, "overlap_trimmed_s": 0.0, "clock_jumps": 0,
-                         "clock_resets": 0, "format_changes": 0, "seconds_in": 0.0}
+                         "clock_resets": 0, "format_changes": 0, "seconds_in": 0.0,
+                         "approx_resample_segments": 0}
 
     # -- time axis ---------------------------------------------------------------------
     @property
@@ -399,6 +535,8 @@ class AudioBuffer:
                 self._flush_resampler()
                 self.counters["format_changes"] += 1
                 self._start_segment(stamp, fmt)
+        if not self._rs.exact and self._rs.n_in == 0:
+            self.counters["approx_resample_segments"] += 1  # a segment at an approximate ratio
         y = self._rs.push(x)
         self._append(y)
         res.samples += y.size
