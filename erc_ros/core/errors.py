@@ -62,3 +62,18 @@ class TranscriptError(InputError):
     """An ASR result with inconsistent times (end before start, not finite...)."""
 
     reason = "transcript"
+
+
+class TranscriptFutureError(TranscriptError):
+    """A final ASR result about speech implausibly far ahead of the audio and input clock
+    (beyond ``segmentation.max_transcript_lead_seconds``): an ASR clock ahead of the
+    robot's, or a flood. Kept, it would wait for its audio forever."""
+
+    reason = "transcript_future"
+
+
+class PendingFullError(InputError):
+    """A final ASR result refused because ``segmentation.max_pending_utterances`` results
+    already wait for their audio or speech (the waiting ones are kept)."""
+
+    reason = "pending_full"

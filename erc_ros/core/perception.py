@@ -24,6 +24,17 @@ Segmentation, by what the robot has (``segmentation.mode``, ``auto`` picks per r
   still open), merged with earlier unclaimed ones closer than ``merge_gap_seconds``.
 - No ASR: each voice-activity segment is an utterance with empty text.
 
+ASR finals waiting are bounded. A timed final whose span ends more than
+``max_transcript_lead_seconds`` after the input clock (the later of the end of the audio
+pushed and the last ``now`` given to :meth:`poll`; before either, no final is judged so),
+or an untimed final stamped that far ahead, is refused (``InputError`` reason ``transcript_future``): its audio would never come
+and it would wait forever. A transcript a little ahead of its audio (ASR on its own
+microphone path, audio still in flight) is within the lead and waits as before. At most
+``max_pending_utterances`` timed finals wait for their audio, and as many untimed ones for
+their speech; beyond that the *newest* is refused (``pending_full``): the waiting ones are
+about to come out and are never dropped for it. Both refusals are counted by reason, like
+every refused input (``stats()["counters"]["refused"]``, /diagnostics through the node).
+
 Every parameter is a documented dataclass field of :class:`PerceptionConfig`.
 """
 from __future__ import annotations
@@ -41,7 +52,7 @@ import numpy as np
 
 from .audio_buffer import AudioBuffer
 from .conversation import ConversationHistory
-from .errors import InputError, TranscriptError
+from .errors import InputError, PendingFullError, TranscriptError, TranscriptFutureError
 from .params import flatten
 from .types import SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent, Utterance
 
@@ -103,6 +114,15 @@ class SegmentationConfig:
                                   "than this into one utterance")
     words_per_second: float = _f(2.5, "untimed ASR with no speech segment: span estimated "
                                  "from the word count")
+    max_transcript_lead_seconds: float = _f(
+        5.0, "a timed final whose span ends more than this after the input clock (end of the "
+        "audio pushed, or the last poll time if later), or an untimed final stamped that far "
+        "ahead, is refused (InputError 'transcript_future'): an ASR clock ahead of the "
+        "robot's, or a flood; a result slightly ahead of its audio still waits for it")
+    max_pending_utterances: int = _f(
+        64, "timed finals waiting for their audio, and untimed finals waiting for their "
+        "speech (each); beyond it the newest final is refused (InputError 'pending_full') "
+        "and the waiting ones are kept")
 
 
 @dataclass
@@ -215,6 +235,10 @@ class PerceptionConfig:
                              "max_utterance_seconds + asr_wait_seconds")
         if not (0 < self.vad.neg_threshold <= self.vad.threshold < 1):
             raise ValueError("need 0 < vad.neg_threshold <= vad.threshold < 1")
+        if not self.segmentation.max_transcript_lead_seconds >= 0:
+            raise ValueError("segmentation.max_transcript_lead_seconds must be >= 0")
+        if self.segmentation.max_pending_utterances < 1:
+            raise ValueError("segmentation.max_pending_utterances must be >= 1")
 
 
 def _coerce(key: str, value, f: dataclasses.Field):
@@ -326,11 +350,13 @@ class PerceptionCore:
         self.history = ConversationHistory(cfg.conversation.history_utterances)
         self._segs: deque[_Seg] = deque(maxlen=256)
         self._pending: list[_Pending] = []
-        self._untimed: deque[TranscriptEvent] = deque(maxlen=64)
+        # Both bounded by segmentation.max_pending_utterances (push_transcript refuses more).
+        self._untimed: deque[TranscriptEvent] = deque()
         self._timed_spans: deque = deque(maxlen=32)  # recent timed ASR spans (claim speech)
         self._open_partials: dict[str, float] = {}
         self._ready: list[Utterance] = []
         self._asr_seen: Optional[float] = None
+        self._last_poll: Optional[float] = None  # `now` of the last poll (input clock)
         self._conv_index = 0
         self._conv_id = self._make_conv_id()
         self._utt_index = 0
@@ -410,9 +436,15 @@ class PerceptionCore:
             except InputError as e:
                 self._refuse(e)
                 raise
-            self._asr_seen = float(ev.stamp)
             mode = self.config.segmentation.mode
             timed = ev.timed and mode != "asr_untimed"
+            if ev.is_final:
+                try:
+                    self._check_waiting_room(ev, timed)
+                except InputError as e:
+                    self._refuse(e)
+                    raise
+            self._asr_seen = float(ev.stamp)
             key = ev.segment_id or ("timed" if timed else "untimed")
             if not ev.is_final:
                 self.counters["partials"] += 1
@@ -428,6 +460,35 @@ class PerceptionCore:
                     ev.speaker_hint, float(ev.confidence), ev.locale, timed=True))
             else:
                 self._untimed.append(ev)
+
+    def _input_clock(self) -> float:
+        """The latest input time known: end of the audio pushed, or the last poll's ``now``
+        if later (-inf before either)."""
+        t = -math.inf if self._last_poll is None else self._last_poll
+        if self.buffer.epoch >= 0:
+            t = max(t, self.buffer.input_end_time)
+        return t
+
+    def _check_waiting_room(self, ev: TranscriptEvent, timed: bool) -> None:
+        """Refuse a final that would wait forever (far ahead of the input clock) or that
+        finds the waiting room full (see the module docs)."""
+        sc = self.config.segmentation
+        t = float(ev.end) if timed else float(ev.stamp)
+        clock = self._input_clock()  # -inf before any audio or poll: nothing to judge by
+        if clock > -math.inf and t > clock + sc.max_transcript_lead_seconds:
+            what = f"span [{float(ev.start):.3f}, {t:.3f}] s ends" if timed else \
+                f"stamp {t:.3f} s is"
+            raise TranscriptFutureError(
+                f"ASR final's {what} {t - clock:.1f} s after the latest audio/poll time "
+                f"{clock:.3f} s (segmentation.max_transcript_lead_seconds="
+                f"{sc.max_transcript_lead_seconds:g}): is the ASR clock ahead of the robot's? "
+                f"Result refused")
+        waiting = len(self._pending) if timed else len(self._untimed)
+        if waiting >= sc.max_pending_utterances:
+            raise PendingFullError(
+                f"{waiting} {'timed' if timed else 'untimed'} ASR finals already wait for "
+                f"their {'audio' if timed else 'speech'} (segmentation.max_pending_utterances="
+                f"{sc.max_pending_utterances}); newest result refused")
 
     @staticmethod
     def _check_transcript(ev: TranscriptEvent) -> None:
@@ -661,6 +722,7 @@ class PerceptionCore:
         """Do the pending work; return the utterances complete at input-clock time ``now``."""
         with self._work():
             t = time.perf_counter()
+            self._last_poll = float(now)
             self._advance()
             out = self._collect(float(now), final=False)
             self._timer.add("poll", time.perf_counter() - t)
