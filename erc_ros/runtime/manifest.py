@@ -4,20 +4,39 @@ ONNX files, quantized variants and TensorRT engines live inside the model direct
 listed in its ``manifest.json`` like the weights: sha256, bytes, kind (``onnx`` / ``engine``),
 stage, precision, input specs, how they were made and checked. Loading verifies the hashes:
 a tampered or missing file is refused with an error naming it.
+
+Every path taken from a manifest goes through :func:`artefact_path` (or :func:`verify_files`,
+which checks the file too): the path rules of ``erc_ros.models.artefact`` (plain relative
+paths that resolve inside the directory), with one exception, decided here: the files of a
+cache overlay (:func:`overlay_dir`) are links into the model it was made from, and may
+resolve inside that model only when the overlay is a directory of :func:`cache_root` named
+after that model's current manifest (:func:`overlay_source`). Every directory made in the
+cache goes through :func:`cache_path`, which refuses a name that would land outside it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from erc_ros.models.artefact import (ArtefactError, add_artefact, load_model_dir,  # noqa: F401
-                                     read_manifest, remove_artefact, sha256_file,
+from erc_ros.models.artefact import (ArtefactError, add_artefact, artefact_file,  # noqa: F401
+                                     check_model_id, load_model_dir, read_manifest,
+                                     remove_artefact, sha256_file, verify_file,
                                      verify_model_dir)
 
 
 def register_artefact(model_dir: str | Path, path: str | Path, kind: str, **meta) -> dict:
     """Register ``path`` (inside ``model_dir``) in the manifest under its relative path."""
-    rel = Path(path).resolve().relative_to(Path(model_dir).resolve()).as_posix()
+    try:
+        rel = Path(path).resolve().relative_to(Path(model_dir).resolve()).as_posix()
+    except ValueError:
+        raise ArtefactError(f"{path}: not inside the model directory {model_dir}: cannot "
+                            "register it", "unsafe_path") from None
     return add_artefact(model_dir, rel, kind, **meta)
+
+
+def artefact_path(model_dir: str | Path, rel: str) -> Path:
+    """The file of the listed path ``rel`` of ``model_dir`` (a model directory or its cache
+    overlay), refused if it leaves the directory (see the module docstring)."""
+    return artefact_file(model_dir, rel, overlay_source(model_dir))
 
 
 def runtime_artefacts(model_dir: str | Path, kind: str | None = None) -> dict[str, dict]:
@@ -33,24 +52,25 @@ def find_stage_files(model_dir: str | Path, kind: str, precision: str) -> dict[s
             if e.get("precision") == precision and "stage" in e}
 
 
-def verify_files(model_dir: str | Path, relpaths) -> None:
-    """Check the sha256 of just these listed files (the runtime's artefacts)."""
+def verify_files(model_dir: str | Path, relpaths) -> list[Path]:
+    """Check the sha256 of just these listed files (the runtime's artefacts); their paths."""
     model_dir = Path(model_dir)
     arts = read_manifest(model_dir).get("artefacts", {})
+    source = overlay_source(model_dir)
+    out = []
     for rel in relpaths:
-        f = model_dir / rel
         e = arts.get(rel)
         if e is None:
-            raise ArtefactError(f"{f}: not listed in the manifest")
-        if not f.is_file():
-            raise ArtefactError(f"{f}: listed in the manifest but missing")
-        if f.stat().st_size != e.get("bytes", f.stat().st_size) or sha256_file(f) != e["sha256"]:
-            raise ArtefactError(f"{f}: sha256 mismatch (file modified or corrupted)")
+            raise ArtefactError(f"{rel!r}: not listed in the manifest of {model_dir}",
+                                "missing")
+        out.append(verify_file(model_dir, rel, e, source))
+    return out
 
 
 def load_model(model_dir: str | Path):
-    """The :class:`ErcModel` of a directory (every listed file verified first)."""
-    return load_model_dir(model_dir)
+    """The :class:`ErcModel` of a directory or of its overlay (every listed file verified
+    first)."""
+    return load_model_dir(model_dir, source=overlay_source(model_dir))
 
 
 def cache_root() -> Path:
@@ -59,6 +79,46 @@ def cache_root() -> Path:
     import os
 
     return Path(os.environ.get("ERC_ROS_CACHE", Path.home() / ".cache" / "erc_ros"))
+
+
+def cache_path(name: str) -> Path:
+    """``cache_root() / name`` for a plain name (a model id, then ``-`` and a hash), refused
+    with :class:`ArtefactError` where it would not be a directory right inside the cache."""
+    root = cache_root().resolve()
+    check_model_id(name)
+    d = root / name
+    if d.resolve().parent != root:
+        raise ArtefactError(f"cache entry {name!r} refused: it would land outside {root}",
+                            "unsafe_path")
+    return d
+
+
+def _overlay_path(model_dir: Path) -> tuple[Path, bytes, dict]:
+    """Where the overlay of ``model_dir`` (resolved) goes, its manifest's bytes and content."""
+    import hashlib
+
+    raw = (model_dir / "manifest.json").read_bytes()
+    m = read_manifest(model_dir)
+    name = f"{m.get('model_id', 'model')}-{hashlib.sha256(raw).hexdigest()[:16]}"
+    return cache_path(name), raw, m
+
+
+def overlay_source(model_dir: str | Path) -> Path | None:
+    """The model directory that ``model_dir`` is the cache overlay of, or ``None``: it must be
+    a directory of :func:`cache_root` whose ``SOURCE`` names a model directory whose current
+    manifest gives exactly this overlay's name (so a stale or planted overlay vouches for
+    nothing)."""
+    d = Path(model_dir).resolve()
+    try:
+        if d.parent != cache_root().resolve() or not (d / "SOURCE").is_file():
+            return None
+        src = Path((d / "SOURCE").read_text().strip())
+        if not src.is_absolute():
+            return None
+        src = src.resolve()
+        return src if _overlay_path(src)[0] == d else None
+    except (OSError, ArtefactError):
+        return None
 
 
 def overlay_dir(model_dir: str | Path, create: bool = True) -> Path | None:
@@ -70,13 +130,10 @@ def overlay_dir(model_dir: str | Path, create: bool = True) -> Path | None:
     the listed files, in which the ONNX files are then registered and verified like any
     other. The key changes whenever the model does, so a stale overlay is never used.
     """
-    import hashlib
     import shutil
 
     model_dir = Path(model_dir).resolve()
-    raw = (model_dir / "manifest.json").read_bytes()
-    m = read_manifest(model_dir)
-    d = cache_root() / f"{m.get('model_id', 'model')}-{hashlib.sha256(raw).hexdigest()[:16]}"
+    d, raw, m = _overlay_path(model_dir)
     if (d / "manifest.json").is_file():
         return d
     if not create:
@@ -85,9 +142,9 @@ def overlay_dir(model_dir: str | Path, create: bool = True) -> Path | None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for rel in m.get("artefacts", {}):
-        dst = tmp / rel
+        dst = artefact_file(tmp, rel)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.symlink_to(model_dir / rel)
+        dst.symlink_to(artefact_file(model_dir, rel))
     (tmp / "manifest.json").write_bytes(raw)
     (tmp / "SOURCE").write_text(str(model_dir) + "\n")
     try:
