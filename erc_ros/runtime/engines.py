@@ -373,7 +373,7 @@ def build_model_engines(model_dir: str | Path, precisions: Sequence[str] = ("fp1
     the manifest (kind ``engine``). INT8 engines are built from the explicit Q/DQ ONNX."""
     from tqdm import tqdm
 
-    from .manifest import find_stage_files, read_manifest, register_artefact
+    from .manifest import artefact_path, find_stage_files, read_manifest, register_artefact
     from .quantize import ensure_variants
 
     model_dir = Path(model_dir)
@@ -395,8 +395,8 @@ def build_model_engines(model_dir: str | Path, precisions: Sequence[str] = ("fp1
             continue
         profiles = stage_profiles(arts[fp32[stage]]["inputs"], buckets, max_batch)
         t0 = time.perf_counter()
-        path, meta, built = build_cached(model_dir / src_rel, stage, precision, profiles, cache,
-                                         force=force)
+        path, meta, built = build_cached(artefact_path(model_dir, src_rel), stage, precision,
+                                         profiles, cache, force=force)
         meta.update(buckets=list(buckets) if any(
             "seq" in s["shape"] for s in arts[fp32[stage]]["inputs"]) else None,
             build_seconds=round(time.perf_counter() - t0, 1), reused=not built)

@@ -385,9 +385,8 @@ def _ort_stages(model_dir, needed, precision, threads, providers):
         if rel is None:
             rel, prec = fp32[stage], "fp32"
             log.info("no %s ONNX of %s: running its fp32 export", precision, stage)
-        verify_files(model_dir, [rel])
-        stages[stage] = OrtBackend(Path(model_dir) / rel, providers=providers, threads=threads,
-                                   precision=prec)
+        path, = verify_files(model_dir, [rel])
+        stages[stage] = OrtBackend(path, providers=providers, threads=threads, precision=prec)
     if not any(b.precision == precision for b in stages.values()):
         precision = "fp32"
     return precision, stages
@@ -426,16 +425,16 @@ def _trt_stages(model_dir, model, needed, engines, precision, threads):
             continue
         rel = engines.get(stage, {}).get(precision) or engines.get(stage, {}).get("fp16")
         if rel is not None:
-            verify_files(model_dir, [rel])
+            path, = verify_files(model_dir, [rel])
             meta = arts[rel]
             buckets = meta.get("buckets") if stage == "text_encoder" else None
             stages[stage] = TensorRTBackend(
-                Path(model_dir) / rel, precision=meta["precision"],
+                path, precision=meta["precision"],
                 sequence_buckets=buckets or (DEFAULT_BUCKETS if stage == "text_encoder" else None),
                 pad_values={"input_ids": int(model.preprocessor.pad_id)})
         elif stage in fp32:  # no engine for this stage: ONNX Runtime on the GPU providers
-            verify_files(model_dir, [fp32[stage]])
-            stages[stage] = OrtBackend(Path(model_dir) / fp32[stage], threads=threads)
+            path, = verify_files(model_dir, [fp32[stage]])
+            stages[stage] = OrtBackend(path, threads=threads)
         else:
             ins, outs = _stage_io(model, stage)
             stages[stage] = TorchBackend(getattr(model, stage), ins, outs, threads=threads)

@@ -238,7 +238,8 @@ def quantize_model_dir(model_dir: str | Path, precisions: Sequence[str] = ("int8
 
     from .backends import OrtBackend
     from .export import onnx_path, stage_specs
-    from .manifest import find_stage_files, load_model, read_manifest, register_artefact
+    from .manifest import (artefact_path, find_stage_files, load_model, read_manifest,
+                           register_artefact)
 
     model_dir = Path(model_dir)
     model = model if model is not None else load_model(model_dir)
@@ -253,11 +254,12 @@ def quantize_model_dir(model_dir: str | Path, precisions: Sequence[str] = ("int8
         dst = onnx_path(model_dir, stage, precision)
         transformer = ({"num_heads": src_meta["num_heads"], "hidden_size": src_meta["hidden_size"]}
                        if src_meta.get("transformer") and "num_heads" in src_meta else None)
-        meta = make_variant(precision, model_dir / fp32[stage], dst, transformer=transformer,
+        src = artefact_path(model_dir, fp32[stage])
+        meta = make_variant(precision, src, dst, transformer=transformer,
                             matmul_only=bool(src_meta.get("matmul_only")),
                             calibration_feeds=spec.samples if precision == "qdq" else None)
         # Check against the FP32 export on the same real inputs.
-        a = OrtBackend(model_dir / fp32[stage], providers=["CPUExecutionProvider"], threads=0)
+        a = OrtBackend(src, providers=["CPUExecutionProvider"], threads=0)
         b = OrtBackend(dst, providers=["CPUExecutionProvider"], threads=0)
         diff, agree, total = 0.0, 0, 0
         for s in spec.samples:
