@@ -135,3 +135,39 @@ def test_limits_are_documented_and_validated():
                 {"segmentation.max_transcript_lead_seconds": -1.0}):
         with pytest.raises(ValueError):
             PerceptionConfig.from_dict(bad)
+
+
+def test_hostile_rate_and_future_flood_through_ingest_reach_the_node_health():
+    """The node's input path (Ingest over real messages): an AudioInfo of 383999 Hz is
+    buffered with a bounded filter on the stamps' time axis, and a flood of future finals is
+    counted by reason in the health the node puts on /diagnostics."""
+    pytest.importorskip("audio_common_msgs.msg")
+    pytest.importorskip("diagnostic_msgs.msg")
+    from erc_ros.core.audio_buffer import MAX_FILTER_TAPS
+    from erc_ros.core.types import AudioFormat
+    from erc_ros.ros import convert
+    from erc_ros.ros.diagnostics import to_status
+    from erc_ros.ros.ingest import Ingest
+
+    core = _core()
+    ingest = Ingest(core)
+    rate, n, t0 = 383999, 38400, 5.0
+    assert ingest.feed("audio_info", convert.audio_info_msg(AudioFormat(rate)), t0)
+    tone = (0.3 * np.sin(2 * np.pi * 200 * np.arange(20 * n) / rate) * 32767).astype("<i2")
+    for k in range(20):
+        stamp = t0 + k * n / rate
+        assert ingest.feed("audio_stamped",
+                           convert.pcm16_to_audio_msg(tone[k * n:(k + 1) * n], stamp), stamp)
+    assert core.buffer._rs.taps <= MAX_FILTER_TAPS
+    assert core.buffer.counters["approx_resample_segments"] == 1
+    # The 16 kHz axis follows the declared rate (lagging by the filter's few samples).
+    lag = core.buffer._rs.half / rate + 1 / 16000
+    assert 0 <= core.buffer.input_end_time - core.buffer.t_end <= lag
+    assert core.buffer.input_end_time == pytest.approx(t0 + 20 * n / rate, abs=1e-6)
+    for k in range(200):
+        ev = TranscriptEvent(t0 + 2.0, f"w{k}", True, t0 + 1000.0 + k, t0 + 1000.5 + k)
+        assert not ingest.feed("transcript", convert.event_to_transcript(ev), t0 + 2.0)
+    assert ingest.health.snapshot()["refused"] == {"transcript_future": 200}
+    status = to_status("utterances", "test", ingest.health)
+    assert {kv.key: kv.value for kv in status.values}["refused.transcript_future"] == "200"
+    assert len(core._pending) == 0
