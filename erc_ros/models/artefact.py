@@ -114,9 +114,12 @@ def artefact_file(model_dir: str | Path, rel: str, source: str | Path | None = N
     with the same message whether or not the target exists."""
     check_relpath(rel)
     model_dir = Path(model_dir)
-    real = (model_dir / rel).resolve()
     roots = [model_dir.resolve()] + ([Path(source).resolve()] if source is not None else [])
-    if not any(_inside(real, r) for r in roots):
+    try:
+        real = (model_dir / rel).resolve()
+    except (OSError, RuntimeError):  # a link loop
+        real = None
+    if real is None or not any(_inside(real, r) for r in roots):
         raise ArtefactError(f"{model_dir / rel}: resolves outside the model directory (a "
                             "symbolic link out of it): refused", "unsafe_path")
     return model_dir / rel
@@ -132,10 +135,12 @@ def check_external(name: Any, entry: Any) -> dict:
     if not isinstance(entry, dict):
         raise ArtefactError(f"external weights {name!r}: not an object", "malformed")
     module, package = entry.get("module"), entry.get("package")
-    allowed = ", ".join(f"{m} ({d})" for m, d in sorted(EXTERNAL_PACKAGES.items()))
-    if module not in EXTERNAL_PACKAGES or (
-            package is not None and (not isinstance(package, str) or
-                                     _canonical(package) != _canonical(EXTERNAL_PACKAGES[module]))):
+    dist = EXTERNAL_PACKAGES.get(module) if isinstance(module, str) else None
+    if package is not None and not (isinstance(package, str) and dist is not None and
+                                    _canonical(package) == _canonical(dist)):
+        dist = None  # the module must come with the package it is listed with
+    if dist is None:
+        allowed = ", ".join(f"{m} ({d})" for m, d in sorted(EXTERNAL_PACKAGES.items()))
         raise ArtefactError(f"external weights {name!r}: module {module!r} of package "
                             f"{package!r} is not on the allow-list of packaged weights "
                             f"(erc_ros.models.artefact.EXTERNAL_PACKAGES: {allowed})",
