@@ -122,7 +122,7 @@ def test_bad_input_is_refused_reported_and_valid_utterances_get_one_estimate(
     from sensor_msgs.msg import CompressedImage
     from std_msgs.msg import String
     rig = Rig(model, [Parameter("image_transport", value="compressed"),
-                      Parameter("sensor_reliability", value="reliable")],
+                      Parameter("image_reliability", value="reliable")],
               {"/audio": AudioDataStamped, "/audio_info": AudioInfo,
                "/camera/image_raw/compressed": CompressedImage,
                "/erc_ros/transcript": Transcript, "/erc_ros/ground_truth": String})
@@ -189,7 +189,7 @@ def test_ros4hri_voices_and_expression(ros, model, conversation):
     from hri_msgs.msg import Expression, IdsList, LiveSpeech
     from sensor_msgs.msg import Image
     rig = Rig(model, [Parameter("image_transport", value="raw"),
-                      Parameter("sensor_reliability", value="reliable"),
+                      Parameter("image_reliability", value="reliable"),
                       Parameter("audio_msg", value="raw"),
                       Parameter("asr_type", value="hri_voices")],
               {"/audio": AudioData, "/audio_info": AudioInfo,

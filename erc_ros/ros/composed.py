@@ -11,11 +11,10 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-import rclpy
 from rclpy.parameter import Parameter
 
 from erc_ros.ros.emotion_node import EmotionNode
-from erc_ros.ros.lifecycle import autostart, spin
+from erc_ros.ros.lifecycle import autostart, run
 from erc_ros.ros.utterance_node import UtteranceNode
 
 
@@ -70,12 +69,10 @@ class ComposedPipeline:
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    comp = ComposedPipeline()
-    ok = comp.start()
-    if not ok:
-        comp.emotion.get_logger().error("failed to start (see the log above)")
-    return spin(comp.nodes, ok, comp.destroy, threads=3)
+    def build():
+        comp = ComposedPipeline()
+        return comp.nodes, comp.start, comp.destroy
+    return run(build, threads=3, argv=argv)
 
 
 if __name__ == "__main__":

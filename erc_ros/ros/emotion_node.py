@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +24,8 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
-from erc_ros.ros.lifecycle import declare_documented, run_node
+from erc_ros.ros.lifecycle import ParameterGuard, declare_documented, run_node
+from erc_ros.ros.topic_names import id_token
 from erc_ros.ros.worker import Worker
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -32,15 +35,26 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "backend": ("auto", "runtime backend: auto, torch, onnxruntime, tensorrt"),
     "precision": ("auto", "auto, fp32, fp16, int8 (what the backend and model dir offer)"),
     "threads": (2, "CPU threads for inference"),
-    "utterance_topic": ("/erc_ros/utterances", "input topic (erc_ros/Utterance)"),
+    "utterance_topic": ("erc_ros/utterances", "input topic (erc_ros/Utterance)"),
     "subscribe_utterances": (True, "subscribe to utterance_topic (composed mode hands "
                                    "utterances over in memory instead)"),
-    "estimate_topic": ("/erc_ros/emotion", "output topic (erc_ros/EmotionEstimate)"),
+    "estimate_topic": ("erc_ros/emotion", "output topic (erc_ros/EmotionEstimate)"),
     "publish_expression": (True, "also publish hri_msgs/Expression for ROS4HRI users"),
-    "expression_namespace": ("voices", "'voices' -> /humans/voices/<speaker_id>/expression, "
-                                       "'faces' -> /humans/faces/<speaker_id>/expression"),
+    "expression_namespace": ("voices", "'voices' -> /humans/voices/<speaker>/expression, "
+                                       "'faces' -> /humans/faces/<speaker>/expression (<speaker>: "
+                                       "the speaker id as a topic token, erc_ros.ros.topic_names)"),
+    "max_expression_publishers": (32, "at most this many per-speaker Expression publishers; "
+                                      "the least recently used one is destroyed for a new one"),
+    "expression_idle_timeout": (300.0, "seconds after which the Expression publisher of a "
+                                       "speaker who said nothing is destroyed (0: never)"),
     "queue_size": (64, "bound of the utterance queue; overflow is dropped and counted"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+}
+
+#: Ranges of the numeric parameters (the descriptor refuses values outside).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "threads": (1, 256), "queue_size": (1, 100000), "max_expression_publishers": (1, 10000),
+    "expression_idle_timeout": (0.0, 1e7), "diagnostics_period": (0.01, 3600.0),
 }
 
 
@@ -57,51 +71,66 @@ def default_model_dir() -> str:
 
 
 class EmotionNode(LifecycleNode):
-    """Utterance -> EmotionEstimate through the runtime pipeline."""
+    """Utterance -> EmotionEstimate through the runtime pipeline.
+
+    Resources and the transition that makes / frees them: the /diagnostics publisher and
+    timer live as long as the node (made in ``__init__``, freed by ``destroy_node``: they
+    also report a failed configure); the pipeline, worker, estimate publisher and Expression publishers
+    are made in ``on_configure`` and freed in ``on_cleanup`` (and by a failing configure);
+    the subscription is made in ``on_activate`` and freed in ``on_deactivate``."""
 
     def __init__(self, name: str = "emotion_node", **kwargs):
         super().__init__(name, **kwargs)
-        declare_documented(self, PARAMETERS)
+        self._param_errors = declare_documented(self, PARAMETERS, BOUNDS)
+        self.guard = ParameterGuard(self)
         self.health = NodeHealth()
         self.pipeline = None
         self.worker: Optional[Worker] = None
         self._sub = None
         self._pub = None
-        self._expr_pubs: dict[str, Any] = {}
-        self._diag_pub = None
-        self._diag_timer = None
+        self._expr_pubs: OrderedDict[str, list] = OrderedDict()  # token -> [pub, last use]
+        self._expr_lock = threading.Lock()
         self._group = MutuallyExclusiveCallbackGroup()
+        from diagnostic_msgs.msg import DiagnosticArray
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(
+            self.get_parameter("diagnostics_period").value, self.publish_diagnostics,
+            callback_group=self._group)
         self.published = 0
         self.on_estimate = None  # optional in-process hook: f(utterance, estimate, e2e_ms)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = {n: self.get_parameter(n).value for n in PARAMETERS}
         self.p = p
+        bad = self._param_errors + self.guard.check_all(PARAMETERS)
+        if bad:
+            return self._fail("invalid parameters: " + "; ".join(bad))
+        self._diag_timer.timer_period_ns = int(p["diagnostics_period"] * 1e9)
         model_dir = p["model_dir"] or default_model_dir()
-        from diagnostic_msgs.msg import DiagnosticArray
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(p["diagnostics_period"], self.publish_diagnostics,
-                                             callback_group=self._group)
         try:
             from erc_ros.runtime.pipeline import EmotionPipeline
             self.pipeline = EmotionPipeline.from_model_dir(
                 model_dir, backend=p["backend"], precision=p["precision"],
                 threads=p["threads"])
         except Exception as err:
-            msg = f"cannot load the model from {model_dir!r}: {err}"
-            self.get_logger().error(msg)
-            self.health.error = msg
-            self.publish_diagnostics()
-            return TransitionCallbackReturn.FAILURE
+            return self._fail(f"cannot load the model from {model_dir!r}: {err}")
         self.health.error = ""
         self.worker = Worker("utterances", p["queue_size"], self._process, self.health,
-                             period=0.5,
+                             idle=self._expire_expression_pubs, period=0.5,
                              on_error=lambda e: self.get_logger().error(f"worker: {e!r}"))
         from erc_ros.msg import EmotionEstimate
         self._pub = self.create_lifecycle_publisher(EmotionEstimate, p["estimate_topic"], 50)
+        self.guard.configured = True
         self.get_logger().info(f"configured: model {self.pipeline.model_id} on "
                                f"{self.pipeline.backend_name}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _fail(self, msg: str) -> TransitionCallbackReturn:
+        self.get_logger().error(msg)
+        self.health.error = msg
+        self.pipeline = None
+        self.publish_diagnostics()
+        return TransitionCallbackReturn.FAILURE
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.p["subscribe_utterances"]:
@@ -111,6 +140,10 @@ class EmotionNode(LifecycleNode):
             self._sub = self.create_subscription(Utterance, self.p["utterance_topic"],
                                                  self._on_utterance_msg, qos)
         self.worker.start()
+        self.get_logger().info(
+            "active: " + (f"estimates from {self._sub.topic_name}" if self._sub is not None
+                          else "estimates from in-process utterances")
+            + f" on {self._pub.topic_name}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -127,11 +160,13 @@ class EmotionNode(LifecycleNode):
         if self._pub is not None:
             self.destroy_lifecycle_publisher(self._pub)
             self._pub = None
-        for pub in self._expr_pubs.values():
-            self.destroy_publisher(pub)
-        self._expr_pubs = {}
+        with self._expr_lock:
+            for pub, _ in self._expr_pubs.values():
+                self.destroy_publisher(pub)
+            self._expr_pubs.clear()
         self.pipeline = None  # frees the model
         self.worker = None
+        self.guard.configured = False
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -186,16 +221,39 @@ class EmotionNode(LifecycleNode):
             self.on_estimate(utt, est, e2e)
 
     def _expression_pub(self, speaker_id: str):
-        pub = self._expr_pubs.get(speaker_id)
-        if pub is None:
-            from hri_msgs.msg import Expression
-            ns = "faces" if self.p["expression_namespace"] == "faces" else "voices"
-            safe = "".join(c if c.isalnum() or c == "_" else "_" for c in speaker_id)
-            if not safe or safe[0].isdigit():
-                safe = "id_" + safe
-            pub = self.create_publisher(Expression, f"/humans/{ns}/{safe}/expression", 10)
-            self._expr_pubs[speaker_id] = pub
-        return pub
+        """The Expression publisher of a speaker: made on first use, at most
+        ``max_expression_publishers`` of them (least recently used destroyed first)."""
+        token = id_token(speaker_id)
+        with self._expr_lock:
+            entry = self._expr_pubs.get(token)
+            if entry is None:
+                from hri_msgs.msg import Expression
+                while len(self._expr_pubs) >= self.p["max_expression_publishers"]:
+                    _, (old, _) = self._expr_pubs.popitem(last=False)
+                    self.destroy_publisher(old)
+                    self.health.count("expression_publishers.evicted")
+                ns = self.p["expression_namespace"]
+                entry = [self.create_publisher(Expression, f"/humans/{ns}/{token}/expression",
+                                               10), 0.0]
+                self._expr_pubs[token] = entry
+            self._expr_pubs.move_to_end(token)
+            entry[1] = time.monotonic()
+            return entry[0]
+
+    def _expire_expression_pubs(self) -> None:
+        """Destroy the Expression publishers idle for ``expression_idle_timeout`` (worker)."""
+        ttl = self.p["expression_idle_timeout"]
+        if ttl <= 0:
+            return
+        now = time.monotonic()
+        with self._expr_lock:
+            while self._expr_pubs:
+                token, (pub, last) = next(iter(self._expr_pubs.items()))
+                if now - last < ttl:
+                    break
+                del self._expr_pubs[token]
+                self.destroy_publisher(pub)
+                self.health.count("expression_publishers.expired")
 
     def publish_diagnostics(self) -> None:
         if self._diag_pub is None:
@@ -210,6 +268,7 @@ class EmotionNode(LifecycleNode):
                 pass
         depth = ({"utterances": (self.worker.depth(), self.worker.capacity)}
                  if self.worker else {})
+        extra["expression_publishers"] = len(self._expr_pubs)
         st = to_status(f"{self.get_name()}: emotion", "erc_ros", self.health, extra, depth)
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [st]))
 

@@ -1,20 +1,110 @@
-"""What every erc_ros node shares: documented parameters, auto-activation, and the
-executor loop of a node process (standalone or composed)."""
+"""What every erc_ros node shares: documented and validated parameters, auto-activation,
+and the main loop of a node process (standalone or composed).
+
+Parameters: each is declared with its description and, where it has one, its allowed
+values (:mod:`erc_ros.ros.choices`) or range. A bad value is refused with a reason — by
+``ros2 param set`` at once (a set-parameters callback), and when it came from a params
+file or ``-p`` at start, by ``configure`` (FAILURE with a log naming it) instead of a
+traceback in the constructor. The nodes read their parameters in ``on_configure``: a value
+set while configured is accepted with a warning that it applies at the next configure.
+
+Shutdown: the first Ctrl-C (or SIGTERM) ends the executor; the clean-up that follows
+(workers, nodes, rclpy) runs with further SIGINTs ignored — ``ros2 launch`` forwards the
+terminal's Ctrl-C and sends its own, and the second one used to interrupt
+``destroy_node`` with a KeyboardInterrupt traceback and exit code -2.
+"""
 from __future__ import annotations
 
+import signal
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 
+from erc_ros.ros.choices import CHOICES, check_choice
 
-def declare_documented(node, params: dict[str, tuple[Any, str]]) -> None:
-    """Declare ``name -> (default, description)`` parameters, descriptions included."""
+#: Parameters that are never re-read after start (the rest apply at the next configure).
+READ_AT_START = {"autostart"}
+
+
+def descriptor(name: str, default: Any, description: str,
+               bounds: Optional[tuple[float, float]] = None) -> ParameterDescriptor:
+    """The ROS descriptor of one parameter: description, allowed values, range."""
+    d = ParameterDescriptor(description=description)
+    if name in CHOICES:
+        d.additional_constraints = "one of: " + ", ".join(CHOICES[name])
+    if bounds is not None and not isinstance(default, bool):
+        lo, hi = bounds
+        if isinstance(default, int):
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+        elif isinstance(default, float):
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo),
+                                                         to_value=float(hi), step=0.0)]
+    return d
+
+
+def declare_documented(node, params: dict[str, tuple[Any, str]],
+                       bounds: Optional[dict[str, tuple[float, float]]] = None) -> list[str]:
+    """Declare ``name -> (default, description)`` parameters with their descriptors.
+
+    A value given at start (params file, ``-p``) that its descriptor refuses (wrong type,
+    out of range) does not raise here: the parameter keeps its default and the reason is
+    returned, for ``on_configure`` to refuse with a log instead of a traceback."""
+    errors = []
     for name, (default, desc) in params.items():
-        node.declare_parameter(name, default, ParameterDescriptor(description=desc))
+        d = descriptor(name, default, desc, (bounds or {}).get(name))
+        try:
+            node.declare_parameter(name, default, d)
+        except (InvalidParameterTypeException, InvalidParameterValueException) as err:
+            errors.append(f"{name}: {err}")
+            node.declare_parameter(name, default, d, ignore_override=True)
+    return errors
+
+
+class ParameterGuard:
+    """The set-parameters callback of a node: refuses values outside :data:`CHOICES` (and
+    whatever ``extra(name, value)`` refuses, returning a reason), and says when an accepted
+    change only applies at the next configure."""
+
+    def __init__(self, node, extra: Optional[Callable[[str, Any], str]] = None):
+        self.node = node
+        self.extra = extra
+        self.configured = False  # set by the node between configure and cleanup
+        node.add_on_set_parameters_callback(self._on_set)
+
+    def check(self, name: str, value: Any) -> str:
+        reason = check_choice(name, value)
+        if not reason and self.extra is not None:
+            reason = self.extra(name, value)
+        return reason
+
+    def check_all(self, names) -> list[str]:
+        """Reasons against the node's current values (``on_configure``)."""
+        out = []
+        for name in names:
+            reason = self.check(name, self.node.get_parameter(name).value)
+            if reason:
+                out.append(reason)
+        return out
+
+    def _on_set(self, params) -> SetParametersResult:
+        for p in params:
+            reason = self.check(p.name, p.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        later = [p.name for p in params if self.configured and p.name not in READ_AT_START
+                 and p.name != "use_sim_time"]
+        if later:
+            msg = (f"{', '.join(later)} changed while configured: applies at the next "
+                   f"configure (deactivate, cleanup, configure, activate)")
+            self.node.get_logger().warning(msg)
+            return SetParametersResult(successful=True, reason=msg)
+        return SetParametersResult(successful=True)
 
 
 def autostart(node) -> bool:
@@ -24,24 +114,10 @@ def autostart(node) -> bool:
         return True
     if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
         return False
-    return node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-
-
-def spin(nodes: Sequence, ok: bool, on_exit: Callable[[], None], threads: int) -> int:
-    """Spin ``nodes`` on one multi-threaded executor until shutdown, then ``on_exit()``;
-    returns the process exit code (1 when start-up failed)."""
-    ex = MultiThreadedExecutor(num_threads=threads)
-    for node in nodes:
-        ex.add_node(node)
-    quiet_gc()
-    try:
-        ex.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        on_exit()
-        rclpy.try_shutdown()
-    return 0 if ok else 1
+    ok = node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    if not ok:
+        node.get_logger().error("failed to activate (see the log above)")
+    return ok
 
 
 def quiet_gc() -> None:
@@ -56,17 +132,44 @@ def quiet_gc() -> None:
     gc.freeze()
 
 
-def run_node(node_class, argv=None) -> int:
-    """``main()`` of a standalone node process: init, build, auto-activate, spin."""
+def run(build: Callable[[], tuple[Sequence, Callable[[], bool], Callable[[], None]]],
+        threads: int, argv=None) -> int:
+    """``main()`` of a node process: ``build()`` returns (nodes, start, close); start
+    (configure + activate), spin until shutdown, close. Returns the exit code: 1 when
+    start-up failed, else 0 — also after Ctrl-C, however often it is pressed."""
     rclpy.init(args=argv if argv is not None else sys.argv)
-    node = node_class()
-    ok = autostart(node)
-    if not ok:
-        node.get_logger().error("failed to start (see the log above)")
+    close: Optional[Callable[[], None]] = None
+    ok = True
+    try:
+        nodes, start, close = build()
+        ok = start()
+        if not ok:
+            nodes[-1].get_logger().error("failed to start (see the log above)")
+        ex = MultiThreadedExecutor(num_threads=threads)
+        for node in nodes:
+            ex.add_node(node)
+        quiet_gc()
+        ex.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        # Shutting down now: a second Ctrl-C must not interrupt it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if close is not None:
+            close()
+        rclpy.try_shutdown()
+    return 0 if ok else 1
 
-    def close() -> None:
-        if node.worker:
-            node.worker.stop()
-        node.destroy_node()
 
-    return spin([node], ok, close, threads=2)
+def run_node(node_class, argv=None) -> int:
+    """``main()`` of a standalone node process."""
+    def build():
+        node = node_class()
+
+        def close() -> None:
+            if node.worker:
+                node.worker.stop()
+            node.destroy_node()
+        return [node], lambda: autostart(node), close
+
+    return run(build, threads=2, argv=argv)

@@ -32,7 +32,7 @@ def bag_connections(path: str | Path) -> dict[str, str]:
 
 def node_params_for_bag(conns: dict[str, str]) -> list[Parameter]:
     """utterance_node parameters that subscribe to what the bag holds."""
-    params = [Parameter("sensor_reliability", value="reliable")]
+    params = [Parameter("image_reliability", value="reliable")]
     for topic, typ in conns.items():
         if typ == "sensor_msgs/msg/CompressedImage":
             base = topic[:-len("/compressed")] if topic.endswith("/compressed") else topic

@@ -53,7 +53,6 @@ def _prefetch(path, ingest: Ingest, depth: int = 256):
 
     from std_msgs.msg import String
 
-    from erc_ros.ros.ingest import convert_ahead
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -77,7 +76,7 @@ def _prefetch(path, ingest: Ingest, depth: int = 256):
                 except Exception as err:  # a corrupt record: counted like refused input
                     ingest.health.refuse("deserialize", f"{topic}: {err}")
                     continue
-                q.put((topic, typename, t_ns, kind, msg, convert_ahead(kind, msg)))
+                q.put((topic, typename, t_ns, kind, msg, ingest.convert_ahead(kind, msg)))
         except BaseException as err:  # re-raised in the consumer
             q.put(err)
         finally:

@@ -9,48 +9,69 @@ and, when composed in one process with the emotion node, handed over in memory.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any, Callable, Optional
 
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros.core.params import unflatten
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.ingest import Ingest
-from erc_ros.ros.lifecycle import declare_documented, run_node
+from erc_ros.ros.lifecycle import ParameterGuard, declare_documented, run_node
+from erc_ros.ros.topic_names import is_topic_token
 from erc_ros.ros.worker import Worker
 
 #: name -> (default, description). Every parameter of the node, documented.
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "autostart": (True, "configure and activate on start (there is no launch manager here)"),
-    "image_topic": ("/camera/image_raw", "camera topic (sensor_msgs/Image)"),
+    "image_topic": ("camera/image_raw", "camera topic (sensor_msgs/Image)"),
     "image_transport": ("raw", "'raw' (Image on image_topic), 'compressed' (CompressedImage "
                                "on image_topic + '/compressed') or 'none'"),
-    "audio_topic": ("/audio", "microphone topic (audio_common_msgs)"),
+    "audio_topic": ("audio", "microphone topic (audio_common_msgs)"),
     "audio_msg": ("stamped", "'stamped' (AudioDataStamped), 'raw' (AudioData, stamped at "
                              "receipt) or 'none'"),
-    "audio_info_topic": ("/audio_info", "audio_common_msgs/AudioInfo topic (format of the "
+    "audio_info_topic": ("audio_info", "audio_common_msgs/AudioInfo topic (format of the "
                                         "audio; S16LE mono 16 kHz until one arrives)"),
     "asr_type": ("transcript", "'transcript' (erc_ros/Transcript), 'live_speech' "
                                "(hri_msgs/LiveSpeech on asr_topic), 'hri_voices' (ROS4HRI: "
                                "/humans/voices/<id>/speech for every id on "
                                "/humans/voices/tracked), 'string' (std_msgs/String) or 'none'"),
-    "asr_topic": ("/erc_ros/transcript", "ASR topic for asr_type transcript/live_speech/string"),
-    "utterance_topic": ("/erc_ros/utterances", "output topic (erc_ros/Utterance)"),
+    "asr_topic": ("erc_ros/transcript", "ASR topic for asr_type transcript/live_speech/string"),
+    "utterance_topic": ("erc_ros/utterances", "output topic (erc_ros/Utterance)"),
     "publish_utterances": (True, "publish utterances (composed mode may hand them over in "
-                                 "memory only)"),
-    "sensor_reliability": ("best_effort", "QoS reliability of the camera subscription "
-                                          "('best_effort' or 'reliable'); audio and ASR are "
-                                          "always reliable"),
+                                 "memory only: then nothing is advertised)"),
+    "image_reliability": ("best_effort", "QoS reliability of the camera subscription: "
+                                         "'best_effort' (sensor data) or 'reliable'"),
+    "audio_reliability": ("reliable", "QoS reliability of the microphone (and AudioInfo) "
+                                      "subscription: 'reliable' or 'best_effort' (for "
+                                      "microphone drivers that publish best-effort)"),
+    "asr_reliability": ("reliable", "QoS reliability of the ASR subscriptions: 'reliable' or "
+                                    "'best_effort'"),
+    "max_voices": (32, "asr_type hri_voices: at most this many per-voice subscriptions "
+                       "(ids left /humans/voices/tracked are unsubscribed)"),
+    "max_image_pixels": (convert.MAX_IMAGE_PIXELS, "largest camera frame accepted (width x height, raw "
+                                      "or compressed); larger ones are refused from their "
+                                      "header before decoding (refused.image_too_large)"),
+    "max_image_bytes": (convert.MAX_IMAGE_BYTES, "largest CompressedImage payload in bytes; larger "
+                                          "ones are refused (refused.image_too_large)"),
     "queue_size": (2000, "bound of the input queue (messages); overflow is dropped and counted"),
     "poll_period": (0.02, "seconds between polls of the core when no input arrives"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
     "perception_config": ("", "optional YAML file with a PerceptionConfig tree; the "
                               "perception.* parameters override it"),
+}
+
+#: Ranges of the numeric parameters (the descriptor refuses values outside).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "queue_size": (1, 1000000), "poll_period": (0.001, 10.0),
+    "diagnostics_period": (0.01, 3600.0), "max_voices": (1, 10000),
+    "max_image_pixels": (1, 2**31 - 1), "max_image_bytes": (1, 2**31 - 1),
 }
 
 
@@ -75,9 +96,10 @@ def segmentation_for_asr(overrides: dict[str, Any], asr_type: str) -> dict[str, 
     return out
 
 
-def build_core(overrides: dict[str, Any], config_file: str = ""):
-    """PerceptionCore from a YAML file (optional) with flattened overrides."""
-    from erc_ros.core.perception import PerceptionConfig, PerceptionCore
+def build_config(overrides: dict[str, Any], config_file: str = ""):
+    """PerceptionConfig from a YAML file (optional) with flattened overrides (ValueError
+    with the reason when a value is refused)."""
+    from erc_ros.core.perception import PerceptionConfig
     base = PerceptionConfig().to_dict()
     if config_file:
         import yaml
@@ -85,7 +107,13 @@ def build_core(overrides: dict[str, Any], config_file: str = ""):
             loaded = yaml.safe_load(f) or {}
         base = _merge(base, loaded)
     base = _merge(base, unflatten(overrides))
-    return PerceptionCore(PerceptionConfig.from_dict(base))
+    return PerceptionConfig.from_dict(base)
+
+
+def build_core(overrides: dict[str, Any], config_file: str = ""):
+    """PerceptionCore from a YAML file (optional) with flattened overrides."""
+    from erc_ros.core.perception import PerceptionCore
+    return PerceptionCore(build_config(overrides, config_file))
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -96,19 +124,32 @@ def _merge(a: dict, b: dict) -> dict:
 
 
 class UtteranceNode(LifecycleNode):
-    """camera / audio / ASR -> Utterance."""
+    """camera / audio / ASR -> Utterance.
+
+    Resources and the transition that makes / frees them: the /diagnostics publisher and
+    timer live as long as the node (``__init__`` / ``destroy_node``); the core, worker and
+    utterance publisher are made in ``on_configure`` and freed in ``on_cleanup``; the
+    subscriptions (per-voice ones included) are made in ``on_activate`` (and as voices are
+    tracked) and freed in ``on_deactivate``."""
 
     def __init__(self, name: str = "utterance_node", **kwargs):
         super().__init__(name, **kwargs)
-        declare_documented(self, PARAMETERS)
+        self._param_errors = declare_documented(self, PARAMETERS, BOUNDS)
         self._perception_keys: list[str] = []
         try:
             for key, default, doc in perception_parameters():
-                self.declare_parameter(f"perception.{key}", default,
-                                       ParameterDescriptor(description=doc))
+                try:
+                    self.declare_parameter(f"perception.{key}", default,
+                                           ParameterDescriptor(description=doc))
+                except (InvalidParameterTypeException, InvalidParameterValueException) as err:
+                    self._param_errors.append(f"perception.{key}: {err}")
+                    self.declare_parameter(f"perception.{key}", default,
+                                           ParameterDescriptor(description=doc),
+                                           ignore_override=True)
                 self._perception_keys.append(key)
         except ImportError:  # core not installed: configure will fail with a clear log
             pass
+        self.guard = ParameterGuard(self, extra=self._check_perception)
         self.health = NodeHealth()
         self.core = None
         self.ingest: Optional[Ingest] = None
@@ -116,48 +157,76 @@ class UtteranceNode(LifecycleNode):
         self.on_utterance: Optional[Callable[[Any, Optional[float]], None]] = None
         self._subs: list = []
         self._voice_subs: dict[str, Any] = {}
+        self._voice_lock = threading.Lock()
+        self._voice_qos = None
         self._final_arrivals: dict[float, float] = {}
         self._pub = None
-        self._diag_pub = None
-        self._diag_timer = None
         self._group = MutuallyExclusiveCallbackGroup()
+        from diagnostic_msgs.msg import DiagnosticArray
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(
+            self.get_parameter("diagnostics_period").value, self.publish_diagnostics,
+            callback_group=self._group)
         self.published = 0
         self.flushed = False
+
+    def _perception_overrides(self) -> dict[str, Any]:
+        return {k: self.get_parameter(f"perception.{k}").value for k in self._perception_keys}
+
+    def _check_perception(self, name: str, value: Any) -> str:
+        """Refuse a perception.* value the core would refuse (with its reason)."""
+        if not name.startswith("perception."):
+            return ""
+        over = self._perception_overrides()
+        over[name[len("perception."):]] = value
+        try:
+            build_config(over)
+        except ValueError as err:
+            return f"{name}: {err}"
+        return ""
 
     # -- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = {n: self.get_parameter(n).value for n in PARAMETERS}
         self.p = p
+        bad = self._param_errors + self.guard.check_all(PARAMETERS)
+        if bad:
+            return self._fail("invalid parameters: " + "; ".join(bad))
+        self._diag_timer.timer_period_ns = int(p["diagnostics_period"] * 1e9)
         try:
-            overrides = {k: self.get_parameter(f"perception.{k}").value
-                         for k in self._perception_keys}
-            overrides = segmentation_for_asr(overrides, p["asr_type"])
+            overrides = segmentation_for_asr(self._perception_overrides(), p["asr_type"])
             self.core = build_core(overrides, p["perception_config"])
         except Exception as err:
-            self.get_logger().error(f"cannot build the perception core: {err}")
-            self.health.error = f"perception core: {err}"
-            return TransitionCallbackReturn.FAILURE
-        self.ingest = Ingest(self.core, self.health)
+            return self._fail(f"cannot build the perception core: {err}")
+        self.health.error = ""
+        self.ingest = Ingest(self.core, self.health, max_image_pixels=p["max_image_pixels"],
+                             max_image_bytes=p["max_image_bytes"])
         self.worker = Worker("input", p["queue_size"], self._process, self.health,
                              idle=self._poll, period=p["poll_period"],
                              on_error=lambda e: self.get_logger().error(f"worker: {e!r}"))
-        from erc_ros.msg import Utterance
-        self._pub = self.create_lifecycle_publisher(Utterance, p["utterance_topic"], 10)
-        from diagnostic_msgs.msg import DiagnosticArray
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(p["diagnostics_period"], self.publish_diagnostics,
-                                             callback_group=self._group)
+        if p["publish_utterances"]:
+            from erc_ros.msg import Utterance
+            self._pub = self.create_lifecycle_publisher(Utterance, p["utterance_topic"], 10)
+        self.guard.configured = True
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
 
+    def _fail(self, msg: str) -> TransitionCallbackReturn:
+        self.get_logger().error(msg)
+        self.health.error = msg
+        self.core = None
+        self.publish_diagnostics()
+        return TransitionCallbackReturn.FAILURE
+
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.p
-        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
-                              reliability=ReliabilityPolicy.RELIABLE)
-        cam = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
-                         reliability=(ReliabilityPolicy.RELIABLE
-                                      if p["sensor_reliability"] == "reliable"
-                                      else qos_profile_sensor_data.reliability))
+
+        def qos(reliability: str, depth: int) -> QoSProfile:
+            return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                              reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                                           else ReliabilityPolicy.BEST_EFFORT))
+        cam, mic, asr_qos = (qos(p["image_reliability"], 5), qos(p["audio_reliability"], 100),
+                             qos(p["asr_reliability"], 100))
         from sensor_msgs.msg import CompressedImage, Image
         if p["image_transport"] == "raw":
             self._sub(Image, p["image_topic"], "image", cam)
@@ -166,26 +235,28 @@ class UtteranceNode(LifecycleNode):
         if p["audio_msg"] in ("stamped", "raw"):
             from audio_common_msgs.msg import AudioData, AudioDataStamped, AudioInfo
             if p["audio_msg"] == "stamped":
-                self._sub(AudioDataStamped, p["audio_topic"], "audio_stamped", reliable)
+                self._sub(AudioDataStamped, p["audio_topic"], "audio_stamped", mic)
             else:
-                self._sub(AudioData, p["audio_topic"], "audio", reliable)
-            self._sub(AudioInfo, p["audio_info_topic"], "audio_info", reliable)
+                self._sub(AudioData, p["audio_topic"], "audio", mic)
+            self._sub(AudioInfo, p["audio_info_topic"], "audio_info", mic)
         asr = p["asr_type"]
         if asr == "transcript":
             from erc_ros.msg import Transcript
-            self._sub(Transcript, p["asr_topic"], "transcript", reliable)
+            self._sub(Transcript, p["asr_topic"], "transcript", asr_qos)
         elif asr == "live_speech":
             from hri_msgs.msg import LiveSpeech
-            self._sub(LiveSpeech, p["asr_topic"], "live_speech", reliable)
+            self._sub(LiveSpeech, p["asr_topic"], "live_speech", asr_qos)
         elif asr == "string":
             from std_msgs.msg import String
-            self._sub(String, p["asr_topic"], "string", reliable)
+            self._sub(String, p["asr_topic"], "string", asr_qos)
         elif asr == "hri_voices":
             from hri_msgs.msg import IdsList
+            self._voice_qos = asr_qos
             self._subs.append(self.create_subscription(
-                IdsList, "/humans/voices/tracked", self._on_voices, reliable))
+                IdsList, "/humans/voices/tracked", self._on_voices, asr_qos))
         self.worker.start()
-        self.get_logger().info(f"active: {len(self._subs)} subscriptions")
+        self.get_logger().info("active: " + ", ".join(
+            f"{s.topic_name} ({s.msg_type.__name__})" for s in self._subs))
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -198,13 +269,11 @@ class UtteranceNode(LifecycleNode):
         self._unsubscribe()
         if self.worker:
             self.worker.stop()
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
         if self._pub is not None:
             self.destroy_lifecycle_publisher(self._pub)
             self._pub = None
         self.core = self.ingest = self.worker = None
+        self.guard.configured = False
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -219,18 +288,38 @@ class UtteranceNode(LifecycleNode):
         self._subs.append(self.create_subscription(cls, topic, cb, qos))
 
     def _on_voices(self, msg) -> None:
+        """ROS4HRI: follow /humans/voices/tracked — subscribe to the speech of each tracked
+        voice (at most ``max_voices``), unsubscribe from voices no longer tracked. An id
+        that cannot be a topic name is refused (``refused.voice_id``)."""
         from hri_msgs.msg import LiveSpeech
-        for vid in msg.ids:
-            if vid not in self._voice_subs:
+        tracked = []
+        for vid in dict.fromkeys(msg.ids):
+            if not is_topic_token(vid):
+                self.health.refuse("voice_id", f"voice id {vid[:40]!r} is not a valid topic "
+                                               "name token")
+            else:
+                tracked.append(vid)
+        with self._voice_lock:
+            for vid in [v for v in self._voice_subs if v not in tracked]:
+                self.destroy_subscription(self._voice_subs.pop(vid))
+            for vid in tracked:
+                if vid in self._voice_subs:
+                    continue
+                if len(self._voice_subs) >= self.p["max_voices"]:
+                    self.health.refuse("voices_full", f"more than {self.p['max_voices']} "
+                                                      "tracked voices (max_voices)")
+                    break
                 topic = f"/humans/voices/{vid}/speech"
                 self._voice_subs[vid] = self.create_subscription(
                     LiveSpeech, topic,
-                    lambda m, topic=topic: self._enqueue("live_speech", m, topic), 10)
+                    lambda m, topic=topic: self._enqueue("live_speech", m, topic),
+                    self._voice_qos)
 
     def _unsubscribe(self) -> None:
-        for s in [*self._subs, *self._voice_subs.values()]:
-            self.destroy_subscription(s)
-        self._subs, self._voice_subs = [], {}
+        with self._voice_lock:
+            for s in [*self._subs, *self._voice_subs.values()]:
+                self.destroy_subscription(s)
+            self._subs, self._voice_subs = [], {}
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds / 1e9
@@ -250,7 +339,8 @@ class UtteranceNode(LifecycleNode):
                 ok = self.ingest.feed(kind, msg, receipt, topic)
             except Exception as err:  # not a refusal: a bug; count it, keep the batch
                 self.health.count("errors.ingest")
-                self.get_logger().error(f"{kind} input failed: {err!r}")
+                self.get_logger().error(f"{kind} input failed: {err!r}",
+                                        throttle_duration_sec=5.0)
                 continue
             if ok and kind in ("transcript", "live_speech", "string"):
                 stamp = self._event_stamp(kind, msg, receipt)

@@ -174,7 +174,8 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
 def run(args) -> int:
     import torch
 
-    from erc_ros.models.artefact import ArtefactError, add_artefact, save_model_dir
+    from erc_ros.models.artefact import (ArtefactError, add_artefact, check_model_id,
+                                         save_model_dir)
     from erc_ros.training.data import sha256_of
     from erc_ros.training.distributed import DistContext
     from erc_ros.training.metrics import plot_confusion
@@ -193,7 +194,7 @@ def run(args) -> int:
     from erc_ros.training.text_stage import seed_everything
 
     seed_everything(r["seed"])
-    model_id = args.model_id or f"erc-{args.recipe}-{time.strftime('%Y%m%d')}"
+    model_id = check_model_id(args.model_id or f"erc-{args.recipe}-{time.strftime('%Y%m%d')}")
     if args.init:
         from erc_ros.models.artefact import load_model_dir, read_manifest
 
