@@ -68,3 +68,13 @@ def test_cli_info_runs():
     out = subprocess.run([sys.executable, "-m", "erc_ros", "info"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert "erc_ros.msg" in out and "ok" in out
+
+
+def test_every_declared_make_target_exists():
+    """`make help` and .PHONY name only targets that have a rule (no phantom targets)."""
+    text = (ROOT / "Makefile").read_text()
+    phony = re.search(r"^\.PHONY:(.*)$", text, re.M).group(1).split()
+    rules = set(re.findall(r"^([A-Za-z][\w-]*):", text, re.M))
+    assert set(phony) <= rules, set(phony) - rules
+    helped = set(re.findall(r'@echo "make ([\w-]+)', text))
+    assert helped <= rules, helped - rules
