@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -34,3 +36,19 @@ def pytest_report_header(config):
 
 def pytest_unconfigure(config):
     shutil.rmtree(_ros_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """rclpy initialised for one test module (imported here, not at collection)."""
+    import rclpy
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny random-weight model directory (see _ros_support.tiny_model_dir)."""
+    from _ros_support import tiny_model_dir
+    return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from _ros_support import Collector, tiny_model_dir, wait_for
+from _ros_support import Collector, wait_for
 from erc_ros.models import artefact
 from erc_ros.models.artefact import (MINILM_EXTERNAL, ArtefactError,
                                      add_artefact, load_model_dir, read_manifest,
@@ -34,10 +34,6 @@ from erc_ros.runtime import manifest as rtm
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
 
 
 def _copy(model: Path, dst: Path) -> Path:
@@ -299,13 +295,6 @@ def test_overlay_never_lands_outside_the_cache(model, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ the node, over DDS
-
-@pytest.fixture(scope="module")
-def ros():
-    import rclpy
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
 
 
 @pytest.mark.ros

@@ -8,17 +8,13 @@ from __future__ import annotations
 import pytest
 import rclpy
 
-from _ros_support import FAST_PERCEPTION, make_bag, tiny_model_dir
+from _ros_support import FAST_PERCEPTION, make_bag
 from erc_ros.ros.live import live_replay
 from erc_ros.ros.replay import replay_bag
 from erc_ros.tools import eval_bag
 
 pytestmark = pytest.mark.ros
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.validate_full_topic_name import validate_full_topic_name
 
-from _ros_support import Collector, tiny_model_dir, wait_for
+from _ros_support import Collector, wait_for
 from erc_ros.core.types import Utterance
 from erc_ros.ros.emotion_node import EmotionNode
 from erc_ros.ros.topic_names import id_token, is_topic_token
@@ -41,16 +41,6 @@ NO_DIARIZATION = [Parameter("perception.diarization.enabled", value=False),
                   Parameter("perception.diarization.warmup", value=False)]
 
 
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
 
 
 class Spinner:

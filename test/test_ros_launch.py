@@ -176,13 +176,6 @@ def test_load_config_applies_what_rcl_applies(ros, tmp_path):
         {"a": 6, "b": 2, "c": 2, "d": 3, "f": 5}
 
 
-@pytest.fixture(scope="module")
-def ros():
-    import rclpy
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
 
 def _override_file(tmp_path, over: dict) -> Path:
     """What launch_ros does with a dict in ``parameters``: a params file keyed '/**'."""

@@ -24,7 +24,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from _ros_support import Collector, tiny_model_dir, wait_for
+from _ros_support import Collector, wait_for
 from erc_ros.ros import convert
 from erc_ros.ros.composed import ComposedPipeline
 from erc_ros.ros.emotion_node import EmotionNode
@@ -36,16 +36,6 @@ NO_DIARIZATION = [Parameter("perception.diarization.enabled", value=False),
                   Parameter("perception.diarization.warmup", value=False)]
 
 
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,12 @@ import time
 
 import pytest
 
-from _ros_support import SCRIPT, tiny_model_dir
+from _ros_support import SCRIPT
 from erc_ros.cli import main as cli
 
 pytestmark = pytest.mark.ros
 FAST = ["--set", "perception.diarization.warmup=false"]
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")
