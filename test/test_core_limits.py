@@ -171,3 +171,19 @@ def test_hostile_rate_and_future_flood_through_ingest_reach_the_node_health():
     status = to_status("utterances", "test", ingest.health)
     assert {kv.key: kv.value for kv in status.values}["refused.transcript_future"] == "200"
     assert len(core._pending) == 0
+
+
+def test_overlong_asr_text_is_refused_and_state_kept():
+    """A 1 MB 'transcript' (a broken ASR, or a flood) is refused before it reaches the
+    segmentation (and the tokenizer); a normal one still goes through."""
+    core = _core()
+    limit = core.config.segmentation.max_text_characters
+    with pytest.raises(InputError) as err:
+        core.push_transcript(TranscriptEvent(stamp=1.0, text="a" * (1 << 20), is_final=True))
+    assert err.value.reason == "transcript_too_long"
+    with pytest.raises(InputError):
+        core.push_transcript(TranscriptEvent(stamp=1.0, text="a" * (limit + 1), is_final=True))
+    assert _sizes(core)["untimed"] == 0
+    core.push_transcript(TranscriptEvent(stamp=1.0, text="a" * limit, is_final=True))
+    assert _sizes(core)["untimed"] == 1
+    assert core.stats()["counters"]["refused"]["transcript_too_long"] == 2

@@ -154,6 +154,35 @@ def test_utterance_roundtrip_through_the_wire():
     assert back.speaker_source == "cluster" and back.text_confidence == 0.875
 
 
+def test_hostile_utterance_messages_are_refused_before_allocating():
+    """Split mode: the emotion node takes erc_ros/Utterance from anyone on the graph."""
+    from erc_ros.msg import Utterance as UtteranceMsg
+
+    def msg(**kw):
+        m = convert.utterance_to_msg(Utterance(utterance_id="u", conversation_id="c",
+                                               speaker_id="s", start=1.0, end=2.0, text="hi"))
+        for k, v in kw.items():
+            setattr(m, k, v)
+        return m
+    big_face = convert.rgb_to_image(np.zeros((1, 1, 3), np.uint8))
+    big_face.width, big_face.height, big_face.step = 20000, 20000, 60000  # header only
+    cases = {
+        "sample_rate": msg(sample_rate=8000),
+        "10 min of audio": msg(audio=np.zeros(16000 * 600, np.int16)),
+        "1000 faces": msg(faces=[convert.rgb_to_image(np.zeros((2, 2, 3), np.uint8))] * 1000),
+        "huge face": msg(faces=[big_face]),
+        "1 MB of text": msg(text="a" * (1 << 20)),
+        "long embedding": msg(speaker_embedding=np.zeros(5000, np.float32)),
+        "reversed span": msg(start=convert.float_to_time(5.0)),
+    }
+    for name, m in cases.items():
+        assert isinstance(m, UtteranceMsg)
+        with pytest.raises(convert.ConversionError) as err:
+            convert.msg_to_utterance(m)
+        assert err.value.reason in ("utterance", "image_too_large"), name
+    assert convert.msg_to_utterance(msg()).text == "hi"  # the plain one still converts
+
+
 def test_estimate_and_expression():
     from erc_ros.msg import EmotionEstimate
     est = Estimate(utterance_id="u1", conversation_id="c1", speaker_id="anna", start=1.0,

@@ -349,3 +349,48 @@ def test_ctrl_c_twice_ends_the_process_cleanly(model, module, delay):
     out += rest
     assert proc.returncode == 0, out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+
+
+def test_split_emotion_node_refuses_hostile_utterances_over_dds(ros, model):
+    """Split mode: anyone on the graph can publish erc_ros/Utterance. Messages the utterance
+    node cannot have made are refused by reason; the node stays up and still estimates."""
+    from erc_ros.msg import EmotionEstimate
+    from erc_ros.msg import Utterance as UtteranceMsg
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    from erc_ros.ros import convert
+    node = EmotionNode(name="emotion_split", parameter_overrides=[
+        Parameter("model_dir", value=str(model)), Parameter("backend", value="torch"),
+        Parameter("utterance_topic", value="split/utterances"),
+        Parameter("estimate_topic", value="split/emotion")])
+    driver = rclpy.create_node("split_driver")
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
+                     reliability=ReliabilityPolicy.RELIABLE)
+    pub = driver.create_publisher(UtteranceMsg, "split/utterances", qos)
+    got = Collector()
+    driver.create_subscription(EmotionEstimate, "split/emotion", got, qos)
+    spin = Spinner(node, driver)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert wait_for(lambda: pub.get_subscription_count() == 1, 10)
+        assert wait_for(lambda: driver.count_publishers("/split/emotion") == 1, 10)
+        hostile = []
+        for kw in ({"sample_rate": 44100}, {"text": "a" * 50_000},
+                   {"audio": np.zeros(16000 * 300, np.int16)},
+                   {"faces": [convert.rgb_to_image(np.zeros((2, 2, 3), np.uint8))] * 500},
+                   {"start": convert.float_to_time(9.0)}):
+            m = convert.utterance_to_msg(_utt(len(hostile), "x"))
+            for k, v in kw.items():
+                setattr(m, k, v)
+            hostile.append(m)
+        for m in hostile:
+            pub.publish(m)
+        pub.publish(convert.utterance_to_msg(_utt(99, "ok")))
+        assert wait_for(lambda: len(got) == 1, 30)
+        assert node.health.refused["utterance"] == len(hostile)
+        assert node.health.counts.get("errors.predict", 0) == 0
+    finally:
+        spin.close()
+        node.destroy_node()
+        driver.destroy_node()

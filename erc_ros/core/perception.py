@@ -123,6 +123,10 @@ class SegmentationConfig:
         64, "timed finals waiting for their audio, and untimed finals waiting for their "
         "speech (each); beyond it the newest final is refused (InputError 'pending_full') "
         "and the waiting ones are kept")
+    max_text_characters: int = _f(
+        2000, "an ASR result with more characters than this is refused (InputError "
+        "'transcript_too_long'): 15 s of speech is a few hundred characters, and the text "
+        "model reads a few hundred tokens at most; a longer one is a flood or a broken ASR")
 
 
 @dataclass
@@ -239,6 +243,8 @@ class PerceptionConfig:
             raise ValueError("segmentation.max_transcript_lead_seconds must be >= 0")
         if self.segmentation.max_pending_utterances < 1:
             raise ValueError("segmentation.max_pending_utterances must be >= 1")
+        if self.segmentation.max_text_characters < 1:
+            raise ValueError("segmentation.max_text_characters must be >= 1")
 
 
 def _coerce(key: str, value, f: dataclasses.Field):
@@ -433,6 +439,10 @@ class PerceptionCore:
         with self._lock:
             try:
                 self._check_transcript(ev)
+                limit = self.config.segmentation.max_text_characters
+                if len(ev.text) > limit:
+                    raise TranscriptError(f"ASR result of {len(ev.text)} characters (segmentation."
+                                          f"max_text_characters={limit})", "transcript_too_long")
             except InputError as e:
                 self._refuse(e)
                 raise

@@ -488,7 +488,38 @@ def utterance_to_msg(utt: Utterance):
     return msg
 
 
+#: Bounds of an erc_ros/Utterance the emotion node accepts (split mode: it comes over DDS
+#: from anyone). The utterance node makes at most segmentation.max_utterance_seconds of
+#: 16 kHz audio, faces.count crops of faces.size px and texts of at most
+#: segmentation.max_text_characters: these leave room for any configuration of it.
+MAX_UTTERANCE_SECONDS = 120.0
+MAX_UTTERANCE_FACES = 64
+MAX_FACE_PIXELS = 1024 * 1024
+MAX_UTTERANCE_TEXT = 20000
+MAX_EMBEDDING_FLOATS = 4096
+
+
 def msg_to_utterance(msg) -> Utterance:
+    """erc_ros/Utterance -> Utterance; refuses (reason ``utterance``) a message the utterance
+    node cannot have made: audio not at 16 kHz or longer than MAX_UTTERANCE_SECONDS, more
+    than MAX_UTTERANCE_FACES crops or a crop over MAX_FACE_PIXELS, text over
+    MAX_UTTERANCE_TEXT characters, an embedding over MAX_EMBEDDING_FLOATS values, an end
+    before the start."""
+    def refuse(why: str):
+        raise ConversionError("utterance", f"utterance {msg.utterance_id[:40]!r}: {why}")
+    if msg.sample_rate not in (0, SAMPLE_RATE):
+        refuse(f"audio at {msg.sample_rate} Hz (16000 expected)")
+    if len(msg.audio) > SAMPLE_RATE * MAX_UTTERANCE_SECONDS:
+        refuse(f"{len(msg.audio) / SAMPLE_RATE:.0f} s of audio (at most "
+               f"{MAX_UTTERANCE_SECONDS:.0f} s)")
+    if len(msg.faces) > MAX_UTTERANCE_FACES:
+        refuse(f"{len(msg.faces)} face crops (at most {MAX_UTTERANCE_FACES})")
+    if len(msg.text) > MAX_UTTERANCE_TEXT:
+        refuse(f"{len(msg.text)} characters of text (at most {MAX_UTTERANCE_TEXT})")
+    if len(msg.speaker_embedding) > MAX_EMBEDDING_FLOATS:
+        refuse(f"speaker embedding of {len(msg.speaker_embedding)} values")
+    if time_to_float(msg.end) < time_to_float(msg.start):
+        refuse("ends before it starts")
     pcm = np.frombuffer(msg.audio, np.int16) if len(msg.audio) else np.zeros(0, np.int16)
     features = {}
     if len(msg.speaker_embedding):
@@ -498,7 +529,8 @@ def msg_to_utterance(msg) -> Utterance:
         speaker_id=msg.speaker_id, start=time_to_float(msg.start), end=time_to_float(msg.end),
         text=msg.text, audio=pcm.astype(np.float32) / 32767.0,
         sample_rate=int(msg.sample_rate) or SAMPLE_RATE,
-        faces=[image_to_rgb(f) for f in msg.faces], speaker_source=msg.speaker_source,
+        faces=[image_to_rgb(f, max_pixels=MAX_FACE_PIXELS) for f in msg.faces],
+        speaker_source=msg.speaker_source,
         speaker_confidence=float(msg.speaker_confidence),
         text_confidence=float(msg.text_confidence), locale=msg.locale, features=features)
 
