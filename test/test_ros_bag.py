@@ -67,3 +67,48 @@ def test_live_replay_through_the_nodes_with_clock(bag, model, offline):
         [(e.text, round(e.start, 3), round(e.end, 3)) for e in offline.estimates]
     # The text branch decides the tiny model: same text+context -> same label.
     assert [e.label for e in live.estimates] == [e.label for e in offline.estimates]
+
+
+@pytest.fixture(scope="module")
+def live_speech_bag(bag, tmp_path_factory):
+    """The same conversation with its ASR as ROS4HRI/asr_vosk publish it: untimed
+    hri_msgs/LiveSpeech (incremental, then final) on one topic, no times, no header stamp."""
+    from hri_msgs.msg import LiveSpeech
+    from rclpy.serialization import deserialize_message
+
+    from erc_ros.ros.replay import message_class, read_bag
+    from erc_ros.tools.make_bag import write_bag
+
+    def records():
+        for topic, typ, t_ns, raw in read_bag(bag):
+            msg = deserialize_message(raw, message_class(typ))
+            if typ == "erc_ros/msg/Transcript":
+                topic, msg = "/asr/speech", (LiveSpeech(final=msg.text) if msg.is_final
+                                             else LiveSpeech(incremental=msg.text))
+            yield topic, t_ns / 1e9, msg
+    out = tmp_path_factory.mktemp("bags") / "live_speech"
+    write_bag(records(), out)
+    (out / "labels.csv").write_bytes((bag / "labels.csv").read_bytes())
+    return out
+
+
+def test_eval_bag_scores_a_live_speech_bag_as_the_live_node_runs_it(live_speech_bag, model):
+    """One assembly path: offline eval-bag and the live nodes resolve the untimed ASR of
+    the bag the same way (asr_untimed segmentation), so they give the same utterances."""
+    sets = tuple(f"{k}={v}" for k, v in FAST_PERCEPTION.items())
+    assert eval_bag.bag_asr_type(live_speech_bag) == "live_speech"
+    core = eval_bag.make_core(eval_bag.DEFAULT_CONFIG, sets,
+                              asr_type=eval_bag.bag_asr_type(live_speech_bag))
+    assert core.config.segmentation.mode == "asr_untimed"
+    offline = replay_bag(live_speech_bag, core, eval_bag.make_pipeline(str(model)))
+    rclpy.init()
+    try:
+        live = live_replay(live_speech_bag, model_dir=str(model), rate=4.0,
+                           sets=dict(FAST_PERCEPTION))
+    finally:
+        rclpy.try_shutdown()
+    labels = eval_bag.labels_for(live_speech_bag, None, offline.ground_truth)
+    assert len(offline.estimates) == len(labels) == 4
+    assert [e.text for e in offline.estimates] == [lab["text"] for lab in labels]
+    assert [(e.text, round(e.start, 2), round(e.end, 2)) for e in live.estimates] == \
+        [(e.text, round(e.start, 2), round(e.end, 2)) for e in offline.estimates]

@@ -37,25 +37,15 @@ class ComposedPipeline:
         return [self.utterance, self.emotion]
 
     def start(self) -> bool:
-        # Emotion first: no utterance may be handed over before the model is loaded.
+        # Emotion first: no utterance may be handed over before the model is loaded, and the
+        # utterance node's face crops depend on whether the model uses video
+        # (erc_ros.assemble.perception_config).
         if not autostart(self.emotion):
             return False
-        self._skip_unused_faces()
-        return autostart(self.utterance)
-
-    def _skip_unused_faces(self) -> None:
-        """Face crops cost ~5-10 ms per utterance on the latency path (selection, crops,
-        sometimes a detection). When the model does not use video and the utterances are
-        not published, nobody would see them: the utterance node does not make them."""
         pipe = self.emotion.pipeline
-        u = self.utterance
-        if pipe is None or pipe.model.uses("video") or u.get_parameter("publish_utterances").value:
-            return
-        if u.get_parameter("perception.faces.enabled").value:
-            u.set_parameters([Parameter("perception.faces.enabled", value=False)])
-            u.get_logger().info(f"face crops off: model {pipe.model_id} does not use video and "
-                                f"utterances are not published (publish_utterances:=true "
-                                f"keeps them)")
+        if pipe is not None:
+            self.utterance.uses_video = pipe.model.uses("video")
+        return autostart(self.utterance)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -10,18 +10,17 @@ utterances in memory instead of over DDS.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Optional
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from erc_ros.assemble import default_model_dir, load_pipeline
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.lifecycle import ParameterGuard, declare_documented, run_node
@@ -56,18 +55,6 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "threads": (1, 256), "queue_size": (1, 100000), "max_expression_publishers": (1, 10000),
     "expression_idle_timeout": (0.0, 1e7), "diagnostics_period": (0.01, 3600.0),
 }
-
-
-def default_model_dir() -> str:
-    """models/default in the work tree, else share/erc_ros/models/default of an install."""
-    here = Path(__file__).resolve().parents[2] / "models" / "default"
-    if here.is_dir():
-        return str(here)
-    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        cand = Path(prefix) / "share" / "erc_ros" / "models" / "default"
-        if cand.is_dir():
-            return str(cand)
-    return str(here)
 
 
 class EmotionNode(LifecycleNode):
@@ -108,10 +95,8 @@ class EmotionNode(LifecycleNode):
         self._diag_timer.timer_period_ns = int(p["diagnostics_period"] * 1e9)
         model_dir = p["model_dir"] or default_model_dir()
         try:
-            from erc_ros.runtime.pipeline import EmotionPipeline
-            self.pipeline = EmotionPipeline.from_model_dir(
-                model_dir, backend=p["backend"], precision=p["precision"],
-                threads=p["threads"])
+            self.pipeline = load_pipeline(model_dir, backend=p["backend"],
+                                          precision=p["precision"], threads=p["threads"])
         except Exception as err:
             return self._fail(f"cannot load the model from {model_dir!r}: {err}")
         self.health.error = ""

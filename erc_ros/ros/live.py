@@ -17,6 +17,7 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from erc_ros.assemble import ASR_TYPE_OF_MSG, asr_type_of
 from erc_ros.ros import convert
 from erc_ros.ros.replay import GROUND_TRUTH_TOPIC, ReplayResult, bag_span, message_class, read_bag
 
@@ -46,9 +47,14 @@ def node_params_for_bag(conns: dict[str, str]) -> list[Parameter]:
                        Parameter("audio_topic", value=topic)]
         elif typ == "audio_common_msgs/msg/AudioInfo":
             params += [Parameter("audio_info_topic", value=topic)]
-        elif typ == "erc_ros/msg/Transcript":
-            params += [Parameter("asr_type", value="transcript"),
-                       Parameter("asr_topic", value=topic)]
+    # The ASR the node reads, chosen as eval-bag chooses it (erc_ros.assemble.asr_type_of).
+    asr_conns = {t: ty for t, ty in conns.items() if t != GROUND_TRUTH_TOPIC}
+    asr = asr_type_of(asr_conns)
+    if asr != "none":
+        topic = next(t for t, ty in asr_conns.items() if ASR_TYPE_OF_MSG.get(ty) == asr)
+        params += [Parameter("asr_type", value=asr), Parameter("asr_topic", value=topic)]
+    else:
+        params += [Parameter("asr_type", value="none")]
     return params
 
 

@@ -19,7 +19,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from erc_ros.core.params import unflatten
+from erc_ros.assemble import build_config, build_core
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.ingest import Ingest
@@ -83,46 +83,6 @@ def perception_parameters() -> list[tuple[str, Any, str]]:
             if isinstance(v, (bool, int, float, str))]
 
 
-def segmentation_for_asr(overrides: dict[str, Any], asr_type: str) -> dict[str, Any]:
-    """Resolve ``segmentation.mode: auto`` from the ASR the node is configured for: untimed
-    producers (LiveSpeech, String) -> ``asr_untimed`` (speech always waits for its text, even
-    before the first result is seen); no ASR -> ``vad``; our timed Transcript keeps ``auto``."""
-    out = dict(overrides)
-    if out.get("segmentation.mode", "auto") == "auto":
-        mode = {"live_speech": "asr_untimed", "hri_voices": "asr_untimed",
-                "string": "asr_untimed", "none": "vad"}.get(asr_type)
-        if mode:
-            out["segmentation.mode"] = mode
-    return out
-
-
-def build_config(overrides: dict[str, Any], config_file: str = ""):
-    """PerceptionConfig from a YAML file (optional) with flattened overrides (ValueError
-    with the reason when a value is refused)."""
-    from erc_ros.core.perception import PerceptionConfig
-    base = PerceptionConfig().to_dict()
-    if config_file:
-        import yaml
-        with open(config_file) as f:
-            loaded = yaml.safe_load(f) or {}
-        base = _merge(base, loaded)
-    base = _merge(base, unflatten(overrides))
-    return PerceptionConfig.from_dict(base)
-
-
-def build_core(overrides: dict[str, Any], config_file: str = ""):
-    """PerceptionCore from a YAML file (optional) with flattened overrides."""
-    from erc_ros.core.perception import PerceptionCore
-    return PerceptionCore(build_config(overrides, config_file))
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 class UtteranceNode(LifecycleNode):
     """camera / audio / ASR -> Utterance.
 
@@ -136,6 +96,10 @@ class UtteranceNode(LifecycleNode):
         super().__init__(name, **kwargs)
         self._param_errors = declare_documented(self, PARAMETERS, BOUNDS)
         self._perception_keys: list[str] = []
+        self._perception_defaults: dict[str, Any] = {}
+        #: Whether the model the utterances go to uses video (the composed process sets it;
+        #: None: unknown). See erc_ros.assemble.perception_config.
+        self.uses_video: Optional[bool] = None
         try:
             for key, default, doc in perception_parameters():
                 try:
@@ -147,6 +111,7 @@ class UtteranceNode(LifecycleNode):
                                            ParameterDescriptor(description=doc),
                                            ignore_override=True)
                 self._perception_keys.append(key)
+                self._perception_defaults[key] = default
         except ImportError:  # core not installed: configure will fail with a clear log
             pass
         self.guard = ParameterGuard(self, extra=self._check_perception)
@@ -171,7 +136,10 @@ class UtteranceNode(LifecycleNode):
         self.flushed = False
 
     def _perception_overrides(self) -> dict[str, Any]:
-        return {k: self.get_parameter(f"perception.{k}").value for k in self._perception_keys}
+        """The perception.* values set away from their defaults (what the user chose)."""
+        return {k: v for k, v in ((k, self.get_parameter(f"perception.{k}").value)
+                                  for k in self._perception_keys)
+                if v != self._perception_defaults[k]}
 
     def _check_perception(self, name: str, value: Any) -> str:
         """Refuse a perception.* value the core would refuse (with its reason)."""
@@ -194,8 +162,13 @@ class UtteranceNode(LifecycleNode):
             return self._fail("invalid parameters: " + "; ".join(bad))
         self._diag_timer.timer_period_ns = int(p["diagnostics_period"] * 1e9)
         try:
-            overrides = segmentation_for_asr(self._perception_overrides(), p["asr_type"])
-            self.core = build_core(overrides, p["perception_config"])
+            self.core = build_core(self._perception_overrides(), p["perception_config"],
+                                   asr_type=p["asr_type"], uses_video=self.uses_video,
+                                   publish_utterances=p["publish_utterances"])
+            if self.uses_video is False and not self.core.config.faces.enabled:
+                self.get_logger().info("face crops off: the model does not use video and "
+                                       "utterances are not published (publish_utterances:="
+                                       "true keeps them)")
         except Exception as err:
             return self._fail(f"cannot build the perception core: {err}")
         self.health.error = ""

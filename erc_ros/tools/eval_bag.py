@@ -72,22 +72,32 @@ def parse_sets(sets) -> dict:
     return out
 
 
-def make_core(config: str | Path = DEFAULT_CONFIG, sets: tuple = (), pipeline=None):
-    """The utterance node's perception core. With ``pipeline``: as in the composed node,
-    no face crops when its model does not use video (unless faces.enabled is set)."""
-    from erc_ros.ros.utterance_node import build_core
+def make_core(config: str | Path = DEFAULT_CONFIG, sets: tuple = (), pipeline=None,
+              asr_type: str = "transcript"):
+    """The utterance node's perception core, assembled as the composed node does
+    (:mod:`erc_ros.assemble`): segmentation for ``asr_type``, no face crops when the
+    ``pipeline``'s model does not use video (unless faces.enabled is set)."""
+    from erc_ros.assemble import build_core
     over, file = perception_overrides(config, sets)
-    if pipeline is not None and not pipeline.model.uses("video"):
-        over.setdefault("faces.enabled", False)
-    return build_core(over, file)
+    return build_core(over, file, asr_type=asr_type,
+                      uses_video=None if pipeline is None else pipeline.model.uses("video"),
+                      publish_utterances=False)
 
 
 def make_pipeline(model_dir: str = "", backend: str = "auto", precision: str = "auto",
                   threads: int = 2):
-    from erc_ros.ros.emotion_node import default_model_dir
-    from erc_ros.runtime.pipeline import EmotionPipeline
-    return EmotionPipeline.from_model_dir(model_dir or default_model_dir(), backend=backend,
-                                          precision=precision, threads=threads)
+    from erc_ros.assemble import load_pipeline
+    return load_pipeline(model_dir, backend, precision, threads)
+
+
+def bag_asr_type(bag: str | Path) -> str:
+    """The asr_type the node would be given for this bag's ASR topic (as live replay)."""
+    from erc_ros.assemble import asr_type_of
+    from erc_ros.ros.live import bag_connections
+    from erc_ros.ros.replay import GROUND_TRUTH_TOPIC
+    conns = bag_connections(bag)
+    conns.pop(GROUND_TRUTH_TOPIC, None)
+    return asr_type_of(conns)
 
 
 # --- labels and matching ---------------------------------------------------------------------
@@ -247,8 +257,8 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
                               precision=precision, threads=threads, rate=rate,
                               on_estimate=on_est, progress=progress, sets=parse_sets(sets))
         else:
-            res = replay_bag(bag, make_core(config, sets, pipeline), pipeline, on_estimate=on_est,
-                             progress=progress)
+            core = make_core(config, sets, pipeline, asr_type=bag_asr_type(bag))
+            res = replay_bag(bag, core, pipeline, on_estimate=on_est, progress=progress)
         labs = labels_for(bag, labels, res.ground_truth)
         pairs = match(labs, res.estimates)
         all_pairs += pairs

@@ -1,0 +1,107 @@
+"""The one assembly path: parameters -> the PerceptionCore and the EmotionPipeline.
+
+The utterance node, the emotion node, the composed process, ``eval-bag`` (offline and
+live), ``make demo`` and the benchmarks build their core and pipeline here, so what a bag
+evaluation scores is what the robot runs. The decisions made from parameters live here and
+nowhere else:
+
+- the segmentation mode for the ASR in use (:func:`segmentation_for_asr`): untimed ASR
+  (LiveSpeech, String, ROS4HRI voices) -> ``asr_untimed``; none -> ``vad``; a timed
+  ``erc_ros/Transcript`` keeps ``auto``;
+- face crops: made only when the model uses video or the utterances are published, unless
+  ``faces.enabled`` is set explicitly (:func:`perception_config`);
+- where the default model is (:func:`default_model_dir`).
+
+Plain Python: no rclpy (the nodes convert their ROS parameters into these arguments).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+#: ASR type (the utterance node's ``asr_type``) -> segmentation mode when it is ``auto``.
+ASR_SEGMENTATION = {"live_speech": "asr_untimed", "hri_voices": "asr_untimed",
+                    "string": "asr_untimed", "none": "vad"}
+
+#: ROS message type of an ASR topic -> the ``asr_type`` that reads it.
+ASR_TYPE_OF_MSG = {"erc_ros/msg/Transcript": "transcript",
+                   "hri_msgs/msg/LiveSpeech": "live_speech", "std_msgs/msg/String": "string"}
+
+
+def default_model_dir() -> str:
+    """models/default in the work tree, else share/erc_ros/models/default of an install."""
+    here = Path(__file__).resolve().parents[1] / "models" / "default"
+    if here.is_dir():
+        return str(here)
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        cand = Path(prefix) / "share" / "erc_ros" / "models" / "default"
+        if cand.is_dir():
+            return str(cand)
+    return str(here)
+
+
+def segmentation_for_asr(overrides: dict[str, Any], asr_type: str) -> dict[str, Any]:
+    """Resolve ``segmentation.mode: auto`` from the ASR in use (see the module docstring):
+    untimed producers make speech always wait for its text, even before the first result."""
+    out = dict(overrides)
+    if out.get("segmentation.mode", "auto") == "auto" and asr_type in ASR_SEGMENTATION:
+        out["segmentation.mode"] = ASR_SEGMENTATION[asr_type]
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(overrides: dict[str, Any], config_file: str = ""):
+    """PerceptionConfig from a YAML file (optional) with flat ``section.field`` overrides
+    (ValueError with the reason when a value is refused)."""
+    from erc_ros.core.params import unflatten
+    from erc_ros.core.perception import PerceptionConfig
+    base = PerceptionConfig().to_dict()
+    if config_file:
+        import yaml
+        with open(config_file) as f:
+            base = _merge(base, yaml.safe_load(f) or {})
+    return PerceptionConfig.from_dict(_merge(base, unflatten(overrides)))
+
+
+def perception_config(overrides: dict[str, Any], config_file: str = "",
+                      asr_type: str = "transcript", uses_video: Optional[bool] = None,
+                      publish_utterances: bool = True):
+    """The utterance node's PerceptionConfig. ``overrides``: the ``perception.*`` values the
+    user set (flat, without the prefix); ``uses_video``: whether the model the utterances
+    go to uses video (None: unknown, crops are made)."""
+    over = segmentation_for_asr(overrides, asr_type)
+    if uses_video is False and not publish_utterances:
+        # Nobody would see the crops: ~5-10 ms per utterance off the latency path.
+        over.setdefault("faces.enabled", False)
+    return build_config(over, config_file)
+
+
+def build_core(overrides: dict[str, Any], config_file: str = "", **kw):
+    """A PerceptionCore from :func:`perception_config`'s arguments."""
+    from erc_ros.core.perception import PerceptionCore
+    return PerceptionCore(perception_config(overrides, config_file, **kw))
+
+
+def load_pipeline(model_dir: str = "", backend: str = "auto", precision: str = "auto",
+                  threads: int = 2):
+    """The EmotionPipeline of ``model_dir`` (default: :func:`default_model_dir`)."""
+    from erc_ros.runtime.pipeline import EmotionPipeline
+    return EmotionPipeline.from_model_dir(model_dir or default_model_dir(), backend=backend,
+                                          precision=precision, threads=threads)
+
+
+def asr_type_of(connections: dict[str, str]) -> str:
+    """The ``asr_type`` that reads the ASR topic among ``connections`` (topic -> ROS type,
+    e.g. a bag's): a timed Transcript first, then LiveSpeech, then String; else ``none``."""
+    types = set(connections.values())
+    for msgtype in ASR_TYPE_OF_MSG:
+        if msgtype in types:
+            return ASR_TYPE_OF_MSG[msgtype]
+    return "none"
