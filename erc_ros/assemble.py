@@ -90,11 +90,14 @@ def build_core(overrides: dict[str, Any], config_file: str = "", **kw):
 
 
 def load_pipeline(model_dir: str = "", backend: str = "auto", precision: str = "auto",
-                  threads: int = 2):
-    """The EmotionPipeline of ``model_dir`` (default: :func:`default_model_dir`)."""
+                  threads: int = 2, prepare: bool = False):
+    """The EmotionPipeline of ``model_dir`` (default: :func:`default_model_dir`). Loading
+    never builds; ``prepare`` makes missing ONNX files into the cache first
+    (:mod:`erc_ros.runtime.prepare`)."""
     from erc_ros.runtime.pipeline import EmotionPipeline
     return EmotionPipeline.from_model_dir(model_dir or default_model_dir(), backend=backend,
-                                          precision=precision, threads=threads)
+                                          precision=precision, threads=threads,
+                                          prepare=prepare)
 
 
 def asr_type_of(connections: dict[str, str]) -> str:

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 register("info", "erc_ros.tools.info", "print versions, interfaces and the models found")
 register("export", "erc_ros.runtime.export", "export a model directory's stages to ONNX, checked against PyTorch")
 register("quantize", "erc_ros.runtime.quantize", "make INT8 / weight-only INT8 / FP16 ONNX variants, registered in the manifest")
+register("prepare", "erc_ros.runtime.prepare", "make a model's ONNX / INT8 files into the cache, once (loading never builds)")
 register("build-engines", "erc_ros.runtime.engines", "build TensorRT engines on this device (bucketed profiles, cached)")
 register("bench", "erc_ros.runtime.bench", "latency per stage, size and MELD dev accuracy of each backend/precision")
 register("train", "erc_ros.training.train_cli", "train a model directory from a recipe (default: models/default)")

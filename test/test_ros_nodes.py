@@ -53,6 +53,7 @@ class Rig:
         sim = Parameter("use_sim_time", value=True)
         self.comp = ComposedPipeline([sim, *NO_DIARIZATION, *utterance_params],
                                      [sim, Parameter("model_dir", value=str(model)),
+                                      Parameter("prepare", value=True),
                                       Parameter("diagnostics_period", value=0.2)])
         self.node = rclpy.create_node("test_driver")
         from diagnostic_msgs.msg import DiagnosticArray

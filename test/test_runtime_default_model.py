@@ -25,7 +25,8 @@ def test_default_model_onnx_agrees_with_torch_on_meld_dev(tmp_path, monkeypatch)
     monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path / "cache"))
     dialogues = [u for u, _ in load_meld("dev", limit=12)]
     torch_pipe = EmotionPipeline.from_model_dir(DEFAULT, backend="torch")
-    ort_pipe = EmotionPipeline.from_model_dir(DEFAULT, backend="onnxruntime", precision="fp32")
+    ort_pipe = EmotionPipeline.from_model_dir(DEFAULT, backend="onnxruntime", precision="fp32",
+                                             prepare=True)
     assert ort_pipe.backend_name == "onnxruntime"
     p_t, l_t, _ = run_dialogues(torch_pipe, dialogues)
     p_o, l_o, _ = run_dialogues(ort_pipe, dialogues)

@@ -222,7 +222,8 @@ def test_versioned_model_dir_stays_untouched(exported, tmp_path, monkeypatch):
     subprocess.run(git + ["add", "."], check=True)
     subprocess.run(git + ["commit", "-qm", "model"], check=True)
     monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path / "cache"))
-    pipe = EmotionPipeline.from_model_dir(mdir, backend="onnxruntime", precision="fp32")
+    pipe = EmotionPipeline.from_model_dir(mdir, backend="onnxruntime", precision="fp32",
+                                          prepare=True)  # builds into the cache
     assert pipe.backend_name == "onnxruntime"
     status = subprocess.run(git + ["status", "--porcelain", "--ignored"], capture_output=True,
                             text=True, check=True).stdout

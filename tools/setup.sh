@@ -115,4 +115,14 @@ build_interfaces erc_ros . -DERC_ROS_INSTALL_PYTHON=OFF
 
 "$PY" -c "import rclpy, erc_ros.msg, audio_common_msgs.msg, hri_msgs.msg" \
   || { log "ERROR: the interfaces do not import; see build/*.log"; exit 1; }
+# 6. The default model's runtime files (ONNX + INT8) in the cache: the nodes only load them
+#    (loading never builds); `python -m erc_ros prepare` is the step that makes them.
+prep_digest=$(digest models/default/manifest.json; echo "${ERC_ROS_CACHE:-$HOME/.cache/erc_ros}")
+if ! fresh prepared "$prep_digest"; then
+  log "preparing models/default (ONNX + INT8 into the cache, once)"
+  "$PY" -m erc_ros prepare --model models/default >"$ROOT/build/prepare.log" 2>&1 \
+    || { tail -30 "$ROOT/build/prepare.log"; exit 1; }
+  stamp prepared "$prep_digest"
+fi
+
 log "ready in $(( $(date +%s) - t0 )) s: $VENV"

@@ -34,6 +34,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "backend": ("auto", "runtime backend: auto, torch, onnxruntime, tensorrt"),
     "precision": ("auto", "auto, fp32, fp16, int8 (what the backend and model dir offer)"),
     "threads": (2, "CPU threads for inference"),
+    "prepare": (False, "make missing ONNX / INT8 files of the model into the cache at "
+                       "configure (export + quantize, once; ~10 s for the default model). "
+                       "Off: run what `python -m erc_ros prepare` (set-up) made, else torch, "
+                       "and say so"),
     "utterance_topic": ("erc_ros/utterances", "input topic (erc_ros/Utterance)"),
     "subscribe_utterances": (True, "subscribe to utterance_topic (composed mode hands "
                                    "utterances over in memory instead)"),
@@ -96,7 +100,8 @@ class EmotionNode(LifecycleNode):
         model_dir = p["model_dir"] or default_model_dir()
         try:
             self.pipeline = load_pipeline(model_dir, backend=p["backend"],
-                                          precision=p["precision"], threads=p["threads"])
+                                          precision=p["precision"], threads=p["threads"],
+                                          prepare=p["prepare"])
         except Exception as err:
             return self._fail(f"cannot load the model from {model_dir!r}: {err}")
         self.health.error = ""
@@ -106,8 +111,9 @@ class EmotionNode(LifecycleNode):
         from erc_ros.msg import EmotionEstimate
         self._pub = self.create_lifecycle_publisher(EmotionEstimate, p["estimate_topic"], 50)
         self.guard.configured = True
-        self.get_logger().info(f"configured: model {self.pipeline.model_id} on "
-                               f"{self.pipeline.backend_name}")
+        self.get_logger().info(f"configured: model {self.pipeline.model_id} from {model_dir} "
+                               f"on {self.pipeline.backend_name}/{self.pipeline.precision} "
+                               f"({self.pipeline.where}; {self.pipeline.why})")
         return TransitionCallbackReturn.SUCCESS
 
     def _fail(self, msg: str) -> TransitionCallbackReturn:

@@ -120,6 +120,7 @@ class LiveSession:
         sim = Parameter("use_sim_time", value=True)
         u_params = [sim, *node_params_for_bag(conns), *(extra_utterance_params or [])]
         e_params = [sim, Parameter("model_dir", value=model_dir),
+                    Parameter("prepare", value=True),  # a CLI (eval-bag --live, demo)
                     Parameter("backend", value=backend), Parameter("precision", value=precision),
                     Parameter("threads", value=threads)]
         if config:

@@ -134,7 +134,7 @@ def evaluate_variant(model_dir, backend: str, precision: str, limit: int = 0,
 
     data = load_meld("dev", limit)
     pipe = EmotionPipeline.from_model_dir(model_dir, backend=backend, precision=precision,
-                                          threads=threads)
+                                          threads=threads, prepare=True)
     probs, preds, lat = run_dialogues(pipe, [u for u, _ in data],
                                       f"{backend}/{precision}" if progress else None)
     labels = [l for _, ls in data for l in ls]

@@ -157,17 +157,14 @@ def overlay_dir(model_dir: str | Path, create: bool = True) -> Path | None:
 def runtime_dir(model_dir: str | Path, stages: set[str], precision: str = "fp32",
                 create: bool = False) -> Path | None:
     """The directory holding ``stages`` as ONNX of ``precision``: the model directory itself,
-    else its overlay; with ``create``, where to make them (the directory itself unless it is
-    versioned or read-only, else its overlay). ``None`` when nothing is there to use."""
-    import os
-
+    else its overlay in the cache; with ``create``, where to make them: always the overlay
+    (a model directory may be installed, tracked or read-only: nothing made at run time is
+    written into it). ``None`` when nothing is there to use."""
     if stages <= set(find_stage_files(model_dir, "onnx", precision)):
         return Path(model_dir)
     ov = overlay_dir(model_dir, create=False)
     if ov is not None and stages <= set(find_stage_files(ov, "onnx", precision)):
         return ov
-    if create and os.access(model_dir, os.W_OK) and not is_versioned(model_dir):
-        return Path(model_dir)  # a scratch directory: keep everything in it
     ov = overlay_dir(model_dir, create=create)
     if ov is not None and (create or stages <= set(find_stage_files(ov, "onnx", precision))):
         return ov

@@ -106,6 +106,7 @@ class EmotionPipeline:
         self._count = 0
         self._errors = 0
         self.last_timings: dict[str, float] = {}
+        self.why = why or "configured"
         self.where = ", ".join(f"{s}: {b.describe()}" for s, b in stages.items())
         log.info("erc_ros pipeline %s: %s (%s)", model_id, self.where, why or "configured")
 
@@ -128,19 +129,20 @@ class EmotionPipeline:
     def from_model_dir(cls, model_dir: str | Path, backend: str = "auto",
                        precision: str = "auto", threads: int | None = None,
                        max_context: int = 64, providers: Optional[list[str]] = None,
-                       auto_export: bool = True,
+                       prepare: bool = False,
                        max_conversations: int = 16) -> "EmotionPipeline":
         """Load a model directory (every listed file's sha256 verified) and pick backends.
 
         ``backend``: ``auto`` (tensorrt -> onnxruntime -> torch, the first that can run with
         the artefacts present), ``tensorrt``, ``onnxruntime`` or ``torch``. ``precision``:
         ``auto`` (int8 on CPU, fp16 on GPU where the artefacts exist, else fp32), ``fp32``,
-        ``int8``, ``woq8``, ``fp16``, ``qdq``. With ``auto_export``, missing ONNX files are
-        made first (export, then the INT8 variant for ``auto`` precision; ~10 s for the
-        default model, once) when ``onnxruntime`` is asked for, or when ``auto`` would
-        otherwise fall back to torch on a machine with onnxruntime and no TensorRT: into the
-        model directory's overlay in the cache (``manifest.overlay_dir``: a versioned model directory stays as committed),
-        registered and verified like every artefact.
+        ``int8``, ``woq8``, ``fp16``, ``qdq``.
+
+        Loading never builds or writes: the ONNX files come from the model directory or its
+        overlay in the cache, made beforehand by :func:`erc_ros.runtime.prepare.prepare`
+        (set-up, ``python -m erc_ros prepare``). Without them ``auto`` runs torch and says
+        why, and ``onnxruntime`` fails naming the command. ``prepare=True`` (the CLI, the
+        node's opt-in parameter) makes the missing ones first, into the cache.
         """
         from .manifest import find_stage_files, load_model, runtime_dir
 
@@ -151,19 +153,27 @@ class EmotionPipeline:
         model_id = model.manifest.get("model_id", model.config.model_id)
         needed = _needed_stages(model)
         variants = [] if precision in ("auto", "fp32") else [precision]
-        rdir = runtime_dir(model_dir, needed, "fp32")
         # auto on a CPU machine: ONNX Runtime INT8 is 4x faster than torch FP32 for the same
-        # labels (README, Runtime results), so make its files rather than settle for torch.
+        # labels (README, Runtime results).
         ort_for_auto = (backend == "auto" and onnxruntime_available()
                         and not tensorrt_available())
         if ort_for_auto and precision == "auto":
             variants = ["int8"]
-        if (backend == "onnxruntime" or ort_for_auto) and auto_export and (rdir is None or any(
-                not needed <= set(find_stage_files(rdir, "onnx", p)) for p in variants)):
-            from .quantize import ensure_variants
-
-            rdir = rdir or runtime_dir(model_dir, needed, "fp32", create=True)
-            ensure_variants(rdir, model, variants)
+        not_prepared = ""
+        if backend == "onnxruntime" or ort_for_auto:
+            from .prepare import missing
+            todo = missing(model_dir, model, variants)
+            if todo and prepare:
+                from .prepare import prepare as make
+                make(model_dir, variants, model=model)
+            elif todo:
+                not_prepared = (f"{', '.join(todo)} ONNX files of {model_dir} not prepared: "
+                                f"run `python -m erc_ros prepare --model {model_dir}` (or "
+                                f"the node parameter prepare:=true)")
+                if backend == "onnxruntime" and "fp32" in todo:
+                    raise RuntimeError(not_prepared)
+                log.warning(not_prepared)
+        rdir = runtime_dir(model_dir, needed, "fp32")
         if rdir is not None and rdir != model_dir:
             log.info("runtime artefacts of %s from %s", model_dir, rdir)
             load_model(rdir)  # the overlay's manifest: every listed file verified again
@@ -172,6 +182,8 @@ class EmotionPipeline:
         engines = _current_engines(model_dir) if tensorrt_available() else {}
         name, why = resolve_backend(backend, have_onnx=needed <= set(onnx_fp32),
                                     have_engine="text_encoder" in engines)
+        if not_prepared:
+            why = f"{why}; {not_prepared}"
         if name == "torch":
             prec = "fp32" if precision == "auto" else precision
             stages = _torch_stages(model, prec, threads)

@@ -47,6 +47,7 @@ def _node_command(bag: Path, model_dir: str, backend: str, precision: str,
                   module: str = "erc_ros.ros.composed", extra: tuple = ()) -> list[str]:
     from erc_ros.ros.live import bag_connections, node_params_for_bag
     params = ["use_sim_time:=true", f"backend:={backend}", f"precision:={precision}",
+              "prepare:=true",
               "diagnostics_period:=2.0"]
     if model_dir:
         params.append(f"model_dir:={model_dir}")

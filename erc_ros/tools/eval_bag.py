@@ -87,7 +87,7 @@ def make_core(config: str | Path = DEFAULT_CONFIG, sets: tuple = (), pipeline=No
 def make_pipeline(model_dir: str = "", backend: str = "auto", precision: str = "auto",
                   threads: int = 2):
     from erc_ros.assemble import load_pipeline
-    return load_pipeline(model_dir, backend, precision, threads)
+    return load_pipeline(model_dir, backend, precision, threads, prepare=True)  # a CLI
 
 
 def bag_asr_type(bag: str | Path) -> str:

@@ -55,7 +55,8 @@ def _pipeline_predictions(model_dir, backend, threads, dialogues, label_names):
 
     from erc_ros.runtime.pipeline import EmotionPipeline
 
-    pipe = EmotionPipeline.from_model_dir(model_dir, backend=backend, threads=threads)
+    pipe = EmotionPipeline.from_model_dir(model_dir, backend=backend, threads=threads,
+                                          prepare=True)  # a CLI: it may build
     index = {k: i for i, k in enumerate(pipe.class_names)}
     y_true, y_pred = [], []
     for d in tqdm(dialogues, desc=f"dialogues ({pipe.backend_name})"):
