@@ -10,15 +10,17 @@ nowhere else:
   ``erc_ros/Transcript`` keeps ``auto``;
 - face crops: made only when the model uses video or the utterances are published, unless
   ``faces.enabled`` is set explicitly (:func:`perception_config`);
-- where the default model is (:func:`default_model_dir`).
+- where the default model is (:func:`default_model_dir`);
+- torch's thread pool for a process that runs them (:func:`torch_threads`), which each
+  entry point hands to :func:`erc_ros.process.configure` once.
 
 Plain Python: no rclpy (the nodes convert their ROS parameters into these arguments).
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Optional
+
+from erc_ros.runtime.manifest import default_model_dir
 
 #: ASR type (the utterance node's ``asr_type``) -> segmentation mode when it is ``auto``.
 ASR_SEGMENTATION = {"live_speech": "asr_untimed", "hri_voices": "asr_untimed",
@@ -27,18 +29,6 @@ ASR_SEGMENTATION = {"live_speech": "asr_untimed", "hri_voices": "asr_untimed",
 #: ROS message type of an ASR topic -> the ``asr_type`` that reads it.
 ASR_TYPE_OF_MSG = {"erc_ros/msg/Transcript": "transcript",
                    "hri_msgs/msg/LiveSpeech": "live_speech", "std_msgs/msg/String": "string"}
-
-
-def default_model_dir() -> str:
-    """models/default in the work tree, else share/erc_ros/models/default of an install."""
-    here = Path(__file__).resolve().parents[1] / "models" / "default"
-    if here.is_dir():
-        return str(here)
-    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        cand = Path(prefix) / "share" / "erc_ros" / "models" / "default"
-        if cand.is_dir():
-            return str(cand)
-    return str(here)
 
 
 def segmentation_for_asr(overrides: dict[str, Any], asr_type: str) -> dict[str, Any]:
@@ -98,6 +88,22 @@ def load_pipeline(model_dir: str = "", backend: str = "auto", precision: str = "
     return EmotionPipeline.from_model_dir(model_dir or default_model_dir(), backend=backend,
                                           precision=precision, threads=threads,
                                           prepare=prepare)
+
+
+def torch_threads(perception_overrides: Optional[dict[str, Any]] = None,
+                  pipeline_threads: int = 2, runs_perception: bool = True) -> int:
+    """The size of torch's one intra-op pool for a process (:func:`erc_ros.process.configure`):
+    where the perception core runs in it, the speaker embedder's
+    ``perception.diarization.threads`` (torch's only user there when the pipeline runs on
+    ONNX Runtime, whose sessions have their own threads; more than one is slower on a busy
+    2-core machine); else the pipeline's ``threads`` (a torch backend)."""
+    if not runs_perception:
+        return int(pipeline_threads)
+    over = perception_overrides or {}
+    if "diarization.threads" in over:
+        return int(over["diarization.threads"])
+    from erc_ros.core.perception import PerceptionConfig
+    return int(PerceptionConfig().diarization.threads)
 
 
 def asr_type_of(connections: dict[str, str]) -> str:

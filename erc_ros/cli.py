@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from erc_ros import process
+
 # name -> (module, one-line help). Keep sorted by the workflow: data, train, deploy, run.
 COMMANDS: dict[str, tuple[str, str]] = {}
 
@@ -38,17 +40,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     name = argv[0]
+    process.set_environment()  # before any command imports torch
     module = importlib.import_module(COMMANDS[name][0])
     sub = argparse.ArgumentParser(prog=f"python -m erc_ros {name}",
                                   description=COMMANDS[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
+    # The process-wide settings, once, from the command's arguments: a command that runs
+    # the perception core says so with process_settings(args); else torch gets --threads
+    # (a command without it does not configure torch).
+    wanted = module.process_settings(args) if hasattr(module, "process_settings") else \
+        {"torch_threads": getattr(args, "threads", None)}
+    process.configure(**wanted, by=f"erc_ros {name}")
     return int(module.run(args) or 0)
 
 
 # The commands. Each module documents its own arguments.
 register("info", "erc_ros.tools.info", "print versions, interfaces and the models found")
-register("export", "erc_ros.runtime.export", "export a model directory's stages to ONNX, checked against PyTorch")
+register("export", "erc_ros.runtime.export_command", "export a model directory's stages to ONNX, checked against PyTorch")
 register("quantize", "erc_ros.runtime.quantize", "make INT8 / weight-only INT8 / FP16 ONNX variants, registered in the manifest")
 register("prepare", "erc_ros.runtime.prepare", "make a model's ONNX / INT8 files into the cache, once (loading never builds)")
 register("build-engines", "erc_ros.runtime.engines", "build TensorRT engines on this device (bucketed profiles, cached)")

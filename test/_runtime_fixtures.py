@@ -77,7 +77,7 @@ def astronaut_faces(n: int = 3, size: int = 64) -> list[np.ndarray]:
 
 def dialogue_with_media(audio: bool = True, video: bool = True):
     """The built-in conversation with real speech on every utterance and faces on some."""
-    from erc_ros.runtime.evaluation import builtin_dialogues
+    from erc_ros.runtime.samples import builtin_dialogues
 
     out = []
     faces = astronaut_faces()

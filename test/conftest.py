@@ -29,6 +29,12 @@ os.environ.setdefault("ERC_ROS_CACHE", os.path.join(_ros_tmp, "cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# The test process is an entry point like any other: its process-wide settings, once.
+from erc_ros import process  # noqa: E402
+
+process.set_environment()
+process.configure(torch_threads=2, by="pytest")
+
 
 def pytest_report_header(config):
     return f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} ROS_HOME={_ros_tmp}"

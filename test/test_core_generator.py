@@ -1,19 +1,19 @@
 """The conversation generator: scripts, MELD CSVs with their real labels, files, frames."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from erc_ros.cli import main
+from erc_ros.training.data import data_root
 from erc_ros.tools import conversation_gen as cg
 
 from core_support import espeak_cache
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("ERC_ROS_DATA") or ROOT.parent / "shared" / "data")
+DATA = data_root()
 
 
 def test_script_parsing():

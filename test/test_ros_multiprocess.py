@@ -92,3 +92,61 @@ def test_split_nodes_across_processes(tmp_path):
             rc = p.returncode
             out = p.stdout.read() if p.stdout else ""
             assert rc in (0, -15), out[-2000:]
+
+
+def _snapshot(d) -> dict:
+    import hashlib
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _start_and_log(module: str, params: dict, until: str, env: dict, timeout: float = 120):
+    """Run a node process until its log shows ``until`` (or it exits); Ctrl-C it; its log."""
+    cmd = [sys.executable, "-m", module, "--ros-args"]
+    for k, v in params.items():
+        cmd += ["-p", f"{k}:={v}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    wait_for(lambda: any(until in ln for ln in lines) or proc.poll() is not None, timeout, 0.2)
+    proc.send_signal(2)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    reader.join(5)
+    return "".join(lines), proc.returncode
+
+
+def test_a_read_only_model_dir_is_never_written_and_the_log_says_what_runs(tmp_path):
+    """Issue 11: the emotion node started on a read-only model directory with an empty cache
+    loads (torch, saying why and which command prepares ONNX), writes nothing into the
+    directory nor the cache; with prepare:=true it builds into the cache only. The log says
+    what runs where, and the process-wide settings its entry point made."""
+    model = tiny_model_dir(tmp_path / "tiny")
+    before = _snapshot(model)
+    for p in [model, *model.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, ERC_ROS_CACHE=str(cache))
+    try:
+        log, rc = _start_and_log("erc_ros.ros.emotion_node",
+                                 {"model_dir": str(model), "autostart": "true"}, "active", env)
+        assert rc == 0, log
+        assert f"configured: model tiny-test from {model} on torch/fp32" in log, log
+        assert "python -m erc_ros prepare --model" in log
+        assert "process: torch 2 intra-op" in log and "(set by emotion_node)" in log, log
+        assert _snapshot(model) == before
+        assert not cache.exists() or not any(cache.rglob("*.onnx"))
+
+        log, rc = _start_and_log("erc_ros.ros.emotion_node",
+                                 {"model_dir": str(model), "autostart": "true",
+                                  "prepare": "true"}, "active", env, timeout=300)
+        assert rc == 0, log
+        assert "on onnxruntime/int8" in log, log
+        assert _snapshot(model) == before and any(cache.rglob("*.int8.onnx"))
+    finally:
+        for p in [model, *model.rglob("*")]:
+            p.chmod(p.stat().st_mode | 0o200)

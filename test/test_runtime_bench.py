@@ -8,7 +8,7 @@ import pytest
 
 from _runtime_fixtures import save_tiny, tiny_model
 from erc_ros.cli import main
-from erc_ros.runtime.evaluation import meld_dir
+from erc_ros.runtime.samples import meld_dir
 
 
 @pytest.fixture(scope="module")

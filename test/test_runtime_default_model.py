@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from erc_ros.runtime.evaluation import load_meld, meld_dir, run_dialogues
+from erc_ros.runtime.evaluation import run_dialogues
+from erc_ros.runtime.samples import load_meld, meld_dir
 from erc_ros.runtime.pipeline import EmotionPipeline
 
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -39,7 +40,7 @@ def test_default_model_onnx_agrees_with_torch_on_meld_dev(tmp_path, monkeypatch)
 def test_untrained_modalities_are_neither_run_nor_used():
     """The default model's head was trained on text alone (MELD text only here): its audio
     and video encoders are not run, and audio/faces on an utterance change nothing."""
-    from erc_ros.runtime.evaluation import with_synthetic_media
+    from erc_ros.runtime.samples import with_synthetic_media
 
     pipe = EmotionPipeline.from_model_dir(DEFAULT, backend="torch")
     assert pipe.model.config.trained_modalities == ("text",)

@@ -18,7 +18,6 @@ from erc_ros.runtime.export import (ExportMismatch, StageSpec, check_stage, expo
 from erc_ros.runtime.pipeline import EmotionPipeline
 from erc_ros.runtime.quantize import quantize_model_dir, quantize_weights_per_channel
 
-torch.set_num_threads(2)
 
 #: Fusion heads implemented so far (the registry names all planned ones).
 AVAILABLE_HEADS = [h for h, (mod, _, _) in HEADS.items() if importlib.util.find_spec(mod)]

@@ -71,14 +71,17 @@ if ! fresh requirements "$req_digest"; then
       "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$PYINC#g; s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$NPINC#g" \
       || true  # nothing left to rewrite (already fixed) is fine
   fi
-  # The work tree comes first on sys.path, so `import erc_ros` is always the checkout;
-  # erc_ros/__init__.py extends its __path__ to the generated erc_ros.msg in site-packages.
-  SITE=$("$PY" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
-  echo "import sys; sys.path.insert(0, '$ROOT') if '$ROOT' not in sys.path else None" > "$SITE/erc_ros_worktree.pth"
   stamp requirements "$req_digest"
   # Interfaces depend on the tool chain: rebuild them after a requirements change.
   rm -f "$STAMPS"/interfaces-*
 fi
+
+# The venv runs the work tree: it comes first on sys.path (erc_ros/__init__.py extends its
+# __path__ to the generated erc_ros.msg in site-packages) -- unless a colcon install of
+# erc_ros is on PYTHONPATH (its setup.bash sourced): then the installed build runs, not
+# shadowed by the checkout. `python -m erc_ros info` prints which one is imported.
+SITE=$("$PY" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
+echo "import os, sys; ('$ROOT' in sys.path or any(os.path.isfile(os.path.join(p, 'erc_ros', 'assemble.py')) for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p)) or sys.path.insert(0, '$ROOT')" > "$SITE/erc_ros_worktree.pth"
 
 # 4./5. Interfaces ------------------------------------------------------------------------
 build_interfaces() {  # $1: name, $2: source dir, $3...: extra cmake args

@@ -21,9 +21,6 @@ first utterance), the younger id is retired and later utterances get the older o
 """
 from __future__ import annotations
 
-import importlib.metadata
-import sys
-import types
 from collections import deque
 from dataclasses import dataclass
 from typing import Optional
@@ -38,24 +35,16 @@ SPAN_TOLERANCE_S = 0.15  # a stored window belongs to a span it overhangs by at 
 
 
 def _import_resemblyzer():
-    """Import resemblyzer. Its dependency ``webrtcvad`` (2.0.10) imports ``pkg_resources``,
-    which recent setuptools no longer ship; only ``get_distribution(name).version`` is used,
-    so a stand-in built on importlib.metadata is provided when it is missing."""
-    try:
-        import pkg_resources  # noqa: F401
-    except ImportError:
-        shim = types.ModuleType("pkg_resources")
+    """Import resemblyzer (its ``webrtcvad`` imports ``pkg_resources``: setuptools is pinned
+    below 81 in requirements.txt for it; its deprecation warning is silenced here)."""
+    import warnings
 
-        def get_distribution(name):
-            try:
-                version = importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                version = "0"
-            return types.SimpleNamespace(version=version)
-
-        shim.get_distribution = get_distribution
-        sys.modules.setdefault("pkg_resources", shim)
-    import resemblyzer
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated",
+                                category=UserWarning)
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated",
+                                category=DeprecationWarning)
+        import resemblyzer
     from resemblyzer.audio import normalize_volume
 
     return resemblyzer, normalize_volume
@@ -89,7 +78,7 @@ class SpeakerEmbedder:
     dim = 256
 
     def __init__(self, window_s: float = 1.6, step_s: float = 0.8, min_voiced: float = 0.5,
-                 history_s: float = 120.0, threads: int = 1, batch: int = 4,
+                 history_s: float = 120.0, batch: int = 4,
                  min_tail_s: float = 0.4, embed_on_pause: bool = False):
         self.window = int(round(window_s * SAMPLE_RATE))
         self.step = int(round(step_s * SAMPLE_RATE))
@@ -97,7 +86,6 @@ class SpeakerEmbedder:
         self.embed_on_pause = embed_on_pause
         self.min_voiced = min_voiced
         self.batch = batch
-        self.threads = threads
         # (t0, t1, embedding, weight): regular windows weigh 1, a tail window its new share
         self.history: deque = deque(maxlen=max(8, int(history_s / step_s)))
         self.next_index = 0
@@ -112,8 +100,6 @@ class SpeakerEmbedder:
             return
         import torch
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         resemblyzer, self._norm = _import_resemblyzer()
         self._mel = MelFrames()
         self._torch = torch

@@ -150,10 +150,8 @@ class FaceDetector:
     """OpenCV Haar frontal-face cascade on a downscaled grey copy."""
 
     def __init__(self, detect_width: int = 256, scale_factor: float = 1.2,
-                 min_neighbors: int = 4, min_face_frac: float = 0.1, threads: int = 1):
-        cv2 = _cv2()
-        if threads:
-            cv2.setNumThreads(threads)  # OpenCV's pool oversubscribes a busy 2-core machine
+                 min_neighbors: int = 4, min_face_frac: float = 0.1):
+        cv2 = _cv2()  # its thread pool is sized once per process (erc_ros.process)
         path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():

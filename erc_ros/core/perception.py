@@ -338,7 +338,7 @@ class PerceptionCore:
         self.embedder = None
         if dz.enabled:
             self.embedder = SpeakerEmbedder(dz.window_seconds, dz.step_seconds, dz.min_voiced,
-                                            history_s=a.capacity_seconds, threads=dz.threads,
+                                            history_s=a.capacity_seconds,
                                             embed_on_pause=dz.embed_on_pause)
             t = time.perf_counter()
             with self._blas.limit(limits=1, user_api="blas"):

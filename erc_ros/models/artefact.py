@@ -431,7 +431,6 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu",
                    source: str | Path | None = None):
     """Rebuild the :class:`ErcModel` of a directory after verifying every file's sha256.
     ``source``: for a runtime overlay only, the model directory its links lead into."""
-    import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
 

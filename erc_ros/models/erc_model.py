@@ -15,6 +15,7 @@ A missing optional encoder is fed zeros of its width with the modality masked of
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -94,22 +95,22 @@ def tiny_text_config(vocab_size: int = 30522) -> TextEncoderConfig:
 class ErcModel(nn.Module):
     def __init__(self, config: ErcModelConfig, tokenizer_file: str | Path):
         super().__init__()
-        self.config = config
+        # The model's own copy, completed with what only the built parts know (the mask id,
+        # the audio feature size, the fusion dimensions): the caller's config is not touched.
+        self.config = config = copy.deepcopy(config)
         self.preprocessor = Preprocessor(config.preprocessing, tokenizer_file)
         config.text.mask_token_id = self.preprocessor.mask_id
+        if config.audio is not None and config.audio.kind == "prosody":
+            config.audio.in_dim = self.preprocessor.audio_feature_dim  # before it is built
         self.text_encoder = TextEncoder(config.text)
         self.audio_encoder = build_audio_encoder(config.audio) if config.audio else None
         self.video_encoder = build_video_encoder(config.video) if config.video else None
-        if config.audio is not None and config.audio.kind == "prosody":
-            config.audio.in_dim = self.preprocessor.audio_feature_dim
-        fcfg = dict(config.fusion)
-        fcfg.update(text_dim=self.text_encoder.dim,
-                    audio_dim=self.audio_encoder.dim if self.audio_encoder else 1,
-                    video_dim=self.video_encoder.dim if self.video_encoder else 1,
-                    num_classes=len(config.label_names),
-                    max_speakers=config.preprocessing.max_speakers)
-        config.fusion = fcfg
-        self.fusion = build_fusion(config.fusion_head, fcfg)
+        config.fusion = dict(config.fusion, text_dim=self.text_encoder.dim,
+                             audio_dim=self.audio_encoder.dim if self.audio_encoder else 1,
+                             video_dim=self.video_encoder.dim if self.video_encoder else 1,
+                             num_classes=len(config.label_names),
+                             max_speakers=config.preprocessing.max_speakers)
+        self.fusion = build_fusion(config.fusion_head, config.fusion)
         for k in config.label_names:
             config.valence_arousal.setdefault(k, DEFAULT_VALENCE_AROUSAL.get(k.lower(), (0.0, 0.0)))
 

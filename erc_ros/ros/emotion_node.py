@@ -90,6 +90,11 @@ class EmotionNode(LifecycleNode):
         self.published = 0
         self.on_estimate = None  # optional in-process hook: f(utterance, estimate, e2e_ms)
 
+    def process_request(self) -> dict[str, Any]:
+        """What this node asks of its process (:func:`erc_ros.process.configure`): torch's
+        pool sized by ``threads`` (a torch backend; ONNX Runtime sessions take it each)."""
+        return {"torch_threads": int(self.get_parameter("threads").value)}
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = {n: self.get_parameter(n).value for n in PARAMETERS}
         self.p = p

@@ -26,6 +26,7 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 
+from erc_ros import process
 from erc_ros.ros.choices import CHOICES, check_choice
 
 #: Parameters that are never re-read after start (the rest apply at the next configure).
@@ -120,35 +121,35 @@ def autostart(node) -> bool:
     return ok
 
 
-def quiet_gc() -> None:
-    """After start-up: collect once, then freeze what survived (torch, ONNX Runtime, the
-    model, the message types) out of the collector's reach. A full collection then walks
-    only what the running node allocates, instead of pausing every thread (the GIL) for
-    tens of milliseconds over the whole start-up heap: those pauses were the tail of the
-    end-to-end latency."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-
-
 def run(build: Callable[[], tuple[Sequence, Callable[[], bool], Callable[[], None]]],
         threads: int, argv=None) -> int:
     """``main()`` of a node process: ``build()`` returns (nodes, start, close); start
     (configure + activate), spin until shutdown, close. Returns the exit code: 1 when
     start-up failed, else 0 — also after Ctrl-C, however often it is pressed."""
+    process.set_environment()  # before anything loads torch
     rclpy.init(args=argv if argv is not None else sys.argv)
     close: Optional[Callable[[], None]] = None
     ok = True
     try:
         nodes, start, close = build()
+        # The process-wide settings, once, from the nodes' parameters (the first node's
+        # request wins: in the composed process the utterance node's; the others are told).
+        for node in nodes:
+            asked = node.process_request()
+            settings = process.configure(**asked, by=node.get_name())
+            if asked.get("torch_threads") != settings.torch_threads:
+                node.get_logger().info(
+                    f"torch threads stay {settings.torch_threads} in this process (set by "
+                    f"{settings.set_by}); this node's thread parameters size its ONNX "
+                    f"Runtime sessions")
+        nodes[0].get_logger().info(settings.describe())
         ok = start()
         if not ok:
             nodes[-1].get_logger().error("failed to start (see the log above)")
         ex = MultiThreadedExecutor(num_threads=threads)
         for node in nodes:
             ex.add_node(node)
-        quiet_gc()
+        process.freeze_heap()
         ex.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

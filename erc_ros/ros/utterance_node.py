@@ -19,7 +19,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from erc_ros.assemble import build_config, build_core
+from erc_ros.assemble import build_config, build_core, torch_threads
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.ingest import Ingest
@@ -140,6 +140,11 @@ class UtteranceNode(LifecycleNode):
         return {k: v for k, v in ((k, self.get_parameter(f"perception.{k}").value)
                                   for k in self._perception_keys)
                 if v != self._perception_defaults[k]}
+
+    def process_request(self) -> dict[str, Any]:
+        """What this node asks of its process (:func:`erc_ros.process.configure`): torch's
+        pool is the speaker embedder's (perception.diarization.threads)."""
+        return {"torch_threads": torch_threads(self._perception_overrides())}
 
     def _check_perception(self, name: str, value: Any) -> str:
         """Refuse a perception.* value the core would refuse (with its reason)."""

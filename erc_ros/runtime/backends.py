@@ -81,8 +81,9 @@ class TorchBackend(Backend):
         super().__init__(input_names, output_names, precision)
         import torch
 
-        if threads:
-            torch.set_num_threads(int(threads))
+        # ``threads`` is informational here: torch has one intra-op pool per process, sized
+        # by the entry point (erc_ros.process.configure), not by a backend.
+        self.threads = int(threads or torch.get_num_threads())
         self._torch = torch
         self._device = device
         self.module = module.eval().to(device)

@@ -25,7 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .pipeline import TIMED, EmotionPipeline
+from .backends import tensorrt_available
+from .evaluation import run_dialogues, weighted_f1
+from .manifest import load_model, read_manifest, runtime_dir
+from .pipeline import TIMED, EmotionPipeline, current_engines
+from .quantize import ensure_variants
+from .samples import builtin_dialogues, load_meld, load_meld_dialogues, meld_dir
+from .stages import needed_stages
 
 log = logging.getLogger("erc_ros.runtime")
 
@@ -81,8 +87,6 @@ class _Probe:
 
 
 def _variant_bytes(model_dir: Path, backend: str, precision: str, pipe) -> int:
-    from .manifest import read_manifest
-
     arts = read_manifest(model_dir)["artefacts"]
     if backend == "torch" and precision == "fp32":
         return sum(e["bytes"] for e in arts.values() if e["kind"] == "weights")
@@ -115,13 +119,6 @@ def run_bench(model_dir, variants=DEFAULT_VARIANTS, iterations: int = 200, warmu
               n_probes: int = 16, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from .evaluation import (builtin_dialogues, load_meld, load_meld_dialogues, meld_dir,
-                             run_dialogues, weighted_f1)
-    from .quantize import ensure_variants
-
-    from .manifest import load_model, runtime_dir
-    from .pipeline import _needed_stages
-
     model_dir = Path(model_dir)
     variants = [v for v in variants]
     ort_precisions = sorted({v.split("/")[1] for v in variants if v.startswith("onnxruntime/")})
@@ -129,7 +126,7 @@ def run_bench(model_dir, variants=DEFAULT_VARIANTS, iterations: int = 200, warmu
         # Exported/quantized once, into the model directory if it already holds ONNX files,
         # else into its overlay in the cache (a committed model directory stays untouched).
         model = load_model(model_dir)
-        model_dir = runtime_dir(model_dir, _needed_stages(model), "fp32", create=True)
+        model_dir = runtime_dir(model_dir, needed_stages(model), "fp32", create=True)
         ensure_variants(model_dir, model, precisions=ort_precisions, progress=progress)
     pipes = {}
     for v in variants:
@@ -296,17 +293,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     variants = [v for v in args.variants.split(",") if v] or list(DEFAULT_VARIANTS)
     if not args.variants:
-        from .backends import tensorrt_available
-        from .pipeline import _current_engines
 
         if tensorrt_available():
-            engines = _current_engines(args.model).get("text_encoder", {})
+            engines = current_engines(args.model).get("text_encoder", {})
             variants += [f"tensorrt/{p}" for p in ("fp16", "int8") if p in engines]
     t0 = time.time()
     r = run_bench(args.model, variants, iterations=args.iterations, warmup=args.warmup,

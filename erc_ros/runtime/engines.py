@@ -29,6 +29,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .backends import Backend, BackendUnavailable
+from .manifest import (artefact_path, find_stage_files, read_manifest, register_artefact,
+                       sha256_file, writable_dir)
+from .quantize import ensure_variants
 
 log = logging.getLogger("erc_ros.runtime")
 
@@ -125,14 +128,6 @@ def select_profile(profiles: Sequence[ProfileShapes],
         if p.accepts(shapes):
             return i
     raise ValueError(f"no optimization profile accepts shapes {dict(shapes)}")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def engine_cache_key(device_name: str, compute_capability: Sequence[int], trt_version: str,
@@ -373,9 +368,6 @@ def build_model_engines(model_dir: str | Path, precisions: Sequence[str] = ("fp1
     the manifest (kind ``engine``). INT8 engines are built from the explicit Q/DQ ONNX."""
     from tqdm import tqdm
 
-    from .manifest import artefact_path, find_stage_files, read_manifest, register_artefact
-    from .quantize import ensure_variants
-
     model_dir = Path(model_dir)
     _trt()
     current_device()  # refuse early, before making any variant, where engines cannot build
@@ -418,8 +410,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from .manifest import writable_dir
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         _trt()

@@ -23,7 +23,6 @@ each file in the model's manifest with its inputs, outputs and check results.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import time
 import warnings
@@ -33,9 +32,13 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from .backends import OrtBackend, TorchBackend
+from .manifest import register_artefact
+from .samples import sample_utterances, with_synthetic_media
+from .stages import positional_names
+
 log = logging.getLogger("erc_ros.runtime")
 
-STAGES = ("text_encoder", "audio_encoder", "video_encoder", "fusion")
 OPSET = 17
 ONNX_DIR = "onnx"
 
@@ -78,12 +81,6 @@ class CheckResult:
 
 def onnx_path(model_dir: str | Path, stage: str, precision: str = "fp32") -> Path:
     return Path(model_dir) / ONNX_DIR / f"{stage}.{precision}.onnx"
-
-
-def _positional_names(module) -> list[str]:
-    sig = inspect.signature(module.forward)
-    return [n for n, p in sig.parameters.items()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 @contextlib.contextmanager
@@ -227,8 +224,6 @@ def check_stage(spec: StageSpec, path: str | Path, atol: float = 1e-3,
     Tolerance is relative to the output scale (``atol * max(1, max|torch output|)``): FP32
     exports agree to ~1e-6, a wrong graph (a baked-in shape, a dropped mask) by far more.
     """
-    from .backends import OrtBackend, TorchBackend
-
     torch_be = TorchBackend(spec.module, spec.input_names, spec.output_names, threads=0)
     onnx_be = run_onnx or OrtBackend(path, providers=["CPUExecutionProvider"], threads=0).run
     diffs = {n: 0.0 for n in spec.output_names}
@@ -286,22 +281,9 @@ def export_and_check(spec: StageSpec, path: str | Path, exporter: str = "auto",
 
 # ------------------------------------------------------------------ ErcModel stages
 
-def sample_utterances(n_dialogues: int = 6, max_turns: int = 8):
-    """Real dialogues for tracing and checking: MELD dev when the data is there, else a
-    short built-in conversation (with synthetic audio and faces for the A/V encoders)."""
-    from .evaluation import builtin_dialogues, load_meld_dialogues, meld_dir
-
-    dialogues = []
-    if meld_dir() is not None:
-        dialogues = [d[:max_turns] for d in load_meld_dialogues("dev")[:n_dialogues]]
-    return dialogues or builtin_dialogues()
-
-
 def stage_specs(model, dialogues=None, max_samples: int = 8) -> list[StageSpec]:
     """The exportable stages of ``model`` with real sample inputs built from ``dialogues``
     (lists of :class:`~erc_ros.core.types.Utterance`) by the model's own preprocessor."""
-    from .evaluation import with_synthetic_media
-
     dialogues = dialogues or sample_utterances()
     pre = model.preprocessor
     k = pre.config.prompt.past_context
@@ -329,7 +311,7 @@ def stage_specs(model, dialogues=None, max_samples: int = 8) -> list[StageSpec]:
                   for i, (u, _) in enumerate(picked)]
     # Encoders of modalities the head was not trained on are not run, so not exported.
     if model.uses("audio"):
-        names = _positional_names(model.audio_encoder)
+        names = positional_names(model.audio_encoder)
         samples = [pre.audio_inputs(u) for u in with_audio]
         dyn = {n: {0: "batch"} for n in names}
         if "input_values" in names:  # raw waveform: the sample axis is dynamic too
@@ -340,7 +322,7 @@ def stage_specs(model, dialogues=None, max_samples: int = 8) -> list[StageSpec]:
                                               "transformer": model.config.audio.kind == "ssl",
                                               "matmul_only": True}))
     if model.uses("video"):
-        names = _positional_names(model.video_encoder)
+        names = positional_names(model.video_encoder)
         samples = [pre.video_inputs(u) for u in with_faces]
         dyn = {n: {0: "batch"} for n in names}
         dyn["video_vec"] = {0: "batch"}
@@ -361,8 +343,6 @@ def stage_specs(model, dialogues=None, max_samples: int = 8) -> list[StageSpec]:
 def fusion_samples(model, dialogues) -> list[dict[str, np.ndarray]]:
     """Fusion inputs from real encoder outputs over whole dialogues (and one padded batch)."""
     import torch
-
-    from .evaluation import with_synthetic_media
 
     model.eval()
     pre = model.preprocessor
@@ -399,8 +379,6 @@ def export_model(model, model_dir: str | Path, dialogues=None, register: bool = 
     and register the files in the manifest. Returns ``{stage: {path, check, seconds}}``."""
     from tqdm import tqdm
 
-    from .manifest import register_artefact
-
     specs = [s for s in stage_specs(model, dialogues) if not stages or s.name in stages]
     report = {}
     for spec in tqdm(specs, desc="export", unit="stage", disable=not progress):
@@ -425,41 +403,3 @@ def _io_specs(sample: Mapping[str, np.ndarray], names, dynamic_axes) -> list[dic
         dims = [dynamic_axes.get(n, {}).get(i, int(s)) for i, s in enumerate(a.shape)]
         out.append({"name": n, "dtype": str(a.dtype), "shape": dims})
     return out
-
-
-# ------------------------------------------------------------------ command line
-
-def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="model directory (manifest.json inside)")
-    p.add_argument("--stages", default="", help="comma-separated subset of " + ",".join(STAGES))
-    p.add_argument("--check-dev", action="store_true",
-                   help="then compare the ONNX pipeline with PyTorch on all of MELD dev "
-                        "(label agreement, max abs diff of probabilities)")
-    p.add_argument("--limit", type=int, default=0, help="with --check-dev: first N dialogues")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--in-place", action="store_true",
-                   help="write into DIR even if it is versioned in git (default: its overlay)")
-
-
-def run(args) -> int:
-    from .manifest import open_for_cli
-
-    model, out_dir = open_for_cli(args)
-    stages = [s for s in args.stages.split(",") if s] or None
-    report = export_model(model, out_dir, stages=stages)
-    print(f"{'stage':<15} {'max abs diff':>14} {'labels agree':>13}  file")
-    for name, r in report.items():
-        c = r["check"]
-        d = max(c["max_abs_diff"].values()) if c["max_abs_diff"] else 0.0
-        la = "-" if c["label_agreement"] is None else f"{100 * c['label_agreement']:.1f}%"
-        print(f"{name:<15} {d:>14.2e} {la:>13}  {r['path']}")
-    if args.check_dev:
-        from .evaluation import compare_backends
-
-        res = compare_backends(out_dir, ("torch", "fp32"), ("onnxruntime", "fp32"),
-                               limit=args.limit, threads=args.threads)
-        print(f"MELD dev ONNX vs PyTorch: {res['n']} utterances, label agreement "
-              f"{100 * res['label_agreement']:.2f}%, max abs diff of probabilities "
-              f"{res['max_abs_diff_prob']:.2e}")
-        return 0 if res["label_agreement"] >= 0.995 else 1
-    return 0

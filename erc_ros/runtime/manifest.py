@@ -15,12 +15,27 @@ cache goes through :func:`cache_path`, which refuses a name that would land outs
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from erc_ros.models.artefact import (ArtefactError, add_artefact, artefact_file,  # noqa: F401
                                      check_model_id, load_model_dir, read_manifest,
                                      remove_artefact, sha256_file, verify_file,
                                      verify_model_dir)
+
+
+def default_model_dir() -> str:
+    """The embedded default model: ``models/default`` beside the ``erc_ros`` package that is
+    running (a source checkout), else ``share/erc_ros/models/default`` of the first ament
+    prefix that has it (a colcon install)."""
+    here = Path(__file__).resolve().parents[2] / "models" / "default"
+    if here.is_dir():
+        return str(here)
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        cand = Path(prefix) / "share" / "erc_ros" / "models" / "default"
+        if cand.is_dir():
+            return str(cand)
+    return str(here)
 
 
 def register_artefact(model_dir: str | Path, path: str | Path, kind: str, **meta) -> dict:
@@ -196,12 +211,9 @@ def writable_dir(model_dir: str | Path, in_place: bool = False) -> Path:
 
 
 def open_for_cli(args):
-    """The shared start of the `export` / `quantize` commands: threads, logging, the model
+    """The shared start of the `export` / `quantize` commands: logging, the model
     (every file verified) and where its runtime artefacts may be written."""
     import logging
 
-    import torch
-
-    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return load_model(args.model), writable_dir(args.model, args.in_place)

@@ -28,17 +28,19 @@ import numpy as np
 from erc_ros.core.conversation import ConversationHistory
 from erc_ros.core.types import MODALITIES, Estimate, Utterance
 
-from .backends import (Backend, BackendUnavailable, OrtBackend, TorchBackend, default_threads,
+from .backends import (Backend, BackendUnavailable, OrtBackend, TorchBackend, choose_ort_providers,
+                       default_threads,
                        onnxruntime_available, resolve_backend, tensorrt_available)
+
+from .engines import DEFAULT_BUCKETS, TensorRTBackend, current_device
+from .manifest import (find_stage_files, load_model, read_manifest, runtime_artefacts,
+                       runtime_dir, verify_files)
+from .prepare import missing
+from .prepare import prepare as prepare_files
+from .stages import STAGES, needed_stages, stage_io
 
 log = logging.getLogger("erc_ros.runtime")
 
-ENCODERS = ("text_encoder", "audio_encoder", "video_encoder")
-STAGE_IO = {
-    "text_encoder": (["input_ids", "attention_mask"], ["text_vec"]),
-    "fusion": (["text", "audio", "video", "modality_mask", "speaker_ids", "padding_mask"],
-               ["logits", "modality_weights"]),
-}
 TIMED = ("preprocess", "text_encoder", "audio_encoder", "video_encoder", "fusion",
          "postprocess", "total")
 
@@ -144,14 +146,12 @@ class EmotionPipeline:
         why, and ``onnxruntime`` fails naming the command. ``prepare=True`` (the CLI, the
         node's opt-in parameter) makes the missing ones first, into the cache.
         """
-        from .manifest import find_stage_files, load_model, runtime_dir
-
         threads = default_threads() if threads is None else threads
         model_dir = Path(model_dir)
         model = load_model(model_dir)  # verifies every listed file (weights, ONNX, engines)
         model.eval()
         model_id = model.manifest.get("model_id", model.config.model_id)
-        needed = _needed_stages(model)
+        needed = needed_stages(model)
         variants = [] if precision in ("auto", "fp32") else [precision]
         # auto on a CPU machine: ONNX Runtime INT8 is 4x faster than torch FP32 for the same
         # labels (README, Runtime results).
@@ -161,11 +161,9 @@ class EmotionPipeline:
             variants = ["int8"]
         not_prepared = ""
         if backend == "onnxruntime" or ort_for_auto:
-            from .prepare import missing
             todo = missing(model_dir, model, variants)
             if todo and prepare:
-                from .prepare import prepare as make
-                make(model_dir, variants, model=model)
+                prepare_files(model_dir, variants, model=model)
             elif todo:
                 not_prepared = (f"{', '.join(todo)} ONNX files of {model_dir} not prepared: "
                                 f"run `python -m erc_ros prepare --model {model_dir}` (or "
@@ -179,7 +177,7 @@ class EmotionPipeline:
             load_model(rdir)  # the overlay's manifest: every listed file verified again
         model_dir = rdir or model_dir
         onnx_fp32 = find_stage_files(model_dir, "onnx", "fp32")
-        engines = _current_engines(model_dir) if tensorrt_available() else {}
+        engines = current_engines(model_dir) if tensorrt_available() else {}
         name, why = resolve_backend(backend, have_onnx=needed <= set(onnx_fp32),
                                     have_engine="text_encoder" in engines)
         if not_prepared:
@@ -348,43 +346,23 @@ class EmotionPipeline:
 
 # ---------------------------------------------------------------------- stage building
 
-def _needed_stages(model) -> set[str]:
-    """The stages predictions use (an encoder of an untrained modality is not run)."""
-    return {"text_encoder", "fusion"} | {f"{m}_encoder" for m in ("audio", "video")
-                                         if model.uses(m)}
-
-
-def _stage_io(model, stage):
-    from .export import _positional_names
-
-    if stage in STAGE_IO:
-        return STAGE_IO[stage]
-    mod = getattr(model, stage)
-    return _positional_names(mod), ["audio_vec" if stage == "audio_encoder" else "video_vec"]
-
-
 def _torch_stages(model, precision: str, threads: int) -> dict[str, Backend]:
     if precision not in ("fp32", "int8"):
         raise BackendUnavailable(f"torch runs fp32 or int8 (dynamic), not {precision!r}")
     stages = {}
-    for stage in sorted(_needed_stages(model), key=("text_encoder", "audio_encoder",
-                                                    "video_encoder", "fusion").index):
+    for stage in sorted(needed_stages(model), key=STAGES.index):
         mod = getattr(model, stage)
         if precision == "int8" and stage == "text_encoder":
             mod = _torch_int8(mod)
-        ins, outs = _stage_io(model, stage)
+        ins, outs = stage_io(model, stage)
         stages[stage] = TorchBackend(mod, ins, outs, precision=precision, threads=threads)
     return stages
 
 
 def _ort_stages(model_dir, needed, precision, threads, providers):
-    from .manifest import find_stage_files, verify_files
-
     if precision == "auto":
         # Dynamic INT8 is a CPU technique (on a GPU it recomputes scales on the host: seed
         # 004 measured 616 ms on Orin); GPUs get FP16.
-        from .backends import choose_ort_providers
-
         gpu = choose_ort_providers(providers)[0] != "CPUExecutionProvider"
         precision = "fp16" if gpu else "int8"
     files = find_stage_files(model_dir, "onnx", precision)
@@ -404,11 +382,8 @@ def _ort_stages(model_dir, needed, precision, threads, providers):
     return precision, stages
 
 
-def _current_engines(model_dir) -> dict[str, dict[str, str]]:
+def current_engines(model_dir) -> dict[str, dict[str, str]]:
     """``stage -> {precision: relpath}`` of engines built for this device and TensorRT."""
-    from .engines import current_device
-    from .manifest import runtime_artefacts
-
     try:
         import tensorrt as trt
 
@@ -424,9 +399,6 @@ def _current_engines(model_dir) -> dict[str, dict[str, str]]:
 
 
 def _trt_stages(model_dir, model, needed, engines, precision, threads):
-    from .engines import DEFAULT_BUCKETS, TensorRTBackend
-    from .manifest import find_stage_files, read_manifest, verify_files
-
     if precision == "auto":
         precision = "int8" if any("int8" in v for v in engines.values()) else "fp16"
     arts = read_manifest(model_dir)["artefacts"]
@@ -448,6 +420,6 @@ def _trt_stages(model_dir, model, needed, engines, precision, threads):
             path, = verify_files(model_dir, [fp32[stage]])
             stages[stage] = OrtBackend(path, threads=threads)
         else:
-            ins, outs = _stage_io(model, stage)
+            ins, outs = stage_io(model, stage)
             stages[stage] = TorchBackend(getattr(model, stage), ins, outs, threads=threads)
     return precision, stages

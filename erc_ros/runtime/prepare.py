@@ -16,6 +16,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .manifest import default_model_dir, find_stage_files, load_model, runtime_dir
+from .quantize import ensure_variants
+from .stages import needed_stages
+
 log = logging.getLogger(__name__)
 
 #: What a CPU machine runs: ONNX Runtime INT8 (4x faster than torch FP32, same labels).
@@ -24,10 +28,8 @@ DEFAULT_PRECISIONS = ("int8",)
 
 def missing(model_dir: str | Path, model, precisions: Sequence[str]) -> list[str]:
     """The precisions (``fp32`` included) whose ONNX files are not yet prepared."""
-    from .manifest import find_stage_files, runtime_dir
-    from .pipeline import _needed_stages
 
-    needed = _needed_stages(model)
+    needed = needed_stages(model)
     rdir = runtime_dir(model_dir, needed, "fp32")
     if rdir is None:
         return ["fp32", *[p for p in precisions if p != "fp32"]]
@@ -38,13 +40,10 @@ def prepare(model_dir: str | Path, precisions: Sequence[str] = DEFAULT_PRECISION
             model=None, progress: bool = False) -> Path:
     """Make the FP32 ONNX files and ``precisions`` of ``model_dir``; returns the directory
     holding them (the model directory when it ships them, else its cache overlay)."""
-    from .manifest import load_model, runtime_dir
-    from .pipeline import _needed_stages
-    from .quantize import ensure_variants
 
     model = model if model is not None else load_model(model_dir)
     todo = missing(model_dir, model, precisions)
-    rdir = runtime_dir(model_dir, _needed_stages(model), "fp32", create=bool(todo))
+    rdir = runtime_dir(model_dir, needed_stages(model), "fp32", create=bool(todo))
     if todo:
         t0 = time.perf_counter()
         log.warning("preparing %s: %s ONNX files into %s (once; later starts load them)",
@@ -62,11 +61,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    from erc_ros.assemble import default_model_dir
-
-    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model_dir = args.model or default_model_dir()
     precisions = [p for p in args.precisions.split(",") if p]

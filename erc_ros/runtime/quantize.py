@@ -24,6 +24,12 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .backends import OrtBackend
+from .export import export_model, onnx_path, stage_specs
+from .manifest import (artefact_path, find_stage_files, load_model, open_for_cli, read_manifest,
+                       register_artefact)
+from .stages import needed_stages
+
 log = logging.getLogger("erc_ros.runtime")
 
 #: Precision names of the variants this module makes, besides the exported ``fp32``.
@@ -236,11 +242,6 @@ def quantize_model_dir(model_dir: str | Path, precisions: Sequence[str] = ("int8
     inputs and register it in the manifest. Returns ``{stage: {precision: meta}}``."""
     from tqdm import tqdm
 
-    from .backends import OrtBackend
-    from .export import onnx_path, stage_specs
-    from .manifest import (artefact_path, find_stage_files, load_model, read_manifest,
-                           register_artefact)
-
     model_dir = Path(model_dir)
     model = model if model is not None else load_model(model_dir)
     arts = read_manifest(model_dir)["artefacts"]
@@ -284,17 +285,13 @@ def ensure_variants(model_dir: str | Path, model=None, precisions: Sequence[str]
                     progress: bool = False) -> None:
     """Export (if the FP32 ONNX files are missing) and make any missing variants; cached in
     the model directory and registered in its manifest."""
-    from .export import export_model
-    from .manifest import find_stage_files, load_model
-
     model = model if model is not None else load_model(model_dir)
-    from .pipeline import _needed_stages
 
-    if not _needed_stages(model) <= set(find_stage_files(model_dir, "onnx", "fp32")):
+    if not needed_stages(model) <= set(find_stage_files(model_dir, "onnx", "fp32")):
         log.info("exporting %s to ONNX (first use)", model_dir)
         export_model(model, model_dir, progress=progress)
     missing = [p for p in precisions if p != "fp32" and
-               not _needed_stages(model) <= set(find_stage_files(model_dir, "onnx", p))]
+               not needed_stages(model) <= set(find_stage_files(model_dir, "onnx", p))]
     if missing:
         quantize_model_dir(model_dir, missing, model=model, progress=progress)
 
@@ -309,8 +306,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from .manifest import find_stage_files, open_for_cli, read_manifest
-
     model, out_dir = open_for_cli(args)
     precisions = [p for p in args.precisions.split(",") if p]
     ensure_variants(out_dir, model, progress=True)  # the FP32 export first, if not done yet

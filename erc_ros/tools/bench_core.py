@@ -164,6 +164,13 @@ def _config(overrides: list[str]):
     return PerceptionConfig.from_dict(d)
 
 
+def process_settings(args) -> dict:
+    """The perception core runs in this process: torch's pool is the speaker embedder's
+    (:func:`erc_ros.assemble.torch_threads`)."""
+    from erc_ros.assemble import torch_threads
+    return {"torch_threads": torch_threads()}
+
+
 def run(args) -> int:
     from tqdm import tqdm
 

@@ -110,9 +110,9 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     ex = SingleThreadedExecutor()
     ex.add_node(node)
-    from erc_ros.ros.lifecycle import quiet_gc
+    from erc_ros import process
 
-    quiet_gc()  # the measuring process's own collector pauses are not the nodes' latency
+    process.freeze_heap()  # the measuring process's own collector pauses are not the nodes' latency
     spin = threading.Thread(target=ex.spin, daemon=True)
     spin.start()
     try:
@@ -223,6 +223,12 @@ def _score(finals: list[dict], received: list, lines: list[str]) -> dict:
            "mean_ms": float(v.mean()) if v.size else float("nan"),
            "latencies_ms": [round(x, 3) for x in lat]}
     return res
+
+
+def process_settings(args) -> dict:
+    """This process only plays and measures (the nodes run in their own, which sets its
+    own): torch is not loaded here."""
+    return {"torch_threads": None}
 
 
 def run(args) -> int:

@@ -19,7 +19,6 @@ CLI: ``python -m erc_ros gen-conversation --script FILE|--meld CSV --out DIR``.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -292,21 +291,28 @@ def parse_script(text: str) -> list[ScriptLine]:
     return out
 
 
+#: Typographic characters of MELD's text, spelled as the speech synthesizer (and a
+#: simulated ASR) would say and write them.
+_SPOKEN = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"',
+                         "\u2026": "..."})
+
+
 def read_meld(csv_path: str | Path, dialogues: Optional[Sequence[int]] = None,
               max_dialogues: Optional[int] = None) -> list[list[ScriptLine]]:
-    """MELD-format CSV -> dialogues (lists of lines in Utterance_ID order) with real labels."""
-    by_dia: dict[int, list[tuple[int, ScriptLine]]] = {}
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            d, u = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
-            if dialogues is not None and d not in dialogues:
-                continue
-            text = row["Utterance"].replace("\u2019", "'").replace("\u2018", "'")
-            text = text.replace("\u201c", '"').replace("\u201d", '"').replace("\u2026", "...")
-            by_dia.setdefault(d, []).append(
-                (u, ScriptLine(row["Speaker"], text, row["Emotion"].lower(), f"dia{d}_utt{u}")))
-    ids = sorted(by_dia)[:max_dialogues] if max_dialogues else sorted(by_dia)
-    return [[line for _, line in sorted(by_dia[d], key=lambda x: x[0])] for d in ids]
+    """MELD-format CSV -> dialogues (lists of lines in Utterance_ID order) with real labels,
+    read by the one MELD loader (:func:`erc_ros.training.data.load_meld`)."""
+    from erc_ros.training.data import MELD_LABELS, load_meld
+
+    out = []
+    for dlg in load_meld(csv_path):
+        d = int(dlg.conversation_id.rsplit("-", 1)[1])
+        if dialogues is not None and d not in dialogues:
+            continue
+        out.append([ScriptLine(u.speaker_id, u.text.translate(_SPOKEN),
+                               MELD_LABELS[y] if y >= 0 else "",
+                               f"dia{d}_utt{u.utterance_id.rsplit('-', 1)[1]}")
+                    for u, y in zip(dlg.utterances, dlg.labels)])
+    return out[:max_dialogues] if max_dialogues else out
 
 
 def build(lines: Sequence[ScriptLine], gap: tuple[float, float] = (0.5, 1.2), seed: int = 0,

@@ -27,6 +27,13 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="also write eval-bag outputs here")
 
 
+def process_settings(args) -> dict:
+    """The perception core runs in this process: torch's pool is the speaker embedder's
+    (:func:`erc_ros.assemble.torch_threads`)."""
+    from erc_ros.assemble import torch_threads
+    return {"torch_threads": torch_threads()}
+
+
 def run(args) -> int:
     from erc_ros.tools.eval_bag import evaluate, read_labels, summary_markdown
 

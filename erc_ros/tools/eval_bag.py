@@ -50,6 +50,13 @@ def add_arguments(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no per-estimate lines")
 
 
+def process_settings(args) -> dict:
+    """The perception core runs in this process: torch's pool is the speaker embedder's."""
+    from erc_ros.assemble import torch_threads
+    over, _ = perception_overrides(args.config, tuple(args.set))
+    return {"torch_threads": torch_threads(over)}
+
+
 # --- shared set-up ---------------------------------------------------------------------------
 
 def perception_overrides(config: str | Path, sets: tuple = ()) -> tuple[dict, str]:

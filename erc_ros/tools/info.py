@@ -29,7 +29,11 @@ def collect() -> dict:
             report["interfaces"][name] = "ok" if importlib.util.find_spec(name) else "missing"
         except ModuleNotFoundError:
             report["interfaces"][name] = "missing"
-    models = Path(__file__).resolve().parents[2] / "models"
+    here = Path(__file__).resolve().parents[1]
+    report["erc_ros"] = {"path": str(here), "kind": "colcon install" if "site-packages" in
+                         here.parts else "source checkout"}
+    from erc_ros.runtime.manifest import default_model_dir
+    models = Path(default_model_dir()).parent
     report["models"] = sorted(p.name for p in models.iterdir() if p.is_dir()) if models.is_dir() else []
     report["ros_env"] = {k: os.environ.get(k, "") for k in
                          ("ROS_DISTRO", "ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
@@ -42,6 +46,7 @@ def run(args) -> int:
 
     report = collect()
     print(f"python {report['python']}")
+    print(f"erc_ros {report['erc_ros']['path']} ({report['erc_ros']['kind']})")
     for section in ("packages", "interfaces", "ros_env"):
         print(f"{section}:")
         for k, v in report[section].items():

@@ -170,12 +170,6 @@ def write_labels(turns: list[dict], path: Path, t0: float = T0) -> None:
             w.writerow({**t, "start": f"{t0 + t['start']:.6f}", "end": f"{t0 + t['end']:.6f}"})
 
 
-def data_dir() -> Path:
-    import os
-    env = os.environ.get("ERC_ROS_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
 def generate(minutes: Optional[float] = None, script: Optional[str] = None,
              meld_csv: Optional[str] = None, seed: int = 0) -> Any:
     """A conversation from the perception core's generator (espeak-ng voices, faces, labels).
@@ -184,10 +178,12 @@ def generate(minutes: Optional[float] = None, script: Optional[str] = None,
     the MELD dev CSV) in order, until about ``minutes`` of speech (all of them if None).
     """
     from erc_ros.tools import conversation_gen as gen
+    from erc_ros.training.data import data_root
+
     if script:
         lines = gen.parse_script(Path(script).read_text())
         return gen.build(lines, seed=seed, name=Path(script).stem)
-    csv_path = Path(meld_csv) if meld_csv else data_dir() / "meld" / "dev_sent_emo.csv"
+    csv_path = Path(meld_csv) if meld_csv else data_root() / "meld" / "dev_sent_emo.csv"
     dialogues = gen.read_meld(csv_path)
     target = None if minutes is None else minutes * 60
 

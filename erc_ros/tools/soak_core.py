@@ -30,6 +30,13 @@ def add_arguments(p) -> None:
     p.add_argument("--plot", help="write an RSS-over-time PNG here")
 
 
+def process_settings(args) -> dict:
+    """The perception core runs in this process: torch's pool is the speaker embedder's
+    (:func:`erc_ros.assemble.torch_threads`)."""
+    from erc_ros.assemble import torch_threads
+    return {"torch_threads": torch_threads()}
+
+
 def run(args) -> int:
     import psutil
     from tqdm import tqdm

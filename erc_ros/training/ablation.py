@@ -19,8 +19,7 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    import torch
-
+    from erc_ros import process
     from erc_ros.models.encoders.text import TextEncoderConfig
     from erc_ros.models.erc_model import ErcModelConfig, build_model
     from erc_ros.models.preprocessing import PreprocessorConfig, PromptConfig, packaged_minilm_dir
@@ -35,7 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit-train", type=int, default=0, help="use the first N train dialogues")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    process.configure(torch_threads=args.threads, by="ablation")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = data.data_root() / "meld"
@@ -69,7 +68,7 @@ def main(argv=None) -> int:
                          **{k: s["best"][k] for k in ("weighted_f1", "accuracy", "epoch")}})
             print(rows[-1], file=sys.stderr, flush=True)
     (out / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\n| features | head | class weighting | dev weighted F1 | dev accuracy |\n|---|---|---|---|---|")
+    print("\n| features | head | class weighting | dev weighted F1 | dev accuracy |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['features']} | {r['head']} | {'p=0.5' if r['class_weight_power'] else 'off'} "
               f"| {r['weighted_f1']} | {r['accuracy']} |")

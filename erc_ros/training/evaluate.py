@@ -70,13 +70,10 @@ def _pipeline_predictions(model_dir, backend, threads, dialogues, label_names):
 
 
 def run(args) -> int:
-    import torch
-
-    from erc_ros.models.artefact import load_model_dir, read_manifest
+    from erc_ros.models.artefact import load_model_dir, read_manifest, sha256_file
     from erc_ros.training import data
     from erc_ros.training.metrics import plot_confusion, scores
 
-    torch.set_num_threads(args.threads)
     manifest = read_manifest(args.model)
     labels = manifest["label_names"]
     loader = data.load_meld if args.format == "meld" else data.load_emorynlp
@@ -93,7 +90,7 @@ def run(args) -> int:
                                                          dialogues, labels)
     s = scores(y_true, y_pred, labels)
     s.update(model_id=model_id, model_dir=str(args.model), csv=str(args.csv),
-             csv_sha256=data.sha256_of(args.csv), backend=args.backend,
+             csv_sha256=sha256_file(args.csv), backend=args.backend,
              future_context=bool(args.future_context), seconds=round(time.time() - t0, 1))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

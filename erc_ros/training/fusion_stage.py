@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from erc_ros import process
 from erc_ros.models.erc_model import ErcModel
 from erc_ros.models.losses import (pearson_kd, relational_kd, unimodal_self_distillation,
                                    weighted_cross_entropy)
-from erc_ros.training.data import Dialogue, class_counts, class_weights
+from erc_ros.training.data import Dialogue, class_weights
 from erc_ros.training.metrics import scores
 
 
@@ -168,7 +169,7 @@ def train_fusion_stage(head: nn.Module, train: Sequence[CachedDialogue],
                        cfg: FusionStageConfig, log=print, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    torch.set_num_threads(cfg.threads)
+    process.configure(torch_threads=cfg.threads, by="fusion stage")  # no-op under the CLI
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -186,9 +187,8 @@ def train_fusion_stage(head: nn.Module, train: Sequence[CachedDialogue],
                       disable=not progress, leave=False):
             text, audio, video, mm, spk, pad, y = collate([train[i] for i in order[s:s + cfg.batch_size]])
             mm = modality_dropout(mm, cfg.modality_dropout, gen)
-            logits, _ = head(text, audio, video, mm, spk, pad)
+            logits, _, aux = head.forward_with_aux(text, audio, video, mm, spk, pad)
             loss = weighted_cross_entropy(logits, y, cw)
-            aux = getattr(head, "aux_logits", None)
             if aux and cfg.unimodal_self_distill > 0:
                 loss = loss + cfg.unimodal_self_distill * unimodal_self_distillation(
                     aux, logits, mm & ~pad[..., None], cfg.tau)

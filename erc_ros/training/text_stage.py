@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from erc_ros import process
 from erc_ros.models.erc_model import ErcModel
 from erc_ros.models.losses import EmaTeacher, self_distillation, weighted_cross_entropy
 from erc_ros.training.data import Dialogue, class_counts, class_weights
@@ -158,7 +159,7 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
     from erc_ros.training.distributed import DistContext
 
     dist = DistContext.from_env()
-    torch.set_num_threads(cfg.threads)
+    process.configure(torch_threads=cfg.threads, by="text stage")  # no-op under the CLI
     seed_everything(cfg.seed)
     dist.broadcast_module(model)
     net = TextClassifier(model)

@@ -33,7 +33,7 @@ RECIPES = {
         then=[dict(epochs=1, lr=2e-5, warmup=0.0),
               dict(epochs=1, lr=2e-5, warmup=0.0, seed=7, distill=0.5, teacher="previous")],
         # Stage 2: a fresh concat head over the fine-tuned encoder's cached [MASK] vectors,
-        # class weights (n/n_c)^0.5 (the heads ablation in the README picked it).
+        # class weights (n/n_c)^0.5 (the heads ablation in docs/results.md picked it).
         fusion_stage=dict(head="concat", class_weight_power=0.5, epochs=12)),
     # The reference "plain recipe" of the issue (previous 4 utterances, 3 epochs, no extras).
     "plain": dict(
@@ -139,12 +139,12 @@ def model_reference(model_dir: str | Path) -> dict:
     """A trained model named by id, dev metrics and manifest sha256, not by path: provenance
     travels with the model, a path on the training machine means nothing elsewhere."""
     from erc_ros.models.artefact import read_manifest
-    from erc_ros.training.data import sha256_of
+    from erc_ros.models.artefact import sha256_file
 
     m = read_manifest(model_dir)
     return {"model_id": m.get("model_id", ""),
             "dev_metrics": m.get("provenance", {}).get("dev_metrics", {}),
-            "manifest_sha256": sha256_of(Path(model_dir) / "manifest.json")}
+            "manifest_sha256": sha256_file(Path(model_dir) / "manifest.json")}
 
 
 def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads: int):
@@ -172,11 +172,9 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
 
 
 def run(args) -> int:
-    import torch
-
     from erc_ros.models.artefact import (ArtefactError, add_artefact, check_model_id,
                                          save_model_dir)
-    from erc_ros.training.data import sha256_of
+    from erc_ros.models.artefact import sha256_file
     from erc_ros.training.distributed import DistContext
     from erc_ros.training.metrics import plot_confusion
     from erc_ros.training.text_stage import TextStageConfig, teacher_logits, train_text_stage
@@ -187,7 +185,6 @@ def run(args) -> int:
         v = getattr(args, k)
         if v is not None:
             r[k] = v
-    torch.set_num_threads(args.threads)
     train, dev, labels, files = _datasets(args, r)
     if args.limit_dialogues:
         train, dev = train[: args.limit_dialogues], dev[: max(1, args.limit_dialogues // 4)]
@@ -258,7 +255,7 @@ def run(args) -> int:
         return 0
     out = Path(args.out)
     external = bool(r["freeze_word_embeddings"] or r.get("freeze_layers")) and r["encoder"] == "minilm"
-    prov = {"recipe": summary["recipe"], "data": {str(f.name): sha256_of(f) for f in files},
+    prov = {"recipe": summary["recipe"], "data": {str(f.name): sha256_file(f) for f in files},
             "dev_metrics": summary["best"], "train_minutes": summary["wall_minutes"]}
     try:
         save_model_dir(model, out, provenance=prov, dtype="float32" if args.fp32 else "float16",

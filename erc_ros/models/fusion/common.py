@@ -9,6 +9,11 @@ Every head has the same signature (the runtime runs any of them unchanged)::
 ``modality_mask`` is True where the modality is present (order: text, audio, video).
 ``weights`` are the per-modality contributions, summing to 1 over the present modalities
 (heads without learned gates spread them uniformly over what is present).
+
+Training also wants each modality's own logits (unimodal self-distillation, Pearson and
+relational KD): :meth:`FusionHead.forward_with_aux` returns them as a third value, a dict
+``{"text"|"audio"|"video": logits[B,T,C]}`` (``None`` for heads without them). ``forward``
+(what is exported and run) does not compute them.
 """
 from __future__ import annotations
 
@@ -35,6 +40,25 @@ class FusionConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class FusionHead(nn.Module):
+    """Base of the fusion heads: one ``fuse`` computes the prediction and, on request, the
+    per-modality logits; ``forward`` (the runtime signature) drops them."""
+
+    def fuse(self, text, audio, video, modality_mask, speaker_ids, padding_mask,
+             with_aux: bool = False):
+        """-> (logits, weights, aux or None)."""
+        raise NotImplementedError
+
+    def forward(self, text, audio, video, modality_mask, speaker_ids, padding_mask):
+        logits, weights, _ = self.fuse(text, audio, video, modality_mask, speaker_ids,
+                                       padding_mask)
+        return logits, weights
+
+    def forward_with_aux(self, text, audio, video, modality_mask, speaker_ids, padding_mask):
+        return self.fuse(text, audio, video, modality_mask, speaker_ids, padding_mask,
+                         with_aux=True)
 
 
 def uniform_weights(modality_mask: torch.Tensor) -> torch.Tensor:

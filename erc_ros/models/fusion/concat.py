@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import FusionConfig
+from .common import FusionConfig, FusionHead
 
 
 @dataclass
@@ -21,7 +21,7 @@ class ConcatConfig(FusionConfig):
     hidden: int = 0  # 0: a single linear layer over the concatenation
 
 
-class ConcatFusion(nn.Module):
+class ConcatFusion(FusionHead):
     def __init__(self, cfg: ConcatConfig):
         super().__init__()
         self.config = cfg
@@ -37,7 +37,8 @@ class ConcatFusion(nn.Module):
         self.out = nn.Sequential(nn.GELU(), nn.Dropout(cfg.dropout),
                                  nn.Linear(cfg.hidden, cfg.num_classes)) if cfg.hidden else None
 
-    def forward(self, text, audio, video, modality_mask, speaker_ids, padding_mask):
+    def fuse(self, text, audio, video, modality_mask, speaker_ids, padding_mask,
+             with_aux: bool = False):
         parts = []
         for i, (x, p) in enumerate(zip((text, audio, video), self.proj)):
             m = modality_mask[..., i:i + 1].to(x.dtype)
@@ -46,4 +47,4 @@ class ConcatFusion(nn.Module):
         logits = self.out(h) if self.out is not None else h
         norms = torch.stack([p.norm(dim=-1) for p in parts], -1) * modality_mask.to(h.dtype)
         weights = norms / norms.sum(-1, keepdim=True).clamp_min(1e-6)
-        return logits, weights
+        return logits, weights, None

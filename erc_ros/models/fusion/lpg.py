@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import FusionConfig, ModalityProjection, UnimodalHeads, attention_mask, sinusoidal_positions
+from .common import (FusionConfig, FusionHead, ModalityProjection, UnimodalHeads, attention_mask,
+                     sinusoidal_positions)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class _Attn(nn.Module):
         return self.norm(x + self.drop(self.ffn(x)))
 
 
-class LpgFusion(nn.Module):
+class LpgFusion(FusionHead):
     def __init__(self, cfg: LpgConfig):
         super().__init__()
         self.config = cfg
@@ -68,9 +69,9 @@ class LpgFusion(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(d, cfg.num_classes)
         self.unimodal = UnimodalHeads(d, cfg.num_classes)
-        self.aux_logits = None
 
-    def forward(self, text, audio, video, modality_mask, speaker_ids, padding_mask):
+    def fuse(self, text, audio, video, modality_mask, speaker_ids, padding_mask,
+             with_aux: bool = False):
         streams = self.proj(text, audio, video, modality_mask)
         t = padding_mask.shape[1]
         pe = sinusoidal_positions(t, self.config.d_model, text.device)[None]
@@ -92,5 +93,5 @@ class LpgFusion(nn.Module):
         beta = torch.softmax(score.masked_fill(~present, float("-inf")), -1)
         f = (beta.unsqueeze(-1) * u).sum(2)
         logits = self.classifier(self.drop(f))
-        self.aux_logits = self.unimodal(streams) if self.training else None
-        return logits, beta
+        aux = self.unimodal(streams) if with_aux else None
+        return logits, beta, aux

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import (CrossBlock, FusionConfig, ModalityProjection, UnimodalHeads,
+from .common import (CrossBlock, FusionConfig, FusionHead, ModalityProjection, UnimodalHeads,
                      attention_mask, sinusoidal_positions)
 
 
@@ -46,7 +46,7 @@ class _Anchor(nn.Module):
         return self.out(torch.cat(streams, -1)), gate_means
 
 
-class MagtFusion(nn.Module):
+class MagtFusion(FusionHead):
     def __init__(self, cfg: MagtConfig):
         super().__init__()
         self.config = cfg
@@ -60,9 +60,9 @@ class MagtFusion(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.d_model, cfg.num_classes)
         self.unimodal = UnimodalHeads(cfg.d_model, cfg.num_classes)
-        self.aux_logits = None
 
-    def forward(self, text, audio, video, modality_mask, speaker_ids, padding_mask):
+    def fuse(self, text, audio, video, modality_mask, speaker_ids, padding_mask,
+             with_aux: bool = False):
         t_, a_, v_ = self.proj(text, audio, video, modality_mask)
         t = speaker_ids.shape[1]
         se = self.speaker(speaker_ids.clamp(0, self.config.max_speakers - 1)) \
@@ -77,5 +77,5 @@ class MagtFusion(nn.Module):
         logits = self.classifier(self.drop(h))
         w = torch.stack([torch.ones_like(ga), ga, gv], -1) * modality_mask.to(h.dtype)
         weights = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
-        self.aux_logits = self.unimodal((t_, a_, v_)) if self.training else None
-        return logits, weights
+        aux = self.unimodal((t_, a_, v_)) if with_aux else None
+        return logits, weights, aux

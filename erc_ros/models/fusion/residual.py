@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import ContextEncoder, FusionConfig, SpeakerPosition, UnimodalHeads
+from .common import ContextEncoder, FusionConfig, FusionHead, SpeakerPosition
 
 
 @dataclass
@@ -47,7 +47,7 @@ class _Correction(nn.Module):
         return delta, g * s_cos * s_conf, own
 
 
-class ResidualFusion(nn.Module):
+class ResidualFusion(FusionHead):
     def __init__(self, cfg: ResidualConfig):
         super().__init__()
         self.config = cfg
@@ -61,9 +61,9 @@ class ResidualFusion(nn.Module):
         self.audio = _Correction(cfg.audio_dim, d, cfg.num_classes, cfg.dropout)
         self.video = _Correction(cfg.video_dim, d, cfg.num_classes, cfg.dropout)
         self.alpha = nn.Parameter(torch.tensor(float(cfg.alpha_init)))
-        self.aux_logits = None
 
-    def forward(self, text, audio, video, modality_mask, speaker_ids, padding_mask):
+    def fuse(self, text, audio, video, modality_mask, speaker_ids, padding_mask,
+             with_aux: bool = False):
         mt = modality_mask[..., 0:1].to(text.dtype)
         ht = self.text_proj(text) * mt + self.text_missing * (1 - mt)
         if self.context is not None:
@@ -79,5 +79,4 @@ class ResidualFusion(nn.Module):
             aux[name] = own
         w = torch.cat(scales, -1) * modality_mask.to(text.dtype)
         weights = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
-        self.aux_logits = aux if self.training else None
-        return z, weights
+        return z, weights, aux if with_aux else None

@@ -1,0 +1,125 @@
+"""Process-wide settings, made once per process by its entry point and never by a component.
+
+A component (the speaker embedder, a torch backend, the face detector) shares its process
+with others: a thread count it set for itself would silently change everyone's, and the last
+one set would win. So the entry points — each ``python -m erc_ros`` command, each node's
+``main``, the composed process — call :func:`configure` once, from their parameters, and
+log what it set; components only use what is there.
+
+- ``OMP_WAIT_POLICY=PASSIVE`` (:func:`set_environment`): torch's OpenMP threads otherwise
+  busy-wait between parallel regions; on a shared 2-core machine (ONNX Runtime sessions, the
+  ROS executor, other processes) that collapses: MiniLM at 128 tokens took 1.0-1.9 s with
+  two spinning threads vs 0.1 s passive under load 11. It only acts if set before torch is
+  first imported, so :func:`set_environment` runs at the very start of each entry point.
+- torch's intra-op and inter-op thread counts (one pool per process: the speaker embedder
+  and a torch backend share it);
+- OpenCV's thread pool (its default of one thread per core oversubscribes a busy machine);
+- :func:`freeze_heap` after start-up: collect once, then freeze what survived (torch,
+  ONNX Runtime, the model, the message types) out of the collector's reach. A full
+  collection then walks only what the running process allocates, instead of pausing every
+  thread (the GIL) for tens of milliseconds over the whole start-up heap: those pauses were
+  part of the tail of the end-to-end latency.
+
+ONNX Runtime's thread counts are per session, not per process: they stay parameters of the
+sessions (``threads`` of the emotion node, ``perception.vad.threads``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+log = logging.getLogger("erc_ros.process")
+
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    torch_threads: int
+    torch_interop_threads: int
+    opencv_threads: int
+    omp_wait_policy: str
+    set_by: str
+
+    def describe(self) -> str:
+        torch = (f"torch {self.torch_threads} intra-op / {self.torch_interop_threads} inter-op "
+                 "threads" if self.torch_threads else "torch not configured")
+        return (f"process: {torch}, OpenCV {self.opencv_threads}, OMP_WAIT_POLICY "
+                f"{self.omp_wait_policy or 'unset'} (set by {self.set_by})")
+
+
+_settings: Optional[ProcessSettings] = None
+
+
+def set_environment() -> None:
+    """Environment that must be in place before torch (libgomp) loads; idempotent. A value
+    the user exported is kept."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def configure(torch_threads: Optional[int] = 1, opencv_threads: int = 1,
+              torch_interop_threads: int = 1, by: str = "") -> ProcessSettings:
+    """Set the process-wide thread counts, once. The first call sets them and logs what it
+    set; a later call asking for other values changes nothing and says so (a process has
+    one torch pool: the entry point decides it). Returns the settings in effect.
+
+    ``torch_threads=None``: a process that does not run torch (it is not imported for it;
+    torch keeps its own defaults should something load it later)."""
+    global _settings
+    by = by or os.path.basename(sys.argv[0] or "python")
+    with _lock:
+        if _settings is not None:
+            asked = (torch_threads, opencv_threads, torch_interop_threads)
+            have = (_settings.torch_threads, _settings.opencv_threads,
+                    _settings.torch_interop_threads)
+            if asked != have:
+                log.info("%s asked for torch %d / OpenCV %d threads; the process keeps %s",
+                         by, torch_threads, opencv_threads, _settings.describe())
+            return _settings
+        set_environment()
+        if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
+            log.warning("torch was imported before OMP_WAIT_POLICY=PASSIVE was set: its "
+                        "threads busy-wait (call erc_ros.process.set_environment first)")
+        if torch_threads is None:
+            torch_threads = torch_interop_threads = 0
+        else:
+            import torch
+
+            torch.set_num_threads(max(1, int(torch_threads)))
+            try:
+                torch.set_num_interop_threads(max(1, int(torch_interop_threads)))
+            except RuntimeError:  # settable only before the first inter-op work: torch's
+                torch_interop_threads = torch.get_num_interop_threads()
+            torch_threads = torch.get_num_threads()
+        try:
+            import cv2
+
+            cv2.setNumThreads(max(0, int(opencv_threads)))
+        except ImportError:
+            opencv_threads = 0
+        _settings = ProcessSettings(int(torch_threads), int(torch_interop_threads),
+                                    int(opencv_threads), os.environ.get("OMP_WAIT_POLICY", ""),
+                                    by)
+        log.info(_settings.describe())
+        return _settings
+
+
+def settings() -> Optional[ProcessSettings]:
+    """The settings :func:`configure` made (``None`` before it ran)."""
+    return _settings
+
+
+def as_dict() -> dict:
+    return asdict(_settings) if _settings is not None else {}
+
+
+def freeze_heap() -> None:
+    """After start-up (see the module docstring): one full collection, then ``gc.freeze``."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
