@@ -3,7 +3,9 @@
 :func:`plan` turns the launch arguments into a list of :class:`NodeSpec` (executable, name,
 namespace, parameters, remappings). The launch file only declares the arguments and maps
 each NodeSpec onto ``launch_ros.actions.Node`` (CI has no ``launch`` here, see
-docs/ros2-from-pypi notes): everything that can be wrong is in this module and tested.
+shared/notes/ros2-from-pypi.md): everything that can be wrong is in this module and tested.
+The arguments and what they do are documented in docs/ros.md (its launch-arguments table is
+generated from :data:`ARGUMENTS`).
 
 Namespaces: the config file is a ROS 2 params file, whose section keys are matched against
 each node's fully qualified name the way rcl does it (:func:`section_applies`). The package's

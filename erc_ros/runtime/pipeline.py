@@ -154,7 +154,7 @@ class EmotionPipeline:
         needed = needed_stages(model)
         variants = [] if precision in ("auto", "fp32") else [precision]
         # auto on a CPU machine: ONNX Runtime INT8 is 4x faster than torch FP32 for the same
-        # labels (README, Runtime results).
+        # labels (docs/results.md, Runtime).
         ort_for_auto = (backend == "auto" and onnxruntime_available()
                         and not tensorrt_available())
         if ort_for_auto and precision == "auto":
