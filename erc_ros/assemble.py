@@ -51,7 +51,7 @@ def build_config(overrides: dict[str, Any], config_file: str = ""):
     """PerceptionConfig from a YAML file (optional) with flat ``section.field`` overrides
     (ValueError with the reason when a value is refused)."""
     from erc_ros.core.params import unflatten
-    from erc_ros.core.perception import PerceptionConfig
+    from erc_ros.core.config import PerceptionConfig
     base = PerceptionConfig().to_dict()
     if config_file:
         import yaml
@@ -102,7 +102,7 @@ def torch_threads(perception_overrides: Optional[dict[str, Any]] = None,
     over = perception_overrides or {}
     if "diarization.threads" in over:
         return int(over["diarization.threads"])
-    from erc_ros.core.perception import PerceptionConfig
+    from erc_ros.core.config import PerceptionConfig
     return int(PerceptionConfig().diarization.threads)
 
 

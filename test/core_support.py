@@ -46,7 +46,7 @@ def real_conversation() -> cg.GeneratedConversation:
 
 @functools.lru_cache(maxsize=None)
 def core_config(**overrides):
-    from erc_ros.core.perception import PerceptionConfig
+    from erc_ros.core.config import PerceptionConfig
 
     d = {"diarization.warmup": False}
     d.update({k.replace("__", "."): v for k, v in overrides.items()})

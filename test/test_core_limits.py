@@ -37,8 +37,8 @@ def _flood(core, make) -> Counter:
 
 
 def _sizes(core) -> dict:
-    return {"pending": len(core._pending), "untimed": len(core._untimed),
-            "partials": len(core._open_partials), "refusal_keys": len(core.counters["refused"])}
+    return {"pending": len(core.segmenter.pending), "untimed": len(core.segmenter.untimed),
+            "partials": len(core.segmenter.open_partials), "refusal_keys": len(core.counters["refused"])}
 
 
 def test_flood_of_future_finals_is_refused_bounded_and_the_conversation_goes_on():
@@ -80,7 +80,7 @@ def test_flood_of_future_finals_is_refused_bounded_and_the_conversation_goes_on(
             assert refused == {"transcript_future": 2 * FLOOD,
                                "pending_full": 2 * (FLOOD - cap)}
         utts += core.poll(now)
-        assert len(core._pending) <= cap and len(core._untimed) <= cap
+        assert len(core.segmenter.pending) <= cap and len(core.segmenter.untimed) <= cap
     utts += core.flush()
     # The accepted flood came out (nothing waiting is lost) ...
     assert sum(u.text == "near" for u in utts) == cap
@@ -170,7 +170,7 @@ def test_hostile_rate_and_future_flood_through_ingest_reach_the_node_health():
     assert ingest.health.snapshot()["refused"] == {"transcript_future": 200}
     status = to_status("utterances", "test", ingest.health)
     assert {kv.key: kv.value for kv in status.values}["refused.transcript_future"] == "200"
-    assert len(core._pending) == 0
+    assert len(core.segmenter.pending) == 0
 
 
 def test_overlong_asr_text_is_refused_and_state_kept():

@@ -274,7 +274,7 @@ def test_lifecycle_refuses_missing_and_tampered_models(ros, model, tmp_path):
 
 
 def test_every_parameter_is_declared_with_a_description(ros):
-    from erc_ros.core.perception import PerceptionConfig
+    from erc_ros.core.config import PerceptionConfig
     from erc_ros.ros.utterance_node import PARAMETERS, UtteranceNode
     node = UtteranceNode(name="params_check", parameter_overrides=[
         Parameter("autostart", value=False),

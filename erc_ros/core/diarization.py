@@ -152,13 +152,13 @@ class SpeakerEmbedder:
     def process(self, buffer, vad) -> int:
         """Embed every complete, mostly voiced window the VAD has already seen. Windows start
         at speech onsets and every ``step`` after; returns how many were embedded."""
-        if vad.segmenter.open_start is not None:
-            onset = buffer.index_of(vad.segmenter.open_start)
+        if vad.open_start is not None:
+            onset = buffer.index_of(vad.open_start)
             if self.next_index < onset:
                 self.next_index = onset
         self.next_index = max(self.next_index, buffer.n_start)
         pending: list[tuple[int, np.ndarray]] = []
-        limit = min(buffer.n_end, vad.next_index)
+        limit = min(buffer.n_end, vad.next_index)  # what the VAD has seen
         while self.next_index + self.window <= limit:
             i0 = self.next_index
             t0, t1 = buffer.time_of(i0), buffer.time_of(i0 + self.window)
@@ -179,12 +179,11 @@ class SpeakerEmbedder:
     def _embed_pause(self, buffer, vad) -> int:
         """The speech in progress went quiet: embed its uncovered end now, while the VAD's
         hang-over runs, rather than when the utterance closes (after the final ASR result)."""
-        seg = vad.segmenter
-        t1 = seg.pause_start
-        if t1 is None or t1 == self._pause_done or seg.open_start is None:
+        t1 = vad.pause_start
+        if t1 is None or t1 == self._pause_done or vad.open_start is None:
             return 0
         self._pause_done = t1
-        t0 = seg.open_start
+        t0 = vad.open_start
         tol = SPAN_TOLERANCE_S
         covered_to = max((b for a, b, _, _ in self.history if a >= t0 - tol and b <= t1 + tol),
                          default=t0)

@@ -175,6 +175,39 @@ class StreamingVad:
         self.next_index = next_index
         self.probs.clear()
 
+    # -- what the rest of the core may know of, and do to, the segmenter ---------------
+    @property
+    def open_start(self) -> Optional[float]:
+        """Start of the speech segment in progress (padded), else None."""
+        return self.segmenter.open_start
+
+    @property
+    def in_speech(self) -> bool:
+        return self.segmenter.in_speech
+
+    @property
+    def pause_start(self) -> Optional[float]:
+        """Where the speech in progress went quiet (its hang-over running), else None."""
+        return self.segmenter.pause_start
+
+    def processed_until(self, buffer) -> float:
+        """Time of the next window to run: the VAD has looked at the audio before it."""
+        return buffer.time_of(self.next_index)
+
+    def cut_open(self, at: float) -> SpeechSegment:
+        """End the speech segment in progress at ``at`` and return it (an ASR result
+        finalised before the hang-over ended); the segmenter starts afresh, so speech that
+        goes on opens a new segment."""
+        if self.segmenter.open_start is None:
+            raise RuntimeError("cut_open: no speech segment in progress")
+        seg = SpeechSegment(self.segmenter.open_start, at)
+        self.segmenter.reset()
+        return seg
+
+    def close(self) -> list[SpeechSegment]:
+        """End of stream (or epoch): close the segment in progress at the last window."""
+        return self.segmenter.close()
+
     def process(self, buffer) -> list[SpeechSegment]:
         """Run every complete window the buffer holds beyond what was already run."""
         out: list[SpeechSegment] = []

@@ -78,7 +78,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
 def perception_parameters() -> list[tuple[str, Any, str]]:
     """(flat name, default, description) of every PerceptionConfig field usable as a ROS
     parameter (scalars)."""
-    from erc_ros.core.perception import PerceptionConfig
+    from erc_ros.core.config import PerceptionConfig
     return [(k, v, d) for k, v, d in PerceptionConfig.describe()
             if isinstance(v, (bool, int, float, str))]
 

@@ -155,7 +155,7 @@ def add_arguments(p) -> None:
 
 
 def _config(overrides: list[str]):
-    from erc_ros.core.perception import PerceptionConfig
+    from erc_ros.core.config import PerceptionConfig
 
     d = {}
     for kv in overrides:

@@ -1,0 +1,234 @@
+"""The perception core's parameters: one dataclass per section, every field documented.
+
+:class:`PerceptionConfig` gathers the sections; ROS parameters and YAML use the flat names
+``section.field`` (e.g. ``vad.min_silence_seconds``). The README's parameter table is
+generated from :meth:`PerceptionConfig.describe` (the field docs below).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from .params import flatten
+
+__all__ = ["AudioConfig", "VadConfig", "SegmentationConfig", "DiarizationConfig", "FaceConfig",
+           "ConversationConfig", "PerceptionConfig"]
+
+
+def _f(default, doc: str, **kw):
+    """A config field with its documentation (read by ``PerceptionConfig.describe``)."""
+    return field(default=default, metadata={"doc": doc, **kw})
+
+
+@dataclass
+class AudioConfig:
+    capacity_seconds: float = _f(60.0, "seconds of 16 kHz audio kept in the ring buffer")
+    stamp_tolerance_seconds: float = _f(
+        0.1, "stamp jitter ignored between consecutive chunks; beyond it a gap is filled "
+        "with silence or an overlap trimmed")
+    max_gap_fill_seconds: float = _f(
+        5.0, "gaps up to this are filled with silence; a larger forward jump starts a new "
+        "epoch (and a new conversation)")
+    clock_reset_seconds: float = _f(
+        1.0, "a stamp this far behind the buffered audio is a clock reset / bag loop: new "
+        "epoch and conversation; smaller steps back are overlaps (trimmed) or refused")
+    max_chunk_seconds: float = _f(30.0, "longer chunks are refused (InputError 'audio_size')")
+    check_sample_rate: bool = _f(
+        True, "refuse chunks while the stamps advance at a pace the declared sample rate "
+        "cannot explain (InputError 'audio_rate')")
+    rate_tolerance: float = _f(0.15, "relative pace mismatch tolerated by check_sample_rate")
+
+
+@dataclass
+class VadConfig:
+    threshold: float = _f(0.5, "silero-vad speech probability that starts speech")
+    neg_threshold: float = _f(0.35, "probability below which speech may end")
+    min_silence_seconds: float = _f(0.4, "silence hang-over that ends a speech segment")
+    min_speech_seconds: float = _f(0.25, "shorter speech segments are ignored")
+    pad_seconds: float = _f(0.05, "padding added to both ends of a speech segment")
+    threads: int = _f(1, "onnxruntime threads for silero-vad")
+
+
+@dataclass
+class SegmentationConfig:
+    mode: str = _f("auto", "auto | asr_timed | asr_untimed | vad. auto: timed ASR results "
+                   "cut by their times, untimed ones are aligned to voice activity, and "
+                   "speech no result claims within asr_wait_seconds becomes a text-less "
+                   "utterance while no ASR result has been seen for asr_presence_seconds. "
+                   "vad: voice activity alone, emitted at once",
+                   choices=("auto", "asr_timed", "asr_untimed", "vad"))
+    max_utterance_seconds: float = _f(15.0, "longer speech is cut; longer ASR spans keep "
+                                      "their first max_utterance_seconds of audio")
+    min_utterance_seconds: float = _f(0.2, "shorter utterances are dropped (ASR ones "
+                                      "with text are widened to this length instead)")
+    asr_wait_seconds: float = _f(
+        3.0, "how long to wait for audio to cover a timed result, for an untimed final to "
+        "arrive after its speech, or (auto/ASR modes) for text to claim a speech segment")
+    asr_presence_seconds: float = _f(60.0, "auto mode: an ASR result within this long means "
+                                     "ASR is present (unclaimed speech is dropped, not emitted)")
+    emit_untranscribed: bool = _f(False, "with ASR present, emit speech no ASR result claimed "
+                                  "(empty text) instead of dropping it")
+    merge_gap_seconds: float = _f(1.0, "untimed ASR: merge unclaimed speech segments closer "
+                                  "than this into one utterance")
+    words_per_second: float = _f(2.5, "untimed ASR with no speech segment: span estimated "
+                                 "from the word count")
+    max_transcript_lead_seconds: float = _f(
+        5.0, "a timed final whose span ends more than this after the input clock (end of the "
+        "audio pushed, or the last poll time if later), or an untimed final stamped that far "
+        "ahead, is refused (InputError 'transcript_future'): an ASR clock ahead of the "
+        "robot's, or a flood; a result slightly ahead of its audio still waits for it")
+    max_pending_utterances: int = _f(
+        64, "timed finals waiting for their audio, and untimed finals waiting for their "
+        "speech (each); beyond it the newest final is refused (InputError 'pending_full') "
+        "and the waiting ones are kept")
+    max_text_characters: int = _f(
+        2000, "an ASR result with more characters than this is refused (InputError "
+        "'transcript_too_long'): 15 s of speech is a few hundred characters, and the text "
+        "model reads a few hundred tokens at most; a longer one is a flood or a broken ASR")
+
+
+@dataclass
+class DiarizationConfig:
+    enabled: bool = _f(True, "compute speaker embeddings (resemblyzer) and cluster them")
+    window_seconds: float = _f(1.6, "speaker-embedding window (resemblyzer partial = 1.6 s)")
+    step_seconds: float = _f(0.8, "hop between windows embedded while the person speaks")
+    min_voiced: float = _f(0.5, "a window is embedded if this fraction of it is speech")
+    embed_on_pause: bool = _f(False, "embed the end of the speech as soon as it goes quiet "
+                              "(VAD hang-over), so an utterance closed by an ASR result "
+                              "arriving then needs no embedding on the latency path (saves "
+                              "~5-10 ms there; raised DER on one real conversation here)")
+    threshold: float = _f(0.80, "cosine similarity to a speaker centroid to join it")
+    merge_threshold: float = _f(0.85, "two speakers whose centroids reach this similarity "
+                                "continue as the older id (past ids never change)")
+    merge_max_members: int = _f(3, "only a speaker with at most this many utterances is "
+                                "folded into another (big clusters' centroids converge)")
+    enroll_threshold: float = _f(0.75, "cosine similarity to an enrolled voice to take its name")
+    min_new_speaker_seconds: float = _f(1.0, "shorter utterances never found a new speaker")
+    max_speakers: int = _f(20, "cap on speaker clusters (kept across conversations unless "
+                           "reset_on_new_conversation); beyond it, the nearest speaker")
+    reset_on_new_conversation: bool = _f(False, "forget speakers when a conversation starts")
+    warmup: bool = _f(True, "run the embedder once at start so the first utterance is fast")
+    threads: int = _f(1, "torch threads of the process the embedder runs in, set once at its "
+                      "start (more than one on a busy 2-core machine is much slower, not "
+                      "faster)")
+
+
+@dataclass
+class FaceConfig:
+    enabled: bool = _f(True, "buffer frames and attach the speaker's face crops")
+    count: int = _f(8, "face crops per utterance (fixed; nearest detections repeated)")
+    size: int = _f(112, "crop side in pixels (square RGB)")
+    margin: float = _f(0.2, "margin around the detected box, relative to its size")
+    buffer_seconds: float = _f(20.0, "seconds of frames kept")
+    store_fps: float = _f(8.0, "frames kept per second (others are dropped on arrival)")
+    store_max_width: int = _f(640, "frames wider than this are downscaled when stored")
+    detect_width: int = _f(256, "face detection runs on a copy this wide")
+    detect_frames: int = _f(1, "key frames (frames with a face detection) an utterance needs: "
+                            "those detected while the person spoke count, the rest are "
+                            "detected when it closes, on the latency path; other frames "
+                            "reuse the nearest key frame's boxes")
+    detect_fps: float = _f(1.0, "while someone speaks, detect on stored frames at this rate "
+                           "so little detection is left for when the utterance closes")
+    min_face_fraction: float = _f(0.1, "smallest face detected, as a fraction of the width")
+    use_av_activity: bool = _f(True, "with several faces pick the one whose mouth moves "
+                               "while voice is active (else largest / most central)")
+
+
+@dataclass
+class ConversationConfig:
+    new_conversation_gap_seconds: float = _f(60.0, "silence after which a new conversation "
+                                             "starts")
+    history_utterances: int = _f(20, "utterances kept per conversation")
+
+
+_SECTIONS = {"audio": AudioConfig, "vad": VadConfig, "segmentation": SegmentationConfig,
+             "diarization": DiarizationConfig, "faces": FaceConfig,
+             "conversation": ConversationConfig}
+
+
+@dataclass
+class PerceptionConfig:
+    """Every parameter of the core, in sections. ROS parameters / YAML use the flat names
+    ``section.field`` (e.g. ``vad.min_silence_seconds``)."""
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    diarization: DiarizationConfig = field(default_factory=DiarizationConfig)
+    faces: FaceConfig = field(default_factory=FaceConfig)
+    conversation: ConversationConfig = field(default_factory=ConversationConfig)
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict] = None) -> "PerceptionConfig":
+        """From nested dicts ``{"vad": {"threshold": 0.6}}`` and/or flat keys
+        ``{"vad.threshold": 0.6}``. Unknown keys and wrongly typed values raise ValueError."""
+        cfg = cls()
+        for key, value in flatten(d or {}).items():
+            section, _, name = key.partition(".")
+            sub = getattr(cfg, section, None) if section in _SECTIONS else None
+            fields = {f.name: f for f in dataclasses.fields(sub)} if sub is not None else {}
+            if name not in fields:
+                raise ValueError(f"unknown perception parameter '{key}'")
+            setattr(sub, name, _coerce(key, value, fields[name]))
+        cfg.validate()
+        return cfg
+
+    def to_dict(self, flat: bool = False) -> dict:
+        d = dataclasses.asdict(self)
+        return flatten(d) if flat else d
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        """``(flat name, default, description)`` of every parameter, for declaring them."""
+        out = []
+        for section, klass in _SECTIONS.items():
+            for f in dataclasses.fields(klass):
+                out.append((f"{section}.{f.name}", f.default, f.metadata.get("doc", "")))
+        return out
+
+    def validate(self) -> None:
+        if self.segmentation.mode not in ("auto", "asr_timed", "asr_untimed", "vad"):
+            raise ValueError(f"segmentation.mode '{self.segmentation.mode}' is not one of "
+                             "auto, asr_timed, asr_untimed, vad")
+        if self.faces.count < 1 or self.faces.size < 8:
+            raise ValueError("faces.count must be >= 1 and faces.size >= 8")
+        if self.audio.capacity_seconds < self.segmentation.max_utterance_seconds + \
+                self.segmentation.asr_wait_seconds:
+            raise ValueError("audio.capacity_seconds must cover segmentation."
+                             "max_utterance_seconds + asr_wait_seconds")
+        if not (0 < self.vad.neg_threshold <= self.vad.threshold < 1):
+            raise ValueError("need 0 < vad.neg_threshold <= vad.threshold < 1")
+        if not self.segmentation.max_transcript_lead_seconds >= 0:
+            raise ValueError("segmentation.max_transcript_lead_seconds must be >= 0")
+        if self.segmentation.max_pending_utterances < 1:
+            raise ValueError("segmentation.max_pending_utterances must be >= 1")
+        if self.segmentation.max_text_characters < 1:
+            raise ValueError("segmentation.max_text_characters must be >= 1")
+
+
+def _coerce(key: str, value, f: dataclasses.Field):
+    kind = type(f.default)
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"parameter '{key}' must be a bool, got {value!r}")
+        return bool(value)
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number, str)):
+            raise ValueError(f"parameter '{key}' must be a number, got {value!r}")
+        try:
+            v = float(value)
+        except ValueError:
+            raise ValueError(f"parameter '{key}' must be a number, got {value!r}") from None
+        if kind is int:
+            if v != int(v):
+                raise ValueError(f"parameter '{key}' must be an integer, got {value!r}")
+            return int(v)
+        return v
+    if kind is str:
+        return str(value)
+    return value
