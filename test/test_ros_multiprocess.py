@@ -4,6 +4,7 @@ estimate, and the Utterance messages on the wire carry the audio and the span.""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 import threading
@@ -150,3 +151,33 @@ def test_a_read_only_model_dir_is_never_written_and_the_log_says_what_runs(tmp_p
     finally:
         for p in [model, *model.rglob("*")]:
             p.chmod(p.stat().st_mode | 0o200)
+
+
+_PROFILE_PROBE = ("from erc_ros import process; process.set_environment(); import os; "
+                  "print(os.environ['FASTDDS_DEFAULT_PROFILES_FILE']); import rclpy; "
+                  "rclpy.init(); n = rclpy.create_node('profile_probe'); "
+                  "from std_msgs.msg import String; n.create_publisher(String, 'probe', 10); "
+                  "n.destroy_node(); rclpy.shutdown()")
+
+
+def _probe(env: dict) -> str:
+    r = subprocess.run([sys.executable, "-c", _PROFILE_PROBE], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout + r.stderr
+
+
+def test_the_fast_dds_profile_is_used_and_parses(tmp_path):
+    """Every entry point joins DDS with config/fastdds.xml (50 ms heartbeats: a lost sample
+    stalls its topic ~50 ms, not up to 3 s) unless the user set a profile; Fast DDS parses it
+    (a broken profile is reported, so this test would see one)."""
+    from erc_ros.process import fastdds_profile
+
+    env = {k: v for k, v in os.environ.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
+    out = _probe(env)
+    assert fastdds_profile() in out and "XMLPARSER" not in out, out
+    broken = tmp_path / "broken.xml"
+    broken.write_text(Path(fastdds_profile()).read_text().replace("heartbeat_period>",
+                                                                  "heartbeat_periodX>"))
+    out = _probe({**env, "FASTDDS_DEFAULT_PROFILES_FILE": str(broken)})
+    assert str(broken) in out and "XMLPARSER" in out  # the user's own profile is kept
