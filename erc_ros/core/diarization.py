@@ -32,6 +32,9 @@ from .types import SAMPLE_RATE
 
 PARTIAL_SAMPLES = 25600  # resemblyzer partial: 160 mel frames of 10 ms
 SPAN_TOLERANCE_S = 0.15  # a stored window belongs to a span it overhangs by at most this
+#: A tail window made at a pause stands for the close's when both ends agree this closely
+#: (the VAD's padded speech end vs the ASR's end: ~50 ms apart on the demo bag).
+PAUSE_MATCH_S = 0.1
 
 
 def _import_resemblyzer():
@@ -90,7 +93,9 @@ class SpeakerEmbedder:
         self.history: deque = deque(maxlen=max(8, int(history_s / step_s)))
         self.next_index = 0
         self.windows = 0
-        self.pause_windows = 0
+        self.pause_windows = 0  # tail windows made at a pause
+        self.pause_reused = 0  # ... and used by the close instead of making one
+        self._pause_tail = None
         self._pause_done: Optional[float] = None
         self._enc = None
 
@@ -148,6 +153,7 @@ class SpeakerEmbedder:
         self.history.clear()
         self.next_index = next_index
         self._pause_done = None
+        self._pause_tail = None
 
     def process(self, buffer, vad) -> int:
         """Embed every complete, mostly voiced window the VAD has already seen. Windows start
@@ -177,24 +183,28 @@ class SpeakerEmbedder:
         return len(pending) + (self._embed_pause(buffer, vad) if self.embed_on_pause else 0)
 
     def _embed_pause(self, buffer, vad) -> int:
-        """The speech in progress went quiet: embed its uncovered end now, while the VAD's
-        hang-over runs, rather than when the utterance closes (after the final ASR result)."""
+        """The speech in progress went quiet: compute now, while the VAD's hang-over runs,
+        the tail window the utterance's close would compute if it ends here (after the final
+        ASR result, on the latency path). Kept aside, not added to the stream windows: the
+        close uses it only when the utterance really ends at this pause (within
+        ``PAUSE_MATCH_S``), so the embedding is the one the close would have made."""
         t1 = vad.pause_start
         if t1 is None or t1 == self._pause_done or vad.open_start is None:
             return 0
         self._pause_done = t1
         t0 = vad.open_start
-        tol = SPAN_TOLERANCE_S
-        covered_to = max((b for a, b, _, _ in self.history if a >= t0 - tol and b <= t1 + tol),
+        covered_to = max((b for a, b, _, _ in self.history
+                          if a >= t0 - SPAN_TOLERANCE_S and b <= t1 + SPAN_TOLERANCE_S),
                          default=t0)
         computed = self._tail_window(t0, t1, covered_to, buffer)
         if computed is None:
             return 0
-        self.history.append(computed)
+        self._pause_tail = computed
         self.pause_windows += 1
         return 1
 
-    def _tail_window(self, t0: float, t1: float, covered_to: float, buffer):
+    def _tail_window(self, t0: float, t1: float, covered_to: float, buffer,
+                     use_pause: bool = False):
         """(a, t1, embedding, weight) of the window ending at ``t1`` when more than
         ``min_tail`` of [t0, t1] after ``covered_to`` is uncovered (or nothing is), else None;
         its weight is the share of new audio it brings."""
@@ -202,10 +212,15 @@ class SpeakerEmbedder:
         if covered_to > t0 and tail <= self.min_tail:
             return None
         a = max(t0, t1 - self.window / SAMPLE_RATE)
+        weight = min(1.0, max(tail, 0.3) / (self.window / SAMPLE_RATE))
+        ready = self._pause_tail
+        if use_pause and ready is not None and abs(ready[1] - t1) <= PAUSE_MATCH_S and \
+                abs(ready[0] - a) <= PAUSE_MATCH_S:
+            self.pause_reused += 1
+            return ready[0], ready[1], ready[2], weight  # made at the pause: same window
         wav = buffer.read(a, t1)
         if wav.size < int(0.3 * SAMPLE_RATE) or np.abs(wav).max() <= 1e-4:
             return None
-        weight = min(1.0, max(tail, 0.3) / (self.window / SAMPLE_RATE))
         return a, t1, self.embed_windows([wav])[0], weight
 
     def utterance_embedding(self, t0: float, t1: float, buffer, tol: float = SPAN_TOLERANCE_S
@@ -215,12 +230,13 @@ class SpeakerEmbedder:
         inside = [(a, b, e, w) for a, b, e, w in self.history if a >= t0 - tol and b <= t1 + tol]
         covered_to = max((b for _, b, _, _ in inside), default=t0)
         vecs, weights = [e for _, _, e, _ in inside], [w for _, _, _, w in inside]
-        tail = self._tail_window(t0, t1, covered_to, buffer)
+        reused = self.pause_reused
+        tail = self._tail_window(t0, t1, covered_to, buffer, use_pause=True)
         if tail is not None:
             vecs.append(tail[2])
             weights.append(tail[3])
         emb = _unit(np.average(np.stack(vecs), axis=0, weights=weights)) if vecs else None
-        return emb, int(tail is not None)
+        return emb, int(tail is not None and self.pause_reused == reused)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
