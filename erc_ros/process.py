@@ -59,18 +59,11 @@ _settings: Optional[ProcessSettings] = None
 
 
 def fastdds_profile() -> Optional[str]:
-    """erc_ros's Fast DDS profile (``config/fastdds.xml``): beside the package in a source
-    checkout, else ``share/erc_ros/config`` of the first ament prefix that has it."""
-    from pathlib import Path
+    """erc_ros's Fast DDS profile, ``config/fastdds.xml`` (:func:`erc_ros.paths.share_path`)."""
+    from erc_ros.paths import share_path
 
-    here = Path(__file__).resolve().parents[1] / "config" / "fastdds.xml"
-    if here.is_file():
-        return str(here)
-    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        cand = Path(prefix) / "share" / "erc_ros" / "config" / "fastdds.xml"
-        if cand.is_file():
-            return str(cand)
-    return None
+    found = share_path("config", "fastdds.xml")
+    return str(found) if found else None
 
 
 def set_environment() -> None:

@@ -65,19 +65,30 @@ def test_installed_python_package_has_sources_and_generated_messages(colcon_inst
     prefix, src = colcon_install
     pyver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     site = prefix / "lib" / pyver / "site-packages"
-    # The dev venv's .pth puts the work tree first on sys.path; on a robot, the install's
-    # site-packages (from setup.bash's PYTHONPATH) is what Python finds: put it first.
-    code = (f"import sys; sys.path.insert(0, {str(site)!r}); "
-            "import erc_ros, erc_ros.msg, erc_ros.core.types as t; "
+    # As after `source install/setup.bash`: the install's site-packages on PYTHONPATH, its
+    # prefix on AMENT_PREFIX_PATH. The dev venv's .pth (work tree first on sys.path) must
+    # step aside for it: the installed build runs, not the checkout.
+    env = dict(os.environ, PYTHONPATH=str(site),
+               AMENT_PREFIX_PATH=os.pathsep.join([str(prefix), sys.prefix]))
+    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    code = ("import erc_ros, erc_ros.msg, erc_ros.core.types as t; "
             "from erc_ros.msg import EmotionEstimate, Transcript, Utterance; "
-            "print(erc_ros.__file__); print(EmotionEstimate().label == '')")
+            "print(erc_ros.__file__); print(EmotionEstimate().label == ''); "
+            "from erc_ros.runtime.manifest import default_model_dir; print(default_model_dir()); "
+            "from erc_ros.process import fastdds_profile; print(fastdds_profile())")
     out = subprocess.run([sys.executable, "-c", code], cwd=prefix, capture_output=True,
-                         text=True)
+                         text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    first, second = out.stdout.split()[:2]
-    # the installed erc_ros is our package (not the generated, empty one) ...
+    first, second, model, profile = out.stdout.split()[:4]
+    # the installed erc_ros is our package (not the generated, empty one, nor the checkout)
     assert Path(first).is_relative_to(site), first
     assert second == "True"
+    share = prefix / "share" / "erc_ros"
+    assert Path(model) == share / "models" / "default"
+    assert Path(profile) == share / "config" / "fastdds.xml"
+    info = subprocess.run([sys.executable, "-m", "erc_ros", "info"], cwd=prefix,
+                          capture_output=True, text=True, env=env)
+    assert f"erc_ros {site / 'erc_ros'} (colcon install)" in info.stdout, info.stdout
     # ... and holds every source file of ours
     for py in (src / "erc_ros").rglob("*.py"):
         assert (site / "erc_ros" / py.relative_to(src / "erc_ros")).is_file(), py

@@ -103,7 +103,10 @@ def test_eval_bag_scores_a_live_speech_bag_as_the_live_node_runs_it(live_speech_
     offline = replay_bag(live_speech_bag, core, eval_bag.make_pipeline(str(model)))
     rclpy.init()
     try:
-        live = live_replay(live_speech_bag, model_dir=str(model), rate=4.0,
+        # Real time, as the robot runs it: untimed ASR results are aligned to voice activity
+        # the node has processed, and at 4x the live node (diarization on, 2 shared cores)
+        # fell seconds behind the clock and cut speech at the result (failed 1 in 3 runs).
+        live = live_replay(live_speech_bag, model_dir=str(model), rate=1.0,
                            sets=dict(FAST_PERCEPTION))
     finally:
         rclpy.try_shutdown()

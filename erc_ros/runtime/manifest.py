@@ -15,27 +15,20 @@ cache goes through :func:`cache_path`, which refuses a name that would land outs
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from erc_ros.models.artefact import (ArtefactError, add_artefact, artefact_file,  # noqa: F401
                                      check_model_id, load_model_dir, read_manifest,
                                      remove_artefact, sha256_file, verify_file,
                                      verify_model_dir)
+from erc_ros.paths import CHECKOUT, share_path
 
 
 def default_model_dir() -> str:
-    """The embedded default model: ``models/default`` beside the ``erc_ros`` package that is
-    running (a source checkout), else ``share/erc_ros/models/default`` of the first ament
-    prefix that has it (a colcon install)."""
-    here = Path(__file__).resolve().parents[2] / "models" / "default"
-    if here.is_dir():
-        return str(here)
-    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        cand = Path(prefix) / "share" / "erc_ros" / "models" / "default"
-        if cand.is_dir():
-            return str(cand)
-    return str(here)
+    """The embedded default model: ``models/default`` of the source checkout that is running,
+    else ``share/erc_ros/models/default`` of a colcon install (:func:`erc_ros.paths.share_path`)."""
+    found = share_path("models", "default")
+    return str(found or CHECKOUT / "models" / "default")
 
 
 def register_artefact(model_dir: str | Path, path: str | Path, kind: str, **meta) -> dict:

@@ -27,7 +27,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "emotion.yaml"
+from erc_ros.paths import CHECKOUT, share_path
+
+#: The nodes' parameter file (checkout or colcon install).
+DEFAULT_CONFIG = share_path("config", "emotion.yaml") or CHECKOUT / "config" / "emotion.yaml"
 
 
 def add_arguments(p) -> None:
