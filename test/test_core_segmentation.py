@@ -142,3 +142,33 @@ def test_slow_asr_in_auto_mode_gives_no_textless_duplicate():
     utts, _ = stream(core, conv, asr="timed", video=False, asr_delay=1.5)
     assert len(utts) == len(conv.turns) and all(u.has_text for u in utts)
     _each_turn_once(conv, utts)
+
+
+def test_timed_result_waits_for_audio_that_lags_the_clock_but_not_for_audio_that_stopped():
+    """A busy node, or a microphone clock behind ROS time: the clock runs seconds ahead of
+    the audio taken so far. While the audio still grows, a timed result waits for all of the
+    audio it names (a timeout would cut its speaker embedding and its audio short); once the
+    audio stops, it is built after asr_wait_seconds, counted as timed_audio_incomplete."""
+    core = PerceptionCore(core_config(faces__enabled=False, diarization__enabled=False))
+    wait = core.config.segmentation.asr_wait_seconds
+    rng = np.random.default_rng(0)
+    pcm = (0.1 * rng.standard_normal(16000 * 5)).astype(np.float32)
+
+    def push(a, b):  # audio [a, b) s in 0.1 s chunks
+        for i in range(int(a * 10), int(b * 10)):
+            core.push_audio(AudioChunk(i / 10, pcm[i * 1600:(i + 1) * 1600]))
+
+    core.push_transcript(TranscriptEvent(2.0, "one", True, 1.0, 2.0))
+    push(0.0, 0.5)
+    assert core.poll(2.0 + wait + 1.0) == []        # audio lags the clock by 3.5 s, still grows
+    push(0.5, 2.5)
+    (u,) = core.poll(2.0 + wait + 1.5)               # the audio arrived: all of it is used
+    assert (u.start, u.end, u.text) == (1.0, 2.0, "one")
+    assert abs(u.audio.size - 16000) <= 16 and np.count_nonzero(u.audio) >= 0.99 * u.audio.size
+    assert core.stats()["counters"]["timed_audio_incomplete"] == 0
+
+    core.push_transcript(TranscriptEvent(4.0, "two", True, 3.0, 4.0))  # its audio never comes
+    assert core.poll(4.0 + wait + 0.1) == []         # the audio grew 1.6 s ago: still waits
+    (u,) = core.poll(2.0 + wait + 1.5 + wait)        # stopped for asr_wait_seconds: built
+    assert u.text == "two" and not u.audio.any()    # no audio was there to read
+    assert core.stats()["counters"]["timed_audio_incomplete"] == 1

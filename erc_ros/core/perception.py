@@ -48,8 +48,8 @@ __all__ = ["PerceptionCore", "PerceptionConfig", "AudioConfig", "VadConfig",
 # Order of stats()["counters"] (as published on /diagnostics): the core's own counters and
 # the segmenter's, interleaved as they always were.
 _COUNTER_ORDER = ("utterances", "utterances_vad", "utterances_timed", "utterances_untimed",
-                  "untimed_estimated_span", "close_embeddings", "speech_dropped_untranscribed",
-                  "utterances_no_face", "refused", "transcripts", "partials", "frames",
+                  "untimed_estimated_span", "timed_audio_incomplete", "close_embeddings",
+                  "speech_dropped_untranscribed", "utterances_no_face", "refused", "transcripts", "partials", "frames",
                   "conversations", "discontinuities")
 
 
@@ -116,6 +116,10 @@ class PerceptionCore:
         self.segmenter = Segmenter(cfg.segmentation)
         self._ready: list[Utterance] = []
         self._last_poll: Optional[float] = None  # `now` of the last poll (input clock)
+        # The poll `now` at which the buffered audio last grew: audio that still flows but
+        # lags the clock (a busy executor, a microphone clock behind ROS time) is waited for.
+        self._audio_grew_at = -math.inf
+        self._audio_seen_end = -math.inf
         self._conv_index = 0
         self._conv_id = self._make_conv_id()
         self._utt_index = 0
@@ -304,11 +308,15 @@ class PerceptionCore:
 
     def _collect(self, now: float, final: bool) -> list[Utterance]:
         vad_t = self.vad.processed_until(self.buffer)
+        if self.buffer.epoch >= 0 and self.buffer.input_end_time > self._audio_seen_end:
+            self._audio_seen_end = self.buffer.input_end_time
+            self._audio_grew_at = now
         self.segmenter.decide(now, final, vad_t if self.buffer.epoch >= 0 else -math.inf,
                               self.vad)
         out = self._ready
         self._ready = []
-        for p in self.segmenter.ready(now, final, self.buffer.t_end, vad_t):
+        audio_flowing = now - self._audio_grew_at < self.config.segmentation.asr_wait_seconds
+        for p in self.segmenter.ready(now, final, self.buffer.t_end, vad_t, audio_flowing):
             u = self._build(p)
             if u is not None:
                 out.append(u)

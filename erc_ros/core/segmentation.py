@@ -93,7 +93,7 @@ class Segmenter:
         self._last_claimed_end = -math.inf
         self.counters = {"utterances_vad": 0, "utterances_timed": 0, "utterances_untimed": 0,
                          "untimed_estimated_span": 0, "speech_dropped_untranscribed": 0,
-                         "transcripts": 0, "partials": 0}
+                         "timed_audio_incomplete": 0, "transcripts": 0, "partials": 0}
 
     # -- input -------------------------------------------------------------------------
     def add_speech(self, segments: Iterable) -> None:
@@ -249,16 +249,25 @@ class Segmenter:
         return PendingUtterance(start, end, ev.text.strip(), stamp, ev.speaker_hint,
                                 float(ev.confidence), ev.locale)
 
-    def ready(self, now: float, final: bool, audio_end: float,
-              vad_time: float) -> list[PendingUtterance]:
+    def ready(self, now: float, final: bool, audio_end: float, vad_time: float,
+              audio_flowing: bool = False) -> list[PendingUtterance]:
         """The pending utterances to build now, by start time: those whose audio is buffered
         (up to ``audio_end``) and run through the VAD (up to ``vad_time``), those waited for
-        long enough, or all when ``final``."""
+        long enough, or all when ``final``. Long enough is ``asr_wait_seconds`` after the
+        span's end while the audio has stopped growing; while it still grows
+        (``audio_flowing``: it arrives, but behind the clock) a timed result waits up to
+        ``max_transcript_lead_seconds`` more for the audio it names. One built without all
+        its audio is counted (``timed_audio_incomplete``)."""
         sc = self.config
         ready, keep = [], []
         for p in self.pending:
             covered = audio_end >= p.end - 1e-3 and vad_time >= p.end - 0.064
-            if final or covered or now - p.end >= sc.asr_wait_seconds:
+            late = now - p.end
+            waited = late >= sc.asr_wait_seconds and (
+                not audio_flowing or late >= sc.asr_wait_seconds + sc.max_transcript_lead_seconds)
+            if final or covered or waited:
+                if p.timed and not covered:
+                    self.counters["timed_audio_incomplete"] += 1
                 ready.append(p)
             else:
                 keep.append(p)

@@ -67,6 +67,12 @@ class BagPlayer:
         self.clock_pub = node.create_publisher(Clock, "/clock", 10)
         self.pubs = {t: node.create_publisher(message_class(ty), t, RELIABLE)
                      for t, ty in conns.items() if t != GROUND_TRUTH_TOPIC}
+        self.published: dict[str, int] = {t: 0 for t in self.pubs}
+
+    def to_subscribers(self) -> int:
+        """Messages published so far on topics someone subscribes to."""
+        return sum(n for t, n in self.published.items()
+                   if self.pubs[t].get_subscription_count() > 0)
 
     def clock(self, t: float) -> None:
         from rosgraph_msgs.msg import Clock
@@ -99,6 +105,7 @@ class BagPlayer:
                     ground_truth.append(json.loads(deserialize_message(raw, String).data))
                 continue
             self.pubs[topic].publish(raw)
+            self.published[topic] += 1
             n += 1
             if progress and n % 50 == 0:
                 progress(t - start)
@@ -160,6 +167,12 @@ class LiveSession:
         """After the last record: advance /clock, flush the core, wait for the estimates."""
         utt = self.comp.utterance
         deadline = time.monotonic() + timeout
+        # Every record taken from DDS first: on a busy machine the node's executor may still
+        # hold some when the player is done, and the flush would close utterances without
+        # the audio or the results still on their way.
+        sent = self.player.to_subscribers()
+        while time.monotonic() < deadline and utt.health.counts.get("received", 0) < sent:
+            time.sleep(0.02)
         self.player.clock(end_clock + 5.0)
         time.sleep(0.1)
         utt.request_flush()

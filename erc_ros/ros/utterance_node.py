@@ -303,6 +303,7 @@ class UtteranceNode(LifecycleNode):
         return self.get_clock().now().nanoseconds / 1e9
 
     def _enqueue(self, kind: str, msg, topic: str) -> None:
+        self.health.count("received")  # taken from DDS (queued, or dropped if the queue is full)
         self.worker.put((kind, msg, self.now(), topic, time.perf_counter()))
 
     # -- worker ----------------------------------------------------------------------------
