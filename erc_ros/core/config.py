@@ -65,8 +65,10 @@ class SegmentationConfig:
     min_utterance_seconds: float = _f(0.2, "shorter utterances are dropped (ASR ones "
                                       "with text are widened to this length instead)")
     asr_wait_seconds: float = _f(
-        3.0, "how long to wait for audio to cover a timed result, for an untimed final to "
-        "arrive after its speech, or (auto/ASR modes) for text to claim a speech segment")
+        3.0, "how long to wait for audio to cover a timed result (up to "
+        "max_transcript_lead_seconds more while that audio still arrives, behind the clock), "
+        "for an untimed final to arrive after its speech, or (auto/ASR modes) for text to "
+        "claim a speech segment")
     asr_presence_seconds: float = _f(60.0, "auto mode: an ASR result within this long means "
                                      "ASR is present (unclaimed speech is dropped, not emitted)")
     emit_untranscribed: bool = _f(False, "with ASR present, emit speech no ASR result claimed "
