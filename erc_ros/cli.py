@@ -75,3 +75,7 @@ register("bench-core", "erc_ros.tools.bench_core",
          "perception core: DER (synthetic + real speech) and real-time factor, per stage")
 register("soak-core", "erc_ros.tools.soak_core",
          "perception core: stream a long synthetic conversation, check memory stays flat")
+register("transcribe", "erc_ros.tools.transcribe",
+         "speech to text with the embedded Whisper (WAV files; --prepare readies the models)")
+register("bench-asr", "erc_ros.tools.bench_asr",
+         "embedded ASR: WER on real English prompts, real-time factor, end-of-speech latency")

