@@ -5,12 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo soak clean help
+.PHONY: setup test demo demo-asr soak clean help
 
 help:
 	@echo "make setup   create .venv (ROS 2 wheels, torch CPU, deps) and build the interfaces"
 	@echo "make test    set up, then run the whole test suite"
 	@echo "make demo    set up, then replay the sample bag through the nodes"
+	@echo "make demo-asr  the same without the bag's transcripts: the embedded recognizer listens"
 	@echo "make soak    long soak / memory tests (kept out of make test)"
 	@echo "make clean   remove build outputs (keeps .venv)"
 
@@ -22,6 +23,9 @@ test: setup
 
 demo: setup
 	$(PY) -m erc_ros demo
+
+demo-asr: setup
+	$(PY) -m erc_ros demo --asr embedded
 
 soak: setup
 	$(PY) -m pytest -m soak -p no:cacheprovider $(PYTEST_ARGS)

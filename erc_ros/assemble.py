@@ -7,7 +7,8 @@ nowhere else:
 
 - the segmentation mode for the ASR in use (:func:`segmentation_for_asr`): untimed ASR
   (LiveSpeech, String, ROS4HRI voices) -> ``asr_untimed``; none -> ``vad``; a timed
-  ``erc_ros/Transcript`` keeps ``auto``;
+  ``erc_ros/Transcript`` keeps ``auto``; the embedded recognizer (``embedded``) ->
+  ``asr_timed`` with ``asr.enabled`` (its results are timed finals);
 - face crops: made only when the model uses video or the utterances are published, unless
   ``faces.enabled`` is set explicitly (:func:`perception_config`);
 - where the default model is (:func:`default_model_dir`);
@@ -24,7 +25,7 @@ from erc_ros.runtime.manifest import default_model_dir
 
 #: ASR type (the utterance node's ``asr_type``) -> segmentation mode when it is ``auto``.
 ASR_SEGMENTATION = {"live_speech": "asr_untimed", "hri_voices": "asr_untimed",
-                    "string": "asr_untimed", "none": "vad"}
+                    "string": "asr_untimed", "embedded": "asr_timed", "none": "vad"}
 
 #: ROS message type of an ASR topic -> the ``asr_type`` that reads it.
 ASR_TYPE_OF_MSG = {"erc_ros/msg/Transcript": "transcript",
@@ -35,6 +36,13 @@ def segmentation_for_asr(overrides: dict[str, Any], asr_type: str) -> dict[str, 
     """Resolve ``segmentation.mode: auto`` from the ASR in use (see the module docstring):
     untimed producers make speech always wait for its text, even before the first result."""
     out = dict(overrides)
+    if out.get("asr.enabled") and asr_type not in ("embedded", "none"):
+        raise ValueError(f"perception.asr.enabled runs the embedded recognizer, and asr_type "
+                         f"{asr_type} reads another ASR: each utterance would come twice "
+                         "(use asr_type embedded)")
+    if asr_type == "embedded" or out.get("asr.enabled"):
+        asr_type = "embedded"
+        out.setdefault("asr.enabled", True)
     if out.get("segmentation.mode", "auto") == "auto" and asr_type in ASR_SEGMENTATION:
         out["segmentation.mode"] = ASR_SEGMENTATION[asr_type]
     return out
@@ -62,11 +70,15 @@ def build_config(overrides: dict[str, Any], config_file: str = ""):
 
 def perception_config(overrides: dict[str, Any], config_file: str = "",
                       asr_type: str = "transcript", uses_video: Optional[bool] = None,
-                      publish_utterances: bool = True):
+                      publish_utterances: bool = True, offline: bool = False):
     """The utterance node's PerceptionConfig. ``overrides``: the ``perception.*`` values the
     user set (flat, without the prefix); ``uses_video``: whether the model the utterances
-    go to uses video (None: unknown, crops are made)."""
+    go to uses video (None: unknown, crops are made); ``offline``: a replay as fast as the
+    machine goes (eval-bag), where the embedded recognizer runs inline (deterministic; on its
+    own thread it would fall behind and refuse speech a robot in real time would hear)."""
     over = segmentation_for_asr(overrides, asr_type)
+    if offline and over.get("asr.enabled"):
+        over.setdefault("asr.synchronous", True)
     if uses_video is False and not publish_utterances:
         # Nobody would see the crops: ~5-10 ms per utterance off the latency path.
         over.setdefault("faces.enabled", False)

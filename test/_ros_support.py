@@ -29,12 +29,14 @@ def tiny_model_dir(path: Path) -> Path:
     return path
 
 
-def make_bag(out: Path, script: str = SCRIPT, fps: float = 2.0, storage: str = "mcap") -> Path:
+def make_bag(out: Path, script: str = SCRIPT, fps: float = 2.0, storage: str = "mcap",
+             transcripts: bool = True) -> Path:
     from erc_ros.tools import make_bag as mb
     script_file = out.parent / f"{out.name}.txt"
     script_file.write_text(script)
     rc = mb.run(_Args(out=str(out), minutes=None, script=str(script_file), meld_csv=None,
-                      seed=0, fps=fps, storage=storage, jpeg_quality=60))
+                      seed=0, fps=fps, storage=storage, jpeg_quality=60,
+                      no_transcripts=not transcripts))
     assert rc == 0
     return out
 

@@ -432,6 +432,10 @@ class WhisperRecognizer:
             lo, hi = offset + a / SAMPLE_RATE, offset + b / SAMPLE_RATE
             voiced = _voiced_frames(piece) if cfg.word_timestamps else None
             with self._lock:  # one decode at a time per model (num_workers=1)
+                # The temperature fallback samples: the seed is reset for each piece, so the
+                # same audio gives the same text, whatever was decoded before it.
+                import ctranslate2
+                ctranslate2.set_random_seed(0)
                 segments, info = self.model.transcribe(
                     piece, language=lang or None, beam_size=int(cfg.beam_size),
                     temperature=temperature, word_timestamps=cfg.word_timestamps,

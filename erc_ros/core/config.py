@@ -12,10 +12,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .asr import AsrConfig
 from .params import flatten
 
 __all__ = ["AudioConfig", "VadConfig", "SegmentationConfig", "DiarizationConfig", "FaceConfig",
-           "ConversationConfig", "PerceptionConfig"]
+           "ConversationConfig", "AsrConfig", "PerceptionConfig"]
 
 
 def _f(default, doc: str, **kw):
@@ -151,7 +152,7 @@ class ConversationConfig:
 
 _SECTIONS = {"audio": AudioConfig, "vad": VadConfig, "segmentation": SegmentationConfig,
              "diarization": DiarizationConfig, "faces": FaceConfig,
-             "conversation": ConversationConfig}
+             "conversation": ConversationConfig, "asr": AsrConfig}
 
 
 @dataclass
@@ -165,6 +166,7 @@ class PerceptionConfig:
     diarization: DiarizationConfig = field(default_factory=DiarizationConfig)
     faces: FaceConfig = field(default_factory=FaceConfig)
     conversation: ConversationConfig = field(default_factory=ConversationConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
 
     @classmethod
     def from_dict(cls, d: Optional[dict] = None) -> "PerceptionConfig":
@@ -212,6 +214,7 @@ class PerceptionConfig:
             raise ValueError("segmentation.max_pending_utterances must be >= 1")
         if self.segmentation.max_text_characters < 1:
             raise ValueError("segmentation.max_text_characters must be >= 1")
+        self.asr.validate()
 
 
 def _coerce(key: str, value, f: dataclasses.Field):

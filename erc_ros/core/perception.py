@@ -114,6 +114,21 @@ class PerceptionCore:
             if fc.enabled else None
         self.history = ConversationHistory(cfg.conversation.history_utterances)
         self.segmenter = Segmenter(cfg.segmentation)
+        # The embedded recognizer (asr.enabled): each speech segment the VAD closes is
+        # transcribed (on its own thread behind a bounded queue, or inline when
+        # asr.synchronous) and comes back as a timed final.
+        self.recognizer = self.asr_worker = None
+        self._asr_backlog: deque = deque()  # [start, end, result or None], in speech order
+        self._asr_ready: dict[tuple[float, float], float] = {}  # span -> perf_counter ready
+        self.asr_counters = {"segments": 0, "results": 0, "no_text": 0, "refused_full": 0,
+                             "errors": 0}
+        if cfg.asr.enabled:
+            from .asr import AsrWorker, WhisperRecognizer
+            t = time.perf_counter()
+            self.recognizer = WhisperRecognizer(cfg.asr).load()
+            self._timer.add("load_asr", time.perf_counter() - t)
+            if not cfg.asr.synchronous:
+                self.asr_worker = AsrWorker(self.recognizer)
         self._ready: list[Utterance] = []
         self._last_poll: Optional[float] = None  # `now` of the last poll (input clock)
         # The poll `now` at which the buffered audio last grew: audio that still flows but
@@ -222,7 +237,7 @@ class PerceptionCore:
         t = time.perf_counter()
         segs = self.vad.process(self.buffer)
         self._timer.add("vad", time.perf_counter() - t)
-        self.segmenter.add_speech(segs)
+        self._speech(segs)
         if self.embedder is not None:
             t = time.perf_counter()
             n = self.embedder.process(self.buffer, self.vad)
@@ -230,6 +245,83 @@ class PerceptionCore:
                 self._timer.add("embed_stream", time.perf_counter() - t, n)
         if self.frames is not None and self.vad.open_start is not None:
             self._detect_while_speaking(self.vad.open_start)
+
+    # -- embedded speech recognition --------------------------------------------------
+    def _speech(self, segments) -> None:
+        """Speech segments the VAD closed: to the segmenter, and each to the recognizer."""
+        segments = list(segments)
+        self.segmenter.add_speech(segments)
+        if self.recognizer is None:
+            return
+        for seg in segments:
+            self._recognize(seg.start, seg.end)
+        self._asr_results()
+
+    def _recognize(self, start: float, end: float) -> None:
+        from .asr import AsrResult
+        audio = self.buffer.read(start, end)
+        self.segmenter.claim(start, end)
+        self.asr_counters["segments"] += 1
+        if self.asr_worker is None:
+            t = time.perf_counter()
+            try:
+                res = self.recognizer.transcribe(audio, offset=start)
+            except Exception as e:  # counted; the speech still comes out, without text
+                res = AsrResult.empty(audio.size / SAMPLE_RATE, error=f"{type(e).__name__}: {e}")
+            self._timer.add("asr", time.perf_counter() - t)
+            self._asr_result(start, end, res, time.perf_counter())
+            return
+        entry = [start, end, None]
+        if not self.asr_worker.submit(entry, audio, start, end):
+            # Overloaded recognizer: the speech still becomes an utterance, without text
+            # (after the segments before it, so utterances keep their order).
+            self.asr_counters["refused_full"] += 1
+            entry[2] = AsrResult.empty(audio.size / SAMPLE_RATE, error="refused_full")
+        self._asr_backlog.append(entry)
+
+    def _asr_results(self, wait: bool = False) -> None:
+        """Hand finished recognitions to the segmenter in speech order (``wait``: the
+        pending ones too)."""
+        if self.asr_worker is None:
+            return
+        if wait and not self.asr_worker.wait_idle(timeout=120.0):
+            import logging
+            logging.getLogger("erc_ros.perception").warning(
+                "embedded ASR still busy after 120 s; its results come with later polls")
+        for r in self.asr_worker.results():
+            r.segment_id[2] = r.result
+            # the worker's monotonic finish time on the perf_counter clock
+            r.segment_id.append(time.perf_counter() - (time.monotonic() - r.done))
+        while self._asr_backlog and self._asr_backlog[0][2] is not None:
+            start, end, res, *ready = self._asr_backlog.popleft()
+            self._asr_result(start, end, res, ready[0] if ready else time.perf_counter())
+
+    def _asr_result(self, start: float, end: float, res, ready: float) -> None:
+        text = res.text.strip()
+        if res.error != "refused_full":  # a refused segment was counted at submit
+            self.asr_counters["results"] += 1
+            if res.error:
+                self.asr_counters["errors"] += 1  # the speech comes out without text
+            elif not text:
+                # Nothing recognized (noise, music, a cough): like speech no external ASR
+                # result claims, dropped (counted) unless segmentation.emit_untranscribed.
+                self.asr_counters["no_text"] += 1
+                if not self.config.segmentation.emit_untranscribed:
+                    return
+        self._asr_ready[(start, end)] = ready
+        while len(self._asr_ready) > 256:  # entries of finals refused (pending_full)
+            self._asr_ready.pop(next(iter(self._asr_ready)))
+        self._asr_final(start, end, text, res.confidence, res.language)
+
+    def _asr_final(self, start: float, end: float, text: str, confidence: float = math.nan,
+                   language: str = "") -> None:
+        text = text[:self.config.segmentation.max_text_characters]
+        ev = TranscriptEvent(self._input_clock(), text, True, start, end, confidence,
+                             locale=language)
+        try:
+            self.segmenter.push_transcript(ev, self._input_clock())
+        except InputError as e:  # e.g. pending_full: counted as a refusal
+            self._refuse(e)
 
     def _detect_while_speaking(self, since: float) -> None:
         """Detect faces on a few frames of the speech in progress (off the close path)."""
@@ -298,7 +390,8 @@ class PerceptionCore:
             speaker_id=dec.speaker_id, start=start, end=end, text=p.text, audio=audio,
             faces=faces, speaker_source=dec.source, speaker_confidence=dec.confidence,
             text_confidence=p.text_confidence, locale=p.locale,
-            final_stamp=None if math.isnan(p.final_stamp) else p.final_stamp, features=features)
+            final_stamp=None if math.isnan(p.final_stamp) else p.final_stamp, features=features,
+            asr_ready=self._asr_ready.pop((p.start, p.end), None) if p.timed else None)
         self._last_end = end if self._last_end is None else max(self._last_end, end)
         self.history.add(utt)
         self.counters["utterances"] += 1
@@ -328,6 +421,7 @@ class PerceptionCore:
             t = time.perf_counter()
             self._last_poll = float(now)
             self._advance()
+            self._asr_results()
             out = self._collect(float(now), final=False)
             self._timer.add("poll", time.perf_counter() - t)
             return out
@@ -338,7 +432,8 @@ class PerceptionCore:
             t = time.perf_counter()
             self.buffer.flush()
             self._advance()
-            self.segmenter.add_speech(self.vad.close())
+            self._speech(self.vad.close())
+            self._asr_results(wait=True)
             now = self.buffer.t_end if self.buffer.epoch >= 0 else 0.0
             out = self._collect(now, final=True)
             self._timer.add("poll", time.perf_counter() - t)
@@ -348,7 +443,8 @@ class PerceptionCore:
         """Called by the buffer before it starts a new epoch: finish the old one."""
         self.counters["discontinuities"] += 1
         self._advance()
-        self.segmenter.add_speech(self.vad.close())
+        self._speech(self.vad.close())
+        self._asr_results(wait=True)
         self._ready.extend(self._collect(self.buffer.t_end, final=True))
         self.segmenter.new_epoch()
         self.vad.reset(0)
@@ -373,7 +469,7 @@ class PerceptionCore:
                           "ms_per_audio_s": round(1000 * v / audio_s, 3) if audio_s else None}
                       for k, v in self._timer.total.items()}
             work = sum(v for k, v in self._timer.total.items()
-                       if k not in ("poll", "load_embedder"))
+                       if k not in ("poll", "load_embedder", "load_asr"))
             close = np.asarray(self._close_ms) if self._close_ms else np.zeros(0)
             return {
                 "conversation_id": self._conv_id,
@@ -399,4 +495,23 @@ class PerceptionCore:
                 "realtime_factor": round(audio_s / work, 2) if work > 0 else None,
                 "close_ms_p50": float(np.percentile(close, 50)) if close.size else None,
                 "close_ms_p95": float(np.percentile(close, 95)) if close.size else None,
+                "asr": self._asr_stats(),
             }
+
+    def _asr_stats(self) -> dict:
+        """The embedded recognizer's counters (segments, results, no_text, refused_full,
+        errors), and, on its own thread, queue and submit -> result latency."""
+        if self.recognizer is None:
+            return {"enabled": False}
+        out = {"enabled": True, "model": self.config.asr.model, **self.asr_counters}
+        if self.asr_worker is not None:
+            w = self.asr_worker.stats()
+            out.update(pending=w["pending"], queue_capacity=w["queue_capacity"],
+                       latency_p50_ms=w["latency_p50_ms"], latency_p95_ms=w["latency_p95_ms"],
+                       realtime_factor=w["realtime_factor"])
+        return out
+
+    def close(self) -> None:
+        """Stop the recognizer's thread (after the segments it accepted). Idempotent."""
+        if self.asr_worker is not None:
+            self.asr_worker.close(timeout=30.0)

@@ -274,6 +274,12 @@ class Segmenter:
         self.pending = keep
         return sorted(ready, key=lambda p: p.start)
 
+    def claim(self, start: float, end: float) -> None:
+        """Speech [start, end] is being recognized (the embedded ASR): its result comes as
+        a timed final later, so the speech it covers is neither emitted nor dropped
+        meanwhile (see :meth:`decide`)."""
+        self._timed_spans.append((float(start), float(end)))
+
     def built(self, p: PendingUtterance) -> None:
         """``p`` became an utterance: a timed one goes on claiming the speech it overlaps."""
         if p.timed:

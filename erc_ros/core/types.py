@@ -104,6 +104,9 @@ class Utterance:
     text_confidence: float = float("nan")
     locale: str = ""
     final_stamp: Optional[float] = None  # when the final ASR result (or VAD end) arrived
+    # Embedded ASR: time.perf_counter() when the recognizer's text was ready (the node
+    # measures ASR final -> utterance/estimate from it); None otherwise.
+    asr_ready: Optional[float] = None
     # Features the core computed while the person spoke, reused downstream so nothing is
     # computed twice on the latency path: e.g. "speaker_embedding" (the diarization d-vector).
     features: dict[str, np.ndarray] = field(default_factory=dict)

@@ -10,7 +10,7 @@ from typing import Any
 
 IMAGE_TRANSPORTS = ("raw", "compressed", "none")
 AUDIO_MSGS = ("stamped", "raw", "none")
-ASR_TYPES = ("transcript", "live_speech", "hri_voices", "string", "none")
+ASR_TYPES = ("transcript", "live_speech", "hri_voices", "string", "embedded", "none")
 RELIABILITIES = ("reliable", "best_effort")
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("auto", "fp32", "fp16", "int8")

@@ -39,8 +39,10 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
                             "<image_topic>/compressed) or none (default: from the config file)"),
     "audio_msg": ("", "microphone input: stamped (AudioDataStamped), raw (AudioData) or none "
                       "(default: from the config file)"),
-    "asr_type": ("", "ASR input: transcript, live_speech, hri_voices, string or none "
-                     "(default: from the config file)"),
+    "asr_type": ("", "ASR input: transcript, live_speech, hri_voices, string, embedded (the "
+                     "node's own recognizer on the microphone) or none (default: from the "
+                     "config file)"),
+    "asr": ("", "the same as asr_type (asr:=embedded: camera and microphone are enough)"),
     "image_reliability": ("", "QoS reliability of the camera subscription: reliable or "
                               "best_effort (default: from the config file)"),
     "audio_reliability": ("", "QoS reliability of the microphone subscription: reliable or "
@@ -200,6 +202,11 @@ def plan(args: Optional[dict[str, str]] = None) -> list[NodeSpec]:
     over: dict[str, Any] = {"use_sim_time": _truthy(a["use_sim_time"])}
     if a["model_dir"]:
         over["model_dir"] = a["model_dir"]
+    if a["asr"]:
+        if a["asr_type"] and a["asr_type"] != a["asr"]:
+            raise ValueError(f"launch arguments asr:={a['asr']} and asr_type:={a['asr_type']} "
+                             "disagree (asr is a shorthand for asr_type: give one)")
+        a["asr_type"] = a["asr"]
     for key in _CHOICE_ARGUMENTS:
         if a[key]:
             reason = check_choice(key, a[key])

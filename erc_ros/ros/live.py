@@ -31,8 +31,9 @@ def bag_connections(path: str | Path) -> dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections}
 
 
-def node_params_for_bag(conns: dict[str, str]) -> list[Parameter]:
-    """utterance_node parameters that subscribe to what the bag holds."""
+def node_params_for_bag(conns: dict[str, str], asr_type: str = "") -> list[Parameter]:
+    """utterance_node parameters that subscribe to what the bag holds (``asr_type``: the
+    ASR to use instead of the bag's, e.g. ``embedded``)."""
     params = [Parameter("image_reliability", value="reliable")]
     for topic, typ in conns.items():
         if typ == "sensor_msgs/msg/CompressedImage":
@@ -49,12 +50,12 @@ def node_params_for_bag(conns: dict[str, str]) -> list[Parameter]:
             params += [Parameter("audio_info_topic", value=topic)]
     # The ASR the node reads, chosen as eval-bag chooses it (erc_ros.assemble.asr_type_of).
     asr_conns = {t: ty for t, ty in conns.items() if t != GROUND_TRUTH_TOPIC}
-    asr = asr_type_of(asr_conns)
-    if asr != "none":
+    asr = asr_type or asr_type_of(asr_conns)
+    if asr not in ("none", "embedded"):
         topic = next(t for t, ty in asr_conns.items() if ASR_TYPE_OF_MSG.get(ty) == asr)
         params += [Parameter("asr_type", value=asr), Parameter("asr_topic", value=topic)]
     else:
-        params += [Parameter("asr_type", value="none")]
+        params += [Parameter("asr_type", value=asr)]
     return params
 
 
@@ -118,14 +119,14 @@ class LiveSession:
     def __init__(self, bag: str | Path, config: Optional[str | Path] = None,
                  model_dir: str = "", backend: str = "auto", precision: str = "auto",
                  threads: int = 2, extra_utterance_params: Optional[list] = None,
-                 on_estimate: Optional[Callable[[Any, Any], None]] = None):
+                 on_estimate: Optional[Callable[[Any, Any], None]] = None, asr_type: str = ""):
         from erc_ros.msg import EmotionEstimate
         from erc_ros.ros.composed import ComposedPipeline
 
         self.bag = Path(bag)
         conns = bag_connections(bag)
         sim = Parameter("use_sim_time", value=True)
-        u_params = [sim, *node_params_for_bag(conns), *(extra_utterance_params or [])]
+        u_params = [sim, *node_params_for_bag(conns, asr_type), *(extra_utterance_params or [])]
         e_params = [sim, Parameter("model_dir", value=model_dir),
                     Parameter("prepare", value=True),  # a CLI (eval-bag --live, demo)
                     Parameter("backend", value=backend), Parameter("precision", value=precision),
@@ -190,8 +191,10 @@ class LiveSession:
 
 def live_replay(bag: str | Path, config=None, model_dir: str = "", backend: str = "auto",
                 precision: str = "auto", threads: int = 2, rate: float = 1.0,
-                on_estimate=None, progress=None, sets: Optional[dict] = None) -> ReplayResult:
-    """Replay one bag through the live composed nodes; returns like ``replay_bag``."""
+                on_estimate=None, progress=None, sets: Optional[dict] = None,
+                asr_type: str = "") -> ReplayResult:
+    """Replay one bag through the live composed nodes; returns like ``replay_bag``
+    (``asr_type``: instead of the bag's ASR, e.g. ``embedded``)."""
     own_context = not rclpy.ok()
     if own_context:
         rclpy.init()
@@ -199,7 +202,8 @@ def live_replay(bag: str | Path, config=None, model_dir: str = "", backend: str 
         start, end = bag_span(bag)
         extra = [Parameter(k, value=v) for k, v in (sets or {}).items()]
         sess = LiveSession(bag, config, model_dir, backend, precision, threads,
-                           extra_utterance_params=extra, on_estimate=on_estimate)
+                           extra_utterance_params=extra, on_estimate=on_estimate,
+                           asr_type=asr_type)
         res = ReplayResult(duration_s=end - start)
         t0 = time.perf_counter()
         if not sess.start(start):

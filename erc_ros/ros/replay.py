@@ -101,6 +101,10 @@ def _prefetch(path, ingest: Ingest, depth: int = 256):
                 th.join(0.05)
 
 
+#: Ingest kinds of ASR messages (the bag's own recognizer).
+ASR_KINDS = ("transcript", "live_speech", "string")
+
+
 @dataclass
 class ReplayResult:
     estimates: list = field(default_factory=list)  # Estimate
@@ -118,7 +122,9 @@ def replay_bag(path: str | Path, core: Any, pipeline: Any,
                poll_period: float = 0.05) -> ReplayResult:
     """Replay one bag through ``core`` and ``pipeline``; each utterance is predicted as soon
     as the core releases it, in order, as the node would. ``on_estimate(utt, est)`` is called
-    for each. ``progress(bag_seconds_done)`` is called now and then."""
+    for each. ``progress(bag_seconds_done)`` is called now and then. With the core's own
+    recognizer on (``asr.enabled``) the bag's ASR messages are not read, as the node with
+    ``asr_type: embedded`` subscribes to none."""
     import json
 
     ingest = Ingest(core)
@@ -139,14 +145,17 @@ def replay_bag(path: str | Path, core: Any, pipeline: Any,
             if on_estimate:
                 on_estimate(utt, est)
 
+    skip = ASR_KINDS if core.config.asr.enabled else ()
     for topic, typename, t_ns, kind, msg, ahead in _prefetch(path, ingest):
         now = t_ns / 1e9
         if topic == GROUND_TRUTH_TOPIC:
             res.ground_truth.append(json.loads(msg.data))
             continue
+        if kind in skip:
+            continue
         res.messages += 1
         ingest.feed(kind, msg, now, topic, converted=ahead)
-        if now - last_poll >= poll_period or kind in ("transcript", "live_speech", "string"):
+        if now - last_poll >= poll_period or kind in ASR_KINDS:
             handle(core.poll(now))
             last_poll = now
         if progress and now - last_progress >= 1.0:

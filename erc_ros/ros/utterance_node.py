@@ -1,5 +1,9 @@
 """The utterance node: camera + microphone + ASR -> ``erc_ros/Utterance``.
 
+With ``asr_type: embedded`` the ASR is the node's own (:mod:`erc_ros.core.asr`, on its own
+thread inside the core): it also publishes what it recognized (:mod:`erc_ros.ros.asr_output`:
+Transcript, and ROS4HRI LiveSpeech per voice with /humans/voices/tracked).
+
 Lifecycle (see STYLE.md): parameters declared in ``__init__``; ``on_configure`` builds the
 PerceptionCore from them; ``on_activate`` subscribes; ``on_cleanup`` frees. Callbacks only
 enqueue (bounded); one worker thread converts, feeds the core (:class:`Ingest`, shared with
@@ -42,7 +46,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                                "(hri_msgs/LiveSpeech on asr_topic), 'hri_voices' (ROS4HRI: "
                                "/humans/voices/<id>/speech for every id on "
                                "/humans/voices/tracked), 'string' (std_msgs/String) or 'none'"),
-    "asr_topic": ("erc_ros/transcript", "ASR topic for asr_type transcript/live_speech/string"),
+    "asr_topic": ("erc_ros/transcript", "ASR topic for asr_type transcript/live_speech/string; "
+                                        "asr_type embedded publishes its Transcripts there"),
     "utterance_topic": ("erc_ros/utterances", "output topic (erc_ros/Utterance)"),
     "publish_utterances": (True, "publish utterances (composed mode may hand them over in "
                                  "memory only: then nothing is advertised)"),
@@ -54,7 +59,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "asr_reliability": ("reliable", "QoS reliability of the ASR subscriptions: 'reliable' or "
                                     "'best_effort'"),
     "max_voices": (32, "asr_type hri_voices: at most this many per-voice subscriptions "
-                       "(ids left /humans/voices/tracked are unsubscribed)"),
+                       "(ids left /humans/voices/tracked are unsubscribed); embedded: at most "
+                       "this many /humans/voices/<id>/speech publishers"),
+    "voice_timeout": (60.0, "asr_type embedded: a voice stays in /humans/voices/tracked this "
+                            "many seconds after it was last heard"),
     "max_image_pixels": (convert.MAX_IMAGE_PIXELS, "largest camera frame accepted (width x height, raw "
                                       "or compressed); larger ones are refused from their "
                                       "header before decoding (refused.image_too_large)"),
@@ -71,6 +79,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 BOUNDS: dict[str, tuple[float, float]] = {
     "queue_size": (1, 1000000), "poll_period": (0.001, 10.0),
     "diagnostics_period": (0.01, 3600.0), "max_voices": (1, 10000),
+    "voice_timeout": (0.1, 1e6),
     "max_image_pixels": (1, 2**31 - 1), "max_image_bytes": (1, 2**31 - 1),
 }
 
@@ -126,6 +135,7 @@ class UtteranceNode(LifecycleNode):
         self._voice_qos = None
         self._final_arrivals: dict[float, float] = {}
         self._pub = None
+        self._asr_out = None  # asr_type embedded: erc_ros.ros.asr_output.AsrOutput
         self._group = MutuallyExclusiveCallbackGroup()
         from diagnostic_msgs.msg import DiagnosticArray
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -176,6 +186,16 @@ class UtteranceNode(LifecycleNode):
                                        "true keeps them)")
         except Exception as err:
             return self._fail(f"cannot build the perception core: {err}")
+        if self.core.recognizer is not None:
+            from erc_ros.ros.asr_output import AsrOutput
+            rec = self.core.recognizer
+            self._asr_out = AsrOutput(self, p["asr_topic"], p["max_voices"], p["voice_timeout"],
+                                      self.health)
+            self.get_logger().info(
+                f"embedded ASR: Whisper {rec.config.model} from {rec.model_path} "
+                f"({rec.config.compute_type}, {rec.config.threads} threads, language "
+                f"{rec.config.language or 'detected'}); transcripts on "
+                f"{self._asr_out.transcripts.topic_name}, ROS4HRI voices on /humans/voices")
         self.health.error = ""
         self.ingest = Ingest(self.core, self.health, max_image_pixels=p["max_image_pixels"],
                              max_image_bytes=p["max_image_bytes"])
@@ -192,7 +212,7 @@ class UtteranceNode(LifecycleNode):
     def _fail(self, msg: str) -> TransitionCallbackReturn:
         self.get_logger().error(msg)
         self.health.error = msg
-        self.core = None
+        self._close_core()
         self.publish_diagnostics()
         return TransitionCallbackReturn.FAILURE
 
@@ -250,14 +270,25 @@ class UtteranceNode(LifecycleNode):
         if self._pub is not None:
             self.destroy_lifecycle_publisher(self._pub)
             self._pub = None
-        self.core = self.ingest = self.worker = None
+        self._close_core()
+        self.ingest = self.worker = None
         self.guard.configured = False
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.worker:
             self.worker.stop()
+        self._close_core()
         return TransitionCallbackReturn.SUCCESS
+
+    def _close_core(self) -> None:
+        """Free the core (the embedded recognizer's thread) and the ASR publishers."""
+        if self._asr_out is not None:
+            self._asr_out.destroy()
+            self._asr_out = None
+        if self.core is not None:
+            self.core.close()
+        self.core = None
 
     # -- subscriptions (callbacks only enqueue) ------------------------------------------
     def _sub(self, cls, topic: str, kind: str, qos) -> None:
@@ -362,8 +393,10 @@ class UtteranceNode(LifecycleNode):
             self.hand_off(utt)
 
     def hand_off(self, utt) -> None:
-        arrival = None
-        if utt.final_stamp is not None:
+        arrival = utt.asr_ready  # the embedded recognizer's text was ready
+        if self._asr_out is not None:
+            self._asr_out.publish(utt, self.now())
+        if arrival is None and utt.final_stamp is not None:
             arrival = self._final_arrivals.pop(round(utt.final_stamp, 6), None)
         if arrival is not None:  # final ASR result received -> utterance ready
             self.health.latency("final_to_utterance", (time.perf_counter() - arrival) * 1e3)
@@ -380,6 +413,8 @@ class UtteranceNode(LifecycleNode):
     def publish_diagnostics(self) -> None:
         if self._diag_pub is None:
             return
+        if self._asr_out is not None:
+            self._asr_out.publish_tracked(self.now())
         extra = {}
         if self.core is not None:
             try:

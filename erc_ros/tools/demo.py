@@ -5,6 +5,9 @@ the sample bag in the repo (``test/data/demo_bag``: a generated multi-speaker co
 with speech, faces, ASR transcripts and labels) into them with ``/clock``, prints one line
 per published estimate and a summary scored against the bag's labels.
 
+``--asr embedded`` (``make demo-asr``) does not read the bag's transcripts: the node's own
+recognizer listens to the bag's audio, as on a robot with only a camera and a microphone.
+
 Regenerate the sample bag: ``python -m erc_ros make-bag --script test/data/demo_script.txt
 --out test/data/demo_bag --fps 3 --jpeg-quality 60``.
 """
@@ -25,6 +28,9 @@ def add_arguments(p) -> None:
     p.add_argument("--offline", action="store_true",
                    help="skip the nodes: the offline replay eval-bag uses (same pipeline)")
     p.add_argument("--out", default=None, help="also write eval-bag outputs here")
+    p.add_argument("--asr", choices=["bag", "embedded"], default="bag",
+                   help="bag: the bag's transcripts; embedded: ignore them, the node's own "
+                        "recognizer hears the audio")
 
 
 def process_settings(args) -> dict:
@@ -60,7 +66,7 @@ def run(args) -> int:
 
     r = evaluate([str(bag)], None, args.model_dir, args.backend, live=not args.offline,
                  rate=args.rate, out=Path(args.out) if args.out else None, on_estimate=line,
-                 progress_bar=False)  # the per-estimate lines are the progress
+                 progress_bar=False, asr=args.asr)  # the per-estimate lines are the progress
     print()
     print(summary_markdown(r))
     return 0 if r["lost"] == 0 else 1

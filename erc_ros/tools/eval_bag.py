@@ -51,6 +51,10 @@ def add_arguments(p) -> None:
                    help="override a utterance_node parameter of --config, e.g. "
                         "perception.diarization.enabled=false (what the node would get)")
     p.add_argument("--quiet", action="store_true", help="no per-estimate lines")
+    p.add_argument("--asr", choices=["bag", "embedded"], default="bag",
+                   help="bag: the bag's own ASR topic; embedded: ignore it and recognize the "
+                        "bag's audio with the node's recognizer (a bag with only a camera and "
+                        "a microphone)")
 
 
 def process_settings(args) -> dict:
@@ -84,14 +88,15 @@ def parse_sets(sets) -> dict:
 
 def make_core(config: str | Path = DEFAULT_CONFIG, sets: tuple = (), pipeline=None,
               asr_type: str = "transcript"):
-    """The utterance node's perception core, assembled as the composed node does
-    (:mod:`erc_ros.assemble`): segmentation for ``asr_type``, no face crops when the
-    ``pipeline``'s model does not use video (unless faces.enabled is set)."""
+    """The utterance node's perception core for an offline replay, assembled as the
+    composed node does (:mod:`erc_ros.assemble`): segmentation for ``asr_type``, no face
+    crops when the ``pipeline``'s model does not use video (unless faces.enabled is set);
+    ``embedded``: the node's own recognizer, inline (deterministic)."""
     from erc_ros.assemble import build_core
     over, file = perception_overrides(config, sets)
     return build_core(over, file, asr_type=asr_type,
                       uses_video=None if pipeline is None else pipeline.model.uses("video"),
-                      publish_utterances=False)
+                      publish_utterances=False, offline=True)
 
 
 def make_pipeline(model_dir: str = "", backend: str = "auto", precision: str = "auto",
@@ -230,7 +235,11 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
              backend: str = "auto", precision: str = "auto", threads: int = 2,
              config: str | Path = DEFAULT_CONFIG, live: bool = False, rate: float = 1.0,
              out: Optional[Path] = None, quiet: bool = True, on_estimate=None,
-             sets: tuple = (), progress_bar: bool = True) -> dict:
+             sets: tuple = (), progress_bar: bool = True, asr: str = "bag") -> dict:
+    """Score ``bags``; ``asr``: ``bag`` reads the bag's own ASR topic, ``embedded`` ignores
+    it and recognizes the bag's audio with the node's recognizer (asr_type embedded)."""
+    if asr not in ("bag", "embedded"):
+        raise ValueError(f"asr must be 'bag' or 'embedded', got {asr!r}")
     from tqdm import tqdm
 
     from erc_ros.ros.replay import bag_span, replay_bag
@@ -265,9 +274,11 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
             from erc_ros.ros.live import live_replay
             res = live_replay(bag, config=config, model_dir=model_dir, backend=backend,
                               precision=precision, threads=threads, rate=rate,
-                              on_estimate=on_est, progress=progress, sets=parse_sets(sets))
+                              on_estimate=on_est, progress=progress, sets=parse_sets(sets),
+                              asr_type="embedded" if asr == "embedded" else "")
         else:
-            core = make_core(config, sets, pipeline, asr_type=bag_asr_type(bag))
+            core = make_core(config, sets, pipeline,
+                             asr_type="embedded" if asr == "embedded" else bag_asr_type(bag))
             res = replay_bag(bag, core, pipeline, on_estimate=on_est, progress=progress)
         labs = labels_for(bag, labels, res.ground_truth)
         pairs = match(labs, res.estimates)
@@ -304,7 +315,7 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
     bar.close()
     cpu_s = time.process_time() - cpu0  # all threads of this process (not --live's nodes)
     lost = sum(1 for _, e in all_pairs if e is None)
-    result = {"bags": per_bag, "mode": "live" if live else "offline",
+    result = {"bags": per_bag, "mode": "live" if live else "offline", "asr": asr,
               "overrides": parse_sets(sets),
               "model_id": pipeline.model_id, "backend": pipeline.backend_name,
               "duration_s": total_dur, "wall_s": total_wall,
@@ -335,7 +346,7 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
 
 
 def summary_markdown(r: dict) -> str:
-    lines = [f"# eval-bag ({r['mode']})", "",
+    lines = [f"# eval-bag ({r['mode']}, ASR: {r.get('asr', 'bag')})", "",
              f"- model `{r['model_id']}` on `{r['backend']}`",
              f"- {len(r['bags'])} bag(s), {r['duration_s'] / 60:.1f} min of conversation in "
              f"{r['wall_s']:.1f} s: **{r['realtime_factor']:.1f}x real time** (load average "
@@ -366,7 +377,7 @@ def run(args) -> int:
             return 2
     r = evaluate(args.bags, args.labels, args.model_dir, args.backend, args.precision,
                  args.threads, args.config, args.live, args.rate, out, quiet=args.quiet,
-                 sets=tuple(args.set))
+                 sets=tuple(args.set), asr=args.asr)
     print(summary_markdown(r))
     print(f"wrote {out}/ (utterances.csv, summary.md, metrics.json, confusion.png)")
     if args.json:

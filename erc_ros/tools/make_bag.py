@@ -9,7 +9,7 @@ ground-truth turns with MELD emotion labels). The bag holds what a robot would r
 | ``/audio`` | audio_common_msgs/AudioDataStamped (S16LE mono 16 kHz) | 10 chunks/s |
 | ``/audio_info`` | audio_common_msgs/AudioInfo | once a second |
 | ``/camera/image_raw/compressed`` | sensor_msgs/CompressedImage (jpeg) | ``--fps`` |
-| ``/erc_ros/transcript`` | erc_ros/Transcript (a partial mid-turn, the final after the turn) | per turn |
+| ``/erc_ros/transcript`` | erc_ros/Transcript (a partial mid-turn, the final after the turn; left out by ``--no-transcripts``) | per turn |
 | ``/erc_ros/ground_truth`` | std_msgs/String (JSON of the turn: id, span, speaker, label) | per turn |
 
 and ``labels.csv`` inside the bag folder (utterance_id,start,end,speaker,text,label), which
@@ -18,6 +18,7 @@ last sample exists, a final transcript ``--asr-delay`` after the turn ends.
 
     python -m erc_ros make-bag --minutes 30 --out /tmp/conv30     # one command, 30 minutes
     python -m erc_ros make-bag --script test/data/demo_script.txt --out test/data/demo_bag
+    python -m erc_ros make-bag --minutes 30 --no-transcripts --out /tmp/conv30_mic  # no ASR
 """
 from __future__ import annotations
 
@@ -82,8 +83,10 @@ def frame_source(conv: Any):
 
 
 def bag_messages(conv: Any, fps: float = 5.0, chunk_s: float = 0.1, asr_delay: float = 0.15,
-                 jpeg_quality: int = 80, t0: float = T0) -> Iterator[tuple[str, float, Any]]:
-    """(topic, record time, rclpy message) in record-time order."""
+                 jpeg_quality: int = 80, t0: float = T0,
+                 transcripts: bool = True) -> Iterator[tuple[str, float, Any]]:
+    """(topic, record time, rclpy message) in record-time order; ``transcripts=False``
+    leaves the ASR topic out (a robot with a camera and a microphone only)."""
     import heapq
 
     from std_msgs.msg import String
@@ -124,17 +127,19 @@ def bag_messages(conv: Any, fps: float = 5.0, chunk_s: float = 0.1, asr_delay: f
     for turn in turns:
         s, e = t0 + turn["start"], t0 + turn["end"]
         words = turn["text"].split()
+        fin = e + asr_delay
+        add(fin, TOPICS["ground_truth"], String(data=json.dumps(
+            {**turn, "start": s, "end": e})))
+        if not transcripts:
+            continue
         if len(words) > 1:
             mid = (s + e) / 2
             add(mid, TOPICS["transcript"], convert.event_to_transcript(TranscriptEvent(
                 stamp=mid, text=" ".join(words[:len(words) // 2]), is_final=False, start=s,
                 end=mid, segment_id=turn["utterance_id"], locale="en_US")))
-        fin = e + asr_delay
         add(fin, TOPICS["transcript"], convert.event_to_transcript(TranscriptEvent(
             stamp=fin, text=turn["text"], is_final=True, start=s, end=e, confidence=0.9,
             segment_id=turn["utterance_id"], locale="en_US")))
-        add(fin, TOPICS["ground_truth"], String(data=json.dumps(
-            {**turn, "start": s, "end": e})))
     heapq.heapify(events)
     while events:
         t, _, topic, msg = heapq.heappop(events)
@@ -229,6 +234,9 @@ def add_arguments(p) -> None:
     p.add_argument("--fps", type=float, default=5.0, help="camera frames per second")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     p.add_argument("--jpeg-quality", type=int, default=80)
+    p.add_argument("--no-transcripts", action="store_true",
+                   help="leave the ASR topic out: camera, microphone (and the labels) only; "
+                        "score it with eval-bag --asr embedded")
 
 
 def run(args) -> int:
@@ -242,7 +250,8 @@ def run(args) -> int:
     t_gen = time.perf_counter() - t
     turns = turns_of(conv)
     from tqdm import tqdm
-    msgs = bag_messages(conv, fps=args.fps, jpeg_quality=args.jpeg_quality)
+    msgs = bag_messages(conv, fps=args.fps, jpeg_quality=args.jpeg_quality,
+                        transcripts=not args.no_transcripts)
     n = write_bag(tqdm(msgs, desc="writing bag", unit="msg", mininterval=1.0), out,
                   args.storage)
     write_labels(turns, out / "labels.csv")
