@@ -11,7 +11,9 @@ set while configured is accepted with a warning that it applies at the next conf
 Shutdown: the first Ctrl-C (or SIGTERM) ends the executor; the clean-up that follows
 (workers, nodes, rclpy) runs with further SIGINTs ignored — ``ros2 launch`` forwards the
 terminal's Ctrl-C and sends its own, and the second one used to interrupt
-``destroy_node`` with a KeyboardInterrupt traceback and exit code -2.
+``destroy_node`` with a KeyboardInterrupt traceback and exit code -2. They are ignored from
+the moment the first one is handled (:func:`_first_sigint`), not from the clean-up on: in
+between, a second one 20 ms later raised KeyboardInterrupt inside a destructor.
 """
 from __future__ import annotations
 
@@ -121,12 +123,29 @@ def autostart(node) -> bool:
     return ok
 
 
+_spinning = False
+
+
+def _first_sigint(signum, frame) -> None:
+    """Python's part of SIGINT (rclpy's handler, which wakes the executor and shuts the
+    context down, calls it after its own): every later SIGINT is ignored from now on, so
+    none can interrupt the shutdown. While the executor spins, rclpy's handler ends it
+    (ExternalShutdownException) and nothing is raised here: a KeyboardInterrupt lands
+    wherever the main thread is, e.g. in a destructor the collector runs (a traceback
+    under "Exception ignored in"). Before it spins (loading the models), KeyboardInterrupt
+    stops the start-up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not _spinning:
+        raise KeyboardInterrupt
+
+
 def run(build: Callable[[], tuple[Sequence, Callable[[], bool], Callable[[], None]]],
         threads: int, argv=None) -> int:
     """``main()`` of a node process: ``build()`` returns (nodes, start, close); start
     (configure + activate), spin until shutdown, close. Returns the exit code: 1 when
     start-up failed, else 0 — also after Ctrl-C, however often it is pressed."""
     process.set_environment()  # before anything loads torch
+    signal.signal(signal.SIGINT, _first_sigint)  # before rclpy.init: rclpy chains to it
     rclpy.init(args=argv if argv is not None else sys.argv)
     close: Optional[Callable[[], None]] = None
     ok = True
@@ -144,6 +163,8 @@ def run(build: Callable[[], tuple[Sequence, Callable[[], bool], Callable[[], Non
                     f"Runtime sessions")
         nodes[0].get_logger().info(settings.describe())
         ok = start()
+        global _spinning
+        _spinning = True  # from here rclpy's handler ends spin() (at once if already shut down)
         if not ok:
             nodes[-1].get_logger().error("failed to start (see the log above)")
         ex = MultiThreadedExecutor(num_threads=threads)
