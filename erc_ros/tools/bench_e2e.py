@@ -7,6 +7,12 @@ publishing the *final* ASR result to receiving the ``erc_ros/EmotionEstimate`` f
 DDS hops included). Everything the core can do while the person speaks happens before that
 final result arrives, so this is the latency a robot would see.
 
+``--asr embedded``: the node's own recognizer hears the bag's audio (its transcripts are not
+played); the final result is then the node's own ``erc_ros/Transcript``, published when the
+recognizer's text is ready and before the emotion pipeline runs, and the latency runs from
+its receipt here to the estimate's. The recognizer works on the same two cores meanwhile:
+this says whether the emotion path queues behind it.
+
 Output: p50/p95/max ms, utterances, lost (final results that never got an estimate), a
 latency histogram PNG next to ``--json``; JSON keys ``p50_ms``, ``p95_ms``, ``utterances``,
 ``lost``.
@@ -39,19 +45,23 @@ def add_arguments(p) -> None:
                    help="run utterance_node and emotion_node as two processes (utterances "
                         "over DDS) instead of the composed process")
     p.add_argument("--startup-timeout", type=float, default=120.0)
+    p.add_argument("--asr", choices=["bag", "embedded"], default="bag",
+                   help="bag: play the bag's ASR results; embedded: the node recognizes the "
+                        "bag's audio itself and its own Transcripts start each measurement")
     p.add_argument("--set", action="append", default=[], metavar="NAME:=VALUE",
                    help="extra node parameter, e.g. perception.faces.enabled:=false")
 
 
 def _node_command(bag: Path, model_dir: str, backend: str, precision: str,
-                  module: str = "erc_ros.ros.composed", extra: tuple = ()) -> list[str]:
+                  module: str = "erc_ros.ros.composed", extra: tuple = (),
+                  asr_type: str = "") -> list[str]:
     from erc_ros.ros.live import bag_connections, node_params_for_bag
     params = ["use_sim_time:=true", f"backend:={backend}", f"precision:={precision}",
               "prepare:=true",
               "diagnostics_period:=2.0"]
     if model_dir:
         params.append(f"model_dir:={model_dir}")
-    for p in node_params_for_bag(bag_connections(bag)):
+    for p in node_params_for_bag(bag_connections(bag), asr_type):
         params.append(f"{p.name}:={p.value}")
     params += list(extra)
     cmd = [sys.executable, "-m", module, "--ros-args"]
@@ -62,7 +72,7 @@ def _node_command(bag: Path, model_dir: str, backend: str, precision: str,
 
 def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision: str = "auto",
           rate: float = 1.0, repeat: int = 1, startup_timeout: float = 120.0,
-          split: bool = False, extra: tuple = ()) -> dict:
+          split: bool = False, extra: tuple = (), asr: str = "bag") -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.serialization import deserialize_message
@@ -75,7 +85,9 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     bag = Path(bag)
     modules = (["erc_ros.ros.utterance_node", "erc_ros.ros.emotion_node"] if split
                else ["erc_ros.ros.composed"])
-    procs = [subprocess.Popen(_node_command(bag, model_dir, backend, precision, m, extra),
+    embedded = asr == "embedded"
+    procs = [subprocess.Popen(_node_command(bag, model_dir, backend, precision, m, extra,
+                                            "embedded" if embedded else ""),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=os.environ.copy()) for m in modules]
     lines: list[str] = []
@@ -98,6 +110,15 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
                              (float(msg.end_to_end_latency_ms), float(msg.processing_latency_ms))))
 
     node.create_subscription(EmotionEstimate, "/erc_ros/emotion", on_est, RELIABLE)
+    if embedded:  # the node's own final results are the start of each measurement
+        def on_transcript(msg):
+            t = time.perf_counter()
+            if msg.is_final:
+                with lock:
+                    finals.append({"start": convert.time_to_float(msg.start),
+                                   "end": convert.time_to_float(msg.end), "text": msg.text,
+                                   "t": t})
+        node.create_subscription(Transcript, "/erc_ros/transcript", on_transcript, RELIABLE)
     from diagnostic_msgs.msg import DiagnosticArray
     diag: dict[str, dict] = {}  # last status of each node: where the time goes
 
@@ -105,7 +126,7 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
         for st in arr.status:
             diag[st.name] = {kv.key: kv.value for kv in st.values
                              if kv.key.startswith(("latency.", "dropped", "refused", "queue",
-                                                   "core.close_ms", "pipeline.total_ms",
+                                                   "core.close_ms", "core.asr", "pipeline.total_ms",
                                                    "backend", "model"))}
 
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
@@ -118,9 +139,14 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     spin.start()
     try:
         start, end = bag_span(bag)
-        # Wait until the nodes are up: the composed process subscribes to the ASR topic.
-        asr_topic = next((t for t, ty in bag_connections(bag).items()
-                          if ty == "erc_ros/msg/Transcript"), "/erc_ros/transcript")
+        # Wait until the nodes are up: the composed process subscribes to the ASR topic (to
+        # the audio with the embedded recognizer).
+        conns = bag_connections(bag)
+        asr_topic = next((t for t, ty in conns.items() if ty == "erc_ros/msg/Transcript"),
+                         "/erc_ros/transcript")
+        if embedded:
+            asr_topic = next(t for t, ty in conns.items() if ty.startswith("audio_common_msgs")
+                             and not ty.endswith("AudioInfo"))
         t_wait = time.monotonic()
         while node.count_subscribers(asr_topic) == 0 or node.count_publishers(
                 "/erc_ros/emotion") == 0:
@@ -132,11 +158,12 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
         time.sleep(0.5)
         offset = 0.0
         for rep in range(repeat):
-            _play(player, bag, rate, offset, finals, start, deserialize_message, Transcript)
+            _play(player, bag, rate, offset, None if embedded else finals, start,
+                  deserialize_message, Transcript)
             offset += (end - start) + 5.0
         # Let the last utterances through: advance the clock past the end, wait a little.
         player.clock(end + offset + 2.0)
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + (30.0 if embedded else 10.0)  # + the recognizer's backlog
         while time.monotonic() < deadline:
             with lock:
                 if len(received) >= len(finals):
@@ -157,12 +184,14 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
                 proc.kill()
     res = _score(finals, received, lines)
     res["mode"] = "split" if split else "composed"
+    res["asr"] = asr
     res["node_diagnostics"] = diag
     return res
 
 
 def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcript):
-    """Play one pass; bag times shifted by ``offset`` (repeat passes continue the clock)."""
+    """Play one pass; bag times shifted by ``offset`` (repeat passes continue the clock).
+    ``finals`` None: the bag's ASR results are not played (the node recognizes)."""
     from erc_ros.ros import convert
     from erc_ros.ros.replay import GROUND_TRUTH_TOPIC, read_bag
 
@@ -173,7 +202,7 @@ def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcr
         delay = (t - start) / rate - (time.perf_counter() - wall0)
         if delay > 0:
             time.sleep(delay)
-        if topic == GROUND_TRUTH_TOPIC:
+        if topic == GROUND_TRUTH_TOPIC or (finals is None and typ == "erc_ros/msg/Transcript"):
             continue
         if offset or typ == "erc_ros/msg/Transcript":
             msg = deserialize_message(raw, player.pubs[topic].msg_type)
@@ -248,9 +277,9 @@ def run(args) -> int:
         print(f"bench-e2e: no bag {bag}", file=sys.stderr)
         return 2
     r = bench(bag, args.model_dir, args.backend, args.precision, args.rate, args.repeat,
-              args.startup_timeout, args.split, tuple(args.set))
+              args.startup_timeout, args.split, tuple(args.set), args.asr)
     r["load_average_1m_after"] = os.getloadavg()[0]
-    print(f"bench-e2e ({r['mode']}): {r['utterances']} utterances, {r['lost']} lost; final ASR result -> "
+    print(f"bench-e2e ({r['mode']}, ASR: {r['asr']}): {r['utterances']} utterances, {r['lost']} lost; final ASR result -> "
           f"EmotionEstimate p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
           f"max {r['max_ms']:.1f} ms")
     if args.json:
