@@ -48,6 +48,8 @@ def test_eval_bag_embedded_scores_a_microphone_only_bag(mic_bag, model):
     r = eval_bag.evaluate([str(mic_bag)], model_dir=str(model), sets=sets, asr="embedded",
                           progress_bar=False)
     assert r["asr"] == "embedded" and r["lost"] == 0 and r["estimates"] == r["utterances"] == 4
+    w = r["asr_word_errors"]  # what the recognizer heard, against the labels' text
+    assert w["words"] == 41 and w["substitutions"] + w["deletions"] + w["insertions"] <= MAX_EDITS
     with pytest.raises(ValueError, match="asr must be"):
         eval_bag.evaluate([str(mic_bag)], model_dir=str(model), asr="vosk")
 

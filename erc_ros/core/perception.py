@@ -303,11 +303,10 @@ class PerceptionCore:
             if res.error:
                 self.asr_counters["errors"] += 1  # the speech comes out without text
             elif not text:
-                # Nothing recognized (noise, music, a cough): like speech no external ASR
-                # result claims, dropped (counted) unless segmentation.emit_untranscribed.
+                # Nothing recognized: a one-word turn Whisper cannot read ("Hey!" in 0.4 s),
+                # a cough, noise the VAD took for speech. The speech is not lost: it becomes an
+                # utterance without text, as in voice-activity-only mode (counted).
                 self.asr_counters["no_text"] += 1
-                if not self.config.segmentation.emit_untranscribed:
-                    return
         self._asr_ready[(start, end)] = ready
         while len(self._asr_ready) > 256:  # entries of finals refused (pending_full)
             self._asr_ready.pop(next(iter(self._asr_ready)))

@@ -389,62 +389,55 @@ def three_speaker(min_duration: float = 120.0, seed: int = 0, cache: Optional[Pa
 ASTERISK_PACKAGES = {"en": "asterisk-core-sounds-en-wav", "fr": "asterisk-core-sounds-fr-wav"}
 
 
-def fetch_asterisk(cache: Optional[Path] = None) -> dict[str, Path]:
-    """Download (once) and unpack Debian's asterisk prompt packages; language -> folder of
-    8 kHz WAV prompts (en: one speaker, fr: another). Needs apt-get and dpkg-deb."""
+def debian_package(pkg: str, cache: Optional[Path] = None) -> Path:
+    """Download (once) and unpack the Debian package ``pkg`` without root (``apt-get
+    download`` + ``dpkg-deb -x``, unpacked aside and renamed into place); its root folder
+    in the cache."""
     cache = Path(cache) if cache else cache_dir("asterisk")
+    root = cache / "x" / pkg
+    if root.is_dir():
+        return root
     cache.mkdir(parents=True, exist_ok=True)
+    dl = Path(tempfile.mkdtemp(dir=cache))
+    try:
+        r = subprocess.run(["apt-get", "download", pkg], cwd=dl, capture_output=True, text=True)
+        debs = list(dl.glob(f"{pkg}_*.deb"))
+        if not debs:
+            raise RuntimeError(f"apt-get download {pkg} failed: {r.stderr.strip()[-300:]}")
+        tmp = Path(tempfile.mkdtemp(dir=cache))
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tmp)], check=True,
+                       capture_output=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process unpacked it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        shutil.rmtree(dl, ignore_errors=True)
+    return root
+
+
+def fetch_asterisk(cache: Optional[Path] = None) -> dict[str, Path]:
+    """Debian's asterisk prompt packages (downloaded once); language -> folder of 8 kHz WAV
+    prompts (en: one speaker, fr: another). Needs apt-get and dpkg-deb."""
     out = {}
     for lang, pkg in ASTERISK_PACKAGES.items():
-        root = cache / "x" / pkg
-        found = list(root.glob("usr/share/asterisk/sounds/*/")) if root.exists() else []
+        found = sorted(debian_package(pkg, cache).glob("usr/share/asterisk/sounds/*/"))
         if not found:
-            dl = Path(tempfile.mkdtemp(dir=cache))
-            try:
-                r = subprocess.run(["apt-get", "download", pkg], cwd=dl, capture_output=True,
-                                   text=True)
-                debs = list(dl.glob(f"{pkg}_*.deb"))
-                if not debs:
-                    raise RuntimeError(f"apt-get download {pkg} failed: {r.stderr.strip()[-300:]}")
-                root.mkdir(parents=True, exist_ok=True)  # dpkg-deb creates one level only
-                subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], check=True,
-                               capture_output=True)
-            finally:
-                shutil.rmtree(dl, ignore_errors=True)
-            found = list(root.glob("usr/share/asterisk/sounds/*/"))
-        out[lang] = sorted(found)[0]
+            raise RuntimeError(f"{pkg} holds no usr/share/asterisk/sounds/<voice>/")
+        out[lang] = found[0]
     return out
 
 
 def fetch_asterisk_text(lang: str = "en", cache: Optional[Path] = None) -> Path:
-    """Download (once) and unpack Debian's ``asterisk-core-sounds-<lang>`` (the prompts'
-    transcripts); the path of its ``core-sounds-<lang>.txt.gz`` (``name: text`` lines, the
-    names those of :func:`fetch_asterisk`'s WAVs without ``.wav``)."""
-    cache = Path(cache) if cache else cache_dir("asterisk")
+    """Debian's ``asterisk-core-sounds-<lang>`` (the prompts' transcripts, downloaded once):
+    the path of its ``core-sounds-<lang>.txt.gz`` (``name: text`` lines, the names those of
+    :func:`fetch_asterisk`'s WAVs without ``.wav``)."""
     pkg = f"asterisk-core-sounds-{lang}"
-    root = cache / "x" / pkg
     pattern = f"usr/share/doc/{pkg}/core-sounds-{lang}.txt.gz"
-    found = list(root.glob(pattern)) if root.exists() else []
+    found = list(debian_package(pkg, cache).glob(pattern))
     if not found:
-        cache.mkdir(parents=True, exist_ok=True)
-        dl = Path(tempfile.mkdtemp(dir=cache))
-        try:
-            r = subprocess.run(["apt-get", "download", pkg], cwd=dl, capture_output=True,
-                               text=True)
-            debs = list(dl.glob(f"{pkg}_*.deb"))
-            if not debs:
-                raise RuntimeError(f"apt-get download {pkg} failed: {r.stderr.strip()[-300:]}")
-            tmp = Path(tempfile.mkdtemp(dir=cache))  # unpacked aside, renamed into place
-            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tmp)], check=True,
-                           capture_output=True)
-            root.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(root, ignore_errors=True)
-            os.replace(tmp, root)
-        finally:
-            shutil.rmtree(dl, ignore_errors=True)
-        found = list(root.glob(pattern))
-        if not found:
-            raise RuntimeError(f"{pkg} holds no {pattern}")
+        raise RuntimeError(f"{pkg} holds no {pattern}")
     return found[0]
 
 

@@ -329,6 +329,10 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
               "load_average_1m_after": os.getloadavg()[0], "cpus": os.cpu_count()}
     m = metrics(all_pairs, list(pipeline.class_names))
     result.update(m)
+    if asr == "embedded":  # how well the recognizer heard the labelled turns
+        from erc_ros.tools.bench_asr import word_errors
+        heard = [(lab["text"], est.text) for lab, est in all_pairs if est is not None]
+        result["asr_word_errors"] = word_errors([r for r, _ in heard], [h for _, h in heard])
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "utterances.csv", "w", newline="") as f:
@@ -360,6 +364,10 @@ def summary_markdown(r: dict) -> str:
                      f"p95 {L['p95']:.1f} ms")
     if r.get("refused"):
         lines.append(f"- refused input: {r['refused']}")
+    if r.get("asr_word_errors"):
+        w = r["asr_word_errors"]
+        lines.append(f"- embedded ASR: word error rate {100 * w['wer']:.1f} % against the labels' "
+                     f"text ({w['words']} words of the matched turns)")
     if "weighted_f1" in r:
         lines += [f"- accuracy {r['accuracy']:.3f}, **weighted F1 {r['weighted_f1']:.3f}**, "
                   f"macro F1 {r['macro_f1']:.3f}", "", "| class | F1 | support |",
