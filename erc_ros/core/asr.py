@@ -537,7 +537,7 @@ class AsrWorker:
     comes out exactly once."""
 
     def __init__(self, recognizer: WhisperRecognizer, max_queue: Optional[int] = None,
-                 latency_window: int = 1000):
+                 latency_window: int = 1000, on_done: Optional[Any] = None):
         self.recognizer = recognizer
         self.max_queue = int(max_queue or recognizer.config.max_queue)
         if self.max_queue < 1:
@@ -552,6 +552,8 @@ class AsrWorker:
         self._audio_seconds = 0.0
         self._compute_seconds = 0.0
         self._closed = False
+        #: Called (no arguments, on the worker's thread) after each result is ready.
+        self.on_done = on_done
         self._thread = threading.Thread(target=self._run, name="erc-asr-worker", daemon=True)
         self._thread.start()
 
@@ -652,3 +654,8 @@ class AsrWorker:
                     self._compute_seconds += result.compute_seconds
                 self._busy -= 1
                 self._idle.notify_all()
+            if self.on_done is not None:
+                try:
+                    self.on_done()
+                except Exception as e:  # the caller's hook must not stop the worker
+                    log.warning("AsrWorker on_done hook failed: %r", e)

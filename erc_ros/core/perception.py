@@ -128,7 +128,7 @@ class PerceptionCore:
             self.recognizer = WhisperRecognizer(cfg.asr).load()
             self._timer.add("load_asr", time.perf_counter() - t)
             if not cfg.asr.synchronous:
-                self.asr_worker = AsrWorker(self.recognizer)
+                self.asr_worker = AsrWorker(self.recognizer, on_done=self._asr_done)
         self._ready: list[Utterance] = []
         self._last_poll: Optional[float] = None  # `now` of the last poll (input clock)
         # The poll `now` at which the buffered audio last grew: audio that still flows but
@@ -278,6 +278,14 @@ class PerceptionCore:
             self.asr_counters["refused_full"] += 1
             entry[2] = AsrResult.empty(audio.size / SAMPLE_RATE, error="refused_full")
         self._asr_backlog.append(entry)
+
+    #: Called (no arguments, on the recognizer's thread) when a result is ready: the node
+    #: polls at once instead of at its next period (the text's wait for the emotion path).
+    on_asr_result = None
+
+    def _asr_done(self) -> None:
+        if self.on_asr_result is not None:
+            self.on_asr_result()
 
     def _asr_results(self, wait: bool = False) -> None:
         """Hand finished recognitions to the segmenter in speech order (``wait``: the

@@ -202,6 +202,7 @@ class UtteranceNode(LifecycleNode):
         self.worker = Worker("input", p["queue_size"], self._process, self.health,
                              idle=self._poll, period=p["poll_period"],
                              on_error=lambda e: self.get_logger().error(f"worker: {e!r}"))
+        self.core.on_asr_result = self.worker.wake  # the embedded ASR's text: poll at once
         if p["publish_utterances"]:
             from erc_ros.msg import Utterance
             self._pub = self.create_lifecycle_publisher(Utterance, p["utterance_topic"], 10)

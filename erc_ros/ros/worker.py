@@ -49,6 +49,11 @@ class Worker:
             self._cv.notify()
         return True
 
+    def wake(self) -> None:
+        """Run ``idle()`` now instead of at the end of the period (e.g. a result is ready)."""
+        with self._cv:
+            self._cv.notify()
+
     def depth(self) -> int:
         return len(self._q)
 
