@@ -120,8 +120,10 @@ def test_a_french_speaker_is_recognized_in_french_with_language_detection():
     """base with asr.language "" (detect): real French speech (Asterisk fr prompts) comes
     out as French text with locale fr (both prompts were exact when measured; bound: 2 of
     their 16 words may differ)."""
-    from erc_ros.core.asr import prepare_model
+    from erc_ros.core.asr import AsrConfig, AsrModelError, WhisperRecognizer, prepare_model
     prepare_model("base")  # into this session's cache (once; set-up does it for the user's)
+    with pytest.raises(AsrModelError, match="not a language Whisper knows"):
+        WhisperRecognizer(AsrConfig(model="base", language="xx", warmup=False)).load()
     prompts = _french_prompts()
     gap = np.zeros(SR, np.float32)
     audio = np.concatenate([gap] + [np.concatenate([x, gap]) for _, x in prompts])

@@ -370,6 +370,13 @@ class WhisperRecognizer:
         except (RuntimeError, ValueError, OSError) as e:
             raise AsrModelError(f"cannot load the Whisper model in {path}: {e}") from e
         multilingual = bool(model.model.is_multilingual)
+        try:
+            from faster_whisper.tokenizer import _LANGUAGE_CODES as codes
+        except ImportError:  # a faster-whisper without the list: the first decode says it
+            codes = ()
+        if codes and self.config.language and self.config.language not in codes:
+            raise AsrModelError(f"asr.language {self.config.language!r} is not a language "
+                                f"Whisper knows (e.g. en, fr, de, es, it; empty: detect)")
         if not multilingual and self.config.language not in ("", "en"):
             raise AsrModelError(f"ASR model {self.config.model!r} is English-only; "
                                 f"language {self.config.language!r} needs a multilingual "
