@@ -130,3 +130,35 @@ def test_assembly_and_launch_rules_for_the_embedded_recognizer():
         launch_config.plan({"asr": "embedded", "asr_type": "transcript"})
     with pytest.raises(ValueError):
         launch_config.plan({"asr": "whisper"})
+
+
+def test_voice_publishers_take_any_speaker_id_and_stay_bounded():
+    """Speaker ids are free text (enrolled names): each gets the topic token the emotion
+    node's Expression uses; at most max_voices publishers (least recently heard dropped);
+    /humans/voices/tracked lists the voices heard within voice_timeout."""
+    from erc_ros.core.types import Utterance
+    from erc_ros.ros.asr_output import AsrOutput
+    from erc_ros.ros.diagnostics import NodeHealth
+    from erc_ros.ros.topic_names import id_token
+
+    rclpy.init()
+    try:
+        node = rclpy.create_node("asr_output_test")
+        health = NodeHealth()
+        out = AsrOutput(node, "erc_ros/transcript", max_voices=2, voice_timeout=5.0,
+                        health=health)
+        ids = ["speaker_0", "José", "__", "1st", "a b/c", "名前"]
+        for i, sid in enumerate(ids):
+            out.publish(Utterance(f"u{i}", "c", sid, i, i + 1.0, text="hello"), now=float(i))
+        assert list(out.voices) == [id_token(s) for s in ids[-2:]]
+        assert health.counts["asr.voices_evicted"] == len(ids) - 2
+        assert health.counts["asr.transcripts_published"] == len(ids)
+        out.publish(Utterance("u9", "c", "", 9, 10.0, text="no speaker"), now=9.0)
+        out.publish(Utterance("u10", "c", "x", 10, 11.0, text=""), now=10.0)  # no text: nothing
+        assert health.counts["asr.no_speaker"] == 1 and health.counts[
+            "asr.transcripts_published"] == len(ids) + 1
+        assert [v for v, t in out.heard.items() if 10.0 - t <= 5.0] == [id_token(ids[-1])]
+        out.destroy()
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown()

@@ -7,27 +7,22 @@
   ``/humans/voices/<voice id>/speech`` and the voices heard in the last ``voice_timeout``
   seconds as ``hri_msgs/IdsList`` on ``/humans/voices/tracked`` -- what ``asr_vosk`` and a
   voice tracker would give, so erc_ros stands in for both in a ROS4HRI stack. Voice ids are
-  the diarized speaker ids made ROS name tokens; an utterance with no speaker goes to
-  Transcript only. At most ``max_voices`` voice publishers: the least recently heard is
+  the diarized speaker ids as topic tokens (:func:`erc_ros.ros.topic_names.id_token`, the
+  mapping the emotion node's ``/humans/voices/<id>/expression`` uses); an utterance with no
+  speaker goes to Transcript only. At most ``max_voices`` voice publishers: the least recently heard is
   dropped first.
 """
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections import OrderedDict
 from typing import Any
 
 from erc_ros.ros import convert
+from erc_ros.ros.topic_names import id_token
 
 TRACKED_TOPIC = "/humans/voices/tracked"
-
-
-def voice_id(speaker_id: str) -> str:
-    """A speaker id as a ROS name token (letters, digits, '_'; not starting with a digit)."""
-    v = re.sub(r"[^A-Za-z0-9_]", "_", speaker_id.strip())
-    return "v" + v if v[:1].isdigit() else v
 
 
 class AsrOutput:
@@ -65,7 +60,7 @@ class AsrOutput:
             self.publish_tracked(now)
             return
         with self._lock:
-            pub = self._voice(voice_id(utt.speaker_id), now)
+            pub = self._voice(id_token(utt.speaker_id), now)
         from hri_msgs.msg import LiveSpeech
         speech = LiveSpeech(final=utt.text, locale=utt.locale, confidence=conf)
         speech.header.stamp = msg.header.stamp

@@ -396,7 +396,12 @@ class UtteranceNode(LifecycleNode):
     def hand_off(self, utt) -> None:
         arrival = utt.asr_ready  # the embedded recognizer's text was ready
         if self._asr_out is not None:
-            self._asr_out.publish(utt, self.now())
+            try:
+                self._asr_out.publish(utt, self.now())
+            except Exception as err:  # never at the cost of the utterance's estimate
+                self.health.count("errors.asr_publish")
+                self.get_logger().error(f"publishing the recognized text failed: {err!r}",
+                                        throttle_duration_sec=5.0)
         if arrival is None and utt.final_stamp is not None:
             arrival = self._final_arrivals.pop(round(utt.final_stamp, 6), None)
         if arrival is not None:  # final ASR result received -> utterance ready
