@@ -45,7 +45,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "asr_type": ("transcript", "'transcript' (erc_ros/Transcript), 'live_speech' "
                                "(hri_msgs/LiveSpeech on asr_topic), 'hri_voices' (ROS4HRI: "
                                "/humans/voices/<id>/speech for every id on "
-                               "/humans/voices/tracked), 'string' (std_msgs/String) or 'none'"),
+                               "/humans/voices/tracked), 'string' (std_msgs/String), 'embedded' "
+                               "(the node's own recognizer on the microphone: see "
+                               "perception.asr.*) or 'none'"),
     "asr_topic": ("erc_ros/transcript", "ASR topic for asr_type transcript/live_speech/string; "
                                         "asr_type embedded publishes its Transcripts there"),
     "utterance_topic": ("erc_ros/utterances", "output topic (erc_ros/Utterance)"),
