@@ -174,6 +174,11 @@ def run(build: Callable[[], tuple[Sequence, Callable[[], bool], Callable[[], Non
         ex.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # rclpy's signal handler shut the context down while the executor was building its
+        # wait set (RCLError "the given context is not valid"): a shutdown, not a failure.
+        if rclpy.ok():
+            raise
     finally:
         # Shutting down now: a second Ctrl-C must not interrupt it.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
