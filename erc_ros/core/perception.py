@@ -30,10 +30,12 @@ import math
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+from .asr import AsrResult
 from .audio_buffer import AudioBuffer
 from .config import (AudioConfig, ConversationConfig, DiarizationConfig, FaceConfig,
                      PerceptionConfig, SegmentationConfig, VadConfig)
@@ -49,8 +51,18 @@ __all__ = ["PerceptionCore", "PerceptionConfig", "AudioConfig", "VadConfig",
 # the segmenter's, interleaved as they always were.
 _COUNTER_ORDER = ("utterances", "utterances_vad", "utterances_timed", "utterances_untimed",
                   "untimed_estimated_span", "timed_audio_incomplete", "close_embeddings",
-                  "speech_dropped_untranscribed", "utterances_no_face", "refused", "transcripts", "partials", "frames",
-                  "conversations", "discontinuities")
+                  "speech_dropped_untranscribed", "utterances_no_face", "refused",
+                  "transcripts", "partials", "frames", "conversations", "discontinuities")
+
+
+@dataclass
+class _Recognition:
+    """A speech segment handed to the recognizer's thread, until its result is taken."""
+
+    start: float
+    end: float
+    result: Optional[AsrResult] = None
+    ready: float = math.nan  #: time.perf_counter() when the result was ready
 
 
 class _Timer:
@@ -118,7 +130,7 @@ class PerceptionCore:
         # transcribed (on its own thread behind a bounded queue, or inline when
         # asr.synchronous) and comes back as a timed final.
         self.recognizer = self.asr_worker = None
-        self._asr_backlog: deque = deque()  # [start, end, result or None], in speech order
+        self._asr_backlog: deque[_Recognition] = deque()  # in speech order
         self._asr_ready: dict[tuple[float, float], float] = {}  # span -> perf_counter ready
         self.asr_counters = {"segments": 0, "results": 0, "no_text": 0, "refused_full": 0,
                              "errors": 0}
@@ -255,10 +267,8 @@ class PerceptionCore:
             return
         for seg in segments:
             self._recognize(seg.start, seg.end)
-        self._asr_results()
 
     def _recognize(self, start: float, end: float) -> None:
-        from .asr import AsrResult
         audio = self.buffer.read(start, end)
         self.segmenter.claim(start, end)
         self.asr_counters["segments"] += 1
@@ -271,13 +281,14 @@ class PerceptionCore:
             self._timer.add("asr", time.perf_counter() - t)
             self._asr_result(start, end, res, time.perf_counter())
             return
-        entry = [start, end, None]
-        if not self.asr_worker.submit(entry, audio, start, end):
+        job = _Recognition(start, end)
+        if not self.asr_worker.submit(job, audio, start, end):
             # Overloaded recognizer: the speech still becomes an utterance, without text
             # (after the segments before it, so utterances keep their order).
             self.asr_counters["refused_full"] += 1
-            entry[2] = AsrResult.empty(audio.size / SAMPLE_RATE, error="refused_full")
-        self._asr_backlog.append(entry)
+            job.result = AsrResult.empty(audio.size / SAMPLE_RATE, error="refused_full")
+            job.ready = time.perf_counter()
+        self._asr_backlog.append(job)
 
     #: Called (no arguments, on the recognizer's thread) when a result is ready: the node
     #: polls at once instead of at its next period (the text's wait for the emotion path).
@@ -297,12 +308,13 @@ class PerceptionCore:
             logging.getLogger("erc_ros.perception").warning(
                 "embedded ASR still busy after 120 s; its results come with later polls")
         for r in self.asr_worker.results():
-            r.segment_id[2] = r.result
+            job = r.segment_id
+            job.result = r.result
             # the worker's monotonic finish time on the perf_counter clock
-            r.segment_id.append(time.perf_counter() - (time.monotonic() - r.done))
-        while self._asr_backlog and self._asr_backlog[0][2] is not None:
-            start, end, res, *ready = self._asr_backlog.popleft()
-            self._asr_result(start, end, res, ready[0] if ready else time.perf_counter())
+            job.ready = time.perf_counter() - (time.monotonic() - r.done)
+        while self._asr_backlog and self._asr_backlog[0].result is not None:
+            job = self._asr_backlog.popleft()
+            self._asr_result(job.start, job.end, job.result, job.ready)
 
     def _asr_result(self, start: float, end: float, res, ready: float) -> None:
         text = res.text.strip()
@@ -323,10 +335,10 @@ class PerceptionCore:
     def _asr_final(self, start: float, end: float, text: str, confidence: float = math.nan,
                    language: str = "") -> None:
         text = text[:self.config.segmentation.max_text_characters]
-        ev = TranscriptEvent(self._input_clock(), text, True, start, end, confidence,
-                             locale=language)
+        clock = self._input_clock()
+        ev = TranscriptEvent(clock, text, True, start, end, confidence, locale=language)
         try:
-            self.segmenter.push_transcript(ev, self._input_clock())
+            self.segmenter.push_transcript(ev, clock)
         except InputError as e:  # e.g. pending_full: counted as a refusal
             self._refuse(e)
 

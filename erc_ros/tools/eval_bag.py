@@ -276,9 +276,9 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
                               precision=precision, threads=threads, rate=rate,
                               on_estimate=on_est, progress=progress, sets=parse_sets(sets),
                               asr_type="embedded" if asr == "embedded" else "")
-        else:
-            core = make_core(config, sets, pipeline,
-                             asr_type="embedded" if asr == "embedded" else bag_asr_type(bag))
+        else:  # the node's own recognizer, or the ASR the bag holds
+            asr_type = "embedded" if asr == "embedded" else bag_asr_type(bag)
+            core = make_core(config, sets, pipeline, asr_type=asr_type)
             res = replay_bag(bag, core, pipeline, on_estimate=on_est, progress=progress)
         labs = labels_for(bag, labels, res.ground_truth)
         pairs = match(labs, res.estimates)

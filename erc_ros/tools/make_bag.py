@@ -128,18 +128,17 @@ def bag_messages(conv: Any, fps: float = 5.0, chunk_s: float = 0.1, asr_delay: f
         s, e = t0 + turn["start"], t0 + turn["end"]
         words = turn["text"].split()
         fin = e + asr_delay
+        if transcripts:
+            if len(words) > 1:
+                mid = (s + e) / 2
+                add(mid, TOPICS["transcript"], convert.event_to_transcript(TranscriptEvent(
+                    stamp=mid, text=" ".join(words[:len(words) // 2]), is_final=False,
+                    start=s, end=mid, segment_id=turn["utterance_id"], locale="en_US")))
+            add(fin, TOPICS["transcript"], convert.event_to_transcript(TranscriptEvent(
+                stamp=fin, text=turn["text"], is_final=True, start=s, end=e, confidence=0.9,
+                segment_id=turn["utterance_id"], locale="en_US")))
         add(fin, TOPICS["ground_truth"], String(data=json.dumps(
             {**turn, "start": s, "end": e})))
-        if not transcripts:
-            continue
-        if len(words) > 1:
-            mid = (s + e) / 2
-            add(mid, TOPICS["transcript"], convert.event_to_transcript(TranscriptEvent(
-                stamp=mid, text=" ".join(words[:len(words) // 2]), is_final=False, start=s,
-                end=mid, segment_id=turn["utterance_id"], locale="en_US")))
-        add(fin, TOPICS["transcript"], convert.event_to_transcript(TranscriptEvent(
-            stamp=fin, text=turn["text"], is_final=True, start=s, end=e, confidence=0.9,
-            segment_id=turn["utterance_id"], locale="en_US")))
     heapq.heapify(events)
     while events:
         t, _, topic, msg = heapq.heappop(events)
