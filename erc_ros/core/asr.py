@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -39,7 +38,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from erc_ros.paths import cache_root, sha256_file
+from erc_ros.paths import cache_root, join_files, sha256_file
 
 __all__ = ["AsrConfig", "AsrModelError", "Word", "AsrResult", "WhisperRecognizer",
            "AsrWorker", "SegmentResult", "resolve_model", "prepare_model", "model_cache_dir",
@@ -263,18 +262,9 @@ def prepare_model(name: str = "base", force: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        h = hashlib.sha256()
-        with open(tmp / "model.bin", "wb") as out:
-            for p in parts:
-                with open(p, "rb") as f:
-                    while True:
-                        b = f.read(1 << 22)
-                        if not b:
-                            break
-                        h.update(b)
-                        out.write(b)
-        if h.hexdigest() != BASE_MODEL_SHA256:
-            raise AsrModelError(f"the installed halves join to sha256 {h.hexdigest()}, "
+        digest = join_files(parts, tmp / "model.bin")
+        if digest != BASE_MODEL_SHA256:
+            raise AsrModelError(f"the installed halves join to sha256 {digest}, "
                                 f"expected {BASE_MODEL_SHA256}: reinstall {BASE_PIP}")
         files = {"model.bin": BASE_MODEL_SHA256}
         for n in BASE_FILES:
