@@ -92,12 +92,14 @@ class Preprocessor:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         tok = self.tokenizer
-        # BERT-style specials; RoBERTa-style (<s>, </s>, <mask>, <pad>) as a fallback.
+        # BERT-style specials or RoBERTa/MPNet-style (<s>, </s>, <mask>, <pad>): the ones the
+        # tokenizer declares special win (MPNet's vocabulary also holds a plain "[CLS]").
+        special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+
         def tid(*names):
-            for n in names:
-                i = tok.token_to_id(n)
-                if i is not None:
-                    return i
+            found = [n for n in names if tok.token_to_id(n) is not None]
+            for n in sorted(found, key=lambda n: n not in special):
+                return tok.token_to_id(n)
             raise ValueError(f"tokenizer {tokenizer_file} has none of {names}")
         self.cls_id = tid("[CLS]", "<s>")
         self.sep_id = tid("[SEP]", "</s>")

@@ -71,6 +71,41 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``input_ids``/``attention_mask`` [B, L] -> [B, D_t]."""
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.pool(h, input_ids, attention_mask)
+
+    # The frozen bottom (embeddings + the first ``freeze_layers`` layers) and the trained top,
+    # run apart: training computes the bottom once per prompt and caches it (a teacher with 8
+    # of 12 layers frozen then costs a third per step). forward == top(bottom) in eval mode.
+    def bottom(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, L] -> hidden states [B, L, D] after the frozen layers."""
+        h = self.backbone.embeddings(input_ids=input_ids)
+        return self._layers(h, attention_mask, 0, self.config.freeze_layers)
+
+    def top(self, hidden: torch.Tensor, input_ids: torch.Tensor,
+            attention_mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`bottom`'s hidden states -> [B, D_t] (the remaining layers, then pooling)."""
+        layers = self.backbone.encoder.layer
+        h = self._layers(hidden, attention_mask, self.config.freeze_layers, len(layers))
+        return self.pool(h, input_ids, attention_mask)
+
+    def _layers(self, h: torch.Tensor, attention_mask: torch.Tensor, a: int, b: int):
+        from transformers.masking_utils import create_bidirectional_mask
+
+        if a >= b:
+            return h
+        bb = self.backbone
+        mask = create_bidirectional_mask(config=bb.config, inputs_embeds=h,
+                                         attention_mask=attention_mask)
+        extra = {}
+        if hasattr(bb.encoder, "compute_position_bias"):  # MPNet: relative position bias
+            extra["position_bias"] = bb.encoder.compute_position_bias(h)
+        for layer in bb.encoder.layer[a:b]:
+            out = layer(h, mask, **extra)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    def pool(self, h: torch.Tensor, input_ids: torch.Tensor,
+             attention_mask: torch.Tensor) -> torch.Tensor:
         pooling = self.config.pooling
         if pooling == "mask":
             # First mask position per row (argmax over a 0/1 tensor exports to ONNX).
@@ -90,4 +125,4 @@ _BACKBONE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers"
                   "hidden_dropout_prob", "attention_probs_dropout_prob",
                   "max_position_embeddings", "type_vocab_size", "initializer_range",
                   "layer_norm_eps", "pad_token_id", "position_embedding_type",
-                  "bos_token_id", "eos_token_id")
+                  "bos_token_id", "eos_token_id", "relative_attention_num_buckets")
