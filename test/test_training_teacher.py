@@ -177,3 +177,50 @@ def test_goemotions_stage_and_cached_teacher_logits(tmp_path, capsys):
     cached = list(cache_root().glob("train/teacher-logits-*.npy"))
     n = sum(1 for d in data.load_meld(MELD_TRAIN)[:6] for y in d.labels if y >= 0) + 24
     assert any(np.load(f).shape == (n, 7) for f in cached)
+
+
+def test_model_with_frozen_mpnet_stores_only_what_changed(tmp_path, monkeypatch):
+    """A model over a joined packaged backbone (here a tiny random MPNet standing in the
+    prepared folder's place) references its frozen tensors by sha256 and stores the rest;
+    it loads back to the same outputs, and says what to run when the folder is gone."""
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModel
+
+    from erc_ros.models import packaged
+    from erc_ros.models.artefact import ArtefactError, load_model_dir, save_model_dir
+    from erc_ros.models.erc_model import ErcModelConfig, build_model
+    from erc_ros.models.preprocessing import packaged_minilm_dir
+
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    torch.manual_seed(0)
+    backbone = AutoModel.from_config(AutoConfig.for_model(**dict(TINY_MPNET, vocab_size=30527)),
+                                     add_pooling_layer=False)
+    backbone.save_pretrained(folder)
+    state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "tokenizer.json").write_bytes((packaged_minilm_dir() / "tokenizer.json").read_bytes())
+    (folder / packaged.MARKER).write_text("{}")
+    monkeypatch.setattr(packaged, "mpnet_cache_dir", lambda: folder)
+
+    text = TextEncoderConfig(pretrained=str(folder), freeze_layers=3, freeze_word_embeddings=True)
+    model = build_model(ErcModelConfig(model_id="tiny-mpnet", text=text),
+                        folder / "tokenizer.json")
+    model.config.text.pretrained = None
+    with torch.no_grad():  # training moved the top layer
+        model.text_encoder.backbone.encoder.layer[3].output.dense.weight.add_(0.05)
+    out = save_model_dir(model, tmp_path / "model", dtype="float32",
+                         external_word_embeddings=True)
+    man = json.loads((out / "manifest.json").read_text())
+    ext = man["external"]["text_backbone"]
+    assert ext["joined"] == "all-mpnet-base-v2" and ext["file"] == "model.safetensors"
+    assert "text_encoder.backbone.encoder.layer.2.output.dense.weight" in ext["keys"]
+    assert not any(".layer.3." in k for k in ext["keys"])  # changed: stored, not referenced
+    again = load_model_dir(out)
+    ids = torch.tensor([[101, 2023, 2003, 103, 102]])  # [CLS] ... [MASK] [SEP]
+    with torch.no_grad():
+        torch.testing.assert_close(again.text_encoder(ids, torch.ones_like(ids)),
+                                   model.eval().text_encoder(ids, torch.ones_like(ids)))
+    (folder / "model.safetensors").write_bytes(b"damaged")
+    with pytest.raises(ArtefactError, match="make setup-train"):
+        load_model_dir(out)

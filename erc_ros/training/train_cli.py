@@ -118,6 +118,11 @@ def _datasets(args, recipe):
             data.IEMOCAP6_LABELS, [])
 
 
+#: GoEmotions use when a recipe names none and ``--goemotions`` asks for it: a subset of at
+#: most 2000 comments per class (all of the rare ones), one epoch when it is a stage.
+GOEMOTIONS_DEFAULT = dict(mode="off", per_class=2000, epochs=1)
+
+
 def _goemotions(args, r: dict, labels) -> tuple[str, list, list]:
     """(mode, dialogues, files) of the GoEmotions use (``goemotions`` in the recipe, or
     ``--goemotions``): a class-capped, seeded subset of its train split."""
@@ -125,7 +130,7 @@ def _goemotions(args, r: dict, labels) -> tuple[str, list, list]:
 
     from erc_ros.training import data
 
-    spec = dict(r.get("goemotions") or {})
+    spec = dict(GOEMOTIONS_DEFAULT, **(r.get("goemotions") or {}))
     mode = spec.get("mode", "off") if args.goemotions == "recipe" else args.goemotions
     if mode == "off":
         return mode, [], []

@@ -43,7 +43,10 @@ def build_backbone(pretrained: Optional[str], backbone: dict) -> nn.Module:
 def _is_bert_like(path: str) -> bool:
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(path).model_type in ("bert", "roberta", "xlm-roberta")
+    # Architectures whose model takes ``add_pooling_layer`` (elsewhere from_pretrained would
+    # store the keyword in the config instead of refusing it).
+    return AutoConfig.from_pretrained(path).model_type in ("bert", "roberta", "xlm-roberta",
+                                                           "mpnet")
 
 
 class TextEncoder(nn.Module):
