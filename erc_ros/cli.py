@@ -79,5 +79,7 @@ register("transcribe", "erc_ros.tools.transcribe",
          "speech to text with the embedded Whisper (WAV files; --prepare readies the models)")
 register("bench-asr", "erc_ros.tools.bench_asr",
          "embedded ASR: WER on real English prompts, real-time factor, end-of-speech latency")
+register("egemaps-agreement", "erc_ros.tools.egemaps_agreement",
+         "packaged eGeMAPS audio features vs openSMILE on real clips; --timing: cost per utterance")
 register("predict-face", "erc_ros.tools.predict_face",
          "facial expression of the faces in images (pretrained FER2013 expert, MELD classes)")

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from erc_ros.core.types import SAMPLE_RATE, Utterance
+from erc_ros.models.egemaps import EGEMAPS_NAMES, egemaps_features
 
 
 def packaged_minilm_dir() -> Path:
@@ -43,10 +44,13 @@ class PromptConfig:
 
 @dataclass
 class AudioFeatureConfig:
-    """Features for the audio encoder. ``kind``: "prosody" (packaged fallback: prosody
-    statistics + the diarization d-vector) or "waveform" (raw 16 kHz for an SSL encoder)."""
+    """Features for the audio encoder. ``kind``: "egemaps" (default: the 88 normalised eGeMAPS
+    v02 functionals, :mod:`erc_ros.models.egemaps`, + the diarization d-vector), "prosody"
+    (models made before eGeMAPS: 16 prosody statistics + the d-vector; still read and run) or
+    "waveform" (raw 16 kHz for an SSL encoder). :attr:`Preprocessor.audio_feature_names`
+    names each feature of the first two."""
 
-    kind: str = "prosody"
+    kind: str = "egemaps"
     max_seconds: float = 8.0
     speaker_embedding_dim: int = 256  # resemblyzer d-vector; zeros when absent
 
@@ -177,8 +181,10 @@ class Preprocessor:
 
     # ----------------------------------------------------------------- audio
     def audio_inputs(self, utterance: Utterance) -> dict[str, np.ndarray]:
-        """``prosody`` kind: ``features`` float32 [1, F]; ``waveform`` kind: ``input_values``
-        float32 [1, N] (zero-mean unit-variance) and ``attention_mask`` int64 [1, N]."""
+        """``egemaps``/``prosody`` kinds: ``features`` float32 [1, F] (F =
+        :attr:`audio_feature_dim`, named by :attr:`audio_feature_names`); ``waveform`` kind:
+        ``input_values`` float32 [1, N] (zero-mean unit-variance) and ``attention_mask`` int64
+        [1, N]. The trainer and the live pipeline both call this (same 16 kHz input, same code)."""
         cfg = self.config.audio
         wav = np.asarray(utterance.audio, np.float32).reshape(-1)
         if utterance.sample_rate != SAMPLE_RATE and wav.size:
@@ -196,12 +202,31 @@ class Preprocessor:
         if emb is not None and np.size(emb) == cfg.speaker_embedding_dim:
             spk = np.asarray(emb, np.float32).reshape(-1)
             has_spk = 1.0
-        feats = np.concatenate([prosody_features(wav), spk, [has_spk]]).astype(np.float32)
+        feats = np.concatenate([self._acoustic(wav), spk, [has_spk]]).astype(np.float32)
         return {"features": feats[None]}
+
+    def _acoustic(self, wav: np.ndarray) -> np.ndarray:
+        kind = self.config.audio.kind
+        if kind == "egemaps":
+            return egemaps_features(wav)
+        if kind == "prosody":
+            return prosody_features(wav)
+        raise ValueError(f"unknown audio feature kind {kind!r} (egemaps, prosody, waveform)")
+
+    @property
+    def audio_feature_names(self) -> list[str]:
+        """Names of the ``features`` columns: the acoustic features, ``speaker_embedding_<i>``,
+        ``has_speaker_embedding``."""
+        kind = self.config.audio.kind
+        if kind not in ("egemaps", "prosody"):
+            raise ValueError(f"audio feature kind {kind!r} has no feature vector")
+        acoustic = EGEMAPS_NAMES if kind == "egemaps" else PROSODY_NAMES
+        spk = [f"speaker_embedding_{i}" for i in range(self.config.audio.speaker_embedding_dim)]
+        return [*acoustic, *spk, "has_speaker_embedding"]
 
     @property
     def audio_feature_dim(self) -> int:
-        return PROSODY_DIM + self.config.audio.speaker_embedding_dim + 1
+        return len(self.audio_feature_names)
 
     # ----------------------------------------------------------------- video
     def video_inputs(self, utterance: Utterance) -> dict[str, np.ndarray]:
@@ -244,7 +269,12 @@ def _face_tensor(img: np.ndarray, cfg: VideoFeatureConfig) -> np.ndarray:
     return img.transpose(2, 0, 1)
 
 
-PROSODY_DIM = 16
+#: The ``prosody`` kind's 16 statistics, in order (:func:`prosody_features`).
+PROSODY_NAMES = ("duration_s", "energy_mean", "energy_std", "energy_max", "energy_slope",
+                 "zcr_mean", "voiced_fraction", "f0_log_mean", "f0_log_std", "f0_log_min",
+                 "f0_log_max", "f0_log_slope", "centroid_mean_khz", "centroid_std_khz",
+                 "energy_peaks_per_s", "f0_found")
+PROSODY_DIM = len(PROSODY_NAMES)
 
 
 def prosody_features(wav: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Audio encoders: a self-supervised speech model (wav2vec2 / data2vec-audio / HuBERT / WavLM
 via ``AutoModel``, 16 kHz, masked mean over frames) or the packaged-weights fallback
-(``kind="prosody"``): an MLP over prosody statistics plus the diarization d-vector that the
-core already computed (``Utterance.features["speaker_embedding"]``), so the live path
-computes nothing twice.
+(``kind="prosody"``, a name kept from its first features so model directories stay readable):
+an MLP over the preprocessor's feature vector, i.e. acoustic features (the 88 eGeMAPS
+functionals, or 16 prosody statistics in older models: ``AudioFeatureConfig.kind``) plus the
+diarization d-vector that the core already computed (``Utterance.features["speaker_embedding"]``),
+so the live path computes nothing twice.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from erc_ros.models.encoders.backbone import BackboneEncoder
 @dataclass
 class AudioEncoderConfig:
     kind: str = "prosody"  # "prosody" | "ssl"
-    in_dim: int = 273  # prosody: feature size (Preprocessor.audio_feature_dim)
+    in_dim: int = 345  # prosody: feature size, set by ErcModel (Preprocessor.audio_feature_dim:
+    #                    88 eGeMAPS + 256 + 1; 16 + 256 + 1 = 273 for prosody features)
     dim: int = 128  # prosody: output size (ssl: read from the backbone)
     pretrained: Optional[str] = None  # ssl: local checkpoint directory
     backbone: dict = field(default_factory=dict)  # ssl: config dict to rebuild the backbone
