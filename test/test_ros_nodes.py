@@ -8,7 +8,10 @@
   id becomes the speaker, and an hri_msgs/Expression is published in its namespace with the
   utterance end as stamp;
 - the lifecycle: a missing or tampered model directory makes configure fail with a clear log
-  and an ERROR on /diagnostics.
+  and an ERROR on /diagnostics;
+- the face-expression expert on the generated conversation's real faces: its distribution in
+  the EmotionEstimate and an hri_msgs/Expression per face, a defined status with the camera
+  off or the expert off, and the fused result identical in all three.
 """
 from __future__ import annotations
 
@@ -300,13 +303,19 @@ def test_composed_skips_face_crops_nobody_uses(ros, tmp_path):
     text_only = build_model(ErcModelConfig(model_id="tiny-text", text=tiny_text_config(),
                                            trained_modalities=("text",)))
     save_model_dir(text_only, tmp_path / "text")
-    for publish, faces in ((False, False), (True, True)):
-        comp = ComposedPipeline([*NO_DIARIZATION, Parameter("publish_utterances", value=publish)],
+    # the face-expression expert (on by default) needs the speaker's face, not the crops
+    for publish, expression, faces, crops in ((False, False, False, True),
+                                              (True, False, True, True),
+                                              (False, True, True, False),
+                                              (True, True, True, True)):
+        comp = ComposedPipeline([*NO_DIARIZATION, Parameter("publish_utterances", value=publish),
+                                 Parameter("perception.faces.expression", value=expression)],
                                 [Parameter("model_dir", value=str(tmp_path / "text")),
                                  Parameter("backend", value="torch")])
         try:
             assert comp.start()
             assert comp.utterance.core.config.faces.enabled is faces
+            assert comp.utterance.core.config.faces.crops is crops
             assert (comp.utterance.core.frames is not None) is faces
         finally:
             comp.destroy()
@@ -314,5 +323,128 @@ def test_composed_skips_face_crops_nobody_uses(ros, tmp_path):
     from erc_ros.tools.eval_bag import make_core, make_pipeline
 
     pipe = make_pipeline(str(tmp_path / "text"), backend="torch")
-    assert make_core(pipeline=pipe).config.faces.enabled is False
-    assert make_core(sets=("perception.faces.enabled=true",), pipeline=pipe).config.faces.enabled
+    off = ("perception.faces.expression=false",)
+    assert make_core(sets=off, pipeline=pipe).config.faces.enabled is False
+    assert make_core(sets=(*off, "perception.faces.enabled=true"),
+                     pipeline=pipe).config.faces.enabled
+    faces = make_core(pipeline=pipe).config.faces
+    assert faces.enabled and not faces.crops  # the expert's faces, no crops
+
+
+def test_face_expert_beside_the_fused_estimate(ros, tmp_path, conversation):
+    """The generated conversation (real LFW faces, speech, timed transcripts) through the
+    composed nodes with a text-only model, three ways: expert on, expert off, camera off.
+    Expert on: each estimate carries the face expert's distribution, and an hri_msgs/Expression
+    with valence/arousal comes on /humans/faces/<speaker>/expression stamped with the
+    utterance's end. Expert off / camera off: a status that says so, nothing else. The fused
+    label and probabilities are the same in all three (the face is not fused)."""
+    from audio_common_msgs.msg import AudioDataStamped, AudioInfo
+    from erc_ros.models.artefact import save_model_dir
+    from erc_ros.models.erc_model import ErcModelConfig, build_model, tiny_text_config
+    from erc_ros.msg import EmotionEstimate, Transcript
+    from hri_msgs.msg import Expression
+    from sensor_msgs.msg import CompressedImage
+
+    text_only = build_model(ErcModelConfig(model_id="tiny-text", text=tiny_text_config(),
+                                           trained_modalities=("text",)))
+    save_model_dir(text_only, tmp_path / "text")
+    t0 = 300.0
+    msgs = _conversation_messages(conversation, t0)
+    speaker_at = {round(t0 + tr.start, 3): tr.speaker for tr in conversation.turns}
+    for topic, _, msg in msgs:  # the ASR names the speaker (diarization is off here)
+        if topic == "/erc_ros/transcript":
+            msg.speaker_hint = speaker_at[round(convert.time_to_float(msg.start), 3)]
+    runs = {}
+    for name, camera, expression in (("on", True, True), ("off", True, False),
+                                     ("no_camera", False, True)):
+        pubs = {"/audio": AudioDataStamped, "/audio_info": AudioInfo,
+                "/erc_ros/transcript": Transcript}
+        if camera:
+            pubs["/camera/image_raw/compressed"] = CompressedImage
+        rig = Rig(tmp_path / "text",
+                  [Parameter("image_transport", value="compressed" if camera else "none"),
+                   Parameter("image_reliability", value="reliable"),
+                   Parameter("perception.faces.expression", value=expression)], pubs)
+        faces = {s: Collector() for s in conversation.speakers}
+        for s, col in faces.items():
+            rig.node.create_subscription(Expression, f"/humans/faces/{s}/expression", col, 10)
+        try:
+            for topic, t, msg in msgs:
+                if topic in rig.pubs:
+                    rig.publish(topic, msg, t)
+            rig.clock(msgs[-1][1] + 5.0)
+            n = len(conversation.turns)
+            assert wait_for(lambda: len(rig.estimates) >= n, 60), len(rig.estimates)
+            if expression and camera:
+                assert wait_for(lambda: sum(len(c) for c in faces.values()) >= n, 10)
+            status = "seen" if expression and camera else (
+                "disabled" if not expression else "no_camera")
+            tick = [msgs[-1][1] + 5.0]
+
+            def diag(part, key):  # sim time moves on, so the diagnostics timers fire
+                tick[0] += 0.1
+                rig.clock(tick[0])
+                return rig.diag_values(part).get(key)
+            assert wait_for(lambda: diag("emotion", f"face_status.{status}") == str(n), 20)
+            assert wait_for(lambda: diag("utterances", "core.counters.utterances") == str(n), 20)
+            time.sleep(0.5)
+            runs[name] = (rig.estimates.snapshot(), {s: c.snapshot() for s, c in faces.items()},
+                          rig.diag_values("utterances"), rig.diag_values("emotion"))
+        finally:
+            rig.close()
+    ests, faces, d_utt, d_emo = runs["on"]
+    assert len(ests) == len(conversation.turns)
+    for est, turn in zip(ests, conversation.turns):
+        assert est.face_status == EmotionEstimate.FACE_SEEN and est.face_count >= 1
+        assert len(est.face_probabilities) == len(est.class_names)
+        assert abs(sum(est.face_probabilities) - 1) < 1e-3
+        assert est.face_label in est.class_names
+        assert est.face_confidence == max(est.face_probabilities)
+        assert -1 <= est.face_valence <= 1 and -1 <= est.face_arousal <= 1
+        assert est.modalities == ["text"]  # the face is reported, not fused
+        expr = [e for e in faces[turn.speaker] if e.header.stamp == est.header.stamp]
+        assert len(expr) == 1, (turn.speaker, faces)  # one per utterance, stamped its end
+        e = expr[0]
+        assert e.expression == convert.EXPRESSION_OF[est.face_label]
+        assert abs(e.valence - est.face_valence) < 1e-6
+        assert abs(e.arousal - est.face_arousal) < 1e-6
+        assert abs(e.confidence - est.face_confidence) < 1e-6
+    assert d_emo["face_status.seen"] == str(len(ests)) and d_emo["face_expressions"] == str(
+        len(ests))
+    assert d_utt["core.face_expression.enabled"] == "True"
+    assert int(d_utt["core.face_expression.calls"]) >= 1
+    assert "core.face_expression.latency_p95_ms" in d_utt
+    assert d_utt["core.counters.utterances_face"] == str(len(ests))
+    for name, status in (("off", "disabled"), ("no_camera", "no_camera")):
+        other, other_faces, _, d = runs[name]
+        assert [o.face_status for o in other] == [status] * len(ests)
+        assert all(not len(o.face_probabilities) and o.face_label == "" and o.face_count == 0
+                   for o in other)
+        assert not any(other_faces.values())
+        assert d[f"face_status.{status}"] == str(len(ests))
+        # the fused result does not change with the face expert or the camera
+        assert [(o.label, list(o.probabilities)) for o in other] == \
+            [(e.label, list(e.probabilities)) for e in ests]
+
+
+def test_fused_and_face_expressions_never_share_a_topic(ros, model):
+    """expression_namespace faces would publish the fused estimate on the face expert's
+    /humans/faces/<speaker>/expression: configure refuses it, saying how to resolve it."""
+    ns = Parameter("expression_namespace", value="faces")
+    node = EmotionNode(name="emotion_ns", parameter_overrides=[
+        Parameter("model_dir", value=str(model)), Parameter("backend", value="torch"),
+        Parameter("autostart", value=False), ns])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "publish_face_expression" in node.health.error
+    finally:
+        node.destroy_node()
+    node = EmotionNode(name="emotion_ns2", parameter_overrides=[
+        Parameter("model_dir", value=str(model)), Parameter("backend", value="torch"),
+        Parameter("autostart", value=False), ns,
+        Parameter("publish_face_expression", value=False)])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.destroy_node()

@@ -91,6 +91,11 @@ def test_demo_prints_one_line_per_estimate(bags, model, capsys):
                                                                 "completely.", "river."))]
     assert len(lines) == 4, out
     assert "0 lost" in out and "weighted F1" in out
+    # beside the text label, the face expert's label (the bag's faces are real LFW faces)
+    header = next(x for x in out.splitlines() if x.lstrip().startswith("time"))
+    col = header.index("face")
+    from erc_ros.core.types import FACE_CLASSES
+    assert all(x[col:col + 9].strip() in FACE_CLASSES for x in lines), out
 
 
 def test_bench_e2e(bags, model, tmp_path):

@@ -7,8 +7,8 @@
 #   4. the development-only audio_common_msgs / hri_msgs interface packages, only when the
 #      ROS environment does not already provide them;
 #   5. erc_ros's own interfaces, generated and installed into .venv;
-#   6. the default model's ONNX / INT8 files, and 7. the packaged Whisper models, prepared
-#      once into the cache (loading never builds).
+#   6. the default model's ONNX / INT8 files, 7. the packaged Whisper models and 8. the
+#      face-expression expert's ONNX file, prepared once into the cache (loading never builds).
 #
 # Idempotent: each step is skipped while the files it depends on are unchanged (a sha256
 # stamp in .venv/.erc_stamps), so a second run takes seconds.
@@ -145,6 +145,18 @@ if ! fresh asr "$asr_digest" || ! compgen -G "$ASR_CACHE/whisper-base-*/erc_ros_
   "$PY" -m erc_ros transcribe --prepare >"$ROOT/build/prepare-asr.log" 2>&1 \
     || { tail -30 "$ROOT/build/prepare-asr.log"; exit 1; }
   stamp asr "$asr_digest"
+fi
+
+# 8. The face-expression expert (perception.faces.expression) on ONNX Runtime: its FP32
+#    export, checked against PyTorch, into the cache (else the node runs it on PyTorch).
+face_digest=$(digest requirements-nodeps.txt erc_ros/runtime/face_expert.py; echo "${ERC_ROS_CACHE:-$HOME/.cache/erc_ros}")
+if ! fresh face-expert "$face_digest" \
+    || ! "$PY" -c "import sys; from erc_ros.runtime.face_expert import find_prepared; sys.exit(find_prepared() is None)" 2>/dev/null; then
+  log "preparing the face-expression expert (ONNX into the cache, once)"
+  mkdir -p "$ROOT/build"
+  "$PY" -m erc_ros predict-face --prepare >"$ROOT/build/prepare-face.log" 2>&1 \
+    || { tail -30 "$ROOT/build/prepare-face.log"; exit 1; }
+  stamp face-expert "$face_digest"
 fi
 
 log "ready in $(( $(date +%s) - t0 )) s: $VENV"

@@ -67,6 +67,8 @@ class StoredFrame:
     stamp: float
     image: np.ndarray  # RGB, at the stored resolution
     boxes: Optional[np.ndarray] = None  # (n, 4) x, y, w, h once detected
+    # (n, k) the face-expression expert's probabilities of each box, once classified
+    expressions: Optional[np.ndarray] = None
 
 
 class FrameBuffer:
@@ -250,14 +252,18 @@ class FaceSelection:
     scores: list[float]  # per track, best first
     reason: str  # "av_activity", "largest_central", "single", "none"
     boxes: list = field(default_factory=list)  # the (x, y, w, h) each crop was cut from
+    # The chosen face's detections: (key frame, index of the face's box in its boxes), in
+    # time order (what the face-expression expert looks at).
+    keys: list = field(default_factory=list)
 
 
 def select_speaker(frames: list[StoredFrame], detector: FaceDetector, size: int, count: int,
                    activity: Optional[np.ndarray] = None, use_motion: bool = True,
                    motion_weight: float = 1.0, size_weight: float = 0.3,
                    center_weight: float = 0.2, margin: float = 0.2,
-                   detect_frames: int = 1) -> FaceSelection:
-    """The speaking person's face crops over ``frames`` (see module doc).
+                   detect_frames: int = 1, make_crops: bool = True) -> FaceSelection:
+    """The speaking person's face crops over ``frames`` (see module doc); ``make_crops``
+    false: the choice only (boxes, keys), no crops cut.
 
     Detection runs until ``detect_frames`` key frames have boxes (frames detected earlier,
     while the person was speaking, count); the other frames reuse the boxes of the nearest
@@ -315,12 +321,18 @@ def select_speaker(frames: list[StoredFrame], detector: FaceDetector, size: int,
     reason = "single" if len(tracks) == 1 else (
         "av_activity" if use_motion and raw[:, 0].max() > 0 else "largest_central")
     idx = sorted(best.boxes)
-    crops = [crop(frames[i].image, best.boxes[i], size, margin) for i in idx]
+    crops = [crop(frames[i].image, best.boxes[i], size, margin) for i in idx] \
+        if make_crops else []
     cstamps = [frames[i].stamp for i in idx]
     boxes = [best.boxes[i] for i in idx]
     if crops and len(crops) < count:  # fixed count: repeat the nearest frames in time
         pos = np.linspace(0, len(crops) - 1, count).round().astype(int)
         crops, cstamps = [crops[p] for p in pos], [cstamps[p] for p in pos]
         boxes = [boxes[p] for p in pos]
+    kt = key_tracks[int(order[0])]
+    sel_keys = []
+    for p in sorted(kt.boxes):
+        f = frames[keys[p]]
+        sel_keys.append((f, int(np.abs(f.boxes - kt.boxes[p]).sum(axis=1).argmin())))
     return FaceSelection(crops[:count], cstamps[:count], len(tracks),
-                         [float(scores[k]) for k in order], reason, boxes[:count])
+                         [float(scores[k]) for k in order], reason, boxes[:count], sel_keys)

@@ -42,7 +42,8 @@ from .config import (AudioConfig, ConversationConfig, DiarizationConfig, FaceCon
 from .conversation import ConversationHistory
 from .errors import InputError
 from .segmentation import PendingUtterance, Segmenter
-from .types import SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent, Utterance
+from .types import (FACE_CLASSES, FACE_DISABLED, FACE_ERROR, FACE_NO_CAMERA, FACE_NOT_SEEN,
+                    FACE_SEEN, SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent, Utterance)
 
 __all__ = ["PerceptionCore", "PerceptionConfig", "AudioConfig", "VadConfig",
            "SegmentationConfig", "DiarizationConfig", "FaceConfig", "ConversationConfig"]
@@ -51,7 +52,8 @@ __all__ = ["PerceptionCore", "PerceptionConfig", "AudioConfig", "VadConfig",
 # the segmenter's, interleaved as they always were.
 _COUNTER_ORDER = ("utterances", "utterances_vad", "utterances_timed", "utterances_untimed",
                   "untimed_estimated_span", "timed_audio_incomplete", "close_embeddings",
-                  "speech_dropped_untranscribed", "utterances_no_face", "refused",
+                  "speech_dropped_untranscribed", "utterances_no_face", "utterances_face",
+                  "utterances_no_camera", "refused",
                   "transcripts", "partials", "frames", "conversations", "discontinuities")
 
 
@@ -76,9 +78,18 @@ class _Timer:
 
 
 class PerceptionCore:
-    """See the module documentation."""
+    """See the module documentation.
 
-    def __init__(self, config: Optional[PerceptionConfig] = None):
+    ``face_expert``: the face-expression expert (``labels`` == :data:`FACE_CLASSES`,
+    ``predict(crops) -> (n, 7)`` probabilities), made by the assembly path
+    (:func:`erc_ros.assemble.build_core`) when ``faces.expression`` is on; the core runs it
+    on each face it detects while the person speaks (cached per frame and box, off the close
+    path) and, when an utterance closes, averages the speaker's face into
+    ``features["face_probabilities"]`` with ``face_status`` / ``face_count``. None (or
+    ``faces.expression`` / ``faces.enabled`` off): ``face_status`` is ``disabled``.
+    """
+
+    def __init__(self, config: Optional[PerceptionConfig] = None, face_expert=None):
         self.config = cfg = config or PerceptionConfig()
         cfg.validate()
         from .diarization import OnlineDiarizer, SpeakerEmbedder
@@ -124,6 +135,15 @@ class PerceptionCore:
                                   a.clock_reset_seconds) if fc.enabled else None
         self.detector = FaceDetector(fc.detect_width, 1.2, 4, fc.min_face_fraction) \
             if fc.enabled else None
+        self.face_expert = face_expert if fc.enabled and fc.expression else None
+        if self.face_expert is not None and tuple(self.face_expert.labels) != FACE_CLASSES:
+            raise ValueError(f"the face expert's classes {tuple(self.face_expert.labels)} are "
+                             f"not {FACE_CLASSES}")
+        self.expression_counters = {"calls": 0, "crops": 0, "errors": 0,
+                                    "utterances": {}}  # face_status -> utterances
+        self._expression_ms: deque = deque(maxlen=500)  # ms per expert call
+        #: What the assembly path loaded as the face expert, or why none (for the logs).
+        self.face_expert_message = ""
         self.history = ConversationHistory(cfg.conversation.history_utterances)
         self.segmenter = Segmenter(cfg.segmentation)
         # The embedded recognizer (asr.enabled): each speech segment the VAD closes is
@@ -154,6 +174,7 @@ class PerceptionCore:
         # The core's counters; the segmenter's (utterances_vad/_timed/_untimed, transcripts,
         # partials, ...) are its own, merged by stats().
         self.counters = {"utterances": 0, "close_embeddings": 0, "utterances_no_face": 0,
+                         "utterances_face": 0, "utterances_no_camera": 0,
                          "refused": {}, "frames": 0, "conversations": 1, "discontinuities": 0}
         self._close_ms: deque = deque(maxlen=200)
 
@@ -255,8 +276,6 @@ class PerceptionCore:
             n = self.embedder.process(self.buffer, self.vad)
             if n:
                 self._timer.add("embed_stream", time.perf_counter() - t, n)
-        if self.frames is not None and self.vad.open_start is not None:
-            self._detect_while_speaking(self.vad.open_start)
 
     # -- embedded speech recognition --------------------------------------------------
     def _speech(self, segments) -> None:
@@ -358,7 +377,64 @@ class PerceptionCore:
                 self.detector.boxes(f)
                 last = f.stamp
                 self._timer.add("faces_stream", time.perf_counter() - t)
+                if self.face_expert is not None:  # while speaking: off the close path
+                    t = time.perf_counter()
+                    self._classify([f])
+                    self._timer.add("expression_stream", time.perf_counter() - t)
                 return  # at most one detection per poll keeps polls short
+
+    def _classify(self, frames) -> None:
+        """The face expert on every face box of ``frames`` not yet classified (one call);
+        the probabilities are kept on each frame (``expressions``). A failure is counted
+        and logged (first one), and leaves the frames unclassified."""
+        from .faces import crop
+
+        fc = self.config.faces
+        todo = [f for f in {id(f): f for f in frames}.values()
+                if f.boxes is not None and f.expressions is None]
+        crops = [crop(f.image, b, fc.size, fc.margin) for f in todo for b in f.boxes]
+        if not crops:
+            for f in todo:
+                f.expressions = np.zeros((0, len(FACE_CLASSES)), np.float32)
+            return
+        t = time.perf_counter()
+        try:
+            probs = np.asarray(self.face_expert.predict(crops), np.float32)
+        except Exception as e:  # the utterance still comes out, face_status "error"
+            self.expression_counters["errors"] += 1
+            if self.expression_counters["errors"] == 1:
+                import logging
+                logging.getLogger("erc_ros.perception").error(
+                    "face-expression expert failed (counted; utterances get face_status "
+                    "'error'): %r", e)
+            return
+        self._expression_ms.append(1000 * (time.perf_counter() - t))
+        self.expression_counters["calls"] += 1
+        self.expression_counters["crops"] += len(crops)
+        i = 0
+        for f in todo:
+            f.expressions = probs[i:i + len(f.boxes)]
+            i += len(f.boxes)
+
+    def _face_expression(self, chosen, sel) -> tuple[str, int, Optional[np.ndarray]]:
+        """(face_status, crops averaged, mean probabilities or None) of an utterance whose
+        frames were ``chosen`` and whose speaker's face is ``sel``. Faces detected while the
+        person spoke were classified then; only those detected at close are classified
+        here."""
+        if self.face_expert is None:
+            return FACE_DISABLED, 0, None
+        if not chosen:
+            return FACE_NO_CAMERA, 0, None
+        if not sel.keys:
+            return FACE_NOT_SEEN, 0, None
+        t = time.perf_counter()
+        self._classify([f for f, _ in sel.keys])
+        self._timer.add("expression_close", time.perf_counter() - t)
+        rows = [f.expressions[i] for f, i in sel.keys
+                if f.expressions is not None and i < len(f.expressions)]
+        if not rows:
+            return FACE_ERROR, 0, None
+        return FACE_SEEN, len(rows), np.mean(rows, axis=0).astype(np.float32)
 
     def _build(self, p: PendingUtterance) -> Optional[Utterance]:
         from .faces import select_speaker
@@ -392,17 +468,24 @@ class PerceptionCore:
         dec = self.diarizer.assign(emb, audio_end - start, p.hint)
         self._timer.add("cluster", time.perf_counter() - t)
         faces: list[np.ndarray] = []
+        face_status, face_count = FACE_DISABLED, 0
         if self.frames is not None:
             t = time.perf_counter()
             chosen = self.frames.select(start, end, fc.count)
             act = self.vad.activity(np.array([f.stamp for f in chosen])) if chosen else None
             sel = select_speaker(chosen, self.detector, fc.size, fc.count, act,
                                  use_motion=fc.use_av_activity, margin=fc.margin,
-                                 detect_frames=fc.detect_frames)
+                                 detect_frames=fc.detect_frames, make_crops=fc.crops)
             faces = sel.crops
-            if not faces:
-                self.counters["utterances_no_face"] += 1
+            self.counters["utterances_face" if sel.keys else "utterances_no_face"] += 1
+            if not chosen:
+                self.counters["utterances_no_camera"] += 1
             self._timer.add("faces", time.perf_counter() - t)
+            face_status, face_count, face_p = self._face_expression(chosen, sel)
+            if face_p is not None:
+                features["face_probabilities"] = face_p
+        by_status = self.expression_counters["utterances"]
+        by_status[face_status] = by_status.get(face_status, 0) + 1
         self._utt_index += 1
         utt = Utterance(
             utterance_id=f"utt{self._utt_index:06d}", conversation_id=self._conv_id,
@@ -410,7 +493,8 @@ class PerceptionCore:
             faces=faces, speaker_source=dec.source, speaker_confidence=dec.confidence,
             text_confidence=p.text_confidence, locale=p.locale,
             final_stamp=None if math.isnan(p.final_stamp) else p.final_stamp, features=features,
-            asr_ready=self._asr_ready.pop((p.start, p.end), None) if p.timed else None)
+            asr_ready=self._asr_ready.pop((p.start, p.end), None) if p.timed else None,
+            face_status=face_status, face_count=face_count)
         self._last_end = end if self._last_end is None else max(self._last_end, end)
         self.history.add(utt)
         self.counters["utterances"] += 1
@@ -442,6 +526,10 @@ class PerceptionCore:
             self._advance()
             self._asr_results()
             out = self._collect(float(now), final=False)
+            if not out and self.frames is not None and self.vad.open_start is not None:
+                # Faces (and their expressions) of the speech in progress, in polls that
+                # close nothing: the utterances this poll returns never wait for them.
+                self._detect_while_speaking(self.vad.open_start)
             self._timer.add("poll", time.perf_counter() - t)
             return out
 
@@ -515,7 +603,21 @@ class PerceptionCore:
                 "close_ms_p50": float(np.percentile(close, 50)) if close.size else None,
                 "close_ms_p95": float(np.percentile(close, 95)) if close.size else None,
                 "asr": self._asr_stats(),
+                "face_expression": self._expression_stats(),
             }
+
+    def _expression_stats(self) -> dict:
+        """The face-expression expert: enabled, its backend, calls, crops, errors, latency
+        per call (ms p50/p95, over the last 500) and utterances per face_status."""
+        c = self.expression_counters
+        out = {"enabled": self.face_expert is not None, "calls": c["calls"],
+               "crops": c["crops"], "errors": c["errors"], "utterances": dict(c["utterances"])}
+        if self.face_expert is not None:
+            out["backend"] = getattr(self.face_expert, "backend", "")
+        ms = np.asarray(self._expression_ms) if self._expression_ms else np.zeros(0)
+        out["latency_p50_ms"] = float(np.percentile(ms, 50)) if ms.size else None
+        out["latency_p95_ms"] = float(np.percentile(ms, 95)) if ms.size else None
+        return out
 
     def _asr_stats(self) -> dict:
         """The embedded recognizer's counters (segments, results, no_text, refused_full,

@@ -22,6 +22,20 @@ SAMPLE_RATE = 16000
 #: Modality names, in the order used by masks and contribution vectors everywhere.
 MODALITIES = ("text", "audio", "video")
 
+#: Classes of the face-expression expert, in the order of every ``face_probabilities``
+#: (an Utterance's ``features``, erc_ros/Utterance): MELD's seven.
+FACE_CLASSES = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
+
+#: What the face-expression expert made of an utterance (``Utterance.face_status``,
+#: ``face_status`` of erc_ros/Utterance and EmotionEstimate):
+FACE_SEEN = "seen"  #: the speaker's face was found: face_probabilities hold the expert's mean
+FACE_NOT_SEEN = "no_face"  #: camera frames in the span, no face found in them
+FACE_NO_CAMERA = "no_camera"  #: no camera frame in the utterance's span (camera off / none)
+FACE_DISABLED = "disabled"  #: the expert is off (faces.enabled / faces.expression false,
+#: the ``fer`` package missing) or the producer of the utterance does not run it
+FACE_ERROR = "error"  #: the expert failed on this utterance's crops (counted in the core)
+FACE_STATUSES = (FACE_SEEN, FACE_NOT_SEEN, FACE_NO_CAMERA, FACE_DISABLED, FACE_ERROR)
+
 
 @dataclass(frozen=True)
 class AudioFormat:
@@ -108,8 +122,14 @@ class Utterance:
     # measures ASR final -> utterance/estimate from it); None otherwise.
     asr_ready: Optional[float] = None
     # Features the core computed while the person spoke, reused downstream so nothing is
-    # computed twice on the latency path: e.g. "speaker_embedding" (the diarization d-vector).
+    # computed twice on the latency path: e.g. "speaker_embedding" (the diarization d-vector),
+    # "face_probabilities" (the face-expression expert's mean over the speaker's face crops,
+    # :data:`FACE_CLASSES` order; only when ``face_status`` is :data:`FACE_SEEN`).
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    # The face-expression expert on this utterance: one of :data:`FACE_STATUSES` ("" when
+    # unknown, e.g. an utterance made by hand) and how many face crops it averaged.
+    face_status: str = ""
+    face_count: int = 0
 
     @property
     def has_text(self) -> bool:
@@ -153,7 +173,27 @@ class Estimate:
     backend: str = ""
     latency_ms: float = float("nan")  # processing time inside the pipeline
     text: str = ""
+    # What the face-expression expert said on its own, beside (never inside) the fused
+    # result: its distribution in ``class_names`` order (empty unless ``face_status`` is
+    # :data:`FACE_SEEN`), the status (:data:`FACE_STATUSES`), the crops it averaged, and
+    # valence/arousal from its distribution (NaN without one).
+    face_status: str = ""
+    face_probabilities: Sequence[float] = ()
+    face_count: int = 0
+    face_valence: float = float("nan")
+    face_arousal: float = float("nan")
 
     @property
     def confidence(self) -> float:
         return float(max(self.probabilities)) if len(self.probabilities) else float("nan")
+
+    @property
+    def face_label(self) -> str:
+        """The face expert's most probable class ("" without a face)."""
+        p = self.face_probabilities
+        return str(self.class_names[int(np.argmax(p))]) if len(p) else ""
+
+    @property
+    def face_confidence(self) -> float:
+        p = self.face_probabilities
+        return float(max(p)) if len(p) else float("nan")

@@ -25,8 +25,9 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
 
-from erc_ros.core.types import (SAMPLE_RATE, AudioChunk, AudioFormat, Estimate, Frame,
-                                TranscriptEvent, Utterance)
+from erc_ros.core.types import (FACE_CLASSES, FACE_SEEN, FACE_STATUSES, SAMPLE_RATE,
+                                AudioChunk, AudioFormat, Estimate, Frame, TranscriptEvent,
+                                Utterance)
 
 from erc_ros.core.errors import InputError
 
@@ -485,6 +486,10 @@ def utterance_to_msg(utt: Utterance):
     msg.audio = array.array("h", pcm.tobytes())
     msg.faces = [rgb_to_image(f, utt.end) for f in utt.faces]
     msg.has_text, msg.has_audio, msg.has_video = utt.modality_mask
+    msg.face_status, msg.face_count = utt.face_status, int(utt.face_count)
+    fp = utt.features.get("face_probabilities")
+    if fp is not None:
+        msg.face_probabilities = array.array("f", np.asarray(fp, np.float32).ravel().tobytes())
     return msg
 
 
@@ -504,7 +509,8 @@ def msg_to_utterance(msg) -> Utterance:
     node cannot have made: audio not at 16 kHz or longer than MAX_UTTERANCE_SECONDS, more
     than MAX_UTTERANCE_FACES crops or a crop over MAX_FACE_PIXELS, text over
     MAX_UTTERANCE_TEXT characters, an embedding over MAX_EMBEDDING_FLOATS values, an end
-    before the start."""
+    before the start, face probabilities that are not one per face class (or not with
+    face_status seen), an unknown face_status."""
     def refuse(why: str):
         raise ConversionError("utterance", f"utterance {msg.utterance_id[:40]!r}: {why}")
     if msg.sample_rate not in (0, SAMPLE_RATE):
@@ -520,10 +526,19 @@ def msg_to_utterance(msg) -> Utterance:
         refuse(f"speaker embedding of {len(msg.speaker_embedding)} values")
     if time_to_float(msg.end) < time_to_float(msg.start):
         refuse("ends before it starts")
+    if msg.face_status not in ("", *FACE_STATUSES):
+        refuse(f"face_status {msg.face_status[:40]!r}")
+    if len(msg.face_probabilities) not in (0, len(FACE_CLASSES)) or \
+            bool(len(msg.face_probabilities)) != (msg.face_status == FACE_SEEN):
+        refuse(f"{len(msg.face_probabilities)} face probabilities with face_status "
+               f"{msg.face_status!r}")
     pcm = np.frombuffer(msg.audio, np.int16) if len(msg.audio) else np.zeros(0, np.int16)
     features = {}
     if len(msg.speaker_embedding):
         features["speaker_embedding"] = np.frombuffer(msg.speaker_embedding, np.float32).copy()
+    if len(msg.face_probabilities):
+        features["face_probabilities"] = np.frombuffer(msg.face_probabilities,
+                                                       np.float32).copy()
     return Utterance(
         utterance_id=msg.utterance_id, conversation_id=msg.conversation_id,
         speaker_id=msg.speaker_id, start=time_to_float(msg.start), end=time_to_float(msg.end),
@@ -532,7 +547,8 @@ def msg_to_utterance(msg) -> Utterance:
         faces=[image_to_rgb(f, max_pixels=MAX_FACE_PIXELS) for f in msg.faces],
         speaker_source=msg.speaker_source,
         speaker_confidence=float(msg.speaker_confidence),
-        text_confidence=float(msg.text_confidence), locale=msg.locale, features=features)
+        text_confidence=float(msg.text_confidence), locale=msg.locale, features=features,
+        face_status=msg.face_status, face_count=max(0, int(msg.face_count)))
 
 
 # --- estimates -----------------------------------------------------------------------------
@@ -556,6 +572,10 @@ def estimate_to_msg(est: Estimate, end_to_end_ms: float = float("nan")):
     msg.model_id, msg.backend = est.model_id, est.backend
     msg.processing_latency_ms = float(est.latency_ms)
     msg.end_to_end_latency_ms = float(end_to_end_ms)
+    msg.face_status, msg.face_count = est.face_status, int(est.face_count)
+    msg.face_label, msg.face_confidence = est.face_label, float(est.face_confidence)
+    msg.face_probabilities = [float(p) for p in est.face_probabilities]
+    msg.face_valence, msg.face_arousal = float(est.face_valence), float(est.face_arousal)
     return msg
 
 
@@ -567,7 +587,10 @@ def msg_to_estimate(msg) -> Estimate:
         probabilities=[float(p) for p in msg.probabilities], valence=float(msg.valence),
         arousal=float(msg.arousal), modalities=list(msg.modalities),
         modality_weights=[float(w) for w in msg.modality_weights], model_id=msg.model_id,
-        backend=msg.backend, latency_ms=float(msg.processing_latency_ms), text=msg.text)
+        backend=msg.backend, latency_ms=float(msg.processing_latency_ms), text=msg.text,
+        face_status=msg.face_status, face_probabilities=[float(p) for p in msg.face_probabilities],
+        face_count=int(msg.face_count), face_valence=float(msg.face_valence),
+        face_arousal=float(msg.face_arousal))
 
 
 # Class names of MELD / EmoryNLP / IEMOCAP (lower-cased) -> hri_msgs/Expression constants.
@@ -581,17 +604,30 @@ EXPRESSION_OF = {
 }
 
 
+def _expression(stamp: float, label: str, valence: float, arousal: float, confidence: float):
+    from hri_msgs.msg import Expression
+    msg = Expression()
+    msg.header.stamp = float_to_time(stamp)
+    msg.header.frame_id = ""  # a coordinate frame, none here: the person is in the topic name
+    msg.expression = EXPRESSION_OF.get(str(label).lower(), "")
+    msg.valence = float(np.clip(valence, -1.0, 1.0))
+    msg.arousal = float(np.clip(arousal, -1.0, 1.0))
+    msg.confidence = float(confidence) if math.isfinite(confidence) else 0.0
+    return msg
+
+
 def estimate_to_expression(est: Estimate):
     """Estimate -> hri_msgs/Expression with valence/arousal/confidence and the utterance's
     end as stamp. Unknown class names map to an empty expression (valence/arousal still
     set)."""
-    from hri_msgs.msg import Expression
-    msg = Expression()
-    msg.header.stamp = float_to_time(est.end)
-    msg.header.frame_id = ""  # a coordinate frame, none here: the speaker is in the topic name
-    msg.expression = EXPRESSION_OF.get(str(est.label).lower(), "")
-    msg.valence = float(np.clip(est.valence, -1.0, 1.0))
-    msg.arousal = float(np.clip(est.arousal, -1.0, 1.0))
-    c = est.confidence
-    msg.confidence = float(c) if math.isfinite(c) else 0.0
-    return msg
+    return _expression(est.end, est.label, est.valence, est.arousal, est.confidence)
+
+
+def face_expression(est: Estimate):
+    """The face expert's part of ``est`` -> hri_msgs/Expression (its top class mapped to the
+    ROS4HRI vocabulary, its valence/arousal and confidence, the utterance's end as stamp);
+    None when the face was not seen (``face_status`` other than seen)."""
+    if est.face_status != FACE_SEEN or not len(est.face_probabilities):
+        return None
+    return _expression(est.end, est.face_label, est.face_valence, est.face_arousal,
+                       est.face_confidence)

@@ -1,5 +1,14 @@
 """The emotion node: ``erc_ros/Utterance`` -> ``erc_ros/EmotionEstimate`` (+ hri Expression).
 
+Besides the fused estimate's Expression per speaker, it publishes what the face-expression
+expert said of the speaker's face (computed by the utterance node while the person spoke,
+carried by the utterance) as ``hri_msgs/Expression`` on ``/humans/faces/<face id>/expression``
+(``publish_face_expression``), as ROS4HRI's hri_emotion_recognizer does but stamped with the
+utterance's end and with valence/arousal. erc_ros tracks no faces of its own: the face id is
+the speaker id as a topic token (:func:`erc_ros.ros.topic_names.id_token`, the same token as
+the speaker's ``/humans/voices/<id>/...`` topics), since the face is the one chosen as the
+speaker's for that utterance.
+
 ``on_configure`` loads the model directory through ``EmotionPipeline.from_model_dir`` (the
 one inference path; FAILURE with a clear log if the directory is missing or tampered);
 ``on_activate`` subscribes. The subscription callback only enqueues (bounded, drops counted);
@@ -46,6 +55,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "expression_namespace": ("voices", "'voices' -> /humans/voices/<speaker>/expression, "
                                        "'faces' -> /humans/faces/<speaker>/expression (<speaker>: "
                                        "the speaker id as a topic token, erc_ros.ros.topic_names)"),
+    "publish_face_expression": (True, "publish the face-expression expert's hri_msgs/Expression "
+                                      "on /humans/faces/<speaker>/expression for each utterance "
+                                      "whose speaker's face was seen (the fused label is not "
+                                      "changed by it)"),
     "max_expression_publishers": (32, "at most this many per-speaker Expression publishers; "
                                       "the least recently used one is destroyed for a new one"),
     "expression_idle_timeout": (300.0, "seconds after which the Expression publisher of a "
@@ -79,7 +92,7 @@ class EmotionNode(LifecycleNode):
         self.worker: Optional[Worker] = None
         self._sub = None
         self._pub = None
-        self._expr_pubs: OrderedDict[str, list] = OrderedDict()  # token -> [pub, last use]
+        self._expr_pubs: OrderedDict[str, list] = OrderedDict()  # topic -> [pub, last use]
         self._expr_lock = threading.Lock()
         self._group = MutuallyExclusiveCallbackGroup()
         from diagnostic_msgs.msg import DiagnosticArray
@@ -99,6 +112,12 @@ class EmotionNode(LifecycleNode):
         p = {n: self.get_parameter(n).value for n in PARAMETERS}
         self.p = p
         bad = self._param_errors + self.guard.check_all(PARAMETERS)
+        if p["publish_expression"] and p["expression_namespace"] == "faces" and \
+                p["publish_face_expression"]:
+            bad.append("expression_namespace faces and publish_face_expression would both "
+                       "publish on /humans/faces/<speaker>/expression (the fused estimate and "
+                       "the face expert's): set publish_face_expression false, or keep "
+                       "expression_namespace voices")
         if bad:
             return self._fail("invalid parameters: " + "; ".join(bad))
         self._diag_timer.timer_period_ns = int(p["diagnostics_period"] * 1e9)
@@ -208,31 +227,36 @@ class EmotionNode(LifecycleNode):
         self._pub.publish(msg)
         self.published += 1
         self.health.count("estimates")
+        self.health.count(f"face_status.{est.face_status or 'disabled'}")
         self.health.latency("processing", proc_ms)
         if math.isfinite(e2e):
             self.health.latency("end_to_end", e2e)
         if self.p["publish_expression"] and est.speaker_id:
-            self._expression_pub(est.speaker_id).publish(convert.estimate_to_expression(est))
+            self._expression_pub(est.speaker_id, self.p["expression_namespace"]).publish(
+                convert.estimate_to_expression(est))
+        face = convert.face_expression(est) if self.p["publish_face_expression"] else None
+        if face is not None and est.speaker_id:
+            self._expression_pub(est.speaker_id, "faces").publish(face)
+            self.health.count("face_expressions")
         if self.on_estimate is not None:
             self.on_estimate(utt, est, e2e)
 
-    def _expression_pub(self, speaker_id: str):
-        """The Expression publisher of a speaker: made on first use, at most
-        ``max_expression_publishers`` of them (least recently used destroyed first)."""
-        token = id_token(speaker_id)
+    def _expression_pub(self, speaker_id: str, ns: str):
+        """The Expression publisher of a speaker on ``/humans/<ns>/<speaker token>/expression``: made
+        on first use, at most ``max_expression_publishers`` of them (least recently used
+        destroyed first)."""
+        topic = f"/humans/{ns}/{id_token(speaker_id)}/expression"
         with self._expr_lock:
-            entry = self._expr_pubs.get(token)
+            entry = self._expr_pubs.get(topic)
             if entry is None:
                 from hri_msgs.msg import Expression
                 while len(self._expr_pubs) >= self.p["max_expression_publishers"]:
                     _, (old, _) = self._expr_pubs.popitem(last=False)
                     self.destroy_publisher(old)
                     self.health.count("expression_publishers.evicted")
-                ns = self.p["expression_namespace"]
-                entry = [self.create_publisher(Expression, f"/humans/{ns}/{token}/expression",
-                                               10), 0.0]
-                self._expr_pubs[token] = entry
-            self._expr_pubs.move_to_end(token)
+                entry = [self.create_publisher(Expression, topic, 10), 0.0]
+                self._expr_pubs[topic] = entry
+            self._expr_pubs.move_to_end(topic)
             entry[1] = time.monotonic()
             return entry[0]
 
@@ -244,10 +268,10 @@ class EmotionNode(LifecycleNode):
         now = time.monotonic()
         with self._expr_lock:
             while self._expr_pubs:
-                token, (pub, last) = next(iter(self._expr_pubs.items()))
+                topic, (pub, last) = next(iter(self._expr_pubs.items()))
                 if now - last < ttl:
                     break
-                del self._expr_pubs[token]
+                del self._expr_pubs[topic]
                 self.destroy_publisher(pub)
                 self.health.count("expression_publishers.expired")
 

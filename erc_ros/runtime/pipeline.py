@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import copy
+import functools
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from typing import Optional
 import numpy as np
 
 from erc_ros.core.conversation import ConversationHistory
-from erc_ros.core.types import MODALITIES, Estimate, Utterance
+from erc_ros.core.types import (FACE_CLASSES, FACE_DISABLED, FACE_SEEN, MODALITIES, Estimate,
+                                Utterance)
 
 from .backends import (Backend, BackendUnavailable, OrtBackend, TorchBackend, choose_ort_providers,
                        default_threads,
@@ -289,7 +291,33 @@ class EmotionPipeline:
                         arousal=float(arousal), modalities=used,
                         modality_weights=[float(x) for x in w], model_id=self.model_id,
                         backend=f"{self.backend_name}/{self.precision}",
-                        latency_ms=timings["total"], text=u.text)
+                        latency_ms=timings["total"], text=u.text, **self._face_fields(u))
+
+    def _face_fields(self, u: Utterance) -> dict:
+        """The face expert's result carried by ``u`` (computed by the perception core while
+        the person spoke), in this model's class order, beside the fused result: it is not
+        an input of the fusion, whose model was not trained with it."""
+        fp = u.features.get("face_probabilities")
+        out = {"face_status": u.face_status or FACE_DISABLED, "face_count": 0}
+        if fp is None or u.face_status != FACE_SEEN:
+            return out
+        order = self._face_order
+        if order is None:  # the model's classes are not the expert's seven
+            return out
+        p = np.asarray(fp, np.float64)[order]
+        va = p @ self.valence_arousal
+        return {**out, "face_probabilities": p.astype(np.float32).tolist(),
+                "face_count": int(u.face_count), "face_valence": float(va[0]),
+                "face_arousal": float(va[1])}
+
+    @functools.cached_property
+    def _face_order(self) -> Optional[np.ndarray]:
+        """Index into :data:`FACE_CLASSES` of each of the model's classes; None when the
+        model's classes are not those seven."""
+        names = [str(c).lower() for c in self.class_names]
+        if sorted(names) != sorted(FACE_CLASSES):
+            return None
+        return np.array([FACE_CLASSES.index(c) for c in names])
 
     def _submit(self, fn, *args):
         return self._pool.submit(fn, *args)
