@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from erc_ros import process
@@ -52,7 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     wanted = module.process_settings(args) if hasattr(module, "process_settings") else \
         {"torch_threads": getattr(args, "threads", None)}
     process.configure(**wanted, by=f"erc_ros {name}")
-    return int(module.run(args) or 0)
+    from erc_ros.models.artefact import ArtefactError
+    from erc_ros.models.packaged import PackagedModelError
+
+    try:
+        return int(module.run(args) or 0)
+    except (ArtefactError, PackagedModelError) as e:
+        # A model directory that cannot be used (missing or damaged file, weights from the
+        # training extra not set up, ...): the message says what to do; a traceback would
+        # only hide it. ERC_ROS_DEBUG=1 shows the traceback too.
+        if os.environ.get("ERC_ROS_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 # The commands. Each module documents its own arguments.

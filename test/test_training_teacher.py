@@ -179,7 +179,7 @@ def test_goemotions_stage_and_cached_teacher_logits(tmp_path, capsys):
     assert any(np.load(f).shape == (n, 7) for f in cached)
 
 
-def test_model_with_frozen_mpnet_stores_only_what_changed(tmp_path, monkeypatch):
+def test_model_with_frozen_mpnet_stores_only_what_changed(tmp_path, monkeypatch, capsys):
     """A model over a joined packaged backbone (here a tiny random MPNet standing in the
     prepared folder's place) references its frozen tensors by sha256 and stores the rest;
     it loads back to the same outputs, and says what to run when the folder is gone."""
@@ -224,3 +224,10 @@ def test_model_with_frozen_mpnet_stores_only_what_changed(tmp_path, monkeypatch)
     (folder / "model.safetensors").write_bytes(b"damaged")
     with pytest.raises(ArtefactError, match="make setup-train"):
         load_model_dir(out)
+    # The commands say it in one line, not a traceback.
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--format", "meld", "--model", str(out), "--json",
+                     str(tmp_path / "dev.json"), "--csv",
+                     str(data.data_root() / "meld" / "dev_sent_emo.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "make setup-train" in err and "Traceback" not in err
