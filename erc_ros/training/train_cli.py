@@ -312,8 +312,14 @@ def run(args) -> int:
 
     prefix_dir = str(cache_root() / "train")
     t0 = time.time()
+    # A prior measured after a fusion stage (a refitted head) is not comparable with a
+    # cycle's own head: then this run's cycles compete among themselves, the fusion stage
+    # runs on the best, and that result must beat the prior, else the init model is kept.
+    two_stage = bool(r.get("fusion_stage") and dev)
     best, best_state, best_scores, history = dict(prior), None, None, []
-    if prior:
+    if prior and two_stage:
+        best = {}
+    elif prior:
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     cfg = None
     if ge_mode == "stage" and not args.init:
@@ -346,9 +352,17 @@ def run(args) -> int:
             best_scores = s["best_scores"]
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
-    if r.get("fusion_stage") and dev:
+    if two_stage:
         best, s2_scores = _fusion_stage(model, r, train, dev, best, history, args.threads)
         best_scores = s2_scores or best_scores
+        if prior and best.get("weighted_f1", -1) <= prior.get("weighted_f1", -1):
+            from erc_ros.models.artefact import load_model_dir
+
+            print(f"dev {best.get('weighted_f1')} does not beat the init model's "
+                  f"{prior.get('weighted_f1')}: keeping the init model", file=sys.stderr)
+            model = load_model_dir(args.init).train()
+            model.config.model_id = model_id
+            best, best_scores = dict(prior, kept_init=True), None
     # Both stages train the head on text alone: audio/video stay unused until a fusion stage
     # trains it with them (their projections are zero until then).
     model.config.trained_modalities = ("text",)
