@@ -52,3 +52,21 @@ def join_files(parts, out: str | os.PathLike, chunk: int = 1 << 22) -> str:
                     h.update(block)
                     dst.write(block)
     return h.hexdigest()
+
+
+def swap_in(tmp: str | os.PathLike, dest: str | os.PathLike) -> bool:
+    """Put the finished folder ``tmp`` in place of ``dest`` (prepared files in the cache): a
+    copy already there moves aside and is removed first. False when the rename lost to a
+    racing preparer's copy (renaming onto a non-empty folder fails): the caller checks it."""
+    import shutil
+
+    dest = Path(dest)
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        os.replace(dest, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        return False
+    return True

