@@ -62,18 +62,23 @@ def test_speaker_is_picked_by_mouth_motion_not_size_or_centre():
     assert right >= len(conv.turns) - 1, f"speaker's face picked {right}/{len(conv.turns)}"
 
 
-def test_no_face_in_view_gives_an_utterance_without_video():
-    conv = script_conversation()
-    core = PerceptionCore(core_config(diarization__enabled=False))
+def _stream_blank_frames(core, conv, seconds: float = 12.0) -> list:
+    """The conversation's first ``seconds`` of audio with a frame of no one at every chunk."""
     blank = np.full((480, 640, 3), 120, np.uint8)
+    pcm = (conv.audio[:int(seconds * 16000)] * 32767).astype("<i2")
     utts = []
-    pcm = (conv.audio[:int(12 * 16000)] * 32767).astype("<i2")
     for i in range(0, pcm.size, 1600):
         ts = i / 16000
         core.push_audio(AudioChunk(ts, pcm[i:i + 1600].tobytes()))
         core.push_frame(Frame(ts, blank))
         utts += core.poll(ts + 0.1)
-    utts += core.flush()
+    return utts + core.flush()
+
+
+def test_no_face_in_view_gives_an_utterance_without_video():
+    conv = script_conversation()
+    core = PerceptionCore(core_config(diarization__enabled=False))
+    utts = _stream_blank_frames(core, conv)
     assert utts and all(not u.has_video and u.faces == [] for u in utts)
     assert all(u.has_audio for u in utts)
     assert core.stats()["counters"]["utterances_no_face"] == len(utts)
@@ -208,15 +213,7 @@ def test_face_expert_says_why_there_is_no_face(expert):
     assert core.stats()["face_expression"]["utterances"] == {FACE_NO_CAMERA: len(utts)}
     # no face in view: frames without anyone
     core = PerceptionCore(core_config(diarization__enabled=False), face_expert=expert)
-    blank = np.full((480, 640, 3), 120, np.uint8)
-    pcm = (conv.audio[:int(12 * 16000)] * 32767).astype("<i2")
-    utts = []
-    for i in range(0, pcm.size, 1600):
-        ts = i / 16000
-        core.push_audio(AudioChunk(ts, pcm[i:i + 1600].tobytes()))
-        core.push_frame(Frame(ts, blank))
-        utts += core.poll(ts + 0.1)
-    utts += core.flush()
+    utts = _stream_blank_frames(core, conv)
     assert utts and all(u.face_status == FACE_NOT_SEEN and not u.features.get(
         "face_probabilities") for u in utts)
     assert core.stats()["face_expression"]["calls"] == 0  # nothing to classify

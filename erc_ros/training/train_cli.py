@@ -324,13 +324,11 @@ def run(args) -> int:
     cfg = None
     if ge_mode == "stage" and not args.init:
         # A first stage on GoEmotions alone (selected on the real dev set), then the cycles.
-        from erc_ros.paths import cache_root
-
         rs = dict(r, **{k: v for k, v in r.get("goemotions", {}).items()
                         if k in TextStageConfig.__dataclass_fields__})
         gcfg = TextStageConfig(**{k: rs[k] for k in TextStageConfig.__dataclass_fields__ if k in rs},
                                max_steps=args.max_steps, max_minutes=args.max_minutes,
-                               threads=args.threads, prefix_cache_dir=str(cache_root() / "train"))
+                               threads=args.threads, prefix_cache_dir=prefix_dir)
         s = train_text_stage(model, ge, dev, gcfg)
         history += [dict(h, cycle=0, data="goemotions") for h in s["history"]]
     last = len(cycles) if not args.cycles else min(len(cycles), max(1, args.cycle) - 1 + args.cycles)
