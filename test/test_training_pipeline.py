@@ -115,6 +115,13 @@ def test_distillation_from_teachers(tmp_path, monkeypatch):
     logits = teacher_logits([student, student], train, progress=False)
     assert logits.shape == (n, 7)
     np.testing.assert_allclose(np.exp(logits), pred, atol=1e-5)
+    # A trained teacher speaks as `evaluate` scores it: its head over whole dialogues.
+    whole = teacher_logits([student], train, progress=False, whole_dialogues=True)
+    live = np.concatenate([student.predict_dialogue(d.utterances)[np.asarray(d.labels) >= 0]
+                           for d in train])
+    assert whole.shape == (n, 7)
+    # float32 probabilities through the same layers, padded differently: ~1e-7 apart
+    np.testing.assert_allclose(np.exp(whole), live, atol=1e-5)
 
     teacher_dir, out = tmp_path / "teacher", tmp_path / "student"
     assert cli.main(["train", "--recipe", "tiny", "--out", str(teacher_dir),

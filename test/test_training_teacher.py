@@ -76,6 +76,30 @@ def test_frozen_prefix_matches_the_encoder_and_comes_back_from_disk(tmp_path):
     assert FrozenPrefix.key(_tiny_model(1), samples[:-1]) != FrozenPrefix.key(_tiny_model(1), samples)
 
 
+def test_stage_two_vectors_from_the_prefix_cache_match_the_encoder(tmp_path):
+    """Stage 2 over a frozen-bottom encoder reads the bottom from the prefix cache (a 110M
+    teacher then runs only its top); the vectors are the encoder's own, unlabelled
+    utterances included, and the cache the training left is what it reads."""
+    from erc_ros.training.fusion_stage import encode_dialogues
+    from erc_ros.training.text_stage import FrozenPrefix, build_samples
+
+    model = _tiny_model(freeze=1).eval()
+    dialogues = data.load_meld(MELD_TRAIN)[:5]
+    dialogues[1].labels[0] = -1  # an unlabelled utterance still gets its vector
+    FrozenPrefix(model, build_samples(model, dialogues, unlabelled=True), progress=False,
+                 cache_dir=tmp_path)
+    made = {f: f.stat().st_mtime_ns for f in tmp_path.glob("prefix-*.pt")}
+    full = encode_dialogues(model, dialogues, progress=False)
+    cached = encode_dialogues(model, dialogues, progress=False, prefix_cache_dir=tmp_path)
+    assert {f: f.stat().st_mtime_ns for f in tmp_path.glob("prefix-*.pt")} == made  # read only
+    for a, b, d in zip(full, cached, dialogues):
+        assert b.text.shape == a.text.shape == (len(d.utterances), model.dims[0])
+        # float16 states (rel. error 2^-11 per value) through one tiny layer: |v| ~ 1 after
+        # LayerNorm, so a few 1e-3 at most
+        torch.testing.assert_close(b.text, a.text, atol=1e-2, rtol=0)
+        assert torch.equal(b.labels, a.labels) and torch.equal(b.speakers, a.speakers)
+
+
 def test_training_on_cached_states_changes_only_the_top(tmp_path):
     from erc_ros.training.text_stage import TextStageConfig, train_text_stage
 

@@ -139,15 +139,17 @@ class ErcModel(nn.Module):
     # -- convenience for training and offline scoring (the runtime calls the stages) --------
     def encode(self, utterances: Sequence[Utterance], contexts: Sequence[Sequence[Utterance]],
                futures: Optional[Sequence[Sequence[Utterance]]] = None,
-               device: torch.device | str = "cpu"):
+               device: torch.device | str = "cpu", text: Optional[torch.Tensor] = None):
         """Encode utterances (each with its own context) -> text [N,Dt], audio [N,Da],
-        video [N,Dv], modality mask [N,3] (all torch)."""
+        video [N,Dv], modality mask [N,3] (all torch). ``text``: the text vectors, already
+        computed (training's frozen-prefix path); the text encoder then does not run."""
         pre = self.preprocessor
-        futures = futures or [()] * len(utterances)
-        ids = [pre.text_ids(u, c, f) for u, c, f in zip(utterances, contexts, futures)]
-        t = pre.pad_text(ids)
-        text = self.text_encoder(torch.as_tensor(t["input_ids"], device=device),
-                                 torch.as_tensor(t["attention_mask"], device=device))
+        if text is None:
+            futures = futures or [()] * len(utterances)
+            ids = [pre.text_ids(u, c, f) for u, c, f in zip(utterances, contexts, futures)]
+            t = pre.pad_text(ids)
+            text = self.text_encoder(torch.as_tensor(t["input_ids"], device=device),
+                                     torch.as_tensor(t["attention_mask"], device=device))
         n = len(utterances)
         _, da, dv = self.dims
         mask = torch.tensor([[u.has_text, u.has_audio and self.uses("audio"),

@@ -63,11 +63,13 @@ class CachedDialogue:
 
 @torch.no_grad()
 def encode_dialogues(model: ErcModel, dialogues: Sequence[Dialogue],
-                     cache_file: Optional[str | Path] = None, progress: bool = True
-                     ) -> list[CachedDialogue]:
+                     cache_file: Optional[str | Path] = None, progress: bool = True,
+                     prefix_cache_dir: Optional[str | Path] = None) -> list[CachedDialogue]:
     """Encode every utterance once (past context only, as live) and cache the vectors. The
     cache is keyed by the model's weights and config and the dialogues (:func:`cache_key`):
-    a cache made from another model or other data is recomputed, never reused."""
+    a cache made from another model or other data is recomputed, never reused.
+    ``prefix_cache_dir``: with an encoder whose bottom layers are frozen, their states come
+    from the training's prefix cache (:func:`text_stage.text_vectors`)."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
@@ -85,10 +87,16 @@ def encode_dialogues(model: ErcModel, dialogues: Sequence[Dialogue],
         print(f"{cache_file}: made from another model or data; encoding again", file=sys.stderr)
     model.eval()
     k = model.config.preprocessing.prompt.past_context
+    rows = None
+    if prefix_cache_dir and model.text_encoder.config.freeze_layers > 0:
+        from erc_ros.training.text_stage import text_vectors
+
+        rows = text_vectors(model, dialogues, prefix_cache_dir, progress=progress)
     out = []
-    for d in tqdm(dialogues, desc="encoding dialogues", disable=not progress):
+    for di, d in enumerate(tqdm(dialogues, desc="encoding dialogues", disable=not progress)):
         u = d.utterances
-        text, audio, video, mask = model.encode(u, [u[max(0, i - k):i] for i in range(len(u))])
+        text, audio, video, mask = model.encode(u, [u[max(0, i - k):i] for i in range(len(u))],
+                                                text=None if rows is None else rows[di])
         out.append(CachedDialogue(text, audio, video, mask,
                                   torch.as_tensor(model.preprocessor.speaker_ids(u)),
                                   torch.as_tensor(d.labels, dtype=torch.long)))

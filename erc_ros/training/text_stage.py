@@ -68,14 +68,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_samples(model: ErcModel, dialogues: Sequence[Dialogue], future: bool = False):
-    """(token ids, label) per labelled utterance, prompts built by the model's preprocessor."""
+def build_samples(model: ErcModel, dialogues: Sequence[Dialogue], future: bool = False,
+                  unlabelled: bool = False):
+    """(token ids, label) per labelled utterance (every utterance with ``unlabelled``, label
+    -1 then), prompts built by the model's preprocessor."""
     pre = model.preprocessor
     k = pre.config.prompt.past_context
     out = []
     for d in dialogues:
         for i, (u, y) in enumerate(zip(d.utterances, d.labels)):
-            if y < 0:
+            if y < 0 and not unlabelled:
                 continue
             ids = pre.text_ids(u, d.utterances[max(0, i - k):i] if k else [],
                                d.utterances[i + 1:] if future else [])
@@ -194,6 +196,34 @@ def frozen_prefix(model: ErcModel, samples, enabled: bool, **kw) -> Optional[Fro
 
 
 @torch.no_grad()
+def text_vectors(model: ErcModel, dialogues: Sequence[Dialogue], cache_dir,
+                 batch_size: int = 64, progress: bool = True) -> list[torch.Tensor]:
+    """Every utterance's text vector (past context only, as :meth:`ErcModel.encode` gives it),
+    one [T, D] tensor per dialogue, the frozen bottom read from (or added to) the prefix
+    cache in ``cache_dir``: a stage-2 head over a 110M teacher then costs only its top."""
+    from tqdm import tqdm
+
+    samples = build_samples(model, dialogues, unlabelled=True)
+    prefix = FrozenPrefix(model, samples, progress=progress, cache_dir=cache_dir)
+    enc = model.text_encoder
+    was_training = enc.training
+    enc.eval()
+    out: list[Optional[torch.Tensor]] = [None] * len(samples)
+    batches = bucketed_batches(samples, batch_size, random.Random(0), shuffle=False)
+    for b in tqdm(batches, desc="trained layers", disable=not progress):
+        ids, mask, _ = _tensors(model, samples, b)
+        v = enc.top(prefix.batch(b, ids.shape[1]), ids, mask)
+        for j, i in enumerate(b):
+            out[i] = v[j]
+    enc.train(was_training)
+    rows, s = [], 0
+    for d in dialogues:
+        rows.append(torch.stack(out[s:s + len(d.utterances)]))
+        s += len(d.utterances)
+    return rows
+
+
+@torch.no_grad()
 def predict_samples(net: nn.Module, model: ErcModel, samples, batch_size: int = 64,
                     progress: bool = False, prefix: Optional[FrozenPrefix] = None) -> np.ndarray:
     from tqdm import tqdm
@@ -209,11 +239,15 @@ def predict_samples(net: nn.Module, model: ErcModel, samples, batch_size: int = 
 
 
 def teacher_logits(teachers: Sequence[ErcModel], dialogues: Sequence[Dialogue],
-                   progress: bool = True, prefix_cache_dir=None) -> np.ndarray:
+                   progress: bool = True, prefix_cache_dir=None,
+                   whole_dialogues: bool = False) -> np.ndarray:
     """Log of the teachers' mean class probabilities for every labelled utterance of
     ``dialogues``, in :func:`build_samples` order (each teacher builds its own prompts).
     ``prefix_cache_dir``: a teacher with frozen layers reads their states from the cache its
-    training left there (:class:`FrozenPrefix`), so only its trained top runs."""
+    training left there (:class:`FrozenPrefix`), so only its trained top runs.
+    ``whole_dialogues``: each teacher's head runs over whole dialogues, past only, exactly as
+    ``evaluate`` scores it and the robot runs it (a stage-2 head learnt over dialogues);
+    otherwise over each utterance alone, as stage 1 trains."""
     probs, labels = [], None
     for t in teachers:
         samples = build_samples(t, dialogues)
@@ -221,11 +255,31 @@ def teacher_logits(teachers: Sequence[ErcModel], dialogues: Sequence[Dialogue],
         if labels is not None and y != labels:
             raise ValueError("teachers disagree on the labelled utterances (label maps differ?)")
         labels = y
+        if whole_dialogues:
+            probs.append(_dialogue_probabilities(t, dialogues, prefix_cache_dir, progress))
+            continue
         prefix = frozen_prefix(t, samples, bool(prefix_cache_dir), progress=progress,
                                cache_dir=prefix_cache_dir)
         probs.append(predict_samples(TextClassifier(t), t, samples, progress=progress,
                                      prefix=prefix))
     return np.log(np.mean(probs, axis=0) + 1e-8).astype(np.float32)
+
+
+@torch.no_grad()
+def _dialogue_probabilities(model: ErcModel, dialogues: Sequence[Dialogue], prefix_cache_dir,
+                            progress: bool) -> np.ndarray:
+    """[N labelled utterances, C] probabilities of ``model`` run over whole dialogues."""
+    from erc_ros.training.fusion_stage import encode_dialogues
+
+    model.eval()
+    out = []
+    for c in encode_dialogues(model, dialogues, progress=progress,
+                              prefix_cache_dir=prefix_cache_dir):
+        pad = torch.zeros(1, len(c.labels), dtype=torch.bool)
+        logits, _ = model.fusion(c.text[None], c.audio[None], c.video[None], c.modality[None],
+                                 c.speakers[None], pad)
+        out.append(torch.softmax(logits[0], -1)[c.labels >= 0].numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(model.label_names)), np.float32)
 
 
 def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[Dialogue],
