@@ -116,7 +116,9 @@ def test_distillation_from_teachers(tmp_path, monkeypatch):
     assert logits.shape == (n, 7)
     np.testing.assert_allclose(np.exp(logits), pred, atol=1e-5)
     # A trained teacher speaks as `evaluate` scores it: its head over whole dialogues.
-    whole = teacher_logits([student], train, progress=False, whole_dialogues=True)
+    from erc_ros.training.fusion_stage import dialogue_teacher_logits
+
+    whole = dialogue_teacher_logits([student], train, progress=False)
     live = np.concatenate([student.predict_dialogue(d.utterances)[np.asarray(d.labels) >= 0]
                            for d in train])
     assert whole.shape == (n, 7)

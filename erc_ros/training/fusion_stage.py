@@ -110,6 +110,28 @@ def encode_dialogues(model: ErcModel, dialogues: Sequence[Dialogue],
     return out
 
 
+@torch.no_grad()
+def dialogue_teacher_logits(teachers: Sequence[ErcModel], dialogues: Sequence[Dialogue],
+                            progress: bool = True, prefix_cache_dir=None) -> np.ndarray:
+    """Log of the teachers' mean class probabilities for every labelled utterance of
+    ``dialogues`` (:func:`text_stage.build_samples` order), each head run over whole
+    dialogues, past only: exactly what ``evaluate`` scores and the robot runs (a stage-2 head
+    learnt over dialogues). ``prefix_cache_dir``: see :func:`encode_dialogues`."""
+    probs = []
+    for t in teachers:
+        t.eval()
+        rows = []
+        for c in encode_dialogues(t, dialogues, progress=progress,
+                                  prefix_cache_dir=prefix_cache_dir):
+            pad = torch.zeros(1, len(c.labels), dtype=torch.bool)
+            logits, _ = t.fusion(c.text[None], c.audio[None], c.video[None], c.modality[None],
+                                 c.speakers[None], pad)
+            rows.append(torch.softmax(logits[0], -1)[c.labels >= 0].numpy())
+        probs.append(np.concatenate(rows) if rows else
+                     np.zeros((0, len(t.label_names)), np.float32))
+    return np.log(np.mean(probs, axis=0) + 1e-8).astype(np.float32)
+
+
 def cache_key(model: ErcModel, dialogues: Sequence[Dialogue]) -> str:
     """sha256 of the model (config and every tensor) and of the dialogues (ids, texts,
     speakers, labels): what the cached vectors depend on."""

@@ -239,15 +239,13 @@ def predict_samples(net: nn.Module, model: ErcModel, samples, batch_size: int = 
 
 
 def teacher_logits(teachers: Sequence[ErcModel], dialogues: Sequence[Dialogue],
-                   progress: bool = True, prefix_cache_dir=None,
-                   whole_dialogues: bool = False) -> np.ndarray:
+                   progress: bool = True, prefix_cache_dir=None) -> np.ndarray:
     """Log of the teachers' mean class probabilities for every labelled utterance of
-    ``dialogues``, in :func:`build_samples` order (each teacher builds its own prompts).
-    ``prefix_cache_dir``: a teacher with frozen layers reads their states from the cache its
-    training left there (:class:`FrozenPrefix`), so only its trained top runs.
-    ``whole_dialogues``: each teacher's head runs over whole dialogues, past only, exactly as
-    ``evaluate`` scores it and the robot runs it (a stage-2 head learnt over dialogues);
-    otherwise over each utterance alone, as stage 1 trains."""
+    ``dialogues``, in :func:`build_samples` order (each teacher builds its own prompts), each
+    utterance alone, as stage 1 trains (:func:`fusion_stage.dialogue_teacher_logits` runs
+    the heads over whole dialogues). ``prefix_cache_dir``: a teacher with frozen layers reads
+    their states from the cache its training left there (:class:`FrozenPrefix`), so only its
+    trained top runs."""
     probs, labels = [], None
     for t in teachers:
         samples = build_samples(t, dialogues)
@@ -255,31 +253,11 @@ def teacher_logits(teachers: Sequence[ErcModel], dialogues: Sequence[Dialogue],
         if labels is not None and y != labels:
             raise ValueError("teachers disagree on the labelled utterances (label maps differ?)")
         labels = y
-        if whole_dialogues:
-            probs.append(_dialogue_probabilities(t, dialogues, prefix_cache_dir, progress))
-            continue
         prefix = frozen_prefix(t, samples, bool(prefix_cache_dir), progress=progress,
                                cache_dir=prefix_cache_dir)
         probs.append(predict_samples(TextClassifier(t), t, samples, progress=progress,
                                      prefix=prefix))
     return np.log(np.mean(probs, axis=0) + 1e-8).astype(np.float32)
-
-
-@torch.no_grad()
-def _dialogue_probabilities(model: ErcModel, dialogues: Sequence[Dialogue], prefix_cache_dir,
-                            progress: bool) -> np.ndarray:
-    """[N labelled utterances, C] probabilities of ``model`` run over whole dialogues."""
-    from erc_ros.training.fusion_stage import encode_dialogues
-
-    model.eval()
-    out = []
-    for c in encode_dialogues(model, dialogues, progress=progress,
-                              prefix_cache_dir=prefix_cache_dir):
-        pad = torch.zeros(1, len(c.labels), dtype=torch.bool)
-        logits, _ = model.fusion(c.text[None], c.audio[None], c.video[None], c.modality[None],
-                                 c.speakers[None], pad)
-        out.append(torch.softmax(logits[0], -1)[c.labels >= 0].numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(model.label_names)), np.float32)
 
 
 def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[Dialogue],

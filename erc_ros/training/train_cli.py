@@ -171,7 +171,7 @@ def cached_teacher_logits(teacher_dirs, parts, labels):
 
     from erc_ros.models.artefact import load_model_dir, sha256_file
     from erc_ros.paths import cache_root
-    from erc_ros.training.text_stage import teacher_logits
+    from erc_ros.training.fusion_stage import dialogue_teacher_logits
 
     h = hashlib.sha256(b"whole-dialogues")
     for d in teacher_dirs:
@@ -187,8 +187,8 @@ def cached_teacher_logits(teacher_dirs, parts, labels):
     for d, t in zip(teacher_dirs, teachers):
         if list(t.label_names) != list(labels):
             raise SystemExit(f"teacher {d} has labels {list(t.label_names)}, the data {list(labels)}")
-    out = np.concatenate([teacher_logits(teachers, part, prefix_cache_dir=path.parent,
-                                         whole_dialogues=True) for part in parts if part])
+    out = np.concatenate([dialogue_teacher_logits(teachers, part, prefix_cache_dir=path.parent)
+                          for part in parts if part])
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
     return out
