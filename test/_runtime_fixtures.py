@@ -45,14 +45,16 @@ def save_tiny(model, directory: Path) -> Path:
     return save_model_dir(model, directory)
 
 
-def espeak(text: str, voice: str = "en-us+f3") -> np.ndarray:
-    """Mono float32 16 kHz speech from espeak-ng (22.05 kHz) resampled with scipy."""
+def espeak(text: str, voice: str = "en-us+f3", options: tuple = ()) -> np.ndarray:
+    """Mono float32 16 kHz speech from espeak-ng (22.05 kHz) resampled with scipy;
+    ``options``: more espeak-ng arguments (``("-p", "90")``: pitch, ``("-s", "120")``: words
+    per minute)."""
     from scipy.signal import resample_poly
 
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is not installed (tools/setup.sh installs it)")
-    wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True,
-                         check=True).stdout
+    wav = subprocess.run(["espeak-ng", "-v", voice, *options, "--stdout", text],
+                         capture_output=True, check=True).stdout
     import io
 
     with wave.open(io.BytesIO(wav)) as w:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import scipy.fft
@@ -223,6 +223,34 @@ class SpeakerEmbedder:
             return None
         return a, t1, self.embed_windows([wav])[0], weight
 
+    def clip_embedding(self, wav: np.ndarray,
+                       voiced: Optional[Callable[[float, float], float]] = None
+                       ) -> Optional[np.ndarray]:
+        """The embedding :meth:`utterance_embedding` makes live for an utterance whose audio
+        is the whole of ``wav`` (training reads clips, not a stream): the windows
+        :meth:`process` embeds while the person speaks (from the start, one every ``step``
+        while ``voiced(t0, t1)``, the VAD's speech ratio, reaches ``min_voiced``; every one
+        when ``voiced`` is None), then the tail window over what they leave uncovered."""
+        wav = np.asarray(wav, np.float32).reshape(-1)
+        starts, i = [], 0
+        while i + self.window <= wav.size:
+            a, b = i / SAMPLE_RATE, (i + self.window) / SAMPLE_RATE
+            if voiced is None or voiced(a, b) >= self.min_voiced:
+                starts.append(i)
+                i += self.step
+            else:  # as process(): a VAD-sized hop to the next onset
+                i += max(self.step // 2, 512)
+        vecs = [e for k in range(0, len(starts), self.batch)
+                for e in self.embed_windows([wav[s:s + self.window]
+                                             for s in starts[k:k + self.batch]])]
+        weights = [1.0] * len(vecs)
+        covered_to = max(((s + self.window) / SAMPLE_RATE for s in starts), default=0.0)
+        tail = self._tail_window(0.0, wav.size / SAMPLE_RATE, covered_to, _ClipAudio(wav))
+        if tail is not None:
+            vecs.append(tail[2])
+            weights.append(tail[3])
+        return _unit(np.average(np.stack(vecs), axis=0, weights=weights)) if vecs else None
+
     def utterance_embedding(self, t0: float, t1: float, buffer, tol: float = SPAN_TOLERANCE_S
                             ) -> tuple[Optional[np.ndarray], int]:
         """Embedding of [t0, t1] from the stored windows inside it, plus one new window over
@@ -237,6 +265,17 @@ class SpeakerEmbedder:
             weights.append(tail[3])
         emb = _unit(np.average(np.stack(vecs), axis=0, weights=weights)) if vecs else None
         return emb, int(tail is not None and self.pause_reused == reused)
+
+
+class _ClipAudio:
+    """A whole clip read like the audio buffer (times in s from its start)."""
+
+    def __init__(self, wav: np.ndarray):
+        self.wav = wav
+
+    def read(self, t0: float, t1: float) -> np.ndarray:
+        a, b = (max(0, int(round(t * SAMPLE_RATE))) for t in (t0, t1))
+        return self.wav[a:b]
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -17,12 +17,15 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
 from .errors import ImageDecodeError, StampError
 from .types import Frame
+
+if TYPE_CHECKING:
+    from .config import FaceConfig
 
 
 def _cv2():
@@ -183,6 +186,46 @@ class FaceDetector:
         if frame.boxes is None:
             frame.boxes = self.detect(frame.image)
         return frame.boxes
+
+
+def detector_for(fc: "FaceConfig") -> FaceDetector:
+    """The face detector the perception core runs, from its ``faces`` section (training
+    builds the very same one: what it crops is what the robot crops)."""
+    return FaceDetector(fc.detect_width, 1.2, 4, fc.min_face_fraction)
+
+
+def due_for_detection(frames: list[StoredFrame], since: float, detect_fps: float
+                      ) -> Optional[StoredFrame]:
+    """The next frame (from ``since`` on) that detection while the person speaks wants: the
+    first without boxes at least ``1 / detect_fps`` after the last one detected; None when
+    none is due (or ``detect_fps`` is 0)."""
+    if detect_fps <= 0:
+        return None
+    last = -math.inf
+    for f in frames:
+        if f.stamp < since:
+            continue
+        if f.boxes is not None:
+            last = f.stamp
+        elif f.stamp - last >= 1.0 / detect_fps:
+            return f
+    return None
+
+
+def speaker_faces(frames: "FrameBuffer", detector: FaceDetector, fc: "FaceConfig",
+                  start: float, end: float,
+                  activity: Optional[Callable[[np.ndarray], np.ndarray]] = None
+                  ) -> tuple[list[StoredFrame], FaceSelection]:
+    """(the frames chosen for the utterance [start, end], the speaker's face selection), as
+    an utterance closes: ``fc.count`` frames spread over the span, then
+    :func:`select_speaker` with ``fc``'s settings. ``activity(stamps)``: voice activity at
+    the chosen frames' stamps (None: uniform)."""
+    chosen = frames.select(start, end, fc.count)
+    act = activity(np.array([f.stamp for f in chosen])) if chosen and activity else None
+    sel = select_speaker(chosen, detector, fc.size, fc.count, act,
+                         use_motion=fc.use_av_activity, margin=fc.margin,
+                         detect_frames=fc.detect_frames, make_crops=fc.crops)
+    return chosen, sel
 
 
 @dataclass

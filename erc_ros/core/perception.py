@@ -93,7 +93,7 @@ class PerceptionCore:
         self.config = cfg = config or PerceptionConfig()
         cfg.validate()
         from .diarization import OnlineDiarizer, SpeakerEmbedder
-        from .faces import FaceDetector, FrameBuffer
+        from .faces import FrameBuffer, detector_for
         from .vad import StreamingVad, VadSegmenter
 
         self._lock = threading.RLock()
@@ -133,8 +133,7 @@ class PerceptionCore:
         fc = cfg.faces
         self.frames = FrameBuffer(fc.buffer_seconds, fc.store_fps, fc.store_max_width,
                                   a.clock_reset_seconds) if fc.enabled else None
-        self.detector = FaceDetector(fc.detect_width, 1.2, 4, fc.min_face_fraction) \
-            if fc.enabled else None
+        self.detector = detector_for(fc) if fc.enabled else None
         self.face_expert = face_expert if fc.enabled and fc.expression else None
         if self.face_expert is not None and tuple(self.face_expert.labels) != FACE_CLASSES:
             raise ValueError(f"the face expert's classes {tuple(self.face_expert.labels)} are "
@@ -363,25 +362,19 @@ class PerceptionCore:
 
     def _detect_while_speaking(self, since: float) -> None:
         """Detect faces on a few frames of the speech in progress (off the close path)."""
-        fc = self.config.faces
-        if fc.detect_fps <= 0:
-            return
+        from .faces import due_for_detection
+
         t = time.perf_counter()
-        last = -math.inf
-        for f in self.frames.frames:
-            if f.stamp < since:
-                continue
-            if f.boxes is not None:
-                last = f.stamp
-            elif f.stamp - last >= 1.0 / fc.detect_fps:
-                self.detector.boxes(f)
-                last = f.stamp
-                self._timer.add("faces_stream", time.perf_counter() - t)
-                if self.face_expert is not None:  # while speaking: off the close path
-                    t = time.perf_counter()
-                    self._classify([f])
-                    self._timer.add("expression_stream", time.perf_counter() - t)
-                return  # at most one detection per poll keeps polls short
+        # At most one detection per poll keeps polls short.
+        f = due_for_detection(self.frames.frames, since, self.config.faces.detect_fps)
+        if f is None:
+            return
+        self.detector.boxes(f)
+        self._timer.add("faces_stream", time.perf_counter() - t)
+        if self.face_expert is not None:  # while speaking: off the close path
+            t = time.perf_counter()
+            self._classify([f])
+            self._timer.add("expression_stream", time.perf_counter() - t)
 
     def _classify(self, frames) -> None:
         """The face expert on every face box of ``frames`` not yet classified (one call);
@@ -437,7 +430,7 @@ class PerceptionCore:
         return FACE_SEEN, len(rows), np.mean(rows, axis=0).astype(np.float32)
 
     def _build(self, p: PendingUtterance) -> Optional[Utterance]:
-        from .faces import select_speaker
+        from .faces import speaker_faces
 
         sc, fc = self.config.segmentation, self.config.faces
         t_close = time.perf_counter()
@@ -471,11 +464,8 @@ class PerceptionCore:
         face_status, face_count = FACE_DISABLED, 0
         if self.frames is not None:
             t = time.perf_counter()
-            chosen = self.frames.select(start, end, fc.count)
-            act = self.vad.activity(np.array([f.stamp for f in chosen])) if chosen else None
-            sel = select_speaker(chosen, self.detector, fc.size, fc.count, act,
-                                 use_motion=fc.use_av_activity, margin=fc.margin,
-                                 detect_frames=fc.detect_frames, make_crops=fc.crops)
+            chosen, sel = speaker_faces(self.frames, self.detector, fc, start, end,
+                                        self.vad.activity)
             faces = sel.crops
             self.counters["utterances_face" if sel.keys else "utterances_no_face"] += 1
             if not chosen:

@@ -229,16 +229,40 @@ class StreamingVad:
     def speech_ratio(self, t0: float, t1: float) -> float:
         """Fraction of windows in [t0, t1) above the segmenter's threshold."""
         vals = [p for t, p in self.probs if t0 <= t < t1]
-        if not vals:
-            return 0.0
-        return float(np.mean(np.asarray(vals) >= self.segmenter.threshold))
+        return speech_ratio_of(vals, self.segmenter.threshold)
 
     def activity(self, times: np.ndarray) -> np.ndarray:
         """Speech probability at each of ``times`` (nearest window; 0 outside history)."""
-        if not self.probs:
-            return np.zeros(len(times))
         ts = np.fromiter((t for t, _ in self.probs), float, len(self.probs))
         ps = np.fromiter((p for _, p in self.probs), float, len(self.probs))
-        idx = np.clip(np.searchsorted(ts, times) - 1, 0, len(ts) - 1)
-        inside = (times >= ts[0]) & (times < ts[-1] + WINDOW / SAMPLE_RATE)
-        return np.where(inside, ps[idx], 0.0)
+        return activity_at(ts, ps, times)
+
+
+def speech_ratio_of(probs, threshold: float) -> float:
+    """Fraction of window probabilities ``probs`` at or above ``threshold`` (0 for none)."""
+    probs = np.asarray(probs, float)
+    return float(np.mean(probs >= threshold)) if probs.size else 0.0
+
+
+def activity_at(ts: np.ndarray, ps: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Speech probability at each of ``times`` from windows starting at ``ts`` (sorted) with
+    probabilities ``ps``: the window each time falls in; 0 outside them."""
+    times = np.asarray(times, float)
+    if len(ts) == 0:
+        return np.zeros(len(times))
+    idx = np.clip(np.searchsorted(ts, times) - 1, 0, len(ts) - 1)
+    inside = (times >= ts[0]) & (times < ts[-1] + WINDOW / SAMPLE_RATE)
+    return np.where(inside, ps[idx], 0.0)
+
+
+def clip_probabilities(model: SileroVad, wav: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(window start times in s from the clip's start, speech probabilities) of a whole 16 kHz
+    clip, its complete windows in order, as :class:`StreamingVad` computes them live (the
+    model's state is reset first: a clip is a stream of its own)."""
+    model.reset()
+    wav = np.asarray(wav, np.float32).reshape(-1)
+    n = wav.size // WINDOW
+    probs = [model.run(wav[k0 * WINDOW:min(n, k0 + 512) * WINDOW])
+             for k0 in range(0, n, 512)]  # blocks of at most ~16 s per ONNX call
+    ps = np.concatenate(probs) if probs else np.zeros(0, np.float32)
+    return np.arange(n) * WINDOW / SAMPLE_RATE, ps.astype(float)

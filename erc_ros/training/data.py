@@ -5,13 +5,19 @@ all become dialogues of ``Utterance`` with an integer label per utterance (-1 = 
 
 - MELD: the release CSV (``Sr No., Utterance, Speaker, Emotion, ..., Dialogue_ID,
   Utterance_ID, ..., StartTime, EndTime``); optional clip folder (MELD.Raw layout
-  ``dia{D}_utt{U}.mp4``, with an optional ``dia{D}_utt{U}.wav`` beside it for the audio).
+  ``dia{D}_utt{U}.mp4``, a ``dia{D}_utt{U}.wav`` beside it wins for the audio), read by
+  :mod:`erc_ros.training.media` as the perception core reads live input.
 - EmoryNLP: ``emorynlp_*_final.csv`` (``Speaker`` is a list literal; ``Scene_ID``).
 - GoEmotions (Ekman mapping, MELD's 7 classes): ``train.tsv``/``dev.tsv``, one-utterance
   dialogues (extra supervision for the rare classes; no context, no speakers).
 - IEMOCAP: the standard release layout by path
   (``Session{1..5}/dialog/transcriptions/*.txt`` and ``dialog/EmoEvaluation/*.txt``, audio in
-  ``sentences/wav/<dialog>/<utt>.wav``), 4/6-class label maps.
+  ``sentences/wav/<dialog>/<utt>.wav``, video ``dialog/avi/DivX/<dialog>.avi`` cut at each
+  utterance's times), 4/6-class label maps.
+
+A dialogue loaded with its media's whereabouts (``clips_dir`` / ``with_media``) carries one
+:class:`MediaRef` per utterance in ``Dialogue.media``; :mod:`erc_ros.training.media` reads
+them (decoded once, cached).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -34,11 +40,23 @@ IEMOCAP6_LABELS = ("neutral", "happy", "sad", "angry", "excited", "frustrated")
 IEMOCAP4_LABELS = ("neutral", "happy", "sad", "angry")  # excited merged into happy
 
 
+@dataclass(frozen=True)
+class MediaRef:
+    """Where one utterance's audio and video are: a clip (``video``: MELD.Raw's mp4, whole)
+    and/or a WAV, or a span [start, end] s of a longer recording (IEMOCAP's dialogue AVI)."""
+
+    video: Optional[Path] = None
+    wav: Optional[Path] = None
+    start: Optional[float] = None  # None: the whole file
+    end: Optional[float] = None
+
+
 @dataclass
 class Dialogue:
     conversation_id: str
     utterances: list[Utterance]
     labels: list[int] = field(default_factory=list)
+    media: list[Optional[MediaRef]] = field(default_factory=list)  # [] or one per utterance
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -68,9 +86,31 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
+#: MELD.Raw's clip folders per split (the release's names, then shorter ones), looked for in
+#: the media folder and in a folder of the split's name inside it.
+MELD_SPLIT_DIRS = {"train": ("train_splits", "train"), "dev": ("dev_splits_complete", "dev"),
+                   "test": ("output_repeated_splits_test", "test")}
+
+
+def meld_split_dir(media_dir: str | Path, split: str) -> Optional[Path]:
+    """The folder of ``split``'s clips (``dia{D}_utt{U}.mp4``) under a MELD.Raw folder: the
+    first of ``MELD_SPLIT_DIRS[split]`` (directly or inside ``<media_dir>/<split>``) that
+    holds clips; None if none does."""
+    media_dir = Path(media_dir)
+    names = MELD_SPLIT_DIRS[split]
+    for cand in [media_dir / n for n in names] + [media_dir / split / n for n in names]:
+        if cand.is_dir() and (next(cand.glob("dia*_utt*.mp4"), None) is not None or
+                              next(cand.glob("dia*_utt*.wav"), None) is not None):
+            return cand
+    return None
+
+
 def load_meld(csv_path: str | Path, clips_dir: str | Path | None = None,
               labels: Sequence[str] = MELD_LABELS, split: str = "") -> list[Dialogue]:
-    """MELD-format CSV -> dialogues (ordered by Dialogue_ID then Utterance_ID)."""
+    """MELD-format CSV -> dialogues (ordered by Dialogue_ID then Utterance_ID). With
+    ``clips_dir`` each dialogue's ``media`` says where its clips are:
+    :func:`erc_ros.training.media.attach_media` decodes them into the utterances (a small
+    set; training streams a corpus's clips, whose media do not fit in memory)."""
     csv_path = Path(csv_path)
     split = split or csv_path.stem
     index = {k.lower(): i for i, k in enumerate(labels)}
@@ -80,38 +120,19 @@ def load_meld(csv_path: str | Path, clips_dir: str | Path | None = None,
             rows.setdefault(int(r["Dialogue_ID"]), []).append(r)
     out = []
     for d in sorted(rows):
-        utts, labs = [], []
+        utts, labs, refs = [], [], []
         cid = f"meld-{split}-{d}"
         for r in sorted(rows[d], key=lambda r: int(r["Utterance_ID"])):
             u = Utterance(utterance_id=f"{cid}-{r['Utterance_ID']}", conversation_id=cid,
                           speaker_id=r["Speaker"].strip(), start=_clock(r.get("StartTime", "")),
                           end=_clock(r.get("EndTime", "")), text=_clean(r["Utterance"]))
             if clips_dir is not None:
-                _attach_clip(u, Path(clips_dir) / f"dia{d}_utt{r['Utterance_ID']}")
+                stem = Path(clips_dir) / f"dia{d}_utt{r['Utterance_ID']}"
+                refs.append(MediaRef(video=stem.with_suffix(".mp4"), wav=stem.with_suffix(".wav")))
             utts.append(u)
             labs.append(index.get(r.get("Emotion", "").strip().lower(), -1))
-        out.append(Dialogue(cid, utts, labs))
+        out.append(Dialogue(cid, utts, labs, refs))
     return out
-
-
-def _attach_clip(u: Utterance, stem: Path, num_frames: int = 4) -> None:
-    """Audio from ``stem.wav`` (16 kHz mono after resampling) and evenly spaced frames of
-    ``stem.mp4`` (whole frames; the core's face detector crops live input)."""
-    wav = stem.with_suffix(".wav")
-    if wav.is_file():
-        u.audio = read_wav_16k(wav)
-    mp4 = stem.with_suffix(".mp4")
-    if mp4.is_file():
-        import cv2
-
-        cap = cv2.VideoCapture(str(mp4))
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        for i in np.linspace(0, max(n - 1, 0), num_frames).astype(int):
-            cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
-            ok, img = cap.read()
-            if ok:
-                u.faces.append(cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (112, 112)))
-        cap.release()
 
 
 def read_wav_16k(path: str | Path) -> np.ndarray:
@@ -200,10 +221,12 @@ _IEMO_MAP = {"neu": "neutral", "hap": "happy", "sad": "sad", "ang": "angry",
 
 
 def load_iemocap(root: str | Path, sessions: Sequence[int] = (1, 2, 3, 4, 5),
-                 labels: Sequence[str] = IEMOCAP6_LABELS, with_audio: bool = False
-                 ) -> list[Dialogue]:
+                 labels: Sequence[str] = IEMOCAP6_LABELS, with_audio: bool = False,
+                 with_media: bool = False) -> list[Dialogue]:
     """IEMOCAP_full_release layout by path. Utterances whose label is outside ``labels``
-    (xxx, oth, fear, ...) keep their place in the dialogue with label -1 (context only)."""
+    (xxx, oth, fear, ...) keep their place in the dialogue with label -1 (context only).
+    ``with_audio``: each utterance's WAV read now; ``with_media``: ``Dialogue.media`` says
+    where each utterance's WAV and video span (the dialogue's AVI) are, read later."""
     root = Path(root)
     index = {k: i for i, k in enumerate(labels)}
     four = tuple(labels) == IEMOCAP4_LABELS
@@ -218,8 +241,9 @@ def load_iemocap(root: str | Path, sessions: Sequence[int] = (1, 2, 3, 4, 5),
                     m = re.match(r"\[(\S+) - (\S+)\]\s+(\S+)\s+(\w+)", line)
                     if m:
                         emo[m.group(3)] = m.group(4)
-            utts, labs = [], []
+            utts, labs, refs = [], [], []
             cid = f"iemocap-{tr.stem}"
+            avi = root / f"Session{s}" / "dialog" / "avi" / "DivX" / f"{tr.stem}.avi"
             for line in tr.read_text(errors="replace").splitlines():
                 m = re.match(r"(\S+) \[(\d+\.\d+)-(\d+\.\d+)\]:\s*(.*)", line)
                 if not m or m.group(1) not in emo:
@@ -227,18 +251,19 @@ def load_iemocap(root: str | Path, sessions: Sequence[int] = (1, 2, 3, 4, 5),
                 uid, a, b, text = m.groups()
                 spk = uid.split("_")[-1][0]  # F / M
                 u = Utterance(uid, cid, spk, float(a), float(b), text=_clean(text))
-                if with_audio:
-                    wav = root / f"Session{s}" / "sentences" / "wav" / tr.stem / f"{uid}.wav"
-                    if wav.is_file():
-                        u.audio = read_wav_16k(wav)
+                wav = root / f"Session{s}" / "sentences" / "wav" / tr.stem / f"{uid}.wav"
+                if with_audio and wav.is_file():
+                    u.audio = read_wav_16k(wav)
+                refs.append(MediaRef(video=avi, wav=wav, start=float(a), end=float(b)))
                 name = _IEMO_MAP.get(emo[uid], "")
                 if four and name == "excited":
                     name = "happy"
                 utts.append(u)
                 labs.append(index.get(name, -1))
             if utts:
-                out.append(Dialogue(cid, sorted(utts, key=lambda u: u.start),
-                                    [l for _, l in sorted(zip([u.start for u in utts], labs))]))
+                order = sorted(range(len(utts)), key=lambda i: utts[i].start)
+                out.append(Dialogue(cid, [utts[i] for i in order], [labs[i] for i in order],
+                                    [refs[i] for i in order] if with_media else []))
     return out
 
 

@@ -8,7 +8,9 @@ fine-tunes the prompt text encoder end to end with the concat head (:mod:`text_s
 cycles (warm restarts, optionally distilled from ``--teacher`` models or the previous
 cycle); a recipe's ``fusion_stage`` then fits a fresh head over the encoder's cached vectors
 (:mod:`fusion_stage`). The saved model uses text only (``trained_modalities``): MELD here has
-no audio/video to train those branches.
+no audio/video to train those branches. ``--recipe multimodal --media DIR`` trains them over a
+trained text model from the user's MELD.Raw or IEMOCAP media (:mod:`multimodal_stage`,
+docs/multimodal.md).
 The output directory is self-describing (see :mod:`erc_ros.models.artefact`), with dev
 metrics and the data sha256s in its provenance, a ``train_log.json`` and a dev
 confusion-matrix PNG.
@@ -55,6 +57,14 @@ RECIPES = {
         epochs=3, batch_size=16, lr=4e-5, head_lr=4e-5, warmup=0.0,
         class_weight_power=0.0, label_smoothing=0.0, ema_decay=0.0, self_distill=0.0,
         freeze_word_embeddings=False, freeze_layers=0, audio=False, video=False, seed=13),
+    # The audio and video branches over a trained text model (--init, default models/default;
+    # its text encoder frozen), from the user's MELD.Raw or IEMOCAP media (--media):
+    # erc_ros.training.multimodal_stage. The encoders and the head train together; lr is
+    # the head's (the encoders' too), modality dropout 0.3, class weights (n/n_c)^0.5.
+    # audio_dim / video_dim: the encoders' widths where the init model has none.
+    "multimodal": dict(
+        stage="multimodal", epochs=15, batch_size=8, lr=5e-4, modality_dropout=0.3,
+        class_weight_power=0.5, audio_dim=64, video_dim=64, seed=13),
     # Tests: a tiny random BERT over the MiniLM vocabulary.
     "tiny": dict(
         encoder="tiny", pooling="mask", past_context=2, max_length=48,
@@ -93,7 +103,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model-id", default="")
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default fp16)")
-    p.add_argument("--init", help="start from this model directory's weights (resume)")
+    p.add_argument("--init", help="start from this model directory's weights (resume); "
+                   "--recipe multimodal: the text model to add audio and video to "
+                   "(default: the shipped models/default)")
+    p.add_argument("--media", help="--recipe multimodal: the MELD.Raw folder (train_splits/, "
+                   "dev_splits_complete/ of dia{D}_utt{U}.mp4) or, with --format iemocap, the "
+                   "IEMOCAP root (docs/multimodal.md)")
+    p.add_argument("--perception", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="--recipe multimodal: a perception parameter the robot runs with "
+                   "other than its default (e.g. faces.detect_width=512), so training reads "
+                   "the media as the robot will (repeat for several)")
     p.add_argument("--cycle", type=int, default=1,
                    help="first training cycle to run (2 = only the recipe's second cycle)")
     p.add_argument("--cycles", type=int, default=0,
@@ -276,6 +295,12 @@ def run(args) -> int:
     from erc_ros.training.metrics import plot_confusion
     from erc_ros.training.text_stage import TextStageConfig, teacher_logits, train_text_stage
 
+    if args.recipe == "multimodal":
+        from erc_ros.training.multimodal_stage import run as run_multimodal
+
+        return run_multimodal(args, dict(RECIPES[args.recipe]), model_reference)
+    if args.media:
+        raise SystemExit("error: --media is read by --recipe multimodal only")
     r = dict(RECIPES[args.recipe])
     for k in ("encoder", "past_context", "max_length", "epochs", "lr", "class_weight_power",
               "self_distill", "distill", "seed"):
