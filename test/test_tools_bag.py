@@ -59,6 +59,13 @@ def test_eval_bag_many_bags(bags, model, tmp_path):
     assert len(m["bags"]) == 2
     rows = list(csv.DictReader(open(out / "utterances.csv")))
     assert len(rows) == 8 and all(r["predicted"] for r in rows)
+    # The face expert's own word beside the fused label (the bags' camera shows faces).
+    from erc_ros.core.types import FACE_SEEN, FACE_STATUSES
+
+    assert all(r["face_status"] in FACE_STATUSES for r in rows)
+    seen = [r for r in rows if r["face_status"] == FACE_SEEN]
+    assert seen and all(r["face_label"] and 0 < float(r["face_confidence"]) <= 1 for r in seen)
+    assert all(not r["face_label"] for r in rows if r["face_status"] != FACE_SEEN)
     assert (out / "confusion.png").stat().st_size > 1000
     assert "weighted F1" in (out / "summary.md").read_text()
     # the same bag, stored twice, scores the same (deterministic, storage-independent)

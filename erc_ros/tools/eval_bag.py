@@ -128,6 +128,17 @@ def read_labels(path: str | Path) -> list[dict]:
     return out
 
 
+def _face_columns(est) -> dict:
+    """What the face-expression expert said on the utterance, beside the fused label:
+    ``face_status`` (seen / no_face / no_camera / disabled / error), its top class and
+    probability ("" without a face)."""
+    if est is None:
+        return {"face_status": "", "face_label": "", "face_confidence": ""}
+    label = est.face_label
+    return {"face_status": est.face_status, "face_label": label,
+            "face_confidence": f"{est.face_confidence:.4f}" if label else ""}
+
+
 def labels_for(bag: Path, labels: Optional[str], ground_truth: list[dict]) -> list[dict]:
     if labels:
         return read_labels(labels)
@@ -293,7 +304,8 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
                          "est_speaker": est.speaker_id if est else "",
                          "est_start": f"{est.start:.3f}" if est else "",
                          "est_end": f"{est.end:.3f}" if est else "",
-                         "latency_ms": f"{est.latency_ms:.2f}" if est else "", "lost": est is None})
+                         "latency_ms": f"{est.latency_ms:.2f}" if est else "", "lost": est is None,
+                         **_face_columns(est)})
         for est in res.estimates:
             if id(est) not in matched:
                 rows.append({"bag": bag.name, "utterance_id": est.utterance_id, "start": "",
@@ -301,7 +313,7 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
                              "predicted": est.label, "confidence": f"{est.confidence:.4f}",
                              "est_speaker": est.speaker_id, "est_start": f"{est.start:.3f}",
                              "est_end": f"{est.end:.3f}", "latency_ms": f"{est.latency_ms:.2f}",
-                             "lost": False})
+                             "lost": False, **_face_columns(est)})
         lat += [e.latency_ms for e in res.estimates]
         for k, v in res.refused.items():
             refused[k] = refused.get(k, 0) + v
