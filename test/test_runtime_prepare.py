@@ -59,3 +59,33 @@ def test_prepare_flag_of_the_loader_builds_into_the_cache(fresh):
     pipe = EmotionPipeline.from_model_dir(d, backend="auto", prepare=True)
     assert pipe.backend_name == "onnxruntime"
     assert _snapshot(d) == before and any(cache.rglob("*.onnx"))
+
+
+def test_a_quantized_stage_that_breaks_is_never_picked_automatically(fresh):
+    """all-mpnet-base-v2's dynamic INT8 text encoder points its vectors anywhere (mean cosine
+    0.106 to FP32; MELD dev 60.8 -> 27.8): each variant is checked against FP32 when it is
+    made, and `auto` runs a rejected stage in fp32 while an explicit precision still runs it."""
+    import json
+
+    from erc_ros.runtime.manifest import find_stage_files, read_manifest
+    from erc_ros.runtime.quantize import rejection
+
+    d, _ = fresh
+    rdir = prepare(d, ["int8"])
+    arts = read_manifest(rdir)["artefacts"]
+    text = arts[find_stage_files(rdir, "onnx", "int8")["text_encoder"]]
+    check = text["check_vs_fp32"]
+    assert 0.9 <= check["mean_cosine"] <= 1.0 + 1e-9 and "rejected" not in text
+    assert rejection({"mean_cosine": 0.106, "label_agreement": None}).startswith("its outputs")
+    assert rejection({"mean_cosine": None, "label_agreement": 0.5}).startswith("its labels")
+    assert rejection(check) == ""
+    # As if quantization had broken it: the manifest records why.
+    man = rdir / "manifest.json"
+    m = json.loads(man.read_text())
+    m["artefacts"][find_stage_files(rdir, "onnx", "int8")["text_encoder"]]["rejected"] = "broken"
+    man.write_text(json.dumps(m))
+    auto = EmotionPipeline.from_model_dir(d, backend="auto")
+    assert auto.stages["text_encoder"].precision == "fp32"
+    assert auto.stages["fusion"].precision == "int8"
+    asked = EmotionPipeline.from_model_dir(d, backend="onnxruntime", precision="int8")
+    assert asked.stages["text_encoder"].precision == "int8"

@@ -388,21 +388,31 @@ def _torch_stages(model, precision: str, threads: int) -> dict[str, Backend]:
 
 
 def _ort_stages(model_dir, needed, precision, threads, providers):
-    if precision == "auto":
+    auto = precision == "auto"
+    if auto:
         # Dynamic INT8 is a CPU technique (on a GPU it recomputes scales on the host: seed
         # 004 measured 616 ms on Orin); GPUs get FP16.
         gpu = choose_ort_providers(providers)[0] != "CPUExecutionProvider"
         precision = "fp16" if gpu else "int8"
     files = find_stage_files(model_dir, "onnx", precision)
     fp32 = find_stage_files(model_dir, "onnx", "fp32")
+    arts = read_manifest(model_dir).get("artefacts", {})
     stages = {}
     for stage in ("text_encoder", "audio_encoder", "video_encoder", "fusion"):
         if stage not in needed:
             continue
         rel, prec = files.get(stage), precision
+        rejected = arts.get(rel, {}).get("rejected") if rel is not None else None
+        if rel is not None and auto and rejected:
+            # Quantization broke this stage (checked against FP32 when it was made,
+            # erc_ros.runtime.quantize.rejection): automatic choice runs its FP32 export.
+            log.warning("%s %s of %s was rejected when it was made (%s): running its fp32 "
+                        "export", stage, precision, model_dir, rejected)
+            rel = None
         if rel is None:
             rel, prec = fp32[stage], "fp32"
-            log.info("no %s ONNX of %s: running its fp32 export", precision, stage)
+            if not rejected:
+                log.info("no %s ONNX of %s: running its fp32 export", precision, stage)
         path, = verify_files(model_dir, [rel])
         stages[stage] = OrtBackend(path, providers=providers, threads=threads, precision=prec)
     if not any(b.precision == precision for b in stages.values()):
