@@ -275,3 +275,12 @@ def test_shipped_teacher_needs_the_training_extra_and_says_so(tmp_path, monkeypa
                    "--json", str(tmp_path / "out.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "make setup-train" in err[0] and "Traceback" not in err[0]
+
+
+def test_teacher_names():
+    from erc_ros.paths import share_path
+    from erc_ros.training.train_cli import resolve_teachers
+
+    assert resolve_teachers(["large"]) == [str(share_path("models", "large"))]
+    assert resolve_teachers(["none", "large"]) == [] and resolve_teachers([]) == []
+    assert resolve_teachers(["runs/t1", "runs/t2"]) == ["runs/t1", "runs/t2"]

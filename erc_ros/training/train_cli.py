@@ -91,7 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill", type=float,
                    help="weight of KD toward --teacher models' mean prediction (0-1)")
     p.add_argument("--teacher", action="append", default=[],
-                   help="trained model directory to distill from (repeat for an ensemble)")
+                   help="trained model directory to distill from (repeat for an ensemble); "
+                        "'large' = the shipped teacher models/large; 'none' = no teacher, "
+                        "whatever the recipe names")
     p.add_argument("--goemotions", choices=["recipe", "off", "stage", "mix"], default="recipe",
                    help="GoEmotions use: the recipe's, none, a first stage on it, or mixed "
                         "into the training data (ablations)")
@@ -177,6 +179,25 @@ def _goemotions(args, r: dict, labels) -> tuple[str, list, list]:
     print(f"GoEmotions ({mode}): {len(d)} comments, per class "
           f"{data.class_counts(d, len(labels)).tolist()}", file=sys.stderr)
     return mode, d, [f]
+
+
+def resolve_teachers(names) -> list[str]:
+    """Teacher model directories from ``--teacher`` values (or a recipe's ``distill_from``):
+    a path, ``large`` (the shipped ``models/large``) or ``none`` (no teacher at all)."""
+    from erc_ros.paths import share_path
+
+    if "none" in names:
+        return []
+    out = []
+    for n in names:
+        if n == "large":
+            d = share_path("models", "large")
+            if d is None:
+                raise SystemExit("error: --teacher large: no models/large in this checkout or "
+                                 "install")
+            n = str(d)
+        out.append(n)
+    return out
 
 
 def cached_teacher_logits(teacher_dirs, parts, labels):
@@ -337,10 +358,11 @@ def run(args) -> int:
     if ge_mode == "mix":
         train = train + ge
     teacher = None
-    if args.teacher:
-        teacher = cached_teacher_logits(args.teacher, parts, labels)
+    teacher_dirs = resolve_teachers(args.teacher or r.get("distill_from", []))
+    if teacher_dirs:
+        teacher = cached_teacher_logits(teacher_dirs, parts, labels)
         r.setdefault("distill", 0.5)
-        r["teachers"] = [model_reference(d) for d in args.teacher]
+        r["teachers"] = [model_reference(d) for d in teacher_dirs]
     cycles = [{}, *r.get("then", [])]
     from erc_ros.paths import cache_root
 
