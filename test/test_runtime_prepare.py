@@ -86,6 +86,9 @@ def test_a_quantized_stage_that_breaks_is_never_picked_automatically(fresh):
     man.write_text(json.dumps(m))
     auto = EmotionPipeline.from_model_dir(d, backend="auto")
     assert auto.stages["text_encoder"].precision == "fp32"
-    assert auto.stages["fusion"].precision == "int8"
+    # The head keeps its own verdict (a random tiny head's labels are near ties: its INT8
+    # copy agrees on ~94% of them, so it may be rejected too on another CPU).
+    fusion = arts[find_stage_files(rdir, "onnx", "int8")["fusion"]]
+    assert auto.stages["fusion"].precision == ("fp32" if fusion.get("rejected") else "int8")
     asked = EmotionPipeline.from_model_dir(d, backend="onnxruntime", precision="int8")
     assert asked.stages["text_encoder"].precision == "int8"
