@@ -342,3 +342,39 @@ def test_the_shipped_models_untrained_prosody_branch_becomes_egemaps():
     assert model.audio_encoder.config.in_dim == model.preprocessor.audio_feature_dim == 88 + 256 + 1
     assert model.config.audio is model.audio_encoder.config
     assert all(torch.equal(v, head[k]) for k, v in model.fusion.state_dict().items())
+
+
+def test_a_clip_too_long_or_too_large_is_refused_with_its_reason(tmp_path, monkeypatch, capsys):
+    """Whole clips are bounded (an episode dropped in the folder is not one utterance):
+    refused with the reason, the utterance keeps its text, nothing else is lost."""
+    from _runtime_fixtures import espeak
+
+    from erc_ros.training import media
+    from erc_ros.training.media import attach_media
+
+    monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path / "cache"))
+    clips = tmp_path / "train_splits"
+    clips.mkdir()
+    joy, _ = _face_images()
+    speech = espeak("Okay then, this is a longer line of speech.", "en-us+f3")
+    for u in range(2):
+        write_clip(clips / f"dia0_utt{u}.mp4", joy, speech)
+    csv_path = tmp_path / "train.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER)
+        w.writerow([1, "Hello there.", "Ross", "joy", "positive", 0, 0, 1, 1, "", ""])
+        w.writerow([2, "Hi.", "Rachel", "neutral", "neutral", 0, 1, 1, 1, "", ""])
+    monkeypatch.setattr(media, "MAX_CLIP_SECONDS", 0.5)
+    (d,) = data.load_meld(csv_path, clips)
+    summary = attach_media([d])
+    err = capsys.readouterr().err
+    assert "longer than 0.5 s: not one utterance's clip" in err
+    assert summary["failed"] == 2 and not any(u.has_audio or u.has_video for u in d.utterances)
+    with pytest.raises(ValueError, match="audio longer than 0.5 s"):
+        media.decode_audio(clips / "dia0_utt0.mp4")
+    monkeypatch.setattr(media, "MAX_CLIP_SECONDS", 600.0)
+    monkeypatch.setattr(media, "MAX_FRAME_PIXELS", 100 * 100)
+    (d,) = data.load_meld(csv_path, clips)
+    summary = attach_media([d])
+    assert "larger than 8K" in capsys.readouterr().err and summary["failed"] == 2

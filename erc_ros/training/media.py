@@ -45,6 +45,19 @@ from erc_ros.training.data import Dialogue, MediaRef, read_wav_16k
 
 #: Bumped when what a cache entry holds, or how it is made, changes.
 MEDIA_FORMAT = 1
+#: A clip longer than this is not one utterance (a whole episode put in the folder, a
+#: corrupt duration): refused before it fills memory (10 min of 16 kHz audio is 38 MB).
+#: IEMOCAP's dialogue recordings, cut into spans, are streamed and not bound by it.
+MAX_CLIP_SECONDS = 600.0
+#: Frames larger than this (8K UHD) are refused before they are converted to RGB.
+MAX_FRAME_PIXELS = 7680 * 4320
+#: A WAV beside a clip larger than this (MAX_CLIP_SECONDS at 96 kHz, 2 channels, 32 bits) is
+#: refused before it is read.
+MAX_WAV_BYTES = int(MAX_CLIP_SECONDS * 96000 * 2 * 4)
+
+
+def _existing(path: Optional[Path]) -> Optional[Path]:
+    return path if path is not None and path.is_file() else None
 
 
 @dataclass
@@ -79,26 +92,35 @@ def attach_media(dialogues: Sequence[Dialogue], reader: Optional["MediaReader"] 
     return reader.summary()
 
 
-def decode_audio(path: str | Path) -> np.ndarray:
+def decode_audio(path: str | Path, max_seconds: Optional[float] = None) -> np.ndarray:
     """The first audio track of a media file as mono float32 at 16 kHz (empty when the
-    file has no audio track)."""
+    file has no audio track); ValueError past ``max_seconds`` (default
+    :data:`MAX_CLIP_SECONDS`)."""
     import av
 
-    parts = []
+    max_seconds = MAX_CLIP_SECONDS if max_seconds is None else max_seconds
+    parts, n, limit = [], 0, int(max_seconds * SAMPLE_RATE)
     with av.open(str(path)) as c:
         if not c.streams.audio:
             return np.zeros(0, np.float32)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         for frame in c.decode(c.streams.audio[0]):
-            parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            got = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            parts += got
+            n += sum(g.size for g in got)
+            if n > limit:
+                raise ValueError(f"audio longer than {max_seconds:g} s: not one utterance's "
+                                 "clip")
         parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
 
-def decode_frames(path: str | Path, store_fps: float) -> Iterator[tuple[float, np.ndarray]]:
+def decode_frames(path: str | Path, store_fps: float, max_seconds: float = math.inf
+                  ) -> Iterator[tuple[float, np.ndarray]]:
     """(stamp in s from the file's start, RGB image) of the first video track, thinned to
     ``store_fps`` as :class:`~erc_ros.core.faces.FrameBuffer` thins (a frame closer than
-    ``1 / store_fps`` to the last kept one is skipped before it is even converted)."""
+    ``1 / store_fps`` to the last kept one is skipped before it is even converted).
+    ValueError for frames over :data:`MAX_FRAME_PIXELS` or a stamp past ``max_seconds``."""
     import av
 
     min_dt = 1.0 / store_fps if store_fps > 0 else 0.0
@@ -106,6 +128,9 @@ def decode_frames(path: str | Path, store_fps: float) -> Iterator[tuple[float, n
         if not c.streams.video:
             return
         st = c.streams.video[0]
+        w, h = st.codec_context.width or 0, st.codec_context.height or 0
+        if w * h > MAX_FRAME_PIXELS:
+            raise ValueError(f"{w}x{h} video frames are larger than 8K")
         st.thread_type = "AUTO"
         offset = (c.start_time or 0) / av.time_base
         rate = float(st.average_rate or 25)
@@ -114,6 +139,10 @@ def decode_frames(path: str | Path, store_fps: float) -> Iterator[tuple[float, n
             t = (frame.time if frame.time is not None else i / rate) - offset
             if abs(t - last) < min_dt:
                 continue
+            if t > max_seconds:
+                raise ValueError(f"video longer than {max_seconds:g} s: not one utterance's clip")
+            if frame.width * frame.height > MAX_FRAME_PIXELS:
+                raise ValueError(f"a {frame.width}x{frame.height} frame is larger than 8K")
             last = t
             yield t, frame.to_ndarray(format="rgb24")
 
@@ -235,8 +264,7 @@ class MediaReader:
     def read(self, ref: MediaRef) -> Optional[ClipMedia]:
         """One whole clip (MELD.Raw): its audio (the WAV if there is one) and the speaker's
         face over its length."""
-        video = ref.video if ref.video is not None and ref.video.is_file() else None
-        wav = ref.wav if ref.wav is not None and ref.wav.is_file() else None
+        video, wav = _existing(ref.video), _existing(ref.wav)
         if video is None and wav is None:
             return self._done(None, missing=ref.video or ref.wav)
         try:
@@ -247,12 +275,16 @@ class MediaReader:
         if media is not None:
             return self._done(media)
         try:
+            if wav is not None and wav.stat().st_size > MAX_WAV_BYTES:
+                raise ValueError(f"a WAV of {wav.stat().st_size >> 20} MB is longer than "
+                                 f"{MAX_CLIP_SECONDS:g} s: not one utterance's clip")
             audio = read_wav_16k(wav) if wav is not None else decode_audio(video)
             probs = self._speech_probabilities(audio)
             faces = []
             if video is not None:
                 end = audio.size / SAMPLE_RATE if audio.size else None
-                faces = self.span_faces(decode_frames(video, self.faces_config.store_fps),
+                faces = self.span_faces(decode_frames(video, self.faces_config.store_fps,
+                                                      MAX_CLIP_SECONDS),
                                         [(0.0, end, _activity(probs, 0.0))])[0]
             media = ClipMedia(audio, faces, self._embedding(audio, probs))
         except Exception as e:  # a broken file: text only for this utterance
@@ -267,7 +299,7 @@ class MediaReader:
         out: list[Optional[ClipMedia]] = [None] * len(refs)
         todo = []
         for j, ref in enumerate(refs):
-            wav = ref.wav if ref.wav is not None and ref.wav.is_file() else None
+            wav = _existing(ref.wav)
             if wav is None and not have_video:
                 out[j] = self._done(None, missing=ref.wav or video)
                 continue
