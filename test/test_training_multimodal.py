@@ -193,6 +193,21 @@ def test_multimodal_recipe_trains_audio_and_video(meld_raw, tmp_path, monkeypatc
     np.testing.assert_allclose(runs["all"][:len(d.utterances)],
                                model.predict_dialogue(d.utterances), atol=1e-4)
 
+    # `evaluate --media` scores it with its clips as the robot reads them; without them (or
+    # with both dropped) it is the text alone, which cannot tell the classes apart here.
+    got = {}
+    for name, extra in (("media", ["--media", str(root)]), ("text", []),
+                        ("dropped", ["--media", str(root / "dev_splits_complete"), "--drop",
+                                     "audio", "--drop", "video"])):
+        out_json = tmp_path / f"eval-{name}.json"
+        assert cli.main(["evaluate", "--csv", str(dev_csv), "--model", str(out), "--json",
+                         str(out_json), *extra]) == 0
+        got[name] = json.loads(out_json.read_text())
+    assert got["media"]["media"]["with_face"] == got["media"]["media"]["clips"] == 8
+    assert got["media"]["weighted_f1"] >= 80 > got["text"]["weighted_f1"], got
+    assert got["dropped"]["confusion"] == got["text"]["confusion"]
+    assert got["dropped"]["media"]["dropped"] == ["audio", "video"]
+
 
 def test_a_broken_clip_warns_and_keeps_the_text(tmp_path, monkeypatch, capsys):
     from erc_ros.training.media import attach_media

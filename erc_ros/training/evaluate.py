@@ -9,6 +9,14 @@ utterance with past context only, as the robot sees it (``--future-context`` for
 scoring). ``--backend torch`` (default) runs the model's stages directly in PyTorch; any other
 value (``auto``, ``onnxruntime``, ...) goes through ``erc_ros.runtime.pipeline.EmotionPipeline``,
 the path the robot runs.
+
+``--media DIR`` scores a model with its media, as the robot sees them: each utterance's clip
+(MELD.Raw ``dia{D}_utt{U}.mp4``: DIR is the split's folder, or the MELD.Raw folder holding
+it) is read by the same code as ``train --recipe multimodal`` (faces detected and cropped as
+the perception core does, 16 kHz audio, the diarization embedding; cached in
+``<cache>/media``) with the perception settings the model was trained with, one dialogue at
+a time. ``--drop audio`` / ``--drop video`` scores it with that modality removed, so each
+sense's share is measured, not assumed.
 """
 from __future__ import annotations
 
@@ -32,15 +40,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also show the following utterances (offline scoring, not live)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit-dialogues", type=int, default=0)
+    p.add_argument("--media", help="MELD.Raw clips (the split's folder of dia*_utt*.mp4, or the "
+                   "MELD.Raw folder holding it): score with audio and faces as the robot "
+                   "reads them")
+    p.add_argument("--drop", action="append", default=[], choices=["audio", "video"],
+                   help="with --media: remove this modality from every utterance (repeatable)")
+    p.add_argument("--perception", action="append", default=None, metavar="SECTION.FIELD=VALUE",
+                   help="with --media: a perception setting to read the clips with (default: "
+                   "the ones the model was trained with, from its provenance)")
 
 
-def evaluate_dialogues(model, dialogues, future_context: bool = False, progress: bool = True):
+def evaluate_dialogues(model, dialogues, future_context: bool = False, progress: bool = True,
+                       total=None):
     """(true labels, predicted labels, probabilities) over the labelled utterances."""
     import numpy as np
     from tqdm import tqdm
 
     y_true, y_pred, probs = [], [], []
-    for d in tqdm(dialogues, desc="dialogues", disable=not progress):
+    for d in tqdm(dialogues, desc="dialogues", disable=not progress, total=total):
         p = model.predict_dialogue(d.utterances, future_context=future_context)
         for y, row in zip(d.labels, p):
             if y >= 0:
@@ -50,7 +67,7 @@ def evaluate_dialogues(model, dialogues, future_context: bool = False, progress:
     return y_true, y_pred, probs
 
 
-def _pipeline_predictions(model_dir, backend, threads, dialogues, label_names):
+def _pipeline_predictions(model_dir, backend, threads, dialogues, label_names, total=None):
     from tqdm import tqdm
 
     from erc_ros.runtime.pipeline import EmotionPipeline
@@ -59,7 +76,7 @@ def _pipeline_predictions(model_dir, backend, threads, dialogues, label_names):
                                           prepare=True)  # a CLI: it may build
     index = {k: i for i, k in enumerate(pipe.class_names)}
     y_true, y_pred = [], []
-    for d in tqdm(dialogues, desc=f"dialogues ({pipe.backend_name})"):
+    for d in tqdm(dialogues, desc=f"dialogues ({pipe.backend_name})", total=total):
         pipe.reset(d.conversation_id)
         for u, y in zip(d.utterances, d.labels):
             est = pipe.predict(u)
@@ -69,6 +86,63 @@ def _pipeline_predictions(model_dir, backend, threads, dialogues, label_names):
     return y_true, y_pred, pipe.model_id
 
 
+def clips_folder(media: str | Path, csv: str | Path) -> Path:
+    """The folder of ``csv``'s clips: ``media`` itself when it holds ``dia*_utt*`` clips, else
+    the MELD.Raw split folder under it for the CSV's split (train / dev / test by name)."""
+    from erc_ros.training import data
+
+    media = Path(media)
+    if not media.is_dir():
+        raise SystemExit(f"error: --media {media}: no such folder")
+    if next(media.glob("dia*_utt*.mp4"), None) or next(media.glob("dia*_utt*.wav"), None):
+        return media
+    name = Path(csv).name.lower()
+    for split in data.MELD_SPLIT_DIRS:
+        if name.startswith(split):
+            found = data.meld_split_dir(media, split)
+            if found is not None:
+                return found
+    raise SystemExit(f"error: --media {media}: no dia*_utt*.mp4 clips there, nor in a MELD.Raw "
+                     f"split folder for {Path(csv).name} ({', '.join(sum(data.MELD_SPLIT_DIRS.values(), ()))})")
+
+
+def with_media(dialogues, reader, drop=()):
+    """Each dialogue with its utterances' media attached (one dialogue in memory at a time:
+    they are removed again once the caller moves on), minus the ``drop``ped modalities."""
+    import numpy as np
+
+    for d, medias in reader.iter_dialogues(dialogues, desc="clips"):
+        for u, m in zip(d.utterances, medias):
+            if m is not None:
+                m.attach(u)
+            if "audio" in drop:
+                u.audio = np.zeros(0, np.float32)
+            if "video" in drop:
+                u.faces = []
+        yield d
+        for u in d.utterances:
+            u.audio, u.faces = np.zeros(0, np.float32), []
+            u.features.pop("speaker_embedding", None)
+
+
+def _media_reader(args, manifest: dict):
+    """A MediaReader with ``--perception``, else the settings the model was trained with;
+    says so when the clips will be read otherwise than in training."""
+    from erc_ros.training.media import MediaReader
+    from erc_ros.training.multimodal_stage import perception_config
+
+    prov = manifest.get("provenance") or {}
+    trained_with = (prov.get("recipe") or {}).get("perception")
+    pairs = args.perception if args.perception is not None else list(trained_with or [])
+    reader = MediaReader(perception_config(pairs), progress=False)
+    train_key = ((prov.get("media") or {}).get("train") or {}).get("settings_sha256")
+    if train_key and train_key != reader.settings_key:
+        print("warning: the clips are read with other perception settings than the model "
+              f"was trained with ({pairs} vs {trained_with}): scores may not be the robot's",
+              file=sys.stderr)
+    return reader
+
+
 def run(args) -> int:
     from erc_ros.models.artefact import load_model_dir, read_manifest, sha256_file
     from erc_ros.training import data
@@ -76,22 +150,40 @@ def run(args) -> int:
 
     manifest = read_manifest(args.model)
     labels = manifest["label_names"]
-    loader = data.load_meld if args.format == "meld" else data.load_emorynlp
-    dialogues = loader(args.csv, labels=labels)
+    if (args.drop or args.perception is not None) and not args.media:
+        raise SystemExit("error: --drop and --perception read media: give --media DIR")
+    if args.media and args.format != "meld":
+        raise SystemExit(f"error: --media reads MELD.Raw clips; --format {args.format} has none")
+    if args.media:
+        dialogues = data.load_meld(args.csv, clips_folder(args.media, args.csv), labels=labels)
+    else:
+        loader = data.load_meld if args.format == "meld" else data.load_emorynlp
+        dialogues = loader(args.csv, labels=labels)
     if args.limit_dialogues:
         dialogues = dialogues[: args.limit_dialogues]
+    n = len(dialogues)
+    reader = _media_reader(args, manifest) if args.media else None
+    uses = [m for m in manifest["config"].get("trained_modalities", ["text"]) if m != "text"]
+    if uses and not args.media:
+        print(f"note: the model was trained with {' and '.join(uses)}; without --media it is "
+              "scored on the text alone", file=sys.stderr)
+    streamed = with_media(dialogues, reader, args.drop) if reader else dialogues
     t0 = time.time()
     if args.backend == "torch":
         model = load_model_dir(args.model)
-        y_true, y_pred, _ = evaluate_dialogues(model, dialogues, args.future_context)
+        y_true, y_pred, _ = evaluate_dialogues(model, streamed, args.future_context, total=n)
         model_id = model.config.model_id
     else:
         y_true, y_pred, model_id = _pipeline_predictions(args.model, args.backend, args.threads,
-                                                         dialogues, labels)
+                                                         streamed, labels, total=n)
     s = scores(y_true, y_pred, labels)
     s.update(model_id=model_id, model_dir=str(args.model), csv=str(args.csv),
              csv_sha256=sha256_file(args.csv), backend=args.backend,
              future_context=bool(args.future_context), seconds=round(time.time() - t0, 1))
+    if reader is not None:
+        s["media"] = dict(reader.summary(), folder=str(clips_folder(args.media, args.csv)),
+                          dropped=sorted(set(args.drop)))
+        reader.report("media")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(s, indent=2) + "\n")
