@@ -189,6 +189,40 @@ def test_feature_cache_and_fusion_stage(tmp_path):
     assert len(summary["history"]) == 3 and summary["best"]["weighted_f1"] >= 0
 
 
+def test_fusion_stage_distils_a_teacher_over_whole_dialogues():
+    """Stage 2 with a teacher's logits: with the KD term alone (distill 1) the head learns
+    what the teacher says (here: always class 3, whatever the labels), without it the labels;
+    the teacher's rows follow the labelled utterances of each dialogue."""
+    from erc_ros.models.fusion import build_fusion
+    from erc_ros.training.fusion_stage import per_dialogue, predict_cached
+    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+
+    torch.manual_seed(0)
+    model = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "t")
+    feats = encode_dialogues(model, data.load_meld(MELD_DEV)[:10], progress=False)
+    feats[0].labels[1] = -1  # an unlabelled utterance has no teacher row
+    n = sum(int((c.labels >= 0).sum()) for c in feats)
+    rows = np.full((n, 7), -9.0, np.float32)
+    rows[:, 3] = 0.0
+    teacher = per_dialogue(rows, feats)
+    assert teacher[0].shape == (len(feats[0].labels), 7) and not teacher[0][1].any()
+    with pytest.raises(ValueError, match="teacher rows"):
+        per_dialogue(rows[1:], feats)
+
+    def fit(distill):
+        torch.manual_seed(0)
+        head = build_fusion("concat", dict(text_dim=model.dims[0], audio_dim=model.dims[1],
+                                           video_dim=model.dims[2], num_classes=7))
+        train_fusion_stage(head, feats, [], data.MELD_LABELS,
+                           FusionStageConfig(epochs=15, batch_size=4, lr=3e-3, distill=distill,
+                                             unimodal_self_distill=0.0, modality_dropout=0.0),
+                           progress=False, teacher=teacher)
+        return np.asarray(predict_cached(head, feats)[1])
+
+    assert (fit(1.0) == 3).mean() > 0.9
+    assert (fit(0.0) == 3).mean() < 0.5
+
+
 def test_modality_dropout_never_hides_everything():
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(64, 10, 3, generator=g) > 0.3

@@ -26,8 +26,8 @@ from torch import nn
 
 from erc_ros import process
 from erc_ros.models.erc_model import ErcModel
-from erc_ros.models.losses import (pearson_kd, relational_kd, unimodal_self_distillation,
-                                   weighted_cross_entropy)
+from erc_ros.models.losses import (pearson_kd, relational_kd, self_distillation,
+                                   unimodal_self_distillation, weighted_cross_entropy)
 from erc_ros.training.data import Dialogue, class_weights
 from erc_ros.training.metrics import scores
 
@@ -44,6 +44,10 @@ class FusionStageConfig:
     pearson_kd: float = 0.0
     relational_kd: float = 0.0
     tau: float = 2.0
+    # Weight of KL(trained teacher || head) on the labelled utterances (with ``teacher``
+    # logits): the loss is (1 - distill) * CE + distill * KD at ``distill_tau``.
+    distill: float = 0.0
+    distill_tau: float = 2.0
     seed: int = 13
     threads: int = 2
 
@@ -194,10 +198,35 @@ def predict_cached(head: nn.Module, data: Sequence[CachedDialogue], batch_size: 
     return y_true, y_pred
 
 
+def per_dialogue(rows: np.ndarray, data: Sequence[CachedDialogue]) -> list[torch.Tensor]:
+    """Rows over the labelled utterances of ``data`` in order (teacher logits, as
+    :func:`dialogue_teacher_logits` returns them) -> one [T, C] tensor per dialogue (zeros on
+    the unlabelled utterances)."""
+    labelled = sum(int((c.labels >= 0).sum()) for c in data)
+    if labelled != len(rows):
+        raise ValueError(f"{len(rows)} teacher rows for {labelled} labelled utterances")
+    out, i = [], 0
+    for c in data:
+        keep = c.labels >= 0
+        t = torch.zeros(len(c.labels), rows.shape[1])
+        n = int(keep.sum())
+        t[keep] = torch.as_tensor(rows[i:i + n], dtype=torch.float32)
+        out.append(t)
+        i += n
+    return out
+
+
 def train_fusion_stage(head: nn.Module, train: Sequence[CachedDialogue],
                        dev: Sequence[CachedDialogue], label_names: Sequence[str],
-                       cfg: FusionStageConfig, log=print, progress: bool = True) -> dict:
+                       cfg: FusionStageConfig, log=print, progress: bool = True,
+                       teacher: Optional[Sequence[torch.Tensor]] = None) -> dict:
+    """Train ``head`` over cached vectors; keep its best state by dev weighted F1.
+    ``teacher``: one [T, C] tensor of a trained teacher's logits per training dialogue
+    (:func:`per_dialogue`), distilled with weight ``cfg.distill``."""
     from tqdm import tqdm
+
+    if teacher is not None and len(teacher) != len(train):
+        raise ValueError(f"teacher logits for {len(teacher)} dialogues, {len(train)} given")
 
     process.configure(torch_threads=cfg.threads, by="fusion stage")  # no-op under the CLI
     torch.manual_seed(cfg.seed)
@@ -215,10 +244,17 @@ def train_fusion_stage(head: nn.Module, train: Sequence[CachedDialogue],
         rng.shuffle(order)
         for s in tqdm(range(0, len(order), cfg.batch_size), desc=f"fusion epoch {epoch + 1}",
                       disable=not progress, leave=False):
-            text, audio, video, mm, spk, pad, y = collate([train[i] for i in order[s:s + cfg.batch_size]])
+            batch = order[s:s + cfg.batch_size]
+            text, audio, video, mm, spk, pad, y = collate([train[i] for i in batch])
             mm = modality_dropout(mm, cfg.modality_dropout, gen)
             logits, _, aux = head.forward_with_aux(text, audio, video, mm, spk, pad)
             loss = weighted_cross_entropy(logits, y, cw)
+            if teacher is not None and cfg.distill > 0:
+                tl = torch.zeros(logits.shape)
+                for j, i in enumerate(batch):
+                    tl[j, : len(teacher[i])] = teacher[i]
+                loss = (1 - cfg.distill) * loss + cfg.distill * self_distillation(
+                    logits, tl, cfg.distill_tau, y >= 0)
             if aux and cfg.unimodal_self_distill > 0:
                 loss = loss + cfg.unimodal_self_distill * unimodal_self_distillation(
                     aux, logits, mm & ~pad[..., None], cfg.tau)
@@ -258,9 +294,11 @@ HEAD_DEFAULTS = dict(d_model=128, num_heads=4, num_layers=1, causal=True, dropou
 
 def fit_head(model: ErcModel, name: str, train: Sequence[CachedDialogue],
              dev: Sequence[CachedDialogue], cfg: FusionStageConfig, seed: int = 13,
-             progress: bool = False, **head_config) -> tuple[nn.Module, dict, dict]:
+             progress: bool = False, teacher: Optional[Sequence[torch.Tensor]] = None,
+             **head_config) -> tuple[nn.Module, dict, dict]:
     """Train a fresh ``name`` head over ``model``'s cached vectors; returns (head, its config
-    with the model's dims, the stage summary). Text-only features: no modality dropout."""
+    with the model's dims, the stage summary). Text-only features: no modality dropout.
+    ``teacher``: see :func:`train_fusion_stage`."""
     from erc_ros.models.fusion import build_fusion
 
     dt, da, dv = model.dims
@@ -269,7 +307,8 @@ def fit_head(model: ErcModel, name: str, train: Sequence[CachedDialogue],
                 max_speakers=model.config.preprocessing.max_speakers)
     torch.manual_seed(seed)
     head = build_fusion(name, hcfg)
-    summary = train_fusion_stage(head, train, dev, model.label_names, cfg, progress=progress)
+    summary = train_fusion_stage(head, train, dev, model.label_names, cfg, progress=progress,
+                                 teacher=teacher)
     return head, hcfg, summary
 
 

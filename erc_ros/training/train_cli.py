@@ -116,7 +116,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "other than its default (e.g. faces.detect_width=512), so training reads "
                    "the media as the robot will (repeat for several)")
     p.add_argument("--cycle", type=int, default=1,
-                   help="first training cycle to run (2 = only the recipe's second cycle)")
+                   help="first training cycle to run (2 = from the recipe's second cycle; "
+                   "past its last, with --init: only the fusion stage over the init model)")
     p.add_argument("--cycles", type=int, default=0,
                    help="run at most this many of the recipe's cycles (0 = all; ablations "
                         "compare single cycles)")
@@ -283,21 +284,25 @@ def model_reference(model_dir: str | Path) -> dict:
 
 
 def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads: int,
-                  prefix_dir: str = ""):
+                  prefix_dir: str = "", teacher=None):
     """Stage 2: a fresh head over the fine-tuned encoder's cached vectors (encoder frozen);
-    it replaces the stage-1 head only if dev improves. Returns (best, dev scores or None)."""
+    it replaces the stage-1 head only if dev improves. ``teacher``: trained teachers' logits
+    over ``train``'s labelled utterances, distilled into the head with the recipe's
+    ``distill`` weight. Returns (best, dev scores or None)."""
     from erc_ros.training.fusion_stage import (FusionStageConfig, encode_dialogues, fit_head,
-                                               predict_cached, use_head)
+                                               per_dialogue, predict_cached, use_head)
     from erc_ros.training.metrics import scores
 
     fs = r["fusion_stage"]
     model.eval()
     kw = dict(prefix_cache_dir=prefix_dir) if r.get("cache_frozen") else {}
     ftr, fdv = encode_dialogues(model, train, **kw), encode_dialogues(model, dev, **kw)
+    distill = fs.get("distill", r.get("distill", 0.0)) if teacher is not None else 0.0
     cfg = FusionStageConfig(epochs=fs["epochs"], class_weight_power=fs["class_weight_power"],
                             lr=fs.get("lr", 5e-4), modality_dropout=0.0, threads=threads,
-                            seed=r["seed"])
-    head, hcfg, s2 = fit_head(model, fs["head"], ftr, fdv, cfg, seed=r["seed"], progress=True)
+                            seed=r["seed"], distill=distill)
+    head, hcfg, s2 = fit_head(model, fs["head"], ftr, fdv, cfg, seed=r["seed"], progress=True,
+                              teacher=per_dialogue(teacher, ftr) if distill > 0 else None)
     history += [dict(h, stage=2, head=fs["head"]) for h in s2["history"]]
     if s2["best"].get("weighted_f1", -1) <= best.get("weighted_f1", -1):
         print(f"stage 2 ({fs['head']}) did not beat stage 1 on dev; keeping the stage-1 head",
@@ -364,6 +369,9 @@ def run(args) -> int:
         r.setdefault("distill", 0.5)
         r["teachers"] = [model_reference(d) for d in teacher_dirs]
     cycles = [{}, *r.get("then", [])]
+    if args.cycle > len(cycles) and not args.init:
+        raise SystemExit(f"error: --cycle {args.cycle}: the recipe has {len(cycles)} cycles; "
+                         "past the last (the fusion stage only) needs --init DIR")
     from erc_ros.paths import cache_root
 
     prefix_dir = str(cache_root() / "train")
@@ -406,13 +414,15 @@ def run(args) -> int:
             best = dict(s["best"], cycle=ci + 1)
             best_scores = s["best_scores"]
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
+    if best_state is not None:  # None: no cycle ran (--cycle past the last: stage 2 only)
+        model.load_state_dict(best_state)
     if two_stage:
         # Stage 2's head learns over whole dialogues: the corpus's own, without GoEmotions'
         # one-comment "dialogues" (mixed in, 11k of them outweighed MELD's 1k dialogues and
         # stage 2 fell to 58.16 on MELD dev from the cycle's 58.53).
+        n0 = sum(int(y >= 0) for d in parts[0] for y in d.labels)  # the corpus's rows
         best, s2_scores = _fusion_stage(model, r, parts[0], dev, best, history, args.threads,
-                                        prefix_dir)
+                                        prefix_dir, None if teacher is None else teacher[:n0])
         best_scores = s2_scores or best_scores
         if prior and best.get("weighted_f1", -1) <= prior.get("weighted_f1", -1):
             from erc_ros.models.artefact import load_model_dir
