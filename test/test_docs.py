@@ -43,7 +43,7 @@ def test_every_node_and_perception_parameter_is_in_a_table():
     text = "".join(p.read_text() for p in docs.pages())
     names = [f"`perception.{k}`" for k, _, _ in PerceptionConfig.describe()]
     names += [f"`{k}`" for k in ARGUMENTS]
-    for module in ("utterance_node", "emotion_node"):
+    for module in ("utterance_node", "emotion_node", "face_expression_node"):
         names += [f"`{k}`" for k in importlib.import_module(f"erc_ros.ros.{module}").PARAMETERS]
     missing = [n for n in names if f"| {n} |" not in text]
     assert not missing, f"{missing} {FIX}"

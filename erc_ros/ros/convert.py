@@ -604,10 +604,15 @@ EXPRESSION_OF = {
 }
 
 
-def _expression(stamp: float, label: str, valence: float, arousal: float, confidence: float):
+def expression_msg(stamp: float | Time, label: str, valence: float, arousal: float,
+                   confidence: float):
+    """hri_msgs/Expression: ``label`` (a class name of :data:`EXPRESSION_OF`) mapped to the
+    ROS4HRI vocabulary (unknown names: empty), valence/arousal clipped to [-1, 1], a
+    non-finite confidence as 0. ``stamp``: float seconds or a builtin_interfaces/Time (kept
+    exactly, e.g. the stamp of the image the expression describes)."""
     from hri_msgs.msg import Expression
     msg = Expression()
-    msg.header.stamp = float_to_time(stamp)
+    msg.header.stamp = stamp if isinstance(stamp, Time) else float_to_time(stamp)
     msg.header.frame_id = ""  # a coordinate frame, none here: the person is in the topic name
     msg.expression = EXPRESSION_OF.get(str(label).lower(), "")
     msg.valence = float(np.clip(valence, -1.0, 1.0))
@@ -620,7 +625,7 @@ def estimate_to_expression(est: Estimate):
     """Estimate -> hri_msgs/Expression with valence/arousal/confidence and the utterance's
     end as stamp. Unknown class names map to an empty expression (valence/arousal still
     set)."""
-    return _expression(est.end, est.label, est.valence, est.arousal, est.confidence)
+    return expression_msg(est.end, est.label, est.valence, est.arousal, est.confidence)
 
 
 def face_expression(est: Estimate):
@@ -629,5 +634,5 @@ def face_expression(est: Estimate):
     None when the face was not seen (``face_status`` other than seen)."""
     if est.face_status != FACE_SEEN or not len(est.face_probabilities):
         return None
-    return _expression(est.end, est.face_label, est.face_valence, est.face_arousal,
-                       est.face_confidence)
+    return expression_msg(est.end, est.face_label, est.face_valence, est.face_arousal,
+                          est.face_confidence)

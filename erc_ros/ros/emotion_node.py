@@ -25,14 +25,14 @@ import time
 from collections import OrderedDict
 from typing import Any, Optional
 
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros.assemble import default_model_dir, load_pipeline
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
-from erc_ros.ros.lifecycle import ParameterGuard, declare_documented, run_node
+from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
+                                  fail, read_parameters, run_node)
 from erc_ros.ros.topic_names import id_token
 from erc_ros.ros.worker import Worker
 
@@ -94,12 +94,7 @@ class EmotionNode(LifecycleNode):
         self._pub = None
         self._expr_pubs: OrderedDict[str, list] = OrderedDict()  # topic -> [pub, last use]
         self._expr_lock = threading.Lock()
-        self._group = MutuallyExclusiveCallbackGroup()
-        from diagnostic_msgs.msg import DiagnosticArray
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(
-            self.get_parameter("diagnostics_period").value, self.publish_diagnostics,
-            callback_group=self._group)
+        self._diag_pub, self._diag_timer = diagnostics_timer(self)
         self.published = 0
         self.on_estimate = None  # optional in-process hook: f(utterance, estimate, e2e_ms)
 
@@ -109,9 +104,8 @@ class EmotionNode(LifecycleNode):
         return {"torch_threads": int(self.get_parameter("threads").value)}
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        p = {n: self.get_parameter(n).value for n in PARAMETERS}
+        p, bad = read_parameters(self, PARAMETERS)
         self.p = p
-        bad = self._param_errors + self.guard.check_all(PARAMETERS)
         if p["publish_expression"] and p["expression_namespace"] == "faces" and \
                 p["publish_face_expression"]:
             bad.append("expression_namespace faces and publish_face_expression would both "
@@ -120,7 +114,6 @@ class EmotionNode(LifecycleNode):
                        "expression_namespace voices")
         if bad:
             return self._fail("invalid parameters: " + "; ".join(bad))
-        self._diag_timer.timer_period_ns = int(p["diagnostics_period"] * 1e9)
         model_dir = p["model_dir"] or default_model_dir()
         try:
             self.pipeline = load_pipeline(model_dir, backend=p["backend"],
@@ -141,11 +134,7 @@ class EmotionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _fail(self, msg: str) -> TransitionCallbackReturn:
-        self.get_logger().error(msg)
-        self.health.error = msg
-        self.pipeline = None
-        self.publish_diagnostics()
-        return TransitionCallbackReturn.FAILURE
+        return fail(self, msg, lambda: setattr(self, "pipeline", None))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.p["subscribe_utterances"]:

@@ -56,12 +56,19 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
     "audio_topic": ("", "remap the audio topic"),
     "asr_topic": ("", "remap the ASR topic"),
     "estimate_topic": ("", "remap the EmotionEstimate output topic"),
+    "face_expression_node": ("false", "also start face_expression_node (ROS4HRI: an "
+                                      "hri_msgs/Expression per tracked face on "
+                                      "/humans/faces/<id>/expression, continuously); the "
+                                      "emotion node's per-utterance face Expression "
+                                      "(publish_face_expression) is then off, so those topics "
+                                      "carry the tracked faces' only"),
 }
 
 #: Executables (installed by CMakeLists.txt from scripts/).
 EXEC_UTTERANCE = "utterance_node"
 EXEC_EMOTION = "emotion_node"
 EXEC_COMPOSED = "emotion_pipeline"
+EXEC_FACE_EXPRESSION = "face_expression_node"
 
 #: The node names (the executables name their nodes so; the composed process too).
 NODE_NAMES = ("utterance_node", "emotion_node")
@@ -179,7 +186,9 @@ def plan(args: Optional[dict[str, str]] = None) -> list[NodeSpec]:
     ROS topic names (relative ones land under the namespace): ValueError with the reason
     otherwise. Parameter names of the two nodes never clash in meaning, so the same override
     dict serves both nodes of the composed process (rclpy ignores parameters a node does not
-    declare).
+    declare). ``face_expression_node:=true`` adds the ROS4HRI face-expression node, in its own
+    process, with the YAML file (a ``/**/face_expression_node:`` section, if it has one) and
+    ``use_sim_time``; the emotion node's ``publish_face_expression`` is then false.
     """
     a = {k: d for k, (d, _) in ARGUMENTS.items()}
     unknown = set(args or {}) - set(a)
@@ -202,6 +211,17 @@ def plan(args: Optional[dict[str, str]] = None) -> list[NodeSpec]:
     over: dict[str, Any] = {"use_sim_time": _truthy(a["use_sim_time"])}
     if a["model_dir"]:
         over["model_dir"] = a["model_dir"]
+    faces = _truthy(a["face_expression_node"])
+    if faces:
+        emo = cfg["emotion_node"]
+        if emo.get("publish_expression", True) and \
+                emo.get("expression_namespace", "voices") == "faces":
+            raise ValueError(
+                f"face_expression_node:=true and {cfg_path}'s emotion_node "
+                "expression_namespace: faces would both publish on "
+                "/humans/faces/<id>/expression (the tracked faces' and the fused estimate "
+                "per speaker): set expression_namespace voices")
+        over["publish_face_expression"] = False  # /humans/faces/<id>/: tracked faces only
     if a["asr"]:
         if a["asr_type"] and a["asr_type"] != a["asr"]:
             raise ValueError(f"launch arguments asr:={a['asr']} and asr_type:={a['asr_type']} "
@@ -227,9 +247,14 @@ def plan(args: Optional[dict[str, str]] = None) -> list[NodeSpec]:
     params: list = [str(cfg_path), over]
     if _truthy(a["composed"]):
         # No node-name remap: in one process it would rename both nodes.
-        return [NodeSpec(EXEC_COMPOSED, "", ns, params, remaps)]
-    return [NodeSpec(EXEC_UTTERANCE, "utterance_node", ns, list(params), remaps),
-            NodeSpec(EXEC_EMOTION, "emotion_node", ns, list(params), remaps)]
+        specs = [NodeSpec(EXEC_COMPOSED, "", ns, params, remaps)]
+    else:
+        specs = [NodeSpec(EXEC_UTTERANCE, "utterance_node", ns, list(params), remaps),
+                 NodeSpec(EXEC_EMOTION, "emotion_node", ns, list(params), remaps)]
+    if faces:  # its own process; only use_sim_time of the overrides concerns it
+        specs.append(NodeSpec(EXEC_FACE_EXPRESSION, "face_expression_node", ns,
+                              [str(cfg_path), {"use_sim_time": over["use_sim_time"]}]))
+    return specs
 
 
 def node_parameters(spec: NodeSpec, node_name: str) -> dict[str, Any]:

@@ -110,6 +110,41 @@ class ParameterGuard:
         return SetParametersResult(successful=True)
 
 
+def diagnostics_timer(node) -> tuple[Any, Any]:
+    """The node's ``/diagnostics`` publisher and the timer (own callback group, period: its
+    ``diagnostics_period`` parameter) that calls its ``publish_diagnostics``. Made in
+    ``__init__``: they live as long as the node, so a failed configure is reported too."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+
+    pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    timer = node.create_timer(node.get_parameter("diagnostics_period").value,
+                              node.publish_diagnostics,
+                              callback_group=MutuallyExclusiveCallbackGroup())
+    return pub, timer
+
+
+def read_parameters(node, params: dict[str, tuple[Any, str]]) -> tuple[dict[str, Any], list[str]]:
+    """At configure: the node's values of ``params`` and what is wrong with them (values
+    refused at declaration, the guard's checks); when nothing is, the /diagnostics timer
+    (:func:`diagnostics_timer`) takes the ``diagnostics_period`` now set."""
+    p = {n: node.get_parameter(n).value for n in params}
+    bad = node._param_errors + node.guard.check_all(params)
+    if not bad:
+        node._diag_timer.timer_period_ns = int(p["diagnostics_period"] * 1e9)
+    return p, bad
+
+def fail(node, msg: str, free: Optional[Callable[[], None]] = None) -> TransitionCallbackReturn:
+    """A failed transition: log ``msg``, keep it as the node's health error, free what the
+    transition made (``free``), publish /diagnostics at once, return FAILURE."""
+    node.get_logger().error(msg)
+    node.health.error = msg
+    if free is not None:
+        free()
+    node.publish_diagnostics()
+    return TransitionCallbackReturn.FAILURE
+
+
 def autostart(node) -> bool:
     """Configure and activate when the ``autostart`` parameter says so (there is no launch
     file here to drive the lifecycle)."""

@@ -13,12 +13,10 @@ and, when composed in one process with the emotion node, handed over in memory.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from typing import Any, Callable, Optional
 
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -27,8 +25,9 @@ from erc_ros.assemble import build_config, build_core, torch_threads
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.ingest import Ingest
-from erc_ros.ros.lifecycle import ParameterGuard, declare_documented, run_node
-from erc_ros.ros.topic_names import is_topic_token
+from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
+                                  fail, read_parameters, run_node)
+from erc_ros.ros.tracked import TrackedIds
 from erc_ros.ros.worker import Worker
 
 #: name -> (default, description). Every parameter of the node, documented.
@@ -132,18 +131,11 @@ class UtteranceNode(LifecycleNode):
         self.worker: Optional[Worker] = None
         self.on_utterance: Optional[Callable[[Any, Optional[float]], None]] = None
         self._subs: list = []
-        self._voice_subs: dict[str, Any] = {}
-        self._voice_lock = threading.Lock()
-        self._voice_qos = None
+        self._voices: Optional[TrackedIds] = None  # asr_type hri_voices, while active
         self._final_arrivals: dict[float, float] = {}
         self._pub = None
         self._asr_out = None  # asr_type embedded: erc_ros.ros.asr_output.AsrOutput
-        self._group = MutuallyExclusiveCallbackGroup()
-        from diagnostic_msgs.msg import DiagnosticArray
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(
-            self.get_parameter("diagnostics_period").value, self.publish_diagnostics,
-            callback_group=self._group)
+        self._diag_pub, self._diag_timer = diagnostics_timer(self)
         self.published = 0
         self.flushed = False
 
@@ -172,12 +164,10 @@ class UtteranceNode(LifecycleNode):
 
     # -- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        p = {n: self.get_parameter(n).value for n in PARAMETERS}
+        p, bad = read_parameters(self, PARAMETERS)
         self.p = p
-        bad = self._param_errors + self.guard.check_all(PARAMETERS)
         if bad:
             return self._fail("invalid parameters: " + "; ".join(bad))
-        self._diag_timer.timer_period_ns = int(p["diagnostics_period"] * 1e9)
         try:
             self.core = build_core(self._perception_overrides(), p["perception_config"],
                                    asr_type=p["asr_type"], uses_video=self.uses_video,
@@ -216,11 +206,7 @@ class UtteranceNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _fail(self, msg: str) -> TransitionCallbackReturn:
-        self.get_logger().error(msg)
-        self.health.error = msg
-        self._close_core()
-        self.publish_diagnostics()
-        return TransitionCallbackReturn.FAILURE
+        return fail(self, msg, self._close_core)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.p
@@ -254,10 +240,18 @@ class UtteranceNode(LifecycleNode):
             from std_msgs.msg import String
             self._sub(String, p["asr_topic"], "string", asr_qos)
         elif asr == "hri_voices":
-            from hri_msgs.msg import IdsList
-            self._voice_qos = asr_qos
+            from hri_msgs.msg import IdsList, LiveSpeech
+
+            def add(vid: str):
+                topic = f"/humans/voices/{vid}/speech"
+                return self.create_subscription(
+                    LiveSpeech, topic,
+                    lambda m, topic=topic: self._enqueue("live_speech", m, topic), asr_qos)
+            self._voices = voices = TrackedIds(
+                "voice", p["max_voices"], "max_voices", self.health, add,
+                lambda vid, sub: self.destroy_subscription(sub))
             self._subs.append(self.create_subscription(
-                IdsList, "/humans/voices/tracked", self._on_voices, asr_qos))
+                IdsList, "/humans/voices/tracked", lambda m: voices.update(m.ids), asr_qos))
         self.worker.start()
         self.get_logger().info("active: " + ", ".join(
             f"{s.topic_name} ({s.msg_type.__name__})" for s in self._subs))
@@ -302,39 +296,20 @@ class UtteranceNode(LifecycleNode):
             self._enqueue(kind, msg, topic)
         self._subs.append(self.create_subscription(cls, topic, cb, qos))
 
-    def _on_voices(self, msg) -> None:
-        """ROS4HRI: follow /humans/voices/tracked — subscribe to the speech of each tracked
-        voice (at most ``max_voices``), unsubscribe from voices no longer tracked. An id
-        that cannot be a topic name is refused (``refused.voice_id``)."""
-        from hri_msgs.msg import LiveSpeech
-        tracked = []
-        for vid in dict.fromkeys(msg.ids):
-            if not is_topic_token(vid):
-                self.health.refuse("voice_id", f"voice id {vid[:40]!r} is not a valid topic "
-                                               "name token")
-            else:
-                tracked.append(vid)
-        with self._voice_lock:
-            for vid in [v for v in self._voice_subs if v not in tracked]:
-                self.destroy_subscription(self._voice_subs.pop(vid))
-            for vid in tracked:
-                if vid in self._voice_subs:
-                    continue
-                if len(self._voice_subs) >= self.p["max_voices"]:
-                    self.health.refuse("voices_full", f"more than {self.p['max_voices']} "
-                                                      "tracked voices (max_voices)")
-                    break
-                topic = f"/humans/voices/{vid}/speech"
-                self._voice_subs[vid] = self.create_subscription(
-                    LiveSpeech, topic,
-                    lambda m, topic=topic: self._enqueue("live_speech", m, topic),
-                    self._voice_qos)
+    @property
+    def _voice_subs(self) -> dict[str, Any]:
+        """asr_type hri_voices: the LiveSpeech subscription of each tracked voice (ROS4HRI:
+        /humans/voices/tracked is followed by :class:`TrackedIds`, at most ``max_voices``;
+        an id that cannot be a topic name is refused as ``refused.voice_id``)."""
+        return dict(self._voices.items) if self._voices is not None else {}
 
     def _unsubscribe(self) -> None:
-        with self._voice_lock:
-            for s in [*self._subs, *self._voice_subs.values()]:
-                self.destroy_subscription(s)
-            self._subs, self._voice_subs = [], {}
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        if self._voices is not None:
+            self._voices.close()
+            self._voices = None
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds / 1e9

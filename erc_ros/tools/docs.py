@@ -107,6 +107,10 @@ def emotion_node_parameters() -> str:
     return node_parameters("emotion_node")
 
 
+def face_expression_node_parameters() -> str:
+    return node_parameters("face_expression_node")
+
+
 def launch_arguments() -> str:
     """The launch file's arguments (``launch_config.ARGUMENTS``; no rclpy)."""
     from erc_ros.ros.launch_config import ARGUMENTS
@@ -128,6 +132,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "launch-arguments": launch_arguments,
     "utterance-node-parameters": utterance_node_parameters,
     "emotion-node-parameters": emotion_node_parameters,
+    "face-expression-node-parameters": face_expression_node_parameters,
     "perception-parameters": perception_parameters,
 }
 

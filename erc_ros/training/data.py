@@ -33,8 +33,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from erc_ros.core.types import SAMPLE_RATE, Utterance
+from erc_ros.models.labels import MELD_LABELS
 
-MELD_LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 EMORYNLP_LABELS = ("Neutral", "Joyful", "Peaceful", "Powerful", "Scared", "Mad", "Sad")
 IEMOCAP6_LABELS = ("neutral", "happy", "sad", "angry", "excited", "frustrated")
 IEMOCAP4_LABELS = ("neutral", "happy", "sad", "angry")  # excited merged into happy

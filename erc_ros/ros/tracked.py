@@ -1,0 +1,71 @@
+"""Following a ROS4HRI ``tracked`` list (``hri_msgs/IdsList`` on ``/humans/<kind>s/tracked``)
+with one set of resources per tracked id: the utterance node's per-voice LiveSpeech
+subscriptions (``asr_type: hri_voices``) and the face-expression node's per-face crop
+subscription and Expression publisher.
+
+Each list received replaces the previous one: ids no longer in it lose their resources
+(``remove``), new ones get theirs (``add``). An id that cannot be a topic-name token is
+refused (``refused.<kind>_id``: ROS4HRI ids are short ASCII strings, and a topic made from
+anything else would be invalid), and at most ``limit`` ids are followed
+(``refused.<kind>s_full`` once per list that asks for more).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterable, Optional
+
+from erc_ros.ros.diagnostics import NodeHealth
+from erc_ros.ros.topic_names import is_topic_token
+
+
+class TrackedIds:
+    """The ids of a tracked list and the resources of each (thread-safe: :attr:`lock` is
+    held while resources are made or freed, so a thread using one holds it too)."""
+
+    def __init__(self, kind: str, limit: int, limit_name: str, health: NodeHealth,
+                 add: Callable[[str], Any], remove: Callable[[str, Any], None]):
+        self.kind, self.limit, self.limit_name = kind, int(limit), limit_name
+        self.health = health
+        self._add, self._remove = add, remove
+        self.lock = threading.RLock()
+        self.items: dict[str, Any] = {}  # id -> its resources
+        self.closed = False
+
+    def update(self, ids: Iterable[str]) -> None:
+        """Follow a new tracked list (an IdsList's ``ids``)."""
+        tracked = []
+        for i in dict.fromkeys(ids):
+            if is_topic_token(i):
+                tracked.append(i)
+            else:
+                self.health.refuse(f"{self.kind}_id", f"{self.kind} id {i[:40]!r} is not a "
+                                                      "valid topic name token")
+        with self.lock:
+            if self.closed:  # a list delivered while the node deactivated: nothing to follow
+                return
+            for i in [i for i in self.items if i not in tracked]:
+                self._remove(i, self.items.pop(i))
+            for i in tracked:
+                if i in self.items:
+                    continue
+                if len(self.items) >= self.limit:
+                    self.health.refuse(f"{self.kind}s_full", f"more than {self.limit} tracked "
+                                                             f"{self.kind}s ({self.limit_name})")
+                    break
+                self.items[i] = self._add(i)
+
+    def get(self, i: str) -> Optional[Any]:
+        with self.lock:
+            return self.items.get(i)
+
+    def close(self) -> None:
+        """Free every id's resources and follow no list from now on (deactivate: a list
+        callback still running must not make new ones)."""
+        with self.lock:
+            self.closed = True
+            while self.items:
+                i, res = self.items.popitem()
+                self._remove(i, res)
+
+    def __len__(self) -> int:
+        return len(self.items)

