@@ -103,9 +103,10 @@ class DiarizationConfig:
                               "soon as the speech goes quiet (VAD hang-over); the close uses "
                               "it when the utterance ends there (within 0.1 s), so an ASR "
                               "result arriving then needs no embedding on the latency path "
-                              "(bench-core close p50 9.6 -> 3.9 ms; the window ends ~50 ms "
-                              "later, which moved one borderline turn: real-speech DER 9.6 -> "
-                              "12.1 % on seeds 0-2, equal on seeds 3-7)")
+                              "(bench-core close p95 128 -> 33 ms on a loaded machine; the "
+                              "window ends ~50 ms off the close's, which moves one borderline "
+                              "turn: real-speech DER pooled over seeds 0-7 5.05 -> 6.01 %, one "
+                              "conversation 16.9 -> 23.9 %, the other seven equal)")
     threshold: float = _f(0.80, "cosine similarity to a speaker centroid to join it")
     merge_threshold: float = _f(0.85, "two speakers whose centroids reach this similarity "
                                 "continue as the older id (past ids never change)")
