@@ -287,8 +287,8 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
                   prefix_dir: str = "", teacher=None):
     """Stage 2: a fresh head over the fine-tuned encoder's cached vectors (encoder frozen);
     it replaces the stage-1 head only if dev improves. ``teacher``: trained teachers' logits
-    over ``train``'s labelled utterances, distilled into the head with the recipe's
-    ``distill`` weight. Returns (best, dev scores or None)."""
+    over ``train``'s labelled utterances, distilled into the head with the weight the
+    recipe's ``fusion_stage`` gives as ``distill``. Returns (best, dev scores or None)."""
     from erc_ros.training.fusion_stage import (FusionStageConfig, encode_dialogues, fit_head,
                                                per_dialogue, predict_cached, use_head)
     from erc_ros.training.metrics import scores
@@ -297,7 +297,9 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
     model.eval()
     kw = dict(prefix_cache_dir=prefix_dir) if r.get("cache_frozen") else {}
     ftr, fdv = encode_dialogues(model, train, **kw), encode_dialogues(model, dev, **kw)
-    distill = fs.get("distill", r.get("distill", 0.0)) if teacher is not None else 0.0
+    # Off unless the recipe's fusion_stage names a weight: over models/default's encoder, KD
+    # 0.5 toward models/large gave 59.30 against 59.95 without (docs/results.md).
+    distill = fs.get("distill", 0.0) if teacher is not None else 0.0
     cfg = FusionStageConfig(epochs=fs["epochs"], class_weight_power=fs["class_weight_power"],
                             lr=fs.get("lr", 5e-4), modality_dropout=0.0, threads=threads,
                             seed=r["seed"], distill=distill)
