@@ -163,7 +163,10 @@ def run(args) -> int:
         dialogues = dialogues[: args.limit_dialogues]
     n = len(dialogues)
     reader = _media_reader(args, manifest) if args.media else None
-    uses = [m for m in manifest["config"].get("trained_modalities", ["text"]) if m != "text"]
+    config = manifest.get("config") or {}
+    trained = config.get("trained_modalities")  # None: every modality with an encoder
+    uses = [m for m in ("audio", "video")
+            if (m in trained if trained is not None else bool(config.get(m)))]
     if uses and not args.media:
         print(f"note: the model was trained with {' and '.join(uses)}; without --media it is "
               "scored on the text alone", file=sys.stderr)
