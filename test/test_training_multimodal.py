@@ -209,6 +209,17 @@ def test_multimodal_recipe_trains_audio_and_video(meld_raw, tmp_path, monkeypatc
     assert got["dropped"]["media"]["dropped"] == ["audio", "video"]
 
 
+def _two_utterance_csv(tmp_path):
+    """A MELD-format CSV of one dialogue with two utterances (dia0_utt0, dia0_utt1)."""
+    csv_path = tmp_path / "train.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER)
+        w.writerow([1, "Hello there.", "Ross", "joy", "positive", 0, 0, 1, 1, "", ""])
+        w.writerow([2, "Hi.", "Rachel", "neutral", "neutral", 0, 1, 1, 1, "", ""])
+    return csv_path
+
+
 def test_a_broken_clip_warns_and_keeps_the_text(tmp_path, monkeypatch, capsys):
     from erc_ros.training.media import attach_media
 
@@ -216,12 +227,7 @@ def test_a_broken_clip_warns_and_keeps_the_text(tmp_path, monkeypatch, capsys):
     clips = tmp_path / "train_splits"
     clips.mkdir()
     (clips / "dia0_utt0.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
-    csv_path = tmp_path / "train.csv"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(HEADER)
-        w.writerow([1, "Hello there.", "Ross", "joy", "positive", 0, 0, 1, 1, "", ""])
-        w.writerow([2, "Hi.", "Rachel", "neutral", "neutral", 0, 1, 1, 1, "", ""])
+    csv_path = _two_utterance_csv(tmp_path)
     (d,) = data.load_meld(csv_path, clips)
     summary = attach_media([d])
     err = capsys.readouterr().err
@@ -374,12 +380,7 @@ def test_a_clip_too_long_or_too_large_is_refused_with_its_reason(tmp_path, monke
     speech = espeak("Okay then, this is a longer line of speech.", "en-us+f3")
     for u in range(2):
         write_clip(clips / f"dia0_utt{u}.mp4", joy, speech)
-    csv_path = tmp_path / "train.csv"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(HEADER)
-        w.writerow([1, "Hello there.", "Ross", "joy", "positive", 0, 0, 1, 1, "", ""])
-        w.writerow([2, "Hi.", "Rachel", "neutral", "neutral", 0, 1, 1, 1, "", ""])
+    csv_path = _two_utterance_csv(tmp_path)
     monkeypatch.setattr(media, "MAX_CLIP_SECONDS", 0.5)
     (d,) = data.load_meld(csv_path, clips)
     summary = attach_media([d])

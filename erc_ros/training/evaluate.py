@@ -154,8 +154,9 @@ def run(args) -> int:
         raise SystemExit("error: --drop and --perception read media: give --media DIR")
     if args.media and args.format != "meld":
         raise SystemExit(f"error: --media reads MELD.Raw clips; --format {args.format} has none")
-    if args.media:
-        dialogues = data.load_meld(args.csv, clips_folder(args.media, args.csv), labels=labels)
+    folder = clips_folder(args.media, args.csv) if args.media else None
+    if folder is not None:
+        dialogues = data.load_meld(args.csv, folder, labels=labels)
     else:
         loader = data.load_meld if args.format == "meld" else data.load_emorynlp
         dialogues = loader(args.csv, labels=labels)
@@ -184,7 +185,7 @@ def run(args) -> int:
              csv_sha256=sha256_file(args.csv), backend=args.backend,
              future_context=bool(args.future_context), seconds=round(time.time() - t0, 1))
     if reader is not None:
-        s["media"] = dict(reader.summary(), folder=str(clips_folder(args.media, args.csv)),
+        s["media"] = dict(reader.summary(), folder=str(folder),
                           dropped=sorted(set(args.drop)))
         reader.report("media")
     out = Path(args.json)
