@@ -160,6 +160,46 @@ def test_distillation_from_teachers(tmp_path, monkeypatch):
     assert man["preprocessing"]["prompt"]["past_context"] == 5
 
 
+def _geometry(vectors) -> np.ndarray:
+    """Cosine similarities of every pair of rows (the upper triangle)."""
+    v = torch.nn.functional.normalize(torch.as_tensor(vectors, dtype=torch.float32), dim=-1)
+    s = (v @ v.T).numpy()
+    return s[np.triu_indices(len(s), 1)]
+
+
+def test_feature_distillation_pulls_the_students_geometry_to_the_teachers():
+    """Feature KD: the same student, trained with and without the feature term toward a
+    teacher's text vectors (from the cached-teacher pass, whole dialogues): with it, the
+    student's pairwise cosine similarities correlate far better with the teacher's (0.28 ->
+    0.53 here; over three teacher seeds the gain was 0.17-0.25, asserted >= 0.1)."""
+    from erc_ros.training.fusion_stage import dialogue_teacher_logits, encode_dialogues
+    from erc_ros.training.text_stage import TextStageConfig, train_text_stage
+    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+
+    train = data.load_meld(MELD_TRAIN)[:12]
+    torch.manual_seed(1)
+    teacher = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "teacher").eval()
+    logits, vectors = dialogue_teacher_logits([teacher], train, progress=False, features=True)
+    n = sum(int(y >= 0) for d in train for y in d.labels)
+    assert logits.shape == (n, 7) and vectors.shape == (n, teacher.dims[0])
+    target = _geometry(vectors)
+    corr = {}
+    for w in (0.0, 5.0):
+        torch.manual_seed(0)
+        student = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "student")
+        cfg = TextStageConfig(epochs=3, batch_size=8, lr=3e-3, head_lr=3e-3, feature_distill=w,
+                              ema_decay=0.0, threads=1)
+        if w:
+            with pytest.raises(ValueError):
+                train_text_stage(student, train, [], cfg, teacher_features=vectors[:-1],
+                                 progress=False)
+        train_text_stage(student, train, [], cfg, teacher_features=vectors, progress=False)
+        own = torch.cat([c.text[c.labels >= 0]
+                         for c in encode_dialogues(student, train, progress=False)])
+        corr[w] = np.corrcoef(_geometry(own.numpy()), target)[0, 1]
+    assert corr[5.0] > corr[0.0] + 0.1, corr
+
+
 def test_feature_cache_and_fusion_stage(tmp_path):
     from erc_ros.models.fusion import build_fusion
     from erc_ros.training.train_cli import RECIPES, build_from_recipe

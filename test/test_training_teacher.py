@@ -201,6 +201,18 @@ def test_goemotions_stage_and_cached_teacher_logits(tmp_path, capsys):
     cached = list(cache_root().glob("train/teacher-logits-*.npy"))
     n = sum(1 for d in data.load_meld(MELD_TRAIN)[:6] for y in d.labels if y >= 0) + 24
     assert any(np.load(f).shape == (n, 7) for f in cached)
+    # The same pass kept the teacher's text vectors: feature distillation reads them back.
+    vectors = list(cache_root().glob("train/teacher-vectors-*.npy"))
+    assert any(np.load(f).shape[0] == n and np.load(f).dtype == np.float16 for f in vectors)
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(tmp_path / "features"),
+                     "--limit-dialogues", "6", "--max-steps", "2", "--goemotions", "mix",
+                     "--teacher", str(teacher), "--feature-distill", "1.0"]) == 0
+    assert "teacher logits from the cache" in capsys.readouterr().err
+    rec = json.loads((tmp_path / "features" / "manifest.json").read_text())["provenance"]["recipe"]
+    assert rec["feature_distill"] == 1.0
+    with pytest.raises(SystemExit, match="needs a --teacher"):
+        cli.main(["train", "--recipe", "tiny", "--out", str(tmp_path / "x"),
+                  "--limit-dialogues", "6", "--max-steps", "2", "--feature-distill", "1.0"])
 
 
 def test_model_with_frozen_mpnet_stores_only_what_changed(tmp_path, monkeypatch, capsys):

@@ -9,6 +9,9 @@
   (target, F = T T^T) and of student-teacher features (source, F' = S T^T), row-softmax with
   temperature, KL(T_i || S_i) averaged over rows; ``kind="jsd"`` uses the Jensen-Shannon
   divergence instead and ``"kl+jsd"`` the sum.
+- :func:`feature_distillation` — the student's vectors (projected to the teacher's width)
+  toward a trained teacher's: a cosine hint per sample plus :func:`relational_kd` over the
+  L2-normalised vectors (scale-free, so the teacher's norms do not set the temperature).
 - :class:`EmaTeacher` + :func:`self_distillation` — an exponential-moving-average copy of the
   model as teacher; KL(teacher_T || student_T) * tau^2.
 - :func:`unimodal_self_distillation` — each unimodal head learns from the fused prediction
@@ -69,6 +72,18 @@ def relational_kd(student_feats: torch.Tensor, teacher_feats: torch.Tensor,
         loss = loss + 0.5 * (F.kl_div(log_m, target, reduction="batchmean")
                              + F.kl_div(log_m, source, reduction="batchmean"))
     return loss
+
+
+def feature_distillation(projected: torch.Tensor, teacher_feats: torch.Tensor,
+                         tau: float = 0.1) -> torch.Tensor:
+    """(1 - cos(P s, t)) averaged over the batch + :func:`relational_kd` of the L2-normalised
+    vectors at ``tau`` (cosine similarities lie in [-1, 1]: tau 0.1 spreads them over a
+    softmax range of e^20). ``projected``: the student's vectors already mapped to the
+    teacher's width [B, D]; the teacher's [B, D] are detached."""
+    s = F.normalize(projected, dim=-1)
+    t = F.normalize(teacher_feats.detach().float(), dim=-1)
+    hint = (1.0 - (s * t).sum(-1)).mean()
+    return hint + relational_kd(s, t, tau)
 
 
 def self_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

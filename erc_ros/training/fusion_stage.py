@@ -116,24 +116,31 @@ def encode_dialogues(model: ErcModel, dialogues: Sequence[Dialogue],
 
 @torch.no_grad()
 def dialogue_teacher_logits(teachers: Sequence[ErcModel], dialogues: Sequence[Dialogue],
-                            progress: bool = True, prefix_cache_dir=None) -> np.ndarray:
+                            progress: bool = True, prefix_cache_dir=None,
+                            features: bool = False):
     """Log of the teachers' mean class probabilities for every labelled utterance of
     ``dialogues`` (:func:`text_stage.build_samples` order), each head run over whole
     dialogues, past only: exactly what ``evaluate`` scores and the robot runs (a stage-2 head
-    learnt over dialogues). ``prefix_cache_dir``: see :func:`encode_dialogues`."""
-    probs = []
+    learnt over dialogues). ``prefix_cache_dir``: see :func:`encode_dialogues`.
+    ``features``: also return the teachers' text vectors of those utterances (what their
+    heads read), side by side: ([N, C] logits, [N, sum of the teachers' widths] float32), for
+    feature distillation (:func:`text_stage.train_text_stage`)."""
+    probs, feats = [], []
     for t in teachers:
         t.eval()
-        rows = []
+        rows, vecs = [], []
         for c in encode_dialogues(t, dialogues, progress=progress,
                                   prefix_cache_dir=prefix_cache_dir):
             pad = torch.zeros(1, len(c.labels), dtype=torch.bool)
             logits, _ = t.fusion(c.text[None], c.audio[None], c.video[None], c.modality[None],
                                  c.speakers[None], pad)
             rows.append(torch.softmax(logits[0], -1)[c.labels >= 0].numpy())
+            vecs.append(c.text[c.labels >= 0].float().numpy())
         probs.append(np.concatenate(rows) if rows else
                      np.zeros((0, len(t.label_names)), np.float32))
-    return np.log(np.mean(probs, axis=0) + 1e-8).astype(np.float32)
+        feats.append(np.concatenate(vecs) if vecs else np.zeros((0, t.dims[0]), np.float32))
+    logits = np.log(np.mean(probs, axis=0) + 1e-8).astype(np.float32)
+    return (logits, np.concatenate(feats, axis=1).astype(np.float32)) if features else logits
 
 
 def cache_key(model: ErcModel, dialogues: Sequence[Dialogue]) -> str:

@@ -29,7 +29,8 @@ from torch import nn
 
 from erc_ros import process
 from erc_ros.models.erc_model import ErcModel
-from erc_ros.models.losses import EmaTeacher, self_distillation, weighted_cross_entropy
+from erc_ros.models.losses import (EmaTeacher, feature_distillation, self_distillation,
+                                   weighted_cross_entropy)
 from erc_ros.training.data import Dialogue, class_counts, class_weights
 from erc_ros.training.metrics import scores
 
@@ -49,6 +50,10 @@ class TextStageConfig:
     self_distill_tau: float = 2.0
     distill: float = 0.0  # weight of the KD term toward teacher_logits (trained teachers)
     distill_tau: float = 2.0
+    # weight of the feature term toward teacher_features (losses.feature_distillation, through
+    # a linear map to the teacher's width that trains with the head and is then dropped)
+    feature_distill: float = 0.0
+    feature_distill_tau: float = 0.1
     grad_clip: float = 1.0
     seed: int = 13
     max_steps: int = 0  # 0 = all (tests use a few)
@@ -111,8 +116,9 @@ class TextClassifier(nn.Module):
         self.fusion = model.fusion
         _, self.da, self.dv = model.dims
 
-    def forward(self, input_ids, attention_mask, hidden=None):
-        """``hidden``: the encoder's frozen-bottom output for these ids (FrozenPrefix)."""
+    def forward(self, input_ids, attention_mask, hidden=None, return_vector: bool = False):
+        """``hidden``: the encoder's frozen-bottom output for these ids (FrozenPrefix);
+        ``return_vector``: also return the text vectors the head reads ([B, Dt])."""
         enc = self.text_encoder
         t = (enc(input_ids, attention_mask) if hidden is None else
              enc.top(hidden, input_ids, attention_mask))[:, None]
@@ -123,7 +129,7 @@ class TextClassifier(nn.Module):
         logits, _ = self.fusion(t, z(b, 1, self.da), z(b, 1, self.dv), mask,
                                 torch.zeros(b, 1, dtype=torch.long, device=t.device),
                                 torch.zeros(b, 1, dtype=torch.bool, device=t.device))
-        return logits[:, 0]
+        return (logits[:, 0], t[:, 0]) if return_vector else logits[:, 0]
 
 
 def _tensors(model: ErcModel, samples, batch):
@@ -262,11 +268,16 @@ def teacher_logits(teachers: Sequence[ErcModel], dialogues: Sequence[Dialogue],
 
 def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[Dialogue],
                      cfg: TextStageConfig, log=print, progress: bool = True,
-                     teacher: Optional[np.ndarray] = None) -> dict:
+                     teacher: Optional[np.ndarray] = None,
+                     teacher_features: Optional[np.ndarray] = None) -> dict:
     """Fine-tune in place; returns a summary with the per-epoch dev metrics. The model ends
     holding the best weights (raw or EMA) by dev weighted F1. ``teacher``: logits of
     trained teachers for the train samples (:func:`teacher_logits`); with ``cfg.distill``
-    the loss is (1 - distill) * CE + distill * KL(teacher || student) at ``distill_tau``."""
+    the loss is (1 - distill) * CE + distill * KL(teacher || student) at ``distill_tau``.
+    ``teacher_features``: the teachers' text vectors of the same samples [N, Dt']; with
+    ``cfg.feature_distill`` the loss adds feature_distill * :func:`feature_distillation` of
+    the student's vectors, mapped to Dt' by a linear layer that trains with the head and is
+    not part of the model (the seeds' feature and relational distillation)."""
     from tqdm import tqdm
 
     from erc_ros.training.distributed import DistContext
@@ -280,6 +291,12 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
     dv = build_samples(model, dev) if dev else []
     if teacher is not None and len(teacher) != len(tr):
         raise ValueError(f"{len(teacher)} teacher rows for {len(tr)} training samples")
+    proj = None
+    if teacher_features is not None and cfg.feature_distill > 0:
+        if len(teacher_features) != len(tr):
+            raise ValueError(f"{len(teacher_features)} teacher vectors for {len(tr)} "
+                             "training samples")
+        proj = nn.Linear(model.dims[0], teacher_features.shape[1])
     kw = dict(progress=progress and not dist.rank, cache_dir=cfg.prefix_cache_dir or None)
     ptr = frozen_prefix(model, tr, cfg.cache_frozen, **kw)
     pdv = frozen_prefix(model, dv, cfg.cache_frozen, **kw)
@@ -294,7 +311,8 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
     groups = [
         {"params": [p for p in enc if not no_decay(p)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
         {"params": [p for p in enc if no_decay(p)], "lr": cfg.lr, "weight_decay": 0.0},
-        {"params": head, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+        {"params": head + (list(proj.parameters()) if proj is not None else []),
+         "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
     ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]])
     rng = random.Random(cfg.seed)
@@ -320,11 +338,17 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
         for b in bar:
             ids, mask, y = _tensors(model, tr, b)
             hidden = ptr.batch(b, ids.shape[1]) if ptr is not None else None
-            logits = ddp_net(ids, mask, hidden)
+            if proj is not None:
+                logits, vec = ddp_net(ids, mask, hidden, return_vector=True)
+            else:
+                logits = ddp_net(ids, mask, hidden)
             loss = weighted_cross_entropy(logits, y, cw, cfg.label_smoothing)
             if teacher is not None and cfg.distill > 0:
                 loss = (1 - cfg.distill) * loss + cfg.distill * self_distillation(
                     logits, torch.from_numpy(teacher[b]), cfg.distill_tau)
+            if proj is not None:
+                loss = loss + cfg.feature_distill * feature_distillation(
+                    proj(vec), torch.from_numpy(teacher_features[b]), cfg.feature_distill_tau)
             if ema is not None and cfg.self_distill > 0:
                 with torch.no_grad():
                     t_logits = ema(ids, mask, hidden)

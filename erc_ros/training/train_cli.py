@@ -90,6 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--self-distill", type=float)
     p.add_argument("--distill", type=float,
                    help="weight of KD toward --teacher models' mean prediction (0-1)")
+    p.add_argument("--feature-distill", type=float,
+                   help="weight of feature distillation toward the --teacher models' text "
+                        "vectors (cosine hint + relational, losses.feature_distillation)")
     p.add_argument("--teacher", action="append", default=[],
                    help="trained model directory to distill from (repeat for an ensemble); "
                         "'large' = the shipped teacher models/large; 'none' = no teacher, "
@@ -201,11 +204,12 @@ def resolve_teachers(names) -> list[str]:
     return out
 
 
-def cached_teacher_logits(teacher_dirs, parts, labels):
+def cached_teacher_logits(teacher_dirs, parts, labels, features: bool = False):
     """The teachers' logits over the training dialogues (``parts``: lists of dialogues, e.g.
     MELD and GoEmotions, concatenated in order), computed once and kept in the cache, keyed by
     the teachers' manifest sha256s and the training utterances (ids, texts, labels). Each
-    teacher runs over whole dialogues, past only, as ``evaluate`` scores it."""
+    teacher runs over whole dialogues, past only, as ``evaluate`` scores it. The same pass
+    caches the teachers' text vectors (float16); ``features`` returns (logits, vectors)."""
     import hashlib
 
     import numpy as np
@@ -221,18 +225,23 @@ def cached_teacher_logits(teacher_dirs, parts, labels):
         for u, y in zip(dlg.utterances, dlg.labels):
             h.update(f"{u.utterance_id}\t{u.speaker_id}\t{u.text}\t{y}\n".encode())
     path = cache_root() / "train" / f"teacher-logits-{h.hexdigest()[:20]}.npy"
-    if path.is_file():
+    fpath = path.with_name(path.name.replace("teacher-logits-", "teacher-vectors-"))
+    if path.is_file() and (fpath.is_file() or not features):
         print(f"teacher logits from the cache: {path}", file=sys.stderr)
-        return np.load(path)
+        out = np.load(path)
+        return (out, np.load(fpath).astype(np.float32)) if features else out
     teachers = [load_model_dir(d).eval() for d in teacher_dirs]
     for d, t in zip(teacher_dirs, teachers):
         if list(t.label_names) != list(labels):
             raise SystemExit(f"teacher {d} has labels {list(t.label_names)}, the data {list(labels)}")
-    out = np.concatenate([dialogue_teacher_logits(teachers, part, prefix_cache_dir=path.parent)
-                          for part in parts if part])
+    got = [dialogue_teacher_logits(teachers, part, prefix_cache_dir=path.parent, features=True)
+           for part in parts if part]
+    out = np.concatenate([g[0] for g in got])
+    vecs = np.concatenate([g[1] for g in got])
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, out)
-    return out
+    np.save(fpath, vecs.astype(np.float16))
+    np.save(path, out)  # last: its presence says both files are whole
+    return (out, vecs) if features else out
 
 
 def build_from_recipe(r: dict, label_names, model_id: str):
@@ -331,7 +340,7 @@ def run(args) -> int:
         raise SystemExit("error: --media is read by --recipe multimodal only")
     r = dict(RECIPES[args.recipe])
     for k in ("encoder", "past_context", "max_length", "epochs", "lr", "class_weight_power",
-              "self_distill", "distill", "seed"):
+              "self_distill", "distill", "feature_distill", "seed"):
         v = getattr(args, k)
         if v is not None:
             r[k] = v
@@ -364,10 +373,16 @@ def run(args) -> int:
     parts = [train, ge] if ge_mode == "mix" else [train]
     if ge_mode == "mix":
         train = train + ge
-    teacher = None
+    teacher = teacher_vectors = None
     teacher_dirs = resolve_teachers(args.teacher or r.get("distill_from", []))
+    if r.get("feature_distill") and not teacher_dirs:
+        raise SystemExit("error: --feature-distill needs a --teacher")
     if teacher_dirs:
-        teacher = cached_teacher_logits(teacher_dirs, parts, labels)
+        if r.get("feature_distill"):
+            teacher, teacher_vectors = cached_teacher_logits(teacher_dirs, parts, labels,
+                                                             features=True)
+        else:
+            teacher = cached_teacher_logits(teacher_dirs, parts, labels)
         r.setdefault("distill", 0.5)
         r["teachers"] = [model_reference(d) for d in teacher_dirs]
     cycles = [{}, *r.get("then", [])]
@@ -410,7 +425,8 @@ def run(args) -> int:
             # teaches this one (born-again networks; seed 004's EMA teacher, one level up).
             cycle_teacher = teacher_logits([model.eval()], train)
             model.train()
-        s = train_text_stage(model, train, dev, cfg, teacher=cycle_teacher)
+        s = train_text_stage(model, train, dev, cfg, teacher=cycle_teacher,
+                             teacher_features=teacher_vectors)
         history += [dict(h, cycle=ci + 1) for h in s["history"]]
         if s["best"].get("weighted_f1", -1) > best.get("weighted_f1", -1) or best_state is None:
             best = dict(s["best"], cycle=ci + 1)
