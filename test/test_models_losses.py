@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from _tolerances import EPS32, EPS64, rounding_bound
-from erc_ros.models.losses import (EmaTeacher, pearson_kd, relational_kd, self_distillation,
-                                   unimodal_self_distillation, weighted_cross_entropy)
+from erc_ros.models.losses import (EmaTeacher, feature_distillation, pearson_kd, relational_kd,
+                                   self_distillation, unimodal_self_distillation,
+                                   weighted_cross_entropy)
 
 
 F64 = torch.float64  # inputs are built in float64: casting to float32 rounds them once more
@@ -155,6 +156,34 @@ def test_relational_kd_by_hand():
     _check(relational_kd, (s, t), float(kl + jsd), kl_ops + jsd_ops + 1, magnitude, tau=tau,
            kind="kl+jsd")
     assert 0 <= jsd <= math.log(2)
+
+
+def test_feature_distillation_by_hand():
+    """Cosine hint + relational KD over L2-normalised vectors: the float64 reference, then
+    what it must not depend on (the vectors' scale) and where its gradient goes."""
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], dtype=F64)
+    t = torch.tensor([[0.5, 0.5], [0.0, 3.0], [2.0, -1.0]], dtype=F64)
+    tau = 0.1
+    sn = s.numpy() / np.linalg.norm(s.numpy(), axis=1, keepdims=True)
+    tn = t.numpy() / np.linalg.norm(t.numpy(), axis=1, keepdims=True)
+    hint = np.mean(1 - (sn * tn).sum(1))
+    F_t, F_s = tn @ tn.T / tau, sn @ tn.T / tau
+    T_ = np.exp(F_t) / np.exp(F_t).sum(1, keepdims=True)
+    S_ = np.exp(F_s) / np.exp(F_s).sum(1, keepdims=True)
+    kl = np.mean([(T_[i] * np.log(T_[i] / S_[i])).sum() for i in range(3)])
+    # B = 3, D = 2. Normalising a row: D squares, their sum, sqrt, clamp, divide (D + 4);
+    # the hint: D-term dot, 1 - cos, the B-term mean (D + B + 2); relational_kd as in
+    # test_relational_kd_by_hand (3B + 16); the final sum (1): 2D + 4B + 23 = 39. The
+    # intermediates are the log-probabilities, |log p| <= 2 max|cos| / tau + ln B.
+    magnitude = 2 / tau + math.log(3)
+    _check(feature_distillation, (s, t), float(hint + kl), 39, magnitude, tau=tau)
+    assert hint + kl > 0.1
+    # Scale-free: a student 3x the teacher's vectors has nothing left to learn.
+    assert feature_distillation(3 * t, t, tau).item() < rounding_bound(39, magnitude, EPS64)
+    # The teacher is a target: no gradient reaches it.
+    s32, t32 = s.float().requires_grad_(), t.float().requires_grad_()
+    feature_distillation(s32, t32, tau).backward()
+    assert s32.grad is not None and s32.grad.abs().sum() > 0 and t32.grad is None
 
 
 def test_unimodal_self_distillation_uses_only_present_rows():

@@ -81,7 +81,7 @@ def feature_distillation(projected: torch.Tensor, teacher_feats: torch.Tensor,
     softmax range of e^20). ``projected``: the student's vectors already mapped to the
     teacher's width [B, D]; the teacher's [B, D] are detached."""
     s = F.normalize(projected, dim=-1)
-    t = F.normalize(teacher_feats.detach().float(), dim=-1)
+    t = F.normalize(teacher_feats.detach().to(projected.dtype), dim=-1)
     hint = (1.0 - (s * t).sum(-1)).mean()
     return hint + relational_kd(s, t, tau)
 

@@ -118,7 +118,9 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids, attention_mask, hidden=None, return_vector: bool = False):
         """``hidden``: the encoder's frozen-bottom output for these ids (FrozenPrefix);
-        ``return_vector``: also return the text vectors the head reads ([B, Dt])."""
+        ``return_vector``: also return the text vectors the head reads ([B, Dt]), mapped by
+        ``feature_proj`` where training set one (feature distillation: the map is part of
+        the trained module, so DDP averages its gradients too, but not of the model)."""
         enc = self.text_encoder
         t = (enc(input_ids, attention_mask) if hidden is None else
              enc.top(hidden, input_ids, attention_mask))[:, None]
@@ -129,7 +131,10 @@ class TextClassifier(nn.Module):
         logits, _ = self.fusion(t, z(b, 1, self.da), z(b, 1, self.dv), mask,
                                 torch.zeros(b, 1, dtype=torch.long, device=t.device),
                                 torch.zeros(b, 1, dtype=torch.bool, device=t.device))
-        return (logits[:, 0], t[:, 0]) if return_vector else logits[:, 0]
+        if not return_vector:
+            return logits[:, 0]
+        proj = getattr(self, "feature_proj", None)
+        return logits[:, 0], (t[:, 0] if proj is None else proj(t[:, 0]))
 
 
 def _tensors(model: ErcModel, samples, batch):
@@ -291,12 +296,12 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
     dv = build_samples(model, dev) if dev else []
     if teacher is not None and len(teacher) != len(tr):
         raise ValueError(f"{len(teacher)} teacher rows for {len(tr)} training samples")
-    proj = None
-    if teacher_features is not None and cfg.feature_distill > 0:
+    feature_kd = teacher_features is not None and cfg.feature_distill > 0
+    if feature_kd:
         if len(teacher_features) != len(tr):
             raise ValueError(f"{len(teacher_features)} teacher vectors for {len(tr)} "
                              "training samples")
-        proj = nn.Linear(model.dims[0], teacher_features.shape[1])
+        net.feature_proj = nn.Linear(model.dims[0], teacher_features.shape[1])
     kw = dict(progress=progress and not dist.rank, cache_dir=cfg.prefix_cache_dir or None)
     ptr = frozen_prefix(model, tr, cfg.cache_frozen, **kw)
     pdv = frozen_prefix(model, dv, cfg.cache_frozen, **kw)
@@ -305,14 +310,14 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
     log(f"text stage: {len(tr)} train / {len(dv)} dev samples, class weights "
         f"{np.round(cw.numpy(), 2).tolist()}, world size {dist.world_size}")
 
-    head = [p for n, p in net.named_parameters() if n.startswith("fusion") and p.requires_grad]
+    head = [p for n, p in net.named_parameters()
+            if n.startswith(("fusion", "feature_proj")) and p.requires_grad]
     enc = [p for n, p in net.named_parameters() if n.startswith("text_encoder") and p.requires_grad]
     no_decay = lambda p: p.ndim < 2  # noqa: E731 - biases and LayerNorm weights
     groups = [
         {"params": [p for p in enc if not no_decay(p)], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
         {"params": [p for p in enc if no_decay(p)], "lr": cfg.lr, "weight_decay": 0.0},
-        {"params": head + (list(proj.parameters()) if proj is not None else []),
-         "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+        {"params": head, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
     ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]])
     rng = random.Random(cfg.seed)
@@ -338,7 +343,7 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
         for b in bar:
             ids, mask, y = _tensors(model, tr, b)
             hidden = ptr.batch(b, ids.shape[1]) if ptr is not None else None
-            if proj is not None:
+            if feature_kd:
                 logits, vec = ddp_net(ids, mask, hidden, return_vector=True)
             else:
                 logits = ddp_net(ids, mask, hidden)
@@ -346,9 +351,9 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
             if teacher is not None and cfg.distill > 0:
                 loss = (1 - cfg.distill) * loss + cfg.distill * self_distillation(
                     logits, torch.from_numpy(teacher[b]), cfg.distill_tau)
-            if proj is not None:
+            if feature_kd:
                 loss = loss + cfg.feature_distill * feature_distillation(
-                    proj(vec), torch.from_numpy(teacher_features[b]), cfg.feature_distill_tau)
+                    vec, torch.from_numpy(teacher_features[b]), cfg.feature_distill_tau)
             if ema is not None and cfg.self_distill > 0:
                 with torch.no_grad():
                     t_logits = ema(ids, mask, hidden)
