@@ -91,6 +91,34 @@ def test_train_then_evaluate_commands(tmp_path):
     assert js.with_suffix(".png").is_file()
 
 
+@pytest.mark.parametrize("flag,value,says", [
+    ("--feature-distill", "-1", "outside [0, inf]"),
+    ("--distill", "1.5", "outside [0, 1]"),
+    ("--self-distill", "nan", "outside [0, 1]"),
+    ("--epochs", "0", "outside [1, inf]"),
+    ("--lr", "0", "outside (0, inf]"),
+    ("--threads", "two", "'two' is not an int"),
+])
+def test_train_flags_out_of_range_are_usage_errors(tmp_path, capsys, flag, value, says):
+    # Before anything loads or trains: exit 2 with argparse's message naming the flag.
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--recipe", "tiny", "--out", str(tmp_path / "m"), flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and says in err, err
+    assert not (tmp_path / "m").exists()
+
+
+def test_text_stage_config_rejects_weights_out_of_range():
+    from erc_ros.training.text_stage import TextStageConfig
+
+    for bad in (dict(feature_distill=-0.5), dict(distill=1.2), dict(ema_decay=1.5),
+                dict(epochs=0), dict(class_weight_power=float("nan"))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TextStageConfig(**bad)
+    TextStageConfig(distill=1.0, feature_distill=2.0, ema_decay=0.999)  # in range
+
+
 def test_distillation_from_teachers(tmp_path, monkeypatch):
     """KD toward teacher logits moves the student to the teacher, against the labels; the
     command records the teachers by id and hash (never by path)."""

@@ -63,6 +63,19 @@ class TextStageConfig:
     cache_frozen: bool = False  # run the frozen bottom once per prompt (FrozenPrefix)
     prefix_cache_dir: str = ""  # keep those states on disk too ("" = memory only)
 
+    def __post_init__(self):
+        # A weight outside its range would train something else than asked, silently (a
+        # negative feature weight read as "off", a KD weight above 1 flips the CE's sign).
+        for k in ("self_distill", "distill", "ema_decay", "warmup", "label_smoothing"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                raise ValueError(f"TextStageConfig.{k} = {getattr(self, k)}: must be in [0, 1]")
+        for k in ("feature_distill", "class_weight_power", "max_minutes", "grad_clip"):
+            if not getattr(self, k) >= 0.0:
+                raise ValueError(f"TextStageConfig.{k} = {getattr(self, k)}: must be >= 0")
+        for k in ("epochs", "batch_size", "threads"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"TextStageConfig.{k} = {getattr(self, k)}: must be >= 1")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -74,6 +74,26 @@ RECIPES = {
 }
 
 
+def _number(kind, lo=None, hi=None, lo_open=False):
+    """An argparse type: ``kind`` (int or float) within [lo, hi] (``lo_open``: lo excluded),
+    so that an out-of-range flag is a usage error naming the flag, not a silent no-op or a
+    failure an hour into training."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n' if kind is int else ''} "
+                                             f"{kind.__name__}") from None
+        if v != v or (lo is not None and (v <= lo if lo_open else v < lo)) or \
+                (hi is not None and v > hi):
+            rng = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, " \
+                  f"{'inf' if hi is None else hi}]"
+            raise argparse.ArgumentTypeError(f"{text} is outside {rng}")
+        return v
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     p.add_argument("--out", required=True, help="output model directory")
@@ -82,15 +102,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev", help="dev CSV for selection (default: MELD dev)")
     p.add_argument("--iemocap-root", help="IEMOCAP_full_release folder (--format iemocap)")
     p.add_argument("--encoder", help="'minilm' (packaged), 'tiny', or a local checkpoint dir")
-    p.add_argument("--past-context", type=int)
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--class-weight-power", type=float)
-    p.add_argument("--self-distill", type=float)
-    p.add_argument("--distill", type=float,
+    p.add_argument("--past-context", type=_number(int, 0))
+    p.add_argument("--max-length", type=_number(int, 8))
+    p.add_argument("--epochs", type=_number(int, 1))
+    p.add_argument("--lr", type=_number(float, 0, lo_open=True))
+    p.add_argument("--class-weight-power", type=_number(float, 0))
+    p.add_argument("--self-distill", type=_number(float, 0, 1))
+    p.add_argument("--distill", type=_number(float, 0, 1),
                    help="weight of KD toward --teacher models' mean prediction (0-1)")
-    p.add_argument("--feature-distill", type=float,
+    p.add_argument("--feature-distill", type=_number(float, 0),
                    help="weight of feature distillation toward the --teacher models' text "
                         "vectors (cosine hint + relational, losses.feature_distillation)")
     p.add_argument("--teacher", action="append", default=[],
@@ -101,11 +121,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GoEmotions use: the recipe's, none, a first stage on it, or mixed "
                         "into the training data (ablations)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke runs)")
-    p.add_argument("--max-minutes", type=float, default=0.0,
+    p.add_argument("--max-steps", type=_number(int, 0), default=0, help="stop after N steps (smoke runs)")
+    p.add_argument("--max-minutes", type=_number(float, 0), default=0.0,
                    help="stop training after this long, evaluate and keep the best")
-    p.add_argument("--limit-dialogues", type=int, default=0, help="use only N dialogues")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limit-dialogues", type=_number(int, 0), default=0, help="use only N dialogues")
+    p.add_argument("--threads", type=_number(int, 1), default=2)
     p.add_argument("--model-id", default="")
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default fp16)")
     p.add_argument("--init", help="start from this model directory's weights (resume); "
@@ -118,10 +138,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--recipe multimodal: a perception parameter the robot runs with "
                    "other than its default (e.g. faces.detect_width=512), so training reads "
                    "the media as the robot will (repeat for several)")
-    p.add_argument("--cycle", type=int, default=1,
+    p.add_argument("--cycle", type=_number(int, 1), default=1,
                    help="first training cycle to run (2 = from the recipe's second cycle; "
                    "past its last, with --init: only the fusion stage over the init model)")
-    p.add_argument("--cycles", type=int, default=0,
+    p.add_argument("--cycles", type=_number(int, 0), default=0,
                    help="run at most this many of the recipe's cycles (0 = all; ablations "
                         "compare single cycles)")
 
