@@ -96,6 +96,7 @@ def test_train_then_evaluate_commands(tmp_path):
     ("--distill", "1.5", "outside [0, 1]"),
     ("--self-distill", "nan", "outside [0, 1]"),
     ("--epochs", "0", "outside [1, inf]"),
+    ("--freeze-layers", "-1", "outside [0, inf]"),
     ("--lr", "0", "outside (0, inf]"),
     ("--threads", "two", "'two' is not an int"),
 ])
@@ -186,6 +187,9 @@ def test_distillation_from_teachers(tmp_path, monkeypatch):
                      "--limit-dialogues", "8", "--max-steps", "2", "--past-context", "5"]) == 0
     man = json.loads((longer / "manifest.json").read_text())
     assert man["preprocessing"]["prompt"]["past_context"] == 5
+    with pytest.raises(SystemExit, match="--freeze-layers builds a new encoder"):
+        cli.main(["train", "--recipe", "tiny", "--init", str(out), "--out", str(longer),
+                  "--freeze-layers", "1"])
 
 
 def _geometry(vectors) -> np.ndarray:

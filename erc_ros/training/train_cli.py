@@ -104,6 +104,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", help="'minilm' (packaged), 'tiny', or a local checkpoint dir")
     p.add_argument("--past-context", type=_number(int, 0))
     p.add_argument("--max-length", type=_number(int, 8))
+    p.add_argument("--freeze-layers", type=_number(int, 0),
+                   help="freeze the embeddings and the first N encoder layers (0: only the "
+                        "word embeddings); a new model only, not with --init")
     p.add_argument("--epochs", type=_number(int, 1))
     p.add_argument("--lr", type=_number(float, 0, lo_open=True))
     p.add_argument("--class-weight-power", type=_number(float, 0))
@@ -359,11 +362,14 @@ def run(args) -> int:
     if args.media:
         raise SystemExit("error: --media is read by --recipe multimodal only")
     r = dict(RECIPES[args.recipe])
-    for k in ("encoder", "past_context", "max_length", "epochs", "lr", "class_weight_power",
-              "self_distill", "distill", "feature_distill", "seed"):
+    for k in ("encoder", "past_context", "max_length", "freeze_layers", "epochs", "lr",
+              "class_weight_power", "self_distill", "distill", "feature_distill", "seed"):
         v = getattr(args, k)
         if v is not None:
             r[k] = v
+    if args.init and args.freeze_layers is not None:
+        raise SystemExit("error: --freeze-layers builds a new encoder; with --init the init "
+                         "model's own freezing applies")
     train, dev, labels, files = _datasets(args, r)
     if args.limit_dialogues:
         train, dev = train[: args.limit_dialogues], dev[: max(1, args.limit_dialogues // 4)]
