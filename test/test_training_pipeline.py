@@ -89,6 +89,20 @@ def test_train_then_evaluate_commands(tmp_path):
     assert r["n"] == n == int(np.sum(r["confusion"]))
     assert 0 <= r["weighted_f1"] <= 100 and set(r["per_class_f1"]) == set(man["label_names"])
     assert js.with_suffix(".png").is_file()
+    # The head ablation over this model's vectors, two head seeds: one row each, the table
+    # gives their mean and range.
+    from erc_ros.training import ablation
+
+    ab = tmp_path / "ablation"
+    assert ablation.main(["--model", str(out), "--out", str(ab), "--limit-train", "4",
+                          "--heads", "concat", "--epochs", "1", "--class-weights", "0.5",
+                          "--seeds", "13,1"]) == 0
+    rows = json.loads((ab / "ablation.json").read_text())
+    assert [(r["head"], r["class_weight_power"], r["seed"]) for r in rows] == \
+        [("concat", 0.5, 13), ("concat", 0.5, 1)]
+    f1 = [r["weighted_f1"] for r in rows]
+    line = ablation.summary_table(rows).splitlines()[-1]
+    assert f"| 2 | {np.mean(f1):.2f} [{min(f1):.2f}, {max(f1):.2f}] |" in line, line
 
 
 @pytest.mark.parametrize("flag,value,says", [

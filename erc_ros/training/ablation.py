@@ -7,7 +7,9 @@ utterance on its own (the setting of the 50.6 logistic-regression reference); wi
 ``--model DIR`` the [MASK] vectors of a trained model directory (past-context prompt).
 Each head (concat = no cross-utterance context; MAGT, LPGNet = causal past context;
 residual) is trained by the fusion stage with and without class weighting, selected on dev.
-Prints a markdown table and writes ``ablation.json``.
+``--seeds 13,1,2,3,4`` trains each setting from several head seeds and reports their mean and
+range: the best epoch of one seed is the top of a noisy curve, so settings are compared by
+the mean. Prints a markdown table and writes ``ablation.json``.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit-train", type=int, default=0, help="use the first N train dialogues")
+    ap.add_argument("--class-weights", default="0,0.5",
+                    help="class-weight powers to try (comma-separated)")
+    ap.add_argument("--seeds", default="13", help="head seeds per setting (comma-separated)")
     args = ap.parse_args(argv)
     process.configure(torch_threads=args.threads, by="ablation")
     out = Path(args.out)
@@ -58,22 +63,41 @@ def main(argv=None) -> int:
     ftr = encode_dialogues(model, train, out / f"{tag}-train{args.limit_train or ''}.safetensors")
     fdv = encode_dialogues(model, dev, out / f"{tag}-dev.safetensors")
     rows = []
+    seeds = [int(x) for x in args.seeds.split(",")]
     for head in args.heads.split(","):
-        for cw in (0.0, 0.5):
-            _, _, s = fit_head(model, head, ftr, fdv,
-                               FusionStageConfig(epochs=args.epochs, class_weight_power=cw,
-                                                 modality_dropout=0.0, lr=5e-4,
-                                                 threads=args.threads))
-            rows.append({"features": tag, "train_dialogues": len(ftr), "head": head, "class_weight_power": cw,
-                         **{k: s["best"][k] for k in ("weighted_f1", "accuracy", "epoch")}})
-            print(rows[-1], file=sys.stderr, flush=True)
+        for cw in (float(x) for x in args.class_weights.split(",")):
+            for seed in seeds:
+                _, _, s = fit_head(model, head, ftr, fdv,
+                                   FusionStageConfig(epochs=args.epochs, class_weight_power=cw,
+                                                     modality_dropout=0.0, lr=5e-4, seed=seed,
+                                                     threads=args.threads), seed=seed)
+                rows.append({"features": tag, "train_dialogues": len(ftr), "head": head,
+                             "class_weight_power": cw, "seed": seed,
+                             **{k: s["best"][k] for k in ("weighted_f1", "accuracy", "epoch")}})
+                print(rows[-1], file=sys.stderr, flush=True)
     (out / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n| features | head | class weighting | dev weighted F1 | dev accuracy |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['features']} | {r['head']} | {'p=0.5' if r['class_weight_power'] else 'off'} "
-              f"| {r['weighted_f1']} | {r['accuracy']} |")
+    print(summary_table(rows))
     print(f"\n{(time.time() - t0) / 60:.1f} min", file=sys.stderr)
     return 0
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Markdown: one line per (features, head, class weighting) with dev weighted F1 and
+    accuracy, as mean [min, max] over the seeds where there are several."""
+    import numpy as np
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["features"], r["head"], r["class_weight_power"]), []).append(r)
+    lines = ["| features | head | class weighting | seeds | dev weighted F1 | dev accuracy |",
+             "|---|---|---|---|---|---|"]
+    for (feat, head, cw), rs in groups.items():
+        def cell(key):
+            v = np.array([r[key] for r in rs])
+            return f"{v.mean():.2f}" + (f" [{v.min():.2f}, {v.max():.2f}]" if len(v) > 1 else "")
+        lines.append(f"| {feat} | {head} | {f'p={cw:g}' if cw else 'off'} | {len(rs)} "
+                     f"| {cell('weighted_f1')} | {cell('accuracy')} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
