@@ -258,7 +258,18 @@ def test_feature_cache_and_fusion_stage(tmp_path):
         d.utterances[0].audio = rng.normal(0, 0.1, 8000).astype(np.float32)
     cache = tmp_path / "feats.safetensors"
     feats = encode_dialogues(model, dialogues, cache, progress=False)
+    # The second call reads the file and runs no encoder (the file's key is the model's and
+    # the dialogues': a key overwritten while saving made every later call encode again).
+    from safetensors import safe_open
+
+    from erc_ros.training.fusion_stage import cache_key
+
+    with safe_open(str(cache), "pt") as f:
+        assert f.metadata()["key"] == cache_key(model, dialogues)
+    encode = model.encode
+    model.encode = lambda *a, **k: pytest.fail("encoded again despite the cache")
     again = encode_dialogues(model, dialogues, cache, progress=False)
+    model.encode = encode
     assert len(again) == 12 and torch.equal(again[3].text, feats[3].text)
     assert bool(feats[0].modality[0, 1]) and not bool(feats[0].modality[1, 1])
     # Another model (or other dialogues) never gets the cached vectors of the first.

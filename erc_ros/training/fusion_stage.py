@@ -107,8 +107,8 @@ def encode_dialogues(model: ErcModel, dialogues: Sequence[Dialogue],
     if cache_file is not None:
         flat = {"count": torch.tensor(len(out))}
         for i, c in enumerate(out):
-            for key, v in asdict(c).items():
-                flat[f"{i}.{key}"] = v.contiguous()
+            for field, v in asdict(c).items():
+                flat[f"{i}.{field}"] = v.contiguous()
         Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
         save_file(flat, str(cache_file), metadata={"key": key})
     return out
