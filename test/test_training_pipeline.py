@@ -134,7 +134,7 @@ def test_text_stage_config_rejects_weights_out_of_range():
     TextStageConfig(distill=1.0, feature_distill=2.0, ema_decay=0.999)  # in range
 
 
-def test_distillation_from_teachers(tmp_path, monkeypatch):
+def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     """KD toward teacher logits moves the student to the teacher, against the labels; the
     command records the teachers by id and hash (never by path)."""
     from erc_ros.training.text_stage import (TextClassifier, TextStageConfig, build_samples,
@@ -177,10 +177,26 @@ def test_distillation_from_teachers(tmp_path, monkeypatch):
     assert rec["distill"] == 0.5 and len(rec["teachers"]) == 1
     assert str(tmp_path) not in json.dumps(rec["teachers"])
     assert len(rec["teachers"][0]["manifest_sha256"]) == 64
-    # A recipe cycle distilled from the model as the previous cycle left it.
+    # A recipe that names its teacher per corpus: MELD distils from it, logits and vectors;
+    # EmoryNLP, with no teacher named, trains without distillation and says so.
     from erc_ros.training import train_cli
 
-    recipe = dict(train_cli.RECIPES["tiny"], then=[dict(epochs=1, distill=0.5, teacher="previous")],
+    base = dict(train_cli.RECIPES["tiny"])
+    monkeypatch.setitem(train_cli.RECIPES, "tiny", dict(
+        base, distill_from={"meld": [str(teacher_dir)]}, feature_distill=1.0))
+    named = tmp_path / "named"
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(named), "--limit-dialogues", "8",
+                     "--max-steps", "2"]) == 0
+    rec = json.loads((named / "manifest.json").read_text())["provenance"]["recipe"]
+    assert len(rec["teachers"]) == 1 and rec["feature_distill"] == 1.0
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(named), "--limit-dialogues", "8",
+                     "--max-steps", "2", "--format", "emorynlp"]) == 0
+    assert "no teacher for --format emorynlp" in capsys.readouterr().err
+    rec = json.loads((named / "manifest.json").read_text())["provenance"]["recipe"]
+    assert "teachers" not in rec and rec["feature_distill"] == 0.0
+    # A recipe cycle distilled from the model as the previous cycle left it.
+
+    recipe = dict(base, then=[dict(epochs=1, distill=0.5, teacher="previous")],
                   fusion_stage=dict(head="magt", class_weight_power=0.5, epochs=2))
     monkeypatch.setitem(train_cli.RECIPES, "tiny", recipe)
     cycled = tmp_path / "cycled"

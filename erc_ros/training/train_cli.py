@@ -400,9 +400,17 @@ def run(args) -> int:
     if ge_mode == "mix":
         train = train + ge
     teacher = teacher_vectors = None
-    teacher_dirs = resolve_teachers(args.teacher or r.get("distill_from", []))
+    # A recipe names its teachers per corpus (their labels must be the corpus's): where it
+    # names none for this one, the recipe trains without distillation, and says so.
+    recipe_teachers = (r.get("distill_from") or {}).get(args.format, [])
+    teacher_dirs = resolve_teachers(args.teacher or recipe_teachers)
     if r.get("feature_distill") and not teacher_dirs:
-        raise SystemExit("error: --feature-distill needs a --teacher")
+        if args.feature_distill:
+            raise SystemExit("error: --feature-distill needs a --teacher")
+        print(f"recipe {args.recipe}: no teacher for --format {args.format} (or --teacher "
+              "none): training without distillation (--teacher DIR distils from one)",
+              file=sys.stderr)
+        r["feature_distill"] = 0.0
     if teacher_dirs:
         if r.get("feature_distill"):
             teacher, teacher_vectors = cached_teacher_logits(teacher_dirs, parts, labels,
