@@ -254,8 +254,15 @@ def test_overlay_links_into_its_source_only(model, tmp_path, monkeypatch):
     shutil.copytree(ov, fake, symlinks=True)
     with pytest.raises(ArtefactError, match="outside the model directory"):
         rtm.load_model(fake)
+    # A copy of the model elsewhere (the same manifest) has its own overlay, and it keeps
+    # working when the first copy is replaced by another model.
+    copy = _copy(model, tmp_path / "copy")
+    ov2 = rtm.overlay_dir(copy)
+    assert ov2 != ov and (ov2 / "tokenizer.json").resolve().parent == copy.resolve()
     # An overlay whose source changed since (stale) no longer vouches for its links.
     _edit(src, lambda m: m.update(model_id="tiny-changed"))
+    rtm.load_model(ov2)
+    rtm.verify_files(ov2, ["tokenizer.json"])
     with pytest.raises(ArtefactError, match="outside the model directory"):
         rtm.verify_files(ov, ["tokenizer.json"])
 

@@ -101,12 +101,16 @@ def cache_path(name: str) -> Path:
 
 
 def _overlay_path(model_dir: Path) -> tuple[Path, bytes, dict]:
-    """Where the overlay of ``model_dir`` (resolved) goes, its manifest's bytes and content."""
+    """Where the overlay of ``model_dir`` (resolved) goes, its manifest's bytes and content.
+    The name hashes the manifest and the directory's path: the overlay's links lead into
+    that one directory, so a copy of the model elsewhere (same manifest) gets its own
+    overlay, and replacing or removing the first copy leaves the second one working."""
     import hashlib
 
     raw = (model_dir / "manifest.json").read_bytes()
     m = read_manifest(model_dir)
-    name = f"{m.get('model_id', 'model')}-{hashlib.sha256(raw).hexdigest()[:16]}"
+    h = hashlib.sha256(raw + b"\0" + str(model_dir).encode())
+    name = f"{m.get('model_id', 'model')}-{h.hexdigest()[:16]}"
     return cache_path(name), raw, m
 
 
@@ -133,7 +137,7 @@ def overlay_dir(model_dir: str | Path, create: bool = True) -> Path | None:
 
     A model shipped in the repository (``models/default``) must stay as committed: its
     manifest may only list files that are committed. So the runtime's implicit exports go
-    to ``<cache>/<model_id>-<manifest sha256[:16]>/``: a copy of the manifest plus links to
+    to ``<cache>/<model_id>-<sha256 of manifest and path, [:16]>/``: a copy of the manifest plus links to
     the listed files, in which the ONNX files are then registered and verified like any
     other. The key changes whenever the model does, so a stale overlay is never used.
     """
