@@ -91,3 +91,19 @@ def dialogue_with_media(audio: bool = True, video: bool = True):
             kw["faces"] = faces
         out.append(replace(u, **kw))
     return out
+
+
+def prosody_model_dir(model_dir: Path, out: Path) -> Path:
+    """``model_dir`` saved as a model made before eGeMAPS was: its (untrained) audio branch
+    reading the 16 prosody statistics + the d-vector (273 features), as the shipped
+    ``erc-default-20261121b`` did. The text path is unchanged."""
+    from erc_ros.models.artefact import load_model_dir, save_model_dir
+    from erc_ros.models.encoders.audio import AudioEncoderConfig, build_audio_encoder
+
+    model = load_model_dir(model_dir)
+    model.preprocessor.config.audio.kind = "prosody"
+    model.config.preprocessing.audio.kind = "prosody"
+    cfg = AudioEncoderConfig(dim=model.audio_encoder.dim, in_dim=model.preprocessor.audio_feature_dim)
+    model.config.audio, model.audio_encoder = cfg, build_audio_encoder(cfg)
+    model.config.model_id = "made-before-egemaps"
+    return save_model_dir(model, out, dtype="float16", external_word_embeddings=True)

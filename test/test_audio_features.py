@@ -117,19 +117,26 @@ def test_tiny_model_runs_its_audio_encoder_on_egemaps():
 
 @pytest.mark.skipif(not (DEFAULT / "manifest.json").is_file(), reason="no models/default")
 @needs_espeak
-def test_default_model_dir_keeps_its_prosody_features():
+def test_default_model_reads_egemaps_and_a_prosody_model_still_runs(tmp_path):
+    """The shipped default's audio branch reads eGeMAPS + the d-vector (345 features); a
+    model made before eGeMAPS (prosody, 273: the previous shipped default) still loads and
+    runs its own features."""
+    from _runtime_fixtures import prosody_model_dir
+
     from erc_ros.models.artefact import load_model_dir
 
-    model = load_model_dir(DEFAULT)
-    pre = model.preprocessor
-    assert pre.config.audio.kind == "prosody" and pre.audio_feature_dim == 273
-    assert model.config.audio.in_dim == 273
-    u = Utterance("a", "c", "Ross", 0, 2, text="hi", audio=_speech())
-    feats = pre.audio_inputs(u)["features"]
-    assert feats.shape == (1, 273) and np.isfinite(feats).all()
-    with torch.no_grad():
-        out = model.audio_encoder(torch.as_tensor(feats))
-    assert out.shape == (1, model.audio_encoder.dim) and torch.isfinite(out).all()
+    for d, kind, dim in ((DEFAULT, "egemaps", 88 + 256 + 1),
+                         (prosody_model_dir(DEFAULT, tmp_path / "old"), "prosody", 16 + 256 + 1)):
+        model = load_model_dir(d)
+        pre = model.preprocessor
+        assert pre.config.audio.kind == kind and pre.audio_feature_dim == dim
+        assert model.config.audio.in_dim == dim
+        u = Utterance("a", "c", "Ross", 0, 2, text="hi", audio=_speech())
+        feats = pre.audio_inputs(u)["features"]
+        assert feats.shape == (1, dim) and np.isfinite(feats).all()
+        with torch.no_grad():
+            out = model.audio_encoder(torch.as_tensor(feats))
+        assert out.shape == (1, model.audio_encoder.dim) and torch.isfinite(out).all()
 
 
 @needs_espeak

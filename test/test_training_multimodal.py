@@ -345,17 +345,19 @@ def test_training_media_are_the_live_ones():
     assert sum(a == b for a, b in zip(offline, online)) >= 10
 
 
-def test_the_shipped_models_untrained_prosody_branch_becomes_egemaps():
-    """models/default was made before eGeMAPS: its audio branch (never trained) reads the 16
-    prosody statistics. The multimodal recipe trains that branch over eGeMAPS, the packaged
-    features, and keeps the text path's head."""
+def test_an_untrained_prosody_branch_becomes_egemaps(tmp_path):
+    """Models made before eGeMAPS (the previous shipped default among them): their audio
+    branch (never trained) reads the 16 prosody statistics. The multimodal recipe trains that
+    branch over eGeMAPS, the packaged features, and keeps the text path's head."""
     import torch
+
+    from _runtime_fixtures import prosody_model_dir
 
     from erc_ros.models.artefact import load_model_dir
     from erc_ros.paths import share_path
     from erc_ros.training.multimodal_stage import complete_model
 
-    model = load_model_dir(share_path("models", "default"))
+    model = load_model_dir(prosody_model_dir(share_path("models", "default"), tmp_path / "old"))
     assert model.preprocessor.config.audio.kind == "prosody" and not model.uses("audio")
     head = {k: v.clone() for k, v in model.fusion.state_dict().items()}
     added = complete_model(model)
@@ -363,6 +365,10 @@ def test_the_shipped_models_untrained_prosody_branch_becomes_egemaps():
     assert model.audio_encoder.config.in_dim == model.preprocessor.audio_feature_dim == 88 + 256 + 1
     assert model.config.audio is model.audio_encoder.config
     assert all(torch.equal(v, head[k]) for k, v in model.fusion.state_dict().items())
+    # The shipped default was made with eGeMAPS: nothing to replace, the untrained branch
+    # already reads the packaged features.
+    shipped = load_model_dir(share_path("models", "default"))
+    assert shipped.preprocessor.config.audio.kind == "egemaps" and not shipped.uses("audio")
 
 
 def test_a_clip_too_long_or_too_large_is_refused_with_its_reason(tmp_path, monkeypatch, capsys):
