@@ -101,9 +101,9 @@ def prosody_model_dir(model_dir: Path, out: Path) -> Path:
     from erc_ros.models.encoders.audio import AudioEncoderConfig, build_audio_encoder
 
     model = load_model_dir(model_dir)
-    model.preprocessor.config.audio.kind = "prosody"
-    model.config.preprocessing.audio.kind = "prosody"
-    cfg = AudioEncoderConfig(dim=model.audio_encoder.dim, in_dim=model.preprocessor.audio_feature_dim)
+    model.preprocessor.config.audio.kind = "prosody"  # the model's config.preprocessing too
+    cfg = AudioEncoderConfig(dim=model.audio_encoder.dim,
+                             in_dim=model.preprocessor.audio_feature_dim)
     model.config.audio, model.audio_encoder = cfg, build_audio_encoder(cfg)
     model.config.model_id = "made-before-egemaps"
     return save_model_dir(model, out, dtype="float16", external_word_embeddings=True)

@@ -195,7 +195,6 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     rec = json.loads((named / "manifest.json").read_text())["provenance"]["recipe"]
     assert "teachers" not in rec and rec["feature_distill"] == 0.0
     # A recipe cycle distilled from the model as the previous cycle left it.
-
     recipe = dict(base, then=[dict(epochs=1, distill=0.5, teacher="previous")],
                   fusion_stage=dict(head="magt", class_weight_power=0.5, epochs=2))
     monkeypatch.setitem(train_cli.RECIPES, "tiny", recipe)

@@ -137,9 +137,10 @@ def overlay_dir(model_dir: str | Path, create: bool = True) -> Path | None:
 
     A model shipped in the repository (``models/default``) must stay as committed: its
     manifest may only list files that are committed. So the runtime's implicit exports go
-    to ``<cache>/<model_id>-<sha256 of manifest and path, [:16]>/``: a copy of the manifest plus links to
-    the listed files, in which the ONNX files are then registered and verified like any
-    other. The key changes whenever the model does, so a stale overlay is never used.
+    to ``<cache>/<model_id>-<sha256 of the manifest and the path, [:16]>/``: a copy of the
+    manifest plus links to the listed files, in which the ONNX files are then registered and
+    verified like any other. The key changes whenever the model (or its place) does, so a
+    stale overlay is never used.
     """
     import shutil
 
