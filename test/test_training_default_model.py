@@ -42,7 +42,7 @@ def test_default_model_scores_a_slice_of_dev(tmp_path):
 @pytest.mark.training
 @needs_default
 def test_recipe_reproduces_the_default_model(tmp_path):
-    """~1-1.5 h on this 2-core machine: `.venv/bin/python -m pytest -m training -k reproduces`.
+    """~1.5-2 h on this 2-core machine: `.venv/bin/python -m pytest -m training -k reproduces`.
     The recipe distils from models/large: it needs `make setup-train` (the teacher's MPNet)
     unless the teacher's pass over MELD train is already in the cache."""
     out = tmp_path / "default"

@@ -210,6 +210,45 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
         from erc_ros.models.artefact import load_model_dir
 
         assert type(load_model_dir(cycled).fusion).__name__.lower().startswith("magt")
+    # Rounds after stage 2 number on after the cycles; each is kept only if its own stage 2
+    # beats the model as it stood, else the model is restored. A round that cannot change the
+    # encoder (lr 0) refits the same head on the same vectors: it never beats, so it restores.
+    monkeypatch.setitem(train_cli.RECIPES, "tiny", dict(
+        base, fusion_stage=dict(head="concat", class_weight_power=0.5, epochs=2),
+        rounds=[dict(epochs=1), dict(epochs=1, lr=0.0, head_lr=0.0)]))
+    rounds = tmp_path / "rounds"
+    capsys.readouterr()
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(rounds), "--limit-dialogues", "8",
+                     "--max-steps", "2", "--fp32"]) == 0  # float32: reloaded as it was
+    err = capsys.readouterr().err
+    assert "round (cycle 2): dev" in err
+    assert "round (cycle 3): dev" in err and err.rstrip().count("restoring the model") >= 1
+    log = json.loads((rounds / "train_log.json").read_text())
+    assert {h.get("cycle") for h in log["history"]} == {1, 2, 3, None}
+    s2 = [h["weighted_f1"] for h in log["history"] if h.get("stage") == 2]
+    assert len(s2) == 6  # 2 epochs of stage 2 after the cycle, then after each round
+    assert log["best"]["weighted_f1"] >= max(s2[:2])  # rounds never leave it worse
+    # Rounds alone over a model directory (--cycle past the recipe's cycles): they must beat
+    # the init's figure, else the init model is what is saved, weights and head as they were.
+    again = tmp_path / "again"
+    assert cli.main(["train", "--recipe", "tiny", "--init", str(rounds), "--out", str(again),
+                     "--limit-dialogues", "8", "--max-steps", "2", "--cycle", "3", "--fp32"]) == 0
+    log = json.loads((again / "train_log.json").read_text())
+    assert {h.get("cycle") for h in log["history"]} == {3, None}
+    assert "restoring the model" in capsys.readouterr().err
+    assert log["best"]["kept_init"] and log["best"]["weighted_f1"] == \
+        json.loads((rounds / "manifest.json").read_text())["provenance"]["dev_metrics"]["weighted_f1"]
+    from erc_ros.models.artefact import load_model_dir
+
+    a, b = load_model_dir(rounds).state_dict(), load_model_dir(again).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Past the last round: the fusion stage alone over the init model.
+    assert cli.main(["train", "--recipe", "tiny", "--init", str(rounds), "--out", str(again),
+                     "--limit-dialogues", "8", "--cycle", "4"]) == 0
+    log = json.loads((again / "train_log.json").read_text())
+    assert log["history"] and all(h.get("stage") == 2 for h in log["history"])
+    with pytest.raises(SystemExit, match="needs --init"):
+        cli.main(["train", "--recipe", "tiny", "--out", str(again), "--cycle", "2"])
     # Continuing from a model directory with a longer context: the prompt changes with it.
     longer = tmp_path / "longer"
     assert cli.main(["train", "--recipe", "tiny", "--init", str(out), "--out", str(longer),
@@ -226,6 +265,35 @@ def _geometry(vectors) -> np.ndarray:
     v = torch.nn.functional.normalize(torch.as_tensor(vectors, dtype=torch.float32), dim=-1)
     s = (v @ v.T).numpy()
     return s[np.triu_indices(len(s), 1)]
+
+
+def test_a_round_is_undone_whole():
+    """A round that lost is undone: every tensor, and the stage-2 head even where stage 2
+    put a head of another kind in its place."""
+    from erc_ros.training.fusion_stage import use_head
+    from erc_ros.training.train_cli import RECIPES, _restore, _snapshot, build_from_recipe
+
+    torch.manual_seed(0)
+    model = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "m")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kind, fusion_config = model.config.fusion_head, dict(model.config.fusion)
+    snap = _snapshot(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    from erc_ros.models.fusion import build_fusion
+    from erc_ros.training.fusion_stage import HEAD_DEFAULTS
+
+    dt, da, dv = model.dims
+    hcfg = dict(HEAD_DEFAULTS, text_dim=dt, audio_dim=da, video_dim=dv, num_classes=7,
+                max_speakers=model.config.preprocessing.max_speakers)
+    use_head(model, "magt", build_fusion("magt", hcfg), hcfg)
+    assert model.state_dict().keys() != before.keys()
+    _restore(model, snap)
+    assert model.config.fusion_head == kind == "concat" and model.config.fusion == fusion_config
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_feature_distillation_pulls_the_students_geometry_to_the_teachers():
