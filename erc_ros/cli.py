@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
                                   description=COMMANDS[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
+    # The command as given (not the interpreter's argv: main may be called from Python), for
+    # the provenance of what it writes; without this machine's paths.
+    from erc_ros.models.artefact import portable_command
+
+    args.command_line = portable_command(argv)
     # The process-wide settings, once, from the command's arguments: a command that runs
     # the perception core says so with process_settings(args); else torch gets --threads
     # (a command without it does not configure torch).

@@ -136,6 +136,18 @@ def test_model_directory_round_trip_and_tamper_refusal(tmp_path):
         load_model_dir(out)
 
 
+def test_recorded_command_carries_no_machine_path(tmp_path, monkeypatch):
+    from erc_ros.models.artefact import portable_command
+
+    (tmp_path / "repo" / "models").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo")
+    got = portable_command(["train", "--init", str(tmp_path / "repo" / "models"), "--out",
+                            "/tmp/x/erc-new", "--json=/home/someone/dev.json", "--csv",
+                            "../data/dev.csv", "--lr", "-1e-3", "--root", "/"])
+    assert got == ("python -m erc_ros train --init models --out <...>/erc-new "
+                   "--json=<...>/dev.json --csv ../data/dev.csv --lr -1e-3 --root <...>")
+
+
 @pytest.mark.parametrize("freeze_layers", [0, 2])
 def test_fp16_storage_and_external_packaged_weights(tmp_path, freeze_layers):
     """The default model's storage: fp16 shards, frozen MiniLM tensors referenced from the

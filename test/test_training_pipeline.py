@@ -255,6 +255,17 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
                      "--limit-dialogues", "8", "--max-steps", "2", "--past-context", "5"]) == 0
     man = json.loads((longer / "manifest.json").read_text())
     assert man["preprocessing"]["prompt"]["past_context"] == 5
+    # Its provenance: the command as given to main, and how the init model was made (its
+    # command, figure, minutes), both without this machine's paths.
+    prov, made = man["provenance"], json.loads((out / "manifest.json").read_text())["provenance"]
+    assert prov["command"].startswith("python -m erc_ros train --recipe tiny --init <...>/student")
+    lin = prov["init_provenance"]
+    assert lin["command"] == made["command"] and "--teacher <...>/teacher" in lin["command"]
+    assert lin["dev_metrics"] == made["dev_metrics"] and lin["created"] == made["created"]
+    assert len(lin["manifest_sha256"]) == 64 and "init_provenance" not in lin  # from scratch
+    assert str(tmp_path) not in json.dumps(prov)
+    # A model trained from `longer` would carry the whole chain back to `out`.
+    assert train_cli.lineage(longer)["init_provenance"] == lin
     with pytest.raises(SystemExit, match="--freeze-layers builds a new encoder"):
         cli.main(["train", "--recipe", "tiny", "--init", str(out), "--out", str(longer),
                   "--freeze-layers", "1"])

@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from erc_ros.paths import sha256_file  # noqa: F401  (re-exported: the runtime's name for it)
 
@@ -363,12 +363,33 @@ def external_source(model) -> dict:
     return dict(MPNET_EXTERNAL if kind == "mpnet" else MINILM_EXTERNAL)
 
 
+def portable_command(argv: Sequence[str], head: str = "python -m erc_ros") -> str:
+    """``head`` + ``argv`` as a command that means the same on another machine: an absolute
+    path under the working directory becomes relative to it; any other absolute path (a
+    temporary folder, a home directory) keeps only its last part behind ``<...>/``, so that
+    no machine's paths travel with a model (``--out /tmp/x/m`` -> ``--out <...>/m``)."""
+    cwd = Path.cwd().resolve()
+
+    def portable(token: str) -> str:
+        flag, eq, value = token.partition("=") if token.startswith("-") else ("", "", token)
+        if not value.startswith(("/", "~")):
+            return token
+        path = Path(value).expanduser()
+        try:
+            value = str(path.resolve().relative_to(cwd)) or "."
+        except ValueError:
+            value = f"<...>/{path.name}" if path.name else "<...>"
+        return f"{flag}{eq}{value}"
+
+    return " ".join([head, *(portable(str(a)) for a in argv)]).strip()
+
+
 def _command_line() -> str:
-    """The command that made the model, without the machine's paths to the interpreter or
-    the package (``python -m erc_ros train ...``)."""
+    """The command that made the model (this process's arguments), portable: without the
+    paths to the interpreter, the package or this machine's folders."""
     argv = list(sys.argv) or [""]
     head = "python -m erc_ros" if argv[0].endswith("__main__.py") else Path(argv[0]).name
-    return " ".join([head, *argv[1:]]).strip()
+    return portable_command(argv[1:], head)
 
 
 def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] = None,
@@ -400,7 +421,7 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
         "preprocessing": cfg.preprocessing.to_dict(),
         "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "command": _command_line(), "git_commit": git_commit(),
-                       **(provenance or {})},
+                       **(provenance or {})},  # a "command" in provenance wins
         "versions": versions(),
         "external": {},
         "artefacts": {},

@@ -261,9 +261,10 @@ def _datasets(args, labels):
                      "reads MELD.Raw (meld) or IEMOCAP (iemocap)")
 
 
-def run(args, recipe: dict, model_reference) -> int:
+def run(args, recipe: dict, model_reference, provenance) -> int:
     """The command (``train_cli.run`` hands over ``--recipe multimodal``): ``recipe`` its
-    settings, ``model_reference(dir)`` how a model is named in provenance."""
+    settings, ``model_reference(dir)`` how a model is named in provenance,
+    ``provenance(args, init, **fields)`` what the saved model records."""
     from erc_ros.core.types import MODALITIES
     from erc_ros.models.artefact import (ArtefactError, add_artefact, check_model_id,
                                          load_model_dir, read_manifest, save_model_dir,
@@ -351,8 +352,8 @@ def run(args, recipe: dict, model_reference) -> int:
     recipe = {"name": args.recipe, **r, "format": args.format,
               "perception": list(getattr(args, "perception", [])),
               "init": model_reference(init), "encoders_added": added}
-    prov = {"recipe": recipe, "data": {f.name: sha256_file(f) for f in files},
-            "media": media, "dev_metrics": best, "train_minutes": wall}
+    prov = provenance(args, init, recipe=recipe, data={f.name: sha256_file(f) for f in files},
+                      media=media, dev_metrics=best, train_minutes=wall)
     dtype = "float32" if args.fp32 else "float16"
     external = bool(init_manifest.get("external", {}).get("text_backbone"))
     try:
