@@ -148,6 +148,20 @@ def test_recorded_command_carries_no_machine_path(tmp_path, monkeypatch):
                    "--json=<...>/dev.json --csv ../data/dev.csv --lr -1e-3 --root <...>")
 
 
+def test_provenance_names_the_files_changed_since_the_commit(tmp_path, monkeypatch):
+    from erc_ros.models import artefact
+
+    status = " M erc_ros/training/train_cli.py\nM  README.md\n"
+    monkeypatch.setattr(artefact, "_git", lambda *a: status if a[0] == "status" else "abc\n")
+    out = save_model_dir(_model(), tmp_path / "m")
+    prov = json.loads((out / "manifest.json").read_text())["provenance"]
+    assert prov["git_commit"] == "abc"
+    assert prov["git_modified"] == ["README.md", "erc_ros/training/train_cli.py"]
+    status = ""  # a clean checkout: no such field
+    out = save_model_dir(_model(), tmp_path / "m")
+    assert "git_modified" not in json.loads((out / "manifest.json").read_text())["provenance"]
+
+
 @pytest.mark.parametrize("freeze_layers", [0, 2])
 def test_fp16_storage_and_external_packaged_weights(tmp_path, freeze_layers):
     """The default model's storage: fp16 shards, frozen MiniLM tensors referenced from the

@@ -336,13 +336,24 @@ def versions() -> dict:
     return out
 
 
-def git_commit() -> str:
+def _git(*args: str) -> str:
     try:
         root = Path(__file__).resolve().parents[2]
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=5).stdout.strip()
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                              text=True, timeout=5).stdout
     except Exception:  # noqa: BLE001
         return ""
+
+
+def git_commit() -> str:
+    return _git("rev-parse", "HEAD").strip()
+
+
+def git_modified() -> list[str]:
+    """The tracked files that differ from :func:`git_commit` (the code that ran is that commit
+    plus these changes); empty in a clean checkout or outside git."""
+    return sorted(line[3:] for line in _git("status", "--porcelain", "--untracked-files=no")
+                  .splitlines() if len(line) > 3)
 
 
 # ---------------------------------------------------------------------------------------
@@ -421,6 +432,7 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
         "preprocessing": cfg.preprocessing.to_dict(),
         "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "command": _command_line(), "git_commit": git_commit(),
+                       **({"git_modified": m} if (m := git_modified()) else {}),
                        **(provenance or {})},  # a "command" in provenance wins
         "versions": versions(),
         "external": {},

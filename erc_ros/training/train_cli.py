@@ -49,7 +49,8 @@ RECIPES = {
         # encoder and head as they stand, then a fresh stage 2; each round is kept only if
         # that beats the model before it on dev. MELD dev 60.73 after stage 2, then rounds
         # 61.10 / 61.28 kept, the third 61.21 undone (a born-again round from 61.10 gave
-        # 60.60: rounds distil from the teacher). 32 min for the three.
+        # 60.60: rounds distil from the teacher). 32 min for the three. Round k runs with
+        # seed 13 + k (a round after an undone one would otherwise repeat it exactly).
         rounds=[dict(epochs=1, lr=2e-5, warmup=0.0)] * 3),
     # The teacher (models/large): packaged all-mpnet-base-v2 (110M, RoBERTa-base size; `make
     # setup-train`). The bottom 10 of 12 layers stay frozen and run once per prompt (cached);
@@ -339,8 +340,8 @@ def lineage(model_dir: str | Path) -> dict:
 
     p = read_manifest(model_dir).get("provenance", {})
     return {"model_id": model_reference(model_dir)["model_id"],
-            **{k: p[k] for k in ("created", "command", "git_commit", "dev_metrics",
-                                 "train_minutes", "init_provenance") if k in p},
+            **{k: p[k] for k in ("created", "command", "git_commit", "git_modified",
+                                 "dev_metrics", "train_minutes", "init_provenance") if k in p},
             "manifest_sha256": model_reference(model_dir)["manifest_sha256"]}
 
 
@@ -504,6 +505,10 @@ def run(args) -> int:
 
     def cycle(ci):
         rc = dict(r, **(cycles + rounds)[ci])
+        if ci >= len(cycles) and "seed" not in rounds[ci - len(cycles)]:
+            # Round k draws seed + k: after an undone round the model is as it was, and the
+            # same seed would repeat that round to the bit (models/default: 61.48 twice).
+            rc["seed"] = r["seed"] + ci - len(cycles)
         c = TextStageConfig(**{k: rc[k] for k in TextStageConfig.__dataclass_fields__ if k in rc},
                             max_steps=args.max_steps, max_minutes=args.max_minutes,
                             threads=args.threads, prefix_cache_dir=prefix_dir)
