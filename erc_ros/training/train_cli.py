@@ -41,11 +41,10 @@ RECIPES = {
         then=[dict(epochs=1, lr=2e-5, warmup=0.0),
               dict(epochs=1, lr=2e-5, warmup=0.0, seed=7, distill=0.5, teacher="previous")],
         # Stage 2: a fresh concat head over the fine-tuned encoder's cached [MASK] vectors,
-        # class weights (n/n_c)^0.5 (the heads ablation in docs/results.md picked it). Over
-        # the shipped encoder the mean of five head seeds peaks at p=0.375 (61.51 vs 61.27),
-        # and the recipe with it reached 61.78 in FP32, but the INT8 copy the robot runs lost
-        # 0.94 there (0.98 and 0.48 on two more p=0.375 models, 0.00 on the shipped p=0.5
-        # one): not adopted until the head is chosen on what the robot runs.
+        # class weights (n/n_c)^0.5 (the heads ablation in docs/results.md picked it; it made
+        # the shipped model). Over the shipped encoder the mean of five head seeds peaks at
+        # p=0.375 (61.51 FP32, 61.45 INT8), but the recipe with it kept a 61.78 model whose
+        # INT8 copy scores 60.84: rounds selected on the FP32 figure do not keep it in INT8.
         fusion_stage=dict(head="concat", class_weight_power=0.5, epochs=12),
         # Then rounds over the finished model: the cycle toward the teacher again, from the
         # encoder and head as they stand, then a fresh stage 2; each round is kept only if
