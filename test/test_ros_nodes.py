@@ -82,7 +82,15 @@ class Rig:
 
     def clock(self, t: float) -> None:
         from rosgraph_msgs.msg import Clock
+        self.now = t
         self.clock_pub.publish(Clock(clock=convert.float_to_time(t)))
+
+    def ticked_diag(self, name_part: str, dt: float = 0.1) -> dict:
+        """Move the simulated clock on by ``dt``, then :meth:`diag_values`: /diagnostics runs
+        on the nodes' clock, which stops with the conversation, so the newest message can
+        predate the last estimate until the clock ticks again."""
+        self.clock(self.now + dt)
+        return self.diag_values(name_part)
 
     def publish(self, topic, msg, t=None) -> None:
         if t is not None:
@@ -169,16 +177,8 @@ def test_bad_input_is_refused_reported_and_valid_utterances_get_one_estimate(
                                                           "refused.audio_coding")
                    for k in d), d  # the reversed stamps
         assert d["level"] == b"\x01"  # WARN
-        # /diagnostics runs on the node's clock, here the simulated one, which stopped with
-        # the conversation: the newest message can predate the last estimate. Tick it on.
-        tick = [msgs[-1][1] + 5.0]
-
-        def latency_reported() -> bool:
-            tick[0] += 0.25
-            rig.clock(tick[0])
-            return "latency.processing.p95_ms" in rig.diag_values("emotion")
-
-        assert wait_for(latency_reported, 10), rig.diag_values("emotion")
+        assert wait_for(lambda: "latency.processing.p95_ms" in rig.ticked_diag("emotion", 0.25),
+                        10), rig.diag_values("emotion")
         e = rig.diag_values("emotion")
         # backend auto on a CPU machine with onnxruntime: the model was exported on configure
         assert e["model"] == "tiny-test" and e["backend"] == "onnxruntime"
@@ -388,14 +388,10 @@ def test_face_expert_beside_the_fused_estimate(ros, tmp_path, conversation):
                 assert wait_for(lambda: sum(len(c) for c in faces.values()) >= n, 10)
             status = "seen" if expression and camera else (
                 "disabled" if not expression else "no_camera")
-            tick = [msgs[-1][1] + 5.0]
-
-            def diag(part, key):  # sim time moves on, so the diagnostics timers fire
-                tick[0] += 0.1
-                rig.clock(tick[0])
-                return rig.diag_values(part).get(key)
-            assert wait_for(lambda: diag("emotion", f"face_status.{status}") == str(n), 20)
-            assert wait_for(lambda: diag("utterances", "core.counters.utterances") == str(n), 20)
+            assert wait_for(lambda: rig.ticked_diag("emotion").get(f"face_status.{status}")
+                            == str(n), 20)
+            assert wait_for(lambda: rig.ticked_diag("utterances").get("core.counters.utterances")
+                            == str(n), 20)
             time.sleep(0.5)
             runs[name] = (rig.estimates.snapshot(), {s: c.snapshot() for s, c in faces.items()},
                           rig.diag_values("utterances"), rig.diag_values("emotion"))

@@ -339,11 +339,12 @@ def lineage(model_dir: str | Path) -> dict:
     model trained from scratch."""
     from erc_ros.models.artefact import read_manifest
 
+    ref = model_reference(model_dir)
     p = read_manifest(model_dir).get("provenance", {})
-    return {"model_id": model_reference(model_dir)["model_id"],
+    return {"model_id": ref["model_id"],
             **{k: p[k] for k in ("created", "command", "git_commit", "git_modified",
                                  "dev_metrics", "train_minutes", "init_provenance") if k in p},
-            "manifest_sha256": model_reference(model_dir)["manifest_sha256"]}
+            "manifest_sha256": ref["manifest_sha256"]}
 
 
 def provenance(args, init=None, **fields) -> dict:
@@ -503,7 +504,7 @@ def run(args) -> int:
     elif prior:
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     cfg = None
-    undone = [0]  # rounds undone so far in this run: the next round's seed offset
+    undone = 0  # rounds undone so far in this run: the next round's seed offset
 
     def cycle(ci):
         rc = dict(r, **(cycles + rounds)[ci])
@@ -511,7 +512,7 @@ def run(args) -> int:
             # After an undone round the model is as it was, and the same seed would repeat
             # that round to the bit (61.48 twice, docs/results.md): each undone round moves
             # the next one to the next seed (a run of kept rounds keeps the recipe's seed).
-            rc["seed"] = r["seed"] + undone[0]
+            rc["seed"] = r["seed"] + undone
         c = TextStageConfig(**{k: rc[k] for k in TextStageConfig.__dataclass_fields__ if k in rc},
                             max_steps=args.max_steps, max_minutes=args.max_minutes,
                             threads=args.threads, prefix_cache_dir=prefix_dir)
@@ -580,7 +581,7 @@ def run(args) -> int:
             print(f"round (cycle {ci + 1}): dev {got.get('weighted_f1')} does not beat "
                   f"{best.get('weighted_f1')}: restoring the model before it", file=sys.stderr)
             _restore(model, kept)
-            undone[0] += 1
+            undone += 1
     # Both stages train the head on text alone: audio/video stay unused until a fusion stage
     # trains it with them (their projections are zero until then).
     model.config.trained_modalities = ("text",)
