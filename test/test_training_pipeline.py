@@ -104,6 +104,15 @@ def test_train_then_evaluate_commands(tmp_path):
     f1 = [r["weighted_f1"] for r in rows]
     line = ablation.summary_table(rows).splitlines()[-1]
     assert f"| 2 | {np.mean(f1):.2f} [{min(f1):.2f}, {max(f1):.2f}] |" in line, line
+    # --int8: each head scored on the INT8 copy's vectors too, a column of the table.
+    assert ablation.main(["--model", str(out), "--out", str(ab), "--limit-train", "4",
+                          "--heads", "concat", "--epochs", "1", "--class-weights", "0.5",
+                          "--int8", "--select", "fp32+int8"]) == 0
+    rows = json.loads((ab / "ablation.json").read_text())
+    assert len(rows) == 1 and 0 <= rows[0]["weighted_f1_int8"] <= 100
+    assert ablation.summary_table(rows).splitlines()[0].endswith("INT8 weighted F1 |")
+    with pytest.raises(SystemExit):
+        ablation.main(["--out", str(ab), "--select", "fp32+int8"])  # no --model, no --int8
 
 
 @pytest.mark.parametrize("flag,value,says", [

@@ -9,7 +9,10 @@ Each head (concat = no cross-utterance context; MAGT, LPGNet = causal past conte
 residual) is trained by the fusion stage with and without class weighting, selected on dev.
 ``--seeds 13,1,2,3,4`` trains each setting from several head seeds and reports their mean and
 range: the best epoch of one seed is the top of a noisy curve, so settings are compared by
-the mean. Prints a markdown table and writes ``ablation.json``.
+the mean. ``--int8`` (with ``--model``) scores every head on the text vectors of the model's
+ONNX Runtime INT8 copy too (what the nodes run on a CPU; :mod:`erc_ros.training.deployed`),
+and ``--select fp32+int8`` keeps each head's epoch by the worse of the two figures. Prints a
+markdown table and writes ``ablation.json``.
 """
 from __future__ import annotations
 
@@ -38,7 +41,16 @@ def main(argv=None) -> int:
     ap.add_argument("--class-weights", default="0,0.5",
                     help="class-weight powers to try (comma-separated)")
     ap.add_argument("--seeds", default="13", help="head seeds per setting (comma-separated)")
+    ap.add_argument("--int8", action="store_true",
+                    help="also score each head on the model's ONNX Runtime INT8 text vectors")
+    ap.add_argument("--select", choices=["fp32", "fp32+int8"], default="fp32",
+                    help="what keeps a head's epoch (fp32+int8: the worse of the two; needs "
+                         "--int8)")
     args = ap.parse_args(argv)
+    if (args.int8 or args.select != "fp32") and not args.model:
+        ap.error("--int8 and --select score a trained model's INT8 copy: give --model")
+    if args.select != "fp32" and not args.int8:
+        ap.error("--select fp32+int8 needs --int8")
     process.configure(torch_threads=args.threads, by="ablation")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +74,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     ftr = encode_dialogues(model, train, out / f"{tag}-train{args.limit_train or ''}.safetensors")
     fdv = encode_dialogues(model, dev, out / f"{tag}-dev.safetensors")
+    fdv8 = None
+    if args.int8:
+        from erc_ros.training.deployed import int8_text_vectors, with_text
+
+        fdv8 = with_text(fdv, int8_text_vectors(model, dev, threads=args.threads))
     rows = []
     seeds = [int(x) for x in args.seeds.split(",")]
     for head in args.heads.split(","):
@@ -70,10 +87,12 @@ def main(argv=None) -> int:
                 _, _, s = fit_head(model, head, ftr, fdv,
                                    FusionStageConfig(epochs=args.epochs, class_weight_power=cw,
                                                      modality_dropout=0.0, lr=5e-4, seed=seed,
-                                                     threads=args.threads), seed=seed)
+                                                     threads=args.threads), seed=seed,
+                                   dev_int8=fdv8, select=args.select)
                 rows.append({"features": tag, "train_dialogues": len(ftr), "head": head,
                              "class_weight_power": cw, "seed": seed,
-                             **{k: s["best"][k] for k in ("weighted_f1", "accuracy", "epoch")}})
+                             **{k: s["best"][k] for k in ("weighted_f1", "accuracy", "epoch",
+                                                          "weighted_f1_int8") if k in s["best"]}})
                 print(rows[-1], file=sys.stderr, flush=True)
     (out / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(summary_table(rows))
@@ -89,14 +108,17 @@ def summary_table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["features"], r["head"], r["class_weight_power"]), []).append(r)
-    lines = ["| features | head | class weighting | seeds | dev weighted F1 | dev accuracy |",
-             "|---|---|---|---|---|---|"]
+    int8 = all("weighted_f1_int8" in r for r in rows)
+    lines = ["| features | head | class weighting | seeds | dev weighted F1 | dev accuracy |"
+             + (" INT8 weighted F1 |" if int8 else ""),
+             "|---|---|---|---|---|---|" + ("---|" if int8 else "")]
     for (feat, head, cw), rs in groups.items():
         def cell(key):
             v = np.array([r[key] for r in rs])
             return f"{v.mean():.2f}" + (f" [{v.min():.2f}, {v.max():.2f}]" if len(v) > 1 else "")
         lines.append(f"| {feat} | {head} | {f'p={cw:g}' if cw else 'off'} | {len(rs)} "
-                     f"| {cell('weighted_f1')} | {cell('accuracy')} |")
+                     f"| {cell('weighted_f1')} | {cell('accuracy')} |"
+                     + (f" {cell('weighted_f1_int8')} |" if int8 else ""))
     return "\n".join(lines)
 
 

@@ -226,11 +226,22 @@ def per_dialogue(rows: np.ndarray, data: Sequence[CachedDialogue]) -> list[torch
 def train_fusion_stage(head: nn.Module, train: Sequence[CachedDialogue],
                        dev: Sequence[CachedDialogue], label_names: Sequence[str],
                        cfg: FusionStageConfig, log=print, progress: bool = True,
-                       teacher: Optional[Sequence[torch.Tensor]] = None) -> dict:
+                       teacher: Optional[Sequence[torch.Tensor]] = None,
+                       dev_int8: Optional[Sequence[CachedDialogue]] = None,
+                       select: str = "fp32") -> dict:
     """Train ``head`` over cached vectors; keep its best state by dev weighted F1.
     ``teacher``: one [T, C] tensor of a trained teacher's logits per training dialogue
-    (:func:`per_dialogue`), distilled with weight ``cfg.distill``."""
+    (:func:`per_dialogue`), distilled with weight ``cfg.distill``. ``dev_int8``: the dev
+    dialogues with the text vectors of the encoder's ONNX Runtime INT8 copy
+    (:mod:`erc_ros.training.deployed`): each epoch is scored on them too
+    (``weighted_f1_int8``), and ``select`` (``fp32`` or ``fp32+int8``, the worse of the two)
+    says which figure picks the best epoch."""
     from tqdm import tqdm
+
+    from erc_ros.training.deployed import selection_figure
+
+    if select == "fp32+int8" and not dev_int8:
+        raise ValueError("select='fp32+int8' needs dev_int8 (the INT8 copy's dev vectors)")
 
     if teacher is not None and len(teacher) != len(train):
         raise ValueError(f"teacher logits for {len(teacher)} dialogues, {len(train)} given")
@@ -243,7 +254,7 @@ def train_fusion_stage(head: nn.Module, train: Sequence[CachedDialogue],
                          minlength=len(label_names))
     cw = torch.as_tensor(class_weights(counts, cfg.class_weight_power))
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best, best_state, history = {"weighted_f1": -1.0}, None, []
+    best, best_state, history = {}, None, []
     t0 = time.time()
     for epoch in range(cfg.epochs):
         head.train()
@@ -281,17 +292,28 @@ def train_fusion_stage(head: nn.Module, train: Sequence[CachedDialogue],
             nn.utils.clip_grad_norm_(head.parameters(), 1.0)
             opt.step()
         if dev:
-            yt, yp = predict_cached(head, dev)
-            sc = scores(yt, yp, label_names)
-            rec = {"epoch": epoch + 1, "weighted_f1": sc["weighted_f1"], "accuracy": sc["accuracy"]}
+            rec = {"epoch": epoch + 1, **dev_figures(head, dev, label_names, dev_int8)}
             history.append(rec)
-            if sc["weighted_f1"] > best["weighted_f1"]:
+            if selection_figure(rec, select) > selection_figure(best, select):
                 best = dict(rec)
                 best_state = copy.deepcopy(head.state_dict())
     if best_state is not None:
         head.load_state_dict(best_state)
     log(f"fusion stage best {best} in {(time.time() - t0) / 60:.1f} min")
-    return {"best": best, "history": history, "config": cfg.to_dict()}
+    return {"best": best or {"weighted_f1": -1.0}, "history": history,
+            "config": dict(cfg.to_dict(), select=select)}
+
+
+def dev_figures(head: nn.Module, dev: Sequence[CachedDialogue], label_names: Sequence[str],
+                dev_int8: Optional[Sequence[CachedDialogue]] = None) -> dict:
+    """``head``'s dev weighted F1 and accuracy over the cached vectors, and with ``dev_int8``
+    its weighted F1 over the INT8 copy's vectors (``weighted_f1_int8``)."""
+    sc = scores(*predict_cached(head, dev), label_names)
+    rec = {"weighted_f1": sc["weighted_f1"], "accuracy": sc["accuracy"]}
+    if dev_int8:
+        rec["weighted_f1_int8"] = scores(*predict_cached(head, dev_int8),
+                                         label_names)["weighted_f1"]
+    return rec
 
 
 #: The head settings of stage 2 over cached text vectors (ablation and the default recipe).
@@ -302,10 +324,11 @@ HEAD_DEFAULTS = dict(d_model=128, num_heads=4, num_layers=1, causal=True, dropou
 def fit_head(model: ErcModel, name: str, train: Sequence[CachedDialogue],
              dev: Sequence[CachedDialogue], cfg: FusionStageConfig, seed: int = 13,
              progress: bool = False, teacher: Optional[Sequence[torch.Tensor]] = None,
+             dev_int8: Optional[Sequence[CachedDialogue]] = None, select: str = "fp32",
              **head_config) -> tuple[nn.Module, dict, dict]:
     """Train a fresh ``name`` head over ``model``'s cached vectors; returns (head, its config
     with the model's dims, the stage summary). Text-only features: no modality dropout.
-    ``teacher``: see :func:`train_fusion_stage`."""
+    ``teacher``, ``dev_int8``, ``select``: see :func:`train_fusion_stage`."""
     from erc_ros.models.fusion import build_fusion
 
     dt, da, dv = model.dims
@@ -315,7 +338,7 @@ def fit_head(model: ErcModel, name: str, train: Sequence[CachedDialogue],
     torch.manual_seed(seed)
     head = build_fusion(name, hcfg)
     summary = train_fusion_stage(head, train, dev, model.label_names, cfg, progress=progress,
-                                 teacher=teacher)
+                                 teacher=teacher, dev_int8=dev_int8, select=select)
     return head, hcfg, summary
 
 

@@ -1,0 +1,131 @@
+"""Selecting on what the robot runs: the INT8 text vectors training scores a head on are the
+ones of the ONNX Runtime INT8 copy `prepare` makes for the nodes, and a recipe with
+``select: fp32+int8`` keeps an epoch, a head or a round by the worse of the two figures."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from erc_ros.runtime.backends import OrtBackend
+from erc_ros.runtime.manifest import find_stage_files
+from erc_ros.runtime.prepare import prepare
+from erc_ros.runtime.quantize import row_cosines
+from erc_ros.training import data
+from erc_ros.training.deployed import (int8_text_encoder, int8_text_vectors, selection_figure,
+                                       with_text)
+from erc_ros.training.fusion_stage import (FusionStageConfig, dev_figures, encode_dialogues,
+                                           fit_head)
+
+MELD_DEV = data.data_root() / "meld" / "dev_sent_emo.csv"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random model directory, loaded back, and four MELD dev dialogues."""
+    from erc_ros.models.artefact import load_model_dir, save_model_dir
+    from erc_ros.models.erc_model import ErcModelConfig, build_model, tiny_text_config
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("deployed") / "tiny"
+    save_model_dir(build_model(ErcModelConfig(model_id="tiny-int8", text=tiny_text_config(),
+                                              audio=None, video=None)), d, dtype="float32")
+    return d, load_model_dir(d).eval(), data.load_meld(MELD_DEV)[:4]
+
+
+def _sha(p) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_the_int8_copy_is_the_one_prepare_makes_for_the_nodes(tiny, tmp_path, monkeypatch):
+    d, model, dialogues = tiny
+    monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path / "cache"))
+    rdir = prepare(d, ["int8"])
+    shipped = rdir / find_stage_files(rdir, "onnx", "int8")["text_encoder"]
+    mine = int8_text_encoder(model, tmp_path / "mine")
+    assert _sha(mine) == _sha(shipped)  # byte for byte: the same export and quantization
+    # Its vectors: each prompt alone with its past context, as the pipeline feeds it.
+    vecs = int8_text_vectors(model, dialogues, threads=1, progress=False)
+    ort = OrtBackend(shipped, providers=["CPUExecutionProvider"], threads=1)
+    k = model.preprocessor.config.prompt.past_context
+    for dlg, v in zip(dialogues, vecs):
+        u = dlg.utterances
+        want = np.stack([ort.run(model.preprocessor.text_inputs(u[i], u[max(0, i - k):i]))
+                         ["text_vec"][0] for i in range(len(u))])
+        # The same file on the same inputs: the same integer GEMMs and float epilogues; only
+        # the thread split may reorder a float sum (bound: the arithmetic, not a fudge).
+        from _tolerances import network_bound
+
+        cfg = model.text_encoder.backbone.config
+        bound = network_bound(cfg.num_hidden_layers + 1, cfg.intermediate_size,
+                              float(np.abs(want).max()))
+        assert v.shape == want.shape and float(np.abs(v.numpy() - want).max()) <= bound
+    # And it is a quantized copy of the FP32 encoder, not another model.
+    fp32 = encode_dialogues(model, dialogues, progress=False)
+    cos = row_cosines(torch.cat([c.text for c in fp32]).numpy(), torch.cat(vecs).numpy())
+    assert cos.mean() > 0.9, cos
+
+
+def test_select_by_the_worse_of_fp32_and_int8(tiny):
+    assert selection_figure({"weighted_f1": 61.7, "weighted_f1_int8": 60.8}, "fp32+int8") == 60.8
+    assert selection_figure({"weighted_f1": 61.7, "weighted_f1_int8": 62.0}, "fp32+int8") == 61.7
+    assert selection_figure({"weighted_f1": 61.7, "weighted_f1_int8": 60.8}, "fp32") == 61.7
+    assert selection_figure({}, "fp32+int8") == -1.0
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        selection_figure({"weighted_f1": 1.0}, "int4")
+    # A head over cached vectors: each epoch is scored on both copies, and the kept epoch is
+    # the one whose worse figure is best.
+    _, model, dialogues = tiny
+    cached = encode_dialogues(model, dialogues, progress=False)
+    int8 = with_text(cached, int8_text_vectors(model, dialogues, threads=1, progress=False))
+    cfg = FusionStageConfig(epochs=4, class_weight_power=0.0, modality_dropout=0.0, threads=1)
+    head, _, s = fit_head(model, "concat", cached, cached, cfg, dev_int8=int8,
+                          select="fp32+int8")
+    hist = s["history"]
+    assert all("weighted_f1_int8" in h for h in hist) and s["config"]["select"] == "fp32+int8"
+    best = max(hist, key=lambda h: selection_figure(h, "fp32+int8"))
+    assert selection_figure(s["best"], "fp32+int8") == selection_figure(best, "fp32+int8")
+    # The kept head scores as recorded on both copies.
+    again = dev_figures(head, cached, model.label_names, int8)
+    assert again["weighted_f1"] == s["best"]["weighted_f1"]
+    assert again["weighted_f1_int8"] == s["best"]["weighted_f1_int8"]
+    with pytest.raises(ValueError, match="needs dev_int8"):
+        fit_head(model, "concat", cached, cached, cfg, select="fp32+int8")
+    with pytest.raises(ValueError, match="vector sets"):
+        with_text(cached, [c.text for c in cached[:-1]])
+
+
+def test_train_selects_stage_two_and_rounds_on_the_int8_copy_too(tmp_path, monkeypatch,
+                                                                  capsys):
+    from erc_ros import cli
+    from erc_ros.training import train_cli
+
+    monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(train_cli.RECIPES, "tiny", dict(
+        train_cli.RECIPES["tiny"], select="fp32+int8",
+        fusion_stage=dict(head="concat", class_weight_power=0.5, epochs=2),
+        rounds=[dict(epochs=1)]))
+    out = tmp_path / "m"
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(out), "--limit-dialogues", "8",
+                     "--max-steps", "2", "--fp32"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"round \(cycle 2\): dev \S+ \(INT8 \S+\)", err), err[-2000:]
+    log = json.loads((out / "train_log.json").read_text())
+    s2 = [h for h in log["history"] if h.get("stage") == 2]
+    assert len(s2) == 4 and all("weighted_f1_int8" in h for h in s2)
+    best = json.loads((out / "manifest.json").read_text())["provenance"]["dev_metrics"]
+    assert best["select"] == "fp32+int8" and "weighted_f1_int8" in best
+    # Rounds over that model: the init is scored by the same rule before any round competes,
+    # and --select fp32 goes back to the FP32 figure alone.
+    again = tmp_path / "again"
+    assert cli.main(["train", "--recipe", "tiny", "--init", str(out), "--out", str(again),
+                     "--limit-dialogues", "8", "--max-steps", "2", "--cycle", "2",
+                     "--select", "fp32"]) == 0
+    log = json.loads((again / "train_log.json").read_text())
+    assert log["history"] and not any("weighted_f1_int8" in h for h in log["history"])
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--recipe", "tiny", "--out", str(again), "--select", "int4"])
