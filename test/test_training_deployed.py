@@ -129,3 +129,16 @@ def test_train_selects_stage_two_and_rounds_on_the_int8_copy_too(tmp_path, monke
     assert log["history"] and not any("weighted_f1_int8" in h for h in log["history"])
     with pytest.raises(SystemExit):
         cli.main(["train", "--recipe", "tiny", "--out", str(again), "--select", "int4"])
+    with pytest.raises(SystemExit, match="--recipe multimodal keeps"):
+        cli.main(["train", "--recipe", "multimodal", "--out", str(again), "--select", "fp32"])
+    # An INT8 copy the runtime would reject (as MPNet's, mean cosine 0.106) is not what the
+    # nodes run: they run that encoder in FP32, so selection falls back to the FP32 figure.
+    from erc_ros.runtime import quantize
+
+    monkeypatch.setattr(quantize, "MIN_COSINE", 1.5)  # every copy "rejected"
+    capsys.readouterr()
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(again), "--limit-dialogues",
+                     "8", "--max-steps", "2"]) == 0
+    assert "the runtime would run it in FP32, so selection is on FP32" in capsys.readouterr().err
+    log = json.loads((again / "train_log.json").read_text())
+    assert not any("weighted_f1_int8" in h for h in log["history"])

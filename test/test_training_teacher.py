@@ -204,6 +204,15 @@ def test_goemotions_stage_and_cached_teacher_logits(tmp_path, capsys):
     # The same pass kept the teacher's text vectors: feature distillation reads them back.
     vectors = list(cache_root().glob("train/teacher-vectors-*.npy"))
     assert any(np.load(f).shape[0] == n and np.load(f).dtype == np.float16 for f in vectors)
+    # The run that computes them trains on exactly what later runs read back (float16).
+    from erc_ros.training.train_cli import cached_teacher_logits
+
+    part = data.load_meld(MELD_TRAIN)[:3]
+    first = cached_teacher_logits([str(teacher)], [part], data.MELD_LABELS, features=True)
+    again = cached_teacher_logits([str(teacher)], [part], data.MELD_LABELS, features=True)
+    assert "teacher logits from the cache" in capsys.readouterr().err
+    assert all(a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
+               for a, b in zip(first, again))
     assert cli.main(["train", "--recipe", "tiny", "--out", str(tmp_path / "features"),
                      "--limit-dialogues", "6", "--max-steps", "2", "--goemotions", "mix",
                      "--teacher", str(teacher), "--feature-distill", "1.0"]) == 0

@@ -287,11 +287,14 @@ def cached_teacher_logits(teacher_dirs, parts, labels, features: bool = False):
     got = [dialogue_teacher_logits(teachers, part, prefix_cache_dir=path.parent, features=True)
            for part in parts if part]
     out = np.concatenate([g[0] for g in got])
-    vecs = np.concatenate([g[1] for g in got])
+    # The vectors are kept in float16: this run trains on the same rounded values as every
+    # later run that reads them back (with float32 ones the first run's rounds took another
+    # path: 61.25 undone where the cached run kept 61.41).
+    vecs = np.concatenate([g[1] for g in got]).astype(np.float16)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(fpath, vecs.astype(np.float16))
+    np.save(fpath, vecs)
     np.save(path, out)  # last: its presence says both files are whole
-    return (out, vecs) if features else out
+    return (out, vecs.astype(np.float32)) if features else out
 
 
 def build_from_recipe(r: dict, label_names, model_id: str):
@@ -421,7 +424,7 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
                             seed=r["seed"], distill=distill)
     head, hcfg, s2 = fit_head(model, fs["head"], ftr, fdv, cfg, seed=r["seed"], progress=True,
                               teacher=per_dialogue(teacher, ftr) if distill > 0 else None,
-                              dev_int8=fdv8, select=select)
+                              dev_int8=fdv8, select=select if fdv8 is not None else "fp32")
     history += [dict(h, stage=2, head=fs["head"]) for h in s2["history"]]
     if selection_figure(s2["best"], select) <= selection_figure(best, select):
         print(f"stage 2 ({fs['head']}) did not beat stage 1 on dev; keeping the stage-1 head",
@@ -435,17 +438,31 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
 
 def _int8_dev(model, dev, fdv, select: str, threads: int):
     """``fdv`` (the dev dialogues' cached vectors) with the text vectors of ``model``'s ONNX
-    Runtime INT8 copy, where the recipe selects by it (``select: fp32+int8``), else None."""
+    Runtime INT8 copy, where the recipe selects by it (``select: fp32+int8``), else None.
+    None too when that copy is one the runtime rejects (its vectors' mean cosine to FP32
+    below ``quantize.MIN_COSINE``, as for MPNet): the nodes then run the encoder in FP32,
+    so the FP32 figure is the robot's."""
+    import torch
+
+    from erc_ros.runtime.quantize import MIN_COSINE, row_cosines
     from erc_ros.training.deployed import SELECT_RULES, int8_text_vectors, with_text
 
     if select not in SELECT_RULES:
         raise SystemExit(f"error: recipe select {select!r}: one of {', '.join(SELECT_RULES)}")
     if select != "fp32+int8":
         return None
-    return with_text(fdv, int8_text_vectors(model, dev, threads=threads))
+    vecs = int8_text_vectors(model, dev, threads=threads)
+    cos = float(row_cosines(torch.cat([c.text for c in fdv]).numpy(),
+                            torch.cat(vecs).numpy()).mean())
+    if cos < MIN_COSINE:
+        print(f"the INT8 text encoder's dev vectors have a mean cosine of {cos:.3f} to FP32 "
+              f"(< {MIN_COSINE}): the runtime would run it in FP32, so selection is on FP32",
+              file=sys.stderr)
+        return None
+    return with_text(fdv, vecs)
 
 
-def _model_figures(model, r: dict, dev, threads: int, prefix_dir: str = "") -> dict:
+def _model_figures(model, r: dict, dev, threads: int, prefix_dir: str) -> dict:
     """The dev figures of ``model`` as it stands (its own head over whole dialogues), by the
     recipe's rule: FP32 weighted F1 and accuracy, and the INT8 copy's weighted F1 where the
     rule needs it."""
@@ -463,11 +480,15 @@ def run(args) -> int:
     from erc_ros.models.artefact import (ArtefactError, add_artefact, check_model_id,
                                          save_model_dir)
     from erc_ros.models.artefact import sha256_file
+    from erc_ros.paths import cache_root
     from erc_ros.training.deployed import selection_figure
     from erc_ros.training.distributed import DistContext
     from erc_ros.training.metrics import plot_confusion
     from erc_ros.training.text_stage import TextStageConfig, teacher_logits, train_text_stage
 
+    if args.select and args.recipe == "multimodal":
+        raise SystemExit("error: --select picks stage-2 heads and rounds of the text recipes; "
+                         "--recipe multimodal keeps its best epoch by dev weighted F1")
     if args.recipe == "multimodal":
         from erc_ros.training.multimodal_stage import run as run_multimodal
 
@@ -506,7 +527,8 @@ def run(args) -> int:
             prior = {}
         elif prior and r.get("select", "fp32") != "fp32" and "weighted_f1_int8" not in prior:
             # the rule compares this run's models with the init by their INT8 copies too
-            prior = dict(prior, **_model_figures(model, r, dev, args.threads))
+            prior = dict(prior, **_model_figures(model, r, dev, args.threads,
+                                                 str(cache_root() / "train")))
     else:
         model = build_from_recipe(r, labels, model_id)
         prior = {}
@@ -543,8 +565,6 @@ def run(args) -> int:
         raise SystemExit(f"error: --cycle {args.cycle}: the recipe's cycles 1-{len(cycles)} "
                          "build the model; a later one (a round, or past the last: the fusion "
                          "stage only) needs --init DIR")
-    from erc_ros.paths import cache_root
-
     prefix_dir = str(cache_root() / "train")
     t0 = time.time()
     first = max(1, args.cycle) - 1
