@@ -160,3 +160,32 @@ def test_train_selects_stage_two_and_rounds_on_the_int8_copy_too(tmp_path, monke
     assert "the runtime would run it in FP32, so selection is on FP32" in capsys.readouterr().err
     log = json.loads((again / "train_log.json").read_text())
     assert not any("weighted_f1_int8" in h for h in log["history"])
+
+
+def test_the_int8_copy_selection_scores_is_made_from_the_weights_as_saved(tiny, tmp_path):
+    """The INT8 error is a draw that any perturbation of the weights re-rolls (float16
+    storage moved one head's INT8 figure by a point), so selection scores the INT8 copy of
+    the weights as the model directory will hold them, not of those in memory."""
+    from erc_ros.models.artefact import load_model_dir, save_model_dir
+    from erc_ros.training.train_cli import _int8_dev
+
+    import copy
+
+    model, dialogues = copy.deepcopy(tiny[1]), tiny[2]  # the fixture's model stays as it is
+    with torch.no_grad():  # weights that float16 storage really rounds
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    cached = encode_dialogues(model, dialogues, progress=False)
+    saved = []
+
+    def store(m, directory, prov=None):
+        save_model_dir(m, directory, provenance=prov, dtype="float16")
+        saved.append(directory)
+
+    got = _int8_dev(model, dialogues, cached, "fp32+int8", 1, store)
+    assert len(saved) == 1 and not saved[0].exists()  # a temporary copy, removed
+    save_model_dir(model, tmp_path / "as-saved", dtype="float16")
+    want = int8_text_vectors(load_model_dir(tmp_path / "as-saved"), dialogues, threads=1,
+                             progress=False)
+    assert all(torch.equal(a.text, b) for a, b in zip(got, want))
+    assert _int8_dev(model, dialogues, cached, "fp32", 1, store) is None
