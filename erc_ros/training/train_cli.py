@@ -566,8 +566,10 @@ def run(args) -> int:
             setattr(prompt, k, v)
         if changed:  # the init's dev figures were measured with the old prompt
             prior = {}
-        elif prior and r.get("select", "fp32") != "fp32" and "weighted_f1_int8" not in prior:
-            # the rule compares this run's models with the init by their INT8 copies too
+        elif prior and r.get("select", "fp32") != "fp32":
+            # The rule compares this run's models with the init by their INT8 copies too,
+            # measured here: a figure in its manifest may come from another copy (the INT8
+            # error moves with any rounding of the weights) or another machine's kernels.
             prior = dict(prior, **_model_figures(model, r, dev, args.threads,
                                                  str(cache_root() / "train")))
     else:
