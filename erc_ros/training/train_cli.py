@@ -40,10 +40,11 @@ RECIPES = {
         # it stands (born-again; the teacher's vectors still in the loss).
         then=[dict(epochs=1, lr=2e-5, warmup=0.0),
               dict(epochs=1, lr=2e-5, warmup=0.0, seed=7, distill=0.5, teacher="previous")],
-        # Stage 2: a fresh concat head over the fine-tuned encoder's cached [MASK] vectors,
-        # class weights (n/n_c)^0.375: over the 61.28 model's encoder the mean of five head
-        # seeds peaks there, in FP32 (61.51; p=0.5, which made that model, 61.27) and in
-        # INT8 (docs/results.md, "Stage-2 class weights").
+        # Stage 2: fresh concat heads over the fine-tuned encoder's cached [MASK] vectors,
+        # one per head seed (the best kept; their mean judges a round), class weights
+        # (n/n_c)^0.375: over the 61.28 model's encoder the mean of five head seeds peaks
+        # there, in FP32 (61.51; p=0.5, which made that model, 61.27) and in INT8
+        # (docs/results.md, "Stage-2 class weights").
         fusion_stage=dict(head="concat", class_weight_power=0.375, epochs=12, head_seeds=5),
         # What keeps a stage-2 epoch, a stage-2 head and a round: the worse of the dev
         # weighted F1 of the FP32 model and of its ONNX Runtime INT8 copy, what the nodes run
@@ -55,9 +56,10 @@ RECIPES = {
         # that beats the model before it on dev. MELD dev 60.73 after stage 2, then rounds
         # 61.10 / 61.28 kept, the third 61.21 undone (p=0.5, FP32 selection; a born-again
         # round from 61.10 gave 60.60: rounds distil from the teacher). Over the 61.28
-        # model, with p=0.375 and the rule above: 61.25 and 60.86 undone, then 61.84 (INT8
-        # 61.92) kept, the shipped model. About 10 min a round. A round after an undone one
-        # takes the next seed (from the same model, the same seed repeats it).
+        # model, with p=0.375, five head seeds and the rule above, kept by the heads' mean:
+        # 61.24 and 60.93 undone, then 61.58 (from 61.27) kept: the shipped model's encoder
+        # (its best head 61.85 FP32, 61.68 INT8 through the nodes). About 11 min a round. A
+        # round after an undone one takes the next seed (the same one would repeat it).
         rounds=[dict(epochs=1, lr=2e-5, warmup=0.0)] * 3),
     # The teacher (models/large): packaged all-mpnet-base-v2 (110M, RoBERTa-base size; `make
     # setup-train`). The bottom 10 of 12 layers stay frozen and run once per prompt (cached);
