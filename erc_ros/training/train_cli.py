@@ -409,9 +409,9 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
     only if it beats it on dev. ``teacher``: trained teachers' logits over ``train``'s
     labelled utterances, distilled into the head with the weight the recipe's
     ``fusion_stage`` gives as ``distill``. ``store``: see :func:`_int8_dev`. Returns (best,
-    dev scores or None); ``best``
-    carries ``head_mean``, the mean of the heads' figures: what the encoder is worth, where
-    one head's figure is partly its seed's luck."""
+    dev scores or None); with several head seeds ``best`` carries each head's figures and
+    ``head_mean``, the mean of their selection figures: what the encoder is worth, where one
+    head's figure is partly its seed's luck."""
     import numpy as np
 
     from erc_ros.training.deployed import selection_figure
