@@ -135,6 +135,15 @@ def test_train_selects_stage_two_and_rounds_on_the_int8_copy_too(tmp_path, monke
         dev = data.load_meld(MELD_DEV)[:2]
         assert dev_figures(model.fusion, encode(model, dev, progress=False), model.label_names
                            )["weighted_f1"] == best["weighted_f1"]
+    # An --init model is scored here by the rule, never by the INT8 figure its manifest
+    # records (made from other weights, or by another machine's kernels).
+    calls = []
+    scored = train_cli._model_figures
+    monkeypatch.setattr(train_cli, "_model_figures",
+                        lambda *a, **k: calls.append(a[0].config.model_id) or scored(*a, **k))
+    assert cli.main(["train", "--recipe", "tiny", "--init", str(out), "--out",
+                     str(tmp_path / "s2"), "--limit-dialogues", "8", "--cycle", "3"]) == 0
+    assert len(calls) == 1
     # Rounds over that model: its heads are fitted first (what its encoder is worth), and
     # --select fp32 goes back to the FP32 figure alone.
     again = tmp_path / "again"
