@@ -498,6 +498,22 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
     return model_dir
 
 
+def save_trained_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] = None,
+                           dtype: str = "float32", external_word_embeddings: bool = False
+                           ) -> Path:
+    """:func:`save_model_dir` for a model a training run made: where referencing the packaged
+    tensors fails (they changed, or the package is not there), every tensor is stored
+    instead, with a warning: a trained model is never lost to the storage optimisation."""
+    import sys
+
+    try:
+        return save_model_dir(model, model_dir, provenance=provenance, dtype=dtype,
+                              external_word_embeddings=external_word_embeddings)
+    except ArtefactError as e:
+        print(f"warning: {e}; storing every tensor", file=sys.stderr)
+        return save_model_dir(model, model_dir, provenance=provenance, dtype=dtype)
+
+
 def load_model_dir(model_dir: str | Path, device: str = "cpu",
                    source: str | Path | None = None):
     """Rebuild the :class:`ErcModel` of a directory after verifying every file's sha256.

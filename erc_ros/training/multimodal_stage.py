@@ -266,9 +266,8 @@ def run(args, recipe: dict, model_reference, provenance) -> int:
     settings, ``model_reference(dir)`` how a model is named in provenance,
     ``provenance(args, init, **fields)`` what the saved model records."""
     from erc_ros.core.types import MODALITIES
-    from erc_ros.models.artefact import (ArtefactError, add_artefact, check_model_id,
-                                         load_model_dir, read_manifest, save_model_dir,
-                                         sha256_file)
+    from erc_ros.models.artefact import (add_artefact, check_model_id, load_model_dir,
+                                         read_manifest, save_trained_model_dir, sha256_file)
     from erc_ros.paths import cache_root
     from erc_ros.runtime.manifest import default_model_dir
     from erc_ros.training.fusion_stage import FusionStageConfig, encode_dialogues, train_fusion_stage
@@ -354,14 +353,10 @@ def run(args, recipe: dict, model_reference, provenance) -> int:
               "init": model_reference(init), "encoders_added": added}
     prov = provenance(args, init, recipe=recipe, data={f.name: sha256_file(f) for f in files},
                       media=media, dev_metrics=best, train_minutes=wall)
-    dtype = "float32" if args.fp32 else "float16"
-    external = bool(init_manifest.get("external", {}).get("text_backbone"))
-    try:
-        save_model_dir(model, out, provenance=prov, dtype=dtype,
-                       external_word_embeddings=external)
-    except ArtefactError as e:  # never lose a trained model to the storage optimisation
-        print(f"warning: {e}; storing every tensor", file=sys.stderr)
-        save_model_dir(model, out, provenance=prov, dtype=dtype)
+    save_trained_model_dir(model, out, provenance=prov,
+                           dtype="float32" if args.fp32 else "float16",
+                           external_word_embeddings=bool(
+                               init_manifest.get("external", {}).get("text_backbone")))
     log = {"history": summary["history"], "best": best, "config": cfg.to_dict(),
            "recipe": recipe, "media": media, "utterances_with": has,
            "init_dev": {k: init_dev[k] for k in ("weighted_f1", "accuracy", "per_class_f1")},

@@ -520,8 +520,7 @@ def _model_figures(model, r: dict, dev, threads: int, prefix_dir: str) -> dict:
 
 
 def run(args) -> int:
-    from erc_ros.models.artefact import (ArtefactError, add_artefact, check_model_id,
-                                         save_model_dir)
+    from erc_ros.models.artefact import add_artefact, check_model_id, save_trained_model_dir
     from erc_ros.models.artefact import sha256_file
     from erc_ros.paths import cache_root
     from erc_ros.training.deployed import selection_figure
@@ -610,13 +609,8 @@ def run(args) -> int:
         """Save ``m`` as this run's model directory holds it (float16 unless --fp32, the
         frozen packaged tensors referenced): the final save, and the copy whose INT8 export
         selection scores (the export of unrounded weights is another draw of INT8's noise)."""
-        dtype = "float32" if args.fp32 else "float16"
-        try:
-            save_model_dir(m, directory, provenance=prov, dtype=dtype,
-                           external_word_embeddings=external)
-        except ArtefactError as e:  # never lose a trained model to the storage optimisation
-            print(f"warning: {e}; storing every tensor", file=sys.stderr)
-            save_model_dir(m, directory, provenance=prov, dtype=dtype)
+        save_trained_model_dir(m, directory, provenance=prov, external_word_embeddings=external,
+                               dtype="float32" if args.fp32 else "float16")
 
     cycles = [{}, *r.get("then", [])]
     rounds = r.get("rounds", [])
