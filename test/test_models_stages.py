@@ -162,6 +162,23 @@ def test_provenance_names_the_files_changed_since_the_commit(tmp_path, monkeypat
     assert "git_modified" not in json.loads((out / "manifest.json").read_text())["provenance"]
 
 
+def test_a_trained_model_is_stored_whole_where_the_packaged_tensors_do_not_match(tmp_path,
+                                                                                capsys):
+    """A training run never loses its model to the storage optimisation: where its text
+    backbone is not the packaged one (here a tiny random BERT), referencing fails and every
+    tensor is stored, with a warning."""
+    from erc_ros.models.artefact import ArtefactError, save_trained_model_dir
+
+    m, d = _model(), _dialogue(3)
+    with pytest.raises(ArtefactError):
+        save_model_dir(m, tmp_path / "a", dtype="float32", external_word_embeddings=True)
+    out = save_trained_model_dir(m, tmp_path / "b", dtype="float32",
+                                 external_word_embeddings=True)
+    assert "storing every tensor" in capsys.readouterr().err
+    assert not json.loads((out / "manifest.json").read_text()).get("external")
+    np.testing.assert_array_equal(load_model_dir(out).predict_dialogue(d), m.predict_dialogue(d))
+
+
 @pytest.mark.parametrize("freeze_layers", [0, 2])
 def test_fp16_storage_and_external_packaged_weights(tmp_path, freeze_layers):
     """The default model's storage: fp16 shards, frozen MiniLM tensors referenced from the
