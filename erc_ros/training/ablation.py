@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from erc_ros.training.deployed import SELECT_RULES
+
 
 def main(argv=None) -> int:
     from erc_ros import process
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="13", help="head seeds per setting (comma-separated)")
     ap.add_argument("--int8", action="store_true",
                     help="also score each head on the model's ONNX Runtime INT8 text vectors")
-    ap.add_argument("--select", choices=["fp32", "fp32+int8"], default="fp32",
+    ap.add_argument("--select", choices=SELECT_RULES, default="fp32",
                     help="what keeps a head's epoch (fp32+int8: the worse of the two; needs "
                          "--int8)")
     args = ap.parse_args(argv)

@@ -16,10 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
-
-#: The selection rules a recipe's ``select`` may name.
+#: The selection rules a recipe's ``select`` may name (the command-line choices too: this
+#: module imports torch only where a function needs it, so parsers can read this).
 SELECT_RULES = ("fp32", "fp32+int8")
 
 
@@ -48,6 +46,8 @@ def int8_text_vectors(model, dialogues: Sequence, threads: int = 2,
     """[T, D] float32 text vectors of each dialogue's utterances from ``model``'s ONNX Runtime
     INT8 text encoder (:func:`int8_text_encoder`), each prompt alone with its past context, as
     :class:`~erc_ros.runtime.pipeline.EmotionPipeline` feeds it."""
+    import numpy as np
+    import torch
     from tqdm import tqdm
 
     from erc_ros.runtime.backends import OrtBackend
@@ -69,7 +69,7 @@ def int8_text_vectors(model, dialogues: Sequence, threads: int = 2,
     return out
 
 
-def with_text(cached: Sequence, vectors: Sequence[torch.Tensor]) -> list:
+def with_text(cached: Sequence, vectors: Sequence["torch.Tensor"]) -> list:
     """``cached`` dialogues (:class:`~erc_ros.training.fusion_stage.CachedDialogue`) with
     their text vectors replaced by ``vectors`` (the same utterances, another copy of the
     encoder)."""

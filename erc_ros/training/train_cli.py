@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from erc_ros.training.deployed import SELECT_RULES
+
 RECIPES = {
     # The shipped model: packaged MiniLM-L6, fine-tuned on the context prompt, distilled
     # (on MELD) from the shipped teacher models/large: its logits (KD 0.5 at temperature 2)
@@ -148,7 +150,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GoEmotions use: the recipe's, none, a first stage on it, or mixed "
                         "into the training data (ablations)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--select", choices=["fp32", "fp32+int8"],
+    p.add_argument("--select", choices=SELECT_RULES,
                    help="what keeps a stage-2 epoch, a stage-2 head and a round: the dev "
                         "weighted F1 of the PyTorch FP32 model, or the worse of that and its "
                         "ONNX Runtime INT8 copy's (what the nodes run on a CPU)")
