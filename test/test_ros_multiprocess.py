@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import signal
 import subprocess
 import sys
 import threading
@@ -23,12 +24,37 @@ from erc_ros.tools import eval_bag
 pytestmark = pytest.mark.ros
 
 
-def _spawn(module: str, params: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", module, "--ros-args"]
-    for k, v in params.items():
-        cmd += ["-p", f"{k}:={v}"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=os.environ.copy())
+class _Node:
+    """A node process whose log is read as it comes (a full pipe would block its logging);
+    Python's faulthandler is on, so SIGABRT dumps every thread's stack into that log."""
+
+    def __init__(self, module: str, params: dict):
+        cmd = [sys.executable, "-m", module, "--ros-args"]
+        for k, v in params.items():
+            cmd += ["-p", f"{k}:={v}"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=dict(os.environ, PYTHONFAULTHANDLER="1"))
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout),
+                                         daemon=True)
+        self._reader.start()
+
+    def stop(self, timeout: float = 15.0) -> tuple[object, str]:
+        """SIGTERM, as ``ros2 launch`` ends a node; (exit code, log). A process still up
+        after ``timeout`` s is aborted: code ``"hung"``, its stacks in the log."""
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            rc = "hung"
+        self._reader.join(5)
+        return rc, "".join(self.lines)
 
 
 def test_split_nodes_across_processes(tmp_path):
@@ -38,9 +64,9 @@ def test_split_nodes_across_processes(tmp_path):
                for p in node_params_for_bag(bag_connections(bag))}
     uparams.update({"use_sim_time": "true", "perception.diarization.enabled": "false",
                     "perception.diarization.warmup": "false"})
-    procs = [_spawn("erc_ros.ros.utterance_node", uparams),
-             _spawn("erc_ros.ros.emotion_node", {"use_sim_time": "true",
-                                                 "model_dir": str(model)})]
+    procs = [_Node("erc_ros.ros.utterance_node", uparams),
+             _Node("erc_ros.ros.emotion_node", {"use_sim_time": "true",
+                                                "model_dir": str(model)})]
     rclpy.init()
     node = rclpy.create_node("mp_driver")
     ex = SingleThreadedExecutor()
@@ -56,7 +82,7 @@ def test_split_nodes_across_processes(tmp_path):
         up = wait_for(lambda: node.count_subscribers("/erc_ros/transcript") > 0 and
                       node.count_publishers("/erc_ros/emotion") > 0 and
                       node.count_subscribers("/erc_ros/utterances") > 0, 90, 0.2)
-        assert up, [p.poll() for p in procs]
+        assert up, [p.proc.poll() for p in procs]
         player.clock(start)
         time.sleep(0.5)
         truth: list = []
@@ -83,16 +109,8 @@ def test_split_nodes_across_processes(tmp_path):
         node.destroy_node()
         rclpy.try_shutdown()
         for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for p in procs:
-            rc = p.returncode
-            out = p.stdout.read() if p.stdout else ""
-            assert rc in (0, -15), out[-2000:]
+            rc, log = p.stop()
+            assert rc == 0, log[-6000:]
 
 
 def _snapshot(d) -> dict:

@@ -13,7 +13,9 @@ Shutdown: the first Ctrl-C (or SIGTERM) ends the executor; the clean-up that fol
 terminal's Ctrl-C and sends its own, and the second one used to interrupt
 ``destroy_node`` with a KeyboardInterrupt traceback and exit code -2. They are ignored from
 the moment the first one is handled (:func:`_first_sigint`), not from the clean-up on: in
-between, a second one 20 ms later raised KeyboardInterrupt inside a destructor.
+between, a second one 20 ms later raised KeyboardInterrupt inside a destructor. The spin
+loop wakes every :data:`WAKE_SECONDS` and also ends on Python's part of the signal, so a
+wake-up rclpy loses (:func:`_spin`) cannot keep the process alive.
 """
 from __future__ import annotations
 
@@ -159,6 +161,10 @@ def autostart(node) -> bool:
 
 
 _spinning = False
+#: Set by Python's part of SIGINT / SIGTERM: the spin loop ends at its next wake-up.
+_stop_requested = False
+#: How often the spin loop wakes with nothing to do, to see whether it must stop.
+WAKE_SECONDS = 0.5
 
 
 def _first_sigint(signum, frame) -> None:
@@ -169,9 +175,29 @@ def _first_sigint(signum, frame) -> None:
     wherever the main thread is, e.g. in a destructor the collector runs (a traceback
     under "Exception ignored in"). Before it spins (loading the models), KeyboardInterrupt
     stops the start-up."""
+    global _stop_requested
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_requested = True
     if not _spinning:
         raise KeyboardInterrupt
+
+
+def _sigterm(signum, frame) -> None:
+    """Python's part of SIGTERM (``ros2 launch``'s second step, ``kill``): as SIGINT."""
+    global _stop_requested
+    _stop_requested = True
+    if not _spinning:
+        raise KeyboardInterrupt
+
+
+def _spin(ex, context=None) -> None:
+    """Spin ``ex`` until rclpy shuts down or a signal asks to stop, waking at least every
+    :data:`WAKE_SECONDS`. rclpy's own wake-up on a signal (a guard condition its signal
+    thread triggers) is lost now and then (about 1 in 25 SIGTERMs on a loaded 2-core
+    machine), and a node on simulated time whose /clock has stopped has no timer to wake
+    it: ``executor.spin()`` then waited for ever and the node never exited."""
+    while rclpy.ok(context=context) and not _stop_requested:
+        ex.spin_once(timeout_sec=WAKE_SECONDS)
 
 
 def run(build: Callable[[], tuple[Sequence, Callable[[], bool], Callable[[], None]]],
@@ -180,7 +206,10 @@ def run(build: Callable[[], tuple[Sequence, Callable[[], bool], Callable[[], Non
     (configure + activate), spin until shutdown, close. Returns the exit code: 1 when
     start-up failed, else 0 — also after Ctrl-C, however often it is pressed."""
     process.set_environment()  # before anything loads torch
-    signal.signal(signal.SIGINT, _first_sigint)  # before rclpy.init: rclpy chains to it
+    global _stop_requested
+    _stop_requested = False
+    signal.signal(signal.SIGINT, _first_sigint)  # before rclpy.init: rclpy chains to them
+    signal.signal(signal.SIGTERM, _sigterm)
     rclpy.init(args=argv if argv is not None else sys.argv)
     close: Optional[Callable[[], None]] = None
     ok = True
@@ -206,7 +235,7 @@ def run(build: Callable[[], tuple[Sequence, Callable[[], bool], Callable[[], Non
         for node in nodes:
             ex.add_node(node)
         process.freeze_heap()
-        ex.spin()
+        _spin(ex)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
