@@ -64,11 +64,11 @@ def test_live_replay_through_the_nodes_with_clock(bag, model, offline):
     assert len(live.estimates) == len(labels)  # exactly one estimate per utterance
     # Same utterances as the offline path (sim time carried end to end: exact spans).
     assert [(e.text, round(e.start, 3), round(e.end, 3)) for e in live.estimates] == \
-        [(e.text, round(e.start, 3), round(e.end, 3)) for e in offline.estimates]
+        [(e.text, round(e.start, 3), round(e.end, 3)) for e in offline.estimates], live.stats
     # Same speakers (each utterance's audio all there: the node waits for audio that lags
     # the clock), and the tiny model's text branch then gives the same label.
     assert [(e.speaker_id, e.label) for e in live.estimates] == \
-        [(e.speaker_id, e.label) for e in offline.estimates]
+        [(e.speaker_id, e.label) for e in offline.estimates], (live.stats, offline.stats)
 
 
 @pytest.fixture(scope="module")
@@ -116,4 +116,5 @@ def test_eval_bag_scores_a_live_speech_bag_as_the_live_node_runs_it(live_speech_
     assert len(offline.estimates) == len(labels) == 4
     assert [e.text for e in offline.estimates] == [lab["text"] for lab in labels]
     assert [(e.text, round(e.start, 2), round(e.end, 2)) for e in live.estimates] == \
-        [(e.text, round(e.start, 2), round(e.end, 2)) for e in offline.estimates]
+        [(e.text, round(e.start, 2), round(e.end, 2)) for e in offline.estimates], \
+        (live.stats, offline.stats)

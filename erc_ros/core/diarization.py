@@ -92,6 +92,7 @@ class SpeakerEmbedder:
         # (t0, t1, embedding, weight): regular windows weigh 1, a tail window its new share
         self.history: deque = deque(maxlen=max(8, int(history_s / step_s)))
         self.next_index = 0
+        self._onset_done = -1  # the VAD onsets found up to this index moved the grid
         self.windows = 0
         self.pause_windows = 0  # tail windows made at a pause
         self.pause_reused = 0  # ... and used by the close instead of making one
@@ -152,19 +153,39 @@ class SpeakerEmbedder:
     def reset(self, next_index: int = 0) -> None:
         self.history.clear()
         self.next_index = next_index
+        self._onset_done = -1
         self._pause_done = None
         self._pause_tail = None
 
     def process(self, buffer, vad) -> int:
         """Embed every complete, mostly voiced window the VAD has already seen. Windows start
-        at speech onsets and every ``step`` after; returns how many were embedded."""
-        if vad.open_start is not None:
-            onset = buffer.index_of(vad.open_start)
-            if self.next_index < onset:
-                self.next_index = onset
+        at speech onsets and every ``step`` after; returns how many were embedded.
+
+        Where the windows lie depends on the audio alone, not on how it was batched into
+        calls: each onset moves the window grid at the point the VAD found it (the windows
+        up to there are placed first), as if this ran after every VAD window. (It used to
+        look only at the segment open at call time: after a stall, a backlog that opened
+        and closed a segment in one call got other windows, and another speaker.)"""
         self.next_index = max(self.next_index, buffer.n_start)
         pending: list[tuple[int, np.ndarray]] = []
         limit = min(buffer.n_end, vad.next_index)  # what the VAD has seen
+        for found_at, start in vad.onsets:
+            if found_at <= self._onset_done:
+                continue
+            self._scan(buffer, vad, min(limit, found_at), pending)
+            self.next_index = max(self.next_index, buffer.index_of(start), buffer.n_start)
+            self._onset_done = found_at
+        self._scan(buffer, vad, limit, pending)
+        for k in range(0, len(pending), self.batch):
+            part = pending[k:k + self.batch]
+            embs = self.embed_windows([w for _, w in part])
+            for (i0, _), e in zip(part, embs):
+                self.history.append((buffer.time_of(i0), buffer.time_of(i0 + self.window), e, 1.0))
+        self.windows += len(pending)
+        return len(pending) + (self._embed_pause(buffer, vad) if self.embed_on_pause else 0)
+
+    def _scan(self, buffer, vad, limit: int, pending: list) -> None:
+        """Add to ``pending`` the mostly voiced windows that end by ``limit``."""
         while self.next_index + self.window <= limit:
             i0 = self.next_index
             t0, t1 = buffer.time_of(i0), buffer.time_of(i0 + self.window)
@@ -174,13 +195,6 @@ class SpeakerEmbedder:
             else:
                 # Not enough speech: move on by a VAD-sized hop to find the next onset.
                 self.next_index += max(self.step // 2, 512)
-        for k in range(0, len(pending), self.batch):
-            part = pending[k:k + self.batch]
-            embs = self.embed_windows([w for _, w in part])
-            for (i0, _), e in zip(part, embs):
-                self.history.append((buffer.time_of(i0), buffer.time_of(i0 + self.window), e, 1.0))
-        self.windows += len(pending)
-        return len(pending) + (self._embed_pause(buffer, vad) if self.embed_on_pause else 0)
 
     def _embed_pause(self, buffer, vad) -> int:
         """The speech in progress went quiet: compute now, while the VAD's hang-over runs,

@@ -167,6 +167,10 @@ class StreamingVad:
         self.segmenter = segmenter
         self.next_index = 0  # absolute 16 kHz index of the next window to run
         self.probs: deque = deque(maxlen=int(history_s * SAMPLE_RATE / WINDOW))  # (t, prob)
+        #: (index after the window that opened it, start time) of each speech segment
+        #: opened, in order: what the VAD knew when (the speaker embedder places its windows
+        #: by it, the same however the audio was batched into process() calls).
+        self.onsets: deque = deque(maxlen=1024)
         self.windows = 0
 
     def reset(self, next_index: int = 0) -> None:
@@ -174,6 +178,7 @@ class StreamingVad:
         self.segmenter.reset()
         self.next_index = next_index
         self.probs.clear()
+        self.onsets.clear()
 
     # -- what the rest of the core may know of, and do to, the segmenter ---------------
     @property
@@ -221,7 +226,11 @@ class StreamingVad:
             for j, p in enumerate(probs):
                 t = buffer.time_of(self.next_index + j * WINDOW)
                 self.probs.append((t, float(p)))
+                opened = self.segmenter.open_start
                 out.extend(self.segmenter.update(t, float(p)))
+                if self.segmenter.open_start is not None and self.segmenter.open_start != opened:
+                    self.onsets.append((self.next_index + (j + 1) * WINDOW,
+                                        self.segmenter.open_start))
             self.next_index += k * WINDOW
             self.windows += k
         return out

@@ -213,6 +213,8 @@ def live_replay(bag: str | Path, config=None, model_dir: str = "", backend: str 
         res.wall_s = time.perf_counter() - t0
         res.estimates = sorted(sess.estimates, key=lambda e: e.end)
         res.refused = dict(sess.comp.utterance.health.refused)
+        res.stats = {**sess.comp.utterance.core.stats(),
+                     "node": dict(sess.comp.utterance.health.counts)}
         sess.close()
         return res
     finally:

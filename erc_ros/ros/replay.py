@@ -114,6 +114,9 @@ class ReplayResult:
     wall_s: float = 0.0
     refused: dict = field(default_factory=dict)
     messages: int = 0
+    #: The perception core's counters at the end (``PerceptionCore.stats()``): why an
+    #: utterance came out as it did (e.g. ``timed_audio_incomplete``, dropped input).
+    stats: dict = field(default_factory=dict)
 
 
 def replay_bag(path: str | Path, core: Any, pipeline: Any,
@@ -167,4 +170,5 @@ def replay_bag(path: str | Path, core: Any, pipeline: Any,
         progress(res.duration_s)
     res.wall_s = time.perf_counter() - t0
     res.refused = dict(ingest.health.refused)
+    res.stats = core.stats()
     return res
