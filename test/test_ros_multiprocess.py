@@ -108,8 +108,8 @@ def test_split_nodes_across_processes(tmp_path):
         ex.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
-        for p in procs:
-            rc, log = p.stop()
+        ends = [p.stop() for p in procs]  # all of them, before any assert
+        for rc, log in ends:
             assert rc == 0, log[-6000:]
 
 

@@ -57,6 +57,9 @@ def test_eval_bag_many_bags(bags, model, tmp_path):
     assert m["utterances"] == 8 and m["estimates"] == 8 and m["lost"] == 0
     assert 0.0 <= m["weighted_f1"] <= 1.0 and m["realtime_factor"] > 0
     assert len(m["bags"]) == 2
+    # each bag's perception counters: its 4 timed utterances, each with all its audio
+    assert all(b["perception"]["utterances_timed"] == 4 and
+               b["perception"]["timed_audio_incomplete"] == 0 for b in m["bags"]), m["bags"]
     rows = list(csv.DictReader(open(out / "utterances.csv")))
     assert len(rows) == 8 and all(r["predicted"] for r in rows)
     # The face expert's own word beside the fused label (the bags' camera shows faces).

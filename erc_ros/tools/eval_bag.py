@@ -323,7 +323,9 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
         n_utt += len(labs)
         per_bag.append({"bag": str(bag), "duration_s": res.duration_s, "wall_s": res.wall_s,
                         "estimates": len(res.estimates), "labelled": len(labs),
-                        "lost": sum(1 for _, e in pairs if e is None)})
+                        "lost": sum(1 for _, e in pairs if e is None),
+                        # why utterances came out as they did (timed_audio_incomplete, ...)
+                        "perception": res.stats.get("counters", {})})
     bar.close()
     cpu_s = time.process_time() - cpu0  # all threads of this process (not --live's nodes)
     lost = sum(1 for _, e in all_pairs if e is None)
