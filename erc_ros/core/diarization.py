@@ -21,6 +21,7 @@ first utterance), the younger id is retired and later utterances get the older o
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -169,9 +170,8 @@ class SpeakerEmbedder:
         self.next_index = max(self.next_index, buffer.n_start)
         pending: list[tuple[int, np.ndarray]] = []
         limit = min(buffer.n_end, vad.next_index)  # what the VAD has seen
-        for found_at, start in vad.onsets:
-            if found_at <= self._onset_done:
-                continue
+        new = list(itertools.takewhile(lambda o: o[0] > self._onset_done, reversed(vad.onsets)))
+        for found_at, start in reversed(new):  # only the onsets not yet applied, in order
             self._scan(buffer, vad, min(limit, found_at), pending)
             self.next_index = max(self.next_index, buffer.index_of(start), buffer.n_start)
             self._onset_done = found_at

@@ -175,15 +175,13 @@ def _first_sigint(signum, frame) -> None:
     wherever the main thread is, e.g. in a destructor the collector runs (a traceback
     under "Exception ignored in"). Before it spins (loading the models), KeyboardInterrupt
     stops the start-up."""
-    global _stop_requested
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _stop_requested = True
-    if not _spinning:
-        raise KeyboardInterrupt
+    _sigterm(signum, frame)
 
 
 def _sigterm(signum, frame) -> None:
-    """Python's part of SIGTERM (``ros2 launch``'s second step, ``kill``): as SIGINT."""
+    """Python's part of SIGTERM (``ros2 launch``'s second step, ``kill``), and of the first
+    SIGINT: the spin loop ends at its next wake-up; before it spins, the start-up stops."""
     global _stop_requested
     _stop_requested = True
     if not _spinning:
