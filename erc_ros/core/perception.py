@@ -54,7 +54,8 @@ _COUNTER_ORDER = ("utterances", "utterances_vad", "utterances_timed", "utterance
                   "untimed_estimated_span", "timed_audio_incomplete", "close_embeddings",
                   "speech_dropped_untranscribed", "utterances_no_face", "utterances_face",
                   "utterances_no_camera", "refused",
-                  "transcripts", "partials", "frames", "conversations", "discontinuities")
+                  "transcripts", "partials", "frames", "conversations", "discontinuities",
+                  "speech_closed_stalled")
 
 
 @dataclass
@@ -174,7 +175,8 @@ class PerceptionCore:
         # partials, ...) are its own, merged by stats().
         self.counters = {"utterances": 0, "close_embeddings": 0, "utterances_no_face": 0,
                          "utterances_face": 0, "utterances_no_camera": 0,
-                         "refused": {}, "frames": 0, "conversations": 1, "discontinuities": 0}
+                         "refused": {}, "frames": 0, "conversations": 1, "discontinuities": 0,
+                         "speech_closed_stalled": 0}
         self._close_ms: deque = deque(maxlen=200)
 
     @contextlib.contextmanager
@@ -493,14 +495,12 @@ class PerceptionCore:
         return utt
 
     def _collect(self, now: float, final: bool) -> list[Utterance]:
+        """Decide and build the utterances complete at ``now``; returns only those (the
+        ones an earlier epoch left in ``_ready`` are the caller's, see :meth:`_take`)."""
         vad_t = self.vad.processed_until(self.buffer)
-        if self.buffer.epoch >= 0 and self.buffer.input_end_time > self._audio_seen_end:
-            self._audio_seen_end = self.buffer.input_end_time
-            self._audio_grew_at = now
         self.segmenter.decide(now, final, vad_t if self.buffer.epoch >= 0 else -math.inf,
                               self.vad)
-        out = self._ready
-        self._ready = []
+        out = []
         audio_flowing = now - self._audio_grew_at < self.config.segmentation.asr_wait_seconds
         for p in self.segmenter.ready(now, final, self.buffer.t_end, vad_t, audio_flowing):
             u = self._build(p)
@@ -508,14 +508,39 @@ class PerceptionCore:
                 out.append(u)
         return out
 
+    def _take(self, built: list[Utterance]) -> list[Utterance]:
+        """What a poll returns: the utterances finished when the clock jumped (built inside
+        push_audio, kept in ``_ready``), then ``built``."""
+        out, self._ready = self._ready + built, []
+        return out
+
+    def _note_audio(self, now: float) -> None:
+        """Remember the poll ``now`` at which the buffered audio last grew."""
+        if self.buffer.epoch >= 0 and self.buffer.input_end_time > self._audio_seen_end:
+            self._audio_seen_end = self.buffer.input_end_time
+            self._audio_grew_at = now
+
+    def _close_stalled_speech(self, now: float) -> None:
+        """Speech open while no audio has come for ``vad.stalled_audio_seconds`` (a
+        microphone stopped mid-speech): close it at the last audio, so its utterance comes
+        out now rather than when (if ever) audio returns."""
+        limit = self.config.vad.stalled_audio_seconds
+        if limit > 0 and self.vad.open_start is not None and \
+                now - self._audio_grew_at >= limit:
+            segs = self.vad.close()
+            self.counters["speech_closed_stalled"] += 1
+            self._speech(segs)
+
     def poll(self, now: float) -> list[Utterance]:
         """Do the pending work; return the utterances complete at input-clock time ``now``."""
         with self._work():
             t = time.perf_counter()
             self._last_poll = float(now)
             self._advance()
+            self._note_audio(float(now))
+            self._close_stalled_speech(float(now))
             self._asr_results()
-            out = self._collect(float(now), final=False)
+            out = self._take(self._collect(float(now), final=False))
             if not out and self.frames is not None and self.vad.open_start is not None:
                 # Faces (and their expressions) of the speech in progress, in polls that
                 # close nothing: the utterances this poll returns never wait for them.
@@ -532,7 +557,7 @@ class PerceptionCore:
             self._speech(self.vad.close())
             self._asr_results(wait=True)
             now = self.buffer.t_end if self.buffer.epoch >= 0 else 0.0
-            out = self._collect(now, final=True)
+            out = self._take(self._collect(now, final=True))
             self._timer.add("poll", time.perf_counter() - t)
             return out
 
@@ -542,7 +567,9 @@ class PerceptionCore:
         self._advance()
         self._speech(self.vad.close())
         self._asr_results(wait=True)
+        # _collect returns only what it built; poll returns these (then its own) later.
         self._ready.extend(self._collect(self.buffer.t_end, final=True))
+        self._audio_seen_end = -math.inf  # the new epoch's stamps start anywhere
         self.segmenter.new_epoch()
         self.vad.reset(0)
         if self.embedder is not None:
