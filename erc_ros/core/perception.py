@@ -153,7 +153,7 @@ class PerceptionCore:
         self._asr_backlog: deque[_Recognition] = deque()  # in speech order
         self._asr_ready: dict[tuple[float, float], float] = {}  # span -> perf_counter ready
         self.asr_counters = {"segments": 0, "results": 0, "no_text": 0, "refused_full": 0,
-                             "errors": 0}
+                             "errors": 0, "unfinished": 0}
         if cfg.asr.enabled:
             from .asr import AsrWorker, WhisperRecognizer
             t = time.perf_counter()
@@ -318,27 +318,38 @@ class PerceptionCore:
         if self.on_asr_result is not None:
             self.on_asr_result()
 
-    def _asr_results(self, wait: bool = False) -> None:
+    def _asr_results(self, wait: bool = False, timeout: float = 120.0,
+                     give_up: bool = False) -> None:
         """Hand finished recognitions to the segmenter in speech order (``wait``: the
-        pending ones too)."""
+        pending ones too, for at most ``timeout`` s; then, with ``give_up``, the segments
+        not finished come out without text, counted ``unfinished``)."""
         if self.asr_worker is None:
             return
-        if wait and not self.asr_worker.wait_idle(timeout=120.0):
+        if wait and not self.asr_worker.wait_idle(timeout=timeout):
             import logging
             logging.getLogger("erc_ros.perception").warning(
-                "embedded ASR still busy after 120 s; its results come with later polls")
+                "embedded ASR still busy after %g s; %s", timeout,
+                "the speech it has not transcribed comes out without text" if give_up
+                else "its results come with later polls")
         for r in self.asr_worker.results():
             job = r.segment_id
             job.result = r.result
             # the worker's monotonic finish time on the perf_counter clock
             job.ready = time.perf_counter() - (time.monotonic() - r.done)
+        if give_up:
+            for job in self._asr_backlog:
+                if job.result is None:
+                    job.result = AsrResult.empty((job.end - job.start), error="unfinished")
+                    job.ready = time.perf_counter()
         while self._asr_backlog and self._asr_backlog[0].result is not None:
             job = self._asr_backlog.popleft()
             self._asr_result(job.start, job.end, job.result, job.ready)
 
     def _asr_result(self, start: float, end: float, res, ready: float) -> None:
         text = res.text.strip()
-        if res.error != "refused_full":  # a refused segment was counted at submit
+        if res.error == "unfinished":  # the recognizer did not get to it (flush's timeout)
+            self.asr_counters["unfinished"] += 1
+        elif res.error != "refused_full":  # a refused segment was counted at submit
             self.asr_counters["results"] += 1
             if res.error:
                 self.asr_counters["errors"] += 1  # the speech comes out without text
@@ -548,14 +559,18 @@ class PerceptionCore:
             self._timer.add("poll", time.perf_counter() - t)
             return out
 
-    def flush(self) -> list[Utterance]:
-        """End of stream: close everything open and return the remaining utterances."""
+    def flush(self, asr_timeout: float = 120.0) -> list[Utterance]:
+        """End of stream: close everything open and return the remaining utterances.
+
+        The embedded recognizer's segments are waited for at most ``asr_timeout`` s (a
+        process shutting down bounds it); those it has not finished by then come out as
+        utterances without text (counted ``asr.unfinished``): the speech is never lost."""
         with self._work():
             t = time.perf_counter()
             self.buffer.flush()
             self._advance()
             self._speech(self.vad.close())
-            self._asr_results(wait=True)
+            self._asr_results(wait=True, timeout=asr_timeout, give_up=True)
             now = self.buffer.t_end if self.buffer.epoch >= 0 else 0.0
             out = self._take(self._collect(now, final=True))
             self._timer.add("poll", time.perf_counter() - t)
@@ -649,7 +664,12 @@ class PerceptionCore:
                        realtime_factor=w["realtime_factor"])
         return out
 
-    def close(self) -> None:
-        """Stop the recognizer's thread (after the segments it accepted). Idempotent."""
-        if self.asr_worker is not None:
-            self.asr_worker.close(timeout=30.0)
+    def close(self, timeout: float = 30.0, drop_pending: bool = False) -> bool:
+        """Stop the recognizer's thread, after the segments it accepted (``drop_pending``:
+        after the one it is transcribing; :meth:`flush` first, so that none is lost), and
+        join it for at most ``timeout`` s. Returns whether the thread has ended (False: still
+        inside the recognizer; a process must not finalize under it). Idempotent."""
+        if self.asr_worker is None:
+            return True
+        self.asr_worker.close(timeout=timeout, drop_pending=drop_pending)
+        return not self.asr_worker.alive
