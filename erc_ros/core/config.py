@@ -51,6 +51,12 @@ class VadConfig:
     min_speech_seconds: float = _f(0.25, "shorter speech segments are ignored")
     pad_seconds: float = _f(0.05, "padding added to both ends of a speech segment")
     threads: int = _f(1, "onnxruntime threads for silero-vad")
+    stalled_audio_seconds: float = _f(
+        3.0, "speech still open when no audio has arrived for this long (node clock) is "
+        "closed at the last audio received: a microphone that stops mid-speech gives its "
+        "utterance now, not when audio returns. The default is segmentation.asr_wait_seconds' "
+        "default, the time after which the core already takes the audio to have stopped; "
+        "keep it above the longest pause between a driver's chunks. 0: never")
 
 
 @dataclass
@@ -217,6 +223,8 @@ class PerceptionConfig:
                              "max_utterance_seconds + asr_wait_seconds")
         if not (0 < self.vad.neg_threshold <= self.vad.threshold < 1):
             raise ValueError("need 0 < vad.neg_threshold <= vad.threshold < 1")
+        if not self.vad.stalled_audio_seconds >= 0:
+            raise ValueError("vad.stalled_audio_seconds must be >= 0 (0: never close)")
         if not self.segmentation.max_transcript_lead_seconds >= 0:
             raise ValueError("segmentation.max_transcript_lead_seconds must be >= 0")
         if self.segmentation.max_pending_utterances < 1:

@@ -54,7 +54,8 @@ _COUNTER_ORDER = ("utterances", "utterances_vad", "utterances_timed", "utterance
                   "untimed_estimated_span", "timed_audio_incomplete", "close_embeddings",
                   "speech_dropped_untranscribed", "utterances_no_face", "utterances_face",
                   "utterances_no_camera", "refused",
-                  "transcripts", "partials", "frames", "conversations", "discontinuities")
+                  "transcripts", "partials", "frames", "conversations", "discontinuities",
+                  "speech_closed_stalled")
 
 
 @dataclass
@@ -157,7 +158,7 @@ class PerceptionCore:
         self._asr_backlog: deque[_Recognition] = deque()  # in speech order
         self._asr_ready: dict[tuple[float, float], float] = {}  # span -> perf_counter ready
         self.asr_counters = {"segments": 0, "results": 0, "no_text": 0, "refused_full": 0,
-                             "errors": 0}
+                             "errors": 0, "unfinished": 0}
         if cfg.asr.enabled:
             from .asr import AsrWorker, WhisperRecognizer
             t = time.perf_counter()
@@ -179,7 +180,8 @@ class PerceptionCore:
         # partials, ...) are its own, merged by stats().
         self.counters = {"utterances": 0, "close_embeddings": 0, "utterances_no_face": 0,
                          "utterances_face": 0, "utterances_no_camera": 0,
-                         "refused": {}, "frames": 0, "conversations": 1, "discontinuities": 0}
+                         "refused": {}, "frames": 0, "conversations": 1, "discontinuities": 0,
+                         "speech_closed_stalled": 0}
         self._close_ms: deque = deque(maxlen=200)
 
     @contextlib.contextmanager
@@ -321,27 +323,38 @@ class PerceptionCore:
         if self.on_asr_result is not None:
             self.on_asr_result()
 
-    def _asr_results(self, wait: bool = False) -> None:
+    def _asr_results(self, wait: bool = False, timeout: float = 120.0,
+                     give_up: bool = False) -> None:
         """Hand finished recognitions to the segmenter in speech order (``wait``: the
-        pending ones too)."""
+        pending ones too, for at most ``timeout`` s; then, with ``give_up``, the segments
+        not finished come out without text, counted ``unfinished``)."""
         if self.asr_worker is None:
             return
-        if wait and not self.asr_worker.wait_idle(timeout=120.0):
+        if wait and not self.asr_worker.wait_idle(timeout=timeout):
             import logging
             logging.getLogger("erc_ros.perception").warning(
-                "embedded ASR still busy after 120 s; its results come with later polls")
+                "embedded ASR still busy after %g s; %s", timeout,
+                "the speech it has not transcribed comes out without text" if give_up
+                else "its results come with later polls")
         for r in self.asr_worker.results():
             job = r.segment_id
             job.result = r.result
             # the worker's monotonic finish time on the perf_counter clock
             job.ready = time.perf_counter() - (time.monotonic() - r.done)
+        if give_up:
+            for job in self._asr_backlog:
+                if job.result is None:
+                    job.result = AsrResult.empty((job.end - job.start), error="unfinished")
+                    job.ready = time.perf_counter()
         while self._asr_backlog and self._asr_backlog[0].result is not None:
             job = self._asr_backlog.popleft()
             self._asr_result(job.start, job.end, job.result, job.ready)
 
     def _asr_result(self, start: float, end: float, res, ready: float) -> None:
         text = res.text.strip()
-        if res.error != "refused_full":  # a refused segment was counted at submit
+        if res.error == "unfinished":  # the recognizer did not get to it (flush's timeout)
+            self.asr_counters["unfinished"] += 1
+        elif res.error != "refused_full":  # a refused segment was counted at submit
             self.asr_counters["results"] += 1
             if res.error:
                 self.asr_counters["errors"] += 1  # the speech comes out without text
@@ -498,14 +511,12 @@ class PerceptionCore:
         return utt
 
     def _collect(self, now: float, final: bool) -> list[Utterance]:
+        """Decide and build the utterances complete at ``now``; returns only those (the
+        ones an earlier epoch left in ``_ready`` are the caller's, see :meth:`_take`)."""
         vad_t = self.vad.processed_until(self.buffer)
-        if self.buffer.epoch >= 0 and self.buffer.input_end_time > self._audio_seen_end:
-            self._audio_seen_end = self.buffer.input_end_time
-            self._audio_grew_at = now
         self.segmenter.decide(now, final, vad_t if self.buffer.epoch >= 0 else -math.inf,
                               self.vad)
-        out = self._ready
-        self._ready = []
+        out = []
         audio_flowing = now - self._audio_grew_at < self.config.segmentation.asr_wait_seconds
         for p in self.segmenter.ready(now, final, self.buffer.t_end, vad_t, audio_flowing):
             u = self._build(p)
@@ -513,14 +524,39 @@ class PerceptionCore:
                 out.append(u)
         return out
 
+    def _take(self, built: list[Utterance]) -> list[Utterance]:
+        """What a poll returns: the utterances finished when the clock jumped (built inside
+        push_audio, kept in ``_ready``), then ``built``."""
+        out, self._ready = self._ready + built, []
+        return out
+
+    def _note_audio(self, now: float) -> None:
+        """Remember the poll ``now`` at which the buffered audio last grew."""
+        if self.buffer.epoch >= 0 and self.buffer.input_end_time > self._audio_seen_end:
+            self._audio_seen_end = self.buffer.input_end_time
+            self._audio_grew_at = now
+
+    def _close_stalled_speech(self, now: float) -> None:
+        """Speech open while no audio has come for ``vad.stalled_audio_seconds`` (a
+        microphone stopped mid-speech): close it at the last audio, so its utterance comes
+        out now rather than when (if ever) audio returns."""
+        limit = self.config.vad.stalled_audio_seconds
+        if limit > 0 and self.vad.open_start is not None and \
+                now - self._audio_grew_at >= limit:
+            segs = self.vad.close()
+            self.counters["speech_closed_stalled"] += 1
+            self._speech(segs)
+
     def poll(self, now: float) -> list[Utterance]:
         """Do the pending work; return the utterances complete at input-clock time ``now``."""
         with self._work():
             t = time.perf_counter()
             self._last_poll = float(now)
             self._advance()
+            self._note_audio(float(now))
+            self._close_stalled_speech(float(now))
             self._asr_results()
-            out = self._collect(float(now), final=False)
+            out = self._take(self._collect(float(now), final=False))
             if not out and self.frames is not None and self.vad.open_start is not None:
                 # Faces (and their expressions) of the speech in progress, in polls that
                 # close nothing: the utterances this poll returns never wait for them.
@@ -528,16 +564,20 @@ class PerceptionCore:
             self._timer.add("poll", time.perf_counter() - t)
             return out
 
-    def flush(self) -> list[Utterance]:
-        """End of stream: close everything open and return the remaining utterances."""
+    def flush(self, asr_timeout: float = 120.0) -> list[Utterance]:
+        """End of stream: close everything open and return the remaining utterances.
+
+        The embedded recognizer's segments are waited for at most ``asr_timeout`` s (a
+        process shutting down bounds it); those it has not finished by then come out as
+        utterances without text (counted ``asr.unfinished``): the speech is never lost."""
         with self._work():
             t = time.perf_counter()
             self.buffer.flush()
             self._advance()
             self._speech(self.vad.close())
-            self._asr_results(wait=True)
+            self._asr_results(wait=True, timeout=asr_timeout, give_up=True)
             now = self.buffer.t_end if self.buffer.epoch >= 0 else 0.0
-            out = self._collect(now, final=True)
+            out = self._take(self._collect(now, final=True))
             self._timer.add("poll", time.perf_counter() - t)
             return out
 
@@ -547,7 +587,9 @@ class PerceptionCore:
         self._advance()
         self._speech(self.vad.close())
         self._asr_results(wait=True)
+        # _collect returns only what it built; poll returns these (then its own) later.
         self._ready.extend(self._collect(self.buffer.t_end, final=True))
+        self._audio_seen_end = -math.inf  # the new epoch's stamps start anywhere
         self.segmenter.new_epoch()
         self.vad.reset(0)
         if self.embedder is not None:
@@ -627,7 +669,12 @@ class PerceptionCore:
                        realtime_factor=w["realtime_factor"])
         return out
 
-    def close(self) -> None:
-        """Stop the recognizer's thread (after the segments it accepted). Idempotent."""
-        if self.asr_worker is not None:
-            self.asr_worker.close(timeout=30.0)
+    def close(self, timeout: float = 30.0, drop_pending: bool = False) -> bool:
+        """Stop the recognizer's thread, after the segments it accepted (``drop_pending``:
+        after the one it is transcribing; :meth:`flush` first, so that none is lost), and
+        join it for at most ``timeout`` s. Returns whether the thread has ended (False: still
+        inside the recognizer; a process must not finalize under it). Idempotent."""
+        if self.asr_worker is None:
+            return True
+        self.asr_worker.close(timeout=timeout, drop_pending=drop_pending)
+        return not self.asr_worker.alive

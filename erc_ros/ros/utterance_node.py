@@ -72,6 +72,13 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "queue_size": (2000, "bound of the input queue (messages); overflow is dropped and counted"),
     "poll_period": (0.02, "seconds between polls of the core when no input arrives"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+    "shutdown_timeout": (5.0, "on shutdown (SIGINT, SIGTERM, the lifecycle transition): at most "
+                              "this many seconds to finish the input taken and the speech the "
+                              "embedded recognizer accepted and publish their utterances; "
+                              "speech not transcribed by then comes out without text "
+                              "(asr.unfinished). With the emotion node's it stays below ros2 "
+                              "launch's SIGINT -> SIGKILL window (sigterm_timeout + "
+                              "sigkill_timeout, 5 + 5 s)"),
     "perception_config": ("", "optional YAML file with a PerceptionConfig tree; the "
                               "perception.* parameters override it"),
 }
@@ -80,6 +87,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 BOUNDS: dict[str, tuple[float, float]] = {
     "queue_size": (1, 1000000), "poll_period": (0.001, 10.0),
     "diagnostics_period": (0.01, 3600.0), "max_voices": (1, 10000),
+    "shutdown_timeout": (0.0, 3600.0),
     "voice_timeout": (0.1, 1e6),
     "max_image_pixels": (1, 2**31 - 1), "max_image_bytes": (1, 2**31 - 1),
 }
@@ -138,6 +146,7 @@ class UtteranceNode(LifecycleNode):
         self._diag_pub, self._diag_timer = diagnostics_timer(self)
         self.published = 0
         self.flushed = False
+        self._active = False  # between on_activate and on_deactivate
 
     def _perception_overrides(self) -> dict[str, Any]:
         """The perception.* values set away from their defaults (what the user chose)."""
@@ -253,11 +262,13 @@ class UtteranceNode(LifecycleNode):
             self._subs.append(self.create_subscription(
                 IdsList, "/humans/voices/tracked", lambda m: voices.update(m.ids), asr_qos))
         self.worker.start()
+        self._active = True
         self.get_logger().info("active: " + ", ".join(
             f"{s.topic_name} ({s.msg_type.__name__})" for s in self._subs))
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
         self._unsubscribe()
         if self.worker:
             self.worker.stop()
@@ -276,18 +287,78 @@ class UtteranceNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """SIGINT / SIGTERM (the process's main loop makes this transition) or ``ros2
+        lifecycle set ... shutdown``. Active: no more input is taken; what was taken is fed
+        to the core, the core is flushed (the speech in progress closed, the recognizer's
+        accepted segments waited for) and every utterance is handed on and published, all
+        within ``shutdown_timeout``; then the recognizer's thread is joined."""
+        self._unsubscribe()
+        deadline = time.monotonic() + self.get_parameter("shutdown_timeout").value
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+        drained = True
+        if self._active and self.worker is not None and self.core is not None:
+            self._active = False
+            asr = self.core.asr_worker
+            self.get_logger().info(
+                f"shutting down: finishing {self.worker.depth()} queued inputs"
+                + (f" and {asr.pending()} speech segments the recognizer accepted"
+                   if asr is not None else "")
+                + (" and the speech in progress" if self.core.vad.in_speech else "")
+                + f" (at most {self.get_parameter('shutdown_timeout').value:g} s)")
+            before = self.health.counts["utterances"]
+            drained = self.worker.stop(timeout=left(), drain=True)
+            if drained:
+                try:
+                    for utt in self.core.flush(asr_timeout=left()):
+                        self.hand_off(utt)
+                except Exception as err:  # still free what the node holds
+                    self.health.count("errors.shutdown")
+                    self.get_logger().error(f"shutdown flush failed: {err!r}")
+            else:
+                self.get_logger().warning("shutdown: the input worker is still busy after "
+                                          "shutdown_timeout; the core is not flushed")
+            unfinished = self.core.asr_counters["unfinished"] if asr is not None else 0
+            self.get_logger().info(
+                f"shut down: {self.health.counts['utterances'] - before} utterances "
+                f"handed on while shutting down"
+                + (f", {unfinished} without text (the recognizer ran out of time)"
+                   if unfinished else ""))
         if self.worker:
             self.worker.stop()
-        self._close_core()
+        self._wait_acked(min(1.0, left()) if drained else 0.0)
+        self._close_core(join_timeout=max(left(), 2.0))
         return TransitionCallbackReturn.SUCCESS
 
-    def _close_core(self) -> None:
-        """Free the core (the embedded recognizer's thread) and the ASR publishers."""
+    def _wait_acked(self, timeout: float) -> None:
+        """Give reliable subscribers ``timeout`` s to acknowledge what was published (the
+        last utterances and transcripts of a shutdown), before the publishers go."""
+        if timeout <= 0:
+            return
+        from rclpy.duration import Duration
+        pubs = [self._pub] if self._pub is not None else []
+        if self._asr_out is not None:
+            pubs += [self._asr_out.transcripts, *list(self._asr_out.voices.values())]
+        deadline = time.monotonic() + timeout
+        for pub in pubs:
+            try:
+                pub.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
+            except Exception:  # a publisher already gone: nothing to wait for
+                pass
+
+    def _close_core(self, join_timeout: float = 30.0) -> None:
+        """Free the core (the embedded recognizer's thread: segments still waiting are
+        dropped, the one being transcribed is finished; a flush comes first where they
+        matter) and the ASR publishers."""
         if self._asr_out is not None:
             self._asr_out.destroy()
             self._asr_out = None
-        if self.core is not None:
-            self.core.close()
+        if self.core is not None and not self.core.close(timeout=join_timeout,
+                                                         drop_pending=True):
+            self.get_logger().warning(
+                f"the embedded recognizer's thread is still transcribing after "
+                f"{join_timeout:g} s")
         self.core = None
 
     # -- subscriptions (callbacks only enqueue) ------------------------------------------
