@@ -19,7 +19,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from erc_ros.ros import convert
+from erc_ros.ros import convert, tracked
 from erc_ros.ros.topic_names import id_token
 
 TRACKED_TOPIC = "/humans/voices/tracked"
@@ -72,7 +72,8 @@ class AsrOutput:
         pub = self.voices.pop(vid, None)
         if pub is None:
             from hri_msgs.msg import LiveSpeech
-            pub = self.node.create_publisher(LiveSpeech, f"/humans/voices/{vid}/speech", 10)
+            pub = tracked.publisher(self.node, LiveSpeech, f"/humans/voices/{vid}/speech",
+                                    10)  # destroyed while the executor spins (eviction)
             while len(self.voices) >= self.max_voices:
                 old, old_pub = self.voices.popitem(last=False)
                 self.node.destroy_publisher(old_pub)

@@ -39,6 +39,7 @@ from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
                                   fail, read_parameters, run_node)
+from erc_ros.ros import tracked
 from erc_ros.ros.tracked import TrackedIds
 from erc_ros.ros.worker import Worker
 
@@ -192,9 +193,12 @@ class FaceExpressionNode(LifecycleNode):
                                       if self.p["image_reliability"] == "reliable"
                                       else ReliabilityPolicy.BEST_EFFORT))
         self.schedule.add(face)
-        sub = self.create_subscription(Image, f"/humans/faces/{face}/{self.p['crop_topic']}",
-                                       lambda m, face=face: self._on_crop(face, m), qos)
-        return sub, self.create_publisher(Expression, f"/humans/faces/{face}/expression", 10)
+        # tracked.subscription / publisher: destroyed while the executor spins (faces go)
+        sub = tracked.subscription(self, Image,
+                                   f"/humans/faces/{face}/{self.p['crop_topic']}",
+                                   lambda m, face=face: self._on_crop(face, m), qos)
+        return sub, tracked.publisher(self, Expression, f"/humans/faces/{face}/expression",
+                                      10)
 
     def _remove_face(self, face: str, resources) -> None:
         sub, pub = resources

@@ -27,6 +27,7 @@ from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.ingest import Ingest
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
                                   fail, read_parameters, run_node)
+from erc_ros.ros import tracked
 from erc_ros.ros.tracked import TrackedIds
 from erc_ros.ros.worker import Worker
 
@@ -244,8 +245,8 @@ class UtteranceNode(LifecycleNode):
 
             def add(vid: str):
                 topic = f"/humans/voices/{vid}/speech"
-                return self.create_subscription(
-                    LiveSpeech, topic,
+                return tracked.subscription(  # destroyed while the executor spins
+                    self, LiveSpeech, topic,
                     lambda m, topic=topic: self._enqueue("live_speech", m, topic), asr_qos)
             self._voices = voices = TrackedIds(
                 "voice", p["max_voices"], "max_voices", self.health, add,
