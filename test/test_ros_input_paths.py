@@ -5,6 +5,10 @@ as its own process (``ros2 run``), fed over real DDS by publishers in this proce
   churning id replaced each time, crops at 10 Hz on every id) and stays alive and answering
   (it died within 7-50 s: a per-face entity destroyed while the executor built its wait
   set).
+- a new voice's first utterance reaches a subscriber that follows /humans/voices/tracked as
+  ROS4HRI's libraries do (subscribing to /humans/voices/<id>/speech when the id appears, with
+  the system-default QoS libhri uses), in another DDS participant: the publisher announces
+  the id and holds that voice's speech until the followers are matched (5 of 7 were lost).
 """
 from __future__ import annotations
 
@@ -110,3 +114,78 @@ def test_face_node_survives_faces_coming_and_going(ros, seconds):
     finally:
         drv.close()
         proc.stop()
+
+
+class VoiceFollower:
+    """What libhri's HRIListener does with voices, in its own DDS participant (own context):
+    follows /humans/voices/tracked and, when an id appears, subscribes to its speech
+    (system-default QoS: reliable, volatile, as libhri's Voice)."""
+
+    def __init__(self):
+        from hri_msgs.msg import IdsList, LiveSpeech
+        from rclpy.qos import qos_profile_system_default
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("voice_follower", context=self.context)
+        self.ex = SingleThreadedExecutor(context=self.context)
+        self.ex.add_node(self.node)
+        self.heard: dict[str, list[str]] = {}
+        self._subs: dict = {}
+        self._lock = threading.Lock()
+
+        def on_tracked(msg):
+            for vid in msg.ids:
+                if vid not in self._subs:
+                    self._subs[vid] = self.node.create_subscription(
+                        LiveSpeech, f"/humans/voices/{vid}/speech",
+                        lambda m, vid=vid: self._on_speech(vid, m), qos_profile_system_default)
+        self.tracked = self.node.create_subscription(IdsList, "/humans/voices/tracked",
+                                                     on_tracked, qos_profile_system_default)
+        threading.Thread(target=self.ex.spin, daemon=True).start()
+
+    def _on_speech(self, vid: str, msg) -> None:
+        with self._lock:
+            self.heard.setdefault(vid, []).append(msg.final)
+
+    def snapshot(self) -> dict[str, list[str]]:
+        with self._lock:
+            return {k: list(v) for k, v in self.heard.items()}
+
+    def close(self) -> None:
+        self.ex.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def test_a_new_voice_first_utterance_reaches_a_tracked_list_follower(ros):
+    """The embedded recognizer's output (AsrOutput, as the utterance node runs it: publish on
+    a worker thread while the node spins): seven new voices, each speaking first 0.3 s
+    after the previous one, two of them again; the follower hears every utterance, each
+    voice's first included, in order."""
+    from erc_ros.core.types import Utterance
+    from erc_ros.ros.asr_output import AsrOutput
+    from erc_ros.ros.diagnostics import NodeHealth
+
+    follower = VoiceFollower()
+    drv = Driver("asr_output_voices")
+    health = NodeHealth()
+    out = AsrOutput(drv.node, "erc_ros/transcript", max_voices=32, voice_timeout=60.0,
+                    health=health)
+    try:
+        assert wait_for(lambda: out.tracked.get_subscription_count() == 1, 10)
+        said: dict[str, list[str]] = {}
+        t = 0.0
+        for i in range(7):
+            for vid in [f"v{i}"] + (["v0", "v1"] if i == 6 else []):
+                text = f"{vid} says {len(said.get(vid, []))}"
+                said.setdefault(vid, []).append(text)
+                out.publish(Utterance(f"u{t}", "c", vid, t, t + 1.0, text=text), now=t)
+                t += 1.0
+            time.sleep(0.3)
+        assert wait_for(lambda: follower.snapshot() == said, 15), (follower.snapshot(), said)
+        assert health.counts["asr.voices_announced"] == 7
+        assert health.counts.get("asr.announce_timeouts", 0) == 0
+    finally:
+        out.destroy()
+        drv.close()
+        follower.close()

@@ -65,6 +65,11 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                        "this many /humans/voices/<id>/speech publishers"),
     "voice_timeout": (60.0, "asr_type embedded: a voice stays in /humans/voices/tracked this "
                             "many seconds after it was last heard"),
+    "voice_announce_timeout": (2.0, "asr_type embedded: a new voice's speech waits at most "
+                                    "this many seconds for the readers of "
+                                    "/humans/voices/tracked to subscribe to its "
+                                    "/humans/voices/<id>/speech (ROS4HRI consumers subscribe "
+                                    "when the id appears); 0: published at once"),
     "max_image_pixels": (convert.MAX_IMAGE_PIXELS, "largest camera frame accepted (width x height, raw "
                                       "or compressed); larger ones are refused from their "
                                       "header before decoding (refused.image_too_large)"),
@@ -81,7 +86,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 BOUNDS: dict[str, tuple[float, float]] = {
     "queue_size": (1, 1000000), "poll_period": (0.001, 10.0),
     "diagnostics_period": (0.01, 3600.0), "max_voices": (1, 10000),
-    "voice_timeout": (0.1, 1e6),
+    "voice_timeout": (0.1, 1e6), "voice_announce_timeout": (0.0, 60.0),
     "max_image_pixels": (1, 2**31 - 1), "max_image_bytes": (1, 2**31 - 1),
 }
 
@@ -186,7 +191,7 @@ class UtteranceNode(LifecycleNode):
             from erc_ros.ros.asr_output import AsrOutput
             rec = self.core.recognizer
             self._asr_out = AsrOutput(self, p["asr_topic"], p["max_voices"], p["voice_timeout"],
-                                      self.health)
+                                      self.health, p["voice_announce_timeout"])
             self.get_logger().info(
                 f"embedded ASR: Whisper {rec.config.model} from {rec.model_path} "
                 f"({rec.config.compute_type}, {rec.config.threads} threads, language "
