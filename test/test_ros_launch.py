@@ -308,3 +308,17 @@ def test_every_planned_executable_is_installed():
     for composed in ("true", "false"):
         for spec in launch_config.plan({"composed": composed, "face_expression_node": "true"}):
             assert f"scripts/{spec.executable}" in installed, spec.executable
+
+
+def test_the_standard_microphone_driver_is_met_with_two_remaps():
+    """ros-drivers audio_capture (its launch files: namespace audio) publishes
+    AudioDataStamped on /audio/audio_stamped and AudioInfo on /audio/audio_info: the two
+    remap arguments docs/ros.md gives reach the utterance node."""
+    (spec,) = launch_config.plan({"audio_topic": "/audio/audio_stamped",
+                                  "audio_info_topic": "/audio/audio_info"})
+    p = launch_config.node_parameters(spec, "utterance_node")
+    assert (p["audio_topic"], p["audio_info_topic"], p["audio_msg"]) == \
+        ("/audio/audio_stamped", "/audio/audio_info", "stamped")
+    assert ("audio_info", "/audio/audio_info") in spec.remappings
+    with pytest.raises(ValueError, match="audio_info_topic"):
+        launch_config.plan({"audio_info_topic": "audio info"})

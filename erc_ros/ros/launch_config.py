@@ -53,7 +53,10 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
                          "(faster: no DDS copy of audio and images)"),
     "use_sim_time": ("false", "use /clock (bag replay)"),
     "image_topic": ("", "remap the camera topic"),
-    "audio_topic": ("", "remap the audio topic"),
+    "audio_topic": ("", "remap the audio topic (ros-drivers audio_capture: "
+                        "/audio/audio_stamped, or /audio/audio with audio_msg:=raw)"),
+    "audio_info_topic": ("", "remap the AudioInfo topic (ros-drivers audio_capture: "
+                             "/audio/audio_info)"),
     "asr_topic": ("", "remap the ASR topic"),
     "estimate_topic": ("", "remap the EmotionEstimate output topic"),
     "face_expression_node": ("false", "also start face_expression_node (ROS4HRI: an "
@@ -76,6 +79,7 @@ NODE_NAMES = ("utterance_node", "emotion_node")
 # Topic defaults of the nodes (their parameters), which the remap arguments replace. Relative:
 # under namespace:=robot1 they resolve to /robot1/camera/image_raw etc.
 _TOPIC_DEFAULTS = {"image_topic": "camera/image_raw", "audio_topic": "audio",
+                   "audio_info_topic": "audio_info",
                    "asr_topic": "erc_ros/transcript", "estimate_topic": "erc_ros/emotion"}
 
 #: Launch arguments that set an enumerated node parameter of the same name (allowed values:
@@ -237,7 +241,8 @@ def plan(args: Optional[dict[str, str]] = None) -> list[NodeSpec]:
     # overrides the parameter, and is listed as a remapping of the configured name too.
     remaps: list[tuple[str, str]] = []
     for key, node in (("image_topic", "utterance_node"), ("audio_topic", "utterance_node"),
-                      ("asr_topic", "utterance_node"), ("estimate_topic", "emotion_node")):
+                      ("audio_info_topic", "utterance_node"), ("asr_topic", "utterance_node"),
+                      ("estimate_topic", "emotion_node")):
         if a[key]:
             if not _TOPIC_NAME.fullmatch(a[key]):
                 raise ValueError(f"launch argument {key}: {a[key]!r} is not a valid ROS topic "
