@@ -73,13 +73,17 @@ def set_environment() -> None:
     - ``OMP_WAIT_POLICY=PASSIVE`` (see the module docstring);
     - ``FASTDDS_DEFAULT_PROFILES_FILE``: erc_ros's Fast DDS profile (``config/fastdds.xml``:
       reliable writers announce what they sent every 50 ms instead of every 3 s, so a lost
-      sample stalls its topic for ~50 ms instead of up to 3 s).
+      sample stalls its topic for ~50 ms instead of up to 3 s; readers free what they
+      received instead of keeping buffers as large as the largest sample they ever got),
+      with ``RMW_FASTRTPS_USE_QOS_FROM_XML=1``, without which rmw_fastrtps replaces the
+      profile's memory policies with its own.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
         profile = fastdds_profile()
         if profile:
             os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = profile
+            os.environ.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "1")
 
 
 def configure(torch_threads: Optional[int] = 1, opencv_threads: int = 1,

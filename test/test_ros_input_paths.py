@@ -15,6 +15,9 @@ the face node as its own process (``ros2 run``), the others in this one.
   (ros-drivers audio_capture's AudioData on ``audio``), a microphone or camera silent for
   ``input_timeout``, and the embedded recognizer behind the audio (tiny.en on a bag replayed
   at 4x); the pure rules behind them.
+- face crops far too large (refused from their header) leave the face node's memory where
+  it was: config/fastdds.xml makes DDS readers free what they received (they kept buffers
+  as large as the largest sample ever received: +1.5 GB for 8 faces, for good).
 """
 from __future__ import annotations
 
@@ -459,3 +462,61 @@ def test_input_health_rules():
     cov.add(1010.0, 0.01, 20.0)  # a pause (10 s of stamps): not loss
     cov.add(1010.01, 0.01, 20.01)
     assert cov.lost_s == pytest.approx(0.75, abs=0.02)
+
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_huge_face_crops_leave_no_memory_behind(ros):
+    """Four tracked faces (reliable crops), two floods of two 49 MB mono8 crops per face: every
+    crop is refused from its header (image_too_large), and the node's RSS comes back to
+    within 60 MB of what it was before the floods (it kept a 49 MB buffer or two per face
+    reader: +187 MB here, +1.5 GB with 8 faces and 100 MB crops)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from hri_msgs.msg import IdsList
+    from sensor_msgs.msg import Image
+    proc = NodeProcess("erc_ros.ros.face_expression_node",
+                       {"image_reliability": "reliable", "diagnostics_period": 0.5})
+    drv = Driver("huge_crops_driver")
+    faces = [f"h{i}" for i in range(4)]
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2,
+                     reliability=ReliabilityPolicy.RELIABLE)
+    try:
+        tracked = drv.node.create_publisher(IdsList, "/humans/faces/tracked", RELIABLE)
+        pubs = [drv.node.create_publisher(Image, f"/humans/faces/{f}/cropped", qos)
+                for f in faces]
+        diags = drv.collect(DiagnosticArray, "/diagnostics")
+        assert wait_for(lambda: tracked.get_subscription_count() == 1 or not proc.alive(),
+                        120), proc.log()
+        tracked.publish(IdsList(ids=faces))
+        assert wait_for(lambda: all(p.get_subscription_count() == 1 for p in pubs), 20)
+
+        def refused() -> int:
+            for st in reversed(_statuses(diags, "face_expression_node:")):
+                return int({kv.key: kv.value for kv in st.values}.get(
+                    "refused.image_too_large", 0))
+            return 0
+        time.sleep(2.0)
+        before = _rss_mb(proc.proc.pid)
+        huge = Image(height=7000, width=7000, encoding="mono8", step=7000)
+        huge.data = bytes(7000 * 7000)
+        after, rounds = [], 0
+        for flood in range(2):
+            for _ in range(2):  # one crop per face, taken before the next (keep-last 1)
+                for pub in pubs:
+                    pub.publish(huge)
+                rounds += 1
+                assert wait_for(lambda n=4 * rounds: refused() == n, 60), (refused(), rounds)
+            time.sleep(1.0)
+            after.append(_rss_mb(proc.proc.pid))
+        assert proc.alive()
+        assert max(after) - before < 60, (before, after)
+    finally:
+        drv.close()
+        proc.stop()
