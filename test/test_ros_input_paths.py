@@ -14,7 +14,10 @@ the face node as its own process (``ros2 run``), the others in this one.
   overflowing the subscription's history), an input whose topic carries another type
   (ros-drivers audio_capture's AudioData on ``audio``), a microphone or camera silent for
   ``input_timeout``, and the embedded recognizer behind the audio (tiny.en on a bag replayed
-  at 4x); the pure rules behind them.
+  at 4x), stamps far from the node's clock (a bag without /clock); the pure rules behind
+  them.
+- smaller: perception.asr.enabled reads True while the embedded recognizer runs; a face
+  node that runs no torch says nothing of torch threads.
 - face crops far too large (refused from their header) leave the face node's memory where
   it was: config/fastdds.xml makes DDS readers free what they received (they kept buffers
   as large as the largest sample ever received: +1.5 GB for 8 faces, for good).
@@ -28,6 +31,7 @@ import pytest
 import rclpy
 from builtin_interfaces.msg import Time
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from _ros_support import Collector, NodeProcess, wait_for
@@ -413,6 +417,12 @@ def test_a_recognizer_behind_the_audio_raises_the_level(ros, mic_bag, model):
         last = _statuses(diags, "utterance_node:")[-1]
         assert "speech recognizer" not in last.message, last
         assert {kv.key: kv.value for kv in last.values}["asr.lag_s"] == "0.000"
+        # perception.asr.enabled reads what runs (it read False), and its own value after
+        node = sess.comp.utterance
+        assert node.get_parameter("perception.asr.enabled").value is True
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.get_parameter("perception.asr.enabled").value is False
     finally:
         sess.close()
 
@@ -520,3 +530,36 @@ def test_huge_face_crops_leave_no_memory_behind(ros):
     finally:
         drv.close()
         proc.stop()
+
+
+def test_stamps_far_from_the_nodes_clock_are_reported(ros):
+    """A bag's stamps (here 1970) replayed without /clock into a node on wall time: the
+    estimates would be stamped in 1970, silently; /diagnostics say so, with both times."""
+    from audio_common_msgs.msg import AudioDataStamped
+    rig = UtteranceRig("old_stamps", image_transport="none")
+    try:
+        pub = rig.driver.create_publisher(AudioDataStamped, "/audio", RELIABLE)
+        assert wait_for(lambda: pub.get_subscription_count() == 1, 10)
+        for k in range(50):
+            pub.publish(_audio(100.0 + 0.02 * k, 320))
+            time.sleep(0.02)
+        st = rig.status(lambda st, v: "stamps on /audio" in st.message)
+        assert st["level"] == 1, st
+        assert "days behind the node's clock (stamp 1970-01-01 00:01:4" in st["message"], st
+        assert "use_sim_time:=true" in st["message"]
+    finally:
+        rig.close()
+
+
+def test_a_face_node_without_torch_says_nothing_of_torch_threads(ros):
+    """With the expert's ONNX file prepared the face node runs no torch; it logged "torch
+    threads stay 0 in this process (set by face_expression_node)" about itself."""
+    from erc_ros.runtime.face_expert import prepare
+    prepare()  # into this run's ERC_ROS_CACHE, which the node inherits
+    proc = NodeProcess("erc_ros.ros.face_expression_node", {})
+    try:
+        assert wait_for(lambda: "active:" in proc.log() or not proc.alive(), 120), proc.log()
+    finally:
+        rc, log = proc.stop()
+    assert "torch not configured" in log and "onnxruntime" in log, log
+    assert "torch threads stay" not in log, log

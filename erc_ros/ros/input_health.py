@@ -16,6 +16,9 @@ asks for :class:`Problem` s, which raise the status's level with their reason.
   history overflowed (2,000 messages a second of 8 samples: 18 % arrived, and nothing
   counted it: DDS reports no loss for a keep-last overflow), a dropped packet, the node's
   full input queue. A pause longer than ``pause_s`` is a stream that stopped, not loss.
+- Stamps far from the node's clock (``max_stamp_offset``): a bag replayed without
+  ``/clock`` (its stamps are years behind the wall clock: estimates came out stamped in
+  1970, silently) or a driver stamping with a clock of its own: WARN, with both times.
 - :class:`AsrLag`: how far the embedded recognizer is behind the audio clock: while
   segments wait, the time from the end of the newest speech it transcribed (or from when
   the waiting began) to the newest audio.
@@ -52,15 +55,21 @@ class InputWatch:
     last: Optional[float] = None  # node-clock time of the newest message
     count: int = 0
     active_since: Optional[float] = None
+    stamp: Optional[float] = None  # the newest non-zero header stamp ...
+    offset: Optional[float] = None  # ... and the node's clock minus it, at receipt
 
-    def arrived(self, now: float) -> None:
+    def arrived(self, now: float, stamp: Optional[float] = None) -> None:
         self.last = now
         self.count += 1
+        if stamp:  # (a zero stamp means "unstamped": stamped at receipt)
+            self.stamp, self.offset = stamp, now - stamp
 
     def check(self, publishers: Sequence[tuple[str, bool]], now: float,
-              timeout: float) -> Optional[Problem]:
+              timeout: float, max_offset: float = 0.0,
+              sim_time: bool = False) -> Optional[Problem]:
         """The problem of this input given the topic's ``publishers`` ((type, reliable) of
-        each), at node-clock ``now``; ``timeout`` <= 0: silence is never a problem."""
+        each), at node-clock ``now``; ``timeout`` <= 0: silence is never a problem;
+        ``max_offset`` > 0: stamps further than that from the node's clock are one."""
         types = sorted({t for t, _ in publishers})
         same = [rel for t, rel in publishers if t == self.msg_type]
         if publishers and not same:
@@ -71,6 +80,15 @@ class InputWatch:
             return Problem(ERROR, f"nothing can arrive on {self.topic}: its publishers are "
                                   f"best-effort, this node's subscription is reliable (set "
                                   f"{self.reliability_param}:=best_effort)")
+        if max_offset > 0 and self.offset is not None and abs(self.offset) > max_offset:
+            why = ("/clock and the stamps disagree" if sim_time else
+                   "a bag played without its clock? (play it with /clock and "
+                   "use_sim_time:=true) or a driver stamping with a clock of its own")
+            return Problem(WARN, f"stamps on {self.topic} are {_span(abs(self.offset))} "
+                                 f"{'behind' if self.offset > 0 else 'ahead of'} the node's "
+                                 f"clock (stamp {_date(self.stamp)}, clock "
+                                 f"{_date(self.stamp + self.offset)}): {why}; outputs carry "
+                                 "the input's time")
         if not self.streaming or timeout <= 0 or now <= 0:
             return None  # (simulated time before the first /clock: now is 0)
         if self.active_since is None or now < self.active_since:
@@ -85,6 +103,22 @@ class InputWatch:
         what = "nothing" if self.count == 0 else "nothing more"
         return Problem(WARN, f"{what} on {self.topic} for {quiet:.0f} s ({who}; "
                              f"expects {self.msg_type})")
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def _date(t: float) -> str:
+    import datetime
+    try:
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"{t:.3f} s"
 
 
 class AudioCoverage:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros.assemble import build_config, build_core, torch_threads
@@ -82,6 +83,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "max_audio_loss": (0.05, "/diagnostics warns when more than this share of the last 5 s "
                              "of audio (its stamps, or receipts for unstamped audio) had no "
                              "audio: lost before it reached the node"),
+    "max_stamp_offset": (30.0, "/diagnostics warns when input stamps are further than this "
+                               "many seconds from the node's clock (a bag played without "
+                               "/clock, a driver stamping with its own clock); 0: never"),
     "max_asr_lag": (5.0, "asr_type embedded: /diagnostics warns when the recognizer is more "
                          "than this many seconds behind the audio (error past 4x, or when "
                          "its queue is full); 0: only the full queue"),
@@ -98,6 +102,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "diagnostics_period": (0.01, 3600.0), "max_voices": (1, 10000),
     "voice_timeout": (0.1, 1e6), "voice_announce_timeout": (0.0, 60.0),
     "input_timeout": (0.0, 1e6), "max_audio_loss": (0.0, 1.0), "max_asr_lag": (0.0, 1e6),
+    "max_stamp_offset": (0.0, 1e9),
     "max_image_pixels": (1, 2**31 - 1), "max_image_bytes": (1, 2**31 - 1),
 }
 
@@ -168,6 +173,7 @@ class UtteranceNode(LifecycleNode):
         self._pub = None
         self._asr_out = None  # asr_type embedded: erc_ros.ros.asr_output.AsrOutput
         self._watch: dict[str, InputWatch] = {}  # input kind -> what /diagnostics checks
+        self._derived: dict[str, Any] = {}  # parameters shown as derived -> their own value
         self._asr_lag = AsrLag()
         self._diag_pub, self._diag_timer = diagnostics_timer(self)
         self.published = 0
@@ -198,6 +204,7 @@ class UtteranceNode(LifecycleNode):
 
     # -- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._restore_derived()
         p, bad = read_parameters(self, PARAMETERS)
         self.p = p
         if bad:
@@ -235,12 +242,29 @@ class UtteranceNode(LifecycleNode):
         if p["publish_utterances"]:
             from erc_ros.msg import Utterance
             self._pub = self.create_lifecycle_publisher(Utterance, p["utterance_topic"], 10)
+        self._show_derived()
         self.guard.configured = True
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
 
     def _fail(self, msg: str) -> TransitionCallbackReturn:
         return fail(self, msg, self._close_core)
+
+    def _show_derived(self) -> None:
+        """``perception.asr.enabled`` reads what runs: ``asr_type: embedded`` turns the
+        recognizer on without that parameter, which then read False while it ran. While
+        configured it says True; :meth:`_restore_derived` gives back the value it had (at
+        cleanup, and before a configure reads it)."""
+        name = "perception.asr.enabled"
+        if self.core is not None and self.core.recognizer is not None and \
+                self.has_parameter(name) and not self.get_parameter(name).value:
+            self.set_parameters([Parameter(name, value=True)])
+            self._derived[name] = False
+
+    def _restore_derived(self) -> None:
+        if self._derived:
+            derived, self._derived = self._derived, {}
+            self.set_parameters([Parameter(k, value=v) for k, v in derived.items()])
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.p
@@ -307,6 +331,7 @@ class UtteranceNode(LifecycleNode):
         self._close_core()
         self.ingest = self.worker = None
         self.guard.configured = False
+        self._restore_derived()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -362,7 +387,8 @@ class UtteranceNode(LifecycleNode):
         now = self.now()
         watch = self._watch.get(kind)
         if watch is not None:
-            watch.arrived(now)
+            header = getattr(msg, "header", None)
+            watch.arrived(now, convert.time_to_float(header.stamp) if header else None)
         self.worker.put((kind, msg, now, topic, time.perf_counter()))
 
     # -- worker ----------------------------------------------------------------------------
@@ -476,7 +502,9 @@ class UtteranceNode(LifecycleNode):
                         for i in self.get_publishers_info_by_topic(watch.topic)]
             except Exception:  # the node is being destroyed
                 return out
-            problem = watch.check(pubs, now, self.p["input_timeout"])
+            problem = watch.check(pubs, now, self.p["input_timeout"],
+                                  self.p["max_stamp_offset"],
+                                  bool(self.get_parameter("use_sim_time").value))
             extra[f"inputs.{kind}"] = {"topic": watch.topic, "received": watch.count,
                                        "publishers": len(pubs)}
             if problem is not None:
