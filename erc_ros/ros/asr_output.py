@@ -51,8 +51,9 @@ class AsrOutput:
         self.node, self.max_voices, self.voice_timeout = node, int(max_voices), voice_timeout
         self.announce_timeout = float(announce_timeout)
         self.health = health
-        self.transcripts = node.create_publisher(Transcript, transcript_topic, 10)
-        self.tracked = node.create_publisher(IdsList, TRACKED_TOPIC, 10)
+        # destroyed at cleanup, while the executor spins: no event handlers (tracked.py)
+        self.transcripts = tracked.publisher(node, Transcript, transcript_topic, 10)
+        self.tracked = tracked.publisher(node, IdsList, TRACKED_TOPIC, 10)
         self.voices: OrderedDict[str, Any] = OrderedDict()  # id -> publisher, oldest first
         self.heard: dict[str, float] = {}  # id -> node-clock time last heard
         # New voices' speech until their followers subscribed: id -> (announced at

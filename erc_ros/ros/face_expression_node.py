@@ -147,8 +147,8 @@ class FaceExpressionNode(LifecycleNode):
         p = self.p
         self.faces = faces = TrackedIds("face", p["max_faces"], "max_faces", self.health,
                                         self._add_face, self._remove_face)
-        self._tracked_sub = self.create_subscription(
-            IdsList, p["tracked_topic"], lambda m: faces.update(m.ids),
+        self._tracked_sub = tracked.subscription(  # destroyed at deactivate
+            self, IdsList, p["tracked_topic"], lambda m: faces.update(m.ids),
             QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                        reliability=ReliabilityPolicy.RELIABLE))
         self.worker.start()

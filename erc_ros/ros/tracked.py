@@ -18,7 +18,11 @@ subscription two by default, incompatible QoS and type): it catches the failed `
 and then adds the destroyed event to the wait set anyway, and the executor dies with
 ``InvalidHandle: cannot use Destroyable because destruction was requested`` (ros2/rclpy
 #1142). A face node following 50 lists a second with crops at 10 Hz died within 7-50 s.
-Entities without event handlers have nothing in that path, so they may go at any time.
+Entities without event handlers have nothing in that path, so they may go at any time. The
+nodes make every entity they destroy while spinning so (the inputs, destroyed at deactivate
+from the lifecycle service's thread, too): the incompatible-QoS and -type warnings those
+handlers logged are /diagnostics errors of the utterance node instead
+(:mod:`erc_ros.ros.input_health`).
 """
 from __future__ import annotations
 
@@ -30,8 +34,8 @@ from erc_ros.ros.topic_names import is_topic_token
 
 
 def subscription(node, msg_type, topic: str, callback: Callable[[Any], None], qos):
-    """A per-id subscription that may be destroyed while the executor spins (no QoS event
-    handlers: see the module's docstring)."""
+    """A subscription that may be destroyed while the executor spins (no QoS event handlers:
+    see the module's docstring)."""
     from rclpy.event_handler import SubscriptionEventCallbacks
     return node.create_subscription(
         msg_type, topic, callback, qos,
@@ -39,8 +43,8 @@ def subscription(node, msg_type, topic: str, callback: Callable[[Any], None], qo
 
 
 def publisher(node, msg_type, topic: str, qos):
-    """A per-id publisher that may be destroyed while the executor spins (no QoS event
-    handlers: see the module's docstring)."""
+    """A publisher that may be destroyed while the executor spins (no QoS event handlers: see
+    the module's docstring)."""
     from rclpy.event_handler import PublisherEventCallbacks
     return node.create_publisher(
         msg_type, topic, qos,

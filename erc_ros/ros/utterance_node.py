@@ -241,7 +241,10 @@ class UtteranceNode(LifecycleNode):
         self.core.on_asr_result = self.worker.wake  # the embedded ASR's text: poll at once
         if p["publish_utterances"]:
             from erc_ros.msg import Utterance
-            self._pub = self.create_lifecycle_publisher(Utterance, p["utterance_topic"], 10)
+            from rclpy.event_handler import PublisherEventCallbacks
+            self._pub = self.create_lifecycle_publisher(  # destroyed at cleanup: no handlers
+                Utterance, p["utterance_topic"], 10,
+                event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
         self._show_derived()
         self.guard.configured = True
         self.get_logger().info("configured")
@@ -308,8 +311,9 @@ class UtteranceNode(LifecycleNode):
             self._voices = voices = TrackedIds(
                 "voice", p["max_voices"], "max_voices", self.health, add,
                 lambda vid, sub: self.destroy_subscription(sub))
-            self._subs.append(self.create_subscription(
-                IdsList, "/humans/voices/tracked", lambda m: voices.update(m.ids), asr_qos))
+            self._subs.append(tracked.subscription(
+                self, IdsList, "/humans/voices/tracked", lambda m: voices.update(m.ids),
+                asr_qos))
         self.worker.start()
         self.get_logger().info("active: " + ", ".join(
             f"{s.topic_name} ({s.msg_type.__name__})" for s in self._subs))
@@ -353,7 +357,7 @@ class UtteranceNode(LifecycleNode):
     def _sub(self, cls, topic: str, kind: str, qos) -> None:
         def cb(msg, kind=kind, topic=topic):
             self._enqueue(kind, msg, topic)
-        sub = self.create_subscription(cls, topic, cb, qos)
+        sub = tracked.subscription(self, cls, topic, cb, qos)  # destroyed at deactivate
         self._subs.append(sub)
         param = {"image": "image_reliability", "compressed": "image_reliability",
                  "audio": "audio_reliability", "audio_stamped": "audio_reliability",
