@@ -29,7 +29,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros.assemble import default_model_dir, load_pipeline
-from erc_ros.ros import convert
+from erc_ros.ros import convert, tracked
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
                                   fail, read_parameters, run_node)
@@ -278,7 +278,8 @@ class EmotionNode(LifecycleNode):
                     _, (old, _) = self._expr_pubs.popitem(last=False)
                     self.destroy_publisher(old)
                     self.health.count("expression_publishers.evicted")
-                entry = [self.create_publisher(Expression, topic, 10), 0.0]
+                # tracked.publisher: evicted / expired while the executor spins
+                entry = [tracked.publisher(self, Expression, topic, 10), 0.0]
                 self._expr_pubs[topic] = entry
             self._expr_pubs.move_to_end(topic)
             entry[1] = time.monotonic()

@@ -19,14 +19,17 @@ from typing import Any, Callable, Optional
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros.assemble import build_config, build_core, torch_threads
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
-from erc_ros.ros.ingest import Ingest
+from erc_ros.ros.ingest import KINDS, Ingest
+from erc_ros.ros.input_health import AsrLag, InputWatch
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
                                   fail, read_parameters, run_node)
+from erc_ros.ros import tracked
 from erc_ros.ros.tracked import TrackedIds
 from erc_ros.ros.worker import Worker
 
@@ -64,11 +67,28 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                        "this many /humans/voices/<id>/speech publishers"),
     "voice_timeout": (60.0, "asr_type embedded: a voice stays in /humans/voices/tracked this "
                             "many seconds after it was last heard"),
+    "voice_announce_timeout": (2.0, "asr_type embedded: a new voice's speech waits at most "
+                                    "this many seconds for the readers of "
+                                    "/humans/voices/tracked to subscribe to its "
+                                    "/humans/voices/<id>/speech (ROS4HRI consumers subscribe "
+                                    "when the id appears); 0: published at once"),
     "max_image_pixels": (convert.MAX_IMAGE_PIXELS, "largest camera frame accepted (width x height, raw "
                                       "or compressed); larger ones are refused from their "
                                       "header before decoding (refused.image_too_large)"),
     "max_image_bytes": (convert.MAX_IMAGE_BYTES, "largest CompressedImage payload in bytes; larger "
                                           "ones are refused (refused.image_too_large)"),
+    "input_timeout": (10.0, "/diagnostics warns when the microphone or camera sent nothing "
+                            "for this many seconds while active (0: never); an input whose "
+                            "topic only carries another type is an error at once"),
+    "max_audio_loss": (0.05, "/diagnostics warns when more than this share of the last 5 s "
+                             "of audio (its stamps, or receipts for unstamped audio) had no "
+                             "audio: lost before it reached the node"),
+    "max_stamp_offset": (30.0, "/diagnostics warns when input stamps are further than this "
+                               "many seconds from the node's clock (a bag played without "
+                               "/clock, a driver stamping with its own clock); 0: never"),
+    "max_asr_lag": (5.0, "asr_type embedded: /diagnostics warns when the recognizer is more "
+                         "than this many seconds behind the audio (error past 4x, or when "
+                         "its queue is full); 0: only the full queue"),
     "queue_size": (2000, "bound of the input queue (messages); overflow is dropped and counted"),
     "poll_period": (0.02, "seconds between polls of the core when no input arrives"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
@@ -88,8 +108,25 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "queue_size": (1, 1000000), "poll_period": (0.001, 10.0),
     "diagnostics_period": (0.01, 3600.0), "max_voices": (1, 10000),
     "shutdown_timeout": (0.0, 3600.0),
-    "voice_timeout": (0.1, 1e6),
+    "voice_timeout": (0.1, 1e6), "voice_announce_timeout": (0.0, 60.0),
+    "input_timeout": (0.0, 1e6), "max_audio_loss": (0.0, 1.0), "max_asr_lag": (0.0, 1e6),
+    "max_stamp_offset": (0.0, 1e9),
     "max_image_pixels": (1, 2**31 - 1), "max_image_bytes": (1, 2**31 - 1),
+}
+
+
+#: Inputs that stream while they work (silence for input_timeout is a problem).
+STREAMS = {"image", "compressed", "audio", "audio_stamped"}
+#: How to read an input's other types, said when its topic carries only those.
+TYPE_HINTS = {
+    "audio_stamped": "audio_msg:=raw reads AudioData; ros-drivers audio_capture publishes "
+                     "AudioDataStamped on audio_stamped: audio_topic:=audio_stamped",
+    "audio": "audio_msg:=stamped reads AudioDataStamped",
+    "image": "image_transport:=compressed reads CompressedImage on <image_topic>/compressed",
+    "compressed": "image_transport:=raw reads Image",
+    "transcript": "asr_type selects the type: transcript, live_speech or string",
+    "live_speech": "asr_type selects the type: transcript, live_speech or string",
+    "string": "asr_type selects the type: transcript, live_speech or string",
 }
 
 
@@ -143,6 +180,9 @@ class UtteranceNode(LifecycleNode):
         self._final_arrivals: dict[float, float] = {}
         self._pub = None
         self._asr_out = None  # asr_type embedded: erc_ros.ros.asr_output.AsrOutput
+        self._watch: dict[str, InputWatch] = {}  # input kind -> what /diagnostics checks
+        self._derived: dict[str, Any] = {}  # parameters shown as derived -> their own value
+        self._asr_lag = AsrLag()
         self._diag_pub, self._diag_timer = diagnostics_timer(self)
         self.published = 0
         self.flushed = False
@@ -173,6 +213,7 @@ class UtteranceNode(LifecycleNode):
 
     # -- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._restore_derived()
         p, bad = read_parameters(self, PARAMETERS)
         self.p = p
         if bad:
@@ -194,7 +235,7 @@ class UtteranceNode(LifecycleNode):
             from erc_ros.ros.asr_output import AsrOutput
             rec = self.core.recognizer
             self._asr_out = AsrOutput(self, p["asr_topic"], p["max_voices"], p["voice_timeout"],
-                                      self.health)
+                                      self.health, p["voice_announce_timeout"])
             self.get_logger().info(
                 f"embedded ASR: Whisper {rec.config.model} from {rec.model_path} "
                 f"({rec.config.compute_type}, {rec.config.threads} threads, language "
@@ -209,13 +250,33 @@ class UtteranceNode(LifecycleNode):
         self.core.on_asr_result = self.worker.wake  # the embedded ASR's text: poll at once
         if p["publish_utterances"]:
             from erc_ros.msg import Utterance
-            self._pub = self.create_lifecycle_publisher(Utterance, p["utterance_topic"], 10)
+            from rclpy.event_handler import PublisherEventCallbacks
+            self._pub = self.create_lifecycle_publisher(  # destroyed at cleanup: no handlers
+                Utterance, p["utterance_topic"], 10,
+                event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
+        self._show_derived()
         self.guard.configured = True
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
 
     def _fail(self, msg: str) -> TransitionCallbackReturn:
         return fail(self, msg, self._close_core)
+
+    def _show_derived(self) -> None:
+        """``perception.asr.enabled`` reads what runs: ``asr_type: embedded`` turns the
+        recognizer on without that parameter, which then read False while it ran. While
+        configured it says True; :meth:`_restore_derived` gives back the value it had (at
+        cleanup, and before a configure reads it)."""
+        name = "perception.asr.enabled"
+        if self.core is not None and self.core.recognizer is not None and \
+                self.has_parameter(name) and not self.get_parameter(name).value:
+            self.set_parameters([Parameter(name, value=True)])
+            self._derived[name] = False
+
+    def _restore_derived(self) -> None:
+        if self._derived:
+            derived, self._derived = self._derived, {}
+            self.set_parameters([Parameter(k, value=v) for k, v in derived.items()])
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.p
@@ -253,14 +314,15 @@ class UtteranceNode(LifecycleNode):
 
             def add(vid: str):
                 topic = f"/humans/voices/{vid}/speech"
-                return self.create_subscription(
-                    LiveSpeech, topic,
+                return tracked.subscription(  # destroyed while the executor spins
+                    self, LiveSpeech, topic,
                     lambda m, topic=topic: self._enqueue("live_speech", m, topic), asr_qos)
             self._voices = voices = TrackedIds(
                 "voice", p["max_voices"], "max_voices", self.health, add,
                 lambda vid, sub: self.destroy_subscription(sub))
-            self._subs.append(self.create_subscription(
-                IdsList, "/humans/voices/tracked", lambda m: voices.update(m.ids), asr_qos))
+            self._subs.append(tracked.subscription(
+                self, IdsList, "/humans/voices/tracked", lambda m: voices.update(m.ids),
+                asr_qos))
         self.worker.start()
         self._active = True
         self.get_logger().info("active: " + ", ".join(
@@ -284,6 +346,7 @@ class UtteranceNode(LifecycleNode):
         self._close_core()
         self.ingest = self.worker = None
         self.guard.configured = False
+        self._restore_derived()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -365,7 +428,15 @@ class UtteranceNode(LifecycleNode):
     def _sub(self, cls, topic: str, kind: str, qos) -> None:
         def cb(msg, kind=kind, topic=topic):
             self._enqueue(kind, msg, topic)
-        self._subs.append(self.create_subscription(cls, topic, cb, qos))
+        sub = tracked.subscription(self, cls, topic, cb, qos)  # destroyed at deactivate
+        self._subs.append(sub)
+        param = {"image": "image_reliability", "compressed": "image_reliability",
+                 "audio": "audio_reliability", "audio_stamped": "audio_reliability",
+                 "audio_info": "audio_reliability"}.get(kind, "asr_reliability")
+        self._watch[kind] = InputWatch(
+            kind, sub.topic_name, KINDS[kind], streaming=kind in STREAMS,
+            reliable=qos.reliability == ReliabilityPolicy.RELIABLE, reliability_param=param,
+            hint=TYPE_HINTS.get(kind, ""))
 
     @property
     def _voice_subs(self) -> dict[str, Any]:
@@ -375,6 +446,7 @@ class UtteranceNode(LifecycleNode):
         return dict(self._voices.items) if self._voices is not None else {}
 
     def _unsubscribe(self) -> None:
+        self._watch = {}
         for s in self._subs:
             self.destroy_subscription(s)
         self._subs = []
@@ -387,7 +459,12 @@ class UtteranceNode(LifecycleNode):
 
     def _enqueue(self, kind: str, msg, topic: str) -> None:
         self.health.count("received")  # taken from DDS (queued, or dropped if the queue is full)
-        self.worker.put((kind, msg, self.now(), topic, time.perf_counter()))
+        now = self.now()
+        watch = self._watch.get(kind)
+        if watch is not None:
+            header = getattr(msg, "header", None)
+            watch.arrived(now, convert.time_to_float(header.stamp) if header else None)
+        self.worker.put((kind, msg, now, topic, time.perf_counter()))
 
     # -- worker ----------------------------------------------------------------------------
     def _process(self, items: list) -> None:
@@ -446,6 +523,8 @@ class UtteranceNode(LifecycleNode):
 
     def hand_off(self, utt) -> None:
         arrival = utt.asr_ready  # the embedded recognizer's text was ready
+        if arrival is not None:
+            self._asr_lag.done(utt.end)
         if self._asr_out is not None:
             try:
                 self._asr_out.publish(utt, self.now())
@@ -472,15 +551,57 @@ class UtteranceNode(LifecycleNode):
             return
         if self._asr_out is not None:
             self._asr_out.publish_tracked(self.now())
-        extra = {}
+        extra: dict[str, Any] = {}
         if self.core is not None:
             try:
                 extra["core"] = self.core.stats()
             except Exception:
                 pass
         depth = {"input": (self.worker.depth(), self.worker.capacity)} if self.worker else {}
-        st = to_status(f"{self.get_name()}: utterances", "erc_ros", self.health, extra, depth)
+        problems = self._problems(extra)
+        st = to_status(f"{self.get_name()}: utterances", "erc_ros", self.health, extra, depth,
+                       problems)
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [st]))
+
+    def _problems(self, extra: dict[str, Any]) -> list:
+        """What the node fails at now (:mod:`erc_ros.ros.input_health`): inputs that cannot
+        or do not arrive, audio lost on the way, the embedded recognizer behind. Their
+        figures go into ``extra`` (``inputs.<kind>``, ``audio.lost_*``, ``asr.lag_s``)."""
+        ingest = self.ingest
+        if ingest is None:
+            return []
+        now, out = self.now(), []
+        for kind, watch in list(self._watch.items()):
+            try:
+                pubs = [(i.topic_type, i.qos_profile.reliability == ReliabilityPolicy.RELIABLE)
+                        for i in self.get_publishers_info_by_topic(watch.topic)]
+            except Exception:  # the node is being destroyed
+                return out
+            problem = watch.check(pubs, now, self.p["input_timeout"],
+                                  self.p["max_stamp_offset"],
+                                  bool(self.get_parameter("use_sim_time").value))
+            extra[f"inputs.{kind}"] = {"topic": watch.topic, "received": watch.count,
+                                       "publishers": len(pubs)}
+            if problem is not None:
+                out.append(problem)
+        audio = self._watch.get("audio_stamped") or self._watch.get("audio")
+        if audio is not None:
+            cov = ingest.audio_coverage
+            extra["audio.lost_s"] = cov.lost_s
+            extra["audio.lost_fraction"] = cov.lost_fraction(now)
+            problem = cov.problem(now, self.p["max_audio_loss"], audio.topic,
+                                  self.health.counts.get("dropped.input", 0))
+            if problem is not None:
+                out.append(problem)
+        asr = extra.get("core", {}).get("asr", {})
+        if asr.get("enabled") and "pending" in asr:
+            lag = self._asr_lag.observe(asr["pending"], ingest.audio_end)
+            extra["asr.lag_s"] = lag
+            problem = AsrLag.problem(lag, asr["pending"], asr["queue_capacity"],
+                                     self.p["max_asr_lag"])
+            if problem is not None:
+                out.append(problem)
+        return out
 
 
 def main(argv=None) -> int:
