@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import time
 
 
 def cpu_model() -> str:
@@ -48,25 +47,33 @@ def cpu_flags() -> list[str]:
     return []
 
 
-def gemm_gflops(threads: int = 2, n: int = 2048, repeats: int = 5) -> float:
-    """FP32 GEMM throughput (GFLOP/s) of an n x n matrix product on ``threads`` threads."""
-    import torch
+_GEMM = """
+import sys, time, torch
+threads, n, repeats = (int(x) for x in sys.argv[1:4])
+torch.set_num_threads(threads)
+g = torch.Generator().manual_seed(0)
+a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+torch.mm(a, b)
+best = float("inf")
+for _ in range(repeats):
+    t = time.perf_counter()
+    torch.mm(a, b)
+    best = min(best, time.perf_counter() - t)
+print(2 * n ** 3 / best / 1e9)
+"""
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        g = torch.Generator().manual_seed(0)
-        a = torch.randn(n, n, generator=g)
-        b = torch.randn(n, n, generator=g)
-        torch.mm(a, b)  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(before)
-    return 2 * n ** 3 / best / 1e9
+
+def gemm_gflops(threads: int = 2, n: int = 2048, repeats: int = 5) -> float:
+    """FP32 GEMM throughput (GFLOP/s) of an n x n torch matrix product on ``threads``
+    threads, in a process of its own (its thread count is that process's setting, not the
+    caller's)."""
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _GEMM, str(threads), str(n), str(repeats)],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"GEMM measurement failed: {r.stderr.strip()[-300:]}")
+    return float(r.stdout.strip().splitlines()[-1])
 
 
 def describe(threads: int = 2) -> dict:
