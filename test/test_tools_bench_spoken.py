@@ -92,7 +92,10 @@ def _two_dialogues(tmp_path):
 
 
 def test_bench_spoken_runs_the_four_stages_on_the_shipped_voices(tmp_path):
+    from erc_ros.core.asr import prepare_model
+
     assert DEV.exists(), f"MELD dev CSV expected at {DEV} (set ERC_ROS_DATA)"
+    prepare_model("base")  # into this run's cache (set-up's step)
     csv_path, n = _two_dialogues(tmp_path)
     out = tmp_path / "r.json"
     assert main(["bench-spoken", "--meld-csv", str(csv_path), "--voices", "kokoro",
