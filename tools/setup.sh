@@ -33,21 +33,23 @@ log() { printf '[setup] %s\n' "$*"; }
 t0=$(date +%s.%N)
 
 # Per-step timing: wall clock (date) and CPU seconds of this shell and everything it waited
-# for (bash's `times`, read in this shell: a subshell would report its own).
+# for (bash's `times`, which must run in this shell, not in a $(...) subshell that would
+# report its own: cpu_now sets CPU_NOW).
 TIMES_FILE=$(mktemp)
 trap 'rm -f "$TIMES_FILE"' EXIT
-cpu_seconds() {
+cpu_now() {
   times >"$TIMES_FILE"
-  awk 'function s(x, a) { split(x, a, "m"); sub("s", "", a[2]); return a[1] * 60 + a[2] }
-       { t += s($1) + s($2) } END { printf "%.1f", t }' "$TIMES_FILE"
+  CPU_NOW=$(awk 'function s(x, a) { split(x, a, "m"); sub("s", "", a[2]); return a[1] * 60 + a[2] }
+                 { t += s($1) + s($2) } END { printf "%.1f", t }' "$TIMES_FILE")
 }
-cpu0=$(cpu_seconds)
+cpu_now; cpu0=$CPU_NOW
 STEPS=()
-step_begin() { STEP_NAME=$1; STEP_T0=$(date +%s.%N); STEP_C0=$(cpu_seconds); }
+step_begin() { STEP_NAME=$1; STEP_T0=$(date +%s.%N); cpu_now; STEP_C0=$CPU_NOW; }
 step_end() {
   local wall cpu
   wall=$(awk -v a="$STEP_T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-  cpu=$(awk -v a="$STEP_C0" -v b="$(cpu_seconds)" 'BEGIN { printf "%.1f", b - a }')
+  cpu_now
+  cpu=$(awk -v a="$STEP_C0" -v b="$CPU_NOW" 'BEGIN { printf "%.1f", b - a }')
   log "  $STEP_NAME: $wall s, cpu $cpu s"
   STEPS+=("$STEP_NAME $wall s")
 }
@@ -232,7 +234,8 @@ if [ $WITH_VOICES = 1 ]; then
 fi
 
 total=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
-cpu=$(awk -v a="$cpu0" -v b="$(cpu_seconds)" 'BEGIN { printf "%.0f", b - a }')
+cpu_now
+cpu=$(awk -v a="$cpu0" -v b="$CPU_NOW" 'BEGIN { printf "%.0f", b - a }')
 if [ ${#STEPS[@]} -gt 0 ]; then
   summary=$(printf '%s, ' "${STEPS[@]}")
   log "ready in $total s (cpu $cpu s; ${summary%, }): $VENV"
