@@ -103,6 +103,10 @@ if ! fresh requirements "$req_digest"; then
   log "installing Python requirements (${req_files[*]})"
   args=()
   for f in "${req_files[@]}"; do args+=(-r "$f"); done
+  # The pip a venv starts with (Python 3.11's 23.2) spends minutes resolving these ~230
+  # packages; pip 26 resolves them in a third of the time (dry run: 61 s against 207 s).
+  "$PY" "${PIP_INSTALL[@]}" "pip>=26.3,<27" 2>&1 \
+    | { grep -v -E "is ignored: it is neither a file nor a directory" || true; }
   "$PY" "${PIP_INSTALL[@]}" "${args[@]}" 2>&1 \
     | grep -v -E "is ignored: it is neither a file nor a directory" || true
   "$PY" "${PIP_INSTALL[@]}" --no-deps -r requirements-nodeps.txt 2>&1 \
