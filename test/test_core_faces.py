@@ -11,7 +11,7 @@ from erc_ros.core.perception import PerceptionCore
 from erc_ros.core.types import AudioChunk, Frame
 from erc_ros.tools.bench_core import stream
 
-from core_support import core_config, script_conversation
+from core_support import core_config, face_owner, script_conversation
 
 
 def _fill(buf, conv, t0, t1, fps=15.0):
@@ -136,18 +136,9 @@ def test_utterance_faces_through_the_core_are_the_speakers():
     core = PerceptionCore(core_config(diarization__enabled=False))
     utts, _ = stream(core, conv, asr="timed", video=True)
     assert len(utts) == len(conv.turns)
-    faces = {s: cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for s, f in conv.faces.items()}
     right = 0
     for u, tr in zip(sorted(utts, key=lambda u: u.start), conv.turns):
-        g = cv2.cvtColor(u.faces[0], cv2.COLOR_RGB2GRAY)
-        inner = g[24:88, 24:88]  # the middle of the face, inside the crop's margin
-        # Where the detector's box falls on a face differs from how the face was cut: find
-        # the middle of the crop in each person's face, at a few scales (the speakers are
-        # real faces, two of them mirror images of each other: the place matters).
-        score = {s: max(float(cv2.matchTemplate(cv2.resize(f, (n, n), interpolation=cv2.INTER_AREA),
-                                                inner, cv2.TM_CCOEFF_NORMED).max())
-                        for n in (96, 112, 128)) for s, f in faces.items()}
-        right += max(score, key=score.get) == tr.speaker
+        right += face_owner(conv, u.faces[0]) == tr.speaker
     assert right >= len(conv.turns) - 1
 
 
