@@ -101,11 +101,13 @@ def test_demo_prints_one_line_per_estimate(bags, model, capsys):
                                                                 "completely.", "river."))]
     assert len(lines) == 4, out
     assert "0 lost" in out and "weighted F1" in out
-    # beside the text label, the face expert's label (the bag's faces are real LFW faces)
+    # beside the text label, the face expert's label and probability: the bag's faces are
+    # real photographs it reads (the astronaut smiles, Grace Hopper looks neutral)
     header = next(x for x in out.splitlines() if x.lstrip().startswith("time"))
     col = header.index("face")
-    from erc_ros.core.types import FACE_CLASSES
-    assert all(x[col:col + 9].strip() in FACE_CLASSES for x in lines), out
+    faces = [x[col:col + 13].split() for x in lines]
+    assert [f[0] for f in faces] == ["joy", "neutral", "joy", "neutral"], out
+    assert all(0.5 < float(f[1]) <= 1 for f in faces), out
 
 
 def test_bench_e2e(bags, model, tmp_path):

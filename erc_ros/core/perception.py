@@ -43,7 +43,8 @@ from .conversation import ConversationHistory
 from .errors import InputError
 from .segmentation import PendingUtterance, Segmenter
 from .types import (FACE_CLASSES, FACE_DISABLED, FACE_ERROR, FACE_NO_CAMERA, FACE_NOT_SEEN,
-                    FACE_SEEN, SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent, Utterance)
+                    FACE_SEEN, FACE_UNCERTAIN, SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent,
+                    Utterance)
 
 __all__ = ["PerceptionCore", "PerceptionConfig", "AudioConfig", "VadConfig",
            "SegmentationConfig", "DiarizationConfig", "FaceConfig", "ConversationConfig"]
@@ -145,7 +146,9 @@ class PerceptionCore:
             raise ValueError(f"the face expert's classes {tuple(self.face_expert.labels)} are "
                              f"not {FACE_CLASSES}")
         self.expression_counters = {"calls": 0, "crops": 0, "errors": 0,
-                                    "utterances": {}}  # face_status -> utterances
+                                    "utterances": {},  # face_status -> utterances
+                                    # why utterances were "uncertain" (the quality gate)
+                                    "uncertain": {"small": 0, "blurred": 0, "undecided": 0}}
         self._expression_ms: deque = deque(maxlen=500)  # ms per expert call
         #: What the assembly path loaded as the face expert, or why none (for the logs).
         self.face_expert_message = ""
@@ -396,9 +399,10 @@ class PerceptionCore:
 
     def _classify(self, frames) -> None:
         """The face expert on every face box of ``frames`` not yet classified (one call);
-        the probabilities are kept on each frame (``expressions``). A failure is counted
-        and logged (first one), and leaves the frames unclassified."""
-        from .faces import crop
+        the probabilities are kept on each frame (``expressions``), with the quality gate's
+        verdict on each box (``unreadable``). A failure is counted and logged (first one),
+        and leaves the frames unclassified."""
+        from .faces import crop, unreadable
 
         fc = self.config.faces
         todo = [f for f in {id(f): f for f in frames}.values()
@@ -425,13 +429,17 @@ class PerceptionCore:
         i = 0
         for f in todo:
             f.expressions = probs[i:i + len(f.boxes)]
+            f.unreadable = [unreadable(f.image, b, fc.expression_min_pixels,
+                                       fc.expression_min_sharpness) for b in f.boxes]
             i += len(f.boxes)
 
     def _face_expression(self, chosen, sel) -> tuple[str, int, Optional[np.ndarray]]:
         """(face_status, crops averaged, mean probabilities or None) of an utterance whose
         frames were ``chosen`` and whose speaker's face is ``sel``. Faces detected while the
         person spoke were classified then; only those detected at close are classified
-        here."""
+        here. The quality gate: only readable detections are averaged, and a face whose
+        detections are unreadable at least half the time is "uncertain" (small or blurred),
+        as is a mean too undecided (``faces.expression_max_entropy``)."""
         if self.face_expert is None:
             return FACE_DISABLED, 0, None
         if not chosen:
@@ -441,11 +449,28 @@ class PerceptionCore:
         t = time.perf_counter()
         self._classify([f for f, _ in sel.keys])
         self._timer.add("expression_close", time.perf_counter() - t)
-        rows = [f.expressions[i] for f, i in sel.keys
-                if f.expressions is not None and i < len(f.expressions)]
+        from .faces import TOO_SMALL, normalized_entropy
+
+        rows, why = [], []
+        for f, i in sel.keys:
+            if f.expressions is None or i >= len(f.expressions):
+                continue
+            reason = f.unreadable[i] if f.unreadable is not None else ""
+            if reason:
+                why.append(reason)
+            else:
+                rows.append(f.expressions[i])
+        gate = self.expression_counters["uncertain"]
+        if why and len(why) >= len(rows):  # a face, but mostly unreadable: not trusted
+            gate["small" if why.count(TOO_SMALL) * 2 >= len(why) else "blurred"] += 1
+            return FACE_UNCERTAIN, 0, None
         if not rows:
             return FACE_ERROR, 0, None
-        return FACE_SEEN, len(rows), np.mean(rows, axis=0).astype(np.float32)
+        mean = np.mean(rows, axis=0).astype(np.float32)
+        if normalized_entropy(mean) > self.config.faces.expression_max_entropy:
+            gate["undecided"] += 1
+            return FACE_UNCERTAIN, 0, None
+        return FACE_SEEN, len(rows), mean
 
     def _build(self, p: PendingUtterance) -> Optional[Utterance]:
         from .faces import speaker_faces
@@ -645,10 +670,12 @@ class PerceptionCore:
 
     def _expression_stats(self) -> dict:
         """The face-expression expert: enabled, its backend, calls, crops, errors, latency
-        per call (ms p50/p95, over the last 500) and utterances per face_status."""
+        per call (ms p50/p95, over the last 500), utterances per face_status and why the
+        "uncertain" ones were (small / blurred face, undecided distribution)."""
         c = self.expression_counters
         out = {"enabled": self.face_expert is not None, "calls": c["calls"],
-               "crops": c["crops"], "errors": c["errors"], "utterances": dict(c["utterances"])}
+               "crops": c["crops"], "errors": c["errors"], "utterances": dict(c["utterances"]),
+               "uncertain": dict(c["uncertain"])}
         if self.face_expert is not None:
             out["backend"] = getattr(self.face_expert, "backend", "")
         ms = np.asarray(self._expression_ms) if self._expression_ms else np.zeros(0)

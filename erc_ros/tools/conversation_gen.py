@@ -134,21 +134,51 @@ class Turn:
 
 
 # -- faces -----------------------------------------------------------------------------
-_FACE_IDS = [0, 3, 5, 7, 11, 13, 17, 19, 23, 29]  # LFW-subset images Haar finds when enlarged
+# The real, sharp, public-domain portraits that installed packages ship (the face expert
+# reads them: docs/faces.md), with the core's Haar box (x, y, w, h) on the full image. Every
+# other face a package ships is scikit-image's 25x25 LFW thumbnails, too small to read.
+_FACES = (("astronaut", (177, 66, 95, 95)),  # scikit-image: Eileen Collins (NASA), smiling
+          ("grace_hopper", (158, 106, 216, 216)))  # matplotlib: Grace Hopper (US Navy)
+#: Side of the square cut around a face, relative to its box: the detector needs some margin.
+_FACE_SIDE = 1.4
+#: Where the mouth sits, as a fraction of the square's height (frame_at opens it there).
+MOUTH_Y = 0.8
 
 
-def face_image(index: int, size: int = 120) -> np.ndarray:
-    """A real face (scikit-image's LFW subset, 25x25 grey) enlarged to ``size`` and tinted
-    per speaker, RGB uint8."""
+def _portrait(name: str) -> np.ndarray:
+    if name == "astronaut":
+        from skimage import data
+
+        return data.astronaut()
     import cv2
-    from skimage import data
+    from matplotlib import cbook
 
-    faces = data.lfw_subset()
-    g = (faces[_FACE_IDS[index % len(_FACE_IDS)] + 2 * (index // len(_FACE_IDS))] * 255)
-    g = cv2.resize(g.astype(np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
-    tint = np.array([[1.0, 0.85, 0.75], [0.8, 0.9, 1.0], [0.9, 1.0, 0.8], [1.0, 0.8, 0.9]]
-                    )[index % 4]
-    return np.clip(g[:, :, None] * tint[None, None, :], 0, 255).astype(np.uint8)
+    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def face_image(index: int, size: int = 160) -> np.ndarray:
+    """Speaker ``index``'s face, ``size`` x ``size`` RGB uint8: a real photographed face the
+    face expert can read (scikit-image's astronaut, matplotlib's Grace Hopper), cut square
+    around its face with the mouth at :data:`MOUTH_Y` of the height. Only two such faces
+    ship in packages, so speakers 2 and 3 get them mirrored, and from 4 on a colour cast
+    per group of four keeps every speaker's image distinct."""
+    import cv2
+
+    from erc_ros.core.faces import crop
+
+    name, (x, y, w, h) = _FACES[index % len(_FACES)]
+    side = _FACE_SIDE * w
+    above = MOUTH_Y * _FACE_SIDE - 0.8  # both mouths sit at 0.8 of their Haar box's height
+    box = np.array([x + w / 2 - side / 2, y - above * h, side, side])
+    img = crop(_portrait(name), box, size, 0.0)
+    if (index // len(_FACES)) % 2:
+        img = np.ascontiguousarray(img[:, ::-1])
+    group = index // (2 * len(_FACES))
+    if group:
+        tint = np.array([[1.0, 0.9, 0.8], [0.85, 0.92, 1.0], [0.92, 1.0, 0.85]])[(group - 1) % 3]
+        img = np.clip(img * tint[None, None, :], 0, 255).astype(np.uint8)
+    return img
 
 
 @dataclass
@@ -183,7 +213,7 @@ class GeneratedConversation:
         """speaker -> (x, y, size) of the face in the frame; at most 4 faces in view."""
         spk = [s for s in self.speakers if s in self.faces][:4]
         n = max(1, len(spk))
-        size = int(min(self.height * 0.35, 0.75 * self.width / (n + 1)))
+        size = int(min(self.height * 0.35, 0.9 * self.width / (n + 1)))
         xs = [(i + 1) * self.width / (n + 1) - size / 2 for i in range(n)]
         y = int(self.height * 0.3)
         return {s: (int(x), y, size) for s, x in zip(spk, xs)}
@@ -219,10 +249,17 @@ class GeneratedConversation:
             x, y, size = layout[spk]
             i = int(np.clip(t * self.sample_rate, 0, env.size - 1))
             opening = float(np.clip(env[i] * 2.5, 0, 1))
-            if opening > 0.05:
-                cx, cy = x + size // 2, y + int(0.8 * size)
-                cv2.ellipse(img, (cx, cy), (int(0.13 * size), max(1, int(0.09 * size * opening))),
-                            0, 0, 360, (40, 20, 20), -1)
+            if opening > 0.05:  # a dark, soft-edged, half-transparent opening of the lips
+                cx, cy = x + size // 2, y + int(MOUTH_Y * size)
+                x0, y0 = cx - int(0.12 * size), cy - int(0.06 * size)
+                patch = img[y0:cy + int(0.06 * size) + 1, x0:cx + int(0.12 * size) + 1]
+                mask = np.zeros(patch.shape[:2], np.float32)
+                cv2.ellipse(mask, (cx - x0, cy - y0),
+                            (int(0.08 * size), max(1, int(0.04 * size * opening))),
+                            0, 0, 360, 0.55, -1)
+                mask = cv2.GaussianBlur(mask, (0, 0), 1.0)[:, :, None]
+                dark = np.array([80, 35, 35], np.float32)[None, None, :]
+                patch[:] = np.clip(patch * (1 - mask) + dark * mask, 0, 255).astype(np.uint8)
         k = int(t * 15) % len(noise)
         return np.clip(img.astype(np.int16) + noise[k], 0, 255).astype(np.uint8)
 

@@ -134,8 +134,8 @@ def read_labels(path: str | Path) -> list[dict]:
 
 def _face_columns(est) -> dict:
     """What the face-expression expert said on the utterance, beside the fused label:
-    ``face_status`` (seen / no_face / no_camera / disabled / error), its top class and
-    probability ("" without a face)."""
+    ``face_status`` (seen / no_face / no_camera / disabled / error / uncertain), its top
+    class and probability ("" unless seen)."""
     if est is None:
         return {"face_status": "", "face_label": "", "face_confidence": ""}
     label = est.face_label
