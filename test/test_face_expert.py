@@ -255,12 +255,7 @@ def test_quality_gate_reads_real_faces_and_refuses_small_blurred_and_enlarged_on
     # scikit-image's 200 LFW faces (25x25) enlarged to 120 px in a camera frame, as the demo
     # once showed them: the detector finds most; the gate refuses every one it finds
     found = refused_blurred = 0
-    for face in data.lfw_subset():
-        g = cv2.resize(np.round(face * 255).astype(np.uint8), (120, 120),
-                       interpolation=cv2.INTER_CUBIC)
-        frame = np.full((480, 640, 3), 120, np.uint8)
-        frame[144:264, 260:380] = g[:, :, None]
-        frame = _jpeg(frame)
+    for frame in rt.enlarged_lfw_frames():
         for b in FaceDetector().detect(frame):
             found += 1
             why = unreadable(frame, b, *gate)

@@ -332,6 +332,20 @@ def _jpeg(image: np.ndarray, quality: int = 60) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+def enlarged_lfw_frames():
+    """scikit-image's 200 LFW faces (25x25 grey) enlarged to 120 px, each in a JPEG camera
+    frame, as the demo once showed its people: faces the expert cannot read."""
+    import cv2
+    from skimage import data
+
+    for face in data.lfw_subset():
+        g = cv2.resize(np.round(face * 255).astype(np.uint8), (120, 120),
+                       interpolation=cv2.INTER_CUBIC)
+        frame = np.full((480, 640, 3), 120, np.uint8)
+        frame[144:264, 260:380] = g[:, :, None]
+        yield _jpeg(frame)
+
+
 def gate_measurements(expert: Optional[FaceExpert] = None, seed: int = 0) -> dict:
     """What the quality gate's thresholds (``perception.faces.expression_*``) were chosen
     from: sharpness (:func:`erc_ros.core.faces.sharpness`) and the normalized entropy of
@@ -389,12 +403,7 @@ def gate_measurements(expert: Optional[FaceExpert] = None, seed: int = 0) -> dic
                                   "by_width": rows, "blurred_at_120": blurred,
                                   "enlarged_to_120": enlarged}
     sharp, ent, refused_blur, refused = [], [], 0, 0
-    for face in data.lfw_subset():
-        g = cv2.resize(np.round(face * 255).astype(np.uint8), (120, 120),
-                       interpolation=cv2.INTER_CUBIC)
-        frame = np.full((480, 640, 3), 120, np.uint8)
-        frame[144:264, 260:380] = g[:, :, None]
-        frame = _jpeg(frame)
+    for frame in enlarged_lfw_frames():
         for b in det.detect(frame):
             s, e, _ = read(frame, b)
             why = unreadable(frame, b, *gate)
