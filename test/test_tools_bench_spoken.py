@@ -40,16 +40,15 @@ def test_turns_are_matched_merged_or_lost():
     assert [p[0] for p in bs.assign(turns, [])[0]] == ["lost"] * 4
 
 
-def test_word_errors_pair_each_estimate_with_the_speech_it_heard():
+def test_word_errors_are_over_whole_conversations_in_time_order():
     turns = [turn("t1", 0.0, 2.0, text="how are you"), turn("bc", 1.0, 1.4, "B", "", "yeah"),
              turn("t2", 3.0, 4.0, text="fine thanks"), turn("t3", 6.0, 7.0, text="bye")]
-    ests = [est(0.0, 2.0, text="how are yeah you"), est(3.0, 4.0, text="fine thanks"),
-            est(9.0, 9.5, text="uh")]
-    refs, hyps = bs.text_pairs(turns, ests)
-    # the back-channel belongs to the estimate it overlaps (ordered by start), t3 is unheard,
-    # the last estimate heard no gold speech
-    assert refs == ["how are you yeah", "fine thanks", "", "bye"]
-    assert hyps == ["how are yeah you", "fine thanks", "uh", ""]
+    # t1 heard in two pieces, t2 and t3 heard as one, an estimate without text
+    ests = [est(1.1, 2.0, text="are you"), est(0.0, 1.0, text="how yeah"),
+            est(3.0, 7.0, text="fine thanks bye"), est(8.0, 8.5, text="")]
+    ref, hyp = bs.conversation_text(turns, ests)
+    assert ref == "how are you yeah fine thanks bye"
+    assert hyp == "how yeah are you fine thanks bye"
 
 
 def test_lost_turns_count_as_wrong_and_stay_out_of_the_macro_mean():

@@ -25,10 +25,11 @@ Scoring. An estimate belongs to the labelled turn it overlaps most; a turn with 
 of its own is *matched*; one that shares the estimate of another turn (the recognizer or the
 segmentation joined them) is *merged* and scored with that estimate; one that no estimate
 overlaps is *lost* and counts as wrong (a robot gave no answer). Weighted F1 is over every
-labelled turn. WER: corpus-level (:func:`erc_ros.tools.bench_asr.word_errors`), each
-estimate's text against the gold turns (back-channels included) that overlap it most, lost
-turns as deletions, estimates over no gold speech as insertions. DER: NIST-style, 0.25 s
-collar (``der``; ``der_no_collar`` without), over all gold speech, summed over dialogues.
+labelled turn. WER: corpus-level (:func:`erc_ros.tools.bench_asr.word_errors`) over whole
+conversations, every gold turn's text (back-channels included) against every estimate's
+text, each in time order (:func:`conversation_text`: independent of where the segmentation
+cut). DER: NIST-style, 0.25 s collar (``der``; ``der_no_collar`` without), over all gold
+speech, summed over dialogues.
 
 Latency, speech end -> estimate: the replay's measured work placed on a real-time timeline
 (one worker: each poll of the core starts when its audio has arrived and the previous work
@@ -182,23 +183,14 @@ def assign(turns: list[dict], estimates: list) -> tuple[list[tuple[str, Any]], i
     return out, int(np.sum(owner < 0))
 
 
-def text_pairs(turns: list[dict], estimates: list) -> tuple[list[str], list[str]]:
-    """(references, hypotheses) for the WER: each estimate's text against the gold turns
-    (back-channels too) that overlap it most; unheard turns against ""; estimates over no
-    gold speech against ""."""
-    refs: dict[int, list[tuple[float, str]]] = {i: [] for i in range(len(estimates))}
-    lost = []
-    es = np.asarray([e.start for e in estimates]) if estimates else np.zeros(0)
-    ee = np.asarray([e.end for e in estimates]) if estimates else np.zeros(0)
-    for t in turns:
-        ov = _overlap(t["start"], t["end"], es, ee) if estimates else np.zeros(0)
-        if ov.size and ov.max() > 0:
-            refs[int(np.argmax(ov))].append((t["start"], t["text"]))
-        else:
-            lost.append(t["text"])
-    r = [" ".join(x for _, x in sorted(refs[i])) for i in range(len(estimates))] + lost
-    h = [e.text for e in estimates] + [""] * len(lost)
-    return r, h
+def conversation_text(turns: list[dict], estimates: list) -> tuple[str, str]:
+    """(reference, hypothesis) of one conversation for the WER: every gold turn's text
+    (back-channels too) and every estimate's text, each in order of start. Whole
+    conversations, so the WER does not depend on where the segmentation cut (a turn heard
+    in two pieces, two turns heard as one); the estimates' own pairing is in the CSVs."""
+    ref = " ".join(t["text"] for t in sorted(turns, key=lambda t: (t["start"], t["end"])))
+    hyp = " ".join(e.text for e in sorted(estimates, key=lambda e: (e.start, e.end)) if e.text)
+    return ref, hyp
 
 
 def classification(y_true: list[str], y_pred: list[str], class_names) -> dict:
@@ -259,6 +251,7 @@ class Stage:
         self.latency: list[float] = []
         self.model_ms: list[float] = []
         self.rows: list[dict] = []
+        self.estimate_rows: list[dict] = []
 
     def add(self, dialogue: str, turns: list[dict], estimates: list,
             done_at: Optional[list[float]] = None, speech: bool = True) -> None:
@@ -290,10 +283,15 @@ class Stage:
         self.extra += extra
         self.estimates += len(estimates)
         self.model_ms += [e.latency_ms for e in estimates]
+        for e in estimates:
+            self.estimate_rows.append({"dialogue": dialogue, "start": f"{e.start:.3f}",
+                                       "end": f"{e.end:.3f}", "speaker": e.speaker_id,
+                                       "predicted": e.label, "heard": e.text,
+                                       "done_at": f"{when[id(e)]:.3f}" if id(e) in when else ""})
         if speech:
-            r, h = text_pairs(turns, estimates)
-            self.refs += r
-            self.hyps += h
+            r, h = conversation_text(turns, estimates)
+            self.refs.append(r)
+            self.hyps.append(h)
             ref = [(t["start"], t["end"], t["speaker"]) for t in turns]
             hyp = [(e.start, e.end, e.speaker_id or "?") for e in estimates]
             for acc, collar in ((self.der, 0.25), (self.der0, 0.0)):
@@ -476,12 +474,13 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
         o = Path(args.out)
         o.mkdir(parents=True, exist_ok=True)
         for s in stages:
-            rows = results[s].rows
-            if rows:
-                with open(o / f"{s}.csv", "w", newline="") as f:
-                    w = csv.DictWriter(f, list(rows[0]))
-                    w.writeheader()
-                    w.writerows(rows)
+            for name, rows in ((s, results[s].rows),
+                               (f"{s}_estimates", results[s].estimate_rows)):
+                if rows:
+                    with open(o / f"{name}.csv", "w", newline="") as f:
+                        w = csv.DictWriter(f, list(rows[0]))
+                        w.writeheader()
+                        w.writerows(rows)
     return out
 
 
