@@ -86,6 +86,7 @@ register("make-bag", "erc_ros.tools.make_bag", "generate a labelled conversation
 register("eval-bag", "erc_ros.tools.eval_bag", "score rosbag2 recordings through the node pipeline (CSV, metrics, confusion PNG)")
 register("bench-e2e", "erc_ros.tools.bench_e2e", "end-to-end latency through the live nodes: final ASR result -> EmotionEstimate")
 register("demo", "erc_ros.tools.demo", "replay the sample bag through the composed nodes, one line per estimate")
+register("play", "erc_ros.tools.play", "play a bag into nodes already running, with /clock")
 register("record", "erc_ros.tools.record", "record the topics erc_ros uses into a rosbag2 (a labelled session)")
 register("gen-conversation", "erc_ros.tools.conversation_gen",
          "synthesize a multi-speaker conversation (WAV + JSON + faces) from a script or MELD CSV")

@@ -531,10 +531,9 @@ DEFAULT_SCRIPT = [
 ]
 
 
-def three_speaker(min_duration: float = 120.0, seed: int = 0, cache: Optional[Path] = None,
-                  **kw) -> GeneratedConversation:
-    """A 3-speaker espeak conversation of at least ``min_duration`` seconds (the default
-    script, repeated with shuffled line order as needed)."""
+def default_script_lines(min_duration: float = 120.0, seed: int = 0) -> list[ScriptLine]:
+    """The default 3-speaker script (:data:`DEFAULT_SCRIPT`), repeated with shuffled line
+    order until about ``min_duration`` seconds of speech."""
     rng = np.random.default_rng(seed)
     lines: list[ScriptLine] = []
     dur = 0.0
@@ -548,6 +547,14 @@ def three_speaker(min_duration: float = 120.0, seed: int = 0, cache: Optional[Pa
             lines.append(ScriptLine(s, t, e, f"s{len(lines)}"))
             dur += 0.4 * len(t.split()) + 0.85
         k += 1
+    return lines
+
+
+def three_speaker(min_duration: float = 120.0, seed: int = 0, cache: Optional[Path] = None,
+                  **kw) -> GeneratedConversation:
+    """A 3-speaker conversation of at least ``min_duration`` seconds (the default script,
+    repeated with shuffled line order as needed; espeak-ng unless ``kw`` says otherwise)."""
+    lines = default_script_lines(min_duration, seed)
     conv = build(lines, seed=seed, cache=cache, name="three_speaker", **kw)
     while conv.duration < min_duration:  # rare: the word-count estimate was short
         lines += lines[:6]

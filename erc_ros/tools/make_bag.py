@@ -198,6 +198,15 @@ def generate(minutes: Optional[float] = None, script: Optional[str] = None,
         lines = gen.parse_script(Path(script).read_text())
         return gen.build(lines, seed=seed, name=Path(script).stem, **options(lines))
     csv_path = Path(meld_csv) if meld_csv else data_root() / "meld" / "dev_sent_emo.csv"
+    if not csv_path.is_file():
+        if meld_csv:
+            raise FileNotFoundError(f"no MELD-format CSV at {csv_path}")
+        # No MELD data here (a colcon install without ERC_ROS_DATA): the built-in script.
+        print(f"make-bag: MELD dev is not at {csv_path} (set ERC_ROS_DATA to the folder "
+              f"holding meld/dev_sent_emo.csv for MELD dialogues); using the built-in "
+              f"3-speaker script", file=sys.stderr)
+        lines = gen.default_script_lines(60.0 * (minutes or 1.0), seed)
+        return gen.build(lines, seed=seed, name="three_speaker", **options(lines))
     dialogues = gen.read_meld(csv_path)
     target = None if minutes is None else minutes * 60
 
@@ -260,7 +269,7 @@ def run(args) -> int:
     from erc_ros.tools.voices import VoicesMissing
     try:
         conv = generate(minutes, args.script, args.meld_csv, args.seed, voice_args=args)
-    except VoicesMissing as e:
+    except (VoicesMissing, FileNotFoundError) as e:
         print(f"make-bag: {e}", file=sys.stderr)
         return 2
     t_gen = time.perf_counter() - t
