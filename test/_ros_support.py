@@ -34,16 +34,14 @@ def make_bag(out: Path, script: str = SCRIPT, fps: float = 2.0, storage: str = "
     from erc_ros.tools import make_bag as mb
     script_file = out.parent / f"{out.name}.txt"
     script_file.write_text(script)
-    rc = mb.run(_Args(out=str(out), minutes=None, script=str(script_file), meld_csv=None,
-                      seed=0, fps=fps, storage=storage, jpeg_quality=60,
-                      no_transcripts=not transcripts))
+    import argparse
+    parser = argparse.ArgumentParser()
+    mb.add_arguments(parser)  # the command's own parser: every option has its default
+    argv = ["--out", str(out), "--script", str(script_file), "--seed", "0", "--fps", str(fps),
+            "--storage", storage, "--jpeg-quality", "60"]
+    rc = mb.run(parser.parse_args(argv + ([] if transcripts else ["--no-transcripts"])))
     assert rc == 0
     return out
-
-
-class _Args:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
 
 
 def wait_for(cond, timeout: float, period: float = 0.05) -> bool:
