@@ -120,20 +120,25 @@ def test_bench_e2e(bags, model, tmp_path):
     assert js.with_suffix(".png").is_file()
 
 
+
+def _recording(rec, topics):
+    """`record` of ``topics`` into ``rec`` (sim time) on a thread: (thread, stop, counts)."""
+    from erc_ros.tools.record import record
+    stop, counts = threading.Event(), {}
+    th = threading.Thread(target=lambda: counts.update(record(rec, topics, stop=stop,
+                                                               use_sim_time=True)))
+    th.start()
+    return th, stop, counts
+
+
 def test_record_captures_a_replayable_session(bags, model, tmp_path):
     import rclpy
 
     from erc_ros.ros.live import BagPlayer, bag_connections
-    from erc_ros.tools.record import record
     rec = tmp_path / "rec"
-    stop = threading.Event()
     rclpy.init()
     try:
-        counts = {}
-        th = threading.Thread(target=lambda: counts.update(record(
-            rec, ["/audio", "/audio_info", "/erc_ros/transcript"], stop=stop,
-            use_sim_time=True)))
-        th.start()
+        th, stop, counts = _recording(rec, ["/audio", "/audio_info", "/erc_ros/transcript"])
         node = rclpy.create_node("rec_player")
         player = BagPlayer(node, bag_connections(bags["mcap"]))
         deadline = time.monotonic() + 10
@@ -166,15 +171,10 @@ def test_play_publishes_a_bag_into_running_nodes_with_clock(bags, tmp_path):
 
     import rclpy
 
-    from erc_ros.tools.record import record
     rec = tmp_path / "rec"
-    stop = threading.Event()
     rclpy.init()
     try:
-        counts = {}
-        th = threading.Thread(target=lambda: counts.update(record(
-            rec, ["/audio", "/erc_ros/transcript"], stop=stop, use_sim_time=True)))
-        th.start()
+        th, stop, counts = _recording(rec, ["/audio", "/erc_ros/transcript"])
         r = subprocess.run([sys.executable, "-m", "erc_ros", "play", str(bags["mcap"]),
                             "--rate", "4", "--wait", "20"], capture_output=True, text=True,
                            timeout=120)
