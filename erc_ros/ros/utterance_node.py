@@ -21,6 +21,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from erc_ros import process
 from erc_ros.assemble import build_config, build_core, torch_threads
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
@@ -168,6 +169,9 @@ class UtteranceNode(LifecycleNode):
         self.p = p
         if bad:
             return self._fail("invalid parameters: " + "; ".join(bad))
+        allocator = process.tune_allocator()  # before the first model (docs/ros.md)
+        if allocator:
+            self.get_logger().info(allocator)
         try:
             self.core = build_core(self._perception_overrides(), p["perception_config"],
                                    asr_type=p["asr_type"], uses_video=self.uses_video,
@@ -273,6 +277,7 @@ class UtteranceNode(LifecycleNode):
         self._close_core()
         self.ingest = self.worker = None
         self.guard.configured = False
+        process.release_memory()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -6,13 +6,18 @@ model and the face-expression expert unless told otherwise) as a child process, 
 a few utterances of the sample bag (``test/data/demo_bag``, restamped so time only goes
 forward, played with ``/clock``), then repeats ``--cycles`` times: deactivate, cleanup,
 configure, activate both nodes through their ``change_state`` services (as ``ros2 lifecycle
-set`` does), serve the same utterances again, and read the process's RSS (psutil). One line
+set`` does), serve the same utterances again. The process's RSS (psutil) is read after
+each cycle's transitions (what the node carries from one configuration to the next) and after
+serving (with the buffers the last inference left to the allocator for the next). One line
 per cycle, then the verdict:
 
-- growth: RSS after the last cycle minus RSS after the first, at most ``--max-growth`` MB;
-- spread of the last ``--last`` cycles (max - min), at most ``--max-spread`` MB.
+- growth: RSS after the last cycle minus RSS after the first, at most ``--max-growth`` MB,
+  after the transitions and after serving alike;
+- spread (max - min) of the RSS after the last ``--last`` cycles, at most ``--max-spread`` MB
+  (after serving it is printed: it moves with the buffers the last inference left free at the
+  heap's top, which glibc keeps for the next one).
 
-Exit code 1 when either is exceeded (or the nodes stop serving). ``--json`` writes the series.
+Exit code 1 when any is exceeded (or the nodes stop serving). ``--json`` writes the series.
 
     python -m erc_ros lifecycle-memory --cycles 30                  # default model, face expert
     python -m erc_ros lifecycle-memory --cycles 30 --asr embedded   # + Whisper in the node
@@ -76,20 +81,29 @@ def process_settings(args) -> dict:
 
 @dataclass
 class Cycle:
-    cycle: int  #: 0: the first serving after start-up, before any transition
-    rss_mb: float  #: after serving this cycle's utterances
-    rss_active_mb: float  #: after the activate, before serving
-    anon_mb: float  #: of rss_mb, anonymous memory (the heap: not mapped files)
+    cycle: int  #: 0: start-up, before any transition
+    rss_mb: float  #: after this cycle's transitions (the activate), before serving
+    served_mb: float  #: after serving this cycle's utterances
+    anon_mb: float  #: of served_mb, anonymous memory (the heap: not mapped files)
     threads: int  #: the node process's threads after serving
     estimates: int  #: estimates published while serving
+    #: Median end-to-end latency of those estimates (final ASR result or recognized text ->
+    #: estimate published), ms: what the allocator settings must not slow down.
+    latency_ms: float
+    #: Audio seconds per compute second of the cycle's perception core and of its embedded
+    #: recognizer (from the utterance node's /diagnostics; NaN when not reported).
+    core_rtf: float
+    asr_rtf: float
     seconds: float  #: transitions + serving
 
 
 @dataclass
 class Result:
     cycles: list[Cycle] = field(default_factory=list)
-    growth_mb: float = float("nan")
-    last_spread_mb: float = float("nan")
+    growth_mb: float = float("nan")  #: rss_mb, last cycle - cycle 1
+    last_spread_mb: float = float("nan")  #: rss_mb, max - min over the last cycles
+    served_growth_mb: float = float("nan")
+    served_last_spread_mb: float = float("nan")
     ok: bool = False
     reasons: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
@@ -99,9 +113,6 @@ class Result:
     backend: str = ""
     recognizer: str = ""
     face_expert: str = ""
-
-    def rss(self, cycle: int) -> float:
-        return next(c.rss_mb for c in self.cycles if c.cycle == cycle)
 
 
 def _shift_times(msg: Any, offset_ns: int) -> None:
@@ -144,7 +155,7 @@ class Feed:
 class Driver:
     """The other process: lifecycle clients, a bag player with /clock, an estimate counter."""
 
-    def __init__(self, feed: Feed):
+    def __init__(self, feed: Feed, alive=lambda: True):
         import rclpy
         from lifecycle_msgs.srv import ChangeState, GetState
         from rclpy.executors import SingleThreadedExecutor
@@ -153,6 +164,7 @@ class Driver:
         from erc_ros.ros.live import RELIABLE, BagPlayer
 
         self.feed = feed
+        self.alive = alive  # False once the node process has exited: stop waiting for it
         self.node = rclpy.create_node("erc_lifecycle_memory")
         self.player = BagPlayer(self.node, feed.connections)
         self.change = {n: self.node.create_client(ChangeState, f"/{n}/change_state")
@@ -160,9 +172,13 @@ class Driver:
         self.get = {n: self.node.create_client(GetState, f"/{n}/get_state")
                     for n in ("emotion_node", "utterance_node")}
         self.estimates = 0
+        self.latencies: list[float] = []
         self._lock = threading.Lock()
         self.node.create_subscription(EmotionEstimate, "/erc_ros/emotion", self._on_estimate,
                                       RELIABLE)
+        from diagnostic_msgs.msg import DiagnosticArray
+        self.diagnostics: dict[str, str] = {}  # the utterance node's last values
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self._spin = threading.Thread(target=self.executor.spin, daemon=True)
@@ -172,15 +188,37 @@ class Driver:
     def _on_estimate(self, msg) -> None:
         with self._lock:
             self.estimates += 1
+            self.latencies.append(float(msg.end_to_end_latency_ms))
+
+    def _on_diagnostics(self, msg) -> None:
+        for st in msg.status:
+            if "utterance_node" in st.name:
+                with self._lock:
+                    self.diagnostics = {kv.key: kv.value for kv in st.values}
+
+    def rtf(self, key: str) -> float:
+        with self._lock:
+            value = self.diagnostics.get(key, "")
+        try:
+            return float(value)
+        except ValueError:
+            return float("nan")
+
+    def _check_alive(self) -> None:
+        if not self.alive():
+            raise RuntimeError("the node process exited (see its log)")
 
     def _call(self, client, request, timeout: float):
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"{client.srv_name} did not appear in {timeout:.0f} s")
-        fut = client.call_async(request)
         deadline = time.monotonic() + timeout
+        while not client.wait_for_service(timeout_sec=1.0):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{client.srv_name} did not appear in {timeout:.0f} s")
+        fut = client.call_async(request)
         while not fut.done():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{client.srv_name}: no answer in {timeout:.0f} s")
+            self._check_alive()
             time.sleep(0.02)
         return fut.result()
 
@@ -203,6 +241,7 @@ class Driver:
         from rclpy.serialization import serialize_message
         with self._lock:
             self.estimates = 0
+            self.latencies = []
         offset = self.clock_s + 1.0 - self.feed.start
         off_ns = int(round(offset * 1e9))
         wall0 = time.perf_counter()
@@ -225,11 +264,13 @@ class Driver:
         deadline = time.monotonic() + timeout
         settle: Optional[float] = None
         while time.monotonic() < deadline:
+            self._check_alive()
             now += 0.05 * rate
             self.player.clock(now)
             time.sleep(0.05)
             if self.estimates >= self.feed.turns:
-                settle = settle or time.monotonic() + 1.0  # late extras (embedded ASR)
+                # Late extras (embedded ASR), and one /diagnostics period for the counters.
+                settle = settle or time.monotonic() + 1.2
                 if time.monotonic() >= settle:
                     break
         self.clock_s = now
@@ -319,14 +360,14 @@ def measure(args, out=print) -> Result:
             rclpy.init()
         driver = None
         try:
-            driver = Driver(feed)
+            driver = Driver(feed, alive=lambda: proc.poll() is None)
             t0 = time.monotonic()
             while not all(driver.state(n) == "active" for n in driver.change):
                 if proc.poll() is not None or time.monotonic() - t0 > 600:
                     raise RuntimeError("the composed process did not become active")
                 time.sleep(0.5)
-            out(f"{'cycle':>5} {'RSS MB':>8} {'anon':>6} {'active':>8} {'threads':>7} "
-                f"{'estimates':>9} {'s':>5}")
+            out(f"{'cycle':>5} {'RSS MB':>7} {'served':>7} {'anon':>6} {'threads':>7} "
+                f"{'estimates':>9} {'e2e ms':>7} {'core rtf':>8} {'asr rtf':>7} {'s':>5}")
             for k in range(args.cycles + 1):
                 t = time.monotonic()
                 if k:
@@ -334,14 +375,21 @@ def measure(args, out=print) -> Result:
                         driver.transition(node, label)
                 active = ps.memory_info().rss / 2**20
                 n = driver.serve(args.rate, serve_timeout)
-                c = Cycle(k, ps.memory_info().rss / 2**20, active, _anon_mb(proc.pid),
-                          ps.num_threads(), n, time.monotonic() - t)
+                lat = [x for x in driver.latencies if x == x]  # NaN: not measured
+                c = Cycle(k, active, ps.memory_info().rss / 2**20, _anon_mb(proc.pid),
+                          ps.num_threads(), n,
+                          float(sorted(lat)[len(lat) // 2]) if lat else float("nan"),
+                          driver.rtf("core.realtime_factor"),
+                          driver.rtf("core.asr.realtime_factor"), time.monotonic() - t)
                 res.cycles.append(c)
-                out(f"{c.cycle:>5} {c.rss_mb:>8.0f} {c.anon_mb:>6.0f} {c.rss_active_mb:>8.0f} "
-                    f"{c.threads:>7} {c.estimates:>9} {c.seconds:>5.0f}")
+                out(f"{c.cycle:>5} {c.rss_mb:>7.0f} {c.served_mb:>7.0f} {c.anon_mb:>6.0f} "
+                    f"{c.threads:>7} {c.estimates:>9} {c.latency_ms:>7.0f} {c.core_rtf:>8.1f} "
+                    f"{c.asr_rtf:>7.2f} {c.seconds:>5.0f}")
                 if n == 0:
                     res.reasons.append(f"cycle {k}: no estimate")
                     break
+        except RuntimeError as err:  # a transition failed, the process died or hung
+            res.reasons.append(f"{err} (exit code {proc.poll()})")
         finally:
             if driver is not None:
                 driver.close()
@@ -357,12 +405,17 @@ def measure(args, out=print) -> Result:
     _what_ran(res, log_path.read_text(errors="replace"))
     done = [c for c in res.cycles if c.cycle >= 1]
     if done:
+        last = done[-args.last:]
         res.growth_mb = done[-1].rss_mb - done[0].rss_mb
-        last = [c.rss_mb for c in done[-args.last:]]
-        res.last_spread_mb = max(last) - min(last)
-        if res.growth_mb > args.max_growth:
-            res.reasons.append(f"RSS grew {res.growth_mb:.0f} MB from cycle 1 to cycle "
-                               f"{done[-1].cycle} (at most {args.max_growth:.0f})")
+        res.last_spread_mb = max(c.rss_mb for c in last) - min(c.rss_mb for c in last)
+        res.served_growth_mb = done[-1].served_mb - done[0].served_mb
+        res.served_last_spread_mb = (max(c.served_mb for c in last)
+                                     - min(c.served_mb for c in last))
+        for what, growth in (("RSS", res.growth_mb), ("RSS after serving",
+                                                      res.served_growth_mb)):
+            if growth > args.max_growth:
+                res.reasons.append(f"{what} grew {growth:.0f} MB from cycle 1 to cycle "
+                                   f"{done[-1].cycle} (at most {args.max_growth:.0f})")
         if len(done) >= args.last and res.last_spread_mb > args.max_spread:
             res.reasons.append(f"RSS varied {res.last_spread_mb:.0f} MB over the last "
                                f"{len(last)} cycles (at most {args.max_spread:.0f})")
@@ -379,9 +432,12 @@ def run(args) -> int:
         print(f"ran: emotion model on {res.backend or '?'}"
               + (f", {res.recognizer}" if res.recognizer else "")
               + (f"; {res.face_expert}" if res.face_expert else ""))
-        print(f"first cycle {c1.rss_mb if c1 else float('nan'):.0f} MB, last "
-              f"{res.cycles[-1].rss_mb:.0f} MB: growth {res.growth_mb:+.0f} MB, spread of the "
-              f"last {args.last} {res.last_spread_mb:.0f} MB")
+        last = res.cycles[-1]
+        print(f"RSS after cycle 1 {c1.rss_mb if c1 else float('nan'):.0f} MB, after cycle "
+              f"{last.cycle} {last.rss_mb:.0f} MB: growth {res.growth_mb:+.0f} MB, spread of "
+              f"the last {args.last} {res.last_spread_mb:.0f} MB; after serving: "
+              f"{c1.served_mb if c1 else float('nan'):.0f} -> {last.served_mb:.0f} MB, "
+              f"growth {res.served_growth_mb:+.0f} MB, spread {res.served_last_spread_mb:.0f} MB")
     print("ok" if res.ok else "FAILED: " + "; ".join(res.reasons))
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(res), indent=2))
