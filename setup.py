@@ -27,7 +27,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["erc_ros", "erc_ros.*"]),
     include_package_data=True,
-    install_requires=requirements("requirements.txt"),
+    # resemblyzer is set up --no-deps by make setup (requirements-nodeps.txt); a plain pip
+    # install takes it with its dependencies (webrtcvad then builds from source).
+    install_requires=requirements("requirements.txt") + ["resemblyzer==0.1.4"],
     extras_require={"test": requirements("requirements-dev.txt")},
     entry_points={"console_scripts": ["erc-ros=erc_ros.cli:main"]},
 )

@@ -108,11 +108,13 @@ def load_face_expert(threads: int = 1):
     return expert, f"{expert.describe()}{note}"
 
 
-def build_core(overrides: dict[str, Any], config_file: str = "", face_expert=None, **kw):
+def build_core(overrides: dict[str, Any], config_file: str = "", face_expert=None,
+               recognizer=None, **kw):
     """A PerceptionCore from :func:`perception_config`'s arguments, with the face-expression
     expert when ``faces.enabled`` and ``faces.expression`` are on (``face_expert``: one
     already loaded, else :func:`load_face_expert`). What was loaded, or why not, is logged
-    and kept as the core's ``face_expert_message`` (the utterance node logs it)."""
+    and kept as the core's ``face_expert_message`` (the utterance node logs it).
+    ``recognizer``: an embedded recognizer already loaded (see :class:`PerceptionCore`)."""
     import logging
 
     from erc_ros.core.perception import PerceptionCore
@@ -122,7 +124,7 @@ def build_core(overrides: dict[str, Any], config_file: str = "", face_expert=Non
         face_expert, message = load_face_expert()
         logging.getLogger("erc_ros.assemble").log(
             logging.INFO if face_expert is not None else logging.WARNING, "%s", message)
-    core = PerceptionCore(cfg, face_expert=face_expert)
+    core = PerceptionCore(cfg, face_expert=face_expert, recognizer=recognizer)
     core.face_expert_message = message
     return core
 

@@ -86,6 +86,7 @@ register("make-bag", "erc_ros.tools.make_bag", "generate a labelled conversation
 register("eval-bag", "erc_ros.tools.eval_bag", "score rosbag2 recordings through the node pipeline (CSV, metrics, confusion PNG)")
 register("bench-e2e", "erc_ros.tools.bench_e2e", "end-to-end latency through the live nodes: final ASR result -> EmotionEstimate")
 register("demo", "erc_ros.tools.demo", "replay the sample bag through the composed nodes, one line per estimate")
+register("play", "erc_ros.tools.play", "play a bag into nodes already running, with /clock")
 register("record", "erc_ros.tools.record", "record the topics erc_ros uses into a rosbag2 (a labelled session)")
 register("gen-conversation", "erc_ros.tools.conversation_gen",
          "synthesize a multi-speaker conversation (WAV + JSON + faces) from a script or MELD CSV")
@@ -97,6 +98,8 @@ register("lifecycle-memory", "erc_ros.tools.lifecycle_memory",
          "composed nodes: RSS over lifecycle cycles driven over ROS, checked flat")
 register("transcribe", "erc_ros.tools.transcribe",
          "speech to text with the embedded Whisper (WAV files; --prepare readies the models)")
+register("bench-spoken", "erc_ros.tools.bench_spoken",
+         "the model's loss from gold text to what a robot hears, stage by stage (spoken MELD)")
 register("voices", "erc_ros.tools.voices",
          "voices for generated conversations: prepare Kokoro (the voices extra), list, say")
 register("spoken-set", "erc_ros.tools.spoken_set",

@@ -53,8 +53,8 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class ProcessSettings:
-    torch_threads: int
-    torch_interop_threads: int
+    torch_threads: Optional[int]  # None: torch not configured (the process runs none)
+    torch_interop_threads: Optional[int]
     opencv_threads: int
     omp_wait_policy: str
     set_by: str
@@ -86,13 +86,17 @@ def set_environment() -> None:
     - ``OMP_WAIT_POLICY=PASSIVE`` (see the module docstring);
     - ``FASTDDS_DEFAULT_PROFILES_FILE``: erc_ros's Fast DDS profile (``config/fastdds.xml``:
       reliable writers announce what they sent every 50 ms instead of every 3 s, so a lost
-      sample stalls its topic for ~50 ms instead of up to 3 s).
+      sample stalls its topic for ~50 ms instead of up to 3 s; readers free what they
+      received instead of keeping buffers as large as the largest sample they ever got),
+      with ``RMW_FASTRTPS_USE_QOS_FROM_XML=1``, without which rmw_fastrtps replaces the
+      profile's memory policies with its own.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
         profile = fastdds_profile()
         if profile:
             os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = profile
+            os.environ.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "1")
 
 
 #: glibc ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h).
@@ -165,15 +169,15 @@ def configure(torch_threads: Optional[int] = 1, opencv_threads: int = 1,
             have = (_settings.torch_threads, _settings.opencv_threads,
                     _settings.torch_interop_threads)
             if asked != have:
-                log.info("%s asked for torch %d / OpenCV %d threads; the process keeps %s",
+                log.info("%s asked for torch %s / OpenCV %s threads; the process keeps %s",
                          by, torch_threads, opencv_threads, _settings.describe())
             return _settings
         set_environment()
         if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
             log.warning("torch was imported before OMP_WAIT_POLICY=PASSIVE was set: its "
                         "threads busy-wait (call erc_ros.process.set_environment first)")
-        if torch_threads is None:
-            torch_threads = torch_interop_threads = 0
+        if torch_threads is None:  # (not 0: a node asking for none is not told "stay 0")
+            torch_interop_threads = None
         else:
             import torch
 
@@ -182,14 +186,15 @@ def configure(torch_threads: Optional[int] = 1, opencv_threads: int = 1,
                 torch.set_num_interop_threads(max(1, int(torch_interop_threads)))
             except RuntimeError:  # settable only before the first inter-op work: torch's
                 torch_interop_threads = torch.get_num_interop_threads()
-            torch_threads = torch.get_num_threads()
+            torch_threads, torch_interop_threads = (torch.get_num_threads(),
+                                                    int(torch_interop_threads))
         try:
             import cv2
 
             cv2.setNumThreads(max(0, int(opencv_threads)))
         except ImportError:
             opencv_threads = 0
-        _settings = ProcessSettings(int(torch_threads), int(torch_interop_threads),
+        _settings = ProcessSettings(torch_threads, torch_interop_threads,
                                     int(opencv_threads), os.environ.get("OMP_WAIT_POLICY", ""),
                                     by)
         log.info(_settings.describe())

@@ -1,5 +1,6 @@
 """Launch erc_ros: `ros2 launch erc_ros emotion.launch.py [composed:=true] [model_dir:=...]`,
-e.g. `namespace:=robot1 image_transport:=compressed audio_reliability:=best_effort`
+e.g. `namespace:=robot1 image_transport:=compressed audio_reliability:=best_effort
+log_level:=debug respawn:=true`
 (`ros2 launch erc_ros emotion.launch.py --show-args` lists every argument).
 
 Thin on purpose: which nodes, parameters and remappings are decided by
@@ -22,7 +23,9 @@ def _nodes(context, *args, **kwargs):
     for spec in launch_config.plan(values):
         kw = dict(package=spec.package, executable=spec.executable,
                   namespace=spec.namespace or None, parameters=spec.parameters,
-                  remappings=spec.remappings, output="screen")
+                  remappings=spec.remappings, output="screen",
+                  ros_arguments=spec.ros_arguments or None, respawn=spec.respawn,
+                  respawn_delay=spec.respawn_delay)
         if spec.name:
             kw["name"] = spec.name
         actions.append(Node(**kw))

@@ -34,16 +34,14 @@ def make_bag(out: Path, script: str = SCRIPT, fps: float = 2.0, storage: str = "
     from erc_ros.tools import make_bag as mb
     script_file = out.parent / f"{out.name}.txt"
     script_file.write_text(script)
-    rc = mb.run(_Args(out=str(out), minutes=None, script=str(script_file), meld_csv=None,
-                      seed=0, fps=fps, storage=storage, jpeg_quality=60,
-                      no_transcripts=not transcripts))
+    import argparse
+    parser = argparse.ArgumentParser()
+    mb.add_arguments(parser)  # the command's own parser: every option has its default
+    argv = ["--out", str(out), "--script", str(script_file), "--seed", "0", "--fps", str(fps),
+            "--storage", storage, "--jpeg-quality", "60"]
+    rc = mb.run(parser.parse_args(argv + ([] if transcripts else ["--no-transcripts"])))
     assert rc == 0
     return out
-
-
-class _Args:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
 
 
 def wait_for(cond, timeout: float, period: float = 0.05) -> bool:
@@ -73,3 +71,43 @@ class Collector:
     def snapshot(self) -> list:
         with self._lock:
             return list(self.items)
+
+
+class NodeProcess:
+    """A node run as its own process, as ``ros2 run`` does (``python -m <module> --ros-args
+    -p k:=v ...``), its log read as it comes (a full pipe would block its logging)."""
+
+    def __init__(self, module: str, params: dict, env: dict | None = None):
+        import os
+        import subprocess
+        import sys
+        cmd = [sys.executable, "-m", module, "--ros-args"]
+        for k, v in params.items():
+            cmd += ["-p", f"{k}:={v}"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=dict(os.environ, PYTHONFAULTHANDLER="1",
+                                                         **(env or {})))
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout),
+                                        daemon=True)
+        self._reader.start()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, timeout: float = 15.0):
+        """SIGTERM; (exit code or "hung", log)."""
+        import subprocess
+        if self.alive():
+            self.proc.terminate()
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            rc = "hung"
+        self._reader.join(5)
+        return rc, self.log()

@@ -72,3 +72,25 @@ def best_turn(conv, u, t0: float = 0.0):
         if o > ov:
             best, ov = tr, o
     return best, ov
+
+
+def face_owner(conv: cg.GeneratedConversation, face) -> str:
+    """Whose face ``face`` is (an RGB crop as the core cuts one: margin around the detector's
+    box): the speaker of ``conv`` in whose face image the middle of the crop is found best.
+    Where the detector's box falls on a face differs from how the face was cut, so the
+    middle is searched at a few scales; the place matters, as two speakers of the generated
+    conversations are mirror images of one photograph."""
+    import cv2
+    import numpy as np
+
+    g = cv2.cvtColor(np.ascontiguousarray(face, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
+    g = cv2.resize(g, (112, 112), interpolation=cv2.INTER_AREA)
+    inner = g[24:88, 24:88]
+    score = {}
+    for s, f in conv.faces.items():
+        grey = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
+        score[s] = max(float(cv2.matchTemplate(cv2.resize(grey, (n, n),
+                                                          interpolation=cv2.INTER_AREA),
+                                               inner, cv2.TM_CCOEFF_NORMED).max())
+                       for n in (96, 112, 128))
+    return max(score, key=score.get)

@@ -156,12 +156,17 @@ def test_espeak_sentences_are_transcribed(tiny, speech):
 
 
 def test_asterisk_prompts_are_transcribed(tiny, prompts):
-    res = [tiny.transcribe(x) for _, x in prompts]
+    res, walls = [], []
+    for _, x in prompts:
+        t = time.perf_counter()
+        res.append(tiny.transcribe(x))
+        walls.append(time.perf_counter() - t)
     wer = _wer([r for r, _ in prompts], [r.text for r in res])
     assert wer <= 0.08, [(r, h.text) for (r, _), h in zip(prompts, res)]
-    for r in res:
+    for r, wall in zip(res, walls):
         assert r.language == "en" and 0.5 < r.confidence <= 1
-        assert r.audio_seconds > 1 and 0 < r.compute_seconds < 10
+        # the recognizer's own time: measured, and within the call (no absolute bound)
+        assert r.audio_seconds > 1 and 0 < r.compute_seconds <= wall
         assert r.avg_logprob < 0 and 0 <= r.no_speech_prob <= 1
 
 
@@ -221,20 +226,41 @@ def test_empty_silent_and_noise_input_give_empty_or_short_text(tiny):
     assert ints.text == ""
 
 
-def test_ten_minutes_of_silence_and_hum_are_bounded(tiny):
-    """A stuck microphone: 10 min of digital silence costs nothing; 10 min of faint hum and
-    noise (above the silence gate, so the model runs on 20 windows) stays short and gives
-    little or no text."""
+def test_ten_minutes_of_silence_and_hum_are_bounded(tiny, speech):
+    """A stuck microphone: 10 min of digital silence costs nothing (less than one model run);
+    10 min of faint hum and noise (above the silence gate, so the model runs on each of its
+    24 pieces) gives little or no text and costs no more per piece than dense speech does.
+
+    Costs are relative to the same recognizer on a reference in this run (no absolute time:
+    CPUs differ ~5x): the 5 sentences back to back, ~20 s of speech, one piece (one encoder
+    pass, ~65 tokens decoded). A hum piece is one encoder pass and a few tokens (measured
+    1.04x the reference on a loaded 2-core AVX2 machine: 67.5 s for 24 pieces against 2.7 s);
+    the bound, 2x per piece, fails a runaway decode (the temperature fallback's 6 attempts
+    at up to 400 tokens each) or a piece count gone wrong. The reference is measured before
+    and after the hum and the larger taken, so a machine that gets busier in between does
+    not fail it. (The old absolute bound, 60 s, failed on the slower CPU kind: 60.7 s in
+    issue 30, 67.2 s here.)"""
+    ref = np.concatenate([np.concatenate([x, np.zeros(SR // 2, np.float32)])
+                          for _, x in speech])
+    assert len(tiny._split(ref)) == 1  # one piece: what a hum piece is compared with
+    tiny.transcribe(ref)  # warm-up (the first run allocates)
+
+    def ref_cost() -> float:
+        return tiny.transcribe(ref).compute_seconds
+    before = ref_cost()
     t = time.perf_counter()
     assert tiny.transcribe(np.zeros(600 * SR, np.float32)).text == ""
-    assert time.perf_counter() - t < 1.0
+    silence = time.perf_counter() - t
     rng = np.random.default_rng(1)
     n = 600 * SR
     hum = (0.003 * np.sin(2 * np.pi * 50 * np.arange(n) / SR)
            + 0.002 * rng.standard_normal(n)).astype(np.float32)
+    pieces = len(tiny._split(hum))
     r = tiny.transcribe(hum)
+    piece = max(before, ref_cost())
     assert len(r.text.split()) <= 20, r.text
-    assert r.compute_seconds < 60
+    assert silence < piece, (silence, piece)
+    assert r.compute_seconds < 2 * pieces * piece, (r.compute_seconds, pieces, piece)
 
 
 def test_audio_it_cannot_take_raises_clearly(tiny):
@@ -294,7 +320,11 @@ def test_worker_refuses_when_full_and_every_accepted_segment_comes_out(tiny, spe
     assert out[1].result.text == "" and out[1].result.error == ""
     assert st["submitted"] == 3 and st["done"] == 3 and st["refused_full"] == 1
     assert st["errors"] == 0 and st["pending"] == 0
-    assert st["latency_p95_ms"] >= st["latency_p50_ms"] > 0 and st["realtime_factor"] > 1
+    assert st["latency_p95_ms"] >= st["latency_p50_ms"] > 0
+    # Compute time is the recognizer's own (not the gate's wait, which the latency holds):
+    # the sum of the results', and the realtime factor is audio / compute.
+    assert st["compute_seconds"] == pytest.approx(sum(r.result.compute_seconds for r in out))
+    assert st["realtime_factor"] == pytest.approx(st["audio_seconds"] / st["compute_seconds"])
     assert not w._thread.is_alive()
     assert not w.submit("e", x, 0.0, 1.0)  # closed
 
@@ -346,7 +376,10 @@ def test_transcribe_command_prints_lines_and_writes_json(tmp_path, speech, promp
     assert all(ln.count("\t") == 1 for ln in lines)
     assert _wer([text, ref8k], [ln.split("\t")[1] for ln in lines]) <= 0.15
     doc = json.loads(out.read_text())
-    assert {"files", "realtime_factor"} <= set(doc) and doc["realtime_factor"] > 1
+    assert {"files", "realtime_factor"} <= set(doc)
+    assert doc["realtime_factor"] == pytest.approx(  # audio / compute, over the files
+        sum(f["seconds"] for f in doc["files"]) / sum(f["compute_seconds"]
+                                                      for f in doc["files"]), rel=0.02)
     assert [Path(f["path"]).name for f in doc["files"]] == ["robot talk.wav", "prompt.wav"]
     for f, ln in zip(doc["files"], lines):
         assert {"path", "text", "seconds", "words"} <= set(f)

@@ -9,6 +9,8 @@ docs/asr.md) -> bound 30 % (36 edits) for another CPU or version flipping words.
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -56,7 +58,8 @@ def test_microphone_alone_gives_each_turn_its_text_speaker_and_span(conv, inline
     assert score(conv, utts)["der"] <= 0.15  # as with an external timed ASR (~5 %)
     st = core.stats()
     assert st["asr"] == {"enabled": True, "model": "tiny.en", "segments": len(utts),
-                         "results": len(utts), "no_text": 0, "refused_full": 0, "errors": 0}
+                         "results": len(utts), "no_text": 0, "refused_full": 0, "errors": 0,
+                         "unfinished": 0}
     assert st["counters"]["utterances_timed"] == len(utts)
     assert st["counters"]["speech_dropped_untranscribed"] == 0
     assert st["stages"]["asr"]["calls"] == len(utts)
@@ -87,6 +90,44 @@ def test_overload_refuses_into_textless_utterances_and_loses_none(conv):
     assert st["refused_full"] >= 1 and st["results"] + st["refused_full"] == st["segments"]
     assert sum(not u.has_text for u in utts) == st["refused_full"]
     assert [u.start for u in utts] == sorted(u.start for u in utts)
+
+
+def test_a_bounded_flush_gives_the_untranscribed_speech_without_text(conv):
+    """A process shutting down waits a bounded time for the recognizer (``flush``'s
+    ``asr_timeout``): the speech it has not transcribed by then still comes out, without
+    text, counted ``unfinished``; ``close(drop_pending=True)`` drops the segments still
+    waiting and ends the thread after the one in hand (nothing left inside CTranslate2)."""
+    core = _core()
+    gate = threading.Event()
+    real = core.recognizer.transcribe
+
+    def held(audio16k, offset=0.0):  # the recognizer, busy until the gate opens
+        assert gate.wait(60)
+        return real(audio16k, offset)
+    core.recognizer.transcribe = held
+    audio = conv.audio[:12 * SR]  # two turns and the start of a third (open at the end)
+    utts = []
+    for i in range(0, audio.size, SR // 10):
+        core.push_audio(AudioChunk(i / SR, audio[i:i + SR // 10]))
+        utts += core.poll((i + SR // 10) / SR)
+    assert utts == [] and core.vad.in_speech
+    utts = core.flush(asr_timeout=0.5)
+    assert not gate.is_set()  # it returned while the recognizer was still busy
+    st = core.stats()["asr"]
+    assert len(utts) == st["segments"] == st["unfinished"] == 3, st
+    assert not any(u.has_text for u in utts)
+    assert [u.start for u in utts] == sorted(u.start for u in utts)
+    closed = []
+    closer = threading.Thread(target=lambda: closed.append(core.close(30, drop_pending=True)))
+    closer.start()
+    for _ in range(500):  # the two waiting segments are dropped at once
+        if core.asr_worker.stats()["dropped_at_close"] == 2:
+            break
+        time.sleep(0.01)
+    assert core.asr_worker.stats()["dropped_at_close"] == 2
+    gate.set()  # the segment in hand finishes; then the thread ends
+    closer.join(60)
+    assert closed == [True] and not core.asr_worker.alive
 
 
 def _sox(*effects: str, seconds: float) -> np.ndarray:

@@ -172,3 +172,86 @@ def test_timed_result_waits_for_audio_that_lags_the_clock_but_not_for_audio_that
     (u,) = core.poll(2.0 + wait + 1.5 + wait)        # stopped for asr_wait_seconds: built
     assert u.text == "two" and not u.audio.any()    # no audio was there to read
     assert core.stats()["counters"]["timed_audio_incomplete"] == 1
+
+
+def _stream_with_jumps(core, conv, cuts, offsets, chunk_s=0.1):
+    """Feed ``conv``'s audio in 0.1 s chunks; from ``cuts[k]`` s on its stamps are shifted by
+    ``offsets[k + 1]`` (``offsets[0]`` before the first cut): a forward jump beyond
+    max_gap_fill_seconds or stamps going backwards at each cut. Returns every utterance
+    poll and flush returned."""
+    fmt = AudioFormat(sample_rate=16000, channels=1, sample_format="S16LE")
+    pcm = (np.clip(conv.audio, -1, 1) * 32767).astype("<i2")
+    n = int(chunk_s * 16000)
+    out = []
+    for i in range(0, pcm.size, n):
+        ts = i / 16000
+        off = offsets[sum(ts >= c for c in cuts)]
+        core.push_audio(AudioChunk(off + ts, pcm[i:i + n].tobytes(), fmt))
+        out += core.poll(off + ts + chunk_s)
+    return out + core.flush()
+
+
+def test_speech_open_at_a_clock_jump_is_returned_not_lost():
+    """The audio clock jumps while someone speaks (a pause longer than max_gap_fill_seconds,
+    stamps going backwards): the speech open at each jump becomes an utterance, and every
+    utterance the core builds is returned exactly once."""
+    conv = script_conversation()
+    core = PerceptionCore(core_config(faces__enabled=False, segmentation__mode="vad"))
+    a = core.config.audio
+    turns = conv.turns
+    cuts = [0.5 * (turns[k].start + turns[k].end) for k in (2, 5, 8)]  # mid-speech
+    gap = a.max_gap_fill_seconds + 10.0
+    offsets = [100.0, 100.0 + gap, 100.0 - 80.0, 100.0 - 80.0 + gap]  # +jump, back, +jump
+    utts = _stream_with_jumps(core, conv, cuts, offsets)
+    st = core.stats()
+    assert st["audio"]["clock_jumps"] == 2 and st["audio"]["clock_resets"] == 1
+    assert st["counters"]["discontinuities"] == 3
+    ids = [u.utterance_id for u in utts]
+    assert len(ids) == len(set(ids)) == st["counters"]["utterances"], \
+        f"{st['counters']['utterances']} built, {len(ids)} returned"
+    for k, cut in enumerate(cuts):  # the speech cut by the jump ends there, on its old clock
+        before = cut + offsets[k]
+        assert any(u.start < before - 0.3 and abs(u.end - before) <= 0.2 for u in utts), \
+            f"no utterance ends at the jump at {before:.2f} s: " \
+            f"{[(round(u.start, 2), round(u.end, 2)) for u in utts]}"
+
+
+def test_speech_open_when_the_microphone_stops_is_closed_after_a_bounded_time():
+    """The microphone stops mid-speech and polls go on: the open speech is closed at the last
+    audio once none has come for vad.stalled_audio_seconds, not left open until audio returns;
+    speech after the audio resumes is an utterance of its own."""
+    conv = script_conversation()
+    core = PerceptionCore(core_config(faces__enabled=False, segmentation__mode="vad"))
+    limit = core.config.vad.stalled_audio_seconds
+    assert limit > 0
+    turn = conv.turns[1]
+    stop = 0.5 * (turn.start + turn.end)  # mid-speech
+    fmt = AudioFormat(sample_rate=16000, channels=1, sample_format="S16LE")
+    pcm = (np.clip(conv.audio, -1, 1) * 32767).astype("<i2")
+    got = []
+    for i in range(0, int(stop * 16000), 1600):
+        core.push_audio(AudioChunk(i / 16000, pcm[i:i + 1600].tobytes(), fmt))
+        got += core.poll(i / 16000 + 0.1)
+    assert core.vad.open_start is not None  # speech in progress when the audio stops
+    last = core.buffer.input_end_time
+    waits = []
+    for k in range(1, int(10 * limit) + 10):  # polls every 0.1 s, no audio
+        out = core.poll(last + k / 10)
+        got += out
+        if out:
+            waits.append(k / 10)
+    assert waits and limit <= waits[0] <= limit + 0.3, (waits, limit)
+    cut = [u for u in got if u.start < stop - 0.5]
+    assert abs(cut[-1].end - last) <= 0.1 and cut[-1].start <= turn.start + 0.3
+    assert core.stats()["counters"]["speech_closed_stalled"] == 1
+    # The audio returns (the gap is filled with silence) with the next turn in it.
+    n, nxt = len(got), conv.turns[2]
+    resume, a0 = last + limit + 1.0, nxt.start - 0.5
+    for i in range(int(a0 * 16000), int((nxt.end + 0.6) * 16000), 1600):
+        t = resume + i / 16000 - a0
+        core.push_audio(AudioChunk(t, pcm[i:i + 1600].tobytes(), fmt))
+        got += core.poll(t + 0.1)
+    got += core.flush()
+    assert core.stats()["counters"]["discontinuities"] == 0
+    assert len(got) == n + 1, [(round(u.start, 2), round(u.end, 2)) for u in got]
+    assert abs(got[-1].start - (resume + 0.5)) <= 0.3  # the next turn alone

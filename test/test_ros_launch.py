@@ -308,3 +308,45 @@ def test_every_planned_executable_is_installed():
     for composed in ("true", "false"):
         for spec in launch_config.plan({"composed": composed, "face_expression_node": "true"}):
             assert f"scripts/{spec.executable}" in installed, spec.executable
+
+
+def test_the_standard_microphone_driver_is_met_with_two_remaps():
+    """ros-drivers audio_capture (its launch files: namespace audio) publishes
+    AudioDataStamped on /audio/audio_stamped and AudioInfo on /audio/audio_info: the two
+    remap arguments docs/ros.md gives reach the utterance node."""
+    (spec,) = launch_config.plan({"audio_topic": "/audio/audio_stamped",
+                                  "audio_info_topic": "/audio/audio_info"})
+    p = launch_config.node_parameters(spec, "utterance_node")
+    assert (p["audio_topic"], p["audio_info_topic"], p["audio_msg"]) == \
+        ("/audio/audio_stamped", "/audio/audio_info", "stamped")
+    assert ("audio_info", "/audio/audio_info") in spec.remappings
+    with pytest.raises(ValueError, match="audio_info_topic"):
+        launch_config.plan({"audio_info_topic": "audio info"})
+
+
+@pytest.mark.parametrize("composed", ["true", "false"])
+def test_log_level_and_respawn_reach_every_node_process(composed):
+    plain = launch_config.plan({"composed": composed, "face_expression_node": "true"})
+    assert all(s.ros_arguments == [] and not s.respawn for s in plain)
+    specs = launch_config.plan({"composed": composed, "face_expression_node": "true",
+                                "log_level": "DEBUG", "respawn": "true",
+                                "respawn_delay": "0.5"})
+    assert len(specs) == len(plain)
+    for s in specs:
+        assert s.ros_arguments == ["--log-level", "debug"]
+        assert s.respawn and s.respawn_delay == 0.5
+    (one,) = launch_config.plan({"log_level": "utterance_node:=warn"})
+    assert one.ros_arguments == ["--log-level", "utterance_node:=warn"] and not one.respawn
+    for name, bad in (("log_level", "loud"), ("log_level", "a b:=info"),
+                      ("respawn", "maybe"), ("respawn_delay", "-1"),
+                      ("respawn_delay", "soon")):
+        with pytest.raises(ValueError, match=f"launch argument {name}"):
+            launch_config.plan({name: bad, "respawn": "true"} if name == "respawn_delay"
+                               else {name: bad})
+
+
+def test_a_bad_asr_value_is_reported_under_its_own_argument():
+    with pytest.raises(ValueError, match=r"launch argument asr: 'whisper' is not one of"):
+        launch_config.plan({"asr": "whisper"})
+    with pytest.raises(ValueError, match=r"launch argument asr_type: 'whisper' is not one of"):
+        launch_config.plan({"asr_type": "whisper"})

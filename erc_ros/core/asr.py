@@ -537,7 +537,8 @@ class AsrWorker:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._latencies: collections.deque[float] = collections.deque(maxlen=latency_window)
-        self._counts = {"submitted": 0, "done": 0, "refused_full": 0, "errors": 0}
+        self._counts = {"submitted": 0, "done": 0, "refused_full": 0, "errors": 0,
+                        "dropped_at_close": 0}
         self._busy = 0
         self._audio_seconds = 0.0
         self._compute_seconds = 0.0
@@ -598,18 +599,41 @@ class AsrWorker:
                                  if self._compute_seconds > 0 else math.nan))
         return out
 
-    def close(self, timeout: Optional[float] = None) -> None:
-        """Finish the accepted segments, stop the thread and join it (``timeout``: give up
-        waiting after that long; the thread is a daemon)."""
+    def close(self, timeout: Optional[float] = None, drop_pending: bool = False) -> int:
+        """Stop the thread and join it; returns how many accepted segments were dropped.
+
+        By default every accepted segment is finished first. ``drop_pending``: the segments
+        still waiting are dropped (no result; counted in ``dropped_at_close``) and only the
+        one being transcribed is finished. ``timeout``: give up waiting after that long (the
+        thread is a daemon; :attr:`alive` says whether it still runs)."""
+        dropped = 0
         with self._lock:
             stop, self._closed = not self._closed, True
-        if stop:
+            if drop_pending:
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        continue
+                    dropped += 1
+                self._busy -= dropped
+                self._counts["dropped_at_close"] += dropped
+                self._idle.notify_all()
+        if stop or drop_pending:
             try:
-                self._queue.put(_STOP, timeout=timeout)  # after every accepted segment
+                self._queue.put(_STOP, timeout=timeout)  # after every segment left
             except queue.Full:
                 log.warning("AsrWorker.close: the queue stayed full for %s s", timeout)
-                return
+                return dropped
         self._thread.join(timeout)
+        return dropped
+
+    @property
+    def alive(self) -> bool:
+        """Whether the recognizer's thread still runs (a transcription in native code)."""
+        return self._thread.is_alive()
 
     def __enter__(self) -> "AsrWorker":
         return self

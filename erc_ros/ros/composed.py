@@ -14,7 +14,7 @@ from typing import Optional
 from rclpy.parameter import Parameter
 
 from erc_ros.ros.emotion_node import EmotionNode
-from erc_ros.ros.lifecycle import autostart, run
+from erc_ros.ros.lifecycle import autostart, run, shut_down
 from erc_ros.ros.utterance_node import UtteranceNode
 
 
@@ -47,13 +47,15 @@ class ComposedPipeline:
             self.utterance.uses_video = pipe.model.uses("video")
         return autostart(self.utterance)
 
-    def stop(self) -> None:
+    def shutdown(self) -> None:
+        """The nodes' shutdown transitions, utterance node first: it hands its last
+        utterances (the recognizer's accepted speech) to the emotion node, which is still
+        active to estimate and publish them in its own."""
         for node in self.nodes:
-            if node.worker:
-                node.worker.stop()
+            shut_down(node)
 
     def destroy(self) -> None:
-        self.stop()
+        self.shutdown()
         for node in self.nodes:
             node.destroy_node()
 

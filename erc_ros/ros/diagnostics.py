@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -67,13 +67,23 @@ def _flatten(prefix: str, value: Any, out: list[KeyValue]) -> None:
         out.append(KeyValue(key=prefix, value=str(value)))
 
 
+def _level_int(level) -> int:
+    """A DiagnosticStatus level (its constants are bytes) as an int."""
+    return level[0] if isinstance(level, bytes) else int(level)
+
+
 def to_status(name: str, hardware_id: str, health: NodeHealth,
               extra: Mapping[str, Any] | None = None,
-              queue_depths: Mapping[str, tuple[int, int]] | None = None) -> DiagnosticStatus:
+              queue_depths: Mapping[str, tuple[int, int]] | None = None,
+              problems: Sequence[Any] = ()) -> DiagnosticStatus:
     """One DiagnosticStatus: ERROR when the node has an error (e.g. no model), WARN when it
     counted internal errors (``errors.<where>`` counters: an exception that was not a
     refusal), dropped work or refused input since start or a queue is over 80% full, else OK.
-    The message names each cause, internal errors first, with their counts."""
+    The message names each cause, internal errors first, with their counts.
+
+    ``problems`` (:class:`erc_ros.ros.input_health.Problem`: ``level``, ``message``) are the
+    node's current ones (an input that never arrives, audio lost on the way, a recognizer
+    behind): they raise the level to theirs and their reasons lead the message."""
     snap = health.snapshot()
     values: list[KeyValue] = []
     _flatten("", snap["counts"], values)
@@ -112,6 +122,12 @@ def to_status(name: str, hardware_id: str, health: NodeHealth,
         message = "; ".join(parts)
     else:
         level, message = DiagnosticStatus.OK, "ok"
+    if problems:
+        reasons = [p.message for p in problems]
+        if level != DiagnosticStatus.OK:
+            reasons.append(message)
+        level = bytes([max(_level_int(level), *(p.level for p in problems))])
+        message = "; ".join(reasons)
     return DiagnosticStatus(level=level, name=name, message=message[:500],
                             hardware_id=hardware_id, values=values)
 

@@ -30,7 +30,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros import process
 from erc_ros.assemble import default_model_dir, load_pipeline
-from erc_ros.ros import convert
+from erc_ros.ros import convert, tracked
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
                                   fail, read_parameters, run_node)
@@ -66,12 +66,17 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                                        "speaker who said nothing is destroyed (0: never)"),
     "queue_size": (64, "bound of the utterance queue; overflow is dropped and counted"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+    "shutdown_timeout": (3.0, "on shutdown (SIGINT, SIGTERM, the lifecycle transition): at most "
+                              "this many seconds to estimate and publish the utterances "
+                              "already taken (in the composed process, after the utterance "
+                              "node's shutdown_timeout has handed on its last ones)"),
 }
 
 #: Ranges of the numeric parameters (the descriptor refuses values outside).
 BOUNDS: dict[str, tuple[float, float]] = {
     "threads": (1, 256), "queue_size": (1, 100000), "max_expression_publishers": (1, 10000),
     "expression_idle_timeout": (0.0, 1e7), "diagnostics_period": (0.01, 3600.0),
+    "shutdown_timeout": (0.0, 3600.0),
 }
 
 
@@ -97,6 +102,7 @@ class EmotionNode(LifecycleNode):
         self._expr_lock = threading.Lock()
         self._diag_pub, self._diag_timer = diagnostics_timer(self)
         self.published = 0
+        self._active = False  # between on_activate and on_deactivate
         self.on_estimate = None  # optional in-process hook: f(utterance, estimate, e2e_ms)
 
     def process_request(self) -> dict[str, Any]:
@@ -148,6 +154,7 @@ class EmotionNode(LifecycleNode):
             self._sub = self.create_subscription(Utterance, self.p["utterance_topic"],
                                                  self._on_utterance_msg, qos)
         self.worker.start()
+        self._active = True
         self.get_logger().info(
             "active: " + (f"estimates from {self._sub.topic_name}" if self._sub is not None
                           else "estimates from in-process utterances")
@@ -155,6 +162,7 @@ class EmotionNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
         if self._sub is not None:
             self.destroy_subscription(self._sub)
             self._sub = None
@@ -179,6 +187,33 @@ class EmotionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """SIGINT / SIGTERM (the process's main loop makes this transition) or ``ros2
+        lifecycle set ... shutdown``. Active: no more utterances are taken; those taken are
+        estimated and published within ``shutdown_timeout``, then the worker is joined."""
+        if self._sub is not None:
+            self.destroy_subscription(self._sub)
+            self._sub = None
+        timeout = self.get_parameter("shutdown_timeout").value
+        if self._active and self.worker is not None:
+            self._active = False
+            t0, before = time.monotonic(), self.published
+            if not self.worker.stop(timeout=timeout, drain=True):
+                self.get_logger().warning(f"shutdown: utterances still being estimated "
+                                          f"after {timeout:g} s (shutdown_timeout)")
+            self.get_logger().info(f"shut down: {self.published - before} estimates "
+                                   f"published while shutting down")
+            from rclpy.duration import Duration
+            with self._expr_lock:
+                pubs = [self._pub, *(pub for pub, _ in self._expr_pubs.values())]
+            # Reliable subscribers acknowledge the last estimates (1 s at most, within the
+            # shutdown_timeout).
+            acked_by = time.monotonic() + max(0.0, min(1.0, timeout - (time.monotonic() - t0)))
+            for pub in pubs:
+                try:
+                    pub.wait_for_all_acked(
+                        Duration(seconds=max(0.0, acked_by - time.monotonic())))
+                except Exception:  # a publisher already gone: nothing to wait for
+                    pass
         if self.worker:
             self.worker.stop()
         return TransitionCallbackReturn.SUCCESS
@@ -248,7 +283,8 @@ class EmotionNode(LifecycleNode):
                     _, (old, _) = self._expr_pubs.popitem(last=False)
                     self.destroy_publisher(old)
                     self.health.count("expression_publishers.evicted")
-                entry = [self.create_publisher(Expression, topic, 10), 0.0]
+                # tracked.publisher: evicted / expired while the executor spins
+                entry = [tracked.publisher(self, Expression, topic, 10), 0.0]
                 self._expr_pubs[topic] = entry
             self._expr_pubs.move_to_end(topic)
             entry[1] = time.monotonic()

@@ -39,6 +39,7 @@ from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
                                   fail, read_parameters, run_node)
+from erc_ros.ros import tracked
 from erc_ros.ros.tracked import TrackedIds
 from erc_ros.ros.worker import Worker
 
@@ -146,8 +147,8 @@ class FaceExpressionNode(LifecycleNode):
         p = self.p
         self.faces = faces = TrackedIds("face", p["max_faces"], "max_faces", self.health,
                                         self._add_face, self._remove_face)
-        self._tracked_sub = self.create_subscription(
-            IdsList, p["tracked_topic"], lambda m: faces.update(m.ids),
+        self._tracked_sub = tracked.subscription(  # destroyed at deactivate
+            self, IdsList, p["tracked_topic"], lambda m: faces.update(m.ids),
             QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                        reliability=ReliabilityPolicy.RELIABLE))
         self.worker.start()
@@ -192,9 +193,12 @@ class FaceExpressionNode(LifecycleNode):
                                       if self.p["image_reliability"] == "reliable"
                                       else ReliabilityPolicy.BEST_EFFORT))
         self.schedule.add(face)
-        sub = self.create_subscription(Image, f"/humans/faces/{face}/{self.p['crop_topic']}",
-                                       lambda m, face=face: self._on_crop(face, m), qos)
-        return sub, self.create_publisher(Expression, f"/humans/faces/{face}/expression", 10)
+        # tracked.subscription / publisher: destroyed while the executor spins (faces go)
+        sub = tracked.subscription(self, Image,
+                                   f"/humans/faces/{face}/{self.p['crop_topic']}",
+                                   lambda m, face=face: self._on_crop(face, m), qos)
+        return sub, tracked.publisher(self, Expression, f"/humans/faces/{face}/expression",
+                                      10)
 
     def _remove_face(self, face: str, resources) -> None:
         sub, pub = resources

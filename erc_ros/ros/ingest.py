@@ -13,6 +13,7 @@ from typing import Any, Optional
 from erc_ros.core.types import AudioFormat
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth
+from erc_ros.ros.input_health import AudioCoverage
 
 #: Input kinds and the ROS type each expects.
 KINDS = {
@@ -90,6 +91,10 @@ class Ingest:
         self.audio_format_error: Optional[convert.ConversionError] = None
         self.last_input_time = float("-inf")
         self._raw_next: Optional[float] = None  # continuation stamp of unstamped audio
+        #: Audio received against the time its chunks span: audio lost on the way.
+        self.audio_coverage = AudioCoverage()
+        #: The audio clock: the end of the newest audio accepted (None before any).
+        self.audio_end: Optional[float] = None
 
     def convert_ahead(self, kind: str, msg: Any) -> Any:
         """:func:`convert_ahead` with this Ingest's image limits."""
@@ -128,6 +133,10 @@ class Ingest:
                 self.audio_format_error = err
                 raise
         elif kind in ("audio_stamped", "audio"):
+            data = msg.data if kind == "audio" else msg.audio.data
+            dur = convert.chunk_duration(len(data), self.audio_format)
+            self.audio_coverage.add(receipt - dur if kind == "audio"
+                                    else convert.time_to_float(msg.header.stamp), dur, receipt)
             if self.audio_format_error is not None:  # e.g. mp3 announced: refuse its data
                 raise self.audio_format_error
             if kind == "audio":
@@ -145,10 +154,12 @@ class Ingest:
                                                source=topic)
                 self.core.push_audio(chunk)
                 self._raw_next = stamp + dur
+                self.audio_end = stamp + dur
                 return
             else:
                 chunk = convert.audio_to_chunk(msg, self.audio_format, source=topic)
             self.core.push_audio(chunk)
+            self.audio_end = float(chunk.stamp) + dur
         elif kind == "transcript":
             self.core.push_transcript(_check_text(convert.transcript_to_event(msg)))
         elif kind == "live_speech":

@@ -53,9 +53,18 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
                          "(faster: no DDS copy of audio and images)"),
     "use_sim_time": ("false", "use /clock (bag replay)"),
     "image_topic": ("", "remap the camera topic"),
-    "audio_topic": ("", "remap the audio topic"),
+    "audio_topic": ("", "remap the audio topic (ros-drivers audio_capture: "
+                        "/audio/audio_stamped, or /audio/audio with audio_msg:=raw)"),
+    "audio_info_topic": ("", "remap the AudioInfo topic (ros-drivers audio_capture: "
+                             "/audio/audio_info)"),
     "asr_topic": ("", "remap the ASR topic"),
     "estimate_topic": ("", "remap the EmotionEstimate output topic"),
+    "log_level": ("", "log level of the nodes: debug, info, warn, error or fatal, or "
+                      "<logger>:=<level> for one logger (rcl --log-level; default: info)"),
+    "respawn": ("false", "restart a node process that exits (ros2 launch's respawn); the "
+                         "restarted node configures and activates itself (autostart)"),
+    "respawn_delay": ("2.0", "seconds before a node process that exited is restarted "
+                             "(respawn:=true)"),
     "face_expression_node": ("false", "also start face_expression_node (ROS4HRI: an "
                                       "hri_msgs/Expression per tracked face on "
                                       "/humans/faces/<id>/expression, continuously); the "
@@ -76,6 +85,7 @@ NODE_NAMES = ("utterance_node", "emotion_node")
 # Topic defaults of the nodes (their parameters), which the remap arguments replace. Relative:
 # under namespace:=robot1 they resolve to /robot1/camera/image_raw etc.
 _TOPIC_DEFAULTS = {"image_topic": "camera/image_raw", "audio_topic": "audio",
+                   "audio_info_topic": "audio_info",
                    "asr_topic": "erc_ros/transcript", "estimate_topic": "erc_ros/emotion"}
 
 #: Launch arguments that set an enumerated node parameter of the same name (allowed values:
@@ -99,6 +109,9 @@ class NodeSpec:
     parameters: list[dict[str, Any]] = field(default_factory=list)
     remappings: list[tuple[str, str]] = field(default_factory=list)
     package: str = PACKAGE
+    ros_arguments: list[str] = field(default_factory=list)  # e.g. --log-level debug
+    respawn: bool = False
+    respawn_delay: float = 0.0
 
 
 def _truthy(v: Any) -> bool:
@@ -222,22 +235,27 @@ def plan(args: Optional[dict[str, str]] = None) -> list[NodeSpec]:
                 "/humans/faces/<id>/expression (the tracked faces' and the fused estimate "
                 "per speaker): set expression_namespace voices")
         over["publish_face_expression"] = False  # /humans/faces/<id>/: tracked faces only
+    given_as = {"asr_type": "asr_type"}  # the argument a value came from (for the reason)
     if a["asr"]:
         if a["asr_type"] and a["asr_type"] != a["asr"]:
             raise ValueError(f"launch arguments asr:={a['asr']} and asr_type:={a['asr_type']} "
                              "disagree (asr is a shorthand for asr_type: give one)")
-        a["asr_type"] = a["asr"]
+        a["asr_type"], given_as["asr_type"] = a["asr"], "asr"
     for key in _CHOICE_ARGUMENTS:
         if a[key]:
             reason = check_choice(key, a[key])
             if reason:
-                raise ValueError(f"launch argument {reason}")
+                name = given_as.get(key, key)
+                raise ValueError(f"launch argument {name}" + reason[len(key):]
+                                 if reason.startswith(key) else f"launch argument {reason}")
             over[key] = a[key]
+    process = _process_arguments(a)
     # Topics are node parameters (so one mechanism works composed or not); a remap argument
     # overrides the parameter, and is listed as a remapping of the configured name too.
     remaps: list[tuple[str, str]] = []
     for key, node in (("image_topic", "utterance_node"), ("audio_topic", "utterance_node"),
-                      ("asr_topic", "utterance_node"), ("estimate_topic", "emotion_node")):
+                      ("audio_info_topic", "utterance_node"), ("asr_topic", "utterance_node"),
+                      ("estimate_topic", "emotion_node")):
         if a[key]:
             if not _TOPIC_NAME.fullmatch(a[key]):
                 raise ValueError(f"launch argument {key}: {a[key]!r} is not a valid ROS topic "
@@ -247,14 +265,48 @@ def plan(args: Optional[dict[str, str]] = None) -> list[NodeSpec]:
     params: list = [str(cfg_path), over]
     if _truthy(a["composed"]):
         # No node-name remap: in one process it would rename both nodes.
-        specs = [NodeSpec(EXEC_COMPOSED, "", ns, params, remaps)]
+        specs = [NodeSpec(EXEC_COMPOSED, "", ns, params, remaps, **process)]
     else:
-        specs = [NodeSpec(EXEC_UTTERANCE, "utterance_node", ns, list(params), remaps),
-                 NodeSpec(EXEC_EMOTION, "emotion_node", ns, list(params), remaps)]
+        specs = [NodeSpec(EXEC_UTTERANCE, "utterance_node", ns, list(params), remaps,
+                          **process),
+                 NodeSpec(EXEC_EMOTION, "emotion_node", ns, list(params), remaps, **process)]
     if faces:  # its own process; only use_sim_time of the overrides concerns it
         specs.append(NodeSpec(EXEC_FACE_EXPRESSION, "face_expression_node", ns,
-                              [str(cfg_path), {"use_sim_time": over["use_sim_time"]}]))
+                              [str(cfg_path), {"use_sim_time": over["use_sim_time"]}],
+                              **process))
     return specs
+
+
+#: rcl's log levels (``--log-level``).
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+_LOGGER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*", re.ASCII)
+
+
+def _process_arguments(a: dict[str, str]) -> dict[str, Any]:
+    """``log_level``, ``respawn``, ``respawn_delay`` -> NodeSpec fields (ValueError with the
+    reason for a value rcl or launch would refuse, or take for something else)."""
+    out: dict[str, Any] = {}
+    level = a["log_level"].strip()
+    if level:
+        logger, sep, lvl = level.rpartition(":=")
+        if lvl.lower() not in LOG_LEVELS or (sep and not _LOGGER_NAME.fullmatch(logger)):
+            raise ValueError(f"launch argument log_level: {level!r} is not a log level "
+                             f"({', '.join(LOG_LEVELS)}) or <logger>:=<level>")
+        out["ros_arguments"] = ["--log-level", f"{logger}:={lvl.lower()}" if sep
+                                else lvl.lower()]
+    respawn = a["respawn"].strip().lower()
+    if respawn not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise ValueError(f"launch argument respawn: {a['respawn']!r} is not true or false")
+    out["respawn"] = _truthy(respawn)
+    try:
+        delay = float(a["respawn_delay"])
+    except ValueError:
+        delay = float("nan")
+    if not 0.0 <= delay <= 3600.0:
+        raise ValueError(f"launch argument respawn_delay: {a['respawn_delay']!r} is not a "
+                         "number of seconds in 0-3600")
+    out["respawn_delay"] = delay if out["respawn"] else 0.0
+    return out
 
 
 def node_parameters(spec: NodeSpec, node_name: str) -> dict[str, Any]:

@@ -8,19 +8,25 @@ file or ``-p`` at start, by ``configure`` (FAILURE with a log naming it) instead
 traceback in the constructor. The nodes read their parameters in ``on_configure``: a value
 set while configured is accepted with a warning that it applies at the next configure.
 
-Shutdown: the first Ctrl-C (or SIGTERM) ends the executor; the clean-up that follows
-(workers, nodes, rclpy) runs with further SIGINTs ignored — ``ros2 launch`` forwards the
-terminal's Ctrl-C and sends its own, and the second one used to interrupt
-``destroy_node`` with a KeyboardInterrupt traceback and exit code -2. They are ignored from
-the moment the first one is handled (:func:`_first_sigint`), not from the clean-up on: in
-between, a second one 20 ms later raised KeyboardInterrupt inside a destructor. The spin
-loop wakes every :data:`WAKE_SECONDS` and also ends on Python's part of the signal, so a
-wake-up rclpy loses (:func:`_spin`) cannot keep the process alive.
+Shutdown: the first Ctrl-C (or SIGTERM) ends the spin loop; then every node goes through
+the lifecycle shutdown transition (:func:`shut_down`: its ``on_shutdown`` finishes the work
+it took — the utterance node's recognizer its accepted speech — and publishes it, bounded by
+its ``shutdown_timeout``), is destroyed, and rclpy shuts down. rclpy's own signal handlers
+are not installed (``SignalHandlerOptions.NO``): they shut the context down at the signal,
+so nothing could be published after it, and the nodes used to be destroyed without their
+shutdown transition while the recognizer's thread was still inside CTranslate2 (exit -11 /
+-6 at interpreter exit, the speech being transcribed lost). The clean-up runs with further
+SIGINTs ignored — ``ros2 launch`` forwards the terminal's Ctrl-C and sends its own, and the
+second one used to interrupt ``destroy_node`` with a KeyboardInterrupt traceback and exit
+code -2. They are ignored from the moment the first one is handled (:func:`_first_sigint`).
+The spin loop wakes every :data:`WAKE_SECONDS` to see Python's part of the signal.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 import rclpy
@@ -29,6 +35,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
 
 from erc_ros import process
 from erc_ros.ros.choices import CHOICES, check_choice
@@ -168,20 +175,19 @@ WAKE_SECONDS = 0.5
 
 
 def _first_sigint(signum, frame) -> None:
-    """Python's part of SIGINT (rclpy's handler, which wakes the executor and shuts the
-    context down, calls it after its own): every later SIGINT is ignored from now on, so
-    none can interrupt the shutdown. While the executor spins, rclpy's handler ends it
-    (ExternalShutdownException) and nothing is raised here: a KeyboardInterrupt lands
-    wherever the main thread is, e.g. in a destructor the collector runs (a traceback
-    under "Exception ignored in"). Before it spins (loading the models), KeyboardInterrupt
-    stops the start-up."""
+    """The SIGINT handler: every later SIGINT is ignored from now on, so none can interrupt
+    the shutdown. While the executor spins nothing is raised here (the spin loop sees the
+    request): a KeyboardInterrupt lands wherever the main thread is, e.g. in a destructor
+    the collector runs (a traceback under "Exception ignored in"). Before it spins (loading
+    the models), KeyboardInterrupt stops the start-up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _sigterm(signum, frame)
 
 
 def _sigterm(signum, frame) -> None:
-    """Python's part of SIGTERM (``ros2 launch``'s second step, ``kill``), and of the first
-    SIGINT: the spin loop ends at its next wake-up; before it spins, the start-up stops."""
+    """The SIGTERM handler (``ros2 launch``'s second step, ``kill``), and the first SIGINT's:
+    the spin loop ends at its next wake-up; before it spins, the start-up stops. One that
+    comes while the nodes shut down changes nothing (their shutdown is bounded)."""
     global _stop_requested
     _stop_requested = True
     if not _spinning:
@@ -190,26 +196,47 @@ def _sigterm(signum, frame) -> None:
 
 def _spin(ex, context=None) -> None:
     """Spin ``ex`` until rclpy shuts down or a signal asks to stop, waking at least every
-    :data:`WAKE_SECONDS`. rclpy's own wake-up on a signal (a guard condition its signal
-    thread triggers) is lost now and then (about 1 in 25 SIGTERMs on a loaded 2-core
-    machine), and a node on simulated time whose /clock has stopped has no timer to wake
-    it: ``executor.spin()`` then waited for ever and the node never exited."""
+    :data:`WAKE_SECONDS` to see the request (a Python signal handler runs only when the main
+    thread is back in Python; a node on simulated time whose /clock has stopped has no timer
+    to wake it, and ``executor.spin()`` waited for ever)."""
     while rclpy.ok(context=context) and not _stop_requested:
         ex.spin_once(timeout_sec=WAKE_SECONDS)
+
+
+def shut_down(node) -> None:
+    """The lifecycle shutdown transition of ``node``, from whatever state it is in (its
+    ``on_shutdown`` finishes and publishes the work it took, bounded); a node already
+    finalized, or caught inside a transition by the signal, is left as it is."""
+    try:
+        node.trigger_shutdown()
+    except Exception as err:
+        node.get_logger().warning(f"no shutdown transition: {err}")
+
+
+def _work_threads() -> list[threading.Thread]:
+    """erc_ros's own work threads (named ``erc*``: node workers, the recognizer) still
+    running."""
+    return [t for t in threading.enumerate()
+            if t is not threading.main_thread() and t.is_alive() and t.name.startswith("erc")]
 
 
 def run(build: Callable[[], tuple[Sequence, Callable[[], bool], Callable[[], None]]],
         threads: int, argv=None) -> int:
     """``main()`` of a node process: ``build()`` returns (nodes, start, close); start
-    (configure + activate), spin until shutdown, close. Returns the exit code: 1 when
-    start-up failed, else 0 — also after Ctrl-C, however often it is pressed."""
+    (configure + activate), spin until shutdown, close (the nodes' shutdown transitions,
+    then destroy them). Returns the exit code: 1 when start-up failed, else 0 — also after
+    Ctrl-C or SIGTERM, however often they come."""
     process.set_environment()  # before anything loads torch
     global _stop_requested
     _stop_requested = False
-    signal.signal(signal.SIGINT, _first_sigint)  # before rclpy.init: rclpy chains to them
+    signal.signal(signal.SIGINT, _first_sigint)
     signal.signal(signal.SIGTERM, _sigterm)
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    # rclpy's handlers would shut the context down at the signal: the shutdown transitions
+    # could publish nothing (see the module documentation).
+    rclpy.init(args=argv if argv is not None else sys.argv,
+               signal_handler_options=SignalHandlerOptions.NO)
     close: Optional[Callable[[], None]] = None
+    ex = None
     ok = True
     try:
         nodes, start, close = build()
@@ -244,10 +271,22 @@ def run(build: Callable[[], tuple[Sequence, Callable[[], bool], Callable[[], Non
     finally:
         # Shutting down now: a second Ctrl-C must not interrupt it.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if ex is not None:
+            ex.shutdown(timeout_sec=5.0)  # callbacks in flight end before the nodes go
         if close is not None:
             close()
         rclpy.try_shutdown()
-    return 0 if ok else 1
+    code = 0 if ok else 1
+    stragglers = _work_threads()
+    if stragglers:
+        # A thread still inside native code (CTranslate2, libtorch) while the interpreter
+        # finalizes and the libraries' exit-time destructors run crashes the process
+        # (SIGSEGV / "terminate called without an active exception"): end it here instead.
+        print(f"[erc_ros] exiting without finalizing: {', '.join(t.name for t in stragglers)}"
+              f" still running after the nodes' shutdown", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)
+    return code
 
 
 def run_node(node_class, argv=None) -> int:
@@ -256,8 +295,7 @@ def run_node(node_class, argv=None) -> int:
         node = node_class()
 
         def close() -> None:
-            if node.worker:
-                node.worker.stop()
+            shut_down(node)
             node.destroy_node()
         return [node], lambda: autostart(node), close
 

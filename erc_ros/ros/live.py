@@ -62,10 +62,10 @@ def node_params_for_bag(conns: dict[str, str], asr_type: str = "") -> list[Param
 class BagPlayer:
     """Publishes /clock and a bag's records from its own node."""
 
-    def __init__(self, node, conns: dict[str, str]):
+    def __init__(self, node, conns: dict[str, str], clock: bool = True):
         from rosgraph_msgs.msg import Clock
         self.node = node
-        self.clock_pub = node.create_publisher(Clock, "/clock", 10)
+        self.clock_pub = node.create_publisher(Clock, "/clock", 10) if clock else None
         self.pubs = {t: node.create_publisher(message_class(ty), t, RELIABLE)
                      for t, ty in conns.items() if t != GROUND_TRUTH_TOPIC}
         self.published: dict[str, int] = {t: 0 for t in self.pubs}
@@ -77,7 +77,8 @@ class BagPlayer:
 
     def clock(self, t: float) -> None:
         from rosgraph_msgs.msg import Clock
-        self.clock_pub.publish(Clock(clock=convert.float_to_time(t)))
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=convert.float_to_time(t)))
 
     def play(self, path, rate: float = 1.0, progress=None, ground_truth: Optional[list] = None,
              stop: Optional[threading.Event] = None, clock_period: float = 0.01) -> int:

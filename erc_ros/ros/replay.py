@@ -117,17 +117,23 @@ class ReplayResult:
     #: The perception core's counters at the end (``PerceptionCore.stats()``): why an
     #: utterance came out as it did (e.g. ``timed_audio_incomplete``, dropped input).
     stats: dict = field(default_factory=dict)
+    #: Each poll that released utterances or worked 5 ms or more (e.g. the recognizer,
+    #: inline): (bag time ``now``, the poll's compute seconds, how many utterances it
+    #: released, in order); with each estimate's ``latency_ms`` this places the replay's
+    #: work on a real-time timeline (``bench-spoken``'s latency).
+    polls: list = field(default_factory=list)
 
 
 def replay_bag(path: str | Path, core: Any, pipeline: Any,
                on_estimate: Optional[Callable[[Any, Any], None]] = None,
                progress: Optional[Callable[[float], None]] = None,
-               poll_period: float = 0.05) -> ReplayResult:
+               poll_period: float = 0.05, keep_media: bool = False) -> ReplayResult:
     """Replay one bag through ``core`` and ``pipeline``; each utterance is predicted as soon
     as the core releases it, in order, as the node would. ``on_estimate(utt, est)`` is called
     for each. ``progress(bag_seconds_done)`` is called now and then. With the core's own
     recognizer on (``asr.enabled``) the bag's ASR messages are not read, as the node with
-    ``asr_type: embedded`` subscribes to none."""
+    ``asr_type: embedded`` subscribes to none. ``keep_media``: the utterances kept in the
+    result keep their audio and face crops (else dropped to save memory)."""
     import json
 
     ingest = Ingest(core)
@@ -142,11 +148,20 @@ def replay_bag(path: str | Path, core: Any, pipeline: Any,
         for utt in utts:
             est = pipeline.predict(utt)
             res.estimates.append(est)
-            utt.audio = utt.audio[:0]
-            utt.faces = []
+            if not keep_media:
+                utt.audio = utt.audio[:0]
+                utt.faces = []
             res.utterances.append(utt)
             if on_estimate:
                 on_estimate(utt, est)
+
+    def poll(now: float):
+        t = time.perf_counter()
+        utts = core.poll(now)
+        dt = time.perf_counter() - t
+        if utts or dt >= 0.005:
+            res.polls.append((now, dt, len(utts)))
+        return utts
 
     skip = ASR_KINDS if core.config.asr.enabled else ()
     for topic, typename, t_ns, kind, msg, ahead in _prefetch(path, ingest):
@@ -159,13 +174,17 @@ def replay_bag(path: str | Path, core: Any, pipeline: Any,
         res.messages += 1
         ingest.feed(kind, msg, now, topic, converted=ahead)
         if now - last_poll >= poll_period or kind in ASR_KINDS:
-            handle(core.poll(now))
+            handle(poll(now))
             last_poll = now
         if progress and now - last_progress >= 1.0:
             progress(now - start)
             last_progress = now
-    handle(core.poll(end + 10.0))
-    handle(core.flush())
+    handle(poll(end + 10.0))
+    t = time.perf_counter()
+    utts = core.flush()
+    if utts:
+        res.polls.append((end + 10.0, time.perf_counter() - t, len(utts)))
+    handle(utts)
     if progress:
         progress(res.duration_s)
     res.wall_s = time.perf_counter() - t0

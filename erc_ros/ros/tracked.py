@@ -8,6 +8,21 @@ Each list received replaces the previous one: ids no longer in it lose their res
 refused (``refused.<kind>_id``: ROS4HRI ids are short ASCII strings, and a topic made from
 anything else would be invalid), and at most ``limit`` ids are followed
 (``refused.<kind>s_full`` once per list that asks for more).
+
+Per-id entities are made with :func:`subscription` and :func:`publisher`, never with the
+node's plain ``create_*``: ids come and go while the executor spins (hri_face_detect's list
+changes whenever someone flickers), so their entities are destroyed on a callback thread
+while the executor's thread builds its wait set. rclpy skips a subscription destroyed in
+that window, but not a QoS event handler (a waitable: rclpy gives every publisher and
+subscription two by default, incompatible QoS and type): it catches the failed ``enter``
+and then adds the destroyed event to the wait set anyway, and the executor dies with
+``InvalidHandle: cannot use Destroyable because destruction was requested`` (ros2/rclpy
+#1142). A face node following 50 lists a second with crops at 10 Hz died within 7-50 s.
+Entities without event handlers have nothing in that path, so they may go at any time. The
+nodes make every entity they destroy while spinning so (the inputs, destroyed at deactivate
+from the lifecycle service's thread, too): the incompatible-QoS and -type warnings those
+handlers logged are /diagnostics errors of the utterance node instead
+(:mod:`erc_ros.ros.input_health`).
 """
 from __future__ import annotations
 
@@ -16,6 +31,24 @@ from typing import Any, Callable, Iterable, Optional
 
 from erc_ros.ros.diagnostics import NodeHealth
 from erc_ros.ros.topic_names import is_topic_token
+
+
+def subscription(node, msg_type, topic: str, callback: Callable[[Any], None], qos):
+    """A subscription that may be destroyed while the executor spins (no QoS event handlers:
+    see the module's docstring)."""
+    from rclpy.event_handler import SubscriptionEventCallbacks
+    return node.create_subscription(
+        msg_type, topic, callback, qos,
+        event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
+
+
+def publisher(node, msg_type, topic: str, qos):
+    """A publisher that may be destroyed while the executor spins (no QoS event handlers: see
+    the module's docstring)."""
+    from rclpy.event_handler import PublisherEventCallbacks
+    return node.create_publisher(
+        msg_type, topic, qos,
+        event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
 
 
 class TrackedIds:

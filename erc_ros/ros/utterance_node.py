@@ -19,15 +19,18 @@ from typing import Any, Callable, Optional
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros import process
 from erc_ros.assemble import build_config, build_core, torch_threads
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
-from erc_ros.ros.ingest import Ingest
+from erc_ros.ros.ingest import KINDS, Ingest
+from erc_ros.ros.input_health import AsrLag, InputWatch
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
                                   fail, read_parameters, run_node)
+from erc_ros.ros import tracked
 from erc_ros.ros.tracked import TrackedIds
 from erc_ros.ros.worker import Worker
 
@@ -65,14 +68,38 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                        "this many /humans/voices/<id>/speech publishers"),
     "voice_timeout": (60.0, "asr_type embedded: a voice stays in /humans/voices/tracked this "
                             "many seconds after it was last heard"),
+    "voice_announce_timeout": (2.0, "asr_type embedded: a new voice's speech waits at most "
+                                    "this many seconds for the readers of "
+                                    "/humans/voices/tracked to subscribe to its "
+                                    "/humans/voices/<id>/speech (ROS4HRI consumers subscribe "
+                                    "when the id appears); 0: published at once"),
     "max_image_pixels": (convert.MAX_IMAGE_PIXELS, "largest camera frame accepted (width x height, raw "
                                       "or compressed); larger ones are refused from their "
                                       "header before decoding (refused.image_too_large)"),
     "max_image_bytes": (convert.MAX_IMAGE_BYTES, "largest CompressedImage payload in bytes; larger "
                                           "ones are refused (refused.image_too_large)"),
+    "input_timeout": (10.0, "/diagnostics warns when the microphone or camera sent nothing "
+                            "for this many seconds while active (0: never); an input whose "
+                            "topic only carries another type is an error at once"),
+    "max_audio_loss": (0.05, "/diagnostics warns when more than this share of the last 5 s "
+                             "of audio (its stamps, or receipts for unstamped audio) had no "
+                             "audio: lost before it reached the node"),
+    "max_stamp_offset": (30.0, "/diagnostics warns when input stamps are further than this "
+                               "many seconds from the node's clock (a bag played without "
+                               "/clock, a driver stamping with its own clock); 0: never"),
+    "max_asr_lag": (5.0, "asr_type embedded: /diagnostics warns when the recognizer is more "
+                         "than this many seconds behind the audio (error past 4x, or when "
+                         "its queue is full); 0: only the full queue"),
     "queue_size": (2000, "bound of the input queue (messages); overflow is dropped and counted"),
     "poll_period": (0.02, "seconds between polls of the core when no input arrives"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+    "shutdown_timeout": (5.0, "on shutdown (SIGINT, SIGTERM, the lifecycle transition): at most "
+                              "this many seconds to finish the input taken and the speech the "
+                              "embedded recognizer accepted and publish their utterances; "
+                              "speech not transcribed by then comes out without text "
+                              "(asr.unfinished). With the emotion node's it stays below ros2 "
+                              "launch's SIGINT -> SIGKILL window (sigterm_timeout + "
+                              "sigkill_timeout, 5 + 5 s)"),
     "perception_config": ("", "optional YAML file with a PerceptionConfig tree; the "
                               "perception.* parameters override it"),
 }
@@ -81,8 +108,26 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 BOUNDS: dict[str, tuple[float, float]] = {
     "queue_size": (1, 1000000), "poll_period": (0.001, 10.0),
     "diagnostics_period": (0.01, 3600.0), "max_voices": (1, 10000),
-    "voice_timeout": (0.1, 1e6),
+    "shutdown_timeout": (0.0, 3600.0),
+    "voice_timeout": (0.1, 1e6), "voice_announce_timeout": (0.0, 60.0),
+    "input_timeout": (0.0, 1e6), "max_audio_loss": (0.0, 1.0), "max_asr_lag": (0.0, 1e6),
+    "max_stamp_offset": (0.0, 1e9),
     "max_image_pixels": (1, 2**31 - 1), "max_image_bytes": (1, 2**31 - 1),
+}
+
+
+#: Inputs that stream while they work (silence for input_timeout is a problem).
+STREAMS = {"image", "compressed", "audio", "audio_stamped"}
+#: How to read an input's other types, said when its topic carries only those.
+TYPE_HINTS = {
+    "audio_stamped": "audio_msg:=raw reads AudioData; ros-drivers audio_capture publishes "
+                     "AudioDataStamped on audio_stamped: audio_topic:=audio_stamped",
+    "audio": "audio_msg:=stamped reads AudioDataStamped",
+    "image": "image_transport:=compressed reads CompressedImage on <image_topic>/compressed",
+    "compressed": "image_transport:=raw reads Image",
+    "transcript": "asr_type selects the type: transcript, live_speech or string",
+    "live_speech": "asr_type selects the type: transcript, live_speech or string",
+    "string": "asr_type selects the type: transcript, live_speech or string",
 }
 
 
@@ -136,9 +181,13 @@ class UtteranceNode(LifecycleNode):
         self._final_arrivals: dict[float, float] = {}
         self._pub = None
         self._asr_out = None  # asr_type embedded: erc_ros.ros.asr_output.AsrOutput
+        self._watch: dict[str, InputWatch] = {}  # input kind -> what /diagnostics checks
+        self._derived: dict[str, Any] = {}  # parameters shown as derived -> their own value
+        self._asr_lag = AsrLag()
         self._diag_pub, self._diag_timer = diagnostics_timer(self)
         self.published = 0
         self.flushed = False
+        self._active = False  # between on_activate and on_deactivate
 
     def _perception_overrides(self) -> dict[str, Any]:
         """The perception.* values set away from their defaults (what the user chose)."""
@@ -165,6 +214,7 @@ class UtteranceNode(LifecycleNode):
 
     # -- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._restore_derived()
         p, bad = read_parameters(self, PARAMETERS)
         self.p = p
         if bad:
@@ -189,7 +239,7 @@ class UtteranceNode(LifecycleNode):
             from erc_ros.ros.asr_output import AsrOutput
             rec = self.core.recognizer
             self._asr_out = AsrOutput(self, p["asr_topic"], p["max_voices"], p["voice_timeout"],
-                                      self.health)
+                                      self.health, p["voice_announce_timeout"])
             self.get_logger().info(
                 f"embedded ASR: Whisper {rec.config.model} from {rec.model_path} "
                 f"({rec.config.compute_type}, {rec.config.threads} threads, language "
@@ -204,13 +254,33 @@ class UtteranceNode(LifecycleNode):
         self.core.on_asr_result = self.worker.wake  # the embedded ASR's text: poll at once
         if p["publish_utterances"]:
             from erc_ros.msg import Utterance
-            self._pub = self.create_lifecycle_publisher(Utterance, p["utterance_topic"], 10)
+            from rclpy.event_handler import PublisherEventCallbacks
+            self._pub = self.create_lifecycle_publisher(  # destroyed at cleanup: no handlers
+                Utterance, p["utterance_topic"], 10,
+                event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
+        self._show_derived()
         self.guard.configured = True
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
 
     def _fail(self, msg: str) -> TransitionCallbackReturn:
         return fail(self, msg, self._close_core)
+
+    def _show_derived(self) -> None:
+        """``perception.asr.enabled`` reads what runs: ``asr_type: embedded`` turns the
+        recognizer on without that parameter, which then read False while it ran. While
+        configured it says True; :meth:`_restore_derived` gives back the value it had (at
+        cleanup, and before a configure reads it)."""
+        name = "perception.asr.enabled"
+        if self.core is not None and self.core.recognizer is not None and \
+                self.has_parameter(name) and not self.get_parameter(name).value:
+            self.set_parameters([Parameter(name, value=True)])
+            self._derived[name] = False
+
+    def _restore_derived(self) -> None:
+        if self._derived:
+            derived, self._derived = self._derived, {}
+            self.set_parameters([Parameter(k, value=v) for k, v in derived.items()])
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.p
@@ -248,20 +318,23 @@ class UtteranceNode(LifecycleNode):
 
             def add(vid: str):
                 topic = f"/humans/voices/{vid}/speech"
-                return self.create_subscription(
-                    LiveSpeech, topic,
+                return tracked.subscription(  # destroyed while the executor spins
+                    self, LiveSpeech, topic,
                     lambda m, topic=topic: self._enqueue("live_speech", m, topic), asr_qos)
             self._voices = voices = TrackedIds(
                 "voice", p["max_voices"], "max_voices", self.health, add,
                 lambda vid, sub: self.destroy_subscription(sub))
-            self._subs.append(self.create_subscription(
-                IdsList, "/humans/voices/tracked", lambda m: voices.update(m.ids), asr_qos))
+            self._subs.append(tracked.subscription(
+                self, IdsList, "/humans/voices/tracked", lambda m: voices.update(m.ids),
+                asr_qos))
         self.worker.start()
+        self._active = True
         self.get_logger().info("active: " + ", ".join(
             f"{s.topic_name} ({s.msg_type.__name__})" for s in self._subs))
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
         self._unsubscribe()
         if self.worker:
             self.worker.stop()
@@ -277,29 +350,98 @@ class UtteranceNode(LifecycleNode):
         self._close_core()
         self.ingest = self.worker = None
         self.guard.configured = False
+        self._restore_derived()
         process.release_memory()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """SIGINT / SIGTERM (the process's main loop makes this transition) or ``ros2
+        lifecycle set ... shutdown``. Active: no more input is taken; what was taken is fed
+        to the core, the core is flushed (the speech in progress closed, the recognizer's
+        accepted segments waited for) and every utterance is handed on and published, all
+        within ``shutdown_timeout``; then the recognizer's thread is joined."""
+        self._unsubscribe()
+        deadline = time.monotonic() + self.get_parameter("shutdown_timeout").value
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+        drained = True
+        if self._active and self.worker is not None and self.core is not None:
+            self._active = False
+            asr = self.core.asr_worker
+            self.get_logger().info(
+                f"shutting down: finishing {self.worker.depth()} queued inputs"
+                + (f" and {asr.pending()} speech segments the recognizer accepted"
+                   if asr is not None else "")
+                + (" and the speech in progress" if self.core.vad.in_speech else "")
+                + f" (at most {self.get_parameter('shutdown_timeout').value:g} s)")
+            before = self.health.counts["utterances"]
+            drained = self.worker.stop(timeout=left(), drain=True)
+            if drained:
+                try:
+                    for utt in self.core.flush(asr_timeout=left()):
+                        self.hand_off(utt)
+                except Exception as err:  # still free what the node holds
+                    self.health.count("errors.shutdown")
+                    self.get_logger().error(f"shutdown flush failed: {err!r}")
+            else:
+                self.get_logger().warning("shutdown: the input worker is still busy after "
+                                          "shutdown_timeout; the core is not flushed")
+            unfinished = self.core.asr_counters["unfinished"] if asr is not None else 0
+            self.get_logger().info(
+                f"shut down: {self.health.counts['utterances'] - before} utterances "
+                f"handed on while shutting down"
+                + (f", {unfinished} without text (the recognizer ran out of time)"
+                   if unfinished else ""))
         if self.worker:
             self.worker.stop()
-        self._close_core()
+        self._wait_acked(min(1.0, left()) if drained else 0.0)
+        self._close_core(join_timeout=max(left(), 2.0))
         return TransitionCallbackReturn.SUCCESS
 
-    def _close_core(self) -> None:
-        """Free the core (the embedded recognizer's thread) and the ASR publishers."""
+    def _wait_acked(self, timeout: float) -> None:
+        """Give reliable subscribers ``timeout`` s to acknowledge what was published (the
+        last utterances and transcripts of a shutdown), before the publishers go."""
+        if timeout <= 0:
+            return
+        from rclpy.duration import Duration
+        pubs = [self._pub] if self._pub is not None else []
+        if self._asr_out is not None:
+            pubs += [self._asr_out.transcripts, *list(self._asr_out.voices.values())]
+        deadline = time.monotonic() + timeout
+        for pub in pubs:
+            try:
+                pub.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
+            except Exception:  # a publisher already gone: nothing to wait for
+                pass
+
+    def _close_core(self, join_timeout: float = 30.0) -> None:
+        """Free the core (the embedded recognizer's thread: segments still waiting are
+        dropped, the one being transcribed is finished; a flush comes first where they
+        matter) and the ASR publishers."""
         if self._asr_out is not None:
             self._asr_out.destroy()
             self._asr_out = None
-        if self.core is not None:
-            self.core.close()
+        if self.core is not None and not self.core.close(timeout=join_timeout,
+                                                         drop_pending=True):
+            self.get_logger().warning(
+                f"the embedded recognizer's thread is still transcribing after "
+                f"{join_timeout:g} s")
         self.core = None
 
     # -- subscriptions (callbacks only enqueue) ------------------------------------------
     def _sub(self, cls, topic: str, kind: str, qos) -> None:
         def cb(msg, kind=kind, topic=topic):
             self._enqueue(kind, msg, topic)
-        self._subs.append(self.create_subscription(cls, topic, cb, qos))
+        sub = tracked.subscription(self, cls, topic, cb, qos)  # destroyed at deactivate
+        self._subs.append(sub)
+        param = {"image": "image_reliability", "compressed": "image_reliability",
+                 "audio": "audio_reliability", "audio_stamped": "audio_reliability",
+                 "audio_info": "audio_reliability"}.get(kind, "asr_reliability")
+        self._watch[kind] = InputWatch(
+            kind, sub.topic_name, KINDS[kind], streaming=kind in STREAMS,
+            reliable=qos.reliability == ReliabilityPolicy.RELIABLE, reliability_param=param,
+            hint=TYPE_HINTS.get(kind, ""))
 
     @property
     def _voice_subs(self) -> dict[str, Any]:
@@ -309,6 +451,7 @@ class UtteranceNode(LifecycleNode):
         return dict(self._voices.items) if self._voices is not None else {}
 
     def _unsubscribe(self) -> None:
+        self._watch = {}
         for s in self._subs:
             self.destroy_subscription(s)
         self._subs = []
@@ -321,7 +464,12 @@ class UtteranceNode(LifecycleNode):
 
     def _enqueue(self, kind: str, msg, topic: str) -> None:
         self.health.count("received")  # taken from DDS (queued, or dropped if the queue is full)
-        self.worker.put((kind, msg, self.now(), topic, time.perf_counter()))
+        now = self.now()
+        watch = self._watch.get(kind)
+        if watch is not None:
+            header = getattr(msg, "header", None)
+            watch.arrived(now, convert.time_to_float(header.stamp) if header else None)
+        self.worker.put((kind, msg, now, topic, time.perf_counter()))
 
     # -- worker ----------------------------------------------------------------------------
     def _process(self, items: list) -> None:
@@ -380,6 +528,8 @@ class UtteranceNode(LifecycleNode):
 
     def hand_off(self, utt) -> None:
         arrival = utt.asr_ready  # the embedded recognizer's text was ready
+        if arrival is not None:
+            self._asr_lag.done(utt.end)
         if self._asr_out is not None:
             try:
                 self._asr_out.publish(utt, self.now())
@@ -406,15 +556,57 @@ class UtteranceNode(LifecycleNode):
             return
         if self._asr_out is not None:
             self._asr_out.publish_tracked(self.now())
-        extra = {}
+        extra: dict[str, Any] = {}
         if self.core is not None:
             try:
                 extra["core"] = self.core.stats()
             except Exception:
                 pass
         depth = {"input": (self.worker.depth(), self.worker.capacity)} if self.worker else {}
-        st = to_status(f"{self.get_name()}: utterances", "erc_ros", self.health, extra, depth)
+        problems = self._problems(extra)
+        st = to_status(f"{self.get_name()}: utterances", "erc_ros", self.health, extra, depth,
+                       problems)
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [st]))
+
+    def _problems(self, extra: dict[str, Any]) -> list:
+        """What the node fails at now (:mod:`erc_ros.ros.input_health`): inputs that cannot
+        or do not arrive, audio lost on the way, the embedded recognizer behind. Their
+        figures go into ``extra`` (``inputs.<kind>``, ``audio.lost_*``, ``asr.lag_s``)."""
+        ingest = self.ingest
+        if ingest is None:
+            return []
+        now, out = self.now(), []
+        for kind, watch in list(self._watch.items()):
+            try:
+                pubs = [(i.topic_type, i.qos_profile.reliability == ReliabilityPolicy.RELIABLE)
+                        for i in self.get_publishers_info_by_topic(watch.topic)]
+            except Exception:  # the node is being destroyed
+                return out
+            problem = watch.check(pubs, now, self.p["input_timeout"],
+                                  self.p["max_stamp_offset"],
+                                  bool(self.get_parameter("use_sim_time").value))
+            extra[f"inputs.{kind}"] = {"topic": watch.topic, "received": watch.count,
+                                       "publishers": len(pubs)}
+            if problem is not None:
+                out.append(problem)
+        audio = self._watch.get("audio_stamped") or self._watch.get("audio")
+        if audio is not None:
+            cov = ingest.audio_coverage
+            extra["audio.lost_s"] = cov.lost_s
+            extra["audio.lost_fraction"] = cov.lost_fraction(now)
+            problem = cov.problem(now, self.p["max_audio_loss"], audio.topic,
+                                  self.health.counts.get("dropped.input", 0))
+            if problem is not None:
+                out.append(problem)
+        asr = extra.get("core", {}).get("asr", {})
+        if asr.get("enabled") and "pending" in asr:
+            lag = self._asr_lag.observe(asr["pending"], ingest.audio_end)
+            extra["asr.lag_s"] = lag
+            problem = AsrLag.problem(lag, asr["pending"], asr["queue_capacity"],
+                                     self.p["max_asr_lag"])
+            if problem is not None:
+                out.append(problem)
+        return out
 
 
 def main(argv=None) -> int:

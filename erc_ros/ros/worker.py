@@ -24,21 +24,28 @@ class Worker:
         self._q: deque = deque()
         self._cv = threading.Condition()
         self._stop = False
+        self._drain = False
         self._busy = False
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
-        self._stop = False
+        self._stop = self._drain = False
         self._thread = threading.Thread(target=self._run, name=f"erc_{self.name}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, drain: bool = False) -> bool:
+        """Stop the thread and join it for at most ``timeout`` s; ``drain``: after it has
+        handled what is queued (a shutdown that must not lose taken input). Returns whether
+        the thread has ended."""
         with self._cv:
             self._stop = True
+            self._drain = drain
             self._cv.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
     def put(self, item: Any) -> bool:
         with self._cv:
@@ -66,7 +73,7 @@ class Worker:
             with self._cv:
                 if not self._q and not self._stop:
                     self._cv.wait(self._period)
-                if self._stop:
+                if self._stop and not (self._drain and self._q):
                     return
                 items = list(self._q)
                 self._q.clear()

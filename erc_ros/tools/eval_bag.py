@@ -87,16 +87,20 @@ def parse_sets(sets) -> dict:
 
 
 def make_core(config: str | Path = DEFAULT_CONFIG, sets: tuple = (), pipeline=None,
-              asr_type: str = "transcript"):
+              asr_type: str = "transcript", reuse=None):
     """The utterance node's perception core for an offline replay, assembled as the
     composed node does (:mod:`erc_ros.assemble`): segmentation for ``asr_type``, no face
     crops when the ``pipeline``'s model does not use video (unless faces.enabled is set);
-    ``embedded``: the node's own recognizer, inline (deterministic)."""
+    ``embedded``: the node's own recognizer, inline (deterministic). ``reuse``: an earlier
+    core of the same settings whose loaded face expert and recognizer this one shares (one
+    core per bag without loading them again)."""
     from erc_ros.assemble import build_core
     over, file = perception_overrides(config, sets)
     return build_core(over, file, asr_type=asr_type,
                       uses_video=None if pipeline is None else pipeline.model.uses("video"),
-                      publish_utterances=False, offline=True)
+                      publish_utterances=False, offline=True,
+                      face_expert=getattr(reuse, "face_expert", None),
+                      recognizer=getattr(reuse, "recognizer", None))
 
 
 def make_pipeline(model_dir: str = "", backend: str = "auto", precision: str = "auto",
@@ -130,8 +134,8 @@ def read_labels(path: str | Path) -> list[dict]:
 
 def _face_columns(est) -> dict:
     """What the face-expression expert said on the utterance, beside the fused label:
-    ``face_status`` (seen / no_face / no_camera / disabled / error), its top class and
-    probability ("" without a face)."""
+    ``face_status`` (seen / no_face / no_camera / disabled / error / uncertain), its top
+    class and probability ("" unless seen)."""
     if est is None:
         return {"face_status": "", "face_label": "", "face_confidence": ""}
     label = est.face_label

@@ -1,8 +1,11 @@
 """`python -m erc_ros make-bag`: a generated conversation -> a labelled rosbag2.
 
 The conversation comes from the perception core's generator
-(:mod:`erc_ros.tools.conversation_gen`: speech synthesised with espeak-ng, speakers' faces,
-ground-truth turns with MELD emotion labels). The bag holds what a robot would record:
+(:mod:`erc_ros.tools.conversation_gen`: speech synthesised with espeak-ng or, ``--voices
+kokoro``, natural voices (:mod:`erc_ros.tools.voices`); ``--timing natural``: gaps, overlaps
+and back-channels as in conversation; ``--room``: a microphone in a room
+(:mod:`erc_ros.tools.room`); speakers' faces; ground-truth turns with MELD emotion labels).
+The bag holds what a robot would record:
 
 | topic | type | rate |
 |---|---|---|
@@ -19,6 +22,8 @@ last sample exists, a final transcript ``--asr-delay`` after the turn ends.
     python -m erc_ros make-bag --minutes 30 --out /tmp/conv30     # one command, 30 minutes
     python -m erc_ros make-bag --script test/data/demo_script.txt --out test/data/demo_bag
     python -m erc_ros make-bag --minutes 30 --no-transcripts --out /tmp/conv30_mic  # no ASR
+    python -m erc_ros make-bag --minutes 5 --voices kokoro --timing natural --room --snr 15 \
+        --out /tmp/conv5_room     # natural voices, real turn-taking, far-field (voices extra)
 """
 from __future__ import annotations
 
@@ -175,19 +180,33 @@ def write_labels(turns: list[dict], path: Path, t0: float = T0) -> None:
 
 
 def generate(minutes: Optional[float] = None, script: Optional[str] = None,
-             meld_csv: Optional[str] = None, seed: int = 0) -> Any:
-    """A conversation from the perception core's generator (espeak-ng voices, faces, labels).
+             meld_csv: Optional[str] = None, seed: int = 0, voice_args=None) -> Any:
+    """A conversation from the perception core's generator (voices, faces, labels).
 
     ``script``: a ``Name [emotion]: text`` file. Else MELD dialogues (``meld_csv``, default
     the MELD dev CSV) in order, until about ``minutes`` of speech (all of them if None).
+    ``voice_args``: parsed :func:`~erc_ros.tools.conversation_gen.add_voice_arguments`
+    (default espeak-ng voices, clean pauses, no room).
     """
     from erc_ros.tools import conversation_gen as gen
     from erc_ros.training.data import data_root
 
+    def options(lines) -> dict:
+        return gen.voice_options(voice_args, lines) if voice_args is not None else {}
+
     if script:
         lines = gen.parse_script(Path(script).read_text())
-        return gen.build(lines, seed=seed, name=Path(script).stem)
+        return gen.build(lines, seed=seed, name=Path(script).stem, **options(lines))
     csv_path = Path(meld_csv) if meld_csv else data_root() / "meld" / "dev_sent_emo.csv"
+    if not csv_path.is_file():
+        if meld_csv:
+            raise FileNotFoundError(f"no MELD-format CSV at {csv_path}")
+        # No MELD data here (a colcon install without ERC_ROS_DATA): the built-in script.
+        print(f"make-bag: MELD dev is not at {csv_path} (set ERC_ROS_DATA to the folder "
+              f"holding meld/dev_sent_emo.csv for MELD dialogues); using the built-in "
+              f"3-speaker script", file=sys.stderr)
+        lines = gen.default_script_lines(60.0 * (minutes or 1.0), seed)
+        return gen.build(lines, seed=seed, name="three_speaker", **options(lines))
     dialogues = gen.read_meld(csv_path)
     target = None if minutes is None else minutes * 60
 
@@ -209,8 +228,8 @@ def generate(minutes: Optional[float] = None, script: Optional[str] = None,
         lines += d
         est += seconds(d)
         used += 1
-    conv = gen.build(lines, seed=seed, name=csv_path.stem)
-    # The estimate is rough; add dialogues until long enough (espeak output is cached).
+    conv = gen.build(lines, seed=seed, name=csv_path.stem, **options(lines))
+    # The estimate is rough; add dialogues until long enough (speech is cached).
     while target is not None and conv.duration < 0.97 * target:
         short = target - conv.duration
         while short > 0:
@@ -218,7 +237,7 @@ def generate(minutes: Optional[float] = None, script: Optional[str] = None,
             lines += d
             short -= seconds(d)
             used += 1
-        conv = gen.build(lines, seed=seed, name=csv_path.stem)
+        conv = gen.build(lines, seed=seed, name=csv_path.stem, **options(lines))
     return conv
 
 
@@ -236,6 +255,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-transcripts", action="store_true",
                    help="leave the ASR topic out: camera, microphone (and the labels) only; "
                         "score it with eval-bag --asr embedded")
+    from erc_ros.tools.conversation_gen import add_voice_arguments
+    add_voice_arguments(p)
 
 
 def run(args) -> int:
@@ -245,7 +266,12 @@ def run(args) -> int:
         return 2
     t = time.perf_counter()
     minutes = args.minutes if (args.minutes or args.script or args.meld_csv) else 1.0
-    conv = generate(minutes, args.script, args.meld_csv, args.seed)
+    from erc_ros.tools.voices import VoicesMissing
+    try:
+        conv = generate(minutes, args.script, args.meld_csv, args.seed, voice_args=args)
+    except (VoicesMissing, FileNotFoundError) as e:
+        print(f"make-bag: {e}", file=sys.stderr)
+        return 2
     t_gen = time.perf_counter() - t
     turns = turns_of(conv)
     from tqdm import tqdm

@@ -3,7 +3,7 @@
 Two engines, one interface (:func:`engine` -> ``.say(text, voice, speed) -> 16 kHz float32``):
 
 - ``espeak``: espeak-ng (Debian's package; robotic, on every machine), a voice variant,
-  pitch and speed per speaker (:data:`ESPEAK_VOICES`).
+  pitch and speed per speaker (:data:`erc_ros.tools.conversation_gen.VOICES`).
 - ``kokoro``: Kokoro-82M, a neural TTS with 27 natural English voices (American and British,
   female and male). It is the *voices extra*, installed by one command, ``make setup-voices``:
   PyPI ``kokoro-onnx`` (runtime; brings phonemizer and espeakng-loader, GPL-3, so an extra,
@@ -72,15 +72,6 @@ MAIN_CAST = {"Rachel": ("af_heart", 1.0), "Monica": ("af_bella", 1.05),
 #: Speaking rates drawn for the other speakers (Kokoro's speed; 1.0 = its natural rate).
 RATES = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15)
 
-#: espeak-ng voices for speakers, in order of first appearance: (voice, pitch, speed).
-ESPEAK_VOICES: list[tuple[str, int, int]] = [
-    ("en-us+f3", 65, 160), ("en-us+m3", 35, 150), ("en+Alicia", 60, 160),
-    ("en+edward", 40, 160), ("en-us+klatt", 45, 155), ("en-us+f5", 80, 170),
-    ("en-us+m7", 25, 165), ("en-gb-scotland+m2", 40, 160), ("en-us+f1", 70, 145),
-    ("en-us+Andy", 50, 160),
-]
-
-
 class VoicesMissing(RuntimeError):
     """The voices extra is not installed or not prepared; the message says what to run."""
 
@@ -104,17 +95,17 @@ def _stable(s: str) -> int:
 
 
 def espeak_voice(index: int) -> Voice:
-    """The index-th espeak speaker; beyond the list, variants with shifted pitch/speed."""
-    v, p, s = ESPEAK_VOICES[index % len(ESPEAK_VOICES)]
-    k = index // len(ESPEAK_VOICES)
-    p = int(np.clip(p + 11 * k * (1 if k % 2 else -1), 0, 99))
-    return Voice("espeak", f"{v}/{p}", float(s + 7 * k))
+    """The index-th espeak speaker (:func:`erc_ros.tools.conversation_gen.voice_for`)."""
+    from erc_ros.tools.conversation_gen import voice_for
+
+    v, p, s = voice_for(index)
+    return Voice("espeak", f"{v}/{p}", float(s))
 
 
 def cast(speakers: Sequence[str], engine: str = "kokoro") -> dict[str, Voice]:
     """A distinct voice for each speaker of one conversation (in order of first appearance).
 
-    ``espeak``: the speakers' order picks the voices (:data:`ESPEAK_VOICES`). ``kokoro``:
+    ``espeak``: the speakers' order picks the voices (:func:`espeak_voice`). ``kokoro``:
     the name picks the voice and rate, so a character sounds the same in every dialogue:
     MELD's main characters have fixed voices (:data:`MAIN_CAST`); another name takes the
     voice its hash points to, or the next one no earlier speaker of this conversation has."""
@@ -417,7 +408,7 @@ def run(args) -> int:
             print(prepare_kokoro())
         if args.list:
             print("kokoro:", " ".join(KOKORO_FEMALE + KOKORO_MALE))
-            print("espeak:", " ".join(espeak_voice(i).name for i in range(len(ESPEAK_VOICES))))
+            print("espeak:", " ".join(espeak_voice(i).name for i in range(10)))
         if args.say:
             from erc_ros.tools.conversation_gen import write_wav
             speed = args.speed if args.engine == "kokoro" else 160
@@ -428,3 +419,33 @@ def run(args) -> int:
         print(f"voices: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def dialogue_of(utterance_id: str) -> str:
+    """The dialogue a generated line belongs to: ``dia12`` of MELD's ``dia12_utt3``; lines
+    of a script (``l4``, ``s17``) are one dialogue."""
+    head, sep, _ = utterance_id.partition("_utt")
+    return head if sep else ""  # (a back-channel "dia12_utt3_bc" is in dia12 too)
+
+
+def speech_for(lines, engine: str = "kokoro", threads: int = 2):
+    """A ``speech(line, speaker_index)`` function for :func:`erc_ros.tools.conversation_gen.build`:
+    each dialogue of ``lines`` (:func:`dialogue_of`) cast on its own (:func:`cast`), every
+    line through one :class:`Speaker` (the stores, else synthesis)."""
+    groups: dict[str, list[str]] = {}
+    for x in lines:
+        groups.setdefault(dialogue_of(x.utterance_id), []).append(x.speaker)
+    voices = {d: cast(spk, engine) for d, spk in groups.items()}
+    speaker = Speaker(engine, threads)
+
+    def speech(line, _index: int) -> np.ndarray:
+        d = dialogue_of(line.utterance_id)
+        v = voices.get(d, {}).get(line.speaker)
+        if v is None:  # a line not among ``lines`` (a back-channel): its speaker's voice
+            v = next((vs[line.speaker] for vs in voices.values() if line.speaker in vs),
+                     None) or cast([line.speaker], engine)[line.speaker]
+        return speaker.say(line.text, v)
+
+    speech.speaker = speaker
+    speech.voices = voices
+    return speech

@@ -1,0 +1,600 @@
+"""`python -m erc_ros bench-spoken`: what the emotion model loses between the text of a
+conversation and what a robot hears of it, stage by stage, on the same utterances.
+
+Each dialogue of a MELD-format file is spoken (``--voices kokoro``: a natural voice per
+speaker, MELD dev shipped pre-spoken in ``data/spoken/kokoro``; ``espeak``: espeak-ng) with
+turn-taking as people do it (``--timing natural``: gaps of a few hundred ms, short overlaps,
+back-channels; :class:`~erc_ros.tools.conversation_gen.TurnTaking`), optionally in a room
+(``--room``: reverberation and noise), into a camera + microphone bag with the gold
+transcripts, speakers and labels beside it (kept in the cache, keyed by everything that
+makes it). Then, on the same labelled turns:
+
+- ``gold_text``: the model alone, on the gold text with the gold speakers (what
+  ``evaluate`` measures, through the nodes' runtime);
+- ``transcripts``: the bag's gold transcripts (timed, as an ASR node would send them, 0.15 s
+  after each turn) through the perception core: segmentation and diarized speaker tags;
+- ``asr_gold_speakers``: the embedded recognizer's utterances with each one's gold speaker
+  (the speaker of the labelled turn it overlaps most): what the recognizer costs;
+- ``asr``: the embedded recognizer and diarization: what a robot gets.
+
+The perception stages run the nodes' own assembly path (:func:`erc_ros.tools.eval_bag.make_core`,
+:func:`erc_ros.ros.replay.replay_bag`, ``config/emotion.yaml``); ``asr_gold_speakers``
+re-predicts ``asr``'s utterances (the recognizer runs once).
+
+Scoring. An estimate belongs to the labelled turn it overlaps most; a turn with an estimate
+of its own is *matched*; one that shares the estimate of another turn (the recognizer or the
+segmentation joined them) is *merged* and scored with that estimate; one that no estimate
+overlaps is *lost* and counts as wrong (a robot gave no answer). Weighted F1 is over every
+labelled turn. WER: corpus-level (:func:`erc_ros.tools.bench_asr.word_errors`) over whole
+conversations, every gold turn's text (back-channels included) against every estimate's
+text, each in time order (:func:`conversation_text`: independent of where the segmentation
+cut). DER: NIST-style, 0.25 s collar (``der``; ``der_no_collar`` without), over all gold
+speech, summed over dialogues.
+
+Latency, speech end -> estimate: the replay's measured work placed on a real-time timeline
+(one worker: each poll of the core starts when its audio has arrived and the previous work
+is done, the recognizer inline; then the pipeline), minus the end of the last labelled turn
+the estimate answers; one figure per estimate. It is what a live robot with one core for this work would see, without the
+DDS hops; ``bench-e2e`` measures through the live nodes.
+
+    python -m erc_ros bench-spoken --voices kokoro --json runs/spoken_kokoro.json
+    python -m erc_ros bench-spoken --meld-csv CSV --voices espeak --dialogues 20 --seed 1 --json OUT
+    python -m erc_ros bench-spoken --voices kokoro --room --snr 15 --dialogues 10 --json OUT
+
+Writes ``--json OUT`` (``stages.<stage>.{weighted_f1, wer, der, lost, merged, matched,
+speech_end_to_estimate_ms.{p50,p95}, ...}``; F1, WER and DER in %; the machine: CPU, flags and a GEMM GFLOP/s
+figure measured in the same run), ``OUT.png`` and, with ``--out``, per-turn CSVs.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+STAGES = ("gold_text", "transcripts", "asr_gold_speakers", "asr")
+STAGE_TITLES = {"gold_text": "(a) gold text, gold speakers",
+                "transcripts": "(b) gold transcripts, perception",
+                "asr_gold_speakers": "(c) recognizer, gold speakers",
+                "asr": "(d) recognizer, diarization"}
+#: Bumped when the bags a key names would come out differently.
+BAG_VERSION = 1
+NONE = "<none>"  #: the "prediction" of a lost turn
+
+
+def add_arguments(p) -> None:
+    from erc_ros.tools.conversation_gen import add_voice_arguments
+    from erc_ros.tools.eval_bag import DEFAULT_CONFIG
+
+    p.add_argument("--meld-csv", default=None, help="MELD-format CSV (default: MELD dev)")
+    add_voice_arguments(p, voices="kokoro", timing="natural")
+    p.add_argument("--dialogues", type=int, default=None,
+                   help="the first N dialogues of the file (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="the timelines' seed (turn-taking, "
+                   "room); the voices depend only on the speakers' names")
+    p.add_argument("--json", required=True, help="write the results here (and OUT.png)")
+    p.add_argument("--out", default=None, help="also write per-turn CSVs into this folder")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help=f"comma-separated subset of {', '.join(STAGES)}")
+    p.add_argument("--fps", type=float, default=2.0, help="camera frames per second in the bags")
+    p.add_argument("--bags", default=None,
+                   help="where the generated bags are kept (default: the cache)")
+    p.add_argument("--model-dir", default="", help="model directory (default models/default)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="node parameter YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a utterance_node parameter (as eval-bag --set)")
+
+
+def process_settings(args) -> dict:
+    from erc_ros.tools.eval_bag import process_settings as ps
+    return ps(args)
+
+
+# --- the spoken conversations ----------------------------------------------------------------
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def spoken_bags(csv_path: Path, args, dialogues: Optional[int], seed: int,
+                folder: Optional[Path] = None, progress: bool = True) -> list[dict]:
+    """One bag per dialogue (made once, kept): [{"dialogue", "bag", "seconds"}]."""
+    from tqdm import tqdm
+
+    from erc_ros.paths import cache_root, sha256_file
+    from erc_ros.tools import conversation_gen as gen
+    from erc_ros.tools import make_bag
+
+    dias = gen.read_meld(csv_path)
+    if dialogues:
+        dias = dias[:dialogues]
+    opts_key = {"voices": args.voices, "timing": args.timing, "room": args.room,
+                "rt60": args.rt60 if args.room else None,
+                "snr": args.snr if args.room else None,
+                "noise": args.noise if args.room else None, "fps": args.fps,
+                "version": BAG_VERSION}
+    root = Path(folder) if folder else cache_root() / "spoken_bags"
+    csv_sha = sha256_file(csv_path)
+    out = []
+    todo = []
+    for i, lines in enumerate(dias):
+        d = lines[0].utterance_id.split("_")[0]
+        key = _digest(csv_sha, d, seed, opts_key)[:16]
+        bag = root / f"{args.voices}-{d}-{key}"
+        out.append({"dialogue": d, "bag": bag, "lines": lines, "seed": seed * 100_003 + i})
+        if not (bag / "labels.csv").is_file():
+            todo.append(out[-1])
+    if todo:
+        bar = tqdm(todo, desc=f"speaking dialogues ({args.voices})", unit="dialogue",
+                   disable=not progress, mininterval=2.0)
+        for item in bar:
+            conv = gen.build(item["lines"], seed=item["seed"], name=item["dialogue"],
+                             **gen.voice_options(args, item["lines"]))
+            tmp = item["bag"].with_name(item["bag"].name + ".tmp")
+            if tmp.exists():
+                import shutil
+                shutil.rmtree(tmp)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            make_bag.write_bag(make_bag.bag_messages(conv, fps=args.fps), tmp)
+            make_bag.write_labels(make_bag.turns_of(conv), tmp / "labels.csv")
+            tmp.rename(item["bag"])
+    for item in out:
+        item.pop("lines")
+    return out
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+def _overlap(a0: float, a1: float, b0: np.ndarray, b1: np.ndarray) -> np.ndarray:
+    return np.minimum(a1, b1) - np.maximum(a0, b0)
+
+
+def assign(turns: list[dict], estimates: list) -> tuple[list[tuple[str, Any]], int]:
+    """Each labelled turn -> (``matched`` | ``merged`` | ``lost``, estimate or None), and the
+    number of estimates that overlap no labelled turn (module doc)."""
+    lab = [t for t in turns if t["label"]]
+    if not estimates:
+        return [("lost", None) for _ in lab], 0
+    es = np.asarray([e.start for e in estimates])
+    ee = np.asarray([e.end for e in estimates])
+    ov = np.stack([_overlap(t["start"], t["end"], es, ee) for t in lab]) if lab else \
+        np.zeros((0, len(estimates)))
+    owner = np.where(ov.max(axis=0) > 0, ov.argmax(axis=0), -1) if lab else \
+        np.full(len(estimates), -1)
+    out = []
+    for i in range(len(lab)):
+        own = np.flatnonzero(owner == i)
+        if own.size:
+            out.append(("matched", estimates[int(own[np.argmax(ov[i, own])])]))
+        elif ov[i].max() > 0:
+            out.append(("merged", estimates[int(np.argmax(ov[i]))]))
+        else:
+            out.append(("lost", None))
+    return out, int(np.sum(owner < 0))
+
+
+def conversation_text(turns: list[dict], estimates: list) -> tuple[str, str]:
+    """(reference, hypothesis) of one conversation for the WER: every gold turn's text
+    (back-channels too) and every estimate's text, each in order of start. Whole
+    conversations, so the WER does not depend on where the segmentation cut (a turn heard
+    in two pieces, two turns heard as one); the estimates' own pairing is in the CSVs."""
+    ref = " ".join(t["text"] for t in sorted(turns, key=lambda t: (t["start"], t["end"])))
+    hyp = " ".join(e.text for e in sorted(estimates, key=lambda e: (e.start, e.end)) if e.text)
+    return ref, hyp
+
+
+def classification(y_true: list[str], y_pred: list[str], class_names) -> dict:
+    """Weighted/macro F1, accuracy (%) and per-class F1 over every labelled turn, by the
+    project's one scorer (:func:`erc_ros.training.metrics.scores`); a lost turn's prediction
+    :data:`NONE` is a class of its own, always wrong, left out of the macro mean."""
+    from erc_ros.training.metrics import scores
+
+    names = [c.lower() for c in class_names]
+    index = {c: i for i, c in enumerate(names + [NONE])}
+    unknown = sorted(set(y_true) - set(names))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not the model's classes {names}")
+    m = scores([index[y] for y in y_true], [index[y] for y in y_pred], names + [NONE])
+    f1 = m["per_class_f1"]
+    del f1[NONE], m["support"][NONE]
+    m["macro_f1"] = round(float(np.mean(list(f1.values()))), 2)
+    return m
+
+
+def percentiles(v) -> dict:
+    v = np.asarray([x for x in v if np.isfinite(x)], float)
+    if not v.size:
+        return {"p50": None, "p95": None, "n": 0}
+    return {"p50": round(float(np.percentile(v, 50)), 1),
+            "p95": round(float(np.percentile(v, 95)), 1),
+            "mean": round(float(v.mean()), 1), "n": int(v.size)}
+
+
+def timeline(polls: list, estimates: list) -> list[float]:
+    """When each estimate would be out on a real-time timeline (module doc), in bag time."""
+    v = -np.inf
+    out = []
+    k = 0
+    for now, dt, n in polls:
+        v = max(v, now) + dt
+        for _ in range(n):
+            v += estimates[k].latency_ms / 1000.0
+            out.append(v)
+            k += 1
+    return out
+
+
+class Stage:
+    """One stage's per-turn results, summed over the dialogues."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.y_true: list[str] = []
+        self.y_pred: list[str] = []
+        self.status = {"matched": 0, "merged": 0, "lost": 0}
+        self.extra = 0
+        self.estimates = 0
+        self.refs: list[str] = []
+        self.hyps: list[str] = []
+        self.der = {"missed": 0.0, "false_alarm": 0.0, "confusion": 0.0, "total": 0.0}
+        self.der0 = dict(self.der)
+        self.latency: list[float] = []
+        self.model_ms: list[float] = []
+        self.rows: list[dict] = []
+        self.estimate_rows: list[dict] = []
+
+    def add(self, dialogue: str, turns: list[dict], estimates: list,
+            done_at: Optional[list[float]] = None, speech: bool = True) -> None:
+        from erc_ros.core.der import der
+
+        pairs, extra = assign(turns, estimates)
+        when = {id(e): t for e, t in zip(estimates, done_at)} if done_at else {}
+        lab = [t for t in turns if t["label"]]
+        # speech end -> estimate: from the end of the last labelled turn an estimate answers
+        ends: dict[int, float] = {}
+        for t, (_, e) in zip(lab, pairs):
+            if e is not None:
+                ends[id(e)] = max(ends.get(id(e), -np.inf), t["end"])
+        lat_of = {k: (when[k] - v) * 1000 for k, v in ends.items() if k in when}
+        self.latency += list(lat_of.values())
+        for t, (status, e) in zip(lab, pairs):
+            self.status[status] += 1
+            self.y_true.append(t["label"].lower())
+            self.y_pred.append(e.label.lower() if e is not None else NONE)
+            lat = lat_of.get(id(e), float("nan")) if e is not None else float("nan")
+            self.rows.append({"dialogue": dialogue, "utterance_id": t["utterance_id"],
+                              "start": f"{t['start']:.3f}", "end": f"{t['end']:.3f}",
+                              "speaker": t["speaker"], "label": t["label"],
+                              "text": t["text"], "status": status,
+                              "predicted": e.label if e is not None else "",
+                              "heard": e.text if e is not None else "",
+                              "est_speaker": e.speaker_id if e is not None else "",
+                              "latency_ms": f"{lat:.0f}" if np.isfinite(lat) else ""})
+        self.extra += extra
+        self.estimates += len(estimates)
+        self.model_ms += [e.latency_ms for e in estimates]
+        for e in estimates:
+            self.estimate_rows.append({"dialogue": dialogue, "start": f"{e.start:.3f}",
+                                       "end": f"{e.end:.3f}", "speaker": e.speaker_id,
+                                       "predicted": e.label, "heard": e.text,
+                                       "done_at": f"{when[id(e)]:.3f}" if id(e) in when else ""})
+        if speech:
+            r, h = conversation_text(turns, estimates)
+            self.refs.append(r)
+            self.hyps.append(h)
+            ref = [(t["start"], t["end"], t["speaker"]) for t in turns]
+            hyp = [(e.start, e.end, e.speaker_id or "?") for e in estimates]
+            for acc, collar in ((self.der, 0.25), (self.der0, 0.0)):
+                d = der(ref, hyp, collar=collar)
+                for k in acc:
+                    acc[k] += d[k]
+
+    def result(self, class_names) -> dict:
+        from erc_ros.tools.bench_asr import word_errors
+
+        out = {**classification(self.y_true, self.y_pred, class_names),
+               "turns": len(self.y_true), **self.status, "extra_estimates": self.extra,
+               "estimates": self.estimates,
+               "model_ms": percentiles(self.model_ms)}
+        if self.refs:
+            w = word_errors(self.refs, self.hyps)
+            out["wer"] = round(100 * w["wer"], 2)
+            out["word_errors"] = w
+
+            def rate(acc):
+                err = sum(acc[k] for k in ("missed", "false_alarm", "confusion"))
+                return round(100 * err / max(acc["total"], 1e-9), 2)
+            out["der"] = rate(self.der)
+            out["der_terms_s"] = {k: round(v, 2) for k, v in self.der.items()}
+            out["der_no_collar"] = rate(self.der0)
+            out["speech_end_to_estimate_ms"] = percentiles(self.latency)
+        return out
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+def gold_turns(bag: Path) -> list[dict]:
+    from erc_ros.tools.eval_bag import read_labels
+    return read_labels(bag / "labels.csv")
+
+
+def turn_taking(all_turns: list[list[dict]]) -> dict:
+    """The timelines' turn-taking: floor-transfer offsets between labelled turns of
+    different speakers (negative: overlap), pauses of a speaker going on, back-channels."""
+    fto, pause, bc, n = [], [], 0, 0
+    for turns in all_turns:
+        lab = [t for t in turns if t["label"]]
+        bc += len(turns) - len(lab)
+        n += len(lab)
+        for a, b in zip(lab, lab[1:]):
+            (fto if a["speaker"] != b["speaker"] else pause).append(b["start"] - a["end"])
+    f, p = np.asarray(fto), np.asarray(pause)
+
+    def q(x, k):
+        return round(float(np.percentile(x, k)), 3) if x.size else None
+    return {"turns": n, "speaker_changes": int(f.size), "overlap_share": round(
+        float(np.mean(f < 0)), 3) if f.size else None,
+        "fto_s": {"p10": q(f, 10), "p50": q(f, 50), "p90": q(f, 90)},
+        "gaps_under_0_5_s_share": round(float(np.mean((f >= 0) & (f < 0.5))), 3)
+        if f.size else None,
+        "same_speaker_pause_s": {"p10": q(p, 10), "p50": q(p, 50), "p90": q(p, 90)},
+        "backchannels": bc}
+
+
+def with_gold_speakers(utts: list, turns: list[dict]) -> list:
+    """Copies of ``utts`` whose speaker is the gold speaker they overlap most."""
+    ts = np.asarray([t["start"] for t in turns])
+    te = np.asarray([t["end"] for t in turns])
+    out = []
+    for u in utts:
+        v = copy.copy(u)
+        ov = _overlap(u.start, u.end, ts, te)
+        if ov.size and ov.max() > 0:
+            v.speaker_id = turns[int(np.argmax(ov))]["speaker"]
+            v.speaker_source = "gold"
+        out.append(v)
+    return out
+
+
+def bench(csv_path: Path, args, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from erc_ros.ros.replay import replay_bag
+    from erc_ros.tools import eval_bag, machine
+    from erc_ros.training.data import load_meld
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
+    t_start = time.perf_counter()
+    mach = machine.describe(args.threads)
+    bags = spoken_bags(csv_path, args, args.dialogues, args.seed,
+                       Path(args.bags) if args.bags else None, progress)
+    t_bags = time.perf_counter() - t_start
+    pipeline = eval_bag.make_pipeline(args.model_dir, args.backend, args.precision,
+                                      args.threads)
+    names = list(pipeline.class_names)
+    keep_media = pipeline.model.uses("audio") or pipeline.model.uses("video")
+    results = {s: Stage(s) for s in stages}
+    gold = {d.conversation_id.rsplit("-", 1)[1]: d for d in load_meld(csv_path)}
+    asr = {"compute_s": 0.0, "speech_s": 0.0, "segments": 0, "no_text": 0, "refused_full": 0}
+    conv_s = 0.0
+    wall = {s: 0.0 for s in stages}
+    timelines = []
+    made: dict = {}  # the last core of each kind: the next one shares its loaded models
+    bar = tqdm(bags, desc="bench-spoken", unit="dialogue", disable=not progress,
+               mininterval=2.0)
+    for item in bar:
+        bag, d = item["bag"], item["dialogue"]
+        turns = gold_turns(bag)
+        timelines.append(turns)
+        if "gold_text" in results:
+            t = time.perf_counter()
+            dlg = gold[d[3:]]
+            pipeline.reset()
+            ests = []
+            for u, t_ in zip(dlg.utterances, [x for x in turns if x["label"]]):
+                v = copy.copy(u)  # the gold text on the spoken turn's span
+                v.start, v.end = t_["start"], t_["end"]
+                ests.append(pipeline.predict(v))
+            results["gold_text"].add(d, turns, ests, speech=False)
+            wall["gold_text"] += time.perf_counter() - t
+        if "transcripts" in results:
+            t = time.perf_counter()
+            pipeline.reset()
+            core = made["transcripts"] = eval_bag.make_core(
+                args.config, tuple(args.set), pipeline, asr_type=eval_bag.bag_asr_type(bag),
+                reuse=made.get("transcripts"))
+            try:
+                res = replay_bag(bag, core, pipeline)
+            finally:
+                core.close()
+            results["transcripts"].add(d, turns, res.estimates, timeline(res.polls,
+                                                                         res.estimates))
+            conv_s += res.duration_s
+            wall["transcripts"] += time.perf_counter() - t
+        if "asr" in results or "asr_gold_speakers" in results:
+            t = time.perf_counter()
+            pipeline.reset()
+            core = made["asr"] = eval_bag.make_core(args.config, tuple(args.set), pipeline,
+                                                    asr_type="embedded", reuse=made.get("asr"))
+            try:
+                res = replay_bag(bag, core, pipeline, keep_media=keep_media)
+            finally:
+                core.close()
+            st = res.stats
+            asr["compute_s"] += st["stages"].get("asr", {}).get("total_s", 0.0)
+            for k in ("segments", "no_text", "refused_full"):
+                asr[k] += st["asr"].get(k, 0)
+            asr["speech_s"] += sum(u.end - u.start for u in res.utterances)
+            done = timeline(res.polls, res.estimates)
+            if "asr" in results:
+                results["asr"].add(d, turns, res.estimates, done)
+            wall["asr"] = wall.get("asr", 0.0) + time.perf_counter() - t
+            if "asr_gold_speakers" in results:
+                t = time.perf_counter()
+                pipeline.reset()
+                ests = [pipeline.predict(u) for u in with_gold_speakers(res.utterances, turns)]
+                results["asr_gold_speakers"].add(d, turns, ests, done)
+                wall["asr_gold_speakers"] += time.perf_counter() - t
+            if "transcripts" not in results:
+                conv_s += res.duration_s
+        if progress and "asr" in results and results["asr"].y_true:
+            r = results["asr"]
+            acc = np.mean([a == b for a, b in zip(r.y_true, r.y_pred)])
+            bar.set_postfix_str(f"asr accuracy {acc:.2f}")
+    out = {
+        "command": getattr(args, "command_line", ""),
+        "meld_csv": str(csv_path), "voices": args.voices, "timing": args.timing,
+        "room": _room(args), "seed": args.seed, "dialogues": len(bags),
+        "conversation_seconds": round(conv_s, 1), "model_id": pipeline.model_id,
+        "backend": f"{pipeline.backend_name}/{pipeline.precision}",
+        "config_overrides": eval_bag.parse_sets(tuple(args.set)),
+        "machine": mach,
+        "turn_taking": turn_taking(timelines),
+        "stages": {s: results[s].result(names) for s in stages},
+        "asr": {**{k: round(v, 2) if isinstance(v, float) else v for k, v in asr.items()},
+                "realtime_factor": round(asr["speech_s"] / asr["compute_s"], 2)
+                if asr["compute_s"] else None},
+        "wall_s": {"bags": round(t_bags, 1), **{k: round(v, 1) for k, v in wall.items()},
+                   "total": round(time.perf_counter() - t_start, 1)},
+    }
+    if args.out:
+        o = Path(args.out)
+        o.mkdir(parents=True, exist_ok=True)
+        for s in stages:
+            for name, rows in ((s, results[s].rows),
+                               (f"{s}_estimates", results[s].estimate_rows)):
+                if rows:
+                    with open(o / f"{name}.csv", "w", newline="") as f:
+                        w = csv.DictWriter(f, list(rows[0]))
+                        w.writeheader()
+                        w.writerows(rows)
+    return out
+
+
+def _room(args) -> Optional[dict]:
+    if not args.room:
+        return None
+    from erc_ros.tools.room import Room
+    r = Room(rt60=args.rt60, snr_db=args.snr, noise=args.noise)
+    return {**asdict(r), "description": r.describe()}
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def summary(r: dict) -> str:
+    from erc_ros.tools.machine import line
+
+    room = r["room"]["description"] if r["room"] else "no room (close microphone, no noise)"
+    lines = [f"bench-spoken: {r['dialogues']} dialogues of {Path(r['meld_csv']).name}, "
+             f"{r['conversation_seconds'] / 60:.1f} min, voices {r['voices']}, timing "
+             f"{r['timing']}, {room}; model {r['model_id']} on {r['backend']}",
+             f"machine: {line(r['machine'])}", "",
+             "| stage | weighted F1 | matched / merged / lost | WER | DER | speech end -> "
+             "estimate p50 / p95 |", "|---|---|---|---|---|---|"]
+    for s, m in r["stages"].items():
+        lat = m.get("speech_end_to_estimate_ms")
+        lines.append(
+            f"| {STAGE_TITLES[s]} | {m['weighted_f1']:.2f} | {m['matched']} / "
+            f"{m['merged']} / {m['lost']} | "
+            + (f"{m['wer']:.1f} %" if "wer" in m else "-") + " | "
+            + (f"{m['der']:.1f} %" if "der" in m else "-") + " | "
+            + (f"{lat['p50']:.0f} / {lat['p95']:.0f} ms" if lat and lat["p50"] is not None
+               else "-") + " |")
+    a = r["asr"]
+    if a.get("realtime_factor"):
+        lines.append(f"\nrecognizer: {a['segments']} segments, {a['speech_s'] / 60:.1f} min of "
+                     f"speech in {a['compute_s'] / 60:.1f} min: {a['realtime_factor']:.2f}x "
+                     f"real time; {a['no_text']} without text, {a['refused_full']} refused "
+                     f"(queue full)")
+    tt = r["turn_taking"]
+    if tt["speaker_changes"]:
+        lines.append(f"turn-taking: {tt['speaker_changes']} speaker changes, "
+                     f"{100 * tt['overlap_share']:.0f} % overlapping, offsets p10/p50/p90 "
+                     f"{tt['fto_s']['p10']:.2f}/{tt['fto_s']['p50']:.2f}/"
+                     f"{tt['fto_s']['p90']:.2f} s; {tt['backchannels']} back-channels")
+    lines.append(f"wall: {r['wall_s']}")
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    st = r["stages"]
+    names = list(st)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    ax = axes[0]
+    f1 = [st[s]["weighted_f1"] for s in names]
+    bars = ax.bar(range(len(names)), f1, color=["#4c72b0", "#55a868", "#c44e52", "#8172b2"][
+        :len(names)])
+    for b, v in zip(bars, f1):
+        ax.text(b.get_x() + b.get_width() / 2, v + 0.5, f"{v:.1f}", ha="center", fontsize=9)
+    ax.set_xticks(range(len(names)), [STAGE_TITLES[s].split(")")[0] + ")" for s in names])
+    ax.set_ylabel("weighted F1 (%)")
+    ax.set_title("emotion, same turns", fontsize=10)
+    ax = axes[1]
+    sp = [s for s in names if "wer" in st[s]]
+    x = np.arange(len(sp))
+    ax.bar(x - 0.2, [st[s]["wer"] for s in sp], 0.4, label="WER")
+    ax.bar(x + 0.2, [st[s]["der"] for s in sp], 0.4, label="DER (0.25 s collar)")
+    ax.bar(x + 0.2, [100 * st[s]["lost"] / max(st[s]["turns"], 1) for s in sp], 0.15,
+           color="k", label="turns lost")
+    ax.set_xticks(x, [STAGE_TITLES[s].split(")")[0] + ")" for s in sp])
+    ax.set_ylabel("%")
+    ax.legend(fontsize=8)
+    ax.set_title("what was heard", fontsize=10)
+    ax = axes[2]
+    for s in sp:
+        lat = st[s].get("speech_end_to_estimate_ms", {})
+        if lat.get("p50") is not None:
+            ax.bar(STAGE_TITLES[s].split(")")[0] + ")", lat["p95"] / 1000, color="#dd8452",
+                   label="p95" if s == sp[0] else None)
+            ax.bar(STAGE_TITLES[s].split(")")[0] + ")", lat["p50"] / 1000, color="#4c72b0",
+                   label="p50" if s == sp[0] else None)
+    ax.set_ylabel("speech end -> estimate (s)")
+    ax.legend(fontsize=8)
+    ax.set_title("latency (simulated real time)", fontsize=10)
+    room = "room + noise" if r["room"] else "no room"
+    fig.suptitle(f"bench-spoken: {r['dialogues']} dialogues, {r['voices']} voices, "
+                 f"{r['timing']} turn-taking, {room}; {r['machine']['cpu']}, "
+                 f"{r['machine']['gemm_gflops']:.0f} GFLOP/s", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from erc_ros.tools.voices import VoicesMissing
+    from erc_ros.training.data import data_root
+
+    csv_path = Path(args.meld_csv) if args.meld_csv else data_root() / "meld" / "dev_sent_emo.csv"
+    if not csv_path.is_file():
+        print(f"bench-spoken: no such file {csv_path}", file=sys.stderr)
+        return 2
+    try:
+        r = bench(csv_path, args)
+    except VoicesMissing as e:
+        print(f"bench-spoken: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=2))
+    png = out.with_suffix(".png")
+    plot(r, png)
+    print(summary(r))
+    print(f"wrote {out} and {png}")
+    return 0

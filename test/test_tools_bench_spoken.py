@@ -1,0 +1,135 @@
+"""bench-spoken: the scoring rules on hand-made cases, and a real run on two spoken MELD dev
+dialogues (the shipped Kokoro set: no synthesis, the embedded recognizer, the nodes'
+perception path)."""
+from __future__ import annotations
+
+import csv
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from erc_ros.cli import main
+from erc_ros.tools import bench_spoken as bs
+from erc_ros.training.data import data_root
+
+DEV = data_root() / "meld" / "dev_sent_emo.csv"
+
+
+def turn(uid, start, end, speaker="A", label="neutral", text="hello there"):
+    return {"utterance_id": uid, "start": start, "end": end, "speaker": speaker,
+            "label": label, "text": text}
+
+
+def est(start, end, label="neutral", text="", speaker="s0", latency_ms=10.0):
+    return SimpleNamespace(start=start, end=end, label=label, text=text, speaker_id=speaker,
+                           latency_ms=latency_ms)
+
+
+def test_turns_are_matched_merged_or_lost():
+    turns = [turn("t1", 0.0, 2.0), turn("t2", 2.1, 2.6), turn("bc", 1.0, 1.3, "B", ""),
+             turn("t3", 5.0, 6.0), turn("t4", 8.0, 9.0)]
+    ests = [est(0.0, 2.7, "joy"),   # covers t1 (most) and t2: t2 is merged into it
+            est(4.9, 6.1, "anger"),  # t3's own
+            est(7.0, 7.5)]            # over nothing labelled: an extra estimate
+    pairs, extra = bs.assign(turns, ests)
+    assert [p[0] for p in pairs] == ["matched", "merged", "matched", "lost"]
+    assert pairs[1][1] is ests[0] and pairs[3][1] is None and extra == 1
+    # One estimate per turn when they are apart; none at all: every turn lost.
+    assert [p[0] for p in bs.assign(turns, [])[0]] == ["lost"] * 4
+
+
+def test_word_errors_are_over_whole_conversations_in_time_order():
+    turns = [turn("t1", 0.0, 2.0, text="how are you"), turn("bc", 1.0, 1.4, "B", "", "yeah"),
+             turn("t2", 3.0, 4.0, text="fine thanks"), turn("t3", 6.0, 7.0, text="bye")]
+    # t1 heard in two pieces, t2 and t3 heard as one, an estimate without text
+    ests = [est(1.1, 2.0, text="are you"), est(0.0, 1.0, text="how yeah"),
+            est(3.0, 7.0, text="fine thanks bye"), est(8.0, 8.5, text="")]
+    ref, hyp = bs.conversation_text(turns, ests)
+    assert ref == "how are you yeah fine thanks bye"
+    assert hyp == "how yeah are you fine thanks bye"
+
+
+def test_lost_turns_count_as_wrong_and_stay_out_of_the_macro_mean():
+    names = ["neutral", "joy"]
+    m = bs.classification(["neutral", "joy", "joy", "neutral"],
+                          ["neutral", "joy", bs.NONE, bs.NONE], names)
+    assert m["accuracy"] == 50.0
+    assert set(m["per_class_f1"]) == {"neutral", "joy"}
+    # each class: precision 1, recall 1/2 -> F1 2/3
+    assert m["weighted_f1"] == pytest.approx(66.67, abs=0.01)
+    assert m["macro_f1"] == pytest.approx(66.67, abs=0.01)
+    with pytest.raises(ValueError, match="not the model's classes"):
+        bs.classification(["calm"], ["joy"], names)
+
+
+def test_the_timeline_queues_work_behind_the_audio_and_earlier_work():
+    ests = [est(0, 1, latency_ms=100), est(1, 2, latency_ms=100), est(2, 3, latency_ms=50)]
+    # poll at 10 s takes 2 s and releases one; the next poll is due at 11 s but the worker
+    # is busy until 12.1 s; the last poll comes when the audio does (20 s)
+    polls = [(10.0, 2.0, 1), (11.0, 0.5, 1), (20.0, 0.01, 1)]
+    done = bs.timeline(polls, ests)
+    assert done == pytest.approx([12.1, 12.7, 20.06])
+
+
+def _two_dialogues(tmp_path):
+    """Two short MELD dev dialogues as their own MELD-format file."""
+    with open(DEV, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    by = {}
+    for r in rows:
+        by.setdefault(r["Dialogue_ID"], []).append(r)
+    short = [d for d in sorted(by, key=int) if 3 <= len(by[d]) <= 5][:2]
+    out = tmp_path / "two.csv"
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        for d in short:
+            w.writerows(by[d])
+    return out, sum(len(by[d]) for d in short)
+
+
+def test_bench_spoken_runs_the_four_stages_on_the_shipped_voices(tmp_path):
+    from erc_ros.core.asr import prepare_model
+
+    assert DEV.exists(), f"MELD dev CSV expected at {DEV} (set ERC_ROS_DATA)"
+    prepare_model("base")  # into this run's cache (set-up's step)
+    csv_path, n = _two_dialogues(tmp_path)
+    out = tmp_path / "r.json"
+    assert main(["bench-spoken", "--meld-csv", str(csv_path), "--voices", "kokoro",
+                 "--json", str(out), "--out", str(tmp_path / "rows"),
+                 "--bags", str(tmp_path / "bags")]) == 0
+    r = json.loads(out.read_text())
+    st = r["stages"]
+    assert list(st) == list(bs.STAGES)
+    for s in bs.STAGES:  # the interface used from outside
+        assert st[s]["turns"] == n and 0 <= st[s]["weighted_f1"] <= 100
+        assert st[s]["matched"] + st[s]["merged"] + st[s]["lost"] == n
+    for s in ("transcripts", "asr_gold_speakers", "asr"):
+        for k in ("wer", "der"):
+            assert isinstance(st[s][k], float)
+        lat = st[s]["speech_end_to_estimate_ms"]
+        assert 0 < lat["p50"] <= lat["p95"]
+    # Gold transcripts are heard exactly and every turn comes out.
+    assert st["transcripts"]["wer"] == 0.0 and st["transcripts"]["lost"] == 0
+    # The same utterances with the gold speakers: segmentation is all DER has left.
+    assert st["asr_gold_speakers"]["der"] <= st["asr"]["der"] + 1e-9
+    assert st["asr_gold_speakers"]["wer"] == st["asr"]["wer"]
+    assert r["machine"]["gemm_gflops"] > 0 and r["machine"]["cpu"]
+    assert r["asr"]["realtime_factor"] > 0
+    assert (tmp_path / "r.png").stat().st_size > 10_000
+    # The voices came from the shipped set (no synthesis, no extra needed).
+    rows = list(csv.DictReader(open(tmp_path / "rows" / "asr.csv")))
+    assert len(rows) == n and all(r_["status"] in ("matched", "merged", "lost") for r_ in rows)
+    # A second run reuses the bags it made.
+    bags = sorted(p.name for p in (tmp_path / "bags").iterdir())
+    assert len(bags) == 2 and all(p.startswith("kokoro-dia") for p in bags)
+
+
+def test_bench_spoken_refuses_bad_input(tmp_path, capsys):
+    assert main(["bench-spoken", "--meld-csv", str(tmp_path / "nope.csv"), "--json",
+                 str(tmp_path / "r.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench-spoken", "--voices", "festival", "--json", str(tmp_path / "r.json")])
