@@ -24,8 +24,9 @@ log what it set; components only use what is there.
   composed nodes). Fixed at 128 KiB, every large block is mapped on its own and unmapped
   when freed; ``malloc_trim`` hands back the free pages left among the small ones
   (docs/ros.md, Lifecycle). The price: buffers above it are mapped and faulted in at each
-  use (the embedded recognizer ~25 % slower) unless glibc backs them with huge pages
-  (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in the node's environment: as fast as before);
+  use (the embedded recognizer ~30 % slower) unless glibc backs them with huge pages
+  (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in the node's environment, which the launch file
+  sets: :func:`node_environment`; as fast as before);
 - :func:`freeze_heap` after start-up: collect once, then freeze what survived (torch,
   ONNX Runtime, the model, the message types) out of the collector's reach. A full
   collection then walks only what the running process allocates, instead of pausing every
@@ -128,7 +129,7 @@ def tune_allocator() -> str:
         if _allocator:
             return ""
         libc = _glibc()
-        huge = "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
+        huge = HUGETLB_TUNABLE in os.environ.get("GLIBC_TUNABLES", "")
         if "MALLOC_MMAP_THRESHOLD_" in os.environ or \
                 "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
             _allocator = "malloc mmap threshold set by the environment"
@@ -142,6 +143,26 @@ def tune_allocator() -> str:
         else:
             _allocator = "malloc mmap threshold not set (mallopt refused)"
         return _allocator
+
+
+#: glibc tunable that backs the blocks :func:`tune_allocator` maps with transparent huge pages
+#: (THP ``madvise`` or ``always``): without it those buffers are faulted in page by page at
+#: each use (Whisper base ~30 % slower). Read by glibc at process start only, so the launch
+#: file puts it in each node's environment (:func:`node_environment`).
+HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def node_environment(environ: Optional[dict] = None) -> dict[str, str]:
+    """Environment variables a node process should start with (``additional_env`` of the
+    launch file's nodes, the child of ``lifecycle-memory``): ``GLIBC_TUNABLES`` with
+    :data:`HUGETLB_TUNABLE` added to what ``environ`` (default: this process's) already sets;
+    empty when it is there, or when the user chose the allocator's hugetlb or mmap threshold
+    themselves."""
+    environ = os.environ if environ is None else environ
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" in tunables or "MALLOC_MMAP_THRESHOLD_" in environ:
+        return {}
+    return {"GLIBC_TUNABLES": ":".join(t for t in (tunables, HUGETLB_TUNABLE) if t)}
 
 
 def release_memory() -> None:

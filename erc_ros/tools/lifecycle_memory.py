@@ -338,7 +338,9 @@ def measure(args, out=print) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="erc_lifecycle_memory_"))
     params = tmp / "params.yaml"
     _params_file(args, bag, params)
-    env = dict(os.environ, PYTHONFAULTHANDLER="1")
+    from erc_ros.process import node_environment
+    # What the launch file gives a node process (the allocator's huge pages), then --env.
+    env = dict(os.environ, PYTHONFAULTHANDLER="1", **node_environment())
     if not getattr(args, "keep_domain", False):
         env["ROS_DOMAIN_ID"] = str(random.randint(1, 101))
         env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
