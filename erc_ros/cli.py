@@ -94,6 +94,8 @@ register("bench-core", "erc_ros.tools.bench_core",
          "perception core: DER (synthetic + real speech) and real-time factor, per stage")
 register("soak-core", "erc_ros.tools.soak_core",
          "perception core: stream a long synthetic conversation, check memory stays flat")
+register("lifecycle-memory", "erc_ros.tools.lifecycle_memory",
+         "composed nodes: RSS over lifecycle cycles driven over ROS, checked flat")
 register("transcribe", "erc_ros.tools.transcribe",
          "speech to text with the embedded Whisper (WAV files; --prepare readies the models)")
 register("bench-spoken", "erc_ros.tools.bench_spoken",

@@ -15,6 +15,18 @@ log what it set; components only use what is there.
 - torch's intra-op and inter-op thread counts (one pool per process: the speaker embedder
   and a torch backend share it);
 - OpenCV's thread pool (its default of one thread per core oversubscribes a busy machine);
+- glibc's allocator, in node processes (:func:`tune_allocator` at the first configure,
+  :func:`release_memory` after each cleanup). glibc raises its mmap threshold each time a
+  mapped block is freed (up to 32 MiB): after the first inference, the models a configure
+  loads land in the heap arena of the thread that ran it (an executor thread, whichever took
+  the transition; one arena per thread, up to 8 per core), and what the cleanup frees stays
+  resident there, until every arena holds its own copy (+440 MB over 10 cycles of the
+  composed nodes). Fixed at 128 KiB, every large block is mapped on its own and unmapped
+  when freed; ``malloc_trim`` hands back the free pages left among the small ones
+  (docs/ros.md, Lifecycle). The price: buffers above it are mapped and faulted in at each
+  use (the embedded recognizer ~30 % slower) unless glibc backs them with huge pages
+  (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in the node's environment, which the launch file
+  sets: :func:`node_environment`; as fast as before);
 - :func:`freeze_heap` after start-up: collect once, then freeze what survived (torch,
   ONNX Runtime, the model, the message types) out of the collector's reach. A full
   collection then walks only what the running process allocates, instead of pausing every
@@ -26,6 +38,8 @@ sessions (``threads`` of the emotion node, ``perception.vad.threads``).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import sys
@@ -84,6 +98,80 @@ def set_environment() -> None:
         if profile:
             os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = profile
             os.environ.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "1")
+
+
+#: glibc ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h).
+_M_MMAP_THRESHOLD = -3
+#: Blocks at least this large are mapped on their own: glibc's initial threshold, kept.
+MMAP_THRESHOLD = 128 * 1024
+_allocator = ""  # what tune_allocator did; "" before it ran
+
+
+def _glibc() -> Optional[ctypes.CDLL]:
+    """The C library when it is glibc (``mallopt``/``malloc_trim`` are glibc's), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # musl has no such symbol
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def tune_allocator() -> str:
+    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` (see the module docstring), once:
+    what it did, in words, the first time; ``""`` after. Left alone when the user set it
+    (``MALLOC_MMAP_THRESHOLD_``, or ``mmap_threshold`` in ``GLIBC_TUNABLES``) or the C
+    library is not glibc."""
+    global _allocator
+    with _lock:
+        if _allocator:
+            return ""
+        libc = _glibc()
+        huge = HUGETLB_TUNABLE in os.environ.get("GLIBC_TUNABLES", "")
+        if "MALLOC_MMAP_THRESHOLD_" in os.environ or \
+                "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+            _allocator = "malloc mmap threshold set by the environment"
+        elif libc is None:
+            _allocator = "allocator not tuned (not glibc)"
+        elif libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1:
+            _allocator = (f"malloc mmap threshold fixed at {MMAP_THRESHOLD >> 10} KiB ("
+                          + ("huge pages for mapped blocks)" if huge else
+                             "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 would back mapped blocks "
+                             "with huge pages: faster inference)"))
+        else:
+            _allocator = "malloc mmap threshold not set (mallopt refused)"
+        return _allocator
+
+
+#: glibc tunable that backs the blocks :func:`tune_allocator` maps with transparent huge pages
+#: (THP ``madvise`` or ``always``): without it those buffers are faulted in page by page at
+#: each use (Whisper base ~30 % slower). Read by glibc at process start only, so the launch
+#: file puts it in each node's environment (:func:`node_environment`).
+HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def node_environment(environ: Optional[dict] = None) -> dict[str, str]:
+    """Environment variables a node process should start with (``additional_env`` of the
+    launch file's nodes, the child of ``lifecycle-memory``): ``GLIBC_TUNABLES`` with
+    :data:`HUGETLB_TUNABLE` added to what ``environ`` (default: this process's) already sets;
+    empty when it is there, or when the user chose the allocator's hugetlb or mmap threshold
+    themselves."""
+    environ = os.environ if environ is None else environ
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" in tunables or "MALLOC_MMAP_THRESHOLD_" in environ:
+        return {}
+    return {"GLIBC_TUNABLES": ":".join(t for t in (tunables, HUGETLB_TUNABLE) if t)}
+
+
+def release_memory() -> None:
+    """After a lifecycle cleanup: ``malloc_trim(0)``, which hands the free pages of every
+    glibc arena back to the system (what the freed models and buffers left among the blocks
+    still in use); a few milliseconds. Nothing where the C library is not glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def configure(torch_threads: Optional[int] = 1, opencv_threads: int = 1,

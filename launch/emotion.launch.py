@@ -25,7 +25,7 @@ def _nodes(context, *args, **kwargs):
                   namespace=spec.namespace or None, parameters=spec.parameters,
                   remappings=spec.remappings, output="screen",
                   ros_arguments=spec.ros_arguments or None, respawn=spec.respawn,
-                  respawn_delay=spec.respawn_delay)
+                  respawn_delay=spec.respawn_delay, additional_env=spec.env or None)
         if spec.name:
             kw["name"] = spec.name
         actions.append(Node(**kw))

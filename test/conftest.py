@@ -24,6 +24,9 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1,
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_HOME"] = _ros_tmp
 os.environ["ROS_LOG_DIR"] = os.path.join(_ros_tmp, "log")
+#: The cache `make setup` prepared the default model, the face expert and Whisper base into
+#: (read, never written, by the tests that measure what a robot runs: test_ros_lifecycle_memory).
+SETUP_CACHE = os.environ.get("ERC_ROS_CACHE") or str(Path.home() / ".cache" / "erc_ros")
 # Exported ONNX files and downloaded test sounds go to this run's temp dir, not ~/.cache.
 os.environ.setdefault("ERC_ROS_CACHE", os.path.join(_ros_tmp, "cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

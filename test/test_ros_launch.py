@@ -350,3 +350,20 @@ def test_a_bad_asr_value_is_reported_under_its_own_argument():
         launch_config.plan({"asr": "whisper"})
     with pytest.raises(ValueError, match=r"launch argument asr_type: 'whisper' is not one of"):
         launch_config.plan({"asr_type": "whisper"})
+
+
+@pytest.mark.parametrize("composed", ["true", "false"])
+def test_every_node_process_starts_with_huge_pages_for_the_allocator(composed, monkeypatch):
+    """erc_ros.process.tune_allocator maps large buffers on their own; glibc backs them with
+    huge pages only when GLIBC_TUNABLES says so at process start (else inference is slower)."""
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    for s in launch_config.plan({"composed": composed, "face_expression_node": "true"}):
+        assert s.env == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # the user's kept
+    (one,) = launch_config.plan({})
+    assert one.env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")  # the user's choice
+    (one,) = launch_config.plan({})
+    assert one.env == {}
+    assert "additional_env=spec.env" in LAUNCH.read_text()

@@ -29,6 +29,7 @@ import contextlib
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Optional
@@ -79,6 +80,20 @@ class _Timer:
         self.calls[name] = self.calls.get(name, 0) + n
 
 
+def _weak_method(method):
+    """``method`` as a callback that does not keep its object alive (a no-op once it is
+    gone). The parts the core owns call it back this way: a strong reference would make a
+    cycle, and a core its owner dropped (the node's cleanup) would keep its models, ONNX
+    Runtime sessions and buffers until the next full garbage collection, which a long-running
+    node may not reach for hours (docs/ros.md, memory across lifecycle cycles)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args, **kwargs):
+        bound = ref()
+        return bound(*args, **kwargs) if bound is not None else None
+    return call
+
+
 class PerceptionCore:
     """See the module documentation.
 
@@ -116,7 +131,7 @@ class PerceptionCore:
                                   a.max_gap_fill_seconds, a.clock_reset_seconds,
                                   a.max_chunk_seconds, a.check_sample_rate,
                                   rate_tolerance=a.rate_tolerance,
-                                  on_discontinuity=self._on_discontinuity)
+                                  on_discontinuity=_weak_method(self._on_discontinuity))
         v = cfg.vad
         self.vad = StreamingVad(VadSegmenter(v.threshold, v.neg_threshold, v.min_silence_seconds,
                                              v.min_speech_seconds,
@@ -168,7 +183,8 @@ class PerceptionCore:
             self.recognizer = recognizer or WhisperRecognizer(cfg.asr).load()
             self._timer.add("load_asr", time.perf_counter() - t)
             if not cfg.asr.synchronous:
-                self.asr_worker = AsrWorker(self.recognizer, on_done=self._asr_done)
+                self.asr_worker = AsrWorker(self.recognizer,
+                                            on_done=_weak_method(self._asr_done))
         self._ready: list[Utterance] = []
         self._last_poll: Optional[float] = None  # `now` of the last poll (input clock)
         # The poll `now` at which the buffered audio last grew: audio that still flows but

@@ -28,6 +28,7 @@ from typing import Any, Optional
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from erc_ros import process
 from erc_ros.assemble import default_model_dir, load_pipeline
 from erc_ros.ros import convert, tracked
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
@@ -120,6 +121,9 @@ class EmotionNode(LifecycleNode):
                        "expression_namespace voices")
         if bad:
             return self._fail("invalid parameters: " + "; ".join(bad))
+        allocator = process.tune_allocator()  # before the first model (docs/ros.md)
+        if allocator:
+            self.get_logger().info(allocator)
         model_dir = p["model_dir"] or default_model_dir()
         try:
             self.pipeline = load_pipeline(model_dir, backend=p["backend"],
@@ -179,6 +183,7 @@ class EmotionNode(LifecycleNode):
         self.pipeline = None  # frees the model
         self.worker = None
         self.guard.configured = False
+        process.release_memory()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:

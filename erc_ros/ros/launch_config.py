@@ -112,6 +112,8 @@ class NodeSpec:
     ros_arguments: list[str] = field(default_factory=list)  # e.g. --log-level debug
     respawn: bool = False
     respawn_delay: float = 0.0
+    #: added to the node process's environment (the allocator: erc_ros.process.node_environment)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def _truthy(v: Any) -> bool:
@@ -306,6 +308,8 @@ def _process_arguments(a: dict[str, str]) -> dict[str, Any]:
         raise ValueError(f"launch argument respawn_delay: {a['respawn_delay']!r} is not a "
                          "number of seconds in 0-3600")
     out["respawn_delay"] = delay if out["respawn"] else 0.0
+    from erc_ros.process import node_environment
+    out["env"] = node_environment()
     return out
 
 

@@ -22,6 +22,7 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from erc_ros import process
 from erc_ros.assemble import build_config, build_core, torch_threads
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
@@ -218,6 +219,9 @@ class UtteranceNode(LifecycleNode):
         self.p = p
         if bad:
             return self._fail("invalid parameters: " + "; ".join(bad))
+        allocator = process.tune_allocator()  # before the first model (docs/ros.md)
+        if allocator:
+            self.get_logger().info(allocator)
         try:
             self.core = build_core(self._perception_overrides(), p["perception_config"],
                                    asr_type=p["asr_type"], uses_video=self.uses_video,
@@ -347,6 +351,7 @@ class UtteranceNode(LifecycleNode):
         self.ingest = self.worker = None
         self.guard.configured = False
         self._restore_derived()
+        process.release_memory()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
