@@ -4,6 +4,10 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Node processes fix glibc's mmap threshold (memory across lifecycle cycles, docs/ros.md);
+# huge pages keep the buffers mapped on their own as fast as before. The launch file sets the
+# same for its node processes; the demo and the suite run nodes in their own process.
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: setup setup-train setup-voices test demo demo-asr soak check-numpy1 clean help
 
