@@ -44,6 +44,15 @@ def make_bag(out: Path, script: str = SCRIPT, fps: float = 2.0, storage: str = "
     return out
 
 
+def close_rig(executor, node, driver) -> None:
+    """Stop a test rig: its executor, the node's worker, the node and the driving node."""
+    executor.shutdown(timeout_sec=2.0)
+    if node.worker:
+        node.worker.stop()
+    node.destroy_node()
+    driver.destroy_node()
+
+
 def wait_for(cond, timeout: float, period: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

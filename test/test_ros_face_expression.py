@@ -27,7 +27,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from _ros_support import Collector, wait_for
+from _ros_support import close_rig, Collector, wait_for
 from erc_ros.core.face_stream import FaceSchedule, summarize
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth
@@ -104,11 +104,7 @@ class Rig:
                         == convert.float_to_ns(t), 10), t
 
     def close(self) -> None:
-        self.ex.shutdown(timeout_sec=2.0)
-        if self.node.worker:
-            self.node.worker.stop()
-        self.node.destroy_node()
-        self.driver.destroy_node()
+        close_rig(self.ex, self.node, self.driver)
 
 
 def _status(rig: Rig, cond) -> dict:

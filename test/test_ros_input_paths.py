@@ -34,7 +34,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from _ros_support import Collector, NodeProcess, wait_for
+from _ros_support import close_rig, Collector, NodeProcess, wait_for
 from erc_ros.ros import convert
 
 pytestmark = pytest.mark.ros
@@ -254,11 +254,7 @@ class UtteranceRig:
         return self.status(lambda st, v: cond(st, v) and id(st) not in old, timeout)
 
     def close(self) -> None:
-        self.ex.shutdown(timeout_sec=2.0)
-        if self.node.worker:
-            self.node.worker.stop()
-        self.node.destroy_node()
-        self.driver.destroy_node()
+        close_rig(self.ex, self.node, self.driver)
 
 
 def _audio(stamp: float, samples: int, value: int = 300):
