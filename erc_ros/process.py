@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -107,8 +108,10 @@ MMAP_THRESHOLD = 128 * 1024
 _allocator = ""  # what tune_allocator did; "" before it ran
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc() -> Optional[ctypes.CDLL]:
-    """The C library when it is glibc (``mallopt``/``malloc_trim`` are glibc's), else None."""
+    """The C library when it is glibc (``mallopt``/``malloc_trim`` are glibc's), else None;
+    looked up once."""
     if not sys.platform.startswith("linux"):
         return None
     try:
