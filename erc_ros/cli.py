@@ -100,6 +100,8 @@ register("transcribe", "erc_ros.tools.transcribe",
          "speech to text with the embedded Whisper (WAV files; --prepare readies the models)")
 register("bench-spoken", "erc_ros.tools.bench_spoken",
          "the model's loss from gold text to what a robot hears, stage by stage (spoken MELD)")
+register("heard-set", "erc_ros.tools.heard_set",
+         "a MELD file as a robot hears it (spoken, recognized, diarized): training text")
 register("voices", "erc_ros.tools.voices",
          "voices for generated conversations: prepare Kokoro (the voices extra), list, say")
 register("spoken-set", "erc_ros.tools.spoken_set",

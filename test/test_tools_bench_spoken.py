@@ -133,3 +133,37 @@ def test_bench_spoken_refuses_bad_input(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench-spoken", "--voices", "festival", "--json", str(tmp_path / "r.json")])
+
+
+def test_heard_set_writes_what_the_robot_heard_as_meld_and_resumes(tmp_path, capsys):
+    """heard-set on two spoken dialogues: a MELD-format file load_meld reads, every gold turn
+    inside some utterance, labels from the turn each utterance overlaps most; a second run
+    hears nothing again."""
+    from erc_ros.core.asr import prepare_model
+    from erc_ros.training.data import load_meld
+
+    prepare_model("base")
+    csv_path, n = _two_dialogues(tmp_path)
+    out = tmp_path / "heard.csv"
+    cmd = ["heard-set", "--meld-csv", str(csv_path), "--voices", "kokoro", "--out", str(out),
+           "--bags", str(tmp_path / "bags")]
+    assert main(cmd) == 0
+    rows = list(csv.DictReader(open(out)))
+    gold = {(r["Dialogue_ID"], r["Utterance_ID"]): r for r in csv.DictReader(open(csv_path))}
+    assert rows and {r["Dialogue_ID"] for r in rows} == {d for d, _ in gold}
+    covered = {(r["Dialogue_ID"], g) for r in rows for g in r["Gold_Utterance_IDs"].split(";") if g}
+    assert covered == set(gold)  # no turn lost
+    for r in rows:
+        if r["Emotion"]:
+            owner = gold[(r["Dialogue_ID"], r["Gold_Utterance_IDs"].split(";")[0])]
+            assert r["Emotion"] in {gold[(r["Dialogue_ID"], g)]["Emotion"]
+                                    for g in r["Gold_Utterance_IDs"].split(";")}
+            assert r["Gold_Text"] and owner["Dialogue_ID"] == r["Dialogue_ID"]
+    dialogues = load_meld(out)
+    assert sum(len(d.utterances) for d in dialogues) == len(rows)
+    assert sorted(u.text for d in dialogues for u in d.utterances) == \
+        sorted(" ".join(r["Utterance"].split()) for r in rows)
+    capsys.readouterr()
+    assert main(cmd) == 0
+    assert "2 already in" in capsys.readouterr().out
+    assert len(list(csv.DictReader(open(out)))) == len(rows)

@@ -416,3 +416,52 @@ def _conf(sim: float, threshold: float) -> float:
     if sim >= threshold:
         return float(min(1.0, 0.5 + 0.5 * (sim - threshold) / max(1e-6, 1 - threshold)))
     return float(max(0.0, 0.5 * (sim + 1) / (threshold + 1)))
+
+
+#: Where a recognized segment may change speaker: after a word that ends a sentence.
+SENTENCE_END = (".", "?", "!")
+
+
+def speaker_changes(words, read: Callable[[float, float], np.ndarray],
+                    embed: Callable[[list], np.ndarray], threshold: float,
+                    window_s: float = 1.6, min_side_s: float = 0.3,
+                    min_piece_s: float = 0.5) -> list[int]:
+    """Where a new speaker takes over inside one recognized segment: the indices ``i`` of
+    ``words`` (each with ``word``, ``start``, ``end``) at which a piece starts, ascending.
+
+    Voice activity cannot cut a turn that follows another within a few hundred ms (natural
+    turn-taking: half the gaps are under 0.2 s, a quarter overlap), so one segment often holds
+    several people's turns. Every sentence end inside it (a word ending in ``.``, ``?`` or
+    ``!``, followed by more words) is a candidate: the speech on each side of the boundary,
+    at most ``window_s`` of it and at least ``min_side_s``, is embedded (``embed``: a batch of
+    windows -> unit vectors) and a cosine similarity below ``threshold`` is a change. The most
+    dissimilar changes are taken first; one closer than ``min_piece_s`` to a change already
+    taken is dropped. ``read(t0, t1)`` returns the audio."""
+    n = len(words)
+    if n < 2:
+        return []
+    seg0, seg1 = words[0].start, words[-1].end
+    cands, wavs = [], []
+    for i in range(1, n):
+        if not words[i - 1].word.endswith(SENTENCE_END):
+            continue
+        b = 0.5 * (words[i - 1].end + words[i].start)
+        if b - seg0 < min_side_s or seg1 - b < min_side_s:
+            continue
+        left, right = read(max(seg0, b - window_s), b), read(b, min(seg1, b + window_s))
+        if left.size == 0 or right.size == 0:
+            continue
+        cands.append((i, b))
+        wavs += [left, right]
+    if not cands:
+        return []
+    e = embed(wavs)
+    sims = np.einsum("ij,ij->i", e[0::2], e[1::2])
+    chosen: list[tuple[int, float]] = []
+    for k in np.argsort(sims):
+        if sims[k] >= threshold:
+            break
+        i, b = cands[k]
+        if all(abs(b - c) >= min_piece_s for _, c in chosen):
+            chosen.append((i, b))
+    return sorted(i for i, _ in chosen)

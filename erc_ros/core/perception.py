@@ -41,6 +41,7 @@ from .audio_buffer import AudioBuffer
 from .config import (AudioConfig, ConversationConfig, DiarizationConfig, FaceConfig,
                      PerceptionConfig, SegmentationConfig, VadConfig)
 from .conversation import ConversationHistory
+from .diarization import speaker_changes
 from .errors import InputError
 from .segmentation import PendingUtterance, Segmenter
 from .types import (FACE_CLASSES, FACE_DISABLED, FACE_ERROR, FACE_NO_CAMERA, FACE_NOT_SEEN,
@@ -57,7 +58,7 @@ _COUNTER_ORDER = ("utterances", "utterances_vad", "utterances_timed", "utterance
                   "speech_dropped_untranscribed", "utterances_no_face", "utterances_face",
                   "utterances_no_camera", "refused",
                   "transcripts", "partials", "frames", "conversations", "discontinuities",
-                  "speech_closed_stalled")
+                  "speech_closed_stalled", "turn_splits")
 
 
 @dataclass
@@ -200,7 +201,7 @@ class PerceptionCore:
         self.counters = {"utterances": 0, "close_embeddings": 0, "utterances_no_face": 0,
                          "utterances_face": 0, "utterances_no_camera": 0,
                          "refused": {}, "frames": 0, "conversations": 1, "discontinuities": 0,
-                         "speech_closed_stalled": 0}
+                         "speech_closed_stalled": 0, "turn_splits": 0}
         self._close_ms: deque = deque(maxlen=200)
 
     @contextlib.contextmanager
@@ -382,10 +383,35 @@ class PerceptionCore:
                 # a cough, noise the VAD took for speech. The speech is not lost: it becomes an
                 # utterance without text, as in voice-activity-only mode (counted).
                 self.asr_counters["no_text"] += 1
-        self._asr_ready[(start, end)] = ready
-        while len(self._asr_ready) > 256:  # entries of finals refused (pending_full)
-            self._asr_ready.pop(next(iter(self._asr_ready)))
-        self._asr_final(start, end, text, res.confidence, res.language)
+        for s, e, piece, confidence in self._turns(start, end, text, res):
+            self._asr_ready[(s, e)] = ready
+            while len(self._asr_ready) > 256:  # entries of finals refused (pending_full)
+                self._asr_ready.pop(next(iter(self._asr_ready)))
+            self._asr_final(s, e, piece, confidence, res.language)
+
+    def _turns(self, start: float, end: float, text: str, res) -> list[tuple]:
+        """``(start, end, text, confidence)`` of each speaker's turn in one recognized
+        segment: the whole segment, or its pieces where the voice changes at a sentence end
+        (``diarization.split_turns``, :func:`~erc_ros.core.diarization.speaker_changes`)."""
+        dz = self.config.diarization
+        words = res.words
+        if not (dz.split_turns and self.embedder is not None and text and len(words) > 1):
+            return [(start, end, text, res.confidence)]
+        t = time.perf_counter()
+        cuts = speaker_changes(words, self.buffer.read, self.embedder.embed_windows,
+                               dz.change_threshold, dz.window_seconds)
+        self._timer.add("turn_split", time.perf_counter() - t)
+        if not cuts:
+            return [(start, end, text, res.confidence)]
+        self.counters["turn_splits"] += len(cuts)
+        out, edges = [], [0, *cuts, len(words)]
+        for k, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+            s = start if a == 0 else 0.5 * (words[a - 1].end + words[a].start)
+            e = end if b == len(words) else 0.5 * (words[b - 1].end + words[b].start)
+            piece = words[a:b]
+            out.append((s, e, " ".join(w.word for w in piece),
+                        float(np.mean([w.probability for w in piece]))))
+        return out
 
     def _asr_final(self, start: float, end: float, text: str, confidence: float = math.nan,
                    language: str = "") -> None:
