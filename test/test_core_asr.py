@@ -78,13 +78,14 @@ def prompts():
 def test_config_defaults_validate_and_every_field_is_documented():
     cfg = AsrConfig().validate()
     assert (cfg.model, cfg.language, cfg.beam_size, cfg.compute_type, cfg.threads,
-            cfg.word_timestamps, cfg.vad_filter) == ("base", "en", 1, "int8", 2, True, False)
+            cfg.word_timestamps, cfg.vad_filter) == ("auto", "en", 1, "int8", 2, True, False)
     assert cfg.max_segment_seconds <= 30
     for name, default, doc in AsrConfig.describe():
         assert len(doc) > 15, name
     for bad in ({"beam_size": 0}, {"threads": 0}, {"max_queue": 0}, {"compute_type": "int3"},
                 {"max_segment_seconds": 31}, {"min_segment_seconds": 40},
-                {"no_speech_threshold": 2}, {"log_prob_threshold": 1}, {"model": ""}):
+                {"no_speech_threshold": 2}, {"log_prob_threshold": 1}, {"model": ""},
+                {"auto_base_max_seconds": 0}, {"degrade_backlog": -1}):
         with pytest.raises(ValueError):
             AsrConfig(**bad).validate()
 
@@ -283,18 +284,20 @@ class _Gated(WhisperRecognizer):
         self.model, self.model_path, self.multilingual = (loaded.model, loaded.model_path,
                                                           loaded.multilingual)
         self.started, self.gate = threading.Event(), threading.Event()
+        self.fast = []  # the worker's fast flag per transcription
 
-    def transcribe(self, audio16k, offset=0.0):
+    def transcribe(self, audio16k, offset=0.0, fast=False):
         self.started.set()
+        self.fast.append(fast)
         assert self.gate.wait(30)
-        return super().transcribe(audio16k, offset)
+        return super().transcribe(audio16k, offset, fast)
 
 
 class _Failing(_Gated):
-    def transcribe(self, audio16k, offset=0.0):
+    def transcribe(self, audio16k, offset=0.0, fast=False):
         if offset == 13.0:
             raise RuntimeError("decoder exploded")
-        return WhisperRecognizer.transcribe(self, audio16k, offset)
+        return WhisperRecognizer.transcribe(self, audio16k, offset, fast)
 
 
 def test_worker_refuses_when_full_and_every_accepted_segment_comes_out(tiny, speech):
@@ -403,7 +406,7 @@ def test_base_prepared_by_the_command_transcribes_real_speech(speech, prompts, c
 
     assert cli.main(["transcribe", "--prepare"]) == 0
     assert "base: " in capsys.readouterr().out
-    rec = WhisperRecognizer(AsrConfig()).load()  # the default: base
+    rec = WhisperRecognizer(AsrConfig(model="base")).load()
     assert rec.multilingual and rec.model_path.name.startswith("whisper-base-")
     items = speech[:2] + prompts[:3]
     res = [rec.transcribe(x, offset=5.0) for _, x in items]
@@ -433,3 +436,47 @@ def test_wer_normalisation_and_exclusion_rule():
     assert ex("letters/ascii123", "left brace") == "letters"
     assert ex("vm-nomore", "No more messages.") is None
     assert ex("x", "Please try the first option") == "number_words"
+
+
+def test_auto_chooses_the_model_by_a_timed_decode_and_says_why(tmp_path, monkeypatch):
+    """``auto`` times base on this machine: base where a segment decodes within the limit
+    (tiny.en kept beside it for a backlog), tiny.en where not, base for another language.
+    The limits here are far on either side of any CPU's decode time (0.1-1.5 s)."""
+    with monkeypatch.context() as m:  # base not joined into the cache: English goes on
+        m.setattr(asr, "_base_dir", lambda: tmp_path / "unprepared")
+        unprepared = WhisperRecognizer(AsrConfig(auto_base_max_seconds=60.0)).load()
+        assert unprepared.model_name == "tiny.en"
+        assert "base cannot load" in unprepared.choice["reason"]
+        with pytest.raises(AsrModelError, match="not prepared"):
+            WhisperRecognizer(AsrConfig(language="fr")).load()
+    prepare_model("base")
+    fast = WhisperRecognizer(AsrConfig(auto_base_max_seconds=60.0)).load()
+    assert fast.model_name == "base" and fast.multilingual and fast.fast_model is not None
+    assert fast.choice["model"] == "base" and "<= 60 s" in fast.choice["reason"]
+    assert 0 < fast.choice["tiny_en_seconds"] and 0 < fast.choice["base_seconds"] <= 60
+    slow = WhisperRecognizer(AsrConfig(auto_base_max_seconds=1e-4)).load()
+    assert slow.model_name == "tiny.en" and not slow.multilingual and slow.fast_model is None
+    assert slow.choice["reason"].startswith("base takes") and "tiny.en" in slow.choice["reason"]
+    french = WhisperRecognizer(AsrConfig(language="fr", auto_base_max_seconds=1e-4)).load()
+    assert french.model_name == "base" and "multilingual" in french.choice["reason"]
+    assert WhisperRecognizer(AsrConfig(model="tiny.en")).load().choice["reason"] == "configured"
+    fast.close()
+    assert fast.model is None and fast.fast_model is None
+
+
+def test_a_backlog_is_decoded_fast_not_refused(tiny, speech):
+    """With ``degrade_backlog`` segments waiting, the next is decoded greedily (no
+    temperature fallback): counted, and its text still comes."""
+    rec = _Gated(tiny)
+    rec.config = AsrConfig(model="tiny.en", degrade_backlog=1)
+    (t0, x0), (t1, x1), (t2, x2) = speech[:3]
+    with AsrWorker(rec, max_queue=4) as w:
+        assert w.submit("a", x0, 0.0, 1.0) and rec.started.wait(10)
+        assert w.submit("b", x1, 10.0, 11.0) and w.submit("c", x2, 20.0, 21.0)
+        rec.gate.set()
+        assert w.wait_idle(60)
+        out = {r.segment_id: r.result.text for r in w.results()}
+        st = w.stats()
+    # a started with nothing waiting, b with c behind it, c with nothing behind it.
+    assert rec.fast == [False, True, False] and st["degraded"] == 1
+    assert _wer([t0, t1, t2], [out["a"], out["b"], out["c"]]) <= 0.12

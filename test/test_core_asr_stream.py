@@ -57,7 +57,8 @@ def test_microphone_alone_gives_each_turn_its_text_speaker_and_span(conv, inline
     assert wer["wer"] <= 0.30, wer
     assert score(conv, utts)["der"] <= 0.15  # as with an external timed ASR (~5 %)
     st = core.stats()
-    assert st["asr"] == {"enabled": True, "model": "tiny.en", "segments": len(utts),
+    assert st["asr"] == {"enabled": True, "model": "tiny.en", "model_reason": "configured",
+                         "segments": len(utts),
                          "results": len(utts), "no_text": 0, "refused_full": 0, "errors": 0,
                          "unfinished": 0}
     assert st["counters"]["utterances_timed"] == len(utts)
@@ -101,9 +102,9 @@ def test_a_bounded_flush_gives_the_untranscribed_speech_without_text(conv):
     gate = threading.Event()
     real = core.recognizer.transcribe
 
-    def held(audio16k, offset=0.0):  # the recognizer, busy until the gate opens
+    def held(audio16k, offset=0.0, fast=False):  # the recognizer, busy until the gate opens
         assert gate.wait(60)
-        return real(audio16k, offset)
+        return real(audio16k, offset, fast)
     core.recognizer.transcribe = held
     audio = conv.audio[:12 * SR]  # two turns and the start of a third (open at the end)
     utts = []

@@ -119,3 +119,11 @@ def test_a_room_reverberates_and_adds_noise_at_the_snr():
         Room(noise="traffic")
     with pytest.raises(ValueError, match="not inside"):
         Room(mic=(9.0, 1.0, 1.0))
+
+
+def test_espeak_speaks_lines_that_look_like_options(tmp_path):
+    """MELD train has "-leg?" and "!": espeak-ng would read a leading "-" as an option and
+    write nothing; the line is spoken like any other."""
+    for text in ("-leg?", "!", "-she, of course, she- uh- familiar"):
+        x = cg.espeak(text, cache=tmp_path)
+        assert x.size > 0.2 * SR and np.abs(x).max() > 0.01

@@ -49,6 +49,11 @@ log = logging.getLogger("erc_ros.asr")
 SAMPLE_RATE = 16000
 #: Packaged models selectable by name.
 MODEL_NAMES = ("base", "tiny.en")
+#: ``asr.model: auto``: the model is chosen at load from a timed decode on this machine.
+AUTO = "auto"
+#: 1 s of quiet noise: decoded once at load (the first call's cost is paid there) and timed
+#: by ``auto``.
+_WARMUP = np.random.default_rng(0).normal(0, 0.02, SAMPLE_RATE).astype(np.float32)
 #: The command that joins the packaged models into the cache (named by errors).
 PREPARE_COMMAND = "python -m erc_ros transcribe --prepare"
 
@@ -87,9 +92,20 @@ class AsrConfig:
                        "for asr_type embedded)")
     synchronous: bool = _f(False, "transcribe on the calling thread instead of the "
                            "recognizer's own (offline replay: deterministic, nothing refused)")
-    model: str = _f("base", "base, tiny.en, or a directory holding a CTranslate2 Whisper "
-                    "model (model.bin, config.json, tokenizer.json); names resolve to the "
-                    "packaged models, never to a hub")
+    model: str = _f(AUTO, "auto (chosen at load: base where this CPU decodes a segment "
+                    "within auto_base_max_seconds, else tiny.en; base for a language other "
+                    "than English), base, tiny.en, or a directory holding a CTranslate2 "
+                    "Whisper model (model.bin, config.json, tokenizer.json); names resolve "
+                    "to the packaged models, never to a hub")
+    auto_base_max_seconds: float = _f(
+        0.5, "auto: base runs where one decode of a 1 s segment (the encoder's whole 30 s "
+        "window) takes at most this here; it leaves, of a 1 s budget from the end of speech "
+        "to the estimate, the VAD's 0.4 s hang-over and ~0.1 s for the emotion pipeline")
+    degrade_backlog: int = _f(
+        2, "with this many segments waiting behind the one starting, it is decoded greedily "
+        "without the temperature fallback, and by tiny.en where auto chose base (kept "
+        "loaded for it): the recognizer catches up instead of refusing speech (counted "
+        "'degraded'); 0: never")
     language: str = _f("en", "spoken language code (en, fr, ...); empty: detected per "
                        "segment (multilingual models only; tiny.en is English-only)")
     beam_size: int = _f(1, "beam width; 1 is greedy decoding (fastest)")
@@ -134,7 +150,11 @@ class AsrConfig:
     def validate(self) -> "AsrConfig":
         """Raise ValueError for values the recognizer cannot run with; return self."""
         if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError("asr.model must be 'base', 'tiny.en' or a model directory")
+            raise ValueError("asr.model must be 'auto', 'base', 'tiny.en' or a model directory")
+        if not self.auto_base_max_seconds > 0:
+            raise ValueError("asr.auto_base_max_seconds must be > 0")
+        if int(self.degrade_backlog) < 0:
+            raise ValueError("asr.degrade_backlog must be >= 0 (0: never)")
         if not isinstance(self.language, str) or len(self.language) > 8:
             raise ValueError(f"asr.language must be a language code or empty, got "
                              f"{self.language!r}")
@@ -330,17 +350,21 @@ class WhisperRecognizer:
         self.model = None
         self.model_path: Optional[Path] = None
         self.multilingual = False
+        #: The model that runs ("base", "tiny.en" or the directory) and why (``auto``: the
+        #: timed decodes it was chosen by), set by load(); on /diagnostics.
+        self.model_name = ""
+        self.choice: dict = {}
+        #: tiny.en, kept loaded where auto chose base: decodes a backlog (degrade_backlog).
+        self.fast_model = None
         self._lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
         return self.model is not None
 
-    def load(self) -> "WhisperRecognizer":
-        """Resolve the model's local directory and load it (never a hub name)."""
-        if self.model is not None:
-            return self
-        path = resolve_model(self.config.model)
+    def _open(self, name: str):
+        """Load one model (never a hub name): ``(WhisperModel, path, multilingual)``."""
+        path = resolve_model(name)
         try:
             from faster_whisper import WhisperModel
         except ImportError as e:
@@ -361,19 +385,81 @@ class WhisperRecognizer:
             raise AsrModelError(f"asr.language {self.config.language!r} is not a language "
                                 f"Whisper knows (e.g. en, fr, de, es, it; empty: detect)")
         if not multilingual and self.config.language not in ("", "en"):
-            raise AsrModelError(f"ASR model {self.config.model!r} is English-only; "
-                                f"language {self.config.language!r} needs a multilingual "
-                                "model (base)")
-        self.model, self.model_path, self.multilingual = model, path, multilingual
-        if self.config.warmup:
-            noise = np.random.default_rng(0).normal(0, 0.02, SAMPLE_RATE).astype(np.float32)
-            self.transcribe(noise)
-        log.info("ASR model %s loaded from %s (%s, %d threads)", self.config.model, path,
-                 self.config.compute_type, self.config.threads)
+            raise AsrModelError(f"ASR model {name!r} is English-only; language "
+                                f"{self.config.language!r} needs a multilingual model (base)")
+        return model, path, multilingual
+
+    def _probe(self) -> float:
+        """Seconds one decode of 1 s of audio takes with the loaded model: the median of
+        two after a first (the encoder always runs its 30 s window, so this is what a short
+        segment costs)."""
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            self.transcribe(_WARMUP)
+            times.append(time.perf_counter() - t)
+        return float(np.median(times[1:]))
+
+    def load(self) -> "WhisperRecognizer":
+        """Resolve the model's local directory and load it (never a hub name); ``auto``
+        chooses it first (:attr:`choice`)."""
+        if self.model is not None:
+            return self
+        cfg = self.config
+        if cfg.model != AUTO:
+            self.model, self.model_path, self.multilingual = self._open(cfg.model)
+            self.model_name, self.choice = cfg.model, {"model": cfg.model, "reason": "configured"}
+            if cfg.warmup:
+                self.transcribe(_WARMUP)
+        else:
+            self._choose()
+        log.info("ASR model %s (%s) loaded from %s (%s, %d threads)", self.model_name,
+                 self.choice["reason"], self.model_path, cfg.compute_type, cfg.threads)
         return self
 
+    def _choose(self) -> None:
+        """``auto``: base where it decodes a 1 s segment within ``auto_base_max_seconds``
+        here (tiny.en kept beside it for a backlog), else tiny.en; base whatever its speed
+        for another language than English (the only multilingual one)."""
+        cfg = self.config
+        try:
+            self.model, self.model_path, self.multilingual = self._open("base")
+        except AsrModelError as e:
+            if cfg.language != "en":
+                raise
+            self.model, self.model_path, self.multilingual = self._open("tiny.en")
+            self.model_name = "tiny.en"
+            self.choice = {"model": "tiny.en", "reason": f"base cannot load ({e})"}
+            if cfg.warmup:
+                self.transcribe(_WARMUP)
+            log.warning("asr.model auto: %s; tiny.en runs", self.choice["reason"])
+            return
+        self.model_name = "base"
+        base_s = self._probe()
+        limit = cfg.auto_base_max_seconds
+        if cfg.language != "en":
+            self.choice = {"model": "base", "base_seconds": round(base_s, 3), "reason": (
+                f"language {cfg.language or 'detected'}: base is the multilingual model "
+                f"({base_s:.2f} s per segment here)")}
+            return
+        fast, fast_path, _ = self._open("tiny.en")
+        held = self.model, self.model_path, self.multilingual
+        self.model, self.model_path, self.multilingual = fast, fast_path, False
+        tiny_s = self._probe()
+        if base_s <= limit:
+            self.model, self.model_path, self.multilingual = held
+            self.fast_model = fast
+            self.model_name = "base"
+            why = f"base decodes a segment in {base_s:.2f} s here (<= {limit:g} s)"
+        else:
+            self.model_name = "tiny.en"
+            why = (f"base takes {base_s:.2f} s per segment here (> {limit:g} s); "
+                   f"tiny.en {tiny_s:.2f} s")
+        self.choice = {"model": self.model_name, "base_seconds": round(base_s, 3),
+                       "tiny_en_seconds": round(tiny_s, 3), "reason": why}
+
     def close(self) -> None:
-        self.model = None
+        self.model = self.fast_model = None
 
     # Long audio is cut at the quietest 20 ms frame of each window's last quarter.
     def _split(self, x: np.ndarray) -> list[tuple[int, int]]:
@@ -390,9 +476,11 @@ class WhisperRecognizer:
         out.append((s, x.size))
         return out
 
-    def transcribe(self, audio16k: np.ndarray, offset: float = 0.0) -> AsrResult:
+    def transcribe(self, audio16k: np.ndarray, offset: float = 0.0,
+                   fast: bool = False) -> AsrResult:
         """Text and word times of 16 kHz mono float audio; times are ``offset`` + seconds
-        into the audio. Empty, too short or silent audio gives an empty result. Raises
+        into the audio. Empty, too short or silent audio gives an empty result. ``fast`` (a
+        backlog): greedy decoding only, by tiny.en where it is kept beside base. Raises
         ValueError for audio that is not 1-D finite samples, RuntimeError before load()."""
         if self.model is None:
             raise RuntimeError("WhisperRecognizer.load() was not called")
@@ -414,7 +502,9 @@ class WhisperRecognizer:
                 float(np.abs(x).max()) < cfg.silence_peak:
             return AsrResult.empty(seconds, lang, time.perf_counter() - t0)
         texts, words, logprobs, no_speech, detected = [], [], [], [], lang
-        temperature = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0] if cfg.temperature_fallback else 0.0
+        temperature = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0] if cfg.temperature_fallback and \
+            not fast else 0.0
+        model = self.fast_model if fast and self.fast_model is not None else self.model
         for a, b in self._split(x):
             if (b - a) / SAMPLE_RATE < cfg.min_segment_seconds:
                 continue
@@ -426,7 +516,7 @@ class WhisperRecognizer:
                 # same audio gives the same text, whatever was decoded before it.
                 import ctranslate2
                 ctranslate2.set_random_seed(0)
-                segments, info = self.model.transcribe(
+                segments, info = model.transcribe(
                     piece, language=lang or None, beam_size=int(cfg.beam_size),
                     temperature=temperature, word_timestamps=cfg.word_timestamps,
                     vad_filter=cfg.vad_filter, no_speech_threshold=cfg.no_speech_threshold,
@@ -538,7 +628,7 @@ class AsrWorker:
         self._idle = threading.Condition(self._lock)
         self._latencies: collections.deque[float] = collections.deque(maxlen=latency_window)
         self._counts = {"submitted": 0, "done": 0, "refused_full": 0, "errors": 0,
-                        "dropped_at_close": 0}
+                        "dropped_at_close": 0, "degraded": 0}
         self._busy = 0
         self._audio_seconds = 0.0
         self._compute_seconds = 0.0
@@ -583,7 +673,7 @@ class AsrWorker:
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     def stats(self) -> dict:
-        """Counts (submitted, done, refused_full, errors, pending), submit -> result latency
+        """Counts (submitted, done, refused_full, errors, degraded, pending), submit -> result latency
         p50/p95 in ms over the last ``latency_window`` segments, and the realtime factor:
         audio seconds / compute seconds of the successful transcriptions (> 1: faster than
         real time)."""
@@ -648,8 +738,10 @@ class AsrWorker:
                 return
             segment_id, audio, start, end, submitted = item
             t0 = time.perf_counter()
+            backlog = int(self.recognizer.config.degrade_backlog)
+            fast = 0 < backlog <= self._queue.qsize()  # waiting behind this one
             try:
-                result = self.recognizer.transcribe(audio, offset=start)
+                result = self.recognizer.transcribe(audio, offset=start, fast=fast)
                 failed = False
             except Exception as e:  # counted; the segment still comes out, without text
                 log.warning("ASR failed on segment %r: %r", segment_id, e)
@@ -662,6 +754,7 @@ class AsrWorker:
                 self._done.append(SegmentResult(segment_id, start, end, result, submitted, done))
                 self._counts["done"] += 1
                 self._counts["errors"] += failed
+                self._counts["degraded"] += fast
                 self._latencies.append(done - submitted)
                 if not failed:
                     self._audio_seconds += result.audio_seconds

@@ -424,7 +424,7 @@ SENTENCE_END = (".", "?", "!")
 
 def speaker_changes(words, read: Callable[[float, float], np.ndarray],
                     embed: Callable[[list], np.ndarray], threshold: float,
-                    window_s: float = 1.6, min_side_s: float = 0.3,
+                    window_s: float = 1.6, min_side_s: float = 0.5,
                     min_piece_s: float = 0.5) -> list[int]:
     """Where a new speaker takes over inside one recognized segment: the indices ``i`` of
     ``words`` (each with ``word``, ``start``, ``end``) at which a piece starts, ascending.

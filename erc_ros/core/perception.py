@@ -399,7 +399,8 @@ class PerceptionCore:
             return [(start, end, text, res.confidence)]
         t = time.perf_counter()
         cuts = speaker_changes(words, self.buffer.read, self.embedder.embed_windows,
-                               dz.change_threshold, dz.window_seconds)
+                               dz.change_threshold, dz.window_seconds,
+                               dz.change_min_side_seconds)
         self._timer.add("turn_split", time.perf_counter() - t)
         if not cuts:
             return [(start, end, text, res.confidence)]
@@ -730,10 +731,13 @@ class PerceptionCore:
         errors), and, on its own thread, queue and submit -> result latency."""
         if self.recognizer is None:
             return {"enabled": False}
-        out = {"enabled": True, "model": self.config.asr.model, **self.asr_counters}
+        r = self.recognizer
+        out = {"enabled": True, "model": r.model_name or self.config.asr.model,
+               "model_reason": r.choice.get("reason", ""), **self.asr_counters}
         if self.asr_worker is not None:
             w = self.asr_worker.stats()
             out.update(pending=w["pending"], queue_capacity=w["queue_capacity"],
+                       degraded=w["degraded"],
                        latency_p50_ms=w["latency_p50_ms"], latency_p95_ms=w["latency_p95_ms"],
                        realtime_factor=w["realtime_factor"])
         return out

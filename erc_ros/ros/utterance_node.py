@@ -241,7 +241,8 @@ class UtteranceNode(LifecycleNode):
             self._asr_out = AsrOutput(self, p["asr_topic"], p["max_voices"], p["voice_timeout"],
                                       self.health, p["voice_announce_timeout"])
             self.get_logger().info(
-                f"embedded ASR: Whisper {rec.config.model} from {rec.model_path} "
+                f"embedded ASR: Whisper {rec.model_name} ({rec.choice.get('reason', '')}) "
+                f"from {rec.model_path} "
                 f"({rec.config.compute_type}, {rec.config.threads} threads, language "
                 f"{rec.config.language or 'detected'}); transcripts on "
                 f"{self._asr_out.transcripts.topic_name}, ROS4HRI voices on /humans/voices")

@@ -452,6 +452,8 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
             for k in ("segments", "no_text", "refused_full"):
                 asr[k] += st["asr"].get(k, 0)
             asr["speech_s"] += sum(u.end - u.start for u in res.utterances)
+            asr["model"] = core.recognizer.model_name
+            asr["model_reason"] = core.recognizer.choice.get("reason", "")
             done = timeline(res.polls, res.estimates)
             if "asr" in results:
                 results["asr"].add(d, turns, res.estimates, done)
@@ -529,7 +531,8 @@ def summary(r: dict) -> str:
                else "-") + " |")
     a = r["asr"]
     if a.get("realtime_factor"):
-        lines.append(f"\nrecognizer: {a['segments']} segments, {a['speech_s'] / 60:.1f} min of "
+        lines.append(f"\nrecognizer: Whisper {a.get('model', '?')} ({a.get('model_reason', '')}); "
+                     f"{a['segments']} segments, {a['speech_s'] / 60:.1f} min of "
                      f"speech in {a['compute_s'] / 60:.1f} min: {a['realtime_factor']:.2f}x "
                      f"real time; {a['no_text']} without text, {a['refused_full']} refused "
                      f"(queue full)")

@@ -103,7 +103,8 @@ def espeak(text: str, voice: str = "en-us+f3", pitch: int = 50, speed: int = 160
             raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
         tmp = Path(tempfile.mkdtemp(dir=cache)) / "out.wav"
         subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed),
-                        "-w", str(tmp), text], check=True, capture_output=True)
+                        "-w", str(tmp), "--", text],  # "--": a line may start with "-"
+                       check=True, capture_output=True)
         os.replace(tmp, path)
         shutil.rmtree(tmp.parent, ignore_errors=True)
     x, sr = read_wav(path)

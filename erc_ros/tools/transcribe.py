@@ -27,7 +27,9 @@ def add_arguments(p) -> None:
     d = AsrConfig()
     p.add_argument("wavs", nargs="*", metavar="WAV", help="WAV files to transcribe")
     p.add_argument("--model", default=d.model,
-                   help=f"tiny.en | base | a CTranslate2 Whisper directory (default {d.model})")
+                   help=f"auto | tiny.en | base | a CTranslate2 Whisper directory (default "
+                        f"{d.model}: base where this CPU decodes a segment fast enough, else "
+                        f"tiny.en)")
     p.add_argument("--language", default=d.language,
                    help="language code; empty string: detect (multilingual models)")
     p.add_argument("--beam-size", type=int, default=d.beam_size)
@@ -98,6 +100,7 @@ def run(args) -> int:
         out.write_text(json.dumps({
             "files": files,
             "realtime_factor": round(audio_s / compute_s, 2) if compute_s > 0 else None,
-            "model": cfg.model, "model_path": str(rec.model_path),
+            "model": rec.model_name, "model_reason": rec.choice.get("reason", ""),
+            "model_path": str(rec.model_path),
             "config": dataclasses.asdict(cfg)}, indent=1))
     return 1 if failed else 0
