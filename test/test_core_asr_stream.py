@@ -242,3 +242,22 @@ def test_hostile_audio_gives_defined_results_and_flat_memory():
     # ru_maxrss is the peak (KiB): over the 9 minutes of silence after the first it grows
     # by less than 20 MB
     assert len(rss) == 10 and rss[-1] - rss[1] < 20_000, rss
+
+
+def test_turns_heard_as_one_segment_are_cut_where_the_voice_changes():
+    """The script spoken with 0.10-0.15 s between turns (a quick answer): voice activity
+    hears runs of turns as one segment. With ``diarization.split_turns`` each segment is cut
+    where the voice changes at a sentence end: more utterances, the same words, lower DER."""
+    lines = [cg.ScriptLine(s, t, e, f"l{i}") for i, (s, e, t) in enumerate(cg.DEFAULT_SCRIPT)]
+    conv = cg.build(lines, gap=(0.10, 0.15), seed=3, cache=espeak_cache(), name="quick")
+    runs = {}
+    for split in (False, True):
+        core = _core(asr__synchronous=True, diarization__split_turns=split)
+        utts, _ = stream(core, conv, asr="none", video=False)
+        core.close()
+        runs[split] = utts, core.stats()["counters"]["turn_splits"], score(conv, utts)["der"]
+    (whole, none, der_whole), (cut, splits, der_cut) = runs[False], runs[True]
+    assert none == 0 and len(whole) < len(conv.turns)  # turns joined by voice activity
+    assert splits >= 3 and len(cut) == len(whole) + splits
+    assert " ".join(u.text for u in cut).split() == " ".join(u.text for u in whole).split()
+    assert der_cut < der_whole

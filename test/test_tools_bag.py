@@ -117,6 +117,10 @@ def test_bench_e2e(bags, model, tmp_path):
     r = json.loads(js.read_text())
     assert r["utterances"] == 4 and r["lost"] == 0
     assert 0 < r["p50_ms"] <= r["p95_ms"] < 10_000
+    # From the end of each turn's speech: the bag's transcript comes 0.15 s (bag time) after
+    # it, so each estimate is later from the speech's end than from its transcript.
+    assert len(r["speech_end_ms"]) == 4 and r["speech_end_p50_ms"] > r["p50_ms"] > 0
+    assert r["machine"]["gemm_gflops"] > 0
     assert js.with_suffix(".png").is_file()
 
 

@@ -100,6 +100,7 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     node = rclpy.create_node("erc_bench_e2e")
     player = BagPlayer(node, bag_connections(bag))
     finals: list[dict] = []  # published final results: span + publish time
+    passes: list[tuple[float, float]] = []  # (clock offset, wall time of the bag's start)
     received: list[tuple[float, object]] = []
     lock = threading.Lock()
 
@@ -158,8 +159,9 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
         time.sleep(0.5)
         offset = 0.0
         for rep in range(repeat):
-            _play(player, bag, rate, offset, None if embedded else finals, start,
-                  deserialize_message, Transcript)
+            wall0 = _play(player, bag, rate, offset, None if embedded else finals, start,
+                          deserialize_message, Transcript)
+            passes.append((offset, wall0))
             offset += (end - start) + 5.0
         # Let the last utterances through: advance the clock past the end, wait a little.
         player.clock(end + offset + 2.0)
@@ -183,6 +185,7 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
             except subprocess.TimeoutExpired:
                 proc.kill()
     res = _score(finals, received, lines)
+    res.update(_speech_end(gold_spans(bag), passes, start, rate, received))
     res["mode"] = "split" if split else "composed"
     res["asr"] = asr
     res["node_diagnostics"] = diag
@@ -195,7 +198,7 @@ def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcr
     from erc_ros.ros import convert
     from erc_ros.ros.replay import GROUND_TRUTH_TOPIC, read_bag
 
-    wall0 = time.perf_counter()
+    wall0 = time.perf_counter()  # returned: the bag's start on this process's clock
     last_clock = float("-inf")
     for topic, typ, t_ns, raw in read_bag(bag):
         t = t_ns / 1e9
@@ -218,6 +221,41 @@ def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcr
                            "end": convert.time_to_float(msg.end), "text": msg.text,
                            "t": time.perf_counter()})
         player.pubs[topic].publish(msg)
+    return wall0
+
+
+def gold_spans(bag) -> list[tuple[float, float]]:
+    """(start, end) of every final transcript in the bag: when each person spoke (the
+    generated bags' transcripts carry the turns' spans)."""
+    from rclpy.serialization import deserialize_message
+
+    from erc_ros.msg import Transcript
+    from erc_ros.ros import convert
+    from erc_ros.ros.replay import read_bag
+
+    out = []
+    for _topic, typ, _t, raw in read_bag(bag):
+        if typ == "erc_ros/msg/Transcript":
+            m = deserialize_message(raw, Transcript)
+            if m.is_final:
+                out.append((convert.time_to_float(m.start), convert.time_to_float(m.end)))
+    return out
+
+
+def _speech_end(spans: list, passes: list, start: float, rate: float, received: list) -> dict:
+    """Speech end -> estimate, per estimate: from the moment the last turn it covers stopped
+    being spoken (the bag's span end, placed on the wall clock of the pass that played it)
+    to the estimate's arrival here. Estimates over no turn are left out."""
+    lat = []
+    for t, est, _ in received:
+        ends = [wall0 + (e - start) / rate for off, wall0 in passes for s, e in spans
+                if min(est.end, e + off) - max(est.start, s + off) > 0]
+        if ends:
+            lat.append((t - max(ends)) * 1e3)
+    v = np.asarray(lat, float)
+    return {"speech_end_ms": [round(x, 1) for x in lat],
+            "speech_end_p50_ms": float(np.percentile(v, 50)) if v.size else float("nan"),
+            "speech_end_p95_ms": float(np.percentile(v, 95)) if v.size else float("nan")}
 
 
 def _shift(msg, offset: float) -> None:
@@ -272,6 +310,8 @@ def process_settings(args) -> dict:
 
 
 def run(args) -> int:
+    from erc_ros.tools import machine
+
     bag = Path(args.bag)
     if not bag.exists():
         print(f"bench-e2e: no bag {bag}", file=sys.stderr)
@@ -281,7 +321,18 @@ def run(args) -> int:
     r["load_average_1m_after"] = os.getloadavg()[0]
     print(f"bench-e2e ({r['mode']}, ASR: {r['asr']}): {r['utterances']} utterances, {r['lost']} lost; final ASR result -> "
           f"EmotionEstimate p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
-          f"max {r['max_ms']:.1f} ms")
+          f"max {r['max_ms']:.1f} ms; end of speech -> EmotionEstimate p50 "
+          f"{r['speech_end_p50_ms']:.0f} ms, p95 {r['speech_end_p95_ms']:.0f} ms")
+    m = machine.describe(2)
+    r["machine"] = m
+    print(f"machine: {machine.line(m)}")
+    asr = r["node_diagnostics"]
+    for name, kv in asr.items():
+        if "core.asr.model" in kv:
+            print(f"{name}: Whisper {kv['core.asr.model']} ({kv.get('core.asr.model_reason', '')}); "
+                  f"refused (queue full) {kv.get('core.asr.refused_full', '?')}, "
+                  f"degraded {kv.get('core.asr.degraded', '?')}, "
+                  f"without text {kv.get('core.asr.no_text', '?')}")
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -290,11 +341,16 @@ def run(args) -> int:
             import matplotlib
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
-            fig, ax = plt.subplots(figsize=(5, 3))
-            ax.hist(r["latencies_ms"], bins=30)
-            ax.axvline(r["p95_ms"], color="r", ls="--", label=f"p95 {r['p95_ms']:.1f} ms")
-            ax.set_xlabel("final ASR result -> EmotionEstimate (ms)")
-            ax.legend()
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+            for ax, key, p95, what in (
+                    (axes[0], "latencies_ms", r["p95_ms"], "final ASR result"),
+                    (axes[1], "speech_end_ms", r["speech_end_p95_ms"], "end of speech")):
+                if r[key]:
+                    ax.hist(r[key], bins=30)
+                    ax.axvline(p95, color="r", ls="--", label=f"p95 {p95:.0f} ms")
+                    ax.legend()
+                ax.set_xlabel(f"{what} -> EmotionEstimate (ms)")
+            fig.suptitle(f"bench-e2e, ASR {r['asr']}: {machine.line(r['machine'])}", fontsize=8)
             fig.tight_layout()
             fig.savefig(out.with_suffix(".png"), dpi=110)
     return 0
