@@ -70,19 +70,25 @@ NONE = "<none>"  #: the "prediction" of a lost turn
 
 
 def add_arguments(p) -> None:
-    from erc_ros.tools.conversation_gen import add_voice_arguments
-    from erc_ros.tools.eval_bag import DEFAULT_CONFIG
-
     p.add_argument("--meld-csv", default=None, help="MELD-format CSV (default: MELD dev)")
-    add_voice_arguments(p, voices="kokoro", timing="natural")
-    p.add_argument("--dialogues", type=int, default=None,
-                   help="the first N dialogues of the file (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="the timelines' seed (turn-taking, "
-                   "room); the voices depend only on the speakers' names")
+    add_spoken_arguments(p, voices="kokoro")
     p.add_argument("--json", required=True, help="write the results here (and OUT.png)")
     p.add_argument("--out", default=None, help="also write per-turn CSVs into this folder")
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated subset of {', '.join(STAGES)}")
+
+
+def add_spoken_arguments(p, voices: str) -> None:
+    """How the dialogues are spoken and heard (bench-spoken, heard-set): voices, timing,
+    room, which dialogues, the bags, the model and the node parameters."""
+    from erc_ros.tools.conversation_gen import add_voice_arguments
+    from erc_ros.tools.eval_bag import DEFAULT_CONFIG
+
+    add_voice_arguments(p, voices=voices, timing="natural")
+    p.add_argument("--dialogues", type=int, default=None,
+                   help="the first N dialogues of the file (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="the timelines' seed (turn-taking, "
+                   "room); the voices depend only on the speakers' names")
     p.add_argument("--fps", type=float, default=2.0, help="camera frames per second in the bags")
     p.add_argument("--bags", default=None,
                    help="where the generated bags are kept (default: the cache)")

@@ -36,24 +36,11 @@ COLUMNS = ("Dialogue_ID", "Utterance_ID", "Speaker", "Utterance", "Emotion", "Se
 
 
 def add_arguments(p) -> None:
-    from erc_ros.tools.conversation_gen import add_voice_arguments
-    from erc_ros.tools.eval_bag import DEFAULT_CONFIG
+    from erc_ros.tools.bench_spoken import add_spoken_arguments
 
     p.add_argument("--meld-csv", required=True, help="MELD-format CSV to hear")
     p.add_argument("--out", required=True, help="the heard CSV (appended to; resumes)")
-    add_voice_arguments(p, voices="espeak", timing="natural")
-    p.add_argument("--dialogues", type=int, default=None,
-                   help="the first N dialogues of the file (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="the timelines' seed")
-    p.add_argument("--fps", type=float, default=2.0, help="camera frames per second in the bags")
-    p.add_argument("--bags", default=None, help="where the bags are kept (default: the cache)")
-    p.add_argument("--model-dir", default="", help="model directory (default models/default)")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--precision", default="auto")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="node parameter YAML")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a utterance_node parameter (as eval-bag --set)")
+    add_spoken_arguments(p, voices="espeak")
 
 
 def process_settings(args) -> dict:
