@@ -243,12 +243,14 @@ def gold_spans(bag) -> list[tuple[float, float]]:
 
 
 def _speech_end(spans: list, passes: list, start: float, rate: float, received: list) -> dict:
-    """Speech end -> estimate, per estimate: from the moment the last turn it covers stopped
-    being spoken (the bag's span end, placed on the wall clock of the pass that played it)
-    to the estimate's arrival here. Estimates over no turn are left out."""
+    """Speech end -> estimate, per estimate: from the moment the speech it answers stopped
+    (the last end of the bag's turns it overlaps, or its own end where a turn goes on past
+    it: voice activity cut the turn at a pause), placed on the wall clock of the pass that
+    played it, to the estimate's arrival here. Estimates over no turn are left out."""
     lat = []
     for t, est, _ in received:
-        ends = [wall0 + (e - start) / rate for off, wall0 in passes for s, e in spans
+        ends = [wall0 + (min(e + off, est.end) - off - start) / rate
+                for off, wall0 in passes for s, e in spans
                 if min(est.end, e + off) - max(est.start, s + off) > 0]
         if ends:
             lat.append((t - max(ends)) * 1e3)
