@@ -20,6 +20,7 @@ from rclpy.executors import SingleThreadedExecutor
 
 from _ros_support import FAST_PERCEPTION, Collector, make_bag, wait_for
 from erc_ros.assemble import perception_config
+from erc_ros.core.asr import prepare_model
 from erc_ros.ros import launch_config
 from erc_ros.tools import bench_asr, eval_bag
 
@@ -70,9 +71,13 @@ def test_live_nodes_hear_the_microphone_and_publish_transcripts_and_voices(mic_b
 
     rclpy.init()
     try:
+        # auto, told that base is too slow on any CPU: tiny.en runs, and says why
+        prepare_model("base")  # into this run's cache (set-up's step)
+        auto = {**TINY, "perception.asr.model": "auto",
+                "perception.asr.auto_base_max_seconds": 1e-4}
         sess = LiveSession(mic_bag, model_dir=str(model), asr_type="embedded",
                            extra_utterance_params=[Parameter(k, value=v)
-                                                   for k, v in TINY.items()])
+                                                   for k, v in auto.items()])
         got = {"transcripts": [], "speech": [], "tracked": []}
         lock = threading.Lock()
         listener = rclpy.create_node("asr_listener")
@@ -112,6 +117,7 @@ def test_live_nodes_hear_the_microphone_and_publish_transcripts_and_voices(mic_b
     assert len(estimates) == len(labels) == 4 and all(e.text for e in estimates)
     assert _edits(labels, estimates) <= MAX_EDITS, [e.text for e in estimates]
     assert stats["segments"] == stats["results"] == 4 and stats["refused_full"] == 0
+    assert stats["model"] == "tiny.en" and stats["model_reason"].startswith("base takes")
     with lock:
         assert [t.text for t in got["transcripts"]] == [e.text for e in estimates]
         assert all(t.is_final and t.speaker_hint and t.locale == "en" for t in got["transcripts"])
