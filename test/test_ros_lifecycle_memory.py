@@ -61,5 +61,6 @@ def test_thirty_cycles_stay_flat(asr):
     20 MB over the last 10, with the default launch and with the embedded recognizer."""
     res = _run(_args("--cycles", "30", "--asr", asr))
     if asr == "embedded":
-        assert res.recognizer == "Whisper base", res.recognizer
+        # asr.model auto: base or tiny.en, by this CPU's speed (loads both at each configure)
+        assert res.recognizer in ("Whisper base", "Whisper tiny.en"), res.recognizer
     assert res.ok, (res.reasons, [(round(c.rss_mb), round(c.served_mb)) for c in res.cycles])

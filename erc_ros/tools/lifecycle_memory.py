@@ -109,7 +109,8 @@ class Result:
     command: list[str] = field(default_factory=list)
     log: str = ""  #: the node process's log
     #: What ran, from the log: the emotion node's backend/precision ("onnxruntime/int8"),
-    #: the embedded recognizer ("Whisper base", empty without one), the face expert's line.
+    #: the embedded recognizer ("Whisper base" or "Whisper tiny.en", empty without one), the
+    #: face expert's line.
     backend: str = ""
     recognizer: str = ""
     face_expert: str = ""
