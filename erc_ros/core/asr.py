@@ -673,8 +673,8 @@ class AsrWorker:
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     def stats(self) -> dict:
-        """Counts (submitted, done, refused_full, errors, degraded, pending), submit -> result latency
-        p50/p95 in ms over the last ``latency_window`` segments, and the realtime factor:
+        """Counts (submitted, done, refused_full, errors, degraded, pending), submit -> result
+        latency p50/p95 in ms over the last ``latency_window`` segments, and the realtime factor:
         audio seconds / compute seconds of the successful transcriptions (> 1: faster than
         real time)."""
         with self._lock:

@@ -422,6 +422,11 @@ def _conf(sim: float, threshold: float) -> float:
 SENTENCE_END = (".", "?", "!")
 
 
+def word_boundary(words, i: int) -> float:
+    """The time between ``words[i - 1]`` and ``words[i]`` (the middle of the gap)."""
+    return 0.5 * (words[i - 1].end + words[i].start)
+
+
 def speaker_changes(words, read: Callable[[float, float], np.ndarray],
                     embed: Callable[[list], np.ndarray], threshold: float,
                     window_s: float = 1.6, min_side_s: float = 0.5,
@@ -445,7 +450,7 @@ def speaker_changes(words, read: Callable[[float, float], np.ndarray],
     for i in range(1, n):
         if not words[i - 1].word.endswith(SENTENCE_END):
             continue
-        b = 0.5 * (words[i - 1].end + words[i].start)
+        b = word_boundary(words, i)
         if b - seg0 < min_side_s or seg1 - b < min_side_s:
             continue
         left, right = read(max(seg0, b - window_s), b), read(b, min(seg1, b + window_s))

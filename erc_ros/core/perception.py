@@ -41,7 +41,7 @@ from .audio_buffer import AudioBuffer
 from .config import (AudioConfig, ConversationConfig, DiarizationConfig, FaceConfig,
                      PerceptionConfig, SegmentationConfig, VadConfig)
 from .conversation import ConversationHistory
-from .diarization import speaker_changes
+from .diarization import speaker_changes, word_boundary
 from .errors import InputError
 from .segmentation import PendingUtterance, Segmenter
 from .types import (FACE_CLASSES, FACE_DISABLED, FACE_ERROR, FACE_NO_CAMERA, FACE_NOT_SEEN,
@@ -406,9 +406,9 @@ class PerceptionCore:
             return [(start, end, text, res.confidence)]
         self.counters["turn_splits"] += len(cuts)
         out, edges = [], [0, *cuts, len(words)]
-        for k, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
-            s = start if a == 0 else 0.5 * (words[a - 1].end + words[a].start)
-            e = end if b == len(words) else 0.5 * (words[b - 1].end + words[b].start)
+        for a, b in zip(edges[:-1], edges[1:]):
+            s = start if a == 0 else word_boundary(words, a)
+            e = end if b == len(words) else word_boundary(words, b)
             piece = words[a:b]
             out.append((s, e, " ".join(w.word for w in piece),
                         float(np.mean([w.probability for w in piece]))))

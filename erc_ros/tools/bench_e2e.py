@@ -101,6 +101,7 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     player = BagPlayer(node, bag_connections(bag))
     finals: list[dict] = []  # published final results: span + publish time
     passes: list[tuple[float, float]] = []  # (clock offset, wall time of the bag's start)
+    spans: list[tuple[float, float]] = []  # the bag's turns (start, end), from its transcripts
     received: list[tuple[float, object]] = []
     lock = threading.Lock()
 
@@ -160,7 +161,7 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
         offset = 0.0
         for rep in range(repeat):
             wall0 = _play(player, bag, rate, offset, None if embedded else finals, start,
-                          deserialize_message, Transcript)
+                          deserialize_message, Transcript, spans if rep == 0 else None)
             passes.append((offset, wall0))
             offset += (end - start) + 5.0
         # Let the last utterances through: advance the clock past the end, wait a little.
@@ -185,26 +186,34 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
             except subprocess.TimeoutExpired:
                 proc.kill()
     res = _score(finals, received, lines)
-    res.update(_speech_end(gold_spans(bag), passes, start, rate, received))
+    res.update(_speech_end(spans, passes, start, rate, received))
     res["mode"] = "split" if split else "composed"
     res["asr"] = asr
     res["node_diagnostics"] = diag
     return res
 
 
-def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcript):
+def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcript,
+          spans=None):
     """Play one pass; bag times shifted by ``offset`` (repeat passes continue the clock).
-    ``finals`` None: the bag's ASR results are not played (the node recognizes)."""
+    ``finals`` None: the bag's ASR results are not played (the node recognizes). ``spans``:
+    a list to fill with the (start, end) of the bag's final transcripts, on the bag's own
+    clock (the generated bags' transcripts carry the turns' spans: when each person spoke).
+    Returns the wall time (perf_counter) of the bag's start."""
     from erc_ros.ros import convert
     from erc_ros.ros.replay import GROUND_TRUTH_TOPIC, read_bag
 
-    wall0 = time.perf_counter()  # returned: the bag's start on this process's clock
+    wall0 = time.perf_counter()
     last_clock = float("-inf")
     for topic, typ, t_ns, raw in read_bag(bag):
         t = t_ns / 1e9
         delay = (t - start) / rate - (time.perf_counter() - wall0)
         if delay > 0:
             time.sleep(delay)
+        if spans is not None and typ == "erc_ros/msg/Transcript":
+            m = deserialize_message(raw, Transcript)
+            if m.is_final:
+                spans.append((convert.time_to_float(m.start), convert.time_to_float(m.end)))
         if topic == GROUND_TRUTH_TOPIC or (finals is None and typ == "erc_ros/msg/Transcript"):
             continue
         if offset or typ == "erc_ros/msg/Transcript":
@@ -222,24 +231,6 @@ def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcr
                            "t": time.perf_counter()})
         player.pubs[topic].publish(msg)
     return wall0
-
-
-def gold_spans(bag) -> list[tuple[float, float]]:
-    """(start, end) of every final transcript in the bag: when each person spoke (the
-    generated bags' transcripts carry the turns' spans)."""
-    from rclpy.serialization import deserialize_message
-
-    from erc_ros.msg import Transcript
-    from erc_ros.ros import convert
-    from erc_ros.ros.replay import read_bag
-
-    out = []
-    for _topic, typ, _t, raw in read_bag(bag):
-        if typ == "erc_ros/msg/Transcript":
-            m = deserialize_message(raw, Transcript)
-            if m.is_final:
-                out.append((convert.time_to_float(m.start), convert.time_to_float(m.end)))
-    return out
 
 
 def _speech_end(spans: list, passes: list, start: float, rate: float, received: list) -> dict:
@@ -328,11 +319,11 @@ def run(args) -> int:
     m = machine.describe(2)
     r["machine"] = m
     print(f"machine: {machine.line(m)}")
-    asr = r["node_diagnostics"]
-    for name, kv in asr.items():
+    for name, kv in r["node_diagnostics"].items():
         if "core.asr.model" in kv:
-            print(f"{name}: Whisper {kv['core.asr.model']} ({kv.get('core.asr.model_reason', '')}); "
-                  f"refused (queue full) {kv.get('core.asr.refused_full', '?')}, "
+            print(f"{name}: Whisper {kv['core.asr.model']} "
+                  f"({kv.get('core.asr.model_reason', '')}); refused (queue full) "
+                  f"{kv.get('core.asr.refused_full', '?')}, "
                   f"degraded {kv.get('core.asr.degraded', '?')}, "
                   f"without text {kv.get('core.asr.no_text', '?')}")
     if args.json:
@@ -352,7 +343,8 @@ def run(args) -> int:
                     ax.axvline(p95, color="r", ls="--", label=f"p95 {p95:.0f} ms")
                     ax.legend()
                 ax.set_xlabel(f"{what} -> EmotionEstimate (ms)")
-            fig.suptitle(f"bench-e2e, ASR {r['asr']}: {machine.line(r['machine'])}", fontsize=8)
+            fig.suptitle(f"bench-e2e, ASR {r['asr']}: {machine.line(r['machine'])}",
+                         fontsize=8)
             fig.tight_layout()
             fig.savefig(out.with_suffix(".png"), dpi=110)
     return 0
