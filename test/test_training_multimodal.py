@@ -396,3 +396,50 @@ def test_a_clip_too_long_or_too_large_is_refused_with_its_reason(tmp_path, monke
     (d,) = data.load_meld(csv_path, clips)
     summary = attach_media([d])
     assert "larger than 8K" in capsys.readouterr().err and summary["failed"] == 2
+
+
+def test_clips_read_on_ray_are_the_ones_read_here(meld_raw, tmp_path, monkeypatch):
+    """The media reading as Ray tasks (--workers 2 on a local Ray): each clip's audio, face
+    crops are the single-process ones, bit for bit (the same code and settings), the d-vector
+    too up to float32 rounding (a worker's torch runs on one thread, this process's on its
+    own count: sums in another order, ~1e-7 on a unit vector), and `evaluate --media
+    --workers 2` gives the same scores."""
+    ray = pytest.importorskip("ray", reason="the Ray extra (make setup-ray) is not installed")
+    from erc_ros.training.media import MediaReader, prefetch_on_ray
+    # one local Ray of 2 CPUs for both parts (the commands use a running one as they find it)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        _compare_ray_media(meld_raw, tmp_path, monkeypatch, MediaReader, prefetch_on_ray)
+    finally:
+        ray.shutdown()
+
+
+def _compare_ray_media(meld_raw, tmp_path, monkeypatch, MediaReader, prefetch_on_ray):
+
+    root, train_csv, dev_csv, init = meld_raw
+    dialogues = data.load_meld(train_csv, root / "train_splits")
+    here = MediaReader(cache_dir=tmp_path / "here", progress=False)
+    mine = [here.read_dialogue(d) for d in dialogues]
+    ray_reader = MediaReader(cache_dir=tmp_path / "ray", progress=False)
+    counts = prefetch_on_ray(ray_reader, dialogues, workers=2)
+    assert counts["clips"] == 24 and counts["failed"] == counts["failed_tasks"] == 0
+    theirs = [ray_reader.read_dialogue(d) for d in dialogues]
+    assert ray_reader.counters["from_cache"] == 24  # all of it read by the workers
+    for a, b in zip(sum(mine, []), sum(theirs, [])):
+        np.testing.assert_array_equal(a.audio, b.audio)
+        assert len(a.faces) == len(b.faces) > 0
+        for x, y in zip(a.faces, b.faces):
+            np.testing.assert_array_equal(x, y)
+        np.testing.assert_allclose(a.speaker_embedding, b.speaker_embedding, rtol=0, atol=1e-6)
+
+    got = {}
+    for name, extra in (("here", []), ("ray", ["--workers", "2"])):
+        monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path / f"cache-{name}"))
+        out_json = tmp_path / f"eval-{name}.json"
+        assert cli.main(["evaluate", "--csv", str(dev_csv), "--model", str(init), "--json",
+                         str(out_json), "--media", str(root), *extra]) == 0
+        got[name] = json.loads(out_json.read_text())
+    assert got["ray"]["media"]["on_ray"]["clips"] == 8
+    assert got["ray"]["media"]["from_cache"] == 8 and got["here"]["media"]["from_cache"] == 0
+    for k in ("weighted_f1", "accuracy", "confusion"):
+        assert got["ray"][k] == got["here"][k]

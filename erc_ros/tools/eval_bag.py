@@ -10,24 +10,35 @@ Labels: ``--labels CSV`` (utterance_id,start,end[,speaker,text],label), else the
 Each labelled turn is matched to the estimate whose span overlaps it most (ids are used
 when they agree); a labelled turn without an estimate is *lost*.
 
+Many bags: ``--workers N`` scores them on a local Ray of N CPUs, ``--ray-address`` on a
+cluster, one task per bag (:mod:`erc_ros.jobs`), with the same results. A bag that cannot be
+scored is listed with its reason (``failed``; exit status 1) and the others are scored. Each
+bag's offline result is kept in ``<cache>/eval_bag`` under the sha256 of the bag, the model's
+manifest, the labels and the settings: a run over the same bags reads it back (``resumed``)
+instead of scoring the bag again (``--fresh``: score all).
+
 Writes into ``--out`` (default ``runs/eval_bag/<time>``): ``utterances.csv``, ``summary.md``,
 ``confusion.png``, ``latency.png`` and ``metrics.json`` (also ``--json OUT``: keys
 ``realtime_factor``, ``utterances``, ``estimates``, ``lost``, ``accuracy``, ``weighted_f1``,
-``per_class_f1``, ``latency_ms``).
+``per_class_f1``, ``latency_ms``, ``failed``, ``resumed``).
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from erc_ros.paths import CHECKOUT, share_path
+from erc_ros import jobs
+from erc_ros.jobs import describe, run_piece
+from erc_ros.paths import CHECKOUT, sha256_file, share_path
 
 #: The nodes' parameter file (checkout or colcon install).
 DEFAULT_CONFIG = share_path("config", "emotion.yaml") or CHECKOUT / "config" / "emotion.yaml"
@@ -55,6 +66,10 @@ def add_arguments(p) -> None:
                    help="bag: the bag's own ASR topic; embedded: ignore it and recognize the "
                         "bag's audio with the node's recognizer (a bag with only a camera and "
                         "a microphone)")
+    jobs.add_arguments(p, "score the bags, one task per bag,")
+    p.add_argument("--fresh", action="store_true",
+                   help="score every bag again, ignoring results kept from an earlier "
+                        "run with the same bag, model and settings")
 
 
 def process_settings(args) -> dict:
@@ -173,12 +188,18 @@ def match(labels: list[dict], estimates: list) -> list[tuple[dict, Any]]:
 
 
 def metrics(pairs: list[tuple[dict, Any]], class_names: list[str]) -> dict:
+    """Metrics of (label, estimate) pairs; those without an estimate or a label are left
+    out (a lost turn is counted apart)."""
+    got = [(lab["label"], est.label) for lab, est in pairs if est is not None and lab["label"]]
+    return label_metrics([y for y, _ in got], [p for _, p in got], class_names)
+
+
+def label_metrics(y_true: list[str], y_pred: list[str], class_names: list[str]) -> dict:
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-    got = [(lab["label"].lower(), est.label.lower()) for lab, est in pairs
-           if est is not None and lab["label"]]
-    if not got:
+    if not y_true:
         return {}
-    y, p = zip(*got)
+    y = [t.lower() for t in y_true]
+    p = [t.lower() for t in y_pred]
     names = [c.lower() for c in class_names]
     extra = sorted(set(y) - set(names))
     labels = names + extra
@@ -244,127 +265,342 @@ def format_line(utt_or_est: Any, est: Any) -> str:
             f"{est.confidence:4.2f}  {est.text[:70]!r}")
 
 
-# --- main ------------------------------------------------------------------------------------
+# --- one bag -----------------------------------------------------------------------------
+
+#: Bumped when what a stored per-bag result holds, or how it is made, changes.
+RESULT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What scoring a bag depends on, besides the bag: picklable, sent to each worker."""
+    labels: Optional[str] = None
+    model_dir: str = ""
+    backend: str = "auto"
+    precision: str = "auto"
+    threads: int = 2
+    config: str = str(DEFAULT_CONFIG)
+    sets: tuple = ()
+    asr: str = "bag"
+
+    def key(self, bag: Path) -> str:
+        """The stored result's name: the bag's bytes, the model's manifest (which holds the
+        sha256 of each of its files), the labels and the perception parameters the bag
+        is replayed with."""
+        from erc_ros.runtime.manifest import default_model_dir
+        model = Path(self.model_dir or default_model_dir())
+        over, file = perception_overrides(self.config, self.sets)
+        parts = {"format": RESULT_FORMAT, "bag": tree_sha256(bag),
+                 "model": sha256_file(model / "manifest.json"), "backend": self.backend,
+                 "precision": self.precision, "asr": self.asr, "perception": over,
+                 "perception_config": sha256_file(file) if file else "",
+                 "labels": sha256_file(self.labels) if self.labels else ""}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
+                              ).hexdigest()
+
+
+def tree_sha256(folder: Path) -> str:
+    """sha256 over a bag folder's files (names and bytes, in name order)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(bytes.fromhex(sha256_file(f)))
+    return h.hexdigest()
+
+
+def score_bag(bag: Path, s: Settings, pipeline=None, on_estimate=None,
+              progress=None) -> dict:
+    """Replay one bag offline and match its labels: a plain dict (the rows of
+    utterances.csv and what the metrics need), the same in a worker as here."""
+    from erc_ros.ros.replay import replay_bag
+    bag = Path(bag)
+    if pipeline is None:
+        pipeline = _worker_pipeline(s)
+    pipeline.reset()
+    cpu0 = time.process_time()
+    asr_type = "embedded" if s.asr == "embedded" else bag_asr_type(bag)
+    core = make_core(s.config, s.sets, pipeline, asr_type=asr_type)
+    res = replay_bag(bag, core, pipeline, on_estimate=on_estimate, progress=progress)
+    out = bag_record(bag, res, s.labels)
+    out["cpu_s"] = time.process_time() - cpu0
+    out.update(model_id=pipeline.model_id, backend=pipeline.backend_name,
+               class_names=list(pipeline.class_names))
+    return out
+
+
+def bag_record(bag: Path, res, labels: Optional[str]) -> dict:
+    """A replay's estimates matched to the bag's labels, as plain data."""
+    labs = labels_for(bag, labels, res.ground_truth)
+    pairs = match(labs, res.estimates)
+    rows = []
+    matched = {id(e) for _, e in pairs if e is not None}
+    for lab, est in pairs:
+        rows.append({"bag": bag.name, "utterance_id": lab["utterance_id"],
+                     "start": lab["start"], "end": lab["end"], "speaker": lab["speaker"],
+                     "text": lab["text"], "label": lab["label"], **_estimate_columns(est)})
+    for est in res.estimates:
+        if id(est) not in matched:
+            rows.append({"bag": bag.name, "utterance_id": est.utterance_id, "start": "",
+                         "end": "", "speaker": "", "text": "", "label": "",
+                         **_estimate_columns(est)})
+    return {"bag": str(bag), "duration_s": res.duration_s, "wall_s": res.wall_s,
+            "estimates": len(res.estimates), "labelled": len(labs),
+            "lost": sum(1 for _, e in pairs if e is None),
+            # why utterances came out as they did (timed_audio_incomplete, ...)
+            "perception": res.stats.get("counters", {}), "refused": dict(res.refused),
+            "rows": rows, "latency_ms": [e.latency_ms for e in res.estimates],
+            "pairs": [[lab["label"], est.label if est is not None else None]
+                      for lab, est in pairs],
+            "heard": [[lab["text"], est.text] for lab, est in pairs if est is not None]}
+
+
+def _estimate_columns(est) -> dict:
+    return {"predicted": est.label if est else "",
+            "confidence": f"{est.confidence:.4f}" if est else "",
+            "heard": est.text if est else "",
+            "est_speaker": est.speaker_id if est else "",
+            "est_start": f"{est.start:.3f}" if est else "",
+            "est_end": f"{est.end:.3f}" if est else "",
+            "latency_ms": f"{est.latency_ms:.2f}" if est else "", "lost": est is None,
+            **_face_columns(est)}
+
+
+_PIPELINES: dict = {}
+
+
+def _worker_pipeline(s: Settings):
+    """A worker's pipeline, loaded once per process for the settings it serves (a Ray
+    worker runs many bags); the process's thread counts are set by its first piece."""
+    from erc_ros import process
+    key = (s.model_dir, s.backend, s.precision, s.threads)
+    if key not in _PIPELINES:
+        over, _ = perception_overrides(s.config, s.sets)
+        from erc_ros.assemble import torch_threads
+        process.configure(torch_threads=torch_threads(over), by="erc_ros eval-bag worker")
+        _PIPELINES.clear()
+        _PIPELINES[key] = make_pipeline(s.model_dir, s.backend, s.precision, s.threads)
+    return _PIPELINES[key]
+
+
+def _score_stored(bag: str, s: Settings, key: str, store: Optional[str]) -> dict:
+    """A worker's piece: score the bag and keep the result under ``store`` (the job's
+    stored results, when the worker shares the file system; the caller keeps it too)."""
+    out = score_bag(Path(bag), s)
+    if store:
+        save_result(Path(store), key, out)
+    return out
+
+
+def results_dir() -> Path:
+    from erc_ros.paths import cache_root
+    return cache_root() / "eval_bag"
+
+
+def load_result(store: Path, key: str) -> Optional[dict]:
+    f = store / f"{key}.json"
+    try:
+        return json.loads(f.read_text()) if f.is_file() else None
+    except (OSError, ValueError):  # a torn file: scored again
+        return None
+
+
+def save_result(store: Path, key: str, result: dict) -> None:
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        tmp = store / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, store / f"{key}.json")
+    except OSError as e:  # a full disk costs the resume, not the run
+        print(f"eval-bag: warning: cannot keep the result in {store} ({e})", file=sys.stderr)
+
+
+# --- many bags -------------------------------------------------------------------------------
 
 def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
              backend: str = "auto", precision: str = "auto", threads: int = 2,
              config: str | Path = DEFAULT_CONFIG, live: bool = False, rate: float = 1.0,
              out: Optional[Path] = None, quiet: bool = True, on_estimate=None,
-             sets: tuple = (), progress_bar: bool = True, asr: str = "bag") -> dict:
+             sets: tuple = (), progress_bar: bool = True, asr: str = "bag",
+             workers: int = 0, ray_address: Optional[str] = None, resume: bool = True,
+             store: Optional[Path] = None) -> dict:
     """Score ``bags``; ``asr``: ``bag`` reads the bag's own ASR topic, ``embedded`` ignores
-    it and recognizes the bag's audio with the node's recognizer (asr_type embedded)."""
+    it and recognizes the bag's audio with the node's recognizer (asr_type embedded).
+
+    ``workers`` (a local Ray of that many CPUs) or ``ray_address`` (a cluster): one Ray
+    task per bag (:mod:`erc_ros.jobs`), the same :func:`score_bag`. A bag that fails is
+    listed in ``failed`` with its reason; the others are scored. Offline, each bag's
+    result is kept under ``store`` (default ``<cache>/eval_bag``) by :meth:`Settings.key`,
+    and ``resume`` reads it back instead of scoring the bag again."""
     if asr not in ("bag", "embedded"):
         raise ValueError(f"asr must be 'bag' or 'embedded', got {asr!r}")
+    parallel = bool(workers) or bool(ray_address)
+    if live and parallel:
+        raise ValueError("--live replays through this machine's nodes in real time; "
+                         "--workers / --ray-address score offline")
     from tqdm import tqdm
 
-    from erc_ros.ros.replay import bag_span, replay_bag
-    pipeline = make_pipeline(model_dir, backend, precision, threads)
-    rows: list[dict] = []
-    all_pairs: list = []
-    total_dur = total_wall = 0.0
-    n_est = n_utt = 0
-    lat: list[float] = []
-    refused: dict[str, int] = {}
-    per_bag = []
-    spans = {b: bag_span(b) for b in bags}
-    cpu0 = time.process_time()
-    bar = tqdm(total=sum(e - s for s, e in spans.values()), unit="bag-s", desc="eval-bag",
-               mininterval=2.0, disable=not progress_bar)
-    for bag in bags:
-        bag = Path(bag)
-        pipeline.reset()
-        done = [0.0]
-
-        def progress(sec, done=done):
-            bar.update(sec - done[0])
-            done[0] = sec
-
-        def on_est(utt, est):
-            if on_estimate is not None:
-                on_estimate(utt, est)
-            elif not quiet:
-                tqdm.write(format_line(utt, est))
-
+    from erc_ros.ros.replay import bag_span
+    t_start = time.perf_counter()
+    s = Settings(labels, model_dir, backend, precision, threads, str(config), tuple(sets), asr)
+    store = Path(store) if store else results_dir()
+    bags = [Path(b) for b in bags]
+    spans = {}
+    for b in bags:
+        try:
+            start, end = bag_span(b)
+            spans[b] = end - start
+        except Exception:  # noqa: BLE001 -- unreadable: reported when it is scored
+            spans[b] = 0.0
+    bar = tqdm(total=sum(spans.values()), unit="bag-s", desc="eval-bag", mininterval=2.0,
+               disable=not progress_bar)
+    records: dict[Path, dict] = {}
+    failed: list[dict] = []
+    resumed = 0
+    keys: dict[Path, str] = {}
+    todo = []
+    for b in bags:
         if live:
-            from erc_ros.ros.live import live_replay
-            res = live_replay(bag, config=config, model_dir=model_dir, backend=backend,
-                              precision=precision, threads=threads, rate=rate,
-                              on_estimate=on_est, progress=progress, sets=parse_sets(sets),
-                              asr_type="embedded" if asr == "embedded" else "")
-        else:  # the node's own recognizer, or the ASR the bag holds
-            asr_type = "embedded" if asr == "embedded" else bag_asr_type(bag)
-            core = make_core(config, sets, pipeline, asr_type=asr_type)
-            res = replay_bag(bag, core, pipeline, on_estimate=on_est, progress=progress)
-        labs = labels_for(bag, labels, res.ground_truth)
-        pairs = match(labs, res.estimates)
-        all_pairs += pairs
-        matched = {id(e) for _, e in pairs if e is not None}
-        for lab, est in pairs:
-            rows.append({"bag": bag.name, "utterance_id": lab["utterance_id"],
-                         "start": lab["start"], "end": lab["end"], "speaker": lab["speaker"],
-                         "text": lab["text"], "label": lab["label"],
-                         "predicted": est.label if est else "",
-                         "confidence": f"{est.confidence:.4f}" if est else "",
-                         "est_speaker": est.speaker_id if est else "",
-                         "est_start": f"{est.start:.3f}" if est else "",
-                         "est_end": f"{est.end:.3f}" if est else "",
-                         "latency_ms": f"{est.latency_ms:.2f}" if est else "", "lost": est is None,
-                         **_face_columns(est)})
-        for est in res.estimates:
-            if id(est) not in matched:
-                rows.append({"bag": bag.name, "utterance_id": est.utterance_id, "start": "",
-                             "end": "", "speaker": "", "text": est.text, "label": "",
-                             "predicted": est.label, "confidence": f"{est.confidence:.4f}",
-                             "est_speaker": est.speaker_id, "est_start": f"{est.start:.3f}",
-                             "est_end": f"{est.end:.3f}", "latency_ms": f"{est.latency_ms:.2f}",
-                             "lost": False, **_face_columns(est)})
-        lat += [e.latency_ms for e in res.estimates]
-        for k, v in res.refused.items():
-            refused[k] = refused.get(k, 0) + v
-        total_dur += res.duration_s
-        total_wall += res.wall_s
-        n_est += len(res.estimates)
-        n_utt += len(labs)
-        per_bag.append({"bag": str(bag), "duration_s": res.duration_s, "wall_s": res.wall_s,
-                        "estimates": len(res.estimates), "labelled": len(labs),
-                        "lost": sum(1 for _, e in pairs if e is None),
-                        # why utterances came out as they did (timed_audio_incomplete, ...)
-                        "perception": res.stats.get("counters", {})})
+            todo.append(b)
+            continue
+        try:
+            keys[b] = s.key(b)
+        except Exception as e:  # noqa: BLE001 -- e.g. a bag folder that cannot be read
+            failed.append({"bag": str(b), "error": describe(e)})
+            continue
+        got = load_result(store, keys[b]) if resume else None
+        if got is not None:
+            records[b] = got
+            resumed += 1
+            bar.update(spans[b])
+        else:
+            todo.append(b)
+    if resumed:
+        tqdm.write(f"eval-bag: {resumed} bag(s) already scored with these settings "
+                   f"(kept in {store}); {len(todo)} to go", file=sys.stderr)
+
+    def on_est(utt, est):
+        if on_estimate is not None:
+            on_estimate(utt, est)
+        elif not quiet:
+            tqdm.write(format_line(utt, est))
+
+    pipeline = None
+    ray_info: dict = {}
+    if parallel and todo:
+        with jobs.RayJobs(workers, ray_address, cpus_per_piece=1) as ray_jobs:
+            ray_info = {"address": ray_address or "local", "cpus": ray_jobs.cpus,
+                        "start_s": ray_jobs.start_seconds}
+            pieces = [(b, (str(b), s, keys[b], str(store))) for b in todo]
+            for o in ray_jobs.map(_score_stored, pieces):
+                bar.update(spans[o.key])
+                if o.ok:
+                    records[o.key] = o.value
+                    save_result(store, keys[o.key], o.value)  # (a cluster's own disks)
+                else:
+                    failed.append({"bag": str(o.key), "error": o.error})
+                    tqdm.write(f"eval-bag: {o.key}: {o.error}", file=sys.stderr)
+            ray_info["pieces"] = len(pieces)
+    else:
+        for b in todo:
+            if pipeline is None:
+                pipeline = make_pipeline(model_dir, backend, precision, threads)
+            done = [0.0]
+
+            def progress(sec, done=done):
+                bar.update(sec - done[0])
+                done[0] = sec
+
+            o = run_piece(_score_one, b, (b, s, pipeline, live, rate, on_est, progress))
+            bar.update(spans[b] - done[0])
+            if o.ok:
+                records[b] = o.value
+                if not live:
+                    save_result(store, keys[b], o.value)
+            else:
+                failed.append({"bag": str(b), "error": o.error})
+                tqdm.write(f"eval-bag: {b}: {o.error}", file=sys.stderr)
     bar.close()
-    cpu_s = time.process_time() - cpu0  # all threads of this process (not --live's nodes)
-    lost = sum(1 for _, e in all_pairs if e is None)
-    result = {"bags": per_bag, "mode": "live" if live else "offline", "asr": asr,
+    per_bag = [records[b] for b in bags if b in records]  # in the order given
+    if pipeline is None and not per_bag:
+        pipeline = make_pipeline(model_dir, backend, precision, threads)
+    info = ({"model_id": pipeline.model_id, "backend": pipeline.backend_name,
+             "class_names": list(pipeline.class_names)} if pipeline is not None else per_bag[0])
+    result, rows = aggregate(per_bag, info, live=live, asr=asr, sets=sets)
+    result.update(failed=failed, resumed=resumed, elapsed_s=time.perf_counter() - t_start,
+                  workers=ray_info)
+    if out is not None:
+        write_outputs(Path(out), result, rows)
+    return result
+
+
+def _score_one(bag: Path, s: Settings, pipeline, live: bool, rate: float, on_est,
+               progress) -> dict:
+    if not live:
+        return score_bag(bag, s, pipeline, on_estimate=on_est, progress=progress)
+    from erc_ros.ros.live import live_replay
+    cpu0 = time.process_time()
+    res = live_replay(bag, config=s.config, model_dir=s.model_dir, backend=s.backend,
+                      precision=s.precision, threads=s.threads, rate=rate,
+                      on_estimate=on_est, progress=progress, sets=parse_sets(s.sets),
+                      asr_type="embedded" if s.asr == "embedded" else "")
+    out = bag_record(bag, res, s.labels)
+    out["cpu_s"] = time.process_time() - cpu0  # this process (not the nodes' threads)
+    return out
+
+
+def aggregate(per_bag: list[dict], info: dict, live: bool = False, asr: str = "bag",
+              sets: tuple = ()) -> tuple[dict, list[dict]]:
+    """The run's metrics and utterance rows from its bags' records (in order)."""
+    rows = [r for b in per_bag for r in b["rows"]]
+    lat = [x for b in per_bag for x in b["latency_ms"]]
+    refused: dict[str, int] = {}
+    for b in per_bag:
+        for k, v in b["refused"].items():
+            refused[k] = refused.get(k, 0) + v
+    dur = sum(b["duration_s"] for b in per_bag)
+    wall = sum(b["wall_s"] for b in per_bag)
+    cpu_s = sum(b.get("cpu_s", 0.0) for b in per_bag)
+    n_utt = sum(b["labelled"] for b in per_bag)
+    n_est = sum(b["estimates"] for b in per_bag)
+    keep = ("bag", "duration_s", "wall_s", "estimates", "labelled", "lost", "perception")
+    result = {"bags": [{k: b[k] for k in keep} for b in per_bag],
+              "mode": "live" if live else "offline", "asr": asr,
               "overrides": parse_sets(sets),
-              "model_id": pipeline.model_id, "backend": pipeline.backend_name,
-              "duration_s": total_dur, "wall_s": total_wall,
-              "realtime_factor": total_dur / total_wall if total_wall else float("inf"),
+              "model_id": info["model_id"], "backend": info["backend"],
+              "duration_s": dur, "wall_s": wall,
+              "realtime_factor": dur / wall if wall else float("inf"),
               # conversation seconds per CPU second: the speed on an idle machine if the
               # work parallelised perfectly over the CPUs it used
-              "cpu_s": cpu_s, "realtime_factor_per_cpu": total_dur / cpu_s if cpu_s else 0.0,
-              "utterances": n_utt if n_utt else n_est, "estimates": n_est, "lost": lost,
+              "cpu_s": cpu_s, "realtime_factor_per_cpu": dur / cpu_s if cpu_s else 0.0,
+              "utterances": n_utt if n_utt else n_est, "estimates": n_est,
+              "lost": sum(b["lost"] for b in per_bag),
               "refused": refused, "latency_ms": latency_stats(lat),
               # the machine is shared: the load during the run says how to read the speed
               "load_average_1m_after": os.getloadavg()[0], "cpus": os.cpu_count()}
-    m = metrics(all_pairs, list(pipeline.class_names))
-    result.update(m)
+    pairs = [p for b in per_bag for p in b["pairs"] if p[1] is not None and p[0]]
+    result.update(label_metrics([t for t, _ in pairs], [p for _, p in pairs],
+                                info["class_names"]))
     if asr == "embedded":  # how well the recognizer heard the labelled turns
         from erc_ros.tools.bench_asr import word_errors
-        heard = [(lab["text"], est.text) for lab, est in all_pairs if est is not None]
+        heard = [h for b in per_bag for h in b["heard"]]
         result["asr_word_errors"] = word_errors([r for r, _ in heard], [h for _, h in heard])
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "utterances.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, list(rows[0]) if rows else ["bag"])
-            w.writeheader()
-            w.writerows(rows)
-        if m:
-            plot_confusion(m, out / "confusion.png",
-                           f"{pipeline.model_id}: weighted F1 {m['weighted_f1']:.3f}")
-        if lat and np.isfinite(lat).any():
-            plot_latency(np.asarray([x for x in lat if np.isfinite(x)]), out / "latency.png")
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        (out / "summary.md").write_text(summary_markdown(result))
-    return result
+    return result, rows
+
+
+def write_outputs(out: Path, result: dict, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "utterances.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]) if rows else ["bag"])
+        w.writeheader()
+        w.writerows(rows)
+    if "weighted_f1" in result:
+        plot_confusion(result, out / "confusion.png",
+                       f"{result['model_id']}: weighted F1 {result['weighted_f1']:.3f}")
+    lat = [float(r["latency_ms"]) for r in rows if r.get("latency_ms") not in ("", None)]
+    if lat and np.isfinite(lat).any():
+        plot_latency(np.asarray([x for x in lat if np.isfinite(x)]), out / "latency.png")
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    (out / "summary.md").write_text(summary_markdown(result))
 
 
 def summary_markdown(r: dict) -> str:
@@ -376,6 +612,17 @@ def summary_markdown(r: dict) -> str:
              f"{r.get('realtime_factor_per_cpu', 0):.1f}x per CPU-second)",
              f"- {r['utterances']} labelled utterances, {r['estimates']} estimates, "
              f"**{r['lost']} lost**"]
+    if r.get("workers"):
+        w = r["workers"]
+        lines.append(f"- {w['pieces']} bag(s) scored on Ray ({w['address']}, {w['cpus']} CPUs; "
+                     f"started in {w['start_s']:.1f} s); the whole run took "
+                     f"{r['elapsed_s']:.1f} s")
+    if r.get("resumed"):
+        lines.append(f"- {r['resumed']} bag(s) read back from an earlier run (same bag, "
+                     f"model and settings; --fresh scores them again)")
+    if r.get("failed"):
+        lines.append(f"- **{len(r['failed'])} bag(s) failed** and are not in the figures:")
+        lines += [f"  - `{f['bag']}`: {f['error']}" for f in r["failed"]]
     if r.get("latency_ms"):
         L = r["latency_ms"]
         lines.append(f"- pipeline latency per utterance: p50 {L['p50']:.1f} ms, "
@@ -401,12 +648,26 @@ def run(args) -> int:
         if not Path(b).exists():
             print(f"eval-bag: no such bag {b}", file=sys.stderr)
             return 2
-    r = evaluate(args.bags, args.labels, args.model_dir, args.backend, args.precision,
-                 args.threads, args.config, args.live, args.rate, out, quiet=args.quiet,
-                 sets=tuple(args.set), asr=args.asr)
+    if jobs.wanted(args) and args.live:
+        print("eval-bag: --live replays through this machine's nodes in real time; "
+              "--workers / --ray-address score offline", file=sys.stderr)
+        return 2
+    try:
+        r = evaluate(args.bags, args.labels, args.model_dir, args.backend, args.precision,
+                     args.threads, args.config, args.live, args.rate, out, quiet=args.quiet,
+                     sets=tuple(args.set), asr=args.asr, workers=args.workers,
+                     ray_address=args.ray_address, resume=not args.fresh)
+    except RuntimeError as e:  # e.g. Ray not installed
+        print(f"eval-bag: {e}", file=sys.stderr)
+        return 2
     print(summary_markdown(r))
-    print(f"wrote {out}/ (utterances.csv, summary.md, metrics.json, confusion.png)")
+    print(f"wrote {out}/ (report.html, utterances.csv, summary.md, metrics.json, "
+          f"confusion.png)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(r, indent=2))
+    if r["failed"]:
+        print(f"eval-bag: {len(r['failed'])} of {len(args.bags)} bag(s) failed (listed above)",
+              file=sys.stderr)
+        return 1
     return 0

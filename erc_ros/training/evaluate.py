@@ -16,7 +16,9 @@ it) is read by the same code as ``train --recipe multimodal`` (faces detected an
 the perception core does, 16 kHz audio, the diarization embedding; cached in
 ``<cache>/media``) with the perception settings the model was trained with, one dialogue at
 a time. ``--drop audio`` / ``--drop video`` scores it with that modality removed, so each
-sense's share is measured, not assumed.
+sense's share is measured, not assumed. ``--workers N`` (or ``--ray-address``) reads the
+clips as Ray tasks into that cache first (:meth:`~erc_ros.training.media.MediaReader.read_on_ray`),
+the same features as read here.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from erc_ros import jobs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--perception", action="append", default=None, metavar="SECTION.FIELD=VALUE",
                    help="with --media: a perception setting to read the clips with (default: "
                    "the ones the model was trained with, from its provenance)")
+    jobs.add_arguments(p, "with --media: read the clips (decode, faces, voice features)")
 
 
 def evaluate_dialogues(model, dialogues, future_context: bool = False, progress: bool = True,
@@ -125,6 +130,15 @@ def with_media(dialogues, reader, drop=()):
             u.features.pop("speaker_embedding", None)
 
 
+def read_on_ray(reader, dialogues, args) -> dict:
+    """``--workers`` / ``--ray-address``: the clips read into the cache as Ray tasks first."""
+    from erc_ros.training.media import prefetch_on_ray
+    try:
+        return prefetch_on_ray(reader, dialogues, args.workers, args.ray_address)
+    except RuntimeError as e:  # Ray not installed
+        raise SystemExit(f"error: {e}") from e
+
+
 def _media_reader(args, manifest: dict):
     """A MediaReader with ``--perception``, else the settings the model was trained with;
     says so when the clips will be read otherwise than in training."""
@@ -150,8 +164,9 @@ def run(args) -> int:
 
     manifest = read_manifest(args.model)
     labels = manifest["label_names"]
-    if (args.drop or args.perception is not None) and not args.media:
-        raise SystemExit("error: --drop and --perception read media: give --media DIR")
+    if (args.drop or args.perception is not None or jobs.wanted(args)) and not args.media:
+        raise SystemExit("error: --drop, --perception, --workers and --ray-address read "
+                         "media: give --media DIR")
     if args.media and args.format != "meld":
         raise SystemExit(f"error: --media reads MELD.Raw clips; --format {args.format} has none")
     folder = clips_folder(args.media, args.csv) if args.media else None
@@ -171,6 +186,9 @@ def run(args) -> int:
     if uses and not args.media:
         print(f"note: the model was trained with {' and '.join(uses)}; without --media it is "
               "scored on the text alone", file=sys.stderr)
+    ray_counts = None
+    if reader is not None and jobs.wanted(args):
+        ray_counts = read_on_ray(reader, dialogues, args)
     streamed = with_media(dialogues, reader, args.drop) if reader else dialogues
     t0 = time.time()
     if args.backend == "torch":
@@ -186,7 +204,7 @@ def run(args) -> int:
              future_context=bool(args.future_context), seconds=round(time.time() - t0, 1))
     if reader is not None:
         s["media"] = dict(reader.summary(), folder=str(folder),
-                          dropped=sorted(set(args.drop)))
+                          dropped=sorted(set(args.drop)), on_ray=ray_counts)
         reader.report("media")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

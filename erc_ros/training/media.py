@@ -172,6 +172,7 @@ class MediaReader:
         from erc_ros.paths import cache_root
 
         cfg = config or PerceptionConfig()
+        self.config = cfg
         self.faces_config = replace(cfg.faces, crops=True)  # training always wants the crops
         self.diarization = cfg.diarization
         self.vad_threshold = cfg.vad.threshold
@@ -228,6 +229,41 @@ class MediaReader:
         return self._embedder
 
     # -- reading -------------------------------------------------------------------------
+    def read_on_ray(self, dialogues: Sequence[Dialogue], jobs, chunk: int = 4) -> dict:
+        """Read the clips of ``dialogues`` into the cache as Ray tasks of ``chunk``
+        dialogues each (:class:`erc_ros.jobs.RayJobs`): each task reads them with this
+        reader's settings, as :meth:`read_dialogue` does here, and stores them in this
+        reader's cache folder, which the workers must share (one machine, or a shared
+        file system); :meth:`iter_dialogues` then finds them there. A clip a worker could
+        not read is read again here (and warned about as usual); a task that failed as a
+        whole (its worker died) is reported. Returns the workers' counters summed, with
+        ``failed_tasks``."""
+        from tqdm import tqdm
+
+        if not self.use_cache:
+            raise ValueError("reading clips on Ray needs the cache (use_cache=True): the "
+                             "workers hand the clips over through it")
+        parts = [list(dialogues[i:i + chunk]) for i in range(0, len(dialogues), chunk)]
+        total = {k: 0 for k in self.counters}
+        total["failed_tasks"] = 0
+        clips = sum(1 for d in dialogues for m in d.media if m is not None)
+        with tqdm(total=clips, desc="clips on Ray", unit="clip",
+                  disable=not self.progress) as bar:
+            pieces = [(i, (self.config, str(self.cache_dir), part))
+                      for i, part in enumerate(parts)]
+            for o in jobs.map(read_chunk, pieces):
+                part = parts[o.key]
+                bar.update(sum(1 for d in part for m in d.media if m is not None))
+                if o.ok:
+                    for k, v in o.value.items():
+                        total[k] = total.get(k, 0) + v
+                else:
+                    total["failed_tasks"] += 1
+                    self._write(f"warning: clips of dialogues {part[0].conversation_id}.."
+                                f"{part[-1].conversation_id} were not read on Ray ({o.error}); "
+                                f"they are read here")
+        return total
+
     def iter_dialogues(self, dialogues: Sequence[Dialogue], desc: str = "media"
                        ) -> Iterator[tuple[Dialogue, list[Optional[ClipMedia]]]]:
         """(dialogue, one ClipMedia or None per utterance) for each dialogue, with a
@@ -513,3 +549,31 @@ class MediaReader:
                 self._write(f"warning: cannot write the media cache {self.cache_dir} ({e}); "
                             "going on without it")
             self._store_failed = True
+
+
+def read_chunk(config, cache_dir: str, dialogues: Sequence[Dialogue]) -> dict:
+    """A Ray task of :meth:`MediaReader.read_on_ray`: read ``dialogues``' clips into the
+    cache at ``cache_dir``; returns the reader's counters. The worker's torch runs on the
+    one CPU Ray gives the task."""
+    from erc_ros import process
+    process.configure(torch_threads=1, by="erc_ros media worker")
+    reader = MediaReader(config, cache_dir=cache_dir, progress=False)
+    for d in dialogues:
+        reader.read_dialogue(d)
+    return dict(reader.counters)
+
+
+def prefetch_on_ray(reader: MediaReader, dialogues: Sequence[Dialogue], workers: int = 0,
+                    address: Optional[str] = None) -> dict:
+    """:meth:`MediaReader.read_on_ray` on a local Ray of ``workers`` CPUs or the cluster at
+    ``address``; prints a line of what it did. RuntimeError: Ray is not installed."""
+    from erc_ros.jobs import RayJobs
+
+    with RayJobs(workers, address) as jobs:
+        counts = reader.read_on_ray(dialogues, jobs)
+        counts["ray_start_s"] = round(jobs.start_seconds, 2)
+        counts["cpus"] = jobs.cpus
+    reader._write(f"clips read on Ray ({counts['cpus']} CPUs): {counts['clips']} "
+                  f"({counts['from_cache']} already in the cache), {counts['failed']} "
+                  f"failed, {counts['failed_tasks']} task(s) lost")
+    return counts

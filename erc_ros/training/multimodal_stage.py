@@ -312,6 +312,12 @@ def run(args, recipe: dict, model_reference, provenance) -> int:
     texts = {name: encode_dialogues(model, part, tcache / f"multimodal-text-{name}.safetensors")
              for name, part in (("train", train), ("dev", dev))}
     reader, sets, media = MediaReader(perception, progress=True), {}, {}
+    if getattr(args, "workers", 0) or getattr(args, "ray_address", None):
+        from erc_ros.training.media import prefetch_on_ray
+        try:  # the clips into the cache as Ray tasks; the passes below read them from it
+            prefetch_on_ray(reader, list(train) + list(dev), args.workers, args.ray_address)
+        except RuntimeError as e:  # Ray not installed
+            raise SystemExit(f"error: {e}") from e
     for name, part in (("train", train), ("dev", dev)):
         sets[name] = encoder_inputs(model, part, texts[name], reader, f"{name} clips")
         reader.report(f"{name} media")

@@ -171,6 +171,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--recipe multimodal: a perception parameter the robot runs with "
                    "other than its default (e.g. faces.detect_width=512), so training reads "
                    "the media as the robot will (repeat for several)")
+    from erc_ros import jobs
+    jobs.add_arguments(p, "--recipe multimodal: read the clips (decode, faces, voice features)")
     p.add_argument("--cycle", type=_number(int, 1), default=1,
                    help="first training cycle to run (2 = from the recipe's second cycle; "
                    "its rounds number on after its cycles; past the last, with --init: only "
@@ -537,8 +539,9 @@ def run(args) -> int:
         from erc_ros.training.multimodal_stage import run as run_multimodal
 
         return run_multimodal(args, dict(RECIPES[args.recipe]), model_reference, provenance)
-    if args.media:
-        raise SystemExit("error: --media is read by --recipe multimodal only")
+    if args.media or args.workers or args.ray_address:
+        raise SystemExit("error: --media (and its --workers / --ray-address) is read by "
+                         "--recipe multimodal only")
     r = dict(RECIPES[args.recipe])
     for k in ("encoder", "past_context", "max_length", "freeze_layers", "epochs", "lr",
               "class_weight_power", "self_distill", "distill", "feature_distill", "seed",
