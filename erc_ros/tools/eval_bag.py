@@ -422,7 +422,7 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
              out: Optional[Path] = None, quiet: bool = True, on_estimate=None,
              sets: tuple = (), progress_bar: bool = True, asr: str = "bag",
              workers: int = 0, ray_address: Optional[str] = None, resume: bool = True,
-             store: Optional[Path] = None) -> dict:
+             store: Optional[Path] = None, machine: Optional[dict] = None) -> dict:
     """Score ``bags``; ``asr``: ``bag`` reads the bag's own ASR topic, ``embedded`` ignores
     it and recognizes the bag's audio with the node's recognizer (asr_type embedded).
 
@@ -528,6 +528,8 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
     result, rows = aggregate(per_bag, info, live=live, asr=asr, sets=sets)
     result.update(failed=failed, resumed=resumed, elapsed_s=time.perf_counter() - t_start,
                   workers=ray_info)
+    if machine:
+        result["machine"] = machine
     if out is not None:
         write_outputs(Path(out), result, rows)
     return result
@@ -603,6 +605,11 @@ def write_outputs(out: Path, result: dict, rows: list[dict]) -> None:
     (out / "summary.md").write_text(summary_markdown(result))
 
 
+def machine_line(m: dict) -> str:
+    from erc_ros.tools.machine import line
+    return line(m)
+
+
 def summary_markdown(r: dict) -> str:
     lines = [f"# eval-bag ({r['mode']}, ASR: {r.get('asr', 'bag')})", "",
              f"- model `{r['model_id']}` on `{r['backend']}`",
@@ -610,13 +617,14 @@ def summary_markdown(r: dict) -> str:
              f"{r['wall_s']:.1f} s: **{r['realtime_factor']:.1f}x real time** (load average "
              f"{r.get('load_average_1m_after', float('nan')):.1f} on {r.get('cpus')} CPUs; "
              f"{r.get('realtime_factor_per_cpu', 0):.1f}x per CPU-second)",
+             *([f"- machine: {machine_line(r['machine'])}"] if r.get("machine") else []),
              f"- {r['utterances']} labelled utterances, {r['estimates']} estimates, "
              f"**{r['lost']} lost**"]
-    if r.get("workers"):
-        w = r["workers"]
-        lines.append(f"- {w['pieces']} bag(s) scored on Ray ({w['address']}, {w['cpus']} CPUs; "
-                     f"started in {w['start_s']:.1f} s); the whole run took "
-                     f"{r['elapsed_s']:.1f} s")
+    w = r.get("workers") or {}
+    on = (f" ({w['pieces']} bag(s) scored on Ray: {w['address']}, {w['cpus']} CPUs, started "
+          f"in {w['start_s']:.1f} s)") if w else " (in this process)"
+    if "elapsed_s" in r:
+        lines.append(f"- the whole run took {r['elapsed_s']:.1f} s{on}")
     if r.get("resumed"):
         lines.append(f"- {r['resumed']} bag(s) read back from an earlier run (same bag, "
                      f"model and settings; --fresh scores them again)")
@@ -652,11 +660,13 @@ def run(args) -> int:
         print("eval-bag: --live replays through this machine's nodes in real time; "
               "--workers / --ray-address score offline", file=sys.stderr)
         return 2
+    from erc_ros.tools import machine
+    m = machine.describe(args.threads)  # the speed figures' machine, measured first
     try:
         r = evaluate(args.bags, args.labels, args.model_dir, args.backend, args.precision,
                      args.threads, args.config, args.live, args.rate, out, quiet=args.quiet,
                      sets=tuple(args.set), asr=args.asr, workers=args.workers,
-                     ray_address=args.ray_address, resume=not args.fresh)
+                     ray_address=args.ray_address, resume=not args.fresh, machine=m)
     except RuntimeError as e:  # e.g. Ray not installed
         print(f"eval-bag: {e}", file=sys.stderr)
         return 2
