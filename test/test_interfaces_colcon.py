@@ -89,6 +89,8 @@ def test_installed_python_package_has_sources_and_generated_messages(colcon_inst
     info = subprocess.run([sys.executable, "-m", "erc_ros", "info"], cwd=prefix,
                           capture_output=True, text=True, env=env)
     assert f"erc_ros {site / 'erc_ros'} (colcon install)" in info.stdout, info.stdout
-    # ... and holds every source file of ours
-    for py in (src / "erc_ros").rglob("*.py"):
-        assert (site / "erc_ros" / py.relative_to(src / "erc_ros")).is_file(), py
+    # ... and holds every file of ours: the sources and their data (the report's template)
+    for f in (src / "erc_ros").rglob("*"):
+        if f.is_file() and "__pycache__" not in f.parts:  # (bytecode: made at import)
+            assert (site / "erc_ros" / f.relative_to(src / "erc_ros")).is_file(), f
+    assert (site / "erc_ros" / "tools" / "templates" / "report.html.j2").is_file()

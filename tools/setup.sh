@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up erc_ros for development on a plain machine: no ROS install needed.
 #
-#   1. system tools the tests and the demo use (espeak-ng, sox), via apt-get when root;
+#   1. system tools the tests and the demo use (espeak-ng, sox; chromium with --browser),
+#      via apt-get when root;
 #   2. .venv with the ROS 2 wheels, torch==2.13.0 (CPU) and the Python requirements;
 #   3. the CMake path fix the ROS wheels need to generate interfaces;
 #   4. the development-only audio_common_msgs / hri_msgs interface packages, only when the
@@ -23,10 +24,14 @@ VENV="$ROOT/.venv"
 STAMPS="$VENV/.erc_stamps"
 PY="$VENV/bin/python"
 WITH_VOICES=0
+WITH_RAY=0
+WITH_BROWSER=0
 for arg in "$@"; do
   case $arg in
     --voices) WITH_VOICES=1 ;;
-    *) echo "usage: tools/setup.sh [--voices]" >&2; exit 2 ;;
+    --ray) WITH_RAY=1 ;;
+    --browser) WITH_BROWSER=1 ;;
+    *) echo "usage: tools/setup.sh [--voices] [--ray] [--browser]" >&2; exit 2 ;;
   esac
 done
 log() { printf '[setup] %s\n' "$*"; }
@@ -67,6 +72,8 @@ command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v sox >/dev/null || missing+=(sox)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v g++ >/dev/null || missing+=(g++)
+# --browser: Debian's chromium, which test/test_report.py drives headless (Playwright)
+if [ $WITH_BROWSER = 1 ] && ! command -v chromium >/dev/null; then missing+=(chromium); fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     step_begin "system packages"
@@ -233,6 +240,21 @@ if [ $WITH_VOICES = 1 ]; then
     "$PY" -m erc_ros voices --prepare >"$ROOT/build/prepare-voices.log" 2>&1 \
       || { tail -30 "$ROOT/build/prepare-voices.log"; exit 1; }
     stamp voices "$voices_digest"
+    step_end
+  fi
+fi
+
+# 10. The Ray extra (--ray; `make setup-ray`): eval-bag --workers / --ray-address and the
+#     media reading of train / evaluate --workers on a Ray cluster. Not needed otherwise.
+if [ $WITH_RAY = 1 ]; then
+  ray_digest=$(digest requirements-ray.txt)
+  if ! fresh ray "$ray_digest"; then
+    step_begin "Ray extra"
+    log "installing the Ray extra (requirements-ray.txt)"
+    "$PY" "${PIP_INSTALL[@]}" -r requirements-ray.txt 2>&1 \
+      | { grep -v -E "is ignored: it is neither a file nor a directory" || true; }
+    "$PY" -c "import ray" >/dev/null
+    stamp ray "$ray_digest"
     step_end
   fi
 fi

@@ -17,7 +17,8 @@ bag's offline result is kept in ``<cache>/eval_bag`` under the sha256 of the bag
 manifest, the labels and the settings: a run over the same bags reads it back (``resumed``)
 instead of scoring the bag again (``--fresh``: score all).
 
-Writes into ``--out`` (default ``runs/eval_bag/<time>``): ``utterances.csv``, ``summary.md``,
+Writes into ``--out`` (default ``runs/eval_bag/<time>``): ``report.html`` (the conversations
+to look at: :mod:`erc_ros.tools.report`), ``utterances.csv``, ``summary.md``,
 ``confusion.png``, ``latency.png`` and ``metrics.json`` (also ``--json OUT``: keys
 ``realtime_factor``, ``utterances``, ``estimates``, ``lost``, ``accuracy``, ``weighted_f1``,
 ``per_class_f1``, ``latency_ms``, ``failed``, ``resumed``).
@@ -267,6 +268,8 @@ def format_line(utt_or_est: Any, est: Any) -> str:
 
 # --- one bag -----------------------------------------------------------------------------
 
+#: report.html inlines each utterance's audio up to this much conversation (~16 MB an hour).
+REPORT_AUDIO_MAX_SECONDS = 2 * 3600.0
 #: Bumped when what a stored per-bag result holds, or how it is made, changes.
 RESULT_FORMAT = 1
 
@@ -531,7 +534,7 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
     if machine:
         result["machine"] = machine
     if out is not None:
-        write_outputs(Path(out), result, rows)
+        write_outputs(Path(out), result, rows, bags)
     return result
 
 
@@ -589,7 +592,10 @@ def aggregate(per_bag: list[dict], info: dict, live: bool = False, asr: str = "b
     return result, rows
 
 
-def write_outputs(out: Path, result: dict, rows: list[dict]) -> None:
+def write_outputs(out: Path, result: dict, rows: list[dict], bags: list[Path] = ()) -> None:
+    """utterances.csv, metrics.json, summary.md, the two PNGs and report.html (with each
+    utterance's audio from ``bags``)."""
+    from erc_ros.tools.report import bags_audio, write_report
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "utterances.csv", "w", newline="") as f:
         w = csv.DictWriter(f, list(rows[0]) if rows else ["bag"])
@@ -603,6 +609,15 @@ def write_outputs(out: Path, result: dict, rows: list[dict]) -> None:
         plot_latency(np.asarray([x for x in lat if np.isfinite(x)]), out / "latency.png")
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     (out / "summary.md").write_text(summary_markdown(result))
+    scored = {Path(b["bag"]).name for b in result["bags"]}
+    audio = None
+    if result["duration_s"] <= REPORT_AUDIO_MAX_SECONDS:
+        audio = bags_audio([b for b in bags if Path(b).name in scored])
+    else:
+        print(f"eval-bag: {result['duration_s'] / 3600:.1f} h of conversation: report.html "
+              f"without its audio (at most {REPORT_AUDIO_MAX_SECONDS / 3600:g} h, ~4.5 kB a "
+              f"second of speech)", file=sys.stderr)
+    write_report(out / "report.html", result, rows, audio=audio)
 
 
 def machine_line(m: dict) -> str:
