@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,8 @@ Frank [neutral]: It is the heater, it always clicks when it starts.
 """,
 ]
 SETS = ("perception.diarization.warmup=false",)
+#: A bag shipped in the repository (12 turns, 4 MB).
+SCRIPT_BAG = Path(__file__).parent / "data" / "demo_bag"
 #: Columns that hold times measured while the bag ran, not results.
 TIMED = {"latency_ms"}
 
@@ -118,3 +121,17 @@ def test_without_ray_the_options_say_how_to_get_it(bags, model, monkeypatch, cap
     assert "make setup-ray" in capsys.readouterr().err
     args = p.parse_args([bags[0], "--workers", "2", "--live"])
     assert eval_bag.run(args) == 2
+
+
+def test_the_recognizer_is_chosen_once_for_the_whole_run():
+    """--asr embedded with asr.model auto: the choice (a timed decode: machine and load
+    dependent) is made once and pinned, so every bag and worker runs the same model and a
+    kept result names it; a configured model is kept as it is."""
+    s = eval_bag.Settings(asr="embedded")
+    pinned, choice = eval_bag.pin_recognizer(s)
+    assert choice["model"] in ("base", "tiny.en") and choice["reason"]
+    assert pinned.sets == (f"perception.asr.model={choice['model']}",)
+    assert pinned.key(SCRIPT_BAG) != s.key(SCRIPT_BAG)
+    fixed = eval_bag.Settings(asr="embedded", sets=("perception.asr.model=tiny.en",))
+    assert eval_bag.pin_recognizer(fixed) == (fixed, {"model": "tiny.en", "reason": "configured"})
+    assert eval_bag.pin_recognizer(eval_bag.Settings()) == (eval_bag.Settings(), None)

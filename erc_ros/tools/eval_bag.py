@@ -31,7 +31,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -445,6 +445,7 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
     from erc_ros.ros.replay import bag_span
     t_start = time.perf_counter()
     s = Settings(labels, model_dir, backend, precision, threads, str(config), tuple(sets), asr)
+    s, asr_choice = pin_recognizer(s)
     store = Path(store) if store else results_dir()
     bags = [Path(b) for b in bags]
     spans = {}
@@ -531,11 +532,34 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
     result, rows = aggregate(per_bag, info, live=live, asr=asr, sets=sets)
     result.update(failed=failed, resumed=resumed, elapsed_s=time.perf_counter() - t_start,
                   workers=ray_info)
+    if asr_choice:
+        result["asr_model"] = asr_choice
     if machine:
         result["machine"] = machine
     if out is not None:
         write_outputs(Path(out), result, rows, bags)
     return result
+
+
+def pin_recognizer(s: Settings) -> tuple[Settings, Optional[dict]]:
+    """``--asr embedded`` with ``perception.asr.model: auto``: the recognizer chosen once,
+    here, for the whole run (by the timed decodes of :class:`~erc_ros.core.asr
+    .WhisperRecognizer`) and pinned in the settings, so every bag and every worker runs the
+    same model, and a stored result names the model it was scored with."""
+    if s.asr != "embedded":
+        return s, None
+    from erc_ros.assemble import perception_config
+    from erc_ros.core.asr import AUTO, WhisperRecognizer
+    over, file = perception_overrides(s.config, s.sets)
+    cfg = perception_config(over, file).asr
+    if cfg.model != AUTO:
+        return s, {"model": cfg.model, "reason": "configured"}
+    rec = WhisperRecognizer(cfg).load()
+    choice = dict(rec.choice)
+    rec.close()
+    print(f"eval-bag: recognizer {choice['model']} for every bag ({choice['reason']})",
+          file=sys.stderr)
+    return replace(s, sets=s.sets + (f"perception.asr.model={choice['model']}",)), choice
 
 
 def _score_one(bag: Path, s: Settings, pipeline, live: bool, rate: float, on_est,
@@ -654,6 +678,9 @@ def summary_markdown(r: dict) -> str:
         lines.append(f"- refused input: {r['refused']}")
     if r.get("asr_word_errors"):
         w = r["asr_word_errors"]
+        a = r.get("asr_model") or {}
+        if a:
+            lines.append(f"- recognizer: {a['model']} ({a['reason']})")
         lines.append(f"- embedded ASR: word error rate {100 * w['wer']:.1f} % against the labels' "
                      f"text ({w['words']} words of the matched turns)")
     if "weighted_f1" in r:
