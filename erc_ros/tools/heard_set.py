@@ -81,6 +81,10 @@ def done_dialogues(path: Path) -> set[str]:
         return {r["Dialogue_ID"] for r in csv.DictReader(f)}
 
 
+#: What heard-set reads of its input (MELD's train/dev/test CSV columns).
+MELD_COLUMNS = ("Dialogue_ID", "Utterance_ID", "Speaker", "Utterance", "Emotion")
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -92,6 +96,13 @@ def run(args) -> int:
     src, out = Path(args.meld_csv), Path(args.out)
     if not src.is_file():
         print(f"heard-set: no such file {src}", file=sys.stderr)
+        return 2
+    with open(src, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    missing = [c for c in MELD_COLUMNS if c not in header]
+    if missing:
+        print(f"heard-set: {src} is not a MELD-format CSV: no {', '.join(missing)} column "
+              f"(it has {', '.join(header[:8]) or 'no header'})", file=sys.stderr)
         return 2
     try:
         bags = bench_spoken.spoken_bags(src, args, args.dialogues, args.seed,

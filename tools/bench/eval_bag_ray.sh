@@ -9,6 +9,7 @@ cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 D=runs/ray
 T=${TAG:-bag}
+EXTRA=${EXTRA:-}
 mkdir -p "$D/bags"
 for i in 0 1 2 3 4 5 6 7; do
   [ -d "$D/bags/b$i" ] || $PY -m erc_ros make-bag --out "$D/bags/b$i" --minutes 1 --seed "$i" >/dev/null
