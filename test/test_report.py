@@ -126,6 +126,8 @@ def test_page_is_self_contained_and_escapes_texts(page_file):
     # the worst errors: most confident first
     worst = markup[markup.index('id="worst"'):markup.index('id="utterances"')]
     assert [int(i) for i in re.findall(r'<tr class="row" data-idx="(\d+)"', worst)] == [1, 5]
+    # ... play the utterance table's clip: each clip is in the page once
+    assert "data:audio" not in worst and worst.count('class="play" data-idx=') == 2
     # each clip of conv_a embedded (Ogg/Vorbis data URI), none for conv_b (no audio)
     clips = {}
     for tr in markup[markup.index('id="utt-table"'):].split('<tr class="row')[1:]:
@@ -260,6 +262,10 @@ def test_report_in_headless_chromium(page_file, tmp_path):
                 });
                 return a.duration; }""")
             assert 2.5 < duration < 3.0, duration  # row 0's clip: 99.9 .. 102.6 s
+            # a worst error's play button plays that turn's clip in the utterance table
+            page.click('#worst button.play[data-idx="1"]')
+            page.wait_for_function("""() => !document.querySelector(
+                '#utt-table tr[data-idx="1"] audio').paused""", timeout=10000)
             page.mouse.move(0, 0)
             page.click("#detail-close")
             shot = tmp_path / "report.png"

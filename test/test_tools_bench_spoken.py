@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -90,17 +91,25 @@ def _two_dialogues(tmp_path):
     return out, sum(len(by[d]) for d in short)
 
 
-def test_bench_spoken_runs_the_four_stages_on_the_shipped_voices(tmp_path):
+@pytest.fixture(scope="module")
+def spoken_run(tmp_path_factory):
+    """One bench-spoken run of the four stages on two dialogues: (its folder, the number of
+    labelled turns); the JSON in r.json, --out in rows/, the bags in bags/."""
     from erc_ros.core.asr import prepare_model
 
     assert DEV.exists(), f"MELD dev CSV expected at {DEV} (set ERC_ROS_DATA)"
     prepare_model("base")  # into this run's cache (set-up's step)
+    tmp_path = tmp_path_factory.mktemp("bench_spoken")
     csv_path, n = _two_dialogues(tmp_path)
-    out = tmp_path / "r.json"
     assert main(["bench-spoken", "--meld-csv", str(csv_path), "--voices", "kokoro",
-                 "--json", str(out), "--out", str(tmp_path / "rows"),
+                 "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "rows"),
                  "--bags", str(tmp_path / "bags")]) == 0
-    r = json.loads(out.read_text())
+    return tmp_path, n
+
+
+def test_bench_spoken_runs_the_four_stages_on_the_shipped_voices(spoken_run):
+    tmp_path, n = spoken_run
+    r = json.loads((tmp_path / "r.json").read_text())
     st = r["stages"]
     assert list(st) == list(bs.STAGES)
     for s in bs.STAGES:  # the interface used from outside
@@ -125,6 +134,67 @@ def test_bench_spoken_runs_the_four_stages_on_the_shipped_voices(tmp_path):
     # A second run reuses the bags it made.
     bags = sorted(p.name for p in (tmp_path / "bags").iterdir())
     assert len(bags) == 2 and all(p.startswith("kokoro-dia") for p in bags)
+
+
+def _page_data(html: str) -> list[dict]:
+    """The utterances a report page carries (its JSON block)."""
+    m = re.search(r'<script type="application/json" id="utt-data">(.*?)</script>', html, re.S)
+    return json.loads(m.group(1))
+
+
+def _external_links(html: str) -> list[str]:
+    """Every src/href of the page's markup that is not a data: URI or an anchor."""
+    markup = re.sub(r"<script\b[^>]*>.*?</script>", "", html, flags=re.S | re.I)
+    links = re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", markup, re.I)
+    scripts = re.findall(r"<script\b[^>]*\bsrc\s*=[^>]*>", html, re.I)
+    return [v for v in links if not v.startswith(("data:", "#"))] + scripts
+
+
+def test_bench_spoken_writes_a_report_per_stage(spoken_run, capsys, monkeypatch):
+    """report-<stage>.html: eval-bag's page of the stage's labelled turns, the gold line
+    said and the stage's text heard, its weighted F1, each turn's clip from the bags; no
+    network. Above eval-bag's cap on the conversation's length, pages without audio."""
+    from erc_ros.tools import eval_bag
+
+    tmp_path, n = spoken_run
+    r = json.loads((tmp_path / "r.json").read_text())
+    for s in bs.STAGES:
+        html = (tmp_path / "rows" / f"report-{s}.html").read_text()
+        rows = list(csv.DictReader(open(tmp_path / "rows" / f"{s}.csv")))
+        utts = _page_data(html)
+        assert len(utts) == n == len(rows)
+        assert [u["said"] for u in utts] == [x["text"] for x in rows]
+        assert [u["heard"] for u in utts] == [x["heard"] for x in rows]
+        assert [u["pred"] for u in utts] == [x["predicted"].lower() for x in rows]
+        assert all(u["true"] and u["bag"].startswith("kokoro-dia") for u in utts)
+        wf1 = r["stages"][s]["weighted_f1"]
+        assert f"weighted F1 {wf1:.2f} %" in html  # the subtitle, as bench-spoken reports it
+        assert f'<div class="tile-value">{wf1 / 100:.3f}</div>' in html  # eval-bag's tile
+        assert html.count('src="data:audio/ogg;base64,') >= n  # a clip per turn
+        assert not _external_links(html)
+    # the gold transcripts: each turn heard as it was said
+    trans = _page_data((tmp_path / "rows" / "report-transcripts.html").read_text())
+    assert all(u["heard"] == u["said"] for u in trans)
+
+    # Past the cap: no audio, a note (the rows from the CSV, the lengths from the labels).
+    monkeypatch.setattr(eval_bag, "REPORT_AUDIO_MAX_SECONDS", 1.0)
+    bags = [{"dialogue": p.name.split("-")[1], "bag": p}
+            for p in sorted((tmp_path / "bags").iterdir())]
+    rows = list(csv.DictReader(open(tmp_path / "rows" / "asr.csv")))
+    capsys.readouterr()
+    [page] = bs.write_reports(tmp_path / "capped", r, {"asr": rows}, bags)
+    assert "without their audio" in capsys.readouterr().err
+    html = page.read_text()
+    assert len(_page_data(html)) == n and "data:audio" not in html
+
+
+def test_heard_set_refuses_a_csv_that_is_not_meld(tmp_path, capsys):
+    src = tmp_path / "emorynlp.csv"
+    src.write_text("Utterance,Speaker,Emotion,Scene_ID\nHi.,Joey,Joyful,1\n")
+    assert main(["heard-set", "--meld-csv", str(src), "--out", str(tmp_path / "h.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "not a MELD-format CSV: no Dialogue_ID, Utterance_ID column" in err
+    assert not (tmp_path / "h.csv").exists()
 
 
 def test_bench_spoken_refuses_bad_input(tmp_path, capsys):

@@ -43,7 +43,9 @@ DDS hops; ``bench-e2e`` measures through the live nodes.
 
 Writes ``--json OUT`` (``stages.<stage>.{weighted_f1, wer, der, lost, merged, matched,
 speech_end_to_estimate_ms.{p50,p95}, ...}``; F1, WER and DER in %; the machine: CPU, flags and a GEMM GFLOP/s
-figure measured in the same run), ``OUT.png`` and, with ``--out``, per-turn CSVs.
+figure measured in the same run), ``OUT.png`` and, with ``--out DIR``, per stage: the per-turn
+and per-estimate CSVs and ``report-<stage>.html``, the turns on eval-bag's page
+(:func:`write_reports`).
 """
 from __future__ import annotations
 
@@ -276,6 +278,7 @@ class Stage:
     def add(self, dialogue: str, turns: list[dict], estimates: list,
             done_at: Optional[list[float]] = None, speech: bool = True) -> None:
         from erc_ros.core.der import der
+        from erc_ros.tools.eval_bag import estimate_columns
 
         pairs, extra = assign(turns, estimates)
         when = {id(e): t for e, t in zip(estimates, done_at)} if done_at else {}
@@ -292,13 +295,12 @@ class Stage:
             self.y_true.append(t["label"].lower())
             self.y_pred.append(e.label.lower() if e is not None else NONE)
             lat = lat_of.get(id(e), float("nan")) if e is not None else float("nan")
+            # eval-bag's columns of the estimate (its report reads them), this latency
             self.rows.append({"dialogue": dialogue, "utterance_id": t["utterance_id"],
                               "start": f"{t['start']:.3f}", "end": f"{t['end']:.3f}",
                               "speaker": t["speaker"], "label": t["label"],
                               "text": t["text"], "status": status,
-                              "predicted": e.label if e is not None else "",
-                              "heard": e.text if e is not None else "",
-                              "est_speaker": e.speaker_id if e is not None else "",
+                              **estimate_columns(e),
                               "latency_ms": f"{lat:.0f}" if np.isfinite(lat) else ""})
         self.extra += extra
         self.estimates += len(estimates)
@@ -443,6 +445,7 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
             results["transcripts"].add(d, turns, res.estimates, timeline(res.polls,
                                                                          res.estimates))
             conv_s += res.duration_s
+            item["seconds"] = res.duration_s
             wall["transcripts"] += time.perf_counter() - t
         if "asr" in results or "asr_gold_speakers" in results:
             t = time.perf_counter()
@@ -472,6 +475,7 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
                 wall["asr_gold_speakers"] += time.perf_counter() - t
             if "transcripts" not in results:
                 conv_s += res.duration_s
+                item["seconds"] = res.duration_s
         if progress and "asr" in results and results["asr"].y_true:
             r = results["asr"]
             acc = np.mean([a == b for a, b in zip(r.y_true, r.y_pred)])
@@ -503,6 +507,7 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
                         w = csv.DictWriter(f, list(rows[0]))
                         w.writeheader()
                         w.writerows(rows)
+        write_reports(o, out, {s: results[s].rows for s in stages}, bags)
     return out
 
 
@@ -512,6 +517,104 @@ def _room(args) -> Optional[dict]:
     from erc_ros.tools.room import Room
     r = Room(rt60=args.rt60, snr_db=args.snr, noise=args.noise)
     return {**asdict(r), "description": r.describe()}
+
+
+# --- the pages -------------------------------------------------------------------------------
+
+#: Where each stage's estimates took their text (the page's "ASR" field).
+STAGE_HEARD = {"gold_text": "none (the gold text)", "transcripts": "bag (gold transcripts)",
+               "asr_gold_speakers": "embedded", "asr": "embedded"}
+#: What the pages' latency is (the rows' ``latency_ms``: each turn's estimate's).
+SPEECH_TO_ESTIMATE = "Speech end → estimate per turn (simulated real-time timeline)"
+
+
+def write_reports(folder: Path, run: dict, rows: dict[str, list[dict]],
+                  bags: list[dict]) -> list[Path]:
+    """``report-<stage>.html`` in ``folder`` for each stage of ``rows`` (its :class:`Stage`
+    rows): eval-bag's page (:func:`erc_ros.tools.report.write_report`) of the stage's
+    labelled turns, ``text`` the gold MELD line, ``heard`` the text the stage's estimate
+    used; a merged turn shows the estimate it is scored with, a lost one none. Each turn's
+    audio comes from the bags, up to eval-bag's cap on the conversation's length (above it,
+    none, and a note on stderr). A page a stage: each is eval-bag's page as it is, opened
+    on its own, and one stage's figures never mix with another's."""
+    from erc_ros.tools.eval_bag import REPORT_AUDIO_MAX_SECONDS
+    from erc_ros.tools.report import bags_audio, write_report
+
+    names = {b["dialogue"]: Path(b["bag"]).name for b in bags}
+    seconds = _seconds(bags, next(iter(rows.values()), []))
+    audio = None
+    if seconds <= REPORT_AUDIO_MAX_SECONDS:
+        audio = bags_audio([b["bag"] for b in bags])
+    else:
+        print(f"bench-spoken: {seconds / 3600:.1f} h of conversation: the report-<stage>.html "
+              f"pages without their audio (at most {REPORT_AUDIO_MAX_SECONDS / 3600:g} h)",
+              file=sys.stderr)
+    out = []
+    for stage, stage_rows in rows.items():
+        result, subtitle = stage_result(run, stage, bags, seconds, stage_rows)
+        page_rows = [{"bag": names[r["dialogue"]],
+                      **{k: v for k, v in r.items() if k not in ("dialogue", "status")}}
+                     for r in stage_rows]
+        out.append(write_report(folder / f"report-{stage}.html", result, page_rows, audio,
+                                title=f"bench-spoken {STAGE_TITLES[stage]}",
+                                subtitle=subtitle, latency_title=SPEECH_TO_ESTIMATE))
+    return out
+
+
+def _seconds(bags: list[dict], rows: list[dict]) -> float:
+    """The conversation the pages cover: each bag's replayed length, else (no perception
+    stage ran) the span of its labelled turns."""
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for r in rows:
+        d = r["dialogue"]
+        first[d] = min(first.get(d, np.inf), float(r["start"]))
+        last[d] = max(last.get(d, -np.inf), float(r["end"]))
+    return sum(b["seconds"] if "seconds" in b else
+               last[b["dialogue"]] - first[b["dialogue"]] if b["dialogue"] in last else 0.0
+               for b in bags)
+
+
+def stage_result(run: dict, stage: str, bags: list[dict], seconds: float,
+                 rows: list[dict]) -> tuple[dict, str]:
+    """One stage of :func:`bench`'s result (and its ``rows``) as eval-bag's metrics dict
+    (the page's ``result``: scores as fractions, the confusion without the lost turns'
+    column, which the page counts apart) and the page's subtitle."""
+    m = run["stages"][stage]
+    names = m["label_names"][:-1]  # the last one is NONE
+    k = len(names)
+    wall = run["wall_s"].get(stage)
+    if stage == "asr_gold_speakers":  # re-predicts (d)'s utterances: their replay is its cost
+        wall = (wall or 0.0) + run["wall_s"].get("asr", 0.0)
+    lat = m.get("speech_end_to_estimate_ms") or {}
+    lat = {**lat, "max": max((float(r["latency_ms"]) for r in rows if r["latency_ms"]),
+                             default=None)} if lat.get("p50") is not None else {}
+    heard = STAGE_HEARD[stage]
+    if heard == "embedded" and run["asr"].get("model"):
+        heard += f" (Whisper {run['asr']['model']})"
+    result = {
+        "model_id": run["model_id"], "backend": run["backend"], "mode": "offline",
+        "asr": heard, "overrides": run["config_overrides"],
+        "bags": [{"bag": str(b["bag"]), "duration_s": b.get("seconds")} for b in bags],
+        "duration_s": seconds, "wall_s": wall,
+        "realtime_factor": seconds / wall if wall else None,
+        "utterances": m["turns"], "estimates": m["estimates"], "lost": m["lost"],
+        "refused": {}, "latency_ms": lat,
+        **{key: m[key] / 100.0 for key in ("accuracy", "weighted_f1", "macro_f1")},
+        "per_class_f1": {c: v / 100.0 for c, v in m["per_class_f1"].items()},
+        "support": m["support"], "confusion_labels": names,
+        "confusion": [row[:k] for row in m["confusion"][:k]]}
+    if "word_errors" in m:
+        result["asr_word_errors"] = m["word_errors"]
+    room = run["room"]["description"] if run["room"] else "no room"
+    subtitle = (f"{run['dialogues']} dialogue(s) of {Path(run['meld_csv']).name}, voices "
+                f"{run['voices']}, timing {run['timing']}, {room} · weighted F1 "
+                f"{m['weighted_f1']:.2f} % over {m['turns']} labelled turns: {m['matched']} "
+                f"matched, {m['merged']} merged (scored with the estimate they share), "
+                f"{m['lost']} lost (wrong)")
+    if "wer" in m:
+        subtitle += f" · WER {m['wer']:.1f} %, DER {m['der']:.1f} %"
+    return result, subtitle
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -619,5 +722,6 @@ def run(args) -> int:
     png = out.with_suffix(".png")
     plot(r, png)
     print(summary(r))
-    print(f"wrote {out} and {png}")
+    print(f"wrote {out} and {png}" + (f"; {args.out}/: per-turn CSVs and report-<stage>.html"
+                                      if args.out else ""))
     return 0

@@ -340,12 +340,12 @@ def bag_record(bag: Path, res, labels: Optional[str]) -> dict:
     for lab, est in pairs:
         rows.append({"bag": bag.name, "utterance_id": lab["utterance_id"],
                      "start": lab["start"], "end": lab["end"], "speaker": lab["speaker"],
-                     "text": lab["text"], "label": lab["label"], **_estimate_columns(est)})
+                     "text": lab["text"], "label": lab["label"], **estimate_columns(est)})
     for est in res.estimates:
         if id(est) not in matched:
             rows.append({"bag": bag.name, "utterance_id": est.utterance_id, "start": "",
                          "end": "", "speaker": "", "text": "", "label": "",
-                         **_estimate_columns(est)})
+                         **estimate_columns(est)})
     return {"bag": str(bag), "duration_s": res.duration_s, "wall_s": res.wall_s,
             "estimates": len(res.estimates), "labelled": len(labs),
             "lost": sum(1 for _, e in pairs if e is None),
@@ -357,7 +357,7 @@ def bag_record(bag: Path, res, labels: Optional[str]) -> dict:
             "heard": [[lab["text"], est.text] for lab, est in pairs if est is not None]}
 
 
-def _estimate_columns(est) -> dict:
+def estimate_columns(est) -> dict:
     return {"predicted": est.label if est else "",
             "confidence": f"{est.confidence:.4f}" if est else "",
             "heard": est.text if est else "",

@@ -40,6 +40,8 @@ MAX_CLIP_S = 30.0
 CLIP_COMPRESSION = 0.8
 #: The most confident wrong predictions listed.
 WORST_ERRORS = 20
+#: What eval-bag's ``latency_ms`` measures (the latency histogram's title).
+PIPELINE_LATENCY = "Pipeline latency per utterance"
 
 #: Colours of the emotion classes (MELD's seven; others take the fallback colours in turn).
 EMOTION_COLOURS = {"anger": "#e53935", "disgust": "#7cb342", "fear": "#8e24aa",
@@ -314,7 +316,8 @@ def _ink(colour: str) -> str:
     return "#111" if lum > 0.5 else "#fff"
 
 
-def _figures(result: dict, utts: list[dict], colours: dict[str, str]) -> dict[str, dict]:
+def _figures(result: dict, utts: list[dict], colours: dict[str, str],
+             latency_title: str = PIPELINE_LATENCY) -> dict[str, dict]:
     """The charts as plotly JSON specs (data, layout), by element id."""
     import plotly.graph_objects as go
     base = dict(template="plotly_white", margin=dict(l=60, r=20, t=40, b=50), height=360,
@@ -364,7 +367,7 @@ def _figures(result: dict, utts: list[dict], colours: dict[str, str]) -> dict[st
             v = float(np.percentile(lat, q))
             fig.add_vline(x=v, line_dash=dash, line_color="#c62828",
                           annotation_text=f"p{q} {v:.1f} ms", annotation_position=side)
-        fig.update_layout(title=dict(text="Pipeline latency per utterance", font=dict(size=13)),
+        fig.update_layout(title=dict(text=latency_title, font=dict(size=13)),
                           bargap=0.05, **base)
         fig.update_xaxes(title="ms")
         fig.update_yaxes(title="utterances")
@@ -415,7 +418,8 @@ def _jsonable(u: dict) -> dict:
 
 
 def render(result: dict, rows: list[dict], audio: Optional[AudioSource] = None,
-           title: str = "eval-bag") -> str:
+           title: str = "eval-bag", subtitle: str = "",
+           latency_title: str = PIPELINE_LATENCY) -> str:
     """The report's HTML (see :func:`write_report`)."""
     import jinja2
     from plotly.offline import get_plotlyjs
@@ -440,12 +444,12 @@ def render(result: dict, rows: list[dict], audio: Optional[AudioSource] = None,
     env.filters["clock"] = _fmt_clock
     page = env.get_template("report.html.j2")
     return page.render(
-        title=title, r=result, failed=failed, views=views, utts=utts,
+        title=title, subtitle=subtitle, r=result, failed=failed, views=views, utts=utts,
         speakers=list(dict.fromkeys(u["lane"] for v in views for u in v["utts"])),
         classes=classes, colours=colours, ink={c: _ink(v) for c, v in colours.items()},
         worst=worst[:WORST_ERRORS], n_wrong=len(worst),
         audio_problems=audio_problems, has_audio=any(u["clip"] for u in utts),
-        figures=_figures(result, utts, colours), plotly_js=get_plotlyjs(),
+        figures=_figures(result, utts, colours, latency_title), plotly_js=get_plotlyjs(),
         data=[_jsonable(u) for u in utts])
 
 
@@ -465,15 +469,19 @@ def _fmt_clock(seconds: Any) -> str:
 
 
 def write_report(path: Path, result: dict, rows: list[dict],
-                 audio: Optional[AudioSource] = None, title: str = "eval-bag") -> Path:
+                 audio: Optional[AudioSource] = None, title: str = "eval-bag",
+                 subtitle: str = "", latency_title: str = PIPELINE_LATENCY) -> Path:
     """Write the report of an eval-bag run to ``path`` (one HTML file, no network needed).
 
     ``result``: eval-bag's metrics dict (``failed``: [{"bag", "error"}] for bags it could
     not score); ``rows``: its utterances.csv rows as dicts (strings or numbers; "" is
     missing); ``audio(bag_name, start_s, end_s)``: float32 mono 16 kHz samples of a span (bag
     seconds, the labels' and estimates' time axis) or None, e.g. :func:`bags_audio`; with it
-    each utterance's clip is embedded. Returns ``path``."""
+    each utterance's clip is embedded. ``subtitle``: a line under the title (what the run
+    was, e.g. a bench-spoken stage); ``latency_title``: what the rows' ``latency_ms``
+    measures. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(result, rows, audio, title), encoding="utf-8")
+    path.write_text(render(result, rows, audio, title, subtitle, latency_title),
+                    encoding="utf-8")
     return path
