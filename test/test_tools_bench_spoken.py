@@ -188,6 +188,24 @@ def test_bench_spoken_writes_a_report_per_stage(spoken_run, capsys, monkeypatch)
     assert len(_page_data(html)) == n and "data:audio" not in html
 
 
+def test_rescore_gives_the_run_figures_from_what_it_heard(spoken_run, tmp_path, capsys):
+    """--rescore DIR with the run's own (text-only) model: the recorded estimates predicted
+    again through the pipeline and matched to the turns as in the run give its figures,
+    stage by stage, without synthesis or a recognizer; a folder without them is refused."""
+    run_dir, n = spoken_run
+    r = json.loads((run_dir / "r.json").read_text())
+    out = tmp_path / "again.json"
+    assert main(["bench-spoken", "--rescore", str(run_dir / "rows"), "--json", str(out)]) == 0
+    again = json.loads(out.read_text())
+    assert list(again["stages"]) == list(bs.STAGES)
+    for s in bs.STAGES:
+        for k in ("weighted_f1", "accuracy", "matched", "merged", "lost", "confusion"):
+            assert again["stages"][s][k] == r["stages"][s][k], (s, k)
+    assert main(["bench-spoken", "--rescore", str(tmp_path), "--stages", "asr", "--json",
+                 str(out)]) == 2
+    assert "no asr.csv" in capsys.readouterr().err
+
+
 def test_heard_set_refuses_a_csv_that_is_not_meld(tmp_path, capsys):
     src = tmp_path / "emorynlp.csv"
     src.write_text("Utterance,Speaker,Emotion,Scene_ID\nHi.,Joey,Joyful,1\n")

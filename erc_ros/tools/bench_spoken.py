@@ -78,6 +78,11 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="also write per-turn CSVs into this folder")
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated subset of {', '.join(STAGES)}")
+    p.add_argument("--rescore", default=None, metavar="DIR",
+                   help="score another text model on what an earlier run heard: DIR is that "
+                        "run's --out folder (its <stage>.csv and <stage>_estimates.csv); no "
+                        "synthesis, no recognizer (a model that uses audio or video needs "
+                        "the bags: run without it)")
 
 
 def add_spoken_arguments(p, voices: str) -> None:
@@ -703,9 +708,73 @@ def plot(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str = "auto",
+            precision: str = "auto", threads: int = 2) -> dict:
+    """Each stage of an earlier run scored again with another model, from what that run
+    recorded (``<stage>_estimates.csv``: each estimate's span, diarized speaker and text, in
+    order; ``<stage>.csv``: the labelled turns): the model predicts the estimates as the
+    nodes would (the pipeline, past context by conversation), and the turns are matched to
+    them as in the run (:func:`assign`). Valid for a model that reads text alone: with the
+    same model it gives the run's figures. WER and DER are the run's (not recomputed)."""
+    from erc_ros.core.types import Utterance
+    from erc_ros.tools.eval_bag import make_pipeline
+
+    pipeline = make_pipeline(model_dir, backend, precision, threads)
+    used = [m for m in ("audio", "video") if pipeline.model.uses(m)]
+    if used:
+        raise ValueError(f"model {pipeline.model_id} uses {' and '.join(used)}: rescoring "
+                         "reads the recorded text only; run bench-spoken on the bags")
+    out = {"model_id": pipeline.model_id, "backend": pipeline.backend_name,
+           "rescored": str(folder), "stages": {}}
+    for stage in stages:
+        turns_csv, est_csv = folder / f"{stage}.csv", folder / f"{stage}_estimates.csv"
+        if not (turns_csv.is_file() and est_csv.is_file()):
+            raise FileNotFoundError(f"{folder} has no {turns_csv.name} and {est_csv.name} "
+                                    f"(bench-spoken --out of the run to rescore)")
+        with open(turns_csv, newline="", encoding="utf-8") as f:
+            turns = list(csv.DictReader(f))
+        with open(est_csv, newline="", encoding="utf-8") as f:
+            ests = list(csv.DictReader(f))
+        st = Stage(stage)
+        for dialogue in dict.fromkeys(t["dialogue"] for t in turns):
+            lab = [{"utterance_id": t["utterance_id"], "start": float(t["start"]),
+                    "end": float(t["end"]), "speaker": t["speaker"], "label": t["label"],
+                    "text": t["text"]} for t in turns if t["dialogue"] == dialogue]
+            pipeline.reset()
+            got = []
+            for k, e in enumerate(x for x in ests if x["dialogue"] == dialogue):
+                u = Utterance(f"{dialogue}_e{k}", f"rescore-{dialogue}", e["speaker"],
+                              float(e["start"]), float(e["end"]), text=e["heard"])
+                got.append(pipeline.predict(u))
+            st.add(dialogue, lab, got, speech=False)
+        out["stages"][stage] = st.result(pipeline.class_names)
+    return out
+
+
 def run(args) -> int:
     from erc_ros.tools.voices import VoicesMissing
     from erc_ros.training.data import data_root
+
+    if args.rescore:
+        stages = [x.strip() for x in args.stages.split(",") if x.strip()]
+        # the stages the run wrote (all of them, unless --stages names some)
+        stages = [x for x in stages if (Path(args.rescore) / f"{x}_estimates.csv").is_file()] \
+            or stages
+        try:
+            r = rescore(Path(args.rescore), stages, args.model_dir, args.backend,
+                        args.precision, args.threads)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"bench-spoken: {e}", file=sys.stderr)
+            return 2
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(r, indent=2))
+        for name, m in r["stages"].items():
+            print(f"{name}: {r['model_id']} weighted F1 {m['weighted_f1']:.2f} over "
+                  f"{m['turns']} turns ({m['matched']} matched, {m['merged']} merged, "
+                  f"{m['lost']} lost)")
+        print(f"wrote {out}")
+        return 0
 
     csv_path = Path(args.meld_csv) if args.meld_csv else data_root() / "meld" / "dev_sent_emo.csv"
     if not csv_path.is_file():
