@@ -10,7 +10,8 @@ emotion.launch.py use_sim_time:=true image_transport:=compressed``). The bag's
     python -m erc_ros play test/data/demo_bag --rate 1
     python -m erc_ros play BAG --wait 10 --rate 2      # wait up to 10 s for subscribers
 
-It waits (``--wait`` s) until something subscribes to the bag's topics before it starts, and
+It waits (``--wait`` s) until something subscribes to the bag's topics and the subscriptions settle
+(``SETTLE_SECONDS``) before it starts, and
 prints how many messages reached topics someone subscribes to.
 """
 from __future__ import annotations
@@ -18,6 +19,10 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+
+
+#: How long the subscribed topics must stay the same before playing starts.
+SETTLE_SECONDS = 1.0
 
 
 def add_arguments(p) -> None:
@@ -53,11 +58,21 @@ def run(args) -> int:
         player = BagPlayer(node, conns, clock=not args.no_clock)
         ex = SingleThreadedExecutor()
         ex.add_node(node)
+        def subscribed() -> list[str]:
+            return sorted(t for t, p in player.pubs.items() if p.get_subscription_count())
+
+        # Up to --wait s for a first subscriber, then until the subscribed topics have not
+        # changed for SETTLE_SECONDS: discovery matches a node's subscriptions one by one,
+        # and a topic matched late would lose its first messages.
         deadline = time.monotonic() + args.wait
-        while time.monotonic() < deadline and not any(
-                p.get_subscription_count() for p in player.pubs.values()):
+        listening, since = [], time.monotonic()
+        while time.monotonic() < deadline + (SETTLE_SECONDS if listening else 0.0):
+            now = subscribed()
+            if now != listening:
+                listening, since = now, time.monotonic()
+            elif listening and time.monotonic() - since >= SETTLE_SECONDS:
+                break
             ex.spin_once(timeout_sec=0.1)
-        listening = sorted(t for t, p in player.pubs.items() if p.get_subscription_count())
         start, end = bag_span(bag)
         print(f"play: {bag.name}: {len(conns)} topics, {end - start:.1f} s at {args.rate:g}x; "
               f"subscribed: {', '.join(listening) or 'none yet'}", flush=True)
