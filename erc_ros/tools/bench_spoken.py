@@ -735,14 +735,20 @@ def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str =
             turns = list(csv.DictReader(f))
         with open(est_csv, newline="", encoding="utf-8") as f:
             ests = list(csv.DictReader(f))
+        by_dialogue: dict[str, list[dict]] = {}
+        for e in ests:
+            by_dialogue.setdefault(e["dialogue"], []).append(e)
+        lab_of: dict[str, list[dict]] = {}
+        for t in turns:
+            lab_of.setdefault(t["dialogue"], []).append(
+                {"utterance_id": t["utterance_id"], "start": float(t["start"]),
+                 "end": float(t["end"]), "speaker": t["speaker"], "label": t["label"],
+                 "text": t["text"]})
         st = Stage(stage)
-        for dialogue in dict.fromkeys(t["dialogue"] for t in turns):
-            lab = [{"utterance_id": t["utterance_id"], "start": float(t["start"]),
-                    "end": float(t["end"]), "speaker": t["speaker"], "label": t["label"],
-                    "text": t["text"]} for t in turns if t["dialogue"] == dialogue]
+        for dialogue, lab in lab_of.items():
             pipeline.reset()
             got = []
-            for k, e in enumerate(x for x in ests if x["dialogue"] == dialogue):
+            for k, e in enumerate(by_dialogue.get(dialogue, [])):
                 u = Utterance(f"{dialogue}_e{k}", f"rescore-{dialogue}", e["speaker"],
                               float(e["start"]), float(e["end"]), text=e["heard"])
                 got.append(pipeline.predict(u))
@@ -765,6 +771,10 @@ def run(args) -> int:
                         args.precision, args.threads)
         except (ValueError, FileNotFoundError) as e:
             print(f"bench-spoken: {e}", file=sys.stderr)
+            return 2
+        except KeyError as e:  # a CSV that is not bench-spoken's
+            print(f"bench-spoken: {args.rescore}: a row file without the column {e} (not a "
+                  f"bench-spoken --out folder)", file=sys.stderr)
             return 2
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)

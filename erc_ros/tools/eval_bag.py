@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
@@ -286,20 +287,24 @@ class Settings:
     sets: tuple = ()
     asr: str = "bag"
 
-    def key(self, bag: Path) -> str:
-        """The stored result's name: the bag's bytes, the model's manifest (which holds the
-        sha256 of each of its files), the labels and the perception parameters the bag
-        is replayed with."""
+    @cached_property
+    def digest(self) -> str:
+        """What a stored result depends on besides the bag (read once per run): the model's
+        manifest (which holds the sha256 of each of its files), the labels and the
+        perception parameters the bag is replayed with."""
         from erc_ros.runtime.manifest import default_model_dir
         model = Path(self.model_dir or default_model_dir())
         over, file = perception_overrides(self.config, self.sets)
-        parts = {"format": RESULT_FORMAT, "bag": tree_sha256(bag),
-                 "model": sha256_file(model / "manifest.json"), "backend": self.backend,
-                 "precision": self.precision, "asr": self.asr, "perception": over,
-                 "perception_config": sha256_file(file) if file else "",
+        parts = {"format": RESULT_FORMAT, "model": sha256_file(model / "manifest.json"),
+                 "backend": self.backend, "precision": self.precision, "asr": self.asr,
+                 "perception": over, "perception_config": sha256_file(file) if file else "",
                  "labels": sha256_file(self.labels) if self.labels else ""}
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
                               ).hexdigest()
+
+    def key(self, bag: Path) -> str:
+        """The stored result's name: the bag's bytes and :attr:`digest`."""
+        return hashlib.sha256(f"{tree_sha256(bag)} {self.digest}".encode()).hexdigest()
 
 
 def tree_sha256(folder: Path) -> str:
@@ -499,7 +504,8 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
                 bar.update(spans[o.key])
                 if o.ok:
                     records[o.key] = o.value
-                    save_result(store, keys[o.key], o.value)  # (a cluster's own disks)
+                    if not (store / f"{keys[o.key]}.json").is_file():  # a worker's own disks
+                        save_result(store, keys[o.key], o.value)
                 else:
                     failed.append({"bag": str(o.key), "error": o.error})
                     tqdm.write(f"eval-bag: {o.key}: {o.error}", file=sys.stderr)
