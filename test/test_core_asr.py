@@ -156,6 +156,46 @@ def test_espeak_sentences_are_transcribed(tiny, speech):
     assert wer <= 0.12, list(zip(SENTENCES, hyps))
 
 
+def test_a_fitted_window_encodes_the_piece_and_its_pad_only(speech):
+    """``asr.window: fit``: the encoder gets the piece's mel frames plus window_pad_seconds
+    (even, at most Whisper's 3,000), not the 30 s window, and with the documented pad of
+    10 s of silence stock tiny.en still reads the sentences (a shorter pad makes it repeat
+    its text: docs/asr.md, Measured). ``full`` hands the encoder all 3,000 frames."""
+    seen = []
+    fit = WhisperRecognizer(model="tiny.en", window="fit", window_pad_seconds=10.0,
+                            warmup=False).load()
+    full = WhisperRecognizer(model="tiny.en", warmup=False).load()
+    for rec in (fit, full):
+        rec.model.model = _EncodeSpy(rec.model.model, seen)
+    assert fit._window_frames(16000) == 1100 and fit._window_frames(16001) == 1102
+    assert fit._window_frames(25 * 16000) == 3000 and full._window_frames(16000) is None
+    hyps = []
+    for _, x in speech:
+        del seen[:]
+        hyps.append(fit.transcribe(x).text)
+        assert seen and set(seen) == {fit._window_frames(x.size)}, seen
+    assert _wer([t for t, _ in speech], hyps) <= 0.12, hyps
+    del seen[:]
+    full.transcribe(speech[0][1])
+    assert seen and set(seen) == {3000}
+    with pytest.raises(ValueError, match="window"):
+        AsrConfig(window="short").validate()
+
+
+class _EncodeSpy:
+    """CTranslate2's Whisper with its encoder's input lengths recorded."""
+
+    def __init__(self, model, seen: list):
+        self._model, self._seen = model, seen
+
+    def encode(self, features, *args, **kwargs):
+        self._seen.append(features.shape[-1])
+        return self._model.encode(features, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
 def test_asterisk_prompts_are_transcribed(tiny, prompts):
     res, walls = [], []
     for _, x in prompts:

@@ -60,7 +60,7 @@ def test_microphone_alone_gives_each_turn_its_text_speaker_and_span(conv, inline
     assert st["asr"] == {"enabled": True, "model": "tiny.en", "model_reason": "configured",
                          "segments": len(utts),
                          "results": len(utts), "no_text": 0, "refused_full": 0, "errors": 0,
-                         "unfinished": 0}
+                         "unfinished": 0, "early": 0, "early_used": 0}
     assert st["counters"]["utterances_timed"] == len(utts)
     assert st["counters"]["speech_dropped_untranscribed"] == 0
     assert st["stages"]["asr"]["calls"] == len(utts)
@@ -78,6 +78,49 @@ def test_recognizer_thread_gives_the_inline_results_in_speech_order(conv, inline
     assert all(u.asr_ready is not None for u in utts + inline[0])
     st = core.stats()["asr"]
     assert st["refused_full"] == 0 and st["pending"] == 0 and st["realtime_factor"] > 0
+
+
+def _keeping_up(core, conv) -> list:
+    """The conversation streamed in 0.1 s chunks with the recognizer idle again after each
+    chunk's poll (as live on a machine that keeps up)."""
+    class KeepingUp:  # stream()'s progress hook, after each chunk's poll
+        total, n = float("inf"), 0.0
+
+        def update(self, seconds):
+            self.n += seconds
+            assert core.asr_worker.wait_idle(60)
+    utts, _ = stream(core, conv, asr="none", video=False, progress=KeepingUp())
+    core.close()
+    return utts
+
+
+def test_early_recognition_is_the_closed_segments_text_ready_sooner(conv):
+    """``asr.early_seconds``: a recognizer that keeps up gets each segment once it has been
+    quiet 0.2 s, before the 0.4 s hang-over closes it; the closed segment then takes that
+    decode: the same spans and texts as without it, each ready before its segment closed.
+    A pause the speaker goes on after is decoded early for nothing (early > early_used).
+    Texts are compared normalised: two decodes of the same audio by the same model were
+    seen to punctuate differently ("all, we" / "all. We") on a machine under other load."""
+    late = _core(asr__early_seconds=-1.0)
+    without = _keeping_up(late, conv)
+    assert late.stats()["asr"]["early"] == 0
+    core = _core(asr__early_seconds=0.2)
+    closed_at = {}
+    real = core._recognize
+
+    def closing(start, end):
+        closed_at[(start, end)] = time.perf_counter()
+        real(start, end)
+    core._recognize = closing
+    utts = _keeping_up(core, conv)
+    norm = bench_asr.normalize
+    assert [(u.start, u.end, norm(u.text)) for u in utts] == \
+        [(u.start, u.end, norm(u.text)) for u in without]
+    st = core.stats()["asr"]
+    assert st["early_used"] == st["segments"] == len(utts) == len(conv.turns), st
+    assert st["early"] >= st["early_used"] and st["refused_full"] == 0
+    for u in utts:  # the text was there when the VAD closed its segment
+        assert u.asr_ready is not None and u.asr_ready < closed_at[(u.start, u.end)]
 
 
 def test_overload_refuses_into_textless_utterances_and_loses_none(conv):

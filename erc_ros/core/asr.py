@@ -112,6 +112,20 @@ class AsrConfig:
     compute_type: str = _f("int8", "CTranslate2 compute type on the CPU: int8, int8_float32 "
                            "or float32 (int8 quantizes the weights at load)")
     threads: int = _f(2, "CTranslate2 intra-op threads (cpu_threads)")
+    window: str = _f(
+        "full", "full: Whisper's whole 30 s window, whatever the piece (what it was trained "
+        "on); fit: the encoder sees the piece plus window_pad_seconds (whisper.cpp's "
+        "audio_ctx), a 2 s turn costing a 2 s encode. Stock Whisper never ends its text on "
+        "a short window and repeats it: fit is for models fine-tuned for it (a model "
+        "directory), or with a pad of >= 10 s", choices=("fit", "full"))
+    window_pad_seconds: float = _f(
+        10.0, "window fit: silence after the piece's audio in the encoder's window")
+    early_seconds: float = _f(
+        0.2, "live (the recognizer on its own thread): a speech segment goes to an idle "
+        "recognizer once it has been quiet this long, before the VAD's hang-over "
+        "(vad.min_silence_seconds) closes it; its text is then ready that much sooner, "
+        "and the decode is wasted where the speaker goes on. Negative: only closed "
+        "segments are recognized. Offline (asr.synchronous) it has no effect")
     word_timestamps: bool = _f(True, "word start/end times (cross-attention alignment, a few "
                                "ms per segment)")
     max_queue: int = _f(8, "segments waiting for the recognizer; a segment submitted to a "
@@ -180,10 +194,40 @@ class AsrConfig:
             raise ValueError("asr.log_prob_threshold must be <= 0")
         if not self.max_tokens_per_second > 0:
             raise ValueError("asr.max_tokens_per_second must be > 0")
+        if self.window not in ("fit", "full"):
+            raise ValueError(f"asr.window must be 'fit' or 'full', got {self.window!r}")
+        if not (0 <= self.window_pad_seconds <= 30.0):
+            raise ValueError("asr.window_pad_seconds must be in [0, 30]")
         return self
 
 
 # -- models ---------------------------------------------------------------------------------
+#: Whisper's mel hop (samples) and its window in mel frames (30 s).
+_HOP = 160
+_WINDOW_FRAMES = 3000
+_FIT_CLASSES: dict = {}
+
+
+def _fit_window(base: type) -> type:
+    """faster-whisper's ``WhisperModel`` whose encoder sees only the first ``frames`` mel
+    frames of the window it is given (``None``: all 3000). faster-whisper pads every piece
+    to Whisper's 30 s window and CTranslate2 encodes whatever length it gets, so a short
+    turn need not pay for 30 s (whisper.cpp's ``audio_ctx``). Word alignment and the
+    decoder then attend to those frames only; timestamps keep their meaning (a frame's time
+    does not depend on the window's length)."""
+    if base not in _FIT_CLASSES:
+        class FitWindowModel(base):
+            frames: Optional[int] = None
+
+            def encode(self, features):
+                if self.frames is not None and features.shape[-1] > self.frames:
+                    features = np.ascontiguousarray(features[..., :self.frames])
+                return super().encode(features)
+
+        _FIT_CLASSES[base] = FitWindowModel
+    return _FIT_CLASSES[base]
+
+
 def model_cache_dir() -> Path:
     """``asr`` in the cache (:func:`erc_ros.paths.cache_root`: ``$ERC_ROS_CACHE``, default
     ``~/.cache/erc_ros``)."""
@@ -371,9 +415,9 @@ class WhisperRecognizer:
             raise AsrModelError(f"faster-whisper is not installed ({e}): pip install "
                                 "faster-whisper==1.2.1 (`make setup` installs it)") from None
         try:
-            model = WhisperModel(str(path), device="cpu", compute_type=self.config.compute_type,
-                                 cpu_threads=int(self.config.threads), num_workers=1,
-                                 local_files_only=True)
+            model = _fit_window(WhisperModel)(
+                str(path), device="cpu", compute_type=self.config.compute_type,
+                cpu_threads=int(self.config.threads), num_workers=1, local_files_only=True)
         except (RuntimeError, ValueError, OSError) as e:
             raise AsrModelError(f"cannot load the Whisper model in {path}: {e}") from e
         multilingual = bool(model.model.is_multilingual)
@@ -391,7 +435,7 @@ class WhisperRecognizer:
 
     def _probe(self) -> float:
         """Seconds one decode of 1 s of audio takes with the loaded model: the median of
-        two after a first (the encoder always runs its 30 s window, so this is what a short
+        two after a first (with window full the encoder runs its 30 s window, so this is what a short
         segment costs)."""
         times = []
         for _ in range(3):
@@ -461,6 +505,15 @@ class WhisperRecognizer:
     def close(self) -> None:
         self.model = self.fast_model = None
 
+    def _window_frames(self, samples: int) -> Optional[int]:
+        """Mel frames the encoder sees for a piece of ``samples`` (None: the whole 30 s
+        window): window fit keeps the piece's frames plus window_pad_seconds, rounded up to
+        an even count (the encoder's second convolution has stride 2)."""
+        if self.config.window != "fit":
+            return None
+        n = math.ceil(samples / _HOP + self.config.window_pad_seconds * SAMPLE_RATE / _HOP)
+        return min(_WINDOW_FRAMES, n + n % 2)
+
     # Long audio is cut at the quietest 20 ms frame of each window's last quarter.
     def _split(self, x: np.ndarray) -> list[tuple[int, int]]:
         cap = int(self.config.max_segment_seconds * SAMPLE_RATE)
@@ -512,6 +565,7 @@ class WhisperRecognizer:
             lo, hi = offset + a / SAMPLE_RATE, offset + b / SAMPLE_RATE
             voiced = _voiced_frames(piece) if cfg.word_timestamps else None
             with self._lock:  # one decode at a time per model (num_workers=1)
+                model.frames = self._window_frames(b - a)
                 # The temperature fallback samples: the seed is reset for each piece, so the
                 # same audio gives the same text, whatever was decoded before it.
                 import ctranslate2

@@ -177,7 +177,10 @@ class PerceptionCore:
         self._asr_backlog: deque[_Recognition] = deque()  # in speech order
         self._asr_ready: dict[tuple[float, float], float] = {}  # span -> perf_counter ready
         self.asr_counters = {"segments": 0, "results": 0, "no_text": 0, "refused_full": 0,
-                             "errors": 0, "unfinished": 0}
+                             "errors": 0, "unfinished": 0, "early": 0, "early_used": 0}
+        # The speech in progress handed to the recognizer early (asr.early_seconds): its
+        # (start, end) as the VAD would close it, and the job.
+        self._early: Optional[tuple[tuple[float, float], _Recognition]] = None
         if cfg.asr.enabled:
             from .asr import AsrWorker, WhisperRecognizer
             t = time.perf_counter()
@@ -297,6 +300,7 @@ class PerceptionCore:
         segs = self.vad.process(self.buffer)
         self._timer.add("vad", time.perf_counter() - t)
         self._speech(segs)
+        self._recognize_early()
         if self.embedder is not None:
             t = time.perf_counter()
             n = self.embedder.process(self.buffer, self.vad)
@@ -313,10 +317,37 @@ class PerceptionCore:
         for seg in segments:
             self._recognize(seg.start, seg.end)
 
+    def _recognize_early(self) -> None:
+        """Hand the speech in progress to the recognizer once it has been quiet for
+        ``asr.early_seconds``, while the VAD's hang-over still runs: where the quiet lasts,
+        the segment the VAD closes is exactly this one and its text is ready sooner by the
+        rest of the hang-over; where speech resumes, that decode is wasted (counted ``early``
+        minus ``early_used``). Only on the recognizer's own thread and only when it is idle,
+        so a closed segment waits at most for one early decode."""
+        wait = self.config.asr.early_seconds
+        pause = self.vad.pause_start
+        if self.asr_worker is None or wait < 0 or pause is None:
+            return
+        pad = self.config.vad.pad_seconds
+        if self.vad.processed_until(self.buffer) - pause < max(wait, pad):
+            return  # not quiet long enough, or the padded end not buffered yet
+        span = (self.vad.open_start, pause + pad)
+        if self._early is not None and self._early[0] == span or self.asr_worker.pending():
+            return
+        job = _Recognition(*span)
+        if self.asr_worker.submit(job, self.buffer.read(*span), *span):
+            self._early = (span, job)
+            self.asr_counters["early"] += 1
+
     def _recognize(self, start: float, end: float) -> None:
-        audio = self.buffer.read(start, end)
         self.segmenter.claim(start, end)
         self.asr_counters["segments"] += 1
+        early, self._early = self._early, None
+        if early is not None and early[0] == (start, end):
+            self.asr_counters["early_used"] += 1
+            self._asr_backlog.append(early[1])
+            return
+        audio = self.buffer.read(start, end)
         if self.asr_worker is None:
             t = time.perf_counter()
             try:
@@ -660,6 +691,7 @@ class PerceptionCore:
         self._audio_seen_end = -math.inf  # the new epoch's stamps start anywhere
         self.segmenter.new_epoch()
         self.vad.reset(0)
+        self._early = None
         if self.embedder is not None:
             self.embedder.reset(0)
         self._last_end = None
