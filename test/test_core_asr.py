@@ -158,9 +158,9 @@ def test_espeak_sentences_are_transcribed(tiny, speech):
 
 def test_a_fitted_window_encodes_the_piece_and_its_pad_only(speech):
     """``asr.window: fit``: the encoder gets the piece's mel frames plus window_pad_seconds
-    (even, at most Whisper's 3,000), not the 30 s window, and with the documented pad of
-    10 s of silence stock tiny.en still reads the sentences (a shorter pad makes it repeat
-    its text: docs/asr.md, Measured). ``full`` hands the encoder all 3,000 frames."""
+    (even, at most Whisper's 3,000), not the 30 s window, and with 10 s of silence after
+    the speech stock tiny.en still reads these sentences (1-7 s make it repeat its text:
+    docs/asr.md, Measured). ``full`` hands the encoder all 3,000 frames."""
     seen = []
     fit = WhisperRecognizer(model="tiny.en", window="fit", window_pad_seconds=10.0,
                             warmup=False).load()

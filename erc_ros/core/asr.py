@@ -115,11 +115,12 @@ class AsrConfig:
     window: str = _f(
         "full", "full: Whisper's whole 30 s window, whatever the piece (what it was trained "
         "on); fit: the encoder sees the piece plus window_pad_seconds (whisper.cpp's "
-        "audio_ctx), a 2 s turn costing a 2 s encode. Stock Whisper never ends its text on "
-        "a short window and repeats it: fit is for models fine-tuned for it (a model "
-        "directory), or with a pad of >= 10 s", choices=("fit", "full"))
+        "audio_ctx), a 2 s turn costing a 2 s encode. Stock Whisper does not end its text "
+        "on a short window and repeats it (with 1-7 s of pad): fit is for models "
+        "fine-tuned for it (a model directory); stock base read as well as with full at "
+        "20 s of pad, tiny.en did not (docs/asr.md)", choices=("fit", "full"))
     window_pad_seconds: float = _f(
-        10.0, "window fit: silence after the piece's audio in the encoder's window")
+        20.0, "window fit: silence after the piece's audio in the encoder's window")
     early_seconds: float = _f(
         0.2, "live (the recognizer on its own thread): a speech segment goes to an idle "
         "recognizer once it has been quiet this long, before the VAD's hang-over "
