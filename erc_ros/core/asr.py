@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -206,9 +207,9 @@ class AsrConfig:
 #: Whisper's mel hop (samples) and its window in mel frames (30 s).
 _HOP = 160
 _WINDOW_FRAMES = 3000
-_FIT_CLASSES: dict = {}
 
 
+@functools.cache
 def _fit_window(base: type) -> type:
     """faster-whisper's ``WhisperModel`` whose encoder sees only the first ``frames`` mel
     frames of the window it is given (``None``: all 3000). faster-whisper pads every piece
@@ -216,17 +217,15 @@ def _fit_window(base: type) -> type:
     turn need not pay for 30 s (whisper.cpp's ``audio_ctx``). Word alignment and the
     decoder then attend to those frames only; timestamps keep their meaning (a frame's time
     does not depend on the window's length)."""
-    if base not in _FIT_CLASSES:
-        class FitWindowModel(base):
-            frames: Optional[int] = None
+    class FitWindowModel(base):
+        frames: Optional[int] = None
 
-            def encode(self, features):
-                if self.frames is not None and features.shape[-1] > self.frames:
-                    features = np.ascontiguousarray(features[..., :self.frames])
-                return super().encode(features)
+        def encode(self, features):  # faster-whisper makes the slice contiguous
+            if self.frames is not None and features.shape[-1] > self.frames:
+                features = features[..., :self.frames]
+            return super().encode(features)
 
-        _FIT_CLASSES[base] = FitWindowModel
-    return _FIT_CLASSES[base]
+    return FitWindowModel
 
 
 def model_cache_dir() -> Path:
@@ -436,8 +435,8 @@ class WhisperRecognizer:
 
     def _probe(self) -> float:
         """Seconds one decode of 1 s of audio takes with the loaded model: the median of
-        two after a first (with window full the encoder runs its 30 s window, so this is what a short
-        segment costs)."""
+        two after a first (with window full the encoder runs its 30 s window, so this is
+        what a short segment costs)."""
         times = []
         for _ in range(3):
             t = time.perf_counter()

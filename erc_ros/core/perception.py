@@ -332,7 +332,7 @@ class PerceptionCore:
         if self.vad.processed_until(self.buffer) - pause < max(wait, pad):
             return  # not quiet long enough, or the padded end not buffered yet
         span = (self.vad.open_start, pause + pad)
-        if self._early is not None and self._early[0] == span or self.asr_worker.pending():
+        if (self._early is not None and self._early[0] == span) or self.asr_worker.pending():
             return
         job = _Recognition(*span)
         if self.asr_worker.submit(job, self.buffer.read(*span), *span):
