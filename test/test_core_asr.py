@@ -180,6 +180,8 @@ def test_a_fitted_window_encodes_the_piece_and_its_pad_only(speech):
     assert seen and set(seen) == {3000}
     with pytest.raises(ValueError, match="window"):
         AsrConfig(window="short").validate()
+    with pytest.raises(ValueError, match="early_seconds"):
+        AsrConfig(early_seconds=float("nan")).validate()
 
 
 class _EncodeSpy:

@@ -200,6 +200,8 @@ class AsrConfig:
             raise ValueError(f"asr.window must be 'fit' or 'full', got {self.window!r}")
         if not (0 <= self.window_pad_seconds <= 30.0):
             raise ValueError("asr.window_pad_seconds must be in [0, 30]")
+        if not math.isfinite(self.early_seconds):
+            raise ValueError("asr.early_seconds must be a number of seconds (negative: off)")
         return self
 
 
