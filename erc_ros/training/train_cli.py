@@ -180,6 +180,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cycles", type=_number(int, 0), default=0,
                    help="run at most this many of the recipe's cycles and rounds (0 = all; "
                         "ablations compare single cycles)")
+    p.add_argument("--keep-rounds", action="store_true",
+                   help="keep every round whatever dev says (the rule still reports it): for "
+                        "arms scored on other data, e.g. spoken dev by bench-spoken --rescore")
 
 
 def _datasets(args, recipe):
@@ -716,9 +719,11 @@ def run(args) -> int:
         cfg, s = cycle(ci)
         got, s2_scores = _fusion_stage(model, r, parts[0], dev, s["best"], history,
                                        args.threads, prefix_dir, s2_teacher, store)
-        if _beats(got, best, select):
+        if _beats(got, best, select) or args.keep_rounds:
+            verdict = "kept" if _beats(got, best, select) else \
+                f"kept by --keep-rounds (the model before it: {_figure(best)})"
             best, best_scores = dict(got, cycle=ci + 1), s2_scores or s["best_scores"]
-            print(f"round (cycle {ci + 1}): dev {_figure(got)}: kept", file=sys.stderr)
+            print(f"round (cycle {ci + 1}): dev {_figure(got)}: {verdict}", file=sys.stderr)
         else:
             print(f"round (cycle {ci + 1}): dev {_figure(got)} does not beat "
                   f"{_figure(best)}: restoring the model before it", file=sys.stderr)
