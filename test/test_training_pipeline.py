@@ -255,6 +255,14 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
 
     a, b = load_model_dir(rounds).state_dict(), load_model_dir(again).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # --keep-rounds: the round that cannot beat (lr 0) is kept all the same, and says so.
+    assert cli.main(["train", "--recipe", "tiny", "--init", str(rounds), "--out", str(again),
+                     "--limit-dialogues", "8", "--max-steps", "2", "--cycle", "3", "--fp32",
+                     "--keep-rounds"]) == 0
+    err = capsys.readouterr().err
+    assert "kept by --keep-rounds" in err and "restoring the model" not in err
+    log = json.loads((again / "train_log.json").read_text())
+    assert log["best"]["cycle"] == 3 and not log["best"].get("kept_init")
     # Past the last round: the fusion stage alone over the init model.
     assert cli.main(["train", "--recipe", "tiny", "--init", str(rounds), "--out", str(again),
                      "--limit-dialogues", "8", "--cycle", "4"]) == 0
