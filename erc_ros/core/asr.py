@@ -116,10 +116,12 @@ class AsrConfig:
     window: str = _f(
         "full", "full: Whisper's whole 30 s window, whatever the piece (what it was trained "
         "on); fit: the encoder sees the piece plus window_pad_seconds (whisper.cpp's "
-        "audio_ctx), a 2 s turn costing a 2 s encode. Stock Whisper does not end its text "
-        "on a short window and repeats it (with 1-7 s of pad): fit is for models "
-        "fine-tuned for it (a model directory); stock base read as well as with full at "
-        "20 s of pad, tiny.en did not (docs/asr.md)", choices=("fit", "full"))
+        "audio_ctx), a 2 s turn costing a 2 s encode, in one greedy decode; where that "
+        "decode fails (its text repeats: gzip compression ratio above 2.4, its mean "
+        "log-probability is below log_prob_threshold, or it reaches the token cap) the "
+        "piece is decoded again on the full window (counted 'refit'). Stock Whisper often "
+        "does not end its text on a short window and repeats it (docs/asr.md)",
+        choices=("fit", "full"))
     window_pad_seconds: float = _f(
         20.0, "window fit: silence after the piece's audio in the encoder's window")
     early_seconds: float = _f(
@@ -228,6 +230,23 @@ def _fit_window(base: type) -> type:
             return super().encode(features)
 
     return FitWindowModel
+
+
+#: faster-whisper's (and Whisper's) rule: a decode whose text compresses better than this
+#: repeats itself.
+_COMPRESSION_RATIO_MAX = 2.4
+
+
+def _failed(segments: list, cap: int, log_prob_threshold: float) -> bool:
+    """Whether a decode on a short window failed as Whisper's fallback judges a window:
+    repeated text, a low mean log-probability, or the token cap reached (a loop cut short);
+    a window judged silent (no segment) has not failed."""
+    if not segments:
+        return False
+    tokens = sum(len(s.tokens) for s in segments)
+    return tokens >= cap or \
+        max(s.compression_ratio for s in segments) > _COMPRESSION_RATIO_MAX or \
+        float(np.mean([s.avg_logprob for s in segments])) < log_prob_threshold
 
 
 def model_cache_dir() -> Path:
@@ -402,6 +421,8 @@ class WhisperRecognizer:
         self.choice: dict = {}
         #: tiny.en, kept loaded where auto chose base: decodes a backlog (degrade_backlog).
         self.fast_model = None
+        #: Pieces decoded again on the full window after their short window failed (window fit).
+        self.refits = 0
         self._lock = threading.Lock()
 
     @property
@@ -531,6 +552,28 @@ class WhisperRecognizer:
         out.append((s, x.size))
         return out
 
+    def _decode(self, model, piece: np.ndarray, lang: str, temperature, frames: Optional[int],
+                cap: int) -> tuple[list, Any]:
+        """One faster-whisper pass over ``piece`` with the encoder seeing ``frames`` mel
+        frames (None: the whole window), at most ``cap`` new tokens; the caller holds the
+        lock."""
+        import ctranslate2
+
+        cfg = self.config
+        model.frames = frames
+        # The temperature fallback samples: the seed is reset for each piece, so the same
+        # audio gives the same text, whatever was decoded before it.
+        ctranslate2.set_random_seed(0)
+        segments, info = model.transcribe(
+            piece, language=lang or None, beam_size=int(cfg.beam_size),
+            temperature=temperature, word_timestamps=cfg.word_timestamps,
+            vad_filter=cfg.vad_filter, no_speech_threshold=cfg.no_speech_threshold,
+            log_prob_threshold=cfg.log_prob_threshold,
+            # Each piece stands alone: conditioning on earlier text lets one hallucination
+            # repeat itself through a long input.
+            condition_on_previous_text=False, max_new_tokens=cap)
+        return list(segments), info  # the generator decodes as it is consumed
+
     def transcribe(self, audio16k: np.ndarray, offset: float = 0.0,
                    fast: bool = False) -> AsrResult:
         """Text and word times of 16 kHz mono float audio; times are ``offset`` + seconds
@@ -566,23 +609,20 @@ class WhisperRecognizer:
             piece = x[a:b]
             lo, hi = offset + a / SAMPLE_RATE, offset + b / SAMPLE_RATE
             voiced = _voiced_frames(piece) if cfg.word_timestamps else None
+            cap = min(400, 16 + int(cfg.max_tokens_per_second * (b - a) / SAMPLE_RATE))
             with self._lock:  # one decode at a time per model (num_workers=1)
-                model.frames = self._window_frames(b - a)
-                # The temperature fallback samples: the seed is reset for each piece, so the
-                # same audio gives the same text, whatever was decoded before it.
-                import ctranslate2
-                ctranslate2.set_random_seed(0)
-                segments, info = model.transcribe(
-                    piece, language=lang or None, beam_size=int(cfg.beam_size),
-                    temperature=temperature, word_timestamps=cfg.word_timestamps,
-                    vad_filter=cfg.vad_filter, no_speech_threshold=cfg.no_speech_threshold,
-                    log_prob_threshold=cfg.log_prob_threshold,
-                    # Each piece stands alone: conditioning on earlier text lets one
-                    # hallucination repeat itself through a long input.
-                    condition_on_previous_text=False,
-                    max_new_tokens=min(400, 16 + int(cfg.max_tokens_per_second *
-                                                     (b - a) / SAMPLE_RATE)))
-                segments = list(segments)  # the generator decodes as it is consumed
+                frames = self._window_frames(b - a)
+                if frames is not None and frames < _WINDOW_FRAMES:
+                    # The short window first, one greedy decode; where it fails, the whole
+                    # window with the fallback as configured (stock Whisper repeats its text
+                    # on short windows, and a retry at a higher temperature would too).
+                    segments, info = self._decode(model, piece, lang, 0.0, frames, cap)
+                    if _failed(segments, cap, cfg.log_prob_threshold):
+                        self.refits += 1
+                        segments, info = self._decode(model, piece, lang, temperature,
+                                                      None, cap)
+                else:
+                    segments, info = self._decode(model, piece, lang, temperature, None, cap)
             detected = info.language or detected
             for seg in segments:
                 t = seg.text.strip()
@@ -729,13 +769,16 @@ class AsrWorker:
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     def stats(self) -> dict:
-        """Counts (submitted, done, refused_full, errors, degraded, pending), submit -> result
+        """Counts (submitted, done, refused_full, errors, degraded, pending; refit with window
+        fit), submit -> result
         latency p50/p95 in ms over the last ``latency_window`` segments, and the realtime factor:
         audio seconds / compute seconds of the successful transcriptions (> 1: faster than
         real time)."""
         with self._lock:
             lat = np.asarray(self._latencies, dtype=float)
             out = dict(self._counts)
+            if self.recognizer.config.window == "fit":
+                out["refit"] = self.recognizer.refits
             out.update(
                 pending=self._busy, queue_capacity=self.max_queue,
                 latency_p50_ms=float(np.percentile(lat, 50) * 1e3) if lat.size else math.nan,

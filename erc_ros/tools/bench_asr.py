@@ -382,6 +382,7 @@ def run(args) -> int:
                 worst.append({"prompt": name, "reference": ref, "hypothesis": r.text,
                               "edits": e["substitutions"] + e["deletions"] + e["insertions"]})
         w = word_errors([ref for _, _, ref in prompts], hyps)
+        refits = rec.refits  # prompts whose short window failed (window fit)
         with tqdm(total=len(utterances), desc=f"{m:8s} latency", unit="utt",
                   mininterval=2) as bar:
             lats, texts = latency_run(rec, utterances, pace=not args.no_pace, progress=bar)
@@ -400,6 +401,7 @@ def run(args) -> int:
             "latency_utterance_range_s": [round(float(utt_s.min()), 2),
                                           round(float(utt_s.max()), 2)] if lats else None,
             "latency_utterances": len(lats), "latency_wer": round(uw["wer"], 4),
+            "window": cfg.window, "refits": refits,
             "errors": sorted(worst, key=lambda d: -d["edits"]),  # every prompt with one
             "bad_input": bad_inputs(rec, speech)}
         rec.close()
@@ -413,6 +415,10 @@ def run(args) -> int:
               f"{r['rtf']:5.1f}x {r['latency_p50_ms'] or math.nan:8.0f} "
               f"{r['latency_p95_ms'] or math.nan:8.0f} "
               f"{r['latency_utterance_seconds'] or math.nan:6.2f}")
+    for m, r in res["models"].items():
+        if r["window"] == "fit":
+            print(f"{m}: window fit, {r['refits']} of {r['prompts']} prompts decoded again on "
+                  "the whole window")
     print(f"{sel['excluded']} of {sel['with_text']} prompts excluded (digits, symbols, number "
           f"words, notes, letters); {args.compute_type}, beam {args.beam_size}, "
           f"{args.threads} threads; load average {res['load_average']:.1f} on {res['cpus']} CPUs")
