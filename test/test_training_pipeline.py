@@ -34,6 +34,31 @@ def test_meld_dialogues_and_labels():
     assert all(u.end >= u.start for u in d0.utterances)
 
 
+def test_robot_view_has_no_names_and_no_exclamations():
+    """The text as a robot could at best have it: speakers tagged in order of first turn per
+    dialogue (as diarization does), '!' read as '.', '?!' as '?'; labels, times and the
+    originals untouched."""
+    dev = data.load_meld(MELD_DEV)[:20]
+    rv = data.robot_view(dev, suffix="-robot")
+    assert len(rv) == len(dev) and [d.labels for d in rv] == [d.labels for d in dev]
+    for d, r in zip(dev, rv):
+        assert r.conversation_id == d.conversation_id + "-robot"
+        order = list(dict.fromkeys(u.speaker_id for u in d.utterances))
+        assert [u.speaker_id for u in r.utterances] == \
+            [f"speaker_{order.index(u.speaker_id)}" for u in d.utterances]
+        assert all("!" not in u.text and u.start == v.start
+                   for u, v in zip(r.utterances, d.utterances))
+    assert any("!" in u.text for d in dev for u in d.utterances)  # the originals keep theirs
+    u = data.load_meld(MELD_DEV)[0].utterances[0]
+    d = data.Dialogue("c", [u.__class__(**{**u.__dict__, "text": "What?! No!! Why!?! Fine."})],
+                      [0])
+    assert data.robot_view([d])[0].utterances[0].text == "What? No. Why? Fine."
+    only = data.robot_view([d], ["speakers"])[0].utterances[0]
+    assert only.text == "What?! No!! Why!?! Fine." and only.speaker_id == "speaker_0"
+    with pytest.raises(ValueError, match="robot views are"):
+        data.robot_view(dev, ["names"])
+
+
 def test_emorynlp_dialogues():
     dev = data.load_emorynlp(data.data_root() / "emorynlp" / "emorynlp_dev_final.csv")
     assert len(dev) > 50 and all(l >= 0 for d in dev for l in d.labels)
@@ -90,6 +115,14 @@ def test_train_then_evaluate_commands(tmp_path):
     assert r["n"] == n == int(np.sum(r["confusion"]))
     assert 0 <= r["weighted_f1"] <= 100 and set(r["per_class_f1"]) == set(man["label_names"])
     assert js.with_suffix(".png").is_file()
+    # --robot-view: the same dialogues, the text as a robot has it, recorded in the JSON.
+    assert cli.main(["evaluate", "--csv", str(MELD_DEV), "--model", str(out), "--json", str(js),
+                     "--limit-dialogues", "6", "--robot-view", "all"]) == 0
+    r = json.loads(js.read_text())
+    assert r["robot_view"] == ["speakers", "exclamations"] and r["n"] == n
+    with pytest.raises(SystemExit, match="robot views are"):
+        cli.main(["evaluate", "--csv", str(MELD_DEV), "--model", str(out), "--json", str(js),
+                  "--robot-view", "speakers,names"])
     # The head ablation over this model's vectors, two head seeds: one row each, the table
     # gives their mean and range.
     from erc_ros.training import ablation
@@ -268,6 +301,13 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
                      "--limit-dialogues", "8", "--cycle", "4"]) == 0
     log = json.loads((again / "train_log.json").read_text())
     assert log["history"] and all(h.get("stage") == 2 for h in log["history"])
+    # --robot-view-copy: every training dialogue also as a robot has it, recorded.
+    copied = tmp_path / "copied"
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues", "8",
+                     "--max-steps", "2", "--robot-view-copy"]) == 0
+    assert "robot-view copy: 8 training dialogues" in capsys.readouterr().err
+    assert json.loads((copied / "manifest.json").read_text())["provenance"]["recipe"][
+        "robot_view_copy"] is True
     with pytest.raises(SystemExit, match="needs --init"):
         cli.main(["train", "--recipe", "tiny", "--out", str(again), "--cycle", "2"])
     # Continuing from a model directory with a longer context: the prompt changes with it.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -132,6 +133,42 @@ def load_meld(csv_path: str | Path, clips_dir: str | Path | None = None,
             utts.append(u)
             labs.append(index.get(r.get("Emotion", "").strip().lower(), -1))
         out.append(Dialogue(cid, utts, labs, refs))
+    return out
+
+
+#: What a script has and a robot does not (:func:`robot_view`).
+ROBOT_VIEWS = ("speakers", "exclamations")
+
+
+def _no_exclamations(text: str) -> str:
+    text = re.sub(r"\?+!+[?!]*", "?", text)
+    text = re.sub(r"!+\?+[?!]*", "?", text)
+    return re.sub(r"!+", ".", text)
+
+
+def robot_view(dialogues: Sequence[Dialogue], views: Sequence[str] = ROBOT_VIEWS,
+               suffix: str = "") -> list[Dialogue]:
+    """The dialogues' text as a robot could at best have it, as copies (labels and media
+    kept): ``speakers``: each dialogue's speakers renamed ``speaker_0``, ``speaker_1``, ...
+    in order of first turn, as diarization tags them (a robot does not know their names);
+    ``exclamations``: every ``!`` read as ``.`` (``?!`` as ``?``), as a recognizer writes
+    a voice that does not carry them (docs/spoken.md: synthetic voices). ``suffix`` is
+    added to the conversation and utterance ids (a copy trained beside its original)."""
+    bad = set(views) - set(ROBOT_VIEWS)
+    if bad:
+        raise ValueError(f"robot views are {', '.join(ROBOT_VIEWS)}; got {', '.join(sorted(bad))}")
+    out = []
+    for d in dialogues:
+        tags: dict[str, str] = {}
+        utts = []
+        for u in d.utterances:
+            spk = tags.setdefault(u.speaker_id, f"speaker_{len(tags)}") \
+                if "speakers" in views else u.speaker_id
+            text = _no_exclamations(u.text) if "exclamations" in views else u.text
+            utts.append(dataclasses.replace(u, utterance_id=u.utterance_id + suffix,
+                                            conversation_id=d.conversation_id + suffix,
+                                            speaker_id=spk, text=text))
+        out.append(Dialogue(d.conversation_id + suffix, utts, list(d.labels), list(d.media)))
     return out
 
 

@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'torch' (stages in PyTorch) or an EmotionPipeline backend name")
     p.add_argument("--future-context", action="store_true",
                    help="also show the following utterances (offline scoring, not live)")
+    p.add_argument("--robot-view", default="", metavar="VIEWS",
+                   help="score the text as a robot could at best have it: comma-separated "
+                        "'speakers' (each dialogue's speakers as speaker_0, speaker_1, ...: "
+                        "no names) and 'exclamations' (every '!' read as '.'), or 'all'")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit-dialogues", type=int, default=0)
     p.add_argument("--media", help="MELD.Raw clips (the split's folder of dia*_utt*.mp4, or the "
@@ -177,6 +181,14 @@ def run(args) -> int:
         dialogues = loader(args.csv, labels=labels)
     if args.limit_dialogues:
         dialogues = dialogues[: args.limit_dialogues]
+    views: list[str] = []
+    if args.robot_view:
+        views = list(data.ROBOT_VIEWS) if args.robot_view == "all" else \
+            [v.strip() for v in args.robot_view.split(",") if v.strip()]
+        try:
+            dialogues = data.robot_view(dialogues, views)
+        except ValueError as e:
+            raise SystemExit(f"error: --robot-view: {e}")
     n = len(dialogues)
     reader = _media_reader(args, manifest) if args.media else None
     config = manifest.get("config") or {}
@@ -201,7 +213,8 @@ def run(args) -> int:
     s = scores(y_true, y_pred, labels)
     s.update(model_id=model_id, model_dir=str(args.model), csv=str(args.csv),
              csv_sha256=sha256_file(args.csv), backend=args.backend,
-             future_context=bool(args.future_context), seconds=round(time.time() - t0, 1))
+             future_context=bool(args.future_context), robot_view=views,
+             seconds=round(time.time() - t0, 1))
     if reader is not None:
         s["media"] = dict(reader.summary(), folder=str(folder),
                           dropped=sorted(set(args.drop)), on_ray=ray_counts)
@@ -210,9 +223,10 @@ def run(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(s, indent=2) + "\n")
     png = Path(args.png) if args.png else out.with_suffix(".png")
+    seen = f" as a robot has it ({', '.join(views)})" if views else ""
     plot_confusion(s["confusion"], labels, png,
-                   f"{model_id} on {Path(args.csv).name}: wF1 {s['weighted_f1']} acc {s['accuracy']}")
-    print(f"{model_id} on {args.csv} ({s['n']} utterances, {args.backend}): weighted F1 "
+                   f"{model_id} on {Path(args.csv).name}{seen}: wF1 {s['weighted_f1']} acc {s['accuracy']}")
+    print(f"{model_id} on {args.csv}{seen} ({s['n']} utterances, {args.backend}): weighted F1 "
           f"{s['weighted_f1']}  accuracy {s['accuracy']}  macro F1 {s['macro_f1']}")
     print("per-class F1: " + ", ".join(f"{k} {v}" for k, v in s["per_class_f1"].items()))
     print(f"wrote {out} and {png}", file=sys.stderr)

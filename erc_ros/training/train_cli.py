@@ -180,6 +180,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cycles", type=_number(int, 0), default=0,
                    help="run at most this many of the recipe's cycles and rounds (0 = all; "
                         "ablations compare single cycles)")
+    p.add_argument("--robot-view-copy", action="store_true",
+                   help="train on each dialogue twice: as written and as a robot could at "
+                        "best have it (speakers as speaker_0, ...; '!' read as '.')")
     p.add_argument("--keep-rounds", action="store_true",
                    help="keep every round whatever dev says (the rule still reports it): for "
                         "arms scored on other data, e.g. spoken dev by bench-spoken --rescore")
@@ -558,6 +561,16 @@ def run(args) -> int:
     train, dev, labels, files = _datasets(args, r)
     if args.limit_dialogues:
         train, dev = train[: args.limit_dialogues], dev[: max(1, args.limit_dialogues // 4)]
+    if args.robot_view_copy:
+        r["robot_view_copy"] = True
+    if r.get("robot_view_copy"):
+        # Each training dialogue twice: as written, and as a robot could at best have it
+        # (no speaker names, no '!': docs/spoken.md), with the same labels; dev is not copied.
+        from erc_ros.training.data import robot_view
+
+        train = train + robot_view(train, suffix="-robot")
+        print(f"robot-view copy: {len(train) // 2} training dialogues, each also without "
+              "speaker names and '!'", file=sys.stderr)
     from erc_ros.training.text_stage import seed_everything
 
     seed_everything(r["seed"])
