@@ -184,8 +184,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train on each dialogue twice: as written and as a robot could at "
                         "best have it (speakers as speaker_0, ...; '!' read as '.')")
     p.add_argument("--keep-rounds", action="store_true",
-                   help="keep every round whatever dev says (the rule still reports it): for "
-                        "arms scored on other data, e.g. spoken dev by bench-spoken --rescore")
+                   help="keep every round whatever dev says (the rule still reports it, "
+                        "against the init's recorded figure: its heads are not refitted "
+                        "first): for arms scored on other data, e.g. bench-spoken --rescore")
 
 
 def _datasets(args, recipe):
@@ -716,7 +717,7 @@ def run(args) -> int:
             best, best_scores = dict(prior, kept_init=True), None
     elif run_rounds and prior:  # rounds over the init model: they must beat its figure
         best = dict(prior, kept_init=True)
-        if int(r["fusion_stage"].get("head_seeds", 1)) > 1:
+        if int(r["fusion_stage"].get("head_seeds", 1)) > 1 and not args.keep_rounds:
             # What its encoder is worth over the head seeds, for the rounds to compare with
             # (and one of those heads in place of its own where it beats it).
             best, s2_scores = _fusion_stage(model, r, parts[0], dev, best, history,
