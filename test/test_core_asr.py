@@ -197,6 +197,18 @@ def test_a_fitted_window_encodes_the_piece_and_its_pad_only(speech):
         AsrConfig(window="short").validate()
     with pytest.raises(ValueError, match="early_seconds"):
         AsrConfig(early_seconds=float("nan")).validate()
+    with pytest.raises(ValueError, match="sentence_end_seconds"):
+        AsrConfig(sentence_end_seconds=float("nan")).validate()
+
+
+def test_a_sentence_end_is_a_last_mark_not_an_ellipsis():
+    from erc_ros.core.asr import ends_sentence
+    for text in ("Thank you.", "Really?", "No way! ", 'He said "go."', "(I mean it!)",
+                 "Wait?!"):
+        assert ends_sentence(text), text
+    for text in ("", "   ", "and then", "Well, ", "So...", "Calling\u2026", "I know,",
+                 "What the -"):
+        assert not ends_sentence(text), text
 
 
 class _EncodeSpy:

@@ -104,7 +104,7 @@ class AsrConfig:
         "to the estimate, the VAD's 0.4 s hang-over and ~0.1 s for the emotion pipeline")
     degrade_backlog: int = _f(
         2, "with this many segments waiting behind the one starting, it is decoded greedily "
-        "without the temperature fallback, and by tiny.en where auto chose base (kept "
+        "without a fallback, and by tiny.en where auto chose base (kept "
         "loaded for it): the recognizer catches up instead of refusing speech (counted "
         "'degraded'); 0: never")
     language: str = _f("en", "spoken language code (en, fr, ...); empty: detected per "
@@ -130,6 +130,15 @@ class AsrConfig:
         "(vad.min_silence_seconds) closes it; its text is then ready that much sooner, "
         "and the decode is wasted where the speaker goes on. Negative: only closed "
         "segments are recognized. Offline (asr.synchronous) it has no effect")
+    sentence_end_seconds: float = _f(
+        -1.0, "a speech segment whose early decode (early_seconds) ends a sentence (its "
+        "text ends with . ? or !, not with ...) closes once it has been quiet this long, "
+        "without waiting for the rest of the VAD's hang-over (vad.min_silence_seconds): "
+        "its estimate comes sooner and a next speaker who starts within the hang-over is "
+        "not joined to it (counted 'sentence_ends'). Live the cut waits for the early "
+        "decode; offline (asr.synchronous) the early decode runs inline, so the cut is "
+        "where a recognizer that keeps up makes it. Negative: off (only the hang-over ends "
+        "a segment)")
     word_timestamps: bool = _f(True, "word start/end times (cross-attention alignment, a few "
                                "ms per segment)")
     max_queue: int = _f(8, "segments waiting for the recognizer; a segment submitted to a "
@@ -148,11 +157,17 @@ class AsrConfig:
                                     "probability below log_prob_threshold (faster-whisper's "
                                     "rule and default)")
     log_prob_threshold: float = _f(-1.0, "average token log-probability below which a "
-                                   "window's decode counts as failed (temperature fallback, "
-                                   "no-speech rule)")
-    temperature_fallback: bool = _f(True, "re-decode a failed window at temperatures "
-                                    "0.2..1.0 (Whisper's default; up to 5 more decodes on "
-                                    "hard audio); False: one greedy decode only")
+                                   "window's decode counts as failed (fallback, window fit's "
+                                   "refit, no-speech rule)")
+    fallback: str = _f(
+        "beam", "a greedy decode that fails Whisper's checks (text that repeats itself, a "
+        "mean log-probability below log_prob_threshold, the token cap reached): beam: "
+        "decoded again once by beam search (beam 5), kept unless it fails worse "
+        "(deterministic: the same audio reads the same, live and offline; counted "
+        "'fallback'); temperature: Whisper's re-decodes by sampling at 0.2..1.0 (up to 5 "
+        "more decodes; CTranslate2's sampler carries its state from one decode to the next, "
+        "so the same audio may read differently); none: the greedy decode only",
+        choices=("beam", "temperature", "none"))
     max_tokens_per_second: float = _f(
         15.0, "decoding of a piece stops after this many tokens per second of its audio "
         "(+16): bounds how long a hallucination loop on noise can decode (448 tokens "
@@ -198,12 +213,18 @@ class AsrConfig:
             raise ValueError("asr.log_prob_threshold must be <= 0")
         if not self.max_tokens_per_second > 0:
             raise ValueError("asr.max_tokens_per_second must be > 0")
+        if self.fallback not in ("beam", "temperature", "none"):
+            raise ValueError(f"asr.fallback must be 'beam', 'temperature' or 'none', got "
+                             f"{self.fallback!r}")
         if self.window not in ("fit", "full"):
             raise ValueError(f"asr.window must be 'fit' or 'full', got {self.window!r}")
         if not (0 <= self.window_pad_seconds <= 30.0):
             raise ValueError("asr.window_pad_seconds must be in [0, 30]")
         if not math.isfinite(self.early_seconds):
             raise ValueError("asr.early_seconds must be a number of seconds (negative: off)")
+        if not math.isfinite(self.sentence_end_seconds):
+            raise ValueError("asr.sentence_end_seconds must be a number of seconds "
+                             "(negative: off)")
         return self
 
 
@@ -247,6 +268,14 @@ def _failed(segments: list, cap: int, log_prob_threshold: float) -> bool:
     return tokens >= cap or \
         max(s.compression_ratio for s in segments) > _COMPRESSION_RATIO_MAX or \
         float(np.mean([s.avg_logprob for s in segments])) < log_prob_threshold
+
+
+def _mean_logprob(segments: list) -> float:
+    return float(np.mean([s.avg_logprob for s in segments])) if segments else -math.inf
+
+
+#: The beam of fallback "beam".
+_FALLBACK_BEAM = 5
 
 
 def model_cache_dir() -> Path:
@@ -423,6 +452,8 @@ class WhisperRecognizer:
         self.fast_model = None
         #: Pieces decoded again on the full window after their short window failed (window fit).
         self.refits = 0
+        #: Failed greedy decodes decoded again by beam search (fallback beam).
+        self.fallbacks = 0
         self._lock = threading.Lock()
 
     @property
@@ -553,19 +584,14 @@ class WhisperRecognizer:
         return out
 
     def _decode(self, model, piece: np.ndarray, lang: str, temperature, frames: Optional[int],
-                cap: int) -> tuple[list, Any]:
+                cap: int, beam_size: int = 0) -> tuple[list, Any]:
         """One faster-whisper pass over ``piece`` with the encoder seeing ``frames`` mel
-        frames (None: the whole window), at most ``cap`` new tokens; the caller holds the
-        lock."""
-        import ctranslate2
-
+        frames (None: the whole window), at most ``cap`` new tokens, ``beam_size`` (0: the
+        configured one); the caller holds the lock."""
         cfg = self.config
         model.frames = frames
-        # The temperature fallback samples: the seed is reset for each piece, so the same
-        # audio gives the same text, whatever was decoded before it.
-        ctranslate2.set_random_seed(0)
         segments, info = model.transcribe(
-            piece, language=lang or None, beam_size=int(cfg.beam_size),
+            piece, language=lang or None, beam_size=int(beam_size or cfg.beam_size),
             temperature=temperature, word_timestamps=cfg.word_timestamps,
             vad_filter=cfg.vad_filter, no_speech_threshold=cfg.no_speech_threshold,
             log_prob_threshold=cfg.log_prob_threshold,
@@ -600,8 +626,8 @@ class WhisperRecognizer:
                 float(np.abs(x).max()) < cfg.silence_peak:
             return AsrResult.empty(seconds, lang, time.perf_counter() - t0)
         texts, words, logprobs, no_speech, detected = [], [], [], [], lang
-        temperature = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0] if cfg.temperature_fallback and \
-            not fast else 0.0
+        fallback = "none" if fast else cfg.fallback
+        temperature = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0] if fallback == "temperature" else 0.0
         model = self.fast_model if fast and self.fast_model is not None else self.model
         for a, b in self._split(x):
             if (b - a) / SAMPLE_RATE < cfg.min_segment_seconds:
@@ -623,6 +649,14 @@ class WhisperRecognizer:
                                                       None, cap)
                 else:
                     segments, info = self._decode(model, piece, lang, temperature, None, cap)
+                if fallback == "beam" and int(cfg.beam_size) < _FALLBACK_BEAM and \
+                        _failed(segments, cap, cfg.log_prob_threshold):
+                    self.fallbacks += 1
+                    again, info2 = self._decode(model, piece, lang, 0.0, None, cap,
+                                                beam_size=_FALLBACK_BEAM)
+                    if not _failed(again, cap, cfg.log_prob_threshold) or \
+                            _mean_logprob(again) > _mean_logprob(segments):
+                        segments, info = again, info2
             detected = info.language or detected
             for seg in segments:
                 t = seg.text.strip()
@@ -653,6 +687,18 @@ class WhisperRecognizer:
                          float(np.max(no_speech)) if no_speech else math.nan,
                          float(np.clip(confidence, 0, 1)) if confidence == confidence
                          else math.nan)
+
+
+#: Closing quotes and brackets that may follow a sentence's last mark.
+_CLOSERS = "\"')]}\u201d\u2019"
+
+
+def ends_sentence(text: str) -> bool:
+    """Whether recognized ``text`` ends a sentence: its last mark (past closing quotes and
+    brackets) is ``.``, ``?`` or ``!``, and not an ellipsis (``...``, ``\u2026``: Whisper's
+    mark for speech that trails off or was cut)."""
+    t = text.rstrip().rstrip(_CLOSERS).rstrip()
+    return bool(t) and t[-1] in ".?!" and not t.endswith("..")
 
 
 #: Word-time refinement: 20 ms frames, voiced above 2 % of the piece's loudest frame RMS.
@@ -779,6 +825,8 @@ class AsrWorker:
             out = dict(self._counts)
             if self.recognizer.config.window == "fit":
                 out["refit"] = self.recognizer.refits
+            if self.recognizer.config.fallback == "beam":
+                out["fallback"] = self.recognizer.fallbacks
             out.update(
                 pending=self._busy, queue_capacity=self.max_queue,
                 latency_p50_ms=float(np.percentile(lat, 50) * 1e3) if lat.size else math.nan,

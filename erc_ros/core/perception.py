@@ -36,7 +36,7 @@ from typing import Optional
 
 import numpy as np
 
-from .asr import AsrResult
+from .asr import AsrResult, ends_sentence
 from .audio_buffer import AudioBuffer
 from .config import (AudioConfig, ConversationConfig, DiarizationConfig, FaceConfig,
                      PerceptionConfig, SegmentationConfig, VadConfig)
@@ -177,7 +177,8 @@ class PerceptionCore:
         self._asr_backlog: deque[_Recognition] = deque()  # in speech order
         self._asr_ready: dict[tuple[float, float], float] = {}  # span -> perf_counter ready
         self.asr_counters = {"segments": 0, "results": 0, "no_text": 0, "refused_full": 0,
-                             "errors": 0, "unfinished": 0, "early": 0, "early_used": 0}
+                             "errors": 0, "unfinished": 0, "early": 0, "early_used": 0,
+                             "sentence_ends": 0}
         # The speech in progress handed to the recognizer early (asr.early_seconds): its
         # (start, end) as the VAD would close it, and the job.
         self._early: Optional[tuple[tuple[float, float], _Recognition]] = None
@@ -301,6 +302,7 @@ class PerceptionCore:
         self._timer.add("vad", time.perf_counter() - t)
         self._speech(segs)
         self._recognize_early()
+        self._end_sentence()
         if self.embedder is not None:
             t = time.perf_counter()
             n = self.embedder.process(self.buffer, self.vad)
@@ -324,20 +326,76 @@ class PerceptionCore:
         rest of the hang-over; where speech resumes, that decode is wasted (counted ``early``
         minus ``early_used``). Only on the recognizer's own thread and only when it is idle,
         so a closed segment waits at most for one early decode."""
-        wait = self.config.asr.early_seconds
+        asr = self.config.asr
+        wait = asr.early_seconds
         pause = self.vad.pause_start
-        if self.asr_worker is None or wait < 0 or pause is None:
+        # Offline (inline recognizer) an early decode serves only the sentence-end cut.
+        inline = self.asr_worker is None
+        if self.recognizer is None or wait < 0 or pause is None or \
+                (inline and asr.sentence_end_seconds < 0):
             return
         pad = self.config.vad.pad_seconds
         if self.vad.processed_until(self.buffer) - pause < max(wait, pad):
             return  # not quiet long enough, or the padded end not buffered yet
         span = (self.vad.open_start, pause + pad)
-        if (self._early is not None and self._early[0] == span) or self.asr_worker.pending():
+        if self._early is not None and self._early[0] == span:
+            return
+        if inline:
+            job = _Recognition(*span)
+            job.result, job.ready = self._transcribe_inline(*span), time.perf_counter()
+            self._early = (span, job)
+            self.asr_counters["early"] += 1
+            return
+        if self.asr_worker.pending():
             return
         job = _Recognition(*span)
         if self.asr_worker.submit(job, self.buffer.read(*span), *span):
             self._early = (span, job)
             self.asr_counters["early"] += 1
+
+    def _end_sentence(self) -> bool:
+        """``asr.sentence_end_seconds``: close the speech in progress at a pause, before
+        the VAD's hang-over does, where the early decode up to that pause is in, ends a
+        sentence, and the pause has lasted that long. The closed segment then takes that
+        decode (:meth:`_recognize`). Where speech came back after such a pause before the
+        decode was in (a next speaker within the hang-over, a recognizer slower than the
+        pause), the segment is split there: the cut depends on the audio and the text, not
+        on how fast the recognizer was. Returns whether it closed one."""
+        wait = self.config.asr.sentence_end_seconds
+        if wait < 0 or self._early is None:
+            return False
+        (start, end), job = self._early
+        if job.result is None or self.vad.open_start != start or \
+                end - start < self.config.vad.min_speech_seconds:
+            return False
+        pad = self.config.vad.pad_seconds
+        pause, resumed = self.vad.pause_start, self.vad.resumed
+        if pause is not None and pause + pad == end:  # still quiet
+            if self.vad.processed_until(self.buffer) - pause < wait or \
+                    not ends_sentence(job.result.text):
+                return False
+            seg = self.vad.cut_open(end)
+        elif resumed is not None and resumed[0] + pad == end:  # the speech came back
+            if resumed[1] - resumed[0] < wait or not ends_sentence(job.result.text):
+                return False
+            seg = self.vad.split_open(end, resumed[1])
+        else:
+            return False  # the speaker went on after that pause and paused again
+        self.asr_counters["sentence_ends"] += 1
+        self._speech([seg])
+        return True
+
+    def _transcribe_inline(self, start: float, end: float) -> AsrResult:
+        """The recognizer on this thread (``asr.synchronous``), timed as the ``asr`` stage;
+        a failure is an empty result with its error (the speech still comes out)."""
+        audio = self.buffer.read(start, end)
+        t = time.perf_counter()
+        try:
+            res = self.recognizer.transcribe(audio, offset=start)
+        except Exception as e:  # counted; the speech still comes out, without text
+            res = AsrResult.empty(audio.size / SAMPLE_RATE, error=f"{type(e).__name__}: {e}")
+        self._timer.add("asr", time.perf_counter() - t)
+        return res
 
     def _recognize(self, start: float, end: float) -> None:
         self.segmenter.claim(start, end)
@@ -345,18 +403,16 @@ class PerceptionCore:
         early, self._early = self._early, None
         if early is not None and early[0] == (start, end):
             self.asr_counters["early_used"] += 1
-            self._asr_backlog.append(early[1])
+            if self.asr_worker is None:  # decoded inline already
+                self._asr_result(start, end, early[1].result, early[1].ready)
+            else:
+                self._asr_backlog.append(early[1])
+            return
+        if self.asr_worker is None:
+            self._asr_result(start, end, self._transcribe_inline(start, end),
+                             time.perf_counter())
             return
         audio = self.buffer.read(start, end)
-        if self.asr_worker is None:
-            t = time.perf_counter()
-            try:
-                res = self.recognizer.transcribe(audio, offset=start)
-            except Exception as e:  # counted; the speech still comes out, without text
-                res = AsrResult.empty(audio.size / SAMPLE_RATE, error=f"{type(e).__name__}: {e}")
-            self._timer.add("asr", time.perf_counter() - t)
-            self._asr_result(start, end, res, time.perf_counter())
-            return
         job = _Recognition(start, end)
         if not self.asr_worker.submit(job, audio, start, end):
             # Overloaded recognizer: the speech still becomes an utterance, without text
@@ -655,6 +711,8 @@ class PerceptionCore:
             self._note_audio(float(now))
             self._close_stalled_speech(float(now))
             self._asr_results()
+            if self._end_sentence():  # its decode is in: the utterance comes out now
+                self._asr_results()
             out = self._take(self._collect(float(now), final=False))
             if not out and self.frames is not None and self.vad.open_start is not None:
                 # Faces (and their expressions) of the speech in progress, in polls that
@@ -766,6 +824,11 @@ class PerceptionCore:
         r = self.recognizer
         out = {"enabled": True, "model": r.model_name or self.config.asr.model,
                "model_reason": r.choice.get("reason", ""), **self.asr_counters}
+        # the recognizer's own retries (a recognizer a benchmark shares counts them all)
+        if r.config.window == "fit":
+            out["refit"] = r.refits
+        if r.config.fallback == "beam":
+            out["fallback"] = r.fallbacks
         if self.asr_worker is not None:
             w = self.asr_worker.stats()
             out.update(pending=w["pending"], queue_capacity=w["queue_capacity"],

@@ -111,6 +111,9 @@ class VadSegmenter:
         self.open_start: Optional[float] = None  # start of the segment in progress
         self._silence_start: Optional[float] = None
         self._last_t = None
+        #: The last pause inside the segment in progress that speech ended before the
+        #: hang-over did: (where it went quiet, the start of the window that resumed it).
+        self.resumed: Optional[tuple[float, float]] = None
 
     @property
     def in_speech(self) -> bool:
@@ -132,6 +135,8 @@ class VadSegmenter:
                 self._silence_start = None
             return out
         if prob >= self.threshold or (self._silence_start is None and prob >= self.neg_threshold):
+            if self._silence_start is not None:
+                self.resumed = (self._silence_start, t)
             self._silence_start = None
         elif self._silence_start is None:
             self._silence_start = t
@@ -146,6 +151,14 @@ class VadSegmenter:
             self.open_start = t + dt
             self._silence_start = None
         return out
+
+    def split_open(self, at: float, resume: float) -> SpeechSegment:
+        """End the segment in progress at ``at`` and go on with one that opened at
+        ``resume`` (the speech after a pause, already seen); returns the ended one."""
+        seg = SpeechSegment(self.open_start, at)
+        self.open_start = resume
+        self.resumed = None
+        return seg
 
     def close(self) -> list[SpeechSegment]:
         """End of stream: close the open segment at the last window."""
@@ -207,6 +220,23 @@ class StreamingVad:
             raise RuntimeError("cut_open: no speech segment in progress")
         seg = SpeechSegment(self.segmenter.open_start, at)
         self.segmenter.reset()
+        return seg
+
+    @property
+    def resumed(self) -> Optional[tuple[float, float]]:
+        """The last pause in the speech in progress that speech ended before the hang-over
+        did: (where it went quiet, the start of the window that resumed it), else None."""
+        return self.segmenter.resumed if self.segmenter.open_start is not None else None
+
+    def split_open(self, at: float, resume: float) -> SpeechSegment:
+        """End the speech segment in progress at ``at``, a pause it went on after, and go on
+        with a segment from ``resume`` (padded), as if the VAD had closed it at that pause
+        and opened another where the speech came back; returns the ended one."""
+        if self.segmenter.open_start is None:
+            raise RuntimeError("split_open: no speech segment in progress")
+        start = resume - self.segmenter.pad_s
+        seg = self.segmenter.split_open(at, start)
+        self.onsets.append((self.next_index, start))
         return seg
 
     def close(self) -> list[SpeechSegment]:
