@@ -167,7 +167,7 @@ def test_a_fitted_window_encodes_the_piece_and_its_pad_only(speech):
                             warmup=False).load()
     tight = WhisperRecognizer(model="tiny.en", window="fit", window_pad_seconds=1.0,
                               warmup=False).load()
-    full = WhisperRecognizer(model="tiny.en", warmup=False).load()
+    full = WhisperRecognizer(model="tiny.en", window="full", warmup=False).load()
     for rec in (fit, tight, full):
         rec.model.model = _EncodeSpy(rec.model.model, seen)
     assert fit._window_frames(16000) == 1100 and fit._window_frames(16001) == 1102

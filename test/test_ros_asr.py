@@ -197,7 +197,12 @@ def test_a_signal_while_the_recognizer_works_ends_cleanly_and_loses_nothing(mic_
                    # Room for every segment on a loaded 2-core machine (the default, 5 s, fits
                    # ros2 launch's SIGINT -> SIGKILL window; past it the speech comes out
                    # without text, test_core_asr covers that).
-                   "shutdown_timeout": 30.0})
+                   "shutdown_timeout": 30.0,
+                   # The whole 30 s window, so that 3x real time keeps the recognizer
+                   # behind (it keeps up with the fitted window on the faster machines), and
+                   # one utterance per labelled turn (no cut at a sentence end).
+                   "perception.asr.window": "full",
+                   "perception.asr.sentence_end_seconds": -1.0})
     cmd = [sys.executable, "-m", "erc_ros.ros.composed", "--ros-args"]
     for k, v in params.items():
         cmd += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]

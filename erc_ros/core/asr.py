@@ -99,9 +99,10 @@ class AsrConfig:
                     "Whisper model (model.bin, config.json, tokenizer.json); names resolve "
                     "to the packaged models, never to a hub")
     auto_base_max_seconds: float = _f(
-        0.5, "auto: base runs where one decode of a 1 s segment (the encoder's whole 30 s "
-        "window) takes at most this here; it leaves, of a 1 s budget from the end of speech "
-        "to the estimate, the VAD's 0.4 s hang-over and ~0.1 s for the emotion pipeline")
+        0.25, "auto: base runs where one decode of a 1 s segment (in the window that "
+        "asr.window gives it) takes at most this here; it leaves, of a 0.5 s budget from the "
+        "end of speech to the estimate, ~0.05 s for the VAD to hear the pause, early_seconds "
+        "(0.1), ~0.05 s for the next audio chunk and ~0.05 s for the emotion pipeline")
     degrade_backlog: int = _f(
         2, "with this many segments waiting behind the one starting, it is decoded greedily "
         "without a fallback, and by tiny.en where auto chose base (kept "
@@ -114,24 +115,27 @@ class AsrConfig:
                            "or float32 (int8 quantizes the weights at load)")
     threads: int = _f(2, "CTranslate2 intra-op threads (cpu_threads)")
     window: str = _f(
-        "full", "full: Whisper's whole 30 s window, whatever the piece (what it was trained "
+        "fit", "full: Whisper's whole 30 s window, whatever the piece (what it was trained "
         "on); fit: the encoder sees the piece plus window_pad_seconds (whisper.cpp's "
         "audio_ctx), a 2 s turn costing a 2 s encode, in one greedy decode; where that "
         "decode fails (its text repeats: gzip compression ratio above 2.4, its mean "
         "log-probability is below log_prob_threshold, or it reaches the token cap) the "
         "piece is decoded again on the full window (counted 'refit'). Stock Whisper often "
-        "does not end its text on a short window and repeats it (docs/asr.md)",
+        "does not end its text on a short window and repeats it; with 10 s of pad tiny.en "
+        "reads nearly as well as on its whole window, in half the time (docs/asr.md)",
         choices=("fit", "full"))
     window_pad_seconds: float = _f(
-        20.0, "window fit: silence after the piece's audio in the encoder's window")
+        10.0, "window fit: silence after the piece's audio in the encoder's window")
     early_seconds: float = _f(
-        0.2, "live (the recognizer on its own thread): a speech segment goes to an idle "
+        0.1, "live (the recognizer on its own thread): a speech segment goes to an idle "
         "recognizer once it has been quiet this long, before the VAD's hang-over "
         "(vad.min_silence_seconds) closes it; its text is then ready that much sooner, "
-        "and the decode is wasted where the speaker goes on. Negative: only closed "
-        "segments are recognized. Offline (asr.synchronous) it has no effect")
+        "and the decode is wasted where the speaker goes on (an idle recognizer only, so "
+        "a closing segment waits for one such decode at most). Negative: only closed "
+        "segments are recognized. Offline (asr.synchronous) the early decode runs only for "
+        "sentence_end_seconds, inline")
     sentence_end_seconds: float = _f(
-        -1.0, "a speech segment whose early decode (early_seconds) ends a sentence (its "
+        0.2, "a speech segment whose early decode (early_seconds) ends a sentence (its "
         "text ends with . ? or !, not with ...) closes once it has been quiet this long, "
         "without waiting for the rest of the VAD's hang-over (vad.min_silence_seconds): "
         "its estimate comes sooner and a next speaker who starts within the hang-over is "

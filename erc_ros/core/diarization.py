@@ -300,7 +300,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 @dataclass
 class SpeakerDecision:
     speaker_id: str
-    source: str  # "hint", "enrolled", "cluster" or ""
+    source: str  # "hint", "enrolled", "cluster", "continued" (PerceptionCore) or ""
     confidence: float
     similarity: float = float("nan")
     new: bool = False

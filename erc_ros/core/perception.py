@@ -41,7 +41,7 @@ from .audio_buffer import AudioBuffer
 from .config import (AudioConfig, ConversationConfig, DiarizationConfig, FaceConfig,
                      PerceptionConfig, SegmentationConfig, VadConfig)
 from .conversation import ConversationHistory
-from .diarization import speaker_changes, word_boundary
+from .diarization import SpeakerDecision, speaker_changes, word_boundary
 from .errors import InputError
 from .segmentation import PendingUtterance, Segmenter
 from .types import (FACE_CLASSES, FACE_DISABLED, FACE_ERROR, FACE_NO_CAMERA, FACE_NOT_SEEN,
@@ -58,7 +58,7 @@ _COUNTER_ORDER = ("utterances", "utterances_vad", "utterances_timed", "utterance
                   "speech_dropped_untranscribed", "utterances_no_face", "utterances_face",
                   "utterances_no_camera", "refused",
                   "transcripts", "partials", "frames", "conversations", "discontinuities",
-                  "speech_closed_stalled", "turn_splits")
+                  "speech_closed_stalled", "turn_splits", "speaker_continued")
 
 
 @dataclass
@@ -200,12 +200,18 @@ class PerceptionCore:
         self._conv_id = self._make_conv_id()
         self._utt_index = 0
         self._last_end: Optional[float] = None
+        # The last utterance built: (end, speaker id), and the ends of segments cut at a
+        # sentence end (asr.sentence_end_seconds): the speech after such a cut may be the
+        # same person going on.
+        self._last_built: Optional[tuple[float, str]] = None
+        self._sentence_cuts: deque[float] = deque(maxlen=8)
         # The core's counters; the segmenter's (utterances_vad/_timed/_untimed, transcripts,
         # partials, ...) are its own, merged by stats().
         self.counters = {"utterances": 0, "close_embeddings": 0, "utterances_no_face": 0,
                          "utterances_face": 0, "utterances_no_camera": 0,
                          "refused": {}, "frames": 0, "conversations": 1, "discontinuities": 0,
-                         "speech_closed_stalled": 0, "turn_splits": 0}
+                         "speech_closed_stalled": 0, "turn_splits": 0,
+                         "speaker_continued": 0}
         self._close_ms: deque = deque(maxlen=200)
 
     @contextlib.contextmanager
@@ -382,8 +388,34 @@ class PerceptionCore:
         else:
             return False  # the speaker went on after that pause and paused again
         self.asr_counters["sentence_ends"] += 1
+        self._sentence_cuts.append(end)
         self._speech([seg])
         return True
+
+    def _continued(self, start: float, end: float) -> Optional[SpeakerDecision]:
+        """The speaker of the utterance before, where this one starts within the VAD's
+        hang-over of a sentence-end cut that ended it (the hang-over would have joined the
+        two) and the voice on either side of the pause is the same person's (the last and
+        first ``diarization.window_seconds``, at least ``change_min_side_seconds`` each,
+        cosine at or above ``continue_threshold``). A
+        short piece alone is a poor sample of a voice; across the pause the decision uses
+        both sides."""
+        last, dz, v = self._last_built, self.config.diarization, self.config.vad
+        if self.embedder is None or last is None or not last[1] or \
+                last[0] not in self._sentence_cuts or \
+                not 0 <= start - last[0] < v.min_silence_seconds - 2 * v.pad_seconds + 1e-6:
+            return None
+        w, side = dz.window_seconds, dz.change_min_side_seconds
+        left = self.buffer.read(max(last[0] - w, self.buffer.t_start), last[0])
+        right = self.buffer.read(start, min(end, start + w))
+        if min(left.size, right.size) < side * SAMPLE_RATE:
+            return None
+        a, b = self.embedder.embed_windows([left, right])
+        sim = float(np.dot(a, b))
+        if sim < dz.continue_threshold:
+            return None
+        self.counters["speaker_continued"] += 1
+        return SpeakerDecision(last[1], "continued", float(np.clip(sim, 0, 1)), sim)
 
     def _transcribe_inline(self, start: float, end: float) -> AsrResult:
         """The recognizer on this thread (``asr.synchronous``), timed as the ``asr`` stage;
@@ -631,7 +663,9 @@ class PerceptionCore:
         if emb is not None:
             features["speaker_embedding"] = emb
         t = time.perf_counter()
-        dec = self.diarizer.assign(emb, audio_end - start, p.hint)
+        dec = None if p.hint else self._continued(start, audio_end)
+        if dec is None:
+            dec = self.diarizer.assign(emb, audio_end - start, p.hint)
         self._timer.add("cluster", time.perf_counter() - t)
         faces: list[np.ndarray] = []
         face_status, face_count = FACE_DISABLED, 0
@@ -659,6 +693,7 @@ class PerceptionCore:
             asr_ready=self._asr_ready.pop((p.start, p.end), None) if p.timed else None,
             face_status=face_status, face_count=face_count)
         self._last_end = end if self._last_end is None else max(self._last_end, end)
+        self._last_built = (end, dec.speaker_id)
         self.history.add(utt)
         self.counters["utterances"] += 1
         self.segmenter.built(p)
@@ -752,7 +787,8 @@ class PerceptionCore:
         self._early = None
         if self.embedder is not None:
             self.embedder.reset(0)
-        self._last_end = None
+        self._last_end = self._last_built = None
+        self._sentence_cuts.clear()
         self._new_conversation()
 
     # -- diagnostics -------------------------------------------------------------------

@@ -117,7 +117,7 @@ class Utterance:
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     sample_rate: int = SAMPLE_RATE
     faces: list[np.ndarray] = field(default_factory=list)  # HxWx3 uint8 RGB crops, fixed size
-    speaker_source: str = ""  # "hint", "enrolled", "cluster" or "" (unknown)
+    speaker_source: str = ""  # "hint", "enrolled", "cluster", "continued" or "" (unknown)
     speaker_confidence: float = float("nan")
     text_confidence: float = float("nan")
     locale: str = ""
