@@ -200,10 +200,10 @@ class PerceptionCore:
         self._conv_id = self._make_conv_id()
         self._utt_index = 0
         self._last_end: Optional[float] = None
-        # The last utterance built: (end, speaker id), and the ends of segments cut at a
+        # The last utterance built: (start, end, speaker id), and the ends of segments cut at a
         # sentence end (asr.sentence_end_seconds): the speech after such a cut may be the
         # same person going on.
-        self._last_built: Optional[tuple[float, str]] = None
+        self._last_built: Optional[tuple[float, float, str]] = None
         self._sentence_cuts: deque[float] = deque(maxlen=8)
         # The core's counters; the segmenter's (utterances_vad/_timed/_untimed, transcripts,
         # partials, ...) are its own, merged by stats().
@@ -400,13 +400,15 @@ class PerceptionCore:
         cosine at or above ``continue_threshold``). A
         short piece alone is a poor sample of a voice; across the pause the decision uses
         both sides."""
-        last, dz, v = self._last_built, self.config.diarization, self.config.vad
-        if self.embedder is None or last is None or not last[1] or \
-                last[0] not in self._sentence_cuts or \
-                not 0 <= start - last[0] < v.min_silence_seconds - 2 * v.pad_seconds + 1e-6:
+        if self.embedder is None or self._last_built is None:
+            return None
+        s0, e0, who = self._last_built
+        dz, v = self.config.diarization, self.config.vad
+        if not who or e0 not in self._sentence_cuts or \
+                not 0 <= start - e0 < v.min_silence_seconds - 2 * v.pad_seconds + 1e-6:
             return None
         w, side = dz.window_seconds, dz.change_min_side_seconds
-        left = self.buffer.read(max(last[0] - w, self.buffer.t_start), last[0])
+        left = self.buffer.read(max(e0 - w, s0, self.buffer.t_start), e0)
         right = self.buffer.read(start, min(end, start + w))
         if min(left.size, right.size) < side * SAMPLE_RATE:
             return None
@@ -415,7 +417,7 @@ class PerceptionCore:
         if sim < dz.continue_threshold:
             return None
         self.counters["speaker_continued"] += 1
-        return SpeakerDecision(last[1], "continued", float(np.clip(sim, 0, 1)), sim)
+        return SpeakerDecision(who, "continued", float(np.clip(sim, 0, 1)), sim)
 
     def _transcribe_inline(self, start: float, end: float) -> AsrResult:
         """The recognizer on this thread (``asr.synchronous``), timed as the ``asr`` stage;
@@ -693,7 +695,7 @@ class PerceptionCore:
             asr_ready=self._asr_ready.pop((p.start, p.end), None) if p.timed else None,
             face_status=face_status, face_count=face_count)
         self._last_end = end if self._last_end is None else max(self._last_end, end)
-        self._last_built = (end, dec.speaker_id)
+        self._last_built = (start, end, dec.speaker_id)
         self.history.add(utt)
         self.counters["utterances"] += 1
         self.segmenter.built(p)
