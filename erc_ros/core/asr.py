@@ -99,13 +99,14 @@ class AsrConfig:
                     "Whisper model (model.bin, config.json, tokenizer.json); names resolve "
                     "to the packaged models, never to a hub")
     auto_base_max_seconds: float = _f(
-        0.2, "auto: base runs where one decode of a 1 s segment (in the window that "
+        0.15, "auto: base runs where one decode of a 1 s segment (in the window that "
         "asr.window gives it) takes at most this here. Of a 0.5 s budget from the end of "
         "speech to the estimate, the VAD hearing the pause (~0.05 s), early_seconds (0.1), "
         "the next audio chunk (~0.05 s) and the emotion pipeline (~0.05 s) leave 0.25 s for "
-        "the decode, and a turn of a few seconds in the running node takes ~1.3x the probe. "
-        "A CPU near the limit may choose either model from one start to the next: name the "
-        "model to pin it")
+        "the decode; a turn of a few seconds in the running node takes ~1.3x the probe, and "
+        "the probe moves with the machine's load (base 0.18-0.34 s on one Xeon). A CPU near "
+        "the limit may choose either model from one start to the next: name the model to "
+        "pin it")
     degrade_backlog: int = _f(
         2, "with this many segments waiting behind the one starting, it is decoded greedily "
         "without a fallback, and by tiny.en where auto chose base (kept "
