@@ -152,7 +152,8 @@ def test_a_sentence_end_closes_the_turn_before_the_next_speaker_joins_it(quick_t
     joined, _ = stream(_core(asr__synchronous=True, **WHOLE_TURNS), conv, asr="none",
                        video=False)
     assert len(joined) < len(conv.turns)
-    core = _core(asr__synchronous=True)  # the defaults: early_seconds 0.1, sentence_end 0.2
+    # the defaults (early_seconds 0.1, sentence_end_seconds 0.2), the speaker going on
+    core = _core(asr__synchronous=True, diarization__continue_speaker=True)
     cut, _ = stream(core, conv, asr="none", video=False)
     st = core.stats()["asr"]
     assert len(cut) >= len(conv.turns) - 1 and st["sentence_ends"] >= len(cut) - 2, st
@@ -164,6 +165,7 @@ def test_a_sentence_end_closes_the_turn_before_the_next_speaker_joins_it(quick_t
     assert score(conv, cut)["der"] < score(conv, joined)["der"]
     # A turn cut in two at a sentence end: the speech after the cut is the same voice, so
     # it keeps the speaker of the piece before it (a short piece alone is a poor sample).
+    # Only where asked: on Kokoro's voices it joined other speakers (docs/asr.md).
     went_on = [(a, b) for a, b in zip(cut, cut[1:]) if b.speaker_source == "continued"]
     assert went_on and core.stats()["counters"]["speaker_continued"] == len(went_on)
     for a, b in went_on:
