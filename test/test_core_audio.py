@@ -223,6 +223,23 @@ def test_wrong_declared_sample_rate_is_detected(speech22k):
     assert ok.counters["chunks"] == len(range(0, pcm.size - n, n))
 
 
+def test_lost_chunks_are_gaps_not_a_wrong_rate(speech22k):
+    """A correctly declared stream that loses a third of its chunks, in bursts too (a loaded
+    subscriber at 4x lost them, and the stamps then ran 1.6x ahead of the audio): the losses
+    are filled as gaps and nothing after them is refused as a wrong sample rate."""
+    pcm = np.round(speech22k * 32767).astype("<i2")
+    n = 2205  # 100 ms
+    rng = np.random.default_rng(0)
+    lost = rng.random(pcm.size // n) < 0.33
+    lost[10:14] = True  # a burst
+    buf = AudioBuffer()
+    for k, i in enumerate(range(0, pcm.size - n, n)):
+        if not lost[k]:
+            buf.push(AudioChunk(7.0 + k * 0.1, pcm[i:i + n].tobytes(), AudioFormat(22050)))
+    assert buf.counters["gaps"] >= 5 and buf.epoch == 0
+    assert buf.counters["chunks"] == int((~lost[:len(range(0, pcm.size - n, n))]).sum())
+
+
 @pytest.fixture
 def designed_taps(monkeypatch):
     """Every FIR filter designed (its tap count), by the resampler or by resample_poly (which

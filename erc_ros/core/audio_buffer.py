@@ -450,20 +450,27 @@ class AudioBuffer:
         self._start_segment(stamp, fmt)
 
     def _check_rate(self, stamp: float, dur: float, fmt: AudioFormat) -> None:
-        """Refuse chunks while stamps advance at a pace the declared rate cannot explain."""
+        """Refuse chunks while stamps advance at a pace the declared rate cannot explain.
+        Lost chunks (a loaded subscriber, a lossy link) also make the stamps run ahead of
+        the audio, but only at the pairs around a loss: a rate is judged wrong only where
+        the typical pair (the median) is off too, not the sum alone (a burst of losses
+        refused the audio after it, compounding the loss)."""
         if not self.check_sample_rate:
             return
         hist = list(self._rate_hist) + [(stamp, dur)]
         adv = total = 0.0
+        pairs = []
         for (s0, d0), (s1, _) in zip(hist, hist[1:]):
             diff = s1 - s0
-            if 0.0 <= diff <= 0.5 + 8 * d0:  # skip gaps and clock jumps
+            if 0.0 <= diff <= 0.5 + 8 * d0 and d0 > 0:  # skip gaps and clock jumps
                 adv += diff
                 total += d0
+                pairs.append(diff / d0)
         if adv < self.rate_check_min_span_s or total <= 0 or len(hist) < 6:
             return
-        ratio = adv / total
-        if abs(math.log(ratio)) > math.log1p(self.rate_tolerance):
+        ratio, typical = adv / total, float(np.median(pairs))
+        limit = math.log1p(self.rate_tolerance)
+        if abs(math.log(ratio)) > limit and abs(math.log(max(typical, 1e-9))) > limit:
             if stamp >= hist[-2][0]:
                 self._rate_hist.append((stamp, dur))  # the window rolls on: a fixed stream recovers
             raise SampleRateError(
