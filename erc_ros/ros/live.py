@@ -162,7 +162,16 @@ class LiveSession:
         self._spin.start()
         self.player.clock(first_clock)
         ok = self.comp.start()
-        time.sleep(0.3)  # discovery between the player and the nodes (same process, loopback)
+        # Discovery between the player and the nodes (same process, loopback): every topic the
+        # nodes take from the bag matched before the first record, else a loaded machine loses
+        # the first audio and the live buffer starts later than an offline replay's.
+        wanted = {sub.topic_name for n in self.comp.nodes for sub in n.subscriptions}
+        pubs = [p for t, p in self.player.pubs.items() if t in wanted]
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and \
+                not all(p.get_subscription_count() > 0 for p in pubs):
+            time.sleep(0.02)
+        time.sleep(0.1)
         return ok
 
     def finish(self, end_clock: float, timeout: float = 30.0) -> None:
