@@ -265,8 +265,7 @@ def _audio(stamp: float, samples: int, value: int = 300):
 def test_audio_lost_on_the_way_is_seen(ros):
     """A third of the audio missing from the stamps (0.8 s lost every 2.4 s, as a network
     drop loses it): WARN naming the share lost; back to ok once the audio is whole again.
-    (Chunks lost one by one read as a wrong sample rate to the core, which refuses them:
-    WARN too, for that reason; the flood below.)"""
+    (Chunks lost one by one: the flood below.)"""
     from audio_common_msgs.msg import AudioDataStamped
     rig = UtteranceRig("lost_audio", image_transport="none")
     try:
@@ -288,7 +287,7 @@ def test_audio_lost_on_the_way_is_seen(ros):
         assert "on /audio had no audio" in st["message"], st
         assert 0.15 <= float(st["audio.lost_fraction"]) <= 0.4, st
         assert float(st["audio.lost_s"]) >= 0.75
-        k = -(-k // 120) * 120  # (a shorter gap reads as a wrong sample rate to the core)
+        k = -(-k // 120) * 120  # the stamps go on from the next 2.4 s period
         stream(6.0)  # the window (5 s) whole again
         st = rig.fresh_status()
         assert st["level"] == 0 and st["message"] == "ok", st

@@ -181,9 +181,14 @@ class LiveSession:
         # Every record taken from DDS first: on a busy machine the node's executor may still
         # hold some when the player is done, and the flush would close utterances without
         # the audio or the results still on their way.
+        # Messages DDS lost (a keep-last history that overflowed) never come: stop waiting
+        # once nothing more arrived for 2 s.
         sent = self.player.to_subscribers()
-        while time.monotonic() < deadline and utt.health.counts.get("received", 0) < sent:
+        got, still = utt.health.counts.get("received", 0), time.monotonic()
+        while time.monotonic() < deadline and got < sent and time.monotonic() - still < 2.0:
             time.sleep(0.02)
+            if utt.health.counts.get("received", 0) != got:
+                got, still = utt.health.counts.get("received", 0), time.monotonic()
         self.player.clock(end_clock + 5.0)
         time.sleep(0.1)
         utt.request_flush()
