@@ -216,6 +216,27 @@ def test_speech_open_at_a_clock_jump_is_returned_not_lost():
             f"{[(round(u.start, 2), round(u.end, 2)) for u in utts]}"
 
 
+def test_a_poll_behind_an_audio_backlog_is_not_a_stall():
+    """A timer that read its clock, then waited for the core while seconds of audio came in
+    (an input backlog), polls with a time far behind that audio: the audio is new, not
+    stalled, so the next poll does not close the speech in progress (it split turns when a
+    polling thread was starved)."""
+    conv = script_conversation()
+    core = PerceptionCore(core_config(faces__enabled=False, segmentation__mode="vad"))
+    limit = core.config.vad.stalled_audio_seconds
+    turn = conv.turns[1]
+    stop = 0.5 * (turn.start + turn.end)  # mid-speech
+    pcm = (np.clip(conv.audio, -1, 1) * 32767).astype("<i2")
+    core.poll(0.0)
+    for i in range(0, int(stop * 16000), 1600):  # the backlog, no poll in between
+        core.push_audio(AudioChunk(i / 16000, pcm[i:i + 1600].tobytes()))
+    assert stop > limit + 1
+    core.poll(0.5)  # the clock it read before the backlog
+    core.poll(core.buffer.input_end_time)  # the next tick
+    assert core.vad.open_start is not None, "the speech in progress was closed"
+    assert core.stats()["counters"]["speech_closed_stalled"] == 0
+
+
 def test_speech_open_when_the_microphone_stops_is_closed_after_a_bounded_time():
     """The microphone stops mid-speech and polls go on: the open speech is closed at the last
     audio once none has come for vad.stalled_audio_seconds, not left open until audio returns;

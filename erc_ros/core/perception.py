@@ -725,10 +725,14 @@ class PerceptionCore:
         return out
 
     def _note_audio(self, now: float) -> None:
-        """Remember the poll ``now`` at which the buffered audio last grew."""
+        """Remember when the buffered audio last grew: the poll ``now`` that saw it grow, or
+        the audio's own end where that is later: a poll whose ``now`` was read before it
+        waited for the core while more audio came in (a timer behind an input backlog) must
+        not take that audio for a stall. (Stamps far ahead of the node's clock put the stall
+        check off by as much; /diagnostics warns of such stamps.)"""
         if self.buffer.epoch >= 0 and self.buffer.input_end_time > self._audio_seen_end:
             self._audio_seen_end = self.buffer.input_end_time
-            self._audio_grew_at = now
+            self._audio_grew_at = max(now, self._audio_seen_end)
 
     def _close_stalled_speech(self, now: float) -> None:
         """Speech open while no audio has come for ``vad.stalled_audio_seconds`` (a
