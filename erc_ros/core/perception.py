@@ -394,11 +394,10 @@ class PerceptionCore:
 
     def _continued(self, start: float, end: float) -> Optional[SpeakerDecision]:
         """``diarization.continue_speaker``: the speaker of the utterance before, where this
-        one starts within the VAD's
-        hang-over of a sentence-end cut that ended it (the hang-over would have joined the
-        two) and the voice on either side of the pause is the same person's (the last and
-        first ``diarization.window_seconds``, at least ``change_min_side_seconds`` each,
-        cosine at or above ``continue_threshold``). A
+        one starts within the VAD's hang-over of a sentence-end cut that ended it (the
+        hang-over would have joined the two) and the voice on either side of the pause is
+        the same person's (the last and first ``diarization.window_seconds``, at least
+        ``change_min_side_seconds`` each, cosine at or above ``continue_threshold``). A
         short piece alone is a poor sample of a voice; across the pause the decision uses
         both sides."""
         if not self.config.diarization.continue_speaker or self.embedder is None or \

@@ -184,11 +184,14 @@ class LiveSession:
         # Messages DDS lost (a keep-last history that overflowed) never come: stop waiting
         # once nothing more arrived for 2 s.
         sent = self.player.to_subscribers()
-        got, still = utt.health.counts.get("received", 0), time.monotonic()
-        while time.monotonic() < deadline and got < sent and time.monotonic() - still < 2.0:
+        got, still = -1, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - still < 2.0:
+            now_got = utt.health.counts.get("received", 0)
+            if now_got >= sent:
+                break
+            if now_got != got:
+                got, still = now_got, time.monotonic()
             time.sleep(0.02)
-            if utt.health.counts.get("received", 0) != got:
-                got, still = utt.health.counts.get("received", 0), time.monotonic()
         self.player.clock(end_clock + 5.0)
         time.sleep(0.1)
         utt.request_flush()
