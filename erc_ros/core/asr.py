@@ -122,11 +122,12 @@ class AsrConfig:
         "fit", "full: Whisper's whole 30 s window, whatever the piece (what it was trained "
         "on); fit: the encoder sees the piece plus window_pad_seconds (whisper.cpp's "
         "audio_ctx), a 2 s turn costing a 2 s encode, in one greedy decode; where that "
-        "decode fails (its text repeats: gzip compression ratio above 2.4, its mean "
-        "log-probability is below log_prob_threshold, or it reaches the token cap) the "
-        "piece is decoded again on the full window (counted 'refit'). Stock Whisper often "
-        "does not end its text on a short window and repeats it; with 10 s of pad tiny.en "
-        "reads nearly as well as on its whole window, in half the time (docs/asr.md)",
+        "decode repeats its text (gzip compression ratio above 2.4) or reaches the token "
+        "cap, the piece is decoded again on the full window (counted 'refit'); where it is "
+        "only unsure (mean log-probability below log_prob_threshold), fallback beam reads "
+        "the full window at once (fallback temperature or none: a refit). Stock Whisper "
+        "often does not end its text on a short window and repeats it; with 10 s of pad "
+        "tiny.en reads nearly as well as on its whole window, in half the time (docs/asr.md)",
         choices=("fit", "full"))
     window_pad_seconds: float = _f(
         10.0, "window fit: silence after the piece's audio in the encoder's window")
@@ -170,9 +171,9 @@ class AsrConfig:
     fallback: str = _f(
         "beam", "a greedy decode that fails Whisper's checks (text that repeats itself, a "
         "mean log-probability below log_prob_threshold, the token cap reached): beam: "
-        "decoded again once by beam search (beam 5), kept unless it fails worse "
-        "(deterministic: the same audio reads the same, live and offline; counted "
-        "'fallback'); temperature: Whisper's re-decodes by sampling at 0.2..1.0 (up to 5 "
+        "decoded again once by beam search (beam 5) on the full window, kept unless it "
+        "fails worse (deterministic: the same audio reads the same, live and offline; "
+        "counted 'fallback'); temperature: Whisper's re-decodes by sampling at 0.2..1.0 (up to 5 "
         "more decodes; CTranslate2's sampler carries its state from one decode to the next, "
         "so the same audio may read differently); none: the greedy decode only",
         choices=("beam", "temperature", "none"))
@@ -270,12 +271,16 @@ def _failed(segments: list, cap: int, log_prob_threshold: float) -> bool:
     """Whether a decode on a short window failed as Whisper's fallback judges a window:
     repeated text, a low mean log-probability, or the token cap reached (a loop cut short);
     a window judged silent (no segment) has not failed."""
-    if not segments:
-        return False
-    tokens = sum(len(s.tokens) for s in segments)
-    return tokens >= cap or \
-        max(s.compression_ratio for s in segments) > _COMPRESSION_RATIO_MAX or \
-        float(np.mean([s.avg_logprob for s in segments])) < log_prob_threshold
+    return _repeats(segments, cap) or \
+        (bool(segments) and _mean_logprob(segments) < log_prob_threshold)
+
+
+def _repeats(segments: list, cap: int) -> bool:
+    """Whether a decode repeats its text (gzip compression ratio above 2.4) or ran to the
+    token cap (a loop cut short): the failures a short window causes."""
+    return bool(segments) and (sum(len(s.tokens) for s in segments) >= cap or
+                               max(s.compression_ratio for s in segments) >
+                               _COMPRESSION_RATIO_MAX)
 
 
 def _mean_logprob(segments: list) -> float:
@@ -646,19 +651,25 @@ class WhisperRecognizer:
             cap = min(400, 16 + int(cfg.max_tokens_per_second * (b - a) / SAMPLE_RATE))
             with self._lock:  # one decode at a time per model (num_workers=1)
                 frames = self._window_frames(b - a)
+                beam = fallback == "beam" and int(cfg.beam_size) < _FALLBACK_BEAM
                 if frames is not None and frames < _WINDOW_FRAMES:
-                    # The short window first, one greedy decode; where it fails, the whole
-                    # window with the fallback as configured (stock Whisper repeats its text
-                    # on short windows, and a retry at a higher temperature would too).
+                    # The short window first, one greedy decode. Where its text repeats or
+                    # runs to the cap (stock Whisper does not end its text on a short
+                    # window, and a retry at a higher temperature would repeat too), the
+                    # whole window with the fallback as configured. Where it is only unsure
+                    # (a low log-probability: short interjections), the beam fallback below
+                    # reads the whole window at once: a greedy decode of it first mostly
+                    # fails the same way, and beam search on the short window loops
+                    # ("Um, um, um, um, ..." on 0.7 s) below the compression check.
                     segments, info = self._decode(model, piece, lang, 0.0, frames, cap)
-                    if _failed(segments, cap, cfg.log_prob_threshold):
+                    if _repeats(segments, cap) or \
+                            (not beam and _failed(segments, cap, cfg.log_prob_threshold)):
                         self.refits += 1
                         segments, info = self._decode(model, piece, lang, temperature,
                                                       None, cap)
                 else:
                     segments, info = self._decode(model, piece, lang, temperature, None, cap)
-                if fallback == "beam" and int(cfg.beam_size) < _FALLBACK_BEAM and \
-                        _failed(segments, cap, cfg.log_prob_threshold):
+                if beam and _failed(segments, cap, cfg.log_prob_threshold):
                     self.fallbacks += 1
                     again, info2 = self._decode(model, piece, lang, 0.0, None, cap,
                                                 beam_size=_FALLBACK_BEAM)
