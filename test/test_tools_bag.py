@@ -120,6 +120,9 @@ def test_bench_e2e(bags, model, tmp_path):
     # From the end of each turn's speech: the bag's transcript comes 0.15 s (bag time) after
     # it, so each estimate is later from the speech's end than from its transcript.
     assert len(r["speech_end_ms"]) == 4 and r["speech_end_p50_ms"] > r["p50_ms"] > 0
+    # each of them with its span and text, in the same order
+    assert [e["ms"] for e in r["speech_end_estimates"]] == r["speech_end_ms"]
+    assert all(e["start"] < e["end"] and e["text"] for e in r["speech_end_estimates"])
     assert r["machine"]["gemm_gflops"] > 0
     assert js.with_suffix(".png").is_file()
 

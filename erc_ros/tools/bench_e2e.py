@@ -237,16 +237,20 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
     """Speech end -> estimate, per estimate: from the moment the speech it answers stopped
     (the last end of the bag's turns it overlaps, or its own end where a turn goes on past
     it: voice activity cut the turn at a pause), placed on the wall clock of the pass that
-    played it, to the estimate's arrival here. Estimates over no turn are left out."""
-    lat = []
+    played it, to the estimate's arrival here. Estimates over no turn are left out.
+    ``speech_end_estimates``: each one's span (on the bag's clock), latency and text, to see
+    which turns make the tail."""
+    lat, detail = [], []
     for t, est, _ in received:
         ends = [wall0 + (min(e + off, est.end) - off - start) / rate
                 for off, wall0 in passes for s, e in spans
                 if min(est.end, e + off) - max(est.start, s + off) > 0]
         if ends:
             lat.append((t - max(ends)) * 1e3)
+            detail.append({"start": round(est.start, 3), "end": round(est.end, 3),
+                           "ms": round(lat[-1], 1), "text": est.text})
     v = np.asarray(lat, float)
-    return {"speech_end_ms": [round(x, 1) for x in lat],
+    return {"speech_end_ms": [round(x, 1) for x in lat], "speech_end_estimates": detail,
             "speech_end_p50_ms": float(np.percentile(v, 50)) if v.size else float("nan"),
             "speech_end_p95_ms": float(np.percentile(v, 95)) if v.size else float("nan")}
 
