@@ -99,6 +99,47 @@ def test_enrolled_people_are_named_and_hints_win():
     assert u.speaker_confidence == 1.0 and "speaker_embedding" in u.features
 
 
+def test_a_folder_of_voice_samples_is_enrolled_at_start(tmp_path):
+    """``diarization.voices``: each ``<name>.wav`` of a folder (here Alice's voice saying
+    other sentences, at 22.05 kHz in 16-bit PCM) is enrolled when the core starts, and her
+    turns carry her name; a folder the core cannot use is refused at start, naming why."""
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    v, p, s = cg.voice_for(0)
+    sample = cg.espeak("My name is Alice and this is my voice for the robot to remember. "
+                       "I like long walks and quiet mornings.", v, p, s, espeak_cache())
+    pcm = (np.clip(resample_poly(sample, 441, 320), -1, 1) * 32767).astype(np.int16)
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    wavfile.write(voices / "Alice.wav", 22050, pcm)
+    core = PerceptionCore(core_config(faces__enabled=False, diarization__voices=str(voices)))
+    assert list(core.diarizer.enrolled) == ["Alice"] and core.stats()["speakers_enrolled"] == 1
+    conv = script_conversation()
+    utts, _ = stream(core, conv, asr="timed", video=False)
+    got = [(tr.speaker, u.speaker_id, u.speaker_source)
+           for u, tr in zip(sorted(utts, key=lambda u: u.start), conv.turns)]
+    alice = [g for g in got if g[0] == "Alice"]
+    assert sum(g[1:] == ("Alice", "enrolled") for g in alice) >= len(alice) - 1, got
+    assert all(g[1] != "Alice" for g in got if g[0] != "Alice"), got
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "short").mkdir()
+    wavfile.write(tmp_path / "short" / "Bob.wav", 16000, pcm[:11025])  # 0.5 s
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "Carol.wav").write_text("not audio")
+    for folder, why in ((tmp_path / "missing", "not a folder of <name>.wav"),
+                        (empty, "not a folder of <name>.wav"),
+                        (tmp_path / "short", "Bob.wav.*at least 1 s"),
+                        (tmp_path / "text", "Carol.wav is not WAV audio")):
+        with pytest.raises(ValueError, match=why):
+            PerceptionCore(core_config(faces__enabled=False, diarization__voices=str(folder)))
+    with pytest.raises(ValueError, match="needs diarization.enabled"):
+        PerceptionCore(core_config(faces__enabled=False, diarization__enabled=False,
+                                   diarization__voices=str(voices)))
+
+
 def test_fifty_speakers_give_a_defined_bounded_result():
     lines = [cg.ScriptLine(f"person{i:02d}", f"Hello, I am number {i}, nice to meet you.")
              for i in range(50)]

@@ -206,6 +206,42 @@ def test_rescore_gives_the_run_figures_from_what_it_heard(spoken_run, tmp_path, 
     assert "no asr.csv" in capsys.readouterr().err
 
 
+def test_the_household_voices_are_shipped_and_name_their_speaker(capsys, tmp_path):
+    """bench-spoken --enroll: the six main characters' samples come from the shipped spoken
+    set (no synthesis), each at least 1 s, and enrolled in a core they name a line of MELD
+    dev each of them says in a dialogue, and no one else's."""
+    from erc_ros.core.perception import PerceptionCore
+    from erc_ros.tools.conversation_gen import read_meld
+    from erc_ros.tools.spoken_set import SPOKEN_ROOT
+    from erc_ros.tools.voices import MAIN_CAST, cast, read_opus, speech_key
+
+    from core_support import core_config
+
+    folder = bs.enrolment_voices("kokoro")
+    assert sorted(f.stem for f in folder.glob("*.wav")) == sorted(MAIN_CAST)
+    core = PerceptionCore(core_config(faces__enabled=False,
+                                      diarization__voices=str(folder)))
+    assert sorted(core.diarizer.enrolled) == sorted(MAIN_CAST)
+    clips = json.loads((SPOKEN_ROOT / "kokoro" / "manifest.json").read_text())["clips"]
+    named = {}
+    for line in (x for dlg in read_meld(DEV) for x in dlg):
+        # the first line of 2.5 s or more of each main character
+        name = line.speaker
+        if name not in MAIN_CAST or name in named:
+            continue
+        c = clips[speech_key(cast([name])[name], line.text)]
+        if c["seconds"] >= 2.5:
+            audio = read_opus(SPOKEN_ROOT / "kokoro" / c["file"])
+            named[name] = core.diarizer.assign(core.embedder.embed_audio(audio), c["seconds"])
+    assert len(named) == 6
+    assert all(d.speaker_id == n and d.source == "enrolled" for n, d in named.items()), named
+    with pytest.raises(ValueError, match="kokoro"):
+        bs.enrolment_voices("espeak")
+    assert main(["bench-spoken", "--voices", "espeak", "--enroll", "--json",
+                 str(tmp_path / "r.json")]) == 2
+    assert "--enroll needs --voices kokoro" in capsys.readouterr().err
+
+
 def test_heard_set_refuses_a_csv_that_is_not_meld(tmp_path, capsys):
     src = tmp_path / "emorynlp.csv"
     src.write_text("Utterance,Speaker,Emotion,Scene_ID\nHi.,Joey,Joyful,1\n")

@@ -38,6 +38,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -564,3 +565,22 @@ class AudioBuffer:
                       self.clock_reset_s, self.max_chunk_s, self.check_sample_rate,
                       self._rate_hist.maxlen, self.rate_check_min_span_s, self.rate_tolerance,
                       self.on_discontinuity)
+
+
+def read_wav_16k(path: str | Path) -> np.ndarray:
+    """A WAV file -> mono float32 at 16 kHz (polyphase resampling)."""
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    sr, x = wavfile.read(str(path))
+    if x.dtype.kind == "i":
+        x = x.astype(np.float32) / np.iinfo(x.dtype).max
+    elif x.dtype.kind == "u":
+        x = (x.astype(np.float32) - 128) / 128
+    x = x.astype(np.float32)
+    if x.ndim == 2:
+        x = x.mean(1)
+    if sr != SAMPLE_RATE:
+        g = math.gcd(sr, SAMPLE_RATE)
+        x = resample_poly(x, SAMPLE_RATE // g, sr // g).astype(np.float32)
+    return x

@@ -143,6 +143,11 @@ class DiarizationConfig:
     merge_max_members: int = _f(3, "only a speaker with at most this many utterances is "
                                 "folded into another (big clusters' centroids converge)")
     enroll_threshold: float = _f(0.75, "cosine similarity to an enrolled voice to take its name")
+    voices: str = _f("", "a folder of voice samples, <name>.wav each (at least 1 s of that "
+                     "person's speech; any rate, mono or stereo): each is enrolled when the "
+                     "core starts, and an utterance whose voice is at least enroll_threshold "
+                     "similar to one carries its name (speaker_source 'enrolled'): a robot "
+                     "that knows its household; empty: none")
     min_new_speaker_seconds: float = _f(1.0, "shorter utterances never found a new speaker")
     max_speakers: int = _f(20, "cap on speaker clusters (kept across conversations unless "
                            "reset_on_new_conversation); beyond it, the nearest speaker")

@@ -32,12 +32,13 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from .asr import AsrResult, ends_sentence
-from .audio_buffer import AudioBuffer
+from .audio_buffer import AudioBuffer, read_wav_16k
 from .config import (AudioConfig, ConversationConfig, DiarizationConfig, FaceConfig,
                      PerceptionConfig, SegmentationConfig, VadConfig)
 from .conversation import ConversationHistory
@@ -153,6 +154,8 @@ class PerceptionCore:
                                        dz.min_new_speaker_seconds, max_speakers=dz.max_speakers,
                                        merge_threshold=dz.merge_threshold,
                                        merge_max_members=dz.merge_max_members)
+        if dz.voices:
+            self._enroll_voices(Path(dz.voices))
         fc = cfg.faces
         self.frames = FrameBuffer(fc.buffer_seconds, fc.store_fps, fc.store_max_width,
                                   a.clock_reset_seconds) if fc.enabled else None
@@ -299,6 +302,26 @@ class PerceptionCore:
                              f"give at least 1 s of speech", reason="enroll")
         with self._work():
             self.diarizer.enroll(name, self.embedder.embed_audio(a))
+
+    def _enroll_voices(self, folder: Path) -> None:
+        """``diarization.voices``: each ``<name>.wav`` of ``folder`` enrolled as ``name``.
+        Raises ValueError, naming the file, for a folder without samples, a file that is
+        not WAV audio, or a sample shorter than 1 s."""
+        if self.embedder is None:
+            raise ValueError("diarization.voices needs diarization.enabled")
+        files = sorted(folder.glob("*.wav")) if folder.is_dir() else []
+        if not files:
+            raise ValueError(f"diarization.voices: {folder} is not a folder of <name>.wav "
+                             "voice samples")
+        for f in files:
+            try:
+                audio = read_wav_16k(f)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"diarization.voices: {f} is not WAV audio ({e})") from e
+            try:
+                self.enroll(f.stem, audio)
+            except InputError as e:
+                raise ValueError(f"diarization.voices: {f}: {e}") from e
 
     # -- work --------------------------------------------------------------------------
     def _advance(self) -> None:
@@ -831,6 +854,7 @@ class PerceptionCore:
                            "history_utterances": len(self.history)},
                 "in_speech": self.vad.in_speech,
                 "speakers": self.diarizer.n_clusters,
+                "speakers_enrolled": len(self.diarizer.enrolled),
                 "speaker_overflow": self.diarizer.overflow,
                 "vad_windows": self.vad.windows,
                 "embedding_windows_computed": self.embedder.windows if self.embedder else 0,

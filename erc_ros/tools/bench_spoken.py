@@ -78,6 +78,11 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="also write per-turn CSVs into this folder")
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated subset of {', '.join(STAGES)}")
+    p.add_argument("--enroll", action="store_true",
+                   help="the robot knows the household: the voices of MELD's six main "
+                        "characters (kokoro), each saying a line that is in no dialogue, are "
+                        "enrolled (perception.diarization.voices), so their turns can carry "
+                        "their names; the other speakers stay speaker_N")
     p.add_argument("--rescore", default=None, metavar="DIR",
                    help="score another text model on what an earlier run heard: DIR is that "
                         "run's --out folder (its <stage>.csv and <stage>_estimates.csv); no "
@@ -164,6 +169,33 @@ def spoken_bags(csv_path: Path, args, dialogues: Optional[int], seed: int,
     for item in out:
         item.pop("lines")
     return out
+
+
+def enrolment_voices(engine: str) -> Path:
+    """A folder of ``<name>.wav`` samples (``diarization.voices``): each of MELD's main
+    characters saying a line of no dialogue in their voice
+    (:func:`erc_ros.tools.voices.household_lines`, shipped with the spoken set: no synthesis).
+    Written once into the cache."""
+    from erc_ros.paths import cache_root
+    from erc_ros.tools.conversation_gen import write_wav
+    from erc_ros.tools.voices import Speaker, household_lines
+
+    lines = household_lines(engine)
+    key = _digest([(t, v.describe(), n) for t, v, n in lines])[:16]
+    folder = cache_root() / "enrol" / f"{engine}-{key}"
+    names = [n.removeprefix("enrol_") for _, _, n in lines]
+    if all((folder / f"{n}.wav").is_file() for n in names):
+        return folder
+    speaker = Speaker(engine)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for (text, voice, _), name in zip(lines, names):
+        write_wav(tmp / f"{name}.wav", speaker.say(text, voice))
+    if folder.exists():
+        import shutil
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
 
 
 # --- scoring ---------------------------------------------------------------------------------
@@ -406,6 +438,11 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
         raise ValueError(f"unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
     t_start = time.perf_counter()
     mach = machine.describe(args.threads)
+    enrolled = []
+    if getattr(args, "enroll", False):
+        voices = enrolment_voices(args.voices)
+        enrolled = sorted(f.stem for f in voices.glob("*.wav"))
+        args.set = [*args.set, f"perception.diarization.voices={voices}"]
     bags = spoken_bags(csv_path, args, args.dialogues, args.seed,
                        Path(args.bags) if args.bags else None, progress)
     t_bags = time.perf_counter() - t_start
@@ -492,6 +529,7 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
         "conversation_seconds": round(conv_s, 1), "model_id": pipeline.model_id,
         "backend": f"{pipeline.backend_name}/{pipeline.precision}",
         "config_overrides": eval_bag.parse_sets(tuple(args.set)),
+        "enrolled": enrolled,
         "machine": mach,
         "turn_taking": turn_taking(timelines),
         "stages": {s: results[s].result(names) for s in stages},
@@ -789,6 +827,10 @@ def run(args) -> int:
     csv_path = Path(args.meld_csv) if args.meld_csv else data_root() / "meld" / "dev_sent_emo.csv"
     if not csv_path.is_file():
         print(f"bench-spoken: no such file {csv_path}", file=sys.stderr)
+        return 2
+    if getattr(args, "enroll", False) and args.voices != "kokoro":
+        print("bench-spoken: --enroll needs --voices kokoro (espeak's voices follow each "
+              "dialogue's order of speakers, not their names)", file=sys.stderr)
         return 2
     try:
         r = bench(csv_path, args)

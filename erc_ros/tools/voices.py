@@ -69,6 +69,10 @@ KOKORO_ENGLISH = KOKORO_FEMALE + KOKORO_MALE + ("am_santa",)
 MAIN_CAST = {"Rachel": ("af_heart", 1.0), "Monica": ("af_bella", 1.05),
              "Phoebe": ("af_nicole", 0.95), "Ross": ("am_michael", 1.0),
              "Chandler": ("am_fenrir", 1.05), "Joey": ("am_puck", 0.95)}
+#: What each of the main cast says to be enrolled (bench-spoken --enroll): a line of no
+#: dialogue, ~6 s.
+ENROL_LINE = ("Hi, it's me. I'm calling to say I'll be a little late tonight, so please "
+              "start dinner without me, and I'll see you all at home.")
 #: Speaking rates drawn for the other speakers (Kokoro's speed; 1.0 = its natural rate).
 RATES = (0.9, 0.95, 1.0, 1.05, 1.1, 1.15)
 
@@ -132,6 +136,17 @@ def cast(speakers: Sequence[str], engine: str = "kokoro") -> dict[str, Voice]:
         used.add(pool[i])
         out[s] = Voice("kokoro", pool[i], RATES[(h // len(pool)) % len(RATES)])
     return {s: out[s] for s in order}
+
+
+def household_lines(engine: str = "kokoro") -> list[tuple[str, "Voice", str]]:
+    """(text, Voice, id) of each main character saying :data:`ENROL_LINE` in the voice they
+    speak the dialogues in: the voice samples of a robot that knows them (shipped beside
+    MELD dev's lines). Kokoro only: espeak's voices follow each dialogue's order of
+    speakers, not their names."""
+    if engine != "kokoro":
+        raise ValueError("the household's voices are kokoro's (espeak's voices follow each "
+                         "dialogue's order of speakers, not their names)")
+    return [(ENROL_LINE, v, f"enrol_{name}") for name, v in cast(list(MAIN_CAST), engine).items()]
 
 
 # -- the speech store --------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from erc_ros.core.audio_buffer import read_wav_16k
 from erc_ros.core.types import SAMPLE_RATE, Utterance
 from erc_ros.models.labels import MELD_LABELS
 
@@ -170,27 +171,6 @@ def robot_view(dialogues: Sequence[Dialogue], views: Sequence[str] = ROBOT_VIEWS
                                             speaker_id=spk, text=text))
         out.append(Dialogue(d.conversation_id + suffix, utts, list(d.labels), list(d.media)))
     return out
-
-
-def read_wav_16k(path: str | Path) -> np.ndarray:
-    """A WAV file -> mono float32 at 16 kHz (polyphase resampling)."""
-    from scipy.io import wavfile
-    from scipy.signal import resample_poly
-
-    sr, x = wavfile.read(str(path))
-    if x.dtype.kind == "i":
-        x = x.astype(np.float32) / np.iinfo(x.dtype).max
-    elif x.dtype.kind == "u":
-        x = (x.astype(np.float32) - 128) / 128
-    x = x.astype(np.float32)
-    if x.ndim == 2:
-        x = x.mean(1)
-    if sr != SAMPLE_RATE:
-        from math import gcd
-
-        g = gcd(sr, SAMPLE_RATE)
-        x = resample_poly(x, SAMPLE_RATE // g, sr // g).astype(np.float32)
-    return x
 
 
 def load_emorynlp(csv_path: str | Path, labels: Sequence[str] = EMORYNLP_LABELS,
