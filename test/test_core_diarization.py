@@ -102,8 +102,11 @@ def test_enrolled_people_are_named_and_hints_win():
 def test_a_folder_of_voice_samples_is_enrolled_at_start(tmp_path):
     """``diarization.voices``: each ``<name>.wav`` of a folder (here Alice's voice saying
     other sentences, at 22.05 kHz in 16-bit PCM) is enrolled when the core starts, and her
-    turns carry her name; a folder the core cannot use is refused at start, naming why."""
+    turns carry her name; a folder the core cannot use (missing, empty, a short, non-WAV,
+    NaN, non-file or oversized sample, too many samples) is refused at start, naming why."""
     from scipy.io import wavfile
+
+    from erc_ros.core import perception
     from scipy.signal import resample_poly
 
     v, p, s = cg.voice_for(0)
@@ -129,10 +132,24 @@ def test_a_folder_of_voice_samples_is_enrolled_at_start(tmp_path):
     wavfile.write(tmp_path / "short" / "Bob.wav", 16000, pcm[:11025])  # 0.5 s
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "Carol.wav").write_text("not audio")
+    (tmp_path / "nan").mkdir()
+    wavfile.write(tmp_path / "nan" / "Dan.wav", 16000, np.full(32000, np.nan, np.float32))
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "Eve.wav").mkdir()
+    (tmp_path / "big").mkdir()
+    with open(tmp_path / "big" / "Fay.wav", "wb") as f:  # sparse: no disk, no memory
+        f.truncate(perception.MAX_VOICE_BYTES + 1)
+    (tmp_path / "crowd").mkdir()
+    for k in range(perception.MAX_VOICES + 1):
+        (tmp_path / "crowd" / f"p{k}.wav").touch()
     for folder, why in ((tmp_path / "missing", "not a folder of <name>.wav"),
                         (empty, "not a folder of <name>.wav"),
                         (tmp_path / "short", "Bob.wav.*at least 1 s"),
-                        (tmp_path / "text", "Carol.wav is not WAV audio")):
+                        (tmp_path / "text", "Carol.wav is not WAV audio"),
+                        (tmp_path / "nan", "Dan.wav holds NaN"),
+                        (tmp_path / "dir", "Eve.wav is not a regular file"),
+                        (tmp_path / "big", "Fay.wav is 32 MB"),
+                        (tmp_path / "crowd", "65 samples; at most 64")):
         with pytest.raises(ValueError, match=why):
             PerceptionCore(core_config(faces__enabled=False, diarization__voices=str(folder)))
     with pytest.raises(ValueError, match="needs diarization.enabled"):

@@ -144,7 +144,8 @@ class DiarizationConfig:
                                 "folded into another (big clusters' centroids converge)")
     enroll_threshold: float = _f(0.75, "cosine similarity to an enrolled voice to take its name")
     voices: str = _f("", "a folder of voice samples, <name>.wav each (at least 1 s of that "
-                     "person's speech; any rate, mono or stereo): each is enrolled when the "
+                     "person's speech, at most 32 MB; any rate, mono or stereo; at most 64 "
+                     "samples): each is enrolled when the "
                      "core starts, and an utterance whose voice is at least enroll_threshold "
                      "similar to one carries its name (speaker_source 'enrolled'): a robot "
                      "that knows its household; empty: none")

@@ -96,6 +96,12 @@ def _weak_method(method):
     return call
 
 
+#: ``diarization.voices``: samples enrolled at most (a household, not a crowd), and the
+#: largest file read (a minute of 48 kHz stereo float is 23 MB).
+MAX_VOICES = 64
+MAX_VOICE_BYTES = 32_000_000
+
+
 class PerceptionCore:
     """See the module documentation.
 
@@ -305,19 +311,31 @@ class PerceptionCore:
 
     def _enroll_voices(self, folder: Path) -> None:
         """``diarization.voices``: each ``<name>.wav`` of ``folder`` enrolled as ``name``.
-        Raises ValueError, naming the file, for a folder without samples, a file that is
-        not WAV audio, or a sample shorter than 1 s."""
+        Raises ValueError, naming the file, for a folder without samples or with more than
+        :data:`MAX_VOICES`, a file that is not a regular file, is larger than
+        :data:`MAX_VOICE_BYTES`, is not WAV audio or holds NaN or infinite samples, or a
+        sample shorter than 1 s."""
         if self.embedder is None:
             raise ValueError("diarization.voices needs diarization.enabled")
         files = sorted(folder.glob("*.wav")) if folder.is_dir() else []
         if not files:
             raise ValueError(f"diarization.voices: {folder} is not a folder of <name>.wav "
                              "voice samples")
+        if len(files) > MAX_VOICES:
+            raise ValueError(f"diarization.voices: {folder} holds {len(files)} samples; at "
+                             f"most {MAX_VOICES} are enrolled")
         for f in files:
+            if not f.is_file():
+                raise ValueError(f"diarization.voices: {f} is not a regular file")
+            if f.stat().st_size > MAX_VOICE_BYTES:
+                raise ValueError(f"diarization.voices: {f} is {f.stat().st_size / 1e6:.0f} MB; "
+                                 f"a voice sample is at most {MAX_VOICE_BYTES / 1e6:.0f} MB")
             try:
                 audio = read_wav_16k(f)
             except (OSError, ValueError) as e:
                 raise ValueError(f"diarization.voices: {f} is not WAV audio ({e})") from e
+            if not np.isfinite(audio).all():
+                raise ValueError(f"diarization.voices: {f} holds NaN or infinite samples")
             try:
                 self.enroll(f.stem, audio)
             except InputError as e:
