@@ -1,11 +1,13 @@
 """Diarization: DER maths, stable ids, enrolment, upstream hints, 50 speakers."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from erc_ros.core.der import der
-from erc_ros.core.diarization import OnlineDiarizer
+from erc_ros.core.diarization import OnlineDiarizer, SpeakerEmbedder
 from erc_ros.core.errors import InputError
 from erc_ros.core.perception import PerceptionCore
 from erc_ros.tools import conversation_gen as cg
@@ -99,7 +101,7 @@ def test_enrolled_people_are_named_and_hints_win():
     assert u.speaker_confidence == 1.0 and "speaker_embedding" in u.features
 
 
-def test_a_folder_of_voice_samples_is_enrolled_at_start(tmp_path):
+def test_a_folder_of_voice_samples_is_enrolled_at_start(tmp_path, monkeypatch):
     """``diarization.voices``: each ``<name>.wav`` of a folder (here Alice's voice saying
     other sentences, at 22.05 kHz in 16-bit PCM) is enrolled when the core starts, and her
     turns carry her name; a folder the core cannot use (missing, empty, a short, non-WAV,
@@ -118,6 +120,19 @@ def test_a_folder_of_voice_samples_is_enrolled_at_start(tmp_path):
     wavfile.write(voices / "Alice.wav", 22050, pcm)
     core = PerceptionCore(core_config(faces__enabled=False, diarization__voices=str(voices)))
     assert list(core.diarizer.enrolled) == ["Alice"] and core.stats()["speakers_enrolled"] == 1
+    # A core started again (a lifecycle configure) takes the sample's embedding from the
+    # first; a changed file is read and embedded again.
+    calls = []
+    embed = SpeakerEmbedder.embed_audio
+    monkeypatch.setattr(SpeakerEmbedder, "embed_audio",
+                        lambda self, wav: calls.append(wav.size) or embed(self, wav))
+    again = PerceptionCore(core_config(faces__enabled=False, diarization__voices=str(voices)))
+    assert not calls
+    assert np.array_equal(again.diarizer.enrolled["Alice"], core.diarizer.enrolled["Alice"])
+    mtime = (voices / "Alice.wav").stat().st_mtime_ns
+    os.utime(voices / "Alice.wav", ns=(mtime, mtime + 1_000_000_000))
+    PerceptionCore(core_config(faces__enabled=False, diarization__voices=str(voices)))
+    assert len(calls) == 1
     conv = script_conversation()
     utts, _ = stream(core, conv, asr="timed", video=False)
     got = [(tr.speaker, u.speaker_id, u.speaker_source)
