@@ -4,8 +4,9 @@ Speaking the 1,109 lines of MELD dev with Kokoro takes ~50 CPU-minutes, so it is
 shipped: ``data/spoken/kokoro/`` holds one 16 kHz Ogg Opus file per distinct (voice, speed,
 text) (:func:`erc_ros.tools.voices.speech_key`) and ``manifest.json`` with each file's sha256,
 length, voice and the MELD utterances that use it (and the main cast's voice samples,
-:func:`erc_ros.tools.voices.household_lines`, for ``bench-spoken --enroll``). :class:`erc_ros.tools.voices.SpeechStore`
-reads from it before its cache, checking each file's sha256, so
+:func:`erc_ros.tools.voices.household_lines`, for ``bench-spoken --enroll``).
+:class:`erc_ros.tools.voices.SpeechStore` reads from it before its cache, checking each
+file's sha256, so
 ``bench-spoken --voices kokoro`` on MELD dev runs anywhere in minutes without the voices
 extra; any other MELD-format file is spoken on the fly (needs the extra, cached).
 
@@ -167,11 +168,10 @@ def run(args) -> int:
         for b in bad:
             print("  " + b)
         return 1 if bad else 0
+    from erc_ros.tools.voices import household_lines
     from erc_ros.training.data import data_root
 
     csv_path = Path(args.meld_csv) if args.meld_csv else data_root() / "meld" / "dev_sent_emo.csv"
-    from erc_ros.tools.voices import household_lines
-
     # MELD's lines, and the main cast's voice samples (bench-spoken --enroll)
     lines = lines_to_speak(csv_path, args.voices) + household_lines(args.voices)
     r = synthesize(lines, args.voices, args.workers)
