@@ -276,3 +276,34 @@ def test_speech_open_when_the_microphone_stops_is_closed_after_a_bounded_time():
     assert core.stats()["counters"]["discontinuities"] == 0
     assert len(got) == n + 1, [(round(u.start, 2), round(u.end, 2)) for u in got]
     assert abs(got[-1].start - (resume + 0.5)) <= 0.3  # the next turn alone
+
+
+def test_weak_speech_is_widened_into_the_quiet_around_it_and_kept_apart():
+    """A burst the VAD is not sure of (0.45 for two 32 ms windows: below the 0.5 threshold
+    and shorter than min_speech_s) is dropped by default; with a weak threshold it comes out
+    weak, widened to widen_s: never back into the segment before it, never past the quiet
+    seen after it (the hang-over that closed it)."""
+    from erc_ros.core.vad import WINDOW, VadSegmenter
+
+    dt = WINDOW / 16000
+
+    def run(burst_at: float, **weak):
+        seg = VadSegmenter(0.5, 0.35, 0.4, 0.25, 15.0, 0.05, **weak)
+        out = []
+        for i in range(int(3.0 / dt)):
+            t = i * dt
+            p = 0.9 if t < 1.0 else 0.45 if burst_at <= t < burst_at + 2 * dt else 0.0
+            out += seg.update(t, p)
+        return out + seg.close()
+
+    weak = dict(weak_threshold=0.35, min_weak_s=0.1, widen_s=0.7)
+    first, = run(1.5)  # the default: the burst is not speech
+    assert not first.weak and abs(first.end - (np.ceil(1.0 / dt) * dt + 0.05)) < 1e-6
+    a, b = run(1.5, **weak)
+    assert (a.start, a.end) == (first.start, first.end) and not a.weak
+    assert b.weak and abs((b.end - b.start) - 0.7) < 1e-6 and b.start < 1.5 < b.end
+    a, b = run(1.45, **dict(weak, widen_s=0.9))  # just after the first's hang-over
+    assert b.weak and b.start == a.end and b.end - b.start < 0.9
+    a, b = run(1.5, **dict(weak, widen_s=2.0))  # no further than the quiet seen after it
+    quiet_end = np.ceil((1.5 + 2 * dt) / dt) * dt + 0.4 + dt  # the window that closed it
+    assert b.weak and b.end <= quiet_end + 1e-6 and b.end - b.start < 2.0

@@ -720,6 +720,12 @@ def ends_sentence(text: str) -> bool:
     return bool(t) and t[-1] in ".?!" and not t.endswith("..")
 
 
+def has_words(text: str) -> bool:
+    """Whether recognized ``text`` holds a word at all (not only marks: Whisper's ". . . ."
+    over a tone)."""
+    return any(c.isalnum() for c in text)
+
+
 #: Word-time refinement: 20 ms frames, voiced above 2 % of the piece's loudest frame RMS.
 _FRAME = SAMPLE_RATE // 50
 _VOICED_REL = 0.02

@@ -49,6 +49,17 @@ class VadConfig:
     neg_threshold: float = _f(0.35, "probability below which speech may end")
     min_silence_seconds: float = _f(0.4, "silence hang-over that ends a speech segment")
     min_speech_seconds: float = _f(0.25, "shorter speech segments are ignored")
+    weak_threshold: float = _f(
+        0.35, "with the embedded recognizer (asr.enabled): speech already opens at this "
+        "probability (kept within [neg_threshold, threshold]). A segment that never reaches "
+        "threshold, or is shorter than min_speech_seconds, is weak: widened to "
+        "weak_widen_seconds and kept only where the recognizer hears words in it (a one-word "
+        "turn in a noisy, reverberant room; a tone or a click gives none)")
+    min_weak_speech_seconds: float = _f(
+        0.1, "with the embedded recognizer: weak speech shorter than this is ignored")
+    weak_widen_seconds: float = _f(
+        0.7, "with the embedded recognizer: a shorter weak segment is widened to this into "
+        "the quiet around it, so that the recognizer hears the whole word")
     pad_seconds: float = _f(0.05, "padding added to both ends of a speech segment")
     threads: int = _f(1, "onnxruntime threads for silero-vad")
     stalled_audio_seconds: float = _f(
@@ -272,6 +283,10 @@ class PerceptionConfig:
                              "max_utterance_seconds + asr_wait_seconds")
         if not (0 < self.vad.neg_threshold <= self.vad.threshold < 1):
             raise ValueError("need 0 < vad.neg_threshold <= vad.threshold < 1")
+        if not (0 < self.vad.weak_threshold < 1 and self.vad.min_weak_speech_seconds >= 0
+                and 0 <= self.vad.weak_widen_seconds <= 5):
+            raise ValueError("need 0 < vad.weak_threshold < 1, vad.min_weak_speech_seconds "
+                             ">= 0 and 0 <= vad.weak_widen_seconds <= 5")
         if not self.vad.stalled_audio_seconds >= 0:
             raise ValueError("vad.stalled_audio_seconds must be >= 0 (0: never close)")
         if not self.segmentation.max_transcript_lead_seconds >= 0:

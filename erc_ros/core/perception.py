@@ -37,7 +37,7 @@ from typing import Optional
 
 import numpy as np
 
-from .asr import AsrResult, ends_sentence
+from .asr import AsrResult, ends_sentence, has_words
 from .audio_buffer import AudioBuffer, read_wav_16k
 from .config import (AudioConfig, ConversationConfig, DiarizationConfig, FaceConfig,
                      PerceptionConfig, SegmentationConfig, VadConfig)
@@ -145,10 +145,14 @@ class PerceptionCore:
                                   rate_tolerance=a.rate_tolerance,
                                   on_discontinuity=_weak_method(self._on_discontinuity))
         v = cfg.vad
+        # Weak speech only where a recognizer can confirm it (words heard); otherwise the
+        # segments are the sure ones alone.
+        weak = dict(weak_threshold=v.weak_threshold, min_weak_s=v.min_weak_speech_seconds,
+                    widen_s=v.weak_widen_seconds) if cfg.asr.enabled else {}
         self.vad = StreamingVad(VadSegmenter(v.threshold, v.neg_threshold, v.min_silence_seconds,
                                              v.min_speech_seconds,
                                              cfg.segmentation.max_utterance_seconds,
-                                             v.pad_seconds),
+                                             v.pad_seconds, **weak),
                                 history_s=a.capacity_seconds, threads=v.threads)
         dz = cfg.diarization
         self.embedder = None
@@ -191,7 +195,8 @@ class PerceptionCore:
         self._asr_ready: dict[tuple[float, float], float] = {}  # span -> perf_counter ready
         self.asr_counters = {"segments": 0, "results": 0, "no_text": 0, "refused_full": 0,
                              "errors": 0, "unfinished": 0, "early": 0, "early_used": 0,
-                             "sentence_ends": 0}
+                             "sentence_ends": 0, "weak_no_words": 0}
+        self._weak: set[tuple[float, float]] = set()  # weak segments awaiting their text
         # The speech in progress handed to the recognizer early (asr.early_seconds): its
         # (start, end) as the VAD would close it, and the job.
         self._early: Optional[tuple[tuple[float, float], _Recognition]] = None
@@ -377,6 +382,10 @@ class PerceptionCore:
         if self.recognizer is None:
             return
         for seg in segments:
+            if seg.weak:
+                self._weak.add((seg.start, seg.end))
+                while len(self._weak) > 256:  # results that never came (a reset between)
+                    self._weak.remove(min(self._weak))
             self._recognize(seg.start, seg.end)
 
     def _recognize_early(self) -> None:
@@ -548,6 +557,13 @@ class PerceptionCore:
 
     def _asr_result(self, start: float, end: float, res, ready: float) -> None:
         text = res.text.strip()
+        if (start, end) in self._weak:
+            self._weak.discard((start, end))
+            if not res.error and not has_words(text):
+                # Speech the VAD was not sure of, and the recognizer heard no word in it: a
+                # tone, a click, a breath. Not an utterance (counted).
+                self.asr_counters["weak_no_words"] += 1
+                return
         if res.error == "unfinished":  # the recognizer did not get to it (flush's timeout)
             self.asr_counters["unfinished"] += 1
         elif res.error != "refused_full":  # a refused segment was counted at submit

@@ -85,6 +85,10 @@ class SpeechSegment:
     start: float
     end: float
     forced_cut: bool = False  # ended by max length, not by silence
+    #: Speech the VAD is not sure of: it never reached ``threshold`` or lasted less than
+    #: ``min_speech_s`` (only with a ``weak_threshold`` / ``min_weak_s`` below those). The
+    #: perception core keeps such a segment only where its recognizer hears words in it.
+    weak: bool = False
 
 
 class VadSegmenter:
@@ -94,23 +98,41 @@ class VadSegmenter:
     threshold`` and ends after ``min_silence_s`` of ``prob < neg_threshold``; it is padded by
     ``pad_s`` on both sides, dropped if shorter than ``min_speech_s`` and cut at
     ``max_speech_s``.
+
+    Weak speech (off unless asked for): with ``weak_threshold`` below ``threshold`` a segment
+    already opens at that probability, and with ``min_weak_s`` below ``min_speech_s`` a
+    shorter one is kept. A segment that never reached ``threshold`` or is shorter than
+    ``min_speech_s`` comes out ``weak``, widened into the quiet around it to ``widen_s``
+    (never back into the segment before it, nor past the quiet seen after it): a one-word
+    turn in a reverberant, noisy room ("Ooh!" at 0.40, "Ow!" above 0.5 for 0.13 s) is more
+    than the few windows the model is sure of, and the recognizer reads it only whole.
     """
 
     def __init__(self, threshold: float = 0.5, neg_threshold: float = 0.35,
                  min_silence_s: float = 0.4, min_speech_s: float = 0.25,
-                 max_speech_s: float = 15.0, pad_s: float = 0.05):
+                 max_speech_s: float = 15.0, pad_s: float = 0.05,
+                 weak_threshold: Optional[float] = None, min_weak_s: Optional[float] = None,
+                 widen_s: float = 0.0):
         self.threshold = threshold
         self.neg_threshold = neg_threshold
         self.min_silence_s = min_silence_s
         self.min_speech_s = min_speech_s
         self.max_speech_s = max_speech_s
         self.pad_s = pad_s
+        # where speech opens: weak_threshold, within [neg_threshold, threshold]
+        self.onset_threshold = threshold if weak_threshold is None else \
+            min(max(weak_threshold, neg_threshold), threshold)
+        self.min_weak_s = min_speech_s if min_weak_s is None else min(min_weak_s, min_speech_s)
+        self.widen_s = widen_s
+        self._last_end: Optional[float] = None  # end of the last segment given out
         self.reset()
 
     def reset(self) -> None:
         self.open_start: Optional[float] = None  # start of the segment in progress
         self._silence_start: Optional[float] = None
         self._last_t = None
+        self._peak = 0.0  # highest probability of the segment in progress
+        self._onset: Optional[float] = None  # the pause's first window at onset_threshold
         #: The last pause inside the segment in progress that speech ended before the
         #: hang-over did: (where it went quiet, the start of the window that resumed it).
         self.resumed: Optional[tuple[float, float]] = None
@@ -124,30 +146,57 @@ class VadSegmenter:
         """Where the speech in progress went quiet (its hang-over is running), else None."""
         return self._silence_start if self.open_start is not None else None
 
+    def segment(self, start: float, end: float, horizon: Optional[float] = None,
+                forced_cut: bool = False) -> Optional[SpeechSegment]:
+        """The segment in progress as it closes on ``[start, end]``: None when it is too
+        short to keep; weak (and widened, up to ``horizon``: the quiet seen after it) when
+        the model was not sure of it. Called by whatever closes it, so that each way a
+        segment ends judges it alike."""
+        dur = end - start
+        if dur < self.min_weak_s:
+            return None
+        weak = dur < self.min_speech_s or self._peak < self.threshold
+        if weak and dur < self.widen_s:
+            before = self._last_end if self._last_end is not None and \
+                self._last_end <= start else -np.inf
+            lo = max(start - (self.widen_s - dur) / 2, before)
+            hi = end + (self.widen_s - dur) - (start - lo)
+            start, end = lo, max(end, min(hi, end if horizon is None else horizon))
+        self._last_end = end
+        return SpeechSegment(start, end, forced_cut=forced_cut, weak=weak)
+
     def update(self, t: float, prob: float) -> list[SpeechSegment]:
         """One window starting at ``t``; returns segments that closed."""
         dt = WINDOW / SAMPLE_RATE
         self._last_t = t + dt
         out: list[SpeechSegment] = []
         if self.open_start is None:
-            if prob >= self.threshold:
+            if prob >= self.onset_threshold:
                 self.open_start = t - self.pad_s
-                self._silence_start = None
+                self._silence_start = self._onset = None
+                self._peak = prob
             return out
+        self._peak = max(self._peak, prob)
         if prob >= self.threshold or (self._silence_start is None and prob >= self.neg_threshold):
             if self._silence_start is not None:
-                self.resumed = (self._silence_start, t)
-            self._silence_start = None
+                # where a segment would have opened had the pause closed the one before
+                self.resumed = (self._silence_start, self._onset if self._onset is not None
+                                else t)
+            self._silence_start = self._onset = None
         elif self._silence_start is None:
             self._silence_start = t
+        elif self._onset is None and prob >= self.onset_threshold:
+            self._onset = t
         if self._silence_start is not None and t + dt - self._silence_start >= self.min_silence_s:
-            seg = SpeechSegment(self.open_start, self._silence_start + self.pad_s)
+            seg = self.segment(self.open_start, self._silence_start + self.pad_s, t + dt)
             self.open_start = None
-            self._silence_start = None
-            if seg.end - seg.start >= self.min_speech_s:
+            self._silence_start = self._onset = None
+            if seg is not None:
                 out.append(seg)
         elif t + dt - self.open_start >= self.max_speech_s:
-            out.append(SpeechSegment(self.open_start, t + dt, forced_cut=True))
+            out.append(SpeechSegment(self.open_start, t + dt, forced_cut=True,
+                                     weak=self._peak < self.threshold))
+            self._last_end = t + dt
             self.open_start = t + dt
             self._silence_start = None
         return out
@@ -155,9 +204,19 @@ class VadSegmenter:
     def split_open(self, at: float, resume: float) -> SpeechSegment:
         """End the segment in progress at ``at`` and go on with one that opened at
         ``resume`` (the speech after a pause, already seen); returns the ended one."""
-        seg = SpeechSegment(self.open_start, at)
+        seg = SpeechSegment(self.open_start, at, weak=self._peak < self.threshold)
+        self._last_end = at
         self.open_start = resume
         self.resumed = None
+        self._peak = self.threshold  # what resumed it reached the threshold
+        return seg
+
+    def cut_open(self, at: float) -> SpeechSegment:
+        """End the segment in progress at ``at`` (as it stands: kept whatever its length)
+        and start afresh."""
+        seg = SpeechSegment(self.open_start, at, weak=self._peak < self.threshold)
+        self._last_end = at
+        self.reset()
         return seg
 
     def close(self) -> list[SpeechSegment]:
@@ -166,9 +225,9 @@ class VadSegmenter:
             self.reset()
             return []
         end = self._silence_start + self.pad_s if self._silence_start is not None else self._last_t
-        seg = SpeechSegment(self.open_start, end)
+        seg = self.segment(self.open_start, end, self._last_t)
         self.reset()
-        return [seg] if seg.end - seg.start >= self.min_speech_s else []
+        return [seg] if seg is not None else []
 
 
 class StreamingVad:
@@ -218,9 +277,7 @@ class StreamingVad:
         goes on opens a new segment."""
         if self.segmenter.open_start is None:
             raise RuntimeError("cut_open: no speech segment in progress")
-        seg = SpeechSegment(self.segmenter.open_start, at)
-        self.segmenter.reset()
-        return seg
+        return self.segmenter.cut_open(at)
 
     @property
     def resumed(self) -> Optional[tuple[float, float]]:

@@ -452,7 +452,8 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
     keep_media = pipeline.model.uses("audio") or pipeline.model.uses("video")
     results = {s: Stage(s) for s in stages}
     gold = {d.conversation_id.rsplit("-", 1)[1]: d for d in load_meld(csv_path)}
-    asr = {"compute_s": 0.0, "speech_s": 0.0, "segments": 0, "no_text": 0, "refused_full": 0}
+    asr = {"compute_s": 0.0, "speech_s": 0.0, "segments": 0, "no_text": 0, "refused_full": 0,
+           "weak_no_words": 0}
     conv_s = 0.0
     wall = {s: 0.0 for s in stages}
     timelines = []
@@ -500,7 +501,7 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
                 core.close()
             st = res.stats
             asr["compute_s"] += st["stages"].get("asr", {}).get("total_s", 0.0)
-            for k in ("segments", "no_text", "refused_full"):
+            for k in ("segments", "no_text", "refused_full", "weak_no_words"):
                 asr[k] += st["asr"].get(k, 0)
             asr["speech_s"] += sum(u.end - u.start for u in res.utterances)
             asr["model"] = core.recognizer.model_name
@@ -687,7 +688,7 @@ def summary(r: dict) -> str:
                      f"{a['segments']} segments, {a['speech_s'] / 60:.1f} min of "
                      f"speech in {a['compute_s'] / 60:.1f} min: {a['realtime_factor']:.2f}x "
                      f"real time; {a['no_text']} without text, {a['refused_full']} refused "
-                     f"(queue full)")
+                     f"(queue full), {a.get('weak_no_words', 0)} weak without words (dropped)")
     tt = r["turn_taking"]
     if tt["speaker_changes"]:
         lines.append(f"turn-taking: {tt['speaker_changes']} speaker changes, "
