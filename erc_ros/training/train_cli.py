@@ -184,9 +184,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train on each dialogue twice: as written and as a robot could at "
                         "best have it (speakers as speaker_0, ...; '!' read as '.')")
     p.add_argument("--keep-rounds", action="store_true",
-                   help="keep every round whatever dev says (the rule still reports it, "
-                        "against the init's recorded figure: its heads are not refitted "
-                        "first): for arms scored on other data, e.g. bench-spoken --rescore")
+                   help="keep every round, and the refitted head of a run past the last "
+                        "cycle, whatever dev says (the rule still reports it, against the "
+                        "init's recorded figure: its heads are not refitted first): for arms "
+                        "scored on other data, e.g. bench-spoken --rescore")
 
 
 def _datasets(args, recipe):
@@ -707,7 +708,11 @@ def run(args) -> int:
         best, s2_scores = _fusion_stage(model, r, parts[0], dev, best, history, args.threads,
                                         prefix_dir, s2_teacher, store)
         best_scores = s2_scores or best_scores
-        if prior and selection_figure(best, select) <= selection_figure(prior, select):
+        if prior and selection_figure(best, select) <= selection_figure(prior, select) and \
+                args.keep_rounds:
+            print(f"dev {_figure(best)} does not beat the init model's {_figure(prior)}: "
+                  "kept by --keep-rounds", file=sys.stderr)
+        elif prior and selection_figure(best, select) <= selection_figure(prior, select):
             from erc_ros.models.artefact import load_model_dir
 
             print(f"dev {_figure(best)} does not beat the init model's "
