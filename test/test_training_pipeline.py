@@ -301,6 +301,13 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
                      "--limit-dialogues", "8", "--cycle", "4"]) == 0
     log = json.loads((again / "train_log.json").read_text())
     assert log["history"] and all(h.get("stage") == 2 for h in log["history"])
+    # ... and with --keep-rounds its head is saved whatever dev says (an arm scored elsewhere).
+    capsys.readouterr()
+    assert cli.main(["train", "--recipe", "tiny", "--init", str(rounds), "--out", str(again),
+                     "--limit-dialogues", "8", "--cycle", "4", "--keep-rounds"]) == 0
+    err = capsys.readouterr().err
+    log = json.loads((again / "train_log.json").read_text())
+    assert "keeping the init model" not in err and not log["best"].get("kept_init"), err
     # --robot-view-copy: every training dialogue also as a robot has it, recorded.
     copied = tmp_path / "copied"
     assert cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues", "8",
