@@ -308,6 +308,7 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     log = json.loads((again / "train_log.json").read_text())
     assert "keeping the init model" not in err and not log["best"].get("kept_init"), err
+    assert log["best"].get("stage") == 2 and "keeping the stage-1 head" not in err, err
     # --robot-view-copy: every training dialogue also as a robot has it, recorded.
     copied = tmp_path / "copied"
     assert cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues", "8",

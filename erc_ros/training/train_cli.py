@@ -413,7 +413,7 @@ def _restore(model, snapshot) -> None:
 
 
 def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads: int,
-                  prefix_dir: str = "", teacher=None, store=None):
+                  prefix_dir: str = "", teacher=None, store=None, keep: bool = False):
     """Stage 2: fresh heads over the fine-tuned encoder's cached vectors (encoder frozen),
     one per head seed (the recipe's ``fusion_stage.head_seeds``, default 1); the best of them
     by the recipe's rule (``select``: FP32, or the worse of FP32 and the ONNX Runtime INT8
@@ -423,7 +423,8 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
     ``fusion_stage`` gives as ``distill``. ``store``: see :func:`_int8_dev`. Returns (best,
     dev scores or None); with several head seeds ``best`` carries each head's figures and
     ``head_mean``, the mean of their selection figures: what the encoder is worth, where one
-    head's figure is partly its seed's luck."""
+    head's figure is partly its seed's luck. ``keep``: the best new head replaces the stage-1
+    head whatever dev says (said so)."""
     import numpy as np
 
     from erc_ros.training.deployed import selection_figure
@@ -457,7 +458,10 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
     spread = dict(head_mean=round(float(np.mean([selection_figure(f[2], rule)
                                                  for f in fitted])), 2),
                   heads=[f[2] for f in fitted]) if len(fitted) > 1 else {}
-    if selection_figure(got, rule) <= selection_figure(best, rule):
+    if selection_figure(got, rule) <= selection_figure(best, rule) and keep:
+        print(f"stage 2 ({fs['head']}) did not beat stage 1 on dev: its head kept by "
+              "--keep-rounds", file=sys.stderr)
+    elif selection_figure(got, rule) <= selection_figure(best, rule):
         print(f"stage 2 ({fs['head']}) did not beat stage 1 on dev; keeping the stage-1 head",
               file=sys.stderr)
         return dict(best, select=select, **spread), None
@@ -705,8 +709,10 @@ def run(args) -> int:
     s2_teacher = None if teacher is None else teacher[:n0]
     run_rounds = two_stage and last > len(cycles) and first < n_all
     if two_stage and (first < len(cycles) or not run_rounds):
+        # a run past the last cycle is this head alone: --keep-rounds keeps it
         best, s2_scores = _fusion_stage(model, r, parts[0], dev, best, history, args.threads,
-                                        prefix_dir, s2_teacher, store)
+                                        prefix_dir, s2_teacher, store,
+                                        keep=args.keep_rounds and first >= n_all)
         best_scores = s2_scores or best_scores
         if prior and selection_figure(best, select) <= selection_figure(prior, select) and \
                 args.keep_rounds:
