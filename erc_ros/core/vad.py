@@ -146,8 +146,8 @@ class VadSegmenter:
         """Where the speech in progress went quiet (its hang-over is running), else None."""
         return self._silence_start if self.open_start is not None else None
 
-    def segment(self, start: float, end: float, horizon: Optional[float] = None,
-                forced_cut: bool = False) -> Optional[SpeechSegment]:
+    def segment(self, start: float, end: float,
+                horizon: Optional[float] = None) -> Optional[SpeechSegment]:
         """The segment in progress as it closes on ``[start, end]``: None when it is too
         short to keep; weak (and widened, up to ``horizon``: the quiet seen after it) when
         the model was not sure of it. Called by whatever closes it, so that each way a
@@ -163,7 +163,7 @@ class VadSegmenter:
             hi = end + (self.widen_s - dur) - (start - lo)
             start, end = lo, max(end, min(hi, end if horizon is None else horizon))
         self._last_end = end
-        return SpeechSegment(start, end, forced_cut=forced_cut, weak=weak)
+        return SpeechSegment(start, end, weak=weak)
 
     def update(self, t: float, prob: float) -> list[SpeechSegment]:
         """One window starting at ``t``; returns segments that closed."""
