@@ -165,6 +165,13 @@ class VadSegmenter:
         self._last_end = end
         return SpeechSegment(start, end, weak=weak)
 
+    def _ended(self, at: float, forced_cut: bool = False) -> SpeechSegment:
+        """The segment in progress, ended at ``at`` as it stands (a cut: kept whatever its
+        length, never widened)."""
+        self._last_end = at
+        return SpeechSegment(self.open_start, at, forced_cut=forced_cut,
+                             weak=self._peak < self.threshold)
+
     def update(self, t: float, prob: float) -> list[SpeechSegment]:
         """One window starting at ``t``; returns segments that closed."""
         dt = WINDOW / SAMPLE_RATE
@@ -194,9 +201,7 @@ class VadSegmenter:
             if seg is not None:
                 out.append(seg)
         elif t + dt - self.open_start >= self.max_speech_s:
-            out.append(SpeechSegment(self.open_start, t + dt, forced_cut=True,
-                                     weak=self._peak < self.threshold))
-            self._last_end = t + dt
+            out.append(self._ended(t + dt, forced_cut=True))
             self.open_start = t + dt
             self._silence_start = None
         return out
@@ -204,8 +209,7 @@ class VadSegmenter:
     def split_open(self, at: float, resume: float) -> SpeechSegment:
         """End the segment in progress at ``at`` and go on with one that opened at
         ``resume`` (the speech after a pause, already seen); returns the ended one."""
-        seg = SpeechSegment(self.open_start, at, weak=self._peak < self.threshold)
-        self._last_end = at
+        seg = self._ended(at)
         self.open_start = resume
         self.resumed = None
         self._peak = self.threshold  # what resumed it reached the threshold
@@ -214,8 +218,7 @@ class VadSegmenter:
     def cut_open(self, at: float) -> SpeechSegment:
         """End the segment in progress at ``at`` (as it stands: kept whatever its length)
         and start afresh."""
-        seg = SpeechSegment(self.open_start, at, weak=self._peak < self.threshold)
-        self._last_end = at
+        seg = self._ended(at)
         self.reset()
         return seg
 

@@ -458,13 +458,13 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
     spread = dict(head_mean=round(float(np.mean([selection_figure(f[2], rule)
                                                  for f in fitted])), 2),
                   heads=[f[2] for f in fitted]) if len(fitted) > 1 else {}
-    if selection_figure(got, rule) <= selection_figure(best, rule) and keep:
+    if selection_figure(got, rule) <= selection_figure(best, rule):
+        if not keep:
+            print(f"stage 2 ({fs['head']}) did not beat stage 1 on dev; keeping the stage-1 "
+                  "head", file=sys.stderr)
+            return dict(best, select=select, **spread), None
         print(f"stage 2 ({fs['head']}) did not beat stage 1 on dev: its head kept by "
               "--keep-rounds", file=sys.stderr)
-    elif selection_figure(got, rule) <= selection_figure(best, rule):
-        print(f"stage 2 ({fs['head']}) did not beat stage 1 on dev; keeping the stage-1 head",
-              file=sys.stderr)
-        return dict(best, select=select, **spread), None
     use_head(model, fs["head"], head, hcfg)
     yt, yp = predict_cached(head, fdv)
     return dict(got, stage=2, head=fs["head"], select=select, **spread), \
@@ -714,11 +714,11 @@ def run(args) -> int:
                                         prefix_dir, s2_teacher, store,
                                         keep=args.keep_rounds and first >= n_all)
         best_scores = s2_scores or best_scores
-        if prior and selection_figure(best, select) <= selection_figure(prior, select) and \
-                args.keep_rounds:
+        behind = prior and selection_figure(best, select) <= selection_figure(prior, select)
+        if behind and args.keep_rounds:
             print(f"dev {_figure(best)} does not beat the init model's {_figure(prior)}: "
                   "kept by --keep-rounds", file=sys.stderr)
-        elif prior and selection_figure(best, select) <= selection_figure(prior, select):
+        elif behind:
             from erc_ros.models.artefact import load_model_dir
 
             print(f"dev {_figure(best)} does not beat the init model's "
