@@ -157,21 +157,23 @@ def test_espeak_sentences_are_transcribed(tiny, speech):
 
 
 def test_a_fitted_window_encodes_the_piece_and_its_pad_only(speech):
-    """``asr.window: fit``: the encoder gets the piece's mel frames plus window_pad_seconds
-    (even, at most Whisper's 3,000), not the 30 s window; a decode that fails there (stock
-    Whisper repeats its text on short windows: docs/asr.md, Measured) is decoded again on
-    the whole window and counted, so even 1 s of pad reads these sentences. ``full`` hands
+    """``asr.window: fit``: the encoder gets the piece's mel frames plus window_pad_seconds,
+    at least window_min_seconds (even, at most Whisper's 3,000), not the 30 s window; a
+    decode that fails there (stock Whisper repeats its text on short windows: docs/asr.md,
+    Measured) is decoded again on the whole window and counted, so even a 1 s window of pad
+    alone reads these sentences. ``full`` hands
     the encoder all 3,000 frames, once."""
     seen = []
-    fit = WhisperRecognizer(model="tiny.en", window="fit", window_pad_seconds=10.0,
-                            warmup=False).load()
+    fit = WhisperRecognizer(model="tiny.en", window="fit", warmup=False).load()
     tight = WhisperRecognizer(model="tiny.en", window="fit", window_pad_seconds=1.0,
-                              warmup=False).load()
+                              window_min_seconds=0.0, warmup=False).load()
     full = WhisperRecognizer(model="tiny.en", window="full", warmup=False).load()
     for rec in (fit, tight, full):
         rec.model.model = _EncodeSpy(rec.model.model, seen)
-    assert fit._window_frames(16000) == 1100 and fit._window_frames(16001) == 1102
-    assert fit._window_frames(25 * 16000) == 3000 and full._window_frames(16000) is None
+    # the defaults: at least 11 s, the piece and 2 s of pad beyond that
+    assert fit._window_frames(16000) == 1100 and fit._window_frames(9 * 16000 + 1) == 1102
+    assert fit._window_frames(12 * 16000) == 1400
+    assert fit._window_frames(29 * 16000) == 3000 and full._window_frames(16000) is None
     for rec in (fit, tight):
         hyps = []
         for _, x in speech:

@@ -120,17 +120,23 @@ class AsrConfig:
     threads: int = _f(2, "CTranslate2 intra-op threads (cpu_threads)")
     window: str = _f(
         "fit", "full: Whisper's whole 30 s window, whatever the piece (what it was trained "
-        "on); fit: the encoder sees the piece plus window_pad_seconds (whisper.cpp's "
-        "audio_ctx), a 2 s turn costing a 2 s encode, in one greedy decode; where that "
+        "on); fit: the encoder sees the piece plus window_pad_seconds, at least "
+        "window_min_seconds (whisper.cpp's audio_ctx), in one greedy decode; where that "
         "decode repeats its text (gzip compression ratio above 2.4) or reaches the token "
         "cap, the piece is decoded again on the full window (counted 'refit'); where it is "
         "only unsure (mean log-probability below log_prob_threshold), fallback beam reads "
         "the full window at once (fallback temperature or none: a refit). Stock Whisper "
-        "often does not end its text on a short window and repeats it; with 10 s of pad "
-        "tiny.en reads nearly as well as on its whole window, in half the time (docs/asr.md)",
+        "often does not end its text on a short window and repeats it; in 11 s tiny.en "
+        "reads nearly as well as on its whole window, in half the time (docs/asr.md)",
         choices=("fit", "full"))
     window_pad_seconds: float = _f(
-        10.0, "window fit: silence after the piece's audio in the encoder's window")
+        2.0, "window fit: silence after the piece's audio in the encoder's window, at "
+        "least (window_min_seconds may add more)")
+    window_min_seconds: float = _f(
+        11.0, "window fit: the encoder's window is at least this long (the piece, its pad, "
+        "then silence): stock Whisper repeats its text on a short window whatever the pad, "
+        "and reads a piece of a few seconds in 11 s nearly as in 30 s; a long turn's "
+        "window grows with it by its pad alone (docs/asr.md)")
     early_seconds: float = _f(
         0.1, "live (the recognizer on its own thread): a speech segment goes to an idle "
         "recognizer once it has been quiet this long, before the VAD's hang-over "
@@ -229,6 +235,8 @@ class AsrConfig:
             raise ValueError(f"asr.window must be 'fit' or 'full', got {self.window!r}")
         if not (0 <= self.window_pad_seconds <= 30.0):
             raise ValueError("asr.window_pad_seconds must be in [0, 30]")
+        if not (0 <= self.window_min_seconds <= 30.0):
+            raise ValueError("asr.window_min_seconds must be in [0, 30]")
         if not math.isfinite(self.early_seconds):
             raise ValueError("asr.early_seconds must be a number of seconds (negative: off)")
         if not math.isfinite(self.sentence_end_seconds):
@@ -574,11 +582,14 @@ class WhisperRecognizer:
 
     def _window_frames(self, samples: int) -> Optional[int]:
         """Mel frames the encoder sees for a piece of ``samples`` (None: the whole 30 s
-        window): window fit keeps the piece's frames plus window_pad_seconds, rounded up to
-        an even count (the encoder's second convolution has stride 2)."""
-        if self.config.window != "fit":
+        window): window fit keeps the piece's frames plus window_pad_seconds, at least
+        window_min_seconds, rounded up to an even count (the encoder's second convolution
+        has stride 2)."""
+        cfg = self.config
+        if cfg.window != "fit":
             return None
-        n = math.ceil(samples / _HOP + self.config.window_pad_seconds * SAMPLE_RATE / _HOP)
+        n = math.ceil(max(samples + cfg.window_pad_seconds * SAMPLE_RATE,
+                          cfg.window_min_seconds * SAMPLE_RATE) / _HOP)
         return min(_WINDOW_FRAMES, n + n % 2)
 
     # Long audio is cut at the quietest 20 ms frame of each window's last quarter.
