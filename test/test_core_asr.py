@@ -161,8 +161,7 @@ def test_a_fitted_window_encodes_the_piece_and_its_pad_only(speech):
     at least window_min_seconds (even, at most Whisper's 3,000), not the 30 s window; a
     decode that fails there (stock Whisper repeats its text on short windows: docs/asr.md,
     Measured) is decoded again on the whole window and counted, so even a 1 s window of pad
-    alone reads these sentences. ``full`` hands
-    the encoder all 3,000 frames, once."""
+    alone reads these sentences. ``full`` hands the encoder all 3,000 frames, once."""
     seen = []
     fit = WhisperRecognizer(model="tiny.en", window="fit", warmup=False).load()
     tight = WhisperRecognizer(model="tiny.en", window="fit", window_pad_seconds=1.0,
