@@ -219,8 +219,11 @@ def test_invalid_ids_and_bad_crops_are_refused_and_the_good_face_goes_on(ros, fa
         assert len(rig.expressions["good"]) >= n + 2
         assert {m.expression for m in rig.expressions["good"].snapshot()} == {"happy"}
         assert rig.node.health.counts.get("errors.classify", 0) == 0
+        # a status published after every refusal above (one from between two of them
+        # would show an older count)
         st = _status(rig, lambda st, v: v.get("refused.image_too_large") == "1"
-                     and v.get("refused.image_encoding") == "1")
+                     and v.get("refused.image_encoding") == "1"
+                     and v.get("refused.image_decode") == "3")
         assert st["refused.image_decode"] == "3" and st["refused.face_id"] == "3"
         from diagnostic_msgs.msg import DiagnosticStatus
         assert st["faces.tracked"] == "3" and st["level"] == DiagnosticStatus.WARN
