@@ -52,6 +52,36 @@ def test_word_errors_are_over_whole_conversations_in_time_order():
     assert hyp == "how yeah are you fine thanks bye"
 
 
+def test_each_turn_is_heard_exact_joined_in_pieces_misheard_or_not_at_all():
+    """heard_as compares words as the WER does (case, punctuation and contractions aside)."""
+    said = "Oh my God! I can't believe it."
+    assert bs.heard_as(said, "oh, my god. I cannot believe it") == "exact"
+    assert bs.heard_as(said, "What? Oh my god, I can't believe it. Really?") == "joined"
+    assert bs.heard_as(said, "I can't believe it.") == "piece"
+    assert bs.heard_as(said, "Oh my god, I can't relieve it.") == "misheard"
+    assert bs.heard_as(said, "my godly I can't believe it") == "misheard"  # whole words only
+    assert bs.heard_as(said, " ... ") == "no_text"
+    assert bs.heard_as(said, None) == "lost"
+    # A stage's turns grouped by the recognizer's hearing; every stage scored on each group.
+    from erc_ros.core.types import Estimate
+
+    def said(start, end, label, text):
+        return Estimate("u", "c", "s0", start, end, label, ["neutral", "joy"],
+                        [float(label == "neutral"), float(label == "joy")], text=text)
+    t1, t2 = turn("t1", 0.0, 1.0, text="hello there"), turn("t2", 2.0, 3.0, text="bye now")
+    stages = {name: bs.Stage(name) for name in ("transcripts", "asr")}
+    stages["transcripts"].add("d", [t1, t2], [said(0, 1, "neutral", "Hello there."),
+                                              said(2, 3, "joy", "Bye now.")], speech=False)
+    stages["asr"].add("d", [t1, t2], [said(0, 1, "joy", "hello where"),
+                                      said(2, 3, "joy", "bye now")], speech=False)
+    hb = bs.heard_breakdown(stages, ["neutral", "joy"])
+    assert hb["grouped_by"] == "asr" and list(hb["groups"]) == ["exact", "misheard"]
+    assert hb["groups"]["misheard"] == {"turns": 1, "weighted_f1": {"transcripts": 100.0,
+                                                                      "asr": 0.0}}
+    assert [r["heard_as"] for r in stages["asr"].rows] == ["misheard", "exact"]
+    assert bs.heard_breakdown({"transcripts": stages["transcripts"]}, ["neutral"]) is None
+
+
 def test_lost_turns_count_as_wrong_and_stay_out_of_the_macro_mean():
     names = ["neutral", "joy"]
     m = bs.classification(["neutral", "joy", "joy", "neutral"],
@@ -131,6 +161,13 @@ def test_bench_spoken_runs_the_four_stages_on_the_shipped_voices(spoken_run):
     # The voices came from the shipped set (no synthesis, no extra needed).
     rows = list(csv.DictReader(open(tmp_path / "rows" / "asr.csv")))
     assert len(rows) == n and all(r_["status"] in ("matched", "merged", "lost") for r_ in rows)
+    # Every turn is in one group of how the recognizer heard it; gold transcripts are exact.
+    hb = r["heard_as"]
+    assert hb["grouped_by"] == "asr" and sum(g["turns"] for g in hb["groups"].values()) == n
+    assert all(set(g["weighted_f1"]) == set(bs.STAGES) for g in hb["groups"].values())
+    assert {r_["heard_as"] for r_ in rows} <= set(bs.HEARD_AS)
+    heard_b = list(csv.DictReader(open(tmp_path / "rows" / "transcripts.csv")))
+    assert {r_["heard_as"] for r_ in heard_b} == {"exact"}
     # A second run reuses the bags it made.
     bags = sorted(p.name for p in (tmp_path / "bags").iterdir())
     assert len(bags) == 2 and all(p.startswith("kokoro-dia") for p in bags)
@@ -201,6 +238,7 @@ def test_rescore_gives_the_run_figures_from_what_it_heard(spoken_run, tmp_path, 
     for s in bs.STAGES:
         for k in ("weighted_f1", "accuracy", "matched", "merged", "lost", "confusion"):
             assert again["stages"][s][k] == r["stages"][s][k], (s, k)
+    assert again["heard_as"] == r["heard_as"]
     assert main(["bench-spoken", "--rescore", str(tmp_path), "--stages", "asr", "--json",
                  str(out)]) == 2
     assert "no asr.csv" in capsys.readouterr().err

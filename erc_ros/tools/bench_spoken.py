@@ -42,8 +42,9 @@ DDS hops; ``bench-e2e`` measures through the live nodes.
     python -m erc_ros bench-spoken --voices kokoro --room --snr 15 --dialogues 10 --json OUT
 
 Writes ``--json OUT`` (``stages.<stage>.{weighted_f1, wer, der, lost, merged, matched,
-speech_end_to_estimate_ms.{p50,p95}, ...}``; F1, WER and DER in %; the machine: CPU, flags and a GEMM GFLOP/s
-figure measured in the same run), ``OUT.png`` and, with ``--out DIR``, per stage: the per-turn
+speech_end_to_estimate_ms.{p50,p95}, ...}``; F1, WER and DER in %; ``heard_as``: every stage's
+weighted F1 on the turns grouped by how the recognizer heard them, :func:`heard_breakdown`;
+the machine: CPU, flags and a GEMM GFLOP/s figure measured in the same run), ``OUT.png`` and, with ``--out DIR``, per stage: the per-turn
 and per-estimate CSVs and ``report-<stage>.html``, the turns on eval-bag's page
 (:func:`write_reports`).
 """
@@ -242,6 +243,62 @@ def assign(turns: list[dict], estimates: list) -> tuple[list[tuple[str, Any]], i
     return out, int(np.sum(owner < 0))
 
 
+#: How a labelled turn's words came out in the estimate it is scored with (:func:`heard_as`),
+#: in the order the summary lists them.
+HEARD_AS = ("exact", "joined", "piece", "misheard", "no_text", "lost")
+
+
+def heard_as(said: str, heard: Optional[str]) -> str:
+    """How the words of a turn (``said``) came out in the text of the estimate it is scored
+    with (``heard``; None: the turn has none), word for word as the WER compares them
+    (:func:`erc_ros.tools.bench_asr.normalize`: case and punctuation aside): ``exact``, the
+    same words; ``joined``, all of them in order with other words around them (another
+    turn's: the segmentation joined the turns); ``piece``, some of them in order and nothing
+    else (the turn was heard in pieces; this one overlaps it most); ``misheard``, any other
+    text; ``no_text``, an estimate without words; ``lost``, no estimate."""
+    from erc_ros.tools.bench_asr import normalize
+
+    if heard is None:
+        return "lost"
+    h = normalize(heard)
+    if not h:
+        return "no_text"
+    g = normalize(said)
+    if h == g:
+        return "exact"
+    if f" {g} " in f" {h} ":
+        return "joined"
+    if f" {h} " in f" {g} ":
+        return "piece"
+    return "misheard"
+
+
+def heard_breakdown(stages: dict[str, "Stage"], class_names) -> Optional[dict]:
+    """The labelled turns grouped by how the recognizer heard them (:func:`heard_as` in the
+    ``asr`` stage, else ``asr_gold_speakers``), and every stage's weighted F1 on each group:
+    where, between the text and the ears, the loss is (the other stages score the same
+    turns, matched by utterance id). None without a recognizer stage."""
+    by = next((s for s in ("asr", "asr_gold_speakers") if s in stages), None)
+    if by is None:
+        return None
+    at = {name: {r["utterance_id"]: i for i, r in enumerate(st.rows)}
+          for name, st in stages.items()}
+    groups = {}
+    for cat in HEARD_AS:
+        ids = [r["utterance_id"] for r, h in zip(stages[by].rows, stages[by].heard) if h == cat]
+        if not ids:
+            continue
+        f1 = {}
+        for name, st in stages.items():
+            idx = [at[name][u] for u in ids if u in at[name]]
+            if len(idx) == len(ids):
+                f1[name] = classification([st.y_true[i] for i in idx],
+                                          [st.y_pred[i] for i in idx],
+                                          class_names)["weighted_f1"]
+        groups[cat] = {"turns": len(ids), "weighted_f1": f1}
+    return {"grouped_by": by, "groups": groups}
+
+
 def conversation_text(turns: list[dict], estimates: list) -> tuple[str, str]:
     """(reference, hypothesis) of one conversation for the WER: every gold turn's text
     (back-channels too) and every estimate's text, each in order of start. Whole
@@ -310,6 +367,7 @@ class Stage:
         self.latency: list[float] = []
         self.model_ms: list[float] = []
         self.rows: list[dict] = []
+        self.heard: list[str] = []  # heard_as() of each labelled turn, in rows' order
         self.estimate_rows: list[dict] = []
 
     def add(self, dialogue: str, turns: list[dict], estimates: list,
@@ -332,13 +390,15 @@ class Stage:
             self.y_true.append(t["label"].lower())
             self.y_pred.append(e.label.lower() if e is not None else NONE)
             lat = lat_of.get(id(e), float("nan")) if e is not None else float("nan")
+            self.heard.append(heard_as(t["text"], e.text if e is not None else None))
             # eval-bag's columns of the estimate (its report reads them), this latency
             self.rows.append({"dialogue": dialogue, "utterance_id": t["utterance_id"],
                               "start": f"{t['start']:.3f}", "end": f"{t['end']:.3f}",
                               "speaker": t["speaker"], "label": t["label"],
                               "text": t["text"], "status": status,
                               **estimate_columns(e),
-                              "latency_ms": f"{lat:.0f}" if np.isfinite(lat) else ""})
+                              "latency_ms": f"{lat:.0f}" if np.isfinite(lat) else "",
+                              "heard_as": self.heard[-1]})
         self.extra += extra
         self.estimates += len(estimates)
         self.model_ms += [e.latency_ms for e in estimates]
@@ -534,6 +594,7 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
         "machine": mach,
         "turn_taking": turn_taking(timelines),
         "stages": {s: results[s].result(names) for s in stages},
+        "heard_as": heard_breakdown(results, names),
         "asr": {**{k: round(v, 2) if isinstance(v, float) else v for k, v in asr.items()},
                 "realtime_factor": round(asr["speech_s"] / asr["compute_s"], 2)
                 if asr["compute_s"] else None},
@@ -663,6 +724,24 @@ def stage_result(run: dict, stage: str, bags: list[dict], seconds: float,
 
 # --- report ----------------------------------------------------------------------------------
 
+def heard_table(hb: Optional[dict]) -> list[str]:
+    """:func:`heard_breakdown` as a markdown table (no lines without a recognizer stage)."""
+    if not hb:
+        return []
+    stages = [s for s in STAGES if any(s in g["weighted_f1"] for g in hb["groups"].values())]
+    short = {s: STAGE_TITLES[s].split(" ", 1)[0] for s in stages}
+    out = ["", f"turns by how {short[hb['grouped_by']]} heard them (exact / joined to another "
+           "turn's words / a piece of the turn / misheard / no text / lost), weighted F1 of "
+           "each stage on the same turns:", "",
+           "| heard as | turns | " + " | ".join(short[s] for s in stages) + " |",
+           "|---|---|" + "---|" * len(stages)]
+    for cat, g in hb["groups"].items():
+        out.append(f"| {cat} | {g['turns']} | " + " | ".join(
+            f"{g['weighted_f1'][s]:.1f}" if s in g["weighted_f1"] else "-" for s in stages)
+            + " |")
+    return out
+
+
 def summary(r: dict) -> str:
     from erc_ros.tools.machine import line
 
@@ -682,6 +761,7 @@ def summary(r: dict) -> str:
             + (f"{m['der']:.1f} %" if "der" in m else "-") + " | "
             + (f"{lat['p50']:.0f} / {lat['p95']:.0f} ms" if lat and lat["p50"] is not None
                else "-") + " |")
+    lines += heard_table(r.get("heard_as"))
     a = r["asr"]
     if a.get("realtime_factor"):
         lines.append(f"\nrecognizer: Whisper {a.get('model', '?')} ({a.get('model_reason', '')}); "
@@ -765,6 +845,7 @@ def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str =
                          "reads the recorded text only; run bench-spoken on the bags")
     out = {"model_id": pipeline.model_id, "backend": pipeline.backend_name,
            "rescored": str(folder), "stages": {}}
+    scored: dict[str, Stage] = {}
     for stage in stages:
         turns_csv, est_csv = folder / f"{stage}.csv", folder / f"{stage}_estimates.csv"
         if not (turns_csv.is_file() and est_csv.is_file()):
@@ -783,7 +864,7 @@ def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str =
                 {"utterance_id": t["utterance_id"], "start": float(t["start"]),
                  "end": float(t["end"]), "speaker": t["speaker"], "label": t["label"],
                  "text": t["text"]})
-        st = Stage(stage)
+        st = scored[stage] = Stage(stage)
         for dialogue, lab in lab_of.items():
             pipeline.reset()
             got = []
@@ -793,6 +874,7 @@ def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str =
                 got.append(pipeline.predict(u))
             st.add(dialogue, lab, got, speech=False)
         out["stages"][stage] = st.result(pipeline.class_names)
+    out["heard_as"] = heard_breakdown(scored, pipeline.class_names)
     return out
 
 
@@ -822,6 +904,8 @@ def run(args) -> int:
             print(f"{name}: {r['model_id']} weighted F1 {m['weighted_f1']:.2f} over "
                   f"{m['turns']} turns ({m['matched']} matched, {m['merged']} merged, "
                   f"{m['lost']} lost)")
+        for line in heard_table(r["heard_as"]):
+            print(line)
         print(f"wrote {out}")
         return 0
 
