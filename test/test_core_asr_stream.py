@@ -383,23 +383,55 @@ def test_hostile_audio_gives_defined_results_and_flat_memory():
     assert len(rss) == 10 and rss[-1] - rss[1] < 20_000, rss
 
 
-def test_turns_heard_as_one_segment_are_cut_where_the_voice_changes():
+@pytest.fixture(scope="module")
+def quick_answers():
     """The script spoken with 0.10-0.15 s between turns (a quick answer): voice activity
-    hears runs of turns as one segment. With ``diarization.split_turns`` each segment is cut
-    where the voice changes at a sentence end: more utterances, the same words, lower DER."""
+    hears runs of turns as one segment. Streamed whole, and by each way of cutting them:
+    {setting: (conversation, utterances, counters, DER)}."""
     lines = [cg.ScriptLine(s, t, e, f"l{i}") for i, (s, e, t) in enumerate(cg.DEFAULT_SCRIPT)]
     conv = cg.build(lines, gap=(0.10, 0.15), seed=3, cache=espeak_cache(), name="quick")
     runs = {}
-    for split in (False, True):
-        core = _core(asr__synchronous=True, diarization__split_turns=split)
+    for name, over in (("whole", {}), ("voices", dict(diarization__split_turns=True)),
+                       ("sentences", dict(segmentation__split_sentences=True))):
+        core = _core(asr__synchronous=True, **over)
         utts, _ = stream(core, conv, asr="none", video=False)
         core.close()
-        runs[split] = utts, core.stats()["counters"]["turn_splits"], score(conv, utts)["der"]
-    (whole, none, der_whole), (cut, splits, der_cut) = runs[False], runs[True]
-    assert none == 0 and len(whole) < len(conv.turns)  # turns joined by voice activity
+        runs[name] = conv, utts, core.stats()["counters"], score(conv, utts)["der"]
+    return runs
+
+
+def test_turns_heard_as_one_segment_are_cut_where_the_voice_changes(quick_answers):
+    """With ``diarization.split_turns`` each segment is cut where the voice changes at a
+    sentence end: more utterances, the same words, lower DER."""
+    conv, whole, counters, der_whole = quick_answers["whole"]
+    _, cut, cut_counters, der_cut = quick_answers["voices"]
+    splits = cut_counters["turn_splits"]
+    assert counters["turn_splits"] == 0 and len(whole) < len(conv.turns)  # joined turns
     assert splits >= 3 and len(cut) == len(whole) + splits
     assert " ".join(u.text for u in cut).split() == " ".join(u.text for u in whole).split()
     assert der_cut < der_whole
+
+
+def test_a_segment_cut_into_sentences_keeps_its_words_and_one_speaker(quick_answers):
+    """``segmentation.split_sentences``: each recognized segment comes out as one utterance
+    per sentence, cut by the word times (spans that tile the segment's), with the same words
+    in the same order; the sentences of a segment share the one diarization decision made
+    on the whole of it, so the speakers, and DER, are those of the segments."""
+    from erc_ros.core.asr import ends_sentence
+
+    conv, whole, _, der_whole = quick_answers["whole"]
+    _, cut, counters, der_cut = quick_answers["sentences"]
+    assert counters["sentence_splits"] >= 5 and len(cut) == len(whole) + \
+        counters["sentence_splits"]
+    assert " ".join(u.text for u in cut).split() == " ".join(u.text for u in whole).split()
+    for w in whole:
+        pieces = [u for u in cut if w.start - 1e-6 <= u.start and u.end <= w.end + 1e-6]
+        assert pieces[0].start == w.start and pieces[-1].end == w.end
+        assert all(a.end == b.start for a, b in zip(pieces, pieces[1:]))
+        assert all(ends_sentence(u.text) for u in pieces[:-1]), [u.text for u in pieces]
+        assert {(u.speaker_id, u.speaker_source, u.speaker_confidence) for u in pieces} == \
+            {(w.speaker_id, w.speaker_source, w.speaker_confidence)}
+    assert der_cut == pytest.approx(der_whole, abs=1e-9)
 
 
 def test_a_one_word_turn_in_a_noisy_room_is_heard():

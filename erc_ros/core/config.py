@@ -104,6 +104,13 @@ class SegmentationConfig:
         64, "timed finals waiting for their audio, and untimed finals waiting for their "
         "speech (each); beyond it the newest final is refused (InputError 'pending_full') "
         "and the waiting ones are kept")
+    split_sentences: bool = _f(
+        False, "embedded ASR: one utterance per sentence of a recognized segment, cut by "
+        "the word times after each word that ends a sentence (. ? or !, not an ellipsis); "
+        "the pieces of one speaker's turn share one diarization decision, made on the whole "
+        "turn. Turns that follow each other without a pause come out apart where the "
+        "recognizer heard a sentence end between them; a turn of two sentences comes out "
+        "as two utterances. Needs asr.word_timestamps")
     max_text_characters: int = _f(
         2000, "an ASR result with more characters than this is refused (InputError "
         "'transcript_too_long'): 15 s of speech is a few hundred characters, and the text "

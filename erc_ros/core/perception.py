@@ -59,7 +59,8 @@ _COUNTER_ORDER = ("utterances", "utterances_vad", "utterances_timed", "utterance
                   "speech_dropped_untranscribed", "utterances_no_face", "utterances_face",
                   "utterances_no_camera", "refused",
                   "transcripts", "partials", "frames", "conversations", "discontinuities",
-                  "speech_closed_stalled", "turn_splits", "speaker_continued")
+                  "speech_closed_stalled", "turn_splits", "sentence_splits",
+                  "speaker_continued")
 
 
 @dataclass
@@ -193,6 +194,10 @@ class PerceptionCore:
         self.recognizer = self.asr_worker = None
         self._asr_backlog: deque[_Recognition] = deque()  # in speech order
         self._asr_ready: dict[tuple[float, float], float] = {}  # span -> perf_counter ready
+        # segmentation.split_sentences: a sentence's span -> the span of the speaker's turn it
+        # is a piece of, and each such turn's diarization (embedding, decision, pieces left)
+        self._piece_of: dict[tuple[float, float], tuple[float, float]] = {}
+        self._turn_speaker: dict[tuple[float, float], list] = {}
         self.asr_counters = {"segments": 0, "results": 0, "no_text": 0, "refused_full": 0,
                              "errors": 0, "unfinished": 0, "early": 0, "early_used": 0,
                              "sentence_ends": 0, "weak_no_words": 0}
@@ -229,7 +234,7 @@ class PerceptionCore:
                          "utterances_face": 0, "utterances_no_camera": 0,
                          "refused": {}, "frames": 0, "conversations": 1, "discontinuities": 0,
                          "speech_closed_stalled": 0, "turn_splits": 0,
-                         "speaker_continued": 0}
+                         "sentence_splits": 0, "speaker_continued": 0}
         self._close_ms: deque = deque(maxlen=200)
 
     @contextlib.contextmanager
@@ -582,28 +587,47 @@ class PerceptionCore:
             self._asr_final(s, e, piece, confidence, res.language)
 
     def _turns(self, start: float, end: float, text: str, res) -> list[tuple]:
-        """``(start, end, text, confidence)`` of each speaker's turn in one recognized
-        segment: the whole segment, or its pieces where the voice changes at a sentence end
-        (``diarization.split_turns``, :func:`~erc_ros.core.diarization.speaker_changes`)."""
-        dz = self.config.diarization
+        """``(start, end, text, confidence)`` of each utterance in one recognized segment:
+        the whole segment; its pieces where the voice changes at a sentence end
+        (``diarization.split_turns``, :func:`~erc_ros.core.diarization.speaker_changes`);
+        and each of those cut after every sentence (``segmentation.split_sentences``), whose
+        pieces share the diarization of the turn they come from (:meth:`_speaker_of`)."""
+        dz, sc = self.config.diarization, self.config.segmentation
         words = res.words
-        if not (dz.split_turns and self.embedder is not None and text and len(words) > 1):
+        voice_cuts = dz.split_turns and self.embedder is not None
+        if not (text and len(words) > 1 and (voice_cuts or sc.split_sentences)):
             return [(start, end, text, res.confidence)]
-        t = time.perf_counter()
-        cuts = speaker_changes(words, self.buffer.read, self.embedder.embed_windows,
-                               dz.change_threshold, dz.window_seconds,
-                               dz.change_min_side_seconds)
-        self._timer.add("turn_split", time.perf_counter() - t)
-        if not cuts:
+        voice: list[int] = []
+        if voice_cuts:
+            t = time.perf_counter()
+            voice = speaker_changes(words, self.buffer.read, self.embedder.embed_windows,
+                                    dz.change_threshold, dz.window_seconds,
+                                    dz.change_min_side_seconds)
+            self._timer.add("turn_split", time.perf_counter() - t)
+            self.counters["turn_splits"] += len(voice)
+        sentences = [i for i in range(1, len(words)) if ends_sentence(words[i - 1].word)] \
+            if sc.split_sentences else []
+        if not voice and not sentences:
             return [(start, end, text, res.confidence)]
-        self.counters["turn_splits"] += len(cuts)
-        out, edges = [], [0, *cuts, len(words)]
-        for a, b in zip(edges[:-1], edges[1:]):
-            s = start if a == 0 else word_boundary(words, a)
-            e = end if b == len(words) else word_boundary(words, b)
-            piece = words[a:b]
-            out.append((s, e, " ".join(w.word for w in piece),
-                        float(np.mean([w.probability for w in piece]))))
+        self.counters["sentence_splits"] += len(set(sentences) - set(voice))
+
+        def at(i: int) -> float:
+            return start if i == 0 else end if i == len(words) else word_boundary(words, i)
+        out, turn_edges = [], [0, *voice, len(words)]
+        for a, b in zip(turn_edges[:-1], turn_edges[1:]):  # each speaker's turn
+            edges = [a, *[i for i in sentences if a < i < b], b]
+            turn = (at(a), at(b))
+            if len(edges) > 2:
+                self._turn_speaker[turn] = [None, None, len(edges) - 1]
+            for c, d in zip(edges[:-1], edges[1:]):
+                piece = words[c:d]
+                span = (at(c), at(d))
+                if len(edges) > 2:
+                    self._piece_of[span] = turn
+                out.append((*span, " ".join(w.word for w in piece),
+                            float(np.mean([w.probability for w in piece]))))
+        while len(self._piece_of) > 256:  # pieces never built (refused finals)
+            self._turn_speaker.pop(self._piece_of.pop(next(iter(self._piece_of))), None)
         return out
 
     def _asr_final(self, start: float, end: float, text: str, confidence: float = math.nan,
@@ -725,21 +749,9 @@ class PerceptionCore:
                 self.config.conversation.new_conversation_gap_seconds:
             self._new_conversation()
         features: dict[str, np.ndarray] = {}
-        emb = None
-        if self.embedder is not None and audio.size and not p.hint:
-            t = time.perf_counter()
-            emb, n = self.embedder.utterance_embedding(start, audio_end, self.buffer)
-            self._timer.add("embed_close", time.perf_counter() - t)
-            self.counters["close_embeddings"] += n
-        elif self.embedder is not None and p.hint and audio.size:
-            emb, _ = self.embedder.utterance_embedding(start, audio_end, self.buffer)
+        emb, dec = self._speaker_of(p, start, audio_end, audio.size > 0)
         if emb is not None:
             features["speaker_embedding"] = emb
-        t = time.perf_counter()
-        dec = None if p.hint else self._continued(start, audio_end)
-        if dec is None:
-            dec = self.diarizer.assign(emb, audio_end - start, p.hint)
-        self._timer.add("cluster", time.perf_counter() - t)
         faces: list[np.ndarray] = []
         face_status, face_count = FACE_DISABLED, 0
         if self.frames is not None:
@@ -772,6 +784,39 @@ class PerceptionCore:
         self.segmenter.built(p)
         self._close_ms.append(1000 * (time.perf_counter() - t_close))
         return utt
+
+    def _speaker_of(self, p: PendingUtterance, start: float, audio_end: float,
+                    has_audio: bool) -> tuple[Optional[np.ndarray], SpeakerDecision]:
+        """(speaker embedding, diarization decision) of the utterance ``p`` builds. A
+        sentence of a turn cut into sentences (``segmentation.split_sentences``) takes its
+        turn's, made on the whole turn when its first sentence is built: a short sentence
+        alone is a poor sample of a voice."""
+        turn = self._piece_of.pop((p.start, p.end), None) if not p.hint else None
+        shared = self._turn_speaker.get(turn) if turn is not None else None
+        if shared is not None:
+            shared[2] -= 1
+            if shared[2] <= 0:
+                del self._turn_speaker[turn]
+            if shared[1] is not None:
+                return shared[0], shared[1]
+            start = turn[0]
+            audio_end = min(turn[1], start + self.config.segmentation.max_utterance_seconds)
+        emb = None
+        if self.embedder is not None and has_audio and not p.hint:
+            t = time.perf_counter()
+            emb, n = self.embedder.utterance_embedding(start, audio_end, self.buffer)
+            self._timer.add("embed_close", time.perf_counter() - t)
+            self.counters["close_embeddings"] += n
+        elif self.embedder is not None and p.hint and has_audio:
+            emb, _ = self.embedder.utterance_embedding(start, audio_end, self.buffer)
+        t = time.perf_counter()
+        dec = None if p.hint else self._continued(start, audio_end)
+        if dec is None:
+            dec = self.diarizer.assign(emb, audio_end - start, p.hint)
+        self._timer.add("cluster", time.perf_counter() - t)
+        if shared is not None:
+            shared[0], shared[1] = emb, dec
+        return emb, dec
 
     def _collect(self, now: float, final: bool) -> list[Utterance]:
         """Decide and build the utterances complete at ``now``; returns only those (the
