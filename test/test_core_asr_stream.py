@@ -27,8 +27,12 @@ SR = 16000
 
 
 def _core(**over):
+    """A core with the embedded recognizer, each recognized segment one utterance: the cuts
+    inside a segment (at sentence ends, where the voice changes) are tested on their own
+    (quick_answers)."""
     d = dict(faces__enabled=False, asr__enabled=True, asr__model="tiny.en",
-             segmentation__mode="asr_timed")
+             segmentation__mode="asr_timed", segmentation__split_sentences=False,
+             diarization__split_turns=False)
     d.update(over)
     return PerceptionCore(core_config(**d))
 
