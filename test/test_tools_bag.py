@@ -110,6 +110,25 @@ def test_demo_prints_one_line_per_estimate(bags, model, capsys):
     assert all(0.5 < float(f[1]) <= 1 for f in faces), out
 
 
+def test_bench_e2e_times_each_estimate_from_the_speech_it_answers():
+    """Two sentences of one recognized segment and a segment alone, all out 0.5 s after
+    the segment's end: the first sentence waited for the rest of its segment (1.5 s); the
+    segment-last figures leave it out."""
+    from types import SimpleNamespace
+
+    from erc_ros.tools.bench_e2e import _speech_end
+
+    ests = [SimpleNamespace(start=0.0, end=1.0, text="Hi."),
+            SimpleNamespace(start=1.0, end=2.0, text="Yes."),
+            SimpleNamespace(start=3.0, end=4.0, text="No.")]
+    out = [2.5, 2.5, 4.5]  # seconds after the bag's start, on the wall clock of one pass
+    r = _speech_end([(0.0, 1.0), (1.0, 2.0), (3.0, 4.0)], [(0.0, 100.0)], 0.0, 1.0,
+                    [(100.0 + t, e, None) for t, e in zip(out, ests)])
+    assert r["speech_end_ms"] == [1500.0, 500.0, 500.0]
+    assert r["speech_end_segment_last_n"] == 2
+    assert r["speech_end_segment_last_p95_ms"] == 500.0
+
+
 def test_bench_e2e(bags, model, tmp_path):
     js = tmp_path / "e2e.json"
     assert cli(["bench-e2e", "--bag", str(bags["mcap"]), "--model-dir", str(model),
@@ -123,6 +142,9 @@ def test_bench_e2e(bags, model, tmp_path):
     # each of them with its span and text, in the same order
     assert [e["ms"] for e in r["speech_end_estimates"]] == r["speech_end_ms"]
     assert all(e["start"] < e["end"] and e["text"] for e in r["speech_end_estimates"])
+    # the bag's turns are apart: each estimate ends a segment of its own
+    assert r["speech_end_segment_last_n"] == 4
+    assert r["speech_end_segment_last_p95_ms"] == r["speech_end_p95_ms"]
     assert r["machine"]["gemm_gflops"] > 0
     assert js.with_suffix(".png").is_file()
 

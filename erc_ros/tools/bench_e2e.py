@@ -239,8 +239,12 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
     it: voice activity cut the turn at a pause), placed on the wall clock of the pass that
     played it, to the estimate's arrival here. Estimates over no turn are left out.
     ``speech_end_estimates``: each one's span (on the bag's clock), latency and text, to see
-    which turns make the tail."""
-    lat, detail = [], []
+    which turns make the tail. ``speech_end_segment_last_*``: over the estimates that end a
+    recognized segment (no other estimate starts where they end: the sentences of one
+    segment tile it, ``segmentation.split_sentences``), when a segment's text is in; its
+    earlier sentences wait for it."""
+    lat, detail, last = [], [], []
+    starts = {round(est.start, 6) for _, est, _ in received}
     for t, est, _ in received:
         ends = [wall0 + (min(e + off, est.end) - off - start) / rate
                 for off, wall0 in passes for s, e in spans
@@ -249,10 +253,16 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
             lat.append((t - max(ends)) * 1e3)
             detail.append({"start": round(est.start, 3), "end": round(est.end, 3),
                            "ms": round(lat[-1], 1), "text": est.text})
-    v = np.asarray(lat, float)
+            if round(est.end, 6) not in starts:
+                last.append(lat[-1])
+
+    def pct(v, q):
+        return float(np.percentile(v, q)) if len(v) else float("nan")
     return {"speech_end_ms": [round(x, 1) for x in lat], "speech_end_estimates": detail,
-            "speech_end_p50_ms": float(np.percentile(v, 50)) if v.size else float("nan"),
-            "speech_end_p95_ms": float(np.percentile(v, 95)) if v.size else float("nan")}
+            "speech_end_p50_ms": pct(lat, 50), "speech_end_p95_ms": pct(lat, 95),
+            "speech_end_segment_last_p50_ms": pct(last, 50),
+            "speech_end_segment_last_p95_ms": pct(last, 95),
+            "speech_end_segment_last_n": len(last)}
 
 
 def _shift(msg, offset: float) -> None:
@@ -319,7 +329,10 @@ def run(args) -> int:
     print(f"bench-e2e ({r['mode']}, ASR: {r['asr']}): {r['utterances']} utterances, {r['lost']} lost; final ASR result -> "
           f"EmotionEstimate p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
           f"max {r['max_ms']:.1f} ms; end of speech -> EmotionEstimate p50 "
-          f"{r['speech_end_p50_ms']:.0f} ms, p95 {r['speech_end_p95_ms']:.0f} ms")
+          f"{r['speech_end_p50_ms']:.0f} ms, p95 {r['speech_end_p95_ms']:.0f} ms "
+          f"({r['speech_end_segment_last_n']} that end a recognized segment: p50 "
+          f"{r['speech_end_segment_last_p50_ms']:.0f} ms, p95 "
+          f"{r['speech_end_segment_last_p95_ms']:.0f} ms)")
     m = machine.describe(2)
     r["machine"] = m
     print(f"machine: {machine.line(m)}")
