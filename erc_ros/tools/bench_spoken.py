@@ -42,11 +42,11 @@ DDS hops; ``bench-e2e`` measures through the live nodes.
     python -m erc_ros bench-spoken --voices kokoro --room --snr 15 --dialogues 10 --json OUT
 
 Writes ``--json OUT`` (``stages.<stage>.{weighted_f1, wer, der, lost, merged, matched,
-speech_end_to_estimate_ms.{p50,p95}, ...}``; F1, WER and DER in %; ``heard_as``: every stage's
-weighted F1 on the turns grouped by how the recognizer heard them, :func:`heard_breakdown`;
-the machine: CPU, flags and a GEMM GFLOP/s figure measured in the same run), ``OUT.png`` and, with ``--out DIR``, per stage: the per-turn
-and per-estimate CSVs and ``report-<stage>.html``, the turns on eval-bag's page
-(:func:`write_reports`).
+speech_end_to_estimate_ms.{p50,p95}, ...}``; F1, WER and DER in %; ``heard_as``: every
+stage's weighted F1 on the turns grouped by how the recognizer heard them,
+:func:`heard_breakdown`; the machine: CPU, flags and a GEMM GFLOP/s figure measured in the
+same run), ``OUT.png`` and, with ``--out DIR``, per stage: the per-turn and per-estimate
+CSVs and ``report-<stage>.html``, the turns on eval-bag's page (:func:`write_reports`).
 """
 from __future__ import annotations
 
