@@ -201,6 +201,9 @@ def test_a_fitted_window_encodes_the_piece_and_its_pad_only(speech):
         AsrConfig(early_seconds=float("nan")).validate()
     with pytest.raises(ValueError, match="sentence_end_seconds"):
         AsrConfig(sentence_end_seconds=float("nan")).validate()
+    for bad in (float("nan"), 0.0, 0.2):  # a decode every few windows is no stream
+        with pytest.raises(ValueError, match="stream_seconds"):
+            AsrConfig(stream_seconds=bad).validate()
 
 
 def test_a_sentence_end_is_a_last_mark_not_an_ellipsis():

@@ -28,11 +28,11 @@ SR = 16000
 
 def _core(**over):
     """A core with the embedded recognizer, each recognized segment one utterance: the cuts
-    inside a segment (at sentence ends, where the voice changes) are tested on their own
-    (quick_answers)."""
+    inside a segment (at sentence ends, where the voice changes, while the speech goes on)
+    are tested on their own (quick_answers)."""
     d = dict(faces__enabled=False, asr__enabled=True, asr__model="tiny.en",
              segmentation__mode="asr_timed", segmentation__split_sentences=False,
-             diarization__split_turns=False)
+             diarization__split_turns=False, asr__stream_seconds=-1.0)
     d.update(over)
     return PerceptionCore(core_config(**d))
 
@@ -74,7 +74,7 @@ def test_microphone_alone_gives_each_turn_its_text_speaker_and_span(conv, inline
                          "segments": len(utts),
                          "results": len(utts), "no_text": 0, "refused_full": 0, "errors": 0,
                          "unfinished": 0, "early": 0, "early_used": 0, "sentence_ends": 0,
-                         "weak_no_words": 0}
+                         "weak_no_words": 0, "stream": 0, "stream_cuts": 0}
     assert st["counters"]["utterances_timed"] == len(utts)
     assert st["counters"]["speech_dropped_untranscribed"] == 0
     assert st["stages"]["asr"]["calls"] == len(utts)
@@ -123,9 +123,9 @@ def test_early_recognition_is_the_closed_segments_text_ready_sooner(conv):
     closed_at = {}
     real = core._recognize
 
-    def closing(start, end):
+    def closing(start, end, decoded=None):
         closed_at[(start, end)] = time.perf_counter()
-        real(start, end)
+        real(start, end, decoded)
     core._recognize = closing
     utts = _keeping_up(core, conv)
     norm = bench_asr.normalize
@@ -436,6 +436,46 @@ def test_a_segment_cut_into_sentences_keeps_its_words_and_one_speaker(quick_answ
         assert {(u.speaker_id, u.speaker_source, u.speaker_confidence) for u in pieces} == \
             {(w.speaker_id, w.speaker_source, w.speaker_confidence)}
     assert der_cut == pytest.approx(der_whole, abs=1e-9)
+
+
+def test_the_first_sentences_of_a_long_segment_come_out_while_it_goes_on(quick_answers):
+    """``asr.stream_seconds``: the speech in progress is decoded each time it has grown
+    that long; where that decode ends a sentence and more words follow, the speech up to
+    that sentence closes with those words. So the first sentences of the segments voice
+    activity hears as one come out before that segment ends, not all of them after it;
+    the words are read as well, and a recognizer that keeps up cuts where the inline one
+    does, with the same texts."""
+    from erc_ros.core.asr import ends_sentence
+
+    conv, whole, _, _ = quick_answers["whole"]
+    over = dict(segmentation__split_sentences=True, asr__stream_seconds=1.0)
+    core = _core(asr__synchronous=True, **over)
+    released, poll = {}, core.poll
+
+    def timed(now):  # when each utterance came out (stream time)
+        out = poll(now)
+        released.update({(u.start, u.end): now for u in out})
+        return out
+    core.poll = timed
+    utts, _ = stream(core, conv, asr="none", video=False)
+    st = core.stats()["asr"]
+    core.close()
+    assert st["stream_cuts"] >= 2 and st["stream"] >= st["stream_cuts"], st
+    # out while the speech after it went on (all the sentences of a segment come out
+    # after its end otherwise)
+    early = [u for u, v in zip(utts, utts[1:]) if released.get((u.start, u.end), np.inf) < v.end]
+    assert len(early) >= st["stream_cuts"], [(u.start, u.end, u.text) for u in utts]
+    assert all(ends_sentence(u.text) for u in early), [u.text for u in early]
+    # nothing is lost: the utterances tile the speech of the whole segments
+    assert sum(u.end - u.start for u in utts) == pytest.approx(
+        sum(w.end - w.start for w in whole), abs=0.01)
+    wer = bench_asr.word_errors([" ".join(t.text for t in conv.turns)],
+                                [" ".join(u.text for u in utts)])
+    assert wer["wer"] <= 0.30, wer
+    live = _keeping_up(_core(**over), conv)
+    norm = bench_asr.normalize
+    assert [(u.start, u.end, norm(u.text)) for u in live] == \
+        [(u.start, u.end, norm(u.text)) for u in utts]
 
 
 def test_a_one_word_turn_in_a_noisy_room_is_heard():

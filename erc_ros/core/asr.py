@@ -154,6 +154,16 @@ class AsrConfig:
         "decode; offline (asr.synchronous) the early decode runs inline, so the cut is "
         "where a recognizer that keeps up makes it. Negative: off (only the hang-over ends "
         "a segment)")
+    stream_seconds: float = _f(
+        2.0, "while a person speaks without a pause, the speech so far goes to an idle "
+        "recognizer each time it has grown this long; where that decode ends a sentence and "
+        "more words follow, the speech up to that sentence closes at once with those words "
+        "(counted 'stream_cuts') and the rest goes on: the first sentences of a long turn, "
+        "or of turns that follow each other without a pause, come out while the speech "
+        "goes on instead of when it ends. Offline (asr.synchronous) the decode runs inline "
+        "at the same points. The whole spoken dev (Kokoro): speech end -> estimate p95 "
+        "5.07 -> 2.23 s on the simulated timeline, stage (d) 46.54 -> 47.01, WER 9.6 -> "
+        "10.0 %, 1.7x the recognizer's compute. Negative: off")
     word_timestamps: bool = _f(True, "word start/end times (cross-attention alignment, a few "
                                "ms per segment)")
     max_queue: int = _f(8, "segments waiting for the recognizer; a segment submitted to a "
@@ -242,6 +252,8 @@ class AsrConfig:
         if not math.isfinite(self.sentence_end_seconds):
             raise ValueError("asr.sentence_end_seconds must be a number of seconds "
                              "(negative: off)")
+        if not math.isfinite(self.stream_seconds) or 0 <= self.stream_seconds < 0.5:
+            raise ValueError("asr.stream_seconds must be at least 0.5 s (negative: off)")
         return self
 
 

@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -200,11 +200,16 @@ class PerceptionCore:
         self._turn_speaker: dict[tuple[float, float], list] = {}
         self.asr_counters = {"segments": 0, "results": 0, "no_text": 0, "refused_full": 0,
                              "errors": 0, "unfinished": 0, "early": 0, "early_used": 0,
-                             "sentence_ends": 0, "weak_no_words": 0}
+                             "sentence_ends": 0, "weak_no_words": 0, "stream": 0,
+                             "stream_cuts": 0}
         self._weak: set[tuple[float, float]] = set()  # weak segments awaiting their text
         # The speech in progress handed to the recognizer early (asr.early_seconds): its
         # (start, end) as the VAD would close it, and the job.
         self._early: Optional[tuple[tuple[float, float], _Recognition]] = None
+        # The speech in progress decoded while it goes on (asr.stream_seconds): the job not
+        # yet looked at, and the (start, end) of the last such decode.
+        self._stream: Optional[_Recognition] = None
+        self._streamed = (math.nan, math.nan)
         if cfg.asr.enabled:
             from .asr import AsrWorker, WhisperRecognizer
             t = time.perf_counter()
@@ -367,12 +372,18 @@ class PerceptionCore:
     # -- work --------------------------------------------------------------------------
     def _advance(self) -> None:
         """Run VAD and the streaming embedder over newly buffered audio."""
+        # A decode of the speech in progress that came in since: cut before the new audio
+        # (inline it was cut when it was made, below).
+        self._fetch_results()
+        self._stream_cut()
         t = time.perf_counter()
         segs = self.vad.process(self.buffer)
         self._timer.add("vad", time.perf_counter() - t)
         self._speech(segs)
         self._recognize_early()
         self._end_sentence()
+        self._recognize_streaming()
+        self._stream_cut()
         if self.embedder is not None:
             t = time.perf_counter()
             n = self.embedder.process(self.buffer, self.vad)
@@ -380,8 +391,9 @@ class PerceptionCore:
                 self._timer.add("embed_stream", time.perf_counter() - t, n)
 
     # -- embedded speech recognition --------------------------------------------------
-    def _speech(self, segments) -> None:
-        """Speech segments the VAD closed: to the segmenter, and each to the recognizer."""
+    def _speech(self, segments, decoded: Optional[_Recognition] = None) -> None:
+        """Speech segments the VAD closed: to the segmenter, and each to the recognizer
+        (``decoded``: the one segment's recognition, already done)."""
         segments = list(segments)
         self.segmenter.add_speech(segments)
         if self.recognizer is None:
@@ -391,7 +403,7 @@ class PerceptionCore:
                 self._weak.add((seg.start, seg.end))
                 while len(self._weak) > 256:  # results that never came (a reset between)
                     self._weak.remove(min(self._weak))
-            self._recognize(seg.start, seg.end)
+            self._recognize(seg.start, seg.end, decoded)
 
     def _recognize_early(self) -> None:
         """Hand the speech in progress to the recognizer once it has been quiet for
@@ -460,6 +472,63 @@ class PerceptionCore:
         self._speech([seg])
         return True
 
+    def _recognize_streaming(self) -> None:
+        """``asr.stream_seconds``: hand the speech in progress to the recognizer while the
+        person goes on speaking, each time it has grown that long since its start or the
+        last such decode; :meth:`_stream_cut` then closes its finished sentences. Live only
+        when the recognizer is idle (a pause's early decode or a closed segment never
+        waits for more than one); offline (asr.synchronous) inline, at the same points."""
+        every = self.config.asr.stream_seconds
+        start = self.vad.open_start
+        if self.recognizer is None or every < 0 or start is None or \
+                self.vad.pause_start is not None or self._stream is not None:
+            return
+        until = self.vad.processed_until(self.buffer)
+        since = self._streamed[1] if self._streamed[0] == start else start
+        if until - since < every:
+            return
+        job = _Recognition(start, until)
+        if self.asr_worker is None:
+            job.result, job.ready = self._transcribe_inline(start, until), time.perf_counter()
+        elif self.asr_worker.pending() or \
+                not self.asr_worker.submit(job, self.buffer.read(start, until), start, until):
+            return
+        self._stream, self._streamed = job, (start, until)
+        self.asr_counters["stream"] += 1
+
+    def _stream_cut(self) -> bool:
+        """``asr.stream_seconds``: where the decode of the speech in progress is in, the
+        speech is still open from the same start, and the decode ends a sentence with more
+        words after it, close the speech at the last such sentence end (between its last
+        word and the next), with the decode's words up to there as its text; the rest goes
+        on as the speech in progress and is recognized on its own. Returns whether it
+        closed one."""
+        job = self._stream
+        if job is None or job.result is None:
+            return False
+        self._stream = None
+        words = job.result.words
+        if self.vad.open_start != job.start or job.result.error:
+            return False  # closed or cut since: that segment has its own decode
+        ends = [i for i in range(1, len(words)) if ends_sentence(words[i - 1].word)]
+        if not ends:
+            return False
+        # Word times are the recognizer's guess: the rest is cut no later than the VAD's pad
+        # after the sentence, so that its first word is heard whole.
+        pad = self.config.vad.pad_seconds
+        head = words[:ends[-1]]
+        at = min(word_boundary(words, ends[-1]), head[-1].end + pad)
+        if at - job.start < self.config.vad.min_speech_seconds or \
+                (self.vad.pause_start is not None and self.vad.pause_start < at):
+            return False
+        seg = self.vad.split_open(at, at + pad)
+        done = _Recognition(seg.start, seg.end, replace(
+            job.result, text=" ".join(w.word for w in head), words=head,
+            confidence=float(np.mean([w.probability for w in head]))), job.ready)
+        self.asr_counters["stream_cuts"] += 1
+        self._speech([seg], done)
+        return True
+
     def _continued(self, start: float, end: float) -> Optional[SpeakerDecision]:
         """``diarization.continue_speaker``: the speaker of the utterance before, where this
         one starts within the VAD's hang-over of a sentence-end cut that ended it (the
@@ -500,16 +569,19 @@ class PerceptionCore:
         self._timer.add("asr", time.perf_counter() - t)
         return res
 
-    def _recognize(self, start: float, end: float) -> None:
+    def _recognize(self, start: float, end: float,
+                   decoded: Optional[_Recognition] = None) -> None:
         self.segmenter.claim(start, end)
         self.asr_counters["segments"] += 1
         early, self._early = self._early, None
-        if early is not None and early[0] == (start, end):
+        if decoded is None and early is not None and early[0] == (start, end):
             self.asr_counters["early_used"] += 1
+            decoded = early[1]
+        if decoded is not None:
             if self.asr_worker is None:  # decoded inline already
-                self._asr_result(start, end, early[1].result, early[1].ready)
-            else:
-                self._asr_backlog.append(early[1])
+                self._asr_result(start, end, decoded.result, decoded.ready)
+            else:  # in speech order, behind the segments before it
+                self._asr_backlog.append(decoded)
             return
         if self.asr_worker is None:
             self._asr_result(start, end, self._transcribe_inline(start, end),
@@ -546,11 +618,7 @@ class PerceptionCore:
                 "embedded ASR still busy after %g s; %s", timeout,
                 "the speech it has not transcribed comes out without text" if give_up
                 else "its results come with later polls")
-        for r in self.asr_worker.results():
-            job = r.segment_id
-            job.result = r.result
-            # the worker's monotonic finish time on the perf_counter clock
-            job.ready = time.perf_counter() - (time.monotonic() - r.done)
+        self._fetch_results()
         if give_up:
             for job in self._asr_backlog:
                 if job.result is None:
@@ -559,6 +627,16 @@ class PerceptionCore:
         while self._asr_backlog and self._asr_backlog[0].result is not None:
             job = self._asr_backlog.popleft()
             self._asr_result(job.start, job.end, job.result, job.ready)
+
+    def _fetch_results(self) -> None:
+        """The recognizer thread's finished results, each into its job."""
+        if self.asr_worker is None:
+            return
+        for r in self.asr_worker.results():
+            job = r.segment_id
+            job.result = r.result
+            # the worker's monotonic finish time on the perf_counter clock
+            job.ready = time.perf_counter() - (time.monotonic() - r.done)
 
     def _asr_result(self, start: float, end: float, res, ready: float) -> None:
         text = res.text.strip()
@@ -907,6 +985,7 @@ class PerceptionCore:
         self.segmenter.new_epoch()
         self.vad.reset(0)
         self._early = None
+        self._stream = None
         if self.embedder is not None:
             self.embedder.reset(0)
         self._last_end = self._last_built = None

@@ -342,7 +342,8 @@ def run(args) -> int:
                   f"({kv.get('core.asr.model_reason', '')}); refused (queue full) "
                   f"{kv.get('core.asr.refused_full', '?')}, "
                   f"degraded {kv.get('core.asr.degraded', '?')}, "
-                  f"without text {kv.get('core.asr.no_text', '?')}")
+                  f"without text {kv.get('core.asr.no_text', '?')}, cut while the speech "
+                  f"went on {kv.get('core.asr.stream_cuts', '?')}")
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)

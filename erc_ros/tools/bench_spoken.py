@@ -513,7 +513,7 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
     results = {s: Stage(s) for s in stages}
     gold = {d.conversation_id.rsplit("-", 1)[1]: d for d in load_meld(csv_path)}
     asr = {"compute_s": 0.0, "speech_s": 0.0, "segments": 0, "no_text": 0, "refused_full": 0,
-           "weak_no_words": 0}
+           "weak_no_words": 0, "sentence_ends": 0, "stream": 0, "stream_cuts": 0}
     conv_s = 0.0
     wall = {s: 0.0 for s in stages}
     timelines = []
@@ -561,7 +561,8 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
                 core.close()
             st = res.stats
             asr["compute_s"] += st["stages"].get("asr", {}).get("total_s", 0.0)
-            for k in ("segments", "no_text", "refused_full", "weak_no_words"):
+            for k in ("segments", "no_text", "refused_full", "weak_no_words", "sentence_ends",
+                      "stream", "stream_cuts"):
                 asr[k] += st["asr"].get(k, 0)
             asr["speech_s"] += sum(u.end - u.start for u in res.utterances)
             asr["model"] = core.recognizer.model_name
@@ -768,7 +769,10 @@ def summary(r: dict) -> str:
                      f"{a['segments']} segments, {a['speech_s'] / 60:.1f} min of "
                      f"speech in {a['compute_s'] / 60:.1f} min: {a['realtime_factor']:.2f}x "
                      f"real time; {a['no_text']} without text, {a['refused_full']} refused "
-                     f"(queue full), {a.get('weak_no_words', 0)} weak without words (dropped)")
+                     f"(queue full), {a.get('weak_no_words', 0)} weak without words (dropped); "
+                     f"cut at {a.get('sentence_ends', 0)} sentence ends in a pause and at "
+                     f"{a.get('stream_cuts', 0)} while the speech went on (of "
+                     f"{a.get('stream', 0)} decodes of speech in progress)")
     tt = r["turn_taking"]
     if tt["speaker_changes"]:
         lines.append(f"turn-taking: {tt['speaker_changes']} speaker changes, "
