@@ -985,7 +985,10 @@ class PerceptionCore:
         self.segmenter.new_epoch()
         self.vad.reset(0)
         self._early = None
-        self._stream = None
+        self._stream, self._streamed = None, (math.nan, math.nan)
+        # every piece of the old epoch was built above
+        self._piece_of.clear()
+        self._turn_speaker.clear()
         if self.embedder is not None:
             self.embedder.reset(0)
         self._last_end = self._last_built = None
