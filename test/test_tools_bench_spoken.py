@@ -102,6 +102,21 @@ def test_the_timeline_queues_work_behind_the_audio_and_earlier_work():
     polls = [(10.0, 2.0, 1), (11.0, 0.5, 1), (20.0, 0.01, 1)]
     done = bs.timeline(polls, ests)
     assert done == pytest.approx([12.1, 12.7, 20.06])
+    # The first two tile one segment (sentences): only the second ends it. A stage keeps
+    # the latency of the estimates that end a segment apart from the others'.
+    assert bs.segment_ends(ests) == [False, False, True]
+    assert bs.segment_ends([est(0, 1), est(1, 2), est(2.5, 3)]) == [False, True, True]
+    from erc_ros.core.types import Estimate
+
+    st = bs.Stage("asr")
+    st.add("d", [turn("t1", 0.0, 1.0), turn("t2", 1.0, 2.0), turn("t3", 2.5, 3.0)],
+           [Estimate("u", "c", "s0", a, b, "neutral", ["neutral", "joy"], [1.0, 0.0],
+                     text="hello there") for a, b in ((0, 1), (1, 2), (2.5, 3))],
+           done_at=[4.0, 2.5, 3.5])
+    m = st.result(["neutral", "joy"])
+    assert m["speech_end_to_estimate_ms"]["n"] == 3
+    assert m["speech_end_segment_last_ms"] == {"p50": 500.0, "p95": 500.0, "mean": 500.0,
+                                               "n": 2}
 
 
 def _two_dialogues(tmp_path):

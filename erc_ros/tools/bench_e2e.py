@@ -243,9 +243,10 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
     recognized segment (no other estimate starts where they end: the sentences of one
     segment tile it, ``segmentation.split_sentences``), when a segment's text is in; its
     earlier sentences wait for it."""
+    from erc_ros.tools.bench_spoken import segment_ends
+
     lat, detail, last = [], [], []
-    starts = {round(est.start, 6) for _, est, _ in received}
-    for t, est, _ in received:
+    for (t, est, _), ends_one in zip(received, segment_ends([est for _, est, _ in received])):
         ends = [wall0 + (min(e + off, est.end) - off - start) / rate
                 for off, wall0 in passes for s, e in spans
                 if min(est.end, e + off) - max(est.start, s + off) > 0]
@@ -253,7 +254,7 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
             lat.append((t - max(ends)) * 1e3)
             detail.append({"start": round(est.start, 3), "end": round(est.end, 3),
                            "ms": round(lat[-1], 1), "text": est.text})
-            if round(est.end, 6) not in starts:
+            if ends_one:
                 last.append(lat[-1])
 
     def pct(v, q):

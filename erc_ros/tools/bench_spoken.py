@@ -336,6 +336,15 @@ def percentiles(v) -> dict:
             "mean": round(float(v.mean()), 1), "n": int(v.size)}
 
 
+def segment_ends(estimates) -> list[bool]:
+    """Whether each estimate ends a recognized segment: no other estimate starts where it
+    ends. The sentences of one segment tile it (``segmentation.split_sentences``), as do the
+    pieces cut while the speech goes on (``asr.stream_seconds``); the estimates that do not
+    end one answer speech that others followed without a pause."""
+    starts = {round(e.start, 6) for e in estimates}
+    return [round(e.end, 6) not in starts for e in estimates]
+
+
 def timeline(polls: list, estimates: list) -> list[float]:
     """When each estimate would be out on a real-time timeline (module doc), in bag time."""
     v = -np.inf
@@ -365,6 +374,7 @@ class Stage:
         self.der = {"missed": 0.0, "false_alarm": 0.0, "confusion": 0.0, "total": 0.0}
         self.der0 = dict(self.der)
         self.latency: list[float] = []
+        self.latency_last: list[float] = []  # of the estimates that end a segment
         self.model_ms: list[float] = []
         self.rows: list[dict] = []
         self.heard: list[str] = []  # heard_as() of each labelled turn, in rows' order
@@ -385,6 +395,8 @@ class Stage:
                 ends[id(e)] = max(ends.get(id(e), -np.inf), t["end"])
         lat_of = {k: (when[k] - v) * 1000 for k, v in ends.items() if k in when}
         self.latency += list(lat_of.values())
+        last = {id(e) for e, f in zip(estimates, segment_ends(estimates)) if f}
+        self.latency_last += [v for k, v in lat_of.items() if k in last]
         for t, (status, e) in zip(lab, pairs):
             self.status[status] += 1
             self.y_true.append(t["label"].lower())
@@ -437,6 +449,7 @@ class Stage:
             out["der_terms_s"] = {k: round(v, 2) for k, v in self.der.items()}
             out["der_no_collar"] = rate(self.der0)
             out["speech_end_to_estimate_ms"] = percentiles(self.latency)
+            out["speech_end_segment_last_ms"] = percentiles(self.latency_last)
         return out
 
 
@@ -754,13 +767,17 @@ def summary(r: dict) -> str:
              "| stage | weighted F1 | matched / merged / lost | WER | DER | speech end -> "
              "estimate p50 / p95 |", "|---|---|---|---|---|---|"]
     for s, m in r["stages"].items():
-        lat = m.get("speech_end_to_estimate_ms")
+        lat, last = m.get("speech_end_to_estimate_ms"), m.get("speech_end_segment_last_ms")
+        if last and last["n"] and last["n"] != lat["n"]:  # some estimates wait for others
+            last = f" ({last['n']} ending a segment: {last['p50']:.0f} / {last['p95']:.0f} ms)"
+        else:
+            last = ""
         lines.append(
             f"| {STAGE_TITLES[s]} | {m['weighted_f1']:.2f} | {m['matched']} / "
             f"{m['merged']} / {m['lost']} | "
             + (f"{m['wer']:.1f} %" if "wer" in m else "-") + " | "
             + (f"{m['der']:.1f} %" if "der" in m else "-") + " | "
-            + (f"{lat['p50']:.0f} / {lat['p95']:.0f} ms" if lat and lat["p50"] is not None
+            + (f"{lat['p50']:.0f} / {lat['p95']:.0f} ms{last}" if lat and lat["p50"] is not None
                else "-") + " |")
     lines += heard_table(r.get("heard_as"))
     a = r["asr"]
