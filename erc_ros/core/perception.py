@@ -63,6 +63,11 @@ _COUNTER_ORDER = ("utterances", "utterances_vad", "utterances_timed", "utterance
                   "speaker_continued")
 
 
+def _read(words) -> tuple[str, float]:
+    """The text of some of a decode's words and its confidence (their mean probability)."""
+    return " ".join(w.word for w in words), float(np.mean([w.probability for w in words]))
+
+
 @dataclass
 class _Recognition:
     """A speech segment handed to the recognizer's thread, until its result is taken."""
@@ -395,6 +400,8 @@ class PerceptionCore:
         """Speech segments the VAD closed: to the segmenter, and each to the recognizer
         (``decoded``: the one segment's recognition, already done)."""
         segments = list(segments)
+        if decoded is not None and len(segments) != 1:
+            raise ValueError("_speech: a recognition already done belongs to one segment")
         self.segmenter.add_speech(segments)
         if self.recognizer is None:
             return
@@ -522,9 +529,9 @@ class PerceptionCore:
                 (self.vad.pause_start is not None and self.vad.pause_start < at):
             return False
         seg = self.vad.split_open(at, at + pad)
+        text, confidence = _read(head)
         done = _Recognition(seg.start, seg.end, replace(
-            job.result, text=" ".join(w.word for w in head), words=head,
-            confidence=float(np.mean([w.probability for w in head]))), job.ready)
+            job.result, text=text, words=head, confidence=confidence), job.ready)
         self.asr_counters["stream_cuts"] += 1
         self._speech([seg], done)
         return True
@@ -702,8 +709,7 @@ class PerceptionCore:
                 span = (at(c), at(d))
                 if len(edges) > 2:
                     self._piece_of[span] = turn
-                out.append((*span, " ".join(w.word for w in piece),
-                            float(np.mean([w.probability for w in piece]))))
+                out.append((*span, *_read(piece)))
         while len(self._piece_of) > 256:  # pieces never built (refused finals)
             self._turn_speaker.pop(self._piece_of.pop(next(iter(self._piece_of))), None)
         return out
