@@ -206,6 +206,23 @@ def test_a_fitted_window_encodes_the_piece_and_its_pad_only(speech):
             AsrConfig(stream_seconds=bad).validate()
 
 
+def test_marks_alone_are_never_a_word_or_a_sentence_of_their_own():
+    """Whisper's ". . . ." (over a tone, after a prompt) as words: each mark ends the word
+    before it unless that word ends a sentence already; none is a word (a sentence cut
+    would make an utterance of it)."""
+    from faster_whisper.transcribe import Word as Found
+    words: list = []
+    asr._add_words(words, [Found(0.0, 0.3, " Hey", 0.9), Found(0.3, 0.4, ".", 0.5),
+                           Found(0.4, 0.5, " .", 0.5), Found(0.5, 0.9, " so", 0.8),
+                           Found(0.9, 1.0, "...", 0.4), Found(1.0, 1.1, " .", 0.3)],
+                   None, 10.0, 12.0)
+    assert [(w.word, w.start, w.end) for w in words] == [("Hey.", 10.0, 10.3),
+                                                         ("so....", 10.5, 10.9)]
+    none: list = []
+    asr._add_words(none, [Found(0.0, 0.2, " .", 0.5)], None, 0.0, 1.0)
+    assert none == []
+
+
 def test_a_sentence_end_is_a_last_mark_not_an_ellipsis():
     from erc_ros.core.asr import ends_sentence
     for text in ("Thank you.", "Really?", "No way! ", 'He said "go."', "(I mean it!)",

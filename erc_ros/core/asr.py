@@ -706,17 +706,7 @@ class WhisperRecognizer:
                     texts.append(t)
                 logprobs.append(seg.avg_logprob)
                 no_speech.append(seg.no_speech_prob)
-                for w in seg.words or ():
-                    if not w.word.strip():
-                        continue
-                    ws, we = _trim_word(voiced, max(0.0, w.start), max(0.0, w.end))
-                    ws = min(max(lo + ws, lo), hi)
-                    we = min(max(lo + we, ws), hi)
-                    if words and ws < words[-1].start:  # keep them ordered
-                        ws = words[-1].start
-                        we = max(we, ws)
-                    words.append(Word(w.word.strip(), round(float(ws), 3),
-                                      round(float(we), 3), float(w.probability)))
+                _add_words(words, seg.words or (), voiced, lo, hi)
         text = " ".join(texts)
         if words:
             confidence = float(np.mean([w.probability for w in words]))
@@ -729,6 +719,31 @@ class WhisperRecognizer:
                          float(np.max(no_speech)) if no_speech else math.nan,
                          float(np.clip(confidence, 0, 1)) if confidence == confidence
                          else math.nan)
+
+
+def _add_words(words: list, found, voiced: Optional[np.ndarray], lo: float,
+               hi: float) -> None:
+    """Append faster-whisper's words ``found`` (times in a piece that spans ``[lo, hi]``
+    on the caller's clock) to ``words``: each word's times trimmed to the voiced frames,
+    moved onto that clock, kept inside the piece and in order. Marks alone (". . . ." over
+    a tone, after a prompt) are never a word, or a sentence, of their own: they end the
+    word before them, where it does not end a sentence already."""
+    for w in found:
+        text = w.word.strip()
+        if not text:
+            continue
+        if not has_words(text):
+            if words and not ends_sentence(words[-1].word):
+                words[-1] = dataclasses.replace(words[-1], word=words[-1].word + text)
+            continue
+        ws, we = _trim_word(voiced, max(0.0, w.start), max(0.0, w.end))
+        ws = min(max(lo + ws, lo), hi)
+        we = min(max(lo + we, ws), hi)
+        if words and ws < words[-1].start:  # keep them ordered
+            ws = words[-1].start
+            we = max(we, ws)
+        words.append(Word(text, round(float(ws), 3), round(float(we), 3),
+                          float(w.probability)))
 
 
 #: Closing quotes and brackets that may follow a sentence's last mark.
