@@ -206,6 +206,22 @@ def test_a_fitted_window_encodes_the_piece_and_its_pad_only(speech):
             AsrConfig(stream_seconds=bad).validate()
 
 
+def test_a_prompt_tells_the_recognizer_how_names_are_spelt(tiny):
+    """The prompt (``asr.prompt_words``: the conversation so far), inline and on the
+    worker: a name Whisper does not know is written as it was before (tiny.en alone reads
+    "Tribbiani" as "Trivia" here)."""
+    x = cg.trim(cg.espeak("Joey Tribbiani came back to the agency.", *VOICE,
+                          cache=cs.espeak_cache()))
+    told = "We talked with Joey Tribbiani and Phoebe Buffay."
+    assert "Tribbiani" in tiny.transcribe(x, prompt=told).text
+    with AsrWorker(tiny) as w:
+        assert w.submit("s", x, 0.0, x.size / SR, prompt=told) and w.wait_idle(60)
+        assert "Tribbiani" in w.results()[0].result.text
+    for bad in (-1, 101):
+        with pytest.raises(ValueError, match="prompt_words"):
+            AsrConfig(prompt_words=bad).validate()
+
+
 def test_marks_alone_are_never_a_word_or_a_sentence_of_their_own():
     """Whisper's ". . . ." (over a tone, after a prompt) as words: each mark ends the word
     before it unless that word ends a sentence already; none is a word (a sentence cut
@@ -402,18 +418,18 @@ class _Gated(WhisperRecognizer):
         self.started, self.gate = threading.Event(), threading.Event()
         self.fast = []  # the worker's fast flag per transcription
 
-    def transcribe(self, audio16k, offset=0.0, fast=False):
+    def transcribe(self, audio16k, offset=0.0, fast=False, prompt=""):
         self.started.set()
         self.fast.append(fast)
         assert self.gate.wait(30)
-        return super().transcribe(audio16k, offset, fast)
+        return super().transcribe(audio16k, offset, fast, prompt)
 
 
 class _Failing(_Gated):
-    def transcribe(self, audio16k, offset=0.0, fast=False):
+    def transcribe(self, audio16k, offset=0.0, fast=False, prompt=""):
         if offset == 13.0:
             raise RuntimeError("decoder exploded")
-        return WhisperRecognizer.transcribe(self, audio16k, offset, fast)
+        return WhisperRecognizer.transcribe(self, audio16k, offset, fast, prompt)
 
 
 def test_worker_refuses_when_full_and_every_accepted_segment_comes_out(tiny, speech):

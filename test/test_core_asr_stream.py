@@ -95,6 +95,29 @@ def test_recognizer_thread_gives_the_inline_results_in_speech_order(conv, inline
     assert st["refused_full"] == 0 and st["pending"] == 0 and st["realtime_factor"] > 0
 
 
+def test_the_recognizer_is_prompted_with_the_conversation_so_far(conv, inline):
+    """``asr.prompt_words``: each decode is given the last words the recognizer gave out
+    in this conversation (none for the first, none after a new conversation starts); the
+    script still reads within the WER bound."""
+    core = _core(asr__synchronous=True, asr__prompt_words=12, **WHOLE_TURNS)
+    prompts, real = [], core.recognizer.transcribe
+
+    def spy(audio, offset=0.0, fast=False, prompt=""):
+        prompts.append(prompt)
+        return real(audio, offset=offset, fast=fast, prompt=prompt)
+    core.recognizer.transcribe = spy
+    utts, _ = stream(core, conv, asr="none", video=False)
+    assert len(prompts) == len(utts) == len(conv.turns) and prompts[0] == ""
+    for k, prompt in enumerate(prompts[1:], 1):  # the last 12 words heard before it
+        assert prompt.split() == " ".join(u.text for u in utts[:k]).split()[-12:], k
+    wer = bench_asr.word_errors([t.text for t in conv.turns], [u.text for u in utts])
+    assert wer["wer"] <= 0.30, wer
+    assert core._prompt()
+    core.new_conversation()
+    assert core._prompt() == ""
+    core.close()
+
+
 def _keeping_up(core, conv) -> list:
     """The conversation streamed in 0.1 s chunks with the recognizer idle again after each
     chunk's poll (as live on a machine that keeps up)."""
@@ -245,9 +268,9 @@ def test_a_bounded_flush_gives_the_untranscribed_speech_without_text(conv):
     gate = threading.Event()
     real = core.recognizer.transcribe
 
-    def held(audio16k, offset=0.0, fast=False):  # the recognizer, busy until the gate opens
+    def held(audio16k, offset=0.0, fast=False, prompt=""):  # busy until the gate opens
         assert gate.wait(60)
-        return real(audio16k, offset, fast)
+        return real(audio16k, offset, fast, prompt)
     core.recognizer.transcribe = held
     audio = conv.audio[:12 * SR]  # two turns and the start of a third (open at the end)
     utts = []

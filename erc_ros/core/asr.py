@@ -79,6 +79,10 @@ class AsrModelError(RuntimeError):
     """A model that cannot be found, prepared or loaded; the message says what to do."""
 
 
+#: Whisper's prompt holds at most 223 tokens (half its 448-token context): a word is 1-3.
+_MAX_PROMPT_WORDS = 100
+
+
 def _f(default, doc: str, **kw):
     """A config field with its documentation (like the perception config's fields)."""
     return field(default=default, metadata={"doc": doc, **kw})
@@ -164,6 +168,14 @@ class AsrConfig:
         "at the same points. The whole spoken dev (Kokoro): speech end -> estimate p95 "
         "5.07 -> 2.23 s on the simulated timeline, stage (d) 46.54 -> 47.01 (in a room "
         "44.94 -> 44.34), WER 9.6 -> 10.0 %, 1.7x the recognizer's compute. Negative: off")
+    prompt_words: int = _f(
+        0, "Whisper's prompt (initial_prompt) for each decode: the last this many words the "
+        "recognizer heard in this conversation, those it has given out when the decode "
+        "starts (live, a segment still being decoded is not in it yet); a new conversation "
+        "starts without. It tells Whisper how names are spelt, but tiny.en copies its style "
+        "and drifts from the audio: on the whole spoken dev (Kokoro) 40 words took (d) from "
+        "47.01 to 45.94 and WER from 10.0 to 14.3 % (docs/asr.md). 0: no prompt (each "
+        "segment read alone)")
     word_timestamps: bool = _f(True, "word start/end times (cross-attention alignment, a few "
                                "ms per segment)")
     max_queue: int = _f(8, "segments waiting for the recognizer; a segment submitted to a "
@@ -254,6 +266,9 @@ class AsrConfig:
                              "(negative: off)")
         if not math.isfinite(self.stream_seconds) or 0 <= self.stream_seconds < 0.5:
             raise ValueError("asr.stream_seconds must be at least 0.5 s (negative: off)")
+        if not 0 <= int(self.prompt_words) <= _MAX_PROMPT_WORDS:
+            raise ValueError(f"asr.prompt_words must be in [0, {_MAX_PROMPT_WORDS}] (0: no "
+                             "prompt)")
         return self
 
 
@@ -620,10 +635,10 @@ class WhisperRecognizer:
         return out
 
     def _decode(self, model, piece: np.ndarray, lang: str, temperature, frames: Optional[int],
-                cap: int, beam_size: int = 0) -> tuple[list, Any]:
+                cap: int, beam_size: int = 0, prompt: str = "") -> tuple[list, Any]:
         """One faster-whisper pass over ``piece`` with the encoder seeing ``frames`` mel
         frames (None: the whole window), at most ``cap`` new tokens, ``beam_size`` (0: the
-        configured one); the caller holds the lock."""
+        configured one), ``prompt`` before it; the caller holds the lock."""
         cfg = self.config
         model.frames = frames
         segments, info = model.transcribe(
@@ -631,17 +646,19 @@ class WhisperRecognizer:
             temperature=temperature, word_timestamps=cfg.word_timestamps,
             vad_filter=cfg.vad_filter, no_speech_threshold=cfg.no_speech_threshold,
             log_prob_threshold=cfg.log_prob_threshold,
-            # Each piece stands alone: conditioning on earlier text lets one hallucination
-            # repeat itself through a long input.
+            initial_prompt=prompt or None,
+            # The pieces of a long input stand apart: conditioning on earlier text lets one
+            # hallucination repeat itself through it.
             condition_on_previous_text=False, max_new_tokens=cap)
         return list(segments), info  # the generator decodes as it is consumed
 
     def transcribe(self, audio16k: np.ndarray, offset: float = 0.0,
-                   fast: bool = False) -> AsrResult:
+                   fast: bool = False, prompt: str = "") -> AsrResult:
         """Text and word times of 16 kHz mono float audio; times are ``offset`` + seconds
         into the audio. Empty, too short or silent audio gives an empty result. ``fast`` (a
-        backlog): greedy decoding only, by tiny.en where it is kept beside base. Raises
-        ValueError for audio that is not 1-D finite samples, RuntimeError before load()."""
+        backlog): greedy decoding only, by tiny.en where it is kept beside base. ``prompt``:
+        the text said before this audio (Whisper's initial prompt). Raises ValueError for
+        audio that is not 1-D finite samples, RuntimeError before load()."""
         if self.model is None:
             raise RuntimeError("WhisperRecognizer.load() was not called")
         x = np.asarray(audio16k)
@@ -684,18 +701,20 @@ class WhisperRecognizer:
                     # reads the whole window at once: a greedy decode of it first mostly
                     # fails the same way, and beam search on the short window loops
                     # ("Um, um, um, um, ..." on 0.7 s) below the compression check.
-                    segments, info = self._decode(model, piece, lang, 0.0, frames, cap)
+                    segments, info = self._decode(model, piece, lang, 0.0, frames, cap,
+                                                  prompt=prompt)
                     if _repeats(segments, cap) or \
                             (not beam and _failed(segments, cap, cfg.log_prob_threshold)):
                         self.refits += 1
                         segments, info = self._decode(model, piece, lang, temperature,
-                                                      None, cap)
+                                                      None, cap, prompt=prompt)
                 else:
-                    segments, info = self._decode(model, piece, lang, temperature, None, cap)
+                    segments, info = self._decode(model, piece, lang, temperature, None, cap,
+                                                  prompt=prompt)
                 if beam and _failed(segments, cap, cfg.log_prob_threshold):
                     self.fallbacks += 1
                     again, info2 = self._decode(model, piece, lang, 0.0, None, cap,
-                                                beam_size=_FALLBACK_BEAM)
+                                                beam_size=_FALLBACK_BEAM, prompt=prompt)
                     if not _failed(again, cap, cfg.log_prob_threshold) or \
                             _mean_logprob(again) > _mean_logprob(segments):
                         segments, info = again, info2
@@ -843,11 +862,13 @@ class AsrWorker:
         self._thread = threading.Thread(target=self._run, name="erc-asr-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, segment_id: Any, audio16k: np.ndarray, start: float, end: float) -> bool:
+    def submit(self, segment_id: Any, audio16k: np.ndarray, start: float, end: float,
+               prompt: str = "") -> bool:
         """Queue a speech segment (16 kHz mono; ``start``/``end`` on the caller's clock, the
-        words come back on it). False when the queue is full or the worker is closed."""
+        words come back on it; ``prompt``: what was said before it). False when the queue
+        is full or the worker is closed."""
         item = (segment_id, np.array(audio16k, copy=True), float(start), float(end),
-                time.monotonic())
+                time.monotonic(), str(prompt))
         with self._lock:
             if self._closed:
                 return False
@@ -946,12 +967,13 @@ class AsrWorker:
             item = self._queue.get()
             if item is _STOP:
                 return
-            segment_id, audio, start, end, submitted = item
+            segment_id, audio, start, end, submitted, prompt = item
             t0 = time.perf_counter()
             backlog = int(self.recognizer.config.degrade_backlog)
             fast = 0 < backlog <= self._queue.qsize()  # waiting behind this one
             try:
-                result = self.recognizer.transcribe(audio, offset=start, fast=fast)
+                result = self.recognizer.transcribe(audio, offset=start, fast=fast,
+                                                    prompt=prompt)
                 failed = False
             except Exception as e:  # counted; the segment still comes out, without text
                 log.warning("ASR failed on segment %r: %r", segment_id, e)

@@ -215,6 +215,9 @@ class PerceptionCore:
         # yet looked at, and the (start, end) of the last such decode.
         self._stream: Optional[_Recognition] = None
         self._streamed = (math.nan, math.nan)
+        # The words the recognizer gave out in this conversation, the newest last
+        # (asr.prompt_words: its prompt).
+        self._heard: deque[str] = deque(maxlen=max(1, int(cfg.asr.prompt_words)))
         if cfg.asr.enabled:
             from .asr import AsrWorker, WhisperRecognizer
             t = time.perf_counter()
@@ -269,6 +272,7 @@ class PerceptionCore:
         self._conv_index += 1
         self._conv_id = self._make_conv_id()
         self.counters["conversations"] += 1
+        self._heard.clear()
         if self.config.diarization.reset_on_new_conversation:
             self.diarizer.reset()
         return self._conv_id
@@ -442,7 +446,7 @@ class PerceptionCore:
         if self.asr_worker.pending():
             return
         job = _Recognition(*span)
-        if self.asr_worker.submit(job, self.buffer.read(*span), *span):
+        if self.asr_worker.submit(job, self.buffer.read(*span), *span, self._prompt()):
             self._early = (span, job)
             self.asr_counters["early"] += 1
 
@@ -498,7 +502,8 @@ class PerceptionCore:
         if self.asr_worker is None:
             job.result, job.ready = self._transcribe_inline(start, until), time.perf_counter()
         elif self.asr_worker.pending() or \
-                not self.asr_worker.submit(job, self.buffer.read(start, until), start, until):
+                not self.asr_worker.submit(job, self.buffer.read(start, until), start, until,
+                                           self._prompt()):
             return
         self._stream, self._streamed = job, (start, until)
         self.asr_counters["stream"] += 1
@@ -564,13 +569,17 @@ class PerceptionCore:
         self.counters["speaker_continued"] += 1
         return SpeakerDecision(who, "continued", float(np.clip(sim, 0, 1)), sim)
 
+    def _prompt(self) -> str:
+        """``asr.prompt_words``: the conversation's last words the recognizer gave out."""
+        return " ".join(self._heard) if self.config.asr.prompt_words > 0 else ""
+
     def _transcribe_inline(self, start: float, end: float) -> AsrResult:
         """The recognizer on this thread (``asr.synchronous``), timed as the ``asr`` stage;
         a failure is an empty result with its error (the speech still comes out)."""
         audio = self.buffer.read(start, end)
         t = time.perf_counter()
         try:
-            res = self.recognizer.transcribe(audio, offset=start)
+            res = self.recognizer.transcribe(audio, offset=start, prompt=self._prompt())
         except Exception as e:  # counted; the speech still comes out, without text
             res = AsrResult.empty(audio.size / SAMPLE_RATE, error=f"{type(e).__name__}: {e}")
         self._timer.add("asr", time.perf_counter() - t)
@@ -596,7 +605,7 @@ class PerceptionCore:
             return
         audio = self.buffer.read(start, end)
         job = _Recognition(start, end)
-        if not self.asr_worker.submit(job, audio, start, end):
+        if not self.asr_worker.submit(job, audio, start, end, self._prompt()):
             # Overloaded recognizer: the speech still becomes an utterance, without text
             # (after the segments before it, so utterances keep their order).
             self.asr_counters["refused_full"] += 1
@@ -665,6 +674,8 @@ class PerceptionCore:
                 # a cough, noise the VAD took for speech. The speech is not lost: it becomes an
                 # utterance without text, as in voice-activity-only mode (counted).
                 self.asr_counters["no_text"] += 1
+            else:
+                self._heard.extend(text.split())
         for s, e, piece, confidence in self._turns(start, end, text, res):
             self._asr_ready[(s, e)] = ready
             while len(self._asr_ready) > 256:  # entries of finals refused (pending_full)
