@@ -634,11 +634,11 @@ class WhisperRecognizer:
         out.append((s, x.size))
         return out
 
-    def _decode(self, model, piece: np.ndarray, lang: str, temperature, frames: Optional[int],
-                cap: int, beam_size: int = 0, prompt: str = "") -> tuple[list, Any]:
-        """One faster-whisper pass over ``piece`` with the encoder seeing ``frames`` mel
-        frames (None: the whole window), at most ``cap`` new tokens, ``beam_size`` (0: the
-        configured one), ``prompt`` before it; the caller holds the lock."""
+    def _decode(self, model, piece: np.ndarray, lang: str, cap: int, prompt: str,
+                temperature, frames: Optional[int], beam_size: int = 0) -> tuple[list, Any]:
+        """One faster-whisper pass over ``piece`` with ``prompt`` before it, at most ``cap``
+        new tokens, the encoder seeing ``frames`` mel frames (None: the whole window),
+        ``beam_size`` (0: the configured one); the caller holds the lock."""
         cfg = self.config
         model.frames = frames
         segments, info = model.transcribe(
@@ -689,6 +689,7 @@ class WhisperRecognizer:
             lo, hi = offset + a / SAMPLE_RATE, offset + b / SAMPLE_RATE
             voiced = _voiced_frames(piece) if cfg.word_timestamps else None
             cap = min(400, 16 + int(cfg.max_tokens_per_second * (b - a) / SAMPLE_RATE))
+            decode = functools.partial(self._decode, model, piece, lang, cap, prompt)
             with self._lock:  # one decode at a time per model (num_workers=1)
                 frames = self._window_frames(b - a)
                 beam = fallback == "beam" and int(cfg.beam_size) < _FALLBACK_BEAM
@@ -701,20 +702,16 @@ class WhisperRecognizer:
                     # reads the whole window at once: a greedy decode of it first mostly
                     # fails the same way, and beam search on the short window loops
                     # ("Um, um, um, um, ..." on 0.7 s) below the compression check.
-                    segments, info = self._decode(model, piece, lang, 0.0, frames, cap,
-                                                  prompt=prompt)
+                    segments, info = decode(0.0, frames)
                     if _repeats(segments, cap) or \
                             (not beam and _failed(segments, cap, cfg.log_prob_threshold)):
                         self.refits += 1
-                        segments, info = self._decode(model, piece, lang, temperature,
-                                                      None, cap, prompt=prompt)
+                        segments, info = decode(temperature, None)
                 else:
-                    segments, info = self._decode(model, piece, lang, temperature, None, cap,
-                                                  prompt=prompt)
+                    segments, info = decode(temperature, None)
                 if beam and _failed(segments, cap, cfg.log_prob_threshold):
                     self.fallbacks += 1
-                    again, info2 = self._decode(model, piece, lang, 0.0, None, cap,
-                                                beam_size=_FALLBACK_BEAM, prompt=prompt)
+                    again, info2 = decode(0.0, None, beam_size=_FALLBACK_BEAM)
                     if not _failed(again, cap, cfg.log_prob_threshold) or \
                             _mean_logprob(again) > _mean_logprob(segments):
                         segments, info = again, info2

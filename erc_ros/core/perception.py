@@ -217,7 +217,7 @@ class PerceptionCore:
         self._streamed = (math.nan, math.nan)
         # The words the recognizer gave out in this conversation, the newest last
         # (asr.prompt_words: its prompt).
-        self._heard: deque[str] = deque(maxlen=max(1, int(cfg.asr.prompt_words)))
+        self._heard: deque[str] = deque(maxlen=int(cfg.asr.prompt_words))
         if cfg.asr.enabled:
             from .asr import AsrWorker, WhisperRecognizer
             t = time.perf_counter()
@@ -571,7 +571,7 @@ class PerceptionCore:
 
     def _prompt(self) -> str:
         """``asr.prompt_words``: the conversation's last words the recognizer gave out."""
-        return " ".join(self._heard) if self.config.asr.prompt_words > 0 else ""
+        return " ".join(self._heard)
 
     def _transcribe_inline(self, start: float, end: float) -> AsrResult:
         """The recognizer on this thread (``asr.synchronous``), timed as the ``asr`` stage;
