@@ -59,6 +59,34 @@ def test_robot_view_has_no_names_and_no_exclamations():
         data.robot_view(dev, ["names"])
 
 
+def test_robot_copy_keeps_the_names_of_a_drawn_share():
+    """The training copy: '!' dropped everywhere; speaker_N tags, except in the drawn share
+    of the dialogues (a household the robot knows), which keep their names; the same draw
+    for the same seed."""
+    dev = data.load_meld(MELD_DEV)[:40]
+    assert [[(u.speaker_id, u.text) for u in d.utterances] for d in data.robot_copy(dev)] == \
+        [[(u.speaker_id, u.text) for u in d.utterances] for d in data.robot_view(dev,
+                                                                                suffix="-robot")]
+    half = data.robot_copy(dev, 0.5, seed=7)
+    named = [c.conversation_id for c, d in zip(half, dev)
+             if [u.speaker_id for u in c.utterances] == [u.speaker_id for u in d.utterances]]
+    assert len(named) == 20 and all(c.conversation_id.endswith("-robot") for c in half)
+    assert all(u.speaker_id.startswith("speaker_") for c in half
+               if c.conversation_id not in named for u in c.utterances)
+    assert not any("!" in u.text for c in half for u in c.utterances)
+    assert [c.labels for c in half] == [d.labels for d in dev]
+    again = data.robot_copy(dev, 0.5, seed=7)
+    assert [u.speaker_id for c in again for u in c.utterances] == \
+        [u.speaker_id for c in half for u in c.utterances]
+    other = data.robot_copy(dev, 0.5, seed=8)
+    assert [u.speaker_id for c in other for u in c.utterances] != \
+        [u.speaker_id for c in half for u in c.utterances]
+    assert all(not u.speaker_id.startswith("speaker_") for c in data.robot_copy(dev, 1.0)
+               for u in c.utterances)
+    with pytest.raises(ValueError, match="share of the dialogues"):
+        data.robot_copy(dev, 1.5)
+
+
 def test_emorynlp_dialogues():
     dev = data.load_emorynlp(data.data_root() / "emorynlp" / "emorynlp_dev_final.csv")
     assert len(dev) > 50 and all(l >= 0 for d in dev for l in d.labels)
@@ -316,6 +344,17 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     assert "robot-view copy: 8 training dialogues" in capsys.readouterr().err
     assert json.loads((copied / "manifest.json").read_text())["provenance"]["recipe"][
         "robot_view_copy"] is True
+    # ... with half the copies keeping the speakers' names (a household), recorded too.
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues", "8",
+                     "--max-steps", "2", "--robot-view-copy", "--robot-view-names", "0.5"]) == 0
+    assert "(4 of the copies with the speakers' names" in capsys.readouterr().err
+    recipe = json.loads((copied / "manifest.json").read_text())["provenance"]["recipe"]
+    assert recipe["robot_view_copy"] is True and recipe["robot_view_names"] == 0.5
+    with pytest.raises(SystemExit, match="give --robot-view-copy too"):
+        cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--robot-view-names", "1"])
+    with pytest.raises(SystemExit, match="share of the dialogues"):
+        cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues", "8",
+                  "--robot-view-copy", "--robot-view-names", "2"])
     with pytest.raises(SystemExit, match="needs --init"):
         cli.main(["train", "--recipe", "tiny", "--out", str(again), "--cycle", "2"])
     # Continuing from a model directory with a longer context: the prompt changes with it.

@@ -183,6 +183,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--robot-view-copy", action="store_true",
                    help="train on each dialogue twice: as written and as a robot could at "
                         "best have it (speakers as speaker_0, ...; '!' read as '.')")
+    p.add_argument("--robot-view-names", type=float, default=None, metavar="SHARE",
+                   help="with --robot-view-copy: the share of the dialogues (0-1, drawn with "
+                        "--seed) whose copy keeps the speakers' names, as a robot that knows "
+                        "its household hears them (default 0: every copy tagged)")
     p.add_argument("--keep-rounds", action="store_true",
                    help="keep every round, and the refitted head of a run past the last "
                         "cycle, whatever dev says (the rule still reports it, against the "
@@ -567,16 +571,31 @@ def run(args) -> int:
     train, dev, labels, files = _datasets(args, r)
     if args.limit_dialogues:
         train, dev = train[: args.limit_dialogues], dev[: max(1, args.limit_dialogues // 4)]
+    if args.robot_view_names is not None and not (args.robot_view_copy
+                                                  or r.get("robot_view_copy")):
+        raise SystemExit("error: --robot-view-names is a share of the robot-view copy: "
+                         "give --robot-view-copy too")
     if args.robot_view_copy:
         r["robot_view_copy"] = True
+    if args.robot_view_names is not None:
+        r["robot_view_names"] = args.robot_view_names
     if r.get("robot_view_copy"):
         # Each training dialogue twice: as written, and as a robot could at best have it
-        # (no speaker names, no '!': docs/spoken.md), with the same labels; dev is not copied.
-        from erc_ros.training.data import robot_view
+        # (no '!'; speaker_N tags, or names in a share: docs/spoken.md), with the same
+        # labels; dev is not copied.
+        from erc_ros.training.data import robot_copy
 
-        train = train + robot_view(train, suffix="-robot")
-        print(f"robot-view copy: {len(train) // 2} training dialogues, each also without "
-              "speaker names and '!'", file=sys.stderr)
+        share = r.get("robot_view_names", 0.0)
+        try:
+            copy = robot_copy(train, share, r["seed"])
+        except ValueError as e:
+            raise SystemExit(f"error: --robot-view-names: {e}") from None
+        named = sum(c.utterances[0].speaker_id == d.utterances[0].speaker_id
+                    for c, d in zip(copy, train) if d.utterances)
+        print(f"robot-view copy: {len(train)} training dialogues, each also without '!' "
+              f"({named} of the copies with the speakers' names, the rest with speaker_N)",
+              file=sys.stderr)
+        train = train + copy
     from erc_ros.training.text_stage import seed_everything
 
     seed_everything(r["seed"])
