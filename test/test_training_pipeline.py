@@ -343,18 +343,17 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
                      "--max-steps", "2", "--robot-view-copy"]) == 0
     assert "robot-view copy: 8 training dialogues" in capsys.readouterr().err
     assert json.loads((copied / "manifest.json").read_text())["provenance"]["recipe"][
-        "robot_view_copy"] is True
-    # ... with half the copies keeping the speakers' names (a household), recorded too.
+        "robot_view_copy"] == "tags"
+    # ... as tags and with the names kept (a household), two copies, recorded too.
     assert cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues", "8",
-                     "--max-steps", "2", "--robot-view-copy", "--robot-view-names", "0.5"]) == 0
-    assert "(4 of the copies with the speakers' names" in capsys.readouterr().err
-    recipe = json.loads((copied / "manifest.json").read_text())["provenance"]["recipe"]
-    assert recipe["robot_view_copy"] is True and recipe["robot_view_names"] == 0.5
-    with pytest.raises(SystemExit, match="give --robot-view-copy too"):
-        cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--robot-view-names", "1"])
-    with pytest.raises(SystemExit, match="share of the dialogues"):
+                     "--max-steps", "2", "--robot-view-copy", "tags,names"]) == 0
+    assert "robot-view copy: 8 training dialogues, each also without '!' as tags and as " \
+        "names" in capsys.readouterr().err
+    assert json.loads((copied / "manifest.json").read_text())["provenance"]["recipe"][
+        "robot_view_copy"] == "tags,names"
+    with pytest.raises(SystemExit, match="comma list of tags, names, mixed; got 'name'"):
         cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues", "8",
-                  "--robot-view-copy", "--robot-view-names", "2"])
+                  "--robot-view-copy", "tags,name"])
     with pytest.raises(SystemExit, match="needs --init"):
         cli.main(["train", "--recipe", "tiny", "--out", str(again), "--cycle", "2"])
     # Continuing from a model directory with a longer context: the prompt changes with it.

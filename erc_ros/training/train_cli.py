@@ -100,6 +100,11 @@ RECIPES = {
 }
 
 
+#: --robot-view-copy's copies: the share of the dialogues whose copy keeps the speakers' names.
+ROBOT_COPIES = {"tags": 0.0, "names": 1.0, "mixed": 0.5}
+COPY_HELP = {"tags": "speaker_N", "names": "speakers' names", "mixed": "half with names"}
+
+
 def _number(kind, lo=None, hi=None, lo_open=False):
     """An argparse type: ``kind`` (int or float) within [lo, hi] (``lo_open``: lo excluded),
     so that an out-of-range flag is a usage error naming the flag, not a silent no-op or a
@@ -180,13 +185,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cycles", type=_number(int, 0), default=0,
                    help="run at most this many of the recipe's cycles and rounds (0 = all; "
                         "ablations compare single cycles)")
-    p.add_argument("--robot-view-copy", action="store_true",
-                   help="train on each dialogue twice: as written and as a robot could at "
-                        "best have it (speakers as speaker_0, ...; '!' read as '.')")
-    p.add_argument("--robot-view-names", type=float, default=None, metavar="SHARE",
-                   help="with --robot-view-copy: the share of the dialogues (0-1, drawn with "
-                        "--seed) whose copy keeps the speakers' names, as a robot that knows "
-                        "its household hears them (default 0: every copy tagged)")
+    p.add_argument("--robot-view-copy", nargs="?", const="tags", default=None,
+                   metavar="COPIES",
+                   help="train on each dialogue also as a robot could at best have it, every "
+                        "'!' read as '.': one copy per name of the comma list, 'tags' "
+                        "(speakers as speaker_0, ...: strangers; the default), 'names' "
+                        "(names kept: a household the robot knows by voice) or 'mixed' (each "
+                        "dialogue one of the two, half each, drawn with --seed)")
     p.add_argument("--keep-rounds", action="store_true",
                    help="keep every round, and the refitted head of a run past the last "
                         "cycle, whatever dev says (the rule still reports it, against the "
@@ -571,31 +576,26 @@ def run(args) -> int:
     train, dev, labels, files = _datasets(args, r)
     if args.limit_dialogues:
         train, dev = train[: args.limit_dialogues], dev[: max(1, args.limit_dialogues // 4)]
-    if args.robot_view_names is not None and not (args.robot_view_copy
-                                                  or r.get("robot_view_copy")):
-        raise SystemExit("error: --robot-view-names is a share of the robot-view copy: "
-                         "give --robot-view-copy too")
     if args.robot_view_copy:
-        r["robot_view_copy"] = True
-    if args.robot_view_names is not None:
-        r["robot_view_names"] = args.robot_view_names
+        r["robot_view_copy"] = args.robot_view_copy
     if r.get("robot_view_copy"):
-        # Each training dialogue twice: as written, and as a robot could at best have it
-        # (no '!'; speaker_N tags, or names in a share: docs/spoken.md), with the same
-        # labels; dev is not copied.
+        # Each training dialogue also as a robot could at best have it (no '!'; speaker_N
+        # tags or names: docs/spoken.md), with the same labels; dev is not copied.
         from erc_ros.training.data import robot_copy
 
-        share = r.get("robot_view_names", 0.0)
-        try:
-            copy = robot_copy(train, share, r["seed"])
-        except ValueError as e:
-            raise SystemExit(f"error: --robot-view-names: {e}") from None
-        named = sum(c.utterances[0].speaker_id == d.utterances[0].speaker_id
-                    for c, d in zip(copy, train) if d.utterances)
-        print(f"robot-view copy: {len(train)} training dialogues, each also without '!' "
-              f"({named} of the copies with the speakers' names, the rest with speaker_N)",
+        copies = "tags" if r["robot_view_copy"] is True else r["robot_view_copy"]
+        names = [c.strip() for c in str(copies).split(",") if c.strip()]
+        bad = sorted(set(names) - set(ROBOT_COPIES)) or ([] if names else [copies])
+        if bad:
+            raise SystemExit(f"error: --robot-view-copy takes a comma list of "
+                             f"{', '.join(ROBOT_COPIES)}; got {', '.join(map(repr, bad))}")
+        original = train
+        for name in names:
+            train = train + robot_copy(original, ROBOT_COPIES[name], r["seed"],
+                                       suffix="-robot" if name == "tags" else f"-robot-{name}")
+        print(f"robot-view copy: {len(original)} training dialogues, each also without '!' "
+              f"as {' and as '.join(names)} ({', '.join(f'{n}: {COPY_HELP[n]}' for n in names)})",
               file=sys.stderr)
-        train = train + copy
     from erc_ros.training.text_stage import seed_everything
 
     seed_everything(r["seed"])
