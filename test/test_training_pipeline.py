@@ -351,9 +351,11 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
         "names" in capsys.readouterr().err
     assert json.loads((copied / "manifest.json").read_text())["provenance"]["recipe"][
         "robot_view_copy"] == "tags,names"
-    with pytest.raises(SystemExit, match="comma list of tags, names, mixed; got 'name'"):
-        cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues", "8",
-                  "--robot-view-copy", "tags,name"])
+    for bad in ("tags,name", "tags,tags", ","):
+        with pytest.raises(SystemExit):
+            cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues",
+                      "8", "--robot-view-copy", bad])
+        assert "comma list of tags, names, mixed, each once; got" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="needs --init"):
         cli.main(["train", "--recipe", "tiny", "--out", str(again), "--cycle", "2"])
     # Continuing from a model directory with a longer context: the prompt changes with it.

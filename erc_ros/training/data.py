@@ -25,8 +25,8 @@ import ast
 import csv
 import dataclasses
 import os
-import re
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -105,6 +105,16 @@ ROBOT_COPIES = {"tags": 0.0, "names": 1.0, "mixed": 0.5}
 COPY_HELP = {"tags": "speaker_N", "names": "speakers' names", "mixed": "half with names"}
 
 
+def _copies(value: str) -> str:
+    """An argparse type: --robot-view-copy's comma list, each name of ROBOT_COPIES once."""
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    bad = sorted(set(names) - set(ROBOT_COPIES)) or ([] if names else [value])
+    if bad or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(
+            f"a comma list of {', '.join(ROBOT_COPIES)}, each once; got {value!r}")
+    return ",".join(names)
+
+
 def _number(kind, lo=None, hi=None, lo_open=False):
     """An argparse type: ``kind`` (int or float) within [lo, hi] (``lo_open``: lo excluded),
     so that an out-of-range flag is a usage error naming the flag, not a silent no-op or a
@@ -186,7 +196,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run at most this many of the recipe's cycles and rounds (0 = all; "
                         "ablations compare single cycles)")
     p.add_argument("--robot-view-copy", nargs="?", const="tags", default=None,
-                   metavar="COPIES",
+                   type=_copies, metavar="COPIES",
                    help="train on each dialogue also as a robot could at best have it, every "
                         "'!' read as '.': one copy per name of the comma list, 'tags' "
                         "(speakers as speaker_0, ...: strangers; the default), 'names' "
@@ -584,11 +594,7 @@ def run(args) -> int:
         from erc_ros.training.data import robot_copy
 
         copies = "tags" if r["robot_view_copy"] is True else r["robot_view_copy"]
-        names = [c.strip() for c in str(copies).split(",") if c.strip()]
-        bad = sorted(set(names) - set(ROBOT_COPIES)) or ([] if names else [copies])
-        if bad:
-            raise SystemExit(f"error: --robot-view-copy takes a comma list of "
-                             f"{', '.join(ROBOT_COPIES)}; got {', '.join(map(repr, bad))}")
+        names = _copies(copies).split(",")
         original = train
         for name in names:
             train = train + robot_copy(original, ROBOT_COPIES[name], r["seed"],
