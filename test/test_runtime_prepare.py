@@ -40,7 +40,15 @@ def test_load_never_builds_nor_writes(fresh):
     assert not cache.exists() or not any(cache.rglob("*.onnx"))
 
 
-def test_prepare_builds_into_the_cache_only_and_load_then_finds_it(fresh):
+@pytest.fixture()
+def vnni(monkeypatch):
+    """As on a CPU with VNNI, where ``precision: auto`` runs the INT8 variants."""
+    import erc_ros.runtime.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "cpu_int8", lambda: (True, "int8 (this CPU has avx512_vnni)"))
+
+
+def test_prepare_builds_into_the_cache_only_and_load_then_finds_it(fresh, vnni):
     d, cache = fresh
     before = _snapshot(d)
     rdir = prepare(d, ["int8"])
@@ -48,6 +56,7 @@ def test_prepare_builds_into_the_cache_only_and_load_then_finds_it(fresh):
     assert _snapshot(d) == before  # nothing written into the model directory
     pipe = EmotionPipeline.from_model_dir(d, backend="auto")
     assert (pipe.backend_name, pipe.precision) == ("onnxruntime", "int8")
+    assert "precision auto: int8 (this CPU has avx512_vnni)" in pipe.why
     again = _snapshot(rdir)
     assert prepare(d, ["int8"]) == rdir and _snapshot(rdir) == again  # idempotent
     assert _snapshot(d) == before
@@ -61,7 +70,39 @@ def test_prepare_flag_of_the_loader_builds_into_the_cache(fresh):
     assert _snapshot(d) == before and any(cache.rglob("*.onnx"))
 
 
-def test_a_quantized_stage_that_breaks_is_never_picked_automatically(fresh):
+def test_auto_runs_fp32_on_a_cpu_without_vnni_and_says_why(fresh, monkeypatch):
+    """On AVX2 alone dynamic INT8 ran no faster than FP32 and read MELD dev 0.7 lower:
+    `auto` runs the FP32 exports there (an explicit int8 still runs INT8)."""
+    import erc_ros.runtime.pipeline as pipeline
+    from erc_ros.runtime.backends import cpu_int8
+
+    d, _ = fresh
+    prepare(d, ["int8"])
+    avx2 = cpu_int8({"avx2", "fma"}, "x86_64")
+    assert avx2[0] is False and avx2[1].startswith("fp32 (this CPU has no VNNI")
+    monkeypatch.setattr(pipeline, "cpu_int8", lambda: avx2)
+    auto = EmotionPipeline.from_model_dir(d, backend="auto")
+    assert auto.precision == "fp32" and {b.precision for b in auto.stages.values()} == {"fp32"}
+    assert f"precision auto: {avx2[1]}" in auto.why
+    asked = EmotionPipeline.from_model_dir(d, backend="onnxruntime", precision="int8")
+    assert asked.precision == "int8" and asked.stages["text_encoder"].precision == "int8"
+
+
+def test_which_cpus_auto_runs_int8_on():
+    from erc_ros.runtime.backends import cpu_flags, cpu_int8
+
+    assert cpu_int8({"avx2", "avx512f", "avx512_vnni"}, "x86_64") == \
+        (True, "int8 (this CPU has avx512_vnni)")
+    assert cpu_int8({"avx2", "avx_vnni"}, "x86_64")[0] is True
+    assert cpu_int8({"avx2", "avx512f"}, "x86_64")[0] is False  # AVX-512 without VNNI
+    assert cpu_int8(set(), "aarch64")[0] is True
+    flags = cpu_flags()  # this machine's own, read from /proc/cpuinfo
+    assert cpu_int8()[0] == cpu_int8(flags)[0]
+    if Path("/proc/cpuinfo").exists():
+        assert flags, "/proc/cpuinfo lists no flags"
+
+
+def test_a_quantized_stage_that_breaks_is_never_picked_automatically(fresh, vnni):
     """all-mpnet-base-v2's dynamic INT8 text encoder points its vectors anywhere (mean cosine
     0.106 to FP32; MELD dev 60.8 -> 27.8): each variant is checked against FP32 when it is
     made, and `auto` runs a rejected stage in fp32 while an explicit precision still runs it."""

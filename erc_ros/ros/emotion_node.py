@@ -42,7 +42,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "model_dir": ("", "model directory (manifest.json + weights); empty: the package's "
                       "models/default"),
     "backend": ("auto", "runtime backend: auto, torch, onnxruntime, tensorrt"),
-    "precision": ("auto", "auto, fp32, fp16, int8 (what the backend and model dir offer)"),
+    "precision": ("auto", "auto (int8 on a CPU with VNNI, fp32 on one without, fp16 on a GPU), fp32, fp16, int8 (what the backend and model dir offer)"),
     "threads": (2, "CPU threads for inference"),
     "prepare": (False, "make missing ONNX / INT8 files of the model into the cache at "
                        "configure (export + quantize, once; ~10 s for the default model). "

@@ -31,7 +31,7 @@ from erc_ros.core.types import (FACE_CLASSES, FACE_DISABLED, FACE_SEEN, MODALITI
                                 Utterance)
 
 from .backends import (Backend, BackendUnavailable, OrtBackend, TorchBackend, choose_ort_providers,
-                       default_threads,
+                       cpu_int8, default_threads,
                        onnxruntime_available, resolve_backend, tensorrt_available)
 
 from .engines import DEFAULT_BUCKETS, TensorRTBackend, current_device
@@ -139,7 +139,9 @@ class EmotionPipeline:
 
         ``backend``: ``auto`` (tensorrt -> onnxruntime -> torch, the first that can run with
         the artefacts present), ``tensorrt``, ``onnxruntime`` or ``torch``. ``precision``:
-        ``auto`` (int8 on CPU, fp16 on GPU where the artefacts exist, else fp32), ``fp32``,
+        ``auto`` (int8 on a CPU with VNNI, fp32 on one without: see
+        :func:`~erc_ros.runtime.backends.cpu_int8`; fp16 on GPU where the artefacts exist, else
+        fp32), ``fp32``,
         ``int8``, ``woq8``, ``fp16``, ``qdq``.
 
         Loading never builds or writes: the ONNX files come from the model directory or its
@@ -156,10 +158,10 @@ class EmotionPipeline:
         needed = needed_stages(model)
         variants = [] if precision in ("auto", "fp32") else [precision]
         # auto on a CPU machine: ONNX Runtime INT8 is 4x faster than torch FP32 for the same
-        # labels (docs/results.md, Runtime).
+        # labels where the CPU has VNNI (docs/results.md, Runtime); FP32 where it has not.
         ort_for_auto = (backend == "auto" and onnxruntime_available()
                         and not tensorrt_available())
-        if ort_for_auto and precision == "auto":
+        if ort_for_auto and precision == "auto" and cpu_int8()[0]:
             variants = ["int8"]
         not_prepared = ""
         if backend == "onnxruntime" or ort_for_auto:
@@ -188,7 +190,9 @@ class EmotionPipeline:
             prec = "fp32" if precision == "auto" else precision
             stages = _torch_stages(model, prec, threads)
         elif name == "onnxruntime":
-            prec, stages = _ort_stages(model_dir, needed, precision, threads, providers)
+            prec, stages, chosen = _ort_stages(model_dir, needed, precision, threads, providers)
+            if chosen:
+                why = f"{why}; precision auto: {chosen}"
         else:
             prec, stages = _trt_stages(model_dir, model, needed, engines, precision, threads)
         return cls(model, stages, model_id=model_id, backend_name=name, precision=prec,
@@ -388,12 +392,18 @@ def _torch_stages(model, precision: str, threads: int) -> dict[str, Backend]:
 
 
 def _ort_stages(model_dir, needed, precision, threads, providers):
-    auto = precision == "auto"
+    """``(precision, {stage: backend}, why auto chose that precision or "")``."""
+    auto, chosen = precision == "auto", ""
     if auto:
         # Dynamic INT8 is a CPU technique (on a GPU it recomputes scales on the host: seed
-        # 004 measured 616 ms on Orin); GPUs get FP16.
+        # 004 measured 616 ms on Orin); GPUs get FP16; CPUs INT8 where it pays (cpu_int8).
         gpu = choose_ort_providers(providers)[0] != "CPUExecutionProvider"
-        precision = "fp16" if gpu else "int8"
+        if gpu:
+            precision = "fp16"
+        else:
+            int8, chosen = cpu_int8()
+            precision = "int8" if int8 else "fp32"
+            log.info("precision auto: %s", chosen)
     files = find_stage_files(model_dir, "onnx", precision)
     fp32 = find_stage_files(model_dir, "onnx", "fp32")
     arts = read_manifest(model_dir).get("artefacts", {})
@@ -417,7 +427,7 @@ def _ort_stages(model_dir, needed, precision, threads, providers):
         stages[stage] = OrtBackend(path, providers=providers, threads=threads, precision=prec)
     if not any(b.precision == precision for b in stages.values()):
         precision = "fp32"
-    return precision, stages
+    return precision, stages, chosen
 
 
 def current_engines(model_dir) -> dict[str, dict[str, str]]:

@@ -35,16 +35,10 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> list[str]:
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [w for w in wanted if w in have]
-    except OSError:
-        pass
-    return []
+    from erc_ros.runtime.backends import cpu_flags as all_flags
+
+    have = all_flags()
+    return [w for w in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if w in have]
 
 
 _GEMM = """
