@@ -456,6 +456,10 @@ def test_worker_refuses_when_full_and_every_accepted_segment_comes_out(tiny, spe
     assert st["submitted"] == 3 and st["done"] == 3 and st["refused_full"] == 1
     assert st["errors"] == 0 and st["pending"] == 0
     assert st["latency_p95_ms"] >= st["latency_p50_ms"] > 0
+    # "b" and "c" waited behind "a" (held at the gate): the median wait is not zero, and no
+    # part is longer than the whole.
+    assert st["wait_p50_ms"] > 0 and st["decode_p50_ms"] > 0
+    assert max(st["wait_p95_ms"], st["decode_p95_ms"]) <= st["latency_p95_ms"] + 1e-6
     # Compute time is the recognizer's own (not the gate's wait, which the latency holds):
     # the sum of the results', and the realtime factor is audio / compute.
     assert st["compute_seconds"] == pytest.approx(sum(r.result.compute_seconds for r in out))

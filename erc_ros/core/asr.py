@@ -848,6 +848,9 @@ class AsrWorker:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._latencies: collections.deque[float] = collections.deque(maxlen=latency_window)
+        #: Of each latency: seconds waited behind other decodes, and the decode's own.
+        self._waits: collections.deque[float] = collections.deque(maxlen=latency_window)
+        self._computes: collections.deque[float] = collections.deque(maxlen=latency_window)
         self._counts = {"submitted": 0, "done": 0, "refused_full": 0, "errors": 0,
                         "dropped_at_close": 0, "degraded": 0}
         self._busy = 0
@@ -898,9 +901,14 @@ class AsrWorker:
     def stats(self) -> dict:
         """Counts (submitted, done, refused_full, errors, degraded, pending; refit with window
         fit), submit -> result
-        latency p50/p95 in ms over the last ``latency_window`` segments, and the realtime factor:
-        audio seconds / compute seconds of the successful transcriptions (> 1: faster than
-        real time)."""
+        latency p50/p95 in ms over the last ``latency_window`` segments and its two parts
+        (``wait``: behind the decodes before it; ``decode``: its own), and the realtime
+        factor: audio seconds / compute seconds of the successful transcriptions (> 1:
+        faster than real time)."""
+
+        def pct(values, q) -> float:
+            return float(np.percentile(values, q) * 1e3) if len(values) else math.nan
+
         with self._lock:
             lat = np.asarray(self._latencies, dtype=float)
             out = dict(self._counts)
@@ -912,6 +920,8 @@ class AsrWorker:
                 pending=self._busy, queue_capacity=self.max_queue,
                 latency_p50_ms=float(np.percentile(lat, 50) * 1e3) if lat.size else math.nan,
                 latency_p95_ms=float(np.percentile(lat, 95) * 1e3) if lat.size else math.nan,
+                wait_p50_ms=pct(self._waits, 50), wait_p95_ms=pct(self._waits, 95),
+                decode_p50_ms=pct(self._computes, 50), decode_p95_ms=pct(self._computes, 95),
                 audio_seconds=self._audio_seconds, compute_seconds=self._compute_seconds,
                 realtime_factor=(self._audio_seconds / self._compute_seconds
                                  if self._compute_seconds > 0 else math.nan))
@@ -965,7 +975,7 @@ class AsrWorker:
             if item is _STOP:
                 return
             segment_id, audio, start, end, submitted, prompt = item
-            t0 = time.perf_counter()
+            t0, began = time.perf_counter(), time.monotonic()
             backlog = int(self.recognizer.config.degrade_backlog)
             fast = 0 < backlog <= self._queue.qsize()  # waiting behind this one
             try:
@@ -985,6 +995,8 @@ class AsrWorker:
                 self._counts["errors"] += failed
                 self._counts["degraded"] += fast
                 self._latencies.append(done - submitted)
+                self._waits.append(began - submitted)
+                self._computes.append(done - began)
                 if not failed:
                     self._audio_seconds += result.audio_seconds
                     self._compute_seconds += result.compute_seconds

@@ -1076,7 +1076,8 @@ class PerceptionCore:
 
     def _asr_stats(self) -> dict:
         """The embedded recognizer's counters (segments, results, no_text, refused_full,
-        errors), and, on its own thread, queue and submit -> result latency."""
+        errors), and, on its own thread, queue and submit -> result latency (and its parts: the
+        wait behind other decodes, the decode itself)."""
         if self.recognizer is None:
             return {"enabled": False}
         r = self.recognizer
@@ -1092,6 +1093,8 @@ class PerceptionCore:
             out.update(pending=w["pending"], queue_capacity=w["queue_capacity"],
                        degraded=w["degraded"],
                        latency_p50_ms=w["latency_p50_ms"], latency_p95_ms=w["latency_p95_ms"],
+                       **{k: w[k] for k in ("wait_p50_ms", "wait_p95_ms", "decode_p50_ms",
+                                            "decode_p95_ms")},
                        realtime_factor=w["realtime_factor"])
         return out
 
