@@ -16,17 +16,22 @@ log what it set; components only use what is there.
   and a torch backend share it);
 - OpenCV's thread pool (its default of one thread per core oversubscribes a busy machine);
 - glibc's allocator, in node processes (:func:`tune_allocator` at the first configure,
-  :func:`release_memory` after each cleanup). glibc raises its mmap threshold each time a
-  mapped block is freed (up to 32 MiB): after the first inference, the models a configure
-  loads land in the heap arena of the thread that ran it (an executor thread, whichever took
-  the transition; one arena per thread, up to 8 per core), and what the cleanup frees stays
-  resident there, until every arena holds its own copy (+440 MB over 10 cycles of the
-  composed nodes). Fixed at 128 KiB, every large block is mapped on its own and unmapped
-  when freed; ``malloc_trim`` hands back the free pages left among the small ones
-  (docs/ros.md, Lifecycle). The price: buffers above it are mapped and faulted in at each
-  use (the embedded recognizer ~30 % slower) unless glibc backs them with huge pages
-  (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in the node's environment, which the launch file
-  sets: :func:`node_environment`; as fast as before);
+  :func:`loading_models` around each configure's loading, :func:`release_memory` after each
+  cleanup). glibc raises its mmap threshold each time a mapped block is freed (up to
+  32 MiB): after the first inference, the models a configure loads land in the heap arena
+  of the thread that ran it (an executor thread, whichever took the transition; one arena
+  per thread, up to 8 per core), and what the cleanup frees stays resident there, until
+  every arena holds its own copy (+440 MB over 10 cycles of the composed nodes). While
+  models load the threshold is fixed at 128 KiB: every large block of a model is mapped on
+  its own and unmapped when a cleanup frees it; ``malloc_trim`` hands back the free pages
+  left among the small ones (docs/ros.md, Lifecycle). While they run it is fixed at 1 MiB:
+  at 128 KiB every buffer of an inference above it was mapped and faulted in at each use,
+  and the embedded recognizer's decode took 1.9x as long on the AVX2 AMD kind (tiny.en, a
+  2 s turn: 0.69 s against 0.37 s with glibc's own threshold; huge pages,
+  ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which the launch file sets through
+  :func:`node_environment`, did not help there). At 1 MiB it takes 0.41 s (4, 8 and 32 MiB:
+  the same), and the buffers it keeps in the heap are few: a cleanup's ``malloc_trim``
+  hands them back like any free page;
 - :func:`freeze_heap` after start-up: collect once, then freeze what survived (torch,
   ONNX Runtime, the model, the message types) out of the collector's reach. A full
   collection then walks only what the running process allocates, instead of pausing every
@@ -38,6 +43,7 @@ sessions (``threads`` of the emotion node, ``perception.vad.threads``).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -46,7 +52,7 @@ import os
 import sys
 import threading
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 log = logging.getLogger("erc_ros.process")
 
@@ -103,9 +109,15 @@ def set_environment() -> None:
 
 #: glibc ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h).
 _M_MMAP_THRESHOLD = -3
-#: Blocks at least this large are mapped on their own: glibc's initial threshold, kept.
+#: While models load, blocks at least this large are mapped on their own: glibc's initial
+#: threshold, kept.
 MMAP_THRESHOLD = 128 * 1024
+#: While they run: inference buffers under it are reused from the heap instead of mapped
+#: and faulted in at each use (the module docstring).
+RUN_MMAP_THRESHOLD = 1024 * 1024
 _allocator = ""  # what tune_allocator did; "" before it ran
+_tuned = False  # whether tune_allocator fixed the threshold (loading_models moves it then)
+_loading = 0  # loading_models blocks in progress
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,7 +139,7 @@ def tune_allocator() -> str:
     what it did, in words, the first time; ``""`` after. Left alone when the user set it
     (``MALLOC_MMAP_THRESHOLD_``, or ``mmap_threshold`` in ``GLIBC_TUNABLES``) or the C
     library is not glibc."""
-    global _allocator
+    global _allocator, _tuned
     with _lock:
         if _allocator:
             return ""
@@ -139,19 +151,42 @@ def tune_allocator() -> str:
         elif libc is None:
             _allocator = "allocator not tuned (not glibc)"
         elif libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1:
-            _allocator = (f"malloc mmap threshold fixed at {MMAP_THRESHOLD >> 10} KiB ("
+            _tuned = True
+            _allocator = (f"malloc mmap threshold fixed at {MMAP_THRESHOLD >> 10} KiB while "
+                          f"models load, {RUN_MMAP_THRESHOLD >> 20} MiB while they run ("
                           + ("huge pages for mapped blocks)" if huge else
                              "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 would back mapped blocks "
-                             "with huge pages: faster inference)"))
+                             "with huge pages)"))
         else:
             _allocator = "malloc mmap threshold not set (mallopt refused)"
         return _allocator
 
 
-#: glibc tunable that backs the blocks :func:`tune_allocator` maps with transparent huge pages
-#: (THP ``madvise`` or ``always``): without it those buffers are faulted in page by page at
-#: each use (Whisper base ~30 % slower). Read by glibc at process start only, so the launch
-#: file puts it in each node's environment (:func:`node_environment`).
+@contextlib.contextmanager
+def loading_models() -> Iterator[None]:
+    """Around a configure's model loading: the mmap threshold at :data:`MMAP_THRESHOLD`
+    inside (each block of a model mapped on its own), at :data:`RUN_MMAP_THRESHOLD` once no
+    configure of this process is loading any more (see the module docstring). Changes
+    nothing unless :func:`tune_allocator` fixed the threshold."""
+    global _loading
+    libc = _glibc()
+    with _lock:
+        _loading += 1
+        if _tuned and libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        with _lock:
+            _loading -= 1
+            if _tuned and libc is not None and _loading == 0:
+                libc.mallopt(_M_MMAP_THRESHOLD, RUN_MMAP_THRESHOLD)
+
+
+#: glibc tunable that backs the blocks glibc maps with transparent huge pages (THP
+#: ``madvise`` or ``always``): on the Xeon kind, with the threshold at 128 KiB while
+#: inference ran, it made up the ~30 % Whisper base lost. Read by glibc at process start
+#: only, so the launch file puts it in each node's environment (:func:`node_environment`).
 HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"
 
 

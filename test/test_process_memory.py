@@ -3,10 +3,12 @@
 - a perception core its owner dropped is freed at once, by reference counting: its parts call
   it back without keeping it alive (a cycle kept every cleaned-up core, ~50 MB of models and
   sessions, until a full garbage collection);
-- glibc's mmap threshold stays at 128 KiB (:func:`erc_ros.process.tune_allocator`): a large
+- glibc's mmap threshold stays at 128 KiB while models load
+  (:func:`erc_ros.process.tune_allocator`, :func:`erc_ros.process.loading_models`): a large
   block is mapped on its own even after a larger one was freed (glibc's own threshold would
   have grown past it), so a model a cleanup frees is unmapped instead of staying in the heap
-  arena of the thread that loaded it;
+  arena of the thread that loaded it; while they run it is 1 MiB, so that inference
+  buffers are reused from the heap instead of mapped and faulted in at each use;
 - :func:`erc_ros.process.release_memory` hands freed heap pages back.
 
 The allocator checks run in a fresh interpreter each (the test process's heap is not theirs
@@ -66,6 +68,21 @@ print(libc.mallinfo2().hblks - n)
 """
 
 
+# Within loading_models a 512 KiB block is mapped (1), after it it comes from the heap (0)
+# and a 2 MiB one is still mapped (1); nested, the threshold moves back only when the outer
+# block ends.
+_LOADING = _LIBC + """
+def mapped(size):
+    n = libc.mallinfo2().hblks
+    libc.malloc(size)
+    return libc.mallinfo2().hblks - n
+with process.loading_models():
+    with process.loading_models():
+        pass
+    inside = mapped(512 << 10)
+print(inside, mapped(512 << 10), mapped(2 << 20))
+"""
+
 # 200 MB of 4 KiB blocks, all freed but the last (which keeps the heap's top from being
 # trimmed by free itself): RSS before and after release_memory, in MB.
 _RELEASE = _LIBC + """
@@ -98,6 +115,13 @@ def test_the_mmap_threshold_stays_fixed():
     assert _probe(_THRESHOLD, "tuned") == "1"
     assert "128 KiB" in _probe("from erc_ros import process; print(process.tune_allocator())",
                                "tuned")
+
+
+@glibc
+def test_models_load_under_the_low_threshold_and_run_under_the_high_one():
+    assert _probe(_LOADING, "tuned") == "1 0 1"
+    # Not tuned: loading_models leaves glibc's own threshold alone (128 KiB at start).
+    assert _probe(_LOADING, "default") == "1 1 1"
 
 
 @glibc

@@ -19,6 +19,7 @@ import argparse
 import pytest
 
 from conftest import SETUP_CACHE
+from erc_ros.runtime.backends import cpu_int8
 from erc_ros.tools import lifecycle_memory
 
 pytestmark = pytest.mark.ros
@@ -40,7 +41,9 @@ def _run(args) -> lifecycle_memory.Result:
     res = lifecycle_memory.measure(args)
     log = open(res.log).read() if res.log else ""
     assert res.cycles and all(c.estimates > 0 for c in res.cycles), (res, log[-4000:])
-    assert res.backend == "onnxruntime/int8", (
+    # precision auto: INT8 on a CPU with VNNI, FP32 on one without (runtime.backends)
+    auto = "int8" if cpu_int8()[0] else "fp32"
+    assert res.backend == f"onnxruntime/{auto}", (
         f"the default model ran on {res.backend!r}, not what a robot runs: `make setup` "
         f"prepares it in {SETUP_CACHE}", log[-2000:])
     assert res.face_expert.startswith("face expert"), res.face_expert

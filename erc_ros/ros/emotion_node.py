@@ -126,9 +126,10 @@ class EmotionNode(LifecycleNode):
             self.get_logger().info(allocator)
         model_dir = p["model_dir"] or default_model_dir()
         try:
-            self.pipeline = load_pipeline(model_dir, backend=p["backend"],
-                                          precision=p["precision"], threads=p["threads"],
-                                          prepare=p["prepare"])
+            with process.loading_models():
+                self.pipeline = load_pipeline(model_dir, backend=p["backend"],
+                                              precision=p["precision"], threads=p["threads"],
+                                              prepare=p["prepare"])
         except Exception as err:
             return self._fail(f"cannot load the model from {model_dir!r}: {err}")
         self.health.error = ""

@@ -223,9 +223,10 @@ class UtteranceNode(LifecycleNode):
         if allocator:
             self.get_logger().info(allocator)
         try:
-            self.core = build_core(self._perception_overrides(), p["perception_config"],
-                                   asr_type=p["asr_type"], uses_video=self.uses_video,
-                                   publish_utterances=p["publish_utterances"])
+            with process.loading_models():
+                self.core = build_core(self._perception_overrides(), p["perception_config"],
+                                       asr_type=p["asr_type"], uses_video=self.uses_video,
+                                       publish_utterances=p["publish_utterances"])
             if self.uses_video is False and not self.core.config.faces.enabled:
                 self.get_logger().info("face crops off: the model does not use video and "
                                        "utterances are not published (publish_utterances:="

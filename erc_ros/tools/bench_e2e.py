@@ -78,6 +78,7 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     from rclpy.serialization import deserialize_message
 
     from erc_ros.msg import EmotionEstimate, Transcript
+    from erc_ros.process import node_environment
     from erc_ros.ros import convert
     from erc_ros.ros.live import RELIABLE, BagPlayer, bag_connections
     from erc_ros.ros.replay import bag_span
@@ -89,7 +90,8 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     procs = [subprocess.Popen(_node_command(bag, model_dir, backend, precision, m, extra,
                                             "embedded" if embedded else ""),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=os.environ.copy()) for m in modules]
+                              # as the launch file starts them (the allocator's huge pages)
+                              env=dict(os.environ, **node_environment())) for m in modules]
     lines: list[str] = []
     for proc in procs:
         threading.Thread(target=lambda p=proc: [lines.append(x) for x in p.stdout],
