@@ -24,14 +24,15 @@ log what it set; components only use what is there.
   every arena holds its own copy (+440 MB over 10 cycles of the composed nodes). While
   models load the threshold is fixed at 128 KiB: every large block of a model is mapped on
   its own and unmapped when a cleanup frees it; ``malloc_trim`` hands back the free pages
-  left among the small ones (docs/ros.md, Lifecycle). While they run it is fixed at 1 MiB:
+  left among the small ones (docs/ros.md, Lifecycle). While they run it is fixed at 4 MiB:
   at 128 KiB every buffer of an inference above it was mapped and faulted in at each use,
   and the embedded recognizer's decode took 1.9x as long on the AVX2 AMD kind (tiny.en, a
   2 s turn: 0.69 s against 0.37 s with glibc's own threshold; huge pages,
   ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which the launch file sets through
-  :func:`node_environment`, did not help there). At 1 MiB it takes 0.41 s (4, 8 and 32 MiB:
-  the same), and the buffers it keeps in the heap are few: a cleanup's ``malloc_trim``
-  hands them back like any free page;
+  :func:`node_environment`, did not help there). At 4 MiB it takes 0.40 s (1, 8 and 32 MiB:
+  the same alone; in the node 1 MiB left it ~10 % slower than 4 or 32 MiB), and 10
+  lifecycle cycles with the recognizer grow RSS as much as before (+21 MB; 32 MiB: +56-59
+  MB): a cleanup's ``malloc_trim`` hands back what the heap kept like any free page;
 - :func:`freeze_heap` after start-up: collect once, then freeze what survived (torch,
   ONNX Runtime, the model, the message types) out of the collector's reach. A full
   collection then walks only what the running process allocates, instead of pausing every
@@ -114,7 +115,7 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 128 * 1024
 #: While they run: inference buffers under it are reused from the heap instead of mapped
 #: and faulted in at each use (the module docstring).
-RUN_MMAP_THRESHOLD = 1024 * 1024
+RUN_MMAP_THRESHOLD = 4 * 1024 * 1024
 _allocator = ""  # what tune_allocator did; "" before it ran
 _tuned = False  # whether tune_allocator fixed the threshold (loading_models moves it then)
 _loading = 0  # loading_models blocks in progress

@@ -467,7 +467,7 @@ def test_the_first_sentences_of_a_long_segment_come_out_while_it_goes_on(quick_a
     that sentence closes with those words. So the first sentences of the segments voice
     activity hears as one come out before that segment ends, not all of them after it;
     the words are read as well, and a recognizer that keeps up cuts where the inline one
-    does, with the same texts."""
+    does (within one Whisper timestamp step, 0.02 s), with the same texts."""
     from erc_ros.core.asr import ends_sentence
 
     conv, whole, _, _ = quick_answers["whole"]

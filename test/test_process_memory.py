@@ -7,7 +7,7 @@
   (:func:`erc_ros.process.tune_allocator`, :func:`erc_ros.process.loading_models`): a large
   block is mapped on its own even after a larger one was freed (glibc's own threshold would
   have grown past it), so a model a cleanup frees is unmapped instead of staying in the heap
-  arena of the thread that loaded it; while they run it is 1 MiB, so that inference
+  arena of the thread that loaded it; while they run it is 4 MiB, so that inference
   buffers are reused from the heap instead of mapped and faulted in at each use;
 - :func:`erc_ros.process.release_memory` hands freed heap pages back.
 
@@ -69,7 +69,7 @@ print(libc.mallinfo2().hblks - n)
 
 
 # Within loading_models a 512 KiB block is mapped (1), after it it comes from the heap (0)
-# and a 2 MiB one is still mapped (1); nested, the threshold moves back only when the outer
+# and an 8 MiB one is still mapped (1); nested, the threshold moves back only when the outer
 # block ends.
 _LOADING = _LIBC + """
 def mapped(size):
@@ -80,7 +80,7 @@ with process.loading_models():
     with process.loading_models():
         pass
     inside = mapped(512 << 10)
-print(inside, mapped(512 << 10), mapped(2 << 20))
+print(inside, mapped(512 << 10), mapped(8 << 20))
 """
 
 # 200 MB of 4 KiB blocks, all freed but the last (which keeps the heap's top from being
