@@ -910,7 +910,6 @@ class AsrWorker:
             return float(np.percentile(values, q) * 1e3) if len(values) else math.nan
 
         with self._lock:
-            lat = np.asarray(self._latencies, dtype=float)
             out = dict(self._counts)
             if self.recognizer.config.window == "fit":
                 out["refit"] = self.recognizer.refits
@@ -918,8 +917,8 @@ class AsrWorker:
                 out["fallback"] = self.recognizer.fallbacks
             out.update(
                 pending=self._busy, queue_capacity=self.max_queue,
-                latency_p50_ms=float(np.percentile(lat, 50) * 1e3) if lat.size else math.nan,
-                latency_p95_ms=float(np.percentile(lat, 95) * 1e3) if lat.size else math.nan,
+                latency_p50_ms=pct(self._latencies, 50),
+                latency_p95_ms=pct(self._latencies, 95),
                 wait_p50_ms=pct(self._waits, 50), wait_p95_ms=pct(self._waits, 95),
                 decode_p50_ms=pct(self._computes, 50), decode_p95_ms=pct(self._computes, 95),
                 audio_seconds=self._audio_seconds, compute_seconds=self._compute_seconds,

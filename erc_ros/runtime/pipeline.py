@@ -161,7 +161,9 @@ class EmotionPipeline:
         # labels where the CPU has VNNI (docs/results.md, Runtime); FP32 where it has not.
         ort_for_auto = (backend == "auto" and onnxruntime_available()
                         and not tensorrt_available())
-        if ort_for_auto and precision == "auto" and cpu_int8()[0]:
+        # INT8 where this CPU has VNNI, read once here for the choice below too
+        cpu = cpu_int8() if precision == "auto" else (False, "")
+        if ort_for_auto and cpu[0]:
             variants = ["int8"]
         not_prepared = ""
         if backend == "onnxruntime" or ort_for_auto:
@@ -190,7 +192,8 @@ class EmotionPipeline:
             prec = "fp32" if precision == "auto" else precision
             stages = _torch_stages(model, prec, threads)
         elif name == "onnxruntime":
-            prec, stages, chosen = _ort_stages(model_dir, needed, precision, threads, providers)
+            prec, stages, chosen = _ort_stages(model_dir, needed, precision, threads, providers,
+                                               cpu)
             if chosen:
                 why = f"{why}; precision auto: {chosen}"
         else:
@@ -391,8 +394,9 @@ def _torch_stages(model, precision: str, threads: int) -> dict[str, Backend]:
     return stages
 
 
-def _ort_stages(model_dir, needed, precision, threads, providers):
-    """``(precision, {stage: backend}, why auto chose that precision or "")``."""
+def _ort_stages(model_dir, needed, precision, threads, providers, cpu=(False, "")):
+    """``(precision, {stage: backend}, why auto chose that precision or "")``; ``cpu``:
+    :func:`~erc_ros.runtime.backends.cpu_int8` of this machine, for auto."""
     auto, chosen = precision == "auto", ""
     if auto:
         # Dynamic INT8 is a CPU technique (on a GPU it recomputes scales on the host: seed
@@ -401,7 +405,7 @@ def _ort_stages(model_dir, needed, precision, threads, providers):
         if gpu:
             precision = "fp16"
         else:
-            int8, chosen = cpu_int8()
+            int8, chosen = cpu
             precision = "int8" if int8 else "fp32"
             log.info("precision auto: %s", chosen)
     files = find_stage_files(model_dir, "onnx", precision)
