@@ -217,9 +217,17 @@ class VadSegmenter:
 
     def cut_open(self, at: float) -> SpeechSegment:
         """End the segment in progress at ``at`` (as it stands: kept whatever its length)
-        and start afresh."""
+        and start afresh. Where a window of the pause already reached the onset threshold
+        (the speech coming back), a segment opens there (padded, not before ``at``), as it
+        would have had the pause closed the one before that window: the same start as
+        :meth:`split_open` gives when the cut comes after the speech resumed."""
+        onset, last_t = self._onset, self._last_t
         seg = self._ended(at)
         self.reset()
+        self._last_t = last_t
+        if onset is not None:
+            self.open_start = max(onset - self.pad_s, at)
+            self._peak = self.onset_threshold
         return seg
 
     def close(self) -> list[SpeechSegment]:
@@ -280,7 +288,10 @@ class StreamingVad:
         goes on opens a new segment."""
         if self.segmenter.open_start is None:
             raise RuntimeError("cut_open: no speech segment in progress")
-        return self.segmenter.cut_open(at)
+        seg = self.segmenter.cut_open(at)
+        if self.segmenter.open_start is not None:  # the speech had come back already
+            self.onsets.append((self.next_index, self.segmenter.open_start))
+        return seg
 
     @property
     def resumed(self) -> Optional[tuple[float, float]]:
