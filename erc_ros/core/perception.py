@@ -102,6 +102,12 @@ def _weak_method(method):
     return call
 
 
+#: A decode of the speech in progress (asr.stream_seconds) waits until this much speech
+#: follows a pause (at most this much longer than its period): a word or two (~0.3 s each),
+#: so that a sentence that ended at the pause shows with words after it and can be cut there.
+#: After a pause too short for the sentence-end cut whose early decode ended a sentence, one
+#: comes then, whatever its period.
+_WORDS_AFTER_SECONDS = 0.5
 #: ``diarization.voices``: samples enrolled at most (a household, not a crowd), and the
 #: largest file read (a minute of 48 kHz stereo float is 23 MB).
 MAX_VOICES = 64
@@ -215,6 +221,10 @@ class PerceptionCore:
         # yet looked at, and the (start, end) of the last such decode.
         self._stream: Optional[_Recognition] = None
         self._streamed = (math.nan, math.nan)
+        # A pause too short for the sentence-end cut whose early decode ended a sentence:
+        # (that decode's end, the speech's start, when the decode of the speech in progress
+        # that may cut there is due).
+        self._stream_soon = (math.nan, math.nan, math.nan)
         # The words the recognizer gave out in this conversation, the newest last
         # (asr.prompt_words: its prompt).
         self._heard: deque[str] = deque(maxlen=int(cfg.asr.prompt_words))
@@ -473,7 +483,14 @@ class PerceptionCore:
                 return False
             seg = self.vad.cut_open(end)
         elif resumed is not None and resumed[0] + pad == end:  # the speech came back
-            if resumed[1] - resumed[0] < wait or not ends_sentence(job.result.text):
+            if not ends_sentence(job.result.text):
+                return False
+            if resumed[1] - resumed[0] < wait:
+                # Whisper ends any piece with a mark: too short a pause to cut on that
+                # alone. The speech in progress is decoded once a word or two follow, and
+                # cut there where the sentence end holds with words after it (_stream_cut).
+                if self._stream_soon[0] != end:
+                    self._stream_soon = (end, start, resumed[1] + _WORDS_AFTER_SECONDS)
                 return False
             seg = self.vad.split_open(end, resumed[1])
         else:
@@ -496,8 +513,14 @@ class PerceptionCore:
             return
         until = self.vad.processed_until(self.buffer)
         since = self._streamed[1] if self._streamed[0] == start else start
-        if until - since < every:
+        soon = self._stream_soon[1] == start and until >= self._stream_soon[2]
+        if until - since < every and not soon:
             return
+        resumed = self.vad.resumed
+        if not soon and resumed is not None and since <= resumed[0] and \
+                until - resumed[1] < _WORDS_AFTER_SECONDS and \
+                until - since < every + _WORDS_AFTER_SECONDS:
+            return  # just after a pause: a sentence that ended there shows with words after it
         job = _Recognition(start, until)
         if self.asr_worker is None:
             job.result, job.ready = self._transcribe_inline(start, until), time.perf_counter()
@@ -507,6 +530,8 @@ class PerceptionCore:
             return
         self._stream, self._streamed = job, (start, until)
         self.asr_counters["stream"] += 1
+        if soon:
+            self._stream_soon = (self._stream_soon[0], math.nan, math.nan)
 
     def _stream_cut(self) -> bool:
         """``asr.stream_seconds``: where the decode of the speech in progress is in, the
@@ -1003,6 +1028,7 @@ class PerceptionCore:
         self.vad.reset(0)
         self._early = None
         self._stream, self._streamed = None, (math.nan, math.nan)
+        self._stream_soon = (math.nan, math.nan, math.nan)
         # every piece of the old epoch was built above
         self._piece_of.clear()
         self._turn_speaker.clear()
