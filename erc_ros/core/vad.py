@@ -180,7 +180,7 @@ class VadSegmenter:
         if self.open_start is None:
             if prob >= self.onset_threshold:
                 self.open_start = t - self.pad_s
-                self._silence_start = self._onset = None
+                self._silence_start = self._onset = self.resumed = None
                 self._peak = prob
             return out
         self._peak = max(self._peak, prob)
@@ -203,7 +203,7 @@ class VadSegmenter:
         elif t + dt - self.open_start >= self.max_speech_s:
             out.append(self._ended(t + dt, forced_cut=True))
             self.open_start = t + dt
-            self._silence_start = None
+            self._silence_start = self.resumed = None
         return out
 
     def split_open(self, at: float, resume: float) -> SpeechSegment:
