@@ -256,6 +256,29 @@ def test_a_slow_recognizer_splits_where_a_fast_one_cut(quick_turns):
         [(u.start, u.end, norm(u.text)) for u in inline]
 
 
+def test_a_pause_is_cut_on_however_the_audio_is_chunked(quick_turns):
+    """Whether a pause is decoded early and cut on depends on the audio, not on where the
+    chunks fall: in 0.5 s chunks the VAD sees many of the script's 0.3 s pauses whole
+    between two polls, the speech already back (split there: ``StreamingVad.split_open``),
+    and they are decoded and cut on as in 0.1 s chunks, where it sees them quiet: the same
+    spans and texts."""
+    conv = quick_turns
+    norm = bench_asr.normalize
+    runs, splits = {}, []
+    for chunk in (0.1, 0.5):
+        core = _core(asr__synchronous=True)
+        if chunk == 0.5:
+            split_open = core.vad.split_open
+            core.vad.split_open = lambda at, resume: splits.append(at) or split_open(at, resume)
+        utts, _ = stream(core, conv, chunk_s=chunk, asr="none", video=False)
+        runs[chunk] = ([(u.start, u.end, norm(u.text)) for u in utts],
+                       core.stats()["asr"]["sentence_ends"])
+        core.close()
+    assert len(splits) >= 2, "no pause was seen whole between two polls"
+    assert runs[0.5] == runs[0.1]
+    assert runs[0.1][1] >= len(conv.turns) - 2
+
+
 def test_overload_refuses_into_textless_utterances_and_loses_none(conv):
     """A one-slot queue fed the whole conversation at once: what the recognizer cannot take
     is counted and still becomes an utterance (no text), in speech order; none is lost.
@@ -544,8 +567,8 @@ def test_a_sentence_before_a_pause_too_short_to_cut_comes_out_a_word_later():
     def watch():  # where the speech resumed after a sentence-ending pause too short to cut
         before = core._stream_soon
         done = end_sentence()
-        if core._stream_soon is not before:
-            resumed.append(core._stream_soon[2] - perception._WORDS_AFTER_SECONDS)
+        if core._stream_soon is not before and core.vad.resumed[1] not in resumed:
+            resumed.append(core.vad.resumed[1])
         return done
     core.poll, core._end_sentence = timed, watch
     utts, _ = stream(core, conv, asr="none", video=False)

@@ -435,13 +435,23 @@ class PerceptionCore:
         so a closed segment waits at most for one early decode."""
         asr = self.config.asr
         wait = asr.early_seconds
-        pause = self.vad.pause_start
+        pad = self.config.vad.pad_seconds
+        pause, resumed = self.vad.pause_start, self.vad.resumed
+        if pause is None and resumed is not None and resumed[1] - resumed[0] >= max(wait, pad) \
+                and self._stream_soon[1] != self.vad.open_start:
+            # A pause that long which the VAD saw whole between two looks (audio comes in
+            # chunks, and the VAD runs a poll behind): decoded as if it had been seen
+            # quiet, so that whether a pause is decoded depends on the audio, not on where
+            # the chunks fall. _end_sentence then splits there where the text ends a
+            # sentence (the span is the one an early decode in the pause would have had).
+            # Not while a decode of this speech is due for an earlier pause (_stream_soon):
+            # that one shows this pause too.
+            pause = resumed[0]
         # Offline (inline recognizer) an early decode serves only the sentence-end cut.
         inline = self.asr_worker is None
         if self.recognizer is None or wait < 0 or pause is None or \
                 (inline and asr.sentence_end_seconds < 0):
             return
-        pad = self.config.vad.pad_seconds
         if self.vad.processed_until(self.buffer) - pause < max(wait, pad):
             return  # not quiet long enough, or the padded end not buffered yet
         span = (self.vad.open_start, pause + pad)
