@@ -394,7 +394,7 @@ def _torch_stages(model, precision: str, threads: int) -> dict[str, Backend]:
     return stages
 
 
-def _ort_stages(model_dir, needed, precision, threads, providers, cpu=(False, "")):
+def _ort_stages(model_dir, needed, precision, threads, providers, cpu):
     """``(precision, {stage: backend}, why auto chose that precision or "")``; ``cpu``:
     :func:`~erc_ros.runtime.backends.cpu_int8` of this machine, for auto."""
     auto, chosen = precision == "auto", ""
