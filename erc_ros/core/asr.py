@@ -158,10 +158,8 @@ class AsrConfig:
         "decode; offline (asr.synchronous) the early decode runs inline, so the cut is "
         "where a recognizer that keeps up makes it. After a shorter pause the speech in "
         "progress is decoded 0.5 s after it resumes (stream_seconds on) and cut there where "
-        "the sentence end holds with words after it. Whole spoken dev (Kokoro, AMD kind), "
-        "with that decode: 0.2 -> 0.1 took (d) 46.06 -> 46.64 and DER 25.2 -> 27.7 %; live "
-        "every estimate p95 2.0-2.1 -> 1.2-1.5 s (docs/spoken.md). Negative: off (only "
-        "the hang-over ends a segment)")
+        "the sentence end holds with words after it (figures: docs/asr.md). Negative: off "
+        "(only the hang-over ends a segment)")
     stream_seconds: float = _f(
         2.0, "while a person speaks without a pause, the speech so far goes to an idle "
         "recognizer each time it has grown this long (not before 0.5 s of speech follow a "
