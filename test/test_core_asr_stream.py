@@ -82,14 +82,21 @@ def test_microphone_alone_gives_each_turn_its_text_speaker_and_span(conv, inline
 
 def test_recognizer_thread_gives_the_inline_results_in_speech_order(conv, inline):
     """On its own thread (the node's way), fed faster than real time with room in the
-    queue: the same texts and spans as inline, in speech order, each with the time its
+    queue: the same spans and words as inline, in speech order, each with the time its
     text was ready. Fed at once, a backlog builds: it is not decoded the fast way here
-    (degrade_backlog 0), which reads hard audio otherwise (no fallback)."""
+    (degrade_backlog 0), which reads hard audio otherwise (no fallback).
+
+    The words, not the exact texts: on an Intel CPU CTranslate2 runs on MKL, whose sums
+    depend on where the buffers fall in memory, so two decodes of the same audio may part
+    on a near-tie (CI once read "...at all!" inline and "...at all." here). One word edit
+    over the script's 121 words is that arithmetic; a second is a real difference."""
     core = _core(asr__max_queue=64, asr__degrade_backlog=0, **WHOLE_TURNS)
     utts, _ = stream(core, conv, asr="none", video=False)
     core.close()
-    assert [(u.start, u.end, u.text) for u in utts] == \
-        [(u.start, u.end, u.text) for u in inline[0]]
+    assert [(u.start, u.end) for u in utts] == [(u.start, u.end) for u in inline[0]]
+    edits = bench_asr.word_errors([u.text for u in inline[0]], [u.text for u in utts])
+    assert edits["substitutions"] + edits["deletions"] + edits["insertions"] <= 1, \
+        [(a.text, b.text) for a, b in zip(inline[0], utts) if a.text != b.text]
     assert all(u.asr_ready is not None for u in utts + inline[0])
     st = core.stats()["asr"]
     assert st["refused_full"] == 0 and st["pending"] == 0 and st["realtime_factor"] > 0
