@@ -268,9 +268,9 @@ def test_a_pause_is_cut_on_however_the_audio_is_chunked(quick_turns):
     chunks fall: in 0.5 s chunks the VAD sees many of the script's 0.3 s pauses whole
     between two polls, the speech already back (split there: ``StreamingVad.split_open``),
     and they are decoded and cut on as in 0.1 s chunks, where it sees them quiet: the same
-    spans and texts."""
+    spans and words (up to a near-tie that MKL may flip between two decodes of the same
+    audio: test_recognizer_thread_gives_the_inline_results_in_speech_order)."""
     conv = quick_turns
-    norm = bench_asr.normalize
     runs, splits = {}, []
     for chunk in (0.1, 0.5):
         core = _core(asr__synchronous=True)
@@ -278,12 +278,15 @@ def test_a_pause_is_cut_on_however_the_audio_is_chunked(quick_turns):
             split_open = core.vad.split_open
             core.vad.split_open = lambda at, resume: splits.append(at) or split_open(at, resume)
         utts, _ = stream(core, conv, chunk_s=chunk, asr="none", video=False)
-        runs[chunk] = ([(u.start, u.end, norm(u.text)) for u in utts],
+        runs[chunk] = ([(u.start, u.end) for u in utts], [u.text for u in utts],
                        core.stats()["asr"]["sentence_ends"])
         core.close()
     assert len(splits) >= 2, "no pause was seen whole between two polls"
-    assert runs[0.5] == runs[0.1]
-    assert runs[0.1][1] >= len(conv.turns) - 2
+    (spans, texts, cuts), (spans_5, texts_5, cuts_5) = runs[0.1], runs[0.5]
+    assert spans_5 == spans and cuts_5 == cuts >= len(conv.turns) - 2
+    edits = bench_asr.word_errors(texts, texts_5)
+    assert edits["substitutions"] + edits["deletions"] + edits["insertions"] <= 1, \
+        [(a, b) for a, b in zip(texts, texts_5) if a != b]
 
 
 def test_overload_refuses_into_textless_utterances_and_loses_none(conv):
