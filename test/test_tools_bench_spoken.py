@@ -172,6 +172,7 @@ def test_bench_spoken_runs_the_four_stages_on_the_shipped_voices(spoken_run):
     assert st["asr_gold_speakers"]["wer"] == st["asr"]["wer"]
     assert r["machine"]["gemm_gflops"] > 0 and r["machine"]["cpu"]
     assert r["asr"]["realtime_factor"] > 0
+    assert 0 <= r["asr"]["refit"] + r["asr"]["fallback"] <= r["asr"]["segments"]
     assert (tmp_path / "r.png").stat().st_size > 10_000
     # The voices came from the shipped set (no synthesis, no extra needed).
     rows = list(csv.DictReader(open(tmp_path / "rows" / "asr.csv")))

@@ -526,7 +526,8 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
     results = {s: Stage(s) for s in stages}
     gold = {d.conversation_id.rsplit("-", 1)[1]: d for d in load_meld(csv_path)}
     asr = {"compute_s": 0.0, "speech_s": 0.0, "segments": 0, "no_text": 0, "refused_full": 0,
-           "weak_no_words": 0, "sentence_ends": 0, "stream": 0, "stream_cuts": 0}
+           "weak_no_words": 0, "sentence_ends": 0, "stream": 0, "stream_cuts": 0,
+           "refit": 0, "fallback": 0}
     conv_s = 0.0
     wall = {s: 0.0 for s in stages}
     timelines = []
@@ -577,6 +578,9 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
             for k in ("segments", "no_text", "refused_full", "weak_no_words", "sentence_ends",
                       "stream", "stream_cuts"):
                 asr[k] += st["asr"].get(k, 0)
+            # the recognizer's retries: it is shared by the cores, so its counts run on
+            asr["refit"] = core.recognizer.refits
+            asr["fallback"] = core.recognizer.fallbacks
             asr["speech_s"] += sum(u.end - u.start for u in res.utterances)
             asr["model"] = core.recognizer.model_name
             asr["model_reason"] = core.recognizer.choice.get("reason", "")
@@ -789,7 +793,9 @@ def summary(r: dict) -> str:
                      f"(queue full), {a.get('weak_no_words', 0)} weak without words (dropped); "
                      f"cut at {a.get('sentence_ends', 0)} sentence ends in a pause and at "
                      f"{a.get('stream_cuts', 0)} while the speech went on (of "
-                     f"{a.get('stream', 0)} decodes of speech in progress)")
+                     f"{a.get('stream', 0)} decodes of speech in progress); "
+                     f"{a.get('refit', 0)} fitted-window decodes read again on the full "
+                     f"window, {a.get('fallback', 0)} by beam search")
     tt = r["turn_taking"]
     if tt["speaker_changes"]:
         lines.append(f"turn-taking: {tt['speaker_changes']} speaker changes, "
