@@ -106,7 +106,9 @@ def _weak_method(method):
 #: follows a pause (at most this much longer than its period): a word or two (~0.3 s each),
 #: so that a sentence that ended at the pause shows with words after it and can be cut there.
 #: After a pause too short for the sentence-end cut whose early decode ended a sentence, one
-#: comes then, whatever its period.
+#: comes then, whatever its period; so too after a pause too short for an early decode but
+#: at least half as long (a sentence said with no more than a breath before the next: two or
+#: three VAD windows of quiet).
 _WORDS_AFTER_SECONDS = 0.5
 #: ``diarization.voices``: samples enrolled at most (a household, not a crowd), and the
 #: largest file read (a minute of 48 kHz stereo float is 23 MB).
@@ -524,9 +526,16 @@ class PerceptionCore:
         until = self.vad.processed_until(self.buffer)
         since = self._streamed[1] if self._streamed[0] == start else start
         soon = self._stream_soon[1] == start and until >= self._stream_soon[2]
+        resumed = self.vad.resumed
+        if not soon and resumed is not None and since <= resumed[0] and \
+                until - resumed[1] >= _WORDS_AFTER_SECONDS:
+            # a pause too short for an early decode (_recognize_early) but not a mere dip:
+            # decoded now that a word or two follow, as after an early decode's sentence end
+            wait = self.config.asr.early_seconds
+            short = resumed[1] - resumed[0]
+            soon = 0 <= wait / 2 <= short < max(wait, self.config.vad.pad_seconds)
         if until - since < every and not soon:
             return
-        resumed = self.vad.resumed
         if not soon and resumed is not None and since <= resumed[0] and \
                 until - resumed[1] < _WORDS_AFTER_SECONDS and \
                 until - since < every + _WORDS_AFTER_SECONDS:
