@@ -40,6 +40,12 @@ def _core(**over):
     return PerceptionCore(core_config(**d))
 
 
+def _word_edits(refs: list[str], hyps: list[str]) -> int:
+    """Word edits between two readings of the same turns (case and punctuation aside)."""
+    e = bench_asr.word_errors(refs, hyps)
+    return e["substitutions"] + e["deletions"] + e["insertions"]
+
+
 @pytest.fixture(scope="module")
 def conv():
     return script_conversation()
@@ -97,8 +103,7 @@ def test_recognizer_thread_gives_the_inline_results_in_speech_order(conv, inline
     utts, _ = stream(core, conv, asr="none", video=False)
     core.close()
     assert [(u.start, u.end) for u in utts] == [(u.start, u.end) for u in inline[0]]
-    edits = bench_asr.word_errors([u.text for u in inline[0]], [u.text for u in utts])
-    assert edits["substitutions"] + edits["deletions"] + edits["insertions"] <= 1, \
+    assert _word_edits([u.text for u in inline[0]], [u.text for u in utts]) <= 1, \
         [(a.text, b.text) for a, b in zip(inline[0], utts) if a.text != b.text]
     assert all(u.asr_ready is not None for u in utts + inline[0])
     st = core.stats()["asr"]
@@ -287,9 +292,7 @@ def test_a_pause_is_cut_on_however_the_audio_is_chunked(quick_turns):
     assert len(splits) >= 2, "no pause was seen whole between two polls"
     (spans, texts, cuts), (spans_5, texts_5, cuts_5) = runs[0.1], runs[0.5]
     assert spans_5 == spans and cuts_5 == cuts >= len(conv.turns) - 2
-    edits = bench_asr.word_errors(texts, texts_5)
-    assert edits["substitutions"] + edits["deletions"] + edits["insertions"] <= 1, \
-        [(a, b) for a, b in zip(texts, texts_5) if a != b]
+    assert _word_edits(texts, texts_5) <= 1, [(a, b) for a, b in zip(texts, texts_5) if a != b]
 
 
 def test_overload_refuses_into_textless_utterances_and_loses_none(conv):

@@ -428,6 +428,11 @@ class PerceptionCore:
                     self._weak.remove(min(self._weak))
             self._recognize(seg.start, seg.end, decoded)
 
+    def _early_quiet(self) -> float:
+        """The quiet an early decode needs (``asr.early_seconds``, at least the VAD's pad,
+        so that the padded end is buffered); shorter pauses get none."""
+        return max(self.config.asr.early_seconds, self.config.vad.pad_seconds)
+
     def _recognize_early(self) -> None:
         """Hand the speech in progress to the recognizer once it has been quiet for
         ``asr.early_seconds``, while the VAD's hang-over still runs: where the quiet lasts,
@@ -436,10 +441,10 @@ class PerceptionCore:
         minus ``early_used``). Only on the recognizer's own thread and only when it is idle,
         so a closed segment waits at most for one early decode."""
         asr = self.config.asr
-        wait = asr.early_seconds
+        wait, quiet = asr.early_seconds, self._early_quiet()
         pad = self.config.vad.pad_seconds
         pause, resumed = self.vad.pause_start, self.vad.resumed
-        if pause is None and resumed is not None and resumed[1] - resumed[0] >= max(wait, pad) \
+        if pause is None and resumed is not None and resumed[1] - resumed[0] >= quiet \
                 and self._stream_soon[1] != self.vad.open_start:
             # A pause that long which the VAD saw whole between two looks (audio comes in
             # chunks, and the VAD runs a poll behind): decoded as if it had been seen
@@ -454,7 +459,7 @@ class PerceptionCore:
         if self.recognizer is None or wait < 0 or pause is None or \
                 (inline and asr.sentence_end_seconds < 0):
             return
-        if self.vad.processed_until(self.buffer) - pause < max(wait, pad):
+        if self.vad.processed_until(self.buffer) - pause < quiet:
             return  # not quiet long enough, or the padded end not buffered yet
         span = (self.vad.open_start, pause + pad)
         if self._early is not None and self._early[0] == span:
@@ -527,19 +532,17 @@ class PerceptionCore:
         since = self._streamed[1] if self._streamed[0] == start else start
         soon = self._stream_soon[1] == start and until >= self._stream_soon[2]
         resumed = self.vad.resumed
-        if not soon and resumed is not None and since <= resumed[0] and \
-                until - resumed[1] >= _WORDS_AFTER_SECONDS:
-            # a pause too short for an early decode (_recognize_early) but not a mere dip:
-            # decoded now that a word or two follow, as after an early decode's sentence end
-            wait = self.config.asr.early_seconds
-            short = resumed[1] - resumed[0]
-            soon = 0 <= wait / 2 <= short < max(wait, self.config.vad.pad_seconds)
+        if not soon and resumed is not None and since <= resumed[0]:  # a pause since
+            if until - resumed[1] >= _WORDS_AFTER_SECONDS:
+                # one too short for an early decode (_recognize_early) but not a mere dip:
+                # decoded now that a word or two follow, as after an early decode's sentence
+                # end
+                wait = self.config.asr.early_seconds
+                soon = 0 <= wait / 2 <= resumed[1] - resumed[0] < self._early_quiet()
+            elif until - since < every + _WORDS_AFTER_SECONDS:
+                return  # a sentence that ended there shows with words after it
         if until - since < every and not soon:
             return
-        if not soon and resumed is not None and since <= resumed[0] and \
-                until - resumed[1] < _WORDS_AFTER_SECONDS and \
-                until - since < every + _WORDS_AFTER_SECONDS:
-            return  # just after a pause: a sentence that ended there shows with words after it
         job = _Recognition(start, until)
         if self.asr_worker is None:
             job.result, job.ready = self._transcribe_inline(start, until), time.perf_counter()
