@@ -83,7 +83,8 @@ def test_microphone_alone_gives_each_turn_its_text_speaker_and_span(conv, inline
                          "segments": len(utts),
                          "results": len(utts), "no_text": 0, "refused_full": 0, "errors": 0,
                          "unfinished": 0, "early": 0, "early_used": 0, "sentence_ends": 0,
-                         "weak_no_words": 0, "stream": 0, "stream_cuts": 0}
+                         "weak_no_words": 0, "stream": 0, "stream_cuts": 0,
+                         "early_streamed": 0}
     assert st["counters"]["utterances_timed"] == len(utts)
     assert st["counters"]["speech_dropped_untranscribed"] == 0
     assert st["stages"]["asr"]["calls"] == len(utts)
@@ -681,7 +682,7 @@ def test_a_sentence_before_a_breath_comes_out_once_a_word_follows():
         if r is not None and wait / 2 <= r[1] - r[0] < wait:
             breaths.add(r)
             if core.asr_counters["stream"] > n:
-                decoded.setdefault(r, core._streamed[1] - r[1])
+                decoded.setdefault(r, core._streamed.heard_until - r[1])
     core._recognize_streaming = watch
     res = replay_bag(SAMPLE_BAG, core, pipeline)
     core.close()
@@ -692,3 +693,60 @@ def test_a_sentence_before_a_breath_comes_out_once_a_word_follows():
               for u, out in zip(res.utterances, released)
               if a - 0.1 <= u.end <= b and ends_sentence(u.text)]
     assert before and all(dt <= bound for _, dt in before), (before, decoded)
+
+
+def test_a_decode_made_as_the_speech_ended_is_its_segments_decode():
+    """A decode of the speech in progress (``asr.stream_seconds``) made as the person said
+    their last word, before the VAD saw the pause, heard all of the turn but at most the end
+    of its last word (``perception._STREAM_AS_EARLY_SECONDS``): it is the early decode of
+    that pause, and the segment takes it instead of waiting for it and decoding the same
+    words again. Made earlier, it is not: the segment gets a decode of its own. Inline and
+    on the recognizer's thread alike. (Live on the AMD kind the second decode cost the
+    sample bag's "Just not that awful coffee..." 0.4-0.5 s.)"""
+    from erc_ros.core import perception
+
+    conv = script_conversation()
+    turn = conv.turns[7]  # "Then let us go for a walk in the park near the river.": no pause
+    said = conv.audio[int((turn.start - 0.2) * SR):int((turn.end + 0.2) * SR)]
+    audio = np.concatenate([np.zeros(SR // 2, np.float32), said.astype(np.float32),
+                            np.zeros(3 * SR // 2, np.float32)])
+    probe = _core(asr__synchronous=True)
+    (whole,) = _stream_audio(probe, audio)
+    probe.close()
+    speech_end = whole.end - probe.config.vad.pad_seconds
+    missing = perception._STREAM_AS_EARLY_SECONDS
+    # The decode comes at the first 0.1 s chunk whose audio reaches start + stream_seconds.
+    for synchronous, before_end, taken in ((True, missing - 0.03, True),
+                                           (False, missing - 0.03, True),
+                                           (True, missing + 0.3, False)):
+        core = _core(asr__synchronous=synchronous,
+                     asr__stream_seconds=speech_end - before_end - whole.start)
+        heard = []
+        transcribe = core.recognizer.transcribe
+
+        def counted(x, **kw):
+            heard.append(transcribe(x, **kw))
+            return heard[-1]
+        core.recognizer.transcribe = counted
+        if synchronous:
+            utts = _stream_audio(core, audio)
+        else:
+            utts = []
+            for i in range(0, audio.size, SR // 10):  # a recognizer that keeps up
+                core.push_audio(AudioChunk(i / SR, audio[i:i + SR // 10]))
+                utts += core.poll((i + SR // 10) / SR)
+                assert core.asr_worker.wait_idle(60)
+            utts += core.flush()
+        st = core.stats()["asr"]
+        streamed = core._streamed
+        core.close()
+        assert [(u.start, u.end) for u in utts] == [(whole.start, whole.end)], utts
+        assert st["stream"] == 1 and st["stream_cuts"] == 0, st
+        gap = speech_end - streamed.heard_until
+        if taken:
+            assert 0 < gap <= missing, gap
+            assert (st["early_streamed"], st["early_used"], len(heard)) == (1, 1, 1), st
+            assert utts[0].text == heard[0].text.strip()
+        else:
+            assert gap > missing and st["early_streamed"] == 0 and len(heard) == 2, (gap, st)
+            assert utts[0].text == heard[1].text.strip()

@@ -170,8 +170,11 @@ class AsrConfig:
         "more words follow, the speech up to that sentence closes at once with those words "
         "(counted 'stream_cuts') and the rest goes on: the first sentences of a long turn, "
         "or of turns that follow each other without a pause, come out while the speech "
-        "goes on instead of when it ends. Offline (asr.synchronous) the decode runs inline "
-        "at the same points. The whole spoken dev (Kokoro): speech end -> estimate p95 "
+        "goes on instead of when it ends. Such a decode made as the speech ended (its audio "
+        "ends at most 0.15 s before the VAD's end of speech) is the segment's own decode "
+        "(counted 'early_streamed'), not followed by a second one. Offline (asr.synchronous) "
+        "the decode runs inline at the same points. The whole spoken dev (Kokoro): speech "
+        "end -> estimate p95 "
         "5.07 -> 2.23 s on the simulated timeline, stage (d) 46.54 -> 47.01 (in a room "
         "44.94 -> 44.34), WER 9.6 -> 10.0 %, 1.7x the recognizer's compute. Negative: off")
     prompt_words: int = _f(

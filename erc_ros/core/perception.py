@@ -73,9 +73,16 @@ class _Recognition:
     """A speech segment handed to the recognizer's thread, until its result is taken."""
 
     start: float
-    end: float
+    end: float  #: the span its text is for (the segment's)
     result: Optional[AsrResult] = None
     ready: float = math.nan  #: time.perf_counter() when the result was ready
+    #: The end of the audio it heard: ``end`` unless a decode of the speech in progress
+    #: became the early decode of the pause after it (the rest of the span is the VAD's pad).
+    heard_until: float = math.nan
+
+    def __post_init__(self):
+        if math.isnan(self.heard_until):
+            self.heard_until = self.end
 
 
 class _Timer:
@@ -110,6 +117,12 @@ def _weak_method(method):
 #: at least half as long (a sentence said with no more than a breath before the next: two or
 #: three VAD windows of quiet).
 _WORDS_AFTER_SECONDS = 0.5
+
+#: A decode of the speech in progress whose audio ends at most this long before the speech
+#: stopped (it was made as the person said their last word, before the VAD saw the pause)
+#: is the early decode of that pause: it misses at most the end of the last word (five
+#: 32 ms VAD windows), and a second decode of the same words would wait for it to finish.
+_STREAM_AS_EARLY_SECONDS = 0.15
 #: ``diarization.voices``: samples enrolled at most (a household, not a crowd), and the
 #: largest file read (a minute of 48 kHz stereo float is 23 MB).
 MAX_VOICES = 64
@@ -214,15 +227,15 @@ class PerceptionCore:
         self.asr_counters = {"segments": 0, "results": 0, "no_text": 0, "refused_full": 0,
                              "errors": 0, "unfinished": 0, "early": 0, "early_used": 0,
                              "sentence_ends": 0, "weak_no_words": 0, "stream": 0,
-                             "stream_cuts": 0}
+                             "stream_cuts": 0, "early_streamed": 0}
         self._weak: set[tuple[float, float]] = set()  # weak segments awaiting their text
         # The speech in progress handed to the recognizer early (asr.early_seconds): its
         # (start, end) as the VAD would close it, and the job.
         self._early: Optional[tuple[tuple[float, float], _Recognition]] = None
         # The speech in progress decoded while it goes on (asr.stream_seconds): the job not
-        # yet looked at, and the (start, end) of the last such decode.
+        # yet looked at, and the last such decode (its job keeps the span it heard).
         self._stream: Optional[_Recognition] = None
-        self._streamed = (math.nan, math.nan)
+        self._streamed: Optional[_Recognition] = None
         # A pause too short for the sentence-end cut whose early decode ended a sentence:
         # (that decode's end, the speech's start, when the decode of the speech in progress
         # that may cut there is due).
@@ -464,6 +477,17 @@ class PerceptionCore:
         span = (self.vad.open_start, pause + pad)
         if self._early is not None and self._early[0] == span:
             return
+        last = self._streamed
+        if last is not None and last.start == span[0] and \
+                last.heard_until >= pause - _STREAM_AS_EARLY_SECONDS:
+            # The decode of the speech in progress heard it up to its last word: it was made
+            # as the speech ended, before the VAD saw the pause. It is this pause's early
+            # decode (whether or not it is in yet), instead of a second one of the same words.
+            last.end = span[1]
+            self._early = (span, last)
+            self.asr_counters["early"] += 1
+            self.asr_counters["early_streamed"] += 1
+            return
         if inline:
             job = _Recognition(*span)
             job.result, job.ready = self._transcribe_inline(*span), time.perf_counter()
@@ -529,7 +553,8 @@ class PerceptionCore:
                 self.vad.pause_start is not None or self._stream is not None:
             return
         until = self.vad.processed_until(self.buffer)
-        since = self._streamed[1] if self._streamed[0] == start else start
+        last = self._streamed
+        since = last.heard_until if last is not None and last.start == start else start
         soon = self._stream_soon[1] == start and until >= self._stream_soon[2]
         resumed = self.vad.resumed
         if not soon and resumed is not None and since <= resumed[0]:  # a pause since
@@ -550,7 +575,7 @@ class PerceptionCore:
                 not self.asr_worker.submit(job, self.buffer.read(start, until), start, until,
                                            self._prompt()):
             return
-        self._stream, self._streamed = job, (start, until)
+        self._stream = self._streamed = job
         self.asr_counters["stream"] += 1
         if soon:
             self._stream_soon = (self._stream_soon[0], math.nan, math.nan)
@@ -1049,7 +1074,7 @@ class PerceptionCore:
         self.segmenter.new_epoch()
         self.vad.reset(0)
         self._early = None
-        self._stream, self._streamed = None, (math.nan, math.nan)
+        self._stream = self._streamed = None
         self._stream_soon = (math.nan, math.nan, math.nan)
         # every piece of the old epoch was built above
         self._piece_of.clear()

@@ -527,7 +527,7 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
     gold = {d.conversation_id.rsplit("-", 1)[1]: d for d in load_meld(csv_path)}
     asr = {"compute_s": 0.0, "speech_s": 0.0, "segments": 0, "no_text": 0, "refused_full": 0,
            "weak_no_words": 0, "sentence_ends": 0, "stream": 0, "stream_cuts": 0,
-           "refit": 0, "fallback": 0}
+           "early_streamed": 0, "refit": 0, "fallback": 0}
     conv_s = 0.0
     wall = {s: 0.0 for s in stages}
     timelines = []
@@ -576,7 +576,7 @@ def bench(csv_path: Path, args, progress: bool = True) -> dict:
             st = res.stats
             asr["compute_s"] += st["stages"].get("asr", {}).get("total_s", 0.0)
             for k in ("segments", "no_text", "refused_full", "weak_no_words", "sentence_ends",
-                      "stream", "stream_cuts"):
+                      "stream", "stream_cuts", "early_streamed"):
                 asr[k] += st["asr"].get(k, 0)
             # the recognizer's retries: it is shared by the cores, so its counts run on
             asr["refit"] = core.recognizer.refits
@@ -793,7 +793,9 @@ def summary(r: dict) -> str:
                      f"(queue full), {a.get('weak_no_words', 0)} weak without words (dropped); "
                      f"cut at {a.get('sentence_ends', 0)} sentence ends in a pause and at "
                      f"{a.get('stream_cuts', 0)} while the speech went on (of "
-                     f"{a.get('stream', 0)} decodes of speech in progress); "
+                     f"{a.get('stream', 0)} decodes of speech in progress, "
+                     f"{a.get('early_streamed', 0)} of them the early decode of the pause "
+                     f"after it); "
                      f"{a.get('refit', 0)} fitted-window decodes read again on the full "
                      f"window, {a.get('fallback', 0)} by beam search")
     tt = r["turn_taking"]
