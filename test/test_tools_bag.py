@@ -127,6 +127,15 @@ def test_bench_e2e_times_each_estimate_from_the_speech_it_answers():
     assert r["speech_end_ms"] == [1500.0, 500.0, 500.0]
     assert r["speech_end_segment_last_n"] == 2
     assert r["speech_end_segment_last_p95_ms"] == 500.0
+    # per turn: each of the three turns is the last words of an estimate of its own
+    assert r["speech_end_turn_ms"] == [1500.0, 500.0, 500.0]
+    assert r["speech_end_turns_unanswered"] == 0
+    # one turn heard as two estimates, and a turn nothing heard: the turn is answered by its
+    # last piece, from its own end; the other is counted
+    r = _speech_end([(0.0, 2.0), (5.0, 6.0)], [(0.0, 100.0)], 0.0, 1.0,
+                    [(100.0 + t, e, None) for t, e in zip(out, ests[:2])])
+    assert r["speech_end_turn_ms"] == [500.0] and r["speech_end_turns_unanswered"] == 1
+    assert r["speech_end_ms"] == [1500.0, 500.0]
 
 
 def test_bench_e2e(bags, model, tmp_path):
@@ -145,6 +154,7 @@ def test_bench_e2e(bags, model, tmp_path):
     # the bag's turns are apart: each estimate ends a segment of its own
     assert r["speech_end_segment_last_n"] == 4
     assert r["speech_end_segment_last_p95_ms"] == r["speech_end_p95_ms"]
+    assert r["speech_end_turn_ms"] == r["speech_end_ms"]
     assert r["machine"]["gemm_gflops"] > 0
     assert js.with_suffix(".png").is_file()
 

@@ -15,7 +15,9 @@ this says whether the emotion path queues behind it.
 
 Output: p50/p95/max ms, utterances, lost (final results that never got an estimate), a
 latency histogram PNG next to ``--json``; JSON keys ``p50_ms``, ``p95_ms``, ``utterances``,
-``lost``.
+``lost``. From the end of speech (the bag's turns): every estimate (``speech_end_*``), those
+that end a recognized segment (``speech_end_segment_last_*``) and each turn to the estimate
+of its last words (``speech_end_turn_*``), see :func:`_speech_end`.
 """
 from __future__ import annotations
 
@@ -244,7 +246,9 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
     which turns make the tail. ``speech_end_segment_last_*``: over the estimates that end a
     recognized segment (no other estimate starts where they end: the sentences of one
     segment tile it, ``segmentation.split_sentences``), when a segment's text is in; its
-    earlier sentences wait for it."""
+    earlier sentences wait for it. ``speech_end_turn_*``: one per turn of the bag and pass,
+    from the turn's end to the estimate of its last words (of those overlapping it, the one
+    that ends last); ``speech_end_turns_unanswered``: turns no estimate overlaps."""
     from erc_ros.tools.bench_spoken import segment_ends
 
     lat, detail, last = [], [], []
@@ -259,13 +263,30 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
             if ends_one:
                 last.append(lat[-1])
 
+    # Per turn of the bag: from its end to the estimate that carries its last words (of
+    # those that overlap it, the one that ends last; a turn heard in pieces is answered when
+    # its last piece is), as an outside probe times "end of speech -> text" turn by turn.
+    turns, unanswered = [], 0
+    for off, wall0 in passes:
+        for s, e in spans:
+            over = [(est.end, -t, t, est) for t, est, _ in received
+                    if min(est.end, e + off) - max(est.start, s + off) > 0]
+            if not over:
+                unanswered += 1
+                continue
+            _, _, t, est = max(over, key=lambda x: x[:2])
+            turns.append((t - (wall0 + (min(e + off, est.end) - off - start) / rate)) * 1e3)
+
     def pct(v, q):
         return float(np.percentile(v, q)) if len(v) else float("nan")
     return {"speech_end_ms": [round(x, 1) for x in lat], "speech_end_estimates": detail,
             "speech_end_p50_ms": pct(lat, 50), "speech_end_p95_ms": pct(lat, 95),
             "speech_end_segment_last_p50_ms": pct(last, 50),
             "speech_end_segment_last_p95_ms": pct(last, 95),
-            "speech_end_segment_last_n": len(last)}
+            "speech_end_segment_last_n": len(last),
+            "speech_end_turn_ms": [round(x, 1) for x in turns],
+            "speech_end_turn_p50_ms": pct(turns, 50), "speech_end_turn_p95_ms": pct(turns, 95),
+            "speech_end_turns_unanswered": unanswered}
 
 
 def _shift(msg, offset: float) -> None:
@@ -335,7 +356,10 @@ def run(args) -> int:
           f"{r['speech_end_p50_ms']:.0f} ms, p95 {r['speech_end_p95_ms']:.0f} ms "
           f"({r['speech_end_segment_last_n']} that end a recognized segment: p50 "
           f"{r['speech_end_segment_last_p50_ms']:.0f} ms, p95 "
-          f"{r['speech_end_segment_last_p95_ms']:.0f} ms)")
+          f"{r['speech_end_segment_last_p95_ms']:.0f} ms; each of the bag's "
+          f"{len(r['speech_end_turn_ms'])} turns to the estimate of its last words: p50 "
+          f"{r['speech_end_turn_p50_ms']:.0f} ms, p95 {r['speech_end_turn_p95_ms']:.0f} ms, "
+          f"{r['speech_end_turns_unanswered']} unanswered)")
     m = machine.describe(2)
     r["machine"] = m
     print(f"machine: {machine.line(m)}")
