@@ -251,11 +251,16 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
     that ends last); ``speech_end_turns_unanswered``: turns no estimate overlaps."""
     from erc_ros.tools.bench_spoken import segment_ends
 
+    def overlaps(est, s, e, off) -> bool:  # the estimate and the turn (s, e) of a pass
+        return min(est.end, e + off) - max(est.start, s + off) > 0
+
+    def stopped(est, e, off, wall0) -> float:  # the turn's end, or the estimate's before it
+        return wall0 + (min(e + off, est.end) - off - start) / rate
+
     lat, detail, last = [], [], []
     for (t, est, _), ends_one in zip(received, segment_ends([est for _, est, _ in received])):
-        ends = [wall0 + (min(e + off, est.end) - off - start) / rate
-                for off, wall0 in passes for s, e in spans
-                if min(est.end, e + off) - max(est.start, s + off) > 0]
+        ends = [stopped(est, e, off, wall0) for off, wall0 in passes for s, e in spans
+                if overlaps(est, s, e, off)]
         if ends:
             lat.append((t - max(ends)) * 1e3)
             detail.append({"start": round(est.start, 3), "end": round(est.end, 3),
@@ -269,13 +274,12 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
     turns, unanswered = [], 0
     for off, wall0 in passes:
         for s, e in spans:
-            over = [(est.end, -t, t, est) for t, est, _ in received
-                    if min(est.end, e + off) - max(est.start, s + off) > 0]
+            over = [(t, est) for t, est, _ in received if overlaps(est, s, e, off)]
             if not over:
                 unanswered += 1
                 continue
-            _, _, t, est = max(over, key=lambda x: x[:2])
-            turns.append((t - (wall0 + (min(e + off, est.end) - off - start) / rate)) * 1e3)
+            t, est = max(over, key=lambda x: (x[1].end, -x[0]))
+            turns.append((t - stopped(est, e, off, wall0)) * 1e3)
 
     def pct(v, q):
         return float(np.percentile(v, q)) if len(v) else float("nan")
