@@ -99,6 +99,23 @@ def test_select_by_the_worse_of_fp32_and_int8(tiny):
         with_text(cached, [c.text for c in cached[:-1]])
 
 
+def test_vectors_are_cached_per_model_and_data(tiny, tmp_path, monkeypatch):
+    """A head refit over the same encoder and data reads the vectors back instead of encoding
+    again; other data (or another model) gets a file of its own."""
+    _, model, dialogues = tiny
+    first = encode_dialogues(model, dialogues, progress=False, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("vectors-*.safetensors"))) == 1
+    with monkeypatch.context() as m:
+        m.setattr(model, "encode", lambda *a, **k: pytest.fail("encoded again"))
+        again = encode_dialogues(model, dialogues, progress=False, cache_dir=tmp_path)
+    assert len(again) == len(first)
+    for a, b in zip(first, again):
+        assert torch.equal(a.text, b.text) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.speakers, b.speakers) and torch.equal(a.modality, b.modality)
+    fewer = encode_dialogues(model, dialogues[:2], progress=False, cache_dir=tmp_path)
+    assert len(fewer) == 2 and len(list(tmp_path.glob("vectors-*.safetensors"))) == 2
+
+
 def test_train_selects_stage_two_and_rounds_on_the_int8_copy_too(tmp_path, monkeypatch,
                                                                   capsys):
     """Stage 2 fits a head per head seed and keeps the best by the rule; a round is kept

@@ -68,17 +68,22 @@ class CachedDialogue:
 @torch.no_grad()
 def encode_dialogues(model: ErcModel, dialogues: Sequence[Dialogue],
                      cache_file: Optional[str | Path] = None, progress: bool = True,
-                     prefix_cache_dir: Optional[str | Path] = None) -> list[CachedDialogue]:
+                     prefix_cache_dir: Optional[str | Path] = None,
+                     cache_dir: Optional[str | Path] = None) -> list[CachedDialogue]:
     """Encode every utterance once (past context only, as live) and cache the vectors. The
     cache is keyed by the model's weights and config and the dialogues (:func:`cache_key`):
     a cache made from another model or other data is recomputed, never reused.
+    ``cache_dir``: the cache is ``vectors-<key>.safetensors`` there, one file per model and
+    data (refits of a head over the same encoder and data, with other seeds, reuse it).
     ``prefix_cache_dir``: with an encoder whose bottom layers are frozen, their states come
     from the training's prefix cache (:func:`text_stage.text_vectors`)."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
-    key = cache_key(model, dialogues) if cache_file is not None else ""
+    key = cache_key(model, dialogues) if cache_file is not None or cache_dir else ""
+    if cache_dir:
+        cache_file = Path(cache_dir) / f"vectors-{key[:16]}.safetensors"
     if cache_file is not None and Path(cache_file).is_file():
         with safe_open(str(cache_file), "pt") as f:
             stored = (f.metadata() or {}).get("key")

@@ -432,7 +432,8 @@ def _restore(model, snapshot) -> None:
 
 
 def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads: int,
-                  prefix_dir: str = "", teacher=None, store=None, keep: bool = False):
+                  prefix_dir: str = "", teacher=None, store=None, keep: bool = False,
+                  cache_vectors: bool = False):
     """Stage 2: fresh heads over the fine-tuned encoder's cached vectors (encoder frozen),
     one per head seed (the recipe's ``fusion_stage.head_seeds``, default 1); the best of them
     by the recipe's rule (``select``: FP32, or the worse of FP32 and the ONNX Runtime INT8
@@ -443,7 +444,9 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
     dev scores or None); with several head seeds ``best`` carries each head's figures and
     ``head_mean``, the mean of their selection figures: what the encoder is worth, where one
     head's figure is partly its seed's luck. ``keep``: the best new head replaces the stage-1
-    head whatever dev says (said so)."""
+    head whatever dev says (said so). ``cache_vectors``: the encoder's vectors are kept in the
+    training cache (``prefix_dir``), keyed by model and data: a head refit over a finished
+    model, run again with another seed over the same data, reads them back."""
     import numpy as np
 
     from erc_ros.training.deployed import selection_figure
@@ -455,6 +458,8 @@ def _fusion_stage(model, r: dict, train, dev, best: dict, history: list, threads
     select = r.get("select", "fp32")
     model.eval()
     kw = dict(prefix_cache_dir=prefix_dir) if r.get("cache_frozen") else {}
+    if cache_vectors and prefix_dir:
+        kw["cache_dir"] = prefix_dir
     ftr, fdv = encode_dialogues(model, train, **kw), encode_dialogues(model, dev, **kw)
     fdv8 = _int8_dev(model, dev, fdv, select, threads, store)
     rule = select if fdv8 is not None else "fp32"
@@ -737,7 +742,8 @@ def run(args) -> int:
         # a run past the last cycle is this head alone: --keep-rounds keeps it
         best, s2_scores = _fusion_stage(model, r, parts[0], dev, best, history, args.threads,
                                         prefix_dir, s2_teacher, store,
-                                        keep=args.keep_rounds and first >= n_all)
+                                        keep=args.keep_rounds and first >= n_all,
+                                        cache_vectors=first >= n_all)
         best_scores = s2_scores or best_scores
         behind = prior and selection_figure(best, select) <= selection_figure(prior, select)
         if behind and args.keep_rounds:
