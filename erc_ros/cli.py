@@ -105,7 +105,8 @@ register("heard-set", "erc_ros.tools.heard_set",
 register("voices", "erc_ros.tools.voices",
          "voices for generated conversations: prepare Kokoro (the voices extra), list, say")
 register("spoken-set", "erc_ros.tools.spoken_set",
-         "MELD dialogues spoken with natural voices, kept in the checkout (build, verify)")
+         "MELD dialogues spoken with natural voices, kept in the checkout (build, verify); "
+         "marks: does a voice say the `!` the recognizer drops")
 register("bench-asr", "erc_ros.tools.bench_asr",
          "embedded ASR: WER on real English prompts, real-time factor, end-of-speech latency")
 register("egemaps-agreement", "erc_ros.tools.egemaps_agreement",

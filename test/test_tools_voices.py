@@ -138,3 +138,72 @@ def test_voices_command_says_a_line(kokoro_ready, tmp_path):
     from erc_ros.tools.conversation_gen import read_wav
     x, sr = read_wav(out)
     assert sr == 16000 and x.size > 8000
+
+
+def test_marks_finds_a_mark_where_the_audio_or_the_words_carry_it():
+    from erc_ros.tools.spoken_set import marks_heard
+
+    rng = np.random.default_rng(0)
+    n = 360
+    y = rng.random(n) < 1 / 3
+    voices = [f"v{i % 6}" for i in range(n)]
+    dialogues = [f"dia{i // 9}" for i in range(n)]
+    offset = np.repeat(rng.normal(0, 3, (6, 88)), 60, axis=0)[np.argsort(
+        np.argsort([v for v in voices], kind="stable"), kind="stable")]
+    # Words that say nothing of the mark; audio that does not either...
+    filler = rng.choice(["so", "well", "then", "okay", "now", "and"], size=(n, 3))
+    texts = [" ".join(w) + ("!" if m else ".") for w, m in zip(filler, y)]
+    flat = rng.normal(0, 1, (n, 88)) + offset
+    r = marks_heard(flat, texts, voices, dialogues, "!")
+    assert (r["clips"], r["with_mark"], r["voices"]) == (n, int(y.sum()), 6)
+    # chance within ~4 standard errors (AUC s.e. ~0.03 for 120 against 240 lines)
+    assert abs(r["auc_audio"] - 0.5) < 0.12 and abs(r["auc_words"] - 0.5) < 0.12
+    # ... against a louder voice for the mark (one feature, one standard deviation, over
+    # each voice's own level), and a word that goes with it
+    loud = flat.copy()
+    loud[:, 10] += 1.5 * y
+    r = marks_heard(loud, texts, voices, dialogues, "!")
+    assert r["auc_audio"] > 0.8 and abs(r["auc_words"] - 0.5) < 0.12
+    wow = [("wow " if m else "") + t for t, m in zip(texts, y)]
+    r = marks_heard(flat, wow, voices, dialogues, "!")
+    assert r["auc_words"] > 0.95 and r["auc_both"] > 0.9
+    with pytest.raises(ValueError, match="too few"):
+        marks_heard(flat, [t.replace("!", ".") for t in texts], voices, dialogues, "!")
+
+
+def test_a_restored_mark_ends_the_line():
+    from erc_ros.tools.spoken_set import with_marks_restored as restored
+
+    assert restored("Oh my God! He's lost it!", False) == "Oh my God. He's lost it."
+    assert restored("Oh my God! He's lost it!", True) == "Oh my God. He's lost it!"
+    assert restored("What?!", True) == "What?" and restored("Hey", True) == "Hey!"
+    assert restored("Well...", True) == "Well...!" and restored("No. ", False) == "No."
+
+
+def test_marks_on_the_shipped_spoken_set(tmp_path, capsys):
+    import csv
+
+    out, restored = tmp_path / "marks.json", tmp_path / "restored.csv"
+    assert main(["spoken-set", "marks", "--voices", "kokoro", "--dialogues", "6",
+                 "--json", str(out), "--restored", str(restored)]) == 0
+    r = json.loads(out.read_text())
+    lines = lines_to_speak(DEV, "kokoro", max_dialogues=6)
+    clips = {V.speech_key(v, t): t for t, v, _ in lines}
+    assert [m["mark"] for m in r["marks"]] == ["!", "?"]
+    for m in r["marks"]:
+        assert m["clips"] == len(clips)
+        assert m["with_mark"] == sum(m["mark"] in t for t in clips.values()) > 0
+        assert all(0 <= m[k] <= 1 for k in ("auc_audio", "auc_words", "auc_both"))
+    printed = capsys.readouterr().out
+    assert "out-of-fold ROC AUC" in printed
+    # the same lines, with a '!' only at a line's end, as many as it says
+    with open(restored, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [f"dia{r['Dialogue_ID']}_utt{r['Utterance_ID']}" for r in rows] == \
+        [uid for _, _, uid in lines]
+    bangs = sum(r["Utterance"].endswith("!") for r in rows)
+    assert all("!" not in r["Utterance"][:-1] for r in rows)
+    assert f"and {bangs} given one back" in printed
+    # too few dialogues for the folds: a clear message, no traceback
+    assert main(["spoken-set", "marks", "--voices", "kokoro", "--dialogues", "3"]) == 2
+    assert "too few for 5 folds" in capsys.readouterr().err

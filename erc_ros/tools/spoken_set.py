@@ -12,10 +12,18 @@ extra; any other MELD-format file is spoken on the fly (needs the extra, cached)
 
     python -m erc_ros spoken-set build --meld-csv DEV.csv --voices kokoro --workers 2
     python -m erc_ros spoken-set verify            # every shipped file against its sha256
+    python -m erc_ros spoken-set marks --voices kokoro|espeak [--dialogues N] [--json OUT] \
+        [--restored OUT.csv]
 
 ``build`` synthesizes what is missing (``--workers`` processes, one ONNX Runtime thread
 each: Kokoro gains little from a second thread) into the cache and then writes the shipped
 folder from the cache: the manifest is rewritten whole, files no line uses are removed.
+
+``marks`` asks whether the voices say the marks the recognizer seldom writes (``!``): how well
+a line's audio (its eGeMAPS functionals, standardised per voice as a robot could per speaker)
+tells the lines that carry a mark from the others, against the words alone and both
+(:func:`marks_heard`); ``--restored`` writes the lines with a ``!`` where that audio model
+hears one (out of fold), for ``evaluate``.
 """
 from __future__ import annotations
 
@@ -32,14 +40,15 @@ SPOKEN_ROOT = CHECKOUT / "data" / "spoken"
 
 
 def lines_to_speak(csv_path: str | Path, engine: str = "kokoro",
-                   dialogues: Optional[list[int]] = None) -> list[tuple[str, object, str]]:
-    """(text, Voice, utterance id) of every line of the MELD file, cast per dialogue
-    (:func:`erc_ros.tools.voices.cast`)."""
+                   dialogues: Optional[list[int]] = None,
+                   max_dialogues: Optional[int] = None) -> list[tuple[str, object, str]]:
+    """(text, Voice, utterance id) of every line of the MELD file (its first
+    ``max_dialogues``), cast per dialogue (:func:`erc_ros.tools.voices.cast`)."""
     from erc_ros.tools.conversation_gen import read_meld
     from erc_ros.tools.voices import cast
 
     out = []
-    for dlg in read_meld(csv_path, dialogues=dialogues):
+    for dlg in read_meld(csv_path, dialogues=dialogues, max_dialogues=max_dialogues):
         voices = cast([x.speaker for x in dlg], engine)
         out += [(x.text, voices[x.speaker], x.utterance_id) for x in dlg]
     return out
@@ -147,10 +156,176 @@ def verify(folder: Path) -> list[str]:
     return bad
 
 
+#: The marks ``marks`` asks about: the recognizer writes ``?`` (a question's words show it)
+#: and seldom ``!`` (the voices must say it).
+MARKS = ("!", "?")
+
+
+def mark_features(lines, engine: str, progress: bool = True):
+    """The eGeMAPS functionals (:func:`erc_ros.models.egemaps.egemaps_features`) of each
+    distinct clip of ``lines`` ((text, Voice, utterance id), :func:`lines_to_speak`), spoken
+    as ``bench-spoken`` speaks them (the stores, else synthesis). Returns (features [n, 88],
+    texts, voices (``Voice.describe()``), dialogues (of the clip's first line), keys
+    (:func:`erc_ros.tools.voices.speech_key`))."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from erc_ros.models.egemaps import egemaps_features
+    from erc_ros.tools.voices import Speaker, dialogue_of, speech_key
+
+    speaker = Speaker(engine)
+    feats, texts, voices, dialogues, keys, seen = [], [], [], [], [], set()
+    for text, voice, uid in tqdm(lines, unit="line", desc=f"eGeMAPS ({engine})",
+                                 disable=not progress, mininterval=5.0):
+        k = speech_key(voice, text)
+        if k in seen:  # the same clip twice would be in two folds at once
+            continue
+        seen.add(k)
+        keys.append(k)
+        feats.append(egemaps_features(speaker.say(text, voice)))
+        texts.append(text)
+        voices.append(voice.describe())
+        dialogues.append(dialogue_of(uid))
+    return np.array(feats, dtype=np.float64).reshape(-1, 88), texts, voices, dialogues, keys
+
+
+def marks_heard(features, texts, voices, dialogues, mark: str = "!", folds: int = 5,
+                scores: Optional[dict] = None) -> dict:
+    """How well ``mark`` in a line's text is told from its audio, its words or both:
+    out-of-fold ROC AUC of a logistic regression (scikit-learn, fixed C=1, no choice made on
+    the data), ``folds`` folds grouped by dialogue. The audio is each clip's features
+    standardised over its voice's clips (a voice with one clip gives zeros) and scaled to
+    rows of unit norm on average, as the words' rows are (so that neither block outweighs
+    the other in ``both`` by its size); the words are
+    TF-IDF unigrams and bigrams of the text with every mark taken out (``!?.,;:``), as
+    neither the recognizer's text nor the audio shows them as such. AUC 0.5 is chance.
+    ``scores``, where given, gets each model's out-of-fold probabilities (``audio``,
+    ``words``, ``both``: one per clip)."""
+    import re
+
+    import numpy as np
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.array([mark in t for t in texts])
+    voices, groups = np.asarray(voices), np.asarray(dialogues)
+    out = {"mark": mark, "clips": int(len(y)), "with_mark": int(y.sum()),
+           "voices": int(len(set(voices.tolist()))), "folds": folds}
+    if len(y) < 2 * folds or y.all() or not y.any() or len(set(groups.tolist())) < folds:
+        raise ValueError(f"marks: {len(y)} clips ({int(y.sum())} with {mark!r}) in "
+                         f"{len(set(groups.tolist()))} dialogues: too few for {folds} folds")
+    audio = np.zeros_like(x)
+    for v in set(voices.tolist()):
+        i = voices == v
+        if i.sum() > 1:
+            audio[i] = (x[i] - x[i].mean(0)) / (x[i].std(0) + 1e-6)
+    audio /= np.sqrt(x.shape[1])  # rows of unit norm on average, as the words' TF-IDF rows
+    bare = [re.sub(r"[!?.,;:]", " ", t).lower() for t in texts]
+    words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(bare)
+    for name, f in (("audio", csr_matrix(audio)), ("words", words),
+                    ("both", hstack([words, csr_matrix(audio)]).tocsr())):
+        p = np.zeros(len(y))
+        for tr, te in GroupKFold(folds).split(f, y, groups):
+            if y[tr].all() or not y[tr].any():
+                p[te] = y[tr].mean()
+                continue
+            m = LogisticRegression(C=1.0, max_iter=5000).fit(f[tr], y[tr])
+            p[te] = m.predict_proba(f[te])[:, 1]
+        out[f"auc_{name}"] = round(float(roc_auc_score(y, p)), 4)
+        if scores is not None:
+            scores[name] = p
+    return out
+
+
+def with_marks_restored(text: str, exclaimed: bool) -> str:
+    """``text`` as a recognizer that hears exclamations in the voice would write it: every
+    ``!`` read as ``.`` (:func:`erc_ros.training.data.robot_view`'s ``exclamations``), then,
+    where ``exclaimed``, the line's last full stop (or its end, where it has no mark) made a
+    ``!``; a question stays one."""
+    from erc_ros.training.data import no_exclamations
+
+    t = no_exclamations(text).rstrip()
+    if not exclaimed or t.endswith("?"):
+        return t
+    if t.endswith(".") and not t.endswith(".."):
+        return t[:-1] + "!"
+    return t + "!"
+
+
+def _write_restored(csv_path: Path, out: Path, lines, keys, p) -> int:
+    """``csv_path``'s rows of ``lines`` with ``!`` where the out-of-fold probability ``p``
+    of the line's clip is over 0.5 (:func:`with_marks_restored`), as ``out``; returns how
+    many lines got one."""
+    import csv
+
+    from erc_ros.tools.voices import speech_key
+
+    clip = {k: i for i, k in enumerate(keys)}
+    exclaimed = {uid: p[clip[speech_key(v, t)]] > 0.5 for t, v, uid in lines}
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = [(r, exclaimed.get(f"dia{r['Dialogue_ID']}_utt{r['Utterance_ID']}"))
+                for r in reader]
+        fields = reader.fieldnames
+    n = 0
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        for r, bang in rows:
+            if bang is None:  # a dialogue left out (--dialogues)
+                continue
+            bang = bool(bang)
+            n += bang
+            w.writerow({**r, "Utterance": with_marks_restored(r["Utterance"], bang)})
+    return n
+
+
+def _marks(args) -> int:
+    from erc_ros.training.data import data_root
+
+    csv_path = Path(args.meld_csv) if args.meld_csv else data_root() / "meld" / "dev_sent_emo.csv"
+    lines = lines_to_speak(csv_path, args.voices, max_dialogues=args.dialogues)
+    x, texts, voices, dlg, keys = mark_features(lines, args.voices)
+    scores: dict = {}
+    try:
+        rows = [marks_heard(x, texts, voices, dlg, m, scores=scores if m == "!" else None)
+                for m in MARKS]
+    except ValueError as e:
+        print(f"spoken-set {e}", file=sys.stderr)
+        return 2
+    print(f"spoken-set marks: {csv_path.name}, {args.voices} voices, {len(texts)} clips in "
+          f"{len(set(dlg))} dialogues, {rows[0]['voices']} voices; out-of-fold ROC AUC of a "
+          f"line's mark from (0.5 = chance):")
+    print(f"  {'mark':>4} {'lines with it':>13} {'audio':>6} {'words':>6} {'both':>6}")
+    for r in rows:
+        print(f"  {r['mark']:>4} {r['with_mark']:>13} {r['auc_audio']:6.3f} "
+              f"{r['auc_words']:6.3f} {r['auc_both']:6.3f}")
+    if args.restored:
+        n = _write_restored(csv_path, Path(args.restored), lines, keys, scores["audio"])
+        print(f"  {args.restored}: the lines with every '!' read as '.' and {n} given one "
+              f"back where the audio says so (out of fold, p > 0.5): score it with "
+              f"`python -m erc_ros evaluate --csv {args.restored}`")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"csv": csv_path.name, "voices": args.voices,
+                                               "marks": rows}, indent=1) + "\n")
+    return 0
+
+
 def add_arguments(p) -> None:
-    p.add_argument("action", choices=["build", "verify"])
+    p.add_argument("action", choices=["build", "verify", "marks"])
     p.add_argument("--meld-csv", default=None, help="MELD-format CSV (default: MELD dev)")
-    p.add_argument("--voices", choices=["kokoro"], default="kokoro")
+    p.add_argument("--voices", choices=["kokoro", "espeak"], default="kokoro",
+                   help="build: kokoro only (espeak-ng is fast and needs no shipped set)")
+    p.add_argument("--dialogues", type=int, default=None,
+                   help="marks: the first N dialogues of the file")
+    p.add_argument("--json", default=None, help="marks: the figures as JSON")
+    p.add_argument("--restored", default=None, metavar="CSV",
+                   help="marks: write the file's lines as a recognizer would that hears a "
+                        "'!' where the audio model does (out of fold), for `evaluate`")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=None, help="shipped folder (default data/spoken/<voices>)")
 
@@ -162,12 +337,20 @@ def process_settings(args) -> dict:
 def run(args) -> int:
     out = Path(args.out) if args.out else SPOKEN_ROOT / args.voices
     if args.action == "verify":
+        if not (out / "manifest.json").is_file():
+            print(f"spoken-set verify: no shipped set at {out} (no manifest.json)",
+                  file=sys.stderr)
+            return 2
         bad = verify(out)
         n = len(json.loads((out / "manifest.json").read_text())["clips"])
         print(f"{out}: {n} clips, {len(bad)} problems")
         for b in bad:
             print("  " + b)
         return 1 if bad else 0
+    if args.action == "marks":
+        return _marks(args)
+    if args.voices != "kokoro":
+        raise SystemExit("spoken-set build: kokoro only (espeak-ng is fast: spoken on the fly)")
     from erc_ros.tools.voices import household_lines
     from erc_ros.training.data import data_root
 

@@ -142,7 +142,9 @@ def load_meld(csv_path: str | Path, clips_dir: str | Path | None = None,
 ROBOT_VIEWS = ("speakers", "exclamations")
 
 
-def _no_exclamations(text: str) -> str:
+def no_exclamations(text: str) -> str:
+    """``text`` with every ``!`` read as ``.`` (``?!`` and ``!?`` as ``?``): what a recognizer
+    writes of a voice that does not carry them."""
     text = re.sub(r"\?+!+[?!]*", "?", text)
     text = re.sub(r"!+\?+[?!]*", "?", text)
     return re.sub(r"!+", ".", text)
@@ -166,7 +168,7 @@ def robot_view(dialogues: Sequence[Dialogue], views: Sequence[str] = ROBOT_VIEWS
         for u in d.utterances:
             spk = tags.setdefault(u.speaker_id, f"speaker_{len(tags)}") \
                 if "speakers" in views else u.speaker_id
-            text = _no_exclamations(u.text) if "exclamations" in views else u.text
+            text = no_exclamations(u.text) if "exclamations" in views else u.text
             utts.append(dataclasses.replace(u, utterance_id=u.utterance_id + suffix,
                                             conversation_id=d.conversation_id + suffix,
                                             speaker_id=spk, text=text))
