@@ -148,8 +148,7 @@ def test_marks_finds_a_mark_where_the_audio_or_the_words_carry_it():
     y = rng.random(n) < 1 / 3
     voices = [f"v{i % 6}" for i in range(n)]
     dialogues = [f"dia{i // 9}" for i in range(n)]
-    offset = np.repeat(rng.normal(0, 3, (6, 88)), 60, axis=0)[np.argsort(
-        np.argsort([v for v in voices], kind="stable"), kind="stable")]
+    offset = rng.normal(0, 3, (6, 88))[np.arange(n) % 6]  # each voice's own level
     # Words that say nothing of the mark; audio that does not either...
     filler = rng.choice(["so", "well", "then", "okay", "now", "and"], size=(n, 3))
     texts = [" ".join(w) + ("!" if m else ".") for w, m in zip(filler, y)]

@@ -165,8 +165,8 @@ def mark_features(lines, engine: str, progress: bool = True):
     """The eGeMAPS functionals (:func:`erc_ros.models.egemaps.egemaps_features`) of each
     distinct clip of ``lines`` ((text, Voice, utterance id), :func:`lines_to_speak`), spoken
     as ``bench-spoken`` speaks them (the stores, else synthesis). Returns (features [n, 88],
-    texts, voices (``Voice.describe()``), dialogues (of the clip's first line), keys
-    (:func:`erc_ros.tools.voices.speech_key`))."""
+    texts, voices (``Voice.describe()``), dialogues (of the clip's first line), the clip of
+    each line (utterance id -> row))."""
     import numpy as np
     from tqdm import tqdm
 
@@ -174,19 +174,20 @@ def mark_features(lines, engine: str, progress: bool = True):
     from erc_ros.tools.voices import Speaker, dialogue_of, speech_key
 
     speaker = Speaker(engine)
-    feats, texts, voices, dialogues, keys, seen = [], [], [], [], [], set()
+    feats, texts, voices, dialogues, row, clip_of = [], [], [], [], {}, {}
     for text, voice, uid in tqdm(lines, unit="line", desc=f"eGeMAPS ({engine})",
                                  disable=not progress, mininterval=5.0):
         k = speech_key(voice, text)
-        if k in seen:  # the same clip twice would be in two folds at once
+        if k in row:  # the same clip twice would be in two folds at once
+            clip_of[uid] = row[k]
             continue
-        seen.add(k)
-        keys.append(k)
+        clip_of[uid] = row[k] = len(feats)
         feats.append(egemaps_features(speaker.say(text, voice)))
         texts.append(text)
         voices.append(voice.describe())
         dialogues.append(dialogue_of(uid))
-    return np.array(feats, dtype=np.float64).reshape(-1, 88), texts, voices, dialogues, keys
+    return (np.array(feats, dtype=np.float64).reshape(-1, 88), texts, voices, dialogues,
+            clip_of)
 
 
 def marks_heard(features, texts, voices, dialogues, mark: str = "!", folds: int = 5,
@@ -256,16 +257,13 @@ def with_marks_restored(text: str, exclaimed: bool) -> str:
     return t + "!"
 
 
-def _write_restored(csv_path: Path, out: Path, lines, keys, p) -> int:
-    """``csv_path``'s rows of ``lines`` with ``!`` where the out-of-fold probability ``p``
-    of the line's clip is over 0.5 (:func:`with_marks_restored`), as ``out``; returns how
-    many lines got one."""
+def _write_restored(csv_path: Path, out: Path, clip_of: dict, p) -> int:
+    """``csv_path``'s rows of the lines in ``clip_of`` (utterance id -> clip) with ``!``
+    where the out-of-fold probability ``p`` of the line's clip is over 0.5
+    (:func:`with_marks_restored`), as ``out``; returns how many lines got one."""
     import csv
 
-    from erc_ros.tools.voices import speech_key
-
-    clip = {k: i for i, k in enumerate(keys)}
-    exclaimed = {uid: p[clip[speech_key(v, t)]] > 0.5 for t, v, uid in lines}
+    exclaimed = {uid: p[i] > 0.5 for uid, i in clip_of.items()}
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         rows = [(r, exclaimed.get(f"dia{r['Dialogue_ID']}_utt{r['Utterance_ID']}"))
@@ -288,8 +286,12 @@ def _marks(args) -> int:
     from erc_ros.training.data import data_root
 
     csv_path = Path(args.meld_csv) if args.meld_csv else data_root() / "meld" / "dev_sent_emo.csv"
+    if args.dialogues is not None and args.dialogues < 1:
+        print(f"spoken-set marks: --dialogues must be 1 or more, got {args.dialogues}",
+              file=sys.stderr)
+        return 2
     lines = lines_to_speak(csv_path, args.voices, max_dialogues=args.dialogues)
-    x, texts, voices, dlg, keys = mark_features(lines, args.voices)
+    x, texts, voices, dlg, clip_of = mark_features(lines, args.voices)
     scores: dict = {}
     try:
         rows = [marks_heard(x, texts, voices, dlg, m, scores=scores if m == "!" else None)
@@ -305,7 +307,7 @@ def _marks(args) -> int:
         print(f"  {r['mark']:>4} {r['with_mark']:>13} {r['auc_audio']:6.3f} "
               f"{r['auc_words']:6.3f} {r['auc_both']:6.3f}")
     if args.restored:
-        n = _write_restored(csv_path, Path(args.restored), lines, keys, scores["audio"])
+        n = _write_restored(csv_path, Path(args.restored), clip_of, scores["audio"])
         print(f"  {args.restored}: the lines with every '!' read as '.' and {n} given one "
               f"back where the audio says so (out of fold, p > 0.5): score it with "
               f"`python -m erc_ros evaluate --csv {args.restored}`")
