@@ -59,6 +59,46 @@ def test_robot_view_has_no_names_and_no_exclamations():
         data.robot_view(dev, ["names"])
 
 
+def test_sentences_view_cuts_each_turn_as_the_node_does():
+    """``sentences``: a turn cut after every sentence (not at '...'), one utterance a
+    sentence in order, the turn's time shared by characters; its label on every piece
+    (training) or on its longest alone (scoring: each turn once); a turn of one sentence
+    unchanged. The node's cut (segmentation.split_sentences) follows the same rule."""
+    from erc_ros.core.asr import sentence_cuts
+
+    assert data.split_sentences("Wait... what? No!  Okay") == ["Wait... what?", "No!", "Okay"]
+    assert data.split_sentences("Fine.") == ["Fine."] and data.split_sentences("") == [""]
+    assert sentence_cuts(["Wait...", "what?", "No!", "Okay"]) == [2, 3]
+    u = data.load_meld(MELD_DEV)[0].utterances[0]
+    turn = u.__class__(**{**u.__dict__, "text": "Oh no. It is all over!", "start": 10.0,
+                          "end": 12.2})
+    one = u.__class__(**{**u.__dict__, "utterance_id": "x-1", "text": "Really?"})
+    d = data.Dialogue("c", [turn, one], [3, 1])
+    (every,) = data.robot_view([d], ["sentences"])
+    assert [x.text for x in every.utterances] == ["Oh no.", "It is all over!", "Really?"]
+    assert [x.utterance_id for x in every.utterances] == \
+        [turn.utterance_id + ".0", turn.utterance_id + ".1", "x-1"]
+    assert every.labels == [3, 3, 1]
+    assert every.utterances[0].start == 10.0 and every.utterances[1].end == 12.2
+    assert every.utterances[0].end == pytest.approx(10.0 + 2.2 * 6 / 21)
+    assert every.utterances[2].start == one.start and every.utterances[2].end == one.end
+    (longest,) = data.robot_view([d], ["sentences", "exclamations"], labelled="longest")
+    assert [x.text for x in longest.utterances][1] == "It is all over." and \
+        longest.labels == [-1, 3, 1]
+    with pytest.raises(ValueError, match="labelled is one of"):
+        data.robot_view([d], ["sentences"], labelled="first")
+    dev = data.load_meld(MELD_DEV)[:20]
+    cut = data.robot_copy(dev, cuts=["sentences"])
+    assert sum(len(c) for c in cut) > sum(len(x) for x in dev)
+    assert all(u.speaker_id.startswith("speaker_") and "!" not in u.text
+               for c in cut for u in c.utterances)
+    assert [" ".join(u.text for u in c.utterances) for c in cut] == \
+        [" ".join(" ".join(u.text.split()) for u in c.utterances)
+         for c in data.robot_copy(dev)]
+    with pytest.raises(ValueError, match="cuts are sentences"):
+        data.robot_copy(dev, cuts=["speakers"])
+
+
 def test_robot_copy_keeps_the_names_of_a_drawn_share():
     """The training copy: '!' dropped everywhere; speaker_N tags, except in the drawn share
     of the dialogues (a household the robot knows), which keep their names; the same draw
@@ -148,6 +188,11 @@ def test_train_then_evaluate_commands(tmp_path):
                      "--limit-dialogues", "6", "--robot-view", "all"]) == 0
     r = json.loads(js.read_text())
     assert r["robot_view"] == ["speakers", "exclamations"] and r["n"] == n
+    # ... cut into sentences too: more utterances read, each turn still scored once.
+    assert cli.main(["evaluate", "--csv", str(MELD_DEV), "--model", str(out), "--json", str(js),
+                     "--limit-dialogues", "6", "--robot-view", "all,sentences"]) == 0
+    r = json.loads(js.read_text())
+    assert r["robot_view"] == ["speakers", "exclamations", "sentences"] and r["n"] == n
     with pytest.raises(SystemExit, match="robot views are"):
         cli.main(["evaluate", "--csv", str(MELD_DEV), "--model", str(out), "--json", str(js),
                   "--robot-view", "speakers,names"])
@@ -351,11 +396,16 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
         "names" in capsys.readouterr().err
     assert json.loads((copied / "manifest.json").read_text())["provenance"]["recipe"][
         "robot_view_copy"] == "tags,names"
+    # ... and cut into sentences as the node cuts a turn.
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues", "8",
+                     "--max-steps", "2", "--robot-view-copy", "sentences"]) == 0
+    assert "as sentences (sentences: speaker_N, one utterance a sentence)" in \
+        capsys.readouterr().err
     for bad in ("tags,name", "tags,tags", ","):
         with pytest.raises(SystemExit):
             cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues",
                       "8", "--robot-view-copy", bad])
-        assert "comma list of tags, names, mixed, each once; got" in capsys.readouterr().err
+        assert "comma list of tags, names, mixed, sentences, each once; got" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="needs --init"):
         cli.main(["train", "--recipe", "tiny", "--out", str(again), "--cycle", "2"])
     # Continuing from a model directory with a longer context: the prompt changes with it.

@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -781,6 +781,15 @@ def ends_sentence(text: str) -> bool:
     mark for speech that trails off or was cut)."""
     t = text.rstrip().rstrip(_CLOSERS).rstrip()
     return bool(t) and t[-1] in ".?!" and not t.endswith("..")
+
+
+def sentence_cuts(words: Sequence[str]) -> list[int]:
+    """Where a run of recognized words is cut into sentences: each index ``i`` (1 to
+    ``len(words) - 1``) whose word before ends a sentence (:func:`ends_sentence`), so that
+    ``words[:i]`` ends one and more words follow. The one rule of the node's cuts
+    (``segmentation.split_sentences``, the cut while the speech goes on) and of the
+    training data's ``sentences`` view (:func:`erc_ros.training.data.robot_view`)."""
+    return [i for i in range(1, len(words)) if ends_sentence(words[i - 1])]
 
 
 def has_words(text: str) -> bool:

@@ -37,7 +37,7 @@ from typing import Optional
 
 import numpy as np
 
-from .asr import AsrResult, ends_sentence, has_words
+from .asr import AsrResult, ends_sentence, has_words, sentence_cuts
 from .audio_buffer import AudioBuffer, read_wav_16k
 from .config import (AudioConfig, ConversationConfig, DiarizationConfig, FaceConfig,
                      PerceptionConfig, SegmentationConfig, VadConfig)
@@ -594,7 +594,7 @@ class PerceptionCore:
         words = job.result.words
         if self.vad.open_start != job.start or job.result.error:
             return False  # closed or cut since: that segment has its own decode
-        ends = [i for i in range(1, len(words)) if ends_sentence(words[i - 1].word)]
+        ends = sentence_cuts([w.word for w in words])
         if not ends:
             return False
         # Word times are the recognizer's guess: the rest is cut no later than the VAD's pad
@@ -773,8 +773,7 @@ class PerceptionCore:
                                     dz.change_min_side_seconds)
             self._timer.add("turn_split", time.perf_counter() - t)
             self.counters["turn_splits"] += len(voice)
-        sentences = [i for i in range(1, len(words)) if ends_sentence(words[i - 1].word)] \
-            if sc.split_sentences else []
+        sentences = sentence_cuts([w.word for w in words]) if sc.split_sentences else []
         if not voice and not sentences:
             return [(start, end, text, res.confidence)]
         self.counters["sentence_splits"] += len(set(sentences) - set(voice))

@@ -138,8 +138,23 @@ def load_meld(csv_path: str | Path, clips_dir: str | Path | None = None,
     return out
 
 
-#: What a script has and a robot does not (:func:`robot_view`).
+#: What a script has and a robot does not (:func:`robot_view`; ``--robot-view all``).
 ROBOT_VIEWS = ("speakers", "exclamations")
+#: How a robot cuts what it hears (:func:`robot_view`), beside the views above.
+CUT_VIEWS = ("sentences",)
+#: :func:`robot_view`'s ``labelled``: which pieces of a turn cut into sentences keep its label.
+PIECE_LABELS = ("every", "longest")
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text`` cut after every sentence as the node cuts a recognized turn
+    (``segmentation.split_sentences``: :func:`erc_ros.core.asr.sentence_cuts` over its
+    words); one piece where it holds one sentence."""
+    from erc_ros.core.asr import sentence_cuts
+
+    words = text.split()
+    edges = [0, *sentence_cuts(words), len(words)]
+    return [" ".join(words[a:b]) for a, b in zip(edges[:-1], edges[1:])] or [text]
 
 
 def no_exclamations(text: str) -> str:
@@ -151,42 +166,68 @@ def no_exclamations(text: str) -> str:
 
 
 def robot_view(dialogues: Sequence[Dialogue], views: Sequence[str] = ROBOT_VIEWS,
-               suffix: str = "") -> list[Dialogue]:
+               suffix: str = "", labelled: str = "every") -> list[Dialogue]:
     """The dialogues' text as a robot could at best have it, as copies (labels and media
     kept): ``speakers``: each dialogue's speakers renamed ``speaker_0``, ``speaker_1``, ...
     in order of first turn, as diarization tags them (a robot does not know their names);
     ``exclamations``: every ``!`` read as ``.`` (``?!`` as ``?``), as a recognizer writes
-    a voice that does not carry them (docs/spoken.md: synthetic voices). ``suffix`` is
-    added to the conversation and utterance ids (a copy trained beside its original)."""
-    bad = set(views) - set(ROBOT_VIEWS)
+    a voice that does not carry them (docs/spoken.md: synthetic voices); ``sentences``: each
+    turn cut after every sentence (:func:`split_sentences`), one utterance a sentence, as
+    the node cuts a recognized turn (``segmentation.split_sentences``), its time shared by
+    characters. ``labelled``: which pieces of a cut turn keep its label, ``every`` (training)
+    or ``longest`` (the others unlabelled: each turn is scored once, on the piece that holds
+    most of it, as ``bench-spoken`` scores a turn on the estimate that overlaps it most).
+    ``suffix`` is added to the conversation and utterance ids (a copy trained beside its
+    original)."""
+    bad = set(views) - set(ROBOT_VIEWS + CUT_VIEWS)
     if bad:
-        raise ValueError(f"robot views are {', '.join(ROBOT_VIEWS)}; got {', '.join(sorted(bad))}")
+        raise ValueError(f"robot views are {', '.join(ROBOT_VIEWS + CUT_VIEWS)}; got "
+                         f"{', '.join(sorted(bad))}")
+    if labelled not in PIECE_LABELS:
+        raise ValueError(f"labelled is one of {', '.join(PIECE_LABELS)}; got {labelled!r}")
     out = []
     for d in dialogues:
         tags: dict[str, str] = {}
-        utts = []
-        for u in d.utterances:
+        utts, labels, media = [], [], []
+        for i, u in enumerate(d.utterances):
             spk = tags.setdefault(u.speaker_id, f"speaker_{len(tags)}") \
                 if "speakers" in views else u.speaker_id
             text = no_exclamations(u.text) if "exclamations" in views else u.text
-            utts.append(dataclasses.replace(u, utterance_id=u.utterance_id + suffix,
-                                            conversation_id=d.conversation_id + suffix,
-                                            speaker_id=spk, text=text))
-        out.append(Dialogue(d.conversation_id + suffix, utts, list(d.labels), list(d.media)))
+            pieces = split_sentences(text) if "sentences" in views else [text]
+            keep = max(range(len(pieces)), key=lambda k: len(pieces[k]))
+            edges = np.cumsum([0, *(len(p) for p in pieces)]) / max(1, sum(map(len, pieces)))
+            for k, piece in enumerate(pieces):
+                uid = u.utterance_id + (f".{k}" if len(pieces) > 1 else "") + suffix
+                start, end = (u.start, u.end) if len(pieces) == 1 else \
+                    (u.start + (u.end - u.start) * edges[j] for j in (k, k + 1))
+                utts.append(dataclasses.replace(u, utterance_id=uid,
+                                                conversation_id=d.conversation_id + suffix,
+                                                speaker_id=spk, text=piece, start=start,
+                                                end=end))
+                labels.append(d.labels[i] if labelled == "every" or k == keep else -1)
+                if d.media:
+                    media.append(d.media[i])
+        out.append(Dialogue(d.conversation_id + suffix, utts, labels, media))
     return out
 
 
 def robot_copy(dialogues: Sequence[Dialogue], names_share: float = 0.0, seed: int = 0,
-               suffix: str = "-robot") -> list[Dialogue]:
+               suffix: str = "-robot", cuts: Sequence[str] = ()) -> list[Dialogue]:
     """One copy of each dialogue as a robot could at best have it (:func:`robot_view`), to
     train beside the originals: every ``!`` read as ``.``; the speakers tagged ``speaker_N``
     (strangers), except in a share ``names_share`` of the dialogues, drawn with ``seed``,
-    which keep their names (a household the robot knows by voice: docs/spoken.md)."""
+    which keep their names (a household the robot knows by voice: docs/spoken.md);
+    ``cuts``: :data:`CUT_VIEWS` too (``sentences``: each turn one utterance a sentence, every
+    piece with its turn's label)."""
     if not 0.0 <= names_share <= 1.0:
         raise ValueError(f"names_share is a share of the dialogues, 0 to 1; got {names_share}")
+    bad = set(cuts) - set(CUT_VIEWS)
+    if bad:
+        raise ValueError(f"cuts are {', '.join(CUT_VIEWS)}; got {', '.join(sorted(bad))}")
     named = set(random.Random(seed).sample(range(len(dialogues)),
                                            round(names_share * len(dialogues))))
-    return [robot_view([d], ("exclamations",) if i in named else ROBOT_VIEWS, suffix)[0]
+    return [robot_view([d], ("exclamations", *cuts) if i in named else (*ROBOT_VIEWS, *cuts),
+                       suffix)[0]
             for i, d in enumerate(dialogues)]
 
 

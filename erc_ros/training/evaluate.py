@@ -45,7 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--robot-view", default="", metavar="VIEWS",
                    help="score the text as a robot could at best have it: comma-separated "
                         "'speakers' (each dialogue's speakers as speaker_0, speaker_1, ...: "
-                        "no names) and 'exclamations' (every '!' read as '.'), or 'all'")
+                        "no names), 'exclamations' (every '!' read as '.'), 'all' (those "
+                        "two) and 'sentences' (each turn cut after every sentence as the "
+                        "node cuts it, scored once, on its longest piece)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit-dialogues", type=int, default=0)
     p.add_argument("--media", help="MELD.Raw clips (the split's folder of dia*_utt*.mp4, or the "
@@ -183,10 +185,10 @@ def run(args) -> int:
         dialogues = dialogues[: args.limit_dialogues]
     views: list[str] = []
     if args.robot_view:
-        views = list(data.ROBOT_VIEWS) if args.robot_view == "all" else \
-            [v.strip() for v in args.robot_view.split(",") if v.strip()]
+        views = [w for v in args.robot_view.split(",") if v.strip()
+                 for w in (data.ROBOT_VIEWS if v.strip() == "all" else [v.strip()])]
         try:
-            dialogues = data.robot_view(dialogues, views)
+            dialogues = data.robot_view(dialogues, views, labelled="longest")
         except ValueError as e:
             raise SystemExit(f"error: --robot-view: {e}")
     n = len(dialogues)

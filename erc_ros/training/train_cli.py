@@ -100,9 +100,12 @@ RECIPES = {
 }
 
 
-#: --robot-view-copy's copies: the share of the dialogues whose copy keeps the speakers' names.
-ROBOT_COPIES = {"tags": 0.0, "names": 1.0, "mixed": 0.5}
-COPY_HELP = {"tags": "speaker_N", "names": "speakers' names", "mixed": "half with names"}
+#: --robot-view-copy's copies: the share of the dialogues whose copy keeps the speakers' names,
+#: and the cuts of the robot's own (data.CUT_VIEWS) it makes.
+ROBOT_COPIES = {"tags": (0.0, ()), "names": (1.0, ()), "mixed": (0.5, ()),
+                "sentences": (0.0, ("sentences",))}
+COPY_HELP = {"tags": "speaker_N", "names": "speakers' names", "mixed": "half with names",
+             "sentences": "speaker_N, one utterance a sentence"}
 
 
 def _copies(value: str) -> str:
@@ -200,8 +203,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train on each dialogue also as a robot could at best have it, every "
                         "'!' read as '.': one copy per name of the comma list, 'tags' "
                         "(speakers as speaker_0, ...: strangers; the default), 'names' "
-                        "(names kept: a household the robot knows by voice) or 'mixed' (each "
-                        "dialogue one of the two, half each, drawn with --seed)")
+                        "(names kept: a household the robot knows by voice), 'mixed' (each "
+                        "dialogue one of the two, half each, drawn with --seed) or 'sentences' "
+                        "(as 'tags', each turn cut after every sentence as the node cuts it, "
+                        "every piece with its turn's label)")
     p.add_argument("--keep-rounds", action="store_true",
                    help="keep every round, and the refitted head of a run past the last "
                         "cycle, whatever dev says (the rule still reports it, against the "
@@ -602,7 +607,8 @@ def run(args) -> int:
         names = _copies(copies).split(",")
         original = train
         for name in names:
-            train = train + robot_copy(original, ROBOT_COPIES[name], r["seed"],
+            share, cuts = ROBOT_COPIES[name]
+            train = train + robot_copy(original, share, r["seed"], cuts=cuts,
                                        suffix="-robot" if name == "tags" else f"-robot-{name}")
         print(f"robot-view copy: {len(original)} training dialogues, each also without '!' "
               f"as {' and as '.join(names)} ({', '.join(f'{n}: {COPY_HELP[n]}' for n in names)})",
