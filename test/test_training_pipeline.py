@@ -85,6 +85,7 @@ def test_sentences_view_cuts_each_turn_as_the_node_does():
     (longest,) = data.robot_view([d], ["sentences", "exclamations"], labelled="longest")
     assert [x.text for x in longest.utterances][1] == "It is all over." and \
         longest.labels == [-1, 3, 1]
+    assert data.robot_view([data.Dialogue("c", [turn])], ["sentences"])[0].labels == []
     with pytest.raises(ValueError, match="labelled is one of"):
         data.robot_view([d], ["sentences"], labelled="first")
     dev = data.load_meld(MELD_DEV)[:20]

@@ -204,7 +204,8 @@ def robot_view(dialogues: Sequence[Dialogue], views: Sequence[str] = ROBOT_VIEWS
                                                 conversation_id=d.conversation_id + suffix,
                                                 speaker_id=spk, text=piece, start=start,
                                                 end=end))
-                labels.append(d.labels[i] if labelled == "every" or k == keep else -1)
+                if d.labels:  # [] where the dialogue carries none
+                    labels.append(d.labels[i] if labelled == "every" or k == keep else -1)
                 if d.media:
                     media.append(d.media[i])
         out.append(Dialogue(d.conversation_id + suffix, utts, labels, media))
