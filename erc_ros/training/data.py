@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from erc_ros.core.asr import sentence_cuts
 from erc_ros.core.audio_buffer import read_wav_16k
 from erc_ros.core.types import SAMPLE_RATE, Utterance
 from erc_ros.models.labels import MELD_LABELS
@@ -150,8 +151,6 @@ def split_sentences(text: str) -> list[str]:
     """``text`` cut after every sentence as the node cuts a recognized turn
     (``segmentation.split_sentences``: :func:`erc_ros.core.asr.sentence_cuts` over its
     words); one piece where it holds one sentence."""
-    from erc_ros.core.asr import sentence_cuts
-
     words = text.split()
     edges = [0, *sentence_cuts(words), len(words)]
     return [" ".join(words[a:b]) for a, b in zip(edges[:-1], edges[1:])] or [text]
@@ -163,6 +162,17 @@ def no_exclamations(text: str) -> str:
     text = re.sub(r"\?+!+[?!]*", "?", text)
     text = re.sub(r"!+\?+[?!]*", "?", text)
     return re.sub(r"!+", ".", text)
+
+
+def _pieces(u: Utterance, text: str) -> list[tuple[str, float, float]]:
+    """``text`` (``u``'s, as a view reads it) cut into sentences (:func:`split_sentences`),
+    each with its share of ``u``'s time by characters."""
+    pieces = split_sentences(text)
+    if len(pieces) == 1:
+        return [(text, u.start, u.end)]
+    edges = np.cumsum([0, *map(len, pieces)]) / sum(map(len, pieces))
+    return [(p, u.start + (u.end - u.start) * float(edges[k]),
+             u.start + (u.end - u.start) * float(edges[k + 1])) for k, p in enumerate(pieces)]
 
 
 def robot_view(dialogues: Sequence[Dialogue], views: Sequence[str] = ROBOT_VIEWS,
@@ -193,13 +203,10 @@ def robot_view(dialogues: Sequence[Dialogue], views: Sequence[str] = ROBOT_VIEWS
             spk = tags.setdefault(u.speaker_id, f"speaker_{len(tags)}") \
                 if "speakers" in views else u.speaker_id
             text = no_exclamations(u.text) if "exclamations" in views else u.text
-            pieces = split_sentences(text) if "sentences" in views else [text]
-            keep = max(range(len(pieces)), key=lambda k: len(pieces[k]))
-            edges = np.cumsum([0, *(len(p) for p in pieces)]) / max(1, sum(map(len, pieces)))
-            for k, piece in enumerate(pieces):
+            pieces = _pieces(u, text) if "sentences" in views else [(text, u.start, u.end)]
+            keep = max(range(len(pieces)), key=lambda k: len(pieces[k][0]))
+            for k, (piece, start, end) in enumerate(pieces):
                 uid = u.utterance_id + (f".{k}" if len(pieces) > 1 else "") + suffix
-                start, end = (u.start, u.end) if len(pieces) == 1 else \
-                    (u.start + (u.end - u.start) * edges[j] for j in (k, k + 1))
                 utts.append(dataclasses.replace(u, utterance_id=uid,
                                                 conversation_id=d.conversation_id + suffix,
                                                 speaker_id=spk, text=piece, start=start,

@@ -185,8 +185,8 @@ def run(args) -> int:
         dialogues = dialogues[: args.limit_dialogues]
     views: list[str] = []
     if args.robot_view:
-        views = [w for v in args.robot_view.split(",") if v.strip()
-                 for w in (data.ROBOT_VIEWS if v.strip() == "all" else [v.strip()])]
+        names = [v.strip() for v in args.robot_view.split(",") if v.strip()]
+        views = [w for v in names for w in (data.ROBOT_VIEWS if v == "all" else [v])]
         try:
             dialogues = data.robot_view(dialogues, views, labelled="longest")
         except ValueError as e:
