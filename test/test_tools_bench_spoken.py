@@ -241,10 +241,14 @@ def test_bench_spoken_writes_a_report_per_stage(spoken_run, capsys, monkeypatch)
     assert len(_page_data(html)) == n and "data:audio" not in html
 
 
-def test_rescore_gives_the_run_figures_from_what_it_heard(spoken_run, tmp_path, capsys):
+def test_rescore_gives_the_run_figures_from_what_it_heard(spoken_run, tmp_path, capsys,
+                                                          monkeypatch):
     """--rescore DIR with the run's own (text-only) model: the recorded estimates predicted
     again through the pipeline and matched to the turns as in the run give its figures,
-    stage by stage, without synthesis or a recognizer; a folder without them is refused."""
+    stage by stage, without synthesis or a recognizer; a folder without them is refused.
+    --speakers gold tags each estimate by the labelled turn it overlaps most."""
+    from erc_ros.tools import eval_bag
+
     run_dir, n = spoken_run
     r = json.loads((run_dir / "r.json").read_text())
     out = tmp_path / "again.json"
@@ -258,6 +262,51 @@ def test_rescore_gives_the_run_figures_from_what_it_heard(spoken_run, tmp_path, 
     assert main(["bench-spoken", "--rescore", str(tmp_path), "--stages", "asr", "--json",
                  str(out)]) == 2
     assert "no asr.csv" in capsys.readouterr().err
+
+    # --speakers gold: diarization without errors. (c) re-predicts (d)'s utterances with
+    # the gold speakers' names; tagged by the turns they overlap, both read the same input.
+    rows = run_dir / "rows"
+    lab = [dict(t, start=float(t["start"]), end=float(t["end"]))
+           for t in csv.DictReader(open(rows / "asr.csv"))]
+    ests = list(csv.DictReader(open(rows / "asr_estimates.csv")))
+    owner, _ = bs.owners(lab, [SimpleNamespace(start=float(e["start"]), end=float(e["end"]))
+                               for e in ests])
+    assert (owner >= 0).all()  # every estimate overlaps a labelled turn here
+    fed = []  # (speaker, text) of each utterance the pipeline is given
+    make = eval_bag.make_pipeline
+
+    def recording(*a, **k):
+        p = make(*a, **k)
+        predict = p.predict
+        p.predict = lambda u: fed.append((u.speaker_id, u.text)) or predict(u)
+        return p
+    monkeypatch.setattr(eval_bag, "make_pipeline", recording)
+    assert main(["bench-spoken", "--rescore", str(rows), "--speakers", "gold",
+                 "--stages", "asr_gold_speakers,asr", "--json", str(out)]) == 0
+    gold = json.loads(out.read_text())
+    assert gold["speakers"] == "gold" and len(fed) == 2 * len(ests)
+    assert fed[:len(ests)] == fed[len(ests):]
+    assert {spk for spk, _ in fed} <= {f"speaker_{i}" for i in range(len(ests))}
+    for k in ("weighted_f1", "matched", "merged", "confusion"):
+        assert gold["stages"]["asr_gold_speakers"][k] == gold["stages"]["asr"][k], k
+    assert main(["bench-spoken", "--speakers", "gold", "--json", str(out)]) == 2
+    assert "needs --rescore" in capsys.readouterr().err
+
+
+def test_gold_tags_name_each_estimate_by_the_turn_it_overlaps_most():
+    """Each estimate takes the speaker of the labelled turn it overlaps most, one that
+    overlaps none a tag of its own, all as speaker_N in order of first appearance."""
+    lab = [{"start": 0.0, "end": 2.0, "speaker": "Ross"},
+           {"start": 2.1, "end": 4.0, "speaker": "Rachel"},
+           {"start": 6.0, "end": 7.0, "speaker": "Ross"}]
+    est = [{"start": 0.0, "end": 1.0, "speaker": "speaker_0"},
+           {"start": 1.0, "end": 2.6, "speaker": "speaker_0"},  # mostly Ross's
+           {"start": 1.8, "end": 4.0, "speaker": "speaker_0"},  # mostly Rachel's
+           {"start": 4.5, "end": 5.0, "speaker": "speaker_0"},  # a back-channel: no turn
+           {"start": 6.0, "end": 7.0, "speaker": "speaker_1"}]
+    assert bs.gold_tags(est, lab) == ["speaker_0", "speaker_0", "speaker_1", "speaker_2",
+                                      "speaker_0"]
+    assert bs.gold_tags([], lab) == [] and bs.gold_tags(est[:1], []) == ["speaker_0"]
 
 
 def test_the_household_voices_are_shipped_and_name_their_speaker(capsys, tmp_path):

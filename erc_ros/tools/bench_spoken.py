@@ -63,6 +63,9 @@ from typing import Any, Optional
 import numpy as np
 
 STAGES = ("gold_text", "transcripts", "asr_gold_speakers", "asr")
+#: ``rescore``'s speakers: as the run's diarization tagged them, or without its errors.
+RESCORE_SPEAKERS = ("run", "gold")
+
 STAGE_TITLES = {"gold_text": "(a) gold text, gold speakers",
                 "transcripts": "(b) gold transcripts, perception",
                 "asr_gold_speakers": "(c) recognizer, gold speakers",
@@ -89,6 +92,11 @@ def add_arguments(p) -> None:
                         "run's --out folder (its <stage>.csv and <stage>_estimates.csv); no "
                         "synthesis, no recognizer (a model that uses audio or video needs "
                         "the bags: run without it)")
+    p.add_argument("--speakers", choices=RESCORE_SPEAKERS, default="run",
+                   help="with --rescore: the speakers as the run's diarization tagged them "
+                        "(run), or each estimate tagged by the labelled turn it overlaps most, "
+                        "speaker_N in order of first appearance (gold: diarization without "
+                        "errors, what the run's costs the model)")
 
 
 def add_spoken_arguments(p, voices: str) -> None:
@@ -856,14 +864,36 @@ def plot(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def gold_tags(estimates: list[dict], lab: list[dict]) -> list[str]:
+    """The speaker of each recorded estimate of one dialogue as a diarization without
+    errors would tag a stranger: the labelled turn it overlaps most names the speaker (an
+    estimate that overlaps none keeps its own, recorded speaker apart from those), and each
+    speaker becomes ``speaker_N`` in order of first appearance (``--robot-view speakers``)."""
+    ts = np.asarray([t["start"] for t in lab], float)
+    te = np.asarray([t["end"] for t in lab], float)
+    order: dict[tuple[str, str], int] = {}
+    out = []
+    for e in estimates:
+        ov = _overlap(float(e["start"]), float(e["end"]), ts, te)
+        who = ("gold", lab[int(np.argmax(ov))]["speaker"]) if ov.size and ov.max() > 0 \
+            else ("run", e["speaker"])
+        out.append(f"speaker_{order.setdefault(who, len(order))}")
+    return out
+
+
 def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str = "auto",
-            precision: str = "auto", threads: int = 2) -> dict:
+            precision: str = "auto", threads: int = 2, speakers: str = "run") -> dict:
     """Each stage of an earlier run scored again with another model, from what that run
     recorded (``<stage>_estimates.csv``: each estimate's span, diarized speaker and text, in
     order; ``<stage>.csv``: the labelled turns): the model predicts the estimates as the
     nodes would (the pipeline, past context by conversation), and the turns are matched to
     them as in the run (:func:`assign`). Valid for a model that reads text alone: with the
-    same model it gives the run's figures. WER and DER are the run's (not recomputed)."""
+    same model it gives the run's figures. WER and DER are the run's (not recomputed).
+    ``speakers="gold"``: each estimate tagged as diarization without errors would
+    (:func:`gold_tags`), what the run's diarization costs the model."""
+    if speakers not in RESCORE_SPEAKERS:
+        raise ValueError(f"speakers must be one of {', '.join(RESCORE_SPEAKERS)}, got "
+                         f"{speakers!r}")
     from erc_ros.core.types import Utterance
     from erc_ros.tools.eval_bag import make_pipeline
 
@@ -873,7 +903,7 @@ def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str =
         raise ValueError(f"model {pipeline.model_id} uses {' and '.join(used)}: rescoring "
                          "reads the recorded text only; run bench-spoken on the bags")
     out = {"model_id": pipeline.model_id, "backend": pipeline.backend_name,
-           "rescored": str(folder), "stages": {}}
+           "rescored": str(folder), "speakers": speakers, "stages": {}}
     scored: dict[str, Stage] = {}
     for stage in stages:
         turns_csv, est_csv = folder / f"{stage}.csv", folder / f"{stage}_estimates.csv"
@@ -897,8 +927,10 @@ def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str =
         for dialogue, lab in lab_of.items():
             pipeline.reset()
             got = []
-            for k, e in enumerate(by_dialogue.get(dialogue, [])):
-                u = Utterance(f"{dialogue}_e{k}", f"rescore-{dialogue}", e["speaker"],
+            heard = by_dialogue.get(dialogue, [])
+            who = gold_tags(heard, lab) if speakers == "gold" else [e["speaker"] for e in heard]
+            for k, (e, spk) in enumerate(zip(heard, who)):
+                u = Utterance(f"{dialogue}_e{k}", f"rescore-{dialogue}", spk,
                               float(e["start"]), float(e["end"]), text=e["heard"])
                 got.append(pipeline.predict(u))
             st.add(dialogue, lab, got, speech=False)
@@ -911,6 +943,10 @@ def run(args) -> int:
     from erc_ros.tools.voices import VoicesMissing
     from erc_ros.training.data import data_root
 
+    if args.speakers != "run" and not args.rescore:
+        print("bench-spoken: --speakers gold needs --rescore DIR (a run's --out folder)",
+              file=sys.stderr)
+        return 2
     if args.rescore:
         stages = [x.strip() for x in args.stages.split(",") if x.strip()]
         # the stages the run wrote (all of them, unless --stages names some)
@@ -918,7 +954,7 @@ def run(args) -> int:
             or stages
         try:
             r = rescore(Path(args.rescore), stages, args.model_dir, args.backend,
-                        args.precision, args.threads)
+                        args.precision, args.threads, args.speakers)
         except (ValueError, FileNotFoundError) as e:
             print(f"bench-spoken: {e}", file=sys.stderr)
             return 2
@@ -932,7 +968,8 @@ def run(args) -> int:
         for name, m in r["stages"].items():
             print(f"{name}: {r['model_id']} weighted F1 {m['weighted_f1']:.2f} over "
                   f"{m['turns']} turns ({m['matched']} matched, {m['merged']} merged, "
-                  f"{m['lost']} lost)")
+                  f"{m['lost']} lost" + ("; the gold speakers as speaker_N tags)"
+                                         if r["speakers"] == "gold" else ")"))
         for line in heard_table(r["heard_as"]):
             print(line)
         print(f"wrote {out}")
