@@ -136,6 +136,15 @@ def test_bench_e2e_times_each_estimate_from_the_speech_it_answers():
                     [(100.0 + t, e, None) for t, e in zip(out, ests[:2])])
     assert r["speech_end_turn_ms"] == [500.0] and r["speech_end_turns_unanswered"] == 1
     assert r["speech_end_ms"] == [1500.0, 500.0]
+    # each turn of each pass with what was said and what answered it (None: unanswered)
+    r = _speech_end([(0.0, 2.0, "Hi. Yes."), (5.0, 6.0, "Hm.")], [(0.0, 100.0), (10.0, 200.0)],
+                    0.0, 1.0, [(100.0 + t, e, None) for t, e in zip(out, ests[:2])])
+    assert r["speech_end_turns"] == [
+        {"pass": 0, "start": 0.0, "end": 2.0, "said": "Hi. Yes.", "ms": 500.0, "heard": "Yes."},
+        {"pass": 0, "start": 5.0, "end": 6.0, "said": "Hm.", "ms": None, "heard": None},
+        {"pass": 1, "start": 0.0, "end": 2.0, "said": "Hi. Yes.", "ms": None, "heard": None},
+        {"pass": 1, "start": 5.0, "end": 6.0, "said": "Hm.", "ms": None, "heard": None}]
+    assert r["speech_end_turns_unanswered"] == 3
 
 
 def test_bench_e2e(bags, model, tmp_path):
@@ -155,6 +164,8 @@ def test_bench_e2e(bags, model, tmp_path):
     assert r["speech_end_segment_last_n"] == 4
     assert r["speech_end_segment_last_p95_ms"] == r["speech_end_p95_ms"]
     assert r["speech_end_turn_ms"] == r["speech_end_ms"]
+    assert [t["ms"] for t in r["speech_end_turns"]] == r["speech_end_turn_ms"]
+    assert all(t["said"] and t["heard"] for t in r["speech_end_turns"])
     assert r["machine"]["gemm_gflops"] > 0
     assert js.with_suffix(".png").is_file()
 

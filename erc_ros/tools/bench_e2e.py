@@ -105,7 +105,7 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     player = BagPlayer(node, bag_connections(bag))
     finals: list[dict] = []  # published final results: span + publish time
     passes: list[tuple[float, float]] = []  # (clock offset, wall time of the bag's start)
-    spans: list[tuple[float, float]] = []  # the bag's turns (start, end), from its transcripts
+    spans: list[tuple] = []  # the bag's turns (start, end, text), from its transcripts
     received: list[tuple[float, object]] = []
     lock = threading.Lock()
 
@@ -201,7 +201,7 @@ def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcr
           spans=None):
     """Play one pass; bag times shifted by ``offset`` (repeat passes continue the clock).
     ``finals`` None: the bag's ASR results are not played (the node recognizes). ``spans``:
-    a list to fill with the (start, end) of the bag's final transcripts, on the bag's own
+    a list to fill with the (start, end, text) of the bag's final transcripts, on the bag's own
     clock (the generated bags' transcripts carry the turns' spans: when each person spoke).
     Returns the wall time (perf_counter) of the bag's start."""
     from erc_ros.ros import convert
@@ -217,7 +217,8 @@ def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcr
         if spans is not None and typ == "erc_ros/msg/Transcript":
             m = deserialize_message(raw, Transcript)
             if m.is_final:
-                spans.append((convert.time_to_float(m.start), convert.time_to_float(m.end)))
+                spans.append((convert.time_to_float(m.start), convert.time_to_float(m.end),
+                              m.text))
         if topic == GROUND_TRUTH_TOPIC or (finals is None and typ == "erc_ros/msg/Transcript"):
             continue
         if offset or typ == "erc_ros/msg/Transcript":
@@ -248,7 +249,10 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
     segment tile it, ``segmentation.split_sentences``), when a segment's text is in; its
     earlier sentences wait for it. ``speech_end_turn_*``: one per turn of the bag and pass,
     from the turn's end to the estimate of its last words (of those overlapping it, the one
-    that ends last); ``speech_end_turns_unanswered``: turns no estimate overlaps."""
+    that ends last); ``speech_end_turns_unanswered``: turns no estimate overlaps.
+    ``speech_end_turns``: each turn of each pass (the pass, its span and what was said, from
+    the bag's transcripts; the latency and the text of the estimate that answered it, or
+    None), to see which turns make that tail. ``spans``: (start, end[, text]) each."""
     from erc_ros.tools.bench_spoken import segment_ends
 
     def overlaps(est, s, e, off) -> bool:  # the estimate and the turn (s, e) of a pass
@@ -259,7 +263,7 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
 
     lat, detail, last = [], [], []
     for (t, est, _), ends_one in zip(received, segment_ends([est for _, est, _ in received])):
-        ends = [stopped(est, e, off, wall0) for off, wall0 in passes for s, e in spans
+        ends = [stopped(est, e, off, wall0) for off, wall0 in passes for s, e, *_ in spans
                 if overlaps(est, s, e, off)]
         if ends:
             lat.append((t - max(ends)) * 1e3)
@@ -271,15 +275,19 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
     # Per turn of the bag: from its end to the estimate that carries its last words (of
     # those that overlap it, the one that ends last; a turn heard in pieces is answered when
     # its last piece is), as an outside probe times "end of speech -> text" turn by turn.
-    turns, unanswered = [], 0
-    for off, wall0 in passes:
-        for s, e in spans:
+    turns, per_turn, unanswered = [], [], 0
+    for k, (off, wall0) in enumerate(passes):
+        for s, e, *said in spans:
             over = [(t, est) for t, est, _ in received if overlaps(est, s, e, off)]
+            row = {"pass": k, "start": round(s, 3), "end": round(e, 3),
+                   "said": said[0] if said else "", "ms": None, "heard": None}
+            per_turn.append(row)
             if not over:
                 unanswered += 1
                 continue
             t, est = max(over, key=lambda x: (x[1].end, -x[0]))
             turns.append((t - stopped(est, e, off, wall0)) * 1e3)
+            row.update(ms=round(turns[-1], 1), heard=est.text)
 
     def pct(v, q):
         return float(np.percentile(v, q)) if len(v) else float("nan")
@@ -290,7 +298,7 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
             "speech_end_segment_last_n": len(last),
             "speech_end_turn_ms": [round(x, 1) for x in turns],
             "speech_end_turn_p50_ms": pct(turns, 50), "speech_end_turn_p95_ms": pct(turns, 95),
-            "speech_end_turns_unanswered": unanswered}
+            "speech_end_turns_unanswered": unanswered, "speech_end_turns": per_turn}
 
 
 def _shift(msg, offset: float) -> None:
@@ -364,6 +372,12 @@ def run(args) -> int:
           f"{len(r['speech_end_turn_ms'])} turns to the estimate of its last words: p50 "
           f"{r['speech_end_turn_p50_ms']:.0f} ms, p95 {r['speech_end_turn_p95_ms']:.0f} ms, "
           f"{r['speech_end_turns_unanswered']} unanswered)")
+    slow = sorted((t for t in r["speech_end_turns"] if t["ms"] is not None),
+                  key=lambda t: -t["ms"])[:3]
+    if slow:
+        print("slowest turns: " + "; ".join(
+            f"{t['ms']:.0f} ms {t['said'][:40]!r} (pass {t['pass'] + 1}, heard "
+            f"{t['heard'][:40]!r})" for t in slow))
     m = machine.describe(2)
     r["machine"] = m
     print(f"machine: {machine.line(m)}")
