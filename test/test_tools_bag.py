@@ -145,6 +145,17 @@ def test_bench_e2e_times_each_estimate_from_the_speech_it_answers():
         {"pass": 1, "start": 0.0, "end": 2.0, "said": "Hi. Yes.", "ms": None, "heard": None},
         {"pass": 1, "start": 5.0, "end": 6.0, "said": "Hm.", "ms": None, "heard": None}]
     assert r["speech_end_turns_unanswered"] == 3
+    # A neighbour's estimate that overlaps a turn's end (word times are guesses) does not
+    # answer it: the turn's own does. A turn that owns no estimate (heard with a
+    # neighbour's words) is answered by the one that overlaps it most.
+    ests = [SimpleNamespace(start=0.0, end=2.0, text="This is so great."),
+            SimpleNamespace(start=2.0, end=4.0, text="You wanna explain that?"),
+            SimpleNamespace(start=4.9, end=7.0, text="Uh huh. I mean, well...")]
+    r = _speech_end([(0.0, 2.1), (2.0, 3.0), (5.0, 5.4), (5.3, 7.0)], [(0.0, 100.0)], 0.0,
+                    1.0, [(100.0 + t, e, None) for t, e in zip([3.0, 4.5, 7.5], ests)])
+    assert r["speech_end_turn_ms"] == [1000.0, 1500.0, 2100.0, 500.0]
+    assert [t["heard"] for t in r["speech_end_turns"]] == [e.text for e in ests[:2]] + \
+        [ests[2].text] * 2
 
 
 def test_bench_e2e(bags, model, tmp_path):

@@ -248,12 +248,12 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
     recognized segment (no other estimate starts where they end: the sentences of one
     segment tile it, ``segmentation.split_sentences``), when a segment's text is in; its
     earlier sentences wait for it. ``speech_end_turn_*``: one per turn of the bag and pass,
-    from the turn's end to the estimate of its last words (of those overlapping it, the one
-    that ends last); ``speech_end_turns_unanswered``: turns no estimate overlaps.
+    from the turn's end to the estimate of its last words (of those it owns, the one that
+    ends last; below); ``speech_end_turns_unanswered``: turns no estimate overlaps.
     ``speech_end_turns``: each turn of each pass (the pass, its span and what was said, from
     the bag's transcripts; the latency and the text of the estimate that answered it, or
     None), to see which turns make that tail. ``spans``: (start, end[, text]) each."""
-    from erc_ros.tools.bench_spoken import segment_ends
+    from erc_ros.tools.bench_spoken import overlap_seconds, owners, segment_ends
 
     def overlaps(est, s, e, off) -> bool:  # the estimate and the turn (s, e) of a pass
         return min(est.end, e + off) - max(est.start, s + off) > 0
@@ -272,20 +272,32 @@ def _speech_end(spans: list, passes: list, start: float, rate: float, received: 
             if ends_one:
                 last.append(lat[-1])
 
-    # Per turn of the bag: from its end to the estimate that carries its last words (of
-    # those that overlap it, the one that ends last; a turn heard in pieces is answered when
-    # its last piece is), as an outside probe times "end of speech -> text" turn by turn.
+    # Per turn of the bag: from its end to the estimate that carries its last words, as an
+    # outside probe times "end of speech -> text" turn by turn. A turn's words are in the
+    # estimates it owns (those that overlap it more than any other turn, bench-spoken's
+    # rule): a turn heard in pieces is answered when its last piece is; one that owns none
+    # (heard with a neighbour's words) by the estimate that overlaps it most. A neighbour's
+    # estimate that only overlaps the turn's end (the recognizer's word times are guesses)
+    # does not answer it.
     turns, per_turn, unanswered = [], [], 0
+    ests = [est for _, est, _ in received]
     for k, (off, wall0) in enumerate(passes):
-        for s, e, *said in spans:
-            over = [(t, est) for t, est, _ in received if overlaps(est, s, e, off)]
+        lab = [{"start": s + off, "end": e + off} for s, e, *_ in spans]
+        owner, _ = owners(lab, ests)
+        ov = overlap_seconds(lab, ests)
+        for i, (s, e, *said) in enumerate(spans):
             row = {"pass": k, "start": round(s, 3), "end": round(e, 3),
                    "said": said[0] if said else "", "ms": None, "heard": None}
             per_turn.append(row)
-            if not over:
+            own = np.flatnonzero(owner == i)
+            if own.size:
+                j = max(own, key=lambda j: (ests[j].end, -received[j][0]))
+            elif ov.size and ov[i].max() > 0:
+                j = int(np.argmax(ov[i]))
+            else:
                 unanswered += 1
                 continue
-            t, est = max(over, key=lambda x: (x[1].end, -x[0]))
+            t, est = received[j][0], ests[j]
             turns.append((t - stopped(est, e, off, wall0)) * 1e3)
             row.update(ms=round(turns[-1], 1), heard=est.text)
 

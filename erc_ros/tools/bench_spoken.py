@@ -213,7 +213,7 @@ def _overlap(a0: float, a1: float, b0: np.ndarray, b1: np.ndarray) -> np.ndarray
     return np.minimum(a1, b1) - np.maximum(a0, b0)
 
 
-def _overlaps(lab: list[dict], estimates: list) -> np.ndarray:
+def overlap_seconds(lab: list[dict], estimates: list) -> np.ndarray:
     """Seconds of overlap of each labelled turn (rows) with each estimate (columns)."""
     es = np.asarray([e.start for e in estimates], float)
     ee = np.asarray([e.end for e in estimates], float)
@@ -224,7 +224,7 @@ def _overlaps(lab: list[dict], estimates: list) -> np.ndarray:
 def owners(lab: list[dict], estimates: list) -> tuple[np.ndarray, list[list[int]]]:
     """The labelled turn each estimate belongs to (the one it overlaps most; -1: none) and,
     per estimate, every labelled turn it overlaps."""
-    ov = _overlaps(lab, estimates)
+    ov = overlap_seconds(lab, estimates)
     if not lab or not estimates:
         return np.full(len(estimates), -1), [[] for _ in estimates]
     owner = np.where(ov.max(axis=0) > 0, ov.argmax(axis=0), -1)
@@ -237,7 +237,7 @@ def assign(turns: list[dict], estimates: list) -> tuple[list[tuple[str, Any]], i
     lab = [t for t in turns if t["label"]]
     if not estimates:
         return [("lost", None) for _ in lab], 0
-    ov = _overlaps(lab, estimates)
+    ov = overlap_seconds(lab, estimates)
     owner, _ = owners(lab, estimates)
     out = []
     for i in range(len(lab)):
