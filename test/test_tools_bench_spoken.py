@@ -299,11 +299,11 @@ def test_gold_tags_name_each_estimate_by_the_turn_it_overlaps_most():
     lab = [{"start": 0.0, "end": 2.0, "speaker": "Ross"},
            {"start": 2.1, "end": 4.0, "speaker": "Rachel"},
            {"start": 6.0, "end": 7.0, "speaker": "Ross"}]
-    est = [{"start": 0.0, "end": 1.0, "speaker": "speaker_0"},
-           {"start": 1.0, "end": 2.6, "speaker": "speaker_0"},  # mostly Ross's
-           {"start": 1.8, "end": 4.0, "speaker": "speaker_0"},  # mostly Rachel's
-           {"start": 4.5, "end": 5.0, "speaker": "speaker_0"},  # a back-channel: no turn
-           {"start": 6.0, "end": 7.0, "speaker": "speaker_1"}]
+    est = [SimpleNamespace(start=0.0, end=1.0, speaker_id="speaker_0"),
+           SimpleNamespace(start=1.0, end=2.6, speaker_id="speaker_0"),  # mostly Ross's
+           SimpleNamespace(start=1.8, end=4.0, speaker_id="speaker_0"),  # mostly Rachel's
+           SimpleNamespace(start=4.5, end=5.0, speaker_id="speaker_0"),  # a back-channel
+           SimpleNamespace(start=6.0, end=7.0, speaker_id="speaker_1")]
     assert bs.gold_tags(est, lab) == ["speaker_0", "speaker_0", "speaker_1", "speaker_2",
                                       "speaker_0"]
     assert bs.gold_tags([], lab) == [] and bs.gold_tags(est[:1], []) == ["speaker_0"]

@@ -864,21 +864,17 @@ def plot(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def gold_tags(estimates: list[dict], lab: list[dict]) -> list[str]:
-    """The speaker of each recorded estimate of one dialogue as a diarization without
-    errors would tag a stranger: the labelled turn it overlaps most names the speaker (an
-    estimate that overlaps none keeps its own, recorded speaker apart from those), and each
-    speaker becomes ``speaker_N`` in order of first appearance (``--robot-view speakers``)."""
-    ts = np.asarray([t["start"] for t in lab], float)
-    te = np.asarray([t["end"] for t in lab], float)
+def gold_tags(estimates: list, lab: list[dict]) -> list[str]:
+    """The speaker of each estimate (``start``, ``end``, ``speaker_id``) of one dialogue as
+    a diarization without errors would tag a stranger: the labelled turn it belongs to
+    (:func:`owners`) names the speaker (one that overlaps none keeps its own speaker, apart
+    from those), and each speaker becomes ``speaker_N`` in order of first appearance
+    (``--robot-view speakers``)."""
+    owner, _ = owners(lab, estimates)
+    who = [("gold", lab[i]["speaker"]) if i >= 0 else ("run", e.speaker_id)
+           for e, i in zip(estimates, owner)]
     order: dict[tuple[str, str], int] = {}
-    out = []
-    for e in estimates:
-        ov = _overlap(float(e["start"]), float(e["end"]), ts, te)
-        who = ("gold", lab[int(np.argmax(ov))]["speaker"]) if ov.size and ov.max() > 0 \
-            else ("run", e["speaker"])
-        out.append(f"speaker_{order.setdefault(who, len(order))}")
-    return out
+    return [f"speaker_{order.setdefault(w, len(order))}" for w in who]
 
 
 def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str = "auto",
@@ -927,11 +923,13 @@ def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str =
         for dialogue, lab in lab_of.items():
             pipeline.reset()
             got = []
-            heard = by_dialogue.get(dialogue, [])
-            who = gold_tags(heard, lab) if speakers == "gold" else [e["speaker"] for e in heard]
-            for k, (e, spk) in enumerate(zip(heard, who)):
-                u = Utterance(f"{dialogue}_e{k}", f"rescore-{dialogue}", spk,
+            utts = [Utterance(f"{dialogue}_e{k}", f"rescore-{dialogue}", e["speaker"],
                               float(e["start"]), float(e["end"]), text=e["heard"])
+                    for k, e in enumerate(by_dialogue.get(dialogue, []))]
+            if speakers == "gold":
+                for u, tag in zip(utts, gold_tags(utts, lab)):
+                    u.speaker_id = tag
+            for u in utts:
                 got.append(pipeline.predict(u))
             st.add(dialogue, lab, got, speech=False)
         out["stages"][stage] = st.result(pipeline.class_names)
