@@ -1,10 +1,12 @@
 """Training side: datasets, train/evaluate commands, feature caching, fusion stage."""
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from erc_ros.training import data
 from erc_ros.training.fusion_stage import (FusionStageConfig, encode_dialogues,
                                            modality_dropout, train_fusion_stage)
 
+ROOT = Path(__file__).resolve().parents[1]
 MELD_DEV = data.data_root() / "meld" / "dev_sent_emo.csv"
 MELD_TRAIN = data.data_root() / "meld" / "train_sent_emo.csv"
 
@@ -402,6 +405,36 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
                      "--max-steps", "2", "--robot-view-copy", "sentences"]) == 0
     assert "as sentences (sentences: speaker_N, one utterance a sentence)" in \
         capsys.readouterr().err
+    # --heard: what the recognizer heard of train dialogues, added as it is and recorded;
+    # a file that is missing, not MELD's format or without a label is refused up front.
+    with open(ROOT / "data" / "heard" / "meld_train_espeak.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if int(r["Dialogue_ID"]) < 2]
+
+    def write(path, rows):
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=reader.fieldnames)
+            w.writeheader()
+            w.writerows(rows)
+        return path
+
+    heard = write(tmp_path / "heard.csv", rows)
+    assert cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues", "8",
+                     "--max-steps", "2", "--robot-view-copy", "--heard", str(heard)]) == 0
+    err = capsys.readouterr().err
+    assert f"heard: 2 dialogues, {len(rows)} labelled utterances from {heard}" in err
+    assert "robot-view copy: 8 training dialogues" in err
+    man = json.loads((copied / "manifest.json").read_text())["provenance"]
+    assert man["recipe"]["heard"] == ["heard.csv"] and "heard.csv" in man["data"]
+    unlabelled = write(tmp_path / "unlabelled.csv", [dict(r, Emotion="") for r in rows])
+    other = tmp_path / "other.csv"
+    other.write_text("Utterance,Emotion\nhello,joy\n")
+    for path, why in ((tmp_path / "none.csv", "no such file"),
+                      (other, "not a MELD-format CSV"),
+                      (unlabelled, "no utterance has a MELD emotion label")):
+        with pytest.raises(SystemExit, match=why):
+            cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues",
+                      "8", "--max-steps", "2", "--heard", str(path)])
     for bad in ("tags,name", "tags,tags", ","):
         with pytest.raises(SystemExit):
             cli.main(["train", "--recipe", "tiny", "--out", str(copied), "--limit-dialogues",

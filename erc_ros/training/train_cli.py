@@ -207,6 +207,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "dialogue one of the two, half each, drawn with --seed) or 'sentences' "
                         "(as 'tags', each turn cut after every sentence as the node cuts it, "
                         "every piece with its turn's label)")
+    p.add_argument("--heard", action="append", default=[], metavar="CSV",
+                   help="also train on these MELD-format files of what the robot heard "
+                        "(heard-set: the recognizer's words, diarization's speaker_N, each "
+                        "piece labelled by the gold turn it overlaps most; unlabelled pieces "
+                        "are context only), added as they are, after any --robot-view-copy "
+                        "(they are the robot's view already); dev is not touched")
     p.add_argument("--keep-rounds", action="store_true",
                    help="keep every round, and the refitted head of a run past the last "
                         "cycle, whatever dev says (the rule still reports it, against the "
@@ -232,6 +238,28 @@ def _datasets(args, recipe):
     return ([x for x in d if not x.conversation_id.startswith("iemocap-Ses05")],
             [x for x in d if x.conversation_id.startswith("iemocap-Ses05")],
             data.IEMOCAP6_LABELS, [])
+
+
+def _heard(paths: list[str]) -> list:
+    """--heard's dialogues: each file read as MELD (``heard-set`` writes that format), its
+    conversations named after the file so that they never share an id with MELD's own."""
+    from erc_ros.training import data
+
+    out = []
+    for f in paths:
+        if not Path(f).is_file():
+            raise SystemExit(f"error: --heard {f}: no such file")
+        try:
+            d = data.load_meld(f, split=f"heard-{Path(f).stem}")
+        except (KeyError, ValueError) as e:
+            raise SystemExit(f"error: --heard {f}: not a MELD-format CSV ({e!r})") from None
+        labelled = sum(lab >= 0 for x in d for lab in x.labels)
+        if not labelled:
+            raise SystemExit(f"error: --heard {f}: no utterance has a MELD emotion label")
+        print(f"heard: {len(d)} dialogues, {labelled} labelled utterances from {f}",
+              file=sys.stderr)
+        out += d
+    return out
 
 
 #: GoEmotions use when a recipe names none and ``--goemotions`` asks for it: a subset of at
@@ -613,6 +641,9 @@ def run(args) -> int:
         print(f"robot-view copy: {len(original)} training dialogues, each also without '!' "
               f"as {' and as '.join(names)} ({', '.join(f'{n}: {COPY_HELP[n]}' for n in names)})",
               file=sys.stderr)
+    if args.heard:
+        r["heard"] = [Path(f).name for f in args.heard]
+        train, files = train + _heard(args.heard), files + [Path(f) for f in args.heard]
     from erc_ros.training.text_stage import seed_everything
 
     seed_everything(r["seed"])
