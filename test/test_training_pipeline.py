@@ -429,6 +429,9 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     unlabelled = write(tmp_path / "unlabelled.csv", [dict(r, Emotion="") for r in rows])
     other = tmp_path / "other.csv"
     other.write_text("Utterance,Emotion\nhello,joy\n")
+    with pytest.raises(SystemExit, match="not for --format emorynlp"):
+        cli.main(["train", "--recipe", "tiny", "--format", "emorynlp", "--out", str(copied),
+                  "--limit-dialogues", "8", "--max-steps", "2", "--heard", str(heard)])
     for path, why in ((tmp_path / "none.csv", "no such file"),
                       (other, "not a MELD-format CSV"),
                       (unlabelled, "no utterance has a MELD emotion label")):

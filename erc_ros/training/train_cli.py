@@ -242,15 +242,16 @@ def _datasets(args, recipe):
 
 def _heard(paths: list[str]) -> list:
     """--heard's dialogues: each file read as MELD (``heard-set`` writes that format), its
-    conversations named after the file so that they never share an id with MELD's own."""
+    conversations named after the file and its place in the list, so that they never share
+    an id with MELD's own or another file's."""
     from erc_ros.training import data
 
     out = []
-    for f in paths:
+    for i, f in enumerate(paths):
         if not Path(f).is_file():
             raise SystemExit(f"error: --heard {f}: no such file")
         try:
-            d = data.load_meld(f, split=f"heard-{Path(f).stem}")
+            d = data.load_meld(f, split=f"heard{i}-{Path(f).stem}")
         except (KeyError, ValueError) as e:
             raise SystemExit(f"error: --heard {f}: not a MELD-format CSV ({e!r})") from None
         labelled = sum(lab >= 0 for x in d for lab in x.labels)
@@ -641,6 +642,9 @@ def run(args) -> int:
         print(f"robot-view copy: {len(original)} training dialogues, each also without '!' "
               f"as {' and as '.join(names)} ({', '.join(f'{n}: {COPY_HELP[n]}' for n in names)})",
               file=sys.stderr)
+    if args.heard and args.format != "meld":  # heard-set speaks and hears MELD
+        raise SystemExit(f"error: --heard is MELD text heard by the robot: not for --format "
+                         f"{args.format}")
     if args.heard:
         r["heard"] = [Path(f).name for f in args.heard]
         train, files = train + _heard(args.heard), files + [Path(f) for f in args.heard]
