@@ -240,19 +240,25 @@ def _datasets(args, recipe):
             data.IEMOCAP6_LABELS, [])
 
 
-def _heard(paths: list[str]) -> list:
+def _heard(paths: list[str], fmt: str) -> list:
     """--heard's dialogues: each file read as MELD (``heard-set`` writes that format), its
     conversations named after the file and its place in the list, so that they never share
-    an id with MELD's own or another file's."""
+    an id with MELD's own or another file's. Read before the corpus, so that a bad file is
+    refused first."""
+    import csv
+
     from erc_ros.training import data
 
+    if paths and fmt != "meld":  # heard-set speaks and hears MELD
+        raise SystemExit(f"error: --heard is MELD text heard by the robot: not for --format "
+                         f"{fmt}")
     out = []
     for i, f in enumerate(paths):
         if not Path(f).is_file():
             raise SystemExit(f"error: --heard {f}: no such file")
         try:
             d = data.load_meld(f, split=f"heard{i}-{Path(f).stem}")
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, csv.Error) as e:
             raise SystemExit(f"error: --heard {f}: not a MELD-format CSV ({e!r})") from None
         labelled = sum(lab >= 0 for x in d for lab in x.labels)
         if not labelled:
@@ -622,6 +628,7 @@ def run(args) -> int:
     if args.init and args.freeze_layers is not None:
         raise SystemExit("error: --freeze-layers builds a new encoder; with --init the init "
                          "model's own freezing applies")
+    heard = _heard(args.heard, args.format)
     train, dev, labels, files = _datasets(args, r)
     if args.limit_dialogues:
         train, dev = train[: args.limit_dialogues], dev[: max(1, args.limit_dialogues // 4)]
@@ -642,12 +649,9 @@ def run(args) -> int:
         print(f"robot-view copy: {len(original)} training dialogues, each also without '!' "
               f"as {' and as '.join(names)} ({', '.join(f'{n}: {COPY_HELP[n]}' for n in names)})",
               file=sys.stderr)
-    if args.heard and args.format != "meld":  # heard-set speaks and hears MELD
-        raise SystemExit(f"error: --heard is MELD text heard by the robot: not for --format "
-                         f"{args.format}")
-    if args.heard:
+    if heard:
         r["heard"] = [Path(f).name for f in args.heard]
-        train, files = train + _heard(args.heard), files + [Path(f) for f in args.heard]
+        train, files = train + heard, files + [Path(f) for f in args.heard]
     from erc_ros.training.text_stage import seed_everything
 
     seed_everything(r["seed"])
