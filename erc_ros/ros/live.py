@@ -69,6 +69,30 @@ class BagPlayer:
         self.pubs = {t: node.create_publisher(message_class(ty), t, RELIABLE)
                      for t, ty in conns.items() if t != GROUND_TRUTH_TOPIC}
         self.published: dict[str, int] = {t: 0 for t in self.pubs}
+        #: The bag time of the last record published (None before the first).
+        self.last_time: Optional[float] = None
+
+    def other_publishers(self, topic: str) -> list[str]:
+        """The nodes other than the player's that publish on ``topic`` (as discovered)."""
+        me = (self.node.get_name(), self.node.get_namespace())
+        names = {(i.node_name, i.node_namespace)
+                 for i in self.node.get_publishers_info_by_topic(topic)}
+        return sorted(f"{ns.rstrip('/')}/{name}" for name, ns in names - {me})
+
+    def leave_out(self, topic: str) -> None:
+        """Publish nothing on ``topic``: its records are skipped, its publisher destroyed."""
+        pub = self.pubs.pop(topic, None)
+        if pub is not None:
+            self.node.destroy_publisher(pub)
+        self.published.pop(topic, None)
+
+    def destroy(self) -> None:
+        """Destroy the player's publishers (before its node)."""
+        for topic in list(self.pubs):
+            self.leave_out(topic)
+        if self.clock_pub is not None:
+            self.node.destroy_publisher(self.clock_pub)
+            self.clock_pub = None
 
     def to_subscribers(self) -> int:
         """Messages published so far on topics someone subscribes to."""
@@ -82,7 +106,8 @@ class BagPlayer:
 
     def play(self, path, rate: float = 1.0, progress=None, ground_truth: Optional[list] = None,
              stop: Optional[threading.Event] = None, clock_period: float = 0.01) -> int:
-        """Publish every record at its time / rate; returns the message count."""
+        """Publish every record at its time / rate; returns the message count. ``stop``
+        (anything with ``is_set()``) ends it before the next record, also during a wait."""
         import json
 
         from rclpy.serialization import deserialize_message
@@ -96,9 +121,12 @@ class BagPlayer:
                 break
             t = t_ns / 1e9
             if rate > 0:
-                delay = (t - start) / rate - (time.perf_counter() - wall0)
-                if delay > 0:
-                    time.sleep(delay)
+                due = wall0 + (t - start) / rate
+                # In steps, so that a stop during a long gap of the bag is seen at once.
+                while (delay := due - time.perf_counter()) > 0:
+                    if stop is not None and stop.is_set():
+                        return n
+                    time.sleep(min(delay, 0.05))
             if t - last_clock >= clock_period:
                 self.clock(t)
                 last_clock = t
@@ -106,8 +134,12 @@ class BagPlayer:
                 if ground_truth is not None:
                     ground_truth.append(json.loads(deserialize_message(raw, String).data))
                 continue
-            self.pubs[topic].publish(raw)
+            pub = self.pubs.get(topic)
+            if pub is None:  # left out
+                continue
+            pub.publish(raw)
             self.published[topic] += 1
+            self.last_time = t
             n += 1
             if progress and n % 50 == 0:
                 progress(t - start)
