@@ -11,7 +11,7 @@ place that converts whatever the microphone delivers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -155,6 +155,14 @@ class Utterance:
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+    def for_context(self) -> "Utterance":
+        """What a conversation's history keeps of this utterance once it is past: every
+        scalar field (ids, speaker, span, text, confidences, locale, face status), without
+        the audio, the face crops and the ``features``. A model reads of a past utterance
+        only its speaker and text (the text prompt); its encodings are cached as vectors by
+        whoever needs them. The copy's :attr:`modality_mask` is therefore text only."""
+        return replace(self, audio=np.zeros(0, np.float32), faces=[], features={})
 
 
 @dataclass
