@@ -1,9 +1,11 @@
 """`EmotionPipeline`: THE inference path (nodes, eval-bag, demo and every benchmark).
 
 ``predict(utterance) -> Estimate`` keeps each conversation's context itself: the past
-utterances (for the text prompt) and the encoded vectors of each (for the fusion head), so a
-call encodes only the new utterance, then runs the fusion head over the cached conversation
-window. Stages (preprocess, text/audio/video encoders, fusion, postprocess) each run on a
+utterances as the text prompt reads them (speaker and text: no audio, no face crops; bounded
+in count and in bytes, see :class:`~erc_ros.core.conversation.ConversationHistory`) and the
+encoded vectors of each (for the fusion head), so a call encodes only the new utterance, then
+runs the fusion head over the cached conversation window. Stages (preprocess,
+text/audio/video encoders, fusion, postprocess) each run on a
 :class:`~erc_ros.runtime.backends.Backend` chosen from the model directory's artefacts; the
 audio and video encoders run concurrently with the text encoder when present.
 
@@ -26,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from erc_ros.core.conversation import ConversationHistory
+from erc_ros.core.conversation import DEFAULT_MAX_BYTES, ConversationHistory
 from erc_ros.core.types import (FACE_CLASSES, FACE_DISABLED, FACE_SEEN, MODALITIES, Estimate,
                                 Utterance)
 
@@ -50,16 +52,22 @@ TIMED = ("preprocess", "text_encoder", "audio_encoder", "video_encoder", "fusion
 @dataclass
 class _Encoded:
     """The cached encodings of one conversation's window, aligned with the utterances its
-    :class:`ConversationHistory` holds (same bound)."""
+    :class:`ConversationHistory` holds (:meth:`keep` drops those it dropped)."""
 
     window: int
     vectors: deque = field(default_factory=deque)  # (text, audio, video, mask[3], speaker)
     speakers: dict = field(default_factory=dict)  # speaker name -> order of appearance
+    nbytes: int = 0  # bytes of the vectors' arrays
 
     def add(self, vec: tuple) -> None:
         self.vectors.append(vec)
-        while len(self.vectors) > self.window:
-            self.vectors.popleft()
+        self.nbytes += sum(v.nbytes for v in vec[:4])
+        self.keep(self.window)
+
+    def keep(self, n: int) -> None:
+        """Keep the newest ``n`` vectors."""
+        while len(self.vectors) > n:
+            self.nbytes -= sum(v.nbytes for v in self.vectors.popleft()[:4])
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -83,7 +91,8 @@ class EmotionPipeline:
 
     def __init__(self, model, stages: dict[str, Backend], *, model_id: str,
                  backend_name: str, precision: str, max_context: int = 64,
-                 why: str = "", threads: int = 2, max_conversations: int = 16):
+                 why: str = "", threads: int = 2, max_conversations: int = 16,
+                 max_history_bytes: int = DEFAULT_MAX_BYTES):
         self.model = model
         self.preprocessor = model.preprocessor
         self.stages = stages
@@ -98,11 +107,15 @@ class EmotionPipeline:
         self.max_context = max(1, int(max_context))
         self.past_context = int(self.preprocessor.config.prompt.past_context)
         self.max_speakers = int(self.preprocessor.config.max_speakers)
-        # Bounded twice (constant memory on a robot running for days): max_context
-        # utterances per conversation, max_conversations in all (least recently used dropped).
+        # Constant memory on a robot running for days, whatever it is sent: max_context
+        # utterances per conversation, max_conversations in all (least recently used
+        # dropped), max_history_bytes for the past utterances, of which the history keeps
+        # only what the text prompt reads (no audio, no crops); the encodings follow it.
         self.max_conversations = max(1, int(max_conversations))
-        self.history = ConversationHistory(self.max_context, self.max_conversations)
+        self.history = ConversationHistory(self.max_context, self.max_conversations,
+                                           max_history_bytes)
         self._encoded: dict[str, _Encoded] = {}
+        self._encoded_bytes = 0
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="erc-encoder") \
             if (self.has_audio_encoder or self.has_video_encoder) else None
@@ -118,7 +131,8 @@ class EmotionPipeline:
     @classmethod
     def from_model(cls, model, backend: str = "torch", precision: str = "fp32",
                    threads: int | None = None, max_context: int = 64,
-                   max_conversations: int = 16) -> "EmotionPipeline":
+                   max_conversations: int = 16,
+                   max_history_bytes: int = DEFAULT_MAX_BYTES) -> "EmotionPipeline":
         """Run an in-memory :class:`ErcModel` on the torch backend (fp32, or int8 dynamic)."""
         if backend != "torch":
             raise ValueError("from_model runs torch only; use from_model_dir for ONNX/TensorRT")
@@ -127,14 +141,16 @@ class EmotionPipeline:
         return cls(model, _torch_stages(model, precision, threads),
                    model_id=getattr(model.config, "model_id", "model"), backend_name="torch",
                    precision=precision, max_context=max_context, why="in-memory model",
-                   threads=threads, max_conversations=max_conversations)
+                   threads=threads, max_conversations=max_conversations,
+                   max_history_bytes=max_history_bytes)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, backend: str = "auto",
                        precision: str = "auto", threads: int | None = None,
                        max_context: int = 64, providers: Optional[list[str]] = None,
                        prepare: bool = False,
-                       max_conversations: int = 16) -> "EmotionPipeline":
+                       max_conversations: int = 16,
+                       max_history_bytes: int = DEFAULT_MAX_BYTES) -> "EmotionPipeline":
         """Load a model directory (every listed file's sha256 verified) and pick backends.
 
         ``backend``: ``auto`` (tensorrt -> onnxruntime -> torch, the first that can run with
@@ -200,7 +216,7 @@ class EmotionPipeline:
             prec, stages = _trt_stages(model_dir, model, needed, engines, precision, threads)
         return cls(model, stages, model_id=model_id, backend_name=name, precision=prec,
                    max_context=max_context, why=why, threads=threads,
-                   max_conversations=max_conversations)
+                   max_conversations=max_conversations, max_history_bytes=max_history_bytes)
 
     # ------------------------------------------------------------------ inference
     def predict(self, utterance: Utterance) -> Estimate:
@@ -256,10 +272,7 @@ class EmotionPipeline:
         conv.add((text_vec.astype(np.float32), audio_vec.astype(np.float32),
                   video_vec.astype(np.float32), mask, spk))
         self.history.add(u)
-        if len(self._encoded) > self.max_conversations:  # follow the history's LRU
-            alive = set(self.history.conversation_ids)
-            for k in [k for k in self._encoded if k not in alive]:
-                del self._encoded[k]
+        self._follow_history()
 
         t2 = time.perf_counter()
         vecs = list(conv.vectors)
@@ -329,18 +342,26 @@ class EmotionPipeline:
     def _submit(self, fn, *args):
         return self._pool.submit(fn, *args)
 
+    def _follow_history(self) -> None:
+        """Drop the encodings of the utterances the history dropped (its bounds), so the
+        fusion window is the history's; then count their bytes (for :meth:`stats`)."""
+        for cid in list(self._encoded):
+            n = self.history.count(cid)
+            if n:
+                self._encoded[cid].keep(n)
+            else:
+                del self._encoded[cid]
+        self._encoded_bytes = sum(e.nbytes for e in self._encoded.values())
+
     # ------------------------------------------------------------------ state
     def reset(self, conversation_id: str | None = None) -> None:
         """Forget one conversation's context (or all of them)."""
         with self._lock:
             self.history.reset(conversation_id)
-            if conversation_id is None:
-                self._encoded.clear()
-            else:
-                self._encoded.pop(conversation_id, None)
+            self._follow_history()
 
     def context_length(self, conversation_id: str) -> int:
-        return len(self.history.context(conversation_id))
+        return self.history.count(conversation_id)
 
     def snapshot(self, conversation_id: str):
         """A copy of one conversation's state (context + cached encodings)."""
@@ -358,13 +379,17 @@ class EmotionPipeline:
                 self.history.add(u)
             if enc is not None:
                 self._encoded[conversation_id] = copy.deepcopy(enc)
+            self._follow_history()
 
     def stats(self) -> dict:
         """Counters and per-stage latency (ms, over the last 512 calls) for /diagnostics."""
         out = {"model_id": self.model_id, "backend": self.backend_name,
                "precision": self.precision, "where": self.where, "predictions": self._count,
                "errors": self._errors, "conversations": len(self.history.conversation_ids),
-               "cached_utterances": len(self.history)}
+               "cached_utterances": len(self.history),
+               # what the conversations' context holds: the past utterances as the history
+               # keeps them (bounded by max_history_bytes), and their cached encodings
+               "history_bytes": self.history.nbytes, "encoded_bytes": self._encoded_bytes}
         for name, vals in self._times.items():
             if vals:
                 a = np.asarray(vals)
