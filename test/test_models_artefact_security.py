@@ -6,7 +6,7 @@
 - artefact paths are plain relative paths inside the directory, refused (before any file
   system access at them) with a message that does not depend on whether the target exists;
   a symbolic link may not lead out of the directory, except a runtime overlay's links into
-  the model it was made from;
+  a model with the manifest it is named after;
 - ``model_id`` is a plain name, checked on read and on save, and the cache overlay never
   lands outside ``$ERC_ROS_CACHE``;
 - over real DDS: the emotion node refuses such a directory at configure, with the reason
@@ -254,17 +254,22 @@ def test_overlay_links_into_its_source_only(model, tmp_path, monkeypatch):
     shutil.copytree(ov, fake, symlinks=True)
     with pytest.raises(ArtefactError, match="outside the model directory"):
         rtm.load_model(fake)
-    # A copy of the model elsewhere (the same manifest) has its own overlay, and it keeps
-    # working when the first copy is replaced by another model.
+    # A copy of the model elsewhere (the same manifest) shares the overlay, whose links
+    # still lead into the first copy while it holds that manifest.
     copy = _copy(model, tmp_path / "copy")
-    ov2 = rtm.overlay_dir(copy)
-    assert ov2 != ov and (ov2 / "tokenizer.json").resolve().parent == copy.resolve()
-    # An overlay whose source changed since (stale) no longer vouches for its links.
+    assert rtm.overlay_dir(copy) == ov
+    assert (ov / "tokenizer.json").resolve().parent == src.resolve()
+    # Once the first copy is replaced by another model, the overlay no longer vouches for
+    # its links into it; asked from the copy, it leads into the copy.
     _edit(src, lambda m: m.update(model_id="tiny-changed"))
-    rtm.load_model(ov2)
-    rtm.verify_files(ov2, ["tokenizer.json"])
     with pytest.raises(ArtefactError, match="outside the model directory"):
         rtm.verify_files(ov, ["tokenizer.json"])
+    assert rtm.overlay_dir(copy, create=False) == ov
+    assert (ov / "tokenizer.json").resolve().parent == copy.resolve()
+    rtm.load_model(ov)
+    rtm.verify_files(ov, ["tokenizer.json"])
+    # The changed model has an overlay of its own.
+    assert rtm.overlay_dir(src) != ov
 
 
 # ------------------------------------------------------------------ model_id

@@ -62,6 +62,33 @@ def test_prepare_builds_into_the_cache_only_and_load_then_finds_it(fresh, vnni):
     assert _snapshot(d) == before
 
 
+def test_the_same_model_at_another_path_finds_what_was_prepared(fresh, tmp_path):
+    """The cache is keyed by the model's content: a colcon install's copy of the model
+    (``share/erc_ros/models/default``) finds the files prepared for the source tree's, also
+    once the source tree is gone; a changed file is another model."""
+    import shutil
+
+    from erc_ros.models.artefact import add_artefact
+    from erc_ros.runtime.manifest import load_model
+    from erc_ros.runtime.prepare import missing
+
+    d, cache = fresh
+    rdir = prepare(d, ["int8"])
+    installed = tmp_path / "install" / "share" / "erc_ros" / "models" / "default"
+    shutil.copytree(d, installed)
+    assert missing(installed, load_model(installed), ["int8"]) == []
+    assert prepare(installed, ["int8"]) == rdir
+    shutil.rmtree(d)
+    assert missing(installed, load_model(installed), ["int8"]) == []
+    pipe = EmotionPipeline.from_model_dir(installed, backend="onnxruntime", precision="int8")
+    assert pipe.precision == "int8"
+    changed = tmp_path / "changed"
+    shutil.copytree(installed, changed)
+    (changed / "tokenizer.json").write_text((changed / "tokenizer.json").read_text() + "\n")
+    add_artefact(changed, "tokenizer.json", "tokenizer")  # its new sha256 in the manifest
+    assert missing(changed, load_model(changed), ["int8"]) == ["fp32", "int8"]
+
+
 def test_prepare_flag_of_the_loader_builds_into_the_cache(fresh):
     d, cache = fresh
     before = _snapshot(d)

@@ -8,18 +8,20 @@ a tampered or missing file is refused with an error naming it.
 Every path taken from a manifest goes through :func:`artefact_path` (or :func:`verify_files`,
 which checks the file too): the path rules of ``erc_ros.models.artefact`` (plain relative
 paths that resolve inside the directory), with one exception, decided here: the files of a
-cache overlay (:func:`overlay_dir`) are links into the model it was made from, and may
+cache overlay (:func:`overlay_dir`) are links into a model with its manifest, and may
 resolve inside that model only when the overlay is a directory of :func:`cache_root` named
 after that model's current manifest (:func:`overlay_source`). Every directory made in the
 cache goes through :func:`cache_path`, which refuses a name that would land outside it.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 from erc_ros.models.artefact import (ArtefactError, add_artefact, artefact_file,  # noqa: F401
-                                     check_model_id, load_model_dir, read_manifest,
-                                     remove_artefact, sha256_file, verify_file,
+                                     check_model_id, check_relpath, load_model_dir,
+                                     read_manifest, remove_artefact, sha256_file, verify_file,
                                      verify_model_dir)
 from erc_ros.paths import CHECKOUT, share_path
 
@@ -102,15 +104,13 @@ def cache_path(name: str) -> Path:
 
 def _overlay_path(model_dir: Path) -> tuple[Path, bytes, dict]:
     """Where the overlay of ``model_dir`` (resolved) goes, its manifest's bytes and content.
-    The name hashes the manifest and the directory's path: the overlay's links lead into
-    that one directory, so a copy of the model elsewhere (same manifest) gets its own
-    overlay, and replacing or removing the first copy leaves the second one working."""
-    import hashlib
-
+    The name hashes the manifest alone, which holds the sha256 of every file of the model:
+    the same model at another path (a colcon install's ``share/erc_ros/models/default``
+    and the source tree's ``models/default``) finds the files prepared once, and a changed
+    file (a new manifest) gets another overlay."""
     raw = (model_dir / "manifest.json").read_bytes()
     m = read_manifest(model_dir)
-    h = hashlib.sha256(raw + b"\0" + str(model_dir).encode())
-    name = f"{m.get('model_id', 'model')}-{h.hexdigest()[:16]}"
+    name = f"{m.get('model_id', 'model')}-{hashlib.sha256(raw).hexdigest()[:16]}"
     return cache_path(name), raw, m
 
 
@@ -132,21 +132,61 @@ def overlay_source(model_dir: str | Path) -> Path | None:
         return None
 
 
+def _links_lead_into_source(d: Path, m: dict) -> bool:
+    """Whether overlay ``d`` has a valid source (:func:`overlay_source`) and every link to
+    the model's files (``m``: the model's manifest) resolves inside it."""
+    source = overlay_source(d)
+    if source is None:
+        return False
+    for rel in m.get("artefacts", {}):
+        try:
+            real = (d / check_relpath(rel)).resolve(strict=True)
+        except (OSError, RuntimeError):
+            return False
+        if real != source and source not in real.parents:
+            return False
+    return True
+
+
+def _relink(d: Path, model_dir: Path, m: dict) -> None:
+    """Point the links of overlay ``d`` at ``model_dir``, a model with the same manifest
+    (the same files by their sha256): each link replaced at once, ``SOURCE`` last."""
+    for rel in m.get("artefacts", {}):
+        link = d / check_relpath(rel)
+        tmp = link.with_name(link.name + ".relink")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(artefact_file(model_dir, rel))
+        os.replace(tmp, link)
+    tmp = d / "SOURCE.relink"
+    tmp.write_text(str(model_dir) + "\n")
+    os.replace(tmp, d / "SOURCE")
+
+
 def overlay_dir(model_dir: str | Path, create: bool = True) -> Path | None:
     """A writable overlay of ``model_dir`` for artefacts made on demand.
 
     A model shipped in the repository (``models/default``) must stay as committed: its
     manifest may only list files that are committed. So the runtime's implicit exports go
-    to ``<cache>/<model_id>-<sha256 of the manifest and the path, [:16]>/``: a copy of the
-    manifest plus links to the listed files, in which the ONNX files are then registered and
-    verified like any other. The key changes whenever the model (or its place) does, so a
-    stale overlay is never used.
+    to ``<cache>/<model_id>-<sha256 of the manifest, [:16]>/``: a copy of the manifest plus
+    links to the listed files, in which the ONNX files are then registered and verified
+    like any other. The key is the model's content, not its place: a copy of the model
+    elsewhere uses the same overlay, whose links are moved to it when the copy they lead
+    into is gone or changed (``create`` or not: the prepared files stay). A changed model
+    has another key, so a stale overlay is never used.
     """
     import shutil
 
     model_dir = Path(model_dir).resolve()
     d, raw, m = _overlay_path(model_dir)
     if (d / "manifest.json").is_file():
+        if _links_lead_into_source(d, m):
+            return d
+        try:
+            _relink(d, model_dir, m)
+        except OSError:
+            if not create:
+                return None
+            raise
         return d
     if not create:
         return None
