@@ -5,9 +5,9 @@ verifies and loads what is there). This is the one step that builds: it exports 
 stages to ONNX (checked against PyTorch) and makes the quantized variants, into the model's
 overlay in the cache (``$ERC_ROS_CACHE``, default ``~/.cache/erc_ros``; keyed by the
 manifest's sha256, not the model's path, see :func:`erc_ros.runtime.manifest.overlay_dir`)
-— never into the model directory, which may be installed, tracked or read-only. Idempotent: what exists is verified
-and kept. Run by set-up for ``models/default``, by the CLI, or at configure by the emotion
-node's opt-in ``prepare`` parameter.
+— never into the model directory, which may be installed, tracked or read-only.
+Idempotent: what exists is verified and kept. Run by set-up for ``models/default``, by the
+CLI, or at configure by the emotion node's opt-in ``prepare`` parameter.
 """
 from __future__ import annotations
 
