@@ -187,3 +187,32 @@ def test_overlong_asr_text_is_refused_and_state_kept():
     core.push_transcript(TranscriptEvent(stamp=1.0, text="a" * limit, is_final=True))
     assert _sizes(core)["untimed"] == 1
     assert core.stats()["counters"]["refused"]["transcript_too_long"] == 2
+
+
+def test_transcript_fields_are_bounded_in_the_core():
+    """Every path into the core (the nodes, bag replay, bench-core feeding it directly) has
+    the same bounds (issue 55): a speaker hint, locale or segment id longer than
+    TRANSCRIPT_BOUNDS, a confidence neither NaN nor in [0, 1], an untimed final without
+    text; the state is kept, and a plain result still goes in."""
+    import math
+
+    from erc_ros.core.segmentation import TRANSCRIPT_BOUNDS
+    core = _core()
+    before = _sizes(core)
+    cases = {"transcript_field": [{"speaker_hint": "v" * 1_000_000},
+                                  {"locale": "en" * (TRANSCRIPT_BOUNDS["locale"])},
+                                  {"segment_id": "s" * 129}, {"confidence": math.inf},
+                                  {"confidence": -5.0}, {"confidence": 1.5}],
+             "empty_transcript": [{"text": "  \n "}]}
+    for reason, kws in cases.items():
+        for kw in kws:
+            with pytest.raises(InputError) as err:
+                core.push_transcript(TranscriptEvent(**{"stamp": 1.0, "text": "hi", **kw}))
+            assert err.value.reason == reason, kw
+    assert _sizes(core) == {**before, "refusal_keys": 2}
+    assert core.stats()["counters"]["refused"] == {"transcript_field": 6,
+                                                   "empty_transcript": 1}
+    core.push_transcript(TranscriptEvent(1.0, "hi", speaker_hint="v" * 128,
+                                         confidence=math.nan))
+    core.push_transcript(TranscriptEvent(2.0, " ", start=0.5, end=1.5))  # timed: kept
+    assert _sizes(core)["untimed"] == 1 and _sizes(core)["pending"] == 1

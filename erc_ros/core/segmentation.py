@@ -41,6 +41,14 @@ from .errors import PendingFullError, TranscriptError, TranscriptFutureError
 from .types import TranscriptEvent
 
 
+#: Bounds of an ASR result's short fields, in characters (longer: refused, InputError
+#: ``transcript_field``). A speaker hint is an upstream voice or person id (ROS4HRI ids are
+#: a few characters), a locale a BCP-47 / POSIX tag (RFC 5646 asks implementations to read
+#: 35), a segment id links partial results to their final. The text has its own bound,
+#: ``segmentation.max_text_characters``.
+TRANSCRIPT_BOUNDS = {"speaker_hint": 128, "locale": 35, "segment_id": 128}
+
+
 @dataclass
 class PendingUtterance:
     """An utterance waiting for its audio (timed ASR) or decided (VAD / untimed ASR)."""
@@ -152,6 +160,10 @@ class Segmenter:
 
     @staticmethod
     def _check_transcript(ev: TranscriptEvent) -> None:
+        """Refuse an ASR result the core cannot use as it is (:data:`TRANSCRIPT_BOUNDS`;
+        reasons ``transcript``, ``transcript_field``, ``empty_transcript``): every path into
+        the core (the nodes, bag replay, the benchmarks feeding it directly) gets the same
+        rules."""
         if not isinstance(ev.text, str):
             raise TranscriptError(f"transcript text must be a string, got {type(ev.text).__name__}")
         if not math.isfinite(float(ev.stamp)):
@@ -164,6 +176,23 @@ class Segmenter:
                 raise TranscriptError(f"transcript times [{ev.start}, {ev.end}] are not finite")
             if e < s:
                 raise TranscriptError(f"transcript ends ({e:.3f}) before it starts ({s:.3f})")
+        for name, limit in TRANSCRIPT_BOUNDS.items():
+            value = getattr(ev, name)
+            if not isinstance(value, str):
+                raise TranscriptError(f"transcript {name} must be a string, got "
+                                      f"{type(value).__name__}", "transcript_field")
+            if len(value) > limit:
+                raise TranscriptError(f"transcript {name} of {len(value)} characters (at most "
+                                      f"{limit}): {value[:40]!r}...", "transcript_field")
+        c = float(ev.confidence)
+        if not math.isnan(c) and not 0.0 <= c <= 1.0:
+            raise TranscriptError(f"transcript confidence {c!r} is outside [0, 1] (NaN: the "
+                                  "ASR gives none)", "transcript_field")
+        if ev.is_final and not ev.timed and not ev.text.strip():
+            # An untimed empty final says nothing and spans nothing (a timed one still marks
+            # an utterance whose audio and face may carry the emotion).
+            raise TranscriptError("final ASR result with no text and no times",
+                                  "empty_transcript")
 
     # -- decisions ---------------------------------------------------------------------
     def asr_present(self, now: float) -> bool:

@@ -57,15 +57,6 @@ def convert_ahead(kind: str, msg: Any, max_image_pixels: int = convert.MAX_IMAGE
         return err
 
 
-def _check_text(ev):
-    """An empty final result without times says nothing and spans nothing: refused (a timed
-    one still marks an utterance whose audio may carry the emotion)."""
-    if ev.is_final and not ev.text.strip() and not ev.timed:
-        raise convert.ConversionError("empty_transcript",
-                                      "final ASR result with no text and no times")
-    return ev
-
-
 class Ingest:
     """Converts messages and pushes them into ``core`` (a PerceptionCore).
 
@@ -133,12 +124,12 @@ class Ingest:
                 self.audio_format_error = err
                 raise
         elif kind in ("audio_stamped", "audio"):
+            if self.audio_format_error is not None:  # e.g. mp3 announced: refuse its data
+                raise self.audio_format_error  # (refused here, not lost on the way)
             data = msg.data if kind == "audio" else msg.audio.data
             dur = convert.chunk_duration(len(data), self.audio_format)
             self.audio_coverage.add(receipt - dur if kind == "audio"
                                     else convert.time_to_float(msg.header.stamp), dur, receipt)
-            if self.audio_format_error is not None:  # e.g. mp3 announced: refuse its data
-                raise self.audio_format_error
             if kind == "audio":
                 # Unstamped audio: receipt time minus the chunk's duration, smoothed into a
                 # continuous timeline (receipt jitter and bursts of late delivery would
@@ -161,13 +152,13 @@ class Ingest:
             self.core.push_audio(chunk)
             self.audio_end = float(chunk.stamp) + dur
         elif kind == "transcript":
-            self.core.push_transcript(_check_text(convert.transcript_to_event(msg)))
+            self.core.push_transcript(convert.transcript_to_event(msg))
         elif kind == "live_speech":
             ev = convert.live_speech_to_event(msg, receipt, voice_id_of(topic))
             if ev is None:
                 raise convert.ConversionError("empty_transcript", "LiveSpeech without text")
-            self.core.push_transcript(_check_text(ev))
+            self.core.push_transcript(ev)
         elif kind == "string":
-            self.core.push_transcript(_check_text(convert.string_to_event(msg, receipt)))
+            self.core.push_transcript(convert.string_to_event(msg, receipt))
         else:
             raise convert.ConversionError("unknown_input", f"unknown input kind {kind!r}")
