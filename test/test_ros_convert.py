@@ -107,6 +107,15 @@ def test_audio_messages():
         convert.audio_info_to_format(AudioInfo(channels=1, sample_rate=16000,
                                                sample_format="S16LE", coding_format="MP3"))
     assert err.value.reason == "audio_coding"
+    # every field checked when the AudioInfo comes, not when its audio does (issue 55)
+    for kw, why in (({"sample_rate": 0}, "sample_rate is 0"), ({"channels": 0}, "channels is 0"),
+                    ({"sample_rate": 4294967295}, "out of range"),
+                    ({"sample_format": "S12LE"}, "unknown sample format")):
+        info = AudioInfo(**{"channels": 1, "sample_rate": 16000, "sample_format": "S16LE",
+                            "coding_format": "wave", **kw})
+        with pytest.raises(InputError) as err:
+            convert.audio_info_to_format(info)
+        assert err.value.reason == "audio_format" and why in str(err.value), kw
 
 
 def test_transcripts():
@@ -185,6 +194,11 @@ def test_hostile_utterance_messages_are_refused_before_allocating():
         "3 face probabilities": msg(face_status="seen",
                                     face_probabilities=np.ones(3, np.float32)),
         "unknown face status": msg(face_status="x" * 1000),
+        "1 MB speaker id": msg(speaker_id="s" * (1 << 20)),
+        "1 MB conversation id": msg(conversation_id="c" * (1 << 20)),
+        "1 MB locale": msg(locale="l" * (1 << 20)),
+        "text confidence 5": msg(text_confidence=5.0),
+        "infinite speaker confidence": msg(speaker_confidence=math.inf),
     }
     for name, m in cases.items():
         assert isinstance(m, UtteranceMsg)

@@ -29,7 +29,9 @@ from erc_ros.core.types import (FACE_CLASSES, FACE_SEEN, FACE_STATUSES, SAMPLE_R
                                 AudioChunk, AudioFormat, Estimate, Frame, TranscriptEvent,
                                 Utterance)
 
+from erc_ros.core.audio_buffer import check_format
 from erc_ros.core.errors import InputError
+from erc_ros.core.segmentation import TRANSCRIPT_BOUNDS
 
 
 class ConversionError(InputError):
@@ -353,16 +355,29 @@ def rgb_to_compressed(rgb: np.ndarray, stamp: float | Time = 0.0, frame_id: str 
 # --- audio (audio_common_msgs, ros-drivers flavour) ----------------------------------------
 
 def audio_info_to_format(info) -> AudioFormat:
-    """audio_common_msgs/AudioInfo -> AudioFormat. Refuses non-PCM codings early."""
+    """audio_common_msgs/AudioInfo -> AudioFormat, checked whole before any audio is read:
+    a coding that is not raw PCM (``audio_coding``), a sample rate or channel count of 0
+    (unset: erc_ros does not guess one), or a rate, channel count or sample format the audio
+    buffer cannot read (``audio_format``, :func:`erc_ros.core.audio_buffer.check_format`)
+    is refused, and the node refuses the audio that follows until a good AudioInfo comes."""
     coding = (info.coding_format or "wave").strip().lower()
     if coding not in ("wave", "wav", "pcm", "raw", ""):
         raise ConversionError("audio_coding",
                               f"audio coding {info.coding_format!r} is not raw PCM "
                               "(erc_ros needs wave/pcm; decode it upstream)")
-    return AudioFormat(sample_rate=int(info.sample_rate) or SAMPLE_RATE,
-                       channels=int(info.channels) or 1,
-                       sample_format=(info.sample_format or "S16LE").upper(),
-                       coding_format=coding or "wave")
+    for name in ("sample_rate", "channels"):
+        if int(getattr(info, name)) == 0:
+            raise ConversionError("audio_format",
+                                  f"AudioInfo {name} is 0 (unset): the capture node must say "
+                                  "its audio's format; audio refused until it does")
+    fmt = AudioFormat(sample_rate=int(info.sample_rate), channels=int(info.channels),
+                      sample_format=(info.sample_format or "S16LE").upper(),
+                      coding_format=coding or "wave")
+    try:
+        check_format(fmt)
+    except InputError as err:
+        raise ConversionError(err.reason, f"AudioInfo: {err}") from None
+    return fmt
 
 
 def audio_to_chunk(msg, fmt: AudioFormat, stamp: Optional[float] = None,
@@ -502,15 +517,21 @@ MAX_UTTERANCE_FACES = 64
 MAX_FACE_PIXELS = 1024 * 1024
 MAX_UTTERANCE_TEXT = 20000
 MAX_EMBEDDING_FLOATS = 4096
+#: Bounds of its short strings, in characters: ids the core makes are a few dozen
+#: characters; a locale is a BCP-47 / POSIX tag (as an ASR result's, TRANSCRIPT_BOUNDS).
+MAX_UTTERANCE_FIELDS = {"utterance_id": 256, "conversation_id": 256, "speaker_id": 256,
+                        "speaker_source": 32, "locale": TRANSCRIPT_BOUNDS["locale"]}
 
 
 def msg_to_utterance(msg) -> Utterance:
     """erc_ros/Utterance -> Utterance; refuses (reason ``utterance``) a message the utterance
     node cannot have made: audio not at 16 kHz or longer than MAX_UTTERANCE_SECONDS, more
     than MAX_UTTERANCE_FACES crops or a crop over MAX_FACE_PIXELS, text over
-    MAX_UTTERANCE_TEXT characters, an embedding over MAX_EMBEDDING_FLOATS values, an end
-    before the start, face probabilities that are not one per face class (or not with
-    face_status seen), an unknown face_status."""
+    MAX_UTTERANCE_TEXT characters, an embedding over MAX_EMBEDDING_FLOATS values, an id or
+    locale longer than MAX_UTTERANCE_FIELDS, a text confidence that is neither NaN nor in
+    [0, 1], a speaker confidence or time that is not finite, an end before the start, face
+    probabilities that are not one per face class (or not with face_status seen), an unknown
+    face_status."""
     def refuse(why: str):
         raise ConversionError("utterance", f"utterance {msg.utterance_id[:40]!r}: {why}")
     if msg.sample_rate not in (0, SAMPLE_RATE):
@@ -524,6 +545,15 @@ def msg_to_utterance(msg) -> Utterance:
         refuse(f"{len(msg.text)} characters of text (at most {MAX_UTTERANCE_TEXT})")
     if len(msg.speaker_embedding) > MAX_EMBEDDING_FLOATS:
         refuse(f"speaker embedding of {len(msg.speaker_embedding)} values")
+    for name, limit in MAX_UTTERANCE_FIELDS.items():
+        if len(getattr(msg, name)) > limit:
+            raise ConversionError("utterance", f"utterance {name} of {len(getattr(msg, name))} "
+                                               f"characters (at most {limit})")
+    tc, sc = float(msg.text_confidence), float(msg.speaker_confidence)
+    if not (math.isnan(tc) or 0.0 <= tc <= 1.0):
+        refuse(f"text confidence {tc!r} (NaN or within [0, 1])")
+    if math.isinf(sc):
+        refuse(f"speaker confidence {sc!r} (NaN or finite)")
     if time_to_float(msg.end) < time_to_float(msg.start):
         refuse("ends before it starts")
     if msg.face_status not in ("", *FACE_STATUSES):
