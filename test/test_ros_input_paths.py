@@ -484,6 +484,119 @@ def test_input_health_rules():
     cov.add(1010.01, 0.01, 20.01)
     assert cov.lost_s == pytest.approx(0.75, abs=0.02)
 
+    from erc_ros.ros.input_health import SequenceGaps
+
+    def info(gid: bytes, seq: int) -> dict:
+        return {"publication_sequence_number": seq, "publisher_gid": {"data": gid}}
+    gaps = SequenceGaps(window_s=10.0)
+    gaps.existing([list(b"A" * 16)])  # there before the subscription: its past is not lost
+    assert gaps.add(info(b"A" * 16, 500), 1.0) == 0
+    assert gaps.add(info(b"A" * 16, 504), 2.0) == 3
+    assert gaps.add(info(b"B" * 16, 10), 3.0) == 9  # new: its first nine never came
+    assert gaps.add(info(b"B" * 16, 1), 4.0) == 0  # started again
+    assert gaps.add(None, 4.0) == 0  # an rmw without numbers
+    assert (gaps.lost, gaps.received, gaps.lost_recently(5.0)) == (12, 4, 12)
+    assert gaps.lost_recently(12.5) == 9 and gaps.problem(20.0, "/t", 100) is None
+    assert "12 in all" in gaps.problem(12.5, "/t", 100).message
+
+
+
+def test_transcripts_lost_on_the_way_are_counted(ros):
+    """3,000 final transcripts as fast as one publisher goes (issue 55: 207 arrived, the
+    rest were lost with no counter): every one is either received by the node or counted
+    lost from the publisher's sequence numbers, to the message, and a loss is a WARN naming
+    the topic."""
+    from erc_ros.msg import Transcript
+    rig = UtteranceRig("transcript_flood", image_transport="none", audio_msg="none")
+    try:
+        pub = rig.driver.create_publisher(Transcript, "/erc_ros/transcript", RELIABLE)
+        assert wait_for(lambda: pub.get_subscription_count() == 1, 10)
+        n = 3000
+        for i in range(n):
+            pub.publish(Transcript(text=f"word {i}", is_final=True))
+        health, last = rig.node.health, [-1]
+
+        def settled():
+            n_now = health.counts.get("received", 0)
+            same, last[0] = n_now == last[0], n_now
+            return same and rig.node.worker.idle_now()
+        assert wait_for(settled, 60, period=0.5)
+        gaps = rig.node._gaps["transcript"]
+        assert health.counts["received"] + gaps.lost == n, (health.counts["received"],
+                                                            gaps.lost)
+        st = rig.status(lambda st, v: "inputs.transcript.lost" in v)
+        assert int(st["inputs.transcript.lost"]) == gaps.lost
+        if gaps.lost:
+            st = rig.status(lambda st, v: "lost before they reached" in st.message)
+            assert st["level"] >= 1 and "/erc_ros/transcript" in st["message"], st
+    finally:
+        rig.close()
+
+
+def test_transcript_fields_are_bounded_and_old_refusals_leave_the_warning(ros):
+    """A speaker hint of 1,000,000 characters, a locale or segment id of 1 MB, a confidence
+    of Inf or -5 are refused (``transcript_field``, issue 55); NaN (no confidence given) is
+    not. /diagnostics says how things stand now: WARN while the refusals are within
+    ``diagnostics_window``, then OK with the totals beside."""
+    import math
+
+    from erc_ros.msg import Transcript
+    rig = UtteranceRig("transcript_bounds", image_transport="none", audio_msg="none",
+                       diagnostics_window=2.0)
+    try:
+        pub = rig.driver.create_publisher(Transcript, "/erc_ros/transcript", RELIABLE)
+        assert wait_for(lambda: pub.get_subscription_count() == 1, 10)
+        big = "x" * 1_000_000
+        for kw in ({"speaker_hint": big}, {"locale": big}, {"segment_id": big},
+                   {"confidence": math.inf}, {"confidence": -5.0}):
+            pub.publish(Transcript(text="hello there", is_final=False, **kw))
+        pub.publish(Transcript(text="hello there", is_final=False, confidence=math.nan))
+        health = rig.node.health
+        assert wait_for(lambda: health.counts.get("received", 0) == 6
+                        and rig.node.worker.idle_now(), 20)
+        assert health.refused["transcript_field"] == 5, dict(health.refused)
+        st = rig.status(lambda st, v: st.level[0] == 1 and "refused" in st.message)
+        assert "last 2 s: 5 refused input (transcript_field" in st["message"], st
+        assert st["recent.refused.transcript_field"] == "5"
+        st = rig.fresh_status(lambda st, v: st.level[0] == 0, timeout=10.0)
+        assert st["message"] == "ok (since start: 5 refused input)", st
+        assert st["refused.transcript_field"] == "5" and "recent.refused.transcript_field" \
+            not in st
+    finally:
+        rig.close()
+
+
+@pytest.mark.parametrize("rate", [0, 4294967295])
+def test_an_audio_format_refused_says_so_first(ros, rate):
+    """An AudioInfo with sample rate 0 (was read as 16 kHz, silently) or 4294967295 (its
+    audio was reported as "lost before it reached the node ... publish fewer, larger
+    chunks", issue 55): refused with its reason, and /diagnostics leads with it at ERROR;
+    the audio that follows is refused, not counted as lost; a good AudioInfo mends it."""
+    from audio_common_msgs.msg import AudioDataStamped, AudioInfo
+    rig = UtteranceRig(f"audio_format_{rate}", image_transport="none")
+    try:
+        info = rig.driver.create_publisher(AudioInfo, "/audio_info", RELIABLE)
+        pub = rig.driver.create_publisher(AudioDataStamped, "/audio", RELIABLE)
+        assert wait_for(lambda: info.get_subscription_count() == 1
+                        and pub.get_subscription_count() == 1, 10)
+        info.publish(AudioInfo(channels=1, sample_rate=rate, sample_format="S16LE",
+                               coding_format="wave"))
+        assert wait_for(lambda: rig.node.ingest.audio_format_error is not None, 10)
+        t0 = time.time()
+        for k in range(100):
+            pub.publish(_audio(t0 + 0.02 * k, 320))
+            time.sleep(0.005)
+        st = rig.status(lambda st, v: st.level[0] == 2 and "refused" in st.message)
+        assert st["message"].startswith("audio on /audio refused: AudioInfo"), st["message"]
+        assert ("sample_rate is 0" if rate == 0 else "out of range") in st["message"]
+        assert "lost" not in st["message"] and "larger chunks" not in st["message"]
+        assert rig.node.health.refused["audio_format"] >= 1
+        assert rig.node.ingest.audio_coverage.lost_s == 0.0
+        info.publish(AudioInfo(channels=1, sample_rate=16000, sample_format="S16LE",
+                               coding_format="wave"))
+        assert wait_for(lambda: rig.node.ingest.audio_format_error is None, 10)
+    finally:
+        rig.close()
 
 
 def _rss_mb(pid: int) -> float:

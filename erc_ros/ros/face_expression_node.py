@@ -64,6 +64,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                                                   "their header (refused.image_too_large)"),
     "threads": (1, "CPU threads of the face-expression expert"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+    "diagnostics_window": (30.0, "seconds of 'now' on /diagnostics: refused input, drops "
+                                 "and internal errors older than this no longer raise the "
+                                 "level (the totals since start stay beside them)"),
 }
 
 #: Ranges of the numeric parameters (the descriptor refuses values outside).
@@ -71,6 +74,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "rate": (0.01, 100.0), "max_faces": (1, 1000), "min_confidence": (0.0, 1.0),
     "max_image_pixels": (1, 2**31 - 1), "threads": (1, 256),
     "diagnostics_period": (0.01, 3600.0),
+    "diagnostics_window": (1.0, 86400.0),
 }
 
 

@@ -220,3 +220,75 @@ class AsrLag:
                        f"speech recognizer {lag:.1f} s behind the audio ({pending} segment"
                        f"{'s' if pending != 1 else ''} waiting, queue {pending}/{capacity}; "
                        f"max_asr_lag {max_lag:g} s)")
+
+
+class SequenceGaps:
+    """Messages lost on the way to one subscription, from the publishers' sequence numbers
+    (rmw's ``publication_sequence_number`` in each message's info): each publisher numbers
+    what it publishes from 1, so a jump from n to n + k + 1 is k messages that never reached
+    the node: a subscription history that overflowed (a keep-last history overwrites what
+    the node has not taken, and DDS reports no loss for it), a dropped packet. A publisher's
+    first message numbered n + 1 means n lost too, unless the publisher was already there
+    when the subscription was made (:meth:`existing`: what it sent before is not this
+    node's). A number at or below the last one seen is a publisher that started again.
+    Thread-safe (the callbacks add, the diagnostics timer reads); at most
+    ``max_publishers`` publishers are followed (the least recent one is forgotten)."""
+
+    def __init__(self, window_s: float = 30.0, max_publishers: int = 64):
+        self.window_s = window_s
+        self.max_publishers = max_publishers
+        self.lost = 0  # in all
+        self.received = 0  # numbered messages seen
+        self._last: dict[bytes, int] = {}  # publisher gid -> last sequence number
+        self._before: set[bytes] = set()  # publishers there before the subscription
+        self._recent: deque = deque()  # (receipt, lost) of gaps within window_s
+        self._lock = threading.Lock()
+
+    def existing(self, gids) -> None:
+        """The gids (16 bytes or a list of ints) of the topic's publishers when the
+        subscription was made."""
+        with self._lock:
+            for g in gids:
+                self._before.add(bytes(g)[:16])
+            while len(self._before) > 4 * self.max_publishers:
+                self._before.pop()
+
+    def add(self, info, now: float) -> int:
+        """One message's info (rclpy's MessageInfo dict, or None) at node-clock ``now``;
+        returns the messages found missing before it."""
+        seq = (info or {}).get("publication_sequence_number")
+        gid = (info or {}).get("publisher_gid")
+        if seq is None or gid is None:
+            return 0  # an rmw without sequence numbers: nothing to judge by
+        key = bytes(gid.get("data", b"") if isinstance(gid, dict) else gid)[:16]
+        seq = int(seq)
+        with self._lock:
+            self.received += 1
+            last = self._last.pop(key, None)
+            self._last[key] = seq
+            while len(self._last) > self.max_publishers:
+                self._last.pop(next(iter(self._last)))
+            if last is None:
+                gap = 0 if key in self._before else seq - 1
+            else:
+                gap = seq - last - 1 if seq > last else 0
+            if gap > 0:
+                self.lost += gap
+                self._recent.append((now, gap))
+            while self._recent and not now - self.window_s <= self._recent[0][0] <= now:
+                self._recent.popleft()
+            return gap
+
+    def lost_recently(self, now: float) -> int:
+        with self._lock:
+            return sum(n for t, n in self._recent if now - self.window_s <= t <= now)
+
+    def problem(self, now: float, topic: str, depth: int) -> Optional[Problem]:
+        n = self.lost_recently(now)
+        if n <= 0:
+            return None
+        return Problem(WARN, f"{n} message{'s' if n != 1 else ''} on {topic} lost before they "
+                             f"reached the node in the last {self.window_s:g} s ({self.lost} "
+                             f"in all; {self.received} arrived): published faster than the "
+                             f"node takes them, beyond its subscription's history of "
+                             f"{depth}, or a lossy link")

@@ -136,11 +136,13 @@ def diagnostics_timer(node) -> tuple[Any, Any]:
 def read_parameters(node, params: dict[str, tuple[Any, str]]) -> tuple[dict[str, Any], list[str]]:
     """At configure: the node's values of ``params`` and what is wrong with them (values
     refused at declaration, the guard's checks); when nothing is, the /diagnostics timer
-    (:func:`diagnostics_timer`) takes the ``diagnostics_period`` now set."""
+    (:func:`diagnostics_timer`) takes the ``diagnostics_period`` now set, and the node's
+    health its ``diagnostics_window``."""
     p = {n: node.get_parameter(n).value for n in params}
     bad = node._param_errors + node.guard.check_all(params)
     if not bad:
         node._diag_timer.timer_period_ns = int(p["diagnostics_period"] * 1e9)
+        node.health.window_s = float(p["diagnostics_window"])
     return p, bad
 
 def fail(node, msg: str, free: Optional[Callable[[], None]] = None) -> TransitionCallbackReturn:

@@ -27,7 +27,7 @@ from erc_ros.assemble import build_config, build_core, torch_threads
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.ingest import KINDS, Ingest
-from erc_ros.ros.input_health import AsrLag, InputWatch
+from erc_ros.ros.input_health import ERROR, AsrLag, InputWatch, Problem, SequenceGaps
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
                                   fail, read_parameters, run_node)
 from erc_ros.ros import tracked
@@ -93,6 +93,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "queue_size": (2000, "bound of the input queue (messages); overflow is dropped and counted"),
     "poll_period": (0.02, "seconds between polls of the core when no input arrives"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+    "diagnostics_window": (30.0, "seconds of 'now' on /diagnostics: refused input, drops "
+                                 "and internal errors older than this no longer raise the "
+                                 "level (the totals since start stay beside them)"),
     "shutdown_timeout": (5.0, "on shutdown (SIGINT, SIGTERM, the lifecycle transition): at most "
                               "this many seconds to finish the input taken and the speech the "
                               "embedded recognizer accepted and publish their utterances; "
@@ -107,7 +110,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 #: Ranges of the numeric parameters (the descriptor refuses values outside).
 BOUNDS: dict[str, tuple[float, float]] = {
     "queue_size": (1, 1000000), "poll_period": (0.001, 10.0),
-    "diagnostics_period": (0.01, 3600.0), "max_voices": (1, 10000),
+    "diagnostics_period": (0.01, 3600.0),
+    "diagnostics_window": (1.0, 86400.0), "max_voices": (1, 10000),
     "shutdown_timeout": (0.0, 3600.0),
     "voice_timeout": (0.1, 1e6), "voice_announce_timeout": (0.0, 60.0),
     "input_timeout": (0.0, 1e6), "max_audio_loss": (0.0, 1.0), "max_asr_lag": (0.0, 1e6),
@@ -118,6 +122,11 @@ BOUNDS: dict[str, tuple[float, float]] = {
 
 #: Inputs that stream while they work (silence for input_timeout is a problem).
 STREAMS = {"image", "compressed", "audio", "audio_stamped"}
+#: Inputs whose every message is an utterance's words: one lost on the way is a problem
+#: (counted from the publishers' sequence numbers, input_health.SequenceGaps).
+TEXT_KINDS = {"transcript", "live_speech", "string"}
+#: Keep-last history of the ASR subscriptions (messages).
+ASR_DEPTH = 100
 #: How to read an input's other types, said when its topic carries only those.
 TYPE_HINTS = {
     "audio_stamped": "audio_msg:=raw reads AudioData; ros-drivers audio_capture publishes "
@@ -182,6 +191,7 @@ class UtteranceNode(LifecycleNode):
         self._pub = None
         self._asr_out = None  # asr_type embedded: erc_ros.ros.asr_output.AsrOutput
         self._watch: dict[str, InputWatch] = {}  # input kind -> what /diagnostics checks
+        self._gaps: dict[str, SequenceGaps] = {}  # input kind -> messages lost on the way
         self._derived: dict[str, Any] = {}  # parameters shown as derived -> their own value
         self._asr_lag = AsrLag()
         self._diag_pub, self._diag_timer = diagnostics_timer(self)
@@ -292,7 +302,7 @@ class UtteranceNode(LifecycleNode):
                               reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
                                            else ReliabilityPolicy.BEST_EFFORT))
         cam, mic, asr_qos = (qos(p["image_reliability"], 5), qos(p["audio_reliability"], 100),
-                             qos(p["asr_reliability"], 100))
+                             qos(p["asr_reliability"], ASR_DEPTH))
         from sensor_msgs.msg import CompressedImage, Image
         if p["image_transport"] == "raw":
             self._sub(Image, p["image_topic"], "image", cam)
@@ -318,11 +328,19 @@ class UtteranceNode(LifecycleNode):
         elif asr == "hri_voices":
             from hri_msgs.msg import IdsList, LiveSpeech
 
+            gaps = self._gaps["live_speech"] = SequenceGaps(self.p["diagnostics_window"])
+
             def add(vid: str):
                 topic = f"/humans/voices/{vid}/speech"
-                return tracked.subscription(  # destroyed while the executor spins
-                    self, LiveSpeech, topic,
-                    lambda m, topic=topic: self._enqueue("live_speech", m, topic), asr_qos)
+
+                def cb(m, info, topic=topic):
+                    gaps.add(info, self.now())
+                    self._enqueue("live_speech", m, topic)
+                sub = tracked.subscription(  # destroyed while the executor spins
+                    self, LiveSpeech, topic, cb, asr_qos)
+                gaps.existing(i.endpoint_gid
+                              for i in self.get_publishers_info_by_topic(sub.topic_name))
+                return sub
             self._voices = voices = TrackedIds(
                 "voice", p["max_voices"], "max_voices", self.health, add,
                 lambda vid, sub: self.destroy_subscription(sub))
@@ -433,9 +451,13 @@ class UtteranceNode(LifecycleNode):
 
     # -- subscriptions (callbacks only enqueue) ------------------------------------------
     def _sub(self, cls, topic: str, kind: str, qos) -> None:
-        def cb(msg, kind=kind, topic=topic):
+        gaps = self._gaps[kind] = SequenceGaps(self.p["diagnostics_window"])
+
+        def cb(msg, info, kind=kind, topic=topic):
+            gaps.add(info, self.now())
             self._enqueue(kind, msg, topic)
         sub = tracked.subscription(self, cls, topic, cb, qos)  # destroyed at deactivate
+        gaps.existing(i.endpoint_gid for i in self.get_publishers_info_by_topic(sub.topic_name))
         self._subs.append(sub)
         param = {"image": "image_reliability", "compressed": "image_reliability",
                  "audio": "audio_reliability", "audio_stamped": "audio_reliability",
@@ -454,6 +476,7 @@ class UtteranceNode(LifecycleNode):
 
     def _unsubscribe(self) -> None:
         self._watch = {}
+        self._gaps = {}
         for s in self._subs:
             self.destroy_subscription(s)
         self._subs = []
@@ -587,12 +610,25 @@ class UtteranceNode(LifecycleNode):
             problem = watch.check(pubs, now, self.p["input_timeout"],
                                   self.p["max_stamp_offset"],
                                   bool(self.get_parameter("use_sim_time").value))
+            gaps = self._gaps.get(kind)
             extra[f"inputs.{kind}"] = {"topic": watch.topic, "received": watch.count,
-                                       "publishers": len(pubs)}
+                                       "publishers": len(pubs),
+                                       "lost": gaps.lost if gaps is not None else 0}
+            if problem is None and gaps is not None and kind in TEXT_KINDS:
+                problem = gaps.problem(now, watch.topic, ASR_DEPTH)
+            if problem is not None:
+                out.append(problem)
+        if "live_speech" in self._gaps and "live_speech" not in self._watch:  # hri_voices
+            gaps = self._gaps["live_speech"]
+            extra["inputs.voices_lost"] = gaps.lost
+            problem = gaps.problem(now, "/humans/voices/*/speech", ASR_DEPTH)
             if problem is not None:
                 out.append(problem)
         audio = self._watch.get("audio_stamped") or self._watch.get("audio")
-        if audio is not None:
+        if audio is not None and ingest.audio_format_error is not None:
+            out.append(Problem(ERROR, f"audio on {audio.topic} refused: "
+                                      f"{ingest.audio_format_error}"))
+        elif audio is not None:
             cov = ingest.audio_coverage
             extra["audio.lost_s"] = cov.lost_s
             extra["audio.lost_fraction"] = cov.lost_fraction(now)
