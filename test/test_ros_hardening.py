@@ -423,3 +423,48 @@ def test_split_emotion_node_refuses_hostile_utterances_over_dds(ros, model):
         spin.close()
         node.destroy_node()
         driver.destroy_node()
+
+
+def test_an_utterance_without_words_gets_no_label_from_a_text_model(ros, model):
+    """An empty or whitespace-only timed final transcript makes an utterance without words;
+    a text-only model read one as "joy" at 0.16 (issue 55). Now its estimate carries no
+    label, no distribution and no Expression, and is counted; the next one is read."""
+    from erc_ros.msg import EmotionEstimate
+    from erc_ros.msg import Utterance as UtteranceMsg
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    from erc_ros.ros import convert
+    node = EmotionNode(name="emotion_no_words", parameter_overrides=[
+        Parameter("model_dir", value=str(model)), Parameter("backend", value="torch"),
+        Parameter("utterance_topic", value="nw/utterances"),
+        Parameter("estimate_topic", value="nw/emotion")])
+    driver = rclpy.create_node("no_words_driver")
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
+                     reliability=ReliabilityPolicy.RELIABLE)
+    pub = driver.create_publisher(UtteranceMsg, "nw/utterances", qos)
+    got = Collector()
+    driver.create_subscription(EmotionEstimate, "nw/emotion", got, qos)
+    spin = Spinner(node, driver)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert wait_for(lambda: pub.get_subscription_count() == 1, 10)
+        assert wait_for(lambda: driver.count_publishers("/nw/emotion") == 1, 10)
+        for i, (who, text) in enumerate((("bob", " \t "), ("anna", "I am so happy"))):
+            u = _utt(i, who)
+            u.text = text
+            pub.publish(convert.utterance_to_msg(u))
+        assert wait_for(lambda: len(got) == 2, 30)
+        empty, said = got.snapshot()
+        assert (empty.label, list(empty.probabilities), list(empty.modalities)) == ("", [], [])
+        assert np.isnan(empty.confidence) and np.isnan(empty.valence)
+        assert list(empty.class_names) == list(said.class_names)  # the class map stays
+        assert said.label in said.class_names and len(said.probabilities) == 7
+        assert node.health.counts["estimates_without_label"] == 1
+        # an Expression publisher for the speaker whose words were read, none for bob's
+        assert _topics_of(node, "/humans/voices/") == ["/humans/voices/anna/expression"]
+        assert node.health.counts.get("errors.predict", 0) == 0
+    finally:
+        spin.close()
+        node.destroy_node()
+        driver.destroy_node()

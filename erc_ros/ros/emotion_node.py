@@ -66,6 +66,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                                        "speaker who said nothing is destroyed (0: never)"),
     "queue_size": (64, "bound of the utterance queue; overflow is dropped and counted"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+    "diagnostics_window": (30.0, "seconds of 'now' on /diagnostics: refused input, drops "
+                                 "and internal errors older than this no longer raise the "
+                                 "level (the totals since start stay beside them)"),
     "shutdown_timeout": (3.0, "on shutdown (SIGINT, SIGTERM, the lifecycle transition): at most "
                               "this many seconds to estimate and publish the utterances "
                               "already taken (in the composed process, after the utterance "
@@ -76,6 +79,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 BOUNDS: dict[str, tuple[float, float]] = {
     "threads": (1, 256), "queue_size": (1, 100000), "max_expression_publishers": (1, 10000),
     "expression_idle_timeout": (0.0, 1e7), "diagnostics_period": (0.01, 3600.0),
+    "diagnostics_window": (1.0, 86400.0),
     "shutdown_timeout": (0.0, 3600.0),
 }
 
@@ -257,11 +261,13 @@ class EmotionNode(LifecycleNode):
         self._pub.publish(msg)
         self.published += 1
         self.health.count("estimates")
+        if not est.label:
+            self.health.count("estimates_without_label")  # nothing the model reads
         self.health.count(f"face_status.{est.face_status or 'disabled'}")
         self.health.latency("processing", proc_ms)
         if math.isfinite(e2e):
             self.health.latency("end_to_end", e2e)
-        if self.p["publish_expression"] and est.speaker_id:
+        if self.p["publish_expression"] and est.speaker_id and est.label:
             self._expression_pub(est.speaker_id, self.p["expression_namespace"]).publish(
                 convert.estimate_to_expression(est))
         face = convert.face_expression(est) if self.p["publish_face_expression"] else None

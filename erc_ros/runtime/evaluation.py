@@ -33,7 +33,9 @@ def run_dialogues(pipe, dialogues, progress: str | None = None):
             pipe.reset(d[0].conversation_id)
             for u in d:
                 e = pipe.predict(u)
-                probs.append(np.asarray(e.probabilities, np.float64))
+                # an estimate without a label (nothing the model reads): a row of NaN
+                probs.append(np.asarray(e.probabilities, np.float64) if len(e.probabilities)
+                             else np.full(len(e.class_names), np.nan))
                 preds.append(e.label)
                 lat.append(e.latency_ms)
                 bar.update(1)

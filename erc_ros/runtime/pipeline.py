@@ -16,6 +16,7 @@ audio and video encoders run concurrently with the text encoder when present.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import copy
@@ -221,7 +222,10 @@ class EmotionPipeline:
     # ------------------------------------------------------------------ inference
     def predict(self, utterance: Utterance) -> Estimate:
         """Estimate the emotion of ``utterance`` given its conversation so far, then add it to
-        that conversation's context."""
+        that conversation's context. An utterance that carries none of the modalities the
+        model reads (no words for a text model) gets no label: ``label`` "", no
+        probabilities, no modalities, NaN valence/arousal (the face expert's reading is still
+        there)."""
         with self._lock:
             try:
                 return self._predict(utterance)
@@ -291,6 +295,10 @@ class EmotionPipeline:
         k = int(probs.argmax())
         valence, arousal = (probs @ self.valence_arousal).tolist()
         used = [m for m, on in zip(MODALITIES, mask) if on]
+        if not used:
+            # Nothing this model reads (a text model, an utterance without words): no label
+            # from the conversation's prior alone. The utterance still joins the context.
+            probs, valence, arousal = np.zeros(0), math.nan, math.nan
         weights = out.get("modality_weights")
         if weights is not None and used:
             w = np.asarray(weights[0, -1], np.float64)[mask]
@@ -306,7 +314,8 @@ class EmotionPipeline:
         self._count += 1
         return Estimate(utterance_id=u.utterance_id, conversation_id=u.conversation_id,
                         speaker_id=u.speaker_id, start=u.start, end=u.end,
-                        label=self.class_names[k], class_names=list(self.class_names),
+                        label=self.class_names[k] if used else "",
+                        class_names=list(self.class_names),
                         probabilities=probs.astype(np.float32).tolist(), valence=float(valence),
                         arousal=float(arousal), modalities=used,
                         modality_weights=[float(x) for x in w], model_id=self.model_id,
