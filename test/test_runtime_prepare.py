@@ -89,6 +89,34 @@ def test_the_same_model_at_another_path_finds_what_was_prepared(fresh, tmp_path)
     assert missing(changed, load_model(changed), ["int8"]) == ["fp32", "int8"]
 
 
+def test_prepare_says_what_it_does_without_onnxruntime_chatter(fresh, caplog):
+    """ONNX Runtime's optimizer and quantizer log each tensor and fusion below WARNING
+    (about 100 lines for the default model): prepare's log keeps its own lines and ONNX
+    Runtime's warnings and errors only."""
+    import logging
+
+    import onnxruntime
+
+    d, _ = fresh
+    caplog.set_level(logging.INFO)
+    prepare(d, ["int8"])
+    text = caplog.text
+    assert "preparing" in text and "prepared" in text
+    for chatter in ("not specified", "Fused ", "DefaultTensorType", "pre-processing"):
+        assert chatter not in text, chatter
+    from erc_ros.runtime.quantize import OnnxRuntimeChatter
+    inside = str(Path(onnxruntime.__file__).parent / "quantization" / "quantize.py")
+
+    def record(level: int, msg: str, path: str = inside) -> logging.LogRecord:
+        return logging.LogRecord("root", level, path, 1, msg, None, None)
+    keep = OnnxRuntimeChatter()
+    assert keep.filter(record(logging.WARNING, "something went wrong"))
+    assert keep.filter(record(logging.ERROR, "failed"))
+    assert keep.filter(record(logging.INFO, "ours", __file__))
+    assert not keep.filter(record(logging.INFO, 'Quantization parameters for tensor:"x" not '
+                                                'specified'))
+
+
 def test_prepare_flag_of_the_loader_builds_into_the_cache(fresh):
     d, cache = fresh
     before = _snapshot(d)

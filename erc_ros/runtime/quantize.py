@@ -47,6 +47,42 @@ def _working_directory(path: str | Path) -> Iterator[None]:
 VARIANTS = ("int8", "woq8", "fp16", "qdq")
 
 
+class OnnxRuntimeChatter(logging.Filter):
+    """Drops what ONNX Runtime's optimizer and quantizer log below WARNING (a line per
+    tensor and per fusion, some on the root logger: about 100 for the default model) and
+    its advice to pre-process before quantizing (every variant is checked against FP32 on
+    real inputs instead); its other warnings and errors pass."""
+
+    ADVICE = "Please consider to run pre-processing before quantization"
+
+    def __init__(self) -> None:
+        super().__init__()
+        import onnxruntime
+        self.prefix = os.path.dirname(onnxruntime.__file__) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.pathname.startswith(self.prefix):
+            return True
+        return record.levelno >= logging.WARNING and \
+            not str(record.msg).startswith(self.ADVICE)
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
+    """:class:`OnnxRuntimeChatter` on the root logger (ONNX Runtime logs with
+    ``logging.info``) and on its handlers (its named loggers propagate to them)."""
+    chatter = OnnxRuntimeChatter()
+    root = logging.getLogger()
+    targets = [root, *root.handlers]
+    for t in targets:
+        t.addFilter(chatter)
+    try:
+        yield
+    finally:
+        for t in targets:
+            t.removeFilter(chatter)
+
+
 def optimize_transformer(src: str | Path, dst: str | Path, num_heads: int, hidden_size: int,
                          model_type: str = "bert") -> dict:
     """ORT transformer optimizer (needs an eager-attention export to fuse Attention).
@@ -219,6 +255,13 @@ def make_variant(precision: str, fp32_path: str | Path, dst: str | Path, *,
     """Make one variant of an FP32 ONNX stage. ``transformer`` = ``{num_heads, hidden_size}``
     for transformer encoders (runs the ORT optimizer first). Returns metadata for the
     manifest."""
+    with _quiet_onnxruntime():
+        return _make_variant(precision, fp32_path, dst, transformer, matmul_only,
+                             calibration_feeds)
+
+
+def _make_variant(precision, fp32_path, dst, transformer, matmul_only,
+                  calibration_feeds) -> dict:
     meta: dict = {"precision": precision, "source": Path(fp32_path).name}
     if precision == "int8":
         with tempfile.TemporaryDirectory() as tmp:
