@@ -77,12 +77,70 @@ def test_internal_errors_raise_the_level_to_warn_with_their_counts():
     h.count("errors.predict")
     st = to_status("n", "erc_ros", h)
     assert st.level == DiagnosticStatus.WARN
-    assert st.message == "3 internal errors (ingest: 2, predict: 1)"
+    assert st.message == ("last 30 s: 3 internal errors (ingest: 2, predict: 1); since start: "
+                          "3 internal errors (ingest: 2, predict: 1)")
     assert {v.key: v.value for v in st.values}["errors.ingest"] == "2"
     h.refuse("image_too_large", "png image 20000x20000")
     st = to_status("n", "erc_ros", h)
     assert st.level == DiagnosticStatus.WARN
-    assert st.message.startswith("3 internal errors (ingest: 2, predict: 1); 1 refused input")
+    assert st.message.startswith("last 30 s: 3 internal errors (ingest: 2, predict: 1); 1 "
+                                 "refused input (image_too_large: png image 20000x20000)")
     h.error = "cannot load the model from 'x'"  # a hard error stays ERROR, its own message
     st = to_status("n", "erc_ros", h)
     assert st.level == DiagnosticStatus.ERROR and st.message == h.error
+
+
+def test_the_level_says_how_things_stand_now_with_the_totals_beside():
+    """A refusal or a drop raises the level while it is within the window, and no longer
+    after it (one drop kept a node at WARN for life, issue 55); the totals stay."""
+    clock = [1000.0]
+    h = NodeHealth(window_s=30.0, clock=lambda: clock[0])
+    h.count("dropped.input", 112)
+    h.refuse("transcript_field", "transcript speaker_hint of 1000000 characters")
+    st = to_status("n", "erc_ros", h)
+    kv = {v.key: v.value for v in st.values}
+    assert st.level == DiagnosticStatus.WARN
+    assert st.message.startswith("last 30 s: 112 dropped; 1 refused input (transcript_field")
+    assert kv["recent.dropped.input"] == "112" and kv["window_s"] == "30"
+    clock[0] += 20.0
+    h.count("dropped.input", 3)
+    assert to_status("n", "erc_ros", h).message.startswith("last 30 s: 115 dropped")
+    clock[0] += 15.0  # the first ones are older than the window, the last three are not
+    st = to_status("n", "erc_ros", h)
+    assert st.level == DiagnosticStatus.WARN and st.message == (
+        "last 30 s: 3 dropped; since start: 115 dropped, 1 refused input")
+    clock[0] += 130.0
+    st = to_status("n", "erc_ros", h)
+    kv = {v.key: v.value for v in st.values}
+    assert st.level == DiagnosticStatus.OK
+    assert st.message == "ok (since start: 115 dropped, 1 refused input)"
+    assert kv["dropped.input"] == "115" and kv["refused.transcript_field"] == "1"
+    assert not any(k.startswith("recent.") for k in kv)
+
+
+def test_worker_bounds_the_bytes_it_holds():
+    """With max_bytes, what is queued or being handled is bounded in bytes (a split-mode
+    emotion node took 192 MB utterances until its memory grew by GBs); one item over the
+    bound alone still goes in when nothing else is held."""
+    health = NodeHealth()
+    gate = threading.Event()
+    w = Worker("utterances", 100, lambda items: gate.wait(5), health, period=0.01,
+               max_bytes=250, size_of=len)
+    w.start()
+    try:
+        assert w.put(b"x" * 100)
+        time.sleep(0.1)  # being handled: still held
+        assert w.held_bytes == 100
+        assert [w.put(b"x" * 100), w.put(b"x" * 100)] == [True, False]
+        assert w.held_bytes == 200 and health.snapshot()["counts"]["dropped.utterances"] == 1
+        gate.set()
+        deadline = time.monotonic() + 5
+        while not w.idle_now() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.held_bytes == 0
+        gate.clear()
+        assert w.put(b"x" * 1000)  # over the bound alone: nothing else held
+        assert not w.put(b"x")
+    finally:
+        gate.set()
+        w.stop()

@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Optional
 
+import numpy as np
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -65,6 +66,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "expression_idle_timeout": (300.0, "seconds after which the Expression publisher of a "
                                        "speaker who said nothing is destroyed (0: never)"),
     "queue_size": (64, "bound of the utterance queue; overflow is dropped and counted"),
+    "queue_bytes": (512 << 20, "bound of the audio, face crops and text the utterance queue "
+                               "holds, waiting or being estimated, in bytes (an utterance "
+                               "over it alone still goes in when the queue is empty); "
+                               "overflow is dropped and counted"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
     "diagnostics_window": (30.0, "seconds of 'now' on /diagnostics: refused input, drops "
                                  "and internal errors older than this no longer raise the "
@@ -77,11 +82,22 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 
 #: Ranges of the numeric parameters (the descriptor refuses values outside).
 BOUNDS: dict[str, tuple[float, float]] = {
-    "threads": (1, 256), "queue_size": (1, 100000), "max_expression_publishers": (1, 10000),
+    "threads": (1, 256), "queue_size": (1, 100000), "queue_bytes": (1 << 20, 1 << 40),
+    "max_expression_publishers": (1, 10000),
     "expression_idle_timeout": (0.0, 1e7), "diagnostics_period": (0.01, 3600.0),
     "diagnostics_window": (1.0, 86400.0),
     "shutdown_timeout": (0.0, 3600.0),
 }
+
+
+def _utterance_bytes(item) -> int:
+    """Bytes of an utterance's audio, face crops and text, as queued: an erc_ros/Utterance
+    message (split mode) or an in-memory Utterance (composed), with its arrival time."""
+    u = item[0]
+    if hasattr(u, "features"):  # erc_ros.core.types.Utterance
+        return int(np.asarray(u.audio).nbytes + sum(np.asarray(f).nbytes for f in u.faces)
+                   + len(u.text))
+    return 2 * len(u.audio) + sum(len(f.data) for f in u.faces) + len(u.text)
 
 
 class EmotionNode(LifecycleNode):
@@ -139,7 +155,8 @@ class EmotionNode(LifecycleNode):
         self.health.error = ""
         self.worker = Worker("utterances", p["queue_size"], self._process, self.health,
                              idle=self._expire_expression_pubs, period=0.5,
-                             on_error=lambda e: self.get_logger().error(f"worker: {e!r}"))
+                             on_error=lambda e: self.get_logger().error(f"worker: {e!r}"),
+                             max_bytes=p["queue_bytes"], size_of=_utterance_bytes)
         from erc_ros.msg import EmotionEstimate
         self._pub = self.create_lifecycle_publisher(EmotionEstimate, p["estimate_topic"], 50)
         self.guard.configured = True
@@ -326,6 +343,8 @@ class EmotionNode(LifecycleNode):
         depth = ({"utterances": (self.worker.depth(), self.worker.capacity)}
                  if self.worker else {})
         extra["expression_publishers"] = len(self._expr_pubs)
+        if self.worker:
+            extra["queue_bytes"] = self.worker.held_bytes
         st = to_status(f"{self.get_name()}: emotion", "erc_ros", self.health, extra, depth)
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [st]))
 
