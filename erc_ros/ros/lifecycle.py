@@ -5,8 +5,12 @@ Parameters: each is declared with its description and, where it has one, its all
 values (:mod:`erc_ros.ros.choices`) or range. A bad value is refused with a reason — by
 ``ros2 param set`` at once (a set-parameters callback), and when it came from a params
 file or ``-p`` at start, by ``configure`` (FAILURE with a log naming it) instead of a
-traceback in the constructor. The nodes read their parameters in ``on_configure``: a value
-set while configured is accepted with a warning that it applies at the next configure.
+traceback in the constructor. An integer given for a double parameter (``ros2 param set
+/emotion_node shutdown_timeout 2``, ``-p poll_period:=1``, ``poll_period: 1`` in YAML) is
+that double: rclpy would refuse it with "Wrong parameter type" before any set-parameters
+callback runs, so a pre-set callback (rclpy of Iron and later) makes it a double first.
+The nodes read their parameters in ``on_configure``: a value set while configured is
+accepted with a warning that it applies at the next configure.
 
 Shutdown: the first Ctrl-C (or SIGTERM) ends the spin loop; then every node goes through
 the lifecycle shutdown transition (:func:`shut_down`: its ``on_shutdown`` finishes the work
@@ -31,10 +35,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+                                ParameterType, SetParametersResult)
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
 from erc_ros import process
@@ -68,10 +73,16 @@ def declare_documented(node, params: dict[str, tuple[Any, str]],
     out of range) does not raise here: the parameter keeps its default and the reason is
     returned, for ``on_configure`` to refuse with a log instead of a traceback."""
     errors = []
+    # The values given at start: rclpy keeps them here and has no public accessor.
+    given = getattr(node, "_parameter_overrides", {})
     for name, (default, desc) in params.items():
         d = descriptor(name, default, desc, (bounds or {}).get(name))
+        value, ignore = default, False
+        if isinstance(default, float) and name in given and \
+                given[name].type_ == Parameter.Type.INTEGER:
+            value, ignore = float(given[name].value), True  # an integer for a double
         try:
-            node.declare_parameter(name, default, d)
+            node.declare_parameter(name, value, d, ignore_override=ignore)
         except (InvalidParameterTypeException, InvalidParameterValueException) as err:
             errors.append(f"{name}: {err}")
             node.declare_parameter(name, default, d, ignore_override=True)
@@ -87,7 +98,21 @@ class ParameterGuard:
         self.node = node
         self.extra = extra
         self.configured = False  # set by the node between configure and cleanup
+        if hasattr(node, "add_pre_set_parameters_callback"):  # rclpy of Iron and later
+            node.add_pre_set_parameters_callback(self._as_declared)
         node.add_on_set_parameters_callback(self._on_set)
+
+    def _as_declared(self, params: list) -> list:
+        """Before rclpy checks the types: an integer for a double parameter is that double
+        (``ros2 param set`` sends ``0`` as an integer)."""
+        out = []
+        for p in params:
+            if p.type_ == Parameter.Type.INTEGER and self.node.has_parameter(p.name):
+                d = self.node.describe_parameter(p.name)
+                if d.type == ParameterType.PARAMETER_DOUBLE and not d.dynamic_typing:
+                    p = Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+            out.append(p)
+        return out
 
     def check(self, name: str, value: Any) -> str:
         reason = check_choice(name, value)

@@ -16,9 +16,7 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -166,19 +164,14 @@ class UtteranceNode(LifecycleNode):
         #: None: unknown). See erc_ros.assemble.perception_config.
         self.uses_video: Optional[bool] = None
         try:
-            for key, default, doc in perception_parameters():
-                try:
-                    self.declare_parameter(f"perception.{key}", default,
-                                           ParameterDescriptor(description=doc))
-                except (InvalidParameterTypeException, InvalidParameterValueException) as err:
-                    self._param_errors.append(f"perception.{key}: {err}")
-                    self.declare_parameter(f"perception.{key}", default,
-                                           ParameterDescriptor(description=doc),
-                                           ignore_override=True)
-                self._perception_keys.append(key)
-                self._perception_defaults[key] = default
+            perception = perception_parameters()
         except ImportError:  # core not installed: configure will fail with a clear log
-            pass
+            perception = []
+        self._param_errors += declare_documented(
+            self, {f"perception.{key}": (default, doc) for key, default, doc in perception})
+        for key, default, _ in perception:
+            self._perception_keys.append(key)
+            self._perception_defaults[key] = default
         self.guard = ParameterGuard(self, extra=self._check_perception)
         self.health = NodeHealth()
         self.core = None
