@@ -185,16 +185,25 @@ class EmotionNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
+        source = "in-process utterances"
         if self._sub is not None:
+            source = f"{self._sub.topic_name} unsubscribed"
             self.destroy_subscription(self._sub)
             self._sub = None
         if self.worker:
             self.worker.stop()
+        queued = self.worker.depth() if self.worker else 0
+        self.get_logger().info(f"deactivated: no estimates ({source}); {queued} queued "
+                               f"utterances wait for the next activate")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        queued = 0
         if self.worker:
             self.worker.stop()
+            queued = self.worker.depth()
+        model = self.pipeline.model_id if self.pipeline is not None else "none"
+        expression_pubs = len(self._expr_pubs)
         if self._pub is not None:
             self.destroy_lifecycle_publisher(self._pub)
             self._pub = None
@@ -206,6 +215,9 @@ class EmotionNode(LifecycleNode):
         self.worker = None
         self.guard.configured = False
         process.release_memory()
+        self.get_logger().info(f"cleaned up: model {model} released, the estimate and "
+                               f"{expression_pubs} Expression publishers destroyed, "
+                               f"{queued} queued utterances dropped")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -236,6 +248,8 @@ class EmotionNode(LifecycleNode):
                         Duration(seconds=max(0.0, acked_by - time.monotonic())))
                 except Exception:  # a publisher already gone: nothing to wait for
                     pass
+        else:
+            self.get_logger().info("shut down: nothing to finish (the node was not active)")
         if self.worker:
             self.worker.stop()
         return TransitionCallbackReturn.SUCCESS

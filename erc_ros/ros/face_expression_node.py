@@ -163,17 +163,23 @@ class FaceExpressionNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        faces = len(self.faces) if self.faces is not None else 0
         self._unsubscribe()
+        self.get_logger().info(f"deactivated: no expressions; the tracked list and {faces} "
+                               f"faces' crop subscriptions destroyed")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._unsubscribe()
         self.expert = self.schedule = self.worker = self._va = None  # frees the model
         self.guard.configured = False
+        self.get_logger().info("cleaned up: face-expression expert released")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        faces = len(self.faces) if self.faces is not None and not self.faces.closed else 0
         self._unsubscribe()
+        self.get_logger().info(f"shut down: {faces} faces' subscriptions destroyed")
         return TransitionCallbackReturn.SUCCESS
 
     def _unsubscribe(self) -> None:

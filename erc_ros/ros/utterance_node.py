@@ -348,15 +348,22 @@ class UtteranceNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
+        subs = len(self._subs) + (len(self._voices) if self._voices is not None else 0)
         self._unsubscribe()
         if self.worker:
             self.worker.stop()
+        queued = self.worker.depth() if self.worker else 0
+        self.get_logger().info(f"deactivated: {subs} subscriptions destroyed; {queued} queued "
+                               f"inputs wait for the next activate")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._unsubscribe()
+        queued = 0
         if self.worker:
             self.worker.stop()
+            queued = self.worker.depth()
+        recognizer = self.core is not None and self.core.recognizer is not None
         if self._pub is not None:
             self.destroy_lifecycle_publisher(self._pub)
             self._pub = None
@@ -365,6 +372,9 @@ class UtteranceNode(LifecycleNode):
         self.guard.configured = False
         self._restore_derived()
         process.release_memory()
+        self.get_logger().info(
+            "cleaned up: perception core" + (" and embedded recognizer" if recognizer else "")
+            + f" released, {queued} queued inputs dropped")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -406,6 +416,8 @@ class UtteranceNode(LifecycleNode):
                 f"handed on while shutting down"
                 + (f", {unfinished} without text (the recognizer ran out of time)"
                    if unfinished else ""))
+        else:
+            self.get_logger().info("shut down: nothing to finish (the node was not active)")
         if self.worker:
             self.worker.stop()
         self._wait_acked(min(1.0, left()) if drained else 0.0)
