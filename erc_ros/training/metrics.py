@@ -15,8 +15,9 @@ def confusion(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) ->
 
 
 def scores(y_true: Sequence[int], y_pred: Sequence[int], label_names: Sequence[str]) -> dict:
-    """accuracy, weighted_f1, macro_f1 (in %), per_class_f1 (name -> %), confusion (rows =
-    true, columns = predicted), support."""
+    """accuracy, weighted_f1, macro_f1, uar (unweighted average recall: the mean of the
+    classes' recalls, over the classes present) in %, per_class_f1 (name -> %), confusion
+    (rows = true, columns = predicted), support."""
     c = len(label_names)
     cm = confusion(y_true, y_pred, c)
     tp = np.diag(cm).astype(np.float64)
@@ -30,6 +31,7 @@ def scores(y_true: Sequence[int], y_pred: Sequence[int], label_names: Sequence[s
         "accuracy": round(float(100.0 * tp.sum() / n), 2),
         "weighted_f1": round(100.0 * float((f1 * support).sum() / n), 2),
         "macro_f1": round(100.0 * float(f1.mean()), 2),
+        "uar": round(100.0 * float(rec[support > 0].mean()), 2) if support.any() else 0.0,
         "per_class_f1": {k: round(100.0 * float(v), 2) for k, v in zip(label_names, f1)},
         "support": {k: int(v) for k, v in zip(label_names, support)},
         "confusion": cm.tolist(),
