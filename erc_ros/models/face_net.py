@@ -1,0 +1,207 @@
+"""A compact CNN for 48x48 grey faces (:class:`FaceNet`, :class:`FaceNetConfig`) and its model
+directory (:func:`save_face_model`, :func:`load_face_model`).
+
+The network is VGG-style, as the single CNNs that read FER2013 best are (Pramerdorfer &
+Kampel 2016; Khaireddin & Chen 2021): stages of two 3x3 conv-BN-ReLU layers, each stage
+halving the map with a 2x2 max pool (48 -> 24 -> 12 -> 6 -> 3 with four stages), then the
+flattened last map through a dropout-regularised two-layer classifier. Widths, depth and
+dropout come from the config, so tests build a tiny one.
+
+Input: ``(n, 1, 48, 48)`` float, a grey face resized with INTER_AREA and scaled by
+:func:`face_input` (``(x / 255 - mean) / std``, :data:`NORMALISATION`). Output: logits over
+the config's classes, MELD's :data:`~erc_ros.core.types.FACE_CLASSES` order by default.
+
+A model directory (the one thing that carries the model to the robot) holds
+``weights.safetensors`` and a ``manifest.json`` written with :mod:`erc_ros.models.artefact`
+(``kind: face_expression``, the config, classes, input size and normalisation, provenance,
+every file's sha256); :func:`load_face_model` verifies the hashes and rebuilds the network
+from the manifest alone.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from erc_ros.core.types import FACE_CLASSES
+from erc_ros.models.artefact import (FORMAT_VERSION, ArtefactError, add_artefact, artefact_file,
+                                     check_model_id, git_commit, git_modified, verify_model_dir,
+                                     versions, write_manifest)
+
+#: What a face model's manifest says it is (an ERC model directory has no ``kind``).
+MODEL_KIND = "face_expression"
+WEIGHTS_FILE = "weights.safetensors"
+#: Pixels -> network input: ``(x / 255 - mean) / std``; the values are FER2013 train's pixel
+#: mean and standard deviation, rounded.
+NORMALISATION = {"scale": 1.0 / 255.0, "mean": 0.5, "std": 0.25}
+
+
+@dataclass
+class FaceNetConfig:
+    channels: tuple[int, ...] = (64, 128, 256, 512)
+    convs_per_stage: int = 2
+    hidden: int = 256          # the classifier's hidden layer (0: global average pool + linear)
+    dropout: float = 0.4       # before each classifier layer
+    input_size: int = 48
+    in_channels: int = 1
+    label_names: tuple[str, ...] = field(default_factory=lambda: tuple(FACE_CLASSES))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"], d["label_names"] = list(self.channels), list(self.label_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FaceNetConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for k in ("channels", "label_names"):
+            if k in known:
+                known[k] = tuple(known[k])
+        return cls(**known)
+
+
+def _stage(cin: int, cout: int, convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False),
+                   nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class FaceNet(nn.Module):
+    """``net(pixels[n, C, S, S]) -> logits[n, classes]``."""
+
+    def __init__(self, config: FaceNetConfig):
+        super().__init__()
+        self.config = config
+        chans = (config.in_channels, *config.channels)
+        self.features = nn.Sequential(*[_stage(a, b, config.convs_per_stage)
+                                        for a, b in zip(chans[:-1], chans[1:])])
+        side = config.input_size >> len(config.channels)
+        if side < 1:
+            raise ValueError(f"{len(config.channels)} stages halve a {config.input_size}-px "
+                             "input to nothing")
+        n = len(config.label_names)
+        if config.hidden:
+            self.classifier = nn.Sequential(
+                nn.Flatten(), nn.Dropout(config.dropout),
+                nn.Linear(config.channels[-1] * side * side, config.hidden),
+                nn.ReLU(inplace=True), nn.Dropout(config.dropout), nn.Linear(config.hidden, n))
+        else:
+            self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                            nn.Dropout(config.dropout),
+                                            nn.Linear(config.channels[-1], n))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.config.label_names
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(pixels))
+
+
+def face_input(crops: Sequence[np.ndarray] | np.ndarray, size: int = 48,
+               normalisation: dict = NORMALISATION) -> np.ndarray:
+    """Face crops (HxW grey or HxWx3 RGB uint8, any size; or an (n, H, W) uint8 array) as
+    the network's input: grey, resized to ``size`` with INTER_AREA (INTER_LINEAR when
+    enlarging), normalised; (n, 1, size, size) float32."""
+    import cv2
+
+    out = np.zeros((len(crops), 1, size, size), np.float32)
+    for i, c in enumerate(crops):
+        a = np.asarray(c)
+        if a.dtype != np.uint8:
+            raise ValueError(f"face crop dtype {a.dtype} is not uint8")
+        if a.ndim == 3 and a.shape[2] == 1:
+            a = a[:, :, 0]
+        if a.ndim == 3 and a.shape[2] == 3:
+            a = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY)
+        elif a.ndim != 2:
+            raise ValueError(f"face crop of shape {a.shape} is not HxWx3 RGB or HxW grey")
+        if a.shape != (size, size):
+            enlarge = a.shape[0] < size or a.shape[1] < size
+            a = cv2.resize(a, (size, size),
+                           interpolation=cv2.INTER_LINEAR if enlarge else cv2.INTER_AREA)
+        out[i, 0] = a
+    return normalise(out, normalisation)
+
+
+def normalise(pixels: np.ndarray, normalisation: dict = NORMALISATION) -> np.ndarray:
+    """uint8-valued pixels (any float or integer array) -> the network's scale, float32."""
+    x = np.asarray(pixels, np.float32) * np.float32(normalisation["scale"])
+    return (x - np.float32(normalisation["mean"])) / np.float32(normalisation["std"])
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def save_face_model(net: FaceNet, model_dir: str | Path, model_id: str,
+                    provenance: Optional[dict] = None) -> Path:
+    """Write ``net`` as a self-describing model directory (float32 safetensors + manifest
+    with every file's sha256). Files this function wrote before are replaced; others in the
+    folder (a training checkpoint) are left alone and not listed."""
+    from safetensors.torch import save_file
+
+    check_model_id(model_id)
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    cfg = net.config
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": MODEL_KIND,
+        "model_id": model_id,
+        "label_names": list(cfg.label_names),
+        "config": cfg.to_dict(),
+        "input": {"size": cfg.input_size, "channels": "grey", "dtype": "uint8",
+                  "resize": "INTER_AREA (INTER_LINEAR when enlarging)",
+                  "normalisation": dict(NORMALISATION)},
+        "parameters": count_parameters(net),
+        "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "git_commit": git_commit(),
+                       **({"git_modified": m} if (m := git_modified()) else {}),
+                       **(provenance or {})},
+        "versions": versions(),
+        "external": {},
+        "artefacts": {},
+    }
+    write_manifest(model_dir, manifest)
+    state = {k: v.detach().cpu().float().contiguous() if v.is_floating_point()
+             else v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(model_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+    add_artefact(model_dir, WEIGHTS_FILE, "weights", dtype="float32", tensors=len(state))
+    return model_dir
+
+
+def load_face_model(model_dir: str | Path) -> tuple[FaceNet, dict]:
+    """(the network in eval mode, its manifest) from a face model directory, after every
+    listed file's sha256 is checked; :class:`ArtefactError` when it is not one."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    m = verify_model_dir(model_dir)
+    if m.get("kind") != MODEL_KIND:
+        raise ArtefactError(f"{model_dir}: not a face-expression model directory (kind "
+                            f"{m.get('kind')!r}, expected {MODEL_KIND!r})", "malformed")
+    weights = [r for r, e in m["artefacts"].items() if e.get("kind") == "weights"]
+    if len(weights) != 1:
+        raise ArtefactError(f"{model_dir}: expected one weights file, the manifest lists "
+                            f"{len(weights)}", "malformed")
+    net = FaceNet(FaceNetConfig.from_dict(m["config"]))
+    state = load_file(str(artefact_file(model_dir, weights[0])))
+    expected = net.state_dict()
+    if set(state) != set(expected):
+        raise ArtefactError(f"{model_dir}: weights do not match the config (missing "
+                            f"{sorted(set(expected) - set(state))[:5]}, unexpected "
+                            f"{sorted(set(state) - set(expected))[:5]})", "malformed")
+    net.load_state_dict(state, strict=True)
+    return net.eval(), m
