@@ -82,6 +82,8 @@ register("build-engines", "erc_ros.runtime.engines", "build TensorRT engines on 
 register("bench", "erc_ros.runtime.bench", "latency per stage, size and MELD dev accuracy of each backend/precision")
 register("train", "erc_ros.training.train_cli", "train a model directory from a recipe (default: models/default)")
 register("evaluate", "erc_ros.training.evaluate", "score a model directory on a MELD-format CSV (JSON + confusion PNG)")
+register("evaluate-face", "erc_ros.training.evaluate_face",
+         "score face-expression models (and today's expert) on labelled faces: accuracy, UAR, per-class F1")
 register("make-bag", "erc_ros.tools.make_bag", "generate a labelled conversation rosbag2 (speech, faces, ASR, labels)")
 register("eval-bag", "erc_ros.tools.eval_bag", "score rosbag2 recordings through the node pipeline (CSV, metrics, confusion PNG)")
 register("bench-e2e", "erc_ros.tools.bench_e2e", "end-to-end latency through the live nodes: final ASR result -> EmotionEstimate")

@@ -91,6 +91,14 @@ RECIPES = {
     "multimodal": dict(
         stage="multimodal", epochs=15, batch_size=8, lr=5e-4, modality_dropout=0.3,
         class_weight_power=0.5, audio_dim=64, video_dim=64, seed=13),
+    # A face-expression expert for 48x48 grey faces (erc_ros.training.face_stage): a VGG-style
+    # CNN trained from scratch on --faces (default FER2013 train), chosen on --faces-dev
+    # (default FER2013 public_test), SGD + Nesterov, cosine, label smoothing, camera-like
+    # augmentation, bf16 autocast where the CPU has AMX. The rest: FaceStageConfig's defaults.
+    "face": dict(stage="face", epochs=30, batch_size=64, lr=0.02, seed=13),
+    # Tests: the same with a tiny network.
+    "face-tiny": dict(stage="face", epochs=1, batch_size=8, lr=0.05, seed=13, warmup_epochs=0,
+                      net=dict(channels=(8, 16), convs_per_stage=1, hidden=0, dropout=0.0)),
     # Tests: a tiny random BERT over the MiniLM vocabulary.
     "tiny": dict(
         encoder="tiny", pooling="mask", past_context=2, max_length=48,
@@ -191,6 +199,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the media as the robot will (repeat for several)")
     from erc_ros import jobs
     jobs.add_arguments(p, "--recipe multimodal: read the clips (decode, faces, voice features)")
+    from erc_ros.training import face_stage
+    face_stage.add_arguments(p)
     p.add_argument("--cycle", type=_number(int, 1), default=1,
                    help="first training cycle to run (2 = from the recipe's second cycle; "
                    "its rounds number on after its cycles; past the last, with --init: only "
@@ -611,6 +621,13 @@ def run(args) -> int:
     if args.select and args.recipe == "multimodal":
         raise SystemExit("error: --select picks stage-2 heads and rounds of the text recipes; "
                          "--recipe multimodal keeps its best epoch by dev weighted F1")
+    if RECIPES[args.recipe].get("stage") == "face":
+        from erc_ros.training.face_stage import run as run_face
+
+        return run_face(args, RECIPES[args.recipe], provenance)
+    if args.faces or args.faces_dev or args.batch_size or args.precision or args.limit_faces:
+        raise SystemExit("error: --faces, --faces-dev, --batch-size, --precision and "
+                         "--limit-faces are read by --recipe face only")
     if args.recipe == "multimodal":
         from erc_ros.training.multimodal_stage import run as run_multimodal
 

