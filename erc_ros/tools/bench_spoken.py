@@ -408,7 +408,8 @@ class Stage:
         for t, (status, e) in zip(lab, pairs):
             self.status[status] += 1
             self.y_true.append(t["label"].lower())
-            self.y_pred.append(e.label.lower() if e is not None else NONE)
+            # a lost turn, or an estimate without a label (nothing the model reads): wrong
+            self.y_pred.append(e.label.lower() if e is not None and e.label else NONE)
             lat = lat_of.get(id(e), float("nan")) if e is not None else float("nan")
             self.heard.append(heard_as(t["text"], e.text if e is not None else None))
             # eval-bag's columns of the estimate (its report reads them), this latency

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from erc_ros import jobs
+from erc_ros.training.metrics import NO_PREDICTION
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,7 +94,8 @@ def _pipeline_predictions(model_dir, backend, threads, dialogues, label_names, t
             est = pipe.predict(u)
             if y >= 0:
                 y_true.append(y)
-                y_pred.append(index[est.label])
+                # an estimate without a label (nothing the model reads) is wrong
+                y_pred.append(index.get(est.label, NO_PREDICTION))
     return y_true, y_pred, pipe.model_id
 
 

@@ -14,15 +14,24 @@ def confusion(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) ->
     return m
 
 
+#: A prediction of :func:`scores` that is no class (an estimate without a label): wrong
+#: for its true class, no class's prediction.
+NO_PREDICTION = -1
+
+
 def scores(y_true: Sequence[int], y_pred: Sequence[int], label_names: Sequence[str]) -> dict:
     """accuracy, weighted_f1, macro_f1, uar (unweighted average recall: the mean of the
     classes' recalls, over the classes present) in %, per_class_f1 (name -> %), confusion
-    (rows = true, columns = predicted), support."""
+    (rows = true, columns = predicted; one more column, last, where some prediction is
+    :data:`NO_PREDICTION`), support."""
     c = len(label_names)
-    cm = confusion(y_true, y_pred, c)
-    tp = np.diag(cm).astype(np.float64)
+    none = [int(p) == NO_PREDICTION for p in y_pred]
+    cm = confusion(y_true, [c if n else p for p, n in zip(y_pred, none)], c + 1)[:c]
+    if not any(none):
+        cm = cm[:, :c]
+    tp = np.diag(cm[:, :c]).astype(np.float64)
     support = cm.sum(1)
-    prec = tp / np.maximum(cm.sum(0), 1)
+    prec = tp / np.maximum(cm[:, :c].sum(0), 1)
     rec = tp / np.maximum(support, 1)
     f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
     n = max(int(support.sum()), 1)
@@ -49,7 +58,8 @@ def plot_confusion(cm, label_names: Sequence[str], path: str | Path, title: str 
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(label_names)), label_names, rotation=45, ha="right")
+    columns = list(label_names) + ["(no label)"] * (cm.shape[1] - len(label_names))
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
     ax.set_yticks(range(len(label_names)), label_names)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
