@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -380,30 +381,43 @@ def test_a_signal_ends_the_spin_even_when_nothing_wakes_the_executor(ros, monkey
         node.destroy_node()
 
 
-def test_split_emotion_node_refuses_hostile_utterances_over_dds(ros, model):
-    """Split mode: anyone on the graph can publish erc_ros/Utterance. Messages the utterance
-    node cannot have made are refused by reason; the node stays up and still estimates."""
+@contextlib.contextmanager
+def split_emotion_node(model, prefix: str):
+    """An emotion node in split mode (utterances over DDS on ``<prefix>/utterances``),
+    configured and active, with a driver's reliable Utterance publisher matched to it and
+    a Collector of its estimates: ``(node, pub, got)``."""
     from erc_ros.msg import EmotionEstimate
     from erc_ros.msg import Utterance as UtteranceMsg
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-    from erc_ros.ros import convert
-    node = EmotionNode(name="emotion_split", parameter_overrides=[
+    node = EmotionNode(name=f"emotion_{prefix}", parameter_overrides=[
         Parameter("model_dir", value=str(model)), Parameter("backend", value="torch"),
-        Parameter("utterance_topic", value="split/utterances"),
-        Parameter("estimate_topic", value="split/emotion")])
-    driver = rclpy.create_node("split_driver")
+        Parameter("utterance_topic", value=f"{prefix}/utterances"),
+        Parameter("estimate_topic", value=f"{prefix}/emotion")])
+    driver = rclpy.create_node(f"{prefix}_driver")
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
                      reliability=ReliabilityPolicy.RELIABLE)
-    pub = driver.create_publisher(UtteranceMsg, "split/utterances", qos)
+    pub = driver.create_publisher(UtteranceMsg, f"{prefix}/utterances", qos)
     got = Collector()
-    driver.create_subscription(EmotionEstimate, "split/emotion", got, qos)
+    driver.create_subscription(EmotionEstimate, f"{prefix}/emotion", got, qos)
     spin = Spinner(node, driver)
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         assert wait_for(lambda: pub.get_subscription_count() == 1, 10)
-        assert wait_for(lambda: driver.count_publishers("/split/emotion") == 1, 10)
+        assert wait_for(lambda: driver.count_publishers(f"/{prefix}/emotion") == 1, 10)
+        yield node, pub, got
+    finally:
+        spin.close()
+        node.destroy_node()
+        driver.destroy_node()
+
+
+def test_split_emotion_node_refuses_hostile_utterances_over_dds(ros, model):
+    """Split mode: anyone on the graph can publish erc_ros/Utterance. Messages the utterance
+    node cannot have made are refused by reason; the node stays up and still estimates."""
+    from erc_ros.ros import convert
+    with split_emotion_node(model, "split") as (node, pub, got):
         hostile = []
         for kw in ({"sample_rate": 44100}, {"text": "a" * 50_000},
                    {"audio": np.zeros(16000 * 300, np.int16)},
@@ -419,37 +433,14 @@ def test_split_emotion_node_refuses_hostile_utterances_over_dds(ros, model):
         assert wait_for(lambda: len(got) == 1, 30)
         assert node.health.refused["utterance"] == len(hostile)
         assert node.health.counts.get("errors.predict", 0) == 0
-    finally:
-        spin.close()
-        node.destroy_node()
-        driver.destroy_node()
 
 
 def test_an_utterance_without_words_gets_no_label_from_a_text_model(ros, model):
     """An empty or whitespace-only timed final transcript makes an utterance without words;
     a text-only model read one as "joy" at 0.16 (issue 55). Now its estimate carries no
     label, no distribution and no Expression, and is counted; the next one is read."""
-    from erc_ros.msg import EmotionEstimate
-    from erc_ros.msg import Utterance as UtteranceMsg
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-
     from erc_ros.ros import convert
-    node = EmotionNode(name="emotion_no_words", parameter_overrides=[
-        Parameter("model_dir", value=str(model)), Parameter("backend", value="torch"),
-        Parameter("utterance_topic", value="nw/utterances"),
-        Parameter("estimate_topic", value="nw/emotion")])
-    driver = rclpy.create_node("no_words_driver")
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
-                     reliability=ReliabilityPolicy.RELIABLE)
-    pub = driver.create_publisher(UtteranceMsg, "nw/utterances", qos)
-    got = Collector()
-    driver.create_subscription(EmotionEstimate, "nw/emotion", got, qos)
-    spin = Spinner(node, driver)
-    try:
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        assert wait_for(lambda: pub.get_subscription_count() == 1, 10)
-        assert wait_for(lambda: driver.count_publishers("/nw/emotion") == 1, 10)
+    with split_emotion_node(model, "nw") as (node, pub, got):
         for i, (who, text) in enumerate((("bob", " \t "), ("anna", "I am so happy"))):
             u = _utt(i, who)
             u.text = text
@@ -464,7 +455,3 @@ def test_an_utterance_without_words_gets_no_label_from_a_text_model(ros, model):
         # an Expression publisher for the speaker whose words were read, none for bob's
         assert _topics_of(node, "/humans/voices/") == ["/humans/voices/anna/expression"]
         assert node.health.counts.get("errors.predict", 0) == 0
-    finally:
-        spin.close()
-        node.destroy_node()
-        driver.destroy_node()
