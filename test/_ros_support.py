@@ -62,6 +62,18 @@ def wait_for(cond, timeout: float, period: float = 0.05) -> bool:
     return bool(cond())
 
 
+def set_remotely(client, name: str, value):
+    """Set one parameter through a node's set_parameters service, as `ros2 param set` does
+    (``client``: a SetParameters client, its service up); returns the SetParametersResult."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    fut = client.call_async(SetParameters.Request(
+        parameters=[Parameter(name, value=value).to_parameter_msg()]))
+    assert wait_for(fut.done, 10)
+    return fut.result().results[0]
+
+
 class Collector:
     """Thread-safe list of received messages."""
 

@@ -30,7 +30,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.validate_full_topic_name import validate_full_topic_name
 
-from _ros_support import Collector, wait_for
+from _ros_support import Collector, set_remotely, wait_for
 from erc_ros.core.types import Utterance
 from erc_ros.ros.emotion_node import EmotionNode
 from erc_ros.ros.topic_names import id_token, is_topic_token
@@ -222,10 +222,7 @@ def test_bad_parameter_values_are_refused_with_a_reason(ros, model, capfd):
         assert cli.wait_for_service(10)
 
         def remote_set(name, value):  # what `ros2 param set` does
-            fut = cli.call_async(SetParameters.Request(
-                parameters=[Parameter(name, value=value).to_parameter_msg()]))
-            assert wait_for(fut.done, 10)
-            return fut.result().results[0]
+            return set_remotely(cli, name, value)
 
         for name, value in (("image_transport", "compresed"), ("audio_msg", "stamp"),
                             ("asr_type", "whisper"), ("image_reliability", "best-effort"),

@@ -12,7 +12,7 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
-from _ros_support import wait_for
+from _ros_support import set_remotely, wait_for
 from erc_ros.ros.emotion_node import EmotionNode
 from erc_ros.ros.utterance_node import UtteranceNode
 
@@ -35,10 +35,7 @@ def test_an_integer_for_a_double_parameter_is_that_double(ros):
         assert cli.wait_for_service(10)
 
         def remote_set(name, value):  # what `ros2 param set` does
-            fut = cli.call_async(SetParameters.Request(
-                parameters=[Parameter(name, value=value).to_parameter_msg()]))
-            assert wait_for(fut.done, 10)
-            return fut.result().results[0]
+            return set_remotely(cli, name, value)
 
         for name, value in (("poll_period", 1), ("perception.vad.min_silence_seconds", 2)):
             res = remote_set(name, value)
