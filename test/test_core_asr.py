@@ -85,7 +85,7 @@ def test_config_defaults_validate_and_every_field_is_documented():
     for bad in ({"beam_size": 0}, {"threads": 0}, {"max_queue": 0}, {"compute_type": "int3"},
                 {"max_segment_seconds": 31}, {"min_segment_seconds": 40},
                 {"no_speech_threshold": 2}, {"log_prob_threshold": 1}, {"model": ""},
-                {"auto_base_max_seconds": 0}, {"degrade_backlog": -1}):
+                {"latency_budget": 0}, {"degrade_backlog": -1}):
         with pytest.raises(ValueError):
             AsrConfig(**bad).validate()
 
@@ -575,25 +575,29 @@ def test_wer_normalisation_and_exclusion_rule():
 
 
 def test_auto_chooses_the_model_by_a_timed_decode_and_says_why(tmp_path, monkeypatch):
-    """``auto`` times base on this machine: base where a segment decodes within the limit
-    (tiny.en kept beside it for a backlog), tiny.en where not, base for another language.
-    The limits here are far on either side of any CPU's decode time (0.1-1.5 s)."""
+    """``auto`` times base on this machine: base where its predicted live p95 is within the
+    budget (tiny.en kept beside it for a backlog), tiny.en where not, base for another
+    language. The budgets here are far on either side of any CPU's (0.1-1.5 s a decode)."""
     with monkeypatch.context() as m:  # base not joined into the cache: English goes on
         m.setattr(asr, "_base_dir", lambda: tmp_path / "unprepared")
-        unprepared = WhisperRecognizer(AsrConfig(auto_base_max_seconds=60.0)).load()
+        unprepared = WhisperRecognizer(AsrConfig(latency_budget=600.0)).load()
         assert unprepared.model_name == "tiny.en"
         assert "base cannot load" in unprepared.choice["reason"]
         with pytest.raises(AsrModelError, match="not prepared"):
             WhisperRecognizer(AsrConfig(language="fr")).load()
     prepare_model("base")
-    fast = WhisperRecognizer(AsrConfig(auto_base_max_seconds=60.0)).load()
+    fast = WhisperRecognizer(AsrConfig(latency_budget=600.0)).load()
     assert fast.model_name == "base" and fast.multilingual and fast.fast_model is not None
-    assert fast.choice["model"] == "base" and "<= 60 s" in fast.choice["reason"]
+    assert fast.choice["model"] == "base" and "<= latency_budget 600 s" in fast.choice["reason"]
     assert 0 < fast.choice["tiny_en_seconds"] and 0 < fast.choice["base_seconds"] <= 60
-    slow = WhisperRecognizer(AsrConfig(auto_base_max_seconds=1e-4)).load()
+    assert fast.choice["base_p95_predicted"] == pytest.approx(
+        asr.LIVE_FIXED_SECONDS + asr.LIVE_DECODE_FACTOR * fast.choice["base_seconds"], abs=2e-3)
+    slow = WhisperRecognizer(AsrConfig(latency_budget=1e-4)).load()
     assert slow.model_name == "tiny.en" and not slow.multilingual and slow.fast_model is None
-    assert slow.choice["reason"].startswith("base takes") and "tiny.en" in slow.choice["reason"]
-    french = WhisperRecognizer(AsrConfig(language="fr", auto_base_max_seconds=1e-4)).load()
+    assert slow.choice["reason"].startswith("base's predicted end of speech -> estimate p95")
+    assert "> latency_budget 0.0001 s" in slow.choice["reason"] and "tiny.en's" in \
+        slow.choice["reason"]
+    french = WhisperRecognizer(AsrConfig(language="fr", latency_budget=1e-4)).load()
     assert french.model_name == "base" and "multilingual" in french.choice["reason"]
     assert WhisperRecognizer(AsrConfig(model="tiny.en")).load().choice["reason"] == "configured"
     fast.close()
