@@ -292,18 +292,23 @@ def test_a_tampered_model_is_refused(trained, tmp_path):
 
 
 def test_rerun_resumes(capsys, data, tmp_path):
-    out = tmp_path / "m"
-    err = _train(capsys, data[0], data[1], out, "--epochs", "1")
+    out = tmp_path / "m"  # under bf16 autocast, the other precision
+    err = _train(capsys, data[0], data[1], out, "--epochs", "1", "--precision", "bf16")
     assert "resumed" not in err and "epoch 1/1: train loss" in err
-    err = _train(capsys, data[0], data[1], out, "--epochs", "2")
+    assert "precision bf16 (requested)" in err
+    err = _train(capsys, data[0], data[1], out, "--epochs", "2", "--precision", "bf16")
     assert "resumed at epoch 2" in err and "epoch 2/2: train loss" in err
     assert "epoch 1/2" not in err
-    hist = read_manifest(out)["provenance"]["history"]
-    assert [h["epoch"] for h in hist] == [1, 2]
-    err = _train(capsys, data[0], data[1], out, "--epochs", "2")
+    m = read_manifest(out)["provenance"]
+    assert [h["epoch"] for h in m["history"]] == [1, 2] and m["training"]["resumed_at"] == 2
+    assert m["dev_metrics"]["selection"]["candidates"] == 2
+    err = _train(capsys, data[0], data[1], out, "--epochs", "2", "--precision", "bf16")
     assert "2 epochs done already" in err
     # other settings in the same folder: refused, not mixed
-    with pytest.raises(SystemExit, match="other settings lr"):
+    with pytest.raises(SystemExit, match="other settings precision"):
+        cli.main(["train", "--recipe", "face-tiny", "--faces", str(data[0]), "--faces-dev",
+                  str(data[1]), "--out", str(out)])
+    with pytest.raises(SystemExit, match="other settings lr, precision"):
         cli.main(["train", "--recipe", "face-tiny", "--faces", str(data[0]), "--faces-dev",
                   str(data[1]), "--out", str(out), "--lr", "0.5"])
 

@@ -20,9 +20,11 @@ epoch; a larger ``--epochs`` continues the run (the cosine then spans the new to
 weights kept are those of the epoch with the best dev accuracy: dev chose among that many
 epochs, and the manifest says so.
 
-``--precision auto`` trains under bfloat16 autocast (weights and optimiser in float32) where
-the CPU has AMX or AVX512-BF16, else in float32; the kept model is scored again in float32 at
-the end, the precision it is stored in and deployed with.
+Training runs in float32 by default; ``--precision bf16`` runs the forward pass under
+bfloat16 autocast (weights and optimiser stay float32) and ``--precision auto`` picks bf16
+where the CPU has AMX or AVX512-BF16. On the 2-core AMX Xeon this was written on, bf16
+autocast made a step slower, not faster (docs/faces.md). The kept model is scored again in
+float32 at the end, the precision it is stored in and deployed with.
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ class FaceStageConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     class_weight_power: float = 0.0   # (n / n_c) ** power; 0: unweighted
-    precision: Precision = "auto"
+    precision: Precision = "fp32"
     channels_last: bool = True
     prefetch: bool = True              # augment the next batch in a thread while one trains
     tta: bool = True                   # dev scored with test-time flip
@@ -383,8 +385,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "public_test.npz beside an npz, a CSV's PublicTest rows, else "
                    f"{HELD_OUT_SHARE:.0%} of the training faces held out, seeded)")
     p.add_argument("--batch-size", type=_count(1), help="--recipe face: faces per step")
-    p.add_argument("--precision", choices=PRECISIONS, help="--recipe face: 'auto' (bf16 "
-                   "autocast where the CPU has AMX or AVX512-BF16, else fp32), fp32, bf16")
+    p.add_argument("--precision", choices=PRECISIONS, help="--recipe face: fp32 (the "
+                   "recipe's), bf16 (autocast) or auto (bf16 where the CPU has AMX or "
+                   "AVX512-BF16, else fp32)")
     p.add_argument("--limit-faces", type=_count(0), default=0,
                    help="--recipe face: train on a seeded N of the faces and score a quarter "
                         "as many dev faces (smoke and timing runs)")
