@@ -297,11 +297,23 @@ def test_a_pause_is_cut_on_however_the_audio_is_chunked(quick_turns):
 
 
 def test_overload_refuses_into_textless_utterances_and_loses_none(conv):
-    """A one-slot queue fed the whole conversation at once: what the recognizer cannot take
-    is counted and still becomes an utterance (no text), in speech order; none is lost.
-    Whole turns: a sentence-end cut depends on when an early decode comes back, which
-    under load may split a turn in two."""
+    """A one-slot queue fed the whole conversation at once, while the recognizer is busy
+    (held until the stream ends, so that the overload does not depend on how fast this CPU
+    decodes: an idle Xeon kept up with the feeding in one run of three): what the
+    recognizer cannot take is counted and still becomes an utterance (no text), in speech
+    order; none is lost. Whole turns: a sentence-end cut depends on when an early decode
+    comes back, which under load may split a turn in two."""
     core = _core(asr__max_queue=1, **WHOLE_TURNS)
+    gate, real, flush = threading.Event(), core.recognizer.transcribe, core.flush
+
+    def held(*args, **kwargs):  # busy until the whole conversation has been fed
+        assert gate.wait(60)
+        return real(*args, **kwargs)
+
+    def flush_released(*args, **kwargs):
+        gate.set()
+        return flush(*args, **kwargs)
+    core.recognizer.transcribe, core.flush = held, flush_released
     utts, _ = stream(core, conv, asr="none", video=False)
     core.close()
     st = core.stats()["asr"]
