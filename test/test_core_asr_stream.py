@@ -683,7 +683,10 @@ def test_a_sentence_before_a_breath_comes_out_once_a_word_follows():
     from erc_ros.tools import eval_bag
 
     pipeline = eval_bag.make_pipeline()
-    core = eval_bag.make_core(eval_bag.DEFAULT_CONFIG, (), pipeline, asr_type="embedded")
+    # tiny.en named: what the recognizer writes after "Great" is this test's subject, and
+    # auto may choose either model on a CPU near asr.latency_budget
+    core = eval_bag.make_core(eval_bag.DEFAULT_CONFIG, ("perception.asr.model=tiny.en",),
+                              pipeline, asr_type="embedded")
     wait, bound = core.config.asr.early_seconds, perception._WORDS_AFTER_SECONDS + 0.2 + 1e-6
     breaths, decoded = set(), {}  # pauses too short for an early decode, at least half as long
     streaming = core._recognize_streaming
