@@ -41,8 +41,8 @@ def test_deactivate_cleanup_and_shutdown_say_what_they_did(ros, model, capfd, ki
                                                            deactivated, cleaned):
     node = _node(kind, model)
     try:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            pytest.skip(f"{kind} node cannot configure here: {node.health.error}")
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, \
+            f"{kind} node cannot configure here: {node.health.error}"
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         capfd.readouterr()
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
