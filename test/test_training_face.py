@@ -18,12 +18,13 @@ from erc_ros.models.artefact import ArtefactError, read_manifest, verify_model_d
 from erc_ros.models.face_net import (WEIGHTS_FILE, FaceNet, FaceNetConfig, face_input,
                                      load_face_model)
 from erc_ros.training import face_stage
+from erc_ros.training.data import data_root
 from erc_ros.training.face_data import (AugmentConfig, FaceAugment, FaceDataError, default_dev,
                                         held_out_split, read_faces, read_fer_csv, read_folder,
                                         read_npz)
 from erc_ros.training.metrics import scores
 
-FER_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013"
+FER_DIR = data_root() / "fer2013"
 
 
 def faces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -385,9 +386,8 @@ def test_evaluate_face_scores_the_model_and_todays_expert(trained, data, tmp_pat
 # the real data
 
 def test_real_fer2013_copy_reads_as_documented():
-    if not (FER_DIR / "train.npz").is_file():
-        pytest.skip(f"FER2013 is not at {FER_DIR} (../shared/data/fer2013): the real-data "
-                    "check did not run")
+    assert (FER_DIR / "train.npz").is_file(), \
+        f"FER2013 expected at {FER_DIR} (../shared/data/fer2013; set ERC_ROS_DATA)"
     train = read_faces(FER_DIR / "train.npz")
     assert train.images.shape == (28709, 48, 48) and train.images.dtype == np.uint8
     assert train.counts() == {"neutral": 4965, "surprise": 3171, "fear": 4097,
