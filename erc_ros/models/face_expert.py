@@ -74,10 +74,9 @@ def fer_version() -> str:
         return "unknown"
 
 
-def preprocess(crop: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """One face crop (HxWx3 RGB uint8, or HxW grey uint8) as the network's input: grey,
-    resized to ``size`` x ``size`` with INTER_AREA, scaled to [-1, 1]; (1, 1, size, size)
-    float32."""
+def grey(crop: np.ndarray) -> np.ndarray:
+    """One face crop (HxWx3 RGB, HxWx1 or HxW grey, uint8) as HxW grey uint8; ValueError
+    for any other dtype or shape. Every face network here reads grey crops."""
     import cv2
 
     a = np.asarray(crop)
@@ -89,6 +88,16 @@ def preprocess(crop: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
         a = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY)
     elif a.ndim != 2:
         raise ValueError(f"face crop of shape {a.shape} is not HxWx3 RGB or HxW grey")
+    return a
+
+
+def preprocess(crop: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """One face crop (HxWx3 RGB uint8, or HxW grey uint8) as the network's input: grey,
+    resized to ``size`` x ``size`` with INTER_AREA, scaled to [-1, 1]; (1, 1, size, size)
+    float32."""
+    import cv2
+
+    a = grey(crop)
     if a.shape != (size, size):
         a = cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
     return (a.astype(np.float32) / 255.0 * 2.0 - 1.0)[None, None]

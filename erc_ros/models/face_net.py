@@ -32,6 +32,7 @@ from erc_ros.core.types import FACE_CLASSES
 from erc_ros.models.artefact import (FORMAT_VERSION, ArtefactError, add_artefact, artefact_file,
                                      check_model_id, git_commit, git_modified, verify_model_dir,
                                      versions, write_manifest)
+from erc_ros.models.face_expert import grey
 
 #: What a face model's manifest says it is (an ERC model directory has no ``kind``).
 MODEL_KIND = "face_expression"
@@ -118,15 +119,7 @@ def face_input(crops: Sequence[np.ndarray] | np.ndarray, size: int = 48,
 
     out = np.zeros((len(crops), 1, size, size), np.float32)
     for i, c in enumerate(crops):
-        a = np.asarray(c)
-        if a.dtype != np.uint8:
-            raise ValueError(f"face crop dtype {a.dtype} is not uint8")
-        if a.ndim == 3 and a.shape[2] == 1:
-            a = a[:, :, 0]
-        if a.ndim == 3 and a.shape[2] == 3:
-            a = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY)
-        elif a.ndim != 2:
-            raise ValueError(f"face crop of shape {a.shape} is not HxWx3 RGB or HxW grey")
+        a = grey(c)
         if a.shape != (size, size):
             enlarge = a.shape[0] < size or a.shape[1] < size
             a = cv2.resize(a, (size, size),
