@@ -1,5 +1,6 @@
-"""Message conversion (erc_ros.ros.convert): images in every encoding we accept, audio,
-transcripts, utterances, estimates, Expression, and exact time conversion."""
+"""Message conversion (erc_ros.ros.convert, erc_ros.ros.emotion_msgs): images in every
+encoding we accept, audio, transcripts, utterances, estimates, Expression, and exact time
+conversion."""
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 
 from erc_ros.core.errors import InputError
 from erc_ros.core.types import AudioFormat, Estimate, TranscriptEvent, Utterance
-from erc_ros.ros import convert
+from erc_ros.ros import convert, emotion_msgs
 
 
 def _face_like(h=48, w=64):
@@ -152,11 +153,11 @@ def test_utterance_roundtrip_through_the_wire():
                     locale="en_US", features={"speaker_embedding": np.ones(4, np.float32),
                                               "face_probabilities": np.full(7, 1 / 7, np.float32)},
                     face_status="seen", face_count=3)
-    msg = deserialize_message(serialize_message(convert.utterance_to_msg(utt)), UtteranceMsg)
+    msg = deserialize_message(serialize_message(emotion_msgs.utterance_to_msg(utt)), UtteranceMsg)
     assert convert.time_to_float(msg.header.stamp) == 2.0
     assert msg.header.frame_id == ""  # a coordinate frame, not the conversation id
     assert (msg.has_text, msg.has_audio, msg.has_video) == (True, True, True)
-    back = convert.msg_to_utterance(msg)
+    back = emotion_msgs.msg_to_utterance(msg)
     assert (back.utterance_id, back.conversation_id, back.speaker_id, back.start, back.end,
             back.text) == ("u1", "c1", "spk0", 1.0, 2.0, "I'm fine.")
     assert np.abs(back.audio - audio).max() < 1 / 32767 + 1e-6
@@ -166,7 +167,8 @@ def test_utterance_roundtrip_through_the_wire():
     assert (back.face_status, back.face_count) == ("seen", 3)
     assert np.array_equal(back.features["face_probabilities"], np.full(7, 1 / 7, np.float32))
     # a producer without the face expert: no status, no probabilities
-    plain = convert.msg_to_utterance(convert.utterance_to_msg(Utterance("u", "c", "s", 0, 1)))
+    plain = emotion_msgs.msg_to_utterance(
+        emotion_msgs.utterance_to_msg(Utterance("u", "c", "s", 0, 1)))
     assert plain.face_status == "" and "face_probabilities" not in plain.features
 
 
@@ -175,7 +177,7 @@ def test_hostile_utterance_messages_are_refused_before_allocating():
     from erc_ros.msg import Utterance as UtteranceMsg
 
     def msg(**kw):
-        m = convert.utterance_to_msg(Utterance(utterance_id="u", conversation_id="c",
+        m = emotion_msgs.utterance_to_msg(Utterance(utterance_id="u", conversation_id="c",
                                                speaker_id="s", start=1.0, end=2.0, text="hi"))
         for k, v in kw.items():
             setattr(m, k, v)
@@ -203,9 +205,9 @@ def test_hostile_utterance_messages_are_refused_before_allocating():
     for name, m in cases.items():
         assert isinstance(m, UtteranceMsg)
         with pytest.raises(convert.ConversionError) as err:
-            convert.msg_to_utterance(m)
+            emotion_msgs.msg_to_utterance(m)
         assert err.value.reason in ("utterance", "image_too_large"), name
-    assert convert.msg_to_utterance(msg()).text == "hi"  # the plain one still converts
+    assert emotion_msgs.msg_to_utterance(msg()).text == "hi"  # the plain one still converts
 
 
 def test_estimate_and_expression():
@@ -215,24 +217,24 @@ def test_estimate_and_expression():
                    probabilities=[0.25, 0.625, 0.125], valence=0.5, arousal=0.25,
                    modalities=["text", "audio"], modality_weights=[0.75, 0.25],
                    model_id="m", backend="torch", latency_ms=3.5, text="Yay")
-    msg = deserialize_message(serialize_message(convert.estimate_to_msg(est, 12.0)),
+    msg = deserialize_message(serialize_message(emotion_msgs.estimate_to_msg(est, 12.0)),
                               EmotionEstimate)
     assert msg.label == "joy" and msg.confidence == 0.625
     assert convert.time_to_float(msg.header.stamp) == 2.5  # the utterance end, not now
     assert msg.end_to_end_latency_ms == 12.0
     assert msg.header.frame_id == ""  # a coordinate frame, not the conversation id
-    back = convert.msg_to_estimate(msg)
+    back = emotion_msgs.msg_to_estimate(msg)
     assert (back.utterance_id, back.conversation_id, back.speaker_id) == ("u1", "c1", "anna")
     assert back.probabilities == [0.25, 0.625, 0.125] and back.modalities == ["text", "audio"]
-    expr = convert.estimate_to_expression(est)
+    expr = emotion_msgs.estimate_to_expression(est)
     assert expr.expression == "happy" and expr.confidence == 0.625
     assert (expr.valence, expr.arousal) == (0.5, 0.25)
     assert convert.time_to_float(expr.header.stamp) == 2.5
     assert expr.header.frame_id == ""  # the speaker is in the topic name, not a frame
     est.label = "Mad"
-    assert convert.estimate_to_expression(est).expression == "angry"
+    assert emotion_msgs.estimate_to_expression(est).expression == "angry"
     est.probabilities = []
-    assert not math.isnan(convert.estimate_to_expression(est).confidence)
+    assert not math.isnan(emotion_msgs.estimate_to_expression(est).confidence)
 
 
 def test_estimate_carries_the_face_experts_own_result_beside_the_fused_one():
@@ -242,13 +244,13 @@ def test_estimate_carries_the_face_experts_own_result_beside_the_fused_one():
                    end=2.5, label="joy", class_names=names, probabilities=[0.25, 0.625, 0.125],
                    face_status="seen", face_probabilities=[0.125, 0.125, 0.75], face_count=4,
                    face_valence=-0.5, face_arousal=0.75)
-    msg = deserialize_message(serialize_message(convert.estimate_to_msg(est)), EmotionEstimate)
+    msg = deserialize_message(serialize_message(emotion_msgs.estimate_to_msg(est)), EmotionEstimate)
     assert msg.label == "joy" and msg.face_label == "anger" and msg.face_confidence == 0.75
     assert (msg.face_status, msg.face_count) == (msg.FACE_SEEN, 4)
     assert list(msg.face_probabilities) == [0.125, 0.125, 0.75]
-    back = convert.msg_to_estimate(msg)
+    back = emotion_msgs.msg_to_estimate(msg)
     assert back.face_label == "anger" and back.face_probabilities == [0.125, 0.125, 0.75]
-    face = convert.face_expression(est)
+    face = emotion_msgs.face_expression(est)
     assert face.expression == "angry" and face.confidence == 0.75
     assert (face.valence, face.arousal) == (-0.5, 0.75)
     assert convert.time_to_float(face.header.stamp) == 2.5  # the utterance end, not now
@@ -256,10 +258,10 @@ def test_estimate_carries_the_face_experts_own_result_beside_the_fused_one():
     for status in ("no_face", "no_camera", "disabled"):
         none = Estimate("u", "c", "s", 0, 1, "joy", names, [0.25, 0.625, 0.125],
                         face_status=status)
-        m = convert.estimate_to_msg(none)
+        m = emotion_msgs.estimate_to_msg(none)
         assert m.face_status == status and m.face_label == "" and not len(m.face_probabilities)
         assert math.isnan(m.face_confidence) and math.isnan(m.face_valence)
-        assert convert.face_expression(none) is None
+        assert emotion_msgs.face_expression(none) is None
 
 
 def test_unstamped_audio_is_one_timeline_despite_receipt_jitter():

@@ -29,7 +29,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from _ros_support import close_rig, Collector, wait_for
 from erc_ros.core.face_stream import FaceSchedule, summarize
-from erc_ros.ros import convert
+from erc_ros.ros import convert, emotion_msgs
 from erc_ros.ros.diagnostics import NodeHealth
 from erc_ros.ros.face_expression_node import FaceExpressionNode, class_valence_arousal
 from erc_ros.ros.tracked import TrackedIds
@@ -309,7 +309,7 @@ def test_summarize_uses_the_models_valence_arousal_table():
     mixed = np.full(len(labels), 1.0 / len(labels))
     _, conf, val, aro = summarize(mixed, labels, table)
     assert conf == pytest.approx(1 / 7) and -1 <= val <= 1 and -1 <= aro <= 1
-    assert convert.expression_msg(Time(sec=3, nanosec=5), "joy", val, aro, conf).header.stamp \
+    assert emotion_msgs.expression_msg(Time(sec=3, nanosec=5), "joy", val, aro, conf).header.stamp \
         == Time(sec=3, nanosec=5)
 
 

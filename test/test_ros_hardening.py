@@ -413,20 +413,20 @@ def split_emotion_node(model, prefix: str):
 def test_split_emotion_node_refuses_hostile_utterances_over_dds(ros, model):
     """Split mode: anyone on the graph can publish erc_ros/Utterance. Messages the utterance
     node cannot have made are refused by reason; the node stays up and still estimates."""
-    from erc_ros.ros import convert
+    from erc_ros.ros import convert, emotion_msgs
     with split_emotion_node(model, "split") as (node, pub, got):
         hostile = []
         for kw in ({"sample_rate": 44100}, {"text": "a" * 50_000},
                    {"audio": np.zeros(16000 * 300, np.int16)},
                    {"faces": [convert.rgb_to_image(np.zeros((2, 2, 3), np.uint8))] * 500},
                    {"start": convert.float_to_time(9.0)}):
-            m = convert.utterance_to_msg(_utt(len(hostile), "x"))
+            m = emotion_msgs.utterance_to_msg(_utt(len(hostile), "x"))
             for k, v in kw.items():
                 setattr(m, k, v)
             hostile.append(m)
         for m in hostile:
             pub.publish(m)
-        pub.publish(convert.utterance_to_msg(_utt(99, "ok")))
+        pub.publish(emotion_msgs.utterance_to_msg(_utt(99, "ok")))
         assert wait_for(lambda: len(got) == 1, 30)
         assert node.health.refused["utterance"] == len(hostile)
         assert node.health.counts.get("errors.predict", 0) == 0
@@ -436,12 +436,12 @@ def test_an_utterance_without_words_gets_no_label_from_a_text_model(ros, model):
     """An empty or whitespace-only timed final transcript makes an utterance without words;
     a text-only model read one as "joy" at 0.16 (issue 55). Now its estimate carries no
     label, no distribution and no Expression, and is counted; the next one is read."""
-    from erc_ros.ros import convert
+    from erc_ros.ros import emotion_msgs
     with split_emotion_node(model, "nw") as (node, pub, got):
         for i, (who, text) in enumerate((("bob", " \t "), ("anna", "I am so happy"))):
             u = _utt(i, who)
             u.text = text
-            pub.publish(convert.utterance_to_msg(u))
+            pub.publish(emotion_msgs.utterance_to_msg(u))
         assert wait_for(lambda: len(got) == 2, 30)
         empty, said = got.snapshot()
         assert (empty.label, list(empty.probabilities), list(empty.modalities)) == ("", [], [])

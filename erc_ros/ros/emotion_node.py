@@ -31,7 +31,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros import process
 from erc_ros.assemble import default_model_dir, load_pipeline
-from erc_ros.ros import convert, tracked
+from erc_ros.ros import emotion_msgs, tracked
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
                                   fail, read_parameters, run_node)
@@ -270,7 +270,7 @@ class EmotionNode(LifecycleNode):
         for item, arrival in items:
             if not hasattr(item, "features"):  # an erc_ros/Utterance message
                 try:
-                    item = convert.msg_to_utterance(item)
+                    item = emotion_msgs.msg_to_utterance(item)
                 except ValueError as err:
                     self.health.refuse(getattr(err, "reason", "utterance"), str(err))
                     continue
@@ -285,7 +285,7 @@ class EmotionNode(LifecycleNode):
         est = self.pipeline.predict(utt)
         proc_ms = (time.perf_counter() - t0) * 1e3
         e2e = float("nan")
-        msg = convert.estimate_to_msg(est)
+        msg = emotion_msgs.estimate_to_msg(est)
         if arrival is not None:
             e2e = (time.perf_counter() - arrival) * 1e3
             msg.end_to_end_latency_ms = float(e2e)
@@ -300,8 +300,8 @@ class EmotionNode(LifecycleNode):
             self.health.latency("end_to_end", e2e)
         if self.p["publish_expression"] and est.speaker_id and est.label:
             self._expression_pub(est.speaker_id, self.p["expression_namespace"]).publish(
-                convert.estimate_to_expression(est))
-        face = convert.face_expression(est) if self.p["publish_face_expression"] else None
+                emotion_msgs.estimate_to_expression(est))
+        face = emotion_msgs.face_expression(est) if self.p["publish_face_expression"] else None
         if face is not None and est.speaker_id:
             self._expression_pub(est.speaker_id, "faces").publish(face)
             self.health.count("face_expressions")

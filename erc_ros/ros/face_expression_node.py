@@ -35,7 +35,7 @@ from erc_ros.assemble import load_face_expert
 from erc_ros.core.errors import InputError
 from erc_ros.core.face_stream import FaceSchedule, summarize
 from erc_ros.core.faces import as_rgb_image
-from erc_ros.ros import convert
+from erc_ros.ros import convert, emotion_msgs
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
                                   fail, read_parameters, run_node)
@@ -59,7 +59,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                       "(refused.faces_full)"),
     "min_confidence": (0.0, "an expression whose top probability is below this is not "
                             "published (counted as below_min_confidence)"),
-    "max_image_pixels": (convert.MAX_FACE_PIXELS, "largest face crop accepted (width x "
+    "max_image_pixels": (emotion_msgs.MAX_FACE_PIXELS, "largest face crop accepted (width x "
                                                   "height); larger ones are refused from "
                                                   "their header (refused.image_too_large)"),
     "threads": (1, "CPU threads of the face-expression expert"),
@@ -258,7 +258,7 @@ class FaceExpressionNode(LifecycleNode):
             return
         # The crop's stamp: the time the face looked so (a zero stamp: the receipt time).
         stamp = msg.header.stamp if convert.time_to_ns(msg.header.stamp) else receipt.to_msg()
-        out = convert.expression_msg(stamp, label, valence, arousal, confidence)
+        out = emotion_msgs.expression_msg(stamp, label, valence, arousal, confidence)
         with self.faces.lock:
             resources = self.faces.items.get(face)
             if resources is None:  # the face left the tracked list meanwhile

@@ -18,7 +18,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros.assemble import ASR_TYPE_OF_MSG, asr_type_of
-from erc_ros.ros import convert
+from erc_ros.ros import convert, emotion_msgs
 from erc_ros.ros.replay import GROUND_TRUTH_TOPIC, ReplayResult, bag_span, message_class, read_bag
 
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
@@ -184,7 +184,7 @@ class LiveSession:
         self._spin = threading.Thread(target=self.executor.spin, daemon=True)
 
     def _on_estimate(self, msg) -> None:
-        est = convert.msg_to_estimate(msg)
+        est = emotion_msgs.msg_to_estimate(msg)
         with self._lock:
             self.estimates.append(est)
         if self.on_estimate:

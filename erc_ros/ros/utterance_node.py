@@ -22,7 +22,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros import process
 from erc_ros.assemble import build_config, build_core, torch_threads
-from erc_ros.ros import convert
+from erc_ros.ros import convert, emotion_msgs
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.ingest import KINDS, Ingest
 from erc_ros.ros.input_health import ERROR, AsrLag, InputWatch, Problem, SequenceGaps
@@ -576,7 +576,7 @@ class UtteranceNode(LifecycleNode):
             self.on_utterance(utt, arrival)
         if self.p["publish_utterances"] and self._pub is not None:
             try:
-                self._pub.publish(convert.utterance_to_msg(utt))
+                self._pub.publish(emotion_msgs.utterance_to_msg(utt))
                 self.published += 1
             except Exception as err:
                 self.health.refuse("utterance_publish", str(err))
