@@ -7,12 +7,12 @@ generated from :meth:`PerceptionConfig.describe` (the field docs below).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 
-from .asr import AsrConfig
 from .params import flatten
 
 __all__ = ["AudioConfig", "VadConfig", "SegmentationConfig", "DiarizationConfig", "FaceConfig",
@@ -228,6 +228,205 @@ class ConversationConfig:
     new_conversation_gap_seconds: float = _f(60.0, "silence after which a new conversation "
                                              "starts")
     history_utterances: int = _f(20, "utterances kept per conversation")
+
+
+#: ``asr.model: auto``: the model is chosen at load from a timed decode on this machine.
+AUTO = "auto"
+#: Whisper's prompt holds at most 223 tokens (half its 448-token context): a word is 1-3.
+_MAX_PROMPT_WORDS = 100
+
+
+@dataclass
+class AsrConfig:
+    """The recognizer's parameters (``asr.<field>`` where a node declares them)."""
+
+    enabled: bool = _f(False, "run the embedded recognizer on the speech segments the VAD "
+                       "closes; each result is a timed ASR final (the utterance node sets it "
+                       "for asr_type embedded)")
+    synchronous: bool = _f(False, "transcribe on the calling thread instead of the "
+                           "recognizer's own (offline replay: deterministic, nothing refused)")
+    model: str = _f(AUTO, "auto (chosen at load: base where its predicted end of speech "
+                    "-> estimate p95 here is within latency_budget, else tiny.en; base for "
+                    "a language other than English), base, tiny.en, or a directory holding "
+                    "a CTranslate2 Whisper model (model.bin, config.json, tokenizer.json); "
+                    "names resolve to the packaged models, never to a hub")
+    latency_budget: float = _f(
+        1.0, "auto: the live budget, in seconds, from the end of a turn's speech to its "
+        "estimate, at the 95th percentile. base (the more accurate) runs where its predicted "
+        "p95 is within it: LIVE_FIXED_SECONDS (0.52 s: hearing the pause, the wait for a "
+        "turn's end) + LIVE_DECODE_FACTOR (2.7) x one decode of a 1 s segment timed at load, "
+        "set on bench-e2e runs of the sample bag so that no measured run was predicted "
+        "faster than it was (docs/asr.md). A CPU "
+        "near the limit may choose either model from one start to the next: name the model "
+        "to pin it")
+    degrade_backlog: int = _f(
+        2, "with this many segments waiting behind the one starting, it is decoded greedily "
+        "without a fallback, and by tiny.en where auto chose base (kept "
+        "loaded for it): the recognizer catches up instead of refusing speech (counted "
+        "'degraded'); 0: never")
+    language: str = _f("en", "spoken language code (en, fr, ...); empty: detected per "
+                       "segment (multilingual models only; tiny.en is English-only)")
+    beam_size: int = _f(1, "beam width; 1 is greedy decoding (fastest)")
+    compute_type: str = _f("int8", "CTranslate2 compute type on the CPU: int8, int8_float32 "
+                           "or float32 (int8 quantizes the weights at load)")
+    threads: int = _f(2, "CTranslate2 intra-op threads (cpu_threads)")
+    window: str = _f(
+        "fit", "full: Whisper's whole 30 s window, whatever the piece (what it was trained "
+        "on); fit: the encoder sees the piece plus window_pad_seconds, at least "
+        "window_min_seconds (whisper.cpp's audio_ctx), in one greedy decode; where that "
+        "decode repeats its text (gzip compression ratio above 2.4) or reaches the token "
+        "cap, the piece is decoded again on the full window (counted 'refit'); where it is "
+        "only unsure (mean log-probability below log_prob_threshold), fallback beam reads "
+        "the full window at once (fallback temperature or none: a refit). Stock Whisper "
+        "often does not end its text on a short window and repeats it; in 11 s tiny.en "
+        "reads nearly as well as on its whole window, in half the time (docs/asr.md)",
+        choices=("fit", "full"))
+    window_pad_seconds: float = _f(
+        2.0, "window fit: silence after the piece's audio in the encoder's window, at "
+        "least (window_min_seconds may add more)")
+    window_min_seconds: float = _f(
+        11.0, "window fit: the encoder's window is at least this long (the piece, its pad, "
+        "then silence): stock Whisper repeats its text on a short window whatever the pad, "
+        "and reads a piece of a few seconds in 11 s nearly as in 30 s; a long turn's "
+        "window grows with it by its pad alone (docs/asr.md)")
+    early_seconds: float = _f(
+        0.1, "live (the recognizer on its own thread): a speech segment goes to an idle "
+        "recognizer once it has been quiet this long, before the VAD's hang-over "
+        "(vad.min_silence_seconds) closes it; its text is then ready that much sooner, "
+        "and the decode is wasted where the speaker goes on (an idle recognizer only, so "
+        "a closing segment waits for one such decode at most). Negative: only closed "
+        "segments are recognized. Offline (asr.synchronous) the early decode runs only for "
+        "sentence_end_seconds, inline")
+    sentence_end_seconds: float = _f(
+        0.1, "a speech segment whose early decode (early_seconds) ends a sentence (its "
+        "text ends with . ? or !, not with ...) closes once it has been quiet this long, "
+        "without waiting for the rest of the VAD's hang-over (vad.min_silence_seconds): "
+        "its estimate comes sooner and a next speaker who starts within the hang-over is "
+        "not joined to it (counted 'sentence_ends'). Live the cut waits for the early "
+        "decode; offline (asr.synchronous) the early decode runs inline, so the cut is "
+        "where a recognizer that keeps up makes it. After a shorter pause the speech in "
+        "progress is decoded 0.5 s after it resumes (stream_seconds on) and cut there where "
+        "the sentence end holds with words after it (figures: docs/asr.md). Negative: off "
+        "(only the hang-over ends a segment)")
+    stream_seconds: float = _f(
+        2.0, "while a person speaks without a pause, the speech so far goes to an idle "
+        "recognizer each time it has grown this long (not before 0.5 s of speech follow a "
+        "pause, up to 0.5 s later, so that a sentence ending at the pause shows with words "
+        "after it; after a pause too short for an early decode but at least half "
+        "early_seconds, 0.5 s after it whatever the period); where that decode ends a "
+        "sentence and "
+        "more words follow, the speech up to that sentence closes at once with those words "
+        "(counted 'stream_cuts') and the rest goes on: the first sentences of a long turn, "
+        "or of turns that follow each other without a pause, come out while the speech "
+        "goes on instead of when it ends. Such a decode made as the speech ended (its audio "
+        "ends at most 0.15 s before the VAD's end of speech) is the segment's own decode "
+        "(counted 'early_streamed'), not followed by a second one. Offline (asr.synchronous) "
+        "the decode runs inline at the same points. The whole spoken dev (Kokoro): speech "
+        "end -> estimate p95 "
+        "5.07 -> 2.23 s on the simulated timeline, stage (d) 46.54 -> 47.01 (in a room "
+        "44.94 -> 44.34), WER 9.6 -> 10.0 %, 1.7x the recognizer's compute. Negative: off")
+    prompt_words: int = _f(
+        0, "Whisper's prompt (initial_prompt) for each decode: the last this many words the "
+        "recognizer heard in this conversation, those it has given out when the decode "
+        "starts (live, a segment still being decoded is not in it yet); a new conversation "
+        "starts without. It tells Whisper how names are spelt, but tiny.en copies its style "
+        "and drifts from the audio: on the whole spoken dev (Kokoro) 40 words took (d) from "
+        "47.01 to 45.94 and WER from 10.0 to 14.3 % (docs/asr.md). 0: no prompt (each "
+        "segment read alone)")
+    word_timestamps: bool = _f(True, "word start/end times (cross-attention alignment, a few "
+                               "ms per segment)")
+    max_queue: int = _f(8, "segments waiting for the recognizer; a segment submitted to a "
+                        "full queue is refused (counted) and its speech goes on without text")
+    max_segment_seconds: float = _f(30.0, "longer audio is cut into pieces of at most this "
+                                    "(at the quietest 20 ms in the last quarter of the "
+                                    "window), each decoded alone; Whisper's window is 30 s")
+    min_segment_seconds: float = _f(0.1, "shorter audio (or piece) gives an empty result "
+                                    "without running the model")
+    silence_peak: float = _f(1e-3, "audio whose absolute peak stays below this (-60 dBFS) "
+                             "is silence: empty result, no model run")
+    vad_filter: bool = _f(False, "faster-whisper's own silero VAD before decoding; off: the "
+                          "perception core's VAD already cut the speech")
+    no_speech_threshold: float = _f(0.6, "a window is dropped as silence when its no-speech "
+                                    "probability is above this and its average log-"
+                                    "probability below log_prob_threshold (faster-whisper's "
+                                    "rule and default)")
+    log_prob_threshold: float = _f(-1.0, "average token log-probability below which a "
+                                   "window's decode counts as failed (fallback, window fit's "
+                                   "refit, no-speech rule)")
+    fallback: str = _f(
+        "beam", "a greedy decode that fails Whisper's checks (text that repeats itself, a "
+        "mean log-probability below log_prob_threshold, the token cap reached): beam: "
+        "decoded again once by beam search (beam 5) on the full window, kept unless it "
+        "fails worse (deterministic: the same audio reads the same, live and offline; "
+        "counted 'fallback'); temperature: Whisper's re-decodes by sampling at 0.2..1.0 (up to 5 "
+        "more decodes; CTranslate2's sampler carries its state from one decode to the next, "
+        "so the same audio may read differently); none: the greedy decode only",
+        choices=("beam", "temperature", "none"))
+    max_tokens_per_second: float = _f(
+        15.0, "decoding of a piece stops after this many tokens per second of its audio "
+        "(+16): bounds how long a hallucination loop on noise can decode (448 tokens "
+        "otherwise); speech takes 3-7 tokens/s with timestamps")
+    warmup: bool = _f(True, "decode 1 s of synthetic noise at load so the first utterance "
+                      "does not pay the first-call cost")
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        """``(name, default, description)`` of every field (docs, ROS parameters)."""
+        return [(f.name, f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)]
+
+    def validate(self) -> "AsrConfig":
+        """Raise ValueError for values the recognizer cannot run with; return self."""
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError("asr.model must be 'auto', 'base', 'tiny.en' or a model directory")
+        if not self.latency_budget > 0:
+            raise ValueError("asr.latency_budget must be > 0 (seconds)")
+        if int(self.degrade_backlog) < 0:
+            raise ValueError("asr.degrade_backlog must be >= 0 (0: never)")
+        if not isinstance(self.language, str) or len(self.language) > 8:
+            raise ValueError(f"asr.language must be a language code or empty, got "
+                             f"{self.language!r}")
+        if int(self.beam_size) < 1:
+            raise ValueError("asr.beam_size must be >= 1")
+        if self.compute_type not in ("int8", "int8_float32", "int8_float16", "int8_bfloat16",
+                                     "int16", "float32", "float16", "bfloat16", "default",
+                                     "auto"):
+            raise ValueError(f"asr.compute_type {self.compute_type!r} is not a CTranslate2 "
+                             "compute type (int8, int8_float32, float32, ...)")
+        if int(self.threads) < 1:
+            raise ValueError("asr.threads must be >= 1")
+        if int(self.max_queue) < 1:
+            raise ValueError("asr.max_queue must be >= 1")
+        if not (0 <= self.min_segment_seconds < self.max_segment_seconds <= 30.0):
+            raise ValueError("need 0 <= asr.min_segment_seconds < asr.max_segment_seconds "
+                             "<= 30 (Whisper's window)")
+        if not (0 <= self.silence_peak < 1):
+            raise ValueError("asr.silence_peak must be in [0, 1)")
+        if not (0 <= self.no_speech_threshold <= 1):
+            raise ValueError("asr.no_speech_threshold must be in [0, 1]")
+        if not (self.log_prob_threshold <= 0):
+            raise ValueError("asr.log_prob_threshold must be <= 0")
+        if not self.max_tokens_per_second > 0:
+            raise ValueError("asr.max_tokens_per_second must be > 0")
+        if self.fallback not in ("beam", "temperature", "none"):
+            raise ValueError(f"asr.fallback must be 'beam', 'temperature' or 'none', got "
+                             f"{self.fallback!r}")
+        if self.window not in ("fit", "full"):
+            raise ValueError(f"asr.window must be 'fit' or 'full', got {self.window!r}")
+        if not (0 <= self.window_pad_seconds <= 30.0):
+            raise ValueError("asr.window_pad_seconds must be in [0, 30]")
+        if not (0 <= self.window_min_seconds <= 30.0):
+            raise ValueError("asr.window_min_seconds must be in [0, 30]")
+        if not math.isfinite(self.early_seconds):
+            raise ValueError("asr.early_seconds must be a number of seconds (negative: off)")
+        if not math.isfinite(self.sentence_end_seconds):
+            raise ValueError("asr.sentence_end_seconds must be a number of seconds "
+                             "(negative: off)")
+        if not math.isfinite(self.stream_seconds) or 0 <= self.stream_seconds < 0.5:
+            raise ValueError("asr.stream_seconds must be at least 0.5 s (negative: off)")
+        if not 0 <= int(self.prompt_words) <= _MAX_PROMPT_WORDS:
+            raise ValueError(f"asr.prompt_words must be in [0, {_MAX_PROMPT_WORDS}] (0: no "
+                             "prompt)")
+        return self
 
 
 _SECTIONS = {"audio": AudioConfig, "vad": VadConfig, "segmentation": SegmentationConfig,
