@@ -13,7 +13,7 @@ from erc_ros.core.types import Utterance
 from erc_ros.models.encoders.audio import AudioEncoderConfig, build_audio_encoder
 from erc_ros.models.encoders.video import VideoEncoderConfig, build_video_encoder
 from erc_ros.models.preprocessing import Preprocessor, PreprocessorConfig, packaged_minilm_dir, prosody_features
-from erc_ros.training.data import read_wav_16k
+from erc_ros.core.audio_buffer import read_wav_16k
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                 reason="espeak-ng is installed by tools/setup.sh on CI")

@@ -40,8 +40,9 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from erc_ros.core.audio_buffer import read_wav_16k
 from erc_ros.core.types import SAMPLE_RATE, Utterance
-from erc_ros.training.data import Dialogue, MediaRef, read_wav_16k
+from erc_ros.training.data import Dialogue, MediaRef
 
 #: Bumped when what a cache entry holds, or how it is made, changes.
 MEDIA_FORMAT = 1
@@ -222,9 +223,7 @@ class MediaReader:
         if self._embedder is None:
             from erc_ros.core.diarization import SpeakerEmbedder
 
-            dz = self.diarization
-            self._embedder = SpeakerEmbedder(dz.window_seconds, dz.step_seconds,
-                                             dz.min_voiced)
+            self._embedder = SpeakerEmbedder(self.diarization)
             self._embedder.load(warmup=False)
         return self._embedder
 
