@@ -184,7 +184,8 @@ def test_fp16_storage_and_external_packaged_weights(tmp_path, freeze_layers):
     """The default model's storage: fp16 shards, frozen MiniLM tensors referenced from the
     installed package (sha256-checked), not stored. The recipe (0) trains every layer and
     freezes the word embeddings; with 2 frozen layers, those are referenced too."""
-    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+    from erc_ros.training.recipes import RECIPES
+    from erc_ros.training.trainer import build_from_recipe
     from erc_ros.training.data import MELD_LABELS
 
     r = dict(RECIPES["default"], freeze_layers=freeze_layers)

@@ -16,7 +16,8 @@ SCRIPT = textwrap.dedent("""
     import os, sys, torch
     from safetensors.torch import save_file
     from erc_ros.training import data
-    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+    from erc_ros.training.recipes import RECIPES
+    from erc_ros.training.trainer import build_from_recipe
     from erc_ros.training.text_stage import TextStageConfig, train_text_stage
 
     rank = int(os.environ["RANK"])

@@ -122,12 +122,12 @@ def test_train_selects_stage_two_and_rounds_on_the_int8_copy_too(tmp_path, monke
     when the mean of its heads beats the model's (the encoders compared, not two seeds)."""
     from erc_ros import cli
     from erc_ros.models.artefact import load_model_dir
-    from erc_ros.training import train_cli
+    from erc_ros.training import recipes, trainer
     from erc_ros.training.fusion_stage import encode_dialogues as encode
 
     monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(train_cli.RECIPES, "tiny", dict(
-        train_cli.RECIPES["tiny"], select="fp32+int8",
+    monkeypatch.setitem(recipes.RECIPES, "tiny", dict(
+        recipes.RECIPES["tiny"], select="fp32+int8",
         fusion_stage=dict(head="concat", class_weight_power=0.5, epochs=2, head_seeds=2),
         rounds=[dict(epochs=1)]))
     out = tmp_path / "m"
@@ -155,8 +155,8 @@ def test_train_selects_stage_two_and_rounds_on_the_int8_copy_too(tmp_path, monke
     # An --init model is scored here by the rule, never by the INT8 figure its manifest
     # records (made from other weights, or by another machine's kernels).
     calls = []
-    scored = train_cli._model_figures
-    monkeypatch.setattr(train_cli, "_model_figures",
+    scored = trainer._model_figures
+    monkeypatch.setattr(trainer, "_model_figures",
                         lambda *a, **k: calls.append(a[0].config.model_id) or scored(*a, **k))
     assert cli.main(["train", "--recipe", "tiny", "--init", str(out), "--out",
                      str(tmp_path / "s2"), "--limit-dialogues", "8", "--cycle", "3"]) == 0
@@ -193,7 +193,7 @@ def test_the_int8_copy_selection_scores_is_made_from_the_weights_as_saved(tiny, 
     storage moved one head's INT8 figure by a point), so selection scores the INT8 copy of
     the weights as the model directory will hold them, not of those in memory."""
     from erc_ros.models.artefact import load_model_dir, save_model_dir
-    from erc_ros.training.train_cli import _int8_dev
+    from erc_ros.training.trainer import _int8_dev
 
     import copy
 

@@ -344,7 +344,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(data, tmp_path, monkeypa
 
 
 def face_stage_recipe() -> dict:
-    from erc_ros.training.train_cli import RECIPES
+    from erc_ros.training.recipes import RECIPES
 
     return dict(RECIPES["face-tiny"])
 

@@ -119,7 +119,8 @@ def meld_raw(tmp_path_factory):
     import torch
 
     from erc_ros.models.artefact import save_model_dir
-    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+    from erc_ros.training.recipes import RECIPES
+    from erc_ros.training.trainer import build_from_recipe
 
     root = tmp_path_factory.mktemp("meld_raw")
     train, _ = write_meld(root, "train", "train_splits", 6, _face_images(0), _voices(0))
@@ -134,15 +135,15 @@ def meld_raw(tmp_path_factory):
 def test_multimodal_recipe_trains_audio_and_video(meld_raw, tmp_path, monkeypatch):
     from erc_ros.models.artefact import load_model_dir
     from erc_ros.runtime.pipeline import EmotionPipeline
-    from erc_ros.training import train_cli
+    from erc_ros.training import recipes
     from erc_ros.training.media import MediaReader
 
     root, train_csv, dev_csv, init = meld_raw
     monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path / "cache"))
     # 24 training utterances: smaller batches for more steps (the recipe's 8 dialogues is
     # for MELD's thousand).
-    monkeypatch.setitem(train_cli.RECIPES, "multimodal",
-                        dict(train_cli.RECIPES["multimodal"], batch_size=2))
+    monkeypatch.setitem(recipes.RECIPES, "multimodal",
+                        dict(recipes.RECIPES["multimodal"], batch_size=2))
     out = tmp_path / "mm"
     t = time.time()
     assert cli.main(["train", "--recipe", "multimodal", "--media", str(root), "--init",

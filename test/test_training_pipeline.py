@@ -259,7 +259,8 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     command records the teachers by id and hash (never by path)."""
     from erc_ros.training.text_stage import (TextClassifier, TextStageConfig, build_samples,
                                              predict_samples, teacher_logits, train_text_stage)
-    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+    from erc_ros.training.recipes import RECIPES
+    from erc_ros.training.trainer import build_from_recipe
 
     train = data.load_meld(MELD_TRAIN)[:12]
     torch.manual_seed(0)
@@ -299,10 +300,11 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     assert len(rec["teachers"][0]["manifest_sha256"]) == 64
     # A recipe that names its teacher per corpus: MELD distils from it, logits and vectors;
     # EmoryNLP, with no teacher named, trains without distillation and says so.
-    from erc_ros.training import train_cli
+    from erc_ros.training import recipes
+    from erc_ros.training.provenance import lineage
 
-    base = dict(train_cli.RECIPES["tiny"])
-    monkeypatch.setitem(train_cli.RECIPES, "tiny", dict(
+    base = dict(recipes.RECIPES["tiny"])
+    monkeypatch.setitem(recipes.RECIPES, "tiny", dict(
         base, distill_from={"meld": [str(teacher_dir)]}, feature_distill=1.0))
     named = tmp_path / "named"
     assert cli.main(["train", "--recipe", "tiny", "--out", str(named), "--limit-dialogues", "8",
@@ -317,7 +319,7 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     # A recipe cycle distilled from the model as the previous cycle left it.
     recipe = dict(base, then=[dict(epochs=1, distill=0.5, teacher="previous")],
                   fusion_stage=dict(head="magt", class_weight_power=0.5, epochs=2))
-    monkeypatch.setitem(train_cli.RECIPES, "tiny", recipe)
+    monkeypatch.setitem(recipes.RECIPES, "tiny", recipe)
     cycled = tmp_path / "cycled"
     assert cli.main(["train", "--recipe", "tiny", "--out", str(cycled), "--limit-dialogues", "8",
                      "--max-steps", "2"]) == 0
@@ -333,7 +335,7 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     # Rounds after stage 2 number on after the cycles; each is kept only if its own stage 2
     # beats the model as it stood, else the model is restored. A round that cannot change the
     # encoder (lr 0) refits the same head on the same vectors: it never beats, so it restores.
-    monkeypatch.setitem(train_cli.RECIPES, "tiny", dict(
+    monkeypatch.setitem(recipes.RECIPES, "tiny", dict(
         base, fusion_stage=dict(head="concat", class_weight_power=0.5, epochs=2),
         rounds=[dict(epochs=1), dict(epochs=1, lr=0.0, head_lr=0.0)]))
     rounds = tmp_path / "rounds"
@@ -461,7 +463,7 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     assert len(lin["manifest_sha256"]) == 64 and "init_provenance" not in lin  # from scratch
     assert str(tmp_path) not in json.dumps(prov)
     # A model trained from `longer` would carry the whole chain back to `out`.
-    assert train_cli.lineage(longer)["init_provenance"] == lin
+    assert lineage(longer)["init_provenance"] == lin
     with pytest.raises(SystemExit, match="--freeze-layers builds a new encoder"):
         cli.main(["train", "--recipe", "tiny", "--init", str(out), "--out", str(longer),
                   "--freeze-layers", "1"])
@@ -478,7 +480,8 @@ def test_a_round_is_undone_whole():
     """A round that lost is undone: every tensor, and the stage-2 head even where stage 2
     put a head of another kind in its place."""
     from erc_ros.training.fusion_stage import use_head
-    from erc_ros.training.train_cli import RECIPES, _restore, _snapshot, build_from_recipe
+    from erc_ros.training.recipes import RECIPES
+    from erc_ros.training.trainer import _restore, _snapshot, build_from_recipe
 
     torch.manual_seed(0)
     model = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "m")
@@ -510,7 +513,8 @@ def test_feature_distillation_pulls_the_students_geometry_to_the_teachers():
     0.53 here; over three teacher seeds the gain was 0.17-0.25, asserted >= 0.1)."""
     from erc_ros.training.fusion_stage import dialogue_teacher_logits, encode_dialogues
     from erc_ros.training.text_stage import TextStageConfig, train_text_stage
-    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+    from erc_ros.training.recipes import RECIPES
+    from erc_ros.training.trainer import build_from_recipe
 
     train = data.load_meld(MELD_TRAIN)[:12]
     torch.manual_seed(1)
@@ -538,7 +542,8 @@ def test_feature_distillation_pulls_the_students_geometry_to_the_teachers():
 
 def test_feature_cache_and_fusion_stage(tmp_path):
     from erc_ros.models.fusion import build_fusion
-    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+    from erc_ros.training.recipes import RECIPES
+    from erc_ros.training.trainer import build_from_recipe
 
     torch.manual_seed(0)
     model = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "t")
@@ -582,7 +587,8 @@ def test_fusion_stage_distils_a_teacher_over_whole_dialogues():
     the teacher's rows follow the labelled utterances of each dialogue."""
     from erc_ros.models.fusion import build_fusion
     from erc_ros.training.fusion_stage import per_dialogue, predict_cached
-    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+    from erc_ros.training.recipes import RECIPES
+    from erc_ros.training.trainer import build_from_recipe
 
     torch.manual_seed(0)
     model = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "t")

@@ -43,7 +43,8 @@ def test_frozen_bottom_then_top_is_the_whole_encoder(cfg):
 
 
 def _tiny_model(freeze: int):
-    from erc_ros.training.train_cli import RECIPES, build_from_recipe
+    from erc_ros.training.recipes import RECIPES
+    from erc_ros.training.trainer import build_from_recipe
 
     torch.manual_seed(0)
     return build_from_recipe(dict(RECIPES["tiny"], freeze_layers=freeze), data.MELD_LABELS, "t")
@@ -205,7 +206,7 @@ def test_goemotions_stage_and_cached_teacher_logits(tmp_path, capsys):
     vectors = list(cache_root().glob("train/teacher-vectors-*.npy"))
     assert any(np.load(f).shape[0] == n and np.load(f).dtype == np.float16 for f in vectors)
     # The run that computes them trains on exactly what later runs read back (float16).
-    from erc_ros.training.train_cli import cached_teacher_logits
+    from erc_ros.training.teachers import cached_teacher_logits
 
     part = data.load_meld(MELD_TRAIN)[:3]
     first = cached_teacher_logits([str(teacher)], [part], data.MELD_LABELS, features=True)
@@ -300,7 +301,7 @@ def test_shipped_teacher_needs_the_training_extra_and_says_so(tmp_path, monkeypa
 
 def test_teacher_names():
     from erc_ros.paths import share_path
-    from erc_ros.training.train_cli import resolve_teachers
+    from erc_ros.training.teachers import resolve_teachers
 
     assert resolve_teachers(["large"]) == [str(share_path("models", "large"))]
     assert resolve_teachers(["none", "large"]) == [] and resolve_teachers([]) == []
