@@ -44,6 +44,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy.signal import firwin, upfirdn
 
+from .config import AudioConfig
 from .errors import (AudioCodingError, AudioFormatError, AudioSizeError, SampleRateError,
                      StampError)
 from .types import SAMPLE_RATE, AudioChunk, AudioFormat
@@ -336,26 +337,25 @@ class AudioBuffer:
     """Bounded ring of 16 kHz mono float32 samples on the stamps' time axis.
 
     Time of absolute sample ``i`` of the current epoch: ``epoch_t0 + i / 16000``. Only the
-    last ``capacity_s`` seconds are kept; :meth:`read` returns zeros for what is not.
+    last ``config.capacity_seconds`` are kept; :meth:`read` returns zeros for what is not.
+    ``config`` (:class:`~erc_ros.core.config.AudioConfig`) sets its stamp tolerance, gap
+    fill, clock reset, chunk size and sample-rate check; ``on_discontinuity(kind)`` is called
+    before a new epoch starts.
     """
 
-    def __init__(self, capacity_s: float = 60.0, stamp_tolerance_s: float = 0.1,
-                 max_gap_fill_s: float = 5.0, clock_reset_s: float = 1.0,
-                 max_chunk_s: float = 30.0, check_sample_rate: bool = True,
-                 rate_check_window: int = 20, rate_check_min_span_s: float = 0.5,
-                 rate_tolerance: float = 0.15,
+    #: The sample-rate check looks at the last this many chunks' stamps ...
+    RATE_CHECK_WINDOW = 20
+    #: ... once they span at least this many seconds.
+    RATE_CHECK_MIN_SPAN_S = 0.5
+
+    def __init__(self, config: Optional[AudioConfig] = None,
                  on_discontinuity: Optional[Callable[[str], None]] = None):
-        self.capacity = int(round(capacity_s * SAMPLE_RATE))
-        self.stamp_tolerance_s = stamp_tolerance_s
-        self.max_gap_fill_s = max_gap_fill_s
-        self.clock_reset_s = clock_reset_s
-        self.max_chunk_s = max_chunk_s
-        self.check_sample_rate = check_sample_rate
-        self.rate_check_min_span_s = rate_check_min_span_s
-        self.rate_tolerance = rate_tolerance
+        self.config = config or AudioConfig()
+        self.capacity = int(round(self.config.capacity_seconds * SAMPLE_RATE))
         self.on_discontinuity = on_discontinuity
         self._ring = np.zeros(self.capacity, np.float32)
-        self._rate_hist: deque = deque(maxlen=rate_check_window)  # (stamp, declared duration)
+        # (stamp, declared duration) of the last chunks
+        self._rate_hist: deque = deque(maxlen=self.RATE_CHECK_WINDOW)
         self.epoch = -1
         self.epoch_t0 = 0.0
         self.n_end = 0  # absolute index after the last sample of this epoch
@@ -456,7 +456,7 @@ class AudioBuffer:
         the audio, but only at the pairs around a loss: a rate is judged wrong only where
         the typical pair (the median) is off too, not the sum alone (a burst of losses
         refused the audio after it, compounding the loss)."""
-        if not self.check_sample_rate:
+        if not self.config.check_sample_rate:
             return
         hist = list(self._rate_hist) + [(stamp, dur)]
         adv = total = 0.0
@@ -467,10 +467,10 @@ class AudioBuffer:
                 adv += diff
                 total += d0
                 pairs.append(diff / d0)
-        if adv < self.rate_check_min_span_s or total <= 0 or len(hist) < 6:
+        if adv < self.RATE_CHECK_MIN_SPAN_S or total <= 0 or len(hist) < 6:
             return
         ratio, typical = adv / total, float(np.median(pairs))
-        limit = math.log1p(self.rate_tolerance)
+        limit = math.log1p(self.config.rate_tolerance)
         if abs(math.log(ratio)) > limit and abs(math.log(max(typical, 1e-9))) > limit:
             if stamp >= hist[-2][0]:
                 self._rate_hist.append((stamp, dur))  # the window rolls on: a fixed stream recovers
@@ -492,10 +492,10 @@ class AudioBuffer:
             self.counters["empty_chunks"] += 1
             return res
         dur = x.size / fmt.sample_rate
-        if dur > self.max_chunk_s:
+        if dur > self.config.max_chunk_seconds:
             raise AudioSizeError(
                 f"audio chunk of {dur:.1f} s exceeds audio.max_chunk_seconds="
-                f"{self.max_chunk_s:g}; send it in smaller chunks")
+                f"{self.config.max_chunk_seconds:g}; send it in smaller chunks")
         fmt_key = (fmt.sample_rate, fmt.channels, fmt.sample_format.upper())
         if self._fmt is not None and fmt_key != (self._fmt.sample_rate, self._fmt.channels,
                                                  self._fmt.sample_format.upper()):
@@ -511,14 +511,14 @@ class AudioBuffer:
             self._new_epoch(stamp, fmt, "start")
         else:
             delta = stamp - self.input_end_time
-            if delta < -self.clock_reset_s:
+            if delta < -self.config.clock_reset_seconds:
                 self._new_epoch(stamp, fmt, "clock_reset")
                 res.discontinuity = "clock_reset"
-            elif delta > self.max_gap_fill_s:
+            elif delta > self.config.max_gap_fill_seconds:
                 self._new_epoch(stamp, fmt, "clock_jump")
                 res.discontinuity = "clock_jump"
-            elif delta < -self.stamp_tolerance_s:
-                if stamp + dur <= self.input_end_time + self.stamp_tolerance_s:
+            elif delta < -self.config.stamp_tolerance_seconds:
+                if stamp + dur <= self.input_end_time + self.config.stamp_tolerance_seconds:
                     raise StampError(
                         f"audio chunk [{stamp:.3f}, {stamp + dur:.3f}] s is older than the "
                         f"buffered audio (ends at {self.input_end_time:.3f} s): out-of-order "
@@ -528,7 +528,7 @@ class AudioBuffer:
                 res.trimmed = drop / fmt.sample_rate
                 self.counters["overlaps"] += 1
                 self.counters["overlap_trimmed_s"] += res.trimmed
-            elif delta > self.stamp_tolerance_s:
+            elif delta > self.config.stamp_tolerance_seconds:
                 self._flush_resampler()
                 gap = int(round((stamp - self.t_end) * SAMPLE_RATE))
                 if gap > 0:
@@ -561,10 +561,7 @@ class AudioBuffer:
 
     def reset(self) -> None:
         """Forget everything (a new stream)."""
-        self.__init__(self.capacity / SAMPLE_RATE, self.stamp_tolerance_s, self.max_gap_fill_s,
-                      self.clock_reset_s, self.max_chunk_s, self.check_sample_rate,
-                      self._rate_hist.maxlen, self.rate_check_min_span_s, self.rate_tolerance,
-                      self.on_discontinuity)
+        self.__init__(self.config, self.on_discontinuity)
 
 
 def read_wav_16k(path: str | Path) -> np.ndarray:

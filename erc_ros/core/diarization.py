@@ -1,7 +1,7 @@
 """Online speaker diarization: streaming speaker embeddings and online clustering.
 
-:class:`SpeakerEmbedder` embeds speech *while the person speaks*: every ``step_s`` it takes
-the last ``window_s`` (1.6 s, resemblyzer's partial length) of voiced audio and runs
+:class:`SpeakerEmbedder` embeds speech *while the person speaks*: every ``step_seconds`` it
+takes the last ``window_seconds`` (1.6 s, resemblyzer's partial length) of voiced audio and runs
 resemblyzer's d-vector LSTM on it, keeping ``(t0, t1, embedding, weight)`` in a bounded
 history. When an utterance closes, its embedding is the weighted mean of the windows inside
 its span plus, if a tail of more than ``min_tail_s`` is still uncovered, one more window over
@@ -13,22 +13,28 @@ hang-over costs no embedding at all.
 :class:`OnlineDiarizer` turns embeddings into speaker ids that never change once given:
 an upstream hint (ROS4HRI voice id) wins; then enrolled people (name -> voice sample) above
 ``enroll_threshold``; then the nearest running centroid above ``threshold``; otherwise a
-new cluster, but only for utterances long enough to trust (``min_new_speaker_s``) and while
-fewer than ``max_speakers`` exist — short or overflow utterances go to the nearest cluster
-with a low confidence. Ids stay stable: published ids never change; when two clusters'
+new cluster, but only for utterances long enough to trust (``min_new_speaker_seconds``) and
+while fewer than ``max_speakers`` exist — short or overflow utterances go to the nearest
+cluster with a low confidence. Ids stay stable: published ids never change; when two clusters'
 centroids converge (above ``merge_threshold``: one person split in two by an atypical
 first utterance), the younger id is retired and later utterances get the older one.
+
+:func:`enroll_voices` enrols a folder of voice samples (``diarization.voices``).
 """
 from __future__ import annotations
 
 import itertools
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import scipy.fft
 
+from .audio_buffer import read_wav_16k
+from .config import DiarizationConfig
+from .errors import InputError
 from .types import SAMPLE_RATE
 
 PARTIAL_SAMPLES = 25600  # resemblyzer partial: 160 mel frames of 10 ms
@@ -81,17 +87,18 @@ class SpeakerEmbedder:
 
     dim = 256
 
-    def __init__(self, window_s: float = 1.6, step_s: float = 0.8, min_voiced: float = 0.5,
-                 history_s: float = 120.0, batch: int = 4,
-                 min_tail_s: float = 0.4, embed_on_pause: bool = False):
-        self.window = int(round(window_s * SAMPLE_RATE))
-        self.step = int(round(step_s * SAMPLE_RATE))
+    def __init__(self, config: Optional[DiarizationConfig] = None, history_s: float = 120.0,
+                 batch: int = 4, min_tail_s: float = 0.4):
+        """``config``: its window, step, voiced fraction and ``embed_on_pause``;
+        ``history_s``: windows kept; ``batch``: windows per model call; ``min_tail_s``: a
+        tail this short past the stored windows needs no window of its own."""
+        self.config = c = config or DiarizationConfig()
+        self.window = int(round(c.window_seconds * SAMPLE_RATE))
+        self.step = int(round(c.step_seconds * SAMPLE_RATE))
         self.min_tail = min_tail_s
-        self.embed_on_pause = embed_on_pause
-        self.min_voiced = min_voiced
         self.batch = batch
         # (t0, t1, embedding, weight): regular windows weigh 1, a tail window its new share
-        self.history: deque = deque(maxlen=max(8, int(history_s / step_s)))
+        self.history: deque = deque(maxlen=max(8, int(history_s / c.step_seconds)))
         self.next_index = 0
         self._onset_done = -1  # the VAD onsets found up to this index moved the grid
         self.windows = 0
@@ -182,14 +189,14 @@ class SpeakerEmbedder:
             for (i0, _), e in zip(part, embs):
                 self.history.append((buffer.time_of(i0), buffer.time_of(i0 + self.window), e, 1.0))
         self.windows += len(pending)
-        return len(pending) + (self._embed_pause(buffer, vad) if self.embed_on_pause else 0)
+        return len(pending) + (self._embed_pause(buffer, vad) if self.config.embed_on_pause else 0)
 
     def _scan(self, buffer, vad, limit: int, pending: list) -> None:
         """Add to ``pending`` the mostly voiced windows that end by ``limit``."""
         while self.next_index + self.window <= limit:
             i0 = self.next_index
             t0, t1 = buffer.time_of(i0), buffer.time_of(i0 + self.window)
-            if vad.speech_ratio(t0, t1) >= self.min_voiced:
+            if vad.speech_ratio(t0, t1) >= self.config.min_voiced:
                 pending.append((i0, buffer.read_index(i0, i0 + self.window)))
                 self.next_index += self.step
             else:
@@ -249,7 +256,7 @@ class SpeakerEmbedder:
         starts, i = [], 0
         while i + self.window <= wav.size:
             a, b = i / SAMPLE_RATE, (i + self.window) / SAMPLE_RATE
-            if voiced is None or voiced(a, b) >= self.min_voiced:
+            if voiced is None or voiced(a, b) >= self.config.min_voiced:
                 starts.append(i)
                 i += self.step
             else:  # as process(): a VAD-sized hop to the next onset
@@ -309,17 +316,13 @@ class SpeakerDecision:
 class OnlineDiarizer:
     """Online clustering of utterance embeddings into stable speaker ids."""
 
-    def __init__(self, threshold: float = 0.80, enroll_threshold: float = 0.75,
-                 min_new_speaker_s: float = 1.0, min_update_s: float = 0.8,
-                 max_speakers: int = 20, prefix: str = "speaker_",
-                 merge_threshold: float = 0.85, merge_max_members: int = 3):
-        self.threshold = threshold
-        self.merge_threshold = merge_threshold
-        self.merge_max_members = merge_max_members
-        self.enroll_threshold = enroll_threshold
-        self.min_new_speaker_s = min_new_speaker_s
+    def __init__(self, config: Optional[DiarizationConfig] = None, min_update_s: float = 0.8,
+                 prefix: str = "speaker_"):
+        """``config``: its thresholds (join, enrolled, merge), ``min_new_speaker_seconds``,
+        ``max_speakers`` and ``merge_max_members``; ``min_update_s``: shorter utterances
+        never move a centroid; ``prefix``: of the ids it gives."""
+        self.config = config or DiarizationConfig()
         self.min_update_s = min_update_s
-        self.max_speakers = max_speakers
         self.prefix = prefix
         self.enrolled: dict[str, np.ndarray] = {}
         self.reset()
@@ -351,11 +354,11 @@ class OnlineDiarizer:
         sims[k] = -1
         # Only a small cluster is folded into another: the centroids of two well-populated
         # speakers converge too (averaging keeps what all voices share: channel, language).
-        small = np.array([min(self._counts[k], n) <= self.merge_max_members
+        small = np.array([min(self._counts[k], n) <= self.config.merge_max_members
                           for n in self._counts])
         sims[~small] = -1
         j = int(np.argmax(sims))
-        if sims[j] < self.merge_threshold:
+        if sims[j] < self.config.merge_threshold:
             return
         old, young = (j, k) if j < k else (k, j)  # lists are in creation order
         self.merged[self._ids[young]] = self._ids[old]
@@ -380,8 +383,9 @@ class OnlineDiarizer:
             names = list(self.enrolled)
             sims = np.stack([self.enrolled[n] for n in names]) @ e
             k = int(np.argmax(sims))
-            if sims[k] >= self.enroll_threshold:
-                return SpeakerDecision(names[k], "enrolled", _conf(sims[k], self.enroll_threshold),
+            if sims[k] >= self.config.enroll_threshold:
+                return SpeakerDecision(names[k], "enrolled",
+                                       _conf(sims[k], self.config.enroll_threshold),
                                        float(sims[k]))
         if self._ids:
             sims = self._centroids() @ e
@@ -389,15 +393,15 @@ class OnlineDiarizer:
             best = float(sims[k])
         else:
             k, best = -1, -1.0
-        trusted = duration >= self.min_new_speaker_s
-        if k >= 0 and best >= self.threshold:
+        trusted = duration >= self.config.min_new_speaker_seconds
+        if k >= 0 and best >= self.config.threshold:
             sid = self._ids[k]
             if duration >= self.min_update_s:
                 self._sums[k] = self._sums[k] + e
                 self._counts[k] += 1
                 self._merge_into_older(k)
-            return SpeakerDecision(sid, "cluster", _conf(best, self.threshold), best)
-        if k < 0 or (trusted and len(self._ids) < self.max_speakers):
+            return SpeakerDecision(sid, "cluster", _conf(best, self.config.threshold), best)
+        if k < 0 or (trusted and len(self._ids) < self.config.max_speakers):
             sid = f"{self.prefix}{self._next}"
             self._next += 1
             self._ids.append(sid)
@@ -408,6 +412,57 @@ class OnlineDiarizer:
             self.overflow += 1
         # Too short to found a speaker, or no room: the nearest one, with low confidence.
         return SpeakerDecision(self._ids[k], "cluster", 0.25 * _conf(best, 0.0), best)
+
+
+#: ``diarization.voices``: samples enrolled at most (a household, not a crowd), and the
+#: largest file read (a minute of 48 kHz stereo float is 23 MB).
+MAX_VOICES = 64
+MAX_VOICE_BYTES = 32_000_000
+#: Embeddings of enrolled samples by (file, size, mtime, embedder window and step): a core
+#: started again in this process (a lifecycle configure, a benchmark's core per dialogue)
+#: reads and embeds each sample once (~0.3 s for 6 s of speech).
+_VOICE_EMBEDDINGS: dict[tuple, np.ndarray] = {}
+
+
+def enroll_voices(folder: Path, embedder: SpeakerEmbedder, diarizer: OnlineDiarizer,
+                  enroll: Callable[[str, np.ndarray], None]) -> None:
+    """``diarization.voices``: each ``<name>.wav`` of ``folder`` enrolled as ``name`` into
+    ``diarizer`` (``enroll(name, audio16k)``: the core's enrolment of one sample, which
+    refuses one shorter than 1 s with an InputError). Raises ValueError, naming the file,
+    for a folder without samples or with more than :data:`MAX_VOICES`, a file that is not
+    a regular file, is larger than :data:`MAX_VOICE_BYTES`, is not WAV audio or holds NaN
+    or infinite samples, or a sample shorter than 1 s."""
+    files = sorted(folder.glob("*.wav")) if folder.is_dir() else []
+    if not files:
+        raise ValueError(f"diarization.voices: {folder} is not a folder of <name>.wav "
+                         "voice samples")
+    if len(files) > MAX_VOICES:
+        raise ValueError(f"diarization.voices: {folder} holds {len(files)} samples; at "
+                         f"most {MAX_VOICES} are enrolled")
+    for f in files:
+        if not f.is_file():
+            raise ValueError(f"diarization.voices: {f} is not a regular file")
+        st = f.stat()
+        if st.st_size > MAX_VOICE_BYTES:
+            raise ValueError(f"diarization.voices: {f} is {st.st_size / 1e6:.0f} MB; "
+                             f"a voice sample is at most {MAX_VOICE_BYTES / 1e6:.0f} MB")
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns, embedder.window, embedder.step)
+        if key in _VOICE_EMBEDDINGS:
+            diarizer.enroll(f.stem, _VOICE_EMBEDDINGS[key])
+            continue
+        try:
+            audio = read_wav_16k(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"diarization.voices: {f} is not WAV audio ({e})") from e
+        if not np.isfinite(audio).all():
+            raise ValueError(f"diarization.voices: {f} holds NaN or infinite samples")
+        try:
+            enroll(f.stem, audio)
+        except InputError as e:
+            raise ValueError(f"diarization.voices: {f}: {e}") from e
+        while len(_VOICE_EMBEDDINGS) >= 4 * MAX_VOICES:  # bounded: oldest out
+            _VOICE_EMBEDDINGS.pop(next(iter(_VOICE_EMBEDDINGS)))
+        _VOICE_EMBEDDINGS[key] = diarizer.enrolled[f.stem]
 
 
 def _conf(sim: float, threshold: float) -> float:

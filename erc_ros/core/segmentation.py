@@ -26,7 +26,10 @@ refusals are counted by reason, like every refused input (``stats()["counters"][
 its counters. It learns about voice activity only through its arguments: the speech segments
 the VAD closed (:meth:`Segmenter.add_speech`), the time up to which the VAD has run, and a
 :class:`VoiceActivity` (the :class:`~erc_ros.core.vad.StreamingVad`) whose open segment it
-may read and cut. It never reads audio; :class:`~erc_ros.core.perception.PerceptionCore`
+may read and cut. An external ASR's results come through :meth:`Segmenter.push_transcript`;
+the core's own recognizer's text through :meth:`Segmenter.add_recognized` (a timed final
+that carries when its text was ready and the speaker's turn it is a sentence of, under the
+same waiting-room bounds). It never reads audio; :class:`~erc_ros.core.perception.PerceptionCore`
 builds the utterances from the :class:`PendingUtterance` spans it returns.
 """
 from __future__ import annotations
@@ -61,6 +64,10 @@ class PendingUtterance:
     text_confidence: float = float("nan")
     locale: str = ""
     timed: bool = False
+    #: The core's own recognizer: time.perf_counter() when its text was ready, and the
+    #: speaker's turn this sentence is a piece of (its sentences share one diarization).
+    asr_ready: Optional[float] = None
+    turn: Optional[tuple[int, int]] = None
 
 
 @dataclass
@@ -118,22 +125,40 @@ class Segmenter:
             raise TranscriptError(f"ASR result of {len(ev.text)} characters (segmentation."
                                   f"max_text_characters={limit})", "transcript_too_long")
         timed = ev.timed and self.config.mode != "asr_untimed"
-        if ev.is_final:
-            self._check_waiting_room(ev, timed, clock)
-        self._asr_seen = float(ev.stamp)
-        key = ev.segment_id or ("timed" if timed else "untimed")
         if not ev.is_final:
+            self._asr_seen = float(ev.stamp)
             self.counters["partials"] += 1
+            key = ev.segment_id or ("timed" if timed else "untimed")
             self.open_partials.setdefault(key, ev.start if timed else ev.stamp)
             while len(self.open_partials) > 32:  # partials whose final never came
                 self.open_partials.pop(next(iter(self.open_partials)))
             return
+        self._final(ev, timed, clock)
+
+    def add_recognized(self, start: float, end: float, text: str, confidence: float,
+                       locale: str, clock: float, asr_ready: Optional[float] = None,
+                       turn: Optional[tuple[int, int]] = None) -> None:
+        """The core's own recognizer's text of speech [start, end] (a timed final stamped
+        ``clock``, the input clock; cut to ``max_text_characters``). ``asr_ready`` and
+        ``turn`` go with its utterance (:class:`PendingUtterance`). Raises InputError where
+        the waiting room refuses it, or its span is not a span (see the module docs)."""
+        ev = TranscriptEvent(clock, text[:self.config.max_text_characters], True, start, end,
+                             confidence, locale=locale)
+        self._check_transcript(ev)
+        self._final(ev, self.config.mode != "asr_untimed", clock, asr_ready, turn)
+
+    def _final(self, ev: TranscriptEvent, timed: bool, clock: float,
+               asr_ready: Optional[float] = None,
+               turn: Optional[tuple[int, int]] = None) -> None:
+        self._check_waiting_room(ev, timed, clock)
+        self._asr_seen = float(ev.stamp)
         self.counters["transcripts"] += 1
-        self.open_partials.pop(key, None)
+        self.open_partials.pop(ev.segment_id or ("timed" if timed else "untimed"), None)
         if timed:
             self.pending.append(PendingUtterance(
                 float(ev.start), float(ev.end), ev.text.strip(), float(ev.stamp),
-                ev.speaker_hint, float(ev.confidence), ev.locale, timed=True))
+                ev.speaker_hint, float(ev.confidence), ev.locale, timed=True,
+                asr_ready=asr_ready, turn=turn))
         else:
             self.untimed.append(ev)
 

@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from .config import VadConfig
 from .types import SAMPLE_RATE
 
 WINDOW = 512  # samples per silero window at 16 kHz
@@ -86,7 +87,7 @@ class SpeechSegment:
     end: float
     forced_cut: bool = False  # ended by max length, not by silence
     #: Speech the VAD is not sure of: it never reached ``threshold`` or lasted less than
-    #: ``min_speech_s`` (only with a ``weak_threshold`` / ``min_weak_s`` below those). The
+    #: ``min_speech_seconds`` (only where the segmenter keeps weak speech). The
     #: perception core keeps such a segment only where its recognizer hears words in it.
     weak: bool = False
 
@@ -94,36 +95,31 @@ class SpeechSegment:
 class VadSegmenter:
     """Hysteresis over window probabilities -> speech segments (times in seconds).
 
-    Feed ``(t_window_start, prob)`` in time order. A segment starts when ``prob >=
-    threshold`` and ends after ``min_silence_s`` of ``prob < neg_threshold``; it is padded by
-    ``pad_s`` on both sides, dropped if shorter than ``min_speech_s`` and cut at
-    ``max_speech_s``.
+    Feed ``(t_window_start, prob)`` in time order. ``config`` (:class:`VadConfig`) sets
+    it: a segment starts when ``prob >= threshold`` and ends after ``min_silence_seconds``
+    of ``prob < neg_threshold``; it is padded by ``pad_seconds`` on both sides, dropped if
+    shorter than ``min_speech_seconds`` and cut at ``max_speech_s``.
 
-    Weak speech (off unless asked for): with ``weak_threshold`` below ``threshold`` a segment
-    already opens at that probability, and with ``min_weak_s`` below ``min_speech_s`` a
-    shorter one is kept. A segment that never reached ``threshold`` or is shorter than
-    ``min_speech_s`` comes out ``weak``, widened into the quiet around it to ``widen_s``
-    (never back into the segment before it, nor past the quiet seen after it): a one-word
-    turn in a reverberant, noisy room ("Ooh!" at 0.40, "Ow!" above 0.5 for 0.13 s) is more
-    than the few windows the model is sure of, and the recognizer reads it only whole.
+    Weak speech (``weak``; the core asks for it where a recognizer can confirm it): a
+    segment already opens at ``weak_threshold`` (kept within [neg_threshold, threshold]),
+    and one down to ``min_weak_speech_seconds`` is kept. A segment that never reached
+    ``threshold`` or is shorter than ``min_speech_seconds`` comes out ``weak``, widened into
+    the quiet around it to ``weak_widen_seconds`` (never back into the segment before it,
+    nor past the quiet seen after it): a one-word turn in a reverberant, noisy room ("Ooh!"
+    at 0.40, "Ow!" above 0.5 for 0.13 s) is more than the few windows the model is sure of,
+    and the recognizer reads it only whole.
     """
 
-    def __init__(self, threshold: float = 0.5, neg_threshold: float = 0.35,
-                 min_silence_s: float = 0.4, min_speech_s: float = 0.25,
-                 max_speech_s: float = 15.0, pad_s: float = 0.05,
-                 weak_threshold: Optional[float] = None, min_weak_s: Optional[float] = None,
-                 widen_s: float = 0.0):
-        self.threshold = threshold
-        self.neg_threshold = neg_threshold
-        self.min_silence_s = min_silence_s
-        self.min_speech_s = min_speech_s
+    def __init__(self, config: Optional[VadConfig] = None, max_speech_s: float = 15.0,
+                 weak: bool = False):
+        self.config = c = config or VadConfig()
         self.max_speech_s = max_speech_s
-        self.pad_s = pad_s
         # where speech opens: weak_threshold, within [neg_threshold, threshold]
-        self.onset_threshold = threshold if weak_threshold is None else \
-            min(max(weak_threshold, neg_threshold), threshold)
-        self.min_weak_s = min_speech_s if min_weak_s is None else min(min_weak_s, min_speech_s)
-        self.widen_s = widen_s
+        self.onset_threshold = min(max(c.weak_threshold, c.neg_threshold), c.threshold) \
+            if weak else c.threshold
+        self.min_weak_s = min(c.min_weak_speech_seconds, c.min_speech_seconds) if weak \
+            else c.min_speech_seconds
+        self.widen_s = c.weak_widen_seconds if weak else 0.0
         self._last_end: Optional[float] = None  # end of the last segment given out
         self.reset()
 
@@ -155,7 +151,7 @@ class VadSegmenter:
         dur = end - start
         if dur < self.min_weak_s:
             return None
-        weak = dur < self.min_speech_s or self._peak < self.threshold
+        weak = dur < self.config.min_speech_seconds or self._peak < self.config.threshold
         if weak and dur < self.widen_s:
             before = self._last_end if self._last_end is not None and \
                 self._last_end <= start else -np.inf
@@ -170,7 +166,7 @@ class VadSegmenter:
         length, never widened)."""
         self._last_end = at
         return SpeechSegment(self.open_start, at, forced_cut=forced_cut,
-                             weak=self._peak < self.threshold)
+                             weak=self._peak < self.config.threshold)
 
     def update(self, t: float, prob: float) -> list[SpeechSegment]:
         """One window starting at ``t``; returns segments that closed."""
@@ -179,12 +175,13 @@ class VadSegmenter:
         out: list[SpeechSegment] = []
         if self.open_start is None:
             if prob >= self.onset_threshold:
-                self.open_start = t - self.pad_s
+                self.open_start = t - self.config.pad_seconds
                 self._silence_start = self._onset = self.resumed = None
                 self._peak = prob
             return out
         self._peak = max(self._peak, prob)
-        if prob >= self.threshold or (self._silence_start is None and prob >= self.neg_threshold):
+        c = self.config
+        if prob >= c.threshold or (self._silence_start is None and prob >= c.neg_threshold):
             if self._silence_start is not None:
                 # where a segment would have opened had the pause closed the one before
                 self.resumed = (self._silence_start, self._onset if self._onset is not None
@@ -194,8 +191,9 @@ class VadSegmenter:
             self._silence_start = t
         elif self._onset is None and prob >= self.onset_threshold:
             self._onset = t
-        if self._silence_start is not None and t + dt - self._silence_start >= self.min_silence_s:
-            seg = self.segment(self.open_start, self._silence_start + self.pad_s, t + dt)
+        if self._silence_start is not None and t + dt - self._silence_start >= \
+                c.min_silence_seconds:
+            seg = self.segment(self.open_start, self._silence_start + c.pad_seconds, t + dt)
             self.open_start = None
             self._silence_start = self._onset = None
             if seg is not None:
@@ -212,7 +210,7 @@ class VadSegmenter:
         seg = self._ended(at)
         self.open_start = resume
         self.resumed = None
-        self._peak = self.threshold  # what resumed it reached the threshold
+        self._peak = self.config.threshold  # what resumed it reached the threshold
         return seg
 
     def cut_open(self, at: float) -> SpeechSegment:
@@ -226,7 +224,7 @@ class VadSegmenter:
         self.reset()
         self._last_t = last_t
         if onset is not None:
-            self.open_start = max(onset - self.pad_s, at)
+            self.open_start = max(onset - self.config.pad_seconds, at)
             self._peak = self.onset_threshold
         return seg
 
@@ -235,7 +233,8 @@ class VadSegmenter:
         if self.open_start is None or self._last_t is None:
             self.reset()
             return []
-        end = self._silence_start + self.pad_s if self._silence_start is not None else self._last_t
+        end = self._silence_start + self.config.pad_seconds \
+            if self._silence_start is not None else self._last_t
         seg = self.segment(self.open_start, end, self._last_t)
         self.reset()
         return [seg] if seg is not None else []
@@ -245,9 +244,13 @@ class StreamingVad:
     """Runs :class:`SileroVad` over an :class:`~erc_ros.core.audio_buffer.AudioBuffer` as it
     fills, keeping a bounded history of window probabilities for later queries."""
 
-    def __init__(self, segmenter: VadSegmenter, history_s: float = 120.0, threads: int = 1):
-        self.model = SileroVad(threads=threads)
-        self.segmenter = segmenter
+    def __init__(self, config: Optional[VadConfig] = None, max_speech_s: float = 15.0,
+                 weak: bool = False, history_s: float = 120.0):
+        """``config``, ``max_speech_s``, ``weak``: its :class:`VadSegmenter`'s; silero runs
+        on ``config.threads``; ``history_s``: window probabilities kept."""
+        config = config or VadConfig()
+        self.model = SileroVad(threads=config.threads)
+        self.segmenter = VadSegmenter(config, max_speech_s, weak)
         self.next_index = 0  # absolute 16 kHz index of the next window to run
         self.probs: deque = deque(maxlen=int(history_s * SAMPLE_RATE / WINDOW))  # (t, prob)
         #: (index after the window that opened it, start time) of each speech segment
@@ -305,7 +308,7 @@ class StreamingVad:
         and opened another where the speech came back; returns the ended one."""
         if self.segmenter.open_start is None:
             raise RuntimeError("split_open: no speech segment in progress")
-        start = resume - self.segmenter.pad_s
+        start = resume - self.segmenter.config.pad_seconds
         seg = self.segmenter.split_open(at, start)
         self.onsets.append((self.next_index, start))
         return seg
@@ -339,7 +342,7 @@ class StreamingVad:
     def speech_ratio(self, t0: float, t1: float) -> float:
         """Fraction of windows in [t0, t1) above the segmenter's threshold."""
         vals = [p for t, p in self.probs if t0 <= t < t1]
-        return speech_ratio_of(vals, self.segmenter.threshold)
+        return speech_ratio_of(vals, self.segmenter.config.threshold)
 
     def activity(self, times: np.ndarray) -> np.ndarray:
         """Speech probability at each of ``times`` (nearest window; 0 outside history)."""
