@@ -23,8 +23,14 @@ Plain Python: no rclpy (the nodes convert their ROS parameters into these argume
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import logging
+from typing import Any, Callable, Optional
 
+import yaml
+
+from erc_ros.core.config import PerceptionConfig
+from erc_ros.core.params import unflatten
+from erc_ros.core.perception import PerceptionCore
 from erc_ros.runtime.manifest import default_model_dir
 
 #: ASR type (the utterance node's ``asr_type``) -> segmentation mode when it is ``auto``.
@@ -62,11 +68,8 @@ def _merge(a: dict, b: dict) -> dict:
 def build_config(overrides: dict[str, Any], config_file: str = ""):
     """PerceptionConfig from a YAML file (optional) with flat ``section.field`` overrides
     (ValueError with the reason when a value is refused)."""
-    from erc_ros.core.params import unflatten
-    from erc_ros.core.config import PerceptionConfig
     base = PerceptionConfig().to_dict()
     if config_file:
-        import yaml
         with open(config_file) as f:
             base = _merge(base, yaml.safe_load(f) or {})
     return PerceptionConfig.from_dict(_merge(base, unflatten(overrides)))
@@ -109,22 +112,21 @@ def load_face_expert(threads: int = 1):
 
 
 def build_core(overrides: dict[str, Any], config_file: str = "", face_expert=None,
-               recognizer=None, **kw):
+               recognizer=None, on_asr_result: Optional[Callable[[], None]] = None, **kw):
     """A PerceptionCore from :func:`perception_config`'s arguments, with the face-expression
     expert when ``faces.enabled`` and ``faces.expression`` are on (``face_expert``: one
     already loaded, else :func:`load_face_expert`). What was loaded, or why not, is logged
     and kept as the core's ``face_expert_message`` (the utterance node logs it).
-    ``recognizer``: an embedded recognizer already loaded (see :class:`PerceptionCore`)."""
-    import logging
-
-    from erc_ros.core.perception import PerceptionCore
+    ``recognizer``: an embedded recognizer already loaded; ``on_asr_result``: called when
+    its result is ready (both: see :class:`PerceptionCore`)."""
     cfg = perception_config(overrides, config_file, **kw)
     message = ""
     if cfg.faces.enabled and cfg.faces.expression and face_expert is None:
         face_expert, message = load_face_expert()
         logging.getLogger("erc_ros.assemble").log(
             logging.INFO if face_expert is not None else logging.WARNING, "%s", message)
-    core = PerceptionCore(cfg, face_expert=face_expert, recognizer=recognizer)
+    core = PerceptionCore(cfg, face_expert=face_expert, recognizer=recognizer,
+                          on_asr_result=on_asr_result)
     core.face_expert_message = message
     return core
 
@@ -152,7 +154,6 @@ def torch_threads(perception_overrides: Optional[dict[str, Any]] = None,
     over = perception_overrides or {}
     if "diarization.threads" in over:
         return int(over["diarization.threads"])
-    from erc_ros.core.config import PerceptionConfig
     return int(PerceptionConfig().diarization.threads)
 
 

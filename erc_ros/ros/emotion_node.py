@@ -34,7 +34,7 @@ from erc_ros.assemble import default_model_dir, load_pipeline
 from erc_ros.ros import emotion_msgs, tracked
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
-                                  fail, read_parameters, run_node)
+                                  fail, read_parameters, run_node, wait_acked)
 from erc_ros.ros.topic_names import id_token
 from erc_ros.ros.worker import Worker
 
@@ -236,18 +236,11 @@ class EmotionNode(LifecycleNode):
                                           f"after {timeout:g} s (shutdown_timeout)")
             self.get_logger().info(f"shut down: {self.published - before} estimates "
                                    f"published while shutting down")
-            from rclpy.duration import Duration
             with self._expr_lock:
                 pubs = [self._pub, *(pub for pub, _ in self._expr_pubs.values())]
             # Reliable subscribers acknowledge the last estimates (1 s at most, within the
             # shutdown_timeout).
-            acked_by = time.monotonic() + max(0.0, min(1.0, timeout - (time.monotonic() - t0)))
-            for pub in pubs:
-                try:
-                    pub.wait_for_all_acked(
-                        Duration(seconds=max(0.0, acked_by - time.monotonic())))
-                except Exception:  # a publisher already gone: nothing to wait for
-                    pass
+            wait_acked(pubs, max(0.0, min(1.0, timeout - (time.monotonic() - t0))))
         else:
             self.get_logger().info("shut down: nothing to finish (the node was not active)")
         if self.worker:

@@ -8,9 +8,9 @@ converters or the core; :meth:`Ingest.feed` counts it by reason and never lets i
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
-from erc_ros.core.types import AudioFormat
+from erc_ros.core.types import AudioChunk, AudioFormat, Frame, TranscriptEvent
 from erc_ros.ros import convert
 from erc_ros.ros.diagnostics import NodeHealth
 from erc_ros.ros.input_health import AudioCoverage
@@ -43,6 +43,31 @@ def voice_id_of(topic: str) -> str:
     return m.group(1) if m else ""
 
 
+def final_stamp(kind: str, msg: Any, receipt: float) -> Optional[float]:
+    """The stamp a final ASR result of ``kind`` gives its utterance (``final_stamp``; an
+    unstamped one is stamped at ``receipt``), None for an incremental one."""
+    if kind == "transcript":
+        return convert.time_to_float(msg.header.stamp) if msg.is_final else None
+    if kind == "live_speech":
+        if not msg.final:
+            return None
+        hs = convert.time_to_float(msg.header.stamp)
+        return hs if hs > 0 else receipt
+    return receipt
+
+
+class PerceptionInput(Protocol):
+    """What :class:`Ingest` feeds: the input side of
+    :class:`~erc_ros.core.perception.PerceptionCore`, which conforms. Each method raises
+    InputError (a ValueError) for input it refuses."""
+
+    def push_audio(self, chunk: AudioChunk) -> None: ...
+
+    def push_frame(self, frame: Frame) -> None: ...
+
+    def push_transcript(self, ev: TranscriptEvent) -> None: ...
+
+
 def convert_ahead(kind: str, msg: Any, max_image_pixels: int = convert.MAX_IMAGE_PIXELS,
                   max_image_bytes: int = convert.MAX_IMAGE_BYTES) -> Any:
     """The conversion of an image message done before :meth:`Ingest.feed` (on another
@@ -58,7 +83,8 @@ def convert_ahead(kind: str, msg: Any, max_image_pixels: int = convert.MAX_IMAGE
 
 
 class Ingest:
-    """Converts messages and pushes them into ``core`` (a PerceptionCore).
+    """Converts messages and pushes them into ``core`` (a :class:`PerceptionInput`: the
+    PerceptionCore, or what keeps only some inputs, such as the bag report's audio).
 
     ``max_image_pixels`` (width * height, raw or compressed) and ``max_image_bytes`` (a
     compressed payload) bound what one camera frame may cost: larger frames are refused with
@@ -66,7 +92,7 @@ class Ingest:
     :data:`erc_ros.ros.convert.MAX_IMAGE_PIXELS` and :data:`~erc_ros.ros.convert.MAX_IMAGE_BYTES`,
     documented there)."""
 
-    def __init__(self, core: Any, health: Optional[NodeHealth] = None,
+    def __init__(self, core: PerceptionInput, health: Optional[NodeHealth] = None,
                  audio_format: AudioFormat = AudioFormat(),
                  max_image_pixels: int = convert.MAX_IMAGE_PIXELS,
                  max_image_bytes: int = convert.MAX_IMAGE_BYTES):

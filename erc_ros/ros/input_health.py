@@ -1,4 +1,4 @@
-"""What the utterance node's /diagnostics must see beyond its counters (issue 30): inputs
+"""What the utterance node's /diagnostics must see beyond its counters: inputs
 that never arrive, audio lost before it reached the node, and an embedded recognizer that
 falls behind. Pure bookkeeping (no rclpy): the node feeds it and, each diagnostics period,
 asks for :class:`Problem` s, which raise the status's level with their reason.
@@ -22,6 +22,8 @@ asks for :class:`Problem` s, which raise the status's level with their reason.
 - :class:`AsrLag`: how far the embedded recognizer is behind the audio clock: while
   segments wait, the time from the end of the newest speech it transcribed (or from when
   the waiting began) to the newest audio.
+
+:func:`input_problems` gathers them for the node's diagnostics period.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 #: diagnostic_msgs/DiagnosticStatus levels.
 WARN, ERROR = 1, 2
@@ -292,3 +294,79 @@ class SequenceGaps:
                              f"in all; {self.received} arrived): published faster than the "
                              f"node takes them, beyond its subscription's history of "
                              f"{depth}, or a lossy link")
+
+
+#: Inputs that stream while they work (silence for input_timeout is a problem).
+STREAMS = {"image", "compressed", "audio", "audio_stamped"}
+#: Inputs whose every message is an utterance's words: one lost on the way is a problem
+#: (counted from the publishers' sequence numbers, :class:`SequenceGaps`).
+TEXT_KINDS = {"transcript", "live_speech", "string"}
+#: How to read an input's other types, said when its topic carries only those.
+TYPE_HINTS = {
+    "audio_stamped": "audio_msg:=raw reads AudioData; ros-drivers audio_capture publishes "
+                     "AudioDataStamped on audio_stamped: audio_topic:=audio_stamped",
+    "audio": "audio_msg:=stamped reads AudioDataStamped",
+    "image": "image_transport:=compressed reads CompressedImage on <image_topic>/compressed",
+    "compressed": "image_transport:=raw reads Image",
+    "transcript": "asr_type selects the type: transcript, live_speech or string",
+    "live_speech": "asr_type selects the type: transcript, live_speech or string",
+    "string": "asr_type selects the type: transcript, live_speech or string",
+}
+
+
+def input_problems(watches: dict[str, InputWatch], gaps: dict[str, SequenceGaps], ingest: Any,
+                   asr_lag: AsrLag, publishers_of: Callable[[str], list[tuple[str, bool]]],
+                   now: float, params: dict[str, Any], sim_time: bool, health: Any,
+                   asr_depth: int, extra: dict[str, Any]) -> list[Problem]:
+    """What the utterance node fails at now: inputs that cannot or do not arrive, audio lost
+    on the way, the embedded recognizer behind. Their figures go into ``extra``
+    (``inputs.<kind>``, ``audio.lost_*``, ``asr.lag_s``; ``extra["core"]``: the core's
+    stats, read). ``watches``, ``gaps``: by input kind; ``ingest``: the node's
+    :class:`~erc_ros.ros.ingest.Ingest`; ``publishers_of(topic)``: (type, reliable) of each
+    publisher (raises while the node is being destroyed); ``params``: the node's
+    ``input_timeout``, ``max_stamp_offset``, ``max_audio_loss`` and ``max_asr_lag``;
+    ``health``: its NodeHealth (input dropped); ``asr_depth``: the ASR subscriptions'
+    history."""
+    out = []
+    for kind, watch in list(watches.items()):
+        try:
+            pubs = publishers_of(watch.topic)
+        except Exception:  # the node is being destroyed
+            return out
+        problem = watch.check(pubs, now, params["input_timeout"], params["max_stamp_offset"],
+                              sim_time)
+        g = gaps.get(kind)
+        extra[f"inputs.{kind}"] = {"topic": watch.topic, "received": watch.count,
+                                   "publishers": len(pubs),
+                                   "lost": g.lost if g is not None else 0}
+        if problem is None and g is not None and kind in TEXT_KINDS:
+            problem = g.problem(now, watch.topic, asr_depth)
+        if problem is not None:
+            out.append(problem)
+    if "live_speech" in gaps and "live_speech" not in watches:  # hri_voices
+        g = gaps["live_speech"]
+        extra["inputs.voices_lost"] = g.lost
+        problem = g.problem(now, "/humans/voices/*/speech", asr_depth)
+        if problem is not None:
+            out.append(problem)
+    audio = watches.get("audio_stamped") or watches.get("audio")
+    if audio is not None and ingest.audio_format_error is not None:
+        out.append(Problem(ERROR, f"audio on {audio.topic} refused: "
+                                  f"{ingest.audio_format_error}"))
+    elif audio is not None:
+        cov = ingest.audio_coverage
+        extra["audio.lost_s"] = cov.lost_s
+        extra["audio.lost_fraction"] = cov.lost_fraction(now)
+        problem = cov.problem(now, params["max_audio_loss"], audio.topic,
+                              health.counts.get("dropped.input", 0))
+        if problem is not None:
+            out.append(problem)
+    asr = extra.get("core", {}).get("asr", {})
+    if asr.get("enabled") and "pending" in asr:
+        lag = asr_lag.observe(asr["pending"], ingest.audio_end)
+        extra["asr.lag_s"] = lag
+        problem = AsrLag.problem(lag, asr["pending"], asr["queue_capacity"],
+                                 params["max_asr_lag"])
+        if problem is not None:
+            out.append(problem)
+    return out

@@ -31,11 +31,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType, SetParametersResult)
+from rclpy.duration import Duration
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
@@ -179,6 +181,19 @@ def fail(node, msg: str, free: Optional[Callable[[], None]] = None) -> Transitio
         free()
     node.publish_diagnostics()
     return TransitionCallbackReturn.FAILURE
+
+
+def wait_acked(pubs, timeout: float) -> None:
+    """Give reliable subscribers of ``pubs`` at most ``timeout`` s in all to acknowledge
+    what was published (the last messages of a shutdown), before the publishers go."""
+    if timeout <= 0:
+        return
+    deadline = time.monotonic() + timeout
+    for pub in pubs:
+        try:
+            pub.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
+        except Exception:  # a publisher already gone: nothing to wait for
+            pass
 
 
 def autostart(node) -> bool:

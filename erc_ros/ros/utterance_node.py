@@ -24,10 +24,11 @@ from erc_ros import process
 from erc_ros.assemble import build_config, build_core, torch_threads
 from erc_ros.ros import convert, emotion_msgs
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
-from erc_ros.ros.ingest import KINDS, Ingest
-from erc_ros.ros.input_health import ERROR, AsrLag, InputWatch, Problem, SequenceGaps
+from erc_ros.ros.ingest import KINDS, Ingest, final_stamp
+from erc_ros.ros.input_health import (STREAMS, TYPE_HINTS, AsrLag, InputWatch, SequenceGaps,
+                                     input_problems)
 from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
-                                  fail, read_parameters, run_node)
+                                  fail, read_parameters, run_node, wait_acked)
 from erc_ros.ros import tracked
 from erc_ros.ros.tracked import TrackedIds
 from erc_ros.ros.worker import Worker
@@ -118,24 +119,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-#: Inputs that stream while they work (silence for input_timeout is a problem).
-STREAMS = {"image", "compressed", "audio", "audio_stamped"}
-#: Inputs whose every message is an utterance's words: one lost on the way is a problem
-#: (counted from the publishers' sequence numbers, input_health.SequenceGaps).
-TEXT_KINDS = {"transcript", "live_speech", "string"}
 #: Keep-last history of the ASR subscriptions (messages).
 ASR_DEPTH = 100
-#: How to read an input's other types, said when its topic carries only those.
-TYPE_HINTS = {
-    "audio_stamped": "audio_msg:=raw reads AudioData; ros-drivers audio_capture publishes "
-                     "AudioDataStamped on audio_stamped: audio_topic:=audio_stamped",
-    "audio": "audio_msg:=stamped reads AudioDataStamped",
-    "image": "image_transport:=compressed reads CompressedImage on <image_topic>/compressed",
-    "compressed": "image_transport:=raw reads Image",
-    "transcript": "asr_type selects the type: transcript, live_speech or string",
-    "live_speech": "asr_type selects the type: transcript, live_speech or string",
-    "string": "asr_type selects the type: transcript, live_speech or string",
-}
 
 
 def perception_parameters() -> list[tuple[str, Any, str]]:
@@ -229,7 +214,8 @@ class UtteranceNode(LifecycleNode):
             with process.loading_models():
                 self.core = build_core(self._perception_overrides(), p["perception_config"],
                                        asr_type=p["asr_type"], uses_video=self.uses_video,
-                                       publish_utterances=p["publish_utterances"])
+                                       publish_utterances=p["publish_utterances"],
+                                       on_asr_result=self._asr_result_ready)
             if self.uses_video is False and not self.core.config.faces.enabled:
                 self.get_logger().info("face crops off: the model does not use video and "
                                        "utterances are not published (publish_utterances:="
@@ -256,7 +242,6 @@ class UtteranceNode(LifecycleNode):
         self.worker = Worker("input", p["queue_size"], self._process, self.health,
                              idle=self._poll, period=p["poll_period"],
                              on_error=lambda e: self.get_logger().error(f"worker: {e!r}"))
-        self.core.on_asr_result = self.worker.wake  # the embedded ASR's text: poll at once
         if p["publish_utterances"]:
             from erc_ros.msg import Utterance
             from rclpy.event_handler import PublisherEventCallbacks
@@ -267,6 +252,13 @@ class UtteranceNode(LifecycleNode):
         self.guard.configured = True
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
+
+    def _asr_result_ready(self) -> None:
+        """The embedded recognizer's text is in (on its thread): the worker polls the core
+        at once instead of at its next period (the text's wait for the emotion path)."""
+        worker = self.worker
+        if worker is not None:
+            worker.wake()
 
     def _fail(self, msg: str) -> TransitionCallbackReturn:
         return fail(self, msg, self._close_core)
@@ -391,7 +383,8 @@ class UtteranceNode(LifecycleNode):
         drained = True
         if self._active and self.worker is not None and self.core is not None:
             self._active = False
-            asr = self.core.asr_worker
+            rec = self.core.recognition
+            asr = rec.worker if rec is not None else None
             self.get_logger().info(
                 f"shutting down: finishing {self.worker.depth()} queued inputs"
                 + (f" and {asr.pending()} speech segments the recognizer accepted"
@@ -410,7 +403,7 @@ class UtteranceNode(LifecycleNode):
             else:
                 self.get_logger().warning("shutdown: the input worker is still busy after "
                                           "shutdown_timeout; the core is not flushed")
-            unfinished = self.core.asr_counters["unfinished"] if asr is not None else 0
+            unfinished = rec.counters["unfinished"] if asr is not None else 0
             self.get_logger().info(
                 f"shut down: {self.health.counts['utterances'] - before} utterances "
                 f"handed on while shutting down"
@@ -420,25 +413,13 @@ class UtteranceNode(LifecycleNode):
             self.get_logger().info("shut down: nothing to finish (the node was not active)")
         if self.worker:
             self.worker.stop()
-        self._wait_acked(min(1.0, left()) if drained else 0.0)
-        self._close_core(join_timeout=max(left(), 2.0))
-        return TransitionCallbackReturn.SUCCESS
-
-    def _wait_acked(self, timeout: float) -> None:
-        """Give reliable subscribers ``timeout`` s to acknowledge what was published (the
-        last utterances and transcripts of a shutdown), before the publishers go."""
-        if timeout <= 0:
-            return
-        from rclpy.duration import Duration
+        # reliable subscribers acknowledge the last utterances and transcripts
         pubs = [self._pub] if self._pub is not None else []
         if self._asr_out is not None:
             pubs += [self._asr_out.transcripts, *list(self._asr_out.voices.values())]
-        deadline = time.monotonic() + timeout
-        for pub in pubs:
-            try:
-                pub.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
-            except Exception:  # a publisher already gone: nothing to wait for
-                pass
+        wait_acked(pubs, min(1.0, left()) if drained else 0.0)
+        self._close_core(join_timeout=max(left(), 2.0))
+        return TransitionCallbackReturn.SUCCESS
 
     def _close_core(self, join_timeout: float = 30.0) -> None:
         """Free the core (the embedded recognizer's thread: segments still waiting are
@@ -517,23 +498,12 @@ class UtteranceNode(LifecycleNode):
                                         throttle_duration_sec=5.0)
                 continue
             if ok and kind in ("transcript", "live_speech", "string"):
-                stamp = self._event_stamp(kind, msg, receipt)
+                stamp = final_stamp(kind, msg, receipt)
                 if stamp is not None:
                     self._final_arrivals[round(stamp, 6)] = arrival
                     if len(self._final_arrivals) > 512:
                         self._final_arrivals.pop(next(iter(self._final_arrivals)))
         self._poll()
-
-    @staticmethod
-    def _event_stamp(kind, msg, receipt) -> Optional[float]:
-        if kind == "transcript":
-            return convert.time_to_float(msg.header.stamp) if msg.is_final else None
-        if kind == "live_speech":
-            if not msg.final:
-                return None
-            hs = convert.time_to_float(msg.header.stamp)
-            return hs if hs > 0 else receipt
-        return receipt
 
     def _poll(self) -> None:
         if self.core is None:
@@ -599,58 +569,18 @@ class UtteranceNode(LifecycleNode):
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), [st]))
 
     def _problems(self, extra: dict[str, Any]) -> list:
-        """What the node fails at now (:mod:`erc_ros.ros.input_health`): inputs that cannot
-        or do not arrive, audio lost on the way, the embedded recognizer behind. Their
-        figures go into ``extra`` (``inputs.<kind>``, ``audio.lost_*``, ``asr.lag_s``)."""
-        ingest = self.ingest
-        if ingest is None:
+        """What the node fails at now (:func:`erc_ros.ros.input_health.input_problems`);
+        their figures go into ``extra``."""
+        if self.ingest is None:
             return []
-        now, out = self.now(), []
-        for kind, watch in list(self._watch.items()):
-            try:
-                pubs = [(i.topic_type, i.qos_profile.reliability == ReliabilityPolicy.RELIABLE)
-                        for i in self.get_publishers_info_by_topic(watch.topic)]
-            except Exception:  # the node is being destroyed
-                return out
-            problem = watch.check(pubs, now, self.p["input_timeout"],
-                                  self.p["max_stamp_offset"],
-                                  bool(self.get_parameter("use_sim_time").value))
-            gaps = self._gaps.get(kind)
-            extra[f"inputs.{kind}"] = {"topic": watch.topic, "received": watch.count,
-                                       "publishers": len(pubs),
-                                       "lost": gaps.lost if gaps is not None else 0}
-            if problem is None and gaps is not None and kind in TEXT_KINDS:
-                problem = gaps.problem(now, watch.topic, ASR_DEPTH)
-            if problem is not None:
-                out.append(problem)
-        if "live_speech" in self._gaps and "live_speech" not in self._watch:  # hri_voices
-            gaps = self._gaps["live_speech"]
-            extra["inputs.voices_lost"] = gaps.lost
-            problem = gaps.problem(now, "/humans/voices/*/speech", ASR_DEPTH)
-            if problem is not None:
-                out.append(problem)
-        audio = self._watch.get("audio_stamped") or self._watch.get("audio")
-        if audio is not None and ingest.audio_format_error is not None:
-            out.append(Problem(ERROR, f"audio on {audio.topic} refused: "
-                                      f"{ingest.audio_format_error}"))
-        elif audio is not None:
-            cov = ingest.audio_coverage
-            extra["audio.lost_s"] = cov.lost_s
-            extra["audio.lost_fraction"] = cov.lost_fraction(now)
-            problem = cov.problem(now, self.p["max_audio_loss"], audio.topic,
-                                  self.health.counts.get("dropped.input", 0))
-            if problem is not None:
-                out.append(problem)
-        asr = extra.get("core", {}).get("asr", {})
-        if asr.get("enabled") and "pending" in asr:
-            lag = self._asr_lag.observe(asr["pending"], ingest.audio_end)
-            extra["asr.lag_s"] = lag
-            problem = AsrLag.problem(lag, asr["pending"], asr["queue_capacity"],
-                                     self.p["max_asr_lag"])
-            if problem is not None:
-                out.append(problem)
-        return out
 
+        def publishers(topic: str) -> list[tuple[str, bool]]:
+            return [(i.topic_type, i.qos_profile.reliability == ReliabilityPolicy.RELIABLE)
+                    for i in self.get_publishers_info_by_topic(topic)]
+        return input_problems(self._watch, self._gaps, self.ingest, self._asr_lag, publishers,
+                              self.now(), self.p,
+                              bool(self.get_parameter("use_sim_time").value), self.health,
+                              ASR_DEPTH, extra)
 
 def main(argv=None) -> int:
     return run_node(UtteranceNode, argv)
