@@ -25,10 +25,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # + the eval-bag report's template folder (erc_ros/tools/report.py), data only
-    packages=find_packages(include=["erc_ros", "erc_ros.*"]) + ["erc_ros.tools.templates"],
+    # + the eval-bag report's template folder (erc_ros/evaluation/report.py), data only
+    packages=find_packages(include=["erc_ros", "erc_ros.*"]) + ["erc_ros.evaluation.templates"],
     include_package_data=True,
-    package_data={"erc_ros.tools.templates": ["*.j2"]},
+    package_data={"erc_ros.evaluation.templates": ["*.j2"]},
     # resemblyzer is set up --no-deps by make setup (requirements-nodeps.txt); a plain pip
     # install takes it with its dependencies (webrtcvad then builds from source).
     install_requires=requirements("requirements.txt") + ["resemblyzer==0.1.4"],

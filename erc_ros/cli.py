@@ -74,44 +74,44 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # The commands. Each module documents its own arguments.
-register("info", "erc_ros.tools.info", "print versions, interfaces and the models found")
+register("info", "erc_ros.commands.info", "print versions, interfaces and the models found")
 register("export", "erc_ros.runtime.export_command", "export a model directory's stages to ONNX, checked against PyTorch")
 register("quantize", "erc_ros.runtime.quantize", "make INT8 / weight-only INT8 / FP16 ONNX variants, registered in the manifest")
 register("prepare", "erc_ros.runtime.prepare", "make a model's ONNX / INT8 files into the cache, once (loading never builds)")
 register("build-engines", "erc_ros.runtime.engines", "build TensorRT engines on this device (bucketed profiles, cached)")
-register("bench", "erc_ros.runtime.bench", "latency per stage, size and MELD dev accuracy of each backend/precision")
+register("bench", "erc_ros.bench.model", "latency per stage, size and MELD dev accuracy of each backend/precision")
 register("train", "erc_ros.training.train_cli", "train a model directory from a recipe (default: models/default)")
 register("evaluate", "erc_ros.training.evaluate", "score a model directory on a MELD-format CSV (JSON + confusion PNG)")
 register("evaluate-face", "erc_ros.training.evaluate_face",
          "score face-expression models (and today's expert) on labelled faces: accuracy, UAR, per-class F1")
-register("make-bag", "erc_ros.tools.make_bag", "generate a labelled conversation rosbag2 (speech, faces, ASR, labels)")
-register("eval-bag", "erc_ros.tools.eval_bag", "score rosbag2 recordings through the node pipeline (CSV, metrics, confusion PNG)")
-register("bench-e2e", "erc_ros.tools.bench_e2e", "end-to-end latency through the live nodes: final ASR result -> EmotionEstimate")
-register("demo", "erc_ros.tools.demo", "replay the sample bag through the composed nodes, one line per estimate")
-register("play", "erc_ros.tools.play", "play a bag into nodes already running, with /clock")
-register("record", "erc_ros.tools.record", "record the topics erc_ros uses into a rosbag2 (a labelled session)")
-register("gen-conversation", "erc_ros.tools.conversation_gen",
+register("make-bag", "erc_ros.bags.make_bag", "generate a labelled conversation rosbag2 (speech, faces, ASR, labels)")
+register("eval-bag", "erc_ros.evaluation.eval_bag", "score rosbag2 recordings through the node pipeline (CSV, metrics, confusion PNG)")
+register("bench-e2e", "erc_ros.bench.e2e", "end-to-end latency through the live nodes: final ASR result -> EmotionEstimate")
+register("demo", "erc_ros.commands.demo", "replay the sample bag through the composed nodes, one line per estimate")
+register("play", "erc_ros.bags.play", "play a bag into nodes already running, with /clock")
+register("record", "erc_ros.bags.record", "record the topics erc_ros uses into a rosbag2 (a labelled session)")
+register("gen-conversation", "erc_ros.synth.conversation",
          "synthesize a multi-speaker conversation (WAV + JSON + faces) from a script or MELD CSV")
-register("bench-core", "erc_ros.tools.bench_core",
+register("bench-core", "erc_ros.bench.core",
          "perception core: DER (synthetic + real speech) and real-time factor, per stage")
-register("soak-core", "erc_ros.tools.soak_core",
+register("soak-core", "erc_ros.bench.soak_core",
          "perception core: stream a long synthetic conversation, check memory stays flat")
-register("lifecycle-memory", "erc_ros.tools.lifecycle_memory",
+register("lifecycle-memory", "erc_ros.bench.lifecycle_memory",
          "composed nodes: RSS over lifecycle cycles driven over ROS, checked flat")
-register("transcribe", "erc_ros.tools.transcribe",
+register("transcribe", "erc_ros.commands.transcribe",
          "speech to text with the embedded Whisper (WAV files; --prepare readies the models)")
-register("bench-spoken", "erc_ros.tools.bench_spoken",
+register("bench-spoken", "erc_ros.bench.spoken",
          "the model's loss from gold text to what a robot hears, stage by stage (spoken MELD)")
-register("heard-set", "erc_ros.tools.heard_set",
+register("heard-set", "erc_ros.evaluation.heard_set",
          "a MELD file as a robot hears it (spoken, recognized, diarized): training text")
-register("voices", "erc_ros.tools.voices",
+register("voices", "erc_ros.synth.voices",
          "voices for generated conversations: prepare Kokoro (the voices extra), list, say")
-register("spoken-set", "erc_ros.tools.spoken_set",
+register("spoken-set", "erc_ros.synth.spoken_set",
          "MELD dialogues spoken with natural voices, kept in the checkout (build, verify); "
          "marks: does a voice say the `!` the recognizer drops")
-register("bench-asr", "erc_ros.tools.bench_asr",
+register("bench-asr", "erc_ros.bench.asr",
          "embedded ASR: WER on real English prompts, real-time factor, end-of-speech latency")
-register("egemaps-agreement", "erc_ros.tools.egemaps_agreement",
+register("egemaps-agreement", "erc_ros.bench.egemaps_agreement",
          "packaged eGeMAPS audio features vs openSMILE on real clips; --timing: cost per utterance")
-register("predict-face", "erc_ros.tools.predict_face",
+register("predict-face", "erc_ros.commands.predict_face",
          "facial expression of the faces in images (pretrained FER2013 expert, MELD classes)")

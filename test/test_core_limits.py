@@ -15,7 +15,7 @@ import pytest
 from erc_ros.core.errors import InputError
 from erc_ros.core.perception import PerceptionConfig, PerceptionCore
 from erc_ros.core.types import AudioChunk, TranscriptEvent
-from erc_ros.tools.bench_core import stream
+from erc_ros.bench.core import stream
 
 from core_support import best_turn, core_config, script_conversation
 

@@ -12,7 +12,7 @@ from erc_ros.core.errors import (AudioCodingError, ImageDecodeError, InputError,
                                  TranscriptError)
 from erc_ros.core.perception import PerceptionConfig, PerceptionCore
 from erc_ros.core.types import AudioChunk, AudioFormat, Frame, TranscriptEvent, Utterance
-from erc_ros.tools.bench_core import boundary_errors
+from erc_ros.bench.core import boundary_errors
 
 from core_support import core_config, script_conversation
 

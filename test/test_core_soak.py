@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from erc_ros.tools import soak_core
+from erc_ros.bench import soak_core
 
 from core_support import cache_root
 

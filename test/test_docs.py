@@ -1,14 +1,14 @@
 """The docs/ pages say what the code declares: every generated table (node parameters, launch
-arguments, perception parameters) is exactly what ``erc_ros.tools.docs`` renders from the code
+arguments, perception parameters) is exactly what ``erc_ros.commands.docs`` renders from the code
 (a renamed, added, re-defaulted or re-described parameter fails here until the pages follow),
 and every relative link of the README and the pages points to a file and heading that exist.
 
-Fix a failure with ``python -m erc_ros.tools.docs --write`` (then review the diff)."""
+Fix a failure with ``python -m erc_ros.commands.docs --write`` (then review the diff)."""
 from __future__ import annotations
 
 import pytest
 
-from erc_ros.tools import docs
+from erc_ros.commands import docs
 
 FIX = f"out of date: run `{docs.FIX_COMMAND}` and commit the pages"
 

@@ -13,7 +13,7 @@ import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 
 import _sample_msgs as samples
-from erc_ros.tools import bagio
+from erc_ros.bags import bagio
 
 
 def reserialize(msg, store) -> bytes:

@@ -1,4 +1,4 @@
-"""The eval-bag HTML report (erc_ros/tools/report.py): (a) the page built from a hand-made
+"""The eval-bag HTML report (erc_ros/evaluation/report.py): (a) the page built from a hand-made
 result (a <script> in a text, a lost turn, an unlabelled estimate, a failed bag) is
 self-contained and escapes its texts; (b) in headless Chromium with every network request
 refused, it renders its charts, filters its timeline and table, and plays its clips without
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from erc_ros.tools import report
+from erc_ros.evaluation import report
 
 SCRIPT_TEXT = "<script>window.__pwned = 1</script> I said no!"
 
@@ -170,7 +170,7 @@ def test_bag_audio_follows_the_audio_buffer(tmp_path):
     header stamps' axis, from either epoch (the buffer's new epoch does not lose the old)."""
     from erc_ros.core.types import AudioFormat
     from erc_ros.ros import convert
-    from erc_ros.tools.make_bag import write_bag
+    from erc_ros.bags.make_bag import write_bag
 
     rate, chunk = 48000, 4800
     msgs = [("/mic/info", 49.9, convert.audio_info_msg(AudioFormat(sample_rate=rate)))]
@@ -293,7 +293,7 @@ def test_report_of_a_generated_bag(tmp_path, model):
 
     from erc_ros.ros import convert
     from erc_ros.ros.replay import message_class, read_bag
-    from erc_ros.tools import eval_bag
+    from erc_ros.evaluation import eval_bag
 
     bag = make_bag(tmp_path / "conv")
     out = tmp_path / "run"

@@ -22,7 +22,8 @@ from _ros_support import FAST_PERCEPTION, Collector, make_bag, wait_for
 from erc_ros.assemble import perception_config
 from erc_ros.core.asr import prepare_model
 from erc_ros.ros import launch_config
-from erc_ros.tools import bench_asr, eval_bag
+from erc_ros.evaluation.wer import word_errors
+from erc_ros.evaluation import eval_bag
 
 pytestmark = pytest.mark.ros
 
@@ -46,7 +47,7 @@ def test_bag_without_transcripts_holds_no_asr_topic(mic_bag):
 
 
 def _edits(labels, estimates) -> int:
-    e = bench_asr.word_errors([lab["text"] for lab in labels], [est.text for est in estimates])
+    e = word_errors([lab["text"] for lab in labels], [est.text for est in estimates])
     return e["substitutions"] + e["deletions"] + e["insertions"]
 
 
@@ -278,7 +279,7 @@ def test_a_signal_while_the_recognizer_works_ends_cleanly_and_loses_nothing(mic_
         got = [t.text for t in transcripts.snapshot()]
         assert before < len(labels), f"all {before} transcripts came before the signal"
         assert len(got) == len(labels) and all(got), (got, before, log[-4000:])
-        e = bench_asr.word_errors([lab["text"] for lab in labels], got)
+        e = word_errors([lab["text"] for lab in labels], got)
         assert e["substitutions"] + e["deletions"] + e["insertions"] <= MAX_EDITS, got
         assert len(estimates) == len(labels), (len(estimates), log[-4000:])
     finally:

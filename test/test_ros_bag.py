@@ -11,7 +11,7 @@ import rclpy
 from _ros_support import FAST_PERCEPTION, make_bag
 from erc_ros.ros.live import live_replay
 from erc_ros.ros.replay import replay_bag
-from erc_ros.tools import eval_bag
+from erc_ros.evaluation import eval_bag
 
 pytestmark = pytest.mark.ros
 
@@ -92,7 +92,7 @@ def live_speech_bag(bag, tmp_path_factory):
     from rclpy.serialization import deserialize_message
 
     from erc_ros.ros.replay import message_class, read_bag
-    from erc_ros.tools.make_bag import write_bag
+    from erc_ros.bags.make_bag import write_bag
 
     def records():
         for topic, typ, t_ns, raw in read_bag(bag):

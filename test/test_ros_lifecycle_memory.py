@@ -4,7 +4,7 @@ The composed process (``python -m erc_ros.ros.composed``: the default model on O
 INT8, the face-expression expert, and with ``asr: embedded`` Whisper base in the utterance
 node) is driven from this process over its ``change_state`` services, as ``ros2 lifecycle
 set`` drives it, serving a few utterances of the sample bag between cycles; its RSS is read
-after each cycle (:mod:`erc_ros.tools.lifecycle_memory`, which prints the same table)::
+after each cycle (:mod:`erc_ros.bench.lifecycle_memory`, which prints the same table)::
 
     python -m erc_ros lifecycle-memory --cycles 30 [--asr embedded]
     make soak      # the 30-cycle runs below, or:
@@ -20,7 +20,7 @@ import pytest
 
 from conftest import SETUP_CACHE
 from erc_ros.runtime.backends import cpu_int8
-from erc_ros.tools import lifecycle_memory
+from erc_ros.bench import lifecycle_memory
 
 pytestmark = pytest.mark.ros
 

@@ -24,7 +24,7 @@ import rclpy
 
 from erc_ros.ros.live import LiveSession
 from erc_ros.ros.replay import bag_span
-from erc_ros.tools import eval_bag
+from erc_ros.evaluation import eval_bag
 
 MINUTES = float(os.environ.get("ERC_ROS_SOAK_MINUTES", "60"))
 OUT = Path(os.environ.get("ERC_ROS_SOAK_OUT", "runs/soak"))
@@ -34,7 +34,7 @@ OUT = Path(os.environ.get("ERC_ROS_SOAK_OUT", "runs/soak"))
 @pytest.mark.ros
 @pytest.mark.timeout(int(MINUTES * 60 * 1.5 + 900))  # real-time playback + generation
 def test_one_hour_soak(tmp_path):
-    from erc_ros.tools import make_bag as mb
+    from erc_ros.bags import make_bag as mb
     from tqdm import tqdm
     bag = tmp_path / "soak"
     conv = mb.generate(minutes=MINUTES, seed=7)

@@ -116,7 +116,7 @@ def test_bench_e2e_times_each_estimate_from_the_speech_it_answers():
     segment-last figures leave it out."""
     from types import SimpleNamespace
 
-    from erc_ros.tools.bench_e2e import _speech_end
+    from erc_ros.bench.e2e import _speech_end
 
     ests = [SimpleNamespace(start=0.0, end=1.0, text="Hi."),
             SimpleNamespace(start=1.0, end=2.0, text="Yes."),
@@ -184,7 +184,7 @@ def test_bench_e2e(bags, model, tmp_path):
 
 def _recording(rec, topics):
     """`record` of ``topics`` into ``rec`` (sim time) on a thread: (thread, stop, counts)."""
-    from erc_ros.tools.record import record
+    from erc_ros.bags.record import record
     stop, counts = threading.Event(), {}
     th = threading.Thread(target=lambda: counts.update(record(rec, topics, stop=stop,
                                                                use_sim_time=True)))

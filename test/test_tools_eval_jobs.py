@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 
-from erc_ros.tools import eval_bag
+from erc_ros.evaluation import eval_bag
+from erc_ros.paths import demo_bag
 
 SCRIPTS = [
     """Alice [joy]: Good morning, I had a wonderful dream about the sea.
@@ -30,7 +30,7 @@ Frank [neutral]: It is the heater, it always clicks when it starts.
 ]
 SETS = ("perception.diarization.warmup=false",)
 #: A bag shipped in the repository (12 turns, 4 MB).
-SCRIPT_BAG = Path(__file__).parent / "data" / "demo_bag"
+SCRIPT_BAG = demo_bag()
 #: Columns that hold times measured while the bag ran, not results.
 TIMED = {"latency_ms"}
 

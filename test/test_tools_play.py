@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _ros_support import Collector, wait_for
+
+from erc_ros.paths import demo_bag
 
 pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parents[1]
-BAG = ROOT / "test" / "data" / "demo_bag"
+BAG = demo_bag()
 
 
 def _play(*args: str) -> subprocess.Popen:

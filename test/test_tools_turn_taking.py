@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from erc_ros.tools import conversation_gen as cg
+from erc_ros.synth import conversation as cg
 
+from erc_ros.synth.speech import espeak
 SR = 16000
 
 
@@ -86,7 +87,7 @@ def test_natural_levels_differ_per_speaker_within_the_spread():
 
 def test_a_room_reverberates_and_adds_noise_at_the_snr():
     pytest.importorskip("pyroomacoustics", reason="the voices extra (make setup-voices)")
-    from erc_ros.tools.room import Room, impulse_responses, render
+    from erc_ros.synth.room import Room, impulse_responses, render
 
     room = Room(rt60=0.5, snr_db=15.0)
     rirs = impulse_responses(room, 3, seed=0)
@@ -125,5 +126,5 @@ def test_espeak_speaks_lines_that_look_like_options(tmp_path):
     """MELD train has "-leg?" and "!": espeak-ng would read a leading "-" as an option and
     write nothing; the line is spoken like any other."""
     for text in ("-leg?", "!", "-she, of course, she- uh- familiar"):
-        x = cg.espeak(text, cache=tmp_path)
+        x = espeak(text, cache=tmp_path)
         assert x.size > 0.2 * SR and np.abs(x).max() > 0.01

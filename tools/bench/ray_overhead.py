@@ -13,7 +13,7 @@ def nothing(i):
 
 def load(_):
     t = time.perf_counter()
-    from erc_ros.tools import eval_bag
+    from erc_ros.evaluation import eval_bag
     eval_bag.make_pipeline(threads=1)
     return time.perf_counter() - t
 
