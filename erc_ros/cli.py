@@ -12,6 +12,8 @@ import os
 import sys
 
 from erc_ros import process
+from erc_ros.models.artefact import ArtefactError, portable_command
+from erc_ros.models.packaged import PackagedModelError
 
 # name -> (module, one-line help). Keep sorted by the workflow: data, train, deploy, run.
 COMMANDS: dict[str, tuple[str, str]] = {}
@@ -49,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     args = sub.parse_args(argv[1:])
     # The command as given (not the interpreter's argv: main may be called from Python), for
     # the provenance of what it writes; without this machine's paths.
-    from erc_ros.models.artefact import portable_command
 
     args.command_line = portable_command(argv)
     # The process-wide settings, once, from the command's arguments: a command that runs
@@ -58,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     wanted = module.process_settings(args) if hasattr(module, "process_settings") else \
         {"torch_threads": getattr(args, "threads", None)}
     process.configure(**wanted, by=f"erc_ros {name}")
-    from erc_ros.models.artefact import ArtefactError
-    from erc_ros.models.packaged import PackagedModelError
 
     try:
         return int(module.run(args) or 0)

@@ -48,12 +48,15 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 import os
 import sys
 import threading
 from dataclasses import asdict, dataclass
 from typing import Iterator, Optional
+
+from erc_ros.paths import share_path
 
 log = logging.getLogger("erc_ros.process")
 
@@ -82,7 +85,6 @@ _settings: Optional[ProcessSettings] = None
 
 def fastdds_profile() -> Optional[str]:
     """erc_ros's Fast DDS profile, ``config/fastdds.xml`` (:func:`erc_ros.paths.share_path`)."""
-    from erc_ros.paths import share_path
 
     found = share_path("config", "fastdds.xml")
     return str(found) if found else None
@@ -272,7 +274,6 @@ def as_dict() -> dict:
 
 def freeze_heap() -> None:
     """After start-up (see the module docstring): one full collection, then ``gc.freeze``."""
-    import gc
 
     gc.collect()
     gc.freeze()

@@ -50,9 +50,11 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from erc_ros.models.packaged import MPNET_DISTS, MPNET_VERSION, PackagedModelError, mpnet_dir
 from erc_ros.paths import sha256_file  # noqa: F401  (re-exported: the runtime's name for it)
 
 FORMAT_VERSION = 1
@@ -281,7 +283,6 @@ def external_path(entry: dict) -> Path:
     (:data:`EXTERNAL_PACKAGES`), found from the distribution's metadata: no module is
     imported, so no code of the package (or of anything named like it) runs. The file must be
     one the wheel installed (listed in its RECORD) and lie inside the package's directory."""
-    from importlib.metadata import PackageNotFoundError, distribution
 
     entry = check_external(entry.get("module") or entry.get("joined"), entry)
     if "joined" in entry:
@@ -305,7 +306,6 @@ def external_path(entry: dict) -> Path:
 
 
 def _joined_path(entry: dict) -> Path:
-    from erc_ros.models.packaged import PackagedModelError, mpnet_dir
 
     name = entry["joined"]
     try:
@@ -328,7 +328,6 @@ def versions() -> dict:
         except Exception:  # noqa: BLE001 - a version string is informational
             pass
     try:
-        from importlib.metadata import version
 
         out["erc_ros"] = version("erc_ros")
     except Exception:  # noqa: BLE001
@@ -450,11 +449,9 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
         # stored (at least the 11.7M-parameter word-embedding matrix).
         ext = external_source(model)
         f = external_path(ext)
-        from importlib.metadata import version
 
         from safetensors import safe_open
 
-        from erc_ros.models.packaged import MPNET_DISTS, MPNET_VERSION
 
         prefix = "text_encoder.backbone."
         frozen = {prefix + n for n, p in model.text_encoder.backbone.named_parameters()
@@ -504,7 +501,6 @@ def save_trained_model_dir(model, model_dir: str | Path, *, provenance: Optional
     """:func:`save_model_dir` for a model a training run made: where referencing the packaged
     tensors fails (they changed, or the package is not there), every tensor is stored
     instead, with a warning: a trained model is never lost to the storage optimisation."""
-    import sys
 
     try:
         return save_model_dir(model, model_dir, provenance=provenance, dtype=dtype,

@@ -30,7 +30,7 @@ from erc_ros.models.encoders.text import TextEncoder, TextEncoderConfig
 from erc_ros.models.encoders.video import VideoEncoderConfig, build_video_encoder
 from erc_ros.models.fusion import build_fusion
 from erc_ros.models.labels import DEFAULT_VALENCE_AROUSAL, MELD_LABELS
-from erc_ros.models.preprocessing import Preprocessor, PreprocessorConfig
+from erc_ros.models.preprocessing import Preprocessor, PreprocessorConfig, packaged_minilm_dir
 
 
 @dataclass
@@ -180,6 +180,5 @@ def _batch(inputs: dict, device) -> dict:
 
 def build_model(config: ErcModelConfig, tokenizer_file: str | Path | None = None) -> ErcModel:
     """Build a model; the tokenizer defaults to the packaged MiniLM's."""
-    from erc_ros.models.preprocessing import packaged_minilm_dir
 
     return ErcModel(config, tokenizer_file or packaged_minilm_dir() / "tokenizer.json")

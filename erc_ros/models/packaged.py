@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 import zipfile
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from erc_ros.paths import cache_root, join_files, sha256_file, swap_in
@@ -39,7 +41,6 @@ def mpnet_cache_dir() -> Path:
 
 
 def _part_files() -> list[Path]:
-    from importlib.metadata import PackageNotFoundError, distribution
 
     parts = []
     for i, name in enumerate(MPNET_DISTS, 1):
@@ -111,7 +112,6 @@ def prepare_mpnet(force: bool = False) -> Path:
 
 
 def main() -> int:
-    import sys
 
     try:
         print(prepare_mpnet(force="--force" in sys.argv))

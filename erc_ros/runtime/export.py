@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging as _logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from .backends import OrtBackend, TorchBackend
 from .manifest import register_artefact
@@ -150,7 +152,6 @@ def export_stage(spec: StageSpec, path: str | Path, opset: int = OPSET,
 def _export_dynamo(spec: StageSpec, path: Path) -> None:
     """torch.export-based export with named dynamic dims. Traced on the sample with the
     largest shapes: torch.export specialises dimensions that are 1 in the example."""
-    import logging as _logging
 
     import torch
 
@@ -377,7 +378,6 @@ def export_model(model, model_dir: str | Path, dialogues=None, register: bool = 
                  stages: Sequence[str] | None = None, progress: bool = True) -> dict:
     """Export every stage of ``model`` into ``model_dir/onnx``, check each against PyTorch,
     and register the files in the manifest. Returns ``{stage: {path, check, seconds}}``."""
-    from tqdm import tqdm
 
     specs = [s for s in stage_specs(model, dialogues) if not stages or s.name in stages]
     report = {}

@@ -22,15 +22,29 @@ import logging
 import os
 import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from erc_ros.models.face_expert import (FER_LABELS, HDF5_FILE, INPUT_SIZE, MELD_LABELS,
-                                        fer_version, preprocess_batch, to_meld, weights_path)
+from erc_ros.core.config import FaceConfig
+from erc_ros.core.faces import FaceDetector, crop, normalized_entropy, sharpness, unreadable
+from erc_ros.models.face_expert import (
+    FER_LABELS,
+    HDF5_FILE,
+    INPUT_SIZE,
+    MELD_LABELS,
+    fer_version,
+    preprocess_batch,
+    to_meld,
+    weights_path,
+)
 from erc_ros.paths import sha256_file
+from erc_ros.runtime.backends import OrtBackend
+from erc_ros.runtime.export import OPSET, StageSpec, export_and_check
+from erc_ros.runtime.quantize import quantize_qdq_int8
 
 from .manifest import ArtefactError, cache_path
 
@@ -80,7 +94,6 @@ def sample_crops(lfw: int = 200, size: int = 112) -> list[np.ndarray]:
     import cv2
     from skimage import data
 
-    from erc_ros.core.faces import FaceDetector, crop
 
     image = data.astronaut()
     boxes = FaceDetector().detect(image)
@@ -104,7 +117,6 @@ def prepare(weights: str | Path | None = None, crops: Sequence[np.ndarray] | Non
 
     from erc_ros.models.mini_xception import load_keras_hdf5
 
-    from .export import OPSET, StageSpec, export_and_check
 
     weights = Path(weights) if weights is not None else weights_path()
     found = find_prepared(weights)
@@ -182,7 +194,6 @@ class FaceExpert:
                 f"the face expert's ONNX file is not prepared in {cache_dir(self.weights)}: "
                 "run `python -m erc_ros predict-face --prepare` once")
         if onnx_file is not None:
-            from .backends import OrtBackend
 
             self._ort = OrtBackend(onnx_file, providers=["CPUExecutionProvider"],
                                    threads=threads)
@@ -252,8 +263,6 @@ def int8_variants(onnx_file: str | Path, pixels: np.ndarray, out_dir: str | Path
     and its agreement with the FP32 file on all of ``pixels``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .backends import OrtBackend
-    from .quantize import quantize_qdq_int8
 
     out_dir = Path(out_dir)
     out = {"dynamic": out_dir / "face_expert.int8.onnx", "qdq": out_dir / "face_expert.qdq.onnx"}
@@ -280,7 +289,6 @@ def benchmark(runs: int = 200, threads: int = 1, crops: Sequence[np.ndarray] | N
     original (when Keras is installed), FP32 ONNX vs PyTorch, INT8 vs FP32, and the median
     cost per crop of each backend (``predict`` of one 112x112 crop, preprocessing included).
     Prepares the ONNX file if needed."""
-    import tempfile
 
     crops = list(crops) if crops is not None else sample_crops()
     pixels = preprocess_batch(crops)
@@ -354,10 +362,7 @@ def gate_measurements(expert: Optional[FaceExpert] = None, seed: int = 0) -> dic
     faces blurred or enlarged from a few pixels, and scikit-image's 200 LFW thumbnails
     enlarged to 120 px in a camera frame (as the demo once showed them)."""
     import cv2
-    from skimage import data
 
-    from erc_ros.core.config import FaceConfig
-    from erc_ros.core.faces import FaceDetector, crop, normalized_entropy, sharpness, unreadable
 
     expert = expert or FaceExpert()
     fc = FaceConfig()

@@ -16,13 +16,26 @@ cache goes through :func:`cache_path`, which refuses a name that would land outs
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
-from erc_ros.models.artefact import (ArtefactError, add_artefact, artefact_file,  # noqa: F401
-                                     check_model_id, check_relpath, load_model_dir,
-                                     read_manifest, remove_artefact, sha256_file, verify_file,
-                                     verify_model_dir)
+from erc_ros import paths
+from erc_ros.models.artefact import (  # noqa: F401
+    ArtefactError,
+    add_artefact,
+    artefact_file,
+    check_model_id,
+    check_relpath,
+    load_model_dir,
+    read_manifest,
+    remove_artefact,
+    sha256_file,
+    verify_file,
+    verify_model_dir,
+)
 from erc_ros.paths import CHECKOUT, share_path
 
 
@@ -86,8 +99,7 @@ def load_model(model_dir: str | Path):
 def cache_root() -> Path:
     """Where on-demand ONNX files of versioned models go: the cache
     (:func:`erc_ros.paths.cache_root`)."""
-    from erc_ros.paths import cache_root as root
-    return root()
+    return paths.cache_root()
 
 
 def cache_path(name: str) -> Path:
@@ -174,7 +186,6 @@ def overlay_dir(model_dir: str | Path, create: bool = True) -> Path | None:
     into is gone or changed (``create`` or not: the prepared files stay). A changed model
     has another key, so a stale overlay is never used.
     """
-    import shutil
 
     model_dir = Path(model_dir).resolve()
     d, raw, m = _overlay_path(model_dir)
@@ -225,7 +236,6 @@ def runtime_dir(model_dir: str | Path, stages: set[str], precision: str = "fp32"
 
 def is_versioned(model_dir: str | Path) -> bool:
     """True when the directory's manifest is tracked by git (a shipped model)."""
-    import subprocess
 
     try:
         r = subprocess.run(["git", "-C", str(model_dir), "ls-files", "--error-unmatch",
@@ -250,7 +260,6 @@ def writable_dir(model_dir: str | Path, in_place: bool = False) -> Path:
 def open_for_cli(args):
     """The shared start of the `export` / `quantize` commands: logging, the model
     (every file verified) and where its runtime artefacts may be written."""
-    import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return load_model(args.model), writable_dir(args.model, args.in_place)
