@@ -359,10 +359,13 @@ def test_empty_silent_and_noise_input_give_empty_or_short_text(tiny):
     assert ints.text == ""
 
 
-def test_ten_minutes_of_silence_and_hum_are_bounded(tiny, speech):
+@pytest.mark.parametrize("hum_minutes", [2, pytest.param(10, marks=pytest.mark.soak)])
+def test_minutes_of_silence_and_hum_are_bounded(tiny, speech, hum_minutes):
     """A stuck microphone: 10 min of digital silence costs nothing (less than one model run);
-    10 min of faint hum and noise (above the silence gate, so the model runs on each of its
-    24 pieces) gives little or no text and costs no more per piece than dense speech does.
+    minutes of faint hum and noise (above the silence gate, so the model runs on each of its
+    pieces, 5 in 2 min, 24 in 10) give little or no text (20 words in 24 pieces at most) and
+    cost no more per piece than dense speech does. The bounds are per piece, so 2 minutes
+    check what 10 do; make soak runs the 10 minutes.
 
     Costs are relative to the same recognizer on a reference in this run (no absolute time:
     CPUs differ ~5x): the 5 sentences back to back, ~20 s of speech, one piece (one encoder
@@ -371,8 +374,8 @@ def test_ten_minutes_of_silence_and_hum_are_bounded(tiny, speech):
     the bound, 2x per piece, fails a runaway decode (the temperature fallback's 6 attempts
     at up to 400 tokens each) or a piece count gone wrong. The reference is measured before
     and after the hum and the larger taken, so a machine that gets busier in between does
-    not fail it. (The old absolute bound, 60 s, failed on the slower CPU kind: 60.7 s in
-    issue 30, 67.2 s here.)"""
+    not fail it. An absolute bound would not hold: 24 hum pieces took 60.7-67.2 s on the
+    slower CPU kind."""
     ref = np.concatenate([np.concatenate([x, np.zeros(SR // 2, np.float32)])
                           for _, x in speech])
     assert len(tiny._split(ref)) == 1  # one piece: what a hum piece is compared with
@@ -385,13 +388,13 @@ def test_ten_minutes_of_silence_and_hum_are_bounded(tiny, speech):
     assert tiny.transcribe(np.zeros(600 * SR, np.float32)).text == ""
     silence = time.perf_counter() - t
     rng = np.random.default_rng(1)
-    n = 600 * SR
+    n = hum_minutes * 60 * SR
     hum = (0.003 * np.sin(2 * np.pi * 50 * np.arange(n) / SR)
            + 0.002 * rng.standard_normal(n)).astype(np.float32)
     pieces = len(tiny._split(hum))
     r = tiny.transcribe(hum)
     piece = max(before, ref_cost())
-    assert len(r.text.split()) <= 20, r.text
+    assert len(r.text.split()) <= 20 * pieces / 24, r.text
     assert silence < piece, (silence, piece)
     assert r.compute_seconds < 2 * pieces * piece, (r.compute_seconds, pieces, piece)
 
