@@ -231,8 +231,11 @@ def test_ingest_refuses_oversized_and_odd_frames_with_a_reason():
 
 
 def test_ingest_limits_must_be_positive():
+    from erc_ros.core.perception import PerceptionConfig, PerceptionCore
     from erc_ros.ros.ingest import Ingest
 
+    core = PerceptionCore(PerceptionConfig.from_dict(
+        {"diarization.enabled": False, "faces.enabled": False}))
     for bad in ({"max_image_pixels": 0}, {"max_image_bytes": -1}):
         with pytest.raises(ValueError):
-            Ingest(None, **bad)
+            Ingest(core, **bad)
