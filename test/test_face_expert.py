@@ -55,7 +55,7 @@ def torch_probs(pixels):
 
 
 def test_classes_map_one_to_one_onto_meld():
-    from erc_ros.training.data import MELD_LABELS
+    from erc_ros.models.labels import MELD_LABELS
 
     assert fx.MELD_LABELS == MELD_LABELS
     assert sorted(fx.FER_TO_MELD.values()) == sorted(MELD_LABELS)

@@ -186,7 +186,7 @@ def test_fp16_storage_and_external_packaged_weights(tmp_path, freeze_layers):
     freezes the word embeddings; with 2 frozen layers, those are referenced too."""
     from erc_ros.training.recipes import RECIPES
     from erc_ros.training.trainer import build_from_recipe
-    from erc_ros.training.data import MELD_LABELS
+    from erc_ros.models.labels import MELD_LABELS
 
     r = dict(RECIPES["default"], freeze_layers=freeze_layers)
     m = build_from_recipe(r, MELD_LABELS, "t").eval()

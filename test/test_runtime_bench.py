@@ -9,7 +9,7 @@ import pytest
 from _runtime_fixtures import save_tiny, tiny_model
 from erc_ros.cli import main
 from erc_ros.runtime.samples import meld_dir
-from erc_ros.training.data import data_root
+from erc_ros.paths import data_root
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent("""
     import os, sys, torch
     from safetensors.torch import save_file
-    from erc_ros.training import data
+    from erc_ros.datasets import meld
+    from erc_ros.models.labels import MELD_LABELS
+    from erc_ros.paths import data_root
     from erc_ros.training.recipes import RECIPES
     from erc_ros.training.trainer import build_from_recipe
     from erc_ros.training.text_stage import TextStageConfig, train_text_stage
@@ -23,9 +25,9 @@ SCRIPT = textwrap.dedent("""
     rank = int(os.environ["RANK"])
     out = sys.argv[1]
     torch.manual_seed(100 + rank)  # different initial weights per rank: DDP must sync them
-    model = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "ddp")
+    model = build_from_recipe(dict(RECIPES["tiny"]), MELD_LABELS, "ddp")
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    dialogues = data.load_meld(data.data_root() / "meld" / "dev_sent_emo.csv")[:16]
+    dialogues = meld.load_meld(data_root() / "meld" / "dev_sent_emo.csv")[:16]
     s = train_text_stage(model, dialogues, [], TextStageConfig(
         epochs=1, batch_size=4, max_steps=4, lr=1e-3, head_lr=1e-3, threads=1), progress=False)
     assert s["steps"] == 4, s

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from erc_ros import cli
-from erc_ros.training import data
+from erc_ros.models.labels import MELD_LABELS
+from erc_ros.paths import data_root
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"
-MELD_DEV = data.data_root() / "meld" / "dev_sent_emo.csv"
+MELD_DEV = data_root() / "meld" / "dev_sent_emo.csv"
 
 needs_default = pytest.mark.skipif(not (DEFAULT / "manifest.json").is_file(),
                                    reason="models/default not trained yet in this checkout")
@@ -23,7 +24,7 @@ def test_default_model_directory_is_small_verified_and_self_describing():
     from erc_ros.models.artefact import verify_model_dir
 
     man = verify_model_dir(DEFAULT)
-    assert man["label_names"] == list(data.MELD_LABELS)
+    assert man["label_names"] == list(MELD_LABELS)
     sizes = [e["bytes"] for e in man["artefacts"].values()]
     assert max(sizes) < 20e6 and sum(sizes) < 40e6
     assert man["provenance"]["dev_metrics"]["weighted_f1"] > 50.6  # beats the frozen LR floor

@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from erc_ros.datasets import meld
+from erc_ros.paths import data_root
 from erc_ros.runtime.backends import OrtBackend
 from erc_ros.runtime.manifest import find_stage_files
 from erc_ros.runtime.prepare import prepare
 from erc_ros.runtime.quantize import row_cosines
-from erc_ros.training import data
 from erc_ros.training.deployed import (int8_text_encoder, int8_text_vectors, selection_figure,
                                        with_text)
 from erc_ros.training.fusion_stage import (FusionStageConfig, dev_figures, encode_dialogues,
                                            fit_head)
 
-MELD_DEV = data.data_root() / "meld" / "dev_sent_emo.csv"
+MELD_DEV = data_root() / "meld" / "dev_sent_emo.csv"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("deployed") / "tiny"
     save_model_dir(build_model(ErcModelConfig(model_id="tiny-int8", text=tiny_text_config(),
                                               audio=None, video=None)), d, dtype="float32")
-    return d, load_model_dir(d).eval(), data.load_meld(MELD_DEV)[:4]
+    return d, load_model_dir(d).eval(), meld.load_meld(MELD_DEV)[:4]
 
 
 def _sha(p) -> str:
@@ -149,7 +150,7 @@ def test_train_selects_stage_two_and_rounds_on_the_int8_copy_too(tmp_path, monke
     if best.get("stage") == 2:  # a stage-2 head is saved: the best of the two, as recorded
         assert selection_figure(best, "fp32+int8") == max(figures)
         model = load_model_dir(out).eval()
-        dev = data.load_meld(MELD_DEV)[:2]
+        dev = meld.load_meld(MELD_DEV)[:2]
         assert dev_figures(model.fusion, encode(model, dev, progress=False), model.label_names
                            )["weighted_f1"] == best["weighted_f1"]
     # An --init model is scored here by the rule, never by the INT8 figure its manifest

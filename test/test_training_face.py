@@ -17,11 +17,11 @@ from erc_ros.core.types import FACE_CLASSES
 from erc_ros.models.artefact import ArtefactError, read_manifest, verify_model_dir
 from erc_ros.models.face_net import (WEIGHTS_FILE, FaceNet, FaceNetConfig, face_input,
                                      load_face_model)
+from erc_ros.datasets.fer2013 import (FaceDataError, default_dev, held_out_split, read_faces,
+                                      read_fer_csv, read_folder, read_npz)
+from erc_ros.paths import data_root
 from erc_ros.training import face_stage
-from erc_ros.training.data import data_root
-from erc_ros.training.face_data import (AugmentConfig, FaceAugment, FaceDataError, default_dev,
-                                        held_out_split, read_faces, read_fer_csv, read_folder,
-                                        read_npz)
+from erc_ros.training.face_augment import AugmentConfig, FaceAugment
 from erc_ros.training.metrics import scores
 
 FER_DIR = data_root() / "fer2013"

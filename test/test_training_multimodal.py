@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from erc_ros import cli
-from erc_ros.training import data
+from erc_ros.datasets import iemocap, meld
+from erc_ros.models.labels import MELD_LABELS
 
 HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
           "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"]
@@ -126,7 +127,7 @@ def meld_raw(tmp_path_factory):
     train, _ = write_meld(root, "train", "train_splits", 6, _face_images(0), _voices(0))
     dev, _ = write_meld(root, "dev", "dev_splits_complete", 2, _face_images(1), _voices(1))
     torch.manual_seed(0)
-    init = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "tiny-text")
+    init = build_from_recipe(dict(RECIPES["tiny"]), MELD_LABELS, "tiny-text")
     init.config.trained_modalities = ("text",)  # as `train` saves a text model
     save_model_dir(init, root / "init")
     return root, train, dev, root / "init"
@@ -163,7 +164,7 @@ def test_multimodal_recipe_trains_audio_and_video(meld_raw, tmp_path, monkeypatc
     assert (out / "dev_confusion.png").is_file() and (out / "train_log.json").is_file()
 
     # A second read comes from the cache, the same media.
-    dev = data.load_meld(dev_csv, root / "dev_splits_complete")
+    dev = meld.load_meld(dev_csv, root / "dev_splits_complete")
     again = MediaReader(progress=False)
     media = [again.read_dialogue(d) for d in dev]
     assert again.counters["from_cache"] == again.counters["clips"] == 8
@@ -229,7 +230,7 @@ def test_a_broken_clip_warns_and_keeps_the_text(tmp_path, monkeypatch, capsys):
     clips.mkdir()
     (clips / "dia0_utt0.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
     csv_path = _two_utterance_csv(tmp_path)
-    (d,) = data.load_meld(csv_path, clips)
+    (d,) = meld.load_meld(csv_path, clips)
     summary = attach_media([d])
     err = capsys.readouterr().err
     assert "warning:" in err and "dia0_utt0.mp4" in err and "cannot decode" in err
@@ -238,7 +239,7 @@ def test_a_broken_clip_warns_and_keeps_the_text(tmp_path, monkeypatch, capsys):
     u = d.utterances[0]
     assert u.text == "Hello there." and not u.has_audio and not u.has_video
     assert "speaker_embedding" not in u.features
-    assert data.meld_split_dir(tmp_path, "train") == clips
+    assert meld.meld_split_dir(tmp_path, "train") == clips
 
 
 def test_iemocap_utterances_are_cut_from_the_dialogue_video(tmp_path, monkeypatch):
@@ -280,7 +281,7 @@ def test_iemocap_utterances_are_cut_from_the_dialogue_video(tmp_path, monkeypatc
     wavs = root / "Session1" / "sentences" / "wav" / "Ses01F_impro01"
     wavs.mkdir(parents=True)
     wavfile.write(wavs / "Ses01F_impro01_F000.wav", 16000, espeak("Excuse me."))
-    (d,) = data.load_iemocap(root, sessions=(1,), with_media=True)
+    (d,) = iemocap.load_iemocap(root, sessions=(1,), with_media=True)
     assert d.media[1].start == 2.5 and d.media[1].video.name == "Ses01F_impro01.avi"
     reader = MediaReader(progress=False)
     first, second = reader.read_dialogue(d)
@@ -385,7 +386,7 @@ def test_a_clip_too_long_or_too_large_is_refused_with_its_reason(tmp_path, monke
         write_clip(clips / f"dia0_utt{u}.mp4", joy, speech)
     csv_path = _two_utterance_csv(tmp_path)
     monkeypatch.setattr(media, "MAX_CLIP_SECONDS", 0.5)
-    (d,) = data.load_meld(csv_path, clips)
+    (d,) = meld.load_meld(csv_path, clips)
     summary = attach_media([d])
     err = capsys.readouterr().err
     assert "longer than 0.5 s: not one utterance's clip" in err
@@ -394,7 +395,7 @@ def test_a_clip_too_long_or_too_large_is_refused_with_its_reason(tmp_path, monke
         media.decode_audio(clips / "dia0_utt0.mp4")
     monkeypatch.setattr(media, "MAX_CLIP_SECONDS", 600.0)
     monkeypatch.setattr(media, "MAX_FRAME_PIXELS", 100 * 100)
-    (d,) = data.load_meld(csv_path, clips)
+    (d,) = meld.load_meld(csv_path, clips)
     summary = attach_media([d])
     assert "larger than 8K" in capsys.readouterr().err and summary["failed"] == 2
 
@@ -418,7 +419,7 @@ def test_clips_read_on_ray_are_the_ones_read_here(meld_raw, tmp_path, monkeypatc
 def _compare_ray_media(meld_raw, tmp_path, monkeypatch, MediaReader, prefetch_on_ray):
 
     root, train_csv, dev_csv, init = meld_raw
-    dialogues = data.load_meld(train_csv, root / "train_splits")
+    dialogues = meld.load_meld(train_csv, root / "train_splits")
     here = MediaReader(cache_dir=tmp_path / "here", progress=False)
     mine = [here.read_dialogue(d) for d in dialogues]
     ray_reader = MediaReader(cache_dir=tmp_path / "ray", progress=False)

@@ -12,27 +12,30 @@ import torch
 from scipy.io import wavfile
 
 from erc_ros import cli
-from erc_ros.training import data
+from erc_ros.datasets import emorynlp, iemocap, meld, robot_views
+from erc_ros.datasets.dialogues import Dialogue, class_counts, class_weights
+from erc_ros.models.labels import MELD_LABELS
+from erc_ros.paths import data_root
 from erc_ros.training.fusion_stage import (FusionStageConfig, dev_figures, encode_dialogues,
                                            modality_dropout, train_fusion_stage)
 
 ROOT = Path(__file__).resolve().parents[1]
-MELD_DEV = data.data_root() / "meld" / "dev_sent_emo.csv"
-MELD_TRAIN = data.data_root() / "meld" / "train_sent_emo.csv"
+MELD_DEV = data_root() / "meld" / "dev_sent_emo.csv"
+MELD_TRAIN = data_root() / "meld" / "train_sent_emo.csv"
 
 
 def test_meld_dialogues_and_labels():
-    dev = data.load_meld(MELD_DEV)
+    dev = meld.load_meld(MELD_DEV)
     assert sum(len(d) for d in dev) == 1109
     d0 = dev[0]
     assert d0.conversation_id == "meld-dev_sent_emo-0"
     assert [u.utterance_id.rsplit("-", 1)[1] for u in d0.utterances] == \
         [str(i) for i in range(len(d0))]
-    counts = data.class_counts(dev, 7)
+    counts = class_counts(dev, 7)
     assert counts.sum() == 1109 and counts.argmax() == 0  # neutral dominates
-    w = data.class_weights(counts, 1.0)
+    w = class_weights(counts, 1.0)
     assert abs(float((w * counts).sum() / counts.sum()) - 1) < 1e-5 and w[0] < w[2]
-    assert np.allclose(data.class_weights(counts, 0.0), 1)
+    assert np.allclose(class_weights(counts, 0.0), 1)
     assert all(u.end >= u.start for u in d0.utterances)
 
 
@@ -40,8 +43,8 @@ def test_robot_view_has_no_names_and_no_exclamations():
     """The text as a robot could at best have it: speakers tagged in order of first turn per
     dialogue (as diarization does), '!' read as '.', '?!' as '?'; labels, times and the
     originals untouched."""
-    dev = data.load_meld(MELD_DEV)[:20]
-    rv = data.robot_view(dev, suffix="-robot")
+    dev = meld.load_meld(MELD_DEV)[:20]
+    rv = robot_views.robot_view(dev, suffix="-robot")
     assert len(rv) == len(dev) and [d.labels for d in rv] == [d.labels for d in dev]
     for d, r in zip(dev, rv):
         assert r.conversation_id == d.conversation_id + "-robot"
@@ -51,14 +54,14 @@ def test_robot_view_has_no_names_and_no_exclamations():
         assert all("!" not in u.text and u.start == v.start
                    for u, v in zip(r.utterances, d.utterances))
     assert any("!" in u.text for d in dev for u in d.utterances)  # the originals keep theirs
-    u = data.load_meld(MELD_DEV)[0].utterances[0]
-    d = data.Dialogue("c", [u.__class__(**{**u.__dict__, "text": "What?! No!! Why!?! Fine."})],
+    u = meld.load_meld(MELD_DEV)[0].utterances[0]
+    d = Dialogue("c", [u.__class__(**{**u.__dict__, "text": "What?! No!! Why!?! Fine."})],
                       [0])
-    assert data.robot_view([d])[0].utterances[0].text == "What? No. Why? Fine."
-    only = data.robot_view([d], ["speakers"])[0].utterances[0]
+    assert robot_views.robot_view([d])[0].utterances[0].text == "What? No. Why? Fine."
+    only = robot_views.robot_view([d], ["speakers"])[0].utterances[0]
     assert only.text == "What?! No!! Why!?! Fine." and only.speaker_id == "speaker_0"
     with pytest.raises(ValueError, match="robot views are"):
-        data.robot_view(dev, ["names"])
+        robot_views.robot_view(dev, ["names"])
 
 
 def test_sentences_view_cuts_each_turn_as_the_node_does():
@@ -68,15 +71,15 @@ def test_sentences_view_cuts_each_turn_as_the_node_does():
     unchanged. The node's cut (segmentation.split_sentences) follows the same rule."""
     from erc_ros.core.asr import sentence_cuts
 
-    assert data.split_sentences("Wait... what? No!  Okay") == ["Wait... what?", "No!", "Okay"]
-    assert data.split_sentences("Fine.") == ["Fine."] and data.split_sentences("") == [""]
+    assert robot_views.split_sentences("Wait... what? No!  Okay") == ["Wait... what?", "No!", "Okay"]
+    assert robot_views.split_sentences("Fine.") == ["Fine."] and robot_views.split_sentences("") == [""]
     assert sentence_cuts(["Wait...", "what?", "No!", "Okay"]) == [2, 3]
-    u = data.load_meld(MELD_DEV)[0].utterances[0]
+    u = meld.load_meld(MELD_DEV)[0].utterances[0]
     turn = u.__class__(**{**u.__dict__, "text": "Oh no. It is all over!", "start": 10.0,
                           "end": 12.2})
     one = u.__class__(**{**u.__dict__, "utterance_id": "x-1", "text": "Really?"})
-    d = data.Dialogue("c", [turn, one], [3, 1])
-    (every,) = data.robot_view([d], ["sentences"])
+    d = Dialogue("c", [turn, one], [3, 1])
+    (every,) = robot_views.robot_view([d], ["sentences"])
     assert [x.text for x in every.utterances] == ["Oh no.", "It is all over!", "Really?"]
     assert [x.utterance_id for x in every.utterances] == \
         [turn.utterance_id + ".0", turn.utterance_id + ".1", "x-1"]
@@ -84,33 +87,33 @@ def test_sentences_view_cuts_each_turn_as_the_node_does():
     assert every.utterances[0].start == 10.0 and every.utterances[1].end == 12.2
     assert every.utterances[0].end == pytest.approx(10.0 + 2.2 * 6 / 21)
     assert every.utterances[2].start == one.start and every.utterances[2].end == one.end
-    (longest,) = data.robot_view([d], ["sentences", "exclamations"], labelled="longest")
+    (longest,) = robot_views.robot_view([d], ["sentences", "exclamations"], labelled="longest")
     assert [x.text for x in longest.utterances][1] == "It is all over." and \
         longest.labels == [-1, 3, 1]
-    assert data.robot_view([data.Dialogue("c", [turn])], ["sentences"])[0].labels == []
+    assert robot_views.robot_view([Dialogue("c", [turn])], ["sentences"])[0].labels == []
     with pytest.raises(ValueError, match="labelled is one of"):
-        data.robot_view([d], ["sentences"], labelled="first")
-    dev = data.load_meld(MELD_DEV)[:20]
-    cut = data.robot_copy(dev, cuts=["sentences"])
+        robot_views.robot_view([d], ["sentences"], labelled="first")
+    dev = meld.load_meld(MELD_DEV)[:20]
+    cut = robot_views.robot_copy(dev, cuts=["sentences"])
     assert sum(len(c) for c in cut) > sum(len(x) for x in dev)
     assert all(u.speaker_id.startswith("speaker_") and "!" not in u.text
                for c in cut for u in c.utterances)
     assert [" ".join(u.text for u in c.utterances) for c in cut] == \
         [" ".join(" ".join(u.text.split()) for u in c.utterances)
-         for c in data.robot_copy(dev)]
+         for c in robot_views.robot_copy(dev)]
     with pytest.raises(ValueError, match="cuts are sentences"):
-        data.robot_copy(dev, cuts=["speakers"])
+        robot_views.robot_copy(dev, cuts=["speakers"])
 
 
 def test_robot_copy_keeps_the_names_of_a_drawn_share():
     """The training copy: '!' dropped everywhere; speaker_N tags, except in the drawn share
     of the dialogues (a household the robot knows), which keep their names; the same draw
     for the same seed."""
-    dev = data.load_meld(MELD_DEV)[:40]
-    assert [[(u.speaker_id, u.text) for u in d.utterances] for d in data.robot_copy(dev)] == \
-        [[(u.speaker_id, u.text) for u in d.utterances] for d in data.robot_view(dev,
+    dev = meld.load_meld(MELD_DEV)[:40]
+    assert [[(u.speaker_id, u.text) for u in d.utterances] for d in robot_views.robot_copy(dev)] == \
+        [[(u.speaker_id, u.text) for u in d.utterances] for d in robot_views.robot_view(dev,
                                                                                 suffix="-robot")]
-    half = data.robot_copy(dev, 0.5, seed=7)
+    half = robot_views.robot_copy(dev, 0.5, seed=7)
     named = [c.conversation_id for c, d in zip(half, dev)
              if [u.speaker_id for u in c.utterances] == [u.speaker_id for u in d.utterances]]
     assert len(named) == 20 and all(c.conversation_id.endswith("-robot") for c in half)
@@ -118,20 +121,20 @@ def test_robot_copy_keeps_the_names_of_a_drawn_share():
                if c.conversation_id not in named for u in c.utterances)
     assert not any("!" in u.text for c in half for u in c.utterances)
     assert [c.labels for c in half] == [d.labels for d in dev]
-    again = data.robot_copy(dev, 0.5, seed=7)
+    again = robot_views.robot_copy(dev, 0.5, seed=7)
     assert [u.speaker_id for c in again for u in c.utterances] == \
         [u.speaker_id for c in half for u in c.utterances]
-    other = data.robot_copy(dev, 0.5, seed=8)
+    other = robot_views.robot_copy(dev, 0.5, seed=8)
     assert [u.speaker_id for c in other for u in c.utterances] != \
         [u.speaker_id for c in half for u in c.utterances]
-    assert all(not u.speaker_id.startswith("speaker_") for c in data.robot_copy(dev, 1.0)
+    assert all(not u.speaker_id.startswith("speaker_") for c in robot_views.robot_copy(dev, 1.0)
                for u in c.utterances)
     with pytest.raises(ValueError, match="share of the dialogues"):
-        data.robot_copy(dev, 1.5)
+        robot_views.robot_copy(dev, 1.5)
 
 
 def test_emorynlp_dialogues():
-    dev = data.load_emorynlp(data.data_root() / "emorynlp" / "emorynlp_dev_final.csv")
+    dev = emorynlp.load_emorynlp(data_root() / "emorynlp" / "emorynlp_dev_final.csv")
     assert len(dev) > 50 and all(l >= 0 for d in dev for l in d.labels)
     assert all(u.speaker_id and "[" not in u.speaker_id for d in dev for u in d.utterances)
 
@@ -159,7 +162,7 @@ def test_iemocap_standard_layout(tmp_path):
     t = np.arange(11025) / 22050
     wavfile.write(str(wavdir / "Ses01F_impro01_F000.wav"), 22050,
                   (0.5 * 32767 * np.sin(2 * np.pi * 220 * t)).astype(np.int16))
-    (d,) = data.load_iemocap(root, sessions=(1,), with_audio=True)
+    (d,) = iemocap.load_iemocap(root, sessions=(1,), with_audio=True)
     assert [u.speaker_id for u in d.utterances] == ["F", "M", "F"]
     assert d.labels == [0, 5, -1]  # neutral, frustrated, xxx kept as context only
     assert d.utterances[1].text == "Do you have your forms?"
@@ -168,7 +171,7 @@ def test_iemocap_standard_layout(tmp_path):
     assert audio.shape == (8000,)  # 11025 samples at 22.05 kHz = 8000 at 16 kHz
     assert abs(float(np.abs(audio[1000:7000]).max()) - 0.5) < 0.02  # the tone's amplitude
     assert not d.utterances[1].has_audio and not d.utterances[2].has_audio
-    (d4,) = data.load_iemocap(root, sessions=(1,), labels=data.IEMOCAP4_LABELS)
+    (d4,) = iemocap.load_iemocap(root, sessions=(1,), labels=iemocap.IEMOCAP4_LABELS)
     assert d4.labels == [0, -1, -1]
 
 
@@ -187,7 +190,7 @@ def test_train_then_evaluate_commands(tmp_path):
                      "--json", str(js), "--limit-dialogues", "6"]) == 0
     r = json.loads(js.read_text())
     assert {"accuracy", "weighted_f1", "per_class_f1", "confusion"} <= set(r)
-    n = sum(len(d) for d in data.load_meld(MELD_DEV)[:6])
+    n = sum(len(d) for d in meld.load_meld(MELD_DEV)[:6])
     assert r["n"] == n == int(np.sum(r["confusion"]))
     assert 0 <= r["weighted_f1"] <= 100 and set(r["per_class_f1"]) == set(man["label_names"])
     assert js.with_suffix(".png").is_file()
@@ -266,9 +269,9 @@ def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     from erc_ros.training.recipes import RECIPES
     from erc_ros.training.trainer import build_from_recipe
 
-    train = data.load_meld(MELD_TRAIN)[:12]
+    train = meld.load_meld(MELD_TRAIN)[:12]
     torch.manual_seed(0)
-    student = build_from_recipe(RECIPES["tiny"], data.MELD_LABELS, "student")
+    student = build_from_recipe(RECIPES["tiny"], MELD_LABELS, "student")
     n = len(build_samples(student, train))
     fear = np.full((n, 7), -9.0, np.float32)
     fear[:, 2] = 0.0  # the teacher says "fear" for everything
@@ -488,7 +491,7 @@ def test_a_round_is_undone_whole():
     from erc_ros.training.trainer import _restore, _snapshot, build_from_recipe
 
     torch.manual_seed(0)
-    model = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "m")
+    model = build_from_recipe(dict(RECIPES["tiny"]), MELD_LABELS, "m")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     kind, fusion_config = model.config.fusion_head, dict(model.config.fusion)
     snap = _snapshot(model)
@@ -520,9 +523,9 @@ def test_feature_distillation_pulls_the_students_geometry_to_the_teachers():
     from erc_ros.training.recipes import RECIPES
     from erc_ros.training.trainer import build_from_recipe
 
-    train = data.load_meld(MELD_TRAIN)[:12]
+    train = meld.load_meld(MELD_TRAIN)[:12]
     torch.manual_seed(1)
-    teacher = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "teacher").eval()
+    teacher = build_from_recipe(dict(RECIPES["tiny"]), MELD_LABELS, "teacher").eval()
     logits, vectors = dialogue_teacher_logits([teacher], train, progress=False, features=True)
     n = sum(int(y >= 0) for d in train for y in d.labels)
     assert logits.shape == (n, 7) and vectors.shape == (n, teacher.dims[0])
@@ -530,7 +533,7 @@ def test_feature_distillation_pulls_the_students_geometry_to_the_teachers():
     corr = {}
     for w in (0.0, 5.0):
         torch.manual_seed(0)
-        student = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "student")
+        student = build_from_recipe(dict(RECIPES["tiny"]), MELD_LABELS, "student")
         cfg = TextStageConfig(epochs=3, batch_size=8, lr=3e-3, head_lr=3e-3, feature_distill=w,
                               ema_decay=0.0, threads=1)
         if w:
@@ -550,8 +553,8 @@ def test_feature_cache_and_fusion_stage(tmp_path):
     from erc_ros.training.trainer import build_from_recipe
 
     torch.manual_seed(0)
-    model = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "t")
-    dialogues = data.load_meld(MELD_DEV)[:12]
+    model = build_from_recipe(dict(RECIPES["tiny"]), MELD_LABELS, "t")
+    dialogues = meld.load_meld(MELD_DEV)[:12]
     rng = np.random.default_rng(0)
     for d in dialogues[:4]:  # some utterances with audio, so the mask varies
         d.utterances[0].audio = rng.normal(0, 0.1, 8000).astype(np.float32)
@@ -573,13 +576,13 @@ def test_feature_cache_and_fusion_stage(tmp_path):
     assert bool(feats[0].modality[0, 1]) and not bool(feats[0].modality[1, 1])
     # Another model (or other dialogues) never gets the cached vectors of the first.
     torch.manual_seed(1)
-    other = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "t")
+    other = build_from_recipe(dict(RECIPES["tiny"]), MELD_LABELS, "t")
     fresh = encode_dialogues(other, dialogues, cache, progress=False)
     assert not torch.equal(fresh[3].text, feats[3].text)
     assert len(encode_dialogues(other, dialogues[:5], cache, progress=False)) == 5
     head = build_fusion("magt", dict(text_dim=16, audio_dim=8, video_dim=8, num_classes=7,
                                      d_model=16, num_heads=2))
-    summary = train_fusion_stage(head, feats[:8], feats[8:], data.MELD_LABELS,
+    summary = train_fusion_stage(head, feats[:8], feats[8:], MELD_LABELS,
                                  FusionStageConfig(epochs=3, batch_size=4, pearson_kd=0.5,
                                                    relational_kd=0.5), progress=False)
     # The stage keeps its best epoch: the head it leaves scores on dev exactly what `best`
@@ -588,7 +591,7 @@ def test_feature_cache_and_fusion_stage(tmp_path):
     best = summary["best"]
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
     assert best["weighted_f1"] == max(h["weighted_f1"] for h in summary["history"])
-    assert dev_figures(head, feats[8:], data.MELD_LABELS) == \
+    assert dev_figures(head, feats[8:], MELD_LABELS) == \
         {"weighted_f1": best["weighted_f1"], "accuracy": best["accuracy"]}
 
 
@@ -602,8 +605,8 @@ def test_fusion_stage_distils_a_teacher_over_whole_dialogues():
     from erc_ros.training.trainer import build_from_recipe
 
     torch.manual_seed(0)
-    model = build_from_recipe(dict(RECIPES["tiny"]), data.MELD_LABELS, "t")
-    feats = encode_dialogues(model, data.load_meld(MELD_DEV)[:10], progress=False)
+    model = build_from_recipe(dict(RECIPES["tiny"]), MELD_LABELS, "t")
+    feats = encode_dialogues(model, meld.load_meld(MELD_DEV)[:10], progress=False)
     feats[0].labels[1] = -1  # an unlabelled utterance has no teacher row
     n = sum(int((c.labels >= 0).sum()) for c in feats)
     rows = np.full((n, 7), -9.0, np.float32)
@@ -617,7 +620,7 @@ def test_fusion_stage_distils_a_teacher_over_whole_dialogues():
         torch.manual_seed(0)
         head = build_fusion("concat", dict(text_dim=model.dims[0], audio_dim=model.dims[1],
                                            video_dim=model.dims[2], num_classes=7))
-        train_fusion_stage(head, feats, [], data.MELD_LABELS,
+        train_fusion_stage(head, feats, [], MELD_LABELS,
                            FusionStageConfig(epochs=15, batch_size=4, lr=3e-3, distill=distill,
                                              unimodal_self_distill=0.0, modality_dropout=0.0),
                            progress=False, teacher=teacher)

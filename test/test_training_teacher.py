@@ -12,11 +12,14 @@ import pytest
 import torch
 
 from erc_ros import cli
+from erc_ros.datasets import emorynlp, goemotions, meld
+from erc_ros.datasets.dialogues import class_counts
 from erc_ros.models.encoders.text import TextEncoder, TextEncoderConfig
 from erc_ros.models.erc_model import tiny_text_config
-from erc_ros.training import data
+from erc_ros.models.labels import MELD_LABELS
+from erc_ros.paths import data_root
 
-MELD_TRAIN = data.data_root() / "meld" / "train_sent_emo.csv"
+MELD_TRAIN = data_root() / "meld" / "train_sent_emo.csv"
 
 TINY_MPNET = dict(model_type="mpnet", vocab_size=400, hidden_size=32, num_hidden_layers=4,
                   num_attention_heads=4, intermediate_size=64)
@@ -47,7 +50,7 @@ def _tiny_model(freeze: int):
     from erc_ros.training.trainer import build_from_recipe
 
     torch.manual_seed(0)
-    return build_from_recipe(dict(RECIPES["tiny"], freeze_layers=freeze), data.MELD_LABELS, "t")
+    return build_from_recipe(dict(RECIPES["tiny"], freeze_layers=freeze), MELD_LABELS, "t")
 
 
 def test_frozen_prefix_matches_the_encoder_and_comes_back_from_disk(tmp_path):
@@ -55,7 +58,7 @@ def test_frozen_prefix_matches_the_encoder_and_comes_back_from_disk(tmp_path):
                                              predict_samples)
 
     model = _tiny_model(freeze=1).eval()
-    dialogues = data.load_meld(MELD_TRAIN)[:6]
+    dialogues = meld.load_meld(MELD_TRAIN)[:6]
     samples = build_samples(model, dialogues)
     prefix = FrozenPrefix(model, samples, progress=False, cache_dir=tmp_path)
     files = list(tmp_path.glob("prefix-*.pt"))
@@ -85,7 +88,7 @@ def test_stage_two_vectors_from_the_prefix_cache_match_the_encoder(tmp_path):
     from erc_ros.training.text_stage import FrozenPrefix, build_samples
 
     model = _tiny_model(freeze=1).eval()
-    dialogues = data.load_meld(MELD_TRAIN)[:5]
+    dialogues = meld.load_meld(MELD_TRAIN)[:5]
     dialogues[1].labels[0] = -1  # an unlabelled utterance still gets its vector
     FrozenPrefix(model, build_samples(model, dialogues, unlabelled=True), progress=False,
                  cache_dir=tmp_path)
@@ -108,7 +111,7 @@ def test_training_on_cached_states_changes_only_the_top(tmp_path):
     enc = model.text_encoder
     frozen = {k: v.clone() for k, v in enc.backbone.encoder.layer[0].state_dict().items()}
     top = {k: v.clone() for k, v in enc.backbone.encoder.layer[1].state_dict().items()}
-    train = data.load_meld(MELD_TRAIN)[:10]
+    train = meld.load_meld(MELD_TRAIN)[:10]
     cfg = TextStageConfig(epochs=1, batch_size=8, lr=1e-3, head_lr=1e-3, threads=1,
                           cache_frozen=True, prefix_cache_dir=str(tmp_path), ema_decay=0.9,
                           self_distill=0.5)
@@ -129,15 +132,15 @@ def test_goemotions_in_meld_and_emorynlp_classes(tmp_path):
         "wow really ?\t6\ta4\n"
         "\t4\ta5\n"                    # no text: dropped
         "fine \"quote\t4\ta6\n")       # a stray quote does not swallow the next rows
-    meld = data.load_goemotions(d / "train.tsv")
-    assert [(x.utterances[0].text, data.MELD_LABELS[x.labels[0]]) for x in meld] == [
+    meld = goemotions.load_goemotions(d / "train.tsv")
+    assert [(x.utterances[0].text, MELD_LABELS[x.labels[0]]) for x in meld] == [
         ("I am so scared of this", "fear"), ("gross , just gross", "disgust"),
         ("wow really ?", "surprise"), ('fine "quote', "neutral")]
     assert all(x.utterances[0].speaker_id == "" and len(x) == 1 for x in meld)
-    emory = data.load_goemotions(d / "train.tsv", data.EMORYNLP_LABELS)
-    assert [data.EMORYNLP_LABELS[x.labels[0]] for x in emory] == ["Scared", "Neutral"]
-    real = data.load_goemotions(data.data_root() / "goemotions_ekman" / "dev.tsv")
-    assert len(real) > 4000 and data.class_counts(real, 7).min() > 50
+    emory = goemotions.load_goemotions(d / "train.tsv", emorynlp.EMORYNLP_LABELS)
+    assert [emorynlp.EMORYNLP_LABELS[x.labels[0]] for x in emory] == ["Scared", "Neutral"]
+    real = goemotions.load_goemotions(data_root() / "goemotions_ekman" / "dev.tsv")
+    assert len(real) > 4000 and class_counts(real, 7).min() > 50
 
 
 def test_special_tokens_follow_what_the_tokenizer_declares(tmp_path):
@@ -200,7 +203,7 @@ def test_goemotions_stage_and_cached_teacher_logits(tmp_path, capsys):
     from erc_ros.paths import cache_root
 
     cached = list(cache_root().glob("train/teacher-logits-*.npy"))
-    n = sum(1 for d in data.load_meld(MELD_TRAIN)[:6] for y in d.labels if y >= 0) + 24
+    n = sum(1 for d in meld.load_meld(MELD_TRAIN)[:6] for y in d.labels if y >= 0) + 24
     assert any(np.load(f).shape == (n, 7) for f in cached)
     # The same pass kept the teacher's text vectors: feature distillation reads them back.
     vectors = list(cache_root().glob("train/teacher-vectors-*.npy"))
@@ -208,9 +211,9 @@ def test_goemotions_stage_and_cached_teacher_logits(tmp_path, capsys):
     # The run that computes them trains on exactly what later runs read back (float16).
     from erc_ros.training.teachers import cached_teacher_logits
 
-    part = data.load_meld(MELD_TRAIN)[:3]
-    first = cached_teacher_logits([str(teacher)], [part], data.MELD_LABELS, features=True)
-    again = cached_teacher_logits([str(teacher)], [part], data.MELD_LABELS, features=True)
+    part = meld.load_meld(MELD_TRAIN)[:3]
+    first = cached_teacher_logits([str(teacher)], [part], MELD_LABELS, features=True)
+    again = cached_teacher_logits([str(teacher)], [part], MELD_LABELS, features=True)
     assert "teacher logits from the cache" in capsys.readouterr().err
     assert all(a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
                for a, b in zip(first, again))
@@ -274,7 +277,7 @@ def test_model_with_frozen_mpnet_stores_only_what_changed(tmp_path, monkeypatch,
     capsys.readouterr()
     assert cli.main(["evaluate", "--format", "meld", "--model", str(out), "--json",
                      str(tmp_path / "dev.json"), "--csv",
-                     str(data.data_root() / "meld" / "dev_sent_emo.csv")]) == 1
+                     str(data_root() / "meld" / "dev_sent_emo.csv")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "make setup-train" in err and "Traceback" not in err
 

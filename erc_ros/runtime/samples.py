@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from erc_ros.core.types import SAMPLE_RATE, Utterance
-from erc_ros.training import data
-from erc_ros.training.data import data_root
+from erc_ros.datasets import meld
+from erc_ros.models.labels import MELD_LABELS
+from erc_ros.paths import data_root
 
 
 def meld_dir() -> Path | None:
-    """The MELD folder under the data root (:func:`erc_ros.training.data.data_root`) if its
+    """The MELD folder under the data root (:func:`erc_ros.paths.data_root`) if its
     dev split is there."""
     d = data_root() / "meld"
     return d if (d / "dev_sent_emo.csv").is_file() else None
@@ -21,14 +22,14 @@ def meld_dir() -> Path | None:
 
 def load_meld(split: str = "dev", limit: int = 0) -> list[tuple[list[Utterance], list[str]]]:
     """MELD dialogues as ``(utterances in order, emotion label names)``, read by the one MELD
-    loader (:func:`erc_ros.training.data.load_meld`: the text cleaned as training saw it)."""
+    loader (:func:`erc_ros.datasets.meld.load_meld`: the text cleaned as training saw it)."""
     d = meld_dir()
     if d is None:
         raise FileNotFoundError("MELD not found: set ERC_ROS_DATA (see shared/data/README)")
-    dialogues = data.load_meld(d / f"{split}_sent_emo.csv", split=split)
+    dialogues = meld.load_meld(d / f"{split}_sent_emo.csv", split=split)
     if limit:
         dialogues = dialogues[:limit]
-    return [(dlg.utterances, [data.MELD_LABELS[i] if i >= 0 else "" for i in dlg.labels])
+    return [(dlg.utterances, [MELD_LABELS[i] if i >= 0 else "" for i in dlg.labels])
             for dlg in dialogues]
 
 

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from erc_ros.datasets import meld
+from erc_ros.paths import data_root
 from erc_ros.training.deployed import SELECT_RULES
 
 
@@ -30,7 +32,6 @@ def main(argv=None) -> int:
     from erc_ros.models.encoders.text import TextEncoderConfig
     from erc_ros.models.erc_model import ErcModelConfig, build_model
     from erc_ros.models.preprocessing import PreprocessorConfig, PromptConfig, packaged_minilm_dir
-    from erc_ros.training import data
     from erc_ros.training.fusion_stage import FusionStageConfig, encode_dialogues, fit_head
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,9 +57,9 @@ def main(argv=None) -> int:
     process.configure(torch_threads=args.threads, by="ablation")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    root = data.data_root() / "meld"
-    train = data.load_meld(root / "train_sent_emo.csv")
-    dev = data.load_meld(root / "dev_sent_emo.csv")
+    root = data_root() / "meld"
+    train = meld.load_meld(root / "train_sent_emo.csv")
+    dev = meld.load_meld(root / "dev_sent_emo.csv")
     if args.limit_train:
         train = train[: args.limit_train]
     if args.model:

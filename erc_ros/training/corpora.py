@@ -9,10 +9,13 @@ import random
 import sys
 from pathlib import Path
 
-from erc_ros.training import data
+from erc_ros.datasets import emorynlp, goemotions, iemocap, meld, robot_views
+from erc_ros.datasets.dialogues import class_counts
+from erc_ros.models.labels import MELD_LABELS
+from erc_ros.paths import data_root
 
 #: --robot-view-copy's copies: the share of the dialogues whose copy keeps the speakers' names,
-#: and the cuts of the robot's own (data.CUT_VIEWS) it makes.
+#: and the cuts of the robot's own (robot_views.CUT_VIEWS) it makes.
 ROBOT_COPIES = {"tags": (0.0, ()), "names": (1.0, ()), "mixed": (0.5, ()),
                 "sentences": (0.0, ("sentences",))}
 COPY_HELP = {"tags": "speaker_N", "names": "speakers' names", "mixed": "half with names",
@@ -37,21 +40,22 @@ def read_corpus(args) -> tuple[list, list, tuple, list[Path]]:
     """(train, dev, label names, files read) of ``--format``: MELD or EmoryNLP from
     ``--train`` / ``--dev`` (default: the data root's copies), IEMOCAP from ``--iemocap-root``
     (sessions 1-4 train, session 5 dev)."""
-    root = data.data_root()
+    root = data_root()
     if args.format == "meld":
         tr = Path(args.train or root / "meld" / "train_sent_emo.csv")
         dv = Path(args.dev or root / "meld" / "dev_sent_emo.csv")
-        return data.load_meld(tr), data.load_meld(dv), data.MELD_LABELS, [tr, dv]
+        return meld.load_meld(tr), meld.load_meld(dv), MELD_LABELS, [tr, dv]
     if args.format == "emorynlp":
         tr = Path(args.train or root / "emorynlp" / "emorynlp_train_final.csv")
         dv = Path(args.dev or root / "emorynlp" / "emorynlp_dev_final.csv")
-        return data.load_emorynlp(tr), data.load_emorynlp(dv), data.EMORYNLP_LABELS, [tr, dv]
+        return (emorynlp.load_emorynlp(tr), emorynlp.load_emorynlp(dv), emorynlp.EMORYNLP_LABELS,
+                [tr, dv])
     if not args.iemocap_root:
         raise SystemExit("--format iemocap needs --iemocap-root")
-    d = data.load_iemocap(args.iemocap_root)
+    d = iemocap.load_iemocap(args.iemocap_root)
     return ([x for x in d if not x.conversation_id.startswith("iemocap-Ses05")],
             [x for x in d if x.conversation_id.startswith("iemocap-Ses05")],
-            data.IEMOCAP6_LABELS, [])
+            iemocap.IEMOCAP6_LABELS, [])
 
 
 def read_heard(paths: list[str], fmt: str) -> list:
@@ -67,7 +71,7 @@ def read_heard(paths: list[str], fmt: str) -> list:
         if not Path(f).is_file():
             raise SystemExit(f"error: --heard {f}: no such file")
         try:
-            d = data.load_meld(f, split=f"heard{i}-{Path(f).stem}")
+            d = meld.load_meld(f, split=f"heard{i}-{Path(f).stem}")
         except (KeyError, ValueError, csv.Error) as e:
             raise SystemExit(f"error: --heard {f}: not a MELD-format CSV ({e!r})") from None
         labelled = sum(lab >= 0 for x in d for lab in x.labels)
@@ -87,8 +91,9 @@ def add_robot_copies(train: list, copies: str, seed: int) -> list:
     original = train
     for name in names:
         share, cuts = ROBOT_COPIES[name]
-        train = train + data.robot_copy(original, share, seed, cuts=cuts,
-                                        suffix="-robot" if name == "tags" else f"-robot-{name}")
+        train = train + robot_views.robot_copy(
+            original, share, seed, cuts=cuts,
+            suffix="-robot" if name == "tags" else f"-robot-{name}")
     print(f"robot-view copy: {len(original)} training dialogues, each also without '!' "
           f"as {' and as '.join(names)} ({', '.join(f'{n}: {COPY_HELP[n]}' for n in names)})",
           file=sys.stderr)
@@ -115,7 +120,7 @@ def training_data(args, r: dict) -> tuple[list, list, tuple, list[Path]]:
     return train, dev, labels, files
 
 
-def goemotions(args, r: dict, labels) -> tuple[str, list, list]:
+def read_goemotions(args, r: dict, labels) -> tuple[str, list, list]:
     """(mode, dialogues, files) of the GoEmotions use (``goemotions`` in the recipe, or
     ``--goemotions``): a class-capped, seeded subset of its train split."""
     spec = dict(GOEMOTIONS_DEFAULT, **(r.get("goemotions") or {}))
@@ -125,8 +130,8 @@ def goemotions(args, r: dict, labels) -> tuple[str, list, list]:
         mode = "off"
     if mode == "off":
         return mode, [], []
-    f = data.data_root() / "goemotions_ekman" / "train.tsv"
-    d = data.load_goemotions(f, labels)
+    f = data_root() / "goemotions_ekman" / "train.tsv"
+    d = goemotions.load_goemotions(f, labels)
     cap = int(spec.get("per_class", 0))
     if cap:
         rng = random.Random(r["seed"])
@@ -141,5 +146,5 @@ def goemotions(args, r: dict, labels) -> tuple[str, list, list]:
     if args.limit_dialogues:
         d = d[: 4 * args.limit_dialogues]
     print(f"GoEmotions ({mode}): {len(d)} comments, per class "
-          f"{data.class_counts(d, len(labels)).tolist()}", file=sys.stderr)
+          f"{class_counts(d, len(labels)).tolist()}", file=sys.stderr)
     return mode, d, [f]

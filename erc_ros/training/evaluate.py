@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from erc_ros import jobs
+from erc_ros.datasets import emorynlp, meld, robot_views
 from erc_ros.training.metrics import NO_PREDICTION
 
 
@@ -102,21 +103,19 @@ def _pipeline_predictions(model_dir, backend, threads, dialogues, label_names, t
 def clips_folder(media: str | Path, csv: str | Path) -> Path:
     """The folder of ``csv``'s clips: ``media`` itself when it holds ``dia*_utt*`` clips, else
     the MELD.Raw split folder under it for the CSV's split (train / dev / test by name)."""
-    from erc_ros.training import data
-
     media = Path(media)
     if not media.is_dir():
         raise SystemExit(f"error: --media {media}: no such folder")
     if next(media.glob("dia*_utt*.mp4"), None) or next(media.glob("dia*_utt*.wav"), None):
         return media
     name = Path(csv).name.lower()
-    for split in data.MELD_SPLIT_DIRS:
+    for split in meld.MELD_SPLIT_DIRS:
         if name.startswith(split):
-            found = data.meld_split_dir(media, split)
+            found = meld.meld_split_dir(media, split)
             if found is not None:
                 return found
     raise SystemExit(f"error: --media {media}: no dia*_utt*.mp4 clips there, nor in a MELD.Raw "
-                     f"split folder for {Path(csv).name} ({', '.join(sum(data.MELD_SPLIT_DIRS.values(), ()))})")
+                     f"split folder for {Path(csv).name} ({', '.join(sum(meld.MELD_SPLIT_DIRS.values(), ()))})")
 
 
 def with_media(dialogues, reader, drop=()):
@@ -167,7 +166,6 @@ def _media_reader(args, manifest: dict):
 
 def run(args) -> int:
     from erc_ros.models.artefact import load_model_dir, read_manifest, sha256_file
-    from erc_ros.training import data
     from erc_ros.training.metrics import plot_confusion, scores
 
     manifest = read_manifest(args.model)
@@ -179,18 +177,18 @@ def run(args) -> int:
         raise SystemExit(f"error: --media reads MELD.Raw clips; --format {args.format} has none")
     folder = clips_folder(args.media, args.csv) if args.media else None
     if folder is not None:
-        dialogues = data.load_meld(args.csv, folder, labels=labels)
+        dialogues = meld.load_meld(args.csv, folder, labels=labels)
     else:
-        loader = data.load_meld if args.format == "meld" else data.load_emorynlp
+        loader = meld.load_meld if args.format == "meld" else emorynlp.load_emorynlp
         dialogues = loader(args.csv, labels=labels)
     if args.limit_dialogues:
         dialogues = dialogues[: args.limit_dialogues]
     views: list[str] = []
     if args.robot_view:
         names = [v.strip() for v in args.robot_view.split(",") if v.strip()]
-        views = [w for v in names for w in (data.ROBOT_VIEWS if v == "all" else [v])]
+        views = [w for v in names for w in (robot_views.ROBOT_VIEWS if v == "all" else [v])]
         try:
-            dialogues = data.robot_view(dialogues, views, labelled="longest")
+            dialogues = robot_views.robot_view(dialogues, views, labelled="longest")
         except ValueError as e:
             raise SystemExit(f"error: --robot-view: {e}")
     n = len(dialogues)

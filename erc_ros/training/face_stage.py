@@ -3,8 +3,8 @@
     python -m erc_ros train --recipe face --out models/face          # FER2013 train, public_test as dev
 
 Trains :class:`~erc_ros.models.face_net.FaceNet` (VGG-style, 48x48 grey) on a face corpus
-(:mod:`erc_ros.training.face_data`: FER2013's npz or CSV, or a folder per class) with
-augmentation for a robot's camera (:class:`~erc_ros.training.face_data.FaceAugment`, made
+(:mod:`erc_ros.datasets.fer2013`: FER2013's npz or CSV, or a folder per class) with
+augmentation for a robot's camera (:class:`~erc_ros.training.face_augment.FaceAugment`, made
 one batch ahead in a loader thread), label smoothing, SGD with Nesterov momentum and weight
 decay under a linear warm-up then cosine schedule (per step). SGD + Nesterov is the
 optimiser that read FER2013 best with a VGG net in Khaireddin & Chen's comparison (2021,
@@ -45,12 +45,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from erc_ros.datasets.dialogues import class_weights
+from erc_ros.datasets.fer2013 import (FaceDataError, FaceSet, corpus_terms, default_dev,
+                                      held_out_split, read_faces)
 from erc_ros.models.face_net import (FaceNet, FaceNetConfig, count_parameters, normalise,
                                      save_face_model)
+from erc_ros.paths import data_root
 from erc_ros.runtime.backends import cpu_flags
-from erc_ros.training.data import class_weights, data_root
-from erc_ros.training.face_data import (AugmentConfig, FaceAugment, FaceDataError, FaceSet,
-                                        corpus_terms, default_dev, held_out_split, read_faces)
+from erc_ros.training.face_augment import AugmentConfig, FaceAugment
 from erc_ros.training.metrics import plot_confusion, scores
 
 CHECKPOINT = "train_state.pt"

@@ -28,7 +28,7 @@ from erc_ros import process
 from erc_ros.models.erc_model import ErcModel
 from erc_ros.models.losses import (pearson_kd, relational_kd, self_distillation,
                                    unimodal_self_distillation, weighted_cross_entropy)
-from erc_ros.training.data import Dialogue, class_weights
+from erc_ros.datasets.dialogues import Dialogue, class_weights
 from erc_ros.training.metrics import scores
 
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from erc_ros.core.audio_buffer import read_wav_16k
 from erc_ros.core.types import SAMPLE_RATE, Utterance
-from erc_ros.training.data import Dialogue, MediaRef
+from erc_ros.datasets.dialogues import Dialogue, MediaRef
 
 #: Bumped when what a cache entry holds, or how it is made, changes.
 MEDIA_FORMAT = 1
@@ -160,7 +160,7 @@ def _activity(probs, offset: float):
 
 
 class MediaReader:
-    """Reads utterances' media (:class:`~erc_ros.training.data.MediaRef`) as the perception
+    """Reads utterances' media (:class:`~erc_ros.datasets.dialogues.MediaRef`) as the perception
     core built with ``config`` (default: the nodes' defaults) reads live input; see the
     module documentation. ``cache_dir``: default ``<cache>/media``; ``use_cache`` False
     decodes everything again (and stores nothing)."""

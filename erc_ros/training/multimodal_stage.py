@@ -33,6 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from erc_ros.datasets import iemocap, meld
+from erc_ros.models.labels import MELD_LABELS
+from erc_ros.paths import data_root
 from erc_ros.training.fusion_stage import CachedDialogue
 
 #: Flags of the text recipes that mean nothing here (the text model's prompt is kept).
@@ -224,34 +227,32 @@ def perception_config(pairs: Sequence[str]):
 
 def _datasets(args, labels):
     """(train, dev, data files) with each dialogue's media whereabouts."""
-    from erc_ros.training import data
-
     media = Path(args.media)
     if args.format == "meld":
-        if list(labels) != list(data.MELD_LABELS):
+        if list(labels) != list(MELD_LABELS):
             raise SystemExit(f"error: the init model's classes {list(labels)} are not MELD's")
-        root = data.data_root()
+        root = data_root()
         tr = Path(args.train or root / "meld" / "train_sent_emo.csv")
         dv = Path(args.dev or root / "meld" / "dev_sent_emo.csv")
         dirs = {}
         for split in ("train", "dev"):
-            dirs[split] = data.meld_split_dir(media, split)
+            dirs[split] = meld.meld_split_dir(media, split)
             if dirs[split] is None:
-                names = " or ".join(data.MELD_SPLIT_DIRS[split])
+                names = " or ".join(meld.MELD_SPLIT_DIRS[split])
                 raise SystemExit(f"error: --media {media}: no MELD.Raw {split} clips "
                                  f"(dia*_utt*.mp4) in {names}, there or under {media / split}")
         print(f"MELD.Raw clips: train {dirs['train']}, dev {dirs['dev']}", file=sys.stderr)
-        return (data.load_meld(tr, dirs["train"]),
-                data.load_meld(dv, dirs["dev"]), [tr, dv])
+        return (meld.load_meld(tr, dirs["train"]),
+                meld.load_meld(dv, dirs["dev"]), [tr, dv])
     if args.format == "iemocap":
         root = Path(args.iemocap_root or media)
-        want = data.IEMOCAP4_LABELS if tuple(labels) == data.IEMOCAP4_LABELS else \
-            data.IEMOCAP6_LABELS
+        want = iemocap.IEMOCAP4_LABELS if tuple(labels) == iemocap.IEMOCAP4_LABELS else \
+            iemocap.IEMOCAP6_LABELS
         if tuple(labels) != tuple(want):
             raise SystemExit(f"error: the init model's classes {list(labels)} are not IEMOCAP's: "
                              "train a text model on IEMOCAP first (python -m erc_ros train "
                              "--format iemocap --iemocap-root ROOT --out DIR), then --init DIR")
-        d = data.load_iemocap(root, labels=want, with_media=True)
+        d = iemocap.load_iemocap(root, labels=want, with_media=True)
         if not d:
             raise SystemExit(f"error: no IEMOCAP dialogues under {root} "
                              "(Session*/dialog/transcriptions)")

@@ -268,7 +268,8 @@ class TextRun:
         """Save ``m`` as this run's model directory holds it (float16 unless --fp32, the
         frozen packaged tensors referenced): the final save, and the copy whose INT8 export
         selection scores (the export of unrounded weights is another draw of INT8's noise)."""
-        save_trained_model_dir(m, directory, provenance=prov, external_word_embeddings=self.external,
+        save_trained_model_dir(m, directory, provenance=prov,
+                               external_word_embeddings=self.external,
                                dtype="float32" if self.args.fp32 else "float16")
 
     def stage_config(self, rc: dict) -> TextStageConfig:
@@ -430,7 +431,7 @@ def train(args) -> int:
     seed_everything(r["seed"])
     model_id = check_model_id(args.model_id or f"erc-{args.recipe}-{time.strftime('%Y%m%d')}")
     model, prior = start_model(args, r, dev, labels, model_id)
-    ge_mode, ge, ge_files = corpora.goemotions(args, r, labels)
+    ge_mode, ge, ge_files = corpora.read_goemotions(args, r, labels)
     files += ge_files
     r["goemotions_used"] = {"mode": ge_mode, "comments": len(ge)}
     parts = [train_set, ge] if ge_mode == "mix" else [train_set]
