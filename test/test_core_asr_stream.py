@@ -11,22 +11,24 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from erc_ros.core.perception import PerceptionCore
 from erc_ros.core.types import AudioChunk
-from erc_ros.tools import bench_asr
-from erc_ros.tools import conversation_gen as cg
-from erc_ros.tools.bench_core import score, stream
+from erc_ros.bench import asr as bench_asr
+from erc_ros.evaluation.wer import normalize, word_errors
+from erc_ros.synth import conversation as cg
+from erc_ros.synth.speech import espeak, trim
+from erc_ros.bench.core import score, stream
+from erc_ros.paths import demo_bag
 
 from core_support import best_turn, core_config, espeak_cache, script_conversation
 
 SR = 16000
 #: The sample bag (make-bag's twelve espeak turns), what make demo replays.
-SAMPLE_BAG = Path(__file__).parent / "data" / "demo_bag"
+SAMPLE_BAG = demo_bag()
 
 
 def _core(**over):
@@ -42,7 +44,7 @@ def _core(**over):
 
 def _word_edits(refs: list[str], hyps: list[str]) -> int:
     """Word edits between two readings of the same turns (case and punctuation aside)."""
-    e = bench_asr.word_errors(refs, hyps)
+    e = word_errors(refs, hyps)
     return e["substitutions"] + e["deletions"] + e["insertions"]
 
 
@@ -72,7 +74,7 @@ def test_microphone_alone_gives_each_turn_its_text_speaker_and_span(conv, inline
         tr, ov = best_turn(conv, u)
         assert tr is turn and ov >= 0.8 * (turn.end - turn.start)
         assert u.has_text and u.locale == "en" and 0 <= u.text_confidence <= 1
-    wer = bench_asr.word_errors([t.text for t in conv.turns], [u.text for u in utts])
+    wer = word_errors([t.text for t in conv.turns], [u.text for u in utts])
     assert wer["wer"] <= 0.30, wer
     assert score(conv, utts)["der"] <= 0.15  # as with an external timed ASR (~5 %)
     st = core.stats()
@@ -126,11 +128,11 @@ def test_the_recognizer_is_prompted_with_the_conversation_so_far(conv, inline):
     assert len(prompts) == len(utts) == len(conv.turns) and prompts[0] == ""
     for k, prompt in enumerate(prompts[1:], 1):  # the last 12 words heard before it
         assert prompt.split() == " ".join(u.text for u in utts[:k]).split()[-12:], k
-    wer = bench_asr.word_errors([t.text for t in conv.turns], [u.text for u in utts])
+    wer = word_errors([t.text for t in conv.turns], [u.text for u in utts])
     assert wer["wer"] <= 0.30, wer
-    assert core._prompt()
+    assert core.recognition._prompt()
     core.new_conversation()
-    assert core._prompt() == ""
+    assert core.recognition._prompt() == ""
     core.close()
 
 
@@ -142,7 +144,7 @@ def _keeping_up(core, conv) -> list:
 
         def update(self, seconds):
             self.n += seconds
-            assert core.asr_worker.wait_idle(60)
+            assert core.recognition.worker.wait_idle(60)
     utts, _ = stream(core, conv, asr="none", video=False, progress=KeepingUp())
     core.close()
     return utts
@@ -152,7 +154,7 @@ def _cuts_as_inline(live: list, inline: list, tolerance: float) -> None:
     """Live utterances of a recognizer that keeps up against the inline ones: as many,
     each span within ``tolerance`` s, and the same words but for one read otherwise at a
     cut (a cut a Whisper timestamp step apart gives the piece after it other audio)."""
-    same = bench_asr.word_errors([" ".join(u.text for u in inline)],
+    same = word_errors([" ".join(u.text for u in inline)],
                                  [" ".join(u.text for u in live)])
     assert len(live) == len(inline) and same["wer"] <= 0.05, same
     assert all(abs(a.start - b.start) <= tolerance and abs(a.end - b.end) <= tolerance
@@ -172,14 +174,14 @@ def test_early_recognition_is_the_closed_segments_text_ready_sooner(conv):
     assert late.stats()["asr"]["early"] == 0
     core = _core(asr__early_seconds=0.2, **WHOLE_TURNS)
     closed_at = {}
-    real = core._recognize
+    real = core.recognition.add_segment
 
-    def closing(start, end, decoded=None):
-        closed_at[(start, end)] = time.perf_counter()
-        real(start, end, decoded)
-    core._recognize = closing
+    def closing(seg, decoded=None):
+        closed_at[(seg.start, seg.end)] = time.perf_counter()
+        return real(seg, decoded)
+    core.recognition.add_segment = closing
     utts = _keeping_up(core, conv)
-    norm = bench_asr.normalize
+    norm = normalize
     assert [(u.start, u.end, norm(u.text)) for u in utts] == \
         [(u.start, u.end, norm(u.text)) for u in without]
     st = core.stats()["asr"]
@@ -226,11 +228,11 @@ def test_a_sentence_end_closes_the_turn_before_the_next_speaker_joins_it(quick_t
     assert went_on and core.stats()["counters"]["speaker_continued"] == len(went_on)
     for a, b in went_on:
         assert b.speaker_id == a.speaker_id and best_turn(conv, a)[0] is best_turn(conv, b)[0]
-    wer = bench_asr.word_errors([" ".join(t.text for t in conv.turns)],
+    wer = word_errors([" ".join(t.text for t in conv.turns)],
                                 [" ".join(u.text for u in cut)])
     assert wer["wer"] <= 0.30, wer
     live = _keeping_up(_core(), conv)
-    norm = bench_asr.normalize
+    norm = normalize
     assert [(u.start, u.end, norm(u.text)) for u in live] == \
         [(u.start, u.end, norm(u.text)) for u in cut]
 
@@ -244,14 +246,14 @@ def test_a_slow_recognizer_splits_where_a_fast_one_cut(quick_turns):
     conv = quick_turns
     inline, _ = stream(_core(asr__synchronous=True), conv, asr="none", video=False)
     core = _core()
-    fetch, held, clock = core.asr_worker.results, [], {"audio": 0.0, "end": False}
+    fetch, held, clock = core.recognition.worker.results, [], {"audio": 0.0, "end": False}
 
     def late():  # a result is seen 0.5 s of audio after it was ready (all at the end)
         held.extend((clock["audio"] + 0.5, r) for r in fetch())
         out = [r for due, r in held if due <= clock["audio"] or clock["end"]]
         held[:] = [(due, r) for due, r in held if due > clock["audio"] and not clock["end"]]
         return out
-    core.asr_worker.results = late
+    core.recognition.worker.results = late
     splits = []
     split_open = core.vad.split_open
     core.vad.split_open = lambda at, resume: splits.append(at) or split_open(at, resume)
@@ -263,11 +265,11 @@ def test_a_slow_recognizer_splits_where_a_fast_one_cut(quick_turns):
             self.n += seconds
             clock["audio"] = self.n
             clock["end"] = self.n >= conv.audio.size / SR - 1e-6
-            assert core.asr_worker.wait_idle(60)
+            assert core.recognition.worker.wait_idle(60)
     slow, _ = stream(core, conv, asr="none", video=False, progress=Slow())
     core.close()
     assert splits, "no early decode came in after the speech resumed"
-    norm = bench_asr.normalize
+    norm = normalize
     assert [(u.start, u.end, norm(u.text)) for u in slow] == \
         [(u.start, u.end, norm(u.text)) for u in inline]
 
@@ -352,13 +354,13 @@ def test_a_bounded_flush_gives_the_untranscribed_speech_without_text(conv):
     closer = threading.Thread(target=lambda: closed.append(core.close(30, drop_pending=True)))
     closer.start()
     for _ in range(500):  # the two waiting segments are dropped at once
-        if core.asr_worker.stats()["dropped_at_close"] == 2:
+        if core.recognition.worker.stats()["dropped_at_close"] == 2:
             break
         time.sleep(0.01)
-    assert core.asr_worker.stats()["dropped_at_close"] == 2
+    assert core.recognition.worker.stats()["dropped_at_close"] == 2
     gate.set()  # the segment in hand finishes; then the thread ends
     closer.join(60)
-    assert closed == [True] and not core.asr_worker.alive
+    assert closed == [True] and not core.recognition.worker.alive
 
 
 def _sox(*effects: str, seconds: float) -> np.ndarray:
@@ -370,7 +372,7 @@ def _sox(*effects: str, seconds: float) -> np.ndarray:
 
 def _french_prompts(names=("conf-onlyperson", "vm-sorry")):
     """(reference, 16 kHz audio) of Debian's French Asterisk prompts (a real speaker)."""
-    from erc_ros.training.data import read_wav_16k
+    from erc_ros.core.audio_buffer import read_wav_16k
     from core_support import cache_root
     cache = cache_root() / "asterisk"
     wav_dir = cg.fetch_asterisk(cache)["fr"]
@@ -392,7 +394,8 @@ def test_a_french_speaker_is_recognized_in_french_with_language_detection():
     """base with asr.language "" (detect): real French speech (Asterisk fr prompts) comes
     out as French text with locale fr (both prompts were exact when measured; bound: 2 of
     their 16 words may differ)."""
-    from erc_ros.core.asr import AsrConfig, AsrModelError, WhisperRecognizer, prepare_model
+    from erc_ros.core.asr import AsrModelError, WhisperRecognizer, prepare_model
+    from erc_ros.core.config import AsrConfig
     prepare_model("base")  # into this session's cache (once; set-up does it for the user's)
     with pytest.raises(AsrModelError, match="not a language Whisper knows"):
         WhisperRecognizer(AsrConfig(model="base", language="xx", warmup=False)).load()
@@ -403,7 +406,7 @@ def test_a_french_speaker_is_recognized_in_french_with_language_detection():
     out = _stream_audio(core, audio)
     core.close()
     assert len(out) == len(prompts) and all(u.locale == "fr" for u in out)
-    wer = bench_asr.word_errors([r for r, _ in prompts], [u.text for u in out])
+    wer = word_errors([r for r, _ in prompts], [u.text for u in out])
     assert wer["substitutions"] + wer["deletions"] + wer["insertions"] <= 2, (wer, out)
 
 
@@ -418,7 +421,7 @@ def test_hostile_audio_gives_defined_results_and_flat_memory():
     cache = espeak_cache()
 
     def say(text, voice="en-us"):
-        return cg.trim(cg.espeak(text, voice, 50, 140, cache=cache))
+        return trim(espeak(text, voice, 50, 140, cache=cache))
 
     gap = np.zeros(SR, np.float32)
     monologue = np.concatenate([np.concatenate([say(t), np.zeros(int(0.25 * SR), np.float32)])
@@ -557,7 +560,7 @@ def test_the_first_sentences_of_a_long_segment_come_out_while_it_goes_on(quick_a
     # nothing is lost: the utterances tile the speech of the whole segments
     assert sum(u.end - u.start for u in utts) == pytest.approx(
         sum(w.end - w.start for w in whole), abs=0.01)
-    wer = bench_asr.word_errors([" ".join(t.text for t in conv.turns)],
+    wer = word_errors([" ".join(t.text for t in conv.turns)],
                                 [" ".join(u.text for u in utts)])
     assert wer["wer"] <= 0.30, wer
     # The same cuts. On the AMD kind (AVX2) one cut of 17 came one Whisper timestamp step
@@ -578,7 +581,7 @@ def test_a_sentence_before_a_pause_too_short_to_cut_comes_out_a_word_later():
     such a pause here; where that decode puts no mark there, the sentence waits for a
     later one); live, a recognizer that keeps up cuts the same within a few Whisper
     timestamp steps, and reads the same but for a word at such a cut."""
-    from erc_ros.core import perception
+    from erc_ros.core import recognition
 
     lines = [cg.ScriptLine(s, t, e, f"l{i}") for i, (s, e, t) in enumerate(cg.DEFAULT_SCRIPT)]
     conv = cg.build(lines, gap=(0.15, 0.19), seed=3, cache=espeak_cache(), name="short")
@@ -586,7 +589,7 @@ def test_a_sentence_before_a_pause_too_short_to_cut_comes_out_a_word_later():
                 asr__sentence_end_seconds=0.2)
     core = _core(asr__synchronous=True, **over)
     released, resumed = {}, []
-    poll, end_sentence = core.poll, core._end_sentence
+    poll, end_sentence = core.poll, core.recognition.end_sentence
 
     def timed(now):  # when each utterance came out (stream time)
         out = poll(now)
@@ -594,12 +597,12 @@ def test_a_sentence_before_a_pause_too_short_to_cut_comes_out_a_word_later():
         return out
 
     def watch():  # where the speech resumed after a sentence-ending pause too short to cut
-        before = core._stream_soon
+        before = core.recognition._stream_soon
         done = end_sentence()
-        if core._stream_soon is not before and core.vad.resumed[1] not in resumed:
+        if core.recognition._stream_soon is not before and core.vad.resumed[1] not in resumed:
             resumed.append(core.vad.resumed[1])
         return done
-    core.poll, core._end_sentence = timed, watch
+    core.poll, core.recognition.end_sentence = timed, watch
     utts, _ = stream(core, conv, asr="none", video=False)
     st = core.stats()["asr"]
     core.close()
@@ -607,8 +610,8 @@ def test_a_sentence_before_a_pause_too_short_to_cut_comes_out_a_word_later():
     # the sentence that ended at each such pause: the last utterance ending before it
     ended = [[u for u in utts if r - 0.6 <= u.end <= r] for r in resumed]
     soon = [released[(u[-1].start, u[-1].end)] - r for u, r in zip(ended, resumed) if u]
-    assert sum(dt <= perception._WORDS_AFTER_SECONDS + 0.2 + 1e-6 for dt in soon) >= 3, soon
-    wer = bench_asr.word_errors([" ".join(t.text for t in conv.turns)],
+    assert sum(dt <= recognition.WORDS_AFTER_SECONDS + 0.2 + 1e-6 for dt in soon) >= 3, soon
+    wer = word_errors([" ".join(t.text for t in conv.turns)],
                                 [" ".join(u.text for u in utts)])
     assert wer["wer"] <= 0.30, wer
     # A cut one timestamp step apart gives the next piece other audio, whose word times may
@@ -625,7 +628,7 @@ def test_a_one_word_turn_in_a_noisy_room_is_heard():
     sure speech alone loses both."""
     import argparse
 
-    from erc_ros.training.data import data_root
+    from erc_ros.paths import data_root
 
     dias = cg.read_meld(data_root() / "meld" / "dev_sent_emo.csv")
     i = next(k for k, lines in enumerate(dias) if lines[0].utterance_id.startswith("dia108_"))
@@ -677,28 +680,28 @@ def test_a_sentence_before_a_breath_comes_out_once_a_word_follows():
     after it there), and a sentence that ended at it is cut there and comes out within that
     0.5 s and two 0.1 s chunks of the speech resuming (live on the AMD kind "Great." came
     out 2.0-2.4 s after its end before, 1.1-1.3 s now)."""
-    from erc_ros.core import perception
+    from erc_ros.core import recognition
     from erc_ros.core.asr import ends_sentence
     from erc_ros.ros.replay import replay_bag
-    from erc_ros.tools import eval_bag
+    from erc_ros.evaluation import eval_bag
 
     pipeline = eval_bag.make_pipeline()
     # tiny.en named: what the recognizer writes after "Great" is this test's subject, and
     # auto may choose either model on a CPU near asr.latency_budget
     core = eval_bag.make_core(eval_bag.DEFAULT_CONFIG, ("perception.asr.model=tiny.en",),
                               pipeline, asr_type="embedded")
-    wait, bound = core.config.asr.early_seconds, perception._WORDS_AFTER_SECONDS + 0.2 + 1e-6
+    wait, bound = core.config.asr.early_seconds, recognition.WORDS_AFTER_SECONDS + 0.2 + 1e-6
     breaths, decoded = set(), {}  # pauses too short for an early decode, at least half as long
-    streaming = core._recognize_streaming
+    streaming = core.recognition.recognize_streaming
 
     def watch():  # the first decode of the speech in progress after each such pause
-        n, r = core.asr_counters["stream"], core.vad.resumed
+        n, r = core.recognition.counters["stream"], core.vad.resumed
         streaming()
         if r is not None and wait / 2 <= r[1] - r[0] < wait:
             breaths.add(r)
-            if core.asr_counters["stream"] > n:
-                decoded.setdefault(r, core._streamed.heard_until - r[1])
-    core._recognize_streaming = watch
+            if core.recognition.counters["stream"] > n:
+                decoded.setdefault(r, core.recognition._streamed.heard_until - r[1])
+    core.recognition.recognize_streaming = watch
     res = replay_bag(SAMPLE_BAG, core, pipeline)
     core.close()
     assert decoded and all(dt <= bound for dt in decoded.values()), (decoded, breaths)
@@ -713,12 +716,12 @@ def test_a_sentence_before_a_breath_comes_out_once_a_word_follows():
 def test_a_decode_made_as_the_speech_ended_is_its_segments_decode():
     """A decode of the speech in progress (``asr.stream_seconds``) made as the person said
     their last word, before the VAD saw the pause, heard all of the turn but at most the end
-    of its last word (``perception._STREAM_AS_EARLY_SECONDS``): it is the early decode of
+    of its last word (``recognition.STREAM_AS_EARLY_SECONDS``): it is the early decode of
     that pause, and the segment takes it instead of waiting for it and decoding the same
     words again. Made earlier, it is not: the segment gets a decode of its own. Inline and
     on the recognizer's thread alike. (Live on the AMD kind the second decode cost the
     sample bag's "Just not that awful coffee..." 0.4-0.5 s.)"""
-    from erc_ros.core import perception
+    from erc_ros.core import recognition
 
     conv = script_conversation()
     turn = conv.turns[7]  # "Then let us go for a walk in the park near the river.": no pause
@@ -729,7 +732,7 @@ def test_a_decode_made_as_the_speech_ended_is_its_segments_decode():
     (whole,) = _stream_audio(probe, audio)
     probe.close()
     speech_end = whole.end - probe.config.vad.pad_seconds
-    missing = perception._STREAM_AS_EARLY_SECONDS
+    missing = recognition.STREAM_AS_EARLY_SECONDS
     # The decode comes at the first 0.1 s chunk whose audio reaches start + stream_seconds.
     for synchronous, before_end, taken in ((True, missing - 0.03, True),
                                            (False, missing - 0.03, True),
@@ -750,10 +753,10 @@ def test_a_decode_made_as_the_speech_ended_is_its_segments_decode():
             for i in range(0, audio.size, SR // 10):  # a recognizer that keeps up
                 core.push_audio(AudioChunk(i / SR, audio[i:i + SR // 10]))
                 utts += core.poll((i + SR // 10) / SR)
-                assert core.asr_worker.wait_idle(60)
+                assert core.recognition.worker.wait_idle(60)
             utts += core.flush()
         st = core.stats()["asr"]
-        streamed = core._streamed
+        streamed = core.recognition._streamed
         core.close()
         assert [(u.start, u.end) for u in utts] == [(whole.start, whole.end)], utts
         assert st["stream"] == 1 and st["stream_cuts"] == 0, st

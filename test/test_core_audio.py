@@ -10,13 +10,11 @@ from scipy.signal import resample_poly
 from erc_ros.core import audio_buffer
 from erc_ros.core.audio_buffer import (MAX_FILTER_TAPS, AudioBuffer, StreamResampler,
                                        decode_chunk, resample_ratio)
+from erc_ros.core.config import AudioConfig
 from erc_ros.core.errors import (AudioCodingError, AudioFormatError, AudioSizeError, InputError,
                                  SampleRateError, StampError)
 from erc_ros.core.types import AudioChunk, AudioFormat
-from erc_ros.tools import conversation_gen as cg
-
-
-
+from erc_ros.synth.speech import read_wav
 @pytest.fixture(scope="module")
 def speech22k(tmp_path_factory):
     """Real speech at espeak-ng's native 22.05 kHz (not resampled)."""
@@ -26,7 +24,7 @@ def speech22k(tmp_path_factory):
     subprocess.run(["espeak-ng", "-v", "en-us+m3", "-w", str(path),
                     "The robot listens to the microphone, and the buffer keeps time."],
                    check=True, capture_output=True)
-    x, sr = cg.read_wav(path)
+    x, sr = read_wav(path)
     assert sr == 22050 and x.size > sr
     return x
 
@@ -104,7 +102,7 @@ def test_real_speech_22k_through_buffer_matches_offline(speech22k):
     """The research code's mistake was treating 22.05 kHz audio as 16 kHz; the buffer
     resamples by 320/441 exactly and keeps it on the stamp's time axis."""
     x = speech22k
-    buf = AudioBuffer(capacity_s=30)
+    buf = AudioBuffer(AudioConfig(capacity_seconds=30))
     fmt = AudioFormat(22050, 1, "S16LE")
     pcm = np.round(x * 32767).astype("<i2")
     rng = np.random.default_rng(0)
@@ -183,7 +181,7 @@ def test_reversed_stamps_are_refused_not_buffered():
 
 
 def test_empty_and_giant_chunks():
-    buf = AudioBuffer(max_chunk_s=30)
+    buf = AudioBuffer(AudioConfig(max_chunk_seconds=30))
     buf.push(AudioChunk(0.0, b""))
     buf.push(AudioChunk(0.0, np.zeros(0, np.float32), AudioFormat(16000, 1, "F32LE")))
     assert buf.counters["empty_chunks"] == 2 and buf.epoch == -1
@@ -191,7 +189,7 @@ def test_empty_and_giant_chunks():
         buf.push(AudioChunk(0.0, np.zeros(16000 * 45, np.int16)))
     assert ei.value.reason == "audio_size" and buf.n_end == 0
     # A large chunk within the limit is fine and the ring keeps only its capacity.
-    small = AudioBuffer(capacity_s=5)
+    small = AudioBuffer(AudioConfig(capacity_seconds=5))
     small.push(AudioChunk(0.0, np.full(16000 * 20, 1000, np.int16)))
     assert small.n_end - small.n_start == 5 * 16000
     assert np.allclose(small.read(0.0, 1.0), 0.0)  # no longer held: zeros, not garbage

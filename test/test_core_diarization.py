@@ -6,12 +6,14 @@ import os
 import numpy as np
 import pytest
 
+from erc_ros.core.config import DiarizationConfig
 from erc_ros.core.der import der
 from erc_ros.core.diarization import OnlineDiarizer, SpeakerEmbedder
 from erc_ros.core.errors import InputError
 from erc_ros.core.perception import PerceptionCore
-from erc_ros.tools import conversation_gen as cg
-from erc_ros.tools.bench_core import score, stream
+from erc_ros.synth import conversation as cg
+from erc_ros.synth.speech import espeak, voice_for
+from erc_ros.bench.core import score, stream
 
 from core_support import (core_config, espeak_cache, real_conversation, run_core,
                           script_conversation)
@@ -51,14 +53,14 @@ def test_speech_end_is_embedded_before_the_asr_result_arrives():
     """With embed_on_pause, the window over an utterance's end is embedded when the speech
     goes quiet, so an ASR result arriving during the VAD hang-over (here 0.15 s after the
     turn) closes the utterance without running the speaker embedder; speakers stay right."""
-    from erc_ros.tools.bench_core import stream
+    from erc_ros.bench.core import stream
 
     conv = script_conversation()
     core = PerceptionCore(core_config(faces__enabled=False, diarization__embed_on_pause=True))
     utts, _ = stream(core, conv, asr="timed", asr_delay=0.15, video=False)
     assert len(utts) == len(conv.turns)
     assert core.embedder.pause_windows >= len(conv.turns) // 2
-    assert core.counters["close_embeddings"] <= 2, core.counters
+    assert core.speakers.counters["close_embeddings"] <= 2, core.speakers.counters
     # ... used by the close as its tail window (kept aside: the stream windows are untouched)
     assert core.embedder.pause_reused >= 1  # (the other closes needed no tail window)
     ref = [tr.speaker for tr in conv.turns]
@@ -70,8 +72,8 @@ def test_speech_end_is_embedded_before_the_asr_result_arrives():
 def test_enrolled_people_are_named_and_hints_win():
     conv = script_conversation()
     core = PerceptionCore(core_config(faces__enabled=False))
-    v, p, s = cg.voice_for(0)  # Alice's voice, different sentences
-    sample = cg.espeak("My name is Alice and this is my voice for the robot to remember. "
+    v, p, s = voice_for(0)  # Alice's voice, different sentences
+    sample = espeak("My name is Alice and this is my voice for the robot to remember. "
                        "I like long walks and quiet mornings.", v, p, s, espeak_cache())
     core.enroll("alice", sample)
     with pytest.raises(InputError):
@@ -107,12 +109,12 @@ def test_a_folder_of_voice_samples_is_enrolled_at_start(tmp_path, monkeypatch):
     turns carry her name; a folder the core cannot use (missing, empty, a short, non-WAV,
     NaN, non-file or oversized sample, too many samples) is refused at start, naming why."""
     from scipy.io import wavfile
-
-    from erc_ros.core import perception
     from scipy.signal import resample_poly
 
-    v, p, s = cg.voice_for(0)
-    sample = cg.espeak("My name is Alice and this is my voice for the robot to remember. "
+    from erc_ros.core import diarization
+
+    v, p, s = voice_for(0)
+    sample = espeak("My name is Alice and this is my voice for the robot to remember. "
                        "I like long walks and quiet mornings.", v, p, s, espeak_cache())
     pcm = (np.clip(resample_poly(sample, 441, 320), -1, 1) * 32767).astype(np.int16)
     voices = tmp_path / "voices"
@@ -153,9 +155,9 @@ def test_a_folder_of_voice_samples_is_enrolled_at_start(tmp_path, monkeypatch):
     (tmp_path / "dir" / "Eve.wav").mkdir()
     (tmp_path / "big").mkdir()
     with open(tmp_path / "big" / "Fay.wav", "wb") as f:  # sparse: no disk, no memory
-        f.truncate(perception.MAX_VOICE_BYTES + 1)
+        f.truncate(diarization.MAX_VOICE_BYTES + 1)
     (tmp_path / "crowd").mkdir()
-    for k in range(perception.MAX_VOICES + 1):
+    for k in range(diarization.MAX_VOICES + 1):
         (tmp_path / "crowd" / f"p{k}.wav").touch()
     for folder, why in ((tmp_path / "missing", "not a folder of <name>.wav"),
                         (empty, "not a folder of <name>.wav"),
@@ -176,7 +178,7 @@ def test_fifty_speakers_give_a_defined_bounded_result():
     lines = [cg.ScriptLine(f"person{i:02d}", f"Hello, I am number {i}, nice to meet you.")
              for i in range(50)]
     conv = cg.build(lines, gap=(0.6, 0.9), seed=50, cache=espeak_cache(), with_faces=False)
-    assert len({cg.voice_for(i) for i in range(50)}) == 50
+    assert len({voice_for(i) for i in range(50)}) == 50
     utts, core = run_core(conv, asr="timed", diarization__max_speakers=20)
     assert len(utts) == 50
     ids = [u.speaker_id for u in utts]
@@ -191,7 +193,8 @@ def test_fifty_speakers_give_a_defined_bounded_result():
 def test_online_diarizer_unit_behaviour():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal(256), rng.standard_normal(256)
-    d = OnlineDiarizer(threshold=0.8, max_speakers=2, min_new_speaker_s=1.0)
+    d = OnlineDiarizer(DiarizationConfig(threshold=0.8, max_speakers=2,
+                                         min_new_speaker_seconds=1.0))
     jitter = lambda v: v + 0.2 * rng.standard_normal(256) * np.linalg.norm(v) / 16
     assert d.assign(None, 2.0).speaker_id == ""  # nothing to go on: unknown, no crash
     first = d.assign(jitter(a), 2.0)
@@ -228,9 +231,9 @@ def test_speaker_windows_do_not_depend_on_how_the_audio_came_in():
 def _spoken_pairs(same: bool, n: int = 6, min_s: float = 1.0):
     """``n`` pairs of consecutive MELD dev lines (their shipped Kokoro clips), by the same
     speaker or by two, each clip at least ``min_s`` long and ending a sentence."""
-    from erc_ros.tools.conversation_gen import read_meld
-    from erc_ros.tools.voices import SpeechStore, cast, shipped_stores, speech_key
-    from erc_ros.training.data import data_root
+    from erc_ros.paths import data_root
+    from erc_ros.synth.conversation import read_meld
+    from erc_ros.synth.voices import SpeechStore, cast, shipped_stores, speech_key
 
     store = SpeechStore("kokoro", shipped_stores("kokoro"))
     out = []

@@ -5,7 +5,7 @@ import numpy as np
 
 from erc_ros.core.perception import PerceptionCore
 from erc_ros.core.types import AudioChunk, AudioFormat, TranscriptEvent
-from erc_ros.tools.bench_core import boundary_errors, score, stream
+from erc_ros.bench.core import boundary_errors, score, stream
 
 from core_support import best_turn, core_config, real_conversation, run_core, script_conversation
 
@@ -280,15 +280,16 @@ def test_speech_open_when_the_microphone_stops_is_closed_after_a_bounded_time():
 
 def test_weak_speech_is_widened_into_the_quiet_around_it_and_kept_apart():
     """A burst the VAD is not sure of (0.45 for two 32 ms windows: below the 0.5 threshold
-    and shorter than min_speech_s) is dropped by default; with a weak threshold it comes out
-    weak, widened to widen_s: never back into the segment before it, never past the quiet
+    and shorter than min_speech_seconds) is dropped by default; with weak speech on it comes
+    out weak, widened to weak_widen_seconds: never back into the segment before it, never past the quiet
     seen after it (the hang-over that closed it)."""
+    from erc_ros.core.config import VadConfig
     from erc_ros.core.vad import WINDOW, VadSegmenter
 
     dt = WINDOW / 16000
 
     def run(burst_at: float, **weak):
-        seg = VadSegmenter(0.5, 0.35, 0.4, 0.25, 15.0, 0.05, **weak)
+        seg = VadSegmenter(VadConfig(**weak), 15.0, weak=bool(weak))
         out = []
         for i in range(int(3.0 / dt)):
             t = i * dt
@@ -296,14 +297,14 @@ def test_weak_speech_is_widened_into_the_quiet_around_it_and_kept_apart():
             out += seg.update(t, p)
         return out + seg.close()
 
-    weak = dict(weak_threshold=0.35, min_weak_s=0.1, widen_s=0.7)
+    weak = dict(weak_threshold=0.35, min_weak_speech_seconds=0.1, weak_widen_seconds=0.7)
     first, = run(1.5)  # the default: the burst is not speech
     assert not first.weak and abs(first.end - (np.ceil(1.0 / dt) * dt + 0.05)) < 1e-6
     a, b = run(1.5, **weak)
     assert (a.start, a.end) == (first.start, first.end) and not a.weak
     assert b.weak and abs((b.end - b.start) - 0.7) < 1e-6 and b.start < 1.5 < b.end
-    a, b = run(1.45, **dict(weak, widen_s=0.9))  # just after the first's hang-over
+    a, b = run(1.45, **dict(weak, weak_widen_seconds=0.9))  # just after the first's hang-over
     assert b.weak and b.start == a.end and b.end - b.start < 0.9
-    a, b = run(1.5, **dict(weak, widen_s=2.0))  # no further than the quiet seen after it
+    a, b = run(1.5, **dict(weak, weak_widen_seconds=2.0))  # no further than the quiet seen after it
     quiet_end = np.ceil((1.5 + 2 * dt) / dt) * dt + 0.4 + dt  # the window that closed it
     assert b.weak and b.end <= quiet_end + 1e-6 and b.end - b.start < 2.0
