@@ -385,7 +385,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "$ERC_ROS_DATA/fer2013/train.npz)")
     p.add_argument("--faces-dev", help="--recipe face: dev faces, chosen on (default: "
                    "public_test.npz beside an npz, a CSV's PublicTest rows, else "
-                   f"{HELD_OUT_SHARE:.0%} of the training faces held out, seeded)")
+                   f"{HELD_OUT_SHARE * 100:.0f}%% of the training faces held out, seeded)")
     p.add_argument("--batch-size", type=_count(1), help="--recipe face: faces per step")
     p.add_argument("--precision", choices=PRECISIONS, help="--recipe face: fp32 (the "
                    "recipe's), bf16 (autocast) or auto (bf16 where the CPU has AMX or "
