@@ -607,7 +607,20 @@ def _rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def test_huge_face_crops_leave_no_memory_behind(ros):
+@pytest.fixture(scope="module")
+def face_node_on_onnx(ros):
+    """A face node process (reliable crops) started with the expert's ONNX file prepared,
+    into this run's ERC_ROS_CACHE, which the node inherits: its start-up log and its memory
+    under huge crops are two tests of one process start."""
+    from erc_ros.runtime.face_expert import prepare
+    prepare()
+    proc = NodeProcess("erc_ros.ros.face_expression_node",
+                       {"image_reliability": "reliable", "diagnostics_period": 0.5})
+    yield proc
+    proc.stop()
+
+
+def test_huge_face_crops_leave_no_memory_behind(ros, face_node_on_onnx):
     """Four tracked faces (reliable crops), two floods of two 49 MB mono8 crops per face: every
     crop is refused from its header (image_too_large), and the node's RSS comes back to
     within 60 MB of what it was before the floods (it kept a 49 MB buffer or two per face
@@ -615,8 +628,7 @@ def test_huge_face_crops_leave_no_memory_behind(ros):
     from diagnostic_msgs.msg import DiagnosticArray
     from hri_msgs.msg import IdsList
     from sensor_msgs.msg import Image
-    proc = NodeProcess("erc_ros.ros.face_expression_node",
-                       {"image_reliability": "reliable", "diagnostics_period": 0.5})
+    proc = face_node_on_onnx
     drv = Driver("huge_crops_driver")
     faces = [f"h{i}" for i in range(4)]
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2,
@@ -653,7 +665,6 @@ def test_huge_face_crops_leave_no_memory_behind(ros):
         assert max(after) - before < 60, (before, after)
     finally:
         drv.close()
-        proc.stop()
 
 
 def test_stamps_far_from_the_nodes_clock_are_reported(ros):
@@ -675,15 +686,11 @@ def test_stamps_far_from_the_nodes_clock_are_reported(ros):
         rig.close()
 
 
-def test_a_face_node_without_torch_says_nothing_of_torch_threads(ros):
+def test_a_face_node_without_torch_says_nothing_of_torch_threads(ros, face_node_on_onnx):
     """With the expert's ONNX file prepared the face node runs no torch; it logged "torch
     threads stay 0 in this process (set by face_expression_node)" about itself."""
-    from erc_ros.runtime.face_expert import prepare
-    prepare()  # into this run's ERC_ROS_CACHE, which the node inherits
-    proc = NodeProcess("erc_ros.ros.face_expression_node", {})
-    try:
-        assert wait_for(lambda: "active:" in proc.log() or not proc.alive(), 120), proc.log()
-    finally:
-        rc, log = proc.stop()
+    proc = face_node_on_onnx
+    assert wait_for(lambda: "active:" in proc.log() or not proc.alive(), 120), proc.log()
+    log = proc.log()
     assert "torch not configured" in log and "onnxruntime" in log, log
     assert "torch threads stay" not in log, log
