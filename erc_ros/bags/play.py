@@ -101,7 +101,6 @@ def run(args) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-
     conns = {t: ty for t, ty in bag_connections(bag).items() if t != GROUND_TRUTH_TOPIC}
     stop = Interrupted()
     signal.signal(signal.SIGINT, stop)

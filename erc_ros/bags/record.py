@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from rosbags.rosbag2 import StoragePlugin, Writer
+
 from erc_ros.bags.bagio import make_typestore
 from erc_ros.ros.replay import message_class
 
@@ -40,8 +42,6 @@ def record(out: Path, topics: list[str], duration: float = 0.0, storage: str = "
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
 
     own = not rclpy.ok()
     if own:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from erc_ros.core.asr import SAMPLE_RATE, AsrWorker, WhisperRecognizer
 from erc_ros.core.audio_buffer import read_wav_16k
@@ -202,7 +203,6 @@ def _plot(path: Path, res: dict, lat: dict[str, list[float]],
 def config_overrides(pairs: list[str]) -> dict:
     """``KEY=VALUE`` strings -> AsrConfig fields, each value coerced to its field's type."""
 
-
     fields = {f.name: f for f in dataclasses.fields(AsrConfig)}
     out = {}
     for kv in pairs:
@@ -247,8 +247,6 @@ def process_settings(args) -> dict:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
 
     cache = Path(args.cache) if args.cache else None
     print("fetching the Asterisk English prompts and their transcripts ...", flush=True)

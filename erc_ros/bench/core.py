@@ -29,6 +29,8 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import resample_poly
+from tqdm import tqdm
 
 from erc_ros.assemble import torch_threads
 from erc_ros.core.config import PerceptionConfig
@@ -45,8 +47,6 @@ def stream(core, conv, chunk_s: float = 0.1, fps: float = 15.0, asr: str = "time
     spent inside core calls). ``asr``: "timed", "untimed" or "none"."""
     audio = conv.audio
     if sample_rate != conv.sample_rate:
-
-        from scipy.signal import resample_poly
 
         g = gcd(sample_rate, conv.sample_rate)
         audio = resample_poly(audio, sample_rate // g, conv.sample_rate // g).astype(np.float32)
@@ -175,8 +175,6 @@ def process_settings(args) -> dict:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
 
     cache = Path(args.cache) if args.cache else None
     cfg = _config(args.set)

@@ -22,6 +22,7 @@ set of the same kinds of clips.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -154,7 +155,6 @@ def timing(seconds=(1.0, 3.0, 8.0), repeats: int = 7) -> dict[str, dict[str, flo
     (what :meth:`Preprocessor.audio_inputs` adds at utterance close) on espeak-ng speech cut
     to each length, after one warm-up call."""
 
-
     speech = np.concatenate([espeak(t) for t in SENTENCES])
     out: dict[str, dict[str, float]] = {}
     for s in seconds:
@@ -204,7 +204,6 @@ def run(args) -> int:
             print(f"    {name!r}: {ref[name]!r},")
         print("}")
         return 0
-    import importlib.util
 
     if importlib.util.find_spec("opensmile") is None:
         print("openSMILE is not installed: `pip install opensmile` (research licence, "

@@ -41,6 +41,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import psutil
+import yaml
+
 from erc_ros.evaluation.eval_bag import read_labels
 from erc_ros.paths import demo_bag
 from erc_ros.process import node_environment
@@ -138,7 +141,6 @@ class Feed:
 
     def __init__(self, bag: Path, turns: int):
         from rclpy.serialization import deserialize_message
-
 
         labels = read_labels(bag / "labels.csv")
         if len(labels) < turns:
@@ -286,8 +288,6 @@ class Driver:
 
 def _params_file(args, bag: Path, path: Path) -> None:
     """The node parameters: sim time, the bag's topics, ``--asr``, ``--model-dir``, ``--set``."""
-    import yaml
-
 
     asr = "embedded" if args.asr == "embedded" else ""
     utt = {p.name: p.value for p in node_params_for_bag(bag_connections(bag), asr)}
@@ -331,7 +331,6 @@ def _what_ran(res: Result, log: str) -> None:
 
 def measure(args, out=print) -> Result:
     """Run the cycles (see the module docstring); ``out`` gets one line per cycle."""
-    import psutil
     import rclpy
 
     bag = Path(args.bag)

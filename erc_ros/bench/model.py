@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from erc_ros.runtime.backends import tensorrt_available
 from erc_ros.runtime.evaluation import run_dialogues, weighted_f1
@@ -117,7 +118,6 @@ def _pct(a, q):
 def run_bench(model_dir, variants=DEFAULT_VARIANTS, iterations: int = 200, warmup: int = 10,
               tokens: int = 128, eval_dev: bool = True, dev_limit: int = 0, threads: int = 2,
               n_probes: int = 16, progress: bool = True) -> dict:
-    from tqdm import tqdm
 
     model_dir = Path(model_dir)
     variants = [v for v in variants]

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
+from tqdm import tqdm
 
 from erc_ros.assemble import torch_threads
 from erc_ros.core.perception import PerceptionConfig, PerceptionCore
@@ -42,9 +44,6 @@ def process_settings(args) -> dict:
 
 
 def run(args) -> int:
-    import psutil
-    from tqdm import tqdm
-
 
     proc = psutil.Process()
     conv = cg.three_speaker(90, seed=1, cache=Path(args.cache) if args.cache else None)

@@ -60,28 +60,17 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from erc_ros.core.der import der
 from erc_ros.core.types import Utterance
 from erc_ros.datasets.meld import load_meld
 from erc_ros.evaluation import eval_bag
-from erc_ros.evaluation.eval_bag import (
-    estimate_columns,
-)
+from erc_ros.evaluation.eval_bag import estimate_columns
 from erc_ros.evaluation.eval_bag import process_settings as ps
-from erc_ros.evaluation.matching import (
-    HEARD_AS,
-    NONE,
-    assign,
-    classification,
-    conversation_text,
-    gold_turns,
-    heard_as,
-    overlap,
-    owners,
-    percentiles,
-    segment_ends,
-)
+from erc_ros.evaluation.matching import (HEARD_AS, NONE, assign, classification, conversation_text,
+                                         gold_turns, heard_as, overlap, owners, percentiles,
+                                         segment_ends)
 from erc_ros.evaluation.report import bags_audio, write_report
 from erc_ros.evaluation.spoken_bags import add_spoken_arguments, enrolment_voices, spoken_bags
 from erc_ros.evaluation.wer import word_errors
@@ -284,8 +273,6 @@ def with_gold_speakers(utts: list, turns: list[dict]) -> list:
 
 
 def bench(csv_path: Path, args, progress: bool = True) -> dict:
-    from tqdm import tqdm
-
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]

@@ -35,25 +35,12 @@ from pathlib import Path
 
 from erc_ros.core.config import FaceConfig
 from erc_ros.core.errors import ImageDecodeError
-from erc_ros.core.faces import (
-    TOO_BLURRED,
-    FaceDetector,
-    as_rgb_image,
-    crop,
-    normalized_entropy,
-    sharpness,
-    unreadable,
-)
+from erc_ros.core.faces import (TOO_BLURRED, FaceDetector, as_rgb_image, crop, normalized_entropy,
+                                sharpness, unreadable)
 from erc_ros.models.face_expert import FaceExpertMissing
 from erc_ros.runtime.export import ExportMismatch
-from erc_ros.runtime.face_expert import (
-    FaceExpert,
-    FaceExpertNotPrepared,
-    benchmark,
-    find_prepared,
-    gate_measurements,
-    prepare,
-)
+from erc_ros.runtime.face_expert import (FaceExpert, FaceExpertNotPrepared, benchmark,
+                                         find_prepared, gate_measurements, prepare)
 from erc_ros.runtime.manifest import ArtefactError
 
 

@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from scipy.signal import firwin, upfirdn
+from scipy.io import wavfile
+from scipy.signal import firwin, resample_poly, upfirdn
 
 from .config import AudioConfig
-from .errors import (AudioCodingError, AudioFormatError, AudioSizeError, SampleRateError,
-                     StampError)
+from .errors import AudioCodingError, AudioFormatError, AudioSizeError, SampleRateError, StampError
 from .types import SAMPLE_RATE, AudioChunk, AudioFormat
 
 #: ``coding_format`` values that mean raw PCM samples.
@@ -566,8 +566,6 @@ class AudioBuffer:
 
 def read_wav_16k(path: str | Path) -> np.ndarray:
     """A WAV file -> mono float32 at 16 kHz (polyphase resampling)."""
-    from scipy.io import wavfile
-    from scipy.signal import resample_poly
 
     sr, x = wavfile.read(str(path))
     if x.dtype.kind == "i":

@@ -24,6 +24,7 @@ first utterance), the younger id is retired and later utterances get the older o
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import scipy.fft
+from scipy.signal import get_window
 
 from .audio_buffer import read_wav_16k
 from .config import DiarizationConfig
@@ -47,7 +49,6 @@ PAUSE_MATCH_S = 0.1
 def _import_resemblyzer():
     """Import resemblyzer (its ``webrtcvad`` imports ``pkg_resources``: setuptools is pinned
     below 81 in requirements.txt for it; its deprecation warning is silenced here)."""
-    import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated",
@@ -67,7 +68,6 @@ class MelFrames:
 
     def __init__(self):
         import librosa
-        from scipy.signal import get_window
 
         fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=400, n_mels=40)
         self.fb_t = np.ascontiguousarray(fb.T, dtype=np.float32)

@@ -54,8 +54,7 @@ from .faces import FrameBuffer, detector_for, due_for_detection, speaker_faces
 from .recognition import Piece, Recognition, Recognized, SpeechCut, pieces
 from .segmentation import PendingUtterance, Segmenter
 from .speakers import Speakers
-from .types import (FACE_DISABLED, SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent,
-                    Utterance)
+from .types import FACE_DISABLED, SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent, Utterance
 from .vad import StreamingVad
 
 __all__ = ["PerceptionCore", "PerceptionConfig", "AudioConfig", "VadConfig",

@@ -43,7 +43,6 @@ from .config import SegmentationConfig
 from .errors import PendingFullError, TranscriptError, TranscriptFutureError
 from .types import TranscriptEvent
 
-
 #: Bounds of an ASR result's short fields, in characters (longer: refused, InputError
 #: ``transcript_field``). A speaker hint is an upstream voice or person id (ROS4HRI ids are
 #: a few characters), a locale a BCP-47 / POSIX tag (RFC 5646 asks implementations to read

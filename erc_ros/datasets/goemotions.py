@@ -10,7 +10,6 @@ from erc_ros.core.types import Utterance
 from erc_ros.datasets.dialogues import Dialogue, clean_text
 from erc_ros.models.labels import MELD_LABELS
 
-
 #: GoEmotions' Ekman classes onto other label sets (by lower-cased name; unmapped = dropped).
 GOEMOTIONS_MAP = {"joyful": "joy", "mad": "anger", "sad": "sadness", "scared": "fear",
                   "happy": "joy", "angry": "anger"}

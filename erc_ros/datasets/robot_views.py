@@ -14,7 +14,6 @@ from erc_ros.core.asr import sentence_cuts
 from erc_ros.core.types import Utterance
 from erc_ros.datasets.dialogues import Dialogue
 
-
 #: What a script has and a robot does not (:func:`robot_view`; ``--robot-view all``).
 ROBOT_VIEWS = ("speakers", "exclamations")
 #: How a robot cuts what it hears (:func:`robot_view`), beside the views above.

@@ -37,15 +37,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import yaml
+from tqdm import tqdm
 
 from erc_ros import jobs, process
-from erc_ros.assemble import (
-    asr_type_of,
-    build_core,
-    load_pipeline,
-    perception_config,
-    torch_threads,
-)
+from erc_ros.assemble import (asr_type_of, build_core, load_pipeline, perception_config,
+                              torch_threads)
 from erc_ros.core.asr import WhisperRecognizer
 from erc_ros.core.config import AUTO
 from erc_ros.evaluation.report import bags_audio, write_report
@@ -108,7 +105,6 @@ def perception_overrides(config: str | Path, sets: tuple = ()) -> tuple[dict, st
 
 
 def parse_sets(sets) -> dict:
-    import yaml
     out = {}
     for item in sets or ():
         key, sep, value = item.partition("=")
@@ -450,7 +446,6 @@ def evaluate(bags: list[str], labels: Optional[str] = None, model_dir: str = "",
     if live and parallel:
         raise ValueError("--live replays through this machine's nodes in real time; "
                          "--workers / --ray-address score offline")
-    from tqdm import tqdm
 
     t_start = time.perf_counter()
     s = Settings(labels, model_dir, backend, precision, threads, str(config), tuple(sets), asr)

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from erc_ros.evaluation import eval_bag
 from erc_ros.evaluation.eval_bag import process_settings as ps
 from erc_ros.evaluation.matching import conversation_text, gold_turns, owners
@@ -89,8 +91,6 @@ MELD_COLUMNS = ("Dialogue_ID", "Utterance_ID", "Speaker", "Utterance", "Emotion"
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
 
     src, out = Path(args.meld_csv), Path(args.out)
     if not src.is_file():

@@ -9,9 +9,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from erc_ros.evaluation.eval_bag import (
-    read_labels,
-)
+from erc_ros.evaluation.eval_bag import read_labels
 from erc_ros.evaluation.wer import normalize
 from erc_ros.training.metrics import scores
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
+import soundfile as sf
 
 from erc_ros.core.audio_buffer import AudioBuffer
 from erc_ros.core.config import AudioConfig
@@ -194,7 +195,6 @@ def bags_audio(bags: Iterable[Path], config=None) -> Optional[AudioSource]:
 def clip_uri(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str:
     """Mono float samples -> ``data:audio/ogg;base64,...`` (Ogg/Vorbis at ~26 kbit/s for 16
     kHz speech: ~4.5 kB a second of base64; libsndfile's Opus encoder is 13x slower)."""
-    import soundfile as sf
     x = np.clip(np.asarray(samples, np.float32), -1.0, 1.0)
     buf = io.BytesIO()
     with sf.SoundFile(buf, "w", sample_rate, 1, format="OGG", subtype="VORBIS",

@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from tqdm import tqdm
+
 from erc_ros.bags import make_bag
-from erc_ros.evaluation.eval_bag import (
-    DEFAULT_CONFIG,
-)
+from erc_ros.evaluation.eval_bag import DEFAULT_CONFIG
 from erc_ros.paths import cache_root, sha256_file
 from erc_ros.synth import conversation as gen
 from erc_ros.synth.conversation import add_voice_arguments
@@ -51,8 +51,6 @@ def _digest(*parts: Any) -> str:
 def spoken_bags(csv_path: Path, args, dialogues: Optional[int], seed: int,
                 folder: Optional[Path] = None, progress: bool = True) -> list[dict]:
     """One bag per dialogue (made once, kept): [{"dialogue", "bag", "seconds"}]."""
-    from tqdm import tqdm
-
 
     dias = gen.read_meld(csv_path)
     if dialogues:

@@ -452,7 +452,6 @@ def save_model_dir(model, model_dir: str | Path, *, provenance: Optional[dict] =
 
         from safetensors import safe_open
 
-
         prefix = "text_encoder.backbone."
         frozen = {prefix + n for n, p in model.text_encoder.backbone.named_parameters()
                   if not p.requires_grad}

@@ -44,10 +44,10 @@ class AsrOutput:
 
     def __init__(self, node, transcript_topic: str, max_voices: int, voice_timeout: float,
                  health, announce_timeout: float = 2.0):
+        from hri_msgs.msg import IdsList
         from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
         from erc_ros.msg import Transcript
-        from hri_msgs.msg import IdsList
         self.node, self.max_voices, self.voice_timeout = node, int(max_voices), voice_timeout
         self.announce_timeout = float(announce_timeout)
         self.health = health

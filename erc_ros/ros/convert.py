@@ -23,14 +23,12 @@ from typing import Optional
 
 import cv2
 import numpy as np
-
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
 
-from erc_ros.core.types import AudioChunk, AudioFormat, Frame, TranscriptEvent
-
 from erc_ros.core.audio_buffer import check_format
 from erc_ros.core.errors import InputError
+from erc_ros.core.types import AudioChunk, AudioFormat, Frame, TranscriptEvent
 
 
 class ConversionError(InputError):

@@ -14,7 +14,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-
 #: Default span, in seconds, of "now" on /diagnostics: refusals, drops and internal errors
 #: older than this no longer set the level (the node parameter ``diagnostics_window``).
 WINDOW_S = 30.0

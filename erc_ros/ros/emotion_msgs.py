@@ -12,7 +12,6 @@ import array
 import math
 
 import numpy as np
-
 from builtin_interfaces.msg import Time
 
 from erc_ros.core.segmentation import TRANSCRIPT_BOUNDS
@@ -20,7 +19,6 @@ from erc_ros.core.types import (FACE_CLASSES, FACE_SEEN, FACE_STATUSES, SAMPLE_R
                                 Utterance)
 from erc_ros.ros.convert import (ConversionError, float_to_time, image_to_rgb, rgb_to_image,
                                  time_to_float)
-
 
 # --- utterances ----------------------------------------------------------------------------
 

@@ -33,8 +33,8 @@ from erc_ros import process
 from erc_ros.assemble import default_model_dir, load_pipeline
 from erc_ros.ros import emotion_msgs, tracked
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
-from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
-                                  fail, read_parameters, run_node, wait_acked)
+from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer, fail,
+                                   read_parameters, run_node, wait_acked)
 from erc_ros.ros.topic_names import id_token
 from erc_ros.ros.worker import Worker
 

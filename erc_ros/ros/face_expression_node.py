@@ -35,13 +35,14 @@ from erc_ros.assemble import load_face_expert
 from erc_ros.core.errors import InputError
 from erc_ros.core.face_stream import FaceSchedule, summarize
 from erc_ros.core.faces import as_rgb_image
-from erc_ros.ros import convert, emotion_msgs
+from erc_ros.models.labels import DEFAULT_VALENCE_AROUSAL
+from erc_ros.ros import convert, emotion_msgs, tracked
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
-from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
-                                  fail, read_parameters, run_node)
-from erc_ros.ros import tracked
+from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer, fail,
+                                   read_parameters, run_node)
 from erc_ros.ros.tracked import TrackedIds
 from erc_ros.ros.worker import Worker
+from erc_ros.runtime.face_expert import find_prepared
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "autostart": (True, "configure and activate on start (there is no launch manager here)"),
@@ -81,7 +82,6 @@ BOUNDS: dict[str, tuple[float, float]] = {
 def class_valence_arousal(labels) -> np.ndarray:
     """[C, 2] valence/arousal of ``labels``: the ERC model's per-class table, the one an
     estimate's ``face_valence`` / ``face_arousal`` come from with the packaged models."""
-    from erc_ros.models.labels import DEFAULT_VALENCE_AROUSAL
     return np.asarray([DEFAULT_VALENCE_AROUSAL[str(c).lower()] for c in labels], np.float64)
 
 
@@ -114,7 +114,6 @@ class FaceExpressionNode(LifecycleNode):
         """What this node asks of its process (:func:`erc_ros.process.configure`): no torch
         when the expert's ONNX file is prepared (ONNX Runtime takes ``threads`` itself),
         else torch's pool sized by ``threads``."""
-        from erc_ros.runtime.face_expert import find_prepared
 
         try:
             prepared = find_prepared() is not None

@@ -27,6 +27,7 @@ asks for :class:`Problem` s, which raise the status's level with their reason.
 """
 from __future__ import annotations
 
+import datetime
 import math
 import threading
 from collections import deque
@@ -115,7 +116,6 @@ def _span(seconds: float) -> str:
 
 
 def _date(t: float) -> str:
-    import datetime
     try:
         return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M:%S UTC")

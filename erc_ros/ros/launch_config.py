@@ -16,14 +16,15 @@ the namespace); /diagnostics, /clock and ROS4HRI's /humans/... stay absolute (RE
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-import re
 from typing import Any, Optional
 
 import yaml
 
 from erc_ros.core.params import flatten
+from erc_ros.process import node_environment
 from erc_ros.ros.choices import check_choice
 
 PACKAGE = "erc_ros"
@@ -308,7 +309,6 @@ def _process_arguments(a: dict[str, str]) -> dict[str, Any]:
         raise ValueError(f"launch argument respawn_delay: {a['respawn_delay']!r} is not a "
                          "number of seconds in 0-3600")
     out["respawn_delay"] = delay if out["respawn"] else 0.0
-    from erc_ros.process import node_environment
     out["env"] = node_environment()
     return out
 

@@ -7,6 +7,7 @@ bag's connections; estimates are collected from the published ``EmotionEstimate`
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -16,9 +17,11 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rosbags.highlevel import AnyReader
 
 from erc_ros.assemble import ASR_TYPE_OF_MSG, asr_type_of
 from erc_ros.ros import convert, emotion_msgs
+from erc_ros.ros.launch_config import load_config
 from erc_ros.ros.replay import GROUND_TRUTH_TOPIC, ReplayResult, bag_span, message_class, read_bag
 
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
@@ -26,7 +29,6 @@ RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
 
 
 def bag_connections(path: str | Path) -> dict[str, str]:
-    from rosbags.highlevel import AnyReader
     with AnyReader([Path(path)]) as reader:
         return {c.topic: c.msgtype for c in reader.connections}
 
@@ -108,7 +110,6 @@ class BagPlayer:
              stop: Optional[threading.Event] = None, clock_period: float = 0.01) -> int:
         """Publish every record at its time / rate; returns the message count. ``stop``
         (anything with ``is_set()``) ends it before the next record, also during a wait."""
-        import json
 
         from rclpy.serialization import deserialize_message
         from std_msgs.msg import String
@@ -165,7 +166,6 @@ class LiveSession:
                     Parameter("backend", value=backend), Parameter("precision", value=precision),
                     Parameter("threads", value=threads)]
         if config:
-            from erc_ros.ros.launch_config import load_config
             cfg = load_config(config)
             perc = [Parameter(k, value=v) for k, v in cfg.get("utterance_node", {}).items()
                     if k.startswith("perception.")]

@@ -9,12 +9,16 @@ publish), so the run is deterministic and goes as fast as the machine allows.
 from __future__ import annotations
 
 import importlib
+import json
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from rclpy.serialization import deserialize_message
+from rosbags.highlevel import AnyReader
 
 from erc_ros.ros.ingest import KIND_OF_TYPE, Ingest
 
@@ -30,7 +34,6 @@ def message_class(typename: str):
 def read_bag(path: str | Path, topics: Optional[set[str]] = None
              ) -> Iterator[tuple[str, str, int, bytes]]:
     """(topic, type name, record time ns, raw CDR) in time order."""
-    from rosbags.highlevel import AnyReader
 
     with AnyReader([Path(path)]) as reader:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
@@ -39,7 +42,6 @@ def read_bag(path: str | Path, topics: Optional[set[str]] = None
 
 
 def bag_span(path: str | Path) -> tuple[float, float]:
-    from rosbags.highlevel import AnyReader
 
     with AnyReader([Path(path)]) as reader:
         return reader.start_time / 1e9, reader.end_time / 1e9
@@ -48,8 +50,6 @@ def bag_span(path: str | Path) -> tuple[float, float]:
 def _prefetch(path, ingest: Ingest, depth: int = 256):
     """Read, deserialize and decode images on a second thread, in bag order (cv2 and the
     rclpy deserializer release the GIL): the same conversions, overlapped with the core."""
-    import queue
-    import threading
 
     from std_msgs.msg import String
 
@@ -134,7 +134,6 @@ def replay_bag(path: str | Path, core: Any, pipeline: Any,
     recognizer on (``asr.enabled``) the bag's ASR messages are not read, as the node with
     ``asr_type: embedded`` subscribes to none. ``keep_media``: the utterances kept in the
     result keep their audio and face crops (else dropped to save memory)."""
-    import json
 
     ingest = Ingest(core)
     res = ReplayResult()

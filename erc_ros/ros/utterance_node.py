@@ -22,14 +22,14 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros import process
 from erc_ros.assemble import build_config, build_core, torch_threads
-from erc_ros.ros import convert, emotion_msgs
+from erc_ros.core.config import PerceptionConfig
+from erc_ros.ros import convert, emotion_msgs, tracked
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
 from erc_ros.ros.ingest import KINDS, Ingest, final_stamp
 from erc_ros.ros.input_health import (STREAMS, TYPE_HINTS, AsrLag, InputWatch, SequenceGaps,
-                                     input_problems)
-from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer,
-                                  fail, read_parameters, run_node, wait_acked)
-from erc_ros.ros import tracked
+                                      input_problems)
+from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnostics_timer, fail,
+                                   read_parameters, run_node, wait_acked)
 from erc_ros.ros.tracked import TrackedIds
 from erc_ros.ros.worker import Worker
 
@@ -126,7 +126,6 @@ ASR_DEPTH = 100
 def perception_parameters() -> list[tuple[str, Any, str]]:
     """(flat name, default, description) of every PerceptionConfig field usable as a ROS
     parameter (scalars)."""
-    from erc_ros.core.config import PerceptionConfig
     return [(k, v, d) for k, v, d in PerceptionConfig.describe()
             if isinstance(v, (bool, int, float, str))]
 
@@ -243,8 +242,9 @@ class UtteranceNode(LifecycleNode):
                              idle=self._poll, period=p["poll_period"],
                              on_error=lambda e: self.get_logger().error(f"worker: {e!r}"))
         if p["publish_utterances"]:
-            from erc_ros.msg import Utterance
             from rclpy.event_handler import PublisherEventCallbacks
+
+            from erc_ros.msg import Utterance
             self._pub = self.create_lifecycle_publisher(  # destroyed at cleanup: no handlers
                 Utterance, p["utterance_topic"], 10,
                 event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))

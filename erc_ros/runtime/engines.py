@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from .backends import Backend, BackendUnavailable
 from .manifest import (artefact_path, find_stage_files, read_manifest, register_artefact,
@@ -366,7 +367,6 @@ def build_model_engines(model_dir: str | Path, precisions: Sequence[str] = ("fp1
                         force: bool = False, progress: bool = True) -> list[dict]:
     """Build (or reuse) an engine per stage and precision on this device; register each in
     the manifest (kind ``engine``). INT8 engines are built from the explicit Q/DQ ONNX."""
-    from tqdm import tqdm
 
     model_dir = Path(model_dir)
     _trt()

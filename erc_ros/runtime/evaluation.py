@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from .pipeline import EmotionPipeline
 from .samples import load_meld
@@ -23,7 +24,6 @@ def weighted_f1(labels: Sequence[str], preds: Sequence[str]) -> float:
 def run_dialogues(pipe, dialogues, progress: str | None = None):
     """Feed each dialogue through ``pipe``; returns (probabilities [N, C], predicted labels,
     per-utterance latencies ms)."""
-    from tqdm import tqdm
 
     probs, preds, lat = [], [], []
     total = sum(len(d) for d in dialogues)

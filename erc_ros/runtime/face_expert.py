@@ -31,16 +31,8 @@ import numpy as np
 
 from erc_ros.core.config import FaceConfig
 from erc_ros.core.faces import FaceDetector, crop, normalized_entropy, sharpness, unreadable
-from erc_ros.models.face_expert import (
-    FER_LABELS,
-    HDF5_FILE,
-    INPUT_SIZE,
-    MELD_LABELS,
-    fer_version,
-    preprocess_batch,
-    to_meld,
-    weights_path,
-)
+from erc_ros.models.face_expert import (FER_LABELS, HDF5_FILE, INPUT_SIZE, MELD_LABELS, fer_version,
+                                        preprocess_batch, to_meld, weights_path)
 from erc_ros.paths import sha256_file
 from erc_ros.runtime.backends import OrtBackend
 from erc_ros.runtime.export import OPSET, StageSpec, export_and_check
@@ -94,7 +86,6 @@ def sample_crops(lfw: int = 200, size: int = 112) -> list[np.ndarray]:
     import cv2
     from skimage import data
 
-
     image = data.astronaut()
     boxes = FaceDetector().detect(image)
     crops = [crop(image, b, size, 0.2) for b in boxes]
@@ -116,7 +107,6 @@ def prepare(weights: str | Path | None = None, crops: Sequence[np.ndarray] | Non
     import torch
 
     from erc_ros.models.mini_xception import load_keras_hdf5
-
 
     weights = Path(weights) if weights is not None else weights_path()
     found = find_prepared(weights)
@@ -263,7 +253,6 @@ def int8_variants(onnx_file: str | Path, pixels: np.ndarray, out_dir: str | Path
     and its agreement with the FP32 file on all of ``pixels``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-
     out_dir = Path(out_dir)
     out = {"dynamic": out_dir / "face_expert.int8.onnx", "qdq": out_dir / "face_expert.qdq.onnx"}
     # The project's quantize_dynamic_int8 lists no Conv (its models are transformers).
@@ -362,7 +351,6 @@ def gate_measurements(expert: Optional[FaceExpert] = None, seed: int = 0) -> dic
     faces blurred or enlarged from a few pixels, and scikit-image's 200 LFW thumbnails
     enlarged to 120 px in a camera frame (as the demo once showed them)."""
     import cv2
-
 
     expert = expert or FaceExpert()
     fc = FaceConfig()

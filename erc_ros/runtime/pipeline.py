@@ -15,12 +15,12 @@ audio and video encoders run concurrently with the text encoder when present.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import math
 import threading
 import time
-import copy
-import functools
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,12 +34,11 @@ from erc_ros.core.types import (FACE_CLASSES, FACE_DISABLED, FACE_SEEN, MODALITI
                                 Utterance)
 
 from .backends import (Backend, BackendUnavailable, OrtBackend, TorchBackend, choose_ort_providers,
-                       cpu_int8, default_threads,
-                       onnxruntime_available, resolve_backend, tensorrt_available)
-
+                       cpu_int8, default_threads, onnxruntime_available, resolve_backend,
+                       tensorrt_available)
 from .engines import DEFAULT_BUCKETS, TensorRTBackend, current_device
-from .manifest import (find_stage_files, load_model, read_manifest, runtime_artefacts,
-                       runtime_dir, verify_files)
+from .manifest import (find_stage_files, load_model, read_manifest, runtime_artefacts, runtime_dir,
+                       verify_files)
 from .prepare import missing
 from .prepare import prepare as prepare_files
 from .stages import STAGES, needed_stages, stage_io

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from .backends import OrtBackend
 from .export import export_model, onnx_path, stage_specs
@@ -220,8 +221,7 @@ def quantize_qdq_int8(src: str | Path, dst: str | Path,
     This is the form TensorRT 10 builds INT8 engines from (explicit quantization); ONNX
     Runtime CPU runs it too, which is how it is checked here.
     """
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory() as tmp:
         # Shape inference + constant folding first, as ORT recommends for static quantization.
@@ -321,7 +321,6 @@ def quantize_model_dir(model_dir: str | Path, precisions: Sequence[str] = ("int8
                        model=None, progress: bool = True) -> dict:
     """Make each variant of every exported stage, check it against the FP32 ONNX on real
     inputs and register it in the manifest. Returns ``{stage: {precision: meta}}``."""
-    from tqdm import tqdm
 
     model_dir = Path(model_dir)
     model = model if model is not None else load_model(model_dir)

@@ -3,6 +3,7 @@ a short built-in dialogue when no data is present, and synthetic media for expor
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,6 @@ def with_synthetic_media(u: Utterance, seed: int = 0, seconds: float = 1.5,
     Only for export checks (they compare two runtimes on the *same* input, so any input with
     realistic ranges and shapes will do); tests use espeak-ng speech and real photos.
     """
-    from dataclasses import replace
 
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE

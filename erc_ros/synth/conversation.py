@@ -35,16 +35,8 @@ from erc_ros.datasets.meld import load_meld
 from erc_ros.models.labels import MELD_LABELS
 from erc_ros.synth.faces import MOUTH_Y, face_image
 from erc_ros.synth.room import NOISES, Room, render
-from erc_ros.synth.speech import (
-    SAMPLE_RATE,
-    cache_dir,
-    espeak,
-    read_wav,
-    to_16k,
-    trim,
-    voice_for,
-    write_wav,
-)
+from erc_ros.synth.speech import (SAMPLE_RATE, cache_dir, espeak, read_wav, to_16k, trim, voice_for,
+                                  write_wav)
 from erc_ros.synth.voices import speech_for
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy.signal import fftconvolve
 
 from erc_ros.synth.voices import SETUP_COMMAND, VoicesMissing
 
@@ -114,7 +115,6 @@ def render(room: Room, clips: Sequence[tuple[int, np.ndarray, str]], total: int,
            seed: int = 0) -> np.ndarray:
     """Mix ``clips`` ((sample offset, dry 16 kHz audio, speaker)) into ``total`` samples as
     the room's microphone hears them. Reverberation tails past the end are cut."""
-    from scipy.signal import fftconvolve
 
     speakers = list(dict.fromkeys(s for _, _, s in clips))
     rirs = dict(zip(speakers, impulse_responses(room, len(speakers), seed)))

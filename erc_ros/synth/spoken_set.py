@@ -39,19 +39,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+from scipy.sparse import csr_matrix, hstack
+from tqdm import tqdm
+
 from erc_ros.datasets.robot_views import no_exclamations
 from erc_ros.models.egemaps import egemaps_features
 from erc_ros.paths import CHECKOUT, data_root, sha256_file
 from erc_ros.synth.conversation import read_meld
-from erc_ros.synth.voices import (
-    Speaker,
-    SpeechStore,
-    cast,
-    dialogue_of,
-    household_lines,
-    read_opus,
-    speech_key,
-)
+from erc_ros.synth.voices import (Speaker, SpeechStore, cast, dialogue_of, household_lines,
+                                  read_opus, speech_key)
 
 #: Where the checkout keeps the spoken sets (one folder per engine).
 SPOKEN_ROOT = CHECKOUT / "data" / "spoken"
@@ -92,9 +89,6 @@ def synthesize(lines, engine: str = "kokoro", workers: int = 2, progress: bool =
     """Speak every distinct (text, voice) of ``lines`` not yet in a store, into the cache.
     Returns {"lines", "distinct", "synthesized", "audio_s", "wall_s"}."""
 
-    from tqdm import tqdm
-
-
     speaker = Speaker(engine)
     jobs = {}
     for text, voice, _ in lines:
@@ -121,7 +115,6 @@ def synthesize(lines, engine: str = "kokoro", workers: int = 2, progress: bool =
 def write_shipped(lines, engine: str, out: Path) -> dict:
     """Copy the clips of ``lines`` from the stores into ``out`` and write its manifest;
     files of ``out`` no line uses are removed."""
-
 
     store = SpeechStore(engine, [out] if (out / "manifest.json").is_file() else [])
     out.mkdir(parents=True, exist_ok=True)
@@ -176,9 +169,6 @@ def mark_features(lines, engine: str, progress: bool = True):
     as ``bench-spoken`` speaks them (the stores, else synthesis). Returns (features [n, 88],
     texts, voices (``Voice.describe()``), dialogues (of the clip's first line), the clip of
     each line (utterance id -> row))."""
-    import numpy as np
-    from tqdm import tqdm
-
 
     speaker = Speaker(engine)
     feats, texts, voices, dialogues, row, clip_of = [], [], [], [], {}, {}
@@ -210,8 +200,6 @@ def marks_heard(features, texts, voices, dialogues, mark: str = "!", folds: int 
     ``scores``, where given, gets each model's out-of-fold probabilities (``audio``,
     ``words``, ``both``: one per clip)."""
 
-    import numpy as np
-    from scipy.sparse import csr_matrix, hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score

@@ -28,6 +28,7 @@ else synthesized and written to the cache.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import soundfile as sf
 
 from erc_ros.paths import cache_root, join_files, sha256_file, share_path, swap_in
 from erc_ros.synth.speech import espeak, to_16k, voice_for, write_wav
@@ -167,7 +169,6 @@ OPUS_LEVEL = 0.85
 
 def write_opus(path: str | Path, audio: np.ndarray) -> None:
     """16 kHz mono float32 -> Ogg Opus, written atomically (a temporary file renamed)."""
-    import soundfile as sf
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +185,6 @@ def write_opus(path: str | Path, audio: np.ndarray) -> None:
 
 def read_opus(path: str | Path) -> np.ndarray:
     """An Ogg Opus file -> 16 kHz mono float32."""
-    import soundfile as sf
 
     x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     x = x.mean(axis=1)
@@ -246,7 +246,6 @@ def kokoro_dir() -> Path:
 
 
 def _package_file(module: str, rel: str) -> Path:
-    import importlib.util
 
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:

@@ -22,16 +22,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from erc_ros import process
 from erc_ros.datasets import meld
+from erc_ros.models.artefact import load_model_dir
+from erc_ros.models.preprocessing import PreprocessorConfig, PromptConfig, packaged_minilm_dir
 from erc_ros.paths import data_root
-from erc_ros.training.deployed import SELECT_RULES
+from erc_ros.training.deployed import SELECT_RULES, int8_text_vectors, with_text
 
 
 def main(argv=None) -> int:
-    from erc_ros import process
     from erc_ros.models.encoders.text import TextEncoderConfig
     from erc_ros.models.erc_model import ErcModelConfig, build_model
-    from erc_ros.models.preprocessing import PreprocessorConfig, PromptConfig, packaged_minilm_dir
     from erc_ros.training.fusion_stage import FusionStageConfig, encode_dialogues, fit_head
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,7 +66,6 @@ def main(argv=None) -> int:
     if args.limit_train:
         train = train[: args.limit_train]
     if args.model:
-        from erc_ros.models.artefact import load_model_dir
 
         model = load_model_dir(args.model)
         tag = Path(args.model).name
@@ -79,7 +81,6 @@ def main(argv=None) -> int:
     fdv = encode_dialogues(model, dev, out / f"{tag}-dev.safetensors")
     fdv8 = None
     if args.int8:
-        from erc_ros.training.deployed import int8_text_vectors, with_text
 
         fdv8 = with_text(fdv, int8_text_vectors(model, dev, threads=args.threads))
     rows = []
@@ -106,7 +107,6 @@ def main(argv=None) -> int:
 def summary_table(rows: list[dict]) -> str:
     """Markdown: one line per (features, head, class weighting) with dev weighted F1 and
     accuracy, as mean [min, max] over the seeds where there are several."""
-    import numpy as np
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:

@@ -12,9 +12,17 @@ figures (:func:`selection_figure`).
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from erc_ros.runtime.backends import OrtBackend
+from erc_ros.runtime.export import export_and_check, onnx_path, stage_specs
+from erc_ros.runtime.quantize import make_variant
 
 #: The selection rules a recipe's ``select`` may name (the command-line choices too: this
 #: module imports torch only where a function needs it, so parsers can read this).
@@ -25,8 +33,6 @@ def int8_text_encoder(model, directory: str | Path) -> Path:
     """Write ``model``'s text encoder as ``prepare`` makes it for a CPU (the checked ONNX
     export, the ORT transformer optimizer, dynamic INT8) into ``directory``; returns the
     INT8 file."""
-    from erc_ros.runtime.export import export_and_check, onnx_path, stage_specs
-    from erc_ros.runtime.quantize import make_variant
 
     was_training = model.training
     model.eval()
@@ -46,11 +52,7 @@ def int8_text_vectors(model, dialogues: Sequence, threads: int = 2,
     """[T, D] float32 text vectors of each dialogue's utterances from ``model``'s ONNX Runtime
     INT8 text encoder (:func:`int8_text_encoder`), each prompt alone with its past context, as
     :class:`~erc_ros.runtime.pipeline.EmotionPipeline` feeds it."""
-    import numpy as np
     import torch
-    from tqdm import tqdm
-
-    from erc_ros.runtime.backends import OrtBackend
 
     pre = model.preprocessor
     k = pre.config.prompt.past_context
@@ -73,7 +75,6 @@ def with_text(cached: Sequence, vectors: Sequence["torch.Tensor"]) -> list:
     """``cached`` dialogues (:class:`~erc_ros.training.fusion_stage.CachedDialogue`) with
     their text vectors replaced by ``vectors`` (the same utterances, another copy of the
     encoder)."""
-    import dataclasses
 
     if len(cached) != len(vectors):
         raise ValueError(f"{len(vectors)} vector sets for {len(cached)} dialogues")

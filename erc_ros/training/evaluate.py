@@ -28,9 +28,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
 from erc_ros import jobs
 from erc_ros.datasets import emorynlp, meld, robot_views
-from erc_ros.training.metrics import NO_PREDICTION
+from erc_ros.models.artefact import load_model_dir, read_manifest, sha256_file
+from erc_ros.runtime.pipeline import EmotionPipeline
+from erc_ros.training.media import MediaReader, prefetch_on_ray
+from erc_ros.training.metrics import NO_PREDICTION, plot_confusion, scores
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,8 +72,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def evaluate_dialogues(model, dialogues, future_context: bool = False, progress: bool = True,
                        total=None):
     """(true labels, predicted labels, probabilities) over the labelled utterances."""
-    import numpy as np
-    from tqdm import tqdm
 
     y_true, y_pred, probs = [], [], []
     for d in tqdm(dialogues, desc="dialogues", disable=not progress, total=total):
@@ -81,9 +85,6 @@ def evaluate_dialogues(model, dialogues, future_context: bool = False, progress:
 
 
 def _pipeline_predictions(model_dir, backend, threads, dialogues, label_names, total=None):
-    from tqdm import tqdm
-
-    from erc_ros.runtime.pipeline import EmotionPipeline
 
     pipe = EmotionPipeline.from_model_dir(model_dir, backend=backend, threads=threads,
                                           prepare=True)  # a CLI: it may build
@@ -121,7 +122,6 @@ def clips_folder(media: str | Path, csv: str | Path) -> Path:
 def with_media(dialogues, reader, drop=()):
     """Each dialogue with its utterances' media attached (one dialogue in memory at a time:
     they are removed again once the caller moves on), minus the ``drop``ped modalities."""
-    import numpy as np
 
     for d, medias in reader.iter_dialogues(dialogues, desc="clips"):
         for u, m in zip(d.utterances, medias):
@@ -139,7 +139,6 @@ def with_media(dialogues, reader, drop=()):
 
 def read_on_ray(reader, dialogues, args) -> dict:
     """``--workers`` / ``--ray-address``: the clips read into the cache as Ray tasks first."""
-    from erc_ros.training.media import prefetch_on_ray
     try:
         return prefetch_on_ray(reader, dialogues, args.workers, args.ray_address)
     except RuntimeError as e:  # Ray not installed
@@ -149,7 +148,6 @@ def read_on_ray(reader, dialogues, args) -> dict:
 def _media_reader(args, manifest: dict):
     """A MediaReader with ``--perception``, else the settings the model was trained with;
     says so when the clips will be read otherwise than in training."""
-    from erc_ros.training.media import MediaReader
     from erc_ros.training.multimodal_stage import perception_config
 
     prov = manifest.get("provenance") or {}
@@ -165,8 +163,6 @@ def _media_reader(args, manifest: dict):
 
 
 def run(args) -> int:
-    from erc_ros.models.artefact import load_model_dir, read_manifest, sha256_file
-    from erc_ros.training.metrics import plot_confusion, scores
 
     manifest = read_manifest(args.model)
     labels = manifest["label_names"]

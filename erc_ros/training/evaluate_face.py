@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from erc_ros.datasets.fer2013 import USAGES, FaceDataError, FaceSet, read_faces
+from erc_ros.models.face_expert import FaceExpertMissing
+from erc_ros.runtime.face_expert import FaceExpert
 from erc_ros.training.metrics import scores
 
 
@@ -70,7 +72,6 @@ def score_face_model(model_dir: str | Path, faces: FaceSet) -> list[dict]:
 def score_fer_expert(faces: FaceSet, backend: str = "auto", threads: int = 1) -> list[dict]:
     """Today's expert (:class:`~erc_ros.runtime.face_expert.FaceExpert`, its own 64-px
     preprocessing) on ``faces``, with and without the test-time flip."""
-    from erc_ros.runtime.face_expert import FaceExpert
 
     expert = FaceExpert(backend, threads=threads)
     if tuple(expert.labels) != tuple(faces.classes):
@@ -96,7 +97,6 @@ def table(results: list[dict], classes) -> str:
 
 
 def run(args) -> int:
-    from erc_ros.models.face_expert import FaceExpertMissing
 
     if not args.model and not args.fer_expert:
         print("error: nothing to score: give --model DIR and/or --fer-expert", file=sys.stderr)

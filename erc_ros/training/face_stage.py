@@ -44,10 +44,12 @@ from typing import Callable, Literal, Optional, get_args
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from erc_ros.datasets.dialogues import class_weights
 from erc_ros.datasets.fer2013 import (FaceDataError, FaceSet, corpus_terms, default_dev,
                                       held_out_split, read_faces)
+from erc_ros.models.artefact import add_artefact, check_model_id
 from erc_ros.models.face_net import (FaceNet, FaceNetConfig, count_parameters, normalise,
                                      save_face_model)
 from erc_ros.paths import data_root
@@ -204,7 +206,6 @@ def train_face_stage(train: FaceSet, dev: FaceSet, cfg: FaceStageConfig, out_dir
     """Train (or resume, from ``out_dir/train_state.pt``) and return the summary: the net
     holding the best weights by dev accuracy, ``history`` (one record per epoch), ``best``
     (that epoch's record and dev figures), ``precision`` and why, ``resumed_at``."""
-    from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -433,7 +434,6 @@ def datasets(args, seed: int) -> tuple[FaceSet, FaceSet, dict]:
 def run(args, recipe: dict, provenance) -> int:
     """The command: ``recipe`` the face recipe's settings, ``provenance(args, **fields)``
     what the saved model records."""
-    from erc_ros.models.artefact import add_artefact, check_model_id
 
     given = [f"--{k.replace('_', '-')}" for k in TEXT_ONLY_FLAGS if getattr(args, k, None)]
     if given or getattr(args, "teacher", None) or getattr(args, "heard", None):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import random
 import sys
 import time
@@ -23,12 +24,15 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from erc_ros import process
+from erc_ros.datasets.dialogues import Dialogue, class_weights
 from erc_ros.models.erc_model import ErcModel
+from erc_ros.models.fusion import build_fusion
 from erc_ros.models.losses import (pearson_kd, relational_kd, self_distillation,
                                    unimodal_self_distillation, weighted_cross_entropy)
-from erc_ros.datasets.dialogues import Dialogue, class_weights
+from erc_ros.training.deployed import selection_figure
 from erc_ros.training.metrics import scores
 
 
@@ -79,7 +83,6 @@ def encode_dialogues(model: ErcModel, dialogues: Sequence[Dialogue],
     from the training's prefix cache (:func:`text_stage.text_vectors`)."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
-    from tqdm import tqdm
 
     key = cache_key(model, dialogues) if cache_file is not None or cache_dir else ""
     if cache_dir:
@@ -151,7 +154,6 @@ def dialogue_teacher_logits(teachers: Sequence[ErcModel], dialogues: Sequence[Di
 def cache_key(model: ErcModel, dialogues: Sequence[Dialogue]) -> str:
     """sha256 of the model (config and every tensor) and of the dialogues (ids, texts,
     speakers, labels): what the cached vectors depend on."""
-    import json
 
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     for name, t in sorted(model.state_dict().items()):
@@ -241,9 +243,6 @@ def train_fusion_stage(head: nn.Module, train: Sequence[CachedDialogue],
     (:mod:`erc_ros.training.deployed`): each epoch is scored on them too
     (``weighted_f1_int8``), and ``select`` (``fp32`` or ``fp32+int8``, the worse of the two)
     says which figure picks the best epoch."""
-    from tqdm import tqdm
-
-    from erc_ros.training.deployed import selection_figure
 
     if select == "fp32+int8" and not dev_int8:
         raise ValueError("select='fp32+int8' needs dev_int8 (the INT8 copy's dev vectors)")
@@ -334,7 +333,6 @@ def fit_head(model: ErcModel, name: str, train: Sequence[CachedDialogue],
     """Train a fresh ``name`` head over ``model``'s cached vectors; returns (head, its config
     with the model's dims, the stage summary). Text-only features: no modality dropout.
     ``teacher``, ``dev_int8``, ``select``: see :func:`train_fusion_stage`."""
-    from erc_ros.models.fusion import build_fusion
 
     dt, da, dv = model.dims
     hcfg = dict(HEAD_DEFAULTS, **head_config, text_dim=dt, audio_dim=da, video_dim=dv,

@@ -34,15 +34,23 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
+from erc_ros import process
 from erc_ros.core.audio_buffer import read_wav_16k
-from erc_ros.core.types import SAMPLE_RATE, Utterance
+from erc_ros.core.config import PerceptionConfig
+from erc_ros.core.diarization import SpeakerEmbedder
+from erc_ros.core.faces import FrameBuffer, detector_for, due_for_detection, speaker_faces
+from erc_ros.core.types import SAMPLE_RATE, Frame, Utterance
+from erc_ros.core.vad import SileroVad, activity_at, clip_probabilities, speech_ratio_of
 from erc_ros.datasets.dialogues import Dialogue, MediaRef
+from erc_ros.jobs import RayJobs
+from erc_ros.paths import cache_root, sha256_file
 
 #: Bumped when what a cache entry holds, or how it is made, changes.
 MEDIA_FORMAT = 1
@@ -153,7 +161,6 @@ def _activity(probs, offset: float):
     as the core's VAD reports it (None without audio: uniform)."""
     if probs is None:
         return None
-    from erc_ros.core.vad import activity_at
 
     ts, ps = probs
     return lambda times: activity_at(ts + offset, ps, times)
@@ -167,10 +174,6 @@ class MediaReader:
 
     def __init__(self, config=None, cache_dir: str | Path | None = None,
                  use_cache: bool = True, progress: bool = True):
-        from dataclasses import replace
-
-        from erc_ros.core.config import PerceptionConfig
-        from erc_ros.paths import cache_root
 
         cfg = config or PerceptionConfig()
         self.config = cfg
@@ -205,7 +208,6 @@ class MediaReader:
     @property
     def detector(self):
         if self._detector is None:
-            from erc_ros.core.faces import detector_for
 
             self._detector = detector_for(self.faces_config)
         return self._detector
@@ -213,7 +215,6 @@ class MediaReader:
     @property
     def vad(self):
         if self._vad is None:
-            from erc_ros.core.vad import SileroVad
 
             self._vad = SileroVad(threads=1)
         return self._vad
@@ -221,7 +222,6 @@ class MediaReader:
     @property
     def embedder(self):
         if self._embedder is None:
-            from erc_ros.core.diarization import SpeakerEmbedder
 
             self._embedder = SpeakerEmbedder(self.diarization)
             self._embedder.load(warmup=False)
@@ -237,7 +237,6 @@ class MediaReader:
         not read is read again here (and warned about as usual); a task that failed as a
         whole (its worker died) is reported. Returns the workers' counters summed, with
         ``failed_tasks``."""
-        from tqdm import tqdm
 
         if not self.use_cache:
             raise ValueError("reading clips on Ray needs the cache (use_cache=True): the "
@@ -267,7 +266,6 @@ class MediaReader:
                        ) -> Iterator[tuple[Dialogue, list[Optional[ClipMedia]]]]:
         """(dialogue, one ClipMedia or None per utterance) for each dialogue, with a
         progress bar over the clips."""
-        from tqdm import tqdm
 
         total = sum(1 for d in dialogues for m in d.media if m is not None)
         with tqdm(total=total, desc=desc, unit="clip", disable=not self.progress) as bar:
@@ -379,8 +377,6 @@ class MediaReader:
         frames go into a :class:`FrameBuffer` as live; a span closes once the stream passes
         its end (None: the end of the video). ``activity``: voice activity at given stamps
         (None: uniform)."""
-        from erc_ros.core.faces import FrameBuffer, due_for_detection, speaker_faces
-        from erc_ros.core.types import Frame
 
         fc = self.faces_config
         out: list[list] = [[] for _ in spans]
@@ -422,14 +418,12 @@ class MediaReader:
         without audio)."""
         if not audio.size:
             return None
-        from erc_ros.core.vad import clip_probabilities
 
         return clip_probabilities(self.vad, audio)
 
     def _embedding(self, audio: np.ndarray, probs) -> Optional[np.ndarray]:
         if not self.diarization.enabled or probs is None:
             return None
-        from erc_ros.core.vad import speech_ratio_of
 
         ts, ps = probs
         th = self.vad_threshold
@@ -482,7 +476,6 @@ class MediaReader:
     def _sha(self, path: Path) -> str:
         """sha256 of a file, remembered by (path, size, mtime) in the cache folder: the
         clips are hashed once, not at every run."""
-        from erc_ros.paths import sha256_file
 
         if self._hashes is None:
             try:
@@ -554,7 +547,6 @@ def read_chunk(config, cache_dir: str, dialogues: Sequence[Dialogue]) -> dict:
     """A Ray task of :meth:`MediaReader.read_on_ray`: read ``dialogues``' clips into the
     cache at ``cache_dir``; returns the reader's counters. The worker's torch runs on the
     one CPU Ray gives the task."""
-    from erc_ros import process
     process.configure(torch_threads=1, by="erc_ros media worker")
     reader = MediaReader(config, cache_dir=cache_dir, progress=False)
     for d in dialogues:
@@ -566,7 +558,6 @@ def prefetch_on_ray(reader: MediaReader, dialogues: Sequence[Dialogue], workers:
                     address: Optional[str] = None) -> dict:
     """:meth:`MediaReader.read_on_ray` on a local Ray of ``workers`` CPUs or the cluster at
     ``address``; prints a line of what it did. RuntimeError: Ray is not installed."""
-    from erc_ros.jobs import RayJobs
 
     with RayJobs(workers, address) as jobs:
         counts = reader.read_on_ray(dialogues, jobs)

@@ -23,6 +23,7 @@ with each modality dropped, so what each sense adds is visible.
 """
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -33,10 +34,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from erc_ros.core.config import PerceptionConfig
+from erc_ros.core.types import MODALITIES
 from erc_ros.datasets import iemocap, meld
+from erc_ros.models.artefact import (add_artefact, check_model_id, load_model_dir, read_manifest,
+                                     save_trained_model_dir, sha256_file)
+from erc_ros.models.fusion import build_fusion
 from erc_ros.models.labels import MELD_LABELS
-from erc_ros.paths import data_root
+from erc_ros.paths import cache_root, data_root
+from erc_ros.runtime.manifest import default_model_dir
 from erc_ros.training.fusion_stage import CachedDialogue
+from erc_ros.training.media import MediaReader, prefetch_on_ray
+from erc_ros.training.metrics import plot_confusion, scores
 
 #: Flags of the text recipes that mean nothing here (the text model's prompt is kept).
 TEXT_ONLY_FLAGS = ("encoder", "past_context", "max_length", "self_distill", "distill")
@@ -107,7 +116,6 @@ def complete_model(model, audio_dim: int = 64, video_dim: int = 64) -> list[str]
     the modalities added."""
     from erc_ros.models.encoders.audio import AudioEncoderConfig, build_audio_encoder
     from erc_ros.models.encoders.video import VideoEncoderConfig, build_video_encoder
-    from erc_ros.models.fusion import build_fusion
 
     added = []
     audio_cfg = model.preprocessor.config.audio
@@ -161,7 +169,6 @@ def encoder_inputs(model, dialogues, texts: Sequence[CachedDialogue], reader,
     """Each dialogue's text vectors (``texts``) with its utterances' raw audio and video
     encoder inputs, read through ``reader`` one clip at a time (the media are dropped once
     turned into inputs: a corpus's audio and crops do not fit in memory)."""
-    import copy
 
     pre = model.preprocessor
     nf = pre.config.video.num_frames
@@ -193,7 +200,6 @@ def encoder_inputs(model, dialogues, texts: Sequence[CachedDialogue], reader,
 
 def with_modalities(data: Sequence[CachedDialogue], keep: Sequence[str]) -> list[CachedDialogue]:
     """``data`` with every modality not in ``keep`` marked absent."""
-    from erc_ros.core.types import MODALITIES
 
     cols = torch.tensor([m in keep for m in MODALITIES])
     return [CachedDialogue(c.text, c.audio, c.video, c.modality & cols, c.speakers, c.labels)
@@ -202,7 +208,6 @@ def with_modalities(data: Sequence[CachedDialogue], keep: Sequence[str]) -> list
 
 def dev_scores(net, dev, keep, label_names) -> dict:
     from erc_ros.training.fusion_stage import predict_cached
-    from erc_ros.training.metrics import scores
 
     yt, yp = predict_cached(net, with_modalities(dev, keep))
     return scores(yt, yp, label_names)
@@ -211,7 +216,6 @@ def dev_scores(net, dev, keep, label_names) -> dict:
 def perception_config(pairs: Sequence[str]):
     """The perception core's configuration from ``SECTION.FIELD=VALUE`` strings (the
     robot's own, where it differs from the defaults)."""
-    from erc_ros.core.config import PerceptionConfig
 
     d = {}
     for pair in pairs:
@@ -266,14 +270,8 @@ def run(args, recipe: dict, model_reference, provenance) -> int:
     """The command (``train_cli.run`` hands over ``--recipe multimodal``): ``recipe`` its
     settings, ``model_reference(dir)`` how a model is named in provenance,
     ``provenance(args, init, **fields)`` what the saved model records."""
-    from erc_ros.core.types import MODALITIES
-    from erc_ros.models.artefact import (add_artefact, check_model_id, load_model_dir,
-                                         read_manifest, save_trained_model_dir, sha256_file)
-    from erc_ros.paths import cache_root
-    from erc_ros.runtime.manifest import default_model_dir
-    from erc_ros.training.fusion_stage import FusionStageConfig, encode_dialogues, train_fusion_stage
-    from erc_ros.training.media import MediaReader
-    from erc_ros.training.metrics import plot_confusion
+    from erc_ros.training.fusion_stage import (FusionStageConfig, encode_dialogues,
+                                               train_fusion_stage)
     from erc_ros.training.text_stage import seed_everything
 
     if not args.media:
@@ -314,7 +312,6 @@ def run(args, recipe: dict, model_reference, provenance) -> int:
              for name, part in (("train", train), ("dev", dev))}
     reader, sets, media = MediaReader(perception, progress=True), {}, {}
     if getattr(args, "workers", 0) or getattr(args, "ray_address", None):
-        from erc_ros.training.media import prefetch_on_ray
         try:  # the clips into the cache as Ray tasks; the passes below read them from it
             prefetch_on_ray(reader, list(train) + list(dev), args.workers, args.ray_address)
         except RuntimeError as e:  # Ray not installed

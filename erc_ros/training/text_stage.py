@@ -26,12 +26,13 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from erc_ros import process
+from erc_ros.datasets.dialogues import Dialogue, class_counts, class_weights
 from erc_ros.models.erc_model import ErcModel
 from erc_ros.models.losses import (EmaTeacher, feature_distillation, self_distillation,
                                    weighted_cross_entropy)
-from erc_ros.datasets.dialogues import Dialogue, class_counts, class_weights
 from erc_ros.training.metrics import scores
 
 
@@ -164,7 +165,6 @@ class FrozenPrefix:
                  desc: str = "frozen layers", cache_dir=None):
         """``cache_dir``: keep the states on disk too, keyed by the frozen weights and the
         prompts (a second run on the same data, e.g. an ablation, reads them back)."""
-        from tqdm import tqdm
 
         enc = model.text_encoder
         path = Path(cache_dir) / f"prefix-{self.key(model, samples)}.pt" if cache_dir else None
@@ -225,7 +225,6 @@ def text_vectors(model: ErcModel, dialogues: Sequence[Dialogue], cache_dir,
     """Every utterance's text vector (past context only, as :meth:`ErcModel.encode` gives it),
     one [T, D] tensor per dialogue, the frozen bottom read from (or added to) the prefix
     cache in ``cache_dir``: a stage-2 head over a 110M teacher then costs only its top."""
-    from tqdm import tqdm
 
     samples = build_samples(model, dialogues, unlabelled=True)
     prefix = FrozenPrefix(model, samples, progress=progress, cache_dir=cache_dir)
@@ -250,7 +249,6 @@ def text_vectors(model: ErcModel, dialogues: Sequence[Dialogue], cache_dir,
 @torch.no_grad()
 def predict_samples(net: nn.Module, model: ErcModel, samples, batch_size: int = 64,
                     progress: bool = False, prefix: Optional[FrozenPrefix] = None) -> np.ndarray:
-    from tqdm import tqdm
 
     net.eval()
     batches = bucketed_batches(samples, batch_size, random.Random(0), shuffle=False)
@@ -296,7 +294,6 @@ def train_text_stage(model: ErcModel, train: Sequence[Dialogue], dev: Sequence[D
     ``cfg.feature_distill`` the loss adds feature_distill * :func:`feature_distillation` of
     the student's vectors, mapped to Dt' by a linear layer that trains with the head and is
     not part of the model (the seeds' feature and relational distillation)."""
-    from tqdm import tqdm
 
     from erc_ros.training.distributed import DistContext
 

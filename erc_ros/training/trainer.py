@@ -33,8 +33,7 @@ from erc_ros.models.preprocessing import PreprocessorConfig, PromptConfig, packa
 from erc_ros.paths import cache_root
 from erc_ros.runtime import quantize
 from erc_ros.training import corpora
-from erc_ros.training.deployed import (SELECT_RULES, int8_text_vectors, selection_figure,
-                                       with_text)
+from erc_ros.training.deployed import SELECT_RULES, int8_text_vectors, selection_figure, with_text
 from erc_ros.training.distributed import DistContext
 from erc_ros.training.fusion_stage import (FusionStageConfig, dev_figures, encode_dialogues,
                                            fit_head, per_dialogue, predict_cached, use_head)

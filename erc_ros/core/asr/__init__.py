@@ -14,8 +14,8 @@ turns each into text with word times on the caller's clock.
 Its parameters are :class:`erc_ros.core.config.AsrConfig` (``asr.<field>``). Pure Python: no
 rclpy; faster-whisper is imported only when a model loads.
 """
-from .files import (MODEL_NAMES, PREPARE_COMMAND, AsrModelError, model_cache_dir,
-                    prepare_model, resolve_model)
+from .files import (MODEL_NAMES, PREPARE_COMMAND, AsrModelError, model_cache_dir, prepare_model,
+                    resolve_model)
 from .sentences import ends_sentence, has_words, sentence_cuts
 from .whisper import SAMPLE_RATE, AsrResult, WhisperRecognizer, Word
 from .worker import AsrWorker, SegmentResult

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-
 #: Closing quotes and brackets that may follow a sentence's last mark.
 _CLOSERS = "\"')]}\u201d\u2019"
 
