@@ -23,12 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from erc_ros.core import asr
-from erc_ros.core.asr import (AsrConfig, AsrModelError, AsrWorker, WhisperRecognizer,
-                              prepare_model, resolve_model)
-from erc_ros.tools import bench_asr
-from erc_ros.tools import conversation_gen as cg
+from erc_ros.core.asr import (AsrModelError, AsrWorker, WhisperRecognizer, files, prepare_model,
+                              resolve_model, whisper)
+from erc_ros.core.config import AsrConfig
+from erc_ros.paths import sha256_file
+from erc_ros.bench import asr as bench_asr
+from erc_ros.evaluation.wer import exclusion, normalize, word_errors
+from erc_ros.synth import conversation as cg
 
+from erc_ros.synth.speech import espeak, trim
 import core_support as cs
 
 SR = 16000
@@ -48,7 +51,7 @@ PROMPTS = ["agent-pass", "conf-getconfno", "cannot-complete-as-dialed", "conf-on
 
 
 def _wer(refs, hyps) -> float:
-    return bench_asr.word_errors(list(refs), list(hyps))["wer"]
+    return word_errors(list(refs), list(hyps))["wer"]
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +62,14 @@ def tiny():
 @pytest.fixture(scope="module")
 def speech():
     """(text, 16 kHz audio) of each sentence, espeak-ng, trimmed."""
-    return [(t, cg.trim(cg.espeak(t, *VOICE, cache=cs.espeak_cache()))) for t in SENTENCES]
+    return [(t, trim(espeak(t, *VOICE, cache=cs.espeak_cache()))) for t in SENTENCES]
 
 
 @pytest.fixture(scope="module")
 def prompts():
     """(reference, 16 kHz audio) of a few Asterisk prompts (8 kHz, read and up-sampled by
     the project's reader)."""
-    from erc_ros.training.data import read_wav_16k
+    from erc_ros.core.audio_buffer import read_wav_16k
 
     cache = cs.cache_root() / "asterisk"
     wav_dir = cg.fetch_asterisk(cache)["en"]
@@ -103,7 +106,7 @@ def test_resolve_model_names_directories_and_clear_errors(tmp_path, monkeypatch)
         resolve_model(str(tmp_path))
     # base is never joined at load: a fresh cache names the command that prepares it
     monkeypatch.setenv("ERC_ROS_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(AsrModelError, match=asr.PREPARE_COMMAND.replace(" ", ".")):
+    with pytest.raises(AsrModelError, match=files.PREPARE_COMMAND.replace(" ", ".")):
         resolve_model("base")
     with pytest.raises(AsrModelError, match="prepare"):
         WhisperRecognizer(AsrConfig(model="base")).load()
@@ -125,9 +128,9 @@ def test_prepare_base_is_atomic_idempotent_and_sha256_checked(tmp_path, monkeypa
     d = prepare_model("base")
     model = d / "model.bin"
     assert d.parent == tmp_path / "asr" and d.name.startswith("whisper-base-")
-    assert model.stat().st_size == asr.BASE_MODEL_SIZE
-    marker = json.loads((d / asr.MARKER).read_text())
-    assert marker["sha256"]["model.bin"] == asr.BASE_MODEL_SHA256
+    assert model.stat().st_size == files.BASE_MODEL_SIZE
+    marker = json.loads((d / files.MARKER).read_text())
+    assert marker["sha256"]["model.bin"] == files.BASE_MODEL_SHA256
     assert sorted(p.name for p in tmp_path.joinpath("asr").iterdir()) == [d.name]  # no temp
     assert resolve_model("base", verify=True) == d
     # a second prepare keeps the joined copy (hashes it, rewrites nothing)
@@ -140,11 +143,11 @@ def test_prepare_base_is_atomic_idempotent_and_sha256_checked(tmp_path, monkeypa
     with pytest.raises(AsrModelError, match="damaged"):
         resolve_model("base", verify=True)
     assert prepare_model("base") == d
-    assert asr.sha256_file(model) == asr.BASE_MODEL_SHA256
+    assert sha256_file(model) == files.BASE_MODEL_SHA256
     # a truncated copy is refused at load with the command that fixes it
     with open(model, "r+b") as f:
         f.truncate(1000)
-    with pytest.raises(AsrModelError, match="damaged.*" + asr.PREPARE_COMMAND.replace(" ", ".")):
+    with pytest.raises(AsrModelError, match="damaged.*" + files.PREPARE_COMMAND.replace(" ", ".")):
         resolve_model("base")
     assert prepare_model("base") == d and resolve_model("base", verify=True) == d
 
@@ -210,7 +213,7 @@ def test_a_prompt_tells_the_recognizer_how_names_are_spelt(tiny):
     """The prompt (``asr.prompt_words``: the conversation so far), inline and on the
     worker: a name Whisper does not know is written as it was before (tiny.en alone reads
     "Tribbiani" as "Trivia" here)."""
-    x = cg.trim(cg.espeak("Joey Tribbiani came back to the agency.", *VOICE,
+    x = trim(espeak("Joey Tribbiani came back to the agency.", *VOICE,
                           cache=cs.espeak_cache()))
     told = "We talked with Joey Tribbiani and Phoebe Buffay."
     assert "Tribbiani" in tiny.transcribe(x, prompt=told).text
@@ -228,14 +231,14 @@ def test_marks_alone_are_never_a_word_or_a_sentence_of_their_own():
     would make an utterance of it)."""
     from faster_whisper.transcribe import Word as Found
     words: list = []
-    asr._add_words(words, [Found(0.0, 0.3, " Hey", 0.9), Found(0.3, 0.4, ".", 0.5),
-                           Found(0.4, 0.5, " .", 0.5), Found(0.5, 0.9, " so", 0.8),
-                           Found(0.9, 1.0, "...", 0.4), Found(1.0, 1.1, " .", 0.3)],
-                   None, 10.0, 12.0)
+    whisper._add_words(words, [Found(0.0, 0.3, " Hey", 0.9), Found(0.3, 0.4, ".", 0.5),
+                               Found(0.4, 0.5, " .", 0.5), Found(0.5, 0.9, " so", 0.8),
+                               Found(0.9, 1.0, "...", 0.4), Found(1.0, 1.1, " .", 0.3)],
+                       None, 10.0, 12.0)
     assert [(w.word, w.start, w.end) for w in words] == [("Hey.", 10.0, 10.3),
                                                          ("so....", 10.5, 10.9)]
     none: list = []
-    asr._add_words(none, [Found(0.0, 0.2, " .", 0.5)], None, 0.0, 1.0)
+    whisper._add_words(none, [Found(0.0, 0.2, " .", 0.5)], None, 0.0, 1.0)
     assert none == []
 
 
@@ -256,8 +259,8 @@ def test_an_unsure_short_window_goes_to_the_beam_on_the_whole_window():
     which mostly fails the same way and cost the live path ~0.25 s. With fallback none such
     a decode is refit on the whole window. The shipped Kokoro clip of MELD dev's "Ooh!"
     (dia108_utt7), which tiny.en reads as "away" on the short window."""
-    from erc_ros.tools.spoken_set import SPOKEN_ROOT
-    from erc_ros.tools.voices import read_opus
+    from erc_ros.synth.spoken_set import SPOKEN_ROOT
+    from erc_ros.synth.voices import read_opus
 
     clip = read_opus(SPOKEN_ROOT / "kokoro" / "c1eb946dcdc3d04ee34baf54.opus")
     seen = []
@@ -556,19 +559,19 @@ def test_base_prepared_by_the_command_transcribes_real_speech(speech, prompts, c
 
 # -- the bench's scoring rules ---------------------------------------------------------------------
 def test_wer_normalisation_and_exclusion_rule():
-    n = bench_asr.normalize
+    n = normalize
     assert n("At the tone, it's 5 O'Clock A.M.!") == "at the tone it is 5 oclock am"
     assert n("I'm sorry, you can't; you're") == "i am sorry you cannot you are"
     assert n("Call-Forward  on Busy, O\u2019Clock") == "call forward on busy oclock"
     assert n("De-activated", "join") == "deactivated"
-    we = bench_asr.word_errors
+    we = word_errors
     assert we(["De-activated."], ["Deactivated"])["wer"] == 0
     assert we(["Call-Forward on Busy."], ["call forward on busy"])["wer"] == 0
     assert we(["I am sorry."], ["I'm sorry"])["wer"] == 0
     r = we(["the cat sat", "a b"], ["the bat sat on", ""])
     assert (r["substitutions"], r["deletions"], r["insertions"], r["words"]) == (1, 2, 1, 5)
     assert r["wer"] == pytest.approx(4 / 5)
-    ex = bench_asr.exclusion
+    ex = exclusion
     assert ex("digits/1", "one") == "number_words"
     assert ex("vm-options", "Press 1 to record") == "digits_symbols"
     assert ex("beep", "[this is a simple beep tone]") == "note"
@@ -582,7 +585,7 @@ def test_auto_chooses_the_model_by_a_timed_decode_and_says_why(tmp_path, monkeyp
     budget (tiny.en kept beside it for a backlog), tiny.en where not, base for another
     language. The budgets here are far on either side of any CPU's (0.1-1.5 s a decode)."""
     with monkeypatch.context() as m:  # base not joined into the cache: English goes on
-        m.setattr(asr, "_base_dir", lambda: tmp_path / "unprepared")
+        m.setattr(files, "_base_dir", lambda: tmp_path / "unprepared")
         unprepared = WhisperRecognizer(AsrConfig(latency_budget=600.0)).load()
         assert unprepared.model_name == "tiny.en"
         assert "base cannot load" in unprepared.choice["reason"]
@@ -594,7 +597,8 @@ def test_auto_chooses_the_model_by_a_timed_decode_and_says_why(tmp_path, monkeyp
     assert fast.choice["model"] == "base" and "<= latency_budget 600 s" in fast.choice["reason"]
     assert 0 < fast.choice["tiny_en_seconds"] and 0 < fast.choice["base_seconds"] <= 60
     assert fast.choice["base_p95_predicted"] == pytest.approx(
-        asr.LIVE_FIXED_SECONDS + asr.LIVE_DECODE_FACTOR * fast.choice["base_seconds"], abs=2e-3)
+        whisper.LIVE_FIXED_SECONDS + whisper.LIVE_DECODE_FACTOR * fast.choice["base_seconds"],
+        abs=2e-3)
     slow = WhisperRecognizer(AsrConfig(latency_budget=1e-4)).load()
     assert slow.model_name == "tiny.en" and not slow.multilingual and slow.fast_model is None
     assert slow.choice["reason"].startswith("base's predicted end of speech -> estimate p95")

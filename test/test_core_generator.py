@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from erc_ros.cli import main
-from erc_ros.training.data import data_root
-from erc_ros.tools import conversation_gen as cg
+from erc_ros.paths import data_root
+from erc_ros.synth import conversation as cg
 
+from erc_ros.synth.speech import voice_for
 from core_support import espeak_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def test_meld_dialogue_becomes_a_spoken_conversation_with_its_labels(tmp_path):
         seg = conv.audio[int(t.start * 16000):int(t.end * 16000)]
         assert np.sqrt(np.mean(seg[:1600] ** 2)) > 1e-3 and np.sqrt(np.mean(seg[-1600:] ** 2)) > 1e-3
     # Distinct voices per speaker; files round-trip.
-    assert len({cg.voice_for(i) for i in range(len(conv.speakers))}) == len(conv.speakers)
+    assert len({voice_for(i) for i in range(len(conv.speakers))}) == len(conv.speakers)
     conv.save(tmp_path / "c")
     back = cg.GeneratedConversation.load(tmp_path / "c")
     assert back.turns == conv.turns and back.sample_rate == 16000

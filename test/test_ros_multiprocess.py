@@ -16,11 +16,11 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from _ros_support import Collector, make_bag, tiny_model_dir, wait_for
-from erc_ros.ros import convert
+from erc_ros.ros import convert, emotion_msgs
 from erc_ros.ros.live import RELIABLE, BagPlayer, bag_connections, node_params_for_bag
 from erc_ros.ros.replay import bag_span
 from erc_ros.runtime.backends import cpu_int8
-from erc_ros.tools import eval_bag
+from erc_ros.evaluation import eval_bag
 
 pytestmark = pytest.mark.ros
 
@@ -94,7 +94,7 @@ def test_split_nodes_across_processes(tmp_path):
         assert wait_for(lambda: len(ests) >= len(truth), 60), (len(ests), len(truth))
         time.sleep(1.0)
         labels = eval_bag.labels_for(bag, None, truth)
-        got = [convert.msg_to_estimate(m) for m in ests.snapshot()]
+        got = [emotion_msgs.msg_to_estimate(m) for m in ests.snapshot()]
         pairs = eval_bag.match(labels, got)
         assert all(e is not None for _, e in pairs)
         assert len(got) == len(labels) == 4

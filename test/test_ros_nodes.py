@@ -28,7 +28,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from _ros_support import Collector, wait_for
-from erc_ros.ros import convert
+from erc_ros.ros import convert, emotion_msgs
 from erc_ros.ros.composed import ComposedPipeline
 from erc_ros.ros.emotion_node import EmotionNode
 
@@ -43,7 +43,7 @@ NO_DIARIZATION = [Parameter("perception.diarization.enabled", value=False),
 
 @pytest.fixture(scope="module")
 def conversation():
-    from erc_ros.tools import conversation_gen as gen
+    from erc_ros.synth import conversation as gen
     lines = gen.parse_script("A [joy]: What a lovely surprise to see you here today!\n"
                              "B [anger]: I have waited for almost an hour in the cold rain.\n")
     return gen.build(lines, seed=1)
@@ -113,7 +113,7 @@ class Rig:
 
 
 def _conversation_messages(conv, t0: float):
-    from erc_ros.tools.make_bag import bag_messages
+    from erc_ros.bags.make_bag import bag_messages
     return list(bag_messages(conv, fps=2.0, t0=t0))
 
 
@@ -329,7 +329,7 @@ def test_composed_skips_face_crops_nobody_uses(ros, tmp_path):
         finally:
             comp.destroy()
     # eval-bag's offline core follows the same rule (an explicit setting wins).
-    from erc_ros.tools.eval_bag import make_core, make_pipeline
+    from erc_ros.evaluation.eval_bag import make_core, make_pipeline
 
     pipe = make_pipeline(str(tmp_path / "text"), backend="torch")
     off = ("perception.faces.expression=false",)
@@ -410,7 +410,7 @@ def test_face_expert_beside_the_fused_estimate(ros, tmp_path, conversation):
         expr = [e for e in faces[turn.speaker] if e.header.stamp == est.header.stamp]
         assert len(expr) == 1, (turn.speaker, faces)  # one per utterance, stamped its end
         e = expr[0]
-        assert e.expression == convert.EXPRESSION_OF[est.face_label]
+        assert e.expression == emotion_msgs.EXPRESSION_OF[est.face_label]
         assert abs(e.valence - est.face_valence) < 1e-6
         assert abs(e.arousal - est.face_arousal) < 1e-6
         assert abs(e.confidence - est.face_confidence) < 1e-6

@@ -8,12 +8,22 @@ import json
 import re
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
+from erc_ros.evaluation.spoken_bags import enrolment_voices
+from erc_ros.bench import spoken as bs
 from erc_ros.cli import main
-from erc_ros.tools import bench_spoken as bs
-from erc_ros.training.data import data_root
+from erc_ros.evaluation.matching import (
+    HEARD_AS,
+    NONE,
+    assign,
+    classification,
+    conversation_text,
+    heard_as,
+    owners,
+    segment_ends,
+)
+from erc_ros.paths import data_root
 
 DEV = data_root() / "meld" / "dev_sent_emo.csv"
 
@@ -34,11 +44,11 @@ def test_turns_are_matched_merged_or_lost():
     ests = [est(0.0, 2.7, "joy"),   # covers t1 (most) and t2: t2 is merged into it
             est(4.9, 6.1, "anger"),  # t3's own
             est(7.0, 7.5)]            # over nothing labelled: an extra estimate
-    pairs, extra = bs.assign(turns, ests)
+    pairs, extra = assign(turns, ests)
     assert [p[0] for p in pairs] == ["matched", "merged", "matched", "lost"]
     assert pairs[1][1] is ests[0] and pairs[3][1] is None and extra == 1
     # One estimate per turn when they are apart; none at all: every turn lost.
-    assert [p[0] for p in bs.assign(turns, [])[0]] == ["lost"] * 4
+    assert [p[0] for p in assign(turns, [])[0]] == ["lost"] * 4
 
 
 def test_word_errors_are_over_whole_conversations_in_time_order():
@@ -47,7 +57,7 @@ def test_word_errors_are_over_whole_conversations_in_time_order():
     # t1 heard in two pieces, t2 and t3 heard as one, an estimate without text
     ests = [est(1.1, 2.0, text="are you"), est(0.0, 1.0, text="how yeah"),
             est(3.0, 7.0, text="fine thanks bye"), est(8.0, 8.5, text="")]
-    ref, hyp = bs.conversation_text(turns, ests)
+    ref, hyp = conversation_text(turns, ests)
     assert ref == "how are you yeah fine thanks bye"
     assert hyp == "how yeah are you fine thanks bye"
 
@@ -55,13 +65,13 @@ def test_word_errors_are_over_whole_conversations_in_time_order():
 def test_each_turn_is_heard_exact_joined_in_pieces_misheard_or_not_at_all():
     """heard_as compares words as the WER does (case, punctuation and contractions aside)."""
     said = "Oh my God! I can't believe it."
-    assert bs.heard_as(said, "oh, my god. I cannot believe it") == "exact"
-    assert bs.heard_as(said, "What? Oh my god, I can't believe it. Really?") == "joined"
-    assert bs.heard_as(said, "I can't believe it.") == "piece"
-    assert bs.heard_as(said, "Oh my god, I can't relieve it.") == "misheard"
-    assert bs.heard_as(said, "my godly I can't believe it") == "misheard"  # whole words only
-    assert bs.heard_as(said, " ... ") == "no_text"
-    assert bs.heard_as(said, None) == "lost"
+    assert heard_as(said, "oh, my god. I cannot believe it") == "exact"
+    assert heard_as(said, "What? Oh my god, I can't believe it. Really?") == "joined"
+    assert heard_as(said, "I can't believe it.") == "piece"
+    assert heard_as(said, "Oh my god, I can't relieve it.") == "misheard"
+    assert heard_as(said, "my godly I can't believe it") == "misheard"  # whole words only
+    assert heard_as(said, " ... ") == "no_text"
+    assert heard_as(said, None) == "lost"
     # A stage's turns grouped by the recognizer's hearing; every stage scored on each group.
     from erc_ros.core.types import Estimate
 
@@ -84,15 +94,15 @@ def test_each_turn_is_heard_exact_joined_in_pieces_misheard_or_not_at_all():
 
 def test_lost_turns_count_as_wrong_and_stay_out_of_the_macro_mean():
     names = ["neutral", "joy"]
-    m = bs.classification(["neutral", "joy", "joy", "neutral"],
-                          ["neutral", "joy", bs.NONE, bs.NONE], names)
+    m = classification(["neutral", "joy", "joy", "neutral"],
+                          ["neutral", "joy", NONE, NONE], names)
     assert m["accuracy"] == 50.0
     assert set(m["per_class_f1"]) == {"neutral", "joy"}
     # each class: precision 1, recall 1/2 -> F1 2/3
     assert m["weighted_f1"] == pytest.approx(66.67, abs=0.01)
     assert m["macro_f1"] == pytest.approx(66.67, abs=0.01)
     with pytest.raises(ValueError, match="not the model's classes"):
-        bs.classification(["calm"], ["joy"], names)
+        classification(["calm"], ["joy"], names)
 
 
 def test_the_timeline_queues_work_behind_the_audio_and_earlier_work():
@@ -104,8 +114,8 @@ def test_the_timeline_queues_work_behind_the_audio_and_earlier_work():
     assert done == pytest.approx([12.1, 12.7, 20.06])
     # The first two tile one segment (sentences): only the second ends it. A stage keeps
     # the latency of the estimates that end a segment apart from the others'.
-    assert bs.segment_ends(ests) == [False, False, True]
-    assert bs.segment_ends([est(0, 1), est(1, 2), est(2.5, 3)]) == [False, True, True]
+    assert segment_ends(ests) == [False, False, True]
+    assert segment_ends([est(0, 1), est(1, 2), est(2.5, 3)]) == [False, True, True]
     from erc_ros.core.types import Estimate
 
     st = bs.Stage("asr")
@@ -181,7 +191,7 @@ def test_bench_spoken_runs_the_four_stages_on_the_shipped_voices(spoken_run):
     hb = r["heard_as"]
     assert hb["grouped_by"] == "asr" and sum(g["turns"] for g in hb["groups"].values()) == n
     assert all(set(g["weighted_f1"]) == set(bs.STAGES) for g in hb["groups"].values())
-    assert {r_["heard_as"] for r_ in rows} <= set(bs.HEARD_AS)
+    assert {r_["heard_as"] for r_ in rows} <= set(HEARD_AS)
     heard_b = list(csv.DictReader(open(tmp_path / "rows" / "transcripts.csv")))
     assert {r_["heard_as"] for r_ in heard_b} == {"exact"}
     # A second run reuses the bags it made.
@@ -207,7 +217,7 @@ def test_bench_spoken_writes_a_report_per_stage(spoken_run, capsys, monkeypatch)
     """report-<stage>.html: eval-bag's page of the stage's labelled turns, the gold line
     said and the stage's text heard, its weighted F1, each turn's clip from the bags; no
     network. Above eval-bag's cap on the conversation's length, pages without audio."""
-    from erc_ros.tools import eval_bag
+    from erc_ros.evaluation import eval_bag
 
     tmp_path, n = spoken_run
     r = json.loads((tmp_path / "r.json").read_text())
@@ -247,7 +257,7 @@ def test_rescore_gives_the_run_figures_from_what_it_heard(spoken_run, tmp_path, 
     again through the pipeline and matched to the turns as in the run give its figures,
     stage by stage, without synthesis or a recognizer; a folder without them is refused.
     --speakers gold tags each estimate by the labelled turn it overlaps most."""
-    from erc_ros.tools import eval_bag
+    from erc_ros.evaluation import eval_bag
 
     run_dir, n = spoken_run
     r = json.loads((run_dir / "r.json").read_text())
@@ -269,7 +279,7 @@ def test_rescore_gives_the_run_figures_from_what_it_heard(spoken_run, tmp_path, 
     lab = [dict(t, start=float(t["start"]), end=float(t["end"]))
            for t in csv.DictReader(open(rows / "asr.csv"))]
     ests = list(csv.DictReader(open(rows / "asr_estimates.csv")))
-    owner, _ = bs.owners(lab, [SimpleNamespace(start=float(e["start"]), end=float(e["end"]))
+    owner, _ = owners(lab, [SimpleNamespace(start=float(e["start"]), end=float(e["end"]))
                                for e in ests])
     assert (owner >= 0).all()  # every estimate overlaps a labelled turn here
     fed = []  # (speaker, text) of each utterance the pipeline is given
@@ -313,14 +323,14 @@ def test_the_household_voices_are_shipped_and_name_their_speaker(capsys, tmp_pat
     """bench-spoken --enroll: the six main characters' samples come from the shipped spoken
     set (no synthesis), each at least 1 s, and enrolled in a core they name a line of MELD
     dev each of them says in a dialogue, and no one else's."""
-    from erc_ros.core.perception import PerceptionCore
-    from erc_ros.tools.conversation_gen import read_meld
-    from erc_ros.tools.spoken_set import SPOKEN_ROOT
-    from erc_ros.tools.voices import MAIN_CAST, cast, read_opus, speech_key
-
     from core_support import core_config
 
-    folder = bs.enrolment_voices("kokoro")
+    from erc_ros.core.perception import PerceptionCore
+    from erc_ros.synth.conversation import read_meld
+    from erc_ros.synth.spoken_set import SPOKEN_ROOT
+    from erc_ros.synth.voices import MAIN_CAST, cast, read_opus, speech_key
+
+    folder = enrolment_voices("kokoro")
     assert sorted(f.stem for f in folder.glob("*.wav")) == sorted(MAIN_CAST)
     core = PerceptionCore(core_config(faces__enabled=False,
                                       diarization__voices=str(folder)))
@@ -339,7 +349,7 @@ def test_the_household_voices_are_shipped_and_name_their_speaker(capsys, tmp_pat
     assert len(named) == 6
     assert all(d.speaker_id == n and d.source == "enrolled" for n, d in named.items()), named
     with pytest.raises(ValueError, match="kokoro"):
-        bs.enrolment_voices("espeak")
+        enrolment_voices("espeak")
     assert main(["bench-spoken", "--voices", "espeak", "--enroll", "--json",
                  str(tmp_path / "r.json")]) == 2
     assert "--enroll needs --voices kokoro" in capsys.readouterr().err
@@ -367,7 +377,7 @@ def test_heard_set_writes_what_the_robot_heard_as_meld_and_resumes(tmp_path, cap
     inside some utterance, labels from the turn each utterance overlaps most; a second run
     hears nothing again."""
     from erc_ros.core.asr import prepare_model
-    from erc_ros.training.data import load_meld
+    from erc_ros.datasets.meld import load_meld
 
     prepare_model("base")
     csv_path, n = _two_dialogues(tmp_path)

@@ -7,15 +7,14 @@ its model is prepared into this run's cache by the same step set-up uses.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from erc_ros.cli import main
-from erc_ros.tools import voices as V
-from erc_ros.tools.spoken_set import SPOKEN_ROOT, lines_to_speak, verify
-from erc_ros.training.data import data_root
+from erc_ros.paths import data_root
+from erc_ros.synth import voices as V
+from erc_ros.synth.spoken_set import SPOKEN_ROOT, lines_to_speak, verify
 
 DEV = data_root() / "meld" / "dev_sent_emo.csv"
 SHIPPED = SPOKEN_ROOT / "kokoro"
@@ -106,8 +105,9 @@ def kokoro_ready():
 
 
 def test_kokoro_speaks_and_whisper_reads_it(kokoro_ready, tmp_path):
-    from erc_ros.core.asr import AsrConfig, WhisperRecognizer, prepare_model
-    from erc_ros.tools.bench_asr import word_errors
+    from erc_ros.evaluation.wer import word_errors
+    from erc_ros.core.asr import WhisperRecognizer, prepare_model
+    from erc_ros.core.config import AsrConfig
 
     assert V.prepare_kokoro() == kokoro_ready  # prepared once: kept
     store = V.SpeechStore("kokoro", cache=tmp_path / "speech")
@@ -135,13 +135,13 @@ def test_voices_command_says_a_line(kokoro_ready, tmp_path):
     out = tmp_path / "say.wav"
     assert main(["voices", "--say", "Hello there.", "--voice", "am_puck", "--out",
                  str(out)]) == 0
-    from erc_ros.tools.conversation_gen import read_wav
+    from erc_ros.synth.speech import read_wav
     x, sr = read_wav(out)
     assert sr == 16000 and x.size > 8000
 
 
 def test_marks_finds_a_mark_where_the_audio_or_the_words_carry_it():
-    from erc_ros.tools.spoken_set import marks_heard
+    from erc_ros.synth.spoken_set import marks_heard
 
     rng = np.random.default_rng(0)
     n = 360
@@ -171,7 +171,7 @@ def test_marks_finds_a_mark_where_the_audio_or_the_words_carry_it():
 
 
 def test_a_restored_mark_ends_the_line():
-    from erc_ros.tools.spoken_set import with_marks_restored as restored
+    from erc_ros.synth.spoken_set import with_marks_restored as restored
 
     assert restored("Oh my God! He's lost it!", False) == "Oh my God. He's lost it."
     assert restored("Oh my God! He's lost it!", True) == "Oh my God. He's lost it!"

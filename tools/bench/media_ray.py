@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from erc_ros import process
-from erc_ros.tools import machine
-from erc_ros.training import data
+from erc_ros.datasets import meld
+from erc_ros.runtime import machine
 from erc_ros.training.media import MediaReader, prefetch_on_ray
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/ray/media")
@@ -26,8 +26,8 @@ if not (root / "dev_sent_emo.csv").is_file():
     t.write_meld(root, "dev", "dev_splits_complete", 2, t._face_images(1), t._voices(1))
 m = machine.describe(2)
 print("machine:", machine.line(m))
-ds = data.load_meld(root / "train_sent_emo.csv", root / "train_splits") + \
-    data.load_meld(root / "dev_sent_emo.csv", root / "dev_splits_complete")
+ds = meld.load_meld(root / "train_sent_emo.csv", root / "train_splits") + \
+    meld.load_meld(root / "dev_sent_emo.csv", root / "dev_splits_complete")
 tmp = Path(tempfile.mkdtemp())
 t = time.perf_counter()
 here = MediaReader(cache_dir=tmp / "a", progress=False)
