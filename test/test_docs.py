@@ -1,7 +1,8 @@
 """The docs/ pages say what the code declares: every generated table (node parameters, launch
 arguments, perception parameters) is exactly what ``erc_ros.commands.docs`` renders from the code
 (a renamed, added, re-defaulted or re-described parameter fails here until the pages follow),
-and every relative link of the README and the pages points to a file and heading that exist.
+every relative link of the README and the pages points to a file and heading that exist, and
+the README stays a reference page (under 12,000 characters: history goes to CHANGELOG.md).
 
 Fix a failure with ``python -m erc_ros.commands.docs --write`` (then review the diff)."""
 from __future__ import annotations
@@ -53,6 +54,11 @@ def test_relative_links_resolve():
     bad = [b for page in [docs.ROOT / "README.md", *docs.pages()]
            for b in docs.broken_links(page)]
     assert not bad, bad
+
+
+def test_the_readme_stays_short():
+    n = len((docs.ROOT / "README.md").read_text(encoding="utf-8"))
+    assert n < 12_000, f"README.md has {n} characters: move detail to docs/, history to CHANGELOG.md"
 
 
 def test_check_names_the_fix(tmp_path):
