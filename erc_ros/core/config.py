@@ -110,9 +110,9 @@ class SegmentationConfig:
         "the sentences of one speaker's turn (diarization.split_turns) share one diarization "
         "decision, made on the whole turn. Turns that follow each other without a pause come "
         "out apart where the recognizer heard a sentence end between them, and a turn of two "
-        "sentences comes out as two utterances, all when the segment's text is in (the "
-        "whole spoken dev, shipped model: stage (d) weighted F1 43.23 -> 46.16, joined turns "
-        "346 -> 60). Needs asr.word_timestamps")
+        "sentences comes out as two utterances, all when the segment's text is in. On by "
+        "default: with it, 60 turns of the whole spoken dev stay joined and stage (d) gains "
+        "about 3 points of weighted F1 (docs/spoken.md). Needs asr.word_timestamps")
     max_text_characters: int = _f(
         2000, "an ASR result with more characters than this is refused (InputError "
         "'transcript_too_long'): 15 s of speech is a few hundred characters, and the text "
@@ -129,19 +129,18 @@ class DiarizationConfig:
                               "soon as the speech goes quiet (VAD hang-over); the close uses "
                               "it when the utterance ends there (within 0.1 s), so an ASR "
                               "result arriving then needs no embedding on the latency path "
-                              "(bench-core close p95 128 -> 33 ms on a loaded machine; the "
-                              "window ends ~50 ms off the close's, which moves one borderline "
-                              "turn: real-speech DER pooled over seeds 0-7 5.05 -> 6.01 %, one "
-                              "conversation 16.9 -> 23.9 %, the other seven equal)")
+                              "(bench-core close p95 33 ms on a loaded machine). Off by "
+                              "default: the window ends ~50 ms off the close's, which moves "
+                              "one borderline turn and raises the real-speech DER over eight "
+                              "conversations by about 1 point (docs/results.md)")
     threshold: float = _f(0.80, "cosine similarity to a speaker centroid to join it")
     split_turns: bool = _f(True, "embedded ASR: cut a recognized segment at a sentence end "
                            "where the voice changes (the speech on each side, up to one "
                            "window, embedded and compared), so turns that follow each other "
                            "without a pause become utterances of their own, each diarized on "
-                           "its own (the whole spoken dev, shipped model, with "
-                           "segmentation.split_sentences: DER 31.6 -> 26.5 %, weighted F1 "
-                           "46.16 -> 46.54; alone it gave DER 31.2 -> 26.8 % but F1 42.91 -> "
-                           "42.02)")
+                           "its own. Meant with segmentation.split_sentences: together they "
+                           "lower the whole spoken dev's DER by about 5 points and raise "
+                           "stage (d); alone it lowers F1 (docs/spoken.md)")
     change_threshold: float = _f(0.55, "split_turns: cosine similarity of the two sides below "
                                  "which the speaker changed (espeak voices on 120 MELD train "
                                  "dialogues, sides 0.5-1.6 s: 79 % of speaker changes below "
@@ -153,8 +152,8 @@ class DiarizationConfig:
         "within the VAD's hang-over keeps the speaker before the cut where the voice on "
         "either side of the pause (change_min_side_seconds to window_seconds each) is at "
         "least continue_threshold similar (speaker_source 'continued'); below it the "
-        "clustering decides as for any utterance. Off: on the espeak test script it cut DER "
-        "27.6 -> 22.7 %, on 40 spoken dev dialogues (Kokoro) it raised it 32.4 -> 35.0 %")
+        "clustering decides as for any utterance. Off by default: it lowers DER on the espeak "
+        "test script but raises it on 40 spoken dev dialogues (Kokoro) (docs/asr.md)")
     continue_threshold: float = _f(
         0.7, "continue_speaker: cosine similarity of the two sides at or above which the "
         "same person went on (one espeak voice across a sentence pause 0.57-0.81, two "
@@ -321,18 +320,18 @@ class AsrConfig:
         "goes on instead of when it ends. Such a decode made as the speech ended (its audio "
         "ends at most 0.15 s before the VAD's end of speech) is the segment's own decode "
         "(counted 'early_streamed'), not followed by a second one. Offline (asr.synchronous) "
-        "the decode runs inline at the same points. The whole spoken dev (Kokoro): speech "
-        "end -> estimate p95 "
-        "5.07 -> 2.23 s on the simulated timeline, stage (d) 46.54 -> 47.01 (in a room "
-        "44.94 -> 44.34), WER 9.6 -> 10.0 %, 1.7x the recognizer's compute. Negative: off")
+        "the decode runs inline at the same points. The whole spoken dev (Kokoro) with 2 s: "
+        "speech end -> estimate p95 2.23 s on the simulated timeline, stage (d) 47.01, WER "
+        "10.0 %, for 1.7x the recognizer's compute of no streaming (1 s: p95 1.66 s for "
+        "2.6x; docs/spoken.md). Negative: off")
     prompt_words: int = _f(
         0, "Whisper's prompt (initial_prompt) for each decode: the last this many words the "
         "recognizer heard in this conversation, those it has given out when the decode "
         "starts (live, a segment still being decoded is not in it yet); a new conversation "
         "starts without. It tells Whisper how names are spelt, but tiny.en copies its style "
-        "and drifts from the audio: on the whole spoken dev (Kokoro) 40 words took (d) from "
-        "47.01 to 45.94 and WER from 10.0 to 14.3 % (docs/asr.md). 0: no prompt (each "
-        "segment read alone)")
+        "and drifts from the audio: on the whole spoken dev (Kokoro) 40 words lower (d) by "
+        "about 1 point and raise WER by about 4 (docs/asr.md), so it is off by default. 0: "
+        "no prompt (each segment read alone)")
     word_timestamps: bool = _f(True, "word start/end times (cross-attention alignment, a few "
                                "ms per segment)")
     max_queue: int = _f(8, "segments waiting for the recognizer; a segment submitted to a "
