@@ -171,9 +171,9 @@ class SpeakerEmbedder:
 
         Where the windows lie depends on the audio alone, not on how it was batched into
         calls: each onset moves the window grid at the point the VAD found it (the windows
-        up to there are placed first), as if this ran after every VAD window. (It used to
-        look only at the segment open at call time: after a stall, a backlog that opened
-        and closed a segment in one call got other windows, and another speaker.)"""
+        up to there are placed first), as if this ran after every VAD window. Looking only at
+        the segment open at call time would not do: after a stall, a backlog that opens and
+        closes a segment in one call would get other windows, and another speaker."""
         self.next_index = max(self.next_index, buffer.n_start)
         pending: list[tuple[int, np.ndarray]] = []
         limit = min(buffer.n_end, vad.next_index)  # what the VAD has seen

@@ -17,11 +17,11 @@ the lifecycle shutdown transition (:func:`shut_down`: its ``on_shutdown`` finish
 it took — the utterance node's recognizer its accepted speech — and publishes it, bounded by
 its ``shutdown_timeout``), is destroyed, and rclpy shuts down. rclpy's own signal handlers
 are not installed (``SignalHandlerOptions.NO``): they shut the context down at the signal,
-so nothing could be published after it, and the nodes used to be destroyed without their
-shutdown transition while the recognizer's thread was still inside CTranslate2 (exit -11 /
+so nothing could be published after it, and the nodes would be destroyed without their
+shutdown transition while the recognizer's thread is still inside CTranslate2 (exit -11 /
 -6 at interpreter exit, the speech being transcribed lost). The clean-up runs with further
-SIGINTs ignored — ``ros2 launch`` forwards the terminal's Ctrl-C and sends its own, and the
-second one used to interrupt ``destroy_node`` with a KeyboardInterrupt traceback and exit
+SIGINTs ignored — ``ros2 launch`` forwards the terminal's Ctrl-C and sends its own, and a
+second one would interrupt ``destroy_node`` with a KeyboardInterrupt traceback and exit
 code -2. They are ignored from the moment the first one is handled (:func:`_first_sigint`).
 The spin loop wakes every :data:`WAKE_SECONDS` to see Python's part of the signal.
 """
