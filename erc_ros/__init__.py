@@ -1,7 +1,10 @@
 """erc_ros: emotion recognition in conversation for social robots.
 
-Subpackages: ``core`` (perception, no rclpy), ``models`` and ``training`` (torch),
-``runtime`` (export, backends, pipeline), ``ros`` (the only rclpy users), ``tools``.
+Subpackages, lowest layer first (README, "Architecture"; the contracts in ``.importlinter``):
+``core`` (perception, no rclpy), ``models`` (torch modules), ``datasets`` (corpus readers),
+``runtime`` (export, backends, pipeline), ``training``, ``ros`` (the nodes, the only rclpy
+users), ``synth`` (generated speech and conversations), ``bags``, ``evaluation``, ``bench``
+and ``commands``.
 """
 from pkgutil import extend_path
 
