@@ -75,17 +75,19 @@ def test_installed_python_package_has_sources_and_generated_messages(colcon_inst
             "from erc_ros.msg import EmotionEstimate, Transcript, Utterance; "
             "print(erc_ros.__file__); print(EmotionEstimate().label == ''); "
             "from erc_ros.runtime.manifest import default_model_dir; print(default_model_dir()); "
-            "from erc_ros.process import fastdds_profile; print(fastdds_profile())")
+            "from erc_ros.process import fastdds_profile; print(fastdds_profile()); "
+            "from erc_ros.paths import demo_bag; print(demo_bag())")
     out = subprocess.run([sys.executable, "-c", code], cwd=prefix, capture_output=True,
                          text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    first, second, model, profile = out.stdout.split()[:4]
+    first, second, model, profile, bag = out.stdout.split()[:5]
     # the installed erc_ros is our package (not the generated, empty one, nor the checkout)
     assert Path(first).is_relative_to(site), first
     assert second == "True"
     share = prefix / "share" / "erc_ros"
     assert Path(model) == share / "models" / "default"
     assert Path(profile) == share / "config" / "fastdds.xml"
+    assert Path(bag) == share / "data" / "demo_bag" and (Path(bag) / "metadata.yaml").is_file()
     info = subprocess.run([sys.executable, "-m", "erc_ros", "info"], cwd=prefix,
                           capture_output=True, text=True, env=env)
     assert f"erc_ros {site / 'erc_ros'} (colcon install)" in info.stdout, info.stdout
@@ -93,4 +95,4 @@ def test_installed_python_package_has_sources_and_generated_messages(colcon_inst
     for f in (src / "erc_ros").rglob("*"):
         if f.is_file() and "__pycache__" not in f.parts:  # (bytecode: made at import)
             assert (site / "erc_ros" / f.relative_to(src / "erc_ros")).is_file(), f
-    assert (site / "erc_ros" / "tools" / "templates" / "report.html.j2").is_file()
+    assert (site / "erc_ros" / "evaluation" / "templates" / "report.html.j2").is_file()

@@ -248,10 +248,11 @@ class UtteranceRig:
         return found
 
     def fresh_status(self, cond=lambda st, v: True, timeout: float = 10.0) -> dict:
-        """:meth:`status` among the statuses published from now on."""
-        n = len(self.diags)
-        old = set(map(id, self.diags.snapshot()[:n]))
-        return self.status(lambda st, v: cond(st, v) and id(st) not in old, timeout)
+        """:meth:`status` among the statuses published from now on (those already received
+        are held here, so their ids stay theirs while this waits)."""
+        old = _statuses(self.diags, self.node.get_name() + ":")
+        seen = set(map(id, old))
+        return self.status(lambda st, v: cond(st, v) and id(st) not in seen, timeout)
 
     def close(self) -> None:
         close_rig(self.ex, self.node, self.driver)
