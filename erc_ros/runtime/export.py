@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import logging as _logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -163,14 +162,14 @@ def _export_dynamo(spec: StageSpec, path: Path) -> None:
         axes = spec.dynamic_axes.get(n, {})
         shapes[n] = {i: dims.setdefault(name, torch.export.Dim(name, min=1, max=4096))
                      for i, name in axes.items()} or None
-    level = _logging.getLogger("torch.onnx").level
-    _logging.getLogger("torch.onnx").setLevel(_logging.WARNING)
+    level = logging.getLogger("torch.onnx").level
+    logging.getLogger("torch.onnx").setLevel(logging.WARNING)
     try:
         torch.onnx.export(spec.module, args, str(path), input_names=spec.input_names,
                           output_names=spec.output_names, dynamic_shapes=shapes, dynamo=True,
                           opset_version=max(OPSET, 18), external_data=False, verbose=False)
     finally:
-        _logging.getLogger("torch.onnx").setLevel(level)
+        logging.getLogger("torch.onnx").setLevel(level)
 
 
 def patch_ort_gaps(path: str | Path) -> int:
