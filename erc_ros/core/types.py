@@ -40,6 +40,20 @@ FACE_UNCERTAIN = "uncertain"
 FACE_STATUSES = (FACE_SEEN, FACE_NOT_SEEN, FACE_NO_CAMERA, FACE_DISABLED, FACE_ERROR,
                  FACE_UNCERTAIN)
 
+#: What the voice expert made of an utterance (``Utterance.voice_status``, ``voice_status`` of
+#: erc_ros/Utterance and EmotionEstimate); its classes are :data:`FACE_CLASSES`:
+VOICE_OK = "ok"  #: the expert read the voice: voice_probabilities hold its distribution
+#: the expert heard the voice but cannot read it (``voice_reason`` says why: one of
+#: :data:`VOICE_UNCERTAIN_REASONS`); no label, no probabilities
+VOICE_UNCERTAIN = "uncertain"
+VOICE_NO_AUDIO = "no_audio"  #: the utterance carries no audio (e.g. text from an ASR node only)
+VOICE_DISABLED = "disabled"  #: the expert is off, or the producer of the utterance does not run it
+VOICE_ERROR = "error"  #: the expert failed on this utterance's audio (counted in the core)
+VOICE_STATUSES = (VOICE_OK, VOICE_UNCERTAIN, VOICE_NO_AUDIO, VOICE_DISABLED, VOICE_ERROR)
+#: Why a voice is "uncertain": shorter than the expert reads, too quiet, clipped, a
+#: distribution too undecided, or a voice unlike every voice the expert learned from.
+VOICE_UNCERTAIN_REASONS = ("too_short", "too_quiet", "clipped", "undecided", "unfamiliar")
+
 
 @dataclass(frozen=True)
 class AudioFormat:
