@@ -49,7 +49,8 @@ def utterance():
                      text="I can't believe it.", text_confidence=0.75, locale="en_US",
                      sample_rate=16000, audio=audio, faces=[image(32, 32, 2), image(32, 32, 3)],
                      has_text=True, has_audio=True, has_video=True, face_status="seen",
-                     face_count=2, face_probabilities=np.full(7, 1 / 7, np.float32))
+                     face_count=2, face_probabilities=np.full(7, 1 / 7, np.float32),
+                     voice_status=Utterance.VOICE_UNCERTAIN, voice_reason="too_quiet")
 
 
 def emotion_estimate():
@@ -68,7 +69,12 @@ def emotion_estimate():
                            face_status="seen", face_label="joy", face_confidence=0.625,
                            face_probabilities=np.array([0.125, 0.0625, 0, 0, 0.625, 0, 0.1875],
                                                        np.float32),
-                           face_count=3, face_valence=0.5, face_arousal=0.25)
+                           face_count=3, face_valence=0.5, face_arousal=0.25,
+                           voice_status=EmotionEstimate.VOICE_OK, voice_label="surprise",
+                           voice_confidence=0.75,
+                           voice_probabilities=np.array([0.0625, 0.75, 0.0625, 0, 0.125, 0, 0],
+                                                        np.float32),
+                           voice_valence=0.125, voice_arousal=0.625)
 
 
 def audio_data_stamped():

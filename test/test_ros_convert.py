@@ -151,8 +151,9 @@ def test_utterance_roundtrip_through_the_wire():
                     end=2.0, text="I'm fine.", audio=audio, faces=[_face_like(32, 32)],
                     speaker_source="cluster", speaker_confidence=0.5, text_confidence=0.875,
                     locale="en_US", features={"speaker_embedding": np.ones(4, np.float32),
-                                              "face_probabilities": np.full(7, 1 / 7, np.float32)},
-                    face_status="seen", face_count=3)
+                                              "face_probabilities": np.full(7, 1 / 7, np.float32),
+                                              "voice_probabilities": np.eye(7, dtype=np.float32)[4]},
+                    face_status="seen", face_count=3, voice_status="ok")
     msg = deserialize_message(serialize_message(emotion_msgs.utterance_to_msg(utt)), UtteranceMsg)
     assert convert.time_to_float(msg.header.stamp) == 2.0
     assert msg.header.frame_id == ""  # a coordinate frame, not the conversation id
@@ -166,10 +167,22 @@ def test_utterance_roundtrip_through_the_wire():
     assert back.speaker_source == "cluster" and back.text_confidence == 0.875
     assert (back.face_status, back.face_count) == ("seen", 3)
     assert np.array_equal(back.features["face_probabilities"], np.full(7, 1 / 7, np.float32))
-    # a producer without the face expert: no status, no probabilities
+    assert (back.voice_status, back.voice_reason) == ("ok", "")
+    assert np.array_equal(back.features["voice_probabilities"], np.eye(7, dtype=np.float32)[4])
+    # the voice heard but not read: the reason travels, no probabilities
+    unsure = Utterance("u", "c", "s", 0, 1, audio=audio, voice_status="uncertain",
+                       voice_reason="too_quiet")
+    msg = emotion_msgs.utterance_to_msg(unsure)
+    assert (msg.voice_status, msg.voice_reason) == (msg.VOICE_UNCERTAIN, "too_quiet")
+    back = emotion_msgs.msg_to_utterance(msg)
+    assert (back.voice_status, back.voice_reason) == ("uncertain", "too_quiet")
+    assert "voice_probabilities" not in back.features
+    # a producer without the experts: no status, no probabilities
     plain = emotion_msgs.msg_to_utterance(
         emotion_msgs.utterance_to_msg(Utterance("u", "c", "s", 0, 1)))
     assert plain.face_status == "" and "face_probabilities" not in plain.features
+    assert plain.voice_status == plain.voice_reason == ""
+    assert "voice_probabilities" not in plain.features
 
 
 def test_hostile_utterance_messages_are_refused_before_allocating():
@@ -196,6 +209,16 @@ def test_hostile_utterance_messages_are_refused_before_allocating():
         "3 face probabilities": msg(face_status="seen",
                                     face_probabilities=np.ones(3, np.float32)),
         "unknown face status": msg(face_status="x" * 1000),
+        "voice probabilities, voice not read": msg(voice_status="uncertain",
+                                                   voice_reason="undecided",
+                                                   voice_probabilities=np.ones(7, np.float32)),
+        "voice ok without probabilities": msg(voice_status="ok"),
+        "3 voice probabilities": msg(voice_status="ok",
+                                     voice_probabilities=np.ones(3, np.float32)),
+        "unknown voice status": msg(voice_status="x" * 1000),
+        "unknown voice reason": msg(voice_status="uncertain", voice_reason="x" * 1000),
+        "a reason with voice ok": msg(voice_status="ok", voice_reason="too_short",
+                                      voice_probabilities=np.ones(7, np.float32)),
         "1 MB speaker id": msg(speaker_id="s" * (1 << 20)),
         "1 MB conversation id": msg(conversation_id="c" * (1 << 20)),
         "1 MB locale": msg(locale="l" * (1 << 20)),
@@ -262,6 +285,41 @@ def test_estimate_carries_the_face_experts_own_result_beside_the_fused_one():
         assert m.face_status == status and m.face_label == "" and not len(m.face_probabilities)
         assert math.isnan(m.face_confidence) and math.isnan(m.face_valence)
         assert emotion_msgs.face_expression(none) is None
+
+
+def test_estimate_carries_the_voice_experts_own_result_beside_the_fused_one():
+    from erc_ros.msg import EmotionEstimate
+    names = ["neutral", "joy", "anger"]
+    est = Estimate(utterance_id="u1", conversation_id="c1", speaker_id="anna", start=1.0,
+                   end=2.5, label="joy", class_names=names, probabilities=[0.25, 0.625, 0.125],
+                   voice_status="ok", voice_probabilities=[0.75, 0.125, 0.125],
+                   voice_valence=0.0625, voice_arousal=-0.25)
+    msg = deserialize_message(serialize_message(emotion_msgs.estimate_to_msg(est)), EmotionEstimate)
+    assert msg.label == "joy" and msg.voice_label == "neutral" and msg.voice_confidence == 0.75
+    assert (msg.voice_status, msg.voice_reason) == (msg.VOICE_OK, "")
+    assert list(msg.voice_probabilities) == [0.75, 0.125, 0.125]
+    assert (msg.voice_valence, msg.voice_arousal) == (0.0625, -0.25)
+    back = emotion_msgs.msg_to_estimate(msg)
+    assert back.voice_label == "neutral" and back.voice_probabilities == [0.75, 0.125, 0.125]
+    assert (back.voice_status, back.voice_valence, back.voice_arousal) == ("ok", 0.0625, -0.25)
+    voice = emotion_msgs.voice_expression(est)
+    assert voice.expression == "neutral" and voice.confidence == 0.75
+    assert (voice.valence, voice.arousal) == (0.0625, -0.25)
+    assert convert.time_to_float(voice.header.stamp) == 2.5  # the utterance end, not now
+    # the voice not read: the status (and for uncertain, the reason) says why, the rest is
+    # empty / NaN, and no Expression is made
+    for status, reason in (("uncertain", "too_short"), ("uncertain", "unfamiliar"),
+                           ("no_audio", ""), ("disabled", ""), ("error", "")):
+        none = Estimate("u", "c", "s", 0, 1, "joy", names, [0.25, 0.625, 0.125],
+                        voice_status=status, voice_reason=reason)
+        m = deserialize_message(serialize_message(emotion_msgs.estimate_to_msg(none)),
+                                EmotionEstimate)
+        assert (m.voice_status, m.voice_reason) == (status, reason)
+        assert m.voice_label == "" and not len(m.voice_probabilities)
+        assert math.isnan(m.voice_confidence) and math.isnan(m.voice_valence)
+        assert math.isnan(m.voice_arousal)
+        assert emotion_msgs.msg_to_estimate(m).voice_reason == reason
+        assert emotion_msgs.voice_expression(none) is None
 
 
 def test_unstamped_audio_is_one_timeline_despite_receipt_jitter():

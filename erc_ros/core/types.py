@@ -142,12 +142,18 @@ class Utterance:
     # Features the core computed while the person spoke, reused downstream so nothing is
     # computed twice on the latency path: e.g. "speaker_embedding" (the diarization d-vector),
     # "face_probabilities" (the face-expression expert's mean over the speaker's face crops,
-    # :data:`FACE_CLASSES` order; only when ``face_status`` is :data:`FACE_SEEN`).
+    # :data:`FACE_CLASSES` order; only when ``face_status`` is :data:`FACE_SEEN`),
+    # "voice_probabilities" (the voice expert's distribution on the utterance's audio,
+    # :data:`FACE_CLASSES` order; only when ``voice_status`` is :data:`VOICE_OK`).
     features: dict[str, np.ndarray] = field(default_factory=dict)
     # The face-expression expert on this utterance: one of :data:`FACE_STATUSES` ("" when
     # unknown, e.g. an utterance made by hand) and how many face crops it averaged.
     face_status: str = ""
     face_count: int = 0
+    # The voice expert on this utterance's audio: one of :data:`VOICE_STATUSES` ("" when
+    # unknown) and, when "uncertain", why (one of :data:`VOICE_UNCERTAIN_REASONS`; else "").
+    voice_status: str = ""
+    voice_reason: str = ""
 
     @property
     def has_text(self) -> bool:
@@ -172,7 +178,8 @@ class Utterance:
 
     def for_context(self) -> "Utterance":
         """What a conversation's history keeps of this utterance once it is past: every
-        scalar field (ids, speaker, span, text, confidences, locale, face status), without
+        scalar field (ids, speaker, span, text, confidences, locale, face and voice
+        status), without
         the audio, the face crops and the ``features``. A model reads of a past utterance
         only its speaker and text (the text prompt); its encodings are cached as vectors by
         whoever needs them. The copy's :attr:`modality_mask` is therefore text only."""
@@ -208,6 +215,15 @@ class Estimate:
     face_count: int = 0
     face_valence: float = float("nan")
     face_arousal: float = float("nan")
+    # What the voice expert said on its own, beside (never inside) the fused result: the
+    # status (:data:`VOICE_STATUSES`), why it is "uncertain" (:data:`VOICE_UNCERTAIN_REASONS`,
+    # else ""), its distribution in ``class_names`` order (empty unless ``voice_status`` is
+    # :data:`VOICE_OK`), and valence/arousal from it (NaN without one).
+    voice_status: str = ""
+    voice_reason: str = ""
+    voice_probabilities: Sequence[float] = ()
+    voice_valence: float = float("nan")
+    voice_arousal: float = float("nan")
 
     @property
     def confidence(self) -> float:
@@ -222,4 +238,15 @@ class Estimate:
     @property
     def face_confidence(self) -> float:
         p = self.face_probabilities
+        return float(max(p)) if len(p) else float("nan")
+
+    @property
+    def voice_label(self) -> str:
+        """The voice expert's most probable class ("" without a reading)."""
+        p = self.voice_probabilities
+        return str(self.class_names[int(np.argmax(p))]) if len(p) else ""
+
+    @property
+    def voice_confidence(self) -> float:
+        p = self.voice_probabilities
         return float(max(p)) if len(p) else float("nan")

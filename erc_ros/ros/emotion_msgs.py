@@ -15,8 +15,9 @@ import numpy as np
 from builtin_interfaces.msg import Time
 
 from erc_ros.core.segmentation import TRANSCRIPT_BOUNDS
-from erc_ros.core.types import (FACE_CLASSES, FACE_SEEN, FACE_STATUSES, SAMPLE_RATE, Estimate,
-                                Utterance)
+from erc_ros.core.types import (FACE_CLASSES, FACE_SEEN, FACE_STATUSES, SAMPLE_RATE, VOICE_OK,
+                                VOICE_STATUSES, VOICE_UNCERTAIN, VOICE_UNCERTAIN_REASONS,
+                                Estimate, Utterance)
 from erc_ros.ros.convert import (ConversionError, float_to_time, image_to_rgb, rgb_to_image,
                                  time_to_float)
 
@@ -50,6 +51,11 @@ def utterance_to_msg(utt: Utterance):
     fp = utt.features.get("face_probabilities")
     if fp is not None:
         msg.face_probabilities = array.array("f", np.asarray(fp, np.float32).ravel().tobytes())
+    msg.voice_status, msg.voice_reason = utt.voice_status, utt.voice_reason
+    vp = utt.features.get("voice_probabilities")
+    if vp is not None:
+        msg.voice_probabilities = array.array("f",
+                                              np.asarray(vp, np.float32).ravel().tobytes())
     return msg
 
 
@@ -76,7 +82,9 @@ def msg_to_utterance(msg) -> Utterance:
     locale longer than MAX_UTTERANCE_FIELDS, a text confidence that is neither NaN nor in
     [0, 1], a speaker confidence or time that is not finite, an end before the start, face
     probabilities that are not one per face class (or not with face_status seen), an unknown
-    face_status."""
+    face_status; likewise voice probabilities that are not one per class (or not with
+    voice_status ok), an unknown voice_status, a voice_reason that is not one of the
+    expert's, or one with a voice_status other than uncertain."""
     def refuse(why: str):
         raise ConversionError("utterance", f"utterance {msg.utterance_id[:40]!r}: {why}")
     if msg.sample_rate not in (0, SAMPLE_RATE):
@@ -107,6 +115,16 @@ def msg_to_utterance(msg) -> Utterance:
             bool(len(msg.face_probabilities)) != (msg.face_status == FACE_SEEN):
         refuse(f"{len(msg.face_probabilities)} face probabilities with face_status "
                f"{msg.face_status!r}")
+    if msg.voice_status not in ("", *VOICE_STATUSES):
+        refuse(f"voice_status {msg.voice_status[:40]!r}")
+    if msg.voice_reason and (msg.voice_status != VOICE_UNCERTAIN
+                             or msg.voice_reason not in VOICE_UNCERTAIN_REASONS):
+        refuse(f"voice_reason {msg.voice_reason[:40]!r} with voice_status "
+               f"{msg.voice_status!r}")
+    if len(msg.voice_probabilities) not in (0, len(FACE_CLASSES)) or \
+            bool(len(msg.voice_probabilities)) != (msg.voice_status == VOICE_OK):
+        refuse(f"{len(msg.voice_probabilities)} voice probabilities with voice_status "
+               f"{msg.voice_status!r}")
     pcm = np.frombuffer(msg.audio, np.int16) if len(msg.audio) else np.zeros(0, np.int16)
     features = {}
     if len(msg.speaker_embedding):
@@ -114,6 +132,9 @@ def msg_to_utterance(msg) -> Utterance:
     if len(msg.face_probabilities):
         features["face_probabilities"] = np.frombuffer(msg.face_probabilities,
                                                        np.float32).copy()
+    if len(msg.voice_probabilities):
+        features["voice_probabilities"] = np.frombuffer(msg.voice_probabilities,
+                                                        np.float32).copy()
     return Utterance(
         utterance_id=msg.utterance_id, conversation_id=msg.conversation_id,
         speaker_id=msg.speaker_id, start=time_to_float(msg.start), end=time_to_float(msg.end),
@@ -123,7 +144,8 @@ def msg_to_utterance(msg) -> Utterance:
         speaker_source=msg.speaker_source,
         speaker_confidence=float(msg.speaker_confidence),
         text_confidence=float(msg.text_confidence), locale=msg.locale, features=features,
-        face_status=msg.face_status, face_count=max(0, int(msg.face_count)))
+        face_status=msg.face_status, face_count=max(0, int(msg.face_count)),
+        voice_status=msg.voice_status, voice_reason=msg.voice_reason)
 
 
 # --- estimates -----------------------------------------------------------------------------
@@ -151,6 +173,10 @@ def estimate_to_msg(est: Estimate, end_to_end_ms: float = float("nan")):
     msg.face_label, msg.face_confidence = est.face_label, float(est.face_confidence)
     msg.face_probabilities = [float(p) for p in est.face_probabilities]
     msg.face_valence, msg.face_arousal = float(est.face_valence), float(est.face_arousal)
+    msg.voice_status, msg.voice_reason = est.voice_status, est.voice_reason
+    msg.voice_label, msg.voice_confidence = est.voice_label, float(est.voice_confidence)
+    msg.voice_probabilities = [float(p) for p in est.voice_probabilities]
+    msg.voice_valence, msg.voice_arousal = float(est.voice_valence), float(est.voice_arousal)
     return msg
 
 
@@ -165,7 +191,10 @@ def msg_to_estimate(msg) -> Estimate:
         backend=msg.backend, latency_ms=float(msg.processing_latency_ms), text=msg.text,
         face_status=msg.face_status, face_probabilities=[float(p) for p in msg.face_probabilities],
         face_count=int(msg.face_count), face_valence=float(msg.face_valence),
-        face_arousal=float(msg.face_arousal))
+        face_arousal=float(msg.face_arousal), voice_status=msg.voice_status,
+        voice_reason=msg.voice_reason,
+        voice_probabilities=[float(p) for p in msg.voice_probabilities],
+        voice_valence=float(msg.voice_valence), voice_arousal=float(msg.voice_arousal))
 
 
 # Class names of MELD / EmoryNLP / IEMOCAP (lower-cased) -> hri_msgs/Expression constants.
@@ -211,3 +240,13 @@ def face_expression(est: Estimate):
         return None
     return expression_msg(est.end, est.face_label, est.face_valence, est.face_arousal,
                           est.face_confidence)
+
+
+def voice_expression(est: Estimate):
+    """The voice expert's part of ``est`` -> hri_msgs/Expression (its top class mapped to the
+    ROS4HRI vocabulary, its valence/arousal and confidence, the utterance's end as stamp);
+    None when the voice was not read (``voice_status`` other than ok)."""
+    if est.voice_status != VOICE_OK or not len(est.voice_probabilities):
+        return None
+    return expression_msg(est.end, est.voice_label, est.voice_valence, est.voice_arousal,
+                          est.voice_confidence)
