@@ -19,7 +19,6 @@ from the manifest alone.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -29,14 +28,11 @@ import torch
 from torch import nn
 
 from erc_ros.core.types import FACE_CLASSES
-from erc_ros.models.artefact import (FORMAT_VERSION, ArtefactError, add_artefact, artefact_file,
-                                     check_model_id, git_commit, git_modified, verify_model_dir,
-                                     versions, write_manifest)
+from erc_ros.models.net_dir import load_into, load_net_state, save_net_dir
 from erc_ros.models.face_expert import grey
 
 #: What a face model's manifest says it is (an ERC model directory has no ``kind``).
 MODEL_KIND = "face_expression"
-WEIGHTS_FILE = "weights.safetensors"
 #: Pixels -> network input: ``(x / 255 - mean) / std``; the values are FER2013 train's pixel
 #: mean and standard deviation, rounded.
 NORMALISATION = {"scale": 1.0 / 255.0, "mean": 0.5, "std": 0.25}
@@ -134,67 +130,22 @@ def normalise(pixels: np.ndarray, normalisation: dict = NORMALISATION) -> np.nda
     return (x - np.float32(normalisation["mean"])) / np.float32(normalisation["std"])
 
 
-def count_parameters(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
 def save_face_model(net: FaceNet, model_dir: str | Path, model_id: str,
                     provenance: Optional[dict] = None) -> Path:
     """Write ``net`` as a self-describing model directory (float32 safetensors + manifest
-    with every file's sha256). Files this function wrote before are replaced; others in the
-    folder (a training checkpoint) are left alone and not listed."""
-    from safetensors.torch import save_file
-
-    check_model_id(model_id)
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    with every file's sha256, :func:`erc_ros.models.net_dir.save_net_dir`)."""
     cfg = net.config
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "kind": MODEL_KIND,
-        "model_id": model_id,
-        "label_names": list(cfg.label_names),
-        "config": cfg.to_dict(),
-        "input": {"size": cfg.input_size, "channels": "grey", "dtype": "uint8",
-                  "resize": "INTER_AREA (INTER_LINEAR when enlarging)",
-                  "normalisation": dict(NORMALISATION)},
-        "parameters": count_parameters(net),
-        "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       "git_commit": git_commit(),
-                       **({"git_modified": m} if (m := git_modified()) else {}),
-                       **(provenance or {})},
-        "versions": versions(),
-        "external": {},
-        "artefacts": {},
-    }
-    write_manifest(model_dir, manifest)
-    state = {k: v.detach().cpu().float().contiguous() if v.is_floating_point()
-             else v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(model_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-    add_artefact(model_dir, WEIGHTS_FILE, "weights", dtype="float32", tensors=len(state))
-    return model_dir
+    return save_net_dir(net, model_dir, kind=MODEL_KIND, model_id=model_id,
+                        label_names=cfg.label_names, config=cfg.to_dict(), fields={
+                            "input": {"size": cfg.input_size, "channels": "grey",
+                                      "dtype": "uint8",
+                                      "resize": "INTER_AREA (INTER_LINEAR when enlarging)",
+                                      "normalisation": dict(NORMALISATION)}},
+                        provenance=provenance)
 
 
 def load_face_model(model_dir: str | Path) -> tuple[FaceNet, dict]:
     """(the network in eval mode, its manifest) from a face model directory, after every
     listed file's sha256 is checked; :class:`ArtefactError` when it is not one."""
-    from safetensors.torch import load_file
-
-    model_dir = Path(model_dir)
-    m = verify_model_dir(model_dir)
-    if m.get("kind") != MODEL_KIND:
-        raise ArtefactError(f"{model_dir}: not a face-expression model directory (kind "
-                            f"{m.get('kind')!r}, expected {MODEL_KIND!r})", "malformed")
-    weights = [r for r, e in m["artefacts"].items() if e.get("kind") == "weights"]
-    if len(weights) != 1:
-        raise ArtefactError(f"{model_dir}: expected one weights file, the manifest lists "
-                            f"{len(weights)}", "malformed")
-    net = FaceNet(FaceNetConfig.from_dict(m["config"]))
-    state = load_file(str(artefact_file(model_dir, weights[0])))
-    expected = net.state_dict()
-    if set(state) != set(expected):
-        raise ArtefactError(f"{model_dir}: weights do not match the config (missing "
-                            f"{sorted(set(expected) - set(state))[:5]}, unexpected "
-                            f"{sorted(set(state) - set(expected))[:5]})", "malformed")
-    net.load_state_dict(state, strict=True)
-    return net.eval(), m
+    state, m = load_net_state(model_dir, MODEL_KIND, "face-expression")
+    return load_into(FaceNet(FaceNetConfig.from_dict(m["config"])), state, model_dir), m
