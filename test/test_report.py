@@ -43,7 +43,8 @@ def _row(**kw) -> dict:
     base = {"bag": "conv_a", "utterance_id": "", "start": "", "end": "", "speaker": "",
             "text": "", "label": "", "predicted": "", "confidence": "", "heard": "",
             "est_speaker": "", "est_start": "", "est_end": "", "latency_ms": "", "lost": False,
-            "face_status": "", "face_label": "", "face_confidence": ""}
+            "face_status": "", "face_label": "", "face_confidence": "", "voice_status": "",
+            "voice_reason": "", "voice_label": "", "voice_confidence": ""}
     return {**base, **kw}
 
 
@@ -53,12 +54,13 @@ ROWS = [
          text="Good morning!", label="joy", predicted="joy", confidence="0.8123",
          heard="good morning", est_speaker="speaker_0", est_start="100.050",
          est_end="102.400", latency_ms="12.50", lost="False", face_status="seen",
-         face_label="joy", face_confidence="0.9000"),
+         face_label="joy", face_confidence="0.9000", voice_status="ok", voice_label="surprise",
+         voice_confidence="0.8500"),
     # 1: wrong and confident, numbers; the texts carry markup
     _row(utterance_id="l2", start=103.0, end=106.0, speaker="Bob", text=SCRIPT_TEXT,
          label="anger", predicted="joy", confidence=0.91, heard="I said <b>no</b>",
          est_speaker="speaker_1", est_start=103.1, est_end=105.8, latency_ms=31.0,
-         face_status="no_face"),
+         face_status="no_face", voice_status="uncertain", voice_reason="too_quiet"),
     # 2: lost (labelled, no estimate)
     _row(utterance_id="l3", start="107.0", end="109.0", speaker="Carol",
          text="I miss her.", label="sadness", lost=True),
@@ -135,6 +137,15 @@ def test_page_is_self_contained_and_escapes_texts(page_file):
         clips[re.search(r'data-idx="(\d+)"', tr).group(1)] = clip.group(1) if clip else None
     assert {i for i, c in clips.items() if c} == {"0", "1", "2", "3", "4", "5"}
     assert clips["6"] is None
+    # each expert's own word beside the fused label: the face's, then the voice's (its label
+    # and probability, else its status and why)
+    rows = {re.search(r'data-idx="(\d+)"', tr).group(1): tr
+            for tr in markup[markup.index('id="utt-table"'):].split('<tr class="row')[1:]}
+    cells = {i: re.findall(r"<td>(.*?)</td>", tr, re.S) for i, tr in rows.items()}
+    assert 'joy <span class="muted">0.90</span>' in cells["0"]
+    assert 'surprise <span class="muted">0.85</span>' in cells["0"]
+    assert 'uncertain <span class="muted">too_quiet</span>' in cells["1"]
+    assert cells["3"].count("–") >= 2  # neither expert said anything
     import soundfile as sf
     samples, rate = sf.read(io.BytesIO(base64.b64decode(clips["1"])))
     # the clip spans the label and the estimate, padded: 103.0 - 0.1 .. 106.0 + 0.1
@@ -250,6 +261,7 @@ def test_report_in_headless_chromium(page_file, tmp_path):
             page.hover("#utt-1")  # the hover card shows the texts as text
             tip = page.inner_text("#tip")
             assert SCRIPT_TEXT in tip and "I said <b>no</b>" in tip
+            assert "voice uncertain (too_quiet)" in tip and "face no_face" in tip
             page.click("#utt-1")
             assert page.is_visible("#detail")
             assert page.get_attribute("#detail-audio", "src").startswith("data:audio/ogg;base64,")

@@ -255,6 +255,10 @@ def utterances(rows: list[dict]) -> list[dict]:
             "true": true, "pred": pred, "conf": _num(r.get("confidence")),
             "latency": _num(r.get("latency_ms")), "face_status": _text(r.get("face_status")),
             "face_label": _text(r.get("face_label")), "face_conf": _num(r.get("face_confidence")),
+            "voice_status": _text(r.get("voice_status")),
+            "voice_reason": _text(r.get("voice_reason")),
+            "voice_label": _text(r.get("voice_label")),
+            "voice_conf": _num(r.get("voice_confidence")),
             "lost": lost, "unlabelled": not true and not lost,
             "wrong": bool(true) and bool(pred) and true != pred,
             # set by _bag_views: seconds from the bag's first turn, place on its timeline
