@@ -33,7 +33,8 @@ def test_config_round_trip_flat_and_nested_with_docs():
     assert all(defaults[n] == d for n, d, _ in described)
     for bad in ({"vad.nope": 1}, {"nope.threshold": 1}, {"faces.count": 2.5},
                 {"faces.count": "many"}, {"diarization.enabled": 3},
-                {"segmentation.mode": "magic"}, {"vad.threshold": 0.2, "vad.neg_threshold": 0.3}):
+                {"segmentation.mode": "magic"}, {"vad.threshold": 0.2, "vad.neg_threshold": 0.3},
+                {"voice.threads": 0}, {"voice.expression": "sometimes"}):
         with pytest.raises(ValueError):
             PerceptionConfig.from_dict(bad)
 

@@ -16,7 +16,7 @@ import numpy as np
 from .params import flatten
 
 __all__ = ["AudioConfig", "VadConfig", "SegmentationConfig", "DiarizationConfig", "FaceConfig",
-           "ConversationConfig", "AsrConfig", "PerceptionConfig"]
+           "VoiceConfig", "ConversationConfig", "AsrConfig", "PerceptionConfig"]
 
 
 def _f(default, doc: str, **kw):
@@ -220,6 +220,18 @@ class FaceConfig:
                                        "when its normalized entropy (0: one class, 1: "
                                        "uniform) is at most this; above it the expert is "
                                        "undecided and face_status is 'uncertain'; 1: off")
+
+
+@dataclass
+class VoiceConfig:
+    expression: bool = _f(True, "run the voice expert (erc_ros.runtime.voice_expert) on each "
+                          "utterance's audio when it closes; its distribution, or why it "
+                          "cannot read the voice (voice_status 'uncertain' with a "
+                          "voice_reason), is reported beside the fused estimate, never mixed "
+                          "into it. A missing or unprepared model: one log line, voice_status "
+                          "'disabled'")
+    model: str = _f("", "the voice expert's model directory; empty: the package's models/voice")
+    threads: int = _f(1, "CPU threads of the voice expert")
 
 
 @dataclass
@@ -429,7 +441,7 @@ class AsrConfig:
 
 
 _SECTIONS = {"audio": AudioConfig, "vad": VadConfig, "segmentation": SegmentationConfig,
-             "diarization": DiarizationConfig, "faces": FaceConfig,
+             "diarization": DiarizationConfig, "faces": FaceConfig, "voice": VoiceConfig,
              "conversation": ConversationConfig, "asr": AsrConfig}
 
 
@@ -443,6 +455,7 @@ class PerceptionConfig:
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     diarization: DiarizationConfig = field(default_factory=DiarizationConfig)
     faces: FaceConfig = field(default_factory=FaceConfig)
+    voice: VoiceConfig = field(default_factory=VoiceConfig)
     conversation: ConversationConfig = field(default_factory=ConversationConfig)
     asr: AsrConfig = field(default_factory=AsrConfig)
 
@@ -485,6 +498,8 @@ class PerceptionConfig:
             raise ValueError("need faces.expression_min_pixels >= 0, "
                              "faces.expression_min_sharpness >= 0 and "
                              "0 < faces.expression_max_entropy <= 1")
+        if int(self.voice.threads) < 1:
+            raise ValueError("voice.threads must be >= 1")
         if self.audio.capacity_seconds < self.segmentation.max_utterance_seconds + \
                 self.segmentation.asr_wait_seconds:
             raise ValueError("audio.capacity_seconds must cover segmentation."

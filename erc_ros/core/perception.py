@@ -17,7 +17,8 @@ public methods take one lock, so callbacks and the timer may be on different thr
 :class:`PerceptionCore` is the orchestrator: it owns the parts (audio buffer, VAD, the
 embedded recognizer's :class:`~erc_ros.core.recognition.Recognition`, speaker embedder and
 diarizer, frame buffer, face detector and :class:`~erc_ros.core.face_expression.FaceExpressions`,
-conversation history), runs them in order, and builds each utterance from a span the
+the voice expert's :class:`~erc_ros.core.voice_expression.VoiceExpressions`, conversation
+history), runs them in order, and builds each utterance from a span the
 :class:`~erc_ros.core.segmentation.Segmenter` decided. How spans are decided (timed /
 untimed ASR, voice activity alone) and how ASR finals waiting are bounded is described in
 :mod:`erc_ros.core.segmentation`. The embedded recognizer's text reaches the segmenter
@@ -56,6 +57,7 @@ from .segmentation import PendingUtterance, Segmenter
 from .speakers import Speakers
 from .types import FACE_DISABLED, SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent, Utterance
 from .vad import StreamingVad
+from .voice_expression import VoiceExpressions
 
 __all__ = ["PerceptionCore", "PerceptionConfig", "AudioConfig", "VadConfig",
            "SegmentationConfig", "DiarizationConfig", "FaceConfig", "ConversationConfig"]
@@ -105,6 +107,10 @@ class PerceptionCore:
     path) and, when an utterance closes, averages the speaker's face into
     ``features["face_probabilities"]`` with ``face_status`` / ``face_count``. None (or
     ``faces.expression`` / ``faces.enabled`` off): ``face_status`` is ``disabled``.
+    ``voice_expert``: the voice expert (``labels`` == :data:`FACE_CLASSES`, ``predict(audio)``),
+    made there when ``voice.expression`` is on; run on each utterance's audio at close
+    (``voice_status`` / ``voice_reason``, ``features["voice_probabilities"]``; see
+    :class:`~erc_ros.core.voice_expression.VoiceExpressions`). None: ``disabled``.
 
     ``recognizer``: with ``asr.enabled``, an already loaded
     :class:`~erc_ros.core.asr.WhisperRecognizer` of the same ``asr`` settings to use instead
@@ -117,7 +123,8 @@ class PerceptionCore:
     """
 
     def __init__(self, config: Optional[PerceptionConfig] = None, face_expert=None,
-                 recognizer=None, on_asr_result: Optional[Callable[[], None]] = None):
+                 voice_expert=None, recognizer=None,
+                 on_asr_result: Optional[Callable[[], None]] = None):
         self.config = cfg = config or PerceptionConfig()
         cfg.validate()
         self._lock = threading.RLock()
@@ -152,8 +159,10 @@ class PerceptionCore:
         self.detector = detector_for(fc) if fc.enabled else None
         self.face_expert = face_expert if fc.enabled and fc.expression else None
         self.expressions = FaceExpressions(fc, self.face_expert, self._timer.add)
-        #: What the assembly path loaded as the face expert, or why none (for the logs).
-        self.face_expert_message = ""
+        self.voice_expert = voice_expert if cfg.voice.expression else None
+        self.voice_expressions = VoiceExpressions(cfg.voice, self.voice_expert, self._timer.add)
+        #: What the assembly path loaded as the face / voice expert, or why none (for the logs).
+        self.face_expert_message = self.voice_expert_message = ""
         self.history = ConversationHistory(cfg.conversation.history_utterances)
         self.segmenter = Segmenter(cfg.segmentation)
         # The embedded recognizer (asr.enabled): each speech segment the VAD closes is
@@ -412,6 +421,10 @@ class PerceptionCore:
             if face_p is not None:
                 features["face_probabilities"] = face_p
         self.expressions.count(face_status)
+        voice_status, voice_reason, voice_p = self.voice_expressions.of_utterance(audio)
+        if voice_p is not None:
+            features["voice_probabilities"] = voice_p
+        self.voice_expressions.count(voice_status)
         self._utt_index += 1
         utt = Utterance(
             utterance_id=f"utt{self._utt_index:06d}", conversation_id=self._conv_id,
@@ -419,7 +432,8 @@ class PerceptionCore:
             faces=faces, speaker_source=dec.source, speaker_confidence=dec.confidence,
             text_confidence=p.text_confidence, locale=p.locale,
             final_stamp=None if math.isnan(p.final_stamp) else p.final_stamp, features=features,
-            asr_ready=p.asr_ready, face_status=face_status, face_count=face_count)
+            asr_ready=p.asr_ready, face_status=face_status, face_count=face_count,
+            voice_status=voice_status, voice_reason=voice_reason)
         self._last_end = end if self._last_end is None else max(self._last_end, end)
         self.speakers.last_built = (start, end, dec.speaker_id)
         self.history.add(utt)
@@ -571,6 +585,7 @@ class PerceptionCore:
                 "asr": self.recognition.stats() if self.recognition is not None
                 else {"enabled": False},
                 "face_expression": self.expressions.stats(),
+                "voice_expression": self.voice_expressions.stats(),
             }
 
     def close(self, timeout: float = 30.0, drop_pending: bool = False) -> bool:
