@@ -52,12 +52,13 @@ def conversation():
 class Rig:
     """Composed nodes + a driver node on one executor spinning in a thread."""
 
-    def __init__(self, model, utterance_params, pubs):
+    def __init__(self, model, utterance_params, pubs, emotion_params=()):
         sim = Parameter("use_sim_time", value=True)
         self.comp = ComposedPipeline([sim, *NO_DIARIZATION, *utterance_params],
                                      [sim, Parameter("model_dir", value=str(model)),
                                       Parameter("prepare", value=True),
-                                      Parameter("diagnostics_period", value=0.2)])
+                                      Parameter("diagnostics_period", value=0.2),
+                                      *emotion_params])
         self.node = rclpy.create_node("test_driver")
         from diagnostic_msgs.msg import DiagnosticArray
         from erc_ros.msg import EmotionEstimate
@@ -196,7 +197,8 @@ def test_ros4hri_voices_and_expression(ros, model, conversation):
                       Parameter("audio_msg", value="raw"),
                       Parameter("asr_type", value="hri_voices")],
               {"/audio": AudioData, "/audio_info": AudioInfo,
-               "/humans/voices/tracked": IdsList, "/camera/image_raw": Image})
+               "/humans/voices/tracked": IdsList, "/camera/image_raw": Image},
+              [Parameter("voice_expression", value="fused")])  # the fused estimate's topic
     exprs = Collector()
     rig.node.create_subscription(Expression, "/humans/voices/anna/expression", exprs, 10)
     speech = rig.node.create_publisher(LiveSpeech, "/humans/voices/anna/speech", RELIABLE)

@@ -15,6 +15,7 @@ RELIABILITIES = ("reliable", "best_effort")
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 EXPRESSION_NAMESPACES = ("voices", "faces")
+VOICE_EXPRESSIONS = ("voice", "fused")  # what /humans/voices/<speaker>/expression carries
 FACE_CROP_TOPICS = ("cropped", "aligned")  # ROS4HRI's /humans/faces/<id>/<crop_topic>
 
 #: parameter name -> allowed values (the same name in every node that has it).
@@ -28,6 +29,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "backend": BACKENDS,
     "precision": PRECISIONS,
     "expression_namespace": EXPRESSION_NAMESPACES,
+    "voice_expression": VOICE_EXPRESSIONS,
     "crop_topic": FACE_CROP_TOPICS,
 }
 

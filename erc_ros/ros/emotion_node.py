@@ -1,6 +1,11 @@
 """The emotion node: ``erc_ros/Utterance`` -> ``erc_ros/EmotionEstimate`` (+ hri Expression).
 
-Besides the fused estimate's Expression per speaker, it publishes what the face-expression
+Per speaker, ``/humans/voices/<speaker>/expression`` carries what the voice expert said of
+the utterance's audio (``voice_expression: voice``, computed by the utterance node when the
+utterance closed) or the fused estimate (``voice_expression: fused``); the fused estimate
+goes to ``/humans/faces/<speaker>/expression`` instead with ``expression_namespace: faces``.
+One topic, one meaning: the fused estimate and the voice expert never share a topic.
+It also publishes what the face-expression
 expert said of the speaker's face (computed by the utterance node while the person spoke,
 carried by the utterance) as ``hri_msgs/Expression`` on ``/humans/faces/<face id>/expression``
 (``publish_face_expression``), as ROS4HRI's hri_emotion_recognizer does but stamped with the
@@ -53,10 +58,23 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "subscribe_utterances": (True, "subscribe to utterance_topic (composed mode hands "
                                    "utterances over in memory instead)"),
     "estimate_topic": ("erc_ros/emotion", "output topic (erc_ros/EmotionEstimate)"),
-    "publish_expression": (True, "also publish hri_msgs/Expression for ROS4HRI users"),
-    "expression_namespace": ("voices", "'voices' -> /humans/voices/<speaker>/expression, "
-                                       "'faces' -> /humans/faces/<speaker>/expression (<speaker>: "
-                                       "the speaker id as a topic token, erc_ros.ros.topic_names)"),
+    "publish_expression": (True, "also publish hri_msgs/Expression per speaker for ROS4HRI "
+                                 "users (what voice_expression and expression_namespace say; "
+                                 "publish_face_expression aside)"),
+    "expression_namespace": ("voices", "where the fused estimate's Expression goes: 'voices' "
+                                       "-> /humans/voices/<speaker>/expression (only with "
+                                       "voice_expression fused: that topic carries one "
+                                       "meaning), 'faces' -> /humans/faces/<speaker>/expression "
+                                       "(<speaker>: the speaker id as a topic token, "
+                                       "erc_ros.ros.topic_names)"),
+    "voice_expression": ("voice", "what /humans/voices/<speaker>/expression carries: 'voice': "
+                                  "the voice expert's reading of the utterance's audio (its "
+                                  "top class, valence/arousal and confidence; nothing for an "
+                                  "utterance whose voice_status is not ok), and the fused "
+                                  "estimate is not published there (with expression_namespace "
+                                  "voices it is in the EmotionEstimate only); 'fused': the "
+                                  "fused estimate (expression_namespace voices), and the voice "
+                                  "expert's reading is in the EmotionEstimate only"),
     "publish_face_expression": (True, "publish the face-expression expert's hri_msgs/Expression "
                                       "on /humans/faces/<speaker>/expression for each utterance "
                                       "whose speaker's face was seen (the fused label is not "
@@ -288,12 +306,22 @@ class EmotionNode(LifecycleNode):
         if not est.label:
             self.health.count("estimates_without_label")  # nothing the model reads
         self.health.count(f"face_status.{est.face_status or 'disabled'}")
+        self.health.count(f"voice_status.{est.voice_status or 'disabled'}")
+        if est.voice_reason:
+            self.health.count(f"voice_uncertain.{est.voice_reason}")
         self.health.latency("processing", proc_ms)
         if math.isfinite(e2e):
             self.health.latency("end_to_end", e2e)
-        if self.p["publish_expression"] and est.speaker_id and est.label:
-            self._expression_pub(est.speaker_id, self.p["expression_namespace"]).publish(
+        p = self.p
+        fused_on = p["expression_namespace"] == "faces" or p["voice_expression"] == "fused"
+        if p["publish_expression"] and est.speaker_id and est.label and fused_on:
+            self._expression_pub(est.speaker_id, p["expression_namespace"]).publish(
                 emotion_msgs.estimate_to_expression(est))
+        voice = emotion_msgs.voice_expression(est) if p["publish_expression"] and \
+            p["voice_expression"] == "voice" else None
+        if voice is not None and est.speaker_id:
+            self._expression_pub(est.speaker_id, "voices").publish(voice)
+            self.health.count("voice_expressions")
         face = emotion_msgs.face_expression(est) if self.p["publish_face_expression"] else None
         if face is not None and est.speaker_id:
             self._expression_pub(est.speaker_id, "faces").publish(face)

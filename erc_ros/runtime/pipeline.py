@@ -30,8 +30,8 @@ from typing import Optional
 import numpy as np
 
 from erc_ros.core.conversation import DEFAULT_MAX_BYTES, ConversationHistory
-from erc_ros.core.types import (FACE_CLASSES, FACE_DISABLED, FACE_SEEN, MODALITIES, Estimate,
-                                Utterance)
+from erc_ros.core.types import (FACE_CLASSES, FACE_DISABLED, FACE_SEEN, MODALITIES,
+                                VOICE_DISABLED, VOICE_OK, Estimate, Utterance)
 
 from .backends import (Backend, BackendUnavailable, OrtBackend, TorchBackend, choose_ort_providers,
                        cpu_int8, default_threads, onnxruntime_available, resolve_backend,
@@ -223,8 +223,8 @@ class EmotionPipeline:
         """Estimate the emotion of ``utterance`` given its conversation so far, then add it to
         that conversation's context. An utterance that carries none of the modalities the
         model reads (no words for a text model) gets no label: ``label`` "", no
-        probabilities, no modalities, NaN valence/arousal (the face expert's reading is still
-        there)."""
+        probabilities, no modalities, NaN valence/arousal (the face and voice experts'
+        readings are still there)."""
         with self._lock:
             try:
                 return self._predict(utterance)
@@ -319,7 +319,8 @@ class EmotionPipeline:
                         arousal=float(arousal), modalities=used,
                         modality_weights=[float(x) for x in w], model_id=self.model_id,
                         backend=f"{self.backend_name}/{self.precision}",
-                        latency_ms=timings["total"], text=u.text, **self._face_fields(u))
+                        latency_ms=timings["total"], text=u.text, **self._face_fields(u),
+                        **self._voice_fields(u))
 
     def _face_fields(self, u: Utterance) -> dict:
         """The face expert's result carried by ``u`` (computed by the perception core while
@@ -337,6 +338,20 @@ class EmotionPipeline:
         return {**out, "face_probabilities": p.astype(np.float32).tolist(),
                 "face_count": int(u.face_count), "face_valence": float(va[0]),
                 "face_arousal": float(va[1])}
+
+    def _voice_fields(self, u: Utterance) -> dict:
+        """The voice expert's result carried by ``u`` (computed by the perception core when
+        the utterance closed), in this model's class order, beside the fused result, as
+        :meth:`_face_fields`: not an input of the fusion."""
+        vp = u.features.get("voice_probabilities")
+        out = {"voice_status": u.voice_status or VOICE_DISABLED, "voice_reason": u.voice_reason}
+        order = self._face_order  # the voice expert's classes are the face expert's
+        if vp is None or u.voice_status != VOICE_OK or order is None:
+            return out
+        p = np.asarray(vp, np.float64)[order]
+        va = p @ self.valence_arousal
+        return {**out, "voice_probabilities": p.astype(np.float32).tolist(),
+                "voice_valence": float(va[0]), "voice_arousal": float(va[1])}
 
     @functools.cached_property
     def _face_order(self) -> Optional[np.ndarray]:
