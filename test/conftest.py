@@ -61,3 +61,31 @@ def model(tmp_path_factory):
     """A tiny random-weight model directory (see _ros_support.tiny_model_dir)."""
     from _ros_support import tiny_model_dir
     return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
+
+
+#: The two RAVDESS actors the tests' voice expert is trained on (the others stay unheard).
+VOICE_TRAIN_SPEAKERS = "ravdess-01,ravdess-02"
+
+
+@pytest.fixture(scope="session")
+def voice_model_dir(tmp_path_factory):
+    """A tiny voice expert trained here, as a user trains one (``train --recipe voice-tiny``)
+    on two RAVDESS actors from ../shared/data, with Whisper base prepared and its ONNX
+    files made (``prepare``): the real expert at a small size (~30 s, once per run)."""
+    import subprocess
+
+    from erc_ros.core.asr import prepare_model
+    from erc_ros.paths import data_root
+    from erc_ros.runtime.voice_expert import prepare
+
+    ravdess = data_root() / "ravdess_speech"
+    if not ravdess.is_dir():
+        pytest.skip(f"RAVDESS is not in {ravdess} (../shared/data; licensed, never in the "
+                    "repository): the voice expert's tests need it")
+    prepare_model("base")
+    out = tmp_path_factory.mktemp("voice") / "voice-tiny"
+    subprocess.run([sys.executable, "-m", "erc_ros", "train", "--recipe", "voice-tiny",
+                    "--speakers", VOICE_TRAIN_SPEAKERS, "--out", str(out)], check=True,
+                   cwd=ROOT, capture_output=True, timeout=600)
+    prepare(out)
+    return out

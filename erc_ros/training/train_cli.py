@@ -8,14 +8,15 @@ few for ablations (``--past-context``, ``--class-weight-power``, ``--self-distil
 prompt text encoder and its head, a fusion stage, rounds); ``--recipe multimodal --media DIR``
 trains the audio and video branches over a trained text model from the user's MELD.Raw or
 IEMOCAP media (:mod:`multimodal_stage`, docs/multimodal.md); ``--recipe face`` trains a
-face-expression expert (:mod:`face_stage`).
+face-expression expert (:mod:`face_stage`), ``--recipe voice`` the voice expert
+(:mod:`voice_stage`).
 """
 from __future__ import annotations
 
 import argparse
 
 from erc_ros import jobs
-from erc_ros.training import face_stage, multimodal_stage, trainer
+from erc_ros.training import face_stage, multimodal_stage, trainer, voice_stage
 from erc_ros.training.corpora import copy_names
 from erc_ros.training.deployed import SELECT_RULES
 from erc_ros.training.provenance import model_reference, provenance
@@ -103,6 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the media as the robot will (repeat for several)")
     jobs.add_arguments(p, "--recipe multimodal: read the clips (decode, faces, voice features)")
     face_stage.add_arguments(p)
+    voice_stage.add_arguments(p)
     p.add_argument("--cycle", type=_number(int, 1), default=1,
                    help="first training cycle to run (2 = from the recipe's second cycle; "
                    "its rounds number on after its cycles; past the last, with --init: only "
@@ -138,6 +140,12 @@ def run(args) -> int:
                          "--recipe multimodal keeps its best epoch by dev weighted F1")
     if RECIPES[args.recipe].get("stage") == "face":
         return face_stage.run(args, RECIPES[args.recipe], provenance)
+    if RECIPES[args.recipe].get("stage") == "voice":
+        return voice_stage.run(args, RECIPES[args.recipe], provenance)
+    if args.voices or args.folds is not None or args.augment or args.copies is not None or \
+            args.speakers or args.ablate:
+        raise SystemExit("error: --voices, --folds, --augment, --copies, --speakers and "
+                         "--ablate are read by --recipe voice only")
     if args.faces or args.faces_dev or args.batch_size or args.precision or args.limit_faces:
         raise SystemExit("error: --faces, --faces-dev, --batch-size, --precision and "
                          "--limit-faces are read by --recipe face only")
