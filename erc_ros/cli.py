@@ -112,5 +112,7 @@ register("bench-asr", "erc_ros.bench.asr",
          "embedded ASR: WER on real English prompts, real-time factor, end-of-speech latency")
 register("egemaps-agreement", "erc_ros.bench.egemaps_agreement",
          "packaged eGeMAPS audio features vs openSMILE on real clips; --timing: cost per utterance")
+register("predict-voice", "erc_ros.commands.predict_voice",
+         "the emotion in a voice, per audio file (the voice expert: Whisper states, RAVDESS)")
 register("predict-face", "erc_ros.commands.predict_face",
          "facial expression of the faces in images (pretrained FER2013 expert, MELD classes)")

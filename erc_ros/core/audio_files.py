@@ -20,8 +20,8 @@ from scipy.signal import resample_poly
 from .types import SAMPLE_RATE
 
 #: Why a file was refused: no such file, not an audio file libsndfile reads, no samples,
-#: longer than allowed, NaN or infinite samples.
-REFUSALS = ("missing", "not_audio", "empty", "too_long", "non_finite")
+#: longer than allowed, a sample rate below the one asked for, NaN or infinite samples.
+REFUSALS = ("missing", "not_audio", "empty", "too_long", "low_rate", "non_finite")
 
 
 class AudioFileError(ValueError):
@@ -41,14 +41,17 @@ class AudioInfo:
     format: str
 
 
-def read_audio_16k(path: str | Path, max_seconds: float = 60.0) -> tuple[np.ndarray, AudioInfo]:
+def read_audio_16k(path: str | Path, max_seconds: float = 60.0, min_rate: int = 0
+                   ) -> tuple[np.ndarray, AudioInfo]:
     """The file's samples as 1-D float32 at 16 kHz (channels averaged) and what it held.
     Raises :class:`AudioFileError` for a missing file, a file that is not audio, one with
-    no samples, one longer than ``max_seconds`` (from its header, before decoding) and
-    one holding NaN or infinite samples."""
+    no samples, one longer than ``max_seconds`` or sampled below ``min_rate`` Hz (both from
+    its header, before decoding) and one holding NaN or infinite samples."""
     path = Path(path)
     if not path.is_file():
         raise AudioFileError(f"{path}: no such file", "missing")
+    if path.stat().st_size == 0:
+        raise AudioFileError(f"{path}: an empty file (0 bytes)", "empty")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
@@ -62,6 +65,10 @@ def read_audio_16k(path: str | Path, max_seconds: float = 60.0) -> tuple[np.ndar
         raise AudioFileError(f"{path}: {meta.seconds:.1f} s of audio, longer than the "
                              f"{max_seconds:g} s read at most (one utterance, not a "
                              "recording: cut it first)", "too_long")
+    if min_rate and meta.sample_rate < min_rate:
+        raise AudioFileError(f"{path}: sampled at {meta.sample_rate} Hz, below {min_rate} Hz: "
+                             f"it holds no sound above {meta.sample_rate // 2} Hz, a band "
+                             "the reader needs", "low_rate")
     try:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:

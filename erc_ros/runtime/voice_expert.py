@@ -77,10 +77,13 @@ class VoiceGate:
     pad_seconds: float = 0.25
     min_window_seconds: float = 2.5
     min_speech_seconds: float = 0.4
-    min_dbfs: float = -50.0
+    min_dbfs: float = -70.0
     max_clipped: float = 0.01
     max_entropy: float = 1.0
     max_distance: float = math.inf
+
+    #: The fields that change what the encoder hears (:func:`voice_segment`).
+    SEGMENT_FIELDS = ("trim_db", "pad_seconds", "min_window_seconds", "min_speech_seconds")
 
     @classmethod
     def from_dict(cls, d: dict) -> VoiceGate:

