@@ -15,6 +15,9 @@ nowhere else:
   kept (``faces.enabled``); an explicit setting wins (:func:`perception_config`);
 - the face-expression expert, loaded once per core when ``faces.expression`` is on
   (:func:`load_face_expert`; without the ``fer`` package: one clear log line, feature off);
+- the voice expert, loaded once per core when ``voice.expression`` is on
+  (:func:`load_voice_expert`; a model missing, not prepared or damaged: one clear log line,
+  feature off);
 - where the default model is (:func:`default_model_dir`);
 - torch's thread pool for a process that runs them (:func:`torch_threads`), which each
   entry point hands to :func:`erc_ros.process.configure` once.
@@ -34,6 +37,7 @@ from erc_ros.core.perception import PerceptionCore
 from erc_ros.runtime.face_expert import FaceExpert
 from erc_ros.runtime.manifest import default_model_dir
 from erc_ros.runtime.pipeline import EmotionPipeline
+from erc_ros.runtime.voice_expert import VoiceExpert
 
 #: ASR type (the utterance node's ``asr_type``) -> segmentation mode when it is ``auto``.
 ASR_SEGMENTATION = {"live_speech": "asr_untimed", "hri_voices": "asr_untimed",
@@ -112,23 +116,44 @@ def load_face_expert(threads: int = 1):
     return expert, f"{expert.describe()}{note}"
 
 
+def load_voice_expert(threads: int = 1, model: str = ""):
+    """``(expert, message)``: the voice expert (:class:`erc_ros.runtime.voice_expert.VoiceExpert`
+    of the model directory ``model``; empty: the package's models/voice) and one line saying
+    what was loaded; ``(None, why)`` when it cannot be (the model or what it needs is missing,
+    not prepared or damaged: the line says which; the feature is then off, nothing fails)."""
+    try:
+        expert = VoiceExpert(model_dir=model or None, threads=threads)
+    except Exception as err:
+        return None, f"voice expert off (perception.voice.expression): {err}"
+    note = "" if expert.backend == "onnxruntime" else \
+        " (ONNX not prepared: `python -m erc_ros predict-voice --prepare` makes it)"
+    return expert, f"{expert.describe()}{note}"
+
+
 def build_core(overrides: dict[str, Any], config_file: str = "", face_expert=None,
-               recognizer=None, on_asr_result: Optional[Callable[[], None]] = None, **kw):
+               recognizer=None, on_asr_result: Optional[Callable[[], None]] = None,
+               voice_expert=None, **kw):
     """A PerceptionCore from :func:`perception_config`'s arguments, with the face-expression
     expert when ``faces.enabled`` and ``faces.expression`` are on (``face_expert``: one
-    already loaded, else :func:`load_face_expert`). What was loaded, or why not, is logged
-    and kept as the core's ``face_expert_message`` (the utterance node logs it).
-    ``recognizer``: an embedded recognizer already loaded; ``on_asr_result``: called when
-    its result is ready (both: see :class:`PerceptionCore`)."""
+    already loaded, else :func:`load_face_expert`) and the voice expert when
+    ``voice.expression`` is on (``voice_expert``: one already loaded, else
+    :func:`load_voice_expert` of ``voice.model``). What was loaded, or why not, is logged
+    and kept as the core's ``face_expert_message`` / ``voice_expert_message`` (the utterance
+    node logs them). ``recognizer``: an embedded recognizer already loaded;
+    ``on_asr_result``: called when its result is ready (both: see :class:`PerceptionCore`)."""
     cfg = perception_config(overrides, config_file, **kw)
-    message = ""
+    log = logging.getLogger("erc_ros.assemble")
+    message = voice_message = ""
     if cfg.faces.enabled and cfg.faces.expression and face_expert is None:
         face_expert, message = load_face_expert()
-        logging.getLogger("erc_ros.assemble").log(
-            logging.INFO if face_expert is not None else logging.WARNING, "%s", message)
-    core = PerceptionCore(cfg, face_expert=face_expert, recognizer=recognizer,
-                          on_asr_result=on_asr_result)
-    core.face_expert_message = message
+        log.log(logging.INFO if face_expert is not None else logging.WARNING, "%s", message)
+    if cfg.voice.expression and voice_expert is None:
+        voice_expert, voice_message = load_voice_expert(cfg.voice.threads, cfg.voice.model)
+        log.log(logging.INFO if voice_expert is not None else logging.WARNING, "%s",
+                voice_message)
+    core = PerceptionCore(cfg, face_expert=face_expert, voice_expert=voice_expert,
+                          recognizer=recognizer, on_asr_result=on_asr_result)
+    core.face_expert_message, core.voice_expert_message = message, voice_message
     return core
 
 

@@ -38,6 +38,47 @@ def script_conversation() -> cg.GeneratedConversation:
     return cg.build(lines, seed=3, cache=espeak_cache(), name="script")
 
 
+#: RAVDESS emotion code (the third field of a clip's name) -> MELD class (the data's README).
+RAVDESS_EMOTION = {"01": "neutral", "02": "neutral", "03": "joy", "04": "sadness", "05": "anger",
+                   "06": "fear", "07": "disgust", "08": "surprise"}
+
+
+def ravdess_clips(actor: int, n: int) -> list[tuple[str, "np.ndarray"]]:
+    """``n`` (MELD class, 16 kHz float32 audio) RAVDESS clips of one actor (strong intensity,
+    first sentence, first repetition: one per emotion in turn), from ../shared/data."""
+    import numpy as np
+    import soundfile as sf
+
+    from erc_ros.paths import data_root
+
+    files = sorted((data_root() / "ravdess_speech" / f"Actor_{actor:02d}").glob(
+        "03-01-*-02-01-01-*.flac"))
+    assert len(files) >= n, files
+    out = []
+    for f in files[:n]:
+        x, sr = sf.read(str(f), dtype="float32")
+        assert sr == 16000 and x.ndim == 1, f
+        out.append((RAVDESS_EMOTION[f.name.split("-")[2]], np.asarray(x, np.float32)))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def ravdess_conversation(actors: tuple[int, ...] = (1, 2), turns: int = 3
+                         ) -> cg.GeneratedConversation:
+    """RAVDESS actors taking turns, ``turns`` clips each (their speech without its leading
+    and trailing silence), speakers ``actor<n>``; no faces."""
+    clips, lines = {}, []
+    per_actor = {a: ravdess_clips(a, turns) for a in actors}
+    for i in range(turns):
+        for a in actors:
+            emotion, x = per_actor[a][i]
+            uid = f"a{a}_{i}"
+            clips[uid] = x
+            lines.append(cg.ScriptLine(f"actor{a}", "Kids are talking by the door", emotion, uid))
+    return cg.build(lines, seed=2, speech=lambda line, _: clips[line.utterance_id],
+                    with_faces=False, name="ravdess")
+
+
 @functools.lru_cache(maxsize=None)
 def real_conversation() -> cg.GeneratedConversation:
     """Two real speakers (Debian asterisk prompts, en and fr voices), 16 turns."""

@@ -224,6 +224,9 @@ class UtteranceNode(LifecycleNode):
         if self.core.face_expert_message:  # the face-expression expert, or why it is off
             (self.get_logger().info if self.core.face_expert is not None
              else self.get_logger().warning)(self.core.face_expert_message)
+        if self.core.voice_expert_message:  # the voice expert, or why it is off
+            (self.get_logger().info if self.core.voice_expert is not None
+             else self.get_logger().warning)(self.core.voice_expert_message)
         if self.core.recognizer is not None:
             from erc_ros.ros.asr_output import AsrOutput
             rec = self.core.recognizer
