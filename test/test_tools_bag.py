@@ -12,6 +12,7 @@ import pytest
 
 from _ros_support import SCRIPT
 from erc_ros.cli import main as cli
+from erc_ros.core.types import FACE_CLASSES, VOICE_OK, VOICE_UNCERTAIN, VOICE_UNCERTAIN_REASONS
 
 pytestmark = pytest.mark.ros
 FAST = ["--set", "perception.diarization.warmup=false"]
@@ -45,10 +46,11 @@ def test_make_bag_contents(bags):
     assert cli(["make-bag", "--script", "x", "--out", str(bags["mcap"])]) == 2  # exists
 
 
-def test_eval_bag_many_bags(bags, model, tmp_path):
+def test_eval_bag_many_bags(bags, model, tmp_path, voice_model_dir):
     out, js = tmp_path / "ev", tmp_path / "m.json"
     rc = cli(["eval-bag", str(bags["mcap"]), str(bags["sqlite3"]), "--model-dir", str(model),
-              "--out", str(out), "--json", str(js), "--quiet", *FAST])
+              "--out", str(out), "--json", str(js), "--quiet", *FAST,
+              "--set", f"perception.voice.model={voice_model_dir}"])
     assert rc == 0
     m = json.loads(js.read_text())
     for key in ("realtime_factor", "utterances", "estimates", "weighted_f1", "accuracy",
@@ -69,6 +71,15 @@ def test_eval_bag_many_bags(bags, model, tmp_path):
     seen = [r for r in rows if r["face_status"] == FACE_SEEN]
     assert seen and all(r["face_label"] and 0 < float(r["face_confidence"]) <= 1 for r in seen)
     assert all(not r["face_label"] for r in rows if r["face_status"] != FACE_SEEN)
+    # and the voice expert's, on each utterance's audio: a reading or why not, never nothing
+    assert all(r["voice_status"] in (VOICE_OK, VOICE_UNCERTAIN) for r in rows), rows
+    for r in rows:
+        if r["voice_status"] == VOICE_OK:
+            assert r["voice_label"] and 0 < float(r["voice_confidence"]) <= 1
+            assert r["voice_reason"] == ""
+        else:
+            assert r["voice_reason"] in VOICE_UNCERTAIN_REASONS
+            assert r["voice_label"] == r["voice_confidence"] == ""
     assert (out / "confusion.png").stat().st_size > 1000
     assert "weighted F1" in (out / "summary.md").read_text()
     # the same bag, stored twice, scores the same (deterministic, storage-independent)
@@ -108,6 +119,12 @@ def test_demo_prints_one_line_per_estimate(bags, model, capsys):
     faces = [x[col:col + 13].split() for x in lines]
     assert [f[0] for f in faces] == ["joy", "neutral", "joy", "neutral"], out
     assert all(0.5 < float(f[1]) <= 1 for f in faces), out
+    # and the voice expert's: its label and probability, "uncertain", or "-" (not run)
+    col = header.index("voice")
+    for x in lines:
+        cell = x[col:col + 13].split()
+        assert cell in (["-"], ["uncertain"]) or (
+            cell[0] in FACE_CLASSES and 0 < float(cell[1]) <= 1), (cell, out)
 
 
 def test_bench_e2e_times_each_estimate_from_the_speech_it_answers():

@@ -5,8 +5,9 @@ the sample bag in the repo (``data/demo_bag``: a generated multi-speaker convers
 with speech, faces, ASR transcripts and labels) into them with ``/clock``, prints one line
 per published estimate -- the fused label and, beside it, what the face-expression expert
 said of the speaker's face on its own (its label and probability; ``uncertain`` when it
-cannot read the face, ``-`` when no face was seen) -- and a summary scored
-against the bag's labels.
+cannot read the face, ``-`` when no face was seen) and what the voice expert said of the
+utterance's audio (the same: its label and probability, ``uncertain`` when it cannot read the
+voice, ``-`` when it did not run) -- and a summary scored against the bag's labels.
 
 ``--asr embedded`` (``make demo-asr``) does not read the bag's transcripts: the node's own
 recognizer listens to the bag's audio, as on a robot with only a camera and a microphone.
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 from erc_ros.assemble import torch_threads
-from erc_ros.core.types import FACE_UNCERTAIN
+from erc_ros.core.types import FACE_UNCERTAIN, VOICE_UNCERTAIN
 from erc_ros.evaluation.eval_bag import evaluate, read_labels, summary_markdown
 from erc_ros.paths import demo_bag
 
@@ -62,7 +63,7 @@ def run(args) -> int:
         return best["label"] if best else ""
 
     print(f"{'time':>8}  {'speaker':<10} {'label':<9} {'conf':>4}  {'face':<13} "
-          f"{'truth':<9} text")
+          f"{'voice':<13} {'truth':<9} text")
 
     def face(est) -> str:
 
@@ -70,9 +71,14 @@ def run(args) -> int:
             return f"{est.face_label} {est.face_confidence:.2f}"
         return FACE_UNCERTAIN if est.face_status == FACE_UNCERTAIN else "-"
 
+    def voice(est) -> str:
+        if est.voice_label:
+            return f"{est.voice_label} {est.voice_confidence:.2f}"
+        return VOICE_UNCERTAIN if est.voice_status == VOICE_UNCERTAIN else "-"
+
     def line(_utt, est):
         print(f"{est.end:7.2f}s  {est.speaker_id[:10]:<10} {est.label:<9} "
-              f"{est.confidence:4.2f}  {face(est):<13} {truth_of(est):<9} "
+              f"{est.confidence:4.2f}  {face(est):<13} {voice(est):<13} {truth_of(est):<9} "
               f"{est.text[:60]}", flush=True)
 
     r = evaluate([str(bag)], None, args.model_dir, args.backend, live=not args.offline,

@@ -55,6 +55,7 @@ from erc_ros.ros.replay import GROUND_TRUTH_TOPIC, bag_span, replay_bag
 from erc_ros.runtime import machine
 from erc_ros.runtime.machine import line
 from erc_ros.runtime.manifest import default_model_dir
+from erc_ros.runtime.voice_expert import default_model_dir as default_voice_model_dir
 
 #: The nodes' parameter file (checkout or colcon install).
 DEFAULT_CONFIG = share_path("config", "emotion.yaml") or CHECKOUT / "config" / "emotion.yaml"
@@ -120,13 +121,14 @@ def make_core(config: str | Path = DEFAULT_CONFIG, sets: tuple = (), pipeline=No
     composed node does (:mod:`erc_ros.assemble`): segmentation for ``asr_type``, no face
     crops when the ``pipeline``'s model does not use video (unless faces.enabled is set);
     ``embedded``: the node's own recognizer, inline (deterministic). ``reuse``: an earlier
-    core of the same settings whose loaded face expert and recognizer this one shares (one
-    core per bag without loading them again)."""
+    core of the same settings whose loaded face and voice experts and recognizer this one
+    shares (one core per bag without loading them again)."""
     over, file = perception_overrides(config, sets)
     return build_core(over, file, asr_type=asr_type,
                       uses_video=None if pipeline is None else pipeline.model.uses("video"),
                       publish_utterances=False, offline=True,
                       face_expert=getattr(reuse, "face_expert", None),
+                      voice_expert=getattr(reuse, "voice_expert", None),
                       recognizer=getattr(reuse, "recognizer", None))
 
 
@@ -164,6 +166,19 @@ def _face_columns(est) -> dict:
     label = est.face_label
     return {"face_status": est.face_status, "face_label": label,
             "face_confidence": f"{est.face_confidence:.4f}" if label else ""}
+
+
+def _voice_columns(est) -> dict:
+    """What the voice expert said on the utterance, beside the fused label and the face's:
+    ``voice_status`` (ok / uncertain / no_audio / disabled / error), why it is uncertain
+    (``voice_reason``), its top class and probability ("" unless ok)."""
+    if est is None:
+        return {"voice_status": "", "voice_reason": "", "voice_label": "",
+                "voice_confidence": ""}
+    label = est.voice_label
+    return {"voice_status": est.voice_status, "voice_reason": est.voice_reason,
+            "voice_label": label,
+            "voice_confidence": f"{est.voice_confidence:.4f}" if label else ""}
 
 
 def labels_for(bag: Path, labels: Optional[str], ground_truth: list[dict]) -> list[dict]:
@@ -278,7 +293,7 @@ def format_line(utt_or_est: Any, est: Any) -> str:
 #: report.html inlines each utterance's audio up to this much conversation (~16 MB an hour).
 REPORT_AUDIO_MAX_SECONDS = 2 * 3600.0
 #: Bumped when what a stored per-bag result holds, or how it is made, changes.
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -296,11 +311,14 @@ class Settings:
     @cached_property
     def digest(self) -> str:
         """What a stored result depends on besides the bag (read once per run): the model's
-        manifest (which holds the sha256 of each of its files), the labels and the
-        perception parameters the bag is replayed with."""
+        manifest (which holds the sha256 of each of its files), the voice expert's (none:
+        the expert is off), the labels and the perception parameters the bag is replayed
+        with."""
         model = Path(self.model_dir or default_model_dir())
         over, file = perception_overrides(self.config, self.sets)
+        voice = Path(over.get("voice.model") or default_voice_model_dir()) / "manifest.json"
         parts = {"format": RESULT_FORMAT, "model": sha256_file(model / "manifest.json"),
+                 "voice": sha256_file(voice) if voice.is_file() else "",
                  "backend": self.backend, "precision": self.precision, "asr": self.asr,
                  "perception": over, "perception_config": sha256_file(file) if file else "",
                  "labels": sha256_file(self.labels) if self.labels else ""}
@@ -374,7 +392,7 @@ def estimate_columns(est) -> dict:
             "est_start": f"{est.start:.3f}" if est else "",
             "est_end": f"{est.end:.3f}" if est else "",
             "latency_ms": f"{est.latency_ms:.2f}" if est else "", "lost": est is None,
-            **_face_columns(est)}
+            **_face_columns(est), **_voice_columns(est)}
 
 
 _PIPELINES: dict = {}
