@@ -1,6 +1,7 @@
 """The two nodes as separate processes (split mode: utterances cross DDS as erc_ros/Utterance),
 fed by a bag player in this process with /clock; every labelled turn gets exactly one
-estimate, and the Utterance messages on the wire carry the audio and the span."""
+estimate, and the Utterance messages on the wire carry the audio, the span and the voice
+expert's reading, which the estimates carry on."""
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from _ros_support import Collector, make_bag, tiny_model_dir, wait_for
+from erc_ros.core.types import VOICE_UNCERTAIN_REASONS
 from erc_ros.ros import convert, emotion_msgs
 from erc_ros.ros.live import RELIABLE, BagPlayer, bag_connections, node_params_for_bag
 from erc_ros.ros.replay import bag_span
@@ -58,13 +60,14 @@ class _Node:
         return rc, "".join(self.lines)
 
 
-def test_split_nodes_across_processes(tmp_path):
+def test_split_nodes_across_processes(tmp_path, voice_model_dir):
     bag = make_bag(tmp_path / "conv")
     model = tiny_model_dir(tmp_path / "tiny")
     uparams = {p.name: str(p.value).lower() if isinstance(p.value, bool) else p.value
                for p in node_params_for_bag(bag_connections(bag))}
     uparams.update({"use_sim_time": "true", "perception.diarization.enabled": "false",
-                    "perception.diarization.warmup": "false"})
+                    "perception.diarization.warmup": "false",
+                    "perception.voice.model": str(voice_model_dir)})
     procs = [_Node("erc_ros.ros.utterance_node", uparams),
              _Node("erc_ros.ros.emotion_node", {"use_sim_time": "true",
                                                 "model_dir": str(model)})]
@@ -105,6 +108,17 @@ def test_split_nodes_across_processes(tmp_path):
             dur = convert.time_to_float(msg.end) - convert.time_to_float(msg.start)
             assert abs(len(msg.audio) / 16000 - dur) < 0.05
             assert msg.header.stamp == msg.end
+        # the voice expert ran on each utterance's audio in the utterance node; its reading
+        # crossed DDS in the Utterance and comes back in the estimate of that utterance
+        by_id = {e.utterance_id: e for e in ests.snapshot()}
+        for msg in wire:
+            assert msg.voice_status in (msg.VOICE_OK, msg.VOICE_UNCERTAIN), msg.voice_status
+            assert (len(msg.voice_probabilities) == 7) == (msg.voice_status == msg.VOICE_OK)
+            assert (msg.voice_reason in VOICE_UNCERTAIN_REASONS) == \
+                (msg.voice_status == msg.VOICE_UNCERTAIN)
+            est = by_id[msg.utterance_id]
+            assert (est.voice_status, est.voice_reason) == (msg.voice_status, msg.voice_reason)
+            assert sorted(est.voice_probabilities) == sorted(msg.voice_probabilities)
     finally:
         ex.shutdown(timeout_sec=1.0)
         node.destroy_node()

@@ -11,10 +11,14 @@
   and an ERROR on /diagnostics;
 - the face-expression expert on the generated conversation's real faces: its distribution in
   the EmotionEstimate and an hri_msgs/Expression per face, a defined status with the camera
-  off or the expert off, and the fused result identical in all three.
+  off or the expert off, and the fused result identical in all three;
+- the voice expert on real speech (RAVDESS actors): its reading (or why not) in every
+  EmotionEstimate, counted on /diagnostics, and /humans/voices/<speaker>/expression carrying
+  either the voice expert's reading or the fused estimate, never both.
 """
 from __future__ import annotations
 
+import math
 import shutil
 import threading
 import time
@@ -28,6 +32,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from _ros_support import Collector, wait_for
+from core_support import ravdess_conversation
 from erc_ros.ros import convert, emotion_msgs
 from erc_ros.ros.composed import ComposedPipeline
 from erc_ros.ros.emotion_node import EmotionNode
@@ -432,6 +437,105 @@ def test_face_expert_beside_the_fused_estimate(ros, tmp_path, conversation):
         # the fused result does not change with the face expert or the camera
         assert [(o.label, list(o.probabilities)) for o in other] == \
             [(e.label, list(e.probabilities)) for e in ests]
+
+
+def test_voice_expert_beside_the_fused_estimate(ros, model, voice_model_dir):
+    """Real speech (two RAVDESS actors; timed transcripts naming the speaker) through the
+    composed nodes with the voice expert of the fixture's model, twice: voice_expression
+    voice (the default), then fused. Every estimate carries the expert's word on its
+    utterance's audio (ok with a distribution, or uncertain with a reason; never nothing),
+    counted on /diagnostics per status and reason. /humans/voices/<speaker>/expression carries
+    the voice expert's reading of each utterance it read (voice) or the fused estimate of
+    each (fused), never both; the fused result is the same either way."""
+    from audio_common_msgs.msg import AudioDataStamped, AudioInfo
+    from erc_ros.core.types import VOICE_UNCERTAIN_REASONS
+    from erc_ros.msg import EmotionEstimate, Transcript
+    from hri_msgs.msg import Expression
+
+    conv = ravdess_conversation()
+    n = len(conv.turns)
+    t0 = 400.0
+    msgs = _conversation_messages(conv, t0)
+    speaker_at = {round(t0 + tr.start, 3): tr.speaker for tr in conv.turns}
+    for topic, _, msg in msgs:  # the ASR names the speaker (diarization is off here)
+        if topic == "/erc_ros/transcript":
+            msg.speaker_hint = speaker_at[round(convert.time_to_float(msg.start), 3)]
+    runs = {}
+    for mode in ("voice", "fused"):
+        rig = Rig(model, [Parameter("image_transport", value="none"),
+                          Parameter("perception.voice.model", value=str(voice_model_dir))],
+                  {"/audio": AudioDataStamped, "/audio_info": AudioInfo,
+                   "/erc_ros/transcript": Transcript},
+                  [] if mode == "voice" else [Parameter("voice_expression", value=mode)])
+        voices = {s: Collector() for s in conv.speakers}
+        for s, col in voices.items():
+            rig.node.create_subscription(Expression, f"/humans/voices/{s}/expression", col, 10)
+        try:
+            for topic, t, msg in msgs:
+                if topic in rig.pubs:
+                    rig.publish(topic, msg, t)
+            rig.clock(msgs[-1][1] + 5.0)
+            assert wait_for(lambda: len(rig.estimates) >= n, 60), len(rig.estimates)
+            assert wait_for(lambda: sum(int(v) for k, v in rig.ticked_diag("emotion").items()
+                                        if k.startswith("voice_status.")) == n, 20)
+            assert wait_for(lambda: rig.ticked_diag("utterances").get(
+                "core.voice_expression.calls") == str(n), 20)
+            time.sleep(0.5)  # the last Expressions
+            runs[mode] = (rig.estimates.snapshot(), {s: c.snapshot() for s, c in voices.items()},
+                          rig.diag_values("utterances"), rig.diag_values("emotion"))
+        finally:
+            rig.close()
+    ests, voices, d_utt, d_emo = runs["voice"]
+    assert len(ests) == n
+    read = [e for e in ests if e.voice_status == EmotionEstimate.VOICE_OK]
+    assert read, [(e.voice_status, e.voice_reason) for e in ests]  # speech it learned from
+    for est, turn in zip(ests, conv.turns):
+        assert est.voice_status in (EmotionEstimate.VOICE_OK, EmotionEstimate.VOICE_UNCERTAIN)
+        mine = [e for e in voices[turn.speaker] if e.header.stamp == est.header.stamp]
+        if est.voice_status == EmotionEstimate.VOICE_OK:
+            assert est.voice_reason == ""
+            assert len(est.voice_probabilities) == len(est.class_names)
+            assert abs(sum(est.voice_probabilities) - 1) < 1e-3
+            assert est.voice_label in est.class_names
+            assert est.voice_confidence == max(est.voice_probabilities)
+            assert -1 <= est.voice_valence <= 1 and -1 <= est.voice_arousal <= 1
+            assert len(mine) == 1, (turn.speaker, voices)  # one per utterance, stamped its end
+            e = mine[0]
+            assert e.expression == emotion_msgs.EXPRESSION_OF[est.voice_label]
+            assert abs(e.valence - est.voice_valence) < 1e-6
+            assert abs(e.arousal - est.voice_arousal) < 1e-6
+            assert abs(e.confidence - est.voice_confidence) < 1e-6
+        else:
+            assert est.voice_reason in VOICE_UNCERTAIN_REASONS
+            assert not len(est.voice_probabilities) and est.voice_label == ""
+            assert math.isnan(est.voice_confidence) and math.isnan(est.voice_valence)
+            assert mine == []  # nothing read, nothing published
+    # the voice topics carry the voice expert's readings, nothing else (no fused estimate)
+    assert sum(len(v) for v in voices.values()) == len(read)
+    assert d_emo.get("voice_expressions") == str(len(read))
+    for status in ("ok", "uncertain"):
+        got = sum(e.voice_status == status for e in ests)
+        assert d_emo.get(f"voice_status.{status}", "0") == str(got), d_emo
+    for reason in VOICE_UNCERTAIN_REASONS:
+        got = sum(e.voice_reason == reason for e in ests)
+        assert d_emo.get(f"voice_uncertain.{reason}", "0") == str(got), d_emo
+        assert d_utt[f"core.voice_expression.uncertain.{reason}"] == str(got)
+    assert d_utt["core.voice_expression.enabled"] == "True"
+    assert d_utt["core.voice_expression.errors"] == "0"
+    assert "core.voice_expression.latency_p95_ms" in d_utt
+    assert d_utt["core.voice_expression.utterances.ok"] == str(len(read))
+    # voice_expression fused: the fused estimate on the voice topics, one per estimate
+    fused, fused_voices, _, d_fused = runs["fused"]
+    assert all(e.voice_status in (EmotionEstimate.VOICE_OK, EmotionEstimate.VOICE_UNCERTAIN)
+               for e in fused)
+    assert [(e.label, list(e.probabilities)) for e in fused] == \
+        [(e.label, list(e.probabilities)) for e in ests]
+    assert "voice_expressions" not in d_fused
+    for est, turn in zip(fused, conv.turns):
+        mine = [e for e in fused_voices[turn.speaker] if e.header.stamp == est.header.stamp]
+        assert len(mine) == 1 and abs(mine[0].valence - est.valence) < 1e-6
+        assert abs(mine[0].confidence - est.confidence) < 1e-6
+    assert sum(len(v) for v in fused_voices.values()) == n
 
 
 def test_fused_and_face_expressions_never_share_a_topic(ros, model):
