@@ -114,5 +114,7 @@ register("egemaps-agreement", "erc_ros.bench.egemaps_agreement",
          "packaged eGeMAPS audio features vs openSMILE on real clips; --timing: cost per utterance")
 register("predict-voice", "erc_ros.commands.predict_voice",
          "the emotion in a voice, per audio file (the voice expert: Whisper states, RAVDESS)")
+register("bench-voice", "erc_ros.bench.voice",
+         "the voice expert on synthetic voices, held-out actors in a room, and its cost")
 register("predict-face", "erc_ros.commands.predict_face",
          "facial expression of the faces in images (pretrained FER2013 expert, MELD classes)")

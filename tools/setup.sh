@@ -9,7 +9,8 @@
 #      ROS environment does not already provide them;
 #   5. erc_ros's own interfaces, generated and installed into .venv;
 #   6. the default model's ONNX / INT8 files, 7. the packaged Whisper models and 8. the
-#      face-expression expert's ONNX file, prepared once into the cache (loading never builds).
+#      face-expression expert's ONNX file and the voice expert's ONNX + INT8, prepared once
+#      into the cache (loading never builds).
 #
 # Idempotent: each step is skipped while the files it depends on are unchanged (a sha256
 # stamp in .venv/.erc_stamps), so a second run takes seconds. Each step that runs prints
@@ -217,6 +218,20 @@ if ! fresh face-expert "$face_digest" \
   "$PY" -m erc_ros predict-face --prepare >"$ROOT/build/prepare-face.log" 2>&1 \
     || { tail -30 "$ROOT/build/prepare-face.log"; exit 1; }
   stamp face-expert "$face_digest"
+  step_end
+fi
+
+# 8b. The voice expert (perception.voice.expression) on ONNX Runtime: models/voice's FP32
+#     export (checked against PyTorch) and INT8 (checked against FP32) into the cache.
+voice_digest=$(digest models/voice/manifest.json erc_ros/runtime/voice_expert.py; echo "${ERC_ROS_CACHE:-$HOME/.cache/erc_ros}")
+if ! fresh voice-expert "$voice_digest" \
+    || ! "$PY" -c "import sys; from erc_ros.runtime.voice_expert import find_prepared, default_model_dir; sys.exit(not find_prepared(default_model_dir()))" 2>/dev/null; then
+  step_begin "voice expert"
+  log "preparing the voice expert (ONNX + INT8 into the cache, once)"
+  mkdir -p "$ROOT/build"
+  "$PY" -m erc_ros predict-voice --prepare >"$ROOT/build/prepare-voice.log" 2>&1 \
+    || { tail -30 "$ROOT/build/prepare-voice.log"; exit 1; }
+  stamp voice-expert "$voice_digest"
   step_end
 fi
 

@@ -313,7 +313,6 @@ def run(args, recipe: dict, provenance) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gate0 = VoiceGate()
-    torch.set_num_threads(max(1, int(args.threads)))
     _log(f"{len(clips)} clips, {len(set(speakers))} speakers, classes "
          f"{dict(zip(VOICE_CLASSES, np.bincount(labels, minlength=7).tolist()))}")
     t0 = time.time()
