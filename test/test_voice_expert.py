@@ -197,6 +197,9 @@ def test_train_voice_resumes_from_its_feature_cache(tmp_path):
     assert manifest["kind"] == "voice_expression"
     assert manifest["provenance"]["data"]["speakers"] == ["ravdess-07", "ravdess-08"]
     assert "CC BY-NC-SA" in manifest["provenance"]["data"]["licence"][0]
+    # no machine's folders travel with a model
+    assert str(data_root()) not in (out / "manifest.json").read_text()
+    assert manifest["provenance"]["data"]["voices"] == [{"spec": "ravdess:$ERC_ROS_DATA/ravdess_speech"}]
     assert manifest["calibration"]["temperature"] > 0 and manifest["gate"]["max_distance"] > 0
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0

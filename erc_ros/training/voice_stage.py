@@ -20,7 +20,9 @@ undecided past the ``gate_entropy_quantile`` of their calibrated entropies. No c
 on those figures: the recipe fixes every setting. The model kept is trained on every
 speaker, with the temperature and gate from cross-validation. ``--ablate`` runs the
 cross-validation once per augmentation set (none, each alone, all) and prints each one's
-figures on clean and on augmented held-out speech, without training a model.
+figures on clean and on augmented held-out speech, without training a model;
+``--compare-inputs`` cross-validates the same network on each candidate input (Whisper base's
+and tiny.en's pooled states, eGeMAPS, resemblyzer's d-vector, base + eGeMAPS).
 """
 from __future__ import annotations
 
@@ -43,14 +45,18 @@ from erc_ros.core.audio_files import AudioFileError, read_audio_16k
 from erc_ros.datasets.voices import (RAVDESS_LICENCE, VOICE_CLASSES, VoiceClip, VoiceDataError,
                                      read_voices, speaker_folds)
 from erc_ros.models.artefact import add_artefact, check_model_id
+from erc_ros.models.egemaps import egemaps_features
 from erc_ros.models.voice_net import VoiceNet, VoiceNetConfig, save_voice_model
-from erc_ros.paths import data_root, sha256_file
+from erc_ros.paths import data_root
 from erc_ros.runtime.voice_expert import (CHECK_FILE, VoiceGate, WhisperStates,
-                                          normalized_entropy, pooled, voice_segment)
+                                          normalized_entropy, pooled, speech_span,
+                                          voice_segment)
 from erc_ros.training.metrics import plot_confusion, scores
 from erc_ros.training.voice_augment import AUGMENTATIONS, augment, parse
 
 FEATURES_FILE = "voice_features.npz"
+#: What the expert could read, compared by ``--compare-inputs`` (the expert reads the first).
+INPUTS = ("whisper-base", "whisper-tiny.en", "egemaps", "dvector", "whisper-base+egemaps")
 
 
 @dataclass
@@ -274,6 +280,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--copies", type=int, help="--recipe voice: augmented copies per clip")
     p.add_argument("--speakers", default="", help="--recipe voice: only these speakers "
                    "(comma list of ids as the corpus names them, e.g. ravdess-01)")
+    p.add_argument("--compare-inputs", action="store_true", help="--recipe voice: "
+                   f"cross-validate the recipe's network on each candidate input ({', '.join(INPUTS)}), "
+                   "clean clips only, and print the table; no model is written")
     p.add_argument("--ablate", action="store_true", help="--recipe voice: cross-validate "
                    "once per augmentation set and print the table; no model is written")
 
@@ -320,6 +329,9 @@ def run(args, recipe: dict, provenance) -> int:
     feats, labels, speakers = feats[ok], labels[ok], speakers[ok]
     clips = [c for c, k in zip(clips, ok) if k]
     folds = speaker_folds(clips, cfg.folds) if cfg.folds else []
+    if args.compare_inputs:
+        return compare_inputs(clips, feats, labels, speakers, folds, cfg, out, gate0,
+                              args.threads)
     if args.ablate:
         return ablate(clips, feats, labels, speakers, folds, cfg, out, gate0, args.threads)
     figures: dict = {}
@@ -345,7 +357,11 @@ def run(args, recipe: dict, provenance) -> int:
     xs, ys = _flat(feats, np.arange(len(labels)), labels, copies=True)
     net = train_net(xs, ys, cfg, cfg.seed)
     check = feats[np.random.default_rng(cfg.seed).permutation(len(labels))[:64], 0]
-    data = [{"spec": s} for s in specs]
+    root = str(data_root())
+    # the corpora as given, without this machine's folders: under the data root as
+    # $ERC_ROS_DATA/..., elsewhere only the last part of the path
+    data = [{"spec": s.replace(root, "$ERC_ROS_DATA", 1) if root in s else
+             f"{s.partition(':')[0]}:<...>/{Path(s.rpartition(':')[2]).name}"} for s in specs]
     corpora = sorted({c.corpus for c in clips})
     prov = provenance(
         args, recipe={"name": args.recipe, **cfg.to_dict()}, seed=cfg.seed,
@@ -414,4 +430,61 @@ def ablate(clips: list[VoiceClip], feats: np.ndarray, labels: np.ndarray,
     (out / "ablation.json").write_text(json.dumps({n: {m: s[m] for m in ("uar", "weighted_f1",
                                                                        "per_class_f1")}
                                                   for n, s in rows}, indent=1) + "\n")
+    return 0
+
+
+def _other_input(clips: list[VoiceClip], name: str, gate: VoiceGate, cache: Path,
+                 threads: int) -> np.ndarray:
+    """Clean features of another candidate input (cached in ``cache``): Whisper tiny.en's
+    pooled states, the 88 eGeMAPS functionals (normalised) of the speech, or resemblyzer's
+    d-vector of the speech."""
+    if cache.is_file():
+        return np.load(cache)
+    if name == "whisper-tiny.en":
+        enc = WhisperStates("tiny.en", "int8", threads)
+    elif name == "dvector":
+        from resemblyzer import VoiceEncoder
+        dvec = VoiceEncoder("cpu", verbose=False)
+    rows = []
+    for c in tqdm(clips, desc=name, unit="clip", file=sys.stderr):
+        x, _ = read_audio_16k(c.path)
+        a, b, _ = speech_span(x, gate)
+        if name == "whisper-tiny.en":
+            rows.append(pooled(enc.states(voice_segment(x, gate))))
+        elif name == "egemaps":
+            rows.append(egemaps_features(x[a:b]))
+        else:
+            rows.append(dvec.embed_utterance(x[a:b]).astype(np.float32))
+    f = np.stack(rows).astype(np.float32)
+    np.save(cache, f)
+    return f
+
+
+def compare_inputs(clips, feats, labels, speakers, folds, cfg: VoiceStageConfig, out: Path,
+                   gate: VoiceGate, threads: int) -> int:
+    """The recipe's network, cross-validated by speaker on each candidate input, trained and
+    read on clean clips (no augmentation: the inputs are compared, not the robot's
+    conditions)."""
+    if not folds:
+        raise SystemExit("error: --compare-inputs needs --folds >= 2")
+    base = feats[:, :1]
+    got = {"whisper-base": base}
+    for name in ("whisper-tiny.en", "egemaps", "dvector"):
+        got[name] = _other_input(clips, name, gate, out / f"input-{name}.npy", threads)[:, None]
+    got["whisper-base+egemaps"] = np.concatenate([base, got["egemaps"]], axis=2)
+    rows = []
+    for name in INPUTS:
+        f = got[name]
+        logits = np.zeros((len(labels), len(VOICE_CLASSES)))
+        for k, held in enumerate(folds):
+            test = np.isin(speakers, held)
+            xs, ys = _flat(f, np.flatnonzero(~test), labels, copies=False)
+            net = train_net(xs, ys, cfg, cfg.seed + k)
+            logits[test], _ = read(net, f[test, 0])
+        rows.append((name, scores(labels, logits.argmax(1), VOICE_CLASSES)))
+        _log(_table(rows[-1:]))
+    _log("\nclean clips, cross-validation by speaker:\n" + _table(rows))
+    (out / "compare_inputs.json").write_text(json.dumps(
+        {n: {m: s[m] for m in ("uar", "weighted_f1", "per_class_f1")} for n, s in rows},
+        indent=1) + "\n")
     return 0
