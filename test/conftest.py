@@ -63,6 +63,19 @@ def model(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_files_prepared():
+    """What set-up prepares for a robot, prepared once into this run's cache: Whisper base
+    (joined) and the shipped voice expert's ONNX files. Every node a test starts then runs
+    the default voice path (ONNX Runtime) whatever test ran before it."""
+    from erc_ros.core.asr import prepare_model
+    from erc_ros.runtime.voice_expert import default_model_dir, prepare
+
+    prepare_model("base")
+    if default_model_dir().is_dir():
+        prepare(default_model_dir())
+
+
 #: The two RAVDESS actors the tests' voice expert is trained on (the others stay unheard).
 VOICE_TRAIN_SPEAKERS = "ravdess-01,ravdess-02"
 

@@ -14,8 +14,9 @@ probabilities (also for an uncertain voice the expert read; none where it read n
 ``error``, the reason it was refused (``missing``, ``not_audio``, ``empty``, ``too_long``,
 ``low_rate``, ``non_finite``) and no probabilities, and the exit status is then 1.
 
-``--prepare`` makes the expert's ONNX files (FP32 and INT8, checked) in the cache once;
-without them it runs in PyTorch.
+``--prepare`` makes what the expert runs, in the cache, once: its Whisper encoder's files
+(Whisper base joined from its two packaged halves) and its ONNX files (FP32 and INT8,
+checked); without the ONNX files it runs in PyTorch.
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ import math
 import sys
 from pathlib import Path
 
+from erc_ros.core.asr import AsrModelError, prepare_model
 from erc_ros.core.audio_files import AudioFileError, read_audio_16k
 from erc_ros.core.types import VOICE_OK
 from erc_ros.runtime.export import ExportMismatch
-from erc_ros.runtime.manifest import ArtefactError
+from erc_ros.runtime.manifest import ArtefactError, read_manifest
 from erc_ros.runtime.voice_expert import VoiceExpert, VoiceExpertError, default_model_dir, prepare
 
 #: The lowest sample rate read: the expert learned from 16 kHz speech.
@@ -63,7 +65,9 @@ def run(args) -> int:
     model_dir = Path(args.model) if args.model else default_model_dir()
     try:
         if args.prepare:
-            print(f"prepared: {prepare(model_dir)}", file=sys.stderr)
+            encoder = read_manifest(model_dir)["input"]["encoder"]["model"]
+            print(f"prepared: Whisper {encoder} in {prepare_model(encoder)}; the network in "
+                  f"{prepare(model_dir)}", file=sys.stderr)
             if not args.audio:
                 return 0
         if not args.audio:
@@ -72,7 +76,7 @@ def run(args) -> int:
             return 2
         expert = VoiceExpert(model_dir, threads=args.threads, backend=args.backend,
                              precision=args.precision)
-    except (VoiceExpertError, ArtefactError, ExportMismatch) as e:
+    except (VoiceExpertError, ArtefactError, ExportMismatch, AsrModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     files, failed = [], 0
