@@ -87,10 +87,10 @@ RECIPES = {
     "face-tiny": dict(stage="face", epochs=1, batch_size=8, lr=0.05, seed=13, warmup_epochs=0,
                       net=dict(channels=(8, 16), convs_per_stage=1, hidden=0, dropout=0.0)),
     # The voice expert (erc_ros.training.voice_stage): a one-hidden-layer network on Whisper
-    # base's pooled encoder states, trained on --voices (default RAVDESS) with two copies of
-    # each clip through a robot's microphone (room, noise, level, speed, codec); figures,
-    # calibration and gate from 6-fold cross-validation by speaker.
-    "voice": dict(stage="voice", encoder="base", copies=2, folds=6, epochs=60, seed=13),
+    # tiny.en's pooled encoder states, trained on --voices (default RAVDESS) with two copies
+    # of each clip through a robot's microphone (room, noise, level, speed, codec); figures,
+    # calibration and gate from 6-fold cross-validation by speaker (docs/voice.md).
+    "voice": dict(stage="voice", encoder="tiny.en", copies=2, folds=6, epochs=60, seed=13),
     # Tests: the same, no augmented copies, 2 folds, a few epochs, a small hidden layer.
     "voice-tiny": dict(stage="voice", encoder="base", copies=0, folds=2, epochs=5, seed=13,
                        net=dict(hidden=16)),

@@ -61,7 +61,7 @@ INPUTS = ("whisper-base", "whisper-tiny.en", "egemaps", "dvector", "whisper-base
 
 @dataclass
 class VoiceStageConfig:
-    encoder: str = "base"
+    encoder: str = "tiny.en"
     compute_type: str = "int8"
     augment: tuple[str, ...] = AUGMENTATIONS
     copies: int = 2                  # augmented copies of each clip besides the clean one
@@ -435,13 +435,13 @@ def ablate(clips: list[VoiceClip], feats: np.ndarray, labels: np.ndarray,
 
 def _other_input(clips: list[VoiceClip], name: str, gate: VoiceGate, cache: Path,
                  threads: int) -> np.ndarray:
-    """Clean features of another candidate input (cached in ``cache``): Whisper tiny.en's
+    """Clean features of another candidate input (cached in ``cache``): a Whisper model's
     pooled states, the 88 eGeMAPS functionals (normalised) of the speech, or resemblyzer's
     d-vector of the speech."""
     if cache.is_file():
         return np.load(cache)
-    if name == "whisper-tiny.en":
-        enc = WhisperStates("tiny.en", "int8", threads)
+    if name.startswith("whisper-"):
+        enc = WhisperStates(name.removeprefix("whisper-"), "int8", threads)
     elif name == "dvector":
         from resemblyzer import VoiceEncoder
         dvec = VoiceEncoder("cpu", verbose=False)
@@ -449,7 +449,7 @@ def _other_input(clips: list[VoiceClip], name: str, gate: VoiceGate, cache: Path
     for c in tqdm(clips, desc=name, unit="clip", file=sys.stderr):
         x, _ = read_audio_16k(c.path)
         a, b, _ = speech_span(x, gate)
-        if name == "whisper-tiny.en":
+        if name.startswith("whisper-"):
             rows.append(pooled(enc.states(voice_segment(x, gate))))
         elif name == "egemaps":
             rows.append(egemaps_features(x[a:b]))
@@ -467,11 +467,12 @@ def compare_inputs(clips, feats, labels, speakers, folds, cfg: VoiceStageConfig,
     conditions)."""
     if not folds:
         raise SystemExit("error: --compare-inputs needs --folds >= 2")
-    base = feats[:, :1]
-    got = {"whisper-base": base}
-    for name in ("whisper-tiny.en", "egemaps", "dvector"):
-        got[name] = _other_input(clips, name, gate, out / f"input-{name}.npy", threads)[:, None]
-    got["whisper-base+egemaps"] = np.concatenate([base, got["egemaps"]], axis=2)
+    got = {f"whisper-{cfg.encoder}": feats[:, :1]}  # the recipe's input: its clean copies
+    for name in ("whisper-base", "whisper-tiny.en", "egemaps", "dvector"):
+        if name not in got:
+            got[name] = _other_input(clips, name, gate, out / f"input-{name}.npy",
+                                     threads)[:, None]
+    got["whisper-base+egemaps"] = np.concatenate([got["whisper-base"], got["egemaps"]], axis=2)
     rows = []
     for name in INPUTS:
         f = got[name]
