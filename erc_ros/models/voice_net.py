@@ -3,7 +3,7 @@ directory (:func:`save_voice_model`, :func:`load_voice_model`).
 
 What it reads: Whisper's encoder states of an utterance (CTranslate2's ``encode`` on the
 utterance trimmed to its speech, :mod:`erc_ros.runtime.voice_expert`), pooled over time into
-their mean and standard deviation (``2 x d_model`` values: 1,024 for Whisper base). The
+their mean and standard deviation (``2 x d_model`` values: 768 for Whisper tiny.en, 1,024 for base). The
 network standardises them with the training set's statistics (kept as buffers, so the ONNX
 export holds them), then a dropout-regularised hidden layer and a linear layer give logits
 over MELD's seven classes (:data:`~erc_ros.core.types.FACE_CLASSES` order).
