@@ -6,8 +6,8 @@ with speech, faces, ASR transcripts and labels) into them with ``/clock``, print
 per published estimate -- the fused label and, beside it, what the face-expression expert
 said of the speaker's face on its own (its label and probability; ``uncertain`` when it
 cannot read the face, ``-`` when no face was seen) and what the voice expert said of the
-utterance's audio (the same: its label and probability, ``uncertain`` when it cannot read the
-voice, ``-`` when it did not run) -- and a summary scored against the bag's labels.
+utterance's audio (the same: its label and probability, or why it cannot read the voice:
+``unfamiliar`` for the bag's espeak voices, ``-`` when it did not run) -- and a summary scored against the bag's labels.
 
 ``--asr embedded`` (``make demo-asr``) does not read the bag's transcripts: the node's own
 recognizer listens to the bag's audio, as on a robot with only a camera and a microphone.
@@ -74,7 +74,9 @@ def run(args) -> int:
     def voice(est) -> str:
         if est.voice_label:
             return f"{est.voice_label} {est.voice_confidence:.2f}"
-        return VOICE_UNCERTAIN if est.voice_status == VOICE_UNCERTAIN else "-"
+        # uncertain: its reason (a synthetic voice is "unfamiliar")
+        return (est.voice_reason or VOICE_UNCERTAIN) if est.voice_status == VOICE_UNCERTAIN \
+            else "-"
 
     def line(_utt, est):
         print(f"{est.end:7.2f}s  {est.speaker_id[:10]:<10} {est.label:<9} "
