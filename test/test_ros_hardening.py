@@ -94,7 +94,10 @@ def test_expression_publishers_are_bounded_for_any_speaker_id(ros, model):
         Parameter("model_dir", value=str(model)), Parameter("backend", value="torch"),
         Parameter("subscribe_utterances", value=False),
         Parameter("max_expression_publishers", value=4),
-        Parameter("expression_idle_timeout", value=3.0)])
+        Parameter("expression_idle_timeout", value=3.0),
+        # the fused estimate's Expression on the voices' topics (the default puts the voice
+        # expert's reading there, and these utterances carry none)
+        Parameter("voice_expression", value="fused")])
     watcher = rclpy.create_node("expr_watcher")
     got = Collector()
     jose = f"/humans/voices/{id_token('José')}/expression"
@@ -379,10 +382,10 @@ def test_a_signal_ends_the_spin_even_when_nothing_wakes_the_executor(ros, monkey
 
 
 @contextlib.contextmanager
-def split_emotion_node(model, prefix: str):
+def split_emotion_node(model, prefix: str, extra: tuple = ()):
     """An emotion node in split mode (utterances over DDS on ``<prefix>/utterances``),
     configured and active, with a driver's reliable Utterance publisher matched to it and
-    a Collector of its estimates: ``(node, pub, got)``."""
+    a Collector of its estimates: ``(node, pub, got)``. ``extra``: more parameters."""
     from erc_ros.msg import EmotionEstimate
     from erc_ros.msg import Utterance as UtteranceMsg
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -390,7 +393,7 @@ def split_emotion_node(model, prefix: str):
     node = EmotionNode(name=f"emotion_{prefix}", parameter_overrides=[
         Parameter("model_dir", value=str(model)), Parameter("backend", value="torch"),
         Parameter("utterance_topic", value=f"{prefix}/utterances"),
-        Parameter("estimate_topic", value=f"{prefix}/emotion")])
+        Parameter("estimate_topic", value=f"{prefix}/emotion"), *extra])
     driver = rclpy.create_node(f"{prefix}_driver")
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
                      reliability=ReliabilityPolicy.RELIABLE)
@@ -437,7 +440,9 @@ def test_an_utterance_without_words_gets_no_label_from_a_text_model(ros, model):
     a text-only model read one as "joy" at 0.16 (issue 55). Now its estimate carries no
     label, no distribution and no Expression, and is counted; the next one is read."""
     from erc_ros.ros import emotion_msgs
-    with split_emotion_node(model, "nw") as (node, pub, got):
+    # the fused estimate's Expression on the voices' topics (voice_expression fused)
+    with split_emotion_node(model, "nw", (Parameter("voice_expression", value="fused"),)) \
+            as (node, pub, got):
         for i, (who, text) in enumerate((("bob", " \t "), ("anna", "I am so happy"))):
             u = _utt(i, who)
             u.text = text
