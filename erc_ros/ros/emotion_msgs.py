@@ -232,21 +232,22 @@ def estimate_to_expression(est: Estimate):
     return expression_msg(est.end, est.label, est.valence, est.arousal, est.confidence)
 
 
-def face_expression(est: Estimate):
-    """The face expert's part of ``est`` -> hri_msgs/Expression (its top class mapped to the
-    ROS4HRI vocabulary, its valence/arousal and confidence, the utterance's end as stamp);
-    None when the face was not seen (``face_status`` other than seen)."""
-    if est.face_status != FACE_SEEN or not len(est.face_probabilities):
+def _expert_expression(est: Estimate, sense: str, read: str):
+    """The ``sense`` expert's part of ``est`` (its ``<sense>_*`` fields) -> hri_msgs/Expression
+    (its top class mapped to the ROS4HRI vocabulary, its valence/arousal and confidence, the
+    utterance's end as stamp); None unless its status is ``read``."""
+    f = lambda name: getattr(est, f"{sense}_{name}")  # noqa: E731
+    if f("status") != read or not len(f("probabilities")):
         return None
-    return expression_msg(est.end, est.face_label, est.face_valence, est.face_arousal,
-                          est.face_confidence)
+    return expression_msg(est.end, f("label"), f("valence"), f("arousal"), f("confidence"))
+
+
+def face_expression(est: Estimate):
+    """The face expert's reading as an Expression; None when the face was not seen."""
+    return _expert_expression(est, "face", FACE_SEEN)
 
 
 def voice_expression(est: Estimate):
-    """The voice expert's part of ``est`` -> hri_msgs/Expression (its top class mapped to the
-    ROS4HRI vocabulary, its valence/arousal and confidence, the utterance's end as stamp);
-    None when the voice was not read (``voice_status`` other than ok)."""
-    if est.voice_status != VOICE_OK or not len(est.voice_probabilities):
-        return None
-    return expression_msg(est.end, est.voice_label, est.voice_valence, est.voice_arousal,
-                          est.voice_confidence)
+    """The voice expert's reading as an Expression; None when the voice was not read
+    (``voice_status`` other than ok)."""
+    return _expert_expression(est, "voice", VOICE_OK)
