@@ -248,7 +248,7 @@ def train_face_stage(train: FaceSet, dev: FaceSet, cfg: FaceStageConfig, out_dir
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["torch_rng"])
+        torch.set_rng_state(ck["torch_rng"].cpu())
         history, best, best_state = ck["history"], ck["best"], ck["best_state"]
         start, step = int(ck["epoch"]), int(ck["step"])
         if ck["epochs"] != cfg.epochs and start < cfg.epochs:
@@ -391,6 +391,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, help="--recipe face: fp32 (the "
                    "recipe's), bf16 (autocast) or auto (bf16 where the CPU has AMX or "
                    "AVX512-BF16, else fp32)")
+    p.add_argument("--device", default="cpu", help="--recipe face: the torch device to train "
+                   "on: cpu (default), cuda, cuda:N, or auto (cuda when torch sees a GPU); the "
+                   "model is stored and scored in float32 on the CPU either way")
     p.add_argument("--limit-faces", type=_count(0), default=0,
                    help="--recipe face: train on a seeded N of the faces and score a quarter "
                         "as many dev faces (smoke and timing runs)")
@@ -431,6 +434,19 @@ def datasets(args, seed: int) -> tuple[FaceSet, FaceSet, dict]:
     return train, dev, info
 
 
+def resolve_device(requested: str) -> str:
+    """``--device``: ``cpu``, ``cuda[:N]`` (refused when torch sees no GPU) or ``auto``."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return requested
+    if requested.split(":")[0] != "cuda":
+        raise SystemExit(f"error: --device {requested!r}: cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {requested}: torch {torch.__version__} sees no GPU")
+    return requested
+
+
 def run(args, recipe: dict, provenance) -> int:
     """The command: ``recipe`` the face recipe's settings, ``provenance(args, **fields)``
     what the saved model records."""
@@ -451,8 +467,11 @@ def run(args, recipe: dict, provenance) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     log(f"train: {train.describe()}\ndev: {dev.describe()}")
     out = Path(args.out)
-    summary = train_face_stage(train, dev, cfg, out, log=log)
-    net = summary["net"]
+    device = resolve_device(getattr(args, "device", None) or "cpu")
+    if device != "cpu":
+        torch.backends.cudnn.benchmark = True
+    summary = train_face_stage(train, dev, cfg, out, log=log, device=device)
+    net = summary["net"].cpu()
     # The kept weights scored as they are stored and deployed: float32, with and without
     # the test-time flip.
     final = {}
@@ -480,6 +499,8 @@ def run(args, recipe: dict, provenance) -> int:
         dev_metrics=dev_metrics, history=epochs, train_minutes=summary["train_minutes"],
         training={"precision": summary["precision"], "precision_why": summary["precision_why"],
                   "cpu": cpu_name(), "torch_threads": torch.get_num_threads(),
+                  "device": device if device == "cpu" else
+                  f"{device} ({torch.cuda.get_device_name(device)})",
                   "seconds_per_epoch": round(float(np.median(train_s)), 1) if train_s else None,
                   "resumed_at": summary["resumed_at"], "stopped_early": summary["stopped_early"]})
     save_face_model(net, out, model_id, prov)
