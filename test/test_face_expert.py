@@ -12,7 +12,11 @@ the core cuts a speaker's face) and its 200 Labeled Faces in the Wild crops.
   passes the real photographed faces and refuses small, blurred and enlarged ones, the
   measurements its thresholds were chosen from (docs/faces.md, "Quality gate");
 - `python -m erc_ros predict-face` prints and writes that, says "uncertain" on a face it
-  cannot read, and reports a bad file plainly.
+  cannot read, and reports a bad file plainly; with ``--crop`` each image is the face
+  (ROS4HRI crops, FER2013's 48x48 faces), gated as a detected face; a 1x1 or 10000x10000
+  image, a text file and a float image with NaNs are refused with their reason (stderr and
+  the JSON's "error"), the others still read; 16-bit grey PNGs are read, a 12-bit one as
+  its 16-bit twin.
 """
 from __future__ import annotations
 
@@ -187,8 +191,9 @@ def test_cli_predicts_joy_for_the_astronaut(tmp_path):
     image = doc["images"][0]
     assert set(image) == {"path", "faces"} and image["path"] == str(png)
     (face,) = image["faces"]
-    assert set(face) == {"box", "label", "uncertain", "sharpness", "entropy", "probabilities"}
-    assert face["uncertain"] == "" and face["sharpness"] > 0.12 and face["entropy"] < 0.1
+    assert set(face) == {"box", "label", "status", "uncertain", "sharpness", "entropy",
+                         "probabilities"}
+    assert face["status"] == "ok" and face["uncertain"] == "" and face["sharpness"] > 0.12 and face["entropy"] < 0.1
     assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
     assert list(face["probabilities"]) == list(fx.MELD_LABELS)
     assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
@@ -200,7 +205,11 @@ def test_cli_predicts_joy_for_the_astronaut(tmp_path):
     assert r.returncode == 1
     assert f"error: {bad}: not a readable image" in r.stderr and "Traceback" not in r.stderr
     assert "\tjoy " in r.stdout  # the other image is still processed
-    assert [i["path"] for i in json.loads(out.read_text())["images"]] == [str(png)]
+    bad_entry, good_entry = json.loads(out.read_text())["images"]
+    assert good_entry["path"] == str(png) and good_entry["faces"][0]["label"] == "joy"
+    assert bad_entry == {"path": str(bad), "faces": [],
+                         "error": bad_entry["error"]}  # reported, with its reason
+    assert bad_entry["error"].startswith("not a readable image")
 
 
 # -- the quality gate ----------------------------------------------------------------------
@@ -281,8 +290,86 @@ def test_cli_says_uncertain_on_faces_it_cannot_read(tmp_path):
     assert "\tuncertain (blurred: sharpness 0.0" in r.stdout
     faces = [i["faces"][0] for i in json.loads(out.read_text())["images"]]
     assert [f["label"] for f in faces] == [None, None]
+    assert [f["status"] for f in faces] == ["uncertain", "uncertain"]
     assert faces[0]["uncertain"].startswith("small") and faces[1]["uncertain"].startswith("blurred")
     assert len(faces[0]["probabilities"]) == 7  # the distribution is still there to inspect
     # the gate off: the expert's own reading comes back
     r = _cli("--min-pixels", 0, "--min-sharpness", 0, "--max-entropy", 1, small)
     assert r.returncode == 0 and "\tjoy " in r.stdout, r.stdout + r.stderr
+
+
+# -- predict-face --crop and bad files --------------------------------------------------------
+
+def _astronaut_face(width: int) -> np.ndarray:
+    """The astronaut's face as the detector boxes it, resized to ``width`` px (RGB)."""
+    image = data.astronaut()
+    x, y, w, h = (int(v) for v in FaceDetector().detect(image)[0])
+    return cv2.resize(image[y:y + h, x:x + w], (width, width), interpolation=cv2.INTER_AREA)
+
+
+def test_cli_crop_reads_each_image_as_one_face_gated_as_a_detected_one(tmp_path):
+    crop_png, fer, small = (tmp_path / n for n in ("crop.png", "fer48.png", "small.png"))
+    cv2.imwrite(str(crop_png), cv2.cvtColor(_astronaut_face(104), cv2.COLOR_RGB2BGR))
+    # FER2013's form: 48x48 grey
+    cv2.imwrite(str(fer), cv2.cvtColor(_astronaut_face(48), cv2.COLOR_RGB2GRAY))
+    cv2.imwrite(str(small), cv2.cvtColor(_astronaut_face(24), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "crops.json"
+    r = _cli("--crop", "--json", out, crop_png, fer, small)
+    assert r.returncode == 0, r.stderr
+    assert f"{crop_png}\tface 1\tbox [0, 0, 104, 104]\tjoy " in r.stdout
+    assert f"{fer}\tface 1\tbox [0, 0, 48, 48]\tjoy " in r.stdout
+    assert f"{small}\tface 1\tbox [0, 0, 24, 24]\tuncertain (small: 24 px < 32)" in r.stdout
+    images = json.loads(out.read_text())["images"]
+    assert [i["path"] for i in images] == [str(crop_png), str(fer), str(small)]
+    faces = [i["faces"] for i in images]
+    assert [len(f) for f in faces] == [1, 1, 1]  # no detection: each image is one face
+    (a,), (b,), (c,) = faces
+    assert set(a) == {"box", "label", "status", "uncertain", "sharpness", "entropy",
+                      "probabilities"}
+    assert (a["box"], a["label"], a["status"], a["uncertain"]) == ([0, 0, 104, 104], "joy",
+                                                                   "ok", "")
+    assert (b["box"], b["label"], b["status"]) == ([0, 0, 48, 48], "joy", "ok")
+    assert (c["label"], c["status"]) == (None, "uncertain")
+    assert c["uncertain"].startswith("small") and len(c["probabilities"]) == 7
+    # the crop is not searched for a face: without --crop the 48 px one has none to find
+    r = _cli(fer)
+    assert r.returncode == 0 and f"{fer}\tno face found" in r.stdout, r.stdout + r.stderr
+
+
+def test_cli_refuses_bad_files_with_their_reason_and_reads_16_bit_grey(tmp_path):
+    grey = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY)
+    files = {n: tmp_path / n for n in ("one.png", "huge.png", "notes.png", "nan.tiff",
+                                       "grey16.png", "grey12.png")}
+    cv2.imwrite(str(files["one.png"]), np.full((1, 1, 3), 128, np.uint8))
+    cv2.imwrite(str(files["huge.png"]), np.zeros((10_000, 10_000), np.uint8))  # 100 Mpx
+    files["notes.png"].write_text("not an image\n")
+    nan = data.astronaut().astype(np.float32) / 255
+    nan[100:110, 200:210] = np.nan
+    assert cv2.imwrite(str(files["nan.tiff"]), nan)
+    # a 16-bit grey camera: all 16 bits, and a 12-bit sensor in the low bits
+    assert cv2.imwrite(str(files["grey16.png"]), grey.astype(np.uint16) * 257)
+    assert cv2.imwrite(str(files["grey12.png"]), grey.astype(np.uint16) * 16)
+    assert cv2.imread(str(files["grey12.png"]), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    reasons = {"one.png": "too small: 1x1 (under 8 px a side)",
+               "huge.png": "too large: 10000x10000 (100000000 px) is more than --max-pixels "
+                           "67108864",
+               "notes.png": "not a readable image (13 bytes of image data could not be "
+                            "decoded)",
+               "nan.tiff": "not a readable image (float32 pixels with NaN or infinite "
+                           "values)"}
+    for mode in ((), ("--crop",)):
+        out = tmp_path / "faces.json"
+        r = _cli(*mode, "--json", out, *files.values())
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        for name, why in reasons.items():
+            assert f"error: {files[name]}: {why}\n" in r.stderr, (mode, r.stderr)
+        images = {Path(i["path"]).name: i for i in json.loads(out.read_text())["images"]}
+        assert list(images) == list(files)  # every file, in order
+        for name, why in reasons.items():
+            assert images[name] == {"path": str(files[name]), "faces": [], "error": why}
+        # 16-bit grey is read, scaled by the bits it uses: the 12-bit file as the 16-bit one
+        g16, g12 = images["grey16.png"]["faces"], images["grey12.png"]["faces"]
+        assert len(g16) == 1 and "error" not in images["grey16.png"]
+        assert g12 == g16, mode
+        if not mode:  # found in the frame and read as the colour astronaut is: joy
+            assert g16[0]["label"] == "joy" and g16[0]["status"] == "ok", g16

