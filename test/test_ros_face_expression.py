@@ -1,12 +1,17 @@
 """The ROS4HRI face-expression node (erc_ros.ros.face_expression_node) over real rclpy / DDS,
-on real face crops (scikit-image's astronaut, cut as the core cuts a face, and an LFW face):
+on real face crops (scikit-image's astronaut and matplotlib's Grace Hopper, cut as the core
+cuts a face, and an enlarged LFW face):
 
 - two tracked faces each get hri_msgs/Expression on /humans/faces/<id>/expression, stamped
   with their crops' stamps, the astronaut ``happy``, valence/arousal in [-1, 1]; a face that
   leaves /humans/faces/tracked loses its subscription and publisher and gets nothing more;
-- hostile input: invalid ids, ids past max_faces and crops that are not images are refused
-  with their reason (node counters and /diagnostics) while the good face keeps being
-  published;
+- hostile input: invalid ids, ids past max_faces and crops that are not images (1x1,
+  10000x10000, float encodings with NaNs, malformed) are refused with their reason (node
+  counters and /diagnostics) while the good face keeps being published; a 12-bit mono16
+  crop is read (as its 16-bit and 8-bit twins are: ``crop_to_rgb``);
+- the quality gate: a crop too small or too blurred is not classified, an undecided
+  distribution is not published, each counted as ``uncertain.<why>``; its parameters'
+  defaults are the perception core's;
 - rate limiting on the node's clock (use_sim_time, /clock driven by the test: no wall-time
   assertion): 20 crops over 0.95 s at rate 2 give at most 2 expressions, the newest crop
   waits for its turn (at most 3 in all); a crop with a zero stamp is stamped at receipt;
@@ -31,7 +36,8 @@ from _ros_support import close_rig, Collector, wait_for
 from erc_ros.core.face_stream import FaceSchedule, summarize
 from erc_ros.ros import convert, emotion_msgs
 from erc_ros.ros.diagnostics import NodeHealth
-from erc_ros.ros.face_expression_node import FaceExpressionNode, class_valence_arousal
+from erc_ros.ros.face_expression_node import (FaceExpressionNode, class_valence_arousal,
+                                               crop_to_rgb)
 from erc_ros.ros.tracked import TrackedIds
 
 pytestmark = pytest.mark.ros
@@ -46,6 +52,15 @@ def faces():
     from erc_ros.runtime.face_expert import sample_crops
     astronaut, lfw = sample_crops(lfw=1)
     return astronaut, lfw
+
+
+@pytest.fixture(scope="module")
+def hopper():
+    """Grace Hopper's face, found and cut as the core cuts a face (RGB, 112 px): sharp."""
+    from erc_ros.core.faces import FaceDetector, crop
+    from erc_ros.runtime.face_expert import portraits
+    image = portraits()["grace_hopper"]
+    return crop(image, FaceDetector().detect(image)[0], 112, 0.2)
 
 
 class Rig:
@@ -125,15 +140,16 @@ def _status(rig: Rig, cond) -> dict:
     return found
 
 
-def test_two_tracked_faces_get_stamped_expressions_and_an_untracked_one_stops(ros, faces):
-    astronaut, lfw = faces
+def test_two_tracked_faces_get_stamped_expressions_and_an_untracked_one_stops(ros, faces,
+                                                                               hopper):
+    astronaut = faces[0]  # with Grace Hopper: sharp faces, which the gate reads
     rig = Rig("fx_two", rate=20.0, diagnostics_period=0.2)  # fast turns: a crop every 60 ms
     try:
         rig.start()
         rig.track("fa", "fb")
         sent = {"fa": set(), "fb": set()}
         for k in range(100):  # the first crops may precede discovery of the reader
-            for face, rgb in (("fa", astronaut), ("fb", lfw)):
+            for face, rgb in (("fa", astronaut), ("fb", hopper)):
                 stamp = Time(sec=1000 + k, nanosec=17 * k)
                 sent[face].add((stamp.sec, stamp.nanosec))
                 rig.crop(face, rgb, stamp)
@@ -157,7 +173,7 @@ def test_two_tracked_faces_get_stamped_expressions_and_an_untracked_one_stops(ro
                         == 0, 10)
         n_fb, n_fa = len(rig.expressions["fb"]), len(rig.expressions["fa"])
         for k in range(100):
-            rig.crop("fb", lfw, Time(sec=2000 + k))
+            rig.crop("fb", hopper, Time(sec=2000 + k))
             rig.crop("fa", astronaut, Time(sec=2000 + k))
             if wait_for(lambda: len(rig.expressions["fa"]) >= n_fa + 2, 0.06):
                 break
@@ -175,17 +191,53 @@ def test_two_tracked_faces_get_stamped_expressions_and_an_untracked_one_stops(ro
 def _bad_images():
     """(expected refusal reason, sensor_msgs/Image) of crops that are not images."""
     from sensor_msgs.msg import Image
-    ok = convert.rgb_to_image(np.zeros((16, 16, 3), np.uint8))
     short = convert.rgb_to_image(np.zeros((16, 16, 3), np.uint8))
     short.data = short.data[:10]
     huge = Image(height=5000, width=5000, encoding="rgb8", step=15000)  # header only
-    float_img = Image(height=8, width=8, encoding="32FC1", step=32, data=bytes(256))
+    huger = Image(height=10_000, width=10_000, encoding="rgb8", step=30_000)  # header only
+
+    def nan(encoding, dtype, channels):  # a float crop with NaNs where a face would be
+        a = np.full((16, 16, channels), 0.5, dtype)
+        a[4:12, 4:12] = np.nan
+        return Image(height=16, width=16, encoding=encoding, step=16 * channels * a.itemsize,
+                     data=a.tobytes())
     return [("image_decode", Image(height=0, width=0, encoding="rgb8")),
-            ("image_encoding", float_img),
+            ("image_encoding", nan("32FC1", np.float32, 1)),
+            ("image_encoding", nan("32FC3", np.float32, 3)),
+            ("image_encoding", nan("64FC1", np.float64, 1)),
             ("image_too_large", huge),
+            ("image_too_large", huger),
             ("image_decode", short),
             ("image_decode", convert.rgb_to_image(np.zeros((2, 2, 3), np.uint8))),  # tiny
-            (None, ok)]  # a black 16x16 square is an image: classified, whatever it says
+            ("image_decode", convert.rgb_to_image(np.full((1, 1, 3), 128, np.uint8)))]
+
+
+def _grey16(grey: np.ndarray, scale: int, encoding: str = "mono16",
+            big_endian: bool = False):
+    """A 16-bit grey sensor_msgs/Image of ``grey`` (uint8) times ``scale``."""
+    from sensor_msgs.msg import Image
+    a = (grey.astype(np.uint16) * scale).astype(">u2" if big_endian else "<u2")
+    return Image(height=a.shape[0], width=a.shape[1], encoding=encoding,
+                 is_bigendian=int(big_endian), step=2 * a.shape[1], data=a.tobytes())
+
+
+def test_16_bit_grey_crops_are_read_by_the_bits_they_use(faces):
+    astronaut, _ = faces
+    grey = astronaut[:, :, 1].copy()  # a real face, as a grey camera sees it
+    as_8 = np.repeat(grey[:, :, None], 3, axis=2)
+    for scale in (257, 16, 4, 1):  # 16-, 12-, 10- and 8-bit data in 16-bit words
+        for enc, big in (("mono16", False), ("16UC1", True)):
+            got = crop_to_rgb(_grey16(grey, scale, enc, big), 1 << 20)
+            assert got.dtype == np.uint8 and got.shape == astronaut.shape
+            np.testing.assert_array_equal(got, as_8, err_msg=f"{enc} x{scale}")
+    black = crop_to_rgb(_grey16(np.zeros((16, 16), np.uint8), 1), 1 << 20)
+    assert black.shape == (16, 16, 3) and not black.any()
+    # refusals stay convert's: layout checked before anything is read
+    bad = _grey16(grey, 16)
+    bad.data = bad.data[:100]
+    with pytest.raises(ValueError) as err:
+        crop_to_rgb(bad, 1 << 20)
+    assert err.value.reason == "image_decode"
 
 
 def test_invalid_ids_and_bad_crops_are_refused_and_the_good_face_goes_on(ros, faces):
@@ -199,18 +251,23 @@ def test_invalid_ids_and_bad_crops_are_refused_and_the_good_face_goes_on(ros, fa
         assert rig.node.health.refused["face_id"] == 3
         assert rig.node.health.refused["faces_full"] >= 1
         for reason, img in _bad_images():
-            before = rig.node.health.snapshot()["refused"].get(reason, 0) if reason else 0
+            before = rig.node.health.snapshot()["refused"].get(reason, 0)
             img.header.stamp = Time(sec=5)
             rig.crops["bad"].publish(img)
             rig.crop("good", astronaut, Time(sec=6))
-            if reason is None:
-                assert wait_for(lambda: len(rig.expressions["bad"]) == 1, 10)
-                continue
             assert wait_for(lambda r=reason, b=before: rig.node.health.snapshot()["refused"]
                             .get(r, 0) == b + 1, 10), reason
         refused = rig.node.health.snapshot()["refused"]
         assert (refused["image_decode"], refused["image_encoding"],
-                refused["image_too_large"]) == (3, 1, 1)
+                refused["image_too_large"]) == (4, 3, 2)
+        # a black 16x16 square is an image, but too small to read an expression from
+        rig.crops["bad"].publish(convert.rgb_to_image(np.zeros((16, 16, 3), np.uint8)))
+        assert wait_for(lambda: rig.node.health.counts.get("uncertain.small", 0) == 1, 10)
+        # a 12-bit grey camera's crop (mono16) is read: the astronaut still smiles
+        rig.crops["f3"].publish(_grey16(astronaut[:, :, 1], 16))
+        assert wait_for(lambda: len(rig.expressions["f3"]) == 1, 10)
+        assert rig.expressions["f3"].snapshot()[0].expression == "happy"
+        assert len(rig.expressions["bad"]) == 0  # nothing published for a refused crop
         n = len(rig.expressions["good"])
         for k in range(100):
             rig.crop("good", astronaut, Time(sec=7 + k))
@@ -221,13 +278,54 @@ def test_invalid_ids_and_bad_crops_are_refused_and_the_good_face_goes_on(ros, fa
         assert rig.node.health.counts.get("errors.classify", 0) == 0
         # a status published after every refusal above (one from between two of them
         # would show an older count)
-        st = _status(rig, lambda st, v: v.get("refused.image_too_large") == "1"
-                     and v.get("refused.image_encoding") == "1"
-                     and v.get("refused.image_decode") == "3")
-        assert st["refused.image_decode"] == "3" and st["refused.face_id"] == "3"
+        st = _status(rig, lambda st, v: v.get("refused.image_too_large") == "2"
+                     and v.get("refused.image_encoding") == "3"
+                     and v.get("refused.image_decode") == "4")
+        assert st["refused.image_decode"] == "4" and st["refused.face_id"] == "3"
+        assert st["uncertain.small"] == "1" and st["last.bad"] == "uncertain (small)"
         from diagnostic_msgs.msg import DiagnosticStatus
         assert st["faces.tracked"] == "3" and st["level"] == DiagnosticStatus.WARN
         assert "refused input" in st["message"]
+    finally:
+        rig.close()
+
+
+def test_quality_gate_publishes_nothing_for_small_blurred_or_undecided_crops(ros, faces):
+    import cv2
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from erc_ros.core.config import FaceConfig
+    astronaut, lfw = faces
+    # max entropy 0: every real distribution (never exactly one class) is undecided
+    rig = Rig("fx_gate", rate=50.0, image_reliability="reliable", diagnostics_period=0.2,
+              expression_max_entropy=0.0)
+    try:
+        fc = FaceConfig()  # the gate's defaults are the perception core's
+        assert rig.node.get_parameter("expression_min_pixels").value == \
+            fc.expression_min_pixels
+        assert rig.node.get_parameter("expression_min_sharpness").value == \
+            fc.expression_min_sharpness
+        plain = FaceExpressionNode(name="fx_gate_defaults")
+        try:
+            assert plain.get_parameter("expression_max_entropy").value == \
+                fc.expression_max_entropy
+        finally:
+            plain.destroy_node()
+        rig.start()
+        rig.track("g")
+        small = cv2.resize(astronaut, (24, 24), interpolation=cv2.INTER_AREA)
+        # 24 px; an LFW thumbnail enlarged to 112 px (no detail); the sharp astronaut
+        for k, (why, rgb) in enumerate((("small", small), ("blurred", lfw),
+                                        ("undecided", astronaut))):
+            rig.crop("g", rgb, Time(sec=1 + k))
+            assert wait_for(lambda w=why: rig.node.health.counts.get(f"uncertain.{w}", 0)
+                            == 1, 10), why
+        st = _status(rig, lambda st, v: v.get("uncertain.undecided") == "1")
+        assert st["uncertain.small"] == "1" and st["uncertain.blurred"] == "1"
+        assert st["last.g"] == "uncertain (undecided)" and st["crops"] == "3"
+        assert st["level"] == DiagnosticStatus.OK  # a face it cannot read is no fault
+        assert len(rig.expressions["g"]) == 0 and rig.node.published == 0
+        assert not rig.node.health.refused
     finally:
         rig.close()
 

