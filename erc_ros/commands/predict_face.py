@@ -116,7 +116,8 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     more than ``max_pixels`` pixels, NaN or infinite pixels, under 8 px a side, a depth that is
     not 8-bit, 16-bit or float in 0-1 (:func:`erc_ros.core.faces.as_rgb_image`). 16-bit
     images are shifted right by the bits their brightest pixel uses beyond 8 (as the
-    face-expression node reads ``mono16`` crops)."""
+    face-expression node reads ``mono16`` crops). The size is checked once decoded (OpenCV
+    itself refuses an image over 2**30 pixels before allocating it)."""
     import cv2
 
     buf = np.frombuffer(Path(path).read_bytes(), np.uint8)
