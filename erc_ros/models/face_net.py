@@ -106,6 +106,20 @@ class FaceNet(nn.Module):
         return self.classifier(self.features(pixels))
 
 
+class FlipMean(nn.Module):
+    """What a face model runs as at deployment: the mean of the softmax of ``net`` on a face
+    and on its mirror (test-time flip, as training scores dev); ``(n, 1, S, S) -> (n, classes)``
+    probabilities."""
+
+    def __init__(self, net: FaceNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (torch.softmax(self.net(pixels), dim=1) +
+                      torch.softmax(self.net(torch.flip(pixels, dims=[3])), dim=1))
+
+
 def face_input(crops: Sequence[np.ndarray] | np.ndarray, size: int = 48,
                normalisation: dict = NORMALISATION) -> np.ndarray:
     """Face crops (HxW grey or HxWx3 RGB uint8, any size; or an (n, H, W) uint8 array) as

