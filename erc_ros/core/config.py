@@ -215,11 +215,12 @@ class FaceConfig:
                                     "this (pixels of the stored frame, before any resize: "
                                     "real faces read the same from 32 px up, at 24 px the "
                                     "expert wavers); 0: off")
-    expression_min_sharpness: float = _f(0.12, "nor a face blurrier than this (variance of the "
-                                         "Laplacian of the face's inner 60 % as 64x64 grey, "
-                                         "over its pixels' variance: photographed faces "
-                                         "0.19-0.7, blurred or enlarged ones 0.01-0.13); 0: off")
-    expression_max_entropy: float = _f(0.5, "the speaker's mean distribution is reported only "
+    expression_min_sharpness: float = _f(0.08, "nor a face blurrier than this (variance of the "
+                                         "Laplacian of the face's inner 60 % as 32x32 grey, "
+                                         "over its pixels' variance: webcam-like faces at "
+                                         "60-120 px 0.09 and up (1st percentile), blurred or "
+                                         "shrunk-and-enlarged ones mostly below); 0: off")
+    expression_max_entropy: float = _f(0.9, "the speaker's mean distribution is reported only "
                                        "when its normalized entropy (0: one class, 1: "
                                        "uniform) is at most this; above it the expert is "
                                        "undecided and face_status is 'uncertain'; 1: off")

