@@ -213,7 +213,7 @@ fi
 #    (perception.faces.expression_model: fer; evaluate-face --fer-expert compares with it).
 face_digest=$(digest requirements-nodeps.txt models/face/manifest.json erc_ros/runtime/face_expert.py; echo "${ERC_ROS_CACHE:-$HOME/.cache/erc_ros}")
 if ! fresh face-expert "$face_digest" \
-    || ! "$PY" -c "import sys; from erc_ros.runtime.face_expert import find_prepared; sys.exit(find_prepared() is None or find_prepared('fer') is None)" 2>/dev/null; then
+    || ! "$PY" -c "import sys; from erc_ros.runtime.face_expert import find_prepared; sys.exit(find_prepared() is None or find_prepared(None, 'int8') is None or find_prepared('fer') is None)" 2>/dev/null; then
   step_begin "face expert"
   log "preparing the face-expression experts (ONNX into the cache, once)"
   mkdir -p "$ROOT/build"
