@@ -61,6 +61,8 @@ INT8_FILE = "face_expert.int8.onnx"
 INT8_MIN_AGREEMENT = 0.95
 CALIBRATION_CROPS = 100
 PRECISIONS = ("auto", "fp32", "int8")
+#: Most crops the network runs on at once (a longer list is read in such batches).
+BATCH = 256
 META_FILE = "face_expert.json"
 INPUT_NAME = "pixels"
 #: The ONNX output of each kind of network: FER-ordered for mini-Xception, the manifest's
@@ -349,6 +351,9 @@ class FaceExpert:
         order (FER's for mini-Xception, MELD's for a face model directory)."""
         if not len(pixels):
             return np.zeros((0, len(MELD_LABELS)), np.float32)
+        if len(pixels) > BATCH:  # a bounded batch: memory does not grow with the list
+            return np.concatenate([self.predict_pixels(pixels[i:i + BATCH])
+                                   for i in range(0, len(pixels), BATCH)])
         if self._ort is not None:
             return self._ort.run({INPUT_NAME: pixels})[self.output_name]
         with self._torch.inference_mode():
