@@ -47,7 +47,7 @@ from erc_ros.models.face_expert import (FER_LABELS, HDF5_FILE, INPUT_SIZE, MELD_
 from erc_ros.paths import CHECKOUT, sha256_file, share_path
 from erc_ros.runtime import machine
 from erc_ros.runtime.backends import OrtBackend
-from erc_ros.runtime.export import OPSET, StageSpec, export_and_check
+from erc_ros.runtime.export import OPSET, ExportMismatch, StageSpec, export_and_check
 from erc_ros.runtime.quantize import quantize_qdq_int8
 
 from .manifest import ArtefactError, cache_path
@@ -205,8 +205,6 @@ def _int8(d: Path, pixels: np.ndarray) -> dict:
     :data:`CALIBRATION_CROPS` of ``pixels`` and checked against FP32 on all of them; the
     record for ``face_expert.json``. :class:`ExportMismatch` when it changes too many
     labels."""
-    from erc_ros.runtime.export import ExportMismatch
-
     quantize_qdq_int8(d / ONNX_FILE, d / INT8_FILE,
                       [{INPUT_NAME: pixels[i:i + 1]}
                        for i in range(min(CALIBRATION_CROPS, len(pixels)))])

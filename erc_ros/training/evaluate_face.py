@@ -28,6 +28,7 @@ from erc_ros.datasets.fer2013 import USAGES, FaceDataError, FaceSet, read_faces
 from erc_ros.models.face_expert import FaceExpertMissing
 from erc_ros.runtime.face_expert import FER_MODEL, FaceExpert
 from erc_ros.runtime.manifest import ArtefactError
+from erc_ros.training import face_gate
 from erc_ros.training.metrics import scores
 
 
@@ -115,8 +116,6 @@ def table(results: list[dict], classes) -> str:
 
 def gate_report(args, faces: FaceSet) -> int:
     """``--gate-report OUT``: :mod:`erc_ros.training.face_gate` with the nodes' expert."""
-    from erc_ros.training import face_gate
-
     expert = FaceExpert(args.backend, threads=args.threads)
     print(expert.describe(), file=sys.stderr)
     measured = face_gate.measure(expert, faces, n=args.gate_faces, seed=args.seed)

@@ -28,6 +28,7 @@ import numpy as np
 
 from erc_ros.core.config import FaceConfig
 from erc_ros.core.faces import FaceDetector, crop, normalized_entropy, sharpness, unreadable
+from erc_ros.runtime.face_expert import portraits
 
 READABLE = ("fer2013 48 px", "webcam-like 60-120 px", "portraits 60-120 px")
 DEGRADED = ("shrunk to 28-36 px, enlarged", "JPEG quality 5-10")
@@ -79,8 +80,6 @@ def photographed(rng: np.random.Generator, per_portrait: int = 40):
     LFW faces enlarged (label None)."""
     import cv2
     from skimage import data
-
-    from erc_ros.runtime.face_expert import portraits
 
     truth = {"astronaut": "joy", "grace_hopper": "neutral"}
     det = FaceDetector(detect_width=1024)
