@@ -47,8 +47,8 @@ import numpy as np
 
 from erc_ros.core.config import FaceConfig
 from erc_ros.core.errors import ImageDecodeError
-from erc_ros.core.faces import (TOO_BLURRED, FaceDetector, as_rgb_image, crop, normalized_entropy,
-                                sharpness, unreadable)
+from erc_ros.core.faces import (TOO_BLURRED, FaceDetector, as_rgb_image, bits8, crop,
+                                normalized_entropy, sharpness, unreadable)
 from erc_ros.models.face_expert import FaceExpertMissing
 from erc_ros.runtime.export import ExportMismatch
 from erc_ros.runtime.face_expert import (FaceExpert, FaceExpertNotPrepared, benchmark,
@@ -149,8 +149,7 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageDecodeError(f"not a readable image ({img.dtype} pixels outside 0-1: "
                                f"{float(img.min()):g} to {float(img.max()):g})")
     if img.dtype == np.uint16:
-        shift = max(0, int(img.max(initial=0)).bit_length() - 8)
-        img = (img >> shift).astype(np.uint8)
+        img = bits8(img)
     if h < 8 or w < 8:
         raise ImageDecodeError(f"too small: {w}x{h} (under 8 px a side)")
     try:

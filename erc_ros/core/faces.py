@@ -106,6 +106,15 @@ def unreadable(image: np.ndarray, box, min_pixels: float, min_sharpness: float) 
     return ""
 
 
+def bits8(grey16: np.ndarray) -> np.ndarray:
+    """16-bit grey -> 8 bits, shifted right by the bits its brightest pixel uses beyond 8:
+    an image using all 16 bits keeps its top byte (``>> 8``), a 12-bit camera's ``>> 4``, one
+    that fits in 8 bits stays as it is. Black stays black and brightness stays relative to
+    the camera's own range (no per-image stretch)."""
+    shift = max(0, int(grey16.max(initial=0)).bit_length() - 8)
+    return (grey16 >> shift).astype(np.uint8)
+
+
 def normalized_entropy(probabilities) -> float:
     """Entropy of a class distribution over log(number of classes): 0 when one class has it
     all, 1 when every class is as likely."""

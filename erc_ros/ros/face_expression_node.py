@@ -17,7 +17,7 @@ expert and publishes. Ids leaving the tracked list lose their subscription and p
 that are not images (empty, too large, unknown or float encoding, malformed, under 8 px) are
 refused with their reason on /diagnostics, without stopping the other faces. 16-bit grey
 crops (``mono16``, ``16UC1``) are read scaled by the bits their brightest pixel uses
-(:func:`bits8`): a 10- or 12-bit camera's crop is read as brightly as a 16-bit one.
+(:func:`erc_ros.core.faces.bits8`): a 10- or 12-bit camera's crop is read as brightly as a 16-bit one.
 
 The expert's quality gate (:mod:`erc_ros.core.faces`), as for the faces the perception core
 reads: a crop narrower than ``expression_min_pixels`` or blurrier than
@@ -46,7 +46,7 @@ from erc_ros.assemble import load_face_expert
 from erc_ros.core.config import FaceConfig
 from erc_ros.core.errors import InputError
 from erc_ros.core.face_stream import FaceSchedule, summarize
-from erc_ros.core.faces import as_rgb_image, normalized_entropy, unreadable
+from erc_ros.core.faces import as_rgb_image, bits8, normalized_entropy, unreadable
 from erc_ros.models.labels import DEFAULT_VALENCE_AROUSAL
 from erc_ros.ros import convert, emotion_msgs, tracked
 from erc_ros.ros.diagnostics import NodeHealth, diagnostic_array, to_status
@@ -115,15 +115,6 @@ BOUNDS: dict[str, tuple[float, float]] = {
 
 #: 16-bit grey encodings: read scaled by :func:`bits8`, not by ``convert``'s top byte.
 GREY16 = ("mono16", "16UC1")
-
-
-def bits8(grey16: np.ndarray) -> np.ndarray:
-    """16-bit grey -> 8 bits, shifted right by the bits its brightest pixel uses beyond 8:
-    a crop using all 16 bits keeps its top byte (``>> 8``), a 12-bit camera's ``>> 4``, one
-    that fits in 8 bits stays as it is. Black stays black and brightness stays relative to
-    the camera's own range (no per-crop stretch)."""
-    shift = max(0, int(grey16.max(initial=0)).bit_length() - 8)
-    return (grey16 >> shift).astype(np.uint8)
 
 
 def crop_to_rgb(msg, max_pixels: int) -> np.ndarray:
