@@ -180,8 +180,8 @@ def _faces(image, boxes, crops, expert, gate: dict) -> list[dict]:
             why = f"undecided: entropy {entropy:.2f} > {gate['max_entropy']:g}"
         faces.append({"box": [int(round(float(v))) for v in box],
                       "label": None if why else expert.labels[int(p.argmax())],
-                      "status": "uncertain" if why else "ok", "uncertain": why, "sharpness": round(sharp, 4),
-                      "entropy": round(entropy, 4),
+                      "status": "uncertain" if why else "ok", "uncertain": why,
+                      "sharpness": round(sharp, 4), "entropy": round(entropy, 4),
                       "probabilities": {k: round(float(v), 6)
                                         for k, v in zip(expert.labels, p)}})
     return faces

@@ -17,7 +17,8 @@ expert and publishes. Ids leaving the tracked list lose their subscription and p
 that are not images (empty, too large, unknown or float encoding, malformed, under 8 px) are
 refused with their reason on /diagnostics, without stopping the other faces. 16-bit grey
 crops (``mono16``, ``16UC1``) are read scaled by the bits their brightest pixel uses
-(:func:`erc_ros.core.faces.bits8`): a 10- or 12-bit camera's crop is read as brightly as a 16-bit one.
+(:func:`erc_ros.core.faces.bits8`): a 10- or 12-bit camera's crop is read as brightly as a
+16-bit one.
 
 The expert's quality gate (:mod:`erc_ros.core.faces`), as for the faces the perception core
 reads: a crop narrower than ``expression_min_pixels`` or blurrier than

@@ -174,8 +174,9 @@ def summary(measured: dict, config: Optional[FaceConfig] = None) -> dict:
             "kinds": kinds,
             "sharpness_roc": {"auc": round(auc, 4), "readable_faces": int(len(pos)),
                               "unreadable_faces": int(len(neg)),
-                              "at_threshold": {"readable_kept": round(float((pos >= at).mean()), 4),
-                                               "unreadable_kept": round(float((neg >= at).mean()), 4)},
+                              "at_threshold": {
+                                  "readable_kept": round(float((pos >= at).mean()), 4),
+                                  "unreadable_kept": round(float((neg >= at).mean()), 4)},
                               "fpr": fpr[order].round(4).tolist()[::max(1, len(order) // 200)],
                               "tpr": tpr[order].round(4).tolist()[::max(1, len(order) // 200)]}}
 
