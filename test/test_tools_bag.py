@@ -118,7 +118,10 @@ def test_demo_prints_one_line_per_estimate(bags, model, capsys):
     col = header.index("face")
     faces = [x[col:col + 13].split() for x in lines]
     assert [f[0] for f in faces] == ["joy", "neutral", "joy", "neutral"], out
-    assert all(0.5 < float(f[1]) <= 1 for f in faces), out
+    # the astronaut's smile is read with certainty; Grace Hopper's neutral face less so
+    # (the expert's distributions are wide: label smoothing and the flip)
+    assert all(0.8 < float(f[1]) <= 1 for f in faces[::2]), out
+    assert all(1 / 7 < float(f[1]) <= 1 for f in faces[1::2]), out
     # and the voice expert's: its label and probability, why it cannot read the voice, or
     # "-" (not run); the bag's voices are espeak's, unlike every voice it learned from
     col = header.index("voice")
