@@ -144,6 +144,14 @@ def find_prepared(model=None, precision: str = "fp32") -> Optional[Path]:
     return onnx_path
 
 
+def _input(src: FaceSource) -> tuple[int, str]:
+    """(input size, model id) of ``src``, from its manifest (mini-Xception: 64, "")."""
+    if src.kind == "mini_xception":
+        return INPUT_SIZE, ""
+    m = json.loads((src.path / "manifest.json").read_text())
+    return int(m["input"]["size"]), m.get("model_id", "")
+
+
 def _network(src: FaceSource):
     """(the PyTorch network giving probabilities, its input size, what it is: a dict for
     the record)."""
@@ -323,21 +331,15 @@ class FaceExpert:
             self._ort = OrtBackend(onnx_file, providers=["CPUExecutionProvider"],
                                    threads=threads)
             self._torch = None
-            meta = json.loads((Path(onnx_file).parent / META_FILE).read_text()) \
-                if (Path(onnx_file).parent / META_FILE).is_file() else {}
-            size = int(meta.get("onnx", {}).get("inputs", [{}])[0].get("shape", [0, 0, 0])[-1]
-                       or (INPUT_SIZE if src.kind == "mini_xception" else 48))
-            self.model_id = meta.get("source", {}).get("model_id", "")
             self.backend, self.path = "onnxruntime", onnx_file
         else:
             import torch
 
             self._ort, self._torch = None, torch
-            self.model, size, what = _network(src)
-            self.model_id = what["source"].get("model_id", "")
+            self.model = _network(src)[0]
             self.backend, self.path = "torch", src.path
-        self.input_size = size
-        self.preprocess = _preprocess(src.kind, size)
+        self.input_size, self.model_id = _input(src)
+        self.preprocess = _preprocess(src.kind, self.input_size)
 
     def describe(self) -> str:
         name = f"{self.model_id}, test-time flip" if self.kind == "face_net" else \
