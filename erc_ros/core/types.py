@@ -224,6 +224,9 @@ class Estimate:
     voice_probabilities: Sequence[float] = ()
     voice_valence: float = float("nan")
     voice_arousal: float = float("nan")
+    # The text model's own distribution in ``class_names`` order (empty when the utterance
+    # has no words): the "text" sense that the fused ``probabilities`` weigh with the others.
+    text_probabilities: Sequence[float] = ()
 
     @property
     def confidence(self) -> float:
@@ -239,6 +242,12 @@ class Estimate:
     def face_confidence(self) -> float:
         p = self.face_probabilities
         return float(max(p)) if len(p) else float("nan")
+
+    @property
+    def text_label(self) -> str:
+        """The text model's most probable class on its own ("" without words)."""
+        p = self.text_probabilities
+        return str(self.class_names[int(np.argmax(p))]) if len(p) else ""
 
     @property
     def voice_label(self) -> str:

@@ -319,7 +319,9 @@ class EmotionPipeline:
                         arousal=float(arousal), modalities=used,
                         modality_weights=[float(x) for x in w], model_id=self.model_id,
                         backend=f"{self.backend_name}/{self.precision}",
-                        latency_ms=timings["total"], text=u.text, **self._face_fields(u),
+                        latency_ms=timings["total"], text=u.text,
+                        text_probabilities=probs.astype(np.float32).tolist(),
+                        **self._face_fields(u),
                         **self._voice_fields(u))
 
     def _face_fields(self, u: Utterance) -> dict:
