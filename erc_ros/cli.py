@@ -101,6 +101,8 @@ register("transcribe", "erc_ros.commands.transcribe",
          "speech to text with the embedded Whisper (WAV files; --prepare readies the models)")
 register("bench-spoken", "erc_ros.bench.spoken",
          "the model's loss from gold text to what a robot hears, stage by stage (spoken MELD)")
+register("bench-senses", "erc_ros.bench.senses",
+         "each sense of the estimate (text, voice, face, fused) on real people's labelled clips")
 register("heard-set", "erc_ros.evaluation.heard_set",
          "a MELD file as a robot hears it (spoken, recognized, diarized): training text")
 register("voices", "erc_ros.synth.voices",
