@@ -159,13 +159,16 @@ def build_core(overrides: dict[str, Any], config_file: str = "", face_expert=Non
 
 
 def load_pipeline(model_dir: str = "", backend: str = "auto", precision: str = "auto",
-                  threads: int = 2, prepare: bool = False):
+                  threads: int = 2, prepare: bool = False, fusion: str = "senses",
+                  fusion_model: str = ""):
     """The EmotionPipeline of ``model_dir`` (default: :func:`default_model_dir`). Loading
     never builds; ``prepare`` makes missing ONNX files into the cache first
-    (:mod:`erc_ros.runtime.prepare`)."""
+    (:mod:`erc_ros.runtime.prepare`). ``fusion``: see
+    :meth:`~erc_ros.runtime.pipeline.EmotionPipeline.set_fusion`."""
     return EmotionPipeline.from_model_dir(model_dir or default_model_dir(), backend=backend,
                                           precision=precision, threads=threads,
-                                          prepare=prepare)
+                                          prepare=prepare, fusion=fusion,
+                                          fusion_model=fusion_model)
 
 
 def torch_threads(perception_overrides: Optional[dict[str, Any]] = None,

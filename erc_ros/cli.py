@@ -101,6 +101,9 @@ register("transcribe", "erc_ros.commands.transcribe",
          "speech to text with the embedded Whisper (WAV files; --prepare readies the models)")
 register("bench-spoken", "erc_ros.bench.spoken",
          "the model's loss from gold text to what a robot hears, stage by stage (spoken MELD)")
+register("fit-senses", "erc_ros.commands.fit_senses",
+         "learn how text, voice and face weigh in the published label, on dev compositions "
+         "of real people")
 register("bench-senses", "erc_ros.bench.senses",
          "each sense of the estimate (text, voice, face, fused) on real people's labelled clips")
 register("heard-set", "erc_ros.evaluation.heard_set",

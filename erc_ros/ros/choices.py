@@ -16,6 +16,7 @@ BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 EXPRESSION_NAMESPACES = ("voices", "faces")
 VOICE_EXPRESSIONS = ("voice", "fused")  # what /humans/voices/<speaker>/expression carries
+FUSIONS = ("senses", "text")  # the published label (erc_ros.runtime.senses.FUSION_MODES)
 FACE_CROP_TOPICS = ("cropped", "aligned")  # ROS4HRI's /humans/faces/<id>/<crop_topic>
 
 #: parameter name -> allowed values (the same name in every node that has it).
@@ -30,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": PRECISIONS,
     "expression_namespace": EXPRESSION_NAMESPACES,
     "voice_expression": VOICE_EXPRESSIONS,
+    "fusion": FUSIONS,
     "crop_topic": FACE_CROP_TOPICS,
 }
 

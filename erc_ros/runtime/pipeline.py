@@ -37,10 +37,12 @@ from .backends import (Backend, BackendUnavailable, OrtBackend, TorchBackend, ch
                        cpu_int8, default_threads, onnxruntime_available, resolve_backend,
                        tensorrt_available)
 from .engines import DEFAULT_BUCKETS, TensorRTBackend, current_device
-from .manifest import (find_stage_files, load_model, read_manifest, runtime_artefacts, runtime_dir,
-                       verify_files)
+from .manifest import (ArtefactError, find_stage_files, load_model, read_manifest,
+                       runtime_artefacts, runtime_dir, verify_files)
 from .prepare import missing
 from .prepare import prepare as prepare_files
+from .senses import FUSION_MODES, MODALITY, Reading, SenseFusion, SpeakerBaselines
+from .senses import default_model_dir as default_fusion_dir
 from .stages import STAGES, needed_stages, stage_io
 
 log = logging.getLogger("erc_ros.runtime")
@@ -57,6 +59,7 @@ class _Encoded:
     window: int
     vectors: deque = field(default_factory=deque)  # (text, audio, video, mask[3], speaker)
     speakers: dict = field(default_factory=dict)  # speaker name -> order of appearance
+    baselines: SpeakerBaselines = field(default_factory=SpeakerBaselines)  # voice, face
     nbytes: int = 0  # bytes of the vectors' arrays
 
     def add(self, vec: tuple) -> None:
@@ -124,6 +127,8 @@ class EmotionPipeline:
         self._errors = 0
         self.last_timings: dict[str, float] = {}
         self.why = why or "configured"
+        self.fusion: Optional[SenseFusion] = None
+        self.fusion_mode, self.fusion_why = "text", "the text model alone"
         self.where = ", ".join(f"{s}: {b.describe()}" for s, b in stages.items())
         log.info("erc_ros pipeline %s: %s (%s)", model_id, self.where, why or "configured")
 
@@ -150,7 +155,8 @@ class EmotionPipeline:
                        max_context: int = 64, providers: Optional[list[str]] = None,
                        prepare: bool = False,
                        max_conversations: int = 16,
-                       max_history_bytes: int = DEFAULT_MAX_BYTES) -> "EmotionPipeline":
+                       max_history_bytes: int = DEFAULT_MAX_BYTES, fusion: str = "senses",
+                       fusion_model: str | Path = "") -> "EmotionPipeline":
         """Load a model directory (every listed file's sha256 verified) and pick backends.
 
         ``backend``: ``auto`` (tensorrt -> onnxruntime -> torch, the first that can run with
@@ -159,6 +165,9 @@ class EmotionPipeline:
         :func:`~erc_ros.runtime.backends.cpu_int8`; fp16 on GPU where the artefacts exist, else
         fp32), ``fp32``,
         ``int8``, ``woq8``, ``fp16``, ``qdq``.
+
+        ``fusion``: ``senses`` (the published label weighs the text model with the voice and
+        face experts, :meth:`set_fusion`) or ``text`` (the text model alone).
 
         Loading never builds or writes: the ONNX files come from the model directory or its
         overlay in the cache, made beforehand by :func:`erc_ros.runtime.prepare.prepare`
@@ -214,9 +223,40 @@ class EmotionPipeline:
                 why = f"{why}; precision auto: {chosen}"
         else:
             prec, stages = _trt_stages(model_dir, model, needed, engines, precision, threads)
-        return cls(model, stages, model_id=model_id, backend_name=name, precision=prec,
+        pipe = cls(model, stages, model_id=model_id, backend_name=name, precision=prec,
                    max_context=max_context, why=why, threads=threads,
                    max_conversations=max_conversations, max_history_bytes=max_history_bytes)
+        pipe.set_fusion(fusion, fusion_model)
+        return pipe
+
+    def set_fusion(self, mode: str = "senses", model_dir: str | Path = "") -> str:
+        """How the published label is made: ``senses`` weighs the text model's distribution
+        with the voice and face experts' (:mod:`erc_ros.runtime.senses`, the fusion of
+        ``model_dir``, default ``models/senses``), ``text`` publishes the text model's. A
+        fusion fitted with another text model, or a model whose classes are not the experts'
+        seven, keeps ``text`` and says why (returned, and ``fusion_why``)."""
+        if mode not in FUSION_MODES:
+            raise ValueError(f"fusion {mode!r}: one of {', '.join(FUSION_MODES)}")
+        self.fusion, self.fusion_mode, self.fusion_why = None, "text", "the text model alone"
+        if mode == "text":
+            return self.fusion_why
+        d = Path(model_dir) if model_dir else default_fusion_dir()
+        try:
+            fusion = SenseFusion.load(d)
+        except (ArtefactError, OSError, ValueError, KeyError) as e:
+            self.fusion_why = f"text alone: no sense fusion in {d} ({e})"
+        else:
+            if self._face_order is None:
+                self.fusion_why = (f"text alone: the model's classes are not the experts' "
+                                   f"seven ({', '.join(self.class_names)})")
+            elif fusion.text_model_id != self.model_id:
+                self.fusion_why = (f"text alone: {d} was fitted with text model "
+                                   f"{fusion.text_model_id!r}, this one is {self.model_id!r}")
+            else:
+                self.fusion, self.fusion_mode = fusion, "senses"
+                self.fusion_why = f"senses: {fusion.model_id} ({d})"
+        log.log(logging.INFO if self.fusion else logging.WARNING, "fusion: %s", self.fusion_why)
+        return self.fusion_why
 
     # ------------------------------------------------------------------ inference
     def predict(self, utterance: Utterance) -> Estimate:
@@ -298,12 +338,19 @@ class EmotionPipeline:
             # Nothing this model reads (a text model, an utterance without words): no label
             # from the conversation's prior alone. The utterance still joins the context.
             probs, valence, arousal = np.zeros(0), math.nan, math.nan
+        text_probs = probs
         weights = out.get("modality_weights")
         if weights is not None and used:
             w = np.asarray(weights[0, -1], np.float64)[mask]
             w = w / w.sum() if w.sum() > 0 else np.full(len(used), 1.0 / len(used))
         else:
             w = np.full(len(used), 1.0 / max(len(used), 1))
+        face, voice = self._face_fields(u), self._voice_fields(u)
+        if self.fusion is not None:
+            probs, used, w = self._fuse(conv.baselines, spk_name, text_probs, face, voice)
+            if used:
+                k = int(probs.argmax())
+                valence, arousal = (probs @ self.valence_arousal).tolist()
         t4 = time.perf_counter()
         timings["postprocess"] = (t4 - t3) * 1e3
         timings["total"] = (t4 - t0) * 1e3
@@ -320,14 +367,34 @@ class EmotionPipeline:
                         modality_weights=[float(x) for x in w], model_id=self.model_id,
                         backend=f"{self.backend_name}/{self.precision}",
                         latency_ms=timings["total"], text=u.text,
-                        text_probabilities=probs.astype(np.float32).tolist(),
-                        **self._face_fields(u),
-                        **self._voice_fields(u))
+                        text_probabilities=text_probs.astype(np.float32).tolist(),
+                        **face, **voice)
+
+    def _fuse(self, baselines: SpeakerBaselines, speaker: str, text: np.ndarray, face: dict,
+              voice: dict) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """The senses' fused distribution (model's class order), the modalities it used and
+        their weights; then the speaker's usual voice and face take in this reading."""
+        order = self._face_order
+        readings = {}
+        for sense, p in (("text", text), ("voice", voice.get("voice_probabilities")),
+                         ("face", face.get("face_probabilities"))):
+            if p is None or not len(p):
+                continue
+            q = np.zeros(len(order))
+            q[order] = np.asarray(p, np.float64)  # into the experts' order
+            readings[sense] = Reading(q, baselines.get(speaker, sense)
+                                      if sense != "text" else None)
+        fused, senses, shares = self.fusion.fuse(readings)
+        for sense in ("voice", "face"):
+            if sense in readings:
+                baselines.add(speaker, sense, readings[sense].probs)
+        if not senses:
+            return np.zeros(0), [], np.zeros(0)
+        return fused[order], [MODALITY[s] for s in senses], np.asarray(shares)
 
     def _face_fields(self, u: Utterance) -> dict:
         """The face expert's result carried by ``u`` (computed by the perception core while
-        the person spoke), in this model's class order, beside the fused result: it is not
-        an input of the fusion, whose model was not trained with it."""
+        the person spoke), in this model's class order (the sense fusion's "face")."""
         fp = u.features.get("face_probabilities")
         out = {"face_status": u.face_status or FACE_DISABLED, "face_count": 0}
         if fp is None or u.face_status != FACE_SEEN:
@@ -343,8 +410,7 @@ class EmotionPipeline:
 
     def _voice_fields(self, u: Utterance) -> dict:
         """The voice expert's result carried by ``u`` (computed by the perception core when
-        the utterance closed), in this model's class order, beside the fused result, as
-        :meth:`_face_fields`: not an input of the fusion."""
+        the utterance closed), in this model's class order (the sense fusion's "voice")."""
         vp = u.features.get("voice_probabilities")
         out = {"voice_status": u.voice_status or VOICE_DISABLED, "voice_reason": u.voice_reason}
         order = self._face_order  # the voice expert's classes are the face expert's

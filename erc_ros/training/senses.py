@@ -1,0 +1,287 @@
+"""Learn how the senses weigh in the published label (:mod:`erc_ros.runtime.senses`) on dev
+compositions of real people, and say what it gives on the part of them it did not learn
+from (the command: :mod:`erc_ros.commands.fit_senses`).
+
+MELD's raw media are not on our machines, so the compositions are made from each sense's own
+real data, each as the nodes read it:
+
+- ``meld``: MELD dev's dialogues, their words read by the text model (gold text, gold
+  speakers, in context), each speaker's face one of the two portraits the spoken benchmarks
+  show (:func:`erc_ros.synth.faces.face_image`, the same face whatever the line: a resting
+  face, no emotion), no voice (the voice expert calls 98 % of synthetic voices unfamiliar);
+- ``ravdess``: RAVDESS actors in two-person conversations of ``turns`` turns, each turn a
+  clip: the voice expert's reading of it out of fold (a network that never heard the actor:
+  6-fold cross-validation by actor on the voice recipe's cached features, its temperature and
+  gate as training sets them), the text model's reading of the sentence it says, no face;
+- ``ravdess+faces``: the same with a FER2013 public_test face of the turn's label on the
+  camera (the face expert's reading).
+
+The fit: ``theta`` and ``beta`` minimise the mean of each composition's negative
+log-likelihood (so each counts the same, whatever its size) plus ``l2`` * |theta|^2, by
+L-BFGS. The report fits on one part (RAVDESS actors 1-15, FER faces of even index, MELD
+dialogues of even number) and scores the other; the shipped fusion is then fitted on all of
+it. Dev makes no choice here: features, l2 and compositions are fixed beforehand.
+
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from scipy.optimize import minimize
+
+from erc_ros.core.types import FACE_CLASSES, Utterance
+from erc_ros.datasets.meld import load_meld
+from erc_ros.datasets.voices import read_voices, speaker_folds
+from erc_ros.paths import cache_root, sha256_file
+from erc_ros.runtime.senses import (FEATURES, FROM_SECOND, SENSES, Reading, SenseFusion,
+                                    SpeakerBaselines, features, log_dist)
+from erc_ros.runtime.voice_expert import normalized_entropy
+from erc_ros.training.metrics import scores
+from erc_ros.training.recipes import RECIPES
+from erc_ros.training.voice_stage import (VoiceStageConfig, cross_validate, fit_temperature,
+                                          softmax_t)
+
+#: RAVDESS's two sentences (the statement field of its file names).
+RAVDESS_SENTENCES = {1: "Kids are talking by the door.", 2: "Dogs are sitting by the door."}
+GROUPS = ("meld", "ravdess", "ravdess+faces")
+
+
+@dataclass
+class Row:
+    group: str
+    part: str  # "fit" or "check"
+    label: int
+    readings: dict  # sense -> Reading
+
+
+def _log(s: str) -> None:
+    print(f"fit-senses: {s}", flush=True)
+
+
+# --- readings --------------------------------------------------------------------------------
+
+def voice_out_of_fold(data: Path, features_file: Path, seed: int = 13) -> dict:
+    """Every RAVDESS clip's voice reading by a network that never heard its actor (the voice
+    recipe's cross-validation on its cached features): probabilities (FACE_CLASSES order),
+    whether the gate lets it through, label, actor and sentence. Kept in the cache, keyed by
+    the features' sha256."""
+    clips = read_voices(f"ravdess:{data}")
+    cache = cache_root() / "senses" / f"voice_oof-{sha256_file(features_file)[:16]}-{seed}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        return {k: z[k] for k in z.files}
+    z = np.load(features_file)
+    ok = z["readable"]
+    if len(ok) != len(clips):
+        raise SystemExit(f"error: {features_file}: {len(ok)} clips, the data has {len(clips)}")
+    feats = z["features"][ok]
+    clips = [c for c, k in zip(clips, ok) if k]
+    cfg = VoiceStageConfig.from_recipe(RECIPES["voice"])
+    labels = np.array([FACE_CLASSES.index(c.label) for c in clips])
+    speakers = np.array([c.speaker for c in clips])
+    oof = cross_validate(feats, labels, speakers, speaker_folds(clips, cfg.folds), cfg,
+                         log=_log)
+    t = fit_temperature(oof["logits"], labels)
+    p = softmax_t(oof["logits"], t)
+    ent = np.array([normalized_entropy(x) for x in p])
+    keep = (oof["distance"] <= np.quantile(oof["distance"], cfg.gate_distance_quantile)) & \
+        (ent <= np.quantile(ent, cfg.gate_entropy_quantile))
+    sentence = np.array([int(c.path.stem.split("-")[4]) for c in clips])
+    out = {"probs": p, "ok": keep, "label": labels, "speaker": speakers, "sentence": sentence}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **out)
+    return out
+
+
+def _order(names) -> np.ndarray:
+    """Index into FACE_CLASSES of each of ``names``."""
+    return np.array([FACE_CLASSES.index(str(c).lower()) for c in names])
+
+
+def meld_rows(pipeline, csv_path: Path, face_of) -> list[Row]:
+    """MELD dev: the text model on each line in context; each speaker's portrait face."""
+    order = _order(pipeline.class_names)
+    rows = []
+    for i, d in enumerate(load_meld(csv_path)):
+        pipeline.reset()
+        spk_index: dict[str, int] = {}
+        base = SpeakerBaselines()
+        for u, y in zip(d.utterances, d.labels):
+            v = Utterance(u.utterance_id, d.conversation_id, u.speaker_id, u.start, u.end,
+                          u.text)
+            est = pipeline.predict(v)
+            if not est.text_probabilities:
+                continue
+            text = np.zeros(len(FACE_CLASSES))
+            text[order] = est.text_probabilities
+            face = face_of(spk_index.setdefault(u.speaker_id, len(spk_index)))
+            readings = {"text": Reading(text),
+                        "face": Reading(face, base.get(u.speaker_id, "face"))}
+            base.add(u.speaker_id, "face", face)
+            rows.append(Row("meld", "fit" if i % 2 == 0 else "check", int(y), readings))
+    return rows
+
+
+def ravdess_rows(pipeline, voice: dict, faces: Optional[tuple], turns: int,
+                 seed: int) -> list[Row]:
+    """Two-actor conversations of ``turns`` clips each (all clips, each once); with
+    ``faces`` (probabilities, labels, part of each face) a face of the turn's label too."""
+    rng = np.random.default_rng(seed)
+    order = _order(pipeline.class_names)
+    actors = sorted(set(voice["speaker"]))
+    by_actor = {a: list(rng.permutation(np.flatnonzero(voice["speaker"] == a)))
+                for a in actors}
+    rows = []
+    n = 0
+    while True:
+        left = [a for a in actors if by_actor[a]]
+        if len(left) < 2:
+            break
+        # a pair on the same side of the fit / check line (actors 1-15 / 16-18)
+        a = left[int(rng.integers(len(left)))]
+        side = [b for b in left if b != a and (int(b[-2:]) > 15) == (int(a[-2:]) > 15)]
+        if not side:
+            by_actor[a].clear()
+            continue
+        b = side[int(rng.integers(len(side)))]
+        part = "check" if int(a[-2:]) > 15 else "fit"
+        pipeline.reset()
+        base = SpeakerBaselines()
+        cid = f"ravdess-{n}"
+        n += 1
+        for k in range(turns):
+            who = (a, b)[k % 2]
+            if not by_actor[who]:
+                break
+            j = by_actor[who].pop()
+            u = Utterance(f"{cid}-{k}", cid, who, float(k), k + 0.9,
+                          RAVDESS_SENTENCES[int(voice["sentence"][j])])
+            est = pipeline.predict(u)
+            text = np.zeros(len(FACE_CLASSES))
+            text[order] = est.text_probabilities
+            y = int(voice["label"][j])
+            readings = {"text": Reading(text)}
+            if voice["ok"][j]:
+                readings["voice"] = Reading(voice["probs"][j], base.get(who, "voice"))
+                base.add(who, "voice", voice["probs"][j])
+            rows.append(Row("ravdess", part, y, readings))
+            if faces is not None:
+                fp, fl, fpart = faces
+                pool = np.flatnonzero((fl == y) & (fpart == part))
+                f = fp[pool[int(rng.integers(len(pool)))]]
+                with_face = dict(readings)
+                with_face["face"] = Reading(f, base.get(who, "face"))
+                base.add(who, "face", f)
+                rows.append(Row("ravdess+faces", part, y, with_face))
+    return rows
+
+
+# --- the fit ---------------------------------------------------------------------------------
+
+class Design:
+    """The rows as arrays: per sense its log distribution, its reliability features and
+    whether it is weighed (it read; a face from the speaker's second reading on)."""
+
+    def __init__(self, rows: list[Row]):
+        n, k = len(rows), len(FACE_CLASSES)
+        self.y = np.array([r.label for r in rows])
+        groups = sorted({r.group for r in rows})
+        g = np.array([groups.index(r.group) for r in rows])
+        counts = np.bincount(g, minlength=len(groups))
+        self.sample_w = 1.0 / (len(groups) * counts[g])
+        self.ev, self.f, self.on = {}, {}, {}
+        for s in SENSES:
+            self.ev[s] = np.zeros((n, k))
+            self.f[s] = np.zeros((n, len(FEATURES)))
+            self.on[s] = np.zeros(n, bool)
+            for i, r in enumerate(rows):
+                rd = r.readings.get(s)
+                if rd is None or s in FROM_SECOND and rd.baseline is None:
+                    continue
+                self.on[s][i] = True
+                self.ev[s][i] = log_dist(rd.probs)
+                self.f[s][i] = features(rd.probs, rd.baseline)
+        # a row with one sense is that sense's reading whatever the weights (as fuse())
+        alone = sum(self.on[s].astype(int) for s in SENSES) == 1
+        for s in SENSES:
+            self.f[s][alone] = 0.0
+
+
+def _unpack(x: np.ndarray) -> dict:
+    m = len(FEATURES)
+    return {s: x[i * m:(i + 1) * m] for i, s in enumerate(SENSES)}
+
+
+def fused_logits(x: np.ndarray, d: Design) -> np.ndarray:
+    """:meth:`SenseFusion.fuse` on every row at once (weights that sum to one)."""
+    theta = _unpack(x)
+    z = np.zeros_like(d.ev["text"])
+    total = np.zeros(len(z))
+    for s in SENSES:
+        w = np.logaddexp(0.0, d.f[s] @ theta[s]) * d.on[s]
+        z += w[:, None] * d.ev[s]
+        total += w
+    return z / np.maximum(total, 1e-12)[:, None]
+
+
+def objective(x: np.ndarray, d: Design, l2: float) -> float:
+    z = fused_logits(x, d)
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    nll = -logp[np.arange(len(d.y)), d.y]
+    return float((d.sample_w * nll).sum() + l2 * (x ** 2).sum())
+
+
+def fit(rows: list[Row], l2: float = 1e-3) -> SenseFusion:
+    d = Design(rows)
+    m = len(FEATURES)
+    x0 = np.zeros(len(SENSES) * m)
+    for i in range(len(SENSES)):
+        x0[i * m] = 0.55  # softplus(0.55) ~ 1: every sense as its own reading says
+    res = minimize(objective, x0, args=(d, l2), method="L-BFGS-B")
+    return SenseFusion(list(FACE_CLASSES), {s: v.tolist() for s, v in _unpack(res.x).items()})
+
+
+def predictions(fusion: SenseFusion, rows: list[Row]) -> dict[str, list[int]]:
+    """Each sense's label alone (-1 where it did not read) and the fused one."""
+    out: dict[str, list[int]] = {s: [] for s in (*SENSES, "fused")}
+    for r in rows:
+        for s in SENSES:
+            rd = r.readings.get(s)
+            out[s].append(int(np.argmax(rd.probs)) if rd is not None else -1)
+        p, _, _ = fusion.fuse(r.readings)
+        out["fused"].append(int(np.argmax(p)) if len(p) else -1)
+    return out
+
+
+def report(fusion: SenseFusion, rows: list[Row]) -> dict:
+    """Per composition: each sense's and the fused label's scores (a sense that did not
+    read a turn is wrong on it)."""
+    out = {}
+    for g in GROUPS:
+        sel = [r for r in rows if r.group == g]
+        if not sel:
+            continue
+        y = [r.label for r in sel]
+        pred = predictions(fusion, sel)
+        out[g] = {"turns": len(sel)}
+        for s, ps in pred.items():
+            if s == "voice" and g == "meld" or s == "face" and g == "ravdess":
+                continue
+            sc = scores(y, ps, list(FACE_CLASSES))
+            out[g][s] = {"weighted_f1": sc["weighted_f1"], "uar": sc["uar"],
+                         "accuracy": sc["accuracy"], "read": int(sum(i >= 0 for i in ps))}
+    return out
+
+
+def table(rep: dict) -> str:
+    lines = ["| composition | turns | text wF1 / UAR | voice wF1 / UAR | face wF1 / UAR | "
+             "fused wF1 / UAR |", "|---|---|---|---|---|---|"]
+    for g, r in rep.items():
+        cells = [f"{r[s]['weighted_f1']:.2f} / {r[s]['uar']:.2f}" if s in r else "-"
+                 for s in ("text", "voice", "face", "fused")]
+        lines.append(f"| {g} | {r['turns']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
