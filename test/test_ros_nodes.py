@@ -466,7 +466,7 @@ def test_voice_expert_beside_the_fused_estimate(ros, model, voice_model_dir):
                           Parameter("perception.voice.model", value=str(voice_model_dir))],
                   {"/audio": AudioDataStamped, "/audio_info": AudioInfo,
                    "/erc_ros/transcript": Transcript},
-                  [] if mode == "voice" else [Parameter("voice_expression", value=mode)])
+                  [Parameter("voice_expression", value=mode)])
         voices = {s: Collector() for s in conv.speakers}
         for s, col in voices.items():
             rig.node.create_subscription(Expression, f"/humans/voices/{s}/expression", col, 10)

@@ -1,8 +1,10 @@
 """The emotion node: ``erc_ros/Utterance`` -> ``erc_ros/EmotionEstimate`` (+ hri Expression).
 
-Per speaker, ``/humans/voices/<speaker>/expression`` carries what the voice expert said of
-the utterance's audio (``voice_expression: voice``, computed by the utterance node when the
-utterance closed) or the fused estimate (``voice_expression: fused``); the fused estimate
+Per speaker, ``/humans/voices/<speaker>/expression`` carries the fused estimate of each
+utterance (``voice_expression: fused``, the default; with ``fusion: senses`` it weighs the
+voice with the words and the face) or what the voice expert alone said of the utterance's
+audio (``voice_expression: voice``, computed by the utterance node when the utterance
+closed); the fused estimate
 goes to ``/humans/faces/<speaker>/expression`` instead with ``expression_namespace: faces``.
 One topic, one meaning: the fused estimate and the voice expert never share a topic.
 It also publishes what the face-expression
@@ -50,6 +52,12 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "backend": ("auto", "runtime backend: auto, torch, onnxruntime, tensorrt"),
     "precision": ("auto", "auto (int8 on a CPU with VNNI, fp32 on one without, fp16 on a GPU), fp32, fp16, int8 (what the backend and model dir offer)"),
     "threads": (2, "CPU threads for inference"),
+    "fusion": ("senses", "the published label: 'senses' weighs the text model with the voice "
+                         "and face experts, each as far as its reading can be trusted "
+                         "(docs/fusion.md; fusion_model, fitted with this text model, else "
+                         "text alone and a log line); 'text': the text model alone"),
+    "fusion_model": ("", "the sense fusion's model directory; empty: the package's "
+                         "models/senses"),
     "prepare": (False, "make missing ONNX / INT8 files of the model into the cache at "
                        "configure (export + quantize, once; ~10 s for the default model). "
                        "Off: run what `python -m erc_ros prepare` (set-up) made, else torch, "
@@ -67,14 +75,16 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                                        "meaning), 'faces' -> /humans/faces/<speaker>/expression "
                                        "(<speaker>: the speaker id as a topic token, "
                                        "erc_ros.ros.topic_names)"),
-    "voice_expression": ("voice", "what /humans/voices/<speaker>/expression carries: 'voice': "
-                                  "the voice expert's reading of the utterance's audio (its "
-                                  "top class, valence/arousal and confidence; nothing for an "
-                                  "utterance whose voice_status is not ok), and the fused "
-                                  "estimate is not published there (with expression_namespace "
-                                  "voices it is in the EmotionEstimate only); 'fused': the "
-                                  "fused estimate (expression_namespace voices), and the voice "
-                                  "expert's reading is in the EmotionEstimate only"),
+    "voice_expression": ("fused", "what /humans/voices/<speaker>/expression carries: 'fused': "
+                                  "the fused estimate of each of the speaker's utterances "
+                                  "(with fusion senses it weighs the voice with the words and "
+                                  "the face; expression_namespace voices), and the voice "
+                                  "expert's own reading is in the EmotionEstimate only; "
+                                  "'voice': the voice expert's reading of the utterance's "
+                                  "audio alone (its top class, valence/arousal and "
+                                  "confidence; nothing for an utterance whose voice_status is "
+                                  "not ok), and the fused estimate is in the EmotionEstimate "
+                                  "only"),
     "publish_face_expression": (True, "publish the face-expression expert's hri_msgs/Expression "
                                       "on /humans/faces/<speaker>/expression for each utterance "
                                       "whose speaker's face was seen (the fused label is not "
@@ -167,7 +177,8 @@ class EmotionNode(LifecycleNode):
             with process.loading_models():
                 self.pipeline = load_pipeline(model_dir, backend=p["backend"],
                                               precision=p["precision"], threads=p["threads"],
-                                              prepare=p["prepare"])
+                                              prepare=p["prepare"], fusion=p["fusion"],
+                                              fusion_model=p["fusion_model"])
         except Exception as err:
             return self._fail(f"cannot load the model from {model_dir!r}: {err}")
         self.health.error = ""
@@ -180,7 +191,8 @@ class EmotionNode(LifecycleNode):
         self.guard.configured = True
         self.get_logger().info(f"configured: model {self.pipeline.model_id} from {model_dir} "
                                f"on {self.pipeline.backend_name}/{self.pipeline.precision} "
-                               f"({self.pipeline.where}; {self.pipeline.why})")
+                               f"({self.pipeline.where}; {self.pipeline.why}); fusion "
+                               f"{self.pipeline.fusion_why}")
         return TransitionCallbackReturn.SUCCESS
 
     def _fail(self, msg: str) -> TransitionCallbackReturn:
