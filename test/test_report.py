@@ -36,6 +36,10 @@ RESULT = {
     "support": {"joy": 2, "anger": 1, "sadness": 0, "neutral": 2},
     "confusion": [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2]],
     "confusion_labels": ["joy", "anger", "sadness", "neutral"],
+    "senses": {"text": {"weighted_f1": 0.375, "uar": 0.25, "accuracy": 0.5, "read": 4},
+               "voice": {"weighted_f1": 0.125, "uar": 0.0, "accuracy": 0.25, "read": 1},
+               "face": {"weighted_f1": 0.5, "uar": 0.5, "accuracy": 0.25, "read": 1},
+               "fused": {"weighted_f1": 0.55, "uar": 0.625, "accuracy": 0.6, "read": 5}},
     "failed": [{"bag": "/data/broken_bag", "error": "ValueError: <bad> record at 12 s"}]}
 
 
@@ -43,8 +47,8 @@ def _row(**kw) -> dict:
     base = {"bag": "conv_a", "utterance_id": "", "start": "", "end": "", "speaker": "",
             "text": "", "label": "", "predicted": "", "confidence": "", "heard": "",
             "est_speaker": "", "est_start": "", "est_end": "", "latency_ms": "", "lost": False,
-            "face_status": "", "face_label": "", "face_confidence": "", "voice_status": "",
-            "voice_reason": "", "voice_label": "", "voice_confidence": ""}
+            "text_label": "", "face_status": "", "face_label": "", "face_confidence": "",
+            "voice_status": "", "voice_reason": "", "voice_label": "", "voice_confidence": ""}
     return {**base, **kw}
 
 
@@ -53,7 +57,8 @@ ROWS = [
     _row(utterance_id="l1", start="100.000", end="102.500", speaker="Alice",
          text="Good morning!", label="joy", predicted="joy", confidence="0.8123",
          heard="good morning", est_speaker="speaker_0", est_start="100.050",
-         est_end="102.400", latency_ms="12.50", lost="False", face_status="seen",
+         est_end="102.400", latency_ms="12.50", lost="False", text_label="neutral",
+         face_status="seen",
          face_label="joy", face_confidence="0.9000", voice_status="ok", voice_label="surprise",
          voice_confidence="0.8500"),
     # 1: wrong and confident, numbers; the texts carry markup
@@ -142,6 +147,7 @@ def test_page_is_self_contained_and_escapes_texts(page_file):
     rows = {re.search(r'data-idx="(\d+)"', tr).group(1): tr
             for tr in markup[markup.index('id="utt-table"'):].split('<tr class="row')[1:]}
     cells = {i: re.findall(r"<td>(.*?)</td>", tr, re.S) for i, tr in rows.items()}
+    assert cells["0"][cells["0"].index("neutral") + 1].startswith("joy")  # text, then face
     assert 'joy <span class="muted">0.90</span>' in cells["0"]
     assert 'surprise <span class="muted">0.85</span>' in cells["0"]
     assert 'uncertain <span class="muted">too_quiet</span>' in cells["1"]
@@ -150,6 +156,14 @@ def test_page_is_self_contained_and_escapes_texts(page_file):
     samples, rate = sf.read(io.BytesIO(base64.b64decode(clips["1"])))
     # the clip spans the label and the estimate, padded: 103.0 - 0.1 .. 106.0 + 0.1
     assert rate == 16000 and abs(len(samples) / rate - 3.2) < 0.02
+    # each sense's figures beside the fused one, a column each
+    senses = markup[markup.index('id="senses"'):]
+    senses = senses[:senses.index("</table>")]
+    assert re.findall(r'<th class="num">(\w+)</th>', senses) == ["text", "voice", "face",
+                                                                   "fused"]
+    f1 = senses[senses.index("weighted F1"):senses.index("UAR")]
+    assert re.findall(r'<td class="num">([^<]*)</td>', f1) == ["0.375", "0.125", "0.500",
+                                                               "0.550"]
 
 
 def test_rows_as_numbers_or_strings_read_the_same():
@@ -169,11 +183,11 @@ def test_report_without_audio_or_scores(tmp_path):
     """A run with no labelled estimate (no metrics) still gives a page, without clips."""
     bare = {k: v for k, v in RESULT.items() if k not in
             ("accuracy", "weighted_f1", "macro_f1", "per_class_f1", "support", "confusion",
-             "confusion_labels", "latency_ms")}
+             "confusion_labels", "latency_ms", "senses")}
     html = report.write_report(tmp_path / "r.html", bare, [ROWS[2]]).read_text()
     markup = _outside_scripts(html)
     assert "src=\"data:audio" not in markup and 'class="utt f-item lost"' in markup
-    assert "No labelled estimate to score" in markup
+    assert "No labelled estimate to score" in markup and 'id="senses"' not in markup
 
 
 def test_bag_audio_follows_the_audio_buffer(tmp_path):
@@ -314,6 +328,13 @@ def test_report_of_a_generated_bag(tmp_path, model):
     with open(out / "utterances.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
+    # each sense alone on the same utterances; the fused one is the published label's
+    assert list(result["senses"]) == ["text", "voice", "face", "fused"]
+    assert result["senses"]["fused"]["weighted_f1"] == pytest.approx(result["weighted_f1"])
+    assert result["senses"]["fused"]["uar"] == pytest.approx(result["uar"])
+    assert result["senses"]["text"]["read"] == sum(bool(r["text_label"]) for r in rows
+                                                   if r["label"] and r["lost"] == "False")
+    assert {"text_label", "voice_label", "face_label"} <= set(rows[0])
 
     # The audio time axis is the labels' and estimates': the audio messages' header stamps
     # (the first sample of each chunk), not their record times (a chunk's end).
@@ -339,4 +360,4 @@ def test_report_of_a_generated_bag(tmp_path, model):
     assert page.count('class="utt f-item') == 4
     assert len(re.findall(r'<audio controls preload="none" src="data:audio/ogg;base64,',
                           _outside_scripts(page))) >= 4
-    assert result["model_id"] in page and "Alice" in page
+    assert result["model_id"] in page and "Alice" in page and 'id="senses"' in page

@@ -170,6 +170,13 @@ def test_bench_spoken_runs_the_four_stages_on_the_shipped_voices(spoken_run):
     for s in bs.STAGES:  # the interface used from outside
         assert st[s]["turns"] == n and 0 <= st[s]["weighted_f1"] <= 100
         assert st[s]["matched"] + st[s]["merged"] + st[s]["lost"] == n
+        # each sense alone on the same turns; the fused one is the stage's own figure
+        se = st[s]["senses"]
+        assert list(se) == ["text", "voice", "face", "fused"]
+        assert all(set(f) == {"weighted_f1", "uar", "accuracy", "read"} for f in se.values())
+        assert se["fused"]["weighted_f1"] == st[s]["weighted_f1"]
+        assert se["fused"]["accuracy"] == st[s]["accuracy"]
+        assert se["fused"]["read"] <= n - st[s]["lost"]
     for s in ("transcripts", "asr_gold_speakers", "asr"):
         for k in ("wer", "der"):
             assert isinstance(st[s][k], float)
@@ -187,6 +194,8 @@ def test_bench_spoken_runs_the_four_stages_on_the_shipped_voices(spoken_run):
     # The voices came from the shipped set (no synthesis, no extra needed).
     rows = list(csv.DictReader(open(tmp_path / "rows" / "asr.csv")))
     assert len(rows) == n and all(r_["status"] in ("matched", "merged", "lost") for r_ in rows)
+    assert sum(bool(r_["text_label"]) for r_ in rows) == st["asr"]["senses"]["text"]["read"]
+    assert "| stage | text | voice | face | fused |" in bs.summary(r)
     # Every turn is in one group of how the recognizer heard it; gold transcripts are exact.
     hb = r["heard_as"]
     assert hb["grouped_by"] == "asr" and sum(g["turns"] for g in hb["groups"].values()) == n
@@ -235,6 +244,9 @@ def test_bench_spoken_writes_a_report_per_stage(spoken_run, capsys, monkeypatch)
         assert f'<div class="tile-value">{wf1 / 100:.3f}</div>' in html  # eval-bag's tile
         assert html.count('src="data:audio/ogg;base64,') >= n  # a clip per turn
         assert not _external_links(html)
+        assert 'id="senses"' in html  # each sense's figures, as fractions
+        f1 = r["stages"][s]["senses"]["voice"]["weighted_f1"] / 100
+        assert f'<td class="num">{f1:.3f}</td>' in html
     # the gold transcripts: each turn heard as it was said
     trans = _page_data((tmp_path / "rows" / "report-transcripts.html").read_text())
     assert all(u["heard"] == u["said"] for u in trans)

@@ -42,7 +42,10 @@ DDS hops; ``bench-e2e`` measures through the live nodes.
     python -m erc_ros bench-spoken --voices kokoro --room --snr 15 --dialogues 10 --json OUT
 
 Writes ``--json OUT`` (``stages.<stage>.{weighted_f1, wer, der, lost, merged, matched,
-speech_end_to_estimate_ms.{p50,p95}, ...}``; F1, WER and DER in %; ``heard_as``: every
+speech_end_to_estimate_ms.{p50,p95}, ...}``; F1, WER and DER in %; ``stages.<stage>.senses
+.{text, voice, face, fused}.{weighted_f1, uar, accuracy, read}``: each sense of the estimate
+scored alone on the same turns (:mod:`erc_ros.evaluation.senses`; ``fused`` is the published
+label, the stage's own figures); ``heard_as``: every
 stage's weighted F1 on the turns grouped by how the recognizer heard them,
 :func:`heard_breakdown`; the machine: CPU, flags and a GEMM GFLOP/s figure measured in the
 same run), ``OUT.png`` and, with ``--out DIR``, per stage: the per-turn and per-estimate
@@ -68,10 +71,11 @@ from erc_ros.datasets.meld import load_meld
 from erc_ros.evaluation import eval_bag
 from erc_ros.evaluation.eval_bag import estimate_columns
 from erc_ros.evaluation.eval_bag import process_settings as ps
-from erc_ros.evaluation.matching import (HEARD_AS, NONE, assign, classification, conversation_text,
+from erc_ros.evaluation.matching import (HEARD_AS, assign, classification, conversation_text,
                                          gold_turns, heard_as, overlap, owners, percentiles,
                                          segment_ends)
 from erc_ros.evaluation.report import bags_audio, write_report
+from erc_ros.evaluation.senses import SENSE_FIGURES, SENSES, sense_labels, sense_scores
 from erc_ros.evaluation.spoken_bags import add_spoken_arguments, enrolment_voices, spoken_bags
 from erc_ros.evaluation.wer import word_errors
 from erc_ros.paths import data_root
@@ -145,7 +149,8 @@ class Stage:
     def __init__(self, name: str):
         self.name = name
         self.y_true: list[str] = []
-        self.y_pred: list[str] = []
+        # each sense's prediction of each labelled turn (:mod:`erc_ros.evaluation.senses`)
+        self.pred: dict[str, list[str]] = {s: [] for s in SENSES}
         self.status = {"matched": 0, "merged": 0, "lost": 0}
         self.extra = 0
         self.estimates = 0
@@ -159,6 +164,11 @@ class Stage:
         self.rows: list[dict] = []
         self.heard: list[str] = []  # heard_as() of each labelled turn, in rows' order
         self.estimate_rows: list[dict] = []
+
+    @property
+    def y_pred(self) -> list[str]:
+        """The published (fused) label of each labelled turn; :data:`NONE` when lost."""
+        return self.pred["fused"]
 
     def add(self, dialogue: str, turns: list[dict], estimates: list,
             done_at: Optional[list[float]] = None, speech: bool = True) -> None:
@@ -179,7 +189,8 @@ class Stage:
             self.status[status] += 1
             self.y_true.append(t["label"].lower())
             # a lost turn, or an estimate without a label (nothing the model reads): wrong
-            self.y_pred.append(e.label.lower() if e is not None and e.label else NONE)
+            for sense, v in sense_labels(e).items():
+                self.pred[sense].append(v)
             lat = lat_of.get(id(e), float("nan")) if e is not None else float("nan")
             self.heard.append(heard_as(t["text"], e.text if e is not None else None))
             # eval-bag's columns of the estimate (its report reads them), this latency
@@ -214,7 +225,9 @@ class Stage:
         out = {**classification(self.y_true, self.y_pred, class_names),
                "turns": len(self.y_true), **self.status, "extra_estimates": self.extra,
                "estimates": self.estimates,
-               "model_ms": percentiles(self.model_ms)}
+               "model_ms": percentiles(self.model_ms),
+               "senses": sense_scores(self.y_true, self.pred, class_names, classification,
+                                      SENSE_FIGURES)}
         if self.refs:
             w = word_errors(self.refs, self.hyps)
             out["wer"] = round(100 * w["wer"], 2)
@@ -491,6 +504,8 @@ def stage_result(run: dict, stage: str, bags: list[dict], seconds: float,
         "refused": {}, "latency_ms": lat,
         **{key: m[key] / 100.0 for key in ("accuracy", "weighted_f1", "macro_f1")},
         "per_class_f1": {c: v / 100.0 for c, v in m["per_class_f1"].items()},
+        "senses": {sense: {k: v if k == "read" else v / 100.0 for k, v in f.items()}
+                   for sense, f in m["senses"].items()},
         "support": m["support"], "confusion_labels": names,
         "confusion": [row[:k] for row in m["confusion"][:k]]}
     if "word_errors" in m:
@@ -548,6 +563,12 @@ def summary(r: dict) -> str:
             + (f"{m['der']:.1f} %" if "der" in m else "-") + " | "
             + (f"{lat['p50']:.0f} / {lat['p95']:.0f} ms{last}" if lat and lat["p50"] is not None
                else "-") + " |")
+    lines += ["", "each sense of the estimate alone, weighted F1 (the published label is the "
+              "fused one):", "", "| stage | " + " | ".join(SENSES) + " |",
+              "|---|" + "---|" * len(SENSES)]
+    lines += [f"| {STAGE_TITLES[s]} | " + " | ".join(
+        f"{m['senses'][k]['weighted_f1']:.2f}" for k in SENSES) + " |"
+        for s, m in r["stages"].items()]
     lines += heard_table(r.get("heard_as"))
     a = r["asr"]
     if a.get("realtime_factor"):

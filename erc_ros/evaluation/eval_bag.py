@@ -21,7 +21,12 @@ Writes into ``--out`` (default ``runs/eval_bag/<time>``): ``report.html`` (the c
 to look at: :mod:`erc_ros.evaluation.report`), ``utterances.csv``, ``summary.md``,
 ``confusion.png``, ``latency.png`` and ``metrics.json`` (also ``--json OUT``: keys
 ``realtime_factor``, ``utterances``, ``estimates``, ``lost``, ``accuracy``, ``weighted_f1``,
-``per_class_f1``, ``latency_ms``, ``failed``, ``resumed``).
+``uar``, ``per_class_f1``, ``senses``, ``latency_ms``, ``failed``, ``resumed``). The scores
+are of the published label; ``senses.{text, voice, face, fused}.{weighted_f1, uar,
+accuracy, read}`` score each sense of the estimate alone on the same utterances
+(:mod:`erc_ros.evaluation.senses`: a sense that did not read is wrong; ``fused`` is the
+published label), and ``utterances.csv`` has each sense's label (``text_label``,
+``voice_label``, ``face_label``).
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ from erc_ros.assemble import (asr_type_of, build_core, load_pipeline, perception
 from erc_ros.core.asr import WhisperRecognizer
 from erc_ros.core.config import AUTO
 from erc_ros.evaluation.report import bags_audio, write_report
+from erc_ros.evaluation.senses import SENSE_FIGURES, SENSES, sense_labels, sense_scores
 from erc_ros.evaluation.wer import word_errors
 from erc_ros.jobs import describe, run_piece
 from erc_ros.paths import CHECKOUT, cache_root, sha256_file, share_path
@@ -218,7 +224,7 @@ def metrics(pairs: list[tuple[dict, Any]], class_names: list[str]) -> dict:
 
 
 def label_metrics(y_true: list[str], y_pred: list[str], class_names: list[str]) -> dict:
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
     if not y_true:
         return {}
     y = [t.lower() for t in y_true]
@@ -231,6 +237,9 @@ def label_metrics(y_true: list[str], y_pred: list[str], class_names: list[str]) 
             "weighted_f1": float(f1_score(y, p, labels=labels, average="weighted",
                                           zero_division=0)),
             "macro_f1": float(f1_score(y, p, labels=labels, average="macro", zero_division=0)),
+            # the mean recall over the classes present
+            "uar": float(recall_score(y, p, labels=sorted(set(y)), average="macro",
+                                      zero_division=0)),
             "per_class_f1": {c: float(f) for c, f in zip(labels, f1s)},
             "support": {c: int(sum(1 for t in y if t == c)) for c in labels},
             "confusion": confusion_matrix(y, p, labels=labels).tolist(),
@@ -293,7 +302,7 @@ def format_line(utt_or_est: Any, est: Any) -> str:
 #: report.html inlines each utterance's audio up to this much conversation (~16 MB an hour).
 REPORT_AUDIO_MAX_SECONDS = 2 * 3600.0
 #: Bumped when what a stored per-bag result holds, or how it is made, changes.
-RESULT_FORMAT = 2
+RESULT_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -381,12 +390,16 @@ def bag_record(bag: Path, res, labels: Optional[str]) -> dict:
             "rows": rows, "latency_ms": [e.latency_ms for e in res.estimates],
             "pairs": [[lab["label"], est.label if est is not None else None]
                       for lab, est in pairs],
+            # each sense's label of the pairs metrics() scores (a labelled turn's estimate)
+            "senses": [[lab["label"], sense_labels(est)] for lab, est in pairs
+                       if est is not None and lab["label"]],
             "heard": [[lab["text"], est.text] for lab, est in pairs if est is not None]}
 
 
 def estimate_columns(est) -> dict:
     return {"predicted": est.label if est else "",
             "confidence": f"{est.confidence:.4f}" if est else "",
+            "text_label": est.text_label if est else "",  # the text model alone
             "heard": est.text if est else "",
             "est_speaker": est.speaker_id if est else "",
             "est_start": f"{est.start:.3f}" if est else "",
@@ -629,6 +642,11 @@ def aggregate(per_bag: list[dict], info: dict, live: bool = False, asr: str = "b
     pairs = [p for b in per_bag for p in b["pairs"] if p[1] is not None and p[0]]
     result.update(label_metrics([t for t, _ in pairs], [p for _, p in pairs],
                                 info["class_names"]))
+    senses = [p for b in per_bag for p in b["senses"]]
+    if senses:
+        result["senses"] = sense_scores([t for t, _ in senses],
+                                        {s: [g[s] for _, g in senses] for s in SENSES},
+                                        info["class_names"], label_metrics, SENSE_FIGURES)
     if asr == "embedded":  # how well the recognizer heard the labelled turns
         heard = [h for b in per_bag for h in b["heard"]]
         result["asr_word_errors"] = word_errors([r for r, _ in heard], [h for _, h in heard])
@@ -705,6 +723,15 @@ def summary_markdown(r: dict) -> str:
                   f"macro F1 {r['macro_f1']:.3f}", "", "| class | F1 | support |",
                   "|---|---|---|"]
         lines += [f"| {c} | {f:.3f} | {r['support'][c]} |" for c, f in r["per_class_f1"].items()]
+    if r.get("senses"):
+        sv = r["senses"]
+        lines += ["", "each sense of the estimate alone on the same utterances (fused: the "
+                  "published label; a sense that did not read is wrong):", "",
+                  "| | " + " | ".join(sv) + " |", "|---|" + "---|" * len(sv)]
+        lines += [f"| {name} | " + " | ".join(f"{m[k]:.3f}" for m in sv.values()) + " |"
+                  for k, name in (("weighted_f1", "weighted F1"), ("uar", "UAR"),
+                                  ("accuracy", "accuracy"))]
+        lines.append("| read on | " + " | ".join(str(m["read"]) for m in sv.values()) + " |")
     return "\n".join(lines) + "\n"
 
 

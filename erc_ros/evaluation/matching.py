@@ -10,10 +10,9 @@ from typing import Any, Optional
 import numpy as np
 
 from erc_ros.evaluation.eval_bag import read_labels
+from erc_ros.evaluation.senses import NONE
 from erc_ros.evaluation.wer import normalize
 from erc_ros.training.metrics import scores
-
-NONE = "<none>"  #: the "prediction" of a lost turn
 
 
 def overlap(a0: float, a1: float, b0: np.ndarray, b1: np.ndarray) -> np.ndarray:
