@@ -188,14 +188,16 @@ class FaceConfig:
     buffer_seconds: float = _f(20.0, "seconds of frames kept")
     store_fps: float = _f(8.0, "frames kept per second (others are dropped on arrival)")
     store_max_width: int = _f(640, "frames wider than this are downscaled when stored")
-    detect_width: int = _f(256, "face detection runs on a copy this wide")
+    detect_width: int = _f(384, "face detection runs on a copy this wide (the cascade's "
+                           "smallest face is 24 px there: 40 px in a 640 px frame)")
     detect_frames: int = _f(1, "key frames (frames with a face detection) an utterance needs: "
                             "those detected while the person spoke count, the rest are "
                             "detected when it closes, on the latency path; other frames "
                             "reuse the nearest key frame's boxes")
     detect_fps: float = _f(1.0, "while someone speaks, detect on stored frames at this rate "
                            "so little detection is left for when the utterance closes")
-    min_face_fraction: float = _f(0.1, "smallest face detected, as a fraction of the width")
+    min_face_fraction: float = _f(0.08, "smallest face detected, as a fraction of the "
+                                  "width (0.08: 51 px in a 640 px frame, a face at ~2.5 m)")
     use_av_activity: bool = _f(True, "with several faces pick the one whose mouth moves "
                                "while voice is active (else largest / most central)")
     crops: bool = _f(True, "cut the speaker's face crops (Utterance.faces); false: only pick the "

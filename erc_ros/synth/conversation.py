@@ -245,6 +245,10 @@ class TurnTaking:
       dialogue) says "yeah", "right", ... over it. They are ground-truth turns of ``kind``
       ``backchannel``, without an emotion label.
     - Loudness: each speaker has a level of their own (RMS ``level_dbfs`` +- ``level_spread_db``).
+      Every turn is brought to it, unless ``speaker_gain``: then the speaker's gain is set once,
+      by their first turn, and their turns keep the loudness they were recorded with (a
+      person at one distance from the microphone, louder when angry: emotional speech keeps
+      its loudness, which an expert of the voice reads).
     """
 
     style: str = "pauses"
@@ -260,6 +264,7 @@ class TurnTaking:
     backchannel_min_seconds: float = 2.0
     level_dbfs: float = -22.0
     level_spread_db: float = 3.0
+    speaker_gain: bool = False
 
     def __post_init__(self):
         if self.style not in ("pauses", "natural"):
@@ -302,6 +307,7 @@ def build(lines: Sequence[ScriptLine], gap: tuple[float, float] = (0.5, 1.2), se
     rng = np.random.default_rng(seed)
     order: dict[str, int] = {}
     levels: dict[str, float] = {}
+    gains: dict[str, float] = {}
 
     def say(line: ScriptLine) -> np.ndarray:
         idx = order.setdefault(line.speaker, len(order))
@@ -318,7 +324,10 @@ def build(lines: Sequence[ScriptLine], gap: tuple[float, float] = (0.5, 1.2), se
             levels[speaker] = timing.level_dbfs + timing.level_spread_db * float(
                 rng.uniform(-1, 1))
         rms = float(np.sqrt(np.mean(x ** 2))) + 1e-9
-        return (x * (10 ** (levels[speaker] / 20) / rms)).astype(np.float32)
+        gain = 10 ** (levels[speaker] / 20) / rms
+        if timing.speaker_gain:
+            gain = gains.setdefault(speaker, gain)
+        return (x * gain).astype(np.float32)
 
     placed: list[tuple[int, np.ndarray, Turn]] = []  # (sample offset, audio, turn)
     pos = int(lead * SAMPLE_RATE)
