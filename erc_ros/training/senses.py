@@ -32,9 +32,10 @@ from typing import Optional
 import numpy as np
 from scipy.optimize import minimize
 
-from erc_ros.core.types import FACE_CLASSES, Utterance
+from erc_ros.core.audio_files import read_audio_16k
+from erc_ros.core.types import FACE_CLASSES, VOICE_OK, Utterance
 from erc_ros.datasets.meld import load_meld
-from erc_ros.datasets.voices import read_voices, speaker_folds
+from erc_ros.datasets.voices import VoiceClip, read_voices, speaker_folds
 from erc_ros.paths import cache_root, sha256_file
 from erc_ros.runtime.senses import (FEATURES, FROM_SECOND, SENSES, Reading, SenseFusion,
                                     SpeakerBaselines, features, log_dist)
@@ -63,13 +64,13 @@ def _log(s: str) -> None:
 
 # --- readings --------------------------------------------------------------------------------
 
-def voice_out_of_fold(data: Path, features_file: Path, seed: int = 13) -> dict:
+def voice_out_of_fold(data: Path, features_file: Path) -> dict:
     """Every RAVDESS clip's voice reading by a network that never heard its actor (the voice
     recipe's cross-validation on its cached features): probabilities (FACE_CLASSES order),
     whether the gate lets it through, label, actor and sentence. Kept in the cache, keyed by
     the features' sha256."""
     clips = read_voices(f"ravdess:{data}")
-    cache = cache_root() / "senses" / f"voice_oof-{sha256_file(features_file)[:16]}-{seed}.npz"
+    cache = cache_root() / "senses" / f"voice_oof-{sha256_file(features_file)[:16]}.npz"
     if cache.is_file():
         z = np.load(cache)
         return {k: z[k] for k in z.files}
@@ -89,11 +90,30 @@ def voice_out_of_fold(data: Path, features_file: Path, seed: int = 13) -> dict:
     ent = np.array([normalized_entropy(x) for x in p])
     keep = (oof["distance"] <= np.quantile(oof["distance"], cfg.gate_distance_quantile)) & \
         (ent <= np.quantile(ent, cfg.gate_entropy_quantile))
-    sentence = np.array([int(c.path.stem.split("-")[4]) for c in clips])
-    out = {"probs": p, "ok": keep, "label": labels, "speaker": speakers, "sentence": sentence}
+    out = {"probs": p, "ok": keep, **_clip_fields(clips)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
     return out
+
+
+def _clip_fields(clips: list[VoiceClip]) -> dict:
+    return {"label": np.array([FACE_CLASSES.index(c.label) for c in clips]),
+            "speaker": np.array([c.speaker for c in clips]),
+            "sentence": np.array([int(c.path.stem.split("-")[4]) for c in clips])}
+
+
+def voice_readings(expert, clips: list[VoiceClip]) -> dict:
+    """RAVDESS clips read by a voice expert (:class:`~erc_ros.runtime.voice_expert.VoiceExpert`)
+    as the nodes read an utterance, in :func:`voice_out_of_fold`'s form. An expert that
+    learned from these actors reads them more surely than it reads a stranger: fit on actors
+    it never heard."""
+    probs, ok = np.zeros((len(clips), len(FACE_CLASSES))), np.zeros(len(clips), bool)
+    for i, c in enumerate(clips):
+        r = expert.predict(read_audio_16k(c.path)[0])
+        ok[i] = r.status == VOICE_OK
+        if r.probabilities is not None:
+            probs[i] = r.probabilities
+    return {"probs": probs, "ok": ok, **_clip_fields(clips)}
 
 
 def _order(names) -> np.ndarray:
@@ -101,11 +121,12 @@ def _order(names) -> np.ndarray:
     return np.array([FACE_CLASSES.index(str(c).lower()) for c in names])
 
 
-def meld_rows(pipeline, csv_path: Path, face_of) -> list[Row]:
-    """MELD dev: the text model on each line in context; each speaker's portrait face."""
+def meld_rows(pipeline, csv_path: Path, face_of, dialogues: Optional[int] = None) -> list[Row]:
+    """MELD dev (its first ``dialogues``, default all): the text model on each line in
+    context; each speaker's portrait face (``face_of(speaker index)``)."""
     order = _order(pipeline.class_names)
     rows = []
-    for i, d in enumerate(load_meld(csv_path)):
+    for i, d in enumerate(load_meld(csv_path)[:dialogues]):
         pipeline.reset()
         spk_index: dict[str, int] = {}
         base = SpeakerBaselines()

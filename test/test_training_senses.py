@@ -1,0 +1,83 @@
+"""Fitting the sense fusion (erc_ros.training.senses) on real readings: MELD dev's words, RAVDESS
+voices read by the shipped voice expert, FER2013 faces read by the shipped face expert."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from erc_ros.core.types import FACE_CLASSES
+from erc_ros.datasets.voices import read_voices
+from erc_ros.paths import data_root
+from erc_ros.runtime.face_expert import FaceExpert
+from erc_ros.runtime.manifest import default_model_dir
+from erc_ros.runtime.pipeline import EmotionPipeline
+from erc_ros.runtime.senses import SENSES
+from erc_ros.runtime.voice_expert import VoiceExpert
+from erc_ros.synth.faces import face_image
+from erc_ros.training.senses import (Design, fit, meld_rows, ravdess_rows, report,
+                                     voice_readings)
+
+DATA = data_root()
+pytestmark = pytest.mark.skipif(not (DATA / "ravdess_speech").is_dir(),
+                                reason="RAVDESS is not in ../shared/data (licensed, never in "
+                                       "the repository)")
+
+
+@pytest.fixture(scope="module")
+def rows():
+    pipe = EmotionPipeline.from_model_dir(default_model_dir(), backend="torch", fusion="text")
+    faces = FaceExpert(threads=1)
+    portraits = {i: faces.predict([face_image(i)])[0] for i in range(2)}
+    out = meld_rows(pipe, DATA / "meld" / "dev_sent_emo.csv", lambda i: portraits[i % 2],
+                    dialogues=8)
+    clips = [c for c in read_voices(f"ravdess:{DATA / 'ravdess_speech'}")
+             if c.speaker in ("ravdess-16", "ravdess-17")][::3]
+    voice = voice_readings(VoiceExpert(threads=1), clips)
+    fer = np.load(DATA / "fer2013" / "public_test.npz")
+    pick = np.arange(0, len(fer["labels"]), 5)  # the file is sorted by label
+    fp = faces.predict([cv2.cvtColor(fer["images"][i], cv2.COLOR_GRAY2RGB) for i in pick])
+    fl = np.array([FACE_CLASSES.index(str(x)) for x in fer["labels"][pick]])
+    out += ravdess_rows(pipe, voice, (fp, fl, np.full(len(pick), "check")), 8, 0)
+    return out
+
+
+def test_the_compositions_hold_what_each_sense_read(rows):
+    groups = {r.group for r in rows}
+    assert groups == {"meld", "ravdess", "ravdess+faces"}
+    for r in rows:
+        assert "text" in r.readings  # every turn has words (RAVDESS: its sentence)
+        if r.group == "meld":
+            assert "voice" not in r.readings and "face" in r.readings
+        if r.group == "ravdess":
+            assert "face" not in r.readings
+    d = Design(rows)
+    # a face is weighed from the speaker's second reading on
+    first = [i for i, r in enumerate(rows) if "face" in r.readings
+             and r.readings["face"].baseline is None]
+    assert first and not d.on["face"][first].any()
+    assert d.on["face"].any() and d.on["voice"].any()
+
+
+def test_the_fit_weighs_each_sense_where_it_knows(rows):
+    fusion = fit(rows)
+    assert set(fusion.theta) == set(SENSES)
+    rep = report(fusion, rows)
+    rav, faced, meld = rep["ravdess"], rep["ravdess+faces"], rep["meld"]
+    # the words are neutral sentences: the voice carries the emotion, and the fusion follows it
+    assert rav["fused"]["uar"] >= rav["voice"]["uar"] - 2, rav
+    assert rav["fused"]["uar"] >= rav["text"]["uar"] + 20, rav
+    # a face of the same label on top of the voice
+    assert faced["fused"]["uar"] >= max(faced["voice"]["uar"], faced["face"]["uar"]) - 2, faced
+    # MELD's words with a resting portrait face: the words keep their label
+    assert meld["fused"]["weighted_f1"] >= meld["text"]["weighted_f1"] - 2, meld
+
+
+def test_fit_senses_says_what_it_needs(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "erc_ros", "fit-senses", "--voice-features",
+                          str(tmp_path / "missing.npz")], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "no voice features" in out.stderr and "train --recipe voice" in out.stderr
