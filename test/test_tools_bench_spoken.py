@@ -265,9 +265,10 @@ def test_bench_spoken_writes_a_report_per_stage(spoken_run, capsys, monkeypatch)
 
 def test_rescore_gives_the_run_figures_from_what_it_heard(spoken_run, tmp_path, capsys,
                                                           monkeypatch):
-    """--rescore DIR with the run's own (text-only) model: the recorded estimates predicted
-    again through the pipeline and matched to the turns as in the run give its figures,
-    stage by stage, without synthesis or a recognizer; a folder without them is refused.
+    """--rescore DIR with the run's own text model: the recorded estimates predicted again
+    through the pipeline and matched to the turns as in the run give its text sense's
+    figures (the run published the fused label), stage by stage, without synthesis or a
+    recognizer; a folder without them is refused.
     --speakers gold tags each estimate by the labelled turn it overlaps most."""
     from erc_ros.evaluation import eval_bag
 
@@ -278,9 +279,13 @@ def test_rescore_gives_the_run_figures_from_what_it_heard(spoken_run, tmp_path, 
     again = json.loads(out.read_text())
     assert list(again["stages"]) == list(bs.STAGES)
     for s in bs.STAGES:
-        for k in ("weighted_f1", "accuracy", "matched", "merged", "lost", "confusion"):
+        for k in ("matched", "merged", "lost"):
             assert again["stages"][s][k] == r["stages"][s][k], (s, k)
-    assert again["heard_as"] == r["heard_as"]
+        for k in ("weighted_f1", "uar", "accuracy"):
+            assert again["stages"][s][k] == r["stages"][s]["senses"]["text"][k], (s, k)
+        assert again["stages"][s]["senses"]["text"] == r["stages"][s]["senses"]["text"]
+    assert {g: v["turns"] for g, v in again["heard_as"]["groups"].items()} == \
+        {g: v["turns"] for g, v in r["heard_as"]["groups"].items()}
     assert main(["bench-spoken", "--rescore", str(tmp_path), "--stages", "asr", "--json",
                  str(out)]) == 2
     assert "no asr.csv" in capsys.readouterr().err

@@ -51,16 +51,17 @@ from typing import Any, Optional
 import numpy as np
 from tqdm import tqdm
 
+from erc_ros.bench import write_run
 from erc_ros.bags import make_bag
 from erc_ros.core.audio_files import AudioFileError, read_audio_16k
 from erc_ros.core.faces import detector_for
 from erc_ros.datasets.fer2013 import FaceDataError, FaceSet, read_npz
 from erc_ros.datasets.voices import VoiceClip, VoiceDataError, read_clips_csv, read_voices
 from erc_ros.evaluation import eval_bag
-from erc_ros.evaluation.eval_bag import DEFAULT_CONFIG
 from erc_ros.evaluation.eval_bag import process_settings as ps
 from erc_ros.evaluation.matching import assign, classification, gold_turns
 from erc_ros.evaluation.senses import NONE, SENSES, sense_labels, sense_scores
+from erc_ros.evaluation.spoken_bags import add_replay_arguments
 from erc_ros.models.labels import MELD_LABELS
 from erc_ros.paths import cache_root
 from erc_ros.ros import convert
@@ -100,17 +101,7 @@ def add_arguments(p) -> None:
     p.add_argument("--conversations", type=int, default=None,
                    help="at most this many conversations (default: until the clips run out)")
     p.add_argument("--turns", type=int, default=8, help="turns per conversation")
-    p.add_argument("--fps", type=float, default=2.0, help="camera frames per second in the bags")
-    p.add_argument("--bags", default=None,
-                   help="where the generated bags are kept (default: the cache)")
-    p.add_argument("--model-dir", default="", help="model directory (default models/default)")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--precision", default="auto")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="node parameter YAML")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a utterance_node parameter (as eval-bag --set), e.g. "
-                        "perception.voice.model=DIR")
+    add_replay_arguments(p)
     p.add_argument("--json", required=True, help="write the results here (and OUT.png)")
     p.add_argument("--out", default=None, help="also write the per-turn CSV into this folder")
 
@@ -519,11 +510,7 @@ def run(args) -> int:
     except (SensesError, VoiceDataError, FaceDataError) as e:
         print(f"bench-senses: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2))
-    png = out.with_suffix(".png")
-    plot(r, png)
+    out, png = write_run(r, args.json, plot)
     print(summary(r))
     print(f"wrote {out} and {png}" + (f"; {args.out}/turns.csv" if args.out else ""))
     return 0

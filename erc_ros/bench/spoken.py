@@ -65,6 +65,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
+from erc_ros.bench import write_run
 from erc_ros.core.der import der
 from erc_ros.core.types import Utterance
 from erc_ros.datasets.meld import load_meld
@@ -661,8 +662,9 @@ def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str =
     recorded (``<stage>_estimates.csv``: each estimate's span, diarized speaker and text, in
     order; ``<stage>.csv``: the labelled turns): the model predicts the estimates as the
     nodes would (the pipeline, past context by conversation), and the turns are matched to
-    them as in the run (:func:`assign`). Valid for a model that reads text alone: with the
-    same model it gives the run's figures. WER and DER are the run's (not recomputed).
+    them as in the run (:func:`assign`). Valid for a model that reads text alone, scored
+    alone (``fusion`` text: the recorded runs keep no audio or faces): with the same model it
+    gives the run's text sense (``senses.text``). WER and DER are the run's (not recomputed).
     ``speakers="gold"``: each estimate tagged as diarization without errors would
     (:func:`gold_tags`), what the run's diarization costs the model."""
     if speakers not in RESCORE_SPEAKERS:
@@ -670,6 +672,7 @@ def rescore(folder: Path, stages: list[str], model_dir: str = "", backend: str =
                          f"{speakers!r}")
 
     pipeline = eval_bag.make_pipeline(model_dir, backend, precision, threads)
+    pipeline.set_fusion("text")
     used = [m for m in ("audio", "video") if pipeline.model.uses(m)]
     if used:
         raise ValueError(f"model {pipeline.model_id} uses {' and '.join(used)}: rescoring "
@@ -760,11 +763,7 @@ def run(args) -> int:
     except VoicesMissing as e:
         print(f"bench-spoken: {e}", file=sys.stderr)
         return 2
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2))
-    png = out.with_suffix(".png")
-    plot(r, png)
+    out, png = write_run(r, args.json, plot)
     print(summary(r))
     print(f"wrote {out} and {png}" + (f"; {args.out}/: per-turn CSVs and report-<stage>.html"
                                       if args.out else ""))

@@ -32,6 +32,12 @@ def add_spoken_arguments(p, voices: str) -> None:
                    help="the first N dialogues of the file (default: all)")
     p.add_argument("--seed", type=int, default=0, help="the timelines' seed (turn-taking, "
                    "room); the voices depend only on the speakers' names")
+    add_replay_arguments(p)
+
+
+def add_replay_arguments(p) -> None:
+    """How generated bags are kept and replayed (bench-spoken, heard-set, bench-senses): the
+    camera's frame rate, the bags' folder, the model and the node parameters."""
     p.add_argument("--fps", type=float, default=2.0, help="camera frames per second in the bags")
     p.add_argument("--bags", default=None,
                    help="where the generated bags are kept (default: the cache)")
@@ -41,7 +47,8 @@ def add_spoken_arguments(p, voices: str) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="node parameter YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a utterance_node parameter (as eval-bag --set)")
+                   help="override a utterance_node parameter (as eval-bag --set), e.g. "
+                        "perception.voice.model=DIR")
 
 
 def _digest(*parts: Any) -> str:
