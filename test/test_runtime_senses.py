@@ -50,7 +50,8 @@ def test_weights_follow_the_readings_certainty():
 
 
 def test_a_face_counts_from_the_speakers_second_reading_and_by_how_much_it_changed():
-    f = SenseFusion.load(default_model_dir())
+    # a face weighed by how far it is from the speaker's usual face
+    f = fusion(face=[-2.0, 0.0, 0.0, 0.0, 6.0])
     smile, frown = dist("joy", 0.95), dist("anger", 0.95)
     text = dist("sadness", 0.4)
     base = SpeakerBaselines()
@@ -94,13 +95,26 @@ def test_the_fusion_file_round_trips_and_is_checked(tmp_path):
     bad["features"] = list(FEATURES[:-1])
     with pytest.raises(ValueError, match="features"):
         SenseFusion.from_dict(bad)
+    bad = f.to_dict()
+    del bad["theta"]["text"]
+    with pytest.raises(ValueError, match="text and some of"):
+        SenseFusion.from_dict(bad)
 
 
-def test_the_shipped_fusion_names_the_shipped_text_model():
+def test_the_shipped_fusion_names_the_shipped_text_model_and_weighs_text_and_voice():
     shipped = SenseFusion.load(default_model_dir())
     manifest = json.loads((DEFAULT / "manifest.json").read_text())
     assert shipped.text_model_id == manifest["model_id"]
     assert shipped.class_names == list(FACE_CLASSES)
+    assert set(shipped.theta) == {"text", "voice"}
+    # the face is reported beside the label, not weighed in it
+    smile = dist("joy", 0.95)
+    base = SpeakerBaselines()
+    base.add("alice", "face", dist("anger", 0.9))
+    text = dist("sadness", 0.4)
+    out, used, _ = shipped.fuse({"text": Reading(text),
+                                 "face": Reading(smile, base.get("alice", "face"))})
+    assert used == ["text"] and np.allclose(out, text)
 
 
 def _utterance(i: int, text: str, voice=None, face=None, speaker="alice") -> Utterance:

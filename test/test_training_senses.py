@@ -74,6 +74,14 @@ def test_the_fit_weighs_each_sense_where_it_knows(rows):
     assert faced["fused"]["uar"] >= max(faced["voice"]["uar"], faced["face"]["uar"]) - 2, faced
     # MELD's words with a resting portrait face: the words keep their label
     assert meld["fused"]["weighted_f1"] >= meld["text"]["weighted_f1"] - 2, meld
+    # a fusion of text and voice reports the face, never weighs it
+    two = fit(rows, senses=("text", "voice"))
+    assert set(two.theta) == {"text", "voice"}
+    faced2 = report(two, rows)["ravdess+faces"]
+    assert faced2["fused"] == report(two, [r for r in rows if r.group == "ravdess"]
+                                     )["ravdess"]["fused"]
+    with pytest.raises(ValueError, match="text is needed"):
+        fit(rows, senses=("voice", "face"))
 
 
 def test_fit_senses_says_what_it_needs(tmp_path):

@@ -7,25 +7,36 @@ on the part it did not learn from, and write the fusion's model directory.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import pickle
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from erc_ros.core.types import FACE_CLASSES
 from erc_ros.datasets.voices import RAVDESS_LICENCE
 from erc_ros.models.artefact import add_artefact, write_manifest
-from erc_ros.paths import data_root
+from erc_ros.bench import spoken
+from erc_ros.evaluation import eval_bag
+from erc_ros.evaluation.matching import assign, gold_turns
+from erc_ros.evaluation.spoken_bags import spoken_bags
+from erc_ros.paths import cache_root, data_root, sha256_file
+from erc_ros.ros.replay import replay_bag
 from erc_ros.runtime.face_expert import FaceExpert
 from erc_ros.runtime.manifest import default_model_dir
 from erc_ros.runtime.pipeline import EmotionPipeline
-from erc_ros.runtime.senses import FUSION_FILE, KIND
+from erc_ros.runtime.senses import FUSION_FILE, KIND, SENSES, SpeakerBaselines, readings_of
 from erc_ros.synth.faces import face_image
 from erc_ros.training.provenance import provenance
-from erc_ros.training.senses import (GROUPS, fit, meld_rows, ravdess_rows, report, table,
-                                     voice_out_of_fold)
+from erc_ros.training.senses import (GROUPS, Row, fit, meld_rows, ravdess_rows, report,
+                                     table, voice_out_of_fold)
+
+#: Bumped when the spoken MELD rows would come out differently.
+ROWS_VERSION = 1
 
 
 def _log(s: str) -> None:
@@ -41,6 +52,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the voice recipe's cached features of RAVDESS (voice_features.npz, "
                         "written by `train --recipe voice`; default: runs/voice_tiny)")
     p.add_argument("--turns", type=int, default=8, help="turns per RAVDESS conversation")
+    p.add_argument("--senses", default="text,voice",
+                   help="the senses the fusion weighs (comma-separated; text and any of voice, "
+                        "face; the others are reported beside the label). Default text,voice: "
+                        "through the robot's camera path the face expert's reading of talking "
+                        "faces costs spoken MELD 2-9 points of weighted F1 whatever the "
+                        "weights (docs/fusion.md)")
+    p.add_argument("--meld", choices=("spoken", "text"), default="spoken",
+                   help="MELD dev's readings: spoken (bench-spoken --voices kokoro stage (d): "
+                        "the recognizer's words, the portrait faces as the core cuts and the "
+                        "expert reads them, the voices; ~12 min once, then cached) or text "
+                        "(the gold text, each speaker's portrait read once: seconds)")
     p.add_argument("--l2", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -48,6 +70,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def process_settings(args) -> dict:
     return {"torch_threads": args.threads}
+
+
+def spoken_meld_rows(pipeline, csv_path: Path, progress: bool = True) -> list[Row]:
+    """MELD dev as ``bench-spoken --voices kokoro`` stage (d) hears it, each sense read by the
+    nodes' assembly path (embedded recognizer, diarization, the portrait faces the spoken
+    bags show, the experts): a row per labelled turn that an estimate answers, with that
+    estimate's readings (a merged turn shares its estimate's). Kept in the cache."""
+    p = argparse.ArgumentParser()
+    spoken.add_arguments(p)
+    a = p.parse_args(["--json", "-"])
+    bags = spoken_bags(csv_path, a, None, a.seed, None, progress)
+    key = hashlib.sha256(json.dumps([str(b["bag"]) for b in bags] + [
+        pipeline.model_id, sha256_file(eval_bag.DEFAULT_CONFIG), ROWS_VERSION]).encode())
+    cache = cache_root() / "senses" / f"spoken-meld-{key.hexdigest()[:16]}.pkl"
+    if cache.is_file():
+        with open(cache, "rb") as f:
+            return pickle.load(f)
+    order = np.array([FACE_CLASSES.index(str(c).lower()) for c in pipeline.class_names])
+    rows, made = [], None
+    for item in tqdm(bags, desc="spoken MELD dev, stage (d)", unit="dialogue",
+                     disable=not progress, mininterval=2.0):
+        pipeline.reset()
+        core = made = eval_bag.make_core(a.config, tuple(a.set), pipeline,
+                                         asr_type="embedded", reuse=made)
+        try:
+            res = replay_bag(item["bag"], core, pipeline)
+        finally:
+            core.close()
+        base = SpeakerBaselines()
+        readings = [readings_of(order, base, e.speaker_id, e.text_probabilities,
+                                e.voice_probabilities, e.face_probabilities)
+                    for e in res.estimates]
+        of = {id(e): r for e, r in zip(res.estimates, readings)}
+        turns = [t for t in gold_turns(item["bag"]) if t["label"]]
+        pairs, _ = assign(turns, res.estimates)
+        part = "fit" if int(item["dialogue"][3:]) % 2 == 0 else "check"
+        for t, (_, e) in zip(turns, pairs):
+            if e is not None and of[id(e)]:
+                rows.append(Row("meld", part, FACE_CLASSES.index(t["label"].lower()),
+                                of[id(e)]))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache, "wb") as f:
+        pickle.dump(rows, f)
+    return rows
 
 
 def run(args) -> int:
@@ -68,19 +134,28 @@ def run(args) -> int:
     fp = expert.predict(crops)
     fl = np.array([FACE_CLASSES.index(str(x).lower()) for x in fer["labels"]])
     fpart = np.where(np.arange(len(fl)) % 2 == 0, "fit", "check")
-    portraits = {i: expert.predict([face_image(i)])[0] for i in range(8)}
-    _log("text readings of MELD dev and of RAVDESS's sentences")
-    rows = meld_rows(pipeline, root / "meld" / "dev_sent_emo.csv",
-                     lambda i: portraits[i % len(portraits)])
+    meld = root / "meld" / "dev_sent_emo.csv"
+    if args.meld == "spoken":
+        _log("MELD dev spoken by Kokoro voices, through the nodes' assembly path")
+        rows = spoken_meld_rows(pipeline, meld)
+    else:
+        _log("MELD dev's gold text, each speaker's portrait face")
+        portraits = {i: expert.predict([face_image(i)])[0] for i in range(8)}
+        rows = meld_rows(pipeline, meld, lambda i: portraits[i % len(portraits)])
+    _log("RAVDESS's sentences read by the text model")
     rows += ravdess_rows(pipeline, voice, (fp, fl, fpart), args.turns, args.seed)
     fit_rows = [r for r in rows if r.part == "fit"]
     check_rows = [r for r in rows if r.part == "check"]
     _log(f"{len(fit_rows)} turns to fit on, {len(check_rows)} to check on")
-    held = fit(fit_rows, args.l2)
+    senses = tuple(s.strip() for s in args.senses.split(",") if s.strip())
+    bad = set(senses) - set(SENSES)
+    if bad or "text" not in senses:
+        raise SystemExit(f"error: --senses {args.senses}: text and any of voice, face")
+    held = fit(fit_rows, args.l2, senses)
     rep = report(held, check_rows)
     _log("fitted on one part, scored on the other (RAVDESS actors 16-18, FER faces of odd "
          "index, MELD dialogues of odd number):\n" + table(rep))
-    final = fit(rows, args.l2)
+    final = fit(rows, args.l2, senses)
     final.text_model_id = pipeline.model_id
     out = {"text_model": pipeline.model_id, "held_out": rep, "held_out_fusion": held.to_dict(),
            "fusion": final.to_dict(), "turns": {"fit": len(fit_rows), "check": len(check_rows)},
@@ -92,10 +167,12 @@ def run(args) -> int:
         prov = provenance(
             args, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             data={"compositions": {g: sum(r.group == g for r in rows) for g in GROUPS},
-                  "sources": ["MELD dev (text)", "RAVDESS speech, 18 actors (voice, out of "
-                              "fold)", "FER2013 public_test (faces)"],
+                  "meld": args.meld,
+                  "sources": ["MELD dev (spoken by Kokoro voices, stage (d), or its gold "
+                              "text: meld)", "RAVDESS speech, 18 actors (voice, out of fold)",
+                              "FER2013 public_test (faces)"],
                   "licence": [RAVDESS_LICENCE]},
-            l2=args.l2, seed=args.seed)
+            l2=args.l2, seed=args.seed, senses=list(senses))
         write_manifest(o, {"format_version": 1, "kind": KIND,
                            "model_id": f"senses-{time.strftime('%Y%m%d')}",
                            "text_model_id": pipeline.model_id, "provenance": prov,

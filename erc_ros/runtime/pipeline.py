@@ -41,7 +41,7 @@ from .manifest import (ArtefactError, find_stage_files, load_model, read_manifes
                        runtime_artefacts, runtime_dir, verify_files)
 from .prepare import missing
 from .prepare import prepare as prepare_files
-from .senses import FUSION_MODES, MODALITY, Reading, SenseFusion, SpeakerBaselines
+from .senses import FUSION_MODES, MODALITY, SenseFusion, SpeakerBaselines, readings_of
 from .senses import default_model_dir as default_fusion_dir
 from .stages import STAGES, needed_stages, stage_io
 
@@ -375,19 +375,9 @@ class EmotionPipeline:
         """The senses' fused distribution (model's class order), the modalities it used and
         their weights; then the speaker's usual voice and face take in this reading."""
         order = self._face_order
-        readings = {}
-        for sense, p in (("text", text), ("voice", voice.get("voice_probabilities")),
-                         ("face", face.get("face_probabilities"))):
-            if p is None or not len(p):
-                continue
-            q = np.zeros(len(order))
-            q[order] = np.asarray(p, np.float64)  # into the experts' order
-            readings[sense] = Reading(q, baselines.get(speaker, sense)
-                                      if sense != "text" else None)
+        readings = readings_of(order, baselines, speaker, text, voice.get("voice_probabilities"),
+                               face.get("face_probabilities"))
         fused, senses, shares = self.fusion.fuse(readings)
-        for sense in ("voice", "face"):
-            if sense in readings:
-                baselines.add(speaker, sense, readings[sense].probs)
         if not senses:
             return np.zeros(0), [], np.zeros(0)
         return fused[order], [MODALITY[s] for s in senses], np.asarray(shares)

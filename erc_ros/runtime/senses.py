@@ -15,14 +15,14 @@ speaker's face was seen and read). The fused distribution is
 - the weights sum to one: a sense alone gives its own distribution, unchanged (the text
   model alone publishes what it publishes without the others);
 - a face is weighed from the speaker's second reading on: the first one only sets their usual
-  face (a resting smile reads as joy at 0.9 to a FER2013 expert; without this, a constant
-  portrait face cost 1.4 points of weighted F1 on MELD dev's words, docs/fusion.md).
+  face (a resting smile reads as joy at 0.9 to a FER2013 expert).
 
 A sense that did not read is left out (its weight is 0); with none, there is no label, as with
-the text model alone. ``theta`` is fitted on dev compositions of real people
-(:mod:`erc_ros.training.senses`) and kept as ``fusion.json`` in a model directory
-(``models/senses``) that names the text model it was fitted with; the pipeline uses it only
-with that text model.
+the text model alone. A fusion weighs the senses it has ``theta`` for (the text and some of
+the others); the others are reported beside it, not weighed. ``theta`` is fitted on dev
+compositions of real people (:mod:`erc_ros.training.senses`) and kept as ``fusion.json`` in
+a model directory (``models/senses``) that names the text model it was fitted with; the
+pipeline uses it only with that text model.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ class SenseFusion:
     def fuse(self, readings: dict[str, Reading]) -> tuple[np.ndarray, list[str], list[float]]:
         """The fused distribution, the senses it used (in :data:`SENSES` order) and their
         shares of the weight (summing to 1). No reading: empty distribution."""
-        used = [s for s in SENSES if readings.get(s) is not None
+        used = [s for s in SENSES if s in self.theta and readings.get(s) is not None
                 and not (s in FROM_SECOND and readings[s].baseline is None)]
         if not used:
             return np.zeros(0), [], []
@@ -126,7 +126,10 @@ class SenseFusion:
     def from_dict(cls, d: dict) -> "SenseFusion":
         if list(d.get("features", [])) != list(FEATURES):
             raise ValueError(f"fusion features {d.get('features')} are not {list(FEATURES)}")
-        theta = {s: [float(x) for x in d["theta"][s]] for s in SENSES}
+        theta = {s: [float(x) for x in d["theta"][s]] for s in SENSES if s in d["theta"]}
+        if "text" not in theta or set(d["theta"]) - set(SENSES):
+            raise ValueError(f"fusion theta for {sorted(d['theta'])}: text and some of "
+                             f"{', '.join(SENSES)}")
         if any(len(v) != len(FEATURES) for v in theta.values()):
             raise ValueError("fusion theta: one weight per feature and sense")
         return cls(list(d["class_names"]), theta, d.get("text_model_id", ""),
@@ -143,6 +146,26 @@ class SenseFusion:
         fusion = cls.from_dict(json.loads((model_dir / FUSION_FILE).read_text()))
         fusion.model_id = m.get("model_id", fusion.model_id)
         return fusion
+
+
+def readings_of(order: np.ndarray, baselines: "SpeakerBaselines", speaker: str,
+                text=None, voice=None, face=None) -> dict[str, Reading]:
+    """Each sense's reading of one utterance in the experts' class order, from distributions
+    in a model's class order (``order``: index into the experts' classes of each model
+    class; None or empty: the sense did not read), with the speaker's usual voice and face
+    before this utterance; then those take in this utterance's readings."""
+    readings = {}
+    for sense, p in (("text", text), ("voice", voice), ("face", face)):
+        if p is None or not len(p):
+            continue
+        q = np.zeros(len(order))
+        q[order] = np.asarray(p, np.float64)
+        readings[sense] = Reading(q, baselines.get(speaker, sense) if sense in RELATIVE
+                                  else None)
+    for sense in RELATIVE:
+        if sense in readings:
+            baselines.add(speaker, sense, readings[sense].probs)
+    return readings
 
 
 class SpeakerBaselines:

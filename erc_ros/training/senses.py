@@ -203,18 +203,20 @@ def ravdess_rows(pipeline, voice: dict, faces: Optional[tuple], turns: int,
 # --- the fit ---------------------------------------------------------------------------------
 
 class Design:
-    """The rows as arrays: per sense its log distribution, its reliability features and
-    whether it is weighed (it read; a face from the speaker's second reading on)."""
+    """The rows as arrays: per weighed sense (``senses``) its log distribution, its
+    reliability features and whether it is weighed (it read; a face from the speaker's second
+    reading on)."""
 
-    def __init__(self, rows: list[Row]):
+    def __init__(self, rows: list[Row], senses: tuple = SENSES):
         n, k = len(rows), len(FACE_CLASSES)
+        self.senses = tuple(s for s in SENSES if s in senses)
         self.y = np.array([r.label for r in rows])
         groups = sorted({r.group for r in rows})
         g = np.array([groups.index(r.group) for r in rows])
         counts = np.bincount(g, minlength=len(groups))
         self.sample_w = 1.0 / (len(groups) * counts[g])
         self.ev, self.f, self.on = {}, {}, {}
-        for s in SENSES:
+        for s in self.senses:
             self.ev[s] = np.zeros((n, k))
             self.f[s] = np.zeros((n, len(FEATURES)))
             self.on[s] = np.zeros(n, bool)
@@ -226,22 +228,22 @@ class Design:
                 self.ev[s][i] = log_dist(rd.probs)
                 self.f[s][i] = features(rd.probs, rd.baseline)
         # a row with one sense is that sense's reading whatever the weights (as fuse())
-        alone = sum(self.on[s].astype(int) for s in SENSES) == 1
-        for s in SENSES:
+        alone = sum(self.on[s].astype(int) for s in self.senses) == 1
+        for s in self.senses:
             self.f[s][alone] = 0.0
 
 
-def _unpack(x: np.ndarray) -> dict:
+def _unpack(x: np.ndarray, senses: tuple) -> dict:
     m = len(FEATURES)
-    return {s: x[i * m:(i + 1) * m] for i, s in enumerate(SENSES)}
+    return {s: x[i * m:(i + 1) * m] for i, s in enumerate(senses)}
 
 
 def fused_logits(x: np.ndarray, d: Design) -> np.ndarray:
     """:meth:`SenseFusion.fuse` on every row at once (weights that sum to one)."""
-    theta = _unpack(x)
+    theta = _unpack(x, d.senses)
     z = np.zeros_like(d.ev["text"])
     total = np.zeros(len(z))
-    for s in SENSES:
+    for s in d.senses:
         w = np.logaddexp(0.0, d.f[s] @ theta[s]) * d.on[s]
         z += w[:, None] * d.ev[s]
         total += w
@@ -256,14 +258,18 @@ def objective(x: np.ndarray, d: Design, l2: float) -> float:
     return float((d.sample_w * nll).sum() + l2 * (x ** 2).sum())
 
 
-def fit(rows: list[Row], l2: float = 1e-3) -> SenseFusion:
-    d = Design(rows)
+def fit(rows: list[Row], l2: float = 1e-3, senses: tuple = SENSES) -> SenseFusion:
+    """The fusion of ``senses`` (the others are reported, not weighed) fitted on ``rows``."""
+    if "text" not in senses:
+        raise ValueError("the fusion weighs the text model and other senses: text is needed")
+    d = Design(rows, senses)
     m = len(FEATURES)
-    x0 = np.zeros(len(SENSES) * m)
-    for i in range(len(SENSES)):
+    x0 = np.zeros(len(d.senses) * m)
+    for i in range(len(d.senses)):
         x0[i * m] = 0.55  # softplus(0.55) ~ 1: every sense as its own reading says
     res = minimize(objective, x0, args=(d, l2), method="L-BFGS-B")
-    return SenseFusion(list(FACE_CLASSES), {s: v.tolist() for s, v in _unpack(res.x).items()})
+    return SenseFusion(list(FACE_CLASSES),
+                       {s: v.tolist() for s, v in _unpack(res.x, d.senses).items()})
 
 
 def predictions(fusion: SenseFusion, rows: list[Row]) -> dict[str, list[int]]:
