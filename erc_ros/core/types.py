@@ -206,10 +206,10 @@ class Estimate:
     backend: str = ""
     latency_ms: float = float("nan")  # processing time inside the pipeline
     text: str = ""
-    # What the face-expression expert said on its own (the pipeline's sense fusion weighs it
-    # into ``probabilities``; ``fusion`` "text" does not): its distribution in ``class_names`` order (empty unless ``face_status`` is
-    # :data:`FACE_SEEN`), the status (:data:`FACE_STATUSES`), the crops it averaged, and
-    # valence/arousal from its distribution (NaN without one).
+    # What the face-expression expert said on its own (a sense fusion that names the face
+    # weighs it into ``probabilities``): its distribution in ``class_names`` order (empty
+    # unless ``face_status`` is :data:`FACE_SEEN`), the status (:data:`FACE_STATUSES`), the
+    # crops it averaged, and valence/arousal from its distribution (NaN without one).
     face_status: str = ""
     face_probabilities: Sequence[float] = ()
     face_count: int = 0

@@ -52,10 +52,11 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "backend": ("auto", "runtime backend: auto, torch, onnxruntime, tensorrt"),
     "precision": ("auto", "auto (int8 on a CPU with VNNI, fp32 on one without, fp16 on a GPU), fp32, fp16, int8 (what the backend and model dir offer)"),
     "threads": (2, "CPU threads for inference"),
-    "fusion": ("senses", "the published label: 'senses' weighs the text model with the voice "
-                         "and face experts, each as far as its reading can be trusted "
-                         "(docs/fusion.md; fusion_model, fitted with this text model, else "
-                         "text alone and a log line); 'text': the text model alone"),
+    "fusion": ("senses", "the published label: 'senses' weighs the text model with the "
+                         "experts its sense fusion names (the shipped one: the voice), each "
+                         "as far as its reading can be trusted (docs/fusion.md; "
+                         "fusion_model, fitted with this text model, else text alone and a "
+                         "log line); 'text': the text model alone"),
     "fusion_model": ("", "the sense fusion's model directory; empty: the package's "
                          "models/senses"),
     "prepare": (False, "make missing ONNX / INT8 files of the model into the cache at "
@@ -77,8 +78,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
                                        "erc_ros.ros.topic_names)"),
     "voice_expression": ("fused", "what /humans/voices/<speaker>/expression carries: 'fused': "
                                   "the fused estimate of each of the speaker's utterances "
-                                  "(with fusion senses it weighs the voice with the words and "
-                                  "the face; expression_namespace voices), and the voice "
+                                  "(with fusion senses it weighs the voice with the words; "
+                                  "expression_namespace voices), and the voice "
                                   "expert's own reading is in the EmotionEstimate only; "
                                   "'voice': the voice expert's reading of the utterance's "
                                   "audio alone (its top class, valence/arousal and "

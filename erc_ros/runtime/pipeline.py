@@ -166,8 +166,8 @@ class EmotionPipeline:
         fp32), ``fp32``,
         ``int8``, ``woq8``, ``fp16``, ``qdq``.
 
-        ``fusion``: ``senses`` (the published label weighs the text model with the voice and
-        face experts, :meth:`set_fusion`) or ``text`` (the text model alone).
+        ``fusion``: ``senses`` (the published label weighs the text model with the experts
+        its sense fusion names, :meth:`set_fusion`) or ``text`` (the text model alone).
 
         Loading never builds or writes: the ONNX files come from the model directory or its
         overlay in the cache, made beforehand by :func:`erc_ros.runtime.prepare.prepare`
@@ -231,8 +231,8 @@ class EmotionPipeline:
 
     def set_fusion(self, mode: str = "senses", model_dir: str | Path = "") -> str:
         """How the published label is made: ``senses`` weighs the text model's distribution
-        with the voice and face experts' (:mod:`erc_ros.runtime.senses`, the fusion of
-        ``model_dir``, default ``models/senses``), ``text`` publishes the text model's. A
+        with the experts' that the fusion of ``model_dir`` names (:mod:`erc_ros.runtime.senses`,
+        default ``models/senses``: the voice), ``text`` publishes the text model's. A
         fusion fitted with another text model, or a model whose classes are not the experts'
         seven, keeps ``text`` and says why (returned, and ``fusion_why``)."""
         if mode not in FUSION_MODES:
