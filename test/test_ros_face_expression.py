@@ -278,11 +278,12 @@ def test_invalid_ids_and_bad_crops_are_refused_and_the_good_face_goes_on(ros, fa
         assert len(rig.expressions["good"]) >= n + 2
         assert {m.expression for m in rig.expressions["good"].snapshot()} == {"happy"}
         assert rig.node.health.counts.get("errors.classify", 0) == 0
-        # a status published after every refusal above (one from between two of them
-        # would show an older count)
+        # a status published after every refusal and the small crop above (one from
+        # between two of them would show an older count)
         st = _status(rig, lambda st, v: v.get("refused.image_too_large") == "2"
                      and v.get("refused.image_encoding") == "3"
-                     and v.get("refused.image_decode") == "4")
+                     and v.get("refused.image_decode") == "4"
+                     and v.get("uncertain.small") == "1")
         assert st["refused.image_decode"] == "4" and st["refused.face_id"] == "3"
         assert st["uncertain.small"] == "1" and st["last.bad"] == "uncertain (small)"
         from diagnostic_msgs.msg import DiagnosticStatus
