@@ -95,6 +95,10 @@ def test_the_fusion_file_round_trips_and_is_checked(tmp_path):
     bad["features"] = list(FEATURES[:-1])
     with pytest.raises(ValueError, match="features"):
         SenseFusion.from_dict(bad)
+    for key, value in (("class_names", ["joy", "anger"]), ("theta", {**f.to_dict()["theta"],
+                                                                    "voice": [float("nan")] * 5})):
+        with pytest.raises(ValueError, match="not"):
+            SenseFusion.from_dict({**f.to_dict(), key: value})
     bad = f.to_dict()
     del bad["theta"]["text"]
     with pytest.raises(ValueError, match="text and some of"):

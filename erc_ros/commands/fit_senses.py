@@ -32,8 +32,8 @@ from erc_ros.runtime.pipeline import EmotionPipeline
 from erc_ros.runtime.senses import FUSION_FILE, KIND, SENSES, SpeakerBaselines, readings_of
 from erc_ros.synth.faces import face_image
 from erc_ros.training.provenance import provenance
-from erc_ros.training.senses import (GROUPS, Row, fit, meld_rows, ravdess_rows, report,
-                                     table, voice_out_of_fold)
+from erc_ros.training.senses import (GROUPS, Row, class_order, fit, meld_rows, ravdess_rows,
+                                     report, table, voice_out_of_fold)
 
 #: Bumped when the spoken MELD rows would come out differently.
 ROWS_VERSION = 1
@@ -87,7 +87,7 @@ def spoken_meld_rows(pipeline, csv_path: Path, progress: bool = True) -> list[Ro
     if cache.is_file():
         with open(cache, "rb") as f:
             return pickle.load(f)
-    order = np.array([FACE_CLASSES.index(str(c).lower()) for c in pipeline.class_names])
+    order = class_order(pipeline.class_names)
     rows, made = [], None
     for item in tqdm(bags, desc="spoken MELD dev, stage (d)", unit="dialogue",
                      disable=not progress, mininterval=2.0):

@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from erc_ros.core.faces import normalized_entropy
+from erc_ros.core.types import FACE_CLASSES
 from erc_ros.paths import CHECKOUT, share_path
 
 from .manifest import read_manifest, verify_files
@@ -132,6 +133,11 @@ class SenseFusion:
                              f"{', '.join(SENSES)}")
         if any(len(v) != len(FEATURES) for v in theta.values()):
             raise ValueError("fusion theta: one weight per feature and sense")
+        if not all(np.isfinite(v).all() for v in theta.values()):
+            raise ValueError("fusion theta: not finite")
+        if [str(c) for c in d.get("class_names", [])] != list(FACE_CLASSES):
+            raise ValueError(f"fusion classes {d.get('class_names')} are not the experts' "
+                             f"{list(FACE_CLASSES)}")
         return cls(list(d["class_names"]), theta, d.get("text_model_id", ""),
                    d.get("model_id", ""))
 

@@ -116,7 +116,7 @@ def voice_readings(expert, clips: list[VoiceClip]) -> dict:
     return {"probs": probs, "ok": ok, **_clip_fields(clips)}
 
 
-def _order(names) -> np.ndarray:
+def class_order(names) -> np.ndarray:
     """Index into FACE_CLASSES of each of ``names``."""
     return np.array([FACE_CLASSES.index(str(c).lower()) for c in names])
 
@@ -124,7 +124,7 @@ def _order(names) -> np.ndarray:
 def meld_rows(pipeline, csv_path: Path, face_of, dialogues: Optional[int] = None) -> list[Row]:
     """MELD dev (its first ``dialogues``, default all): the text model on each line in
     context; each speaker's portrait face (``face_of(speaker index)``)."""
-    order = _order(pipeline.class_names)
+    order = class_order(pipeline.class_names)
     rows = []
     for i, d in enumerate(load_meld(csv_path)[:dialogues]):
         pipeline.reset()
@@ -151,7 +151,7 @@ def ravdess_rows(pipeline, voice: dict, faces: Optional[tuple], turns: int,
     """Two-actor conversations of ``turns`` clips each (all clips, each once); with
     ``faces`` (probabilities, labels, part of each face) a face of the turn's label too."""
     rng = np.random.default_rng(seed)
-    order = _order(pipeline.class_names)
+    order = class_order(pipeline.class_names)
     actors = sorted(set(voice["speaker"]))
     by_actor = {a: list(rng.permutation(np.flatnonzero(voice["speaker"] == a)))
                 for a in actors}
