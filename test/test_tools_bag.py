@@ -104,6 +104,22 @@ def test_eval_bag_with_labels_csv(bags, model, tmp_path):
     assert m["support"]["neutral"] == 4 and sum(m["support"].values()) == 4
 
 
+@pytest.mark.parametrize("setting, says", [
+    ("vad.min_silence_seconds=0.25", "perception.vad.min_silence_seconds"),  # prefix left out
+    ("perception.vad.min_silenc=0.25", "unknown perception parameter 'vad.min_silenc'"),
+    ("perception.vad.min_silence_seconds=soon", "must be a number"),
+    ("min_silence=1", "not a parameter of the utterance node"),
+])
+def test_a_setting_the_node_would_not_take_is_refused_before_any_work(bags, tmp_path, capsys,
+                                                                     setting, says):
+    # a typo must not give a run with the setting silently left out
+    out = tmp_path / "ev"
+    assert cli(["eval-bag", str(bags["mcap"]), "--out", str(out), "--set", setting]) == 2
+    assert says in capsys.readouterr().err and not out.exists()
+    assert cli(["bench-spoken", "--json", str(tmp_path / "s.json"), "--set", setting]) == 2
+    assert says in capsys.readouterr().err and not (tmp_path / "s.json").exists()
+
+
 def test_demo_prints_one_line_per_estimate(bags, model, capsys):
     assert cli(["demo", "--bag", str(bags["mcap"]), "--model-dir", str(model),
                 "--rate", "4"]) == 0

@@ -379,6 +379,10 @@ def bench(args, progress: bool = True) -> dict:
         raise SensesError(f"--turns {args.turns}: a conversation needs at least 2 turns")
     if args.conversations is not None and args.conversations < 1:
         raise SensesError(f"--conversations {args.conversations}: give at least 1")
+    try:
+        eval_bag.check_sets(args.config, tuple(args.set))
+    except ValueError as e:
+        raise SensesError(str(e)) from None
     clips, texts, skipped = select_clips(args)
     faces = None
     if args.faces:

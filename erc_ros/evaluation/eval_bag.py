@@ -111,6 +111,26 @@ def perception_overrides(config: str | Path, sets: tuple = ()) -> tuple[dict, st
     return over, params.get("perception_config", "") or ""
 
 
+def check_sets(config: str | Path, sets: tuple = ()) -> None:
+    """ValueError naming the first ``--set`` the utterance node would not take: a key that is
+    neither one of its parameters (in the default config or ``config``) nor
+    ``perception.<section>.<field>``, or a perception value its configuration refuses. Run
+    before any work, so a typo is not a run with the setting silently left out."""
+    known = set(load_config(DEFAULT_CONFIG).get("utterance_node", {}))
+    if config:
+        known |= set(load_config(config).get("utterance_node", {}))
+    for key in parse_sets(sets):
+        if not key.startswith("perception.") and key not in known:
+            hint = (f"; perception settings are perception.<section>.<field>, e.g. "
+                    f"perception.{key}") if "." in key else ""
+            raise ValueError(f"--set {key}: not a parameter of the utterance node{hint}")
+    over, file = perception_overrides(config, sets)
+    try:
+        perception_config(over, file)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--set: {e}") from None
+
+
 def parse_sets(sets) -> dict:
     out = {}
     for item in sets or ():
@@ -745,6 +765,11 @@ def run(args) -> int:
     if jobs.wanted(args) and args.live:
         print("eval-bag: --live replays through this machine's nodes in real time; "
               "--workers / --ray-address score offline", file=sys.stderr)
+        return 2
+    try:
+        check_sets(args.config, tuple(args.set))
+    except ValueError as e:
+        print(f"eval-bag: {e}", file=sys.stderr)
         return 2
     m = machine.describe(args.threads)  # the speed figures' machine, measured first
     try:

@@ -104,6 +104,11 @@ def run(args) -> int:
               f"(it has {', '.join(header[:8]) or 'no header'})", file=sys.stderr)
         return 2
     try:
+        eval_bag.check_sets(args.config, tuple(args.set))
+    except ValueError as e:
+        print(f"heard-set: {e}", file=sys.stderr)
+        return 2
+    try:
         bags = spoken_bags(src, args, args.dialogues, args.seed,
                                         Path(args.bags) if args.bags else None)
     except VoicesMissing as e:
