@@ -750,10 +750,7 @@ def run(args) -> int:
         print(f"wrote {out}")
         return 0
 
-    try:
-        eval_bag.check_sets(args.config, tuple(args.set))
-    except ValueError as e:
-        print(f"bench-spoken: {e}", file=sys.stderr)
+    if eval_bag.sets_refused(args, "bench-spoken"):
         return 2
     csv_path = Path(args.meld_csv) if args.meld_csv else data_root() / "meld" / "dev_sent_emo.csv"
     if not csv_path.is_file():

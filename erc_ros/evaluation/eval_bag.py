@@ -112,10 +112,9 @@ def perception_overrides(config: str | Path, sets: tuple = ()) -> tuple[dict, st
 
 
 def check_sets(config: str | Path, sets: tuple = ()) -> None:
-    """ValueError naming the first ``--set`` the utterance node would not take: a key that is
-    neither one of its parameters (in the default config or ``config``) nor
-    ``perception.<section>.<field>``, or a perception value its configuration refuses. Run
-    before any work, so a typo is not a run with the setting silently left out."""
+    """ValueError naming the first ``--set`` the utterance node would not take (a key neither
+    one of its parameters nor ``perception.<section>.<field>``, or a value its configuration
+    refuses), before any work: a typo is not a run with the setting silently left out."""
     known = set(load_config(DEFAULT_CONFIG).get("utterance_node", {}))
     if config:
         known |= set(load_config(config).get("utterance_node", {}))
@@ -129,6 +128,16 @@ def check_sets(config: str | Path, sets: tuple = ()) -> None:
         perception_config(over, file)
     except (TypeError, ValueError) as e:
         raise ValueError(f"--set: {e}") from None
+
+
+def sets_refused(args, prog: str) -> bool:
+    """:func:`check_sets` on ``args``: True, said on stderr, when the node would not take them."""
+    try:
+        check_sets(args.config, tuple(args.set))
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return True
+    return False
 
 
 def parse_sets(sets) -> dict:
@@ -766,10 +775,7 @@ def run(args) -> int:
         print("eval-bag: --live replays through this machine's nodes in real time; "
               "--workers / --ray-address score offline", file=sys.stderr)
         return 2
-    try:
-        check_sets(args.config, tuple(args.set))
-    except ValueError as e:
-        print(f"eval-bag: {e}", file=sys.stderr)
+    if sets_refused(args, "eval-bag"):
         return 2
     m = machine.describe(args.threads)  # the speed figures' machine, measured first
     try:

@@ -103,10 +103,7 @@ def run(args) -> int:
         print(f"heard-set: {src} is not a MELD-format CSV: no {', '.join(missing)} column "
               f"(it has {', '.join(header[:8]) or 'no header'})", file=sys.stderr)
         return 2
-    try:
-        eval_bag.check_sets(args.config, tuple(args.set))
-    except ValueError as e:
-        print(f"heard-set: {e}", file=sys.stderr)
+    if eval_bag.sets_refused(args, "heard-set"):
         return 2
     try:
         bags = spoken_bags(src, args, args.dialogues, args.seed,
