@@ -15,11 +15,11 @@ from erc_ros.cli import main
 from erc_ros.core.config import FaceConfig
 from erc_ros.core.faces import detector_for
 from erc_ros.core.audio_files import read_audio_16k
-from erc_ros.datasets.fer2013 import read_npz
+from erc_ros.datasets.fer2013 import framed_face, read_npz
 from erc_ros.datasets.voices import read_ravdess
 from erc_ros.paths import data_root
 from erc_ros.synth import conversation as gen
-from erc_ros.synth.senses import FacedConversation, TurnFace, framed_face
+from erc_ros.synth.senses import FacedConversation, TurnFace
 
 RAVDESS = data_root() / "ravdess_speech"
 FER = data_root() / "fer2013" / "public_test.npz"

@@ -326,6 +326,46 @@ def test_gate_on_kinds_of_faces_made_from_fer2013():
     assert 0.85 <= r["sharpness_roc"]["auc"] <= 1.0
 
 
+@pytest.mark.skipif(not (DATA / "fer2013/public_test.npz").is_file(),
+                    reason="FER2013 is not in ../shared/data")
+def test_the_expert_reads_the_detectors_box_as_fer2013_was_cut(tmp_path, capsys):
+    """evaluate-face --framed: FER faces in a camera frame, found and cut as the core cuts
+    them; the core's expression crops are cut at faces.expression_margin."""
+    from erc_ros import cli
+    from erc_ros.core.config import FaceConfig
+    from erc_ros.core.face_expression import FaceExpressions
+    from erc_ros.core.faces import StoredFrame
+    from erc_ros.datasets.fer2013 import framed_face, read_faces
+
+    out = tmp_path / "framed"
+    assert cli.main(["evaluate-face", "--faces", str(DATA / "fer2013/public_test.npz"),
+                     "--framed", str(out), "--gate-faces", "60", "--margins", "0,0.2"]) == 0
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert set(r["sides"]) == {"64 px", "90 px", "120 px"} and r["faces"] == 60
+    for row in r["sides"].values():
+        assert 0 < row["found"] <= 1 and {"margin 0", "margin 0.2"} <= set(row)
+    assert "| 120 px |" in capsys.readouterr().out
+    assert cli.main(["evaluate-face", "--faces", str(DATA / "fer2013/public_test.npz"),
+                     "--framed", str(out), "--margins", "0,wide"]) == 2
+
+    faces = read_faces(DATA / "fer2013/public_test.npz", "PublicTest")
+    f = framed_face(faces.images[0], 110)
+    frame = np.full((480, 640, 3), 110, np.uint8)
+    frame[100:100 + f.shape[0], 200:200 + f.shape[1]] = f
+    box = np.array([[218, 118, 110, 110]])
+    expert = rt.FaceExpert()
+    for margin in (0.0, 0.2):
+        fc = FaceConfig(expression_margin=margin)
+        sf = StoredFrame(0.0, frame, boxes=box)
+        FaceExpressions(fc, expert).classify([sf])
+        want = expert.predict([crop(frame, box[0], fc.size, margin)])
+        np.testing.assert_allclose(sf.expressions, want, atol=1e-6)
+    assert FaceConfig().expression_margin == 0.0
+    from erc_ros.assemble import perception_config
+    with pytest.raises(ValueError, match="expression_margin"):
+        perception_config({"faces.expression_margin": -0.6})
+
+
 def test_cli_says_uncertain_on_faces_it_cannot_read(tmp_path):
     image = data.astronaut()
     small = tmp_path / "astronaut_small.png"

@@ -55,7 +55,7 @@ from erc_ros.bench import write_run
 from erc_ros.bags import make_bag
 from erc_ros.core.audio_files import AudioFileError, read_audio_16k
 from erc_ros.core.faces import detector_for
-from erc_ros.datasets.fer2013 import FaceDataError, FaceSet, read_npz
+from erc_ros.datasets.fer2013 import FaceDataError, FaceSet, framed_face, read_npz
 from erc_ros.datasets.voices import VoiceClip, VoiceDataError, read_clips_csv, read_voices
 from erc_ros.evaluation import eval_bag
 from erc_ros.evaluation.eval_bag import process_settings as ps
@@ -69,7 +69,7 @@ from erc_ros.ros.replay import read_bag, replay_bag
 from erc_ros.runtime import machine
 from erc_ros.runtime.machine import line
 from erc_ros.synth import conversation as gen
-from erc_ros.synth.senses import SIDES, FacedConversation, TurnFace, framed_face
+from erc_ros.synth.senses import SIDES, FacedConversation, TurnFace
 from erc_ros.synth.speech import espeak, voice_for
 
 #: What RAVDESS's actors say (the file name's statement code).

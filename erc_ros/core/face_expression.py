@@ -47,7 +47,8 @@ class FaceExpressions:
         fc = self.config
         todo = [f for f in {id(f): f for f in frames}.values()
                 if f.boxes is not None and f.expressions is None]
-        crops = [crop(f.image, b, fc.size, fc.margin) for f in todo for b in f.boxes]
+        crops = [crop(f.image, b, fc.size, fc.expression_margin) for f in todo
+                 for b in f.boxes]
         if not crops:
             for f in todo:
                 f.expressions = np.zeros((0, len(FACE_CLASSES)), np.float32)

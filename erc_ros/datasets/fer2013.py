@@ -277,3 +277,22 @@ def corpus_terms(path: str | Path) -> str:
     if "fer2013" in p.as_posix().lower() or p.suffix.lower() == ".csv":
         return FER2013_TERMS
     return "given by path: see the corpus's own licence before using or sharing the model"
+
+
+#: Width of the border around a face corpus's tight crop, relative to the crop: the Haar
+#: detector needs a little of the head around the features to find a face.
+BORDER = 0.25
+def framed_face(grey: np.ndarray, side: int, border: float = BORDER) -> np.ndarray:
+    """A face corpus's grey crop (e.g. FER2013's 48x48) as RGB, the face ``side`` pixels
+    wide (``cv2.INTER_CUBIC``) on a border ``border`` of its width wider in all, of the
+    crop's own edge tone (the median of its outer pixels: a neutral grey or skin tone)."""
+    g = np.asarray(grey, np.uint8)
+    if g.ndim != 2:
+        raise ValueError(f"a face crop must be grey (H, W), got shape {g.shape}")
+    pad = int(round(g.shape[1] * border / 2))
+    tone = int(np.median(np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])))
+    rgb = cv2.cvtColor(g, cv2.COLOR_GRAY2RGB)
+    rgb = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
+                             value=(tone, tone, tone))
+    total = int(round(side * rgb.shape[1] / g.shape[1]))
+    return cv2.resize(rgb, (total, total), interpolation=cv2.INTER_CUBIC)

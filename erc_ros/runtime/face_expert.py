@@ -535,7 +535,7 @@ def gate_measurements(expert: Optional[FaceExpert] = None, seed: int = 0) -> dic
     big, det = FaceDetector(detect_width=1024), FaceDetector()
 
     def read(img, box):
-        p = expert.predict([crop(img, box, 112, 0.2)])[0]
+        p = expert.predict([crop(img, box, 112, fc.expression_margin)])[0]
         return sharpness(img, box), normalized_entropy(p), expert.labels[int(p.argmax())]
 
     def span(v):

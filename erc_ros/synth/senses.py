@@ -3,8 +3,8 @@
 :class:`FacedConversation` is a :class:`~erc_ros.synth.conversation.GeneratedConversation`
 with one face per labelled turn instead of one per speaker: each speaker has a place in the
 640x480 frame, and while a turn is spoken its face (a labelled face-corpus image,
-:func:`framed_face`) is shown at its speaker's place; a speaker who is not talking shows the
-face of their last turn, or nothing before their first. The face of the person talking moves
+:func:`~erc_ros.datasets.fer2013.framed_face`) is shown at its speaker's place; a speaker
+who is not talking shows the face of their last turn, or nothing before their first. The face of the person talking moves
 a little with their voice's loudness (a shift of a pixel or two, as a head moves while
 talking), so the core's audio-visual choice of the speaker's face has the cue it looks for
 in a live camera; the expression itself is never painted over.
@@ -14,36 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-import cv2
 import numpy as np
 
 from erc_ros.synth.conversation import GeneratedConversation, Turn
 
-#: Width of the border around a face corpus's tight crop, relative to the crop: the Haar
-#: detector needs a little of the head around the features to find a face.
-BORDER = 0.25
 #: The side of a face in the frame, pixels, drawn per turn: a person at a robot's distances.
 SIDES = (60, 120)
 #: The speakers' places (centre x, centre y) as fractions of the frame, in order of speaking.
 PLACES = ((0.3, 0.45), (0.7, 0.45), (0.5, 0.4), (0.15, 0.5), (0.85, 0.5))
 #: How far (pixels) the talking face moves with its voice.
 MOTION_PX = 2
-
-
-def framed_face(grey: np.ndarray, side: int, border: float = BORDER) -> np.ndarray:
-    """A face corpus's grey crop (e.g. FER2013's 48x48) as RGB, the face ``side`` pixels
-    wide (``cv2.INTER_CUBIC``) on a border ``border`` of its width wider in all, of the
-    crop's own edge tone (the median of its outer pixels: a neutral grey or skin tone)."""
-    g = np.asarray(grey, np.uint8)
-    if g.ndim != 2:
-        raise ValueError(f"a face crop must be grey (H, W), got shape {g.shape}")
-    pad = int(round(g.shape[1] * border / 2))
-    tone = int(np.median(np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])))
-    rgb = cv2.cvtColor(g, cv2.COLOR_GRAY2RGB)
-    rgb = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
-                             value=(tone, tone, tone))
-    total = int(round(side * rgb.shape[1] / g.shape[1]))
-    return cv2.resize(rgb, (total, total), interpolation=cv2.INTER_CUBIC)
 
 
 @dataclass

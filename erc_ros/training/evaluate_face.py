@@ -53,9 +53,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measure the quality gate on kinds of faces made from --faces "
                         "(erc_ros.training.face_gate) with the nodes' expert: OUT.json and "
                         "OUT.png (ROC); nothing else is scored")
+    p.add_argument("--framed", metavar="OUT",
+                   help="read faces of --faces placed in a camera frame at 64, 90 and 120 px, "
+                        "found by the core's detector and cut at --margins, with the nodes' "
+                        "expert: OUT.json; nothing else is scored")
+    p.add_argument("--margins", default="0,0.1,0.2",
+                   help="--framed: the crop margins compared (faces.expression_margin)")
     p.add_argument("--gate-faces", type=int, default=600,
-                   help="--gate-report: faces drawn from --faces for each kind")
-    p.add_argument("--seed", type=int, default=0, help="--gate-report: the draw's seed")
+                   help="--gate-report, --framed: faces drawn from --faces (for each kind)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="--gate-report, --framed: the draw's seed")
     p.add_argument("--threads", type=int, default=2)
 
 
@@ -139,8 +146,41 @@ def gate_report(args, faces: FaceSet) -> int:
     return 0
 
 
+def framed_report(args, faces: FaceSet) -> int:
+    """``--framed OUT``: :func:`erc_ros.training.face_gate.framed` with the nodes' expert."""
+    try:
+        margins = tuple(float(m) for m in args.margins.split(","))
+    except ValueError:
+        print(f"error: --margins {args.margins!r}: give numbers separated by commas",
+              file=sys.stderr)
+        return 2
+    expert = FaceExpert(args.backend, threads=args.threads)
+    print(expert.describe(), file=sys.stderr)
+    r = {"expert": expert.describe(), "faces_source": faces.source, "sha256": faces.sha256,
+         **face_gate.framed(expert, faces, n=args.gate_faces, seed=args.seed, margins=margins)}
+    out = Path(args.framed).with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=1) + "\n")
+    print(f"{r['faces']} faces (seed {r['seed']}), read as they are: {r['accuracy_as_is']:.2f} %")
+    print("| face side | found | as they are (found) | "
+          + " | ".join(f"margin {m:g}" for m in margins) + " |")
+    print("|---" * (3 + len(margins)) + "|")
+    for side, row in r["sides"].items():
+        print(f"| {side} | {row['found']:.3f} | {row['accuracy_as_is']} | "
+              + " | ".join(str(row[f'margin {m:g}']) for m in margins) + " |")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def run(args) -> int:
 
+    if args.gate_report or args.framed:
+        try:
+            faces = read_faces(args.faces, args.usage)
+        except FaceDataError as e:
+            print(f"error: --faces: {e}", file=sys.stderr)
+            return 1
+        return framed_report(args, faces) if args.framed else gate_report(args, faces)
     if args.gate_report:
         try:
             faces = read_faces(args.faces, args.usage)

@@ -27,7 +27,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from erc_ros.core.config import FaceConfig
-from erc_ros.core.faces import FaceDetector, crop, normalized_entropy, sharpness, unreadable
+from erc_ros.core.faces import (FaceDetector, crop, detector_for, normalized_entropy, sharpness,
+                                unreadable)
+from erc_ros.datasets.fer2013 import framed_face
 from erc_ros.runtime.face_expert import portraits
 
 READABLE = ("fer2013 48 px", "webcam-like 60-120 px", "portraits 60-120 px")
@@ -120,7 +122,7 @@ def measure(expert, faces, n: int = 600, seed: int = 0,
                          faces.classes[int(faces.labels[i])]))
         kinds[name] = rows
     portrait, lfw = photographed(rng)
-    kinds["portraits 60-120 px"] = [(img, b, crop(img, b, 112, 0.2), lab)
+    kinds["portraits 60-120 px"] = [(img, b, crop(img, b, 112, fc.expression_margin), lab)
                                     for img, b, lab in portrait]
     kinds["LFW 25 px enlarged to 120 px"] = [(img, b, img, lab) for img, b, lab in lfw]
     out = {}
@@ -179,6 +181,45 @@ def summary(measured: dict, config: Optional[FaceConfig] = None) -> dict:
                                   "unreadable_kept": round(float((neg >= at).mean()), 4)},
                               "fpr": fpr[order].round(4).tolist()[::max(1, len(order) // 200)],
                               "tpr": tpr[order].round(4).tolist()[::max(1, len(order) // 200)]}}
+
+
+def framed(expert, faces, n: int = 600, seed: int = 0, sides=(64, 90, 120),
+           margins=(0.0, 0.1, 0.2), config: Optional[FaceConfig] = None) -> dict:
+    """How the expert reads faces as the core cuts them from a camera frame: ``n`` faces
+    (seeded draw), each framed (:func:`~erc_ros.datasets.fer2013.framed_face`) at each of
+    ``sides`` in the middle of a grey 640x480 frame, found by the core's detector
+    (``config``'s) and cut at each of ``margins``. Per side: the share found, the accuracy
+    of the crops as they are on those found, and of each margin's cut."""
+    fc = config or FaceConfig()
+    det = detector_for(fc)
+    pick = np.random.default_rng(seed).permutation(len(faces))[:n]
+    names = [str(c) for c in expert.labels]
+    y = np.array([names.index(faces.classes[int(faces.labels[i])]) for i in pick])
+    grey = [np.repeat(faces.images[i][:, :, None], 3, axis=2) for i in pick]
+    direct = np.asarray(expert.predict(grey)).argmax(1) == y
+    out = {"faces": int(len(pick)), "seed": seed, "accuracy_as_is": round(100 * direct.mean(), 2),
+           "sides": {}}
+    for side in sides:
+        found, cuts = [], {m: [] for m in margins}
+        for k, i in enumerate(pick):
+            f = framed_face(faces.images[i], side)
+            frame = np.full((480, 640, 3), 110, np.uint8)
+            x0, y0 = 320 - f.shape[1] // 2, 240 - f.shape[0] // 2
+            frame[y0:y0 + f.shape[0], x0:x0 + f.shape[1]] = f
+            hit = [b for b in det.detect(frame) if abs(b[0] + b[2] / 2 - 320) < side / 2
+                   and abs(b[1] + b[3] / 2 - 240) < side / 2]
+            if hit:
+                found.append(k)
+                box = np.asarray(max(hit, key=lambda b: b[2]))
+                for m in margins:
+                    cuts[m].append(crop(frame, box, fc.size, m))
+        row = {"found": round(len(found) / len(pick), 3),
+               "accuracy_as_is": round(100 * direct[found].mean(), 2) if found else None}
+        for m in margins:
+            ok = np.asarray(expert.predict(cuts[m])).argmax(1) == y[found] if found else []
+            row[f"margin {m:g}"] = round(100 * np.mean(ok), 2) if found else None
+        out["sides"][f"{side} px"] = row
+    return out
 
 
 def plot(measured: dict, report: dict, path: str | Path) -> Path:
