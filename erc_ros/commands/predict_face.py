@@ -7,8 +7,9 @@ Faces are found with the perception core's Haar detector (:class:`erc_ros.core.f
 its defaults except ``--detect-width``: a still image is searched at up to 1024 pixels wide
 instead of the 256 a live frame gets) and cut as the core cuts a speaker's face
 (:func:`erc_ros.core.faces.crop`, the ``faces.size`` / ``faces.expression_margin`` defaults:
-112 px, no margin, the box as FER2013's faces were registered). With ``--crop`` each image is one face crop already (as ROS4HRI's
-``/humans/faces/<id>/cropped`` or FER2013's 48x48 faces): nothing is detected, the whole image
+112 px, no margin, the box as FER2013's faces were registered). With ``--crop`` each image
+is one face crop already (as ROS4HRI's ``/humans/faces/<id>/cropped`` or FER2013's 48x48
+faces): nothing is detected, the whole image
 is the face (box ``[0, 0, w, h]``) and goes to the expert as it is, as the face-expression node
 sends its crops. Each face prints as one line: box ``[x, y, w, h]`` in image pixels, top class,
 then the seven MELD-class probabilities.

@@ -4,10 +4,10 @@
 with one face per labelled turn instead of one per speaker: each speaker has a place in the
 640x480 frame, and while a turn is spoken its face (a labelled face-corpus image,
 :func:`~erc_ros.datasets.fer2013.framed_face`) is shown at its speaker's place; a speaker
-who is not talking shows the face of their last turn, or nothing before their first. The face of the person talking moves
-a little with their voice's loudness (a shift of a pixel or two, as a head moves while
-talking), so the core's audio-visual choice of the speaker's face has the cue it looks for
-in a live camera; the expression itself is never painted over.
+who is not talking shows the face of their last turn, or nothing before their first. The
+face of the person talking moves a little with their voice's loudness (a shift of a pixel or
+two, as a head moves while talking), so the core's audio-visual choice of the speaker's face
+has the cue it looks for in a live camera; the expression itself is never painted over.
 """
 from __future__ import annotations
 
