@@ -11,6 +11,7 @@ import hashlib
 import json
 import pickle
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from erc_ros.core.types import FACE_CLASSES
 from erc_ros.datasets.voices import RAVDESS_LICENCE
 from erc_ros.models.artefact import add_artefact, write_manifest
+from erc_ros.assemble import perception_config
 from erc_ros.bench import spoken
 from erc_ros.evaluation import eval_bag
 from erc_ros.evaluation.matching import assign, gold_turns
@@ -27,8 +29,10 @@ from erc_ros.evaluation.spoken_bags import spoken_bags
 from erc_ros.paths import cache_root, data_root, sha256_file
 from erc_ros.ros.replay import replay_bag
 from erc_ros.runtime.face_expert import FaceExpert
+from erc_ros.runtime.face_expert import default_model_dir as face_model_dir
 from erc_ros.runtime.manifest import default_model_dir
 from erc_ros.runtime.pipeline import EmotionPipeline
+from erc_ros.runtime.voice_expert import default_model_dir as voice_model_dir
 from erc_ros.runtime.senses import FUSION_FILE, KIND, SENSES, SpeakerBaselines, readings_of
 from erc_ros.synth.faces import face_image
 from erc_ros.training.provenance import provenance
@@ -81,8 +85,17 @@ def spoken_meld_rows(pipeline, csv_path: Path, progress: bool = True) -> list[Ro
     spoken.add_arguments(p)
     a = p.parse_args(["--json", "-"])
     bags = spoken_bags(csv_path, a, None, a.seed, None, progress)
+    # what the readings depend on: the bags, the text model, the core's settings as they
+    # take effect (code defaults included) and the experts' manifests
+    over, file = eval_bag.perception_overrides(a.config, tuple(a.set))
+    cfg = perception_config(over, file, asr_type="embedded", offline=True)
+    experts = [Path(cfg.faces.expression_model or face_model_dir()),
+               Path(cfg.voice.model or voice_model_dir())]
+    experts = [sha256_file(d / "manifest.json") if (d / "manifest.json").is_file() else str(d)
+               for d in experts]
+    settings = asdict(cfg)
     key = hashlib.sha256(json.dumps([str(b["bag"]) for b in bags] + [
-        pipeline.model_id, sha256_file(eval_bag.DEFAULT_CONFIG), ROWS_VERSION]).encode())
+        pipeline.model_id, settings, experts, ROWS_VERSION], default=str).encode())
     cache = cache_root() / "senses" / f"spoken-meld-{key.hexdigest()[:16]}.pkl"
     if cache.is_file():
         with open(cache, "rb") as f:
