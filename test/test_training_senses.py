@@ -37,10 +37,11 @@ def rows():
     clips = [c for c in read_voices(f"ravdess:{DATA / 'ravdess_speech'}")
              if c.speaker in ("ravdess-16", "ravdess-17")][::3]
     voice = voice_readings(VoiceExpert(threads=1), clips)
-    fer = np.load(DATA / "fer2013" / "public_test.npz")
-    pick = np.arange(0, len(fer["labels"]), 5)  # the file is sorted by label
-    fp = faces.predict([cv2.cvtColor(fer["images"][i], cv2.COLOR_GRAY2RGB) for i in pick])
-    fl = np.array([FACE_CLASSES.index(str(x)) for x in fer["labels"][pick]])
+    with np.load(DATA / "fer2013" / "public_test.npz") as fer:  # each fer[k] reads the file
+        images, labels = fer["images"], fer["labels"]
+    pick = np.arange(0, len(labels), 5)  # the file is sorted by label
+    fp = faces.predict([cv2.cvtColor(images[i], cv2.COLOR_GRAY2RGB) for i in pick])
+    fl = np.array([FACE_CLASSES.index(str(x)) for x in labels[pick]])
     out += ravdess_rows(pipe, voice, (fp, fl, np.full(len(pick), "check")), 8, 0)
     return out
 
