@@ -239,7 +239,8 @@ def test_estimate_and_expression():
                    end=2.5, label="joy", class_names=["neutral", "joy", "anger"],
                    probabilities=[0.25, 0.625, 0.125], valence=0.5, arousal=0.25,
                    modalities=["text", "audio"], modality_weights=[0.75, 0.25],
-                   model_id="m", backend="torch", latency_ms=3.5, text="Yay")
+                   model_id="m", backend="torch", latency_ms=3.5, text="Yay",
+                   text_probabilities=[0.5, 0.375, 0.125])
     msg = deserialize_message(serialize_message(emotion_msgs.estimate_to_msg(est, 12.0)),
                               EmotionEstimate)
     assert msg.label == "joy" and msg.confidence == 0.625
@@ -249,6 +250,8 @@ def test_estimate_and_expression():
     back = emotion_msgs.msg_to_estimate(msg)
     assert (back.utterance_id, back.conversation_id, back.speaker_id) == ("u1", "c1", "anna")
     assert back.probabilities == [0.25, 0.625, 0.125] and back.modalities == ["text", "audio"]
+    # the text sense's own reading travels beside the fused one (eval-bag --live scores it)
+    assert back.text_probabilities == [0.5, 0.375, 0.125] and back.text_label == "neutral"
     expr = emotion_msgs.estimate_to_expression(est)
     assert expr.expression == "happy" and expr.confidence == 0.625
     assert (expr.valence, expr.arousal) == (0.5, 0.25)

@@ -166,6 +166,7 @@ def estimate_to_msg(est: Estimate, end_to_end_ms: float = float("nan")):
     msg.valence, msg.arousal = float(est.valence), float(est.arousal)
     msg.modalities = [str(m) for m in est.modalities]
     msg.modality_weights = [float(w) for w in est.modality_weights]
+    msg.text_probabilities = [float(p) for p in est.text_probabilities]
     msg.model_id, msg.backend = est.model_id, est.backend
     msg.processing_latency_ms = float(est.latency_ms)
     msg.end_to_end_latency_ms = float(end_to_end_ms)
@@ -187,7 +188,8 @@ def msg_to_estimate(msg) -> Estimate:
         label=msg.label, class_names=list(msg.class_names),
         probabilities=[float(p) for p in msg.probabilities], valence=float(msg.valence),
         arousal=float(msg.arousal), modalities=list(msg.modalities),
-        modality_weights=[float(w) for w in msg.modality_weights], model_id=msg.model_id,
+        modality_weights=[float(w) for w in msg.modality_weights],
+        text_probabilities=[float(p) for p in msg.text_probabilities], model_id=msg.model_id,
         backend=msg.backend, latency_ms=float(msg.processing_latency_ms), text=msg.text,
         face_status=msg.face_status, face_probabilities=[float(p) for p in msg.face_probabilities],
         face_count=int(msg.face_count), face_valence=float(msg.face_valence),
