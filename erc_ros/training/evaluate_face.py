@@ -181,13 +181,6 @@ def run(args) -> int:
             print(f"error: --faces: {e}", file=sys.stderr)
             return 1
         return framed_report(args, faces) if args.framed else gate_report(args, faces)
-    if args.gate_report:
-        try:
-            faces = read_faces(args.faces, args.usage)
-        except FaceDataError as e:
-            print(f"error: --faces: {e}", file=sys.stderr)
-            return 1
-        return gate_report(args, faces)
     if not args.model and not args.fer_expert and not args.expert:
         print("error: nothing to score: give --model DIR, --expert MODEL and/or --fer-expert",
               file=sys.stderr)

@@ -213,11 +213,13 @@ def framed(expert, faces, n: int = 600, seed: int = 0, sides=(64, 90, 120),
                 box = np.asarray(max(hit, key=lambda b: b[2]))
                 for m in margins:
                     cuts[m].append(crop(frame, box, fc.size, m))
-        row = {"found": round(len(found) / len(pick), 3),
-               "accuracy_as_is": round(100 * direct[found].mean(), 2) if found else None}
-        for m in margins:
-            ok = np.asarray(expert.predict(cuts[m])).argmax(1) == y[found] if found else []
-            row[f"margin {m:g}"] = round(100 * np.mean(ok), 2) if found else None
+        row = {"found": round(len(found) / len(pick), 3), "accuracy_as_is": None,
+               **{f"margin {m:g}": None for m in margins}}
+        if found:
+            row["accuracy_as_is"] = round(100 * direct[found].mean(), 2)
+            for m in margins:
+                ok = np.asarray(expert.predict(cuts[m])).argmax(1) == y[found]
+                row[f"margin {m:g}"] = round(100 * ok.mean(), 2)
         out["sides"][f"{side} px"] = row
     return out
 
