@@ -209,3 +209,48 @@ def test_train_voice_resumes_from_its_feature_cache(tmp_path):
     bad = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "w"), "--augment", "echo"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown augmentation echo" in bad.stderr
+
+
+@needs_ravdess
+def test_talk_lays_another_voice_only_where_turns_meet():
+    """The talk augmentation adds the other voice at the edge of the turn's speech (up to
+    0.5 s and 30 % of it under the turn, 0.4 s more alone) or inside it (a back-channel),
+    and leaves the rest of the clip as it was."""
+    from erc_ros.runtime.voice_expert import VoiceGate, voiced_span
+    from erc_ros.training.voice_augment import other_speech, talk
+    x, _ = read_audio_16k(_clips("ravdess-05")[7].path)
+    other = other_speech(read_audio_16k(_clips("ravdess-06")[3].path)[0])
+    first, last = voiced_span(x, VoiceGate())
+    sr, speech = 16000, last - first
+    kinds = Counter()
+    for seed in range(40):
+        y = talk(x, np.random.default_rng(seed), other)
+        grown = y.size - x.size  # padded in front when the other voice starts before x
+        lead = grown if grown and not np.array_equal(y[:first], x[:first]) else 0
+        base = np.pad(x, (lead, y.size - x.size - lead))
+        changed = np.flatnonzero(np.abs(y - base) > 0)
+        if not changed.size:
+            continue
+        a, b = changed[0] - lead, changed[-1] + 1 - lead  # in x's samples
+        under = min(int(0.5 * sr), int(0.3 * speech)) + 1
+        if a >= first and b <= last and b - a <= int(0.6 * sr) + 1:
+            kinds["inside"] += 1
+        elif b <= first + under and a >= b - under - int(0.4 * sr) - 1:
+            kinds["start"] += 1
+        elif a >= last - under and b <= last + under + int(0.4 * sr):
+            kinds["end"] += 1
+        else:
+            pytest.fail(f"seed {seed}: the other voice spans {a}-{b} of a turn {first}-{last}")
+    assert set(kinds) == {"inside", "start", "end"}, kinds
+
+
+def test_talk_never_carries_a_held_out_voice_into_training(tmp_path):
+    from erc_ros.datasets.voices import VoiceClip
+    from erc_ros.training.voice_stage import voice_mates
+    clips = [VoiceClip(tmp_path / f"{s}-{k}.wav", "neutral", f"s{s}", "clips")
+             for s in range(1, 7) for k in range(2)]
+    mates = voice_mates(clips, 2)  # folds s1-s3 and s4-s6
+    assert mates["s1"] == ["s2", "s3"] and mates["s5"] == ["s4", "s6"]
+    assert voice_mates(clips, 6)["s1"] == ["s2", "s3", "s4", "s5", "s6"]  # one voice a fold
+    with pytest.raises(VoiceDataError, match="two speakers"):
+        voice_mates(clips[:2], 0)

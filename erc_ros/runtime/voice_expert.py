@@ -115,7 +115,7 @@ def default_model_dir() -> Path:
     return share_path("models", "voice") or CHECKOUT / "models" / "voice"
 
 
-def _voiced(x: np.ndarray, gate: VoiceGate) -> Optional[tuple[int, int]]:
+def voiced_span(x: np.ndarray, gate: VoiceGate) -> Optional[tuple[int, int]]:
     """First and last+1 sample of the voiced frames of ``x`` (None for silence)."""
     k = x.size // _FRAME
     if k == 0:
@@ -130,7 +130,7 @@ def _voiced(x: np.ndarray, gate: VoiceGate) -> Optional[tuple[int, int]]:
 def speech_span(x: np.ndarray, gate: VoiceGate) -> tuple[int, int, float]:
     """(start, end) samples of the speech in ``x`` with the gate's padding, and the seconds
     between its first and last voiced frame (0 for silence)."""
-    v = _voiced(x, gate)
+    v = voiced_span(x, gate)
     if v is None:
         return 0, x.size, 0.0
     pad = int(gate.pad_seconds * SAMPLE_RATE)
@@ -148,7 +148,7 @@ def voice_segment(x: np.ndarray, gate: VoiceGate) -> Optional[np.ndarray]:
     a, b, speech = speech_span(x, gate)
     if speech < gate.min_speech_seconds:
         return None
-    first, last = _voiced(x, gate)
+    first, last = voiced_span(x, gate)
     pad = int(gate.pad_seconds * SAMPLE_RATE)
     seg = np.pad(x[a:b], (max(0, pad - first), max(0, last + pad - x.size)))
     n = int(gate.min_window_seconds * SAMPLE_RATE)

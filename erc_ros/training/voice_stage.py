@@ -52,7 +52,8 @@ from erc_ros.runtime.voice_expert import (CHECK_FILE, VoiceGate, WhisperStates,
                                           normalized_entropy, pooled, speech_span,
                                           voice_segment)
 from erc_ros.training.metrics import plot_confusion, scores
-from erc_ros.training.voice_augment import AUGMENTATIONS, augment, parse
+from erc_ros.training.voice_augment import (AUGMENTATIONS, ORDER, augment, other_speech,
+                                            parse)
 
 FEATURES_FILE = "voice_features.npz"
 #: What the expert could read, compared by ``--compare-inputs`` (the expert reads the first).
@@ -101,17 +102,55 @@ def _key(clips: list[VoiceClip], cfg: VoiceStageConfig, gate: VoiceGate) -> str:
     for c in clips:
         h.update(f"{c.path}|{c.label}|{c.speaker}\n".encode())
     h.update(json.dumps([cfg.encoder, cfg.compute_type, list(cfg.augment), cfg.copies,
-                         cfg.augment_p, cfg.seed,
+                         cfg.augment_p, cfg.seed, cfg.folds if "talk" in cfg.augment else None,
                          [getattr(gate, f) for f in gate.SEGMENT_FIELDS]]).encode())
     return h.hexdigest()[:20]
+
+
+def voice_mates(clips: list[VoiceClip], folds: int) -> dict[str, list[str]]:
+    """Whose voice the ``talk`` augmentation may lay over each speaker's clips: the other
+    speakers of the same cross-validation fold (:func:`speaker_folds`), so that no voice
+    crosses from held-out speakers into training; every other speaker when the folds hold
+    one speaker each or there are none."""
+    names = sorted({c.speaker for c in clips})
+    if len(names) < 2:
+        raise VoiceDataError("the talk augmentation needs clips of two speakers or more")
+    groups = speaker_folds(clips, folds) if folds and 2 <= folds <= len(names) else [names]
+    group = {s: k for k, g in enumerate(groups) for s in g}
+    return {s: [o for o in names if o != s and group[o] == group[s]] or
+            [o for o in names if o != s] for s in names}
+
+
+def other_voices(clips: list[VoiceClip], folds: int
+                 ) -> Callable[[int], Callable[[np.random.Generator], np.ndarray]]:
+    """For clip ``i``, a draw of another speaker's speech (one of :func:`voice_mates`'s,
+    a clip at random) for the ``talk`` augmentation."""
+    mates = voice_mates(clips, folds)
+    by_speaker: dict[str, list[int]] = {}
+    for j, c in enumerate(clips):
+        by_speaker.setdefault(c.speaker, []).append(j)
+
+    def draw_for(i: int) -> Callable[[np.random.Generator], np.ndarray]:
+        theirs = mates[clips[i].speaker]
+
+        def draw(rng: np.random.Generator) -> np.ndarray:
+            pool = by_speaker[theirs[int(rng.integers(len(theirs)))]]
+            j = pool[int(rng.integers(len(pool)))]
+            try:
+                return other_speech(read_audio_16k(clips[j].path)[0])
+            except AudioFileError:
+                return np.zeros(0, np.float32)  # talk then leaves the clip as it is
+        return draw
+    return draw_for
 
 
 def encode_clips(clips: list[VoiceClip], cfg: VoiceStageConfig, gate: VoiceGate,
                  cache: Optional[Path], threads: int = 2, chunk: int = 64
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(pooled states (clips, 1 + copies, dim), readable (clips,) bool): copy 0 clean, the
-    others augmented (seeded by clip index and copy). ``cache``: an .npz written after
-    every ``chunk`` clips and read back first (same clips and settings only)."""
+    others augmented (seeded by clip index and copy; ``talk`` lays over them the voice of
+    another speaker of the same fold, :func:`other_voices`). ``cache``: an .npz written
+    after every ``chunk`` clips and read back first (same clips and settings only)."""
     key = _key(clips, cfg, gate)
     done, feats, ok = 0, None, np.zeros(len(clips), bool)
     if cache is not None and cache.is_file():
@@ -122,6 +161,7 @@ def encode_clips(clips: list[VoiceClip], cfg: VoiceStageConfig, gate: VoiceGate,
     if done >= len(clips):
         return feats, ok
     enc = WhisperStates(cfg.encoder, cfg.compute_type, threads)
+    others = other_voices(clips, cfg.folds) if "talk" in cfg.augment and cfg.copies else None
     bad: list[str] = []
     bar = tqdm(total=len(clips), initial=done, desc="encode", unit="clip", file=sys.stderr)
     for i in range(done, len(clips)):
@@ -133,8 +173,8 @@ def encode_clips(clips: list[VoiceClip], cfg: VoiceStageConfig, gate: VoiceGate,
             continue
         rows = []
         for k in range(1 + cfg.copies):
-            y = x if k == 0 else augment(x, cfg.augment,
-                                         np.random.default_rng([cfg.seed, i, k]), cfg.augment_p)
+            y = x if k == 0 else augment(x, cfg.augment, np.random.default_rng([cfg.seed, i, k]),
+                                         cfg.augment_p, others(i) if others else None)
             seg = voice_segment(y, gate)
             rows.append(pooled(enc.states(seg)) if seg is not None else None)
         if rows[0] is None:
@@ -276,7 +316,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, help="--recipe voice: cross-validation folds by "
                    "speaker (the recipe's: 6)")
     p.add_argument("--augment", help="--recipe voice: augmentations of the training "
-                   f"copies: a comma list of {', '.join(AUGMENTATIONS)}, all or none")
+                   f"copies: a comma list of {', '.join(ORDER)}; all (the recipe's: "
+                   f"{', '.join(AUGMENTATIONS)}), all,talk or none")
     p.add_argument("--copies", type=int, help="--recipe voice: augmented copies per clip")
     p.add_argument("--speakers", default="", help="--recipe voice: only these speakers "
                    "(comma list of ids as the corpus names them, e.g. ravdess-01)")
