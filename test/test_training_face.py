@@ -396,3 +396,24 @@ def test_real_fer2013_copy_reads_as_documented():
     dev = read_faces(FER_DIR / "public_test.npz")
     assert dev.images.shape == (3589, 48, 48) and set(dev.counts()) == set(FACE_CLASSES)
     assert min(dev.counts().values()) > 0
+
+
+def test_a_run_starts_from_the_model_init_names(trained, data, tmp_path, capsys):
+    """--init: a new run starts from a face model's weights (checked), records where it came
+    from, and refuses a model of another network or a folder that is not a model."""
+    out = tmp_path / "ft"
+    _train(capsys, data[0], data[1], out, "--init", str(trained), "--epochs", "1", "--lr", "1e-12")
+    start, _ = load_face_model(trained)
+    tuned, _ = load_face_model(out)
+    a, b = dict(start.named_parameters()), dict(tuned.named_parameters())
+    # a learning rate of 1e-12: the weights it started from, not a fresh network's
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    p = read_manifest(out)["provenance"]
+    assert p["init_provenance"]["model_id"] == "face-test"
+    assert p["recipe"]["init"].startswith("face-test@")
+    with pytest.raises(SystemExit, match="is not --recipe face-small's"):
+        cli.main(["train", "--recipe", "face-small", "--init", str(trained), "--faces",
+                  str(data[0]), "--faces-dev", str(data[1]), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--init .*"):
+        cli.main(["train", "--recipe", "face-tiny", "--init", str(tmp_path), "--faces",
+                  str(data[0]), "--faces-dev", str(data[1]), "--out", str(tmp_path / "y")])

@@ -18,7 +18,9 @@ confusion matrix (:func:`erc_ros.training.metrics.scores`), and a checkpoint
 the best weights so far). Running the same command again resumes after the last finished
 epoch; a larger ``--epochs`` continues the run (the cosine then spans the new total). The
 weights kept are those of the epoch with the best dev accuracy: dev chose among that many
-epochs, and the manifest says so.
+epochs, and the manifest says so. ``--init DIR`` starts a new run from a face model
+directory's weights (the recipe's network: the shipped expert trained on, on FER2013 or on
+one's own faces); the manifest then records the model it came from.
 
 Training runs in float32 by default; ``--precision bf16`` runs the forward pass under
 bfloat16 autocast (weights and optimiser stay float32) and ``--precision auto`` picks bf16
@@ -49,13 +51,15 @@ from tqdm import tqdm
 from erc_ros.datasets.dialogues import class_weights
 from erc_ros.datasets.fer2013 import (FaceDataError, FaceSet, corpus_terms, default_dev,
                                       held_out_split, read_faces)
-from erc_ros.models.artefact import add_artefact, check_model_id
-from erc_ros.models.face_net import FaceNet, FaceNetConfig, normalise, save_face_model
+from erc_ros.models.artefact import ArtefactError, add_artefact, check_model_id
+from erc_ros.models.face_net import (FaceNet, FaceNetConfig, load_face_model, normalise,
+                                    save_face_model)
 from erc_ros.models.net_dir import count_parameters
 from erc_ros.paths import data_root
 from erc_ros.runtime.backends import cpu_flags
 from erc_ros.training.face_augment import AugmentConfig, FaceAugment
 from erc_ros.training.metrics import plot_confusion, scores
+from erc_ros.training.provenance import model_reference
 
 CHECKPOINT = "train_state.pt"
 CHECKPOINT_FORMAT = 1
@@ -86,6 +90,7 @@ class FaceStageConfig:
     seed: int = 13
     max_steps: int = 0                 # stop after this many steps (smoke runs)
     max_minutes: float = 0.0
+    init: str = ""                     # the model the run starts from (--init): id@manifest sha
     net: FaceNetConfig = field(default_factory=FaceNetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -202,17 +207,21 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def train_face_stage(train: FaceSet, dev: FaceSet, cfg: FaceStageConfig, out_dir: str | Path,
                      log: Callable[[str], None] = print, progress: bool = True,
-                     device: str = "cpu") -> dict:
+                     device: str = "cpu", init_state: Optional[dict] = None) -> dict:
     """Train (or resume, from ``out_dir/train_state.pt``) and return the summary: the net
     holding the best weights by dev accuracy, ``history`` (one record per epoch), ``best``
-    (that epoch's record and dev figures), ``precision`` and why, ``resumed_at``."""
+    (that epoch's record and dev figures), ``precision`` and why, ``resumed_at``.
+    ``init_state``: the weights a new run starts from (``cfg.init`` names them)."""
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT
     precision, why = resolve_precision(cfg.precision)
     torch.manual_seed(cfg.seed)
-    net = FaceNet(cfg.net).to(device)
+    net = FaceNet(cfg.net)
+    if init_state is not None:
+        net.load_state_dict(init_state)
+    net = net.to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     decay = [p for n, p in net.named_parameters() if p.ndim > 1]
@@ -362,7 +371,7 @@ def train_face_stage(train: FaceSet, dev: FaceSet, cfg: FaceStageConfig, out_dir
 
 #: Flags of the text recipes that mean nothing for the face recipe.
 TEXT_ONLY_FLAGS = ("encoder", "past_context", "max_length", "freeze_layers", "self_distill",
-                   "distill", "feature_distill", "select", "init", "media", "robot_view_copy")
+                   "distill", "feature_distill", "select", "media", "robot_view_copy")
 
 
 def _count(lo: int):
@@ -447,6 +456,22 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def init_weights(model_dir: str, net: FaceNetConfig, recipe: str) -> tuple[dict, str]:
+    """(the weights, ``id@manifest sha256[:16]``) of the face model ``--init`` names, checked
+    (every file's sha256) and refused unless its network is the recipe's."""
+    try:
+        model, manifest = load_face_model(model_dir)
+    except (ArtefactError, OSError, ValueError) as e:
+        raise SystemExit(f"error: --init {model_dir}: {e}") from None
+    if model.config != net:
+        raise SystemExit(f"error: --init {model_dir}: its network ({model.config.channels} "
+                         f"channels, hidden {model.config.hidden}) is not --recipe {recipe}'s "
+                         f"({net.channels}, hidden {net.hidden}): use the recipe it was "
+                         "trained by")
+    ref = model_reference(model_dir)
+    return model.state_dict(), f"{ref['model_id']}@{ref['manifest_sha256'][:16]}"
+
+
 def run(args, recipe: dict, provenance) -> int:
     """The command: ``recipe`` the face recipe's settings, ``provenance(args, **fields)``
     what the saved model records."""
@@ -461,6 +486,10 @@ def run(args, recipe: dict, provenance) -> int:
         if getattr(args, k, None) is not None:
             r[k] = getattr(args, k)
     r["max_steps"], r["max_minutes"] = args.max_steps, args.max_minutes
+    init_state = None
+    if getattr(args, "init", None):
+        init_state, r["init"] = init_weights(args.init, FaceStageConfig.from_recipe(r).net,
+                                             args.recipe)
     cfg = FaceStageConfig.from_recipe(r)
     model_id = check_model_id(args.model_id or f"face-{args.recipe}-{time.strftime('%Y%m%d')}")
     train, dev, data = datasets(args, cfg.seed)
@@ -470,7 +499,8 @@ def run(args, recipe: dict, provenance) -> int:
     device = resolve_device(getattr(args, "device", None) or "cpu")
     if device != "cpu":
         torch.backends.cudnn.benchmark = True
-    summary = train_face_stage(train, dev, cfg, out, log=log, device=device)
+    summary = train_face_stage(train, dev, cfg, out, log=log, device=device,
+                               init_state=init_state)
     net = summary["net"].cpu()
     # The kept weights scored as they are stored and deployed: float32, with and without
     # the test-time flip.
