@@ -254,3 +254,17 @@ def test_talk_never_carries_a_held_out_voice_into_training(tmp_path):
     assert voice_mates(clips, 6)["s1"] == ["s2", "s3", "s4", "s5", "s6"]  # one voice a fold
     with pytest.raises(VoiceDataError, match="two speakers"):
         voice_mates(clips[:2], 0)
+
+
+@needs_ravdess
+def test_talk_copies_are_encoded_with_a_voice_of_the_same_fold():
+    from erc_ros.runtime.voice_expert import VoiceGate
+    from erc_ros.training.voice_stage import VoiceStageConfig, encode_clips
+    clips = [c for s in ("ravdess-07", "ravdess-08") for c in _clips(s)[:2]]
+    cfg = VoiceStageConfig(augment=("talk",), copies=1, augment_p=1.0, folds=2)
+    feats, ok = encode_clips(clips, cfg, VoiceGate(), cache=None)
+    assert ok.all() and feats.shape[:2] == (4, 2)
+    # the talked-over copy is not the clean clip, and each draw is seeded: the same again
+    assert all(not np.allclose(feats[i, 0], feats[i, 1]) for i in range(4))
+    again, _ = encode_clips(clips, cfg, VoiceGate(), cache=None)
+    np.testing.assert_array_equal(feats, again)
