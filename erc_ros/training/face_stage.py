@@ -460,7 +460,7 @@ def init_weights(model_dir: str, net: FaceNetConfig, recipe: str) -> tuple[dict,
     """(the weights, ``id@manifest sha256[:16]``) of the face model ``--init`` names, checked
     (every file's sha256) and refused unless its network is the recipe's."""
     try:
-        model, manifest = load_face_model(model_dir)
+        model, _ = load_face_model(model_dir)
     except (ArtefactError, OSError, ValueError) as e:
         raise SystemExit(f"error: --init {model_dir}: {e}") from None
     if model.config != net:
