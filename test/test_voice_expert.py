@@ -268,3 +268,64 @@ def test_talk_copies_are_encoded_with_a_voice_of_the_same_fold():
     assert all(not np.allclose(feats[i, 0], feats[i, 1]) for i in range(4))
     again, _ = encode_clips(clips, cfg, VoiceGate(), cache=None)
     np.testing.assert_array_equal(feats, again)
+
+
+def test_windows_cover_the_speech_every_hop_and_at_most_max_windows():
+    g = voice_expert.VoiceGate()  # 1.5 s windows every 0.5 s, at most 4
+    n, hop = 24000, 8000
+    assert voice_expert.window_starts(0, n + hop - 1, g) == []  # less than a window and a hop
+    assert voice_expert.window_starts(100, 100 + n + hop, g) == [100, 100 + hop]
+    # the first at the start, the last ending at the end, evenly at most a hop apart
+    assert voice_expert.window_starts(0, n + hop + 1, g) == [0, 4000, hop + 1]
+    s = voice_expert.window_starts(0, 10 * 16000, g)  # 10 s: four, spread evenly
+    assert s[0] == 0 and s[-1] == 10 * 16000 - n and len(s) == 4
+    assert np.allclose(np.diff(s), (10 * 16000 - n) / 3, atol=1)
+    assert voice_expert.window_starts(0, 10 * 16000, voice_expert.VoiceGate(
+        window_seconds=0)) == []
+
+
+@needs_ravdess
+def test_two_voices_heard_as_one_utterance_are_read_in_windows():
+    """Two actors' sentences one after the other, the second starting 0.3 s before the first
+    ends (as a recognizer merges two turns): unlike any voice as a whole, read in windows,
+    each window as the expert reads an utterance alone."""
+    import dataclasses
+
+    expert = VoiceExpert()  # the shipped model, which learned both voices
+    g = expert.gate
+    whole_gate = dataclasses.replace(g, window_seconds=0.0)
+
+    def speech(c):
+        x = read_audio_16k(c.path)[0]
+        a, b = voice_expert.voiced_span(x, g)
+        return x[a:b]
+
+    firsts = _clips("ravdess-17")[:40:5]
+    seconds = _clips("ravdess-08")[3:43:5]
+    windowed = 0
+    for c1, c2 in zip(firsts, seconds):
+        xa, xb = speech(c1), speech(c2)
+        x = np.zeros(xa.size + xb.size - 4800 + 8000, np.float32)
+        x[4000:4000 + xa.size] += xa
+        x[4000 + xa.size - 4800:4000 + xa.size - 4800 + xb.size] += xb
+        expert.gate = whole_gate
+        whole = expert.predict(x)
+        expert.gate = g
+        r = expert.predict(x)
+        if whole.status == VOICE_OK:
+            assert r.windows == (0, 0) and np.allclose(r.probabilities, whole.probabilities)
+            continue
+        if r.windows == (0, 0):  # too few windows pass: the whole's verdict stands
+            assert (r.status, r.reason) == (whole.status, whole.reason)
+            continue
+        windowed += 1
+        starts = voice_expert.window_starts(*voice_expert.voiced_span(x, g), g)
+        pad, n = int(g.pad_seconds * 16000), int(g.window_seconds * 16000)
+        expert.gate = whole_gate
+        alone = [expert.predict(x[max(0, s - pad):s + n + pad]) for s in starts]
+        expert.gate = g
+        kept = [w.probabilities for w in alone if w.status == VOICE_OK]
+        assert r.windows == (len(kept), len(starts)) and 2 * len(kept) >= len(starts)
+        assert r.status == VOICE_OK and r.reason == "" and "read in windows" in r.detail
+        assert np.allclose(r.probabilities, np.mean(kept, 0), atol=1e-6)
+    assert windowed >= 4, windowed  # 7 of these 8 on the shipped model

@@ -96,6 +96,7 @@ def run(args) -> int:
                  {c: round(float(p), 4) for c, p in zip(expert.labels, r.probabilities)},
                  "distance": None if math.isnan(r.distance) else round(r.distance, 1),
                  "speech_seconds": round(r.speech_seconds, 3),
+                 "windows": {"kept": r.windows[0], "read": r.windows[1]},
                  "seconds": round(info.seconds, 3), "sample_rate": info.sample_rate,
                  "channels": info.channels}
         files.append(entry)

@@ -17,6 +17,12 @@ How it reads a voice (``models/voice``'s manifest says which encoder and thresho
    (fitted on held-out speakers), and the voice's distance to the voices it learned from.
    A distance past ``max_distance`` is ``unfamiliar``; a distribution whose normalised
    entropy is past ``max_entropy`` is ``undecided``.
+4. An utterance ``unfamiliar`` or ``undecided`` as a whole, with more speech than a window
+   and a hop, is read again in windows (:func:`window_starts`, ``window_seconds``): when
+   at least ``window_min_share`` of them pass the gate, their mean is the reading. Another
+   speaker's voice in the utterance (two turns heard as one, the last words of the previous
+   speaker under its start) makes the whole unlike any voice the network learned from,
+   while most of its windows hold one voice.
 
 Loading never builds: :func:`prepare` exports the network to ONNX (checked against
 PyTorch) and its INT8 variant (checked against FP32) into the cache
@@ -81,6 +87,20 @@ class VoiceGate:
     max_clipped: float = 0.01
     max_entropy: float = 1.0
     max_distance: float = math.inf
+    #: An utterance read as a whole as ``unfamiliar`` or ``undecided`` is read again in
+    #: windows of this much speech (0: never), when it holds at least a window and a hop
+    #: of it (:func:`window_starts`): two voices in one utterance, or another speaker's
+    #: words under its start, make the whole unlike any voice learned from.
+    window_seconds: float = 1.5
+    window_hop_seconds: float = 0.5
+    max_windows: float = 4
+    #: ... and it gets the mean of the windows that read well, when they are at least this
+    #: share of the windows (a voice unlike every learned one, a synthetic one, seldom
+    #: passes in half of them).
+    window_min_share: float = 0.5
+    #: ... and only for a whole no farther than this many times ``max_distance`` (a voice
+    #: much farther than that is unlike them all, not two voices: a synthetic one).
+    window_max_distance_ratio: float = 2.5
 
     #: The fields that change what the encoder hears (:func:`voice_segment`).
     SEGMENT_FIELDS = ("trim_db", "pad_seconds", "min_window_seconds", "min_speech_seconds")
@@ -100,6 +120,7 @@ class VoiceReading:
     distance: float = math.nan           # to the voices it learned from
     speech_seconds: float = 0.0
     seconds: dict = field(default_factory=dict)  # time spent: encoder, network
+    windows: tuple[int, int] = (0, 0)    # read in windows: (kept, read); (0, 0): as a whole
 
     @property
     def label(self) -> str:
@@ -153,6 +174,19 @@ def voice_segment(x: np.ndarray, gate: VoiceGate) -> Optional[np.ndarray]:
     seg = np.pad(x[a:b], (max(0, pad - first), max(0, last + pad - x.size)))
     n = int(gate.min_window_seconds * SAMPLE_RATE)
     return np.pad(seg, (0, n - seg.size)) if seg.size < n else seg
+
+
+def window_starts(first: int, last: int, gate: VoiceGate) -> list[int]:
+    """Where the windows of the voiced span ``[first, last)`` (samples) start: the first at
+    its start, the last ending at its end, evenly spaced at most ``window_hop_seconds``
+    apart, or ``max_windows`` of them spread evenly; empty when the span is shorter than a
+    window and a hop (or windows are off)."""
+    n = int(gate.window_seconds * SAMPLE_RATE)
+    hop = int(gate.window_hop_seconds * SAMPLE_RATE)
+    if n <= 0 or hop <= 0 or gate.max_windows < 2 or last - first < n + hop:
+        return []
+    k = min(int(gate.max_windows), 1 + math.ceil((last - first - n) / hop))
+    return np.linspace(first, last - n, k).round().astype(int).tolist()
 
 
 def pooled(states: np.ndarray) -> np.ndarray:
@@ -392,24 +426,79 @@ class VoiceExpert:
         if dbfs < g.min_dbfs:
             return VoiceReading(VOICE_UNCERTAIN, "too_quiet", f"too quiet: {dbfs:.1f} dBFS < "
                                 f"{g.min_dbfs:g}", speech_seconds=speech)
+        r = self._read(voice_segment(x, g), speech)
+        clipped = float(np.mean(np.abs(seg) >= 0.999))
+        if clipped > g.max_clipped:
+            r.status, r.reason = VOICE_UNCERTAIN, "clipped"
+            r.detail = f"clipped: {100 * clipped:.1f} % of samples at full scale > {100 * g.max_clipped:g} %"
+            return r
+        self._judge(r)
+        if r.reason in ("unfamiliar", "undecided"):
+            return self._read_windows(x, r) or r
+        return r
+
+    def _read(self, segment: np.ndarray, speech: float) -> VoiceReading:
+        """The network's reading of what the encoder hears (``voice_segment``), not judged."""
         t0 = time.perf_counter()
-        states = self.encoder.states(voice_segment(x, g))
+        states = self.encoder.states(segment)
         t1 = time.perf_counter()
         logits, dist = self.network(pooled(states)[None])
         t2 = time.perf_counter()
         p = _softmax(logits[0].astype(np.float64) / self.temperature).astype(np.float32)
-        r = VoiceReading(VOICE_OK, probabilities=p, distance=float(dist[0]),
-                         speech_seconds=speech, seconds={"encoder": t1 - t0, "network": t2 - t1})
-        clipped = float(np.mean(np.abs(seg) >= 0.999))
-        h = normalized_entropy(p)
-        if clipped > g.max_clipped:
-            r.status, r.reason = VOICE_UNCERTAIN, "clipped"
-            r.detail = f"clipped: {100 * clipped:.1f} % of samples at full scale > {100 * g.max_clipped:g} %"
-        elif r.distance > g.max_distance:
+        return VoiceReading(VOICE_OK, probabilities=p, distance=float(dist[0]),
+                            speech_seconds=speech,
+                            seconds={"encoder": t1 - t0, "network": t2 - t1})
+
+    def _judge(self, r: VoiceReading) -> VoiceReading:
+        """The gate on a reading: ``unfamiliar`` past ``max_distance``, else ``undecided``
+        past ``max_entropy``."""
+        g = self.gate
+        h = normalized_entropy(r.probabilities)
+        if r.distance > g.max_distance:
             r.status, r.reason = VOICE_UNCERTAIN, "unfamiliar"
             r.detail = (f"unfamiliar voice: distance {r.distance:.0f} > {g.max_distance:.0f} "
                         "to the voices it learned from")
         elif h > g.max_entropy:
             r.status, r.reason = VOICE_UNCERTAIN, "undecided"
             r.detail = f"undecided: entropy {h:.2f} > {g.max_entropy:.2f}"
+        return r
+
+    def _read_windows(self, x: np.ndarray, whole: VoiceReading) -> Optional[VoiceReading]:
+        """``x`` read in windows of its speech (:func:`window_starts`; each as a whole
+        utterance is read, with the gate's padding) when the whole is no farther than
+        ``window_max_distance_ratio`` times ``max_distance``: the mean of the windows that
+        pass the gate when they are at least ``window_min_share`` of them; None when
+        there are no windows or too few pass (it stops reading as soon as they cannot)."""
+        g = self.gate
+        if whole.distance > g.window_max_distance_ratio * g.max_distance:
+            return None
+        span = voiced_span(x, g)
+        starts = window_starts(*span, g) if span else []
+        if not starts:
+            return None
+        n, pad = int(g.window_seconds * SAMPLE_RATE), int(g.pad_seconds * SAMPLE_RATE)
+        need = max(1, math.ceil(g.window_min_share * len(starts)))
+        kept: list[VoiceReading] = []
+        seconds = dict(whole.seconds)
+        for i, s0 in enumerate(starts):
+            if len(kept) + len(starts) - i < need:
+                return None
+            piece = x[max(0, s0 - pad):s0 + n + pad]
+            seg = voice_segment(piece, g)
+            if seg is None:
+                continue
+            w = self._judge(self._read(seg, speech_span(piece, g)[2]))
+            for k, v in w.seconds.items():
+                seconds[k] = seconds.get(k, 0.0) + v
+            if w.status == VOICE_OK:
+                kept.append(w)
+        if len(kept) < need:
+            return None
+        p = np.mean([w.probabilities for w in kept], 0).astype(np.float32)
+        r = VoiceReading(VOICE_OK, probabilities=p / p.sum(),
+                         distance=float(np.mean([w.distance for w in kept])),
+                         speech_seconds=whole.speech_seconds, seconds=seconds,
+                         windows=(len(kept), len(starts)),
+                         detail=f"read in windows: {len(kept)} of {len(starts)} pass "
+                                f"({whole.reason} as a whole)")
         return r
