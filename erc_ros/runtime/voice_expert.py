@@ -101,6 +101,9 @@ class VoiceGate:
     #: ... and only for a whole no farther than this many times ``max_distance`` (a voice
     #: much farther than that is unlike them all, not two voices: a synthetic one).
     window_max_distance_ratio: float = 2.5
+    #: ... and when the windows that pass are clearly familiar: their mean distance within
+    #: this share of ``max_distance`` (a synthetic voice's passing windows sit at its edge).
+    window_familiar_share: float = 0.85
 
     #: The fields that change what the encoder hears (:func:`voice_segment`).
     SEGMENT_FIELDS = ("trim_db", "pad_seconds", "min_window_seconds", "min_speech_seconds")
@@ -467,7 +470,8 @@ class VoiceExpert:
         """``x`` read in windows of its speech (:func:`window_starts`; each as a whole
         utterance is read, with the gate's padding) when the whole is no farther than
         ``window_max_distance_ratio`` times ``max_distance``: the mean of the windows that
-        pass the gate when they are at least ``window_min_share`` of them; None when
+        pass the gate when they are at least ``window_min_share`` of them and their mean
+        distance is within ``window_familiar_share`` of ``max_distance``; None when
         there are no windows or too few pass (it stops reading as soon as they cannot)."""
         g = self.gate
         if whole.distance > g.window_max_distance_ratio * g.max_distance:
@@ -492,7 +496,8 @@ class VoiceExpert:
                 seconds[k] = seconds.get(k, 0.0) + v
             if w.status == VOICE_OK:
                 kept.append(w)
-        if len(kept) < need:
+        if len(kept) < need or np.mean([w.distance for w in kept]) > \
+                g.window_familiar_share * g.max_distance:
             return None
         p = np.mean([w.probabilities for w in kept], 0).astype(np.float32)
         r = VoiceReading(VOICE_OK, probabilities=p / p.sum(),
