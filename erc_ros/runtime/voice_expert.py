@@ -19,7 +19,8 @@ How it reads a voice (``models/voice``'s manifest says which encoder and thresho
    entropy is past ``max_entropy`` is ``undecided``.
 4. An utterance ``unfamiliar`` or ``undecided`` as a whole, with more speech than a window
    and a hop, is read again in windows (:func:`window_starts`, ``window_seconds``): when
-   at least ``window_min_share`` of them pass the gate, their mean is the reading. Another
+   at least ``window_min_share`` of them pass the gate, clearly (``window_familiar_share``),
+   their mean is the reading. Another
    speaker's voice in the utterance (two turns heard as one, the last words of the previous
    speaker under its start) makes the whole unlike any voice the network learned from,
    while most of its windows hold one voice.
