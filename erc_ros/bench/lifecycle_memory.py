@@ -329,6 +329,10 @@ def _what_ran(res: Result, log: str) -> None:
     res.face_expert = m[-1].strip() if m else ""
 
 
+#: How long the composed process may take to load its models and become active.
+START_SECONDS = 600.0
+
+
 def measure(args, out=print) -> Result:
     """Run the cycles (see the module docstring); ``out`` gets one line per cycle."""
     import rclpy
@@ -363,8 +367,11 @@ def measure(args, out=print) -> Result:
         try:
             driver = Driver(feed, alive=lambda: proc.poll() is None)
             t0 = time.monotonic()
-            while not all(driver.state(n) == "active" for n in driver.change):
-                if proc.poll() is not None or time.monotonic() - t0 > 600:
+            # loading the models may take longer than one service call's wait: the whole
+            # start gets START_SECONDS, each state call what is left of it
+            while not all(driver.state(n, max(1.0, START_SECONDS - (time.monotonic() - t0)))
+                          == "active" for n in driver.change):
+                if proc.poll() is not None or time.monotonic() - t0 > START_SECONDS:
                     raise RuntimeError("the composed process did not become active")
                 time.sleep(0.5)
             out(f"{'cycle':>5} {'RSS MB':>7} {'served':>7} {'anon':>6} {'threads':>7} "
