@@ -100,14 +100,16 @@ def optimize_transformer(src: str | Path, dst: str | Path, num_heads: int, hidde
 
 
 def quantize_dynamic_int8(src: str | Path, dst: str | Path, matmul_only: bool = False,
-                          per_channel: bool = True) -> None:
-    """ORT dynamic INT8. ``matmul_only`` for audio encoders (no ConvInteger)."""
+                          per_channel: bool = True, reduce_range: bool = False) -> None:
+    """ORT dynamic INT8. ``matmul_only`` for audio encoders (no ConvInteger).
+    ``reduce_range``: 7-bit weights, so that CPUs without VNNI do not saturate
+    (:func:`quantize_qdq_int8`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     ops = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"] if not matmul_only \
         else ["MatMul", "Attention"]
     quantize_dynamic(str(src), str(dst), op_types_to_quantize=ops, per_channel=per_channel,
-                     weight_type=QuantType.QInt8,
+                     weight_type=QuantType.QInt8, reduce_range=reduce_range,
                      # Outputs of fused contrib ops have no inferred type: they are float.
                      extra_options={"MatMulConstBOnly": True,
                                     "DefaultTensorType": 1})  # onnx.TensorProto.FLOAT
