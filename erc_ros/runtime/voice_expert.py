@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from erc_ros.core.asr.files import AsrModelError, resolve_model
 from erc_ros.core.types import FACE_CLASSES, SAMPLE_RATE, VOICE_OK, VOICE_UNCERTAIN
@@ -223,8 +224,6 @@ class WhisperStates:
         # encoder's states move by up to 4 % (seen on an AVX2-only AMD EPYC; the perception
         # core limits BLAS to one thread while it works). Fixed here to ``threads``, a
         # reading depends on the audio only, whoever calls.
-        from threadpoolctl import ThreadpoolController
-
         self._pools = ThreadpoolController()
 
     def states(self, x: np.ndarray) -> np.ndarray:
