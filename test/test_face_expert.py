@@ -231,6 +231,15 @@ def test_int8_made_another_way_is_made_again(tmp_path, monkeypatch, crops):
     assert rt.find_prepared(None, "int8") is None and rt.FaceExpert().precision == "fp32"
     rt.prepare(crops=crops[:4])
     assert rt.FaceExpert().precision == "int8"
+    # a record that is not a table: a clear error naming the file, not a traceback
+    from erc_ros.runtime.manifest import ArtefactError
+
+    good = meta_file.read_text()
+    for bad in ({**json.loads(good), "int8": ["int8.onnx"]}, {**json.loads(good), "onnx": 3}):
+        meta_file.write_text(json.dumps(bad))
+        with pytest.raises(ArtefactError, match="unreadable record"):
+            rt.find_prepared(None, "int8" if isinstance(bad["int8"], list) else "fp32")
+    meta_file.write_text(good)
 
 
 def test_missing_fer_package_names_the_install_command(monkeypatch, capsys, tmp_path):

@@ -137,7 +137,7 @@ def find_prepared(model=None, precision: str = "fp32") -> Optional[Path]:
             return None  # not made, or made another way: prepare makes it again
         record = meta["int8" if precision == "int8" else "onnx"]
         want, onnx_path = record["sha256"], d / record["file"]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ArtefactError(f"{meta_path}: unreadable record ({e}); delete {d} and prepare "
                             "again", "malformed") from e
     if not onnx_path.is_file():
