@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from erc_ros.core.asr.files import AsrModelError, resolve_model
+from erc_ros.core.asr.whisper import stable_features
 from erc_ros.core.types import FACE_CLASSES, SAMPLE_RATE, VOICE_OK, VOICE_UNCERTAIN
 from erc_ros.models.artefact import read_manifest, verify_model_dir
 from erc_ros.models.net_dir import WEIGHTS_FILE
@@ -64,9 +64,13 @@ FP32_FILE, INT8_FILE, META_FILE = "voice_expert.fp32.onnx", "voice_expert.int8.o
 INPUT_NAME, OUTPUT_NAMES = "pooled", ("logits", "distance")
 #: The export check: FP32 ONNX vs PyTorch (relative to the output's scale).
 EXPORT_ATOL = 1e-4
-#: INT8 is kept when its labels agree with FP32's on every check input and its distances
-#: within this relative tolerance.
+#: INT8 is kept when its labels agree with FP32's on every check input FP32 does not call a
+#: tie (its two most likely classes :data:`INT8_TIE_MARGIN` or more apart in probability)
+#: and its distances within this relative tolerance.
 INT8_DISTANCE_RTOL = 0.05
+#: A tie: INT8 moves probabilities by ~0.006 on the check inputs; a test model's INT8 was
+#: refused for one input whose top two FP32 probabilities were 0.00014 apart.
+INT8_TIE_MARGIN = 0.02
 #: How the INT8 file is made; a cache made another way is made again. 7-bit weights: with 8,
 #: CPUs without VNNI saturate (distances 5.3 % off FP32 on an AMD Zen 3, INT8 refused).
 INT8_METHOD = "ONNX Runtime dynamic INT8 on MatMul, per-channel, 7-bit weights"
@@ -212,25 +216,15 @@ class WhisperStates:
         try:
             from faster_whisper import WhisperModel
             self.path = resolve_model(model)
-            self.whisper = WhisperModel(str(self.path), device="cpu", compute_type=compute_type,
-                                        cpu_threads=int(threads), num_workers=1,
-                                        local_files_only=True)
+            self.whisper = stable_features(WhisperModel(
+                str(self.path), device="cpu", compute_type=compute_type,
+                cpu_threads=int(threads), num_workers=1, local_files_only=True))
         except (ImportError, AsrModelError, RuntimeError, ValueError, OSError) as e:
             raise VoiceExpertError(f"the voice expert's encoder (Whisper {model}) cannot "
                                    f"load: {e}") from e
         self.model, self.compute_type, self.threads = model, compute_type, int(threads)
-        # The BLAS library CTranslate2 loads computes some of the encoder in float before its
-        # INT8 layers; with another thread count the sums round differently and the INT8
-        # encoder's states move by up to 4 % (seen on an AVX2-only AMD EPYC; the perception
-        # core limits BLAS to one thread while it works). Fixed here to ``threads``, a
-        # reading depends on the audio only, whoever calls.
-        self._pools = ThreadpoolController()
 
     def states(self, x: np.ndarray) -> np.ndarray:
-        with self._pools.limit(limits=self.threads, user_api="blas"):
-            return self._states(x)
-
-    def _states(self, x: np.ndarray) -> np.ndarray:
         import ctranslate2
 
         feats = self.whisper.feature_extractor(np.ascontiguousarray(x, np.float32))
@@ -277,7 +271,7 @@ def find_prepared(model_dir: str | Path) -> dict[str, Path]:
         files = {p: (d / e["file"], e["sha256"]) for p, e in meta["onnx"].items()}
         if meta["int8_check"].get("method") != INT8_METHOD:
             return {}  # INT8 made (or tried) another way: prepare makes it all again
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ArtefactError(f"{d / META_FILE}: unreadable record ({e}); delete {d} and "
                             "prepare again", "malformed") from e
     for p, (path, sha) in files.items():
@@ -291,7 +285,8 @@ def prepare(model_dir: str | Path | None = None) -> Path:
     """Export the voice network to ONNX FP32 and INT8 into the cache, once; returns the
     folder. FP32 is checked against PyTorch on the model's own check inputs (pooled states
     of held-out speech stored with it); INT8 is kept only where it agrees with FP32 (labels
-    all equal, distances within :data:`INT8_DISTANCE_RTOL`)."""
+    equal wherever FP32 is not tied, :data:`INT8_TIE_MARGIN`; distances within
+    :data:`INT8_DISTANCE_RTOL`)."""
     import onnx
     import onnxruntime
     import torch
@@ -319,11 +314,14 @@ def prepare(model_dir: str | Path | None = None) -> Path:
                               reduce_range=True)
         a = OrtBackend(tmp / FP32_FILE, threads=1).run({INPUT_NAME: x})
         b = OrtBackend(tmp / INT8_FILE, threads=1).run({INPUT_NAME: x})
-        agree = float(np.mean(a["logits"].argmax(1) == b["logits"].argmax(1)))
+        same = a["logits"].argmax(1) == b["logits"].argmax(1)
+        top2 = np.sort(_softmax(a["logits"]), axis=1)[:, -2:]
+        tied = top2[:, 1] - top2[:, 0] < INT8_TIE_MARGIN
         rel = float(np.max(np.abs(a["distance"] - b["distance"]) / np.maximum(1.0, a["distance"])))
-        int8 = {"method": INT8_METHOD, "label_agreement": agree,
-                "max_relative_distance_diff": round(rel, 5),
-                "passed": agree == 1.0 and rel <= INT8_DISTANCE_RTOL}
+        int8 = {"method": INT8_METHOD, "label_agreement": float(np.mean(same)),
+                "label_agreement_untied": float(np.mean(same[~tied])) if (~tied).any() else 1.0,
+                "ties": int(tied.sum()), "max_relative_distance_diff": round(rel, 5),
+                "passed": bool(same[~tied].all()) and rel <= INT8_DISTANCE_RTOL}
         if int8["passed"]:
             onnx_files["int8"] = {"file": INT8_FILE, "sha256": sha256_file(tmp / INT8_FILE)}
         else:

@@ -47,6 +47,30 @@ _HOP = 160
 _WINDOW_FRAMES = 3000
 
 
+class StableMelFilters:
+    """faster-whisper's mel filterbank (``FeatureExtractor.mel_filters``), projected in
+    float64 and rounded to float32. Its float32 product with the power spectrum runs on
+    NumPy's OpenBLAS, whose sums round differently with another thread count: the features
+    moved by one ulp here and there, and Whisper's INT8 layers after them turned that into
+    other word probabilities and encoder states (a transcript or voice reading then depended
+    on whether the perception core held BLAS at one thread at that moment; seen on an
+    AVX2-only AMD EPYC). In float64 the rounding to float32 no longer depends on it."""
+
+    def __init__(self, filters: np.ndarray):
+        self.filters = np.asarray(filters, np.float64)
+
+    def __matmul__(self, magnitudes: np.ndarray) -> np.ndarray:
+        return (self.filters @ np.asarray(magnitudes, np.float64)).astype(np.float32)
+
+
+def stable_features(model):
+    """``model`` (a faster-whisper ``WhisperModel``) with :class:`StableMelFilters`."""
+    fe = model.feature_extractor
+    if not isinstance(fe.mel_filters, StableMelFilters):
+        fe.mel_filters = StableMelFilters(fe.mel_filters)
+    return model
+
+
 @functools.cache
 def _fit_window(base: type) -> type:
     """faster-whisper's ``WhisperModel`` whose encoder sees only the first ``frames`` mel
@@ -158,9 +182,9 @@ class WhisperRecognizer:
             raise AsrModelError(f"faster-whisper is not installed ({e}): pip install "
                                 "faster-whisper==1.2.1 (`make setup` installs it)") from None
         try:
-            model = _fit_window(WhisperModel)(
+            model = stable_features(_fit_window(WhisperModel)(
                 str(path), device="cpu", compute_type=self.config.compute_type,
-                cpu_threads=int(self.config.threads), num_workers=1, local_files_only=True)
+                cpu_threads=int(self.config.threads), num_workers=1, local_files_only=True))
         except (RuntimeError, ValueError, OSError) as e:
             raise AsrModelError(f"cannot load the Whisper model in {path}: {e}") from e
         multilingual = bool(model.model.is_multilingual)
