@@ -496,7 +496,8 @@ def speaker_changes(words, read: Callable[[float, float], np.ndarray],
     at most ``window_s`` of it and at least ``min_side_s``, is embedded (``embed``: a batch of
     windows -> unit vectors) and a cosine similarity below ``threshold`` is a change. The most
     dissimilar changes are taken first; one closer than ``min_piece_s`` to a change already
-    taken is dropped. ``read(t0, t1)`` returns the audio."""
+    taken is dropped. ``read(t0, t1)`` returns the audio. Other word boundaries are not
+    judged: there the sides' similarity does not separate speakers (docs/perception.md)."""
     n = len(words)
     if n < 2:
         return []
