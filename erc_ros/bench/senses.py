@@ -345,6 +345,9 @@ class Senses:
                               "start": f"{t['start']:.3f}", "end": f"{t['end']:.3f}",
                               "speaker": t["speaker"], "label": t["label"], "text": t["text"],
                               "status": status, "heard": e.text if e is not None else "",
+                              # the span of the estimate the turn is scored with
+                              "heard_start": f"{e.start:.3f}" if e is not None else "",
+                              "heard_end": f"{e.end:.3f}" if e is not None else "",
                               **{f"{s}_label": "" if v == NONE else v for s, v in got.items()},
                               "voice_status": vs,
                               "voice_reason": e.voice_reason if e is not None else "",
