@@ -392,13 +392,16 @@ def test_minutes_of_silence_and_hum_are_bounded(tiny, speech, hum_minutes):
 
     Costs are relative to the same recognizer on a reference in this run (no absolute time:
     CPUs differ ~5x): the 5 sentences back to back, ~20 s of speech, one piece (one encoder
-    pass, ~65 tokens decoded). A hum piece is one encoder pass and a few tokens (measured
-    1.04x the reference on a loaded 2-core AVX2 machine: 67.5 s for 24 pieces against 2.7 s);
-    the bound, 2x per piece, fails a runaway decode (the temperature fallback's 6 attempts
-    at up to 400 tokens each) or a piece count gone wrong. The reference is measured before
-    and after the hum and the larger taken, so a machine that gets busier in between does
-    not fail it. An absolute bound would not hold: 24 hum pieces took 60.7-67.2 s on the
-    slower CPU kind."""
+    pass, ~65 tokens decoded). A hum piece is one encoder pass and a few tokens, and the
+    whole window again when that decode fails (``refits``, then maybe the beam fallback,
+    ``fallbacks``: at most two more passes a piece): 1.04x the reference with one pass a
+    piece (a loaded 2-core AVX2 machine: 67.5 s for 24 pieces against 2.7 s); 3 of 5 pieces
+    read again took 2.3-3.0x a piece (an AMD EPYC under a concurrent test run). The bound,
+    2x the reference per pass, fails a runaway decode (the temperature fallback's 6 attempts
+    at up to 400 tokens each, inside one pass) or a piece count gone wrong. The reference is
+    measured before and after the hum and the larger taken, so a machine that gets busier in
+    between does not fail it. An absolute bound would not hold: 24 hum pieces took
+    60.7-67.2 s on the slower CPU kind."""
     ref = np.concatenate([np.concatenate([x, np.zeros(SR // 2, np.float32)])
                           for _, x in speech])
     assert len(tiny._split(ref)) == 1  # one piece: what a hum piece is compared with
@@ -415,11 +418,15 @@ def test_minutes_of_silence_and_hum_are_bounded(tiny, speech, hum_minutes):
     hum = (0.003 * np.sin(2 * np.pi * 50 * np.arange(n) / SR)
            + 0.002 * rng.standard_normal(n)).astype(np.float32)
     pieces = len(tiny._split(hum))
+    again = tiny.refits + tiny.fallbacks
     r = tiny.transcribe(hum)
+    again = tiny.refits + tiny.fallbacks - again
     piece = max(before, ref_cost())
     assert len(r.text.split()) <= 20 * pieces / 24, r.text
     assert silence < piece, (silence, piece)
-    assert r.compute_seconds < 2 * pieces * piece, (r.compute_seconds, pieces, piece)
+    assert again <= 2 * pieces, (again, pieces)
+    passes = pieces + again
+    assert r.compute_seconds < 2 * passes * piece, (r.compute_seconds, pieces, again, piece)
 
 
 def test_audio_it_cannot_take_raises_clearly(tiny):
