@@ -98,6 +98,15 @@ def test_the_cores_detector_finds_framed_faces_at_a_robots_distances(fer):
     assert found >= 8, f"{found} of 24 faces found"
 
 
+def test_a_turn_is_heard_whole_in_part_or_spilling_over_a_neighbour():
+    assert bs.span_fit(10.0, 12.0, 9.9, 12.1) == "whole"
+    assert bs.span_fit(10.0, 12.0, 10.0, 11.4) == "part"  # cut at a sentence end inside it
+    assert bs.span_fit(10.0, 12.0, 10.0, 11.5) == "whole"  # 75 % of the turn
+    assert bs.span_fit(10.0, 12.0, 9.0, 12.0) == "spills"  # a third of it is the neighbour
+    assert bs.span_fit(10.0, 12.0, 9.4, 12.0) == "whole"  # 23 % outside
+    assert bs.span_fit(10.0, 12.0, 12.5, 13.0) == "spills"  # another turn altogether
+
+
 def test_conversations_alternate_two_speakers_and_use_each_clip_once():
     clips = [c for c in read_ravdess(RAVDESS) if c.speaker in ("ravdess-16", "ravdess-17",
                                                               "ravdess-18")]
@@ -131,6 +140,11 @@ def test_bench_senses_scores_every_sense_on_real_people(tmp_path, capsys):
     assert r["senses"]["voice"]["read"] > r["turns"] / 2
     assert r["senses"]["face"]["read"] > 0 and r["status"]["face"].get("seen", 0) > 0
     assert 0 < r["faces"]["detected_share"] <= 1 and r["faces"]["turns"] == 12
+    by = r["voice_by_span"]  # where the voice reads: every turn once, by how it was heard
+    assert list(by) == list(bs.SPANS) and sum(v["turns"] for v in by.values()) == 12
+    assert sum(v["read"] for v in by.values()) == r["senses"]["voice"]["read"]
+    assert all(v["right"] <= v["read"] <= v["turns"] for v in by.values())
+    assert by["lost"]["turns"] == r["lost"]
     assert r["machine"]["cpu"] and r["model_id"]
     assert out.with_suffix(".png").is_file()
     with open(tmp_path / "out" / "turns.csv", newline="") as f:
@@ -140,6 +154,10 @@ def test_bench_senses_scores_every_sense_on_real_people(tmp_path, capsys):
         if row["status"] != "lost":
             assert float(row["heard_start"]) < float(row["end"])
             assert float(row["heard_end"]) > float(row["start"])
+            assert row["span"] == bs.span_fit(*(float(row[k]) for k in (
+                "start", "end", "heard_start", "heard_end")))
+        else:
+            assert row["span"] == "lost"
     assert "| voice |" in capsys.readouterr().out
     # The bags are kept: a second run makes none and scores the same.
     assert main(["bench-senses", "--ravdess", str(RAVDESS), "--actors", "16,17", "--faces",

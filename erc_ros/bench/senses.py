@@ -32,9 +32,14 @@ camera frame nearest the turn's middle: what the face sense can read at best.
     python -m erc_ros bench-senses --ravdess ../shared/data/ravdess_speech --actors 16,17,18 \
         --faces ../shared/data/fer2013/public_test.npz --seed 0 --json runs/senses.json
 
+Where the voice loses: ``voice_by_span`` counts, for each way the scored estimate covers its
+turn (:func:`span_fit`: the ``whole`` turn, a ``part`` of it, or ``spills`` over a
+neighbour's speech; ``lost``), the turns, those the voice expert read and those it read
+right.
+
 Writes ``--json OUT`` (``senses.<sense>.{weighted_f1, uar, accuracy, per_class_f1, read,
-...}``, the turns' ``status`` per expert, the machine) and ``OUT.png``; ``--out DIR``: the
-per-turn CSV ``DIR/turns.csv``.
+...}``, the turns' ``status`` per expert, ``voice_by_span``, the machine) and ``OUT.png``;
+``--out DIR``: the per-turn CSV ``DIR/turns.csv`` (with each turn's ``span``).
 """
 from __future__ import annotations
 
@@ -80,6 +85,12 @@ BAG_VERSION = 2
 #: the loudness they were recorded with (the voice expert reads it: bringing every RAVDESS
 #: clip of actors 16-18 to one level costs it 12 of 107 right answers).
 TIMING = gen.TurnTaking("natural", speaker_gain=True)
+#: How the estimate a turn is scored with covers the turn (:func:`span_fit`): ``whole`` when
+#: it hears at least ``WHOLE_SHARE`` of the turn and at most ``SPILL_SHARE`` of what it
+#: hears lies outside the turn; ``spills`` past that (a neighbour's speech in it); ``part``
+#: when it hears less of the turn (the recognizer cut the turn at a sentence end inside it).
+WHOLE_SHARE, SPILL_SHARE = 0.75, 0.25
+SPANS = ("whole", "part", "spills", "lost")
 
 
 class SensesError(ValueError):
@@ -313,6 +324,15 @@ def detected_faces(bag: Path, detector) -> list[dict]:
 # --- scoring ---------------------------------------------------------------------------------
 
 
+def span_fit(start: float, end: float, heard_start: float, heard_end: float) -> str:
+    """How an estimate heard from ``heard_start`` to ``heard_end`` covers a turn spoken from
+    ``start`` to ``end``: ``whole``, ``part`` or ``spills`` (:data:`WHOLE_SHARE`)."""
+    overlap = max(0.0, min(end, heard_end) - max(start, heard_start))
+    if heard_end - heard_start - overlap > SPILL_SHARE * max(heard_end - heard_start, 1e-9):
+        return "spills"
+    return "whole" if overlap >= WHOLE_SHARE * (end - start) else "part"
+
+
 class Senses:
     """The labelled turns' four predictions, summed over the conversations."""
 
@@ -322,6 +342,8 @@ class Senses:
         self.status = {"matched": 0, "merged": 0, "lost": 0}
         self.expert_status = {"voice": Counter(), "face": Counter()}
         self.voice_reasons: Counter = Counter()  # why the voice expert was uncertain
+        # how the scored estimate covers the turn -> turns, voice read, voice right
+        self.voice_by_span = {k: Counter(turns=0, read=0, right=0) for k in SPANS}
         self.rows: list[dict] = []
 
     def add(self, conversation: str, turns: list[dict], estimates: list,
@@ -340,6 +362,11 @@ class Senses:
             self.expert_status["face"][fs] += 1
             if e is not None and e.voice_reason:
                 self.voice_reasons[e.voice_reason] += 1
+            span = span_fit(t["start"], t["end"], e.start, e.end) if e is not None else "lost"
+            by = self.voice_by_span[span]
+            by["turns"] += 1
+            by["read"] += got["voice"] != NONE
+            by["right"] += got["voice"] == t["label"].lower()
             face = (faces or {}).get(t["utterance_id"], {})
             self.rows.append({"conversation": conversation, "utterance_id": t["utterance_id"],
                               "start": f"{t['start']:.3f}", "end": f"{t['end']:.3f}",
@@ -348,6 +375,7 @@ class Senses:
                               # the span of the estimate the turn is scored with
                               "heard_start": f"{e.start:.3f}" if e is not None else "",
                               "heard_end": f"{e.end:.3f}" if e is not None else "",
+                              "span": span,
                               **{f"{s}_label": "" if v == NONE else v for s, v in got.items()},
                               "voice_status": vs,
                               "voice_reason": e.voice_reason if e is not None else "",
@@ -438,6 +466,7 @@ def bench(args, progress: bool = True) -> dict:
         "senses": scored.result(names),
         "status": {k: dict(sorted(v.items())) for k, v in scored.expert_status.items()},
         "voice_reasons": dict(sorted(scored.voice_reasons.items())),
+        "voice_by_span": {k: dict(v) for k, v in scored.voice_by_span.items()},
         "backchannels": "espeak-ng (unlabelled, TurnTaking natural)",
         "config_overrides": eval_bag.parse_sets(tuple(args.set)),
         "machine": mach, "model_id": pipeline.model_id,
@@ -475,6 +504,11 @@ def summary(r: dict) -> str:
     if r.get("voice_reasons"):
         lines.append("voice uncertain because: " + ", ".join(
             f"{a} {b}" for a, b in r["voice_reasons"].items()))
+    by = r.get("voice_by_span", {})
+    if by:
+        lines.append("voice by how the utterance covers the turn: " + "; ".join(
+            f"{k} {v['turns']} (read {v['read']}, right {v['right']})"
+            for k, v in by.items() if v["turns"]))
     if "faces" in r:
         f = r["faces"]
         lines.append(f"faces.detected_share: {f['detected_share']:.3f} ({f['detected']} of "
