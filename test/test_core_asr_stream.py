@@ -486,6 +486,8 @@ def quick_answers():
     conv = cg.build(lines, gap=(0.10, 0.15), seed=3, cache=espeak_cache(), name="quick")
     runs = {}
     for name, over in (("whole", {}), ("voices", dict(diarization__split_turns=True)),
+                       ("onsets", dict(diarization__split_turns=True,
+                                       diarization__onset_cuts=True)),
                        ("sentences", dict(segmentation__split_sentences=True))):
         core = _core(asr__synchronous=True, **over)
         utts, _ = stream(core, conv, asr="none", video=False)
@@ -504,6 +506,22 @@ def test_turns_heard_as_one_segment_are_cut_where_the_voice_changes(quick_answer
     assert splits >= 3 and len(cut) == len(whole) + splits
     assert " ".join(u.text for u in cut).split() == " ".join(u.text for u in whole).split()
     assert der_cut < der_whole
+
+
+def test_a_segment_is_also_cut_where_a_second_voice_starts(quick_answers):
+    """With ``diarization.onset_cuts`` a segment is also cut where the segmentation model
+    hears a second voice start, at a word boundary: the sentence-end cuts and more, the same
+    words. On espeak's robotic voices the model also hears a new voice inside one person's
+    sentence (7 onset cuts here: DER 43.7 %, against 40.2 % with the sentence-end cuts alone
+    and 67.1 % without cuts)."""
+    _, whole, _, der_whole = quick_answers["whole"]
+    _, voices, voice_counters, der_voices = quick_answers["voices"]
+    conv, cut, counters, der_cut = quick_answers["onsets"]
+    assert voice_counters["onset_splits"] == 0 and counters["onset_splits"] >= 1
+    assert counters["turn_splits"] >= voice_counters["turn_splits"] + 1
+    assert len(cut) == len(voices) + counters["turn_splits"] - voice_counters["turn_splits"]
+    assert " ".join(u.text for u in cut).split() == " ".join(u.text for u in voices).split()
+    assert der_cut < der_whole, (der_cut, der_voices, der_whole)
 
 
 def test_a_segment_cut_into_sentences_keeps_its_words_and_one_speaker(quick_answers):

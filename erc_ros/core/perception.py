@@ -69,8 +69,8 @@ _COUNTER_ORDER = ("utterances", "utterances_vad", "utterances_timed", "utterance
                   "speech_dropped_untranscribed", "utterances_no_face", "utterances_face",
                   "utterances_no_camera", "refused",
                   "transcripts", "partials", "frames", "conversations", "discontinuities",
-                  "speech_closed_stalled", "turn_splits", "sentence_splits",
-                  "speaker_continued")
+                  "speech_closed_stalled", "turn_splits", "onset_splits",
+                  "sentence_splits", "speaker_continued")
 
 
 class _Timer:
@@ -188,7 +188,7 @@ class PerceptionCore:
         self._last_end: Optional[float] = None
         # The core's counters; the segmenter's (utterances_vad/_timed/_untimed, transcripts,
         # partials, ...) are its own, merged by stats().
-        # The speakers' (close_embeddings, turn_splits, speaker_continued) likewise.
+        # The speakers' (close_embeddings, turn_splits, onset_splits, speaker_continued) likewise.
         self.counters = {"utterances": 0, "utterances_no_face": 0, "utterances_face": 0,
                          "utterances_no_camera": 0, "refused": {}, "frames": 0,
                          "conversations": 1, "discontinuities": 0, "speech_closed_stalled": 0,

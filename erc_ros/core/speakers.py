@@ -20,6 +20,7 @@ from .diarization import OnlineDiarizer, SpeakerDecision, SpeakerEmbedder, speak
 from .recognition import Piece
 from .segmentation import PendingUtterance
 from .types import SAMPLE_RATE
+from .voice_onsets import VoiceOnsets, onset_cuts, speaker_onsets
 
 
 @dataclass
@@ -38,7 +39,8 @@ class Speakers:
     """The speaker of each utterance (see the module documentation). ``embedder``: None
     with ``diarization.enabled`` off (no embeddings: the diarizer has only hints to go
     on). ``on_time(stage, seconds)``: the ``embed_close``, ``cluster`` and ``turn_split``
-    stages. ``counters``: ``close_embeddings``, ``turn_splits``, ``speaker_continued``."""
+    stages. ``counters``: ``close_embeddings``, ``turn_splits`` (``onset_splits`` of them where a
+    second voice starts), ``speaker_continued``."""
 
     def __init__(self, config: PerceptionConfig, buffer, embedder: Optional[SpeakerEmbedder],
                  diarizer: OnlineDiarizer, on_time: Callable[[str, float], None]):
@@ -50,20 +52,48 @@ class Speakers:
         self._turns: dict[tuple[int, int], _Turn] = {}
         #: The last utterance built: (start, end, speaker id).
         self.last_built: Optional[tuple[float, float, str]] = None
-        self.counters = {"close_embeddings": 0, "turn_splits": 0, "speaker_continued": 0}
+        self.counters = {"close_embeddings": 0, "turn_splits": 0, "speaker_continued": 0,
+                         "onset_splits": 0}
+        #: ``diarization.onset_cuts``: the segmentation model, loaded when the core starts.
+        self.onsets = None
+        if config.diarization.split_turns and config.diarization.onset_cuts:
+            self.onsets = VoiceOnsets()
 
     # -- recognized segments -----------------------------------------------------------
     def changes(self, words) -> list[int]:
         """``diarization.split_turns``: the word indices of a recognized segment where the
-        voice changes at a sentence end (:func:`~erc_ros.core.diarization.speaker_changes`)."""
+        voice changes at a sentence end (:func:`~erc_ros.core.diarization.speaker_changes`)
+        and, with ``diarization.onset_cuts``, where a second voice starts
+        (:mod:`~erc_ros.core.voice_onsets`)."""
         dz = self.config.diarization
         t = time.perf_counter()
         voice = speaker_changes(words, self.buffer.read, self.embedder.embed_windows,
                                 dz.change_threshold, dz.window_seconds,
                                 dz.change_min_side_seconds)
+        if self.onsets is not None and len(words) > 1:
+            extra = self._onset_cuts(words, voice)
+            self.counters["onset_splits"] += len(extra)
+            voice = sorted(voice + extra)
         self._on_time("turn_split", time.perf_counter() - t)
         self.counters["turn_splits"] += len(voice)
         return voice
+
+    def _onset_cuts(self, words, taken: list[int]) -> list[int]:
+        """The cuts where a second voice starts in the segment's first
+        :data:`~erc_ros.core.voice_onsets.CHUNK_SECONDS` (its audio, 0.2 s either side)."""
+        dz = self.config.diarization
+        seg0, seg1 = words[0].start, words[-1].end
+        a0 = max(0.0, seg0 - 0.2)
+        audio = self.buffer.read(a0, seg1 + 0.2)
+        if audio.size < 2 * dz.change_min_side_seconds * SAMPLE_RATE:
+            return []
+        t, act = self.onsets.activity(audio)
+        t = t + a0
+        inside = (t >= seg0 - 0.1) & (t <= seg1 + 0.1)
+        found = speaker_onsets(t[inside], act[inside], dz.onset_threshold,
+                               dz.onset_min_seconds)
+        return onset_cuts(words, found, taken, dz.change_min_side_seconds,
+                          dz.onset_max_shift_seconds)
 
     def share(self, job: int, pieces: list[Piece]) -> None:
         """The pieces of recognized segment ``job``: the sentences of each turn will share
