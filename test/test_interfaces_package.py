@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,6 +58,7 @@ def test_generated_interfaces_import():
     assert Path(erc_ros.__file__).resolve().parent == ROOT / "erc_ros"
 
 
+@pytest.mark.long
 def test_setup_is_idempotent():
     """make test already ran set-up: running it again must rebuild nothing."""
     out = subprocess.run(["bash", str(ROOT / "tools" / "setup.sh")], cwd=ROOT,

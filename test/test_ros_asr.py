@@ -178,7 +178,9 @@ def test_voice_publishers_take_any_speaker_id_and_stay_bounded():
         rclpy.try_shutdown()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT,
+                                 pytest.param(signal.SIGTERM, marks=pytest.mark.long)],
+                         ids=["SIGINT", "SIGTERM"])
 def test_a_signal_while_the_recognizer_works_ends_cleanly_and_loses_nothing(mic_bag, model, sig):
     """Ctrl-C or SIGTERM while the embedded recognizer still has speech to transcribe: the
     composed process (a subprocess, fed over DDS) goes through the nodes' shutdown

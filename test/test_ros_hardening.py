@@ -322,7 +322,8 @@ def _wait_line(proc, needle: str, timeout: float) -> str:
 
 
 @pytest.mark.parametrize("module,delay", [("erc_ros.ros.utterance_node", 0.0),
-                                          ("erc_ros.ros.utterance_node", 0.05),
+                                          pytest.param("erc_ros.ros.utterance_node", 0.05,
+                                                       marks=pytest.mark.long),
                                           ("erc_ros.ros.composed", 0.02)])
 def test_ctrl_c_twice_ends_the_process_cleanly(model, module, delay):
     """`ros2 launch` forwards the terminal's Ctrl-C and sends its own: two SIGINTs to the

@@ -66,7 +66,8 @@ def _statuses(diags: Collector, prefix: str) -> list:
     return [st for arr in diags.snapshot() for st in arr.status if st.name.startswith(prefix)]
 
 
-@pytest.mark.parametrize("seconds", [25, pytest.param(300, marks=pytest.mark.soak)])
+@pytest.mark.parametrize("seconds", [pytest.param(25, marks=pytest.mark.long),
+                                     pytest.param(300, marks=pytest.mark.soak)])
 def test_face_node_survives_faces_coming_and_going(ros, seconds):
     from diagnostic_msgs.msg import DiagnosticArray
     from hri_msgs.msg import Expression, IdsList
@@ -630,6 +631,7 @@ def face_node_on_onnx(ros):
     proc.stop()
 
 
+@pytest.mark.long
 def test_huge_face_crops_leave_no_memory_behind(ros, face_node_on_onnx):
     """Four tracked faces (reliable crops), two floods of two 49 MB mono8 crops per face: every
     crop is refused from its header (image_too_large), and the node's RSS comes back to

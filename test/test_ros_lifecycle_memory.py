@@ -50,6 +50,7 @@ def _run(args) -> lifecycle_memory.Result:
     return res
 
 
+@pytest.mark.long
 def test_four_cycles_keep_no_model_memory():
     """The normal suite's short run: four cycles of the default launch (~1 min)."""
     res = _run(_args("--cycles", "4", "--turns", "2", "--max-growth", str(SHORT_MAX_GROWTH_MB)))

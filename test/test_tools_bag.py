@@ -196,6 +196,7 @@ def test_bench_e2e_times_each_estimate_from_the_speech_it_answers():
         [ests[2].text] * 2
 
 
+@pytest.mark.long
 def test_bench_e2e(bags, model, tmp_path):
     js = tmp_path / "e2e.json"
     assert cli(["bench-e2e", "--bag", str(bags["mcap"]), "--model-dir", str(model),

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -36,6 +37,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.long
 def test_two_gloo_processes_keep_identical_weights(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)

@@ -117,6 +117,7 @@ def test_vectors_are_cached_per_model_and_data(tiny, tmp_path, monkeypatch):
     assert len(fewer) == 2 and len(list(tmp_path.glob("vectors-*.safetensors"))) == 2
 
 
+@pytest.mark.long
 def test_train_selects_stage_two_and_rounds_on_the_int8_copy_too(tmp_path, monkeypatch,
                                                                   capsys):
     """Stage 2 fits a head per head seed and keeps the best by the rule; a round is kept

@@ -133,6 +133,7 @@ def meld_raw(tmp_path_factory):
     return root, train, dev, root / "init"
 
 
+@pytest.mark.long
 def test_multimodal_recipe_trains_audio_and_video(meld_raw, tmp_path, monkeypatch):
     from erc_ros.models.artefact import load_model_dir
     from erc_ros.runtime.pipeline import EmotionPipeline

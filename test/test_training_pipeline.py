@@ -261,6 +261,7 @@ def test_text_stage_config_rejects_weights_out_of_range():
     TextStageConfig(distill=1.0, feature_distill=2.0, ema_decay=0.999)  # in range
 
 
+@pytest.mark.long
 def test_distillation_from_teachers(tmp_path, monkeypatch, capsys):
     """KD toward teacher logits moves the student to the teacher, against the labels; the
     command records the teachers by id and hash (never by path)."""

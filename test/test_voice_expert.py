@@ -236,6 +236,7 @@ def test_predict_voice_prints_and_writes_each_file_and_refuses_bad_ones(voice_mo
 
 
 @needs_ravdess
+@pytest.mark.long
 def test_train_voice_resumes_from_its_feature_cache(tmp_path):
     out = tmp_path / "v"
     cmd = [sys.executable, "-m", "erc_ros", "train", "--recipe", "voice-tiny", "--speakers",
