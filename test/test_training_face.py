@@ -15,7 +15,8 @@ import torch
 from erc_ros import cli
 from erc_ros.core.types import FACE_CLASSES
 from erc_ros.models.artefact import ArtefactError, read_manifest, verify_model_dir
-from erc_ros.models.face_net import FaceNet, FaceNetConfig, face_input, load_face_model
+from erc_ros.models.face_expert import face_input
+from erc_ros.models.face_net import FaceNet, FaceNetConfig, load_face_model
 from erc_ros.models.net_dir import WEIGHTS_FILE
 from erc_ros.datasets.fer2013 import (FaceDataError, default_dev, held_out_split, read_faces,
                                       read_fer_csv, read_folder, read_npz)

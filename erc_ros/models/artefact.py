@@ -59,6 +59,8 @@ from erc_ros.paths import sha256_file  # noqa: F401  (re-exported: the runtime's
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: The float32 weights of a network's model directory (:mod:`erc_ros.models.net_dir`).
+WEIGHTS_FILE = "weights.safetensors"
 
 
 #: A model id: it names a directory in the runtime's cache, so a plain name only.

@@ -110,6 +110,35 @@ def preprocess_batch(crops: Sequence[np.ndarray], size: int = INPUT_SIZE) -> np.
     return np.concatenate([preprocess(c, size) for c in crops])
 
 
+#: Pixels -> a :mod:`~erc_ros.models.face_net` network's input: ``(x / 255 - mean) / std``;
+#: the values are FER2013 train's pixel mean and standard deviation, rounded.
+NORMALISATION = {"scale": 1.0 / 255.0, "mean": 0.5, "std": 0.25}
+
+
+def face_input(crops: Sequence[np.ndarray] | np.ndarray, size: int = 48,
+               normalisation: dict = NORMALISATION) -> np.ndarray:
+    """Face crops (HxW grey or HxWx3 RGB uint8, any size; or an (n, H, W) uint8 array) as
+    the network's input: grey, resized to ``size`` with INTER_AREA (INTER_LINEAR when
+    enlarging), normalised; (n, 1, size, size) float32."""
+    import cv2
+
+    out = np.zeros((len(crops), 1, size, size), np.float32)
+    for i, c in enumerate(crops):
+        a = grey(c)
+        if a.shape != (size, size):
+            enlarge = a.shape[0] < size or a.shape[1] < size
+            a = cv2.resize(a, (size, size),
+                           interpolation=cv2.INTER_LINEAR if enlarge else cv2.INTER_AREA)
+        out[i, 0] = a
+    return normalise(out, normalisation)
+
+
+def normalise(pixels: np.ndarray, normalisation: dict = NORMALISATION) -> np.ndarray:
+    """uint8-valued pixels (any float or integer array) -> the network's scale, float32."""
+    x = np.asarray(pixels, np.float32) * np.float32(normalisation["scale"])
+    return (x - np.float32(normalisation["mean"])) / np.float32(normalisation["std"])
+
+
 def to_meld(fer_probabilities: np.ndarray) -> np.ndarray:
     """(n, 7) FER-ordered probabilities -> the same in MELD's order (a column permutation)."""
     p = np.asarray(fer_probabilities)

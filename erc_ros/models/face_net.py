@@ -8,7 +8,8 @@ flattened last map through a dropout-regularised two-layer classifier. Widths, d
 dropout come from the config, so tests build a tiny one.
 
 Input: ``(n, 1, 48, 48)`` float, a grey face resized with INTER_AREA and scaled by
-:func:`face_input` (``(x / 255 - mean) / std``, :data:`NORMALISATION`). Output: logits over
+:func:`~erc_ros.models.face_expert.face_input` (``(x / 255 - mean) / std``,
+:data:`~erc_ros.models.face_expert.NORMALISATION`). Output: logits over
 the config's classes, MELD's :data:`~erc_ros.core.types.FACE_CLASSES` order by default.
 
 A model directory (the one thing that carries the model to the robot) holds
@@ -21,21 +22,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from erc_ros.core.types import FACE_CLASSES
 from erc_ros.models.net_dir import load_into, load_net_state, save_net_dir
-from erc_ros.models.face_expert import grey
+# The input scaling (face_input) lives in the torch-free face_expert module: running a
+# prepared expert never imports torch.
+from erc_ros.models.face_expert import NORMALISATION
 
 #: What a face model's manifest says it is (an ERC model directory has no ``kind``).
 MODEL_KIND = "face_expression"
-#: Pixels -> network input: ``(x / 255 - mean) / std``; the values are FER2013 train's pixel
-#: mean and standard deviation, rounded.
-NORMALISATION = {"scale": 1.0 / 255.0, "mean": 0.5, "std": 0.25}
 
 
 @dataclass
@@ -120,30 +119,6 @@ class FlipMean(nn.Module):
         n = pixels.shape[0]
         p = torch.softmax(self.net(torch.cat([pixels, torch.flip(pixels, dims=[3])])), dim=1)
         return 0.5 * (p[:n] + p[n:])
-
-
-def face_input(crops: Sequence[np.ndarray] | np.ndarray, size: int = 48,
-               normalisation: dict = NORMALISATION) -> np.ndarray:
-    """Face crops (HxW grey or HxWx3 RGB uint8, any size; or an (n, H, W) uint8 array) as
-    the network's input: grey, resized to ``size`` with INTER_AREA (INTER_LINEAR when
-    enlarging), normalised; (n, 1, size, size) float32."""
-    import cv2
-
-    out = np.zeros((len(crops), 1, size, size), np.float32)
-    for i, c in enumerate(crops):
-        a = grey(c)
-        if a.shape != (size, size):
-            enlarge = a.shape[0] < size or a.shape[1] < size
-            a = cv2.resize(a, (size, size),
-                           interpolation=cv2.INTER_LINEAR if enlarge else cv2.INTER_AREA)
-        out[i, 0] = a
-    return normalise(out, normalisation)
-
-
-def normalise(pixels: np.ndarray, normalisation: dict = NORMALISATION) -> np.ndarray:
-    """uint8-valued pixels (any float or integer array) -> the network's scale, float32."""
-    x = np.asarray(pixels, np.float32) * np.float32(normalisation["scale"])
-    return (x - np.float32(normalisation["mean"])) / np.float32(normalisation["std"])
 
 
 def save_face_model(net: FaceNet, model_dir: str | Path, model_id: str,

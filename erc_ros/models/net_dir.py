@@ -12,11 +12,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from erc_ros.models.artefact import (FORMAT_VERSION, ArtefactError, add_artefact, artefact_file,
-                                     check_model_id, git_commit, git_modified, verify_model_dir,
-                                     versions, write_manifest)
-
-WEIGHTS_FILE = "weights.safetensors"
+from erc_ros.models.artefact import (FORMAT_VERSION, WEIGHTS_FILE, ArtefactError, add_artefact,
+                                     artefact_file, check_model_id, git_commit, git_modified,
+                                     verify_model_dir, versions, write_manifest)
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -42,8 +42,8 @@ import numpy as np
 
 from erc_ros.core.config import FaceConfig
 from erc_ros.core.faces import FaceDetector, crop, normalized_entropy, sharpness, unreadable
-from erc_ros.models.face_expert import (FER_LABELS, HDF5_FILE, INPUT_SIZE, MELD_LABELS, fer_version,
-                                        preprocess_batch, to_meld, weights_path)
+from erc_ros.models.face_expert import (FER_LABELS, HDF5_FILE, INPUT_SIZE, MELD_LABELS, face_input,
+                                        fer_version, preprocess_batch, to_meld, weights_path)
 from erc_ros.paths import CHECKOUT, sha256_file, share_path
 from erc_ros.runtime import machine
 from erc_ros.runtime.backends import OrtBackend
@@ -189,8 +189,6 @@ def _network(src: FaceSource):
 def _preprocess(kind: str, size: int):
     if kind == "mini_xception":
         return lambda crops: preprocess_batch(list(crops), size)
-    from erc_ros.models.face_net import face_input
-
     return lambda crops: face_input(list(crops), size) if len(crops) else \
         np.zeros((0, 1, size, size), np.float32)
 

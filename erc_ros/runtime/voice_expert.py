@@ -47,8 +47,7 @@ import numpy as np
 from erc_ros.core.asr.files import AsrModelError, resolve_model
 from erc_ros.core.asr.whisper import stable_features
 from erc_ros.core.types import FACE_CLASSES, SAMPLE_RATE, VOICE_OK, VOICE_UNCERTAIN
-from erc_ros.models.artefact import read_manifest, verify_model_dir
-from erc_ros.models.net_dir import WEIGHTS_FILE
+from erc_ros.models.artefact import WEIGHTS_FILE, read_manifest, verify_model_dir
 from erc_ros.paths import CHECKOUT, sha256_file, share_path
 from erc_ros.runtime.backends import OrtBackend
 from erc_ros.runtime.export import OPSET, StageSpec, export_and_check

@@ -52,8 +52,8 @@ from erc_ros.datasets.dialogues import class_weights
 from erc_ros.datasets.fer2013 import (FaceDataError, FaceSet, corpus_terms, default_dev,
                                       held_out_split, read_faces)
 from erc_ros.models.artefact import ArtefactError, add_artefact, check_model_id
-from erc_ros.models.face_net import (FaceNet, FaceNetConfig, load_face_model, normalise,
-                                    save_face_model)
+from erc_ros.models.face_expert import normalise
+from erc_ros.models.face_net import FaceNet, FaceNetConfig, load_face_model, save_face_model
 from erc_ros.models.net_dir import count_parameters
 from erc_ros.paths import data_root
 from erc_ros.runtime.backends import cpu_flags
