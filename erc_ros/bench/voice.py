@@ -8,7 +8,9 @@ little, and what it costs.
 - **Real voices the model never heard, clean and in a room** (``--ravdess DIR --speakers
   ...``: actors left out of the model's training): UAR and weighted F1 and the share
   uncertain, clean and through :mod:`erc_ros.synth.room` (image-source reverberation at
-  1-2 m and pink noise; another simulator than training's augmentation).
+  1-2 m and pink noise; another simulator than training's augmentation), and at other
+  levels (``--gains 0.25,4,8``: the clean clips times each gain, a gain that would clip
+  stopping at full scale), as a person farther or nearer, or another microphone gain, arrives.
 - **Cost per utterance** (``--cost N`` Kokoro clips, interleaved): the expert's encoder and
   network, and the text pipeline (the default model, ONNX Runtime INT8, a MELD dev
   utterance with its context cached, as ``bench`` times it) in the same run, with the CPU
@@ -74,18 +76,30 @@ def espeak_lines(n: int) -> list[np.ndarray]:
     return out
 
 
-def held_out(expert: VoiceExpert, ravdess: Path, speakers: list[str], seed: int) -> dict:
-    """The expert on actors it never heard, clean and through a room."""
+def at_gain(x: np.ndarray, gain: float) -> np.ndarray:
+    """``x`` times ``gain``, its peak held below full scale (a gain that would clip stops
+    there)."""
+    y = x * np.float32(gain)
+    peak = float(np.abs(y).max()) if y.size else 0.0
+    return y * np.float32(0.99 / peak) if peak > 0.99 else y
+
+
+def held_out(expert: VoiceExpert, ravdess: Path, speakers: list[str], seed: int,
+             gains: tuple[float, ...] = ()) -> dict:
+    """The expert on actors it never heard, clean, through a room, and at each of
+    ``gains`` (keys ``gain 0.25``, ...)."""
     clips = [c for c in read_ravdess(ravdess) if c.speaker in speakers]
     rng = np.random.default_rng(seed)
     out = {}
-    for cond in ("clean", "room"):
+    for cond in ("clean", "room", *(f"gain {g:g}" for g in gains)):
         rs, y = [], []
         for i, c in enumerate(tqdm(clips, desc=f"held-out {cond}", unit="clip")):
             x, _ = read_audio_16k(c.path)
             if cond == "room":
                 room = Room(rt60=float(rng.uniform(0.3, 0.6)), snr_db=float(rng.uniform(10, 25)))
                 x = render(room, [(0, x, c.speaker)], x.size, seed=seed + i)
+            elif cond.startswith("gain "):
+                x = at_gain(x, float(cond[5:]))
             rs.append(expert.predict(x))
             y.append(FACE_CLASSES.index(c.label))
         pred = [FACE_CLASSES.index(r.label) if r.probabilities is not None else -1 for r in rs]
@@ -143,12 +157,31 @@ def add_arguments(p) -> None:
     p.add_argument("--ravdess", default="", help="RAVDESS folder, for --speakers")
     p.add_argument("--speakers", default="", help="actors the model never heard, e.g. "
                    "ravdess-16,ravdess-17,ravdess-18: read clean and in a room")
+    p.add_argument("--gains", default="",
+                   help="also read --speakers' clean clips at these gains, e.g. 0.25,4,8")
     p.add_argument("--cost", type=int, default=60, help="utterances timed (0: no timing)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
 
 
+def parse_gains(text: str) -> tuple[float, ...]:
+    """``--gains``: comma-separated positive finite numbers."""
+    out = []
+    for g in (t.strip() for t in text.split(",") if t.strip()):
+        try:
+            v = float(g)
+        except ValueError:
+            v = -1.0
+        if not (np.isfinite(v) and v > 0):
+            raise SystemExit(f"error: --gains: {g!r} is not a positive number")
+        out.append(v)
+    return tuple(out)
+
+
 def run(args) -> int:
+    gains = parse_gains(args.gains)
+    if gains and not args.speakers:
+        raise SystemExit("error: --gains reads --speakers' clips: name them")
     expert = VoiceExpert(args.model or None, threads=args.threads)
     out: dict = {"model": expert.model_id, "backend": f"{expert.backend}/{expert.precision}",
                  "machine": machine.describe(2)}
@@ -162,7 +195,7 @@ def run(args) -> int:
     if args.speakers:
         ravdess = Path(args.ravdess) if args.ravdess else data_root() / "ravdess_speech"
         out["held_out"] = held_out(expert, ravdess, [s.strip() for s in args.speakers.split(",")
-                                                     if s.strip()], args.seed)
+                                                     if s.strip()], args.seed, gains)
     if args.cost:
         out["cost"] = cost(expert, args.cost, args.threads)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

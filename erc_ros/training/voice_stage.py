@@ -32,7 +32,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -49,8 +49,8 @@ from erc_ros.models.egemaps import egemaps_features
 from erc_ros.models.voice_net import VoiceNet, VoiceNetConfig, save_voice_model
 from erc_ros.paths import data_root
 from erc_ros.runtime.voice_expert import (CHECK_FILE, VoiceGate, WhisperStates,
-                                          normalized_entropy, pooled, speech_span,
-                                          voice_segment)
+                                          normalized_entropy, pooled, speech_level,
+                                          speech_span, voice_segment)
 from erc_ros.training.metrics import plot_confusion, scores
 from erc_ros.training.voice_augment import (AUGMENTATIONS, ORDER, augment, other_speech,
                                             parse)
@@ -105,6 +105,21 @@ def _key(clips: list[VoiceClip], cfg: VoiceStageConfig, gate: VoiceGate) -> str:
                          cfg.augment_p, cfg.seed, cfg.folds if "talk" in cfg.augment else None,
                          [getattr(gate, f) for f in gate.SEGMENT_FIELDS]]).encode())
     return h.hexdigest()[:20]
+
+
+def training_level(clips: list[VoiceClip], gate: VoiceGate) -> float:
+    """The median speech level of the clean clips, in dBFS (:func:`speech_level`): the
+    level the expert brings every utterance to (``VoiceGate.level_dbfs``)."""
+    levels = []
+    for c in clips:
+        try:
+            levels.append(speech_level(read_audio_16k(c.path)[0], gate))
+        except AudioFileError:  # encode_clips has already left it out and said so
+            continue
+    levels = [v for v in levels if math.isfinite(v)]
+    if not levels:
+        raise SystemExit("error: no clip holds speech the gate reads")
+    return round(float(np.median(levels)), 2)
 
 
 def voice_mates(clips: list[VoiceClip], folds: int) -> dict[str, list[str]]:
@@ -397,6 +412,9 @@ def run(args, recipe: dict, provenance) -> int:
              f"what it keeps {figures.get('kept_scores', {}).get('uar')}")
     xs, ys = _flat(feats, np.arange(len(labels)), labels, copies=True)
     net = train_net(xs, ys, cfg, cfg.seed)
+    gate = replace(gate, level_dbfs=training_level(clips, gate0))
+    _log(f"level: every utterance is read at {gate.level_dbfs:.2f} dBFS, the median speech "
+         "level of the clean clips")
     check = feats[np.random.default_rng(cfg.seed).permutation(len(labels))[:64], 0]
     root = str(data_root())
     # the corpora as given, without this machine's folders: under the data root as
