@@ -7,6 +7,8 @@ tests say so and skip where it is absent), espeak for a synthetic voice."""
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -140,7 +142,8 @@ def test_a_reading_does_not_depend_on_the_callers_blas_threads(voice_model_dir):
 
 
 @needs_ravdess
-def test_a_voice_reads_the_same_however_loud_it_reaches_the_microphone(voice_model_dir):
+def test_a_voice_reads_the_same_however_loud_it_reaches_the_microphone(voice_model_dir,
+                                                                        tmp_path):
     """The recipe records its clean clips' median speech level in the gate and the expert
     brings every utterance's speech to it: a person 38 dB quieter or louder (another
     distance, another microphone gain) reads as the same voice. Without the level (a model
@@ -172,6 +175,21 @@ def test_a_voice_reads_the_same_however_loud_it_reaches_the_microphone(voice_mod
     expert.gate = replace(expert.gate, level_dbfs=float("nan"))
     quiet, loud = expert.predict(x / 10), expert.predict(x * 8)
     assert np.abs(quiet.probabilities - loud.probabilities).max() > 0.06
+    # a manifest whose level is not one is refused when the expert loads, with the reason
+    gate = voice_expert.VoiceGate.from_dict
+    for bad, why in (({"level_dbfs": 1e308}, "not a speech level"),
+                     ({"level_dbfs": "loud"}, "is not a number"),
+                     ({"max_distance": None}, "is not a number")):
+        with pytest.raises(ValueError, match=why):
+            gate(bad)
+    assert math.isnan(gate({}).level_dbfs) and gate({"level_dbfs": -37.1}).level_dbfs == -37.1
+    copy = tmp_path / "voice"
+    shutil.copytree(voice_model_dir, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["gate"]["level_dbfs"] = 1e308
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(voice_expert.VoiceExpertError, match="not a speech level"):
+        VoiceExpert(copy)
 
 
 @needs_ravdess

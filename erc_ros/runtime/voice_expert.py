@@ -127,7 +127,19 @@ class VoiceGate:
 
     @classmethod
     def from_dict(cls, d: dict) -> VoiceGate:
-        return cls(**{k: float(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+        """The manifest's ``gate``; ValueError for a value that is not a number, or a
+        ``level_dbfs`` that is not a level (NaN, or -100 to 0 dBFS)."""
+        out = {}
+        for k, v in d.items():
+            if k in cls.__dataclass_fields__:
+                try:
+                    out[k] = float(v)
+                except (TypeError, ValueError):
+                    raise ValueError(f"gate.{k} {v!r} is not a number") from None
+        level = out.get("level_dbfs", math.nan)
+        if not (math.isnan(level) or -100.0 <= level <= 0.0):
+            raise ValueError(f"gate.level_dbfs {level:g} is not a speech level (-100 to 0 dBFS)")
+        return cls(**out)
 
 
 @dataclass
@@ -411,7 +423,10 @@ class VoiceExpert:
             raise VoiceExpertError(f"{self.model_dir}: classes {m['label_names']} are not "
                                    f"{FACE_CLASSES}")
         self.manifest, self.model_id = m, m["model_id"]
-        self.gate = VoiceGate.from_dict(m.get("gate", {}))
+        try:
+            self.gate = VoiceGate.from_dict(m.get("gate", {}))
+        except ValueError as e:
+            raise VoiceExpertError(f"voice model {self.model_dir}: {e}") from None
         self.temperature = float(m.get("calibration", {}).get("temperature", 1.0))
         enc = m["input"]["encoder"]
         self.encoder = WhisperStates(enc["model"], enc.get("compute_type", "int8"), threads)
