@@ -330,6 +330,22 @@ def test_train_voice_resumes_from_its_feature_cache(tmp_path):
     assert manifest["provenance"]["data"]["voices"] == [{"spec": "ravdess:$ERC_ROS_DATA/ravdess_speech"}]
     assert manifest["calibration"]["temperature"] > 0 and manifest["gate"]["max_distance"] > 0
     assert -60 < manifest["gate"]["level_dbfs"] < -10
+    # the recipe learns from what the expert hears: each clean clip at the gate's level, as
+    # voice_segment gives it at run time (the cache's copy 0), not the clip as recorded
+    from erc_ros.runtime.voice_expert import (VoiceGate, WhisperStates, pooled,
+                                              voice_segment)
+
+    z = np.load(out / "voice_features.npz")
+    i = int(np.flatnonzero(z["readable"])[0])
+    x = read_audio_16k([c for c in read_ravdess(RAVDESS)
+                        if c.speaker in ("ravdess-07", "ravdess-08")][i].path)[0]
+    gate = VoiceGate.from_dict(manifest["gate"])
+    enc = WhisperStates(manifest["input"]["encoder"]["model"], threads=2)
+    np.testing.assert_allclose(z["features"][i, 0], pooled(enc.states(voice_segment(x, gate))),
+                               atol=1e-4)
+    raw = pooled(enc.states(voice_segment(x, VoiceGate(**{**manifest["gate"],
+                                                          "level_dbfs": math.nan}))))
+    assert np.abs(z["features"][i, 0] - raw).max() > 0.01
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
     assert "features: 120 of 120 clips from" in again.stderr or \

@@ -32,7 +32,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -114,7 +114,7 @@ def training_level(clips: list[VoiceClip], gate: VoiceGate) -> float:
     for c in clips:
         try:
             levels.append(speech_level(read_audio_16k(c.path)[0], gate))
-        except AudioFileError:  # encode_clips has already left it out and said so
+        except AudioFileError:  # encode_clips leaves it out and says so
             continue
     levels = [v for v in levels if math.isfinite(v)]
     if not levels:
@@ -377,10 +377,14 @@ def run(args, recipe: dict, provenance) -> int:
     speakers = np.array([c.speaker for c in clips])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    gate0 = VoiceGate()
     _log(f"{len(clips)} clips, {len(set(speakers))} speakers, classes "
          f"{dict(zip(VOICE_CLASSES, np.bincount(labels, minlength=7).tolist()))}")
     t0 = time.time()
+    # every clip, clean or augmented, is encoded at the level the expert will bring each
+    # utterance to: the median of the clean clips
+    gate0 = VoiceGate(level_dbfs=training_level(clips, VoiceGate()))
+    _log(f"level: every clip is read at {gate0.level_dbfs:.2f} dBFS, the median speech level "
+         "of the clean clips")
     feats, ok = encode_clips(clips, cfg, gate0, out / FEATURES_FILE, threads=args.threads)
     feats, labels, speakers = feats[ok], labels[ok], speakers[ok]
     clips = [c for c, k in zip(clips, ok) if k]
@@ -412,9 +416,6 @@ def run(args, recipe: dict, provenance) -> int:
              f"what it keeps {figures.get('kept_scores', {}).get('uar')}")
     xs, ys = _flat(feats, np.arange(len(labels)), labels, copies=True)
     net = train_net(xs, ys, cfg, cfg.seed)
-    gate = replace(gate, level_dbfs=training_level(clips, gate0))
-    _log(f"level: every utterance is read at {gate.level_dbfs:.2f} dBFS, the median speech "
-         "level of the clean clips")
     check = feats[np.random.default_rng(cfg.seed).permutation(len(labels))[:64], 0]
     root = str(data_root())
     # the corpora as given, without this machine's folders: under the data root as
