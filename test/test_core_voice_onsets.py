@@ -8,7 +8,7 @@ import pytest
 
 from erc_ros.core.asr import Word
 from erc_ros.core.config import DiarizationConfig, PerceptionConfig
-from erc_ros.core.voice_onsets import VoiceOnsets, onset_cuts, speaker_onsets
+from erc_ros.core.voice_onsets import VoiceOnsets, onset_cuts, other_voice_frames, speaker_onsets
 from erc_ros.paths import data_root
 from erc_ros.synth.speech import trim
 
@@ -108,3 +108,43 @@ def test_onset_cuts_settings_are_checked():
             setattr(cfg.diarization, k, v)
         with pytest.raises(ValueError, match="onset"):
             cfg.validate()
+
+
+def test_other_voices_masks_every_voice_but_the_one_that_talks_most():
+    step = 0.02
+    t = 0.01 + np.arange(100) * step          # 2 s of frames
+    act = np.zeros((100, 3))
+    act[0:30, 1] = 0.9           # a neighbour's last words: 0.6 s
+    act[25:100, 0] = 0.9         # the main voice: 1.5 s, over the neighbour's end
+    mask = other_voice_frames(t, act, 0.5, 0.3, 2 * SR, step)
+    assert mask.shape == (2 * SR,) and mask.dtype == bool
+    # the neighbour's frames (0-0.6 s), overlap included, are left out; nothing after
+    assert mask[:int(0.59 * SR)].all() and not mask[int(0.61 * SR):].any()
+    # a second voice shorter than min_seconds is the model hesitating: nothing is left out
+    assert not other_voice_frames(t, act, 0.5, 0.7, 2 * SR, step).any()
+    # one voice, or none
+    assert not other_voice_frames(t, act[:, [0, 2, 2]], 0.5, 0.3, 2 * SR, step).any()
+    assert not other_voice_frames(t[:0], act[:0], 0.5, 0.3, 2 * SR, step).any()
+
+
+def test_own_voice_leaves_out_a_neighbours_words_on_real_voices(onsets):
+    """The end of one actor's sentence, then another actor's (with a pause, back to back,
+    over the first's last words): what is left is about the second's sentence."""
+    clips = {a: [x for _, x in ravdess_clips(a, 4)] for a in (1, 2, 3, 4)}
+    pairs = [(1, 3), (2, 4), (1, 2), (3, 4)]
+    dz, vc = DiarizationConfig(), PerceptionConfig().voice
+    errors, alone = [], []
+    for k, (p, q) in enumerate(pairs):
+        first = trim(clips[p][k])[-int(0.8 * SR):]
+        second = trim(clips[q][(k + 1) % 4])
+        for gap in (0.3, 0.0, -0.3):
+            x, start = _two_voices(first, second, gap)
+            kept = onsets.own_voice(x, dz.onset_threshold, vc.own_voice_min_seconds,
+                                    vc.own_voice_keep_seconds)
+            errors.append(np.inf if kept is None else abs(kept.size - second.size) / SR)
+        alone.append(onsets.own_voice(trim(clips[p][k]), dz.onset_threshold,
+                                      vc.own_voice_min_seconds, vc.own_voice_keep_seconds))
+    # Measured: 8 of 12 within 0.4 s of the second sentence (the two women's three not told
+    # apart, as their onsets are not found above; one more at 0.46 s); this allows one miss more.
+    assert sum(e <= 0.4 for e in errors) >= 7, np.round(errors, 2)
+    assert all(a is None for a in alone)

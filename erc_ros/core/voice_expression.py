@@ -20,20 +20,34 @@ from .types import (FACE_CLASSES, VOICE_DISABLED, VOICE_ERROR, VOICE_NO_AUDIO, V
                     VOICE_UNCERTAIN, VOICE_UNCERTAIN_REASONS)
 
 
+#: ``voice.own_voice``: the readings of a whole utterance read again without another
+#: voice's frames (a neighbour's words make a voice unlike any the expert learned).
+OWN_VOICE_REASONS = ("unfamiliar", "undecided")
+
+
 class VoiceExpressions:
     """``expert``: the voice expert (``labels`` == :data:`FACE_CLASSES`, ``predict(audio16k)``
     -> a reading with ``status`` "ok" / "uncertain", ``reason`` and ``probabilities``), or
     None (every utterance's voice_status is ``disabled``). ``on_time(stage, seconds)``: time
-    spent reading a voice at close (stage ``voice_close``)."""
+    spent reading a voice at close (stage ``voice_close``). ``onsets``: ``voice.own_voice``'s
+    :class:`~erc_ros.core.voice_onsets.VoiceOnsets`, which finds the frames where another
+    voice talks (``onset_threshold``: a local voice talks above it): an utterance the expert
+    reads as ``unfamiliar`` or ``undecided`` is read again without them, and that reading
+    is its reading (stage ``own_voice``: finding them); None: the whole utterance alone."""
 
     def __init__(self, config: VoiceConfig, expert=None,
-                 on_time: Optional[Callable[[str, float], None]] = None):
+                 on_time: Optional[Callable[[str, float], None]] = None, onsets=None,
+                 onset_threshold: float = 0.5):
         if expert is not None and tuple(expert.labels) != FACE_CLASSES:
             raise ValueError(f"the voice expert's classes {tuple(expert.labels)} are "
                              f"not {FACE_CLASSES}")
         self.config, self.expert = config, expert
         self._on_time = on_time or (lambda stage, seconds: None)
+        self.onsets = onsets if expert is not None else None
+        self.onset_threshold = onset_threshold
         self.counters = {"calls": 0, "errors": 0,
+                         # own_voice: utterances read without another voice's frames
+                         "other_voice_left_out": 0,
                          "utterances": {},  # voice_status -> utterances
                          # why utterances were "uncertain" (the expert's reasons)
                          "uncertain": {r: 0 for r in VOICE_UNCERTAIN_REASONS}}
@@ -55,6 +69,15 @@ class VoiceExpressions:
         try:
             r = self.expert.predict(audio)
             status, reason, probs = _checked(r)
+            if self.onsets is not None and reason in OWN_VOICE_REASONS:
+                t_own = time.perf_counter()
+                own = self.onsets.own_voice(audio, self.onset_threshold,
+                                            self.config.own_voice_min_seconds,
+                                            self.config.own_voice_keep_seconds)
+                self._on_time("own_voice", time.perf_counter() - t_own)
+                if own is not None:
+                    self.counters["other_voice_left_out"] += 1
+                    status, reason, probs = _checked(self.expert.predict(own))
         except Exception as e:  # the utterance still comes out, voice_status "error"
             self.counters["errors"] += 1
             if self.counters["errors"] == 1:
@@ -81,6 +104,8 @@ class VoiceExpressions:
         were (:data:`VOICE_UNCERTAIN_REASONS`)."""
         c = self.counters
         out = {"enabled": self.expert is not None, "calls": c["calls"], "errors": c["errors"],
+               "own_voice": self.onsets is not None,
+               "other_voice_left_out": c["other_voice_left_out"],
                "utterances": dict(c["utterances"]), "uncertain": dict(c["uncertain"])}
         if self.expert is not None:
             out["backend"] = getattr(self.expert, "backend", "")

