@@ -8,7 +8,8 @@ import pytest
 
 from erc_ros.core.asr import Word
 from erc_ros.core.config import DiarizationConfig, PerceptionConfig
-from erc_ros.core.voice_onsets import VoiceOnsets, onset_cuts, other_voice_frames, speaker_onsets
+from erc_ros.core.voice_onsets import (VoiceOnsets, onset_cuts, other_voice_frames,
+                                       speaker_onsets)
 from erc_ros.paths import data_root
 from erc_ros.synth.speech import trim
 

@@ -98,7 +98,8 @@ class VoiceOnsets:
     def own_voice(self, audio: np.ndarray, threshold: float, min_seconds: float,
                   min_keep_seconds: float) -> Optional[np.ndarray]:
         """``audio`` (16 kHz mono float) without the frames where another voice than its
-        main one talks (:func:`other_voice_frames`), each :data:`CHUNK_SECONDS` read on its own;
+        main one talks (:func:`other_voice_frames`), each :data:`CHUNK_SECONDS` read on its
+        own;
         None where nothing is left out, or where less than ``min_keep_seconds`` would be
         left (the whole utterance is then read as it is)."""
         a = np.asarray(audio, np.float32).reshape(-1)
@@ -110,7 +111,7 @@ class VoiceOnsets:
             piece = a[c0:c0 + n]
             t, act = self.activity(piece)
             drop[c0:c0 + piece.size] = other_voice_frames(t, act, threshold, min_seconds,
-                                                    piece.size, self.frame_step)
+                                                          piece.size, self.frame_step)
         if not drop.any() or (a.size - int(drop.sum())) < min_keep_seconds * SAMPLE_RATE:
             return None
         return a[~drop]
@@ -136,8 +137,8 @@ def speaker_onsets(t: np.ndarray, activity: np.ndarray, threshold: float,
     return sorted(firsts)[1:]
 
 
-def other_voice_frames(t: np.ndarray, activity: np.ndarray, threshold: float, min_seconds: float,
-                 n_samples: int, frame_step: float) -> np.ndarray:
+def other_voice_frames(t: np.ndarray, activity: np.ndarray, threshold: float,
+                       min_seconds: float, n_samples: int, frame_step: float) -> np.ndarray:
     """A sample mask (``n_samples`` at 16 kHz, frames at times ``t``) of where a voice other
     than the main one talks: the main voice is the local speaker active (above ``threshold``)
     in the most frames; another is counted when it talks at least ``min_seconds`` in all
