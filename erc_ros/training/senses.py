@@ -16,11 +16,12 @@ real data, each as the nodes read it:
 - ``ravdess+faces``: the same with a FER2013 public_test face of the turn's label on the
   camera (the face expert's reading).
 
-The fit: ``theta`` and ``beta`` minimise the mean of each composition's negative
-log-likelihood (so each counts the same, whatever its size) plus ``l2`` * |theta|^2, by
-L-BFGS. The report fits on one part (RAVDESS actors 1-15, FER faces of even index, MELD
-dialogues of even number) and scores the other; the shipped fusion is then fitted on all of
-it. Dev makes no choice here: features, l2 and compositions are fixed beforehand.
+The fit: ``theta`` minimises the mean of each composition's negative log-likelihood (so
+each counts the same, whatever its size; a fusion that does not weigh the face reads
+the ``ravdess+faces`` rows as ``ravdess`` rows, which then count twice) plus ``l2`` *
+|theta|^2, by L-BFGS. The report fits on one part (RAVDESS actors 1-15, FER faces of even
+index, MELD dialogues of even number) and scores the other; the shipped fusion is then
+fitted on all of it. Dev makes no choice here: features, l2 and compositions are fixed beforehand.
 
 """
 from __future__ import annotations
