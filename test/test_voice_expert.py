@@ -446,7 +446,7 @@ def test_two_voices_heard_as_one_utterance_are_read_in_windows():
 
     firsts = _clips("ravdess-17")[:40:5]
     seconds = _clips("ravdess-08")[3:43:5]
-    windowed = 0
+    windowed = refused = 0
     for c1, c2 in zip(firsts, seconds):
         xa, xb = speech(c1), speech(c2)
         x = np.zeros(xa.size + xb.size - 4800 + 8000, np.float32)
@@ -459,6 +459,7 @@ def test_two_voices_heard_as_one_utterance_are_read_in_windows():
         if whole.status == VOICE_OK:
             assert r.windows == (0, 0) and np.allclose(r.probabilities, whole.probabilities)
             continue
+        refused += 1
         if r.windows == (0, 0):  # too few windows pass, or barely: the whole's verdict stands
             assert (r.status, r.reason) == (whole.status, whole.reason)
             continue
@@ -474,4 +475,7 @@ def test_two_voices_heard_as_one_utterance_are_read_in_windows():
             g.window_familiar_share * g.max_distance
         assert r.status == VOICE_OK and r.reason == "" and "read in windows" in r.detail
         assert np.allclose(r.probabilities, np.mean(kept, 0), atol=1e-6)
-    assert windowed >= 4, windowed  # 5 of these 8 on the shipped model
+    # Most of the pairs refused as a whole are read in windows: 5 of these 8 on an AMD EPYC
+    # family 25, 3 of 5 on a family 26 (Whisper's INT8 encoder reads otherwise with AVX-512
+    # VNNI, and 3 pairs pass as a whole there)
+    assert windowed >= 3 and 2 * windowed >= refused, (windowed, refused)
