@@ -18,7 +18,7 @@ from erc_ros.runtime.pipeline import EmotionPipeline
 from erc_ros.runtime.senses import SENSES
 from erc_ros.runtime.voice_expert import VoiceExpert
 from erc_ros.synth.faces import face_image
-from erc_ros.training.senses import (Design, fit, meld_rows, ravdess_rows, report,
+from erc_ros.training.senses import (Design, fit, meld_rows, ravdess_rows, report, table,
                                      voice_readings)
 
 DATA = data_root()
@@ -75,6 +75,16 @@ def test_the_fit_weighs_each_sense_where_it_knows(rows):
     assert faced["fused"]["uar"] >= max(faced["voice"]["uar"], faced["face"]["uar"]) - 2, faced
     # MELD's words with a resting portrait face: the words keep their label
     assert meld["fused"]["weighted_f1"] >= meld["text"]["weighted_f1"] - 2, meld
+    assert "voice" not in meld and "face" not in rav  # a sense a composition has not
+    # the turns the fused label took from the text add up to the accuracies' difference
+    for r in (rav, faced, meld):
+        c, n = r["fused_vs_text"], r["turns"]
+        assert r["text"]["read"] == r["fused"]["read"] == n
+        gain = round((r["fused"]["accuracy"] - r["text"]["accuracy"]) * n / 100)
+        assert c["wrong_to_right"] - c["right_to_wrong"] == gain, r
+        assert c["changed"] >= c["wrong_to_right"] + c["right_to_wrong"]
+    assert rav["fused_vs_text"]["wrong_to_right"] > rav["fused_vs_text"]["right_to_wrong"]
+    assert "fused is not text" in table(rep).splitlines()[0]
     # a fusion of text and voice reports the face, never weighs it
     two = fit(rows, senses=("text", "voice"))
     assert set(two.theta) == {"text", "voice"}

@@ -285,9 +285,20 @@ def predictions(fusion: SenseFusion, rows: list[Row]) -> dict[str, list[int]]:
     return out
 
 
+def changed(y: list[int], text: list[int], fused: list[int]) -> dict:
+    """How the fused label differs from the text model's on the same turns: the turns it
+    changed, from right to wrong and from wrong to right (a fused label that is the text's
+    is unchanged; so is a turn with no fused label)."""
+    pairs = [(a, t, f) for a, t, f in zip(y, text, fused) if f >= 0 and f != t]
+    return {"changed": len(pairs),
+            "right_to_wrong": sum(t == a for a, t, _ in pairs),
+            "wrong_to_right": sum(f == a for a, _, f in pairs)}
+
+
 def report(fusion: SenseFusion, rows: list[Row]) -> dict:
     """Per composition: each sense's and the fused label's scores (a sense that did not
-    read a turn is wrong on it)."""
+    read a turn is wrong on it), and the turns where the fused label is not the text's
+    (``fused_vs_text``, :func:`changed`)."""
     out = {}
     for g in GROUPS:
         sel = [r for r in rows if r.group == g]
@@ -295,10 +306,10 @@ def report(fusion: SenseFusion, rows: list[Row]) -> dict:
             continue
         y = [r.label for r in sel]
         pred = predictions(fusion, sel)
-        out[g] = {"turns": len(sel)}
+        out[g] = {"turns": len(sel), "fused_vs_text": changed(y, pred["text"], pred["fused"])}
         for s, ps in pred.items():
-            if s == "voice" and g == "meld" or s == "face" and g == "ravdess":
-                continue
+            if s != "fused" and all(i < 0 for i in ps):
+                continue  # RAVDESS has no face, MELD's gold text no voice
             sc = scores(y, ps, list(FACE_CLASSES))
             out[g][s] = {"weighted_f1": sc["weighted_f1"], "uar": sc["uar"],
                          "accuracy": sc["accuracy"], "read": int(sum(i >= 0 for i in ps))}
@@ -307,9 +318,12 @@ def report(fusion: SenseFusion, rows: list[Row]) -> dict:
 
 def table(rep: dict) -> str:
     lines = ["| composition | turns | text wF1 / UAR | voice wF1 / UAR | face wF1 / UAR | "
-             "fused wF1 / UAR |", "|---|---|---|---|---|---|"]
+             "fused wF1 / UAR | fused is not text: turns (right -> wrong, wrong -> right) |",
+             "|---|---|---|---|---|---|---|"]
     for g, r in rep.items():
         cells = [f"{r[s]['weighted_f1']:.2f} / {r[s]['uar']:.2f}" if s in r else "-"
                  for s in ("text", "voice", "face", "fused")]
+        c = r["fused_vs_text"]
+        cells.append(f"{c['changed']} ({c['right_to_wrong']}, {c['wrong_to_right']})")
         lines.append(f"| {g} | {r['turns']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
