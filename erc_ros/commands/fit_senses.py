@@ -36,8 +36,9 @@ from erc_ros.runtime.voice_expert import default_model_dir as voice_model_dir
 from erc_ros.runtime.senses import FUSION_FILE, KIND, SENSES, SpeakerBaselines, readings_of
 from erc_ros.synth.faces import face_image
 from erc_ros.training.provenance import provenance
-from erc_ros.training.senses import (GROUPS, Row, class_order, fit, meld_rows, ravdess_rows,
-                                     report, table, voice_out_of_fold)
+from erc_ros.training.senses import (GROUPS, Row, class_order, fit, meld_rows,
+                                     meld_voice_rows, ravdess_rows, report, table,
+                                     voice_out_of_fold)
 
 #: Bumped when the spoken MELD rows would come out differently.
 ROWS_VERSION = 1
@@ -67,6 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the recognizer's words, the portrait faces as the core cuts and the "
                         "expert reads them, the voices; ~12 min once, then cached) or text "
                         "(the gold text, each speaker's portrait read once: seconds)")
+    p.add_argument("--fit-on", default=",".join(GROUPS),
+                   help="the compositions the fusion learns from (comma-separated, default "
+                        "all); the others are still scored on their check half")
+    p.add_argument("--model-id", default="", help="the fusion's model_id (default "
+                   "senses-YYYYMMDD)")
     p.add_argument("--l2", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -131,6 +137,12 @@ def spoken_meld_rows(pipeline, csv_path: Path, progress: bool = True) -> list[Ro
 
 def run(args) -> int:
     t0 = time.time()
+    fit_on = tuple(g.strip() for g in args.fit_on.split(",") if g.strip())
+    if not fit_on or set(fit_on) - set(GROUPS):
+        raise SystemExit(f"error: --fit-on {args.fit_on}: some of {', '.join(GROUPS)}")
+    senses = tuple(s.strip() for s in args.senses.split(",") if s.strip())
+    if set(senses) - set(SENSES) or "text" not in senses:
+        raise SystemExit(f"error: --senses {args.senses}: text and any of voice, face")
     root = data_root()
     feats = Path(args.voice_features or "runs/voice_tiny/voice_features.npz")
     if not feats.is_file():
@@ -157,20 +169,20 @@ def run(args) -> int:
         rows = meld_rows(pipeline, meld, lambda i: portraits[i % len(portraits)])
     _log("RAVDESS's sentences read by the text model")
     rows += ravdess_rows(pipeline, voice, (fp, fl, fpart), args.turns, args.seed)
-    fit_rows = [r for r in rows if r.part == "fit"]
+    _log("MELD dev's words with RAVDESS voices of their labels")
+    rows += meld_voice_rows(pipeline, meld, voice, args.seed)
+    fit_rows = [r for r in rows if r.part == "fit" and r.group in fit_on]
     check_rows = [r for r in rows if r.part == "check"]
-    _log(f"{len(fit_rows)} turns to fit on, {len(check_rows)} to check on")
-    senses = tuple(s.strip() for s in args.senses.split(",") if s.strip())
-    bad = set(senses) - set(SENSES)
-    if bad or "text" not in senses:
-        raise SystemExit(f"error: --senses {args.senses}: text and any of voice, face")
+    _log(f"{len(fit_rows)} turns to fit on ({', '.join(fit_on)}), {len(check_rows)} to check "
+         "on")
     held = fit(fit_rows, args.l2, senses)
     rep = report(held, check_rows)
     _log("fitted on one part, scored on the other (RAVDESS actors 16-18, FER faces of odd "
          "index, MELD dialogues of odd number):\n" + table(rep))
-    final = fit(rows, args.l2, senses)
+    final = fit([r for r in rows if r.group in fit_on], args.l2, senses)
     final.text_model_id = pipeline.model_id
-    out = {"text_model": pipeline.model_id, "held_out": rep, "held_out_fusion": held.to_dict(),
+    out = {"text_model": pipeline.model_id, "fit_on": list(fit_on), "held_out": rep,
+           "held_out_fusion": held.to_dict(),
            "fusion": final.to_dict(), "turns": {"fit": len(fit_rows), "check": len(check_rows)},
            "l2": args.l2, "seed": args.seed, "minutes": round((time.time() - t0) / 60, 1)}
     if args.out:
@@ -179,15 +191,17 @@ def run(args) -> int:
         (o / FUSION_FILE).write_text(json.dumps(final.to_dict(), indent=1) + "\n")
         prov = provenance(
             args, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            data={"compositions": {g: sum(r.group == g for r in rows) for g in GROUPS},
+            data={"compositions": {g: sum(r.group == g for r in rows) for g in fit_on},
                   "meld": args.meld,
                   "sources": ["MELD dev (spoken by Kokoro voices, stage (d), or its gold "
                               "text: meld)", "RAVDESS speech, 18 actors (voice, out of fold)",
+                              "MELD dev's gold text with RAVDESS voices of its labels "
+                              "(meld+voices)",
                               "FER2013 public_test (faces)"],
                   "licence": [RAVDESS_LICENCE]},
             l2=args.l2, seed=args.seed, senses=list(senses))
         write_manifest(o, {"format_version": 1, "kind": KIND,
-                           "model_id": f"senses-{time.strftime('%Y%m%d')}",
+                           "model_id": args.model_id or f"senses-{time.strftime('%Y%m%d')}",
                            "text_model_id": pipeline.model_id, "provenance": prov,
                            "dev_metrics": {"split": "fitted on RAVDESS actors 1-15, FER "
                                            "faces of even index, MELD dialogues of even "

@@ -14,14 +14,19 @@ real data, each as the nodes read it:
   6-fold cross-validation by actor on the voice recipe's cached features, its temperature and
   gate as training sets them), the text model's reading of the sentence it says, no face;
 - ``ravdess+faces``: the same with a FER2013 public_test face of the turn's label on the
-  camera (the face expert's reading).
+  camera (the face expert's reading);
+- ``meld+voices``: MELD dev's words (gold text, in context) and a RAVDESS voice of the turn's
+  label, as when a person's words and voice both carry what they feel: each speaker of a
+  dialogue speaks with one actor's voice, each turn a clip of that actor with the turn's label
+  (the voice expert's reading out of fold), no face.
 
 The fit: ``theta`` minimises the mean of each composition's negative log-likelihood (so
 each counts the same, whatever its size; a fusion that does not weigh the face reads
 the ``ravdess+faces`` rows as ``ravdess`` rows, which then count twice) plus ``l2`` *
 |theta|^2, by L-BFGS. The report fits on one part (RAVDESS actors 1-15, FER faces of even
 index, MELD dialogues of even number) and scores the other; the shipped fusion is then
-fitted on all of it. Dev makes no choice here: features, l2 and compositions are fixed beforehand.
+fitted on all of it. Features, l2 and the weighting are fixed; which compositions, and
+what dev chose after seeing the check half: docs/fusion.md.
 
 """
 from __future__ import annotations
@@ -48,7 +53,7 @@ from erc_ros.training.voice_stage import (VoiceStageConfig, cross_validate, fit_
 
 #: RAVDESS's two sentences (the statement field of its file names).
 RAVDESS_SENTENCES = {1: "Kids are talking by the door.", 2: "Dogs are sitting by the door."}
-GROUPS = ("meld", "ravdess", "ravdess+faces")
+GROUPS = ("meld", "ravdess", "ravdess+faces", "meld+voices")
 
 
 @dataclass
@@ -198,6 +203,55 @@ def ravdess_rows(pipeline, voice: dict, faces: Optional[tuple], turns: int,
                 with_face["face"] = Reading(f, base.get(who, "face"))
                 base.add(who, "face", f)
                 rows.append(Row("ravdess+faces", part, y, with_face))
+    return rows
+
+
+def meld_voice_rows(pipeline, csv_path: Path, voice: dict, seed: int,
+                    dialogues: Optional[int] = None) -> list[Row]:
+    """MELD dev (its first ``dialogues``, default all), the text model on each line in
+    context, each speaker's turns spoken with one RAVDESS actor's voice (``voice``,
+    :func:`voice_out_of_fold`'s form): a clip of the turn's label, of that actor or, when the
+    actor has none of it, of another on the same side; an actor's clips of a label are drawn
+    in a random order, and again once all are drawn. Even dialogues take actors 1-15 (fit),
+    odd ones actors 16-18 (check)."""
+    rng = np.random.default_rng(seed)
+    order = class_order(pipeline.class_names)
+    actors = sorted(set(voice["speaker"]))
+    side = {a: "check" if int(a[-2:]) > 15 else "fit" for a in actors}
+    left: dict[tuple[str, int], list[int]] = {}
+
+    def clip(actor: str, y: int) -> int:
+        for a in [actor] + list(rng.permutation([b for b in actors if side[b] == side[actor]])):
+            if not left.get((a, y)):
+                left[(a, y)] = list(rng.permutation(np.flatnonzero(
+                    (voice["speaker"] == a) & (voice["label"] == y))))
+            if left[(a, y)]:
+                return int(left[(a, y)].pop())
+        raise ValueError(f"no RAVDESS clip of {FACE_CLASSES[y]} on {actor}'s side")
+
+    rows = []
+    for i, d in enumerate(load_meld(csv_path)[:dialogues]):
+        part = "fit" if i % 2 == 0 else "check"
+        pool = [a for a in actors if side[a] == part]
+        if not pool:
+            continue
+        pipeline.reset()
+        base = SpeakerBaselines()
+        cast: dict[str, str] = {}
+        for u, y in zip(d.utterances, d.labels):
+            est = pipeline.predict(Utterance(u.utterance_id, d.conversation_id, u.speaker_id,
+                                             u.start, u.end, u.text))
+            if not est.text_probabilities:
+                continue
+            text = np.zeros(len(FACE_CLASSES))
+            text[order] = est.text_probabilities
+            actor = cast.setdefault(u.speaker_id, pool[int(rng.integers(len(pool)))])
+            j = clip(actor, int(y))
+            readings = {"text": Reading(text)}
+            if voice["ok"][j]:
+                readings["voice"] = Reading(voice["probs"][j], base.get(u.speaker_id, "voice"))
+                base.add(u.speaker_id, "voice", voice["probs"][j])
+            rows.append(Row("meld+voices", part, int(y), readings))
     return rows
 
 
