@@ -36,7 +36,7 @@ from erc_ros.runtime.voice_expert import default_model_dir as voice_model_dir
 from erc_ros.runtime.senses import FUSION_FILE, KIND, SENSES, SpeakerBaselines, readings_of
 from erc_ros.synth.faces import face_image
 from erc_ros.training.provenance import provenance
-from erc_ros.training.senses import (GROUPS, Row, class_order, fit, meld_rows,
+from erc_ros.training.senses import (FITTED, GROUPS, Row, class_order, fit, meld_rows,
                                      meld_voice_rows, ravdess_rows, report, table,
                                      voice_out_of_fold)
 
@@ -68,9 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the recognizer's words, the portrait faces as the core cuts and the "
                         "expert reads them, the voices; ~12 min once, then cached) or text "
                         "(the gold text, each speaker's portrait read once: seconds)")
-    p.add_argument("--fit-on", default=",".join(GROUPS),
-                   help="the compositions the fusion learns from (comma-separated, default "
-                        "all); the others are still scored on their check half")
+    p.add_argument("--fit-on", default=",".join(FITTED),
+                   help="the compositions the fusion learns from (comma-separated; default "
+                        f"{','.join(FITTED)}: learned from, meld+voices costs RAVDESS voices "
+                        "heard through the nodes 2-4 points, docs/fusion.md); the others are "
+                        "still scored on their check half")
     p.add_argument("--model-id", default="", help="the fusion's model_id (default "
                    "senses-YYYYMMDD)")
     p.add_argument("--l2", type=float, default=1e-3)

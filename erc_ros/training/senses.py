@@ -18,7 +18,8 @@ real data, each as the nodes read it:
 - ``meld+voices``: MELD dev's words (gold text, in context) and a RAVDESS voice of the turn's
   label, as when a person's words and voice both carry what they feel: each speaker of a
   dialogue speaks with one actor's voice, each turn a clip of that actor with the turn's label
-  (the voice expert's reading out of fold), no face.
+  (the voice expert's reading out of fold), no face. Scored, not learned from by default
+  (:data:`FITTED`).
 
 The fit: ``theta`` minimises the mean of each composition's negative log-likelihood (so
 each counts the same, whatever its size; a fusion that does not weigh the face reads
@@ -54,6 +55,9 @@ from erc_ros.training.voice_stage import (VoiceStageConfig, cross_validate, fit_
 #: RAVDESS's two sentences (the statement field of its file names).
 RAVDESS_SENTENCES = {1: "Kids are talking by the door.", 2: "Dogs are sitting by the door."}
 GROUPS = ("meld", "ravdess", "ravdess+faces", "meld+voices")
+#: The compositions the shipped fusion learns from; ``meld+voices`` is scored beside them:
+#: learned from, it costs RAVDESS voices heard through the nodes 2-4 points (docs/fusion.md).
+FITTED = ("meld", "ravdess", "ravdess+faces")
 
 
 @dataclass
