@@ -81,6 +81,30 @@ def _write(folder: Path, fusion: SenseFusion) -> Path:
     return folder
 
 
+def test_a_floor_keeps_a_light_sense_from_vetoing_what_the_other_puts_first():
+    # words at a tenth of the weight that rule out what the voice hears (1e-4 on it)
+    f = fusion(text=[-2.2, 0.0, 0.0, 0.0, 0.0], voice=[0.55, 0.0, 0.0, 0.0, 0.0])
+    text = np.full(len(FACE_CLASSES), 1e-4)
+    text[FACE_CLASSES.index("neutral")], text[FACE_CLASSES.index("anger")] = 0.9, 0.1 - 6e-4
+    voice = np.full(len(FACE_CLASSES), 0.04)  # surprise first, anger second
+    voice[FACE_CLASSES.index("surprise")], voice[FACE_CLASSES.index("anger")] = 0.5, 0.3
+    readings = {"text": Reading(text), "voice": Reading(voice)}
+    out, _, shares = f.fuse(readings)
+    assert 0.08 < shares[0] < 0.12
+    assert FACE_CLASSES[int(np.argmax(out))] == "anger"  # neither sense's first choice
+    f.floor = 0.1
+    out, _, _ = f.fuse(readings)
+    assert FACE_CLASSES[int(np.argmax(out))] == "surprise"
+    # kept in the file; a file without it pools at the old floor; out of range is refused
+    assert SenseFusion.from_dict(f.to_dict()).floor == 0.1
+    old = f.to_dict()
+    del old["floor"]
+    assert SenseFusion.from_dict(old).floor == 1e-4
+    for bad in (0.0, 1.0 / len(FACE_CLASSES)):
+        with pytest.raises(ValueError, match="floor"):
+            SenseFusion.from_dict({**f.to_dict(), "floor": bad})
+
+
 def test_the_fusion_file_round_trips_and_is_checked(tmp_path):
     f = fusion(text=[0.1, 0.2, 0.3, 0.4, 0.5])
     f.text_model_id = "text-x"

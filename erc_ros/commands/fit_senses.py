@@ -33,7 +33,8 @@ from erc_ros.runtime.face_expert import default_model_dir as face_model_dir
 from erc_ros.runtime.manifest import default_model_dir
 from erc_ros.runtime.pipeline import EmotionPipeline
 from erc_ros.runtime.voice_expert import default_model_dir as voice_model_dir
-from erc_ros.runtime.senses import FUSION_FILE, KIND, SENSES, SpeakerBaselines, readings_of
+from erc_ros.runtime.senses import (EPS, FUSION_FILE, KIND, SENSES, SpeakerBaselines,
+                                    readings_of)
 from erc_ros.synth.faces import face_image
 from erc_ros.training.provenance import provenance
 from erc_ros.training.senses import (FITTED, GROUPS, Row, class_order, fit, meld_rows,
@@ -76,6 +77,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-id", default="", help="the fusion's model_id (default "
                    "senses-YYYYMMDD)")
     p.add_argument("--l2", type=float, default=1e-3)
+    p.add_argument("--floor", type=float, default=0.1,
+                   help="each sense's probabilities held at least this high before pooling, "
+                        f"from {EPS} (default 0.1: lower, the words of a neutral sentence veto "
+                        "what a voice hears, docs/fusion.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
 
@@ -145,6 +150,9 @@ def run(args) -> int:
     senses = tuple(s.strip() for s in args.senses.split(",") if s.strip())
     if set(senses) - set(SENSES) or "text" not in senses:
         raise SystemExit(f"error: --senses {args.senses}: text and any of voice, face")
+    if not EPS <= args.floor < 1.0 / len(FACE_CLASSES):
+        raise SystemExit(f"error: --floor {args.floor}: from {EPS} to below "
+                         f"1/{len(FACE_CLASSES)}")
     root = data_root()
     feats = Path(args.voice_features or "runs/voice_tiny/voice_features.npz")
     if not feats.is_file():
@@ -177,16 +185,17 @@ def run(args) -> int:
     check_rows = [r for r in rows if r.part == "check"]
     _log(f"{len(fit_rows)} turns to fit on ({', '.join(fit_on)}), {len(check_rows)} to check "
          "on")
-    held = fit(fit_rows, args.l2, senses)
+    held = fit(fit_rows, args.l2, senses, args.floor)
     rep = report(held, check_rows)
     _log("fitted on one part, scored on the other (RAVDESS actors 16-18, FER faces of odd "
          "index, MELD dialogues of odd number):\n" + table(rep))
-    final = fit([r for r in rows if r.group in fit_on], args.l2, senses)
+    final = fit([r for r in rows if r.group in fit_on], args.l2, senses, args.floor)
     final.text_model_id = pipeline.model_id
     out = {"text_model": pipeline.model_id, "fit_on": list(fit_on), "held_out": rep,
            "held_out_fusion": held.to_dict(),
            "fusion": final.to_dict(), "turns": {"fit": len(fit_rows), "check": len(check_rows)},
-           "l2": args.l2, "seed": args.seed, "minutes": round((time.time() - t0) / 60, 1)}
+           "l2": args.l2, "floor": args.floor, "seed": args.seed,
+           "minutes": round((time.time() - t0) / 60, 1)}
     if args.out:
         o = Path(args.out)
         o.mkdir(parents=True, exist_ok=True)
@@ -201,7 +210,7 @@ def run(args) -> int:
                               "(meld+voices)",
                               "FER2013 public_test (faces)"],
                   "licence": [RAVDESS_LICENCE]},
-            l2=args.l2, seed=args.seed, senses=list(senses))
+            l2=args.l2, floor=args.floor, seed=args.seed, senses=list(senses))
         write_manifest(o, {"format_version": 1, "kind": KIND,
                            "model_id": args.model_id or f"senses-{time.strftime('%Y%m%d')}",
                            "text_model_id": pipeline.model_id, "provenance": prov,

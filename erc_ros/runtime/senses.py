@@ -4,7 +4,7 @@ Each sense gives a distribution over the model's classes: the text model (``text
 expert (``voice``, when ``voice_status`` is ok) and the face expert (``face``, when the
 speaker's face was seen and read). The fused distribution is
 
-    log p(c) = sum_s (w_s / sum_r w_r) * log p_s(c) + const,
+    log p(c) = sum_s (w_s / sum_r w_r) * log max(p_s(c), floor) + const,
     w_s = softplus(theta_s . f_s)
 
 - ``f_s``, how far the reading can be trusted now: a constant, the top probability, one minus
@@ -12,6 +12,8 @@ speaker's face was seen and read). The fused distribution is
   far this reading is from the speaker's usual one (the mean of their earlier readings in the
   conversation): a face that reads the same in every utterance is that person's resting
   face, not the emotion of this utterance;
+- ``floor`` (in ``fusion.json``; 1e-4 for files without it) keeps a sense with a small weight
+  from vetoing the class another puts first;
 - the weights sum to one: a sense alone gives its own distribution, unchanged (the text
   model alone publishes what it publishes without the others);
 - a face is weighed from the speaker's second reading on: the first one only sets their usual
@@ -59,8 +61,9 @@ def default_model_dir() -> Path:
     return share_path("models", "senses") or CHECKOUT / "models" / "senses"
 
 
-def log_dist(p: Sequence[float]) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), EPS, 1.0)
+def log_dist(p: Sequence[float], floor: float = EPS) -> np.ndarray:
+    """The log of ``p`` normalized, each probability at least ``floor`` first."""
+    p = np.clip(np.asarray(p, np.float64), floor, 1.0)
     return np.log(p / p.sum())
 
 
@@ -96,6 +99,9 @@ class SenseFusion:
     theta: dict[str, list[float]]
     text_model_id: str = ""
     model_id: str = ""
+    #: each sense's probabilities are held at least this high before pooling, so that a
+    #: sense with a small weight cannot veto the class another puts first
+    floor: float = EPS
 
     def weight(self, sense: str, r: Reading) -> float:
         f = features(r.probs, r.baseline)
@@ -113,7 +119,8 @@ class SenseFusion:
             return p / p.sum(), used, [1.0]
         ws = np.array([self.weight(s, readings[s]) for s in used])
         shares = ws / ws.sum() if ws.sum() > 0 else np.full(len(used), 1.0 / len(used))
-        z = sum(share * log_dist(readings[s].probs) for s, share in zip(used, shares))
+        z = sum(share * log_dist(readings[s].probs, self.floor)
+                for s, share in zip(used, shares))
         z -= z.max()
         p = np.exp(z)
         return p / p.sum(), used, shares.tolist()
@@ -121,7 +128,8 @@ class SenseFusion:
     def to_dict(self) -> dict:
         return {"class_names": list(self.class_names), "features": list(FEATURES),
                 "theta": {s: [round(float(x), 6) for x in v] for s, v in self.theta.items()},
-                "text_model_id": self.text_model_id, "model_id": self.model_id}
+                "text_model_id": self.text_model_id, "model_id": self.model_id,
+                "floor": self.floor}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SenseFusion":
@@ -138,8 +146,11 @@ class SenseFusion:
         if [str(c) for c in d.get("class_names", [])] != list(FACE_CLASSES):
             raise ValueError(f"fusion classes {d.get('class_names')} are not the experts' "
                              f"{list(FACE_CLASSES)}")
+        floor = float(d.get("floor", EPS))  # files before the floor: EPS
+        if not EPS <= floor < 1.0 / len(FACE_CLASSES):
+            raise ValueError(f"fusion floor {floor}: from {EPS} to below 1/{len(FACE_CLASSES)}")
         return cls(list(d["class_names"]), theta, d.get("text_model_id", ""),
-                   d.get("model_id", ""))
+                   d.get("model_id", ""), floor)
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "SenseFusion":

@@ -44,7 +44,7 @@ from erc_ros.core.types import FACE_CLASSES, VOICE_OK, Utterance
 from erc_ros.datasets.meld import load_meld
 from erc_ros.datasets.voices import VoiceClip, read_voices, speaker_folds
 from erc_ros.paths import cache_root, sha256_file
-from erc_ros.runtime.senses import (FEATURES, FROM_SECOND, SENSES, Reading, SenseFusion,
+from erc_ros.runtime.senses import (EPS, FEATURES, FROM_SECOND, SENSES, Reading, SenseFusion,
                                     SpeakerBaselines, features, log_dist)
 from erc_ros.runtime.voice_expert import normalized_entropy
 from erc_ros.training.metrics import scores
@@ -266,7 +266,7 @@ class Design:
     reliability features and whether it is weighed (it read; a face from the speaker's second
     reading on)."""
 
-    def __init__(self, rows: list[Row], senses: tuple = SENSES):
+    def __init__(self, rows: list[Row], senses: tuple = SENSES, floor: float = EPS):
         n, k = len(rows), len(FACE_CLASSES)
         self.senses = tuple(s for s in SENSES if s in senses)
         self.y = np.array([r.label for r in rows])
@@ -284,7 +284,7 @@ class Design:
                 if rd is None or s in FROM_SECOND and rd.baseline is None:
                     continue
                 self.on[s][i] = True
-                self.ev[s][i] = log_dist(rd.probs)
+                self.ev[s][i] = log_dist(rd.probs, floor)
                 self.f[s][i] = features(rd.probs, rd.baseline)
         # a row with one sense is that sense's reading whatever the weights (as fuse())
         alone = sum(self.on[s].astype(int) for s in self.senses) == 1
@@ -317,18 +317,21 @@ def objective(x: np.ndarray, d: Design, l2: float) -> float:
     return float((d.sample_w * nll).sum() + l2 * (x ** 2).sum())
 
 
-def fit(rows: list[Row], l2: float = 1e-3, senses: tuple = SENSES) -> SenseFusion:
-    """The fusion of ``senses`` (the others are reported, not weighed) fitted on ``rows``."""
+def fit(rows: list[Row], l2: float = 1e-3, senses: tuple = SENSES,
+        floor: float = EPS) -> SenseFusion:
+    """The fusion of ``senses`` (the others are reported, not weighed) fitted on ``rows``,
+    each reading held at ``floor`` or above before pooling."""
     if "text" not in senses:
         raise ValueError("the fusion weighs the text model and other senses: text is needed")
-    d = Design(rows, senses)
+    d = Design(rows, senses, floor)
     m = len(FEATURES)
     x0 = np.zeros(len(d.senses) * m)
     for i in range(len(d.senses)):
         x0[i * m] = 0.55  # softplus(0.55) ~ 1: every sense as its own reading says
     res = minimize(objective, x0, args=(d, l2), method="L-BFGS-B")
     return SenseFusion(list(FACE_CLASSES),
-                       {s: v.tolist() for s, v in _unpack(res.x, d.senses).items()})
+                       {s: v.tolist() for s, v in _unpack(res.x, d.senses).items()},
+                       floor=floor)
 
 
 def predictions(fusion: SenseFusion, rows: list[Row]) -> dict[str, list[int]]:
