@@ -71,9 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(the gold text, each speaker's portrait read once: seconds)")
     p.add_argument("--fit-on", default=",".join(FITTED),
                    help="the compositions the fusion learns from (comma-separated; default "
-                        f"{','.join(FITTED)}: learned from, meld+voices costs RAVDESS voices "
-                        "heard through the nodes 2-4 points, docs/fusion.md); the others are "
-                        "still scored on their check half")
+                        f"{','.join(FITTED)}: learned from, meld+voices cost RAVDESS voices "
+                        "heard through the nodes up to 4.9 points, docs/fusion.md); the others "
+                        "are still scored on their check half")
     p.add_argument("--model-id", default="", help="the fusion's model_id (default "
                    "senses-YYYYMMDD)")
     p.add_argument("--l2", type=float, default=1e-3)

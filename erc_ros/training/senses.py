@@ -56,7 +56,7 @@ from erc_ros.training.voice_stage import (VoiceStageConfig, cross_validate, fit_
 RAVDESS_SENTENCES = {1: "Kids are talking by the door.", 2: "Dogs are sitting by the door."}
 GROUPS = ("meld", "ravdess", "ravdess+faces", "meld+voices")
 #: The compositions the shipped fusion learns from; ``meld+voices`` is scored beside them:
-#: learned from, it costs RAVDESS voices heard through the nodes 2-4 points (docs/fusion.md).
+#: learned from, it cost RAVDESS voices heard through the nodes up to 4.9 points (docs/fusion.md).
 FITTED = ("meld", "ravdess", "ravdess+faces")
 
 
