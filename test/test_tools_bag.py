@@ -221,6 +221,39 @@ def test_bench_e2e(bags, model, tmp_path):
 
 
 
+def test_bench_e2e_compare_starts_a_second_emotion_node_with_its_settings_last(bags):
+    from erc_ros.bench.e2e import COMPARE_TOPIC, node_commands
+    one = node_commands(bags["mcap"], "", "auto", "auto", False, ("fusion:=senses",), "")
+    assert len(one) == 1 and "erc_ros.ros.composed" in one[0]
+    cmds = node_commands(bags["mcap"], "", "auto", "auto", False, ("fusion:=senses",), "",
+                         ("fusion:=text",))
+    assert [c[c.index("-m") + 1] for c in cmds] == [
+        "erc_ros.ros.utterance_node", "erc_ros.ros.emotion_node", "erc_ros.ros.emotion_node"]
+    main, cmp = ([c[i + 1] for i in range(len(c)) if c[i] == "-p"] for c in cmds[1:])
+    # the compared setting comes after --set's (the last -p of a name wins), on its own topic
+    assert main[-1] == "fusion:=senses" and "fusion:=text" not in main
+    assert cmp.index("fusion:=text") > cmp.index("fusion:=senses")
+    assert f"estimate_topic:={COMPARE_TOPIC}" in cmp and "publish_expression:=false" in cmp
+    assert cmds[2][-2:] == ["-r", "__node:=emotion_node_compare"] and "-r" not in cmds[1]
+
+
+def test_bench_e2e_compares_two_settings_on_the_same_utterances(bags, model, tmp_path):
+    js = tmp_path / "e2e.json"
+    assert cli(["bench-e2e", "--bag", str(bags["mcap"]), "--model-dir", str(model),
+                "--rate", "2", "--set", "backend:=onnxruntime", "--compare", "backend:=torch",
+                "--json", str(js)]) == 0
+    r = json.loads(js.read_text())
+    c = r["compare"]
+    assert r["mode"] == "split" and c["set"] == ["backend:=torch"]
+    # both nodes answered the same 4 final results, each with its own setting
+    assert r["utterances"] == c["utterances"] == 4 and r["lost"] == c["lost"] == 0
+    assert [b.split("/")[0] for b in r["backends"]] == ["onnxruntime"], r["backends"]
+    assert [b.split("/")[0] for b in c["backends"]] == ["torch"], c["backends"]
+    assert len(c["speech_end_ms"]) == 4
+    assert r["compare_ratio"]["speech_end_p95_ms"] == pytest.approx(
+        r["speech_end_p95_ms"] / c["speech_end_p95_ms"])
+
+
 def _recording(rec, topics):
     """`record` of ``topics`` into ``rec`` (sim time) on a thread: (thread, stop, counts)."""
     from erc_ros.bags.record import record

@@ -18,6 +18,12 @@ latency histogram PNG next to ``--json``; JSON keys ``p50_ms``, ``p95_ms``, ``ut
 ``lost``. From the end of speech (the bag's turns): every estimate (``speech_end_*``), those
 that end a recognized segment (``speech_end_segment_last_*``) and each turn to the estimate
 of its last words (``speech_end_turn_*``), see :func:`_speech_end`.
+
+``--compare NAME:=VALUE``: the utterance and emotion nodes run apart (``--split``) and a second
+emotion node, with that setting, estimates the same utterances on its own topic; both are
+timed from the same final results and speech ends (``compare``, ``compare_ratio``: this
+run's figures over the second node's). Two runs differ by the recognizer's timing (a p95 moves
+by 400 ms between two runs of one setting); one run with two nodes does not.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +68,16 @@ def add_arguments(p) -> None:
                         "bag's audio itself and its own Transcripts start each measurement")
     p.add_argument("--set", action="append", default=[], metavar="NAME:=VALUE",
                    help="extra node parameter, e.g. perception.faces.enabled:=false")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME:=VALUE",
+                   help="also run a second emotion node on the same utterances with this "
+                        "parameter (e.g. fusion:=text; implies --split) and time both from "
+                        "the same speech ends: the ratio of two settings in one run, "
+                        "without the recognizer's run-to-run timing in it")
 
 
 def _node_command(bag: Path, model_dir: str, backend: str, precision: str,
                   module: str = "erc_ros.ros.composed", extra: tuple = (),
-                  asr_type: str = "") -> list[str]:
+                  asr_type: str = "", remaps: tuple = ()) -> list[str]:
     params = ["use_sim_time:=true", f"backend:={backend}", f"precision:={precision}",
               "prepare:=true",
               "diagnostics_period:=2.0"]
@@ -77,12 +89,40 @@ def _node_command(bag: Path, model_dir: str, backend: str, precision: str,
     cmd = [sys.executable, "-m", module, "--ros-args"]
     for p in params:
         cmd += ["-p", p]
+    for r in remaps:
+        cmd += ["-r", r]
     return cmd
+
+
+#: The second emotion node of ``--compare``: its estimates on their own topic, no
+#: Expressions (the first node's are the ones a robot reads).
+COMPARE_TOPIC = "erc_ros/emotion_compare"
+COMPARE_PARAMS = (f"estimate_topic:={COMPARE_TOPIC}", "publish_expression:=false",
+                  "publish_face_expression:=false")
+COMPARE_REMAPS = ("__node:=emotion_node_compare",)
+
+
+def node_commands(bag: Path, model_dir: str, backend: str, precision: str, split: bool,
+                  extra: tuple, asr_type: str, compare: tuple = ()) -> list[list[str]]:
+    """The processes to start: the composed node, or (``split``, or a ``compare``) the
+    utterance and emotion nodes apart, and with ``compare`` a second emotion node with those
+    parameters over ``extra``'s, publishing on :data:`COMPARE_TOPIC`."""
+    args = (bag, model_dir, backend, precision)
+    if not (split or compare):
+        return [_node_command(*args, "erc_ros.ros.composed", extra, asr_type)]
+    cmds = [_node_command(*args, m, extra, asr_type)
+            for m in ("erc_ros.ros.utterance_node", "erc_ros.ros.emotion_node")]
+    if compare:
+        cmds.append(_node_command(*args, "erc_ros.ros.emotion_node",
+                                  extra + tuple(compare) + COMPARE_PARAMS, asr_type,
+                                  COMPARE_REMAPS))
+    return cmds
 
 
 def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision: str = "auto",
           rate: float = 1.0, repeat: int = 1, startup_timeout: float = 120.0,
-          split: bool = False, extra: tuple = (), asr: str = "bag") -> dict:
+          split: bool = False, extra: tuple = (), asr: str = "bag",
+          compare: tuple = ()) -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.serialization import deserialize_message
@@ -90,36 +130,39 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     from erc_ros.msg import EmotionEstimate, Transcript
 
     bag = Path(bag)
-    modules = (["erc_ros.ros.utterance_node", "erc_ros.ros.emotion_node"] if split
-               else ["erc_ros.ros.composed"])
     embedded = asr == "embedded"
-    procs = [subprocess.Popen(_node_command(bag, model_dir, backend, precision, m, extra,
-                                            "embedded" if embedded else ""),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    split = split or bool(compare)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               # as the launch file starts them (the allocator's huge pages)
-                              env=dict(os.environ, **node_environment())) for m in modules]
+                              env=dict(os.environ, **node_environment()))
+             for cmd in node_commands(bag, model_dir, backend, precision, split, extra,
+                                      "embedded" if embedded else "", compare)]
     lines: list[str] = []
     for proc in procs:
         threading.Thread(target=lambda p=proc: [lines.append(x) for x in p.stdout],
                          daemon=True).start()
     own = not rclpy.ok()
     if own:
-        rclpy.init()
+        rclpy.init(args=[])  # not this command's own arguments (--set a:=b reads as a remap)
     node = rclpy.create_node("erc_bench_e2e")
     player = BagPlayer(node, bag_connections(bag))
     finals: list[dict] = []  # published final results: span + publish time
     passes: list[tuple[float, float]] = []  # (clock offset, wall time of the bag's start)
     spans: list[tuple] = []  # the bag's turns (start, end, text), from its transcripts
     received: list[tuple[float, object]] = []
+    received_cmp: list[tuple[float, object]] = []  # the --compare node's
     lock = threading.Lock()
 
-    def on_est(msg):
+    def on_est(msg, into=received):
         t = time.perf_counter()
         with lock:
-            received.append((t, emotion_msgs.msg_to_estimate(msg),
-                             (float(msg.end_to_end_latency_ms), float(msg.processing_latency_ms))))
+            into.append((t, emotion_msgs.msg_to_estimate(msg),
+                         (float(msg.end_to_end_latency_ms), float(msg.processing_latency_ms))))
 
     node.create_subscription(EmotionEstimate, "/erc_ros/emotion", on_est, RELIABLE)
+    if compare:
+        node.create_subscription(EmotionEstimate, "/" + COMPARE_TOPIC,
+                                 lambda m: on_est(m, received_cmp), RELIABLE)
     if embedded:  # the node's own final results are the start of each measurement
         def on_transcript(msg):
             t = time.perf_counter()
@@ -158,7 +201,8 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
                              and not ty.endswith("AudioInfo"))
         t_wait = time.monotonic()
         while node.count_subscribers(asr_topic) == 0 or node.count_publishers(
-                "/erc_ros/emotion") == 0:
+                "/erc_ros/emotion") == 0 or (compare and node.count_publishers(
+                    "/" + COMPARE_TOPIC) == 0):
             if any(p.poll() is not None for p in procs) or \
                     time.monotonic() - t_wait > startup_timeout:
                 raise RuntimeError("the composed node did not start:\n" + "".join(lines[-30:]))
@@ -176,7 +220,8 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
         deadline = time.monotonic() + (30.0 if embedded else 10.0)  # + the recognizer's backlog
         while time.monotonic() < deadline:
             with lock:
-                if len(received) >= len(finals):
+                if len(received) >= len(finals) and (
+                        not compare or len(received_cmp) >= len(finals)):
                     break
             time.sleep(0.05)
         time.sleep(0.3)
@@ -194,10 +239,21 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
                 proc.kill()
     res = _score(finals, received, lines)
     res.update(_speech_end(spans, passes, start, rate, received))
+    if compare:
+        cmp = {"set": list(compare), **_score(finals, received_cmp, lines),
+               **_speech_end(spans, passes, start, rate, received_cmp)}
+        res["compare"] = cmp
+        res["compare_ratio"] = {k: res[k] / cmp[k] if cmp[k] > 0 else float("nan")
+                                for k in RATIO_KEYS}
     res["mode"] = "split" if split else "composed"
     res["asr"] = asr
     res["node_diagnostics"] = diag
     return res
+
+
+#: The figures ``compare_ratio`` divides (this node's by the ``--compare`` node's).
+RATIO_KEYS = ("p50_ms", "p95_ms", "speech_end_p50_ms", "speech_end_p95_ms",
+              "speech_end_turn_p95_ms")
 
 
 def _play(player, bag, rate, offset, finals, start, deserialize_message, Transcript,
@@ -353,7 +409,12 @@ def _score(finals: list[dict], received: list, lines: list[str]) -> dict:
            "node_latencies_ms": [round(x, 3) for x in node],
            "pipeline_latencies_ms": [round(x, 3) for x in proc],
            "node_p95_ms": float(np.nanpercentile(node, 95)) if node.size and
-           not np.isnan(node).all() else float("nan")}
+           not np.isnan(node).all() else float("nan"),
+           # the senses each estimate's label weighed (EmotionEstimate.modalities), counted
+           "modalities": dict(Counter("+".join(est.modalities) or "none"
+                                      for _t, est, _n in received)),
+           # ... and the backend / precision that estimated them
+           "backends": dict(Counter(est.backend for _t, est, _n in received))}
     return res
 
 
@@ -370,9 +431,11 @@ def run(args) -> int:
         print(f"bench-e2e: no bag {bag}", file=sys.stderr)
         return 2
     r = bench(bag, args.model_dir, args.backend, args.precision, args.rate, args.repeat,
-              args.startup_timeout, args.split, tuple(args.set), args.asr)
+              args.startup_timeout, args.split, tuple(args.set), args.asr,
+              tuple(args.compare))
     r["load_average_1m_after"] = os.getloadavg()[0]
-    print(f"bench-e2e ({r['mode']}, ASR: {r['asr']}): {r['utterances']} utterances, {r['lost']} lost; final ASR result -> "
+    print(f"bench-e2e ({r['mode']}, ASR: {r['asr']}): {r['utterances']} utterances, "
+          f"{r['lost']} lost; final ASR result -> "
           f"EmotionEstimate p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
           f"max {r['max_ms']:.1f} ms; end of speech -> EmotionEstimate p50 "
           f"{r['speech_end_p50_ms']:.0f} ms, p95 {r['speech_end_p95_ms']:.0f} ms "
@@ -382,6 +445,20 @@ def run(args) -> int:
           f"{len(r['speech_end_turn_ms'])} turns to the estimate of its last words: p50 "
           f"{r['speech_end_turn_p50_ms']:.0f} ms, p95 {r['speech_end_turn_p95_ms']:.0f} ms, "
           f"{r['speech_end_turns_unanswered']} unanswered)")
+    if "compare" in r:
+        c, q = r["compare"], r["compare_ratio"]
+        print(f"the same run with {', '.join(c['set'])} (a second emotion node on the same "
+              f"utterances): {c['utterances'] - c['lost']} estimates, {c['lost']} lost; final "
+              f"ASR result -> EmotionEstimate p50 {c['p50_ms']:.1f} ms, p95 {c['p95_ms']:.1f} "
+              f"ms; end of speech -> EmotionEstimate p50 {c['speech_end_p50_ms']:.0f} ms, "
+              f"p95 {c['speech_end_p95_ms']:.0f} ms; ratio (this run's over it): end of "
+              f"speech p95 {q['speech_end_p95_ms']:.3f}, p50 {q['speech_end_p50_ms']:.3f}; "
+              f"final ASR result p95 {q['p95_ms']:.3f}")
+    print("senses each label weighed (estimates): " + ", ".join(
+        f"{k} {v}" for k, v in sorted(r["modalities"].items())) + (
+        f"; with {', '.join(r['compare']['set'])}: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(r["compare"]["modalities"].items()))
+        if "compare" in r else ""))
     slow = sorted((t for t in r["speech_end_turns"] if t["ms"] is not None),
                   key=lambda t: -t["ms"])[:3]
     if slow:
