@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from erc_ros.core.types import FACE_CLASSES, FACE_SEEN, VOICE_OK, Utterance
+from erc_ros.core.types import (FACE_CLASSES, FACE_SEEN, VOICE_OK, VOICE_UNCERTAIN,
+                                VOICE_UNFAMILIAR, Utterance)
 from erc_ros.models.artefact import ArtefactError, add_artefact, write_manifest
 from erc_ros.runtime.pipeline import EmotionPipeline
 from erc_ros.runtime.senses import (FEATURES, FUSION_FILE, KIND, Reading, SenseFusion,
-                                    SpeakerBaselines, default_model_dir)
+                                    SpeakerBaselines, default_model_dir, readings_of)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"
@@ -105,6 +106,43 @@ def test_a_floor_keeps_a_light_sense_from_vetoing_what_the_other_puts_first():
             SenseFusion.from_dict({**f.to_dict(), "floor": bad})
 
 
+def test_a_voice_counts_while_its_expert_finds_the_conversations_voices_familiar():
+    f = fusion()
+    f.min_familiar_share = 0.5
+    order = np.arange(len(FACE_CLASSES))
+    base = SpeakerBaselines()
+    words, angry = dist("neutral", 0.6), dist("anger", 0.9)
+
+    def heard(voice=None, unfamiliar=False, speaker="alice"):
+        return f.fuse(readings_of(order, base, speaker, words, voice, None, unfamiliar))
+
+    # two voices the expert called unfamiliar, then one it read: 1 of 3 familiar
+    assert heard(unfamiliar=True)[1] == heard(unfamiliar=True)[1] == ["text"]
+    out, used, _ = heard(angry, speaker="bob")
+    assert used == ["text"] and np.allclose(out, words)
+    # read again (whoever speaks): 2 of 4, it weighs in; a voice too short to read does
+    # not count either way
+    assert heard(None)[1] == ["text"]
+    out, used, _ = heard(angry)
+    assert used == ["text", "voice"] and FACE_CLASSES[int(np.argmax(out))] == "anger"
+    # a new conversation starts from nothing: its first reading counts
+    base = SpeakerBaselines()
+    assert heard(angry)[1] == ["text", "voice"]
+    # without the rule (0, files before it) every reading counts
+    f.min_familiar_share = 0.0
+    base = SpeakerBaselines()
+    heard(unfamiliar=True), heard(unfamiliar=True)
+    assert heard(angry)[1] == ["text", "voice"]
+    f.min_familiar_share = 0.5
+    assert SenseFusion.from_dict(f.to_dict()).min_familiar_share == 0.5
+    old = f.to_dict()
+    del old["min_familiar_share"]
+    assert SenseFusion.from_dict(old).min_familiar_share == 0.0
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="min_familiar_share"):
+            SenseFusion.from_dict({**f.to_dict(), "min_familiar_share": bad})
+
+
 def test_the_fusion_file_round_trips_and_is_checked(tmp_path):
     f = fusion(text=[0.1, 0.2, 0.3, 0.4, 0.5])
     f.text_model_id = "text-x"
@@ -184,6 +222,22 @@ def test_the_default_pipeline_weighs_every_sense_and_text_keeps_the_text_label(
     assert est.label == est.text_label == "neutral" and est.modalities == ["text"]
     assert est.voice_label == "anger"
     pipe.set_fusion("senses")
+
+
+def test_the_default_pipeline_leaves_out_a_voice_among_voices_its_expert_does_not_know(
+        default_pipeline):
+    pipe = default_pipeline
+    assert pipe.fusion.min_familiar_share == pytest.approx(1 / 3)
+    pipe.reset()
+    words = "Kids are talking by the door."
+    for i in range(3):  # three voices unlike any the expert learned from (synthetic ones)
+        u = _utterance(i, words)
+        u.voice_status, u.voice_reason = VOICE_UNCERTAIN, VOICE_UNFAMILIAR
+        assert pipe.predict(u).modalities == ["text"]
+    # then one it reads: 1 of 4 familiar; the words' label stands, the voice's beside it
+    est = pipe.predict(_utterance(3, words, voice=dist("anger", 0.97)))
+    assert est.voice_label == "anger" and est.modalities == ["text"]
+    assert est.label == est.text_label == "neutral"
 
 
 def test_a_fusion_fitted_with_another_text_model_is_not_used(default_pipeline, tmp_path):

@@ -109,10 +109,39 @@ def test_fit_senses_says_what_it_needs(tmp_path):
     assert out.returncode != 0
     assert "no voice features" in out.stderr and "train --recipe voice" in out.stderr
     for flag, value, says in (("--fit-on", "meld,faces", "--fit-on meld,faces: some of meld"),
-                              ("--senses", "voice,face", "--senses voice,face: text and")):
+                              ("--senses", "voice,face", "--senses voice,face: text and"),
+                              ("--min-familiar-share", "1.5", "--min-familiar-share 1.5: from")):
         out = subprocess.run([sys.executable, "-m", "erc_ros", "fit-senses", flag, value],
                              capture_output=True, text=True)
         assert out.returncode != 0 and says in out.stderr, out.stderr
+
+
+def test_a_composition_counts_the_voices_the_gate_found_unfamiliar_as_the_nodes_do():
+    """RAVDESS conversations whose actors' first clip the gate found unfamiliar: each voice
+    reading carries the share of the conversation's voices found familiar so far, as
+    readings_of gives it, and the fit weighs the voice as the fusion will."""
+    labels = np.tile(np.arange(4), 2)
+    voice = {"probs": np.eye(len(FACE_CLASSES))[labels], "label": labels,
+             "speaker": np.repeat(["ravdess-16", "ravdess-17"], 4),
+             "sentence": np.ones(8, int), "ok": np.tile([False, True, True, True], 2),
+             "unfamiliar": np.tile([True, False, False, False], 2)}
+    pipe = EmotionPipeline.from_model_dir(default_model_dir(), backend="torch", fusion="text")
+    rows = ravdess_rows(pipe, voice, None, 8, 0)
+    assert len(rows) == 8 and sum("voice" in r.readings for r in rows) == 6
+    shares, seen = [], 0
+    for k, r in enumerate(rows, 1):
+        seen += "voice" in r.readings
+        if "voice" in r.readings:
+            shares.append(r.readings["voice"].familiar_share)
+            assert shares[-1] == pytest.approx(seen / k)
+    assert min(shares) < 1
+    d, strict = Design(rows), Design(rows, min_familiar_share=0.75)
+    on = np.array(["voice" in r.readings for r in rows])
+    assert (d.on["voice"] == on).all()
+    share = np.array([r.readings["voice"].familiar_share if "voice" in r.readings else 0
+                      for r in rows])
+    assert (strict.on["voice"] == on & (share >= 0.75)).all()
+    assert strict.on["voice"].sum() < on.sum()
 
 
 def test_meld_voices_gives_each_turn_a_clip_of_its_label_from_the_dialogues_side():

@@ -52,7 +52,8 @@ VOICE_ERROR = "error"  #: the expert failed on this utterance's audio (counted i
 VOICE_STATUSES = (VOICE_OK, VOICE_UNCERTAIN, VOICE_NO_AUDIO, VOICE_DISABLED, VOICE_ERROR)
 #: Why a voice is "uncertain": shorter than the expert reads, too quiet, clipped, a
 #: distribution too undecided, or a voice unlike every voice the expert learned from.
-VOICE_UNCERTAIN_REASONS = ("too_short", "too_quiet", "clipped", "undecided", "unfamiliar")
+VOICE_UNFAMILIAR = "unfamiliar"  #: a voice unlike those the expert learned from
+VOICE_UNCERTAIN_REASONS = ("too_short", "too_quiet", "clipped", "undecided", VOICE_UNFAMILIAR)
 
 
 @dataclass(frozen=True)

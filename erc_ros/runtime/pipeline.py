@@ -31,7 +31,8 @@ import numpy as np
 
 from erc_ros.core.conversation import DEFAULT_MAX_BYTES, ConversationHistory
 from erc_ros.core.types import (FACE_CLASSES, FACE_DISABLED, FACE_SEEN, MODALITIES,
-                                VOICE_DISABLED, VOICE_OK, Estimate, Utterance)
+                                VOICE_DISABLED, VOICE_OK, VOICE_UNFAMILIAR, Estimate,
+                                Utterance)
 
 from .backends import (Backend, BackendUnavailable, OrtBackend, TorchBackend, choose_ort_providers,
                        cpu_int8, default_threads, onnxruntime_available, resolve_backend,
@@ -376,7 +377,8 @@ class EmotionPipeline:
         their weights; then the speaker's usual voice and face take in this reading."""
         order = self._face_order
         readings = readings_of(order, baselines, speaker, text, voice.get("voice_probabilities"),
-                               face.get("face_probabilities"))
+                               face.get("face_probabilities"),
+                               voice.get("voice_reason") == VOICE_UNFAMILIAR)
         fused, senses, shares = self.fusion.fuse(readings)
         if not senses:
             return np.zeros(0), [], np.zeros(0)

@@ -17,7 +17,12 @@ speaker's face was seen and read). The fused distribution is
 - the weights sum to one: a sense alone gives its own distribution, unchanged (the text
   model alone publishes what it publishes without the others);
 - a face is weighed from the speaker's second reading on: the first one only sets their usual
-  face (a resting smile reads as joy at 0.9 to a FER2013 expert).
+  face (a resting smile reads as joy at 0.9 to a FER2013 expert);
+- a voice is weighed while the voice expert has found at least ``min_familiar_share`` (in
+  ``fusion.json``; 0 for files without it) of the voices it heard in the conversation
+  familiar, this one included: where it calls most of them unfamiliar (synthetic voices, a
+  microphone or a room unlike any it learned from), the few it reads are at the edge of what
+  it knows, and it is wrong on most of them.
 
 A sense that did not read is left out (its weight is 0); with none, there is no label, as with
 the text model alone. A fusion weighs the senses it has ``theta`` for (the text and some of
@@ -48,6 +53,8 @@ MODALITY = {"text": "text", "voice": "audio", "face": "video"}
 RELATIVE = ("voice", "face")
 #: Senses whose first reading of a speaker only sets the usual one.
 FROM_SECOND = ("face",)
+#: Senses whose expert says when a reading is unlike anything it learned ("unfamiliar").
+FAMILIAR = ("voice",)
 #: Reliability features of a reading (see :func:`features`).
 FEATURES = ("bias", "top_probability", "certainty", "known_speaker", "novelty")
 FUSION_FILE = "fusion.json"
@@ -91,6 +98,9 @@ class Reading:
 
     probs: np.ndarray
     baseline: Optional[np.ndarray] = None
+    #: of this sense's utterances in the conversation so far, this one included, the share
+    #: its expert found familiar (1 for a sense that does not say)
+    familiar_share: float = 1.0
 
 
 @dataclass
@@ -102,6 +112,17 @@ class SenseFusion:
     #: each sense's probabilities are held at least this high before pooling, so that a
     #: sense with a small weight cannot veto the class another puts first
     floor: float = EPS
+    #: a sense of :data:`FAMILIAR` is weighed only while its ``familiar_share`` is at least
+    #: this (0: always)
+    min_familiar_share: float = 0.0
+
+    def counts(self, sense: str, r: Optional[Reading]) -> bool:
+        """Whether ``sense``'s reading ``r`` weighs in: it read, the fusion weighs the sense,
+        a face from the speaker's second reading on, a voice while its expert finds the
+        conversation's voices familiar often enough."""
+        return (r is not None and sense in self.theta
+                and not (sense in FROM_SECOND and r.baseline is None)
+                and not (sense in FAMILIAR and r.familiar_share < self.min_familiar_share))
 
     def weight(self, sense: str, r: Reading) -> float:
         f = features(r.probs, r.baseline)
@@ -110,8 +131,7 @@ class SenseFusion:
     def fuse(self, readings: dict[str, Reading]) -> tuple[np.ndarray, list[str], list[float]]:
         """The fused distribution, the senses it used (in :data:`SENSES` order) and their
         shares of the weight (summing to 1). No reading: empty distribution."""
-        used = [s for s in SENSES if s in self.theta and readings.get(s) is not None
-                and not (s in FROM_SECOND and readings[s].baseline is None)]
+        used = [s for s in SENSES if self.counts(s, readings.get(s))]
         if not used:
             return np.zeros(0), [], []
         if len(used) == 1:
@@ -129,7 +149,7 @@ class SenseFusion:
         return {"class_names": list(self.class_names), "features": list(FEATURES),
                 "theta": {s: [round(float(x), 6) for x in v] for s, v in self.theta.items()},
                 "text_model_id": self.text_model_id, "model_id": self.model_id,
-                "floor": self.floor}
+                "floor": self.floor, "min_familiar_share": self.min_familiar_share}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SenseFusion":
@@ -149,8 +169,11 @@ class SenseFusion:
         floor = float(d.get("floor", EPS))  # files before the floor: EPS
         if not EPS <= floor < 1.0 / len(FACE_CLASSES):
             raise ValueError(f"fusion floor {floor}: from {EPS} to below 1/{len(FACE_CLASSES)}")
+        share = float(d.get("min_familiar_share", 0.0))  # files before it: always
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"fusion min_familiar_share {share}: from 0 to 1")
         return cls(list(d["class_names"]), theta, d.get("text_model_id", ""),
-                   d.get("model_id", ""), floor)
+                   d.get("model_id", ""), floor, share)
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "SenseFusion":
@@ -166,11 +189,14 @@ class SenseFusion:
 
 
 def readings_of(order: np.ndarray, baselines: "SpeakerBaselines", speaker: str,
-                text=None, voice=None, face=None) -> dict[str, Reading]:
+                text=None, voice=None, face=None,
+                voice_unfamiliar: bool = False) -> dict[str, Reading]:
     """Each sense's reading of one utterance in the experts' class order, from distributions
     in a model's class order (``order``: index into the experts' classes of each model
     class; None or empty: the sense did not read), with the speaker's usual voice and face
-    before this utterance; then those take in this utterance's readings."""
+    before this utterance and the share of the conversation's voices found familiar
+    (``voice_unfamiliar``: the voice expert called this utterance's voice unfamiliar); then
+    those take in this utterance."""
     readings = {}
     for sense, p in (("text", text), ("voice", voice), ("face", face)):
         if p is None or not len(p):
@@ -182,16 +208,29 @@ def readings_of(order: np.ndarray, baselines: "SpeakerBaselines", speaker: str,
     for sense in RELATIVE:
         if sense in readings:
             baselines.add(speaker, sense, readings[sense].probs)
+    if "voice" in readings or voice_unfamiliar:
+        share = baselines.heard("voice", familiar="voice" in readings)
+        if "voice" in readings:
+            readings["voice"].familiar_share = share
     return readings
 
 
 class SpeakerBaselines:
     """Each speaker's usual reading of each relative sense in one conversation: the running
-    mean of its log distributions."""
+    mean of its log distributions; and how often each sense's expert found the
+    conversation's utterances familiar."""
 
     def __init__(self):
         self._sum: dict[tuple[str, str], np.ndarray] = {}
         self._n: dict[tuple[str, str], int] = {}
+        self._familiar: dict[str, list[int]] = {}  # sense -> [familiar, unfamiliar]
+
+    def heard(self, sense: str, familiar: bool) -> float:
+        """Count one utterance the expert of ``sense`` found familiar (it read it) or not;
+        the share found familiar so far, this one included."""
+        c = self._familiar.setdefault(sense, [0, 0])
+        c[0 if familiar else 1] += 1
+        return c[0] / (c[0] + c[1])
 
     def get(self, speaker: str, sense: str) -> Optional[np.ndarray]:
         n = self._n.get((speaker, sense), 0)

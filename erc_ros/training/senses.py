@@ -40,11 +40,11 @@ import numpy as np
 from scipy.optimize import minimize
 
 from erc_ros.core.audio_files import read_audio_16k
-from erc_ros.core.types import FACE_CLASSES, VOICE_OK, Utterance
+from erc_ros.core.types import FACE_CLASSES, VOICE_OK, VOICE_UNFAMILIAR, Utterance
 from erc_ros.datasets.meld import load_meld
 from erc_ros.datasets.voices import VoiceClip, read_voices, speaker_folds
 from erc_ros.paths import cache_root, sha256_file
-from erc_ros.runtime.senses import (EPS, FEATURES, FROM_SECOND, SENSES, Reading, SenseFusion,
+from erc_ros.runtime.senses import (EPS, FEATURES, SENSES, Reading, SenseFusion,
                                     SpeakerBaselines, features, log_dist)
 from erc_ros.runtime.voice_expert import normalized_entropy
 from erc_ros.training.metrics import scores
@@ -80,7 +80,7 @@ def voice_out_of_fold(data: Path, features_file: Path) -> dict:
     whether the gate lets it through, label, actor and sentence. Kept in the cache, keyed by
     the features' sha256."""
     clips = read_voices(f"ravdess:{data}")
-    cache = cache_root() / "senses" / f"voice_oof-{sha256_file(features_file)[:16]}.npz"
+    cache = cache_root() / "senses" / f"voice_oof2-{sha256_file(features_file)[:16]}.npz"
     if cache.is_file():
         z = np.load(cache)
         return {k: z[k] for k in z.files}
@@ -98,9 +98,9 @@ def voice_out_of_fold(data: Path, features_file: Path) -> dict:
     t = fit_temperature(oof["logits"], labels)
     p = softmax_t(oof["logits"], t)
     ent = np.array([normalized_entropy(x) for x in p])
-    keep = (oof["distance"] <= np.quantile(oof["distance"], cfg.gate_distance_quantile)) & \
-        (ent <= np.quantile(ent, cfg.gate_entropy_quantile))
-    out = {"probs": p, "ok": keep, **_clip_fields(clips)}
+    familiar = oof["distance"] <= np.quantile(oof["distance"], cfg.gate_distance_quantile)
+    keep = familiar & (ent <= np.quantile(ent, cfg.gate_entropy_quantile))
+    out = {"probs": p, "ok": keep, "unfamiliar": ~familiar, **_clip_fields(clips)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
     return out
@@ -118,12 +118,14 @@ def voice_readings(expert, clips: list[VoiceClip]) -> dict:
     learned from these actors reads them more surely than it reads a stranger: fit on actors
     it never heard."""
     probs, ok = np.zeros((len(clips), len(FACE_CLASSES))), np.zeros(len(clips), bool)
+    unfamiliar = np.zeros(len(clips), bool)
     for i, c in enumerate(clips):
         r = expert.predict(read_audio_16k(c.path)[0])
         ok[i] = r.status == VOICE_OK
+        unfamiliar[i] = r.reason == VOICE_UNFAMILIAR
         if r.probabilities is not None:
             probs[i] = r.probabilities
-    return {"probs": probs, "ok": ok, **_clip_fields(clips)}
+    return {"probs": probs, "ok": ok, "unfamiliar": unfamiliar, **_clip_fields(clips)}
 
 
 def class_order(names) -> np.ndarray:
@@ -194,10 +196,7 @@ def ravdess_rows(pipeline, voice: dict, faces: Optional[tuple], turns: int,
             text = np.zeros(len(FACE_CLASSES))
             text[order] = est.text_probabilities
             y = int(voice["label"][j])
-            readings = {"text": Reading(text)}
-            if voice["ok"][j]:
-                readings["voice"] = Reading(voice["probs"][j], base.get(who, "voice"))
-                base.add(who, "voice", voice["probs"][j])
+            readings = {"text": Reading(text), **_voice_reading(voice, j, base, who)}
             rows.append(Row("ravdess", part, y, readings))
             if faces is not None:
                 fp, fl, fpart = faces
@@ -208,6 +207,20 @@ def ravdess_rows(pipeline, voice: dict, faces: Optional[tuple], turns: int,
                 base.add(who, "face", f)
                 rows.append(Row("ravdess+faces", part, y, with_face))
     return rows
+
+
+def _voice_reading(voice: dict, j: int, base: SpeakerBaselines, speaker: str) -> dict:
+    """Clip ``j``'s voice reading as :func:`~erc_ros.runtime.senses.readings_of` makes it
+    (``{"voice": Reading}``, or nothing where the gate kept it out), the speaker's usual voice
+    and the conversation's familiar share taking it in."""
+    if not voice["ok"][j]:
+        if voice["unfamiliar"][j]:
+            base.heard("voice", familiar=False)
+        return {}
+    r = Reading(voice["probs"][j], base.get(speaker, "voice"),
+                base.heard("voice", familiar=True))
+    base.add(speaker, "voice", voice["probs"][j])
+    return {"voice": r}
 
 
 def meld_voice_rows(pipeline, csv_path: Path, voice: dict, seed: int,
@@ -251,10 +264,7 @@ def meld_voice_rows(pipeline, csv_path: Path, voice: dict, seed: int,
             text[order] = est.text_probabilities
             actor = cast.setdefault(u.speaker_id, pool[int(rng.integers(len(pool)))])
             j = clip(actor, int(y))
-            readings = {"text": Reading(text)}
-            if voice["ok"][j]:
-                readings["voice"] = Reading(voice["probs"][j], base.get(u.speaker_id, "voice"))
-                base.add(u.speaker_id, "voice", voice["probs"][j])
+            readings = {"text": Reading(text), **_voice_reading(voice, j, base, u.speaker_id)}
             rows.append(Row("meld+voices", part, int(y), readings))
     return rows
 
@@ -266,9 +276,13 @@ class Design:
     reliability features and whether it is weighed (it read; a face from the speaker's second
     reading on)."""
 
-    def __init__(self, rows: list[Row], senses: tuple = SENSES, floor: float = EPS):
+    def __init__(self, rows: list[Row], senses: tuple = SENSES, floor: float = EPS,
+                 min_familiar_share: float = 0.0):
         n, k = len(rows), len(FACE_CLASSES)
         self.senses = tuple(s for s in SENSES if s in senses)
+        # which readings weigh in: as the fusion being fitted decides it
+        rule = SenseFusion(list(FACE_CLASSES), {s: [] for s in self.senses},
+                           min_familiar_share=min_familiar_share)
         self.y = np.array([r.label for r in rows])
         groups = sorted({r.group for r in rows})
         g = np.array([groups.index(r.group) for r in rows])
@@ -281,7 +295,7 @@ class Design:
             self.on[s] = np.zeros(n, bool)
             for i, r in enumerate(rows):
                 rd = r.readings.get(s)
-                if rd is None or s in FROM_SECOND and rd.baseline is None:
+                if not rule.counts(s, rd):
                     continue
                 self.on[s][i] = True
                 self.ev[s][i] = log_dist(rd.probs, floor)
@@ -318,12 +332,13 @@ def objective(x: np.ndarray, d: Design, l2: float) -> float:
 
 
 def fit(rows: list[Row], l2: float = 1e-3, senses: tuple = SENSES,
-        floor: float = EPS) -> SenseFusion:
+        floor: float = EPS, min_familiar_share: float = 0.0) -> SenseFusion:
     """The fusion of ``senses`` (the others are reported, not weighed) fitted on ``rows``,
-    each reading held at ``floor`` or above before pooling."""
+    each reading held at ``floor`` or above before pooling, a voice weighed while
+    ``min_familiar_share`` of the conversation's voices or more were familiar."""
     if "text" not in senses:
         raise ValueError("the fusion weighs the text model and other senses: text is needed")
-    d = Design(rows, senses, floor)
+    d = Design(rows, senses, floor, min_familiar_share)
     m = len(FEATURES)
     x0 = np.zeros(len(d.senses) * m)
     for i in range(len(d.senses)):
@@ -331,7 +346,7 @@ def fit(rows: list[Row], l2: float = 1e-3, senses: tuple = SENSES,
     res = minimize(objective, x0, args=(d, l2), method="L-BFGS-B")
     return SenseFusion(list(FACE_CLASSES),
                        {s: v.tolist() for s, v in _unpack(res.x, d.senses).items()},
-                       floor=floor)
+                       floor=floor, min_familiar_share=min_familiar_share)
 
 
 def predictions(fusion: SenseFusion, rows: list[Row]) -> dict[str, list[int]]:
