@@ -237,6 +237,15 @@ def test_bench_e2e_compare_starts_a_second_emotion_node_with_its_settings_last(b
     assert cmds[2][-2:] == ["-r", "__node:=emotion_node_compare"] and "-r" not in cmds[1]
 
 
+def test_bench_e2e_times_a_bag_without_transcripts_from_its_labels(bags, tmp_path):
+    from erc_ros.bench.e2e import labelled_turns
+    turns = labelled_turns(bags["mcap"])
+    rows = list(csv.DictReader(open(bags["mcap"] / "labels.csv")))
+    assert turns == [(float(r["start"]), float(r["end"]), r["text"]) for r in rows]
+    assert len(turns) == 4 and all(s < e and t for s, e, t in turns)
+    assert labelled_turns(tmp_path) == []
+
+
 def test_bench_e2e_compares_two_settings_on_the_same_utterances(bags, model, tmp_path):
     js = tmp_path / "e2e.json"
     assert cli(["bench-e2e", "--bag", str(bags["mcap"]), "--model-dir", str(model),

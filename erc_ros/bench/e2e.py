@@ -148,7 +148,7 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     player = BagPlayer(node, bag_connections(bag))
     finals: list[dict] = []  # published final results: span + publish time
     passes: list[tuple[float, float]] = []  # (clock offset, wall time of the bag's start)
-    spans: list[tuple] = []  # the bag's turns (start, end, text), from its transcripts
+    spans: list[tuple] = []  # the bag's turns (start, end, text): its transcripts, or labels.csv
     received: list[tuple[float, object]] = []
     received_cmp: list[tuple[float, object]] = []  # the --compare node's
     lock = threading.Lock()
@@ -215,6 +215,8 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
                           deserialize_message, Transcript, spans if rep == 0 else None)
             passes.append((offset, wall0))
             offset += (end - start) + 5.0
+        if not spans:  # a bag without transcripts (bench-senses'): its turns from its labels
+            spans += labelled_turns(bag)
         # Let the last utterances through: advance the clock past the end, wait a little.
         player.clock(end + offset + 2.0)
         deadline = time.monotonic() + (30.0 if embedded else 10.0)  # + the recognizer's backlog
@@ -249,6 +251,15 @@ def bench(bag: str | Path, model_dir: str = "", backend: str = "auto", precision
     res["asr"] = asr
     res["node_diagnostics"] = diag
     return res
+
+
+def labelled_turns(bag: Path) -> list[tuple]:
+    """The turns (start, end, text) of a bag's ``labels.csv``, on the bag's clock; none
+    without one."""
+    if not (bag / "labels.csv").is_file():
+        return []
+    from erc_ros.evaluation.eval_bag import read_labels
+    return [(r["start"], r["end"], r["text"]) for r in read_labels(bag / "labels.csv")]
 
 
 #: The figures ``compare_ratio`` divides (this node's by the ``--compare`` node's).
