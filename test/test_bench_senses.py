@@ -146,6 +146,8 @@ def test_bench_senses_scores_every_sense_on_real_people(tmp_path, capsys):
     assert all(v["right"] <= v["read"] <= v["turns"] for v in by.values())
     assert by["lost"]["turns"] == r["lost"]
     assert r["machine"]["cpu"] and r["model_id"]
+    # the recognizer the run heard with, and why (auto: its timed decodes here)
+    assert r["asr"]["model"] in ("tiny.en", "base") and r["asr"]["model_reason"]
     assert out.with_suffix(".png").is_file()
     with open(tmp_path / "out" / "turns.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -157,7 +159,8 @@ def test_bench_senses_scores_every_sense_on_real_people(tmp_path, capsys):
         assert (row["span"] == "lost") == (row["status"] == "lost")
     assert {k: sum(row["span"] == k for row in rows) for k in bs.SPANS} == \
         {k: v["turns"] for k, v in by.items()}
-    assert "| voice |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| voice |" in printed and f"recognizer Whisper {r['asr']['model']}" in printed
     # The bags are kept: a second run makes none and scores the same.
     assert main(["bench-senses", "--ravdess", str(RAVDESS), "--actors", "16,17", "--faces",
                  str(FER), "--conversations", "1", "--turns", "4", "--seed", "0", "--bags",

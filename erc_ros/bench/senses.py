@@ -471,6 +471,9 @@ def bench(args, progress: bool = True) -> dict:
         "config_overrides": eval_bag.parse_sets(tuple(args.set)),
         "machine": mach, "model_id": pipeline.model_id,
         "backend": f"{pipeline.backend_name}/{pipeline.precision}",
+        # which Whisper `auto` chose, by timed decodes on this machine (and its load): the
+        # recognizer's cuts decide which turns the voice hears whole
+        "asr": recognizer_choice(getattr(made, "recognizer", None)),
     }
     if faces is not None:
         out["faces"] = face_summary(found, Path(args.faces), faces.sha256)
@@ -488,10 +491,18 @@ def bench(args, progress: bool = True) -> dict:
     return out
 
 
+def recognizer_choice(rec) -> dict:
+    """The Whisper model a core's recognizer runs and why (``auto``: timed decodes)."""
+    if rec is None:
+        return {"model": "", "model_reason": "no recognizer"}
+    return {"model": rec.model_name, "model_reason": rec.choice.get("reason", "")}
+
+
 def summary(r: dict) -> str:
     lines = [f"bench-senses: {r['conversations']} conversations of {', '.join(r['actors'])}, "
              f"{r['turns']} labelled turns ({r['matched']} matched, {r['merged']} merged, "
-             f"{r['lost']} lost); model {r['model_id']} on {r['backend']}",
+             f"{r['lost']} lost); model {r['model_id']} on {r['backend']}; recognizer "
+             f"Whisper {r['asr']['model']} ({r['asr']['model_reason']})",
              f"machine: {line(r['machine'])}", "",
              "| sense | weighted F1 | UAR | accuracy | read on |", "|---|---|---|---|---|"]
     for s, m in r["senses"].items():
