@@ -237,6 +237,12 @@ def test_bench_e2e_compare_starts_a_second_emotion_node_with_its_settings_last(b
     assert cmds[2][-2:] == ["-r", "__node:=emotion_node_compare"] and "-r" not in cmds[1]
 
 
+def test_bench_e2e_refuses_a_setting_that_is_not_name_value(bags, capsys):
+    for flag, value in (("--compare", "fusion=text"), ("--set", ":=x")):
+        assert cli(["bench-e2e", "--bag", str(bags["mcap"]), flag, value]) == 2
+        assert f"{flag} {value!r}: a node parameter as NAME:=VALUE" in capsys.readouterr().err
+
+
 def test_bench_e2e_times_a_bag_without_transcripts_from_its_labels(bags, tmp_path):
     from erc_ros.bench.e2e import labelled_turns
     turns = labelled_turns(bags["mcap"])

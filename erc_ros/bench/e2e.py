@@ -441,6 +441,12 @@ def run(args) -> int:
     if not bag.exists():
         print(f"bench-e2e: no bag {bag}", file=sys.stderr)
         return 2
+    for flag, items in (("--set", args.set), ("--compare", args.compare)):
+        bad = [x for x in items if ":=" not in x or not x.split(":=", 1)[0].strip()]
+        if bad:
+            print(f"bench-e2e: {flag} {bad[0]!r}: a node parameter as NAME:=VALUE "
+                  "(e.g. fusion:=text)", file=sys.stderr)
+            return 2
     r = bench(bag, args.model_dir, args.backend, args.precision, args.rate, args.repeat,
               args.startup_timeout, args.split, tuple(args.set), args.asr,
               tuple(args.compare))
